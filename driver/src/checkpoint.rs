@@ -1,0 +1,241 @@
+//! The query's checkpoint: a write-ahead offset log and a commit log, as in Spark.
+//!
+//! ```text
+//! <checkpoint_location>/metadata        {"query_id": "..."}            written once
+//! <checkpoint_location>/initial_offsets where `starting_offsets` put a new query, written once
+//! <checkpoint_location>/offsets/<N>     start and end offsets of batch N, written before any task runs
+//! <checkpoint_location>/commits/<N>     written once every task of batch N has finished
+//! ```
+//! Every file is written to a temporary name, synced and renamed, so a crash leaves either the
+//! old state or the new one. On restart, batch N with `offsets/N` but no `commits/N` is run
+//! again with exactly the offsets logged; otherwise the query continues after the last commit.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::planner::{PartitionOffsets, TopicPartition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint {path}: corrupt file: {source}")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+}
+
+/// Offsets as Spark writes them: `{"topic": {"partition": offset}}`.
+pub type OffsetsJson = BTreeMap<String, BTreeMap<String, i64>>;
+
+pub fn to_json(offsets: &PartitionOffsets) -> OffsetsJson {
+    let mut out = OffsetsJson::new();
+    for (tp, &o) in offsets {
+        out.entry(tp.topic.clone()).or_default().insert(tp.partition.to_string(), o);
+    }
+    out
+}
+
+pub fn from_json(json: &OffsetsJson) -> PartitionOffsets {
+    json.iter()
+        .flat_map(|(t, ps)| ps.iter().filter_map(move |(p, &o)| Some((TopicPartition::new(t.clone(), p.parse().ok()?), o))))
+        .collect()
+}
+
+/// `offsets/<N>`: what batch N reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffsetLogEntry {
+    pub version: u32,
+    pub batch_id: u64,
+    pub timestamp_ms: u64,
+    pub start: OffsetsJson,
+    pub end: OffsetsJson,
+}
+
+/// `commits/<N>`: batch N is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitLogEntry {
+    pub version: u32,
+    pub batch_id: u64,
+    pub timestamp_ms: u64,
+    pub input_rows: u64,
+    pub embeddings: u64,
+    pub dead_letters: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Metadata {
+    query_id: String,
+}
+
+/// Where a query stands according to its checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovery {
+    /// No batch was ever planned.
+    Fresh,
+    /// Batch `batch_id` was planned but not committed: run it again with these offsets.
+    Rerun(OffsetLogEntry),
+    /// The last batch was committed; the next one starts at its end offsets.
+    Continue { next_batch_id: u64, start: PartitionOffsets },
+}
+
+pub struct Checkpoint {
+    root: PathBuf,
+    query_id: String,
+}
+
+impl Checkpoint {
+    /// Opens (creating if needed) the checkpoint at `root`, keeping its query id.
+    pub fn open(root: &Path) -> Result<Checkpoint, CheckpointError> {
+        for dir in ["offsets", "commits"] {
+            let d = root.join(dir);
+            fs::create_dir_all(&d).map_err(|source| CheckpointError::Io { path: d, source })?;
+        }
+        let meta_path = root.join("metadata");
+        let query_id = match read_json::<Metadata>(&meta_path)? {
+            Some(m) => m.query_id,
+            None => {
+                let id = new_query_id();
+                write_atomic(&meta_path, &serde_json::to_vec(&Metadata { query_id: id.clone() }).unwrap())?;
+                id
+            }
+        };
+        Ok(Checkpoint { root: root.to_path_buf(), query_id })
+    }
+
+    pub fn query_id(&self) -> &str {
+        &self.query_id
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn latest_batch(&self, dir: &str) -> Result<Option<u64>, CheckpointError> {
+        let d = self.root.join(dir);
+        let entries = fs::read_dir(&d).map_err(|source| CheckpointError::Io { path: d.clone(), source })?;
+        Ok(entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max())
+    }
+
+    pub fn recover(&self) -> Result<Recovery, CheckpointError> {
+        let Some(last_planned) = self.latest_batch("offsets")? else { return Ok(Recovery::Fresh) };
+        let entry = self.offsets(last_planned)?.ok_or_else(|| CheckpointError::Io {
+            path: self.root.join("offsets").join(last_planned.to_string()),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "vanished while reading"),
+        })?;
+        if self.commit(last_planned)?.is_some() {
+            Ok(Recovery::Continue { next_batch_id: last_planned + 1, start: from_json(&entry.end) })
+        } else {
+            Ok(Recovery::Rerun(entry))
+        }
+    }
+
+    /// The offsets a new query resolved from `starting_offsets`, once logged.
+    pub fn initial_offsets(&self) -> Result<Option<OffsetsJson>, CheckpointError> {
+        read_json(&self.root.join("initial_offsets"))
+    }
+
+    pub fn write_initial_offsets(&self, offsets: &OffsetsJson) -> Result<(), CheckpointError> {
+        write_atomic(&self.root.join("initial_offsets"), &serde_json::to_vec_pretty(offsets).unwrap())
+    }
+
+    pub fn offsets(&self, batch_id: u64) -> Result<Option<OffsetLogEntry>, CheckpointError> {
+        read_json(&self.root.join("offsets").join(batch_id.to_string()))
+    }
+
+    pub fn commit(&self, batch_id: u64) -> Result<Option<CommitLogEntry>, CheckpointError> {
+        read_json(&self.root.join("commits").join(batch_id.to_string()))
+    }
+
+    pub fn write_offsets(&self, entry: &OffsetLogEntry) -> Result<(), CheckpointError> {
+        write_atomic(&self.root.join("offsets").join(entry.batch_id.to_string()), &serde_json::to_vec_pretty(entry).unwrap())
+    }
+
+    pub fn write_commit(&self, entry: &CommitLogEntry) -> Result<(), CheckpointError> {
+        write_atomic(&self.root.join("commits").join(entry.batch_id.to_string()), &serde_json::to_vec_pretty(entry).unwrap())
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, CheckpointError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| CheckpointError::Corrupt { path: path.to_path_buf(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CheckpointError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the whole new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn new_query_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offs(v: &[(&str, i32, i64)]) -> PartitionOffsets {
+        v.iter().map(|&(t, p, o)| (TopicPartition::new(t, p), o)).collect()
+    }
+
+    #[test]
+    fn recovery_follows_the_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        let id = cp.query_id().to_string();
+        assert_eq!(cp.recover().unwrap(), Recovery::Fresh);
+
+        let entry = OffsetLogEntry {
+            version: 1,
+            batch_id: 0,
+            timestamp_ms: 1,
+            start: to_json(&offs(&[("t", 0, 0), ("t", 1, 3)])),
+            end: to_json(&offs(&[("t", 0, 10), ("t", 1, 7)])),
+        };
+        cp.write_offsets(&entry).unwrap();
+        // Planned but not committed: the same offsets again, after a reopen too.
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(cp.query_id(), id, "the query id survives a restart");
+        assert_eq!(cp.recover().unwrap(), Recovery::Rerun(entry.clone()));
+
+        cp.write_commit(&CommitLogEntry { version: 1, batch_id: 0, timestamp_ms: 2, input_rows: 14, embeddings: 14, dead_letters: 0 })
+            .unwrap();
+        assert_eq!(
+            cp.recover().unwrap(),
+            Recovery::Continue { next_batch_id: 1, start: offs(&[("t", 0, 10), ("t", 1, 7)]) }
+        );
+        assert!(!dir.path().join("commits/0.tmp").exists());
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        fs::write(dir.path().join("offsets/0"), b"{not json").unwrap();
+        let e = cp.recover().unwrap_err();
+        assert!(e.to_string().contains("offsets/0"), "{e}");
+    }
+}

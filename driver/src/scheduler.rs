@@ -1,0 +1,264 @@
+//! Executors the driver knows, the gRPC service they talk to, and task dispatch.
+//!
+//! Executors register with [`DriverServiceImpl`] once their model is loaded. [`Scheduler`] then
+//! pushes each task to a free core of a live executor with `ExecutorService.RunTask` and retries
+//! a failed attempt (on whichever core is free next) until `MAX_TASK_ATTEMPTS`, as Spark's
+//! `spark.task.maxFailures` does. An executor whose RPC fails at the transport level is lost: its
+//! cores take no more tasks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use embedstream_proto::pb::driver_service_server::DriverService;
+use embedstream_proto::pb::executor_service_client::ExecutorServiceClient;
+use embedstream_proto::pb::{
+    task_status, FailureReason, GetJobSpecRequest, GetJobSpecResponse, HeartbeatRequest, HeartbeatResponse,
+    RegisterExecutorRequest, RegisterExecutorResponse, TaskDefinition, TaskSuccessful,
+};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// Attempts per task before the batch fails.
+pub const MAX_TASK_ATTEMPTS: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("task {task_id} of batch {batch_id} failed {attempts} times, last: {reason:?}: {message}")]
+    TaskFailed { batch_id: u64, task_id: u32, attempts: u32, reason: FailureReason, message: String },
+    #[error("task {task_id} of batch {batch_id} cannot succeed: {reason:?}: {message}")]
+    Fatal { batch_id: u64, task_id: u32, reason: FailureReason, message: String },
+    #[error("no live executor is left to run batch {batch_id}")]
+    NoExecutors { batch_id: u64 },
+}
+
+#[derive(Clone)]
+pub struct ExecutorInfo {
+    pub id: String,
+    pub address: String,
+    pub cores: u32,
+    pub pid: u32,
+    client: ExecutorServiceClient<Channel>,
+}
+
+impl ExecutorInfo {
+    pub fn client(&self) -> ExecutorServiceClient<Channel> {
+        self.client.clone()
+    }
+}
+
+/// Executors registered with this driver; `registered` counts registrations for waiters.
+pub struct ExecutorRegistry {
+    executors: Mutex<HashMap<String, ExecutorInfo>>,
+    lost: Mutex<HashSet<String>>,
+    registered: watch::Sender<usize>,
+}
+
+impl Default for ExecutorRegistry {
+    fn default() -> Self {
+        ExecutorRegistry { executors: Mutex::default(), lost: Mutex::default(), registered: watch::channel(0).0 }
+    }
+}
+
+impl ExecutorRegistry {
+    pub fn live(&self) -> Vec<ExecutorInfo> {
+        let lost = self.lost.lock().unwrap();
+        let mut v: Vec<ExecutorInfo> =
+            self.executors.lock().unwrap().values().filter(|e| !lost.contains(&e.id)).cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn mark_lost(&self, id: &str) {
+        self.lost.lock().unwrap().insert(id.to_string());
+    }
+
+    fn is_lost(&self, id: &str) -> bool {
+        self.lost.lock().unwrap().contains(id)
+    }
+
+    /// Waits until at least `n` executors have registered.
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.registered.subscribe()
+    }
+}
+
+/// The driver's gRPC service for its executors.
+pub struct DriverServiceImpl {
+    pub registry: Arc<ExecutorRegistry>,
+    pub job_spec_toml: String,
+    pub query_id: String,
+}
+
+#[tonic::async_trait]
+impl DriverService for DriverServiceImpl {
+    async fn get_job_spec(&self, _: Request<GetJobSpecRequest>) -> Result<Response<GetJobSpecResponse>, Status> {
+        Ok(Response::new(GetJobSpecResponse { job_spec_toml: self.job_spec_toml.clone(), query_id: self.query_id.clone() }))
+    }
+
+    async fn register_executor(
+        &self,
+        request: Request<RegisterExecutorRequest>,
+    ) -> Result<Response<RegisterExecutorResponse>, Status> {
+        let r = request.into_inner();
+        if r.cores == 0 {
+            return Err(Status::invalid_argument("cores must be at least 1"));
+        }
+        let channel = Endpoint::from_shared(format!("http://{}", r.address))
+            .map_err(|e| Status::invalid_argument(format!("address {}: {e}", r.address)))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        tracing::info!(executor = %r.executor_id, address = %r.address, cores = r.cores, pid = r.pid, "executor registered");
+        let info = ExecutorInfo {
+            id: r.executor_id.clone(),
+            address: r.address,
+            cores: r.cores,
+            pid: r.pid,
+            client: ExecutorServiceClient::new(channel),
+        };
+        self.registry.executors.lock().unwrap().insert(r.executor_id.clone(), info);
+        self.registry.lost.lock().unwrap().remove(&r.executor_id);
+        self.registry.registered.send_modify(|n| *n += 1);
+        Ok(Response::new(RegisterExecutorResponse {}))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let id = request.into_inner().executor_id;
+        let known = self.registry.executors.lock().unwrap().contains_key(&id) && !self.registry.is_lost(&id);
+        Ok(Response::new(HeartbeatResponse { known }))
+    }
+}
+
+/// What the tasks of one batch did, summed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    pub rows_read: u64,
+    pub embeddings: u64,
+    pub dead_letters: u64,
+    pub offset_gaps: u64,
+    pub task_attempts: u64,
+    pub failed_attempts: u64,
+    pub read_micros: u64,
+    pub infer_micros: u64,
+    pub sink_micros: u64,
+}
+
+impl BatchStats {
+    fn add(&mut self, s: &TaskSuccessful) {
+        self.rows_read += s.rows_read;
+        self.embeddings += s.embeddings_written;
+        self.dead_letters += s.dead_letters;
+        self.offset_gaps += s.offset_gaps;
+        self.read_micros += s.read_micros;
+        self.infer_micros += s.infer_micros;
+        self.sink_micros += s.sink_micros;
+    }
+}
+
+/// How one attempt ended, seen from the driver.
+enum AttemptOutcome {
+    Done(TaskSuccessful),
+    Failed { reason: FailureReason, message: String, retryable: bool },
+    ExecutorLost(String),
+}
+
+pub struct Scheduler {
+    registry: Arc<ExecutorRegistry>,
+}
+
+impl Scheduler {
+    pub fn new(registry: Arc<ExecutorRegistry>) -> Self {
+        Scheduler { registry }
+    }
+
+    /// Runs every task of a batch to success, or fails the batch.
+    pub async fn run_batch(&self, batch_id: u64, tasks: Vec<TaskDefinition>) -> Result<BatchStats, SchedulerError> {
+        let mut pending: VecDeque<TaskDefinition> = tasks.into();
+        // One slot per core of each live executor.
+        let mut free: Vec<ExecutorInfo> = self
+            .registry
+            .live()
+            .into_iter()
+            .flat_map(|e| std::iter::repeat_n(e.clone(), e.cores as usize))
+            .collect();
+        let mut running = JoinSet::new();
+        let mut stats = BatchStats::default();
+
+        while !pending.is_empty() || !running.is_empty() {
+            while !pending.is_empty() && !free.is_empty() {
+                let exec = free.pop().expect("checked non-empty");
+                let task = pending.pop_front().expect("checked non-empty");
+                running.spawn(async move {
+                    let outcome = run_attempt(&exec, task.clone()).await;
+                    (exec, task, outcome)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                // Tasks are pending but no executor is left to run them.
+                return Err(SchedulerError::NoExecutors { batch_id });
+            };
+            let (exec, mut task, outcome) = joined.expect("task attempts do not panic");
+            stats.task_attempts += 1;
+            let (reason, message) = match outcome {
+                AttemptOutcome::Done(s) => {
+                    stats.add(&s);
+                    free.push(exec);
+                    continue;
+                }
+                AttemptOutcome::Failed { reason, message, retryable: false } => {
+                    return Err(SchedulerError::Fatal { batch_id, task_id: task.task_id, reason, message });
+                }
+                AttemptOutcome::Failed { reason, message, .. } => {
+                    if !self.registry.is_lost(&exec.id) {
+                        free.push(exec);
+                    }
+                    (reason, message)
+                }
+                AttemptOutcome::ExecutorLost(message) => {
+                    tracing::warn!(executor = %exec.id, %message, "executor lost");
+                    self.registry.mark_lost(&exec.id);
+                    free.retain(|e| e.id != exec.id);
+                    (FailureReason::Unspecified, format!("executor {} lost: {message}", exec.id))
+                }
+            };
+            stats.failed_attempts += 1;
+            task.attempt += 1;
+            tracing::warn!(batch_id, task_id = task.task_id, attempt = task.attempt, ?reason, %message, "task attempt failed");
+            if task.attempt >= MAX_TASK_ATTEMPTS {
+                return Err(SchedulerError::TaskFailed {
+                    batch_id,
+                    task_id: task.task_id,
+                    attempts: task.attempt,
+                    reason,
+                    message,
+                });
+            }
+            pending.push_front(task);
+        }
+        Ok(stats)
+    }
+}
+
+async fn run_attempt(exec: &ExecutorInfo, task: TaskDefinition) -> AttemptOutcome {
+    match exec.client().run_task(task).await {
+        Ok(resp) => match resp.into_inner().status {
+            Some(task_status::Status::Successful(s)) => AttemptOutcome::Done(s),
+            Some(task_status::Status::Failed(f)) => AttemptOutcome::Failed {
+                reason: f.reason(),
+                message: f.message,
+                retryable: f.retryable,
+            },
+            None => AttemptOutcome::Failed {
+                reason: FailureReason::Unspecified,
+                message: "executor answered without a status".into(),
+                retryable: true,
+            },
+        },
+        Err(status) => AttemptOutcome::ExecutorLost(status.to_string()),
+    }
+}

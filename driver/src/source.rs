@@ -1,0 +1,159 @@
+//! What the driver asks the Kafka broker: which partitions the query reads, their earliest and
+//! latest offsets, the consumer-group commit after each batch, and the sink's topics.
+//!
+//! These calls block (librdkafka's metadata and offset requests); the query runs them through
+//! `spawn_blocking`.
+
+use std::time::{Duration, Instant};
+
+use embedstream_proto::JobSpec;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::planner::{PartitionOffsets, TopicPartition};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("kafka {what}: {source}")]
+    Kafka { what: String, source: KafkaError },
+    #[error("topic {topic}: {message}")]
+    Topic { topic: String, message: String },
+}
+
+fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> SourceError {
+    let what = what.into();
+    move |source| SourceError::Kafka { what, source }
+}
+
+pub struct KafkaSource {
+    spec: JobSpec,
+    /// Metadata, watermarks and group commits. It never subscribes, so it never joins the group
+    /// as a member: the commit only records progress for lag tools to read.
+    consumer: BaseConsumer,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl KafkaSource {
+    pub fn new(spec: &JobSpec) -> Result<KafkaSource, SourceError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &spec.source.bootstrap_servers)
+            .set("group.id", spec.group_id())
+            .set("enable.auto.commit", "false")
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(kafka("consumer"))?;
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", spec.sink_bootstrap_servers())
+            .create()
+            .map_err(kafka("admin client"))?;
+        Ok(KafkaSource { spec: spec.clone(), consumer, admin })
+    }
+
+    /// The partitions the query reads now: `assign` as given; `subscribe` and
+    /// `subscribe_pattern` as the broker's metadata lists them (a topic that does not exist yet
+    /// has none). Called before every batch, so new partitions and topics are picked up.
+    pub fn partitions(&self) -> Result<Vec<TopicPartition>, SourceError> {
+        let src = &self.spec.source;
+        if let Some(assign) = &src.assign {
+            return Ok(assign
+                .iter()
+                .flat_map(|(t, ps)| ps.iter().map(move |&p| TopicPartition::new(t.clone(), p)))
+                .collect());
+        }
+        let md = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT).map_err(kafka("metadata"))?;
+        let mut out = Vec::new();
+        for topic in md.topics() {
+            if topic.error().is_some() || topic.name().starts_with("__") || !self.spec.reads_topic(topic.name()) {
+                continue;
+            }
+            out.extend(topic.partitions().iter().map(|p| TopicPartition::new(topic.name(), p.id())));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Earliest and latest (high watermark) offsets of each partition.
+    pub fn watermarks(&self, tps: &[TopicPartition]) -> Result<(PartitionOffsets, PartitionOffsets), SourceError> {
+        let mut earliest = PartitionOffsets::new();
+        let mut latest = PartitionOffsets::new();
+        for tp in tps {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&tp.topic, tp.partition, REQUEST_TIMEOUT)
+                .map_err(kafka(format!("watermarks of {tp}")))?;
+            earliest.insert(tp.clone(), low);
+            latest.insert(tp.clone(), high);
+        }
+        Ok((earliest, latest))
+    }
+
+    /// Commits `end` (the next offsets to read, never the last ones read) to the query's group.
+    pub fn commit_group(&self, end: &PartitionOffsets) -> Result<(), SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, &o) in end {
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(o))
+                .map_err(kafka("offset list"))?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync).map_err(kafka(format!("commit to group {}", self.spec.group_id())))
+    }
+
+    /// The offsets the query's group holds now, as any Kafka tool would read them.
+    pub fn committed(&self, tps: &[TopicPartition]) -> Result<PartitionOffsets, SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        for tp in tps {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        let got = self.consumer.committed_offsets(tpl, REQUEST_TIMEOUT).map_err(kafka("committed offsets"))?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates the sink and dead-letter topics with `partitions` partitions when they are
+    /// missing (Tansu does not create topics on produce), and returns the partition counts of
+    /// the sink topic and of the dead-letter topic.
+    pub async fn ensure_sink_topics(&self, partitions: i32) -> Result<(i32, i32), SourceError> {
+        let topics = [self.spec.sink.topic.clone(), self.spec.dead_letter_topic()];
+        let new: Vec<NewTopic> =
+            topics.iter().map(|t| NewTopic::new(t, partitions.max(1), TopicReplication::Fixed(1))).collect();
+        let results = self
+            .admin
+            .create_topics(&new, &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)))
+            .await
+            .map_err(kafka("create topics"))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(SourceError::Topic { topic, message: format!("cannot create: {code}") }),
+            }
+        }
+        // Creation is asynchronous on the broker: wait until metadata shows both topics.
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut counts = Vec::new();
+        for topic in &topics {
+            loop {
+                let md = self.admin.inner().fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(kafka("metadata"))?;
+                let n = md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len());
+                if n > 0 {
+                    counts.push(n as i32);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(SourceError::Topic { topic: topic.clone(), message: "created but not visible in metadata".into() });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok((counts[0], counts[1]))
+    }
+}

@@ -1,0 +1,185 @@
+//! The executor: a process that runs tasks for one driver.
+//!
+//! It fetches the job spec from the driver, loads the model, serves `ExecutorService` and
+//! registers. Each task goes through [`reader`] (Kafka range to an Arrow batch), the record
+//! checks of [`task`] (bad values to the dead-letter topic), [`model`] (length-sorted batches
+//! through ONNX Runtime) and [`sink`] (Kafka, idempotent producer).
+
+pub mod model;
+pub mod reader;
+pub mod sink;
+pub mod task;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use embedstream_proto::pb::driver_service_client::DriverServiceClient;
+use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
+use embedstream_proto::pb::{
+    task_status, FailureReason, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest, ShutdownRequest,
+    ShutdownResponse, TaskDefinition, TaskFailed, TaskStatus,
+};
+use embedstream_proto::spec::SpecError;
+use embedstream_proto::JobSpec;
+use tokio::sync::{watch, Semaphore};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::model::{Embedder, ModelError};
+use crate::reader::KafkaReader;
+use crate::sink::{KafkaSink, SinkError};
+
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Missed heartbeats after which an executor decides its driver is gone and exits.
+const MAX_MISSED_HEARTBEATS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("driver {url}: {message}")]
+    Driver { url: String, message: String },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("executor service: {0}")]
+    Serve(String),
+}
+
+pub struct ExecutorArgs {
+    pub driver_url: String,
+    pub executor_id: String,
+    pub cores: u32,
+    /// Where to serve ExecutorService; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// ONNX Runtime shared library; default [`model::ort_library`].
+    pub ort_library: Option<PathBuf>,
+}
+
+/// Runs an executor until the driver shuts it down or is gone.
+pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
+    let driver_err = |message: String| ExecutorError::Driver { url: args.driver_url.clone(), message };
+    let mut driver = DriverServiceClient::connect(args.driver_url.clone()).await.map_err(|e| driver_err(e.to_string()))?;
+    let job = driver
+        .get_job_spec(GetJobSpecRequest { executor_id: args.executor_id.clone() })
+        .await
+        .map_err(|e| driver_err(e.to_string()))?
+        .into_inner();
+    let spec = JobSpec::from_toml(&job.job_spec_toml)?;
+
+    let lib = args.ort_library.clone().unwrap_or_else(model::ort_library);
+    model::init_runtime(&lib)?;
+    let (model_spec, cores) = (spec.model.clone(), args.cores as usize);
+    let embedder = tokio::task::spawn_blocking(move || Embedder::load(&model_spec, cores))
+        .await
+        .expect("model loading does not panic")?;
+    tracing::info!(executor = %args.executor_id, model = %embedder.model_id(), dim = embedder.dim(), "model loaded");
+
+    let reader = KafkaReader::new(
+        &spec.source.bootstrap_servers,
+        &format!("{}-executor", spec.group_id()),
+        Duration::from_millis(spec.source.poll_timeout_ms),
+        spec.source.fail_on_data_loss,
+    );
+    let sink = KafkaSink::new(&spec, embedder.model_id())?;
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let shutdown_tx = Arc::new(shutdown_tx);
+    let state = Arc::new(task::TaskContext {
+        executor_id: args.executor_id.clone(),
+        spec,
+        reader: Arc::new(reader),
+        embedder: Arc::new(embedder),
+        sink,
+    });
+    let service =
+        Service { state, slots: Arc::new(Semaphore::new(args.cores as usize)), shutdown: shutdown_tx.clone() };
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| ExecutorError::Serve(e.to_string()))?;
+    let address = listener.local_addr().map_err(|e| ExecutorError::Serve(e.to_string()))?;
+    let mut server_stop = shutdown_rx.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder().add_service(ExecutorServiceServer::new(service)).serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async move {
+                let _ = server_stop.wait_for(|&s| s).await;
+            },
+        ),
+    );
+    driver
+        .register_executor(RegisterExecutorRequest {
+            executor_id: args.executor_id.clone(),
+            address: address.to_string(),
+            cores: args.cores,
+            pid: std::process::id(),
+        })
+        .await
+        .map_err(|e| driver_err(e.to_string()))?;
+    tracing::info!(executor = %args.executor_id, %address, "executor registered");
+
+    let mut missed = 0;
+    let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown_rx.wait_for(|&s| s) => break,
+            _ = ticks.tick() => {}
+        }
+        let beat = driver.heartbeat(HeartbeatRequest { executor_id: args.executor_id.clone(), free_cores: 0 }).await;
+        match beat {
+            Ok(r) if r.get_ref().known => missed = 0,
+            Ok(_) => {
+                tracing::warn!("the driver no longer knows this executor; exiting");
+                break;
+            }
+            Err(e) => {
+                missed += 1;
+                if missed >= MAX_MISSED_HEARTBEATS {
+                    tracing::warn!(error = %e, "driver unreachable; exiting");
+                    break;
+                }
+            }
+        }
+    }
+    // The loop also ends when the driver is gone: stop serving either way (tasks in flight finish).
+    let _ = shutdown_tx.send(true);
+    server.await.map_err(|e| ExecutorError::Serve(e.to_string()))?.map_err(|e| ExecutorError::Serve(e.to_string()))?;
+    Ok(())
+}
+
+struct Service {
+    state: Arc<task::TaskContext>,
+    slots: Arc<Semaphore>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+#[tonic::async_trait]
+impl ExecutorService for Service {
+    async fn run_task(&self, request: Request<TaskDefinition>) -> Result<Response<TaskStatus>, Status> {
+        let def = request.into_inner();
+        let mut status = TaskStatus {
+            batch_id: def.batch_id,
+            task_id: def.task_id,
+            attempt: def.attempt,
+            executor_id: self.state.executor_id.clone(),
+            status: None,
+        };
+        let Ok(_permit) = self.slots.clone().acquire_owned().await else {
+            status.status = Some(task_status::Status::Failed(TaskFailed {
+                reason: FailureReason::Killed as i32,
+                message: "executor is shutting down".into(),
+                retryable: true,
+            }));
+            return Ok(Response::new(status));
+        };
+        status.status = Some(task::run(self.state.clone(), def).await);
+        Ok(Response::new(status))
+    }
+
+    async fn shutdown(&self, _: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
+        tracing::info!(executor = %self.state.executor_id, "shutdown requested");
+        let _ = self.shutdown.send(true);
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}

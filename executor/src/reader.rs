@@ -1,0 +1,172 @@
+//! Reads exactly `[from, until)` of one partition into an Arrow record batch.
+//!
+//! Consumers are assigned a partition and an offset (never subscribed to a group) and are kept
+//! per partition between tasks, as Spark caches its Kafka consumers. Offsets inside the range
+//! that hold no record (compacted away, transaction markers) are counted as gaps: the consumer
+//! reaching the end of the log while the broker's high watermark is at or past `until` proves
+//! the rest of the range holds nothing to read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{ArrayBuilder, BinaryBuilder, Int64Builder};
+use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use embedstream_proto::pb::OffsetRange;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const POLL_STEP: Duration = Duration::from_millis(100);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{topic}-{partition}: no record after offset {next} within {waited:?} (range ends at {until})")]
+    Timeout { topic: String, partition: i32, next: i64, until: i64, waited: Duration },
+    #[error("{topic}-{partition}: offsets {next}..{until} are gone (the log ends at {high})")]
+    DataLoss { topic: String, partition: i32, next: i64, until: i64, high: i64 },
+}
+
+/// The schema of records read from Kafka.
+pub fn input_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("timestamp_ms", DataType::Int64, true),
+    ]))
+}
+
+pub struct ReadOutput {
+    /// Columns as in [`input_schema`], in offset order.
+    pub batch: RecordBatch,
+    /// Offsets of the range that held no record.
+    pub gaps: u64,
+}
+
+type PartitionKey = (String, i32);
+
+pub struct KafkaReader {
+    config: ClientConfig,
+    poll_timeout: Duration,
+    fail_on_data_loss: bool,
+    idle: Mutex<HashMap<PartitionKey, BaseConsumer>>,
+}
+
+impl KafkaReader {
+    /// Without `fail_on_data_loss`, offsets of the range that the broker lost are skipped as
+    /// gaps instead of failing the task.
+    pub fn new(bootstrap_servers: &str, group_id: &str, poll_timeout: Duration, fail_on_data_loss: bool) -> KafkaReader {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap_servers)
+            // Needed by librdkafka's consumer; nothing is ever committed with it.
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "100");
+        KafkaReader { config, poll_timeout, fail_on_data_loss, idle: Mutex::new(HashMap::new()) }
+    }
+
+    /// Reads the range; blocking (run it on a blocking thread).
+    pub fn read(&self, range: &OffsetRange) -> Result<ReadOutput, ReadError> {
+        let key = (range.topic.clone(), range.partition);
+        let cached = self.idle.lock().unwrap().remove(&key);
+        let consumer = match cached {
+            Some(c) => c,
+            None => self.config.create::<BaseConsumer>()?,
+        };
+        let result = read_range(&consumer, range, self.poll_timeout, self.fail_on_data_loss);
+        if result.is_ok() {
+            // A consumer that failed may be in any state: only healthy ones are kept.
+            self.idle.lock().unwrap().insert(key, consumer);
+        }
+        result
+    }
+}
+
+fn read_range(
+    consumer: &BaseConsumer,
+    range: &OffsetRange,
+    poll_timeout: Duration,
+    fail_on_data_loss: bool,
+) -> Result<ReadOutput, ReadError> {
+    let (topic, partition, until) = (range.topic.as_str(), range.partition, range.until_offset);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(range.from_offset))?;
+    consumer.assign(&tpl)?;
+
+    let capacity = (until - range.from_offset).max(0) as usize;
+    let mut keys = BinaryBuilder::with_capacity(capacity, 0);
+    let mut values = BinaryBuilder::with_capacity(capacity, 0);
+    let mut offsets = Int64Builder::with_capacity(capacity);
+    let mut timestamps = Int64Builder::with_capacity(capacity);
+    let mut next = range.from_offset;
+    let mut gaps = 0u64;
+    let mut last_progress = Instant::now();
+
+    while next < until {
+        match consumer.poll(POLL_STEP) {
+            Some(Ok(m)) => {
+                if m.topic() != topic || m.partition() != partition || m.offset() < next {
+                    continue;
+                }
+                if m.offset() >= until {
+                    gaps += (until - next) as u64;
+                    break;
+                }
+                gaps += (m.offset() - next) as u64;
+                keys.append_option(m.key());
+                values.append_option(m.payload());
+                offsets.append_value(m.offset());
+                timestamps.append_option(m.timestamp().to_millis());
+                next = m.offset() + 1;
+                last_progress = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
+                let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+                if high < until && fail_on_data_loss {
+                    let _ = consumer.unassign();
+                    return Err(ReadError::DataLoss { topic: topic.into(), partition, next, until, high });
+                }
+                // At the end of the log, and the log reaches `until`: the rest holds no records.
+                // (Or it was lost and losses are accepted: skipped the same way.)
+                gaps += (until - next) as u64;
+                next = until;
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                let _ = consumer.unassign();
+                return Err(e.into());
+            }
+            None if last_progress.elapsed() > poll_timeout => {
+                let _ = consumer.unassign();
+                return Err(ReadError::Timeout { topic: topic.into(), partition, next, until, waited: poll_timeout });
+            }
+            None => {}
+        }
+    }
+    consumer.unassign()?;
+
+    let rows = offsets.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(keys.finish()),
+        Arc::new(values.finish()),
+        Arc::new(StringArray::from(vec![topic; rows])),
+        Arc::new(Int32Array::from(vec![partition; rows])),
+        Arc::new(offsets.finish()),
+        Arc::new(timestamps.finish()),
+    ];
+    let batch = RecordBatch::try_new(input_schema(), columns).expect("columns match the input schema");
+    Ok(ReadOutput { batch, gaps })
+}

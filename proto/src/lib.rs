@@ -1,0 +1,14 @@
+//! Contracts between embedstream's processes.
+//!
+//! - [`pb`]: the gRPC services and messages from `embedstream.proto` (driver <-> executor).
+//! - [`spec`]: the job spec, one typed and validated struct read from TOML, which the driver
+//!   validates before anything starts and hands to every executor.
+
+pub mod spec;
+
+/// Generated gRPC code for package `embedstream.v1`.
+pub mod pb {
+    tonic::include_proto!("embedstream.v1");
+}
+
+pub use spec::JobSpec;

@@ -1,0 +1,544 @@
+//! The job spec: what to read, which model to run, where to write.
+//!
+//! Option names follow Spark's Kafka source (`startingOffsets` becomes `starting_offsets`, and
+//! so on). [`JobSpec::from_toml`] refuses unknown keys, wrong types and impossible values with
+//! a [`SpecError`] that names the key, before anything is started.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A job spec that failed to parse or validate. `key` is the dotted path of the offending
+/// key (`source.max_offsets_per_trigger`), or empty for a TOML syntax error.
+#[derive(Debug, thiserror::Error)]
+#[error("job spec: {}{message}", if key.is_empty() { String::new() } else { format!("`{key}`: ") })]
+pub struct SpecError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        SpecError { key: key.to_string(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Query name: names the consumer group by default and labels logs and metrics.
+    pub name: String,
+    /// Directory of the write-ahead offset log (`offsets/`) and the commit log (`commits/`).
+    pub checkpoint_location: PathBuf,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    pub model: ModelSpec,
+    pub sink: SinkSpec,
+    #[serde(default)]
+    pub executors: ExecutorsSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub bootstrap_servers: String,
+    /// Topics to read (Spark's `subscribe`). Exactly one of subscribe, subscribe_pattern, assign.
+    #[serde(default)]
+    pub subscribe: Option<Vec<String>>,
+    /// A regular expression over topic names, re-evaluated before every batch.
+    #[serde(default)]
+    pub subscribe_pattern: Option<String>,
+    /// Fixed partitions per topic.
+    #[serde(default)]
+    pub assign: Option<BTreeMap<String, Vec<i32>>>,
+    /// Where a new query starts; a query with a checkpoint always resumes from it.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// Upper bound of records per micro-batch, split over partitions by backlog.
+    #[serde(default)]
+    pub max_offsets_per_trigger: Option<u64>,
+    /// Split offset ranges so that a batch has at least this many tasks.
+    #[serde(default)]
+    pub min_partitions: Option<u32>,
+    #[serde(default = "default_true")]
+    pub fail_on_data_loss: bool,
+    /// Consumer group that receives the processed offsets after every batch (visibility only:
+    /// the checkpoint is the source of truth). Default: `embedstream-<name>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// How long a task may wait for records of its range before it fails (Spark's
+    /// `kafkaConsumer.pollTimeoutMs`).
+    #[serde(default = "default_poll_timeout_ms")]
+    pub poll_timeout_ms: u64,
+}
+
+/// `"earliest"`, `"latest"`, or offsets per topic and partition (`-2` earliest, `-1` latest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StartingOffsets {
+    Named(String),
+    Specific(BTreeMap<String, BTreeMap<String, i64>>),
+}
+
+impl Default for StartingOffsets {
+    fn default() -> Self {
+        StartingOffsets::Named("latest".into())
+    }
+}
+
+/// A starting position of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    Offset(i64),
+}
+
+impl StartingOffsets {
+    /// Where `topic`/`partition` starts. `None` when specific offsets do not list it.
+    pub fn for_partition(&self, topic: &str, partition: i32) -> Option<StartAt> {
+        match self {
+            StartingOffsets::Named(n) if n == "earliest" => Some(StartAt::Earliest),
+            StartingOffsets::Named(_) => Some(StartAt::Latest),
+            StartingOffsets::Specific(map) => {
+                map.get(topic)?.get(&partition.to_string()).map(|&o| match o {
+                    -2 => StartAt::Earliest,
+                    -1 => StartAt::Latest,
+                    o => StartAt::Offset(o),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Interval between batch starts, like Spark's `Trigger.ProcessingTime` ("5s", "500ms").
+    /// Absent: the next batch starts as soon as the previous one ends and data is there.
+    #[serde(default)]
+    pub processing_time: Option<String>,
+    /// Process what is in the topics when the query starts, in as many batches as the rate
+    /// limit needs, then exit 0 (Spark's `Trigger.AvailableNow`).
+    #[serde(default)]
+    pub available_now: bool,
+}
+
+impl TriggerSpec {
+    /// The interval; zero when none is set. Valid after [`JobSpec::validate`].
+    pub fn interval(&self) -> Duration {
+        self.processing_time
+            .as_deref()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub onnx: PathBuf,
+    pub tokenizer: PathBuf,
+    /// Model id written in the `es.model` header. Default: the ONNX file's directory name.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Texts longer than this many tokens are truncated, as sentence-transformers does.
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
+    #[serde(default = "default_pooling")]
+    pub pooling: Pooling,
+    #[serde(default = "default_true")]
+    pub normalize: bool,
+    /// Texts per inference batch; batches are cut from length-sorted texts.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Values longer than this go to the dead-letter topic instead of the model.
+    #[serde(default = "default_max_text_bytes")]
+    pub max_text_bytes: usize,
+}
+
+impl ModelSpec {
+    pub fn model_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            self.onnx
+                .parent()
+                .and_then(Path::file_name)
+                .or_else(|| self.onnx.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorFormat {
+    /// The vector as little-endian f32, 4 bytes per dimension.
+    F32le,
+    /// `{"embedding":[...]}`
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    pub kind: SinkKind,
+    /// Default: the source's bootstrap servers.
+    #[serde(default)]
+    pub bootstrap_servers: Option<String>,
+    pub topic: String,
+    #[serde(default = "default_format")]
+    pub format: VectorFormat,
+    /// Where records the model cannot take go, with an `es.error` header. Default `<topic>-dlq`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorsSpec {
+    #[serde(default = "default_one")]
+    pub count: u32,
+    /// Tasks an executor runs at once, and ONNX Runtime's intra-op threads.
+    #[serde(default = "default_one")]
+    pub cores: u32,
+}
+
+impl Default for ExecutorsSpec {
+    fn default() -> Self {
+        ExecutorsSpec { count: 1, cores: 1 }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_poll_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_seq_len() -> usize {
+    128
+}
+fn default_pooling() -> Pooling {
+    Pooling::Mean
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_max_text_bytes() -> usize {
+    64 * 1024
+}
+fn default_format() -> VectorFormat {
+    VectorFormat::F32le
+}
+
+impl JobSpec {
+    /// Parses and validates a job spec. Errors name the key.
+    pub fn from_toml(text: &str) -> Result<JobSpec, SpecError> {
+        let value: toml::Table = text.parse().map_err(|e: toml::de::Error| SpecError::new("", e.to_string()))?;
+        let spec: JobSpec = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            SpecError { key, message: e.into_inner().to_string() }
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads, parses and validates a job spec file.
+    pub fn from_file(path: &Path) -> Result<JobSpec, SpecError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError::new("", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    /// The spec as TOML, as executors receive it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a JobSpec always serialises")
+    }
+
+    pub fn group_id(&self) -> String {
+        self.source.group_id.clone().unwrap_or_else(|| format!("embedstream-{}", self.name))
+    }
+
+    pub fn sink_bootstrap_servers(&self) -> &str {
+        self.sink.bootstrap_servers.as_deref().unwrap_or(&self.source.bootstrap_servers)
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        self.sink.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dlq", self.sink.topic))
+    }
+
+    /// Checks values that parse but cannot work. Also run by `from_toml`.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(SpecError::new("name", "must be non-empty letters, digits, '.', '_' or '-'"));
+        }
+        if self.checkpoint_location.as_os_str().is_empty() {
+            return Err(SpecError::new("checkpoint_location", "must not be empty"));
+        }
+        let s = &self.source;
+        if s.bootstrap_servers.trim().is_empty() {
+            return Err(SpecError::new("source.bootstrap_servers", "must not be empty"));
+        }
+        let ways = [s.subscribe.is_some(), s.subscribe_pattern.is_some(), s.assign.is_some()];
+        if ways.iter().filter(|&&w| w).count() != 1 {
+            return Err(SpecError::new("source", "set exactly one of `subscribe`, `subscribe_pattern`, `assign`"));
+        }
+        if let Some(topics) = &s.subscribe {
+            if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+                return Err(SpecError::new("source.subscribe", "must list at least one non-empty topic name"));
+            }
+        }
+        if let Some(p) = &s.subscribe_pattern {
+            regex::Regex::new(p).map_err(|e| SpecError::new("source.subscribe_pattern", format!("not a regular expression: {e}")))?;
+        }
+        if let Some(assign) = &s.assign {
+            if assign.is_empty() || assign.values().any(|ps| ps.is_empty() || ps.iter().any(|&p| p < 0)) {
+                return Err(SpecError::new("source.assign", "must map topics to non-empty lists of partitions >= 0"));
+            }
+        }
+        match &s.starting_offsets {
+            StartingOffsets::Named(n) if n == "earliest" || n == "latest" => {}
+            StartingOffsets::Named(n) => {
+                return Err(SpecError::new(
+                    "source.starting_offsets",
+                    format!("`{n}` is not \"earliest\", \"latest\" or a table of offsets"),
+                ))
+            }
+            StartingOffsets::Specific(map) => {
+                for (topic, parts) in map {
+                    let key = format!("source.starting_offsets.{topic}");
+                    if s.subscribe_pattern.is_none() && !self.source_topics().contains(topic) {
+                        return Err(SpecError::new(&key, "topic is not read by this query"));
+                    }
+                    for (p, &o) in parts {
+                        if p.parse::<i32>().map_or(true, |p| p < 0) {
+                            return Err(SpecError::new(&format!("{key}.{p}"), "partition must be an integer >= 0"));
+                        }
+                        if o < -2 {
+                            return Err(SpecError::new(&format!("{key}.{p}"), "offset must be >= 0, -1 (latest) or -2 (earliest)"));
+                        }
+                    }
+                }
+            }
+        }
+        if s.max_offsets_per_trigger == Some(0) {
+            return Err(SpecError::new("source.max_offsets_per_trigger", "must be at least 1"));
+        }
+        if s.min_partitions == Some(0) {
+            return Err(SpecError::new("source.min_partitions", "must be at least 1"));
+        }
+        if s.group_id.as_deref() == Some("") {
+            return Err(SpecError::new("source.group_id", "must not be empty"));
+        }
+        if s.poll_timeout_ms == 0 {
+            return Err(SpecError::new("source.poll_timeout_ms", "must be at least 1"));
+        }
+
+        let t = &self.trigger;
+        if let Some(pt) = &t.processing_time {
+            humantime::parse_duration(pt)
+                .map_err(|e| SpecError::new("trigger.processing_time", format!("`{pt}` is not a duration such as \"5s\": {e}")))?;
+            if t.available_now {
+                return Err(SpecError::new("trigger", "set either `processing_time` or `available_now`, not both"));
+            }
+        }
+
+        let m = &self.model;
+        for (key, path) in [("model.onnx", &m.onnx), ("model.tokenizer", &m.tokenizer)] {
+            if !path.is_file() {
+                return Err(SpecError::new(key, format!("no such file: {}", path.display())));
+            }
+        }
+        if !(1..=512).contains(&m.max_seq_len) {
+            return Err(SpecError::new("model.max_seq_len", "must be between 1 and 512"));
+        }
+        if !(1..=4096).contains(&m.batch_size) {
+            return Err(SpecError::new("model.batch_size", "must be between 1 and 4096"));
+        }
+        if m.max_text_bytes == 0 {
+            return Err(SpecError::new("model.max_text_bytes", "must be at least 1"));
+        }
+
+        let k = &self.sink;
+        if k.topic.is_empty() {
+            return Err(SpecError::new("sink.topic", "must not be empty"));
+        }
+        if k.bootstrap_servers.as_deref().is_some_and(|b| b.trim().is_empty()) {
+            return Err(SpecError::new("sink.bootstrap_servers", "must not be empty"));
+        }
+        let dlq = self.dead_letter_topic();
+        if dlq.is_empty() || dlq == k.topic {
+            return Err(SpecError::new("sink.dead_letter_topic", "must be non-empty and differ from `sink.topic`"));
+        }
+        for (key, topic) in [("sink.topic", &k.topic), ("sink.dead_letter_topic", &dlq)] {
+            if self.reads_topic(topic) {
+                return Err(SpecError::new(key, format!("`{topic}` is also a source topic: the query would read its own output")));
+            }
+        }
+
+        if self.executors.count == 0 {
+            return Err(SpecError::new("executors.count", "must be at least 1"));
+        }
+        if self.executors.cores == 0 {
+            return Err(SpecError::new("executors.cores", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Topics named by `subscribe` or `assign` (empty for a pattern).
+    pub fn source_topics(&self) -> Vec<String> {
+        if let Some(t) = &self.source.subscribe {
+            return t.clone();
+        }
+        if let Some(a) = &self.source.assign {
+            return a.keys().cloned().collect();
+        }
+        Vec::new()
+    }
+
+    /// Whether this query reads `topic`.
+    pub fn reads_topic(&self, topic: &str) -> bool {
+        match &self.source.subscribe_pattern {
+            Some(p) => regex::Regex::new(&format!("^(?:{p})$")).is_ok_and(|r| r.is_match(topic)),
+            None => self.source_topics().iter().any(|t| t == topic),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        onnx: PathBuf,
+        tok: PathBuf,
+    }
+
+    fn files() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let onnx = dir.path().join("m").join("model.onnx");
+        std::fs::create_dir_all(onnx.parent().unwrap()).unwrap();
+        std::fs::write(&onnx, b"x").unwrap();
+        let tok = dir.path().join("tokenizer.json");
+        std::fs::write(&tok, b"{}").unwrap();
+        Files { _dir: dir, onnx, tok }
+    }
+
+    fn spec(f: &Files, extra_source: &str, rest: &str) -> String {
+        format!(
+            r#"
+name = "products"
+checkpoint_location = "/tmp/cp"
+[source]
+bootstrap_servers = "127.0.0.1:9092"
+subscribe = ["products"]
+{extra_source}
+[model]
+onnx = "{}"
+tokenizer = "{}"
+[sink]
+kind = "kafka"
+topic = "out"
+{rest}
+"#,
+            f.onnx.display(),
+            f.tok.display()
+        )
+    }
+
+    fn key_of(text: &str) -> String {
+        JobSpec::from_toml(text).unwrap_err().key
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let f = files();
+        let s = JobSpec::from_toml(&spec(&f, "", "")).unwrap();
+        assert_eq!(s.group_id(), "embedstream-products");
+        assert_eq!(s.dead_letter_topic(), "out-dlq");
+        assert_eq!(s.model.batch_size, 32);
+        assert_eq!(s.model.model_id(), "m");
+        assert_eq!(s.source.starting_offsets, StartingOffsets::Named("latest".into()));
+        assert!(s.source.fail_on_data_loss);
+        // What executors receive parses back to the same spec.
+        let again = JobSpec::from_toml(&s.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), s.to_toml());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let f = files();
+        let e = JobSpec::from_toml(&spec(&f, "max_offset_per_trigger = 5", "")).unwrap_err();
+        assert_eq!(e.key, "source.max_offset_per_trigger");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let f = files();
+        assert_eq!(key_of(&spec(&f, "max_offsets_per_trigger = \"lots\"", "")), "source.max_offsets_per_trigger");
+        assert_eq!(key_of(&spec(&f, "", "format = \"f64\"")), "sink.format");
+    }
+
+    #[test]
+    fn impossible_values_are_named() {
+        let f = files();
+        assert_eq!(key_of(&spec(&f, "max_offsets_per_trigger = 0", "")), "source.max_offsets_per_trigger");
+        assert_eq!(key_of(&spec(&f, "min_partitions = 0", "")), "source.min_partitions");
+        assert_eq!(key_of(&spec(&f, "subscribe_pattern = \"p.*\"", "")), "source");
+        assert_eq!(key_of(&spec(&f, "starting_offsets = \"newest\"", "")), "source.starting_offsets");
+        assert_eq!(key_of(&spec(&f, "starting_offsets = { products = { \"0\" = -3 } }", "")), "source.starting_offsets.products.0");
+        assert_eq!(key_of(&spec(&f, "starting_offsets = { other = { \"0\" = 1 } }", "")), "source.starting_offsets.other");
+        assert_eq!(key_of(&spec(&f, "", "dead_letter_topic = \"out\"")), "sink.dead_letter_topic");
+        assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"soon\"")), "trigger.processing_time");
+        assert_eq!(key_of(&spec(&f, "", "[executors]\ncount = 0")), "executors.count");
+        let looped = spec(&f, "", "").replace("topic = \"out\"", "topic = \"products\"");
+        assert_eq!(key_of(&looped), "sink.topic");
+        let missing = spec(&f, "", "").replace(&f.onnx.display().to_string(), "/nonexistent/model.onnx");
+        let e = JobSpec::from_toml(&missing).unwrap_err();
+        assert_eq!(e.key, "model.onnx");
+        assert!(e.to_string().contains("/nonexistent/model.onnx"));
+    }
+
+    #[test]
+    fn starting_offsets_per_partition() {
+        let f = files();
+        let s = JobSpec::from_toml(&spec(&f, "starting_offsets = { products = { \"0\" = 42, \"1\" = -2, \"2\" = -1 } }", ""))
+            .unwrap();
+        let so = &s.source.starting_offsets;
+        assert_eq!(so.for_partition("products", 0), Some(StartAt::Offset(42)));
+        assert_eq!(so.for_partition("products", 1), Some(StartAt::Earliest));
+        assert_eq!(so.for_partition("products", 2), Some(StartAt::Latest));
+        assert_eq!(so.for_partition("products", 3), None);
+    }
+
+    #[test]
+    fn trigger_interval() {
+        let f = files();
+        let s = JobSpec::from_toml(&spec(&f, "", "[trigger]\nprocessing_time = \"1500ms\"")).unwrap();
+        assert_eq!(s.trigger.interval(), Duration::from_millis(1500));
+        assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"1s\"\navailable_now = true")), "trigger");
+    }
+}

@@ -1,0 +1,182 @@
+//! `embedstream`: the one binary. The driver, its executors and the tools are subcommands.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use embedstream_proto::JobSpec;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "embedstream", version, about = "Turn Kafka streams into ML embeddings, in micro-batches.")]
+#[command(long_about = "Turn Kafka streams into ML embeddings, in micro-batches.\n\n\
+A driver plans each batch from Kafka offsets, logs it to a checkpoint, and runs its tasks on \
+executor processes over gRPC; executors read their offset ranges, run the ONNX model and write \
+the results to Kafka. Logs go to stderr (RUST_LOG sets the level); results and summaries to stdout.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a streaming job: the driver in this process, executors as local processes.
+    ///
+    /// Ctrl-C or SIGTERM stops after the batch in flight and exits 0. With
+    /// `trigger.available_now = true` the job exits 0 once it has processed what the topics held
+    /// when it started. A summary (JSON) is printed on stdout at the end.
+    Run {
+        /// The job spec (TOML).
+        job: PathBuf,
+        /// Start N executor processes on this machine (overrides `executors.count`).
+        #[arg(long, value_name = "N")]
+        local: Option<u32>,
+    },
+    /// Check a job spec without starting anything; prints the spec with its defaults filled in.
+    Validate {
+        /// The job spec (TOML).
+        job: PathBuf,
+    },
+    /// Write the lines of standard input to a topic, one message per line (creates the topic).
+    Produce {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap_servers: String,
+        #[arg(long)]
+        topic: String,
+        /// Partitions of the topic, if it has to be created.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// Spread messages over partitions round-robin by line number (the key is the line number).
+        #[arg(long)]
+        keyed: bool,
+    },
+    /// An executor process (started by a driver, not by hand).
+    #[command(hide = true)]
+    Executor {
+        /// The driver's gRPC address, http://HOST:PORT.
+        #[arg(long)]
+        driver: String,
+        #[arg(long)]
+        executor_id: String,
+        #[arg(long, default_value_t = 1)]
+        cores: u32,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    // Tokenizers must not start its own thread pool: executors bound their threads by `cores`.
+    std::env::set_var("TOKENIZERS_PARALLELISM", "false");
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { job, local } => run(job, local).await,
+        Command::Validate { job } => {
+            let spec = JobSpec::from_file(&job)?;
+            print!("{}", spec.to_toml());
+            Ok(())
+        }
+        Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
+            produce(&bootstrap_servers, &topic, partitions, keyed).await
+        }
+        Command::Executor { driver, executor_id, cores, listen } => {
+            embedstream_executor::run(embedstream_executor::ExecutorArgs {
+                driver_url: driver,
+                executor_id: executor_id.clone(),
+                cores,
+                listen,
+                ort_library: None,
+            })
+            .await
+            .with_context(|| format!("executor {executor_id}"))
+        }
+    }
+}
+
+async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
+    let mut spec = JobSpec::from_file(&job)?;
+    if let Some(n) = local {
+        if n == 0 {
+            bail!("--local: at least one executor is needed");
+        }
+        spec.executors.count = n;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping after the batch in flight");
+        let _ = stop_tx.send(true);
+    });
+    let exe = std::env::current_exe().context("cannot find the embedstream binary to start executors")?;
+    let summary = embedstream_driver::run_local(spec, exe, stop_rx).await?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+async fn produce(bootstrap: &str, topic: &str, partitions: i32, keyed: bool) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let created = admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await?;
+    for r in created {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => bail!("cannot create topic {t}: {code}"),
+        }
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut pending = Vec::new();
+    let mut count = 0usize;
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line?;
+        let key = n.to_string();
+        let mut record = FutureRecord::<str, str>::to(topic).payload(&line);
+        if keyed {
+            record = record.key(&key).partition(n as i32 % partitions);
+        }
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        count += 1;
+        if pending.len() >= 10_000 {
+            for f in pending.drain(..) {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    tracing::info!(topic, messages = count, "produced");
+    Ok(())
+}

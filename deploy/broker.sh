@@ -10,9 +10,10 @@ case "$cmd" in
   start)
     port=${2:?port}; dir=${3:?data directory}
     mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
-    "$CACHE/bin/tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+    # Tansu reads the sqlite:// path relative to its working directory.
+    (cd "$dir" && exec "$CACHE/bin/tansu" broker --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "sqlite://$dir/tansu.db" >"$dir/broker.log" 2>&1 &
+      --storage-engine "sqlite://tansu.db" >"$dir/broker.log" 2>&1) &
     echo $! >"$dir/broker.pid"
     for _ in $(seq 1 100); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "broker: 127.0.0.1:$port (pid $(cat "$dir/broker.pid"), log $dir/broker.log)" >&2; exit 0; fi

@@ -408,6 +408,9 @@ fn log_batch(batch_id: u64, s: &BatchStats, took: Duration) {
         offset_gaps = s.offset_gaps,
         retries = s.failed_attempts,
         duration_ms = took.as_millis() as u64,
+        read_ms = s.read_micros / 1000,
+        infer_ms = s.infer_micros / 1000,
+        sink_ms = s.sink_micros / 1000,
         rows_per_second = format!("{:.1}", s.rows_read as f64 / secs),
         "batch committed"
     );

@@ -464,3 +464,118 @@ pub fn by_partition(records: &[Record]) -> BTreeMap<i32, Vec<&Record>> {
 pub fn read_checkpoint_file(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
+
+/// A continuous query running in the background, its stderr collected line by line.
+pub struct Running {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    pub fn start(job: &Job, executors: u32) -> Running {
+        let mut cmd = embedstream();
+        cmd.args([
+            "run",
+            job.path.to_str().unwrap(),
+            "--local",
+            &executors.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Running { child, lines }
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `cond` holds, failing if the query exits or `timeout` passes.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Self) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !cond(self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the query exited ({status}) while waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// PIDs of the executors, from the driver's "executor registered" lines.
+    pub fn executor_pids(&self) -> Vec<u32> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("embedstream_driver") && l.contains("executor registered"))
+            .filter_map(|l| {
+                l.split("pid=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// SIGTERM, then the exit status and the summary printed on stdout.
+    pub fn stop(mut self) -> serde_json::Value {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIGTERM did not stop the query:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "a stop by SIGTERM exits 0, got {status}:\n{}",
+            self.log()
+        );
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary: {e}: {out}"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -15,17 +15,11 @@ use rdkafka::ClientConfig;
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(
-    name = "embedstream",
-    version,
-    about = "Turn Kafka streams into ML embeddings, in micro-batches."
-)]
-#[command(
-    long_about = "Turn Kafka streams into ML embeddings, in micro-batches.\n\n\
+#[command(name = "embedstream", version, about = "Turn Kafka streams into ML embeddings, in micro-batches.")]
+#[command(long_about = "Turn Kafka streams into ML embeddings, in micro-batches.\n\n\
 A driver plans each batch from Kafka offsets, logs it to a checkpoint, and runs its tasks on \
 executor processes over gRPC; executors read their offset ranges, run the ONNX model and write \
-the results to Kafka. Logs go to stderr (RUST_LOG sets the level); results and summaries to stdout."
-)]
+the results to Kafka. Logs go to stderr (RUST_LOG sets the level); results and summaries to stdout.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,15 +79,11 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()),
         )
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -111,26 +101,20 @@ async fn dispatch(command: Command) -> Result<()> {
             print!("{}", spec.to_toml());
             Ok(())
         }
-        Command::Produce {
-            bootstrap_servers,
-            topic,
-            partitions,
-            keyed,
-        } => produce(&bootstrap_servers, &topic, partitions, keyed).await,
-        Command::Executor {
-            driver,
-            executor_id,
-            cores,
-            listen,
-        } => embedstream_executor::run(embedstream_executor::ExecutorArgs {
-            driver_url: driver,
-            executor_id: executor_id.clone(),
-            cores,
-            listen,
-            ort_library: None,
-        })
-        .await
-        .with_context(|| format!("executor {executor_id}")),
+        Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
+            produce(&bootstrap_servers, &topic, partitions, keyed).await
+        }
+        Command::Executor { driver, executor_id, cores, listen } => {
+            embedstream_executor::run(embedstream_executor::ExecutorArgs {
+                driver_url: driver,
+                executor_id: executor_id.clone(),
+                cores,
+                listen,
+                ort_library: None,
+            })
+            .await
+            .with_context(|| format!("executor {executor_id}"))
+        }
     }
 }
 
@@ -144,8 +128,8 @@ async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -153,22 +137,16 @@ async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
         tracing::info!("stopping after the batch in flight");
         let _ = stop_tx.send(true);
     });
-    let exe =
-        std::env::current_exe().context("cannot find the embedstream binary to start executors")?;
+    let exe = std::env::current_exe().context("cannot find the embedstream binary to start executors")?;
     let summary = embedstream_driver::run_local(spec, exe, stop_rx).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
 
 async fn produce(bootstrap: &str, topic: &str, partitions: i32, keyed: bool) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
     let created = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
         .await?;
     for r in created {
         match r {

@@ -20,22 +20,10 @@ fn spec_text(checkpoint: &std::path::Path, source: &str, rest: &str) -> String {
 #[test]
 fn bad_specs_are_refused_naming_the_key_and_nothing_starts() {
     let cases = [
-        (
-            "max_offset_per_trigger = 10",
-            "",
-            "source.max_offset_per_trigger",
-        ),
-        (
-            "max_offsets_per_trigger = \"many\"",
-            "",
-            "source.max_offsets_per_trigger",
-        ),
+        ("max_offset_per_trigger = 10", "", "source.max_offset_per_trigger"),
+        ("max_offsets_per_trigger = \"many\"", "", "source.max_offsets_per_trigger"),
         ("min_partitions = 0", "", "source.min_partitions"),
-        (
-            "starting_offsets = \"oldest\"",
-            "",
-            "source.starting_offsets",
-        ),
+        ("starting_offsets = \"oldest\"", "", "source.starting_offsets"),
         ("", "format = \"f16\"", "sink.format"),
         ("", "[executors]\ncores = 0", "executors.cores"),
         ("", "[model2]\nx = 1", "model2"),
@@ -50,19 +38,9 @@ fn bad_specs_are_refused_naming_the_key_and_nothing_starts() {
             cmd.args([sub, path.to_str().unwrap()]);
             let out = run_to_end(cmd, Duration::from_secs(30));
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(
-                out.status.code(),
-                Some(1),
-                "{sub} with {source:?}{rest:?}: {stderr}"
-            );
-            assert!(
-                stderr.contains(&format!("`{key}`")),
-                "{sub}: the error names `{key}`: {stderr}"
-            );
-            assert!(
-                !stderr.contains("query starting"),
-                "{sub}: no query was started: {stderr}"
-            );
+            assert_eq!(out.status.code(), Some(1), "{sub} with {source:?}{rest:?}: {stderr}");
+            assert!(stderr.contains(&format!("`{key}`")), "{sub}: the error names `{key}`: {stderr}");
+            assert!(!stderr.contains("query starting"), "{sub}: no query was started: {stderr}");
             assert!(!checkpoint.exists(), "{sub}: nothing was written");
         }
     }
@@ -79,10 +57,7 @@ fn a_missing_model_file_is_named() {
     let out = run_to_end(cmd, Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        stderr.contains("`model.onnx`") && stderr.contains("missing.onnx"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("`model.onnx`") && stderr.contains("missing.onnx"), "{stderr}");
 }
 
 #[test]

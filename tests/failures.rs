@@ -11,44 +11,26 @@ use common::*;
 fn a_lost_executor_s_tasks_are_retried_on_another() {
     let broker = Broker::start();
     broker.create_topic("orders", 2);
-    let job = Job::new(
-        &broker,
-        "lost",
-        "subscribe = [\"orders\"]",
-        "processing_time = \"200ms\"",
-        "",
-    );
+    let job = Job::new(&broker, "lost", "subscribe = [\"orders\"]", "processing_time = \"200ms\"", "");
     let mut q = Running::start(&job, 2);
-    q.wait_until("two registered executors", Duration::from_secs(60), |q| {
-        q.executor_pids().len() == 2
-    });
+    q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
 
     // One executor dies before the data comes; the driver learns it when a task sent there fails.
     let victim = q.executor_pids()[0];
-    std::process::Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
     broker.produce_texts("orders", 2, 0, &texts(60, 6));
     q.wait_until("all 60 records committed", Duration::from_secs(90), |_| {
         broker.committed("lost-group", "orders", 2) == vec![30, 30]
     });
     let summary = q.stop();
 
-    assert!(
-        summary["task_retries"].as_u64().unwrap() >= 1,
-        "a task was retried: {summary}"
-    );
+    assert!(summary["task_retries"].as_u64().unwrap() >= 1, "a task was retried: {summary}");
     assert_eq!(summary["embeddings"], 60);
     let out = broker.read_all("lost-out", 2);
     let seen: BTreeSet<(i32, i64)> = out.iter().map(Record::origin).collect();
     let want: BTreeSet<(i32, i64)> = (0..2).flat_map(|p| (0..30).map(move |o| (p, o))).collect();
     assert_eq!(seen, want, "every input has an output");
-    assert_eq!(
-        out.len(),
-        60,
-        "the dead executor wrote nothing, so nothing is duplicated"
-    );
+    assert_eq!(out.len(), 60, "the dead executor wrote nothing, so nothing is duplicated");
 }
 
 #[test]
@@ -56,13 +38,7 @@ fn new_topics_and_partitions_are_picked_up_between_batches() {
     let broker = Broker::start();
     broker.create_topic("events-a", 1);
     broker.produce_texts("events-a", 1, 0, &texts(10, 7));
-    let job = Job::new(
-        &broker,
-        "grow",
-        "subscribe_pattern = \"events-.*\"",
-        "processing_time = \"200ms\"",
-        "",
-    );
+    let job = Job::new(&broker, "grow", "subscribe_pattern = \"events-.*\"", "processing_time = \"200ms\"", "");
     let mut q = Running::start(&job, 1);
     q.wait_until("events-a processed", Duration::from_secs(60), |_| {
         broker.committed("grow-group", "events-a", 1) == vec![10]
@@ -80,19 +56,14 @@ fn new_topics_and_partitions_are_picked_up_between_batches() {
     assert_eq!(summary["embeddings"], 29);
 
     let out = broker.read_all("grow-out", 1);
-    let seen: BTreeSet<(String, i32, i64)> = out
-        .iter()
-        .map(|r| (r.header("es.topic").to_string(), r.origin().0, r.origin().1))
-        .collect();
+    let seen: BTreeSet<(String, i32, i64)> =
+        out.iter().map(|r| (r.header("es.topic").to_string(), r.origin().0, r.origin().1)).collect();
     let mut want = BTreeSet::new();
     want.extend((0..15).map(|o| ("events-a".to_string(), 0, o)));
     want.extend((0..2).flat_map(|p| (0..7).map(move |o| ("events-b".to_string(), p, o))));
     assert_eq!(seen, want);
     assert_eq!(out.len(), 29, "nothing twice");
-    assert!(
-        some_batch_reads(&job, "events-b"),
-        "a logged batch plan lists the new topic"
-    );
+    assert!(some_batch_reads(&job, "events-b"), "a logged batch plan lists the new topic");
 }
 
 fn some_batch_reads(job: &Job, topic: &str) -> bool {

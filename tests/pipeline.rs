@@ -4,8 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -16,10 +15,7 @@ struct Reference {
 }
 
 fn reference() -> Reference {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/reference_embeddings.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference_embeddings.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -38,10 +34,7 @@ fn assert_exactly_once(out: &[Record], highs: &[i64], ordered: bool) {
             offsets.sort();
         }
         let want: Vec<i64> = (0..highs[p as usize]).collect();
-        assert_eq!(
-            offsets, want,
-            "partition {p}: outputs must be each input offset once, in order"
-        );
+        assert_eq!(offsets, want, "partition {p}: outputs must be each input offset once, in order");
     }
     assert_eq!(out.len() as i64, highs.iter().sum::<i64>());
 }
@@ -77,18 +70,11 @@ fn every_record_is_embedded_once_in_order_and_offsets_are_committed() {
         assert_eq!(rec.key.as_deref(), Some(format!("key-{n}").as_bytes()));
         assert_eq!(rec.header("es.topic"), "products");
         assert_eq!(rec.header("es.model"), "all-MiniLM-L6-v2");
-        assert_eq!(
-            rec.partition, p,
-            "sink partition follows the source partition"
-        );
+        assert_eq!(rec.partition, p, "sink partition follows the source partition");
         let v = rec.vector();
         assert_eq!(v.len(), DIM);
         if let Some(i) = r.sentences.iter().position(|s| *s == input[n]) {
-            let worst = v
-                .iter()
-                .zip(&r.embeddings[i])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = v.iter().zip(&r.embeddings[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-4, "reference sentence {i}: max diff {worst}");
         }
     }
@@ -116,15 +102,9 @@ fn a_crash_after_the_write_ahead_log_reruns_the_same_batch_without_gap() {
 
     // Batch 0 completes; the driver dies right after logging batch 1, before running it.
     let mut cmd = embedstream();
-    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"])
-        .env("EMBEDSTREAM_TEST_CRASH_AFTER_WAL", "1");
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]).env("EMBEDSTREAM_TEST_CRASH_AFTER_WAL", "1");
     let out = run_to_end(cmd, Duration::from_secs(120));
-    assert_eq!(
-        out.status.code(),
-        Some(86),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(job.logged_batches("offsets"), vec![0, 1]);
     assert_eq!(job.logged_batches("commits"), vec![0]);
     let planned = std::fs::read(job.checkpoint().join("offsets/1")).unwrap();
@@ -139,27 +119,12 @@ fn a_crash_after_the_write_ahead_log_reruns_the_same_batch_without_gap() {
     );
     let end_of = |batch: u64| -> i64 {
         let entry = read_checkpoint_file(&job.checkpoint().join(format!("offsets/{batch}")));
-        entry["end"]["items"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_i64().unwrap())
-            .sum()
+        entry["end"]["items"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum()
     };
     let (end0, end1) = (end_of(0), end_of(1));
-    assert!(
-        end0 > 0 && end0 <= 15 && end1 > end0 && end1 - end0 <= 15,
-        "rate-limited batches: {end0}, {end1}"
-    );
-    assert!(
-        end1 <= 40,
-        "batch 1 holds nothing that arrived after it was planned"
-    );
-    assert_eq!(
-        summary["input_rows"].as_i64().unwrap(),
-        60 - end0,
-        "everything after batch 0, nothing of it again"
-    );
+    assert!(end0 > 0 && end0 <= 15 && end1 > end0 && end1 - end0 <= 15, "rate-limited batches: {end0}, {end1}");
+    assert!(end1 <= 40, "batch 1 holds nothing that arrived after it was planned");
+    assert_eq!(summary["input_rows"].as_i64().unwrap(), 60 - end0, "everything after batch 0, nothing of it again");
 
     let highs = broker.high_watermarks("items", 2);
     assert_eq!(highs.iter().sum::<i64>(), 60);
@@ -180,56 +145,23 @@ fn sigterm_stops_after_the_batch_in_flight_and_a_restart_resumes() {
         "",
     );
 
-    let mut cmd = embedstream();
-    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    // Wait until the continuous query has caught up with the 30 records.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while broker.committed("term-group", "stream", 1) != vec![30] {
-        assert!(Instant::now() < deadline, "the query did not catch up");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the query exited early"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "SIGTERM did not stop the query");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "a stop by SIGTERM exits 0, got {status}");
+    let mut q = Running::start(&job, 1);
+    q.wait_until("the query catching up with 30 records", Duration::from_secs(90), |_| {
+        broker.committed("term-group", "stream", 1) == vec![30]
+    });
+    let summary = q.stop();
+    assert_eq!(summary["input_rows"], 30);
     let batches_before = job.logged_batches("commits");
-    assert_eq!(
-        job.logged_batches("offsets"),
-        batches_before,
-        "no batch left half-done"
-    );
+    assert_eq!(job.logged_batches("offsets"), batches_before, "no batch left half-done");
 
     broker.produce_texts("stream", 1, 30, &texts(12, 5));
     // The same query (same checkpoint), now told to process what is there and exit.
-    let spec = std::fs::read_to_string(&job.path)
-        .unwrap()
-        .replace("processing_time = \"200ms\"", "available_now = true");
+    let spec =
+        std::fs::read_to_string(&job.path).unwrap().replace("processing_time = \"200ms\"", "available_now = true");
     std::fs::write(&job.path, spec).unwrap();
     let summary = run_job(&job, 1);
-    assert_eq!(
-        summary["input_rows"], 12,
-        "the restart reads only what came after the stop"
-    );
-    assert_exactly_once_in_order(
-        &broker.read_all("term-out", 1),
-        &broker.high_watermarks("stream", 1),
-    );
+    assert_eq!(summary["input_rows"], 12, "the restart reads only what came after the stop");
+    assert_exactly_once_in_order(&broker.read_all("term-out", 1), &broker.high_watermarks("stream", 1));
     assert_eq!(broker.committed("term-group", "stream", 1), vec![42]);
 }
 
@@ -239,63 +171,27 @@ fn bad_records_go_to_the_dead_letter_topic_with_a_reason() {
     broker.create_topic("raw", 1);
     let long = "y".repeat(300);
     let records: Vec<(i32, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
-        (
-            0,
-            Some(b"good-0".to_vec()),
-            Some(b"a fine leather wallet".to_vec()),
-        ),
-        (
-            0,
-            Some(b"bad-utf8".to_vec()),
-            Some(vec![0x66, 0x6f, 0xff, 0xfe]),
-        ),
+        (0, Some(b"good-0".to_vec()), Some(b"a fine leather wallet".to_vec())),
+        (0, Some(b"bad-utf8".to_vec()), Some(vec![0x66, 0x6f, 0xff, 0xfe])),
         (0, Some(b"empty".to_vec()), Some(Vec::new())),
-        (
-            0,
-            Some(b"good-1".to_vec()),
-            Some(b"a sturdy umbrella".to_vec()),
-        ),
-        (
-            0,
-            Some(b"too-long".to_vec()),
-            Some(long.clone().into_bytes()),
-        ),
+        (0, Some(b"good-1".to_vec()), Some(b"a sturdy umbrella".to_vec())),
+        (0, Some(b"too-long".to_vec()), Some(long.clone().into_bytes())),
         (0, Some(b"null".to_vec()), None),
-        (
-            0,
-            Some(b"good-2".to_vec()),
-            Some(b"noise cancelling headphones".to_vec()),
-        ),
+        (0, Some(b"good-2".to_vec()), Some(b"noise cancelling headphones".to_vec())),
     ];
     broker.produce("raw", &records);
-    let job = Job::new(
-        &broker,
-        "dlq",
-        "subscribe = [\"raw\"]",
-        "available_now = true",
-        "",
-    );
+    let job = Job::new(&broker, "dlq", "subscribe = [\"raw\"]", "available_now = true", "");
     // A small size limit, so the 300-byte value is over it.
-    let spec = std::fs::read_to_string(&job.path)
-        .unwrap()
-        .replace("batch_size = 16", "batch_size = 16\nmax_text_bytes = 200");
+    let spec =
+        std::fs::read_to_string(&job.path).unwrap().replace("batch_size = 16", "batch_size = 16\nmax_text_bytes = 200");
     std::fs::write(&job.path, spec).unwrap();
 
     let summary = run_job(&job, 1);
-    assert_eq!(
-        (
-            summary["embeddings"].as_u64(),
-            summary["dead_letters"].as_u64()
-        ),
-        (Some(3), Some(4))
-    );
+    assert_eq!((summary["embeddings"].as_u64(), summary["dead_letters"].as_u64()), (Some(3), Some(4)));
 
     let out = broker.read_all("dlq-out", 1);
     let good: BTreeSet<Vec<u8>> = out.iter().map(|r| r.key.clone().unwrap()).collect();
-    assert_eq!(
-        good,
-        BTreeSet::from([b"good-0".to_vec(), b"good-1".to_vec(), b"good-2".to_vec()])
-    );
+    assert_eq!(good, BTreeSet::from([b"good-0".to_vec(), b"good-1".to_vec(), b"good-2".to_vec()]));
 
     let dead = broker.read_all("dlq-dlq", 1);
     assert_eq!(dead.len(), 4);
@@ -303,11 +199,7 @@ fn bad_records_go_to_the_dead_letter_topic_with_a_reason() {
         let key = String::from_utf8(d.key.clone().unwrap()).unwrap();
         let (_, offset) = d.origin();
         let original = &records[offset as usize];
-        assert_eq!(
-            original.1.as_deref(),
-            d.key.as_deref(),
-            "dead letter keeps its key and origin"
-        );
+        assert_eq!(original.1.as_deref(), d.key.as_deref(), "dead letter keeps its key and origin");
         assert_eq!(
             original.2.as_deref().filter(|v| !v.is_empty()),
             d.value.as_deref().filter(|v| !v.is_empty()),

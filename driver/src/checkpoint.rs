@@ -22,15 +22,9 @@ use crate::planner::{PartitionOffsets, TopicPartition};
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {path}: corrupt file: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
 /// Offsets as Spark writes them: `{"topic": {"partition": offset}}`.
@@ -39,9 +33,7 @@ pub type OffsetsJson = BTreeMap<String, BTreeMap<String, i64>>;
 pub fn to_json(offsets: &PartitionOffsets) -> OffsetsJson {
     let mut out = OffsetsJson::new();
     for (tp, &o) in offsets {
-        out.entry(tp.topic.clone())
-            .or_default()
-            .insert(tp.partition.to_string(), o);
+        out.entry(tp.topic.clone()).or_default().insert(tp.partition.to_string(), o);
     }
     out
 }
@@ -49,9 +41,7 @@ pub fn to_json(offsets: &PartitionOffsets) -> OffsetsJson {
 pub fn from_json(json: &OffsetsJson) -> PartitionOffsets {
     json.iter()
         .flat_map(|(t, ps)| {
-            ps.iter().filter_map(move |(p, &o)| {
-                Some((TopicPartition::new(t.clone(), p.parse().ok()?), o))
-            })
+            ps.iter().filter_map(move |(p, &o)| Some((TopicPartition::new(t.clone(), p.parse().ok()?), o)))
         })
         .collect()
 }
@@ -90,10 +80,7 @@ pub enum Recovery {
     /// Batch `batch_id` was planned but not committed: run it again with these offsets.
     Rerun(OffsetLogEntry),
     /// The last batch was committed; the next one starts at its end offsets.
-    Continue {
-        next_batch_id: u64,
-        start: PartitionOffsets,
-    },
+    Continue { next_batch_id: u64, start: PartitionOffsets },
 }
 
 pub struct Checkpoint {
@@ -113,20 +100,11 @@ impl Checkpoint {
             Some(m) => m.query_id,
             None => {
                 let id = new_query_id();
-                write_atomic(
-                    &meta_path,
-                    &serde_json::to_vec(&Metadata {
-                        query_id: id.clone(),
-                    })
-                    .unwrap(),
-                )?;
+                write_atomic(&meta_path, &serde_json::to_vec(&Metadata { query_id: id.clone() }).unwrap())?;
                 id
             }
         };
-        Ok(Checkpoint {
-            root: root.to_path_buf(),
-            query_id,
-        })
+        Ok(Checkpoint { root: root.to_path_buf(), query_id })
     }
 
     pub fn query_id(&self) -> &str {
@@ -139,30 +117,20 @@ impl Checkpoint {
 
     fn latest_batch(&self, dir: &str) -> Result<Option<u64>, CheckpointError> {
         let d = self.root.join(dir);
-        let entries = fs::read_dir(&d).map_err(|source| CheckpointError::Io {
-            path: d.clone(),
-            source,
-        })?;
-        Ok(entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-            .max())
+        let entries = fs::read_dir(&d).map_err(|source| CheckpointError::Io { path: d.clone(), source })?;
+        Ok(entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok()).max())
     }
 
     pub fn recover(&self) -> Result<Recovery, CheckpointError> {
         let Some(last_planned) = self.latest_batch("offsets")? else {
             return Ok(Recovery::Fresh);
         };
-        let entry = self
-            .offsets(last_planned)?
-            .ok_or_else(|| CheckpointError::Io {
-                path: self.root.join("offsets").join(last_planned.to_string()),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "vanished while reading"),
-            })?;
+        let entry = self.offsets(last_planned)?.ok_or_else(|| CheckpointError::Io {
+            path: self.root.join("offsets").join(last_planned.to_string()),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "vanished while reading"),
+        })?;
         if self.commit(last_planned)?.is_some() {
-            Ok(Recovery::Continue {
-                next_batch_id: last_planned + 1,
-                start: from_json(&entry.end),
-            })
+            Ok(Recovery::Continue { next_batch_id: last_planned + 1, start: from_json(&entry.end) })
         } else {
             Ok(Recovery::Rerun(entry))
         }
@@ -174,10 +142,7 @@ impl Checkpoint {
     }
 
     pub fn write_initial_offsets(&self, offsets: &OffsetsJson) -> Result<(), CheckpointError> {
-        write_atomic(
-            &self.root.join("initial_offsets"),
-            &serde_json::to_vec_pretty(offsets).unwrap(),
-        )
+        write_atomic(&self.root.join("initial_offsets"), &serde_json::to_vec_pretty(offsets).unwrap())
     }
 
     pub fn offsets(&self, batch_id: u64) -> Result<Option<OffsetLogEntry>, CheckpointError> {
@@ -205,28 +170,17 @@ impl Checkpoint {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, CheckpointError> {
     match fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| CheckpointError::Corrupt {
-                    path: path.to_path_buf(),
-                    source,
-                })
-        }
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| CheckpointError::Corrupt { path: path.to_path_buf(), source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(CheckpointError::Io { path: path.to_path_buf(), source }),
     }
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
@@ -239,18 +193,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 }
 
 fn new_query_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     format!("{:x}-{:x}", nanos, std::process::id())
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 #[cfg(test)]
@@ -258,9 +206,7 @@ mod tests {
     use super::*;
 
     fn offs(v: &[(&str, i32, i64)]) -> PartitionOffsets {
-        v.iter()
-            .map(|&(t, p, o)| (TopicPartition::new(t, p), o))
-            .collect()
+        v.iter().map(|&(t, p, o)| (TopicPartition::new(t, p), o)).collect()
     }
 
     #[test]
@@ -294,10 +240,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             cp.recover().unwrap(),
-            Recovery::Continue {
-                next_batch_id: 1,
-                start: offs(&[("t", 0, 10), ("t", 1, 7)])
-            }
+            Recovery::Continue { next_batch_id: 1, start: offs(&[("t", 0, 10), ("t", 1, 7)]) }
         );
         assert!(!dir.path().join("commits/0.tmp").exists());
     }

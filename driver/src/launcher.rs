@@ -13,19 +13,11 @@ use crate::scheduler::ExecutorRegistry;
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("cannot start executor {id} ({exe}): {source}")]
-    Spawn {
-        id: String,
-        exe: PathBuf,
-        source: std::io::Error,
-    },
+    Spawn { id: String, exe: PathBuf, source: std::io::Error },
     #[error("executor {id} exited with {status} before it registered (its log above says why)")]
     ExitedEarly { id: String, status: ExitStatus },
     #[error("{registered} of {wanted} executors registered within {waited:?}")]
-    Timeout {
-        registered: usize,
-        wanted: usize,
-        waited: Duration,
-    },
+    Timeout { registered: usize, wanted: usize, waited: Duration },
 }
 
 pub struct LocalLauncher {
@@ -36,32 +28,17 @@ pub struct LocalLauncher {
 impl LocalLauncher {
     /// `exe` is the `embedstream` binary (usually `std::env::current_exe()`).
     pub fn new(exe: PathBuf) -> Self {
-        LocalLauncher {
-            exe,
-            children: Vec::new(),
-        }
+        LocalLauncher { exe, children: Vec::new() }
     }
 
     pub fn spawn(&mut self, id: &str, driver_url: &str, cores: u32) -> Result<(), LaunchError> {
         let child = Command::new(&self.exe)
-            .args([
-                "executor",
-                "--driver",
-                driver_url,
-                "--executor-id",
-                id,
-                "--cores",
-                &cores.to_string(),
-            ])
+            .args(["executor", "--driver", driver_url, "--executor-id", id, "--cores", &cores.to_string()])
             // Executors log to the same stderr as the driver; stdout stays the driver's.
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| LaunchError::Spawn {
-                id: id.into(),
-                exe: self.exe.clone(),
-                source,
-            })?;
+            .map_err(|source| LaunchError::Spawn { id: id.into(), exe: self.exe.clone(), source })?;
         self.children.push((id.to_string(), child));
         Ok(())
     }
@@ -81,18 +58,11 @@ impl LocalLauncher {
             }
             for (id, child) in &mut self.children {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(LaunchError::ExitedEarly {
-                        id: id.clone(),
-                        status,
-                    });
+                    return Err(LaunchError::ExitedEarly { id: id.clone(), status });
                 }
             }
             if start.elapsed() > timeout {
-                return Err(LaunchError::Timeout {
-                    registered: *registered.borrow(),
-                    wanted,
-                    waited: timeout,
-                });
+                return Err(LaunchError::Timeout { registered: *registered.borrow(), wanted, waited: timeout });
             }
             // Wake on a registration, or look at the children again shortly.
             let _ = tokio::time::timeout(Duration::from_millis(200), registered.changed()).await;

@@ -18,10 +18,7 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition {
-            topic: topic.into(),
-            partition,
-        }
+        TopicPartition { topic: topic.into(), partition }
     }
 }
 
@@ -51,11 +48,7 @@ impl OffsetRange {
 /// Caps `latest` so that the batch reads at most `limit` records in all, giving each partition a
 /// share in proportion to its backlog (`latest - start`). A share below one record is rounded up
 /// so that small partitions are never starved, as Spark does; others are rounded down.
-pub fn rate_limit(
-    start: &PartitionOffsets,
-    latest: &PartitionOffsets,
-    limit: Option<u64>,
-) -> PartitionOffsets {
+pub fn rate_limit(start: &PartitionOffsets, latest: &PartitionOffsets, limit: Option<u64>) -> PartitionOffsets {
     let Some(limit) = limit else {
         return latest.clone();
     };
@@ -76,11 +69,7 @@ pub fn rate_limit(
             let capped = match (backlog.get(tp), start.get(tp)) {
                 (Some(&size), Some(&begin)) => {
                     let share = limit as f64 * (size as f64 / total as f64);
-                    let share = if share < 1.0 {
-                        share.ceil()
-                    } else {
-                        share.floor()
-                    } as i64;
+                    let share = if share < 1.0 { share.ceil() } else { share.floor() } as i64;
                     begin.saturating_add(share).min(end)
                 }
                 _ => end,
@@ -95,11 +84,7 @@ pub fn ranges(start: &PartitionOffsets, end: &PartitionOffsets) -> Vec<OffsetRan
     end.iter()
         .filter_map(|(tp, &until)| {
             let from = *start.get(tp)?;
-            (until > from).then(|| OffsetRange {
-                tp: tp.clone(),
-                from,
-                until,
-            })
+            (until > from).then(|| OffsetRange { tp: tp.clone(), from, until })
         })
         .collect()
 }
@@ -119,8 +104,7 @@ pub fn split_ranges(ranges: Vec<OffsetRange>, min_partitions: Option<u32>) -> Ve
     ranges
         .into_iter()
         .flat_map(|r| {
-            let parts =
-                ((r.size() as f64 / total as f64 * min as f64).round() as i64).clamp(1, r.size());
+            let parts = ((r.size() as f64 / total as f64 * min as f64).round() as i64).clamp(1, r.size());
             (0..parts).map(move |i| OffsetRange {
                 tp: r.tp.clone(),
                 from: r.from + r.size() * i / parts,
@@ -134,17 +118,9 @@ pub fn split_ranges(ranges: Vec<OffsetRange>, min_partitions: Option<u32>) -> Ve
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DataLoss {
     #[error("{tp}: offsets {from}..{earliest} were deleted before they were processed (retention or compaction of the log start)")]
-    Deleted {
-        tp: TopicPartition,
-        from: i64,
-        earliest: i64,
-    },
+    Deleted { tp: TopicPartition, from: i64, earliest: i64 },
     #[error("{tp}: the latest offset {latest} is below the processed offset {from} (topic deleted and recreated, or log truncated)")]
-    Truncated {
-        tp: TopicPartition,
-        from: i64,
-        latest: i64,
-    },
+    Truncated { tp: TopicPartition, from: i64, latest: i64 },
     #[error("{tp}: the partition no longer exists")]
     PartitionGone { tp: TopicPartition },
 }
@@ -167,18 +143,10 @@ pub fn check_data_loss(
             continue;
         };
         if high < from {
-            losses.push(DataLoss::Truncated {
-                tp: tp.clone(),
-                from,
-                latest: high,
-            });
+            losses.push(DataLoss::Truncated { tp: tp.clone(), from, latest: high });
             adjusted.insert(tp.clone(), low);
         } else if from < low {
-            losses.push(DataLoss::Deleted {
-                tp: tp.clone(),
-                from,
-                earliest: low,
-            });
+            losses.push(DataLoss::Deleted { tp: tp.clone(), from, earliest: low });
             adjusted.insert(tp.clone(), low);
         } else {
             adjusted.insert(tp.clone(), from);
@@ -195,9 +163,7 @@ mod tests {
     use super::*;
 
     fn offs(v: &[(&str, i32, i64)]) -> PartitionOffsets {
-        v.iter()
-            .map(|&(t, p, o)| (TopicPartition::new(t, p), o))
-            .collect()
+        v.iter().map(|&(t, p, o)| (TopicPartition::new(t, p), o)).collect()
     }
 
     #[test]
@@ -213,11 +179,7 @@ mod tests {
         let start = offs(&[("t", 0, 0), ("t", 1, 0)]);
         let latest = offs(&[("t", 0, 1000), ("t", 1, 1)]);
         let end = rate_limit(&start, &latest, Some(10));
-        assert_eq!(
-            end[&TopicPartition::new("t", 1)],
-            1,
-            "share 0.01 is rounded up"
-        );
+        assert_eq!(end[&TopicPartition::new("t", 1)], 1, "share 0.01 is rounded up");
         assert_eq!(end[&TopicPartition::new("t", 0)], 9);
     }
 
@@ -227,26 +189,14 @@ mod tests {
         let latest = offs(&[("t", 0, 9)]);
         assert_eq!(rate_limit(&start, &latest, None), latest);
         assert_eq!(rate_limit(&latest, &latest, Some(3)), latest);
-        assert_eq!(
-            rate_limit(&start, &latest, Some(100)),
-            latest,
-            "a limit above the backlog changes nothing"
-        );
+        assert_eq!(rate_limit(&start, &latest, Some(100)), latest, "a limit above the backlog changes nothing");
     }
 
     #[test]
     fn split_reaches_min_partitions_in_proportion() {
         let r = vec![
-            OffsetRange {
-                tp: TopicPartition::new("t", 0),
-                from: 0,
-                until: 300,
-            },
-            OffsetRange {
-                tp: TopicPartition::new("t", 1),
-                from: 50,
-                until: 150,
-            },
+            OffsetRange { tp: TopicPartition::new("t", 0), from: 0, until: 300 },
+            OffsetRange { tp: TopicPartition::new("t", 1), from: 50, until: 150 },
         ];
         let s = split_ranges(r, Some(8));
         let zero: Vec<_> = s.iter().filter(|r| r.tp.partition == 0).collect();
@@ -255,34 +205,19 @@ mod tests {
         // Contiguous and covering exactly the original ranges.
         assert_eq!((zero[0].from, zero.last().unwrap().until), (0, 300));
         assert!(zero.windows(2).all(|w| w[0].until == w[1].from));
-        assert_eq!(
-            (one[0].from, one[0].until, one[1].from, one[1].until),
-            (50, 100, 100, 150)
-        );
+        assert_eq!((one[0].from, one[0].until, one[1].from, one[1].until), (50, 100, 100, 150));
     }
 
     #[test]
     fn split_leaves_enough_ranges_alone_and_drops_empty() {
         let r = vec![
-            OffsetRange {
-                tp: TopicPartition::new("t", 0),
-                from: 0,
-                until: 10,
-            },
-            OffsetRange {
-                tp: TopicPartition::new("t", 1),
-                from: 4,
-                until: 4,
-            },
+            OffsetRange { tp: TopicPartition::new("t", 0), from: 0, until: 10 },
+            OffsetRange { tp: TopicPartition::new("t", 1), from: 4, until: 4 },
         ];
         assert_eq!(split_ranges(r.clone(), Some(1)).len(), 1);
         assert_eq!(split_ranges(r.clone(), None).len(), 1);
         // Never more pieces than records.
-        let tiny = vec![OffsetRange {
-            tp: TopicPartition::new("t", 0),
-            from: 0,
-            until: 2,
-        }];
+        let tiny = vec![OffsetRange { tp: TopicPartition::new("t", 0), from: 0, until: 2 }];
         assert_eq!(split_ranges(tiny, Some(16)).len(), 2);
     }
 
@@ -292,32 +227,18 @@ mod tests {
         let earliest = offs(&[("t", 0, 10), ("t", 1, 0)]);
         let latest = offs(&[("t", 0, 20), ("t", 1, 30)]);
         let err = check_data_loss(&start, &earliest, &latest, true).unwrap_err();
-        assert_eq!(
-            err,
-            DataLoss::Deleted {
-                tp: TopicPartition::new("t", 0),
-                from: 5,
-                earliest: 10
-            }
-        );
+        assert_eq!(err, DataLoss::Deleted { tp: TopicPartition::new("t", 0), from: 5, earliest: 10 });
         let (adj, losses) = check_data_loss(&start, &earliest, &latest, false).unwrap();
         assert_eq!(adj, offs(&[("t", 0, 10), ("t", 1, 0)]));
         assert_eq!(losses.len(), 3);
-        assert!(losses.contains(&DataLoss::PartitionGone {
-            tp: TopicPartition::new("t", 2)
-        }));
-        assert!(losses.contains(&DataLoss::Truncated {
-            tp: TopicPartition::new("t", 1),
-            from: 50,
-            latest: 30
-        }));
+        assert!(losses.contains(&DataLoss::PartitionGone { tp: TopicPartition::new("t", 2) }));
+        assert!(losses.contains(&DataLoss::Truncated { tp: TopicPartition::new("t", 1), from: 50, latest: 30 }));
     }
 
     #[test]
     fn no_data_loss_keeps_start() {
         let start = offs(&[("t", 0, 10)]);
-        let (adj, losses) =
-            check_data_loss(&start, &offs(&[("t", 0, 0)]), &offs(&[("t", 0, 10)]), true).unwrap();
+        let (adj, losses) = check_data_loss(&start, &offs(&[("t", 0, 0)]), &offs(&[("t", 0, 10)]), true).unwrap();
         assert_eq!(adj, start);
         assert!(losses.is_empty());
     }

@@ -21,14 +21,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::checkpoint::{
-    self, Checkpoint, CheckpointError, CommitLogEntry, OffsetLogEntry, Recovery,
-};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, CommitLogEntry, OffsetLogEntry, Recovery};
 use crate::launcher::{LaunchError, LocalLauncher};
 use crate::planner::{self, DataLoss, PartitionOffsets, TopicPartition};
-use crate::scheduler::{
-    BatchStats, DriverServiceImpl, ExecutorRegistry, Scheduler, SchedulerError,
-};
+use crate::scheduler::{BatchStats, DriverServiceImpl, ExecutorRegistry, Scheduler, SchedulerError};
 use crate::source::{KafkaSource, SourceError};
 
 /// How long executors may take to start and load their model.
@@ -72,11 +68,7 @@ pub struct QuerySummary {
 
 /// Runs `spec` with `executors.count` local executor processes started from `exe`, until `stop`
 /// turns true (after the batch in flight) or an `available_now` query has caught up.
-pub async fn run_local(
-    spec: JobSpec,
-    exe: PathBuf,
-    stop: watch::Receiver<bool>,
-) -> Result<QuerySummary, DriverError> {
+pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>) -> Result<QuerySummary, DriverError> {
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
     let source = Arc::new(KafkaSource::new(&spec)?);
     let registry = Arc::new(ExecutorRegistry::default());
@@ -84,9 +76,7 @@ pub async fn run_local(
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .map_err(|e| DriverError::Service(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| DriverError::Service(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| DriverError::Service(e.to_string()))?;
     let service = DriverServiceImpl {
         registry: registry.clone(),
         job_spec_toml: spec.to_toml(),
@@ -109,13 +99,7 @@ pub async fn run_local(
         for i in 0..spec.executors.count {
             launcher.spawn(&format!("exec-{i}"), &url, spec.executors.cores)?;
         }
-        launcher
-            .wait_registered(
-                &registry,
-                spec.executors.count as usize,
-                REGISTRATION_TIMEOUT,
-            )
-            .await?;
+        launcher.wait_registered(&registry, spec.executors.count as usize, REGISTRATION_TIMEOUT).await?;
         let mut query = Query {
             spec: &spec,
             checkpoint: &checkpoint,
@@ -149,43 +133,23 @@ impl Query<'_> {
         f: impl FnOnce(&KafkaSource) -> Result<T, SourceError> + Send + 'static,
     ) -> Result<T, SourceError> {
         let source = self.source.clone();
-        tokio::task::spawn_blocking(move || f(&source))
-            .await
-            .expect("broker calls do not panic")
+        tokio::task::spawn_blocking(move || f(&source)).await.expect("broker calls do not panic")
     }
 
     async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<QuerySummary, DriverError> {
         let spec = self.spec;
         let partitions = self.broker(KafkaSource::partitions).await?;
-        let source_partitions = partitions
-            .iter()
-            .map(|tp| tp.partition + 1)
-            .max()
-            .unwrap_or(1);
-        let (sink_partitions, dlq_partitions) =
-            self.source.ensure_sink_topics(source_partitions).await?;
+        let source_partitions = partitions.iter().map(|tp| tp.partition + 1).max().unwrap_or(1);
+        let (sink_partitions, dlq_partitions) = self.source.ensure_sink_topics(source_partitions).await?;
 
-        let mut summary = QuerySummary {
-            query_id: self.checkpoint.query_id().to_string(),
-            ..Default::default()
-        };
+        let mut summary = QuerySummary { query_id: self.checkpoint.query_id().to_string(), ..Default::default() };
         let (mut next_batch_id, mut start, mut rerun) = match self.checkpoint.recover()? {
             Recovery::Fresh => (0, self.initial_offsets(&partitions).await?, None),
             Recovery::Rerun(entry) => {
-                tracing::info!(
-                    batch_id = entry.batch_id,
-                    "re-running the uncommitted batch with its logged offsets"
-                );
-                (
-                    entry.batch_id,
-                    checkpoint::from_json(&entry.start),
-                    Some(entry),
-                )
+                tracing::info!(batch_id = entry.batch_id, "re-running the uncommitted batch with its logged offsets");
+                (entry.batch_id, checkpoint::from_json(&entry.start), Some(entry))
             }
-            Recovery::Continue {
-                next_batch_id,
-                start,
-            } => (next_batch_id, start, None),
+            Recovery::Continue { next_batch_id, start } => (next_batch_id, start, None),
         };
         // available_now: everything up to the offsets that exist now, and nothing after.
         let target = if spec.trigger.available_now {
@@ -220,15 +184,8 @@ impl Query<'_> {
             if !replay {
                 self.checkpoint.write_offsets(&entry)?;
             }
-            if std::env::var(CRASH_AFTER_WAL_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                == Some(entry.batch_id)
-            {
-                tracing::error!(
-                    batch_id = entry.batch_id,
-                    "{CRASH_AFTER_WAL_ENV}: exiting after the write-ahead log"
-                );
+            if std::env::var(CRASH_AFTER_WAL_ENV).ok().and_then(|v| v.parse().ok()) == Some(entry.batch_id) {
+                tracing::error!(batch_id = entry.batch_id, "{CRASH_AFTER_WAL_ENV}: exiting after the write-ahead log");
                 std::process::exit(86);
             }
 
@@ -281,10 +238,7 @@ impl Query<'_> {
 
     /// Where a new query starts (`starting_offsets`), logged so that a restart before the first
     /// batch starts from the same place rather than from a newer "latest".
-    async fn initial_offsets(
-        &self,
-        partitions: &[TopicPartition],
-    ) -> Result<PartitionOffsets, DriverError> {
+    async fn initial_offsets(&self, partitions: &[TopicPartition]) -> Result<PartitionOffsets, DriverError> {
         if let Some(logged) = self.checkpoint.initial_offsets()? {
             return Ok(checkpoint::from_json(&logged));
         }
@@ -292,17 +246,9 @@ impl Query<'_> {
         let (earliest, latest) = self.broker(move |s| s.watermarks(&tps)).await?;
         let mut start = PartitionOffsets::new();
         for tp in partitions {
-            let at = self
-                .spec
-                .source
-                .starting_offsets
-                .for_partition(&tp.topic, tp.partition)
-                .ok_or_else(|| {
-                    DriverError::StartingOffsets(format!(
-                        "partition {} of topic {} is not listed",
-                        tp.partition, tp.topic
-                    ))
-                })?;
+            let at = self.spec.source.starting_offsets.for_partition(&tp.topic, tp.partition).ok_or_else(|| {
+                DriverError::StartingOffsets(format!("partition {} of topic {} is not listed", tp.partition, tp.topic))
+            })?;
             let offset = match at {
                 StartAt::Earliest => earliest[tp],
                 StartAt::Latest => latest[tp],
@@ -310,8 +256,7 @@ impl Query<'_> {
             };
             start.insert(tp.clone(), offset);
         }
-        self.checkpoint
-            .write_initial_offsets(&checkpoint::to_json(&start))?;
+        self.checkpoint.write_initial_offsets(&checkpoint::to_json(&start))?;
         Ok(start)
     }
 
@@ -333,12 +278,7 @@ impl Query<'_> {
                 start.insert(tp.clone(), earliest[tp]);
             }
         }
-        let (start, losses) = planner::check_data_loss(
-            &start,
-            &earliest,
-            &latest,
-            self.spec.source.fail_on_data_loss,
-        )?;
+        let (start, losses) = planner::check_data_loss(&start, &earliest, &latest, self.spec.source.fail_on_data_loss)?;
         for loss in losses {
             tracing::warn!(%loss, "data loss: skipping what the broker no longer has");
         }
@@ -374,10 +314,7 @@ fn tasks_for(
     sink_partitions: i32,
     dlq_partitions: i32,
 ) -> Vec<TaskDefinition> {
-    let ranges = planner::ranges(
-        &checkpoint::from_json(&entry.start),
-        &checkpoint::from_json(&entry.end),
-    );
+    let ranges = planner::ranges(&checkpoint::from_json(&entry.start), &checkpoint::from_json(&entry.end));
     planner::split_ranges(ranges, min_partitions)
         .into_iter()
         .enumerate()

@@ -13,9 +13,8 @@ use std::time::Duration;
 use embedstream_proto::pb::driver_service_server::DriverService;
 use embedstream_proto::pb::executor_service_client::ExecutorServiceClient;
 use embedstream_proto::pb::{
-    task_status, FailureReason, GetJobSpecRequest, GetJobSpecResponse, HeartbeatRequest,
-    HeartbeatResponse, RegisterExecutorRequest, RegisterExecutorResponse, TaskDefinition,
-    TaskSuccessful,
+    task_status, FailureReason, GetJobSpecRequest, GetJobSpecResponse, HeartbeatRequest, HeartbeatResponse,
+    RegisterExecutorRequest, RegisterExecutorResponse, TaskDefinition, TaskSuccessful,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -27,23 +26,10 @@ pub const MAX_TASK_ATTEMPTS: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    #[error(
-        "task {task_id} of batch {batch_id} failed {attempts} times, last: {reason:?}: {message}"
-    )]
-    TaskFailed {
-        batch_id: u64,
-        task_id: u32,
-        attempts: u32,
-        reason: FailureReason,
-        message: String,
-    },
+    #[error("task {task_id} of batch {batch_id} failed {attempts} times, last: {reason:?}: {message}")]
+    TaskFailed { batch_id: u64, task_id: u32, attempts: u32, reason: FailureReason, message: String },
     #[error("task {task_id} of batch {batch_id} cannot succeed: {reason:?}: {message}")]
-    Fatal {
-        batch_id: u64,
-        task_id: u32,
-        reason: FailureReason,
-        message: String,
-    },
+    Fatal { batch_id: u64, task_id: u32, reason: FailureReason, message: String },
     #[error("no live executor is left to run batch {batch_id}")]
     NoExecutors { batch_id: u64 },
 }
@@ -72,25 +58,15 @@ pub struct ExecutorRegistry {
 
 impl Default for ExecutorRegistry {
     fn default() -> Self {
-        ExecutorRegistry {
-            executors: Mutex::default(),
-            lost: Mutex::default(),
-            registered: watch::channel(0).0,
-        }
+        ExecutorRegistry { executors: Mutex::default(), lost: Mutex::default(), registered: watch::channel(0).0 }
     }
 }
 
 impl ExecutorRegistry {
     pub fn live(&self) -> Vec<ExecutorInfo> {
         let lost = self.lost.lock().unwrap();
-        let mut v: Vec<ExecutorInfo> = self
-            .executors
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|e| !lost.contains(&e.id))
-            .cloned()
-            .collect();
+        let mut v: Vec<ExecutorInfo> =
+            self.executors.lock().unwrap().values().filter(|e| !lost.contains(&e.id)).cloned().collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -118,10 +94,7 @@ pub struct DriverServiceImpl {
 
 #[tonic::async_trait]
 impl DriverService for DriverServiceImpl {
-    async fn get_job_spec(
-        &self,
-        _: Request<GetJobSpecRequest>,
-    ) -> Result<Response<GetJobSpecResponse>, Status> {
+    async fn get_job_spec(&self, _: Request<GetJobSpecRequest>) -> Result<Response<GetJobSpecResponse>, Status> {
         Ok(Response::new(GetJobSpecResponse {
             job_spec_toml: self.job_spec_toml.clone(),
             query_id: self.query_id.clone(),
@@ -151,23 +124,15 @@ impl DriverService for DriverServiceImpl {
             pid: r.pid,
             client: ExecutorServiceClient::new(channel),
         };
-        self.registry
-            .executors
-            .lock()
-            .unwrap()
-            .insert(r.executor_id.clone(), info);
+        self.registry.executors.lock().unwrap().insert(r.executor_id.clone(), info);
         self.registry.lost.lock().unwrap().remove(&r.executor_id);
         self.registry.registered.send_modify(|n| *n += 1);
         Ok(Response::new(RegisterExecutorResponse {}))
     }
 
-    async fn heartbeat(
-        &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let id = request.into_inner().executor_id;
-        let known = self.registry.executors.lock().unwrap().contains_key(&id)
-            && !self.registry.is_lost(&id);
+        let known = self.registry.executors.lock().unwrap().contains_key(&id) && !self.registry.is_lost(&id);
         Ok(Response::new(HeartbeatResponse { known }))
     }
 }
@@ -201,11 +166,7 @@ impl BatchStats {
 /// How one attempt ended, seen from the driver.
 enum AttemptOutcome {
     Done(TaskSuccessful),
-    Failed {
-        reason: FailureReason,
-        message: String,
-        retryable: bool,
-    },
+    Failed { reason: FailureReason, message: String, retryable: bool },
     ExecutorLost(String),
 }
 
@@ -219,19 +180,11 @@ impl Scheduler {
     }
 
     /// Runs every task of a batch to success, or fails the batch.
-    pub async fn run_batch(
-        &self,
-        batch_id: u64,
-        tasks: Vec<TaskDefinition>,
-    ) -> Result<BatchStats, SchedulerError> {
+    pub async fn run_batch(&self, batch_id: u64, tasks: Vec<TaskDefinition>) -> Result<BatchStats, SchedulerError> {
         let mut pending: VecDeque<TaskDefinition> = tasks.into();
         // One slot per core of each live executor.
-        let mut free: Vec<ExecutorInfo> = self
-            .registry
-            .live()
-            .into_iter()
-            .flat_map(|e| std::iter::repeat_n(e.clone(), e.cores as usize))
-            .collect();
+        let mut free: Vec<ExecutorInfo> =
+            self.registry.live().into_iter().flat_map(|e| std::iter::repeat_n(e.clone(), e.cores as usize)).collect();
         let mut running = JoinSet::new();
         let mut stats = BatchStats::default();
 
@@ -256,21 +209,10 @@ impl Scheduler {
                     free.push(exec);
                     continue;
                 }
-                AttemptOutcome::Failed {
-                    reason,
-                    message,
-                    retryable: false,
-                } => {
-                    return Err(SchedulerError::Fatal {
-                        batch_id,
-                        task_id: task.task_id,
-                        reason,
-                        message,
-                    });
+                AttemptOutcome::Failed { reason, message, retryable: false } => {
+                    return Err(SchedulerError::Fatal { batch_id, task_id: task.task_id, reason, message });
                 }
-                AttemptOutcome::Failed {
-                    reason, message, ..
-                } => {
+                AttemptOutcome::Failed { reason, message, .. } => {
                     if !self.registry.is_lost(&exec.id) {
                         free.push(exec);
                     }
@@ -280,10 +222,7 @@ impl Scheduler {
                     tracing::warn!(executor = %exec.id, %message, "executor lost");
                     self.registry.mark_lost(&exec.id);
                     free.retain(|e| e.id != exec.id);
-                    (
-                        FailureReason::Unspecified,
-                        format!("executor {} lost: {message}", exec.id),
-                    )
+                    (FailureReason::Unspecified, format!("executor {} lost: {message}", exec.id))
                 }
             };
             stats.failed_attempts += 1;
@@ -308,11 +247,9 @@ async fn run_attempt(exec: &ExecutorInfo, task: TaskDefinition) -> AttemptOutcom
     match exec.client().run_task(task).await {
         Ok(resp) => match resp.into_inner().status {
             Some(task_status::Status::Successful(s)) => AttemptOutcome::Done(s),
-            Some(task_status::Status::Failed(f)) => AttemptOutcome::Failed {
-                reason: f.reason(),
-                message: f.message,
-                retryable: f.retryable,
-            },
+            Some(task_status::Status::Failed(f)) => {
+                AttemptOutcome::Failed { reason: f.reason(), message: f.message, retryable: f.retryable }
+            }
             None => AttemptOutcome::Failed {
                 reason: FailureReason::Unspecified,
                 message: "executor answered without a status".into(),

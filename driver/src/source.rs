@@ -51,11 +51,7 @@ impl KafkaSource {
             .set("bootstrap.servers", spec.sink_bootstrap_servers())
             .create()
             .map_err(kafka("admin client"))?;
-        Ok(KafkaSource {
-            spec: spec.clone(),
-            consumer,
-            admin,
-        })
+        Ok(KafkaSource { spec: spec.clone(), consumer, admin })
     }
 
     /// The partitions the query reads now: `assign` as given; `subscribe` and
@@ -69,34 +65,20 @@ impl KafkaSource {
                 .flat_map(|(t, ps)| ps.iter().map(move |&p| TopicPartition::new(t.clone(), p)))
                 .collect());
         }
-        let md = self
-            .consumer
-            .fetch_metadata(None, REQUEST_TIMEOUT)
-            .map_err(kafka("metadata"))?;
+        let md = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT).map_err(kafka("metadata"))?;
         let mut out = Vec::new();
         for topic in md.topics() {
-            if topic.error().is_some()
-                || topic.name().starts_with("__")
-                || !self.spec.reads_topic(topic.name())
-            {
+            if topic.error().is_some() || topic.name().starts_with("__") || !self.spec.reads_topic(topic.name()) {
                 continue;
             }
-            out.extend(
-                topic
-                    .partitions()
-                    .iter()
-                    .map(|p| TopicPartition::new(topic.name(), p.id())),
-            );
+            out.extend(topic.partitions().iter().map(|p| TopicPartition::new(topic.name(), p.id())));
         }
         out.sort();
         Ok(out)
     }
 
     /// Earliest and latest (high watermark) offsets of each partition.
-    pub fn watermarks(
-        &self,
-        tps: &[TopicPartition],
-    ) -> Result<(PartitionOffsets, PartitionOffsets), SourceError> {
+    pub fn watermarks(&self, tps: &[TopicPartition]) -> Result<(PartitionOffsets, PartitionOffsets), SourceError> {
         let mut earliest = PartitionOffsets::new();
         let mut latest = PartitionOffsets::new();
         for tp in tps {
@@ -114,12 +96,9 @@ impl KafkaSource {
     pub fn commit_group(&self, end: &PartitionOffsets) -> Result<(), SourceError> {
         let mut tpl = TopicPartitionList::new();
         for (tp, &o) in end {
-            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(o))
-                .map_err(kafka("offset list"))?;
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(o)).map_err(kafka("offset list"))?;
         }
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(kafka(format!("commit to group {}", self.spec.group_id())))
+        self.consumer.commit(&tpl, CommitMode::Sync).map_err(kafka(format!("commit to group {}", self.spec.group_id())))
     }
 
     /// The offsets the query's group holds now, as any Kafka tool would read them.
@@ -128,10 +107,7 @@ impl KafkaSource {
         for tp in tps {
             tpl.add_partition(&tp.topic, tp.partition);
         }
-        let got = self
-            .consumer
-            .committed_offsets(tpl, REQUEST_TIMEOUT)
-            .map_err(kafka("committed offsets"))?;
+        let got = self.consumer.committed_offsets(tpl, REQUEST_TIMEOUT).map_err(kafka("committed offsets"))?;
         Ok(got
             .elements()
             .iter()
@@ -147,26 +123,18 @@ impl KafkaSource {
     /// the sink topic and of the dead-letter topic.
     pub async fn ensure_sink_topics(&self, partitions: i32) -> Result<(i32, i32), SourceError> {
         let topics = [self.spec.sink.topic.clone(), self.spec.dead_letter_topic()];
-        let new: Vec<NewTopic> = topics
-            .iter()
-            .map(|t| NewTopic::new(t, partitions.max(1), TopicReplication::Fixed(1)))
-            .collect();
+        let new: Vec<NewTopic> =
+            topics.iter().map(|t| NewTopic::new(t, partitions.max(1), TopicReplication::Fixed(1))).collect();
         let results = self
             .admin
-            .create_topics(
-                &new,
-                &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
-            )
+            .create_topics(&new, &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)))
             .await
             .map_err(kafka("create topics"))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(SourceError::Topic {
-                        topic,
-                        message: format!("cannot create: {code}"),
-                    })
+                    return Err(SourceError::Topic { topic, message: format!("cannot create: {code}") })
                 }
             }
         }
@@ -175,16 +143,8 @@ impl KafkaSource {
         let mut counts = Vec::new();
         for topic in &topics {
             loop {
-                let md = self
-                    .admin
-                    .inner()
-                    .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-                    .map_err(kafka("metadata"))?;
-                let n = md
-                    .topics()
-                    .first()
-                    .filter(|t| t.error().is_none())
-                    .map_or(0, |t| t.partitions().len());
+                let md = self.admin.inner().fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(kafka("metadata"))?;
+                let n = md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len());
                 if n > 0 {
                     counts.push(n as i32);
                     break;

@@ -18,8 +18,8 @@ use std::time::Duration;
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
 use embedstream_proto::pb::{
-    task_status, FailureReason, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest,
-    ShutdownRequest, ShutdownResponse, TaskDefinition, TaskFailed, TaskStatus,
+    task_status, FailureReason, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest, ShutdownRequest,
+    ShutdownResponse, TaskDefinition, TaskFailed, TaskStatus,
 };
 use embedstream_proto::spec::SpecError;
 use embedstream_proto::JobSpec;
@@ -61,17 +61,11 @@ pub struct ExecutorArgs {
 
 /// Runs an executor until the driver shuts it down or is gone.
 pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
-    let driver_err = |message: String| ExecutorError::Driver {
-        url: args.driver_url.clone(),
-        message,
-    };
-    let mut driver = DriverServiceClient::connect(args.driver_url.clone())
-        .await
-        .map_err(|e| driver_err(e.to_string()))?;
+    let driver_err = |message: String| ExecutorError::Driver { url: args.driver_url.clone(), message };
+    let mut driver =
+        DriverServiceClient::connect(args.driver_url.clone()).await.map_err(|e| driver_err(e.to_string()))?;
     let job = driver
-        .get_job_spec(GetJobSpecRequest {
-            executor_id: args.executor_id.clone(),
-        })
+        .get_job_spec(GetJobSpecRequest { executor_id: args.executor_id.clone() })
         .await
         .map_err(|e| driver_err(e.to_string()))?
         .into_inner();
@@ -101,18 +95,11 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         embedder: Arc::new(embedder),
         sink,
     });
-    let service = Service {
-        state,
-        slots: Arc::new(Semaphore::new(args.cores as usize)),
-        shutdown: shutdown_tx.clone(),
-    };
+    let service =
+        Service { state, slots: Arc::new(Semaphore::new(args.cores as usize)), shutdown: shutdown_tx.clone() };
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| ExecutorError::Serve(e.to_string()))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| ExecutorError::Serve(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| ExecutorError::Serve(e.to_string()))?;
+    let address = listener.local_addr().map_err(|e| ExecutorError::Serve(e.to_string()))?;
     let mut server_stop = shutdown_rx.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -139,12 +126,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             _ = shutdown_rx.wait_for(|&s| s) => break,
             _ = ticks.tick() => {}
         }
-        let beat = driver
-            .heartbeat(HeartbeatRequest {
-                executor_id: args.executor_id.clone(),
-                free_cores: 0,
-            })
-            .await;
+        let beat = driver.heartbeat(HeartbeatRequest { executor_id: args.executor_id.clone(), free_cores: 0 }).await;
         match beat {
             Ok(r) if r.get_ref().known => missed = 0,
             Ok(_) => {
@@ -162,10 +144,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     }
     // The loop also ends when the driver is gone: stop serving either way (tasks in flight finish).
     let _ = shutdown_tx.send(true);
-    server
-        .await
-        .map_err(|e| ExecutorError::Serve(e.to_string()))?
-        .map_err(|e| ExecutorError::Serve(e.to_string()))?;
+    server.await.map_err(|e| ExecutorError::Serve(e.to_string()))?.map_err(|e| ExecutorError::Serve(e.to_string()))?;
     Ok(())
 }
 
@@ -177,10 +156,7 @@ struct Service {
 
 #[tonic::async_trait]
 impl ExecutorService for Service {
-    async fn run_task(
-        &self,
-        request: Request<TaskDefinition>,
-    ) -> Result<Response<TaskStatus>, Status> {
+    async fn run_task(&self, request: Request<TaskDefinition>) -> Result<Response<TaskStatus>, Status> {
         let def = request.into_inner();
         let mut status = TaskStatus {
             batch_id: def.batch_id,
@@ -201,10 +177,7 @@ impl ExecutorService for Service {
         Ok(Response::new(status))
     }
 
-    async fn shutdown(
-        &self,
-        _: Request<ShutdownRequest>,
-    ) -> Result<Response<ShutdownResponse>, Status> {
+    async fn shutdown(&self, _: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
         tracing::info!(executor = %self.state.executor_id, "shutdown requested");
         let _ = self.shutdown.send(true);
         Ok(Response::new(ShutdownResponse {}))

@@ -18,20 +18,14 @@ use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error(
-        "ONNX Runtime library {path}: {message} (run deploy/setup.sh, or set EMBEDSTREAM_ORT_LIB)"
-    )]
+    #[error("ONNX Runtime library {path}: {message} (run deploy/setup.sh, or set EMBEDSTREAM_ORT_LIB)")]
     Runtime { path: PathBuf, message: String },
     #[error("model {path}: {message}")]
     Onnx { path: PathBuf, message: String },
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error("tokenizer {tokenizer} does not fit model {model}: {message}")]
-    Mismatch {
-        tokenizer: PathBuf,
-        model: PathBuf,
-        message: String,
-    },
+    Mismatch { tokenizer: PathBuf, model: PathBuf, message: String },
     #[error("inference: {0}")]
     Inference(String),
 }
@@ -53,25 +47,17 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("EMBEDSTREAM_CACHE").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("embedstream")
 }
 
 /// Loads ONNX Runtime from `lib` once per process; later calls do nothing.
 pub fn init_runtime(lib: &Path) -> Result<(), ModelError> {
-    let err = |message: String| ModelError::Runtime {
-        path: lib.to_path_buf(),
-        message,
-    };
+    let err = |message: String| ModelError::Runtime { path: lib.to_path_buf(), message };
     if !lib.is_file() {
         return Err(err("no such file".into()));
     }
-    ort::init_from(lib.display().to_string())
-        .with_name("embedstream")
-        .commit()
-        .map_err(|e| err(e.to_string()))?;
+    ort::init_from(lib.display().to_string()).with_name("embedstream").commit().map_err(|e| err(e.to_string()))?;
     Ok(())
 }
 
@@ -89,24 +75,14 @@ impl Embedder {
     /// Loads the tokenizer and the model with `intra_threads` ONNX Runtime threads, and runs one
     /// warm-up batch, which also proves that the tokenizer fits the model.
     pub fn load(spec: &ModelSpec, intra_threads: usize) -> Result<Embedder, ModelError> {
-        let tok_err = |message: String| ModelError::Tokenizer {
-            path: spec.tokenizer.clone(),
-            message,
-        };
-        let mut tokenizer =
-            Tokenizer::from_file(&spec.tokenizer).map_err(|e| tok_err(e.to_string()))?;
+        let tok_err = |message: String| ModelError::Tokenizer { path: spec.tokenizer.clone(), message };
+        let mut tokenizer = Tokenizer::from_file(&spec.tokenizer).map_err(|e| tok_err(e.to_string()))?;
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: spec.max_seq_len,
-                ..Default::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: spec.max_seq_len, ..Default::default() }))
             .map_err(|e| tok_err(e.to_string()))?;
 
-        let onnx_err = |e: ort::Error| ModelError::Onnx {
-            path: spec.onnx.clone(),
-            message: e.to_string(),
-        };
+        let onnx_err = |e: ort::Error| ModelError::Onnx { path: spec.onnx.clone(), message: e.to_string() };
         let session = Session::builder()
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
             .and_then(|b| b.with_intra_threads(intra_threads.max(1)))
@@ -121,9 +97,7 @@ impl Embedder {
             if !inputs.iter().any(|n| n == required) {
                 return Err(ModelError::Onnx {
                     path: spec.onnx.clone(),
-                    message: format!(
-                        "has no `{required}` input (inputs: {inputs:?}); not a transformer encoder"
-                    ),
+                    message: format!("has no `{required}` input (inputs: {inputs:?}); not a transformer encoder"),
                 });
             }
         }
@@ -133,10 +107,7 @@ impl Embedder {
             .map(|o| o.name.clone())
             .find(|n| n == "last_hidden_state")
             .or_else(|| session.outputs.first().map(|o| o.name.clone()))
-            .ok_or_else(|| ModelError::Onnx {
-                path: spec.onnx.clone(),
-                message: "has no outputs".into(),
-            })?;
+            .ok_or_else(|| ModelError::Onnx { path: spec.onnx.clone(), message: "has no outputs".into() })?;
 
         let mut embedder = Embedder {
             wants_token_types: inputs.iter().any(|n| n == "token_type_ids"),
@@ -150,13 +121,11 @@ impl Embedder {
         // another model yields ids the embedding table does not have, and fails here.
         let probe = "Warm-up: the quick brown fox, 12345, naïve café, zebra xylophone quartz!";
         let enc = embedder.encode(&[probe])?;
-        let (vectors, dim) = embedder
-            .run_batch(&enc.iter().collect::<Vec<_>>())
-            .map_err(|e| ModelError::Mismatch {
-                tokenizer: spec.tokenizer.clone(),
-                model: spec.onnx.clone(),
-                message: e.to_string(),
-            })?;
+        let (vectors, dim) = embedder.run_batch(&enc.iter().collect::<Vec<_>>()).map_err(|e| ModelError::Mismatch {
+            tokenizer: spec.tokenizer.clone(),
+            model: spec.onnx.clone(),
+            message: e.to_string(),
+        })?;
         if dim == 0 || vectors.iter().any(|v| !v.is_finite()) {
             return Err(ModelError::Mismatch {
                 tokenizer: spec.tokenizer.clone(),
@@ -180,11 +149,7 @@ impl Embedder {
     fn encode(&self, texts: &[&str]) -> Result<Vec<Encoding>, ModelError> {
         texts
             .iter()
-            .map(|t| {
-                self.tokenizer
-                    .encode(*t, true)
-                    .map_err(|e| ModelError::Inference(format!("tokenizer: {e}")))
-            })
+            .map(|t| self.tokenizer.encode(*t, true).map_err(|e| ModelError::Inference(format!("tokenizer: {e}"))))
             .collect()
     }
 
@@ -213,12 +178,7 @@ impl Embedder {
         let mut mask = vec![0i64; rows * width];
         let mut types = vec![0i64; rows * width];
         for (r, e) in batch.iter().enumerate() {
-            for (c, ((&id, &m), &t)) in e
-                .get_ids()
-                .iter()
-                .zip(e.get_attention_mask())
-                .zip(e.get_type_ids())
-                .enumerate()
+            for (c, ((&id, &m), &t)) in e.get_ids().iter().zip(e.get_attention_mask()).zip(e.get_type_ids()).enumerate()
             {
                 ids[r * width + c] = id as i64;
                 mask[r * width + c] = m as i64;
@@ -227,19 +187,15 @@ impl Embedder {
         }
         let inference = |e: ort::Error| ModelError::Inference(e.to_string());
         let tensor = |v: Vec<i64>| Tensor::from_array(([rows, width], v)).map_err(inference);
-        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = vec![
-            ("input_ids".into(), tensor(ids)?.into()),
-            ("attention_mask".into(), tensor(mask.clone())?.into()),
-        ];
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> =
+            vec![("input_ids".into(), tensor(ids)?.into()), ("attention_mask".into(), tensor(mask.clone())?.into())];
         if self.wants_token_types {
             inputs.push(("token_type_ids".into(), tensor(types)?.into()));
         }
 
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(inputs).map_err(inference)?;
-        let (shape, hidden) = outputs[self.output.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(inference)?;
+        let (shape, hidden) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(inference)?;
         if shape.len() != 3 || shape[0] as usize != rows || shape[1] as usize != width {
             return Err(ModelError::Inference(format!(
                 "output `{}` has shape {shape:?}, not [batch, tokens, dim]",

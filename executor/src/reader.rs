@@ -27,21 +27,9 @@ pub enum ReadError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("{topic}-{partition}: no record after offset {next} within {waited:?} (range ends at {until})")]
-    Timeout {
-        topic: String,
-        partition: i32,
-        next: i64,
-        until: i64,
-        waited: Duration,
-    },
+    Timeout { topic: String, partition: i32, next: i64, until: i64, waited: Duration },
     #[error("{topic}-{partition}: offsets {next}..{until} are gone (the log ends at {high})")]
-    DataLoss {
-        topic: String,
-        partition: i32,
-        next: i64,
-        until: i64,
-        high: i64,
-    },
+    DataLoss { topic: String, partition: i32, next: i64, until: i64, high: i64 },
 }
 
 /// The schema of records read from Kafka.
@@ -92,12 +80,7 @@ impl KafkaReader {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "100");
-        KafkaReader {
-            config,
-            poll_timeout,
-            fail_on_data_loss,
-            idle: Mutex::new(HashMap::new()),
-        }
+        KafkaReader { config, poll_timeout, fail_on_data_loss, idle: Mutex::new(HashMap::new()) }
     }
 
     /// Reads the range; blocking (run it on a blocking thread).
@@ -159,13 +142,7 @@ fn read_range(
                 let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
                 if high < until && fail_on_data_loss {
                     let _ = consumer.unassign();
-                    return Err(ReadError::DataLoss {
-                        topic: topic.into(),
-                        partition,
-                        next,
-                        until,
-                        high,
-                    });
+                    return Err(ReadError::DataLoss { topic: topic.into(), partition, next, until, high });
                 }
                 // At the end of the log, and the log reaches `until`: the rest holds no records.
                 // (Or it was lost and losses are accepted: skipped the same way.)
@@ -179,13 +156,7 @@ fn read_range(
             }
             None if last_progress.elapsed() > poll_timeout => {
                 let _ = consumer.unassign();
-                return Err(ReadError::Timeout {
-                    topic: topic.into(),
-                    partition,
-                    next,
-                    until,
-                    waited: poll_timeout,
-                });
+                return Err(ReadError::Timeout { topic: topic.into(), partition, next, until, waited: poll_timeout });
             }
             None => {}
         }
@@ -201,7 +172,6 @@ fn read_range(
         Arc::new(offsets.finish()),
         Arc::new(timestamps.finish()),
     ];
-    let batch =
-        RecordBatch::try_new(input_schema(), columns).expect("columns match the input schema");
+    let batch = RecordBatch::try_new(input_schema(), columns).expect("columns match the input schema");
     Ok(ReadOutput { batch, gaps })
 }

@@ -68,22 +68,10 @@ impl KafkaSink {
 
     fn headers(&self, origin: &Origin<'_>) -> OwnedHeaders {
         OwnedHeaders::new()
-            .insert(Header {
-                key: "es.topic",
-                value: Some(origin.topic),
-            })
-            .insert(Header {
-                key: "es.partition",
-                value: Some(&origin.partition.to_string()),
-            })
-            .insert(Header {
-                key: "es.offset",
-                value: Some(&origin.offset.to_string()),
-            })
-            .insert(Header {
-                key: "es.model",
-                value: Some(&self.model_id),
-            })
+            .insert(Header { key: "es.topic", value: Some(origin.topic) })
+            .insert(Header { key: "es.partition", value: Some(&origin.partition.to_string()) })
+            .insert(Header { key: "es.offset", value: Some(&origin.offset.to_string()) })
+            .insert(Header { key: "es.model", value: Some(&self.model_id) })
     }
 
     /// Enqueues the embedding of `origin` for partition `partition` of the sink topic.
@@ -115,13 +103,8 @@ impl KafkaSink {
         value: Option<&[u8]>,
         reason: &str,
     ) -> Result<(), SinkError> {
-        let headers = self.headers(origin).insert(Header {
-            key: "es.error",
-            value: Some(reason),
-        });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic)
-            .partition(partition)
-            .headers(headers);
+        let headers = self.headers(origin).insert(Header { key: "es.error", value: Some(reason) });
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).partition(partition).headers(headers);
         if let Some(k) = origin.key {
             record = record.key(k);
         }
@@ -173,12 +156,7 @@ impl KafkaSink {
             };
             match f.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => {
-                    return Err(SinkError::Delivery {
-                        topic: topic(),
-                        error,
-                    })
-                }
+                Ok(Err((error, _))) => return Err(SinkError::Delivery { topic: topic(), error }),
                 Err(_) => return Err(SinkError::Cancelled { topic: topic() }),
             }
         }
@@ -195,8 +173,9 @@ impl KafkaSink {
 pub fn encode(format: VectorFormat, vector: &[f32]) -> Vec<u8> {
     match format {
         VectorFormat::F32le => vector.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        VectorFormat::Json => serde_json::to_vec(&serde_json::json!({ "embedding": vector }))
-            .expect("floats serialise"),
+        VectorFormat::Json => {
+            serde_json::to_vec(&serde_json::json!({ "embedding": vector })).expect("floats serialise")
+        }
     }
 }
 
@@ -208,19 +187,10 @@ mod tests {
     fn f32le_and_json_round_trip() {
         let v = [0.5f32, -1.25, 3.0e-8];
         let bytes = encode(VectorFormat::F32le, &v);
-        let back: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let back: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(back, v);
-        let json: serde_json::Value =
-            serde_json::from_slice(&encode(VectorFormat::Json, &v)).unwrap();
-        let back: Vec<f32> = json["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let json: serde_json::Value = serde_json::from_slice(&encode(VectorFormat::Json, &v)).unwrap();
+        let back: Vec<f32> = json["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         assert_eq!(back, v);
     }
 }

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::{Array, BinaryArray, Int64Array};
-use embedstream_proto::pb::{
-    task_status, FailureReason, TaskDefinition, TaskFailed, TaskSuccessful,
-};
+use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskFailed, TaskSuccessful};
 use embedstream_proto::JobSpec;
 use tracing::Instrument;
 
@@ -31,10 +29,7 @@ pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
         return Some("value is null".into());
     };
     if v.len() > max_bytes {
-        return Some(format!(
-            "value is {} bytes, over model.max_text_bytes = {max_bytes}",
-            v.len()
-        ));
+        return Some(format!("value is {} bytes, over model.max_text_bytes = {max_bytes}", v.len()));
     }
     match std::str::from_utf8(v) {
         Err(e) => Some(format!("value is not valid UTF-8: {e}")),
@@ -44,60 +39,33 @@ pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
 }
 
 fn failed(reason: FailureReason, message: String, retryable: bool) -> task_status::Status {
-    task_status::Status::Failed(TaskFailed {
-        reason: reason as i32,
-        message,
-        retryable,
-    })
+    task_status::Status::Failed(TaskFailed { reason: reason as i32, message, retryable })
 }
 
 pub async fn run(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Status {
-    let span = tracing::info_span!(
-        "task",
-        batch = def.batch_id,
-        task = def.task_id,
-        attempt = def.attempt
-    );
+    let span = tracing::info_span!("task", batch = def.batch_id, task = def.task_id, attempt = def.attempt);
     run_task(ctx, def).instrument(span).await
 }
 
 async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Status {
     let Some(range) = def.range.clone() else {
-        return failed(
-            FailureReason::Unspecified,
-            "task has no offset range".into(),
-            false,
-        );
+        return failed(FailureReason::Unspecified, "task has no offset range".into(), false);
     };
 
     let started = Instant::now();
     let reader = ctx.reader.clone();
-    let read = match tokio::task::spawn_blocking(move || reader.read(&range))
-        .await
-        .expect("reads do not panic")
-    {
+    let read = match tokio::task::spawn_blocking(move || reader.read(&range)).await.expect("reads do not panic") {
         Ok(r) => r,
-        Err(e @ ReadError::DataLoss { .. }) => {
-            return failed(FailureReason::DataLoss, e.to_string(), false)
-        }
+        Err(e @ ReadError::DataLoss { .. }) => return failed(FailureReason::DataLoss, e.to_string(), false),
         Err(e) => return failed(FailureReason::FetchError, e.to_string(), true),
     };
     let read_micros = started.elapsed().as_micros() as u64;
 
     let batch = &read.batch;
     let col = |name: &str| batch.column_by_name(name).expect("input schema column");
-    let keys = col("key")
-        .as_any()
-        .downcast_ref::<BinaryArray>()
-        .expect("binary keys");
-    let values = col("value")
-        .as_any()
-        .downcast_ref::<BinaryArray>()
-        .expect("binary values");
-    let offsets = col("offset")
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("int64 offsets");
+    let keys = col("key").as_any().downcast_ref::<BinaryArray>().expect("binary keys");
+    let values = col("value").as_any().downcast_ref::<BinaryArray>().expect("binary values");
+    let offsets = col("offset").as_any().downcast_ref::<Int64Array>().expect("int64 offsets");
     let value = |i: usize| values.is_valid(i).then(|| values.value(i));
     let max_bytes = ctx.spec.model.max_text_bytes;
 
@@ -111,14 +79,8 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     }
 
     let infer_started = Instant::now();
-    let texts: Vec<String> = good
-        .iter()
-        .map(|&i| {
-            std::str::from_utf8(values.value(i))
-                .expect("checked UTF-8")
-                .to_owned()
-        })
-        .collect();
+    let texts: Vec<String> =
+        good.iter().map(|&i| std::str::from_utf8(values.value(i)).expect("checked UTF-8").to_owned()).collect();
     let embedder = ctx.embedder.clone();
     let vectors = match tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -146,12 +108,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     for (n, &i) in good.iter().enumerate() {
         result = ctx
             .sink
-            .send_embedding(
-                &mut pending,
-                def.sink_partition,
-                &origin(i),
-                &vectors[n * dim..(n + 1) * dim],
-            )
+            .send_embedding(&mut pending, def.sink_partition, &origin(i), &vectors[n * dim..(n + 1) * dim])
             .await;
         if result.is_err() {
             break;
@@ -162,13 +119,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
             tracing::debug!(offset = offsets.value(*i), %reason, "dead letter");
             result = ctx
                 .sink
-                .send_dead_letter(
-                    &mut pending,
-                    def.dead_letter_partition,
-                    &origin(*i),
-                    value(*i),
-                    reason,
-                )
+                .send_dead_letter(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason)
                 .await;
             if result.is_err() {
                 break;
@@ -204,11 +155,7 @@ mod tests {
         assert!(reject_reason(None, 100).unwrap().contains("null"));
         assert!(reject_reason(Some(b""), 100).unwrap().contains("empty"));
         assert!(reject_reason(Some(b"  \n"), 100).unwrap().contains("empty"));
-        assert!(reject_reason(Some(&[0xff, 0xfe]), 100)
-            .unwrap()
-            .contains("UTF-8"));
-        assert!(reject_reason(Some(&[b'x'; 101]), 100)
-            .unwrap()
-            .contains("101 bytes"));
+        assert!(reject_reason(Some(&[0xff, 0xfe]), 100).unwrap().contains("UTF-8"));
+        assert!(reject_reason(Some(&[b'x'; 101]), 100).unwrap().contains("101 bytes"));
     }
 }

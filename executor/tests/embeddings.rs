@@ -13,20 +13,13 @@ struct Reference {
 }
 
 fn reference() -> Reference {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/reference_embeddings.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/reference_embeddings.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn model_dir() -> PathBuf {
     let dir = model::cache_dir().join("models/all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.onnx").is_file(),
-        "{} has no model: run deploy/setup.sh",
-        dir.display()
-    );
+    assert!(dir.join("model.onnx").is_file(), "{} has no model: run deploy/setup.sh", dir.display());
     dir
 }
 
@@ -64,16 +57,8 @@ fn vectors_match_python_onnxruntime_in_any_batching() {
         let got = e.embed(&texts).unwrap();
         for (i, want) in r.embeddings.iter().enumerate() {
             let v = &got[i * 384..(i + 1) * 384];
-            let worst = v
-                .iter()
-                .zip(want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                worst < 1e-4,
-                "batch_size {batch_size}, sentence {i} ({:?}): max diff {worst}",
-                texts[i]
-            );
+            let worst = v.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "batch_size {batch_size}, sentence {i} ({:?}): max diff {worst}", texts[i]);
         }
     }
 }
@@ -89,10 +74,7 @@ fn paraphrases_are_closer_than_unrelated_sentences() {
     for (a, b) in [(0, 1), (2, 3), (4, 5)] {
         let para = cosine(at(a), at(b));
         for other in [6, 7] {
-            assert!(
-                para > cosine(at(a), at(other)) + 0.2,
-                "pair {a}/{b}: {para} vs {other}"
-            );
+            assert!(para > cosine(at(a), at(other)) + 0.2, "pair {a}/{b}: {para} vs {other}");
         }
     }
     for i in 0..texts.len() {
@@ -117,10 +99,7 @@ fn start_errors_name_the_file() {
     let mut missing = spec(4);
     missing.onnx = dir.path().join("absent.onnx");
     let e = Embedder::load(&missing, 1).err().unwrap();
-    assert!(
-        matches!(e, ModelError::Onnx { .. }) && e.to_string().contains("absent.onnx"),
-        "{e}"
-    );
+    assert!(matches!(e, ModelError::Onnx { .. }) && e.to_string().contains("absent.onnx"), "{e}");
 
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, b"this is not a protobuf model").unwrap();
@@ -134,10 +113,7 @@ fn start_errors_name_the_file() {
     let mut bad_tok = spec(4);
     bad_tok.tokenizer = tok;
     let e = Embedder::load(&bad_tok, 1).err().unwrap();
-    assert!(
-        matches!(e, ModelError::Tokenizer { .. }) && e.to_string().contains("tokenizer.json"),
-        "{e}"
-    );
+    assert!(matches!(e, ModelError::Tokenizer { .. }) && e.to_string().contains("tokenizer.json"), "{e}");
 
     let e = model::init_runtime(&dir.path().join("libonnxruntime.so")).unwrap_err();
     assert!(e.to_string().contains("libonnxruntime.so"), "{e}");

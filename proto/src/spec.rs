@@ -21,10 +21,7 @@ pub struct SpecError {
 
 impl SpecError {
     fn new(key: &str, message: impl Into<String>) -> Self {
-        SpecError {
-            key: key.to_string(),
-            message: message.into(),
-        }
+        SpecError { key: key.to_string(), message: message.into() }
     }
 }
 
@@ -106,15 +103,11 @@ impl StartingOffsets {
         match self {
             StartingOffsets::Named(n) if n == "earliest" => Some(StartAt::Earliest),
             StartingOffsets::Named(_) => Some(StartAt::Latest),
-            StartingOffsets::Specific(map) => {
-                map.get(topic)?
-                    .get(&partition.to_string())
-                    .map(|&o| match o {
-                        -2 => StartAt::Earliest,
-                        -1 => StartAt::Latest,
-                        o => StartAt::Offset(o),
-                    })
-            }
+            StartingOffsets::Specific(map) => map.get(topic)?.get(&partition.to_string()).map(|&o| match o {
+                -2 => StartAt::Earliest,
+                -1 => StartAt::Latest,
+                o => StartAt::Offset(o),
+            }),
         }
     }
 }
@@ -135,10 +128,7 @@ pub struct TriggerSpec {
 impl TriggerSpec {
     /// The interval; zero when none is set. Valid after [`JobSpec::validate`].
     pub fn interval(&self) -> Duration {
-        self.processing_time
-            .as_deref()
-            .and_then(|s| humantime::parse_duration(s).ok())
-            .unwrap_or(Duration::ZERO)
+        self.processing_time.as_deref().and_then(|s| humantime::parse_duration(s).ok()).unwrap_or(Duration::ZERO)
     }
 }
 
@@ -259,18 +249,12 @@ fn default_format() -> VectorFormat {
 impl JobSpec {
     /// Parses and validates a job spec. Errors name the key.
     pub fn from_toml(text: &str) -> Result<JobSpec, SpecError> {
-        let value: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| SpecError::new("", e.to_string()))?;
-        let spec: JobSpec =
-            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
-                let key = e.path().to_string();
-                let key = if key == "." { String::new() } else { key };
-                SpecError {
-                    key,
-                    message: e.into_inner().to_string(),
-                }
-            })?;
+        let value: toml::Table = text.parse().map_err(|e: toml::de::Error| SpecError::new("", e.to_string()))?;
+        let spec: JobSpec = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            SpecError { key, message: e.into_inner().to_string() }
+        })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -288,86 +272,45 @@ impl JobSpec {
     }
 
     pub fn group_id(&self) -> String {
-        self.source
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("embedstream-{}", self.name))
+        self.source.group_id.clone().unwrap_or_else(|| format!("embedstream-{}", self.name))
     }
 
     pub fn sink_bootstrap_servers(&self) -> &str {
-        self.sink
-            .bootstrap_servers
-            .as_deref()
-            .unwrap_or(&self.source.bootstrap_servers)
+        self.sink.bootstrap_servers.as_deref().unwrap_or(&self.source.bootstrap_servers)
     }
 
     pub fn dead_letter_topic(&self) -> String {
-        self.sink
-            .dead_letter_topic
-            .clone()
-            .unwrap_or_else(|| format!("{}-dlq", self.sink.topic))
+        self.sink.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dlq", self.sink.topic))
     }
 
     /// Checks values that parse but cannot work. Also run by `from_toml`.
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(SpecError::new(
-                "name",
-                "must be non-empty letters, digits, '.', '_' or '-'",
-            ));
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(SpecError::new("name", "must be non-empty letters, digits, '.', '_' or '-'"));
         }
         if self.checkpoint_location.as_os_str().is_empty() {
             return Err(SpecError::new("checkpoint_location", "must not be empty"));
         }
         let s = &self.source;
         if s.bootstrap_servers.trim().is_empty() {
-            return Err(SpecError::new(
-                "source.bootstrap_servers",
-                "must not be empty",
-            ));
+            return Err(SpecError::new("source.bootstrap_servers", "must not be empty"));
         }
-        let ways = [
-            s.subscribe.is_some(),
-            s.subscribe_pattern.is_some(),
-            s.assign.is_some(),
-        ];
+        let ways = [s.subscribe.is_some(), s.subscribe_pattern.is_some(), s.assign.is_some()];
         if ways.iter().filter(|&&w| w).count() != 1 {
-            return Err(SpecError::new(
-                "source",
-                "set exactly one of `subscribe`, `subscribe_pattern`, `assign`",
-            ));
+            return Err(SpecError::new("source", "set exactly one of `subscribe`, `subscribe_pattern`, `assign`"));
         }
         if let Some(topics) = &s.subscribe {
             if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
-                return Err(SpecError::new(
-                    "source.subscribe",
-                    "must list at least one non-empty topic name",
-                ));
+                return Err(SpecError::new("source.subscribe", "must list at least one non-empty topic name"));
             }
         }
         if let Some(p) = &s.subscribe_pattern {
-            regex::Regex::new(p).map_err(|e| {
-                SpecError::new(
-                    "source.subscribe_pattern",
-                    format!("not a regular expression: {e}"),
-                )
-            })?;
+            regex::Regex::new(p)
+                .map_err(|e| SpecError::new("source.subscribe_pattern", format!("not a regular expression: {e}")))?;
         }
         if let Some(assign) = &s.assign {
-            if assign.is_empty()
-                || assign
-                    .values()
-                    .any(|ps| ps.is_empty() || ps.iter().any(|&p| p < 0))
-            {
-                return Err(SpecError::new(
-                    "source.assign",
-                    "must map topics to non-empty lists of partitions >= 0",
-                ));
+            if assign.is_empty() || assign.values().any(|ps| ps.is_empty() || ps.iter().any(|&p| p < 0)) {
+                return Err(SpecError::new("source.assign", "must map topics to non-empty lists of partitions >= 0"));
             }
         }
         match &s.starting_offsets {
@@ -386,10 +329,7 @@ impl JobSpec {
                     }
                     for (p, &o) in parts {
                         if p.parse::<i32>().map_or(true, |p| p < 0) {
-                            return Err(SpecError::new(
-                                &format!("{key}.{p}"),
-                                "partition must be an integer >= 0",
-                            ));
+                            return Err(SpecError::new(&format!("{key}.{p}"), "partition must be an integer >= 0"));
                         }
                         if o < -2 {
                             return Err(SpecError::new(
@@ -402,63 +342,39 @@ impl JobSpec {
             }
         }
         if s.max_offsets_per_trigger == Some(0) {
-            return Err(SpecError::new(
-                "source.max_offsets_per_trigger",
-                "must be at least 1",
-            ));
+            return Err(SpecError::new("source.max_offsets_per_trigger", "must be at least 1"));
         }
         if s.min_partitions == Some(0) {
-            return Err(SpecError::new(
-                "source.min_partitions",
-                "must be at least 1",
-            ));
+            return Err(SpecError::new("source.min_partitions", "must be at least 1"));
         }
         if s.group_id.as_deref() == Some("") {
             return Err(SpecError::new("source.group_id", "must not be empty"));
         }
         if s.poll_timeout_ms == 0 {
-            return Err(SpecError::new(
-                "source.poll_timeout_ms",
-                "must be at least 1",
-            ));
+            return Err(SpecError::new("source.poll_timeout_ms", "must be at least 1"));
         }
 
         let t = &self.trigger;
         if let Some(pt) = &t.processing_time {
             humantime::parse_duration(pt).map_err(|e| {
-                SpecError::new(
-                    "trigger.processing_time",
-                    format!("`{pt}` is not a duration such as \"5s\": {e}"),
-                )
+                SpecError::new("trigger.processing_time", format!("`{pt}` is not a duration such as \"5s\": {e}"))
             })?;
             if t.available_now {
-                return Err(SpecError::new(
-                    "trigger",
-                    "set either `processing_time` or `available_now`, not both",
-                ));
+                return Err(SpecError::new("trigger", "set either `processing_time` or `available_now`, not both"));
             }
         }
 
         let m = &self.model;
         for (key, path) in [("model.onnx", &m.onnx), ("model.tokenizer", &m.tokenizer)] {
             if !path.is_file() {
-                return Err(SpecError::new(
-                    key,
-                    format!("no such file: {}", path.display()),
-                ));
+                return Err(SpecError::new(key, format!("no such file: {}", path.display())));
             }
         }
         if !(1..=512).contains(&m.max_seq_len) {
-            return Err(SpecError::new(
-                "model.max_seq_len",
-                "must be between 1 and 512",
-            ));
+            return Err(SpecError::new("model.max_seq_len", "must be between 1 and 512"));
         }
         if !(1..=4096).contains(&m.batch_size) {
-            return Err(SpecError::new(
-                "model.batch_size",
-                "must be between 1 and 4096",
-            ));
+            return Err(SpecError::new("model.batch_size", "must be between 1 and 4096"));
         }
         if m.max_text_bytes == 0 {
             return Err(SpecError::new("model.max_text_bytes", "must be at least 1"));
@@ -468,29 +384,18 @@ impl JobSpec {
         if k.topic.is_empty() {
             return Err(SpecError::new("sink.topic", "must not be empty"));
         }
-        if k.bootstrap_servers
-            .as_deref()
-            .is_some_and(|b| b.trim().is_empty())
-        {
-            return Err(SpecError::new(
-                "sink.bootstrap_servers",
-                "must not be empty",
-            ));
+        if k.bootstrap_servers.as_deref().is_some_and(|b| b.trim().is_empty()) {
+            return Err(SpecError::new("sink.bootstrap_servers", "must not be empty"));
         }
         let dlq = self.dead_letter_topic();
         if dlq.is_empty() || dlq == k.topic {
-            return Err(SpecError::new(
-                "sink.dead_letter_topic",
-                "must be non-empty and differ from `sink.topic`",
-            ));
+            return Err(SpecError::new("sink.dead_letter_topic", "must be non-empty and differ from `sink.topic`"));
         }
         for (key, topic) in [("sink.topic", &k.topic), ("sink.dead_letter_topic", &dlq)] {
             if self.reads_topic(topic) {
                 return Err(SpecError::new(
                     key,
-                    format!(
-                        "`{topic}` is also a source topic: the query would read its own output"
-                    ),
+                    format!("`{topic}` is also a source topic: the query would read its own output"),
                 ));
             }
         }
@@ -541,11 +446,7 @@ mod tests {
         std::fs::write(&onnx, b"x").unwrap();
         let tok = dir.path().join("tokenizer.json");
         std::fs::write(&tok, b"{}").unwrap();
-        Files {
-            _dir: dir,
-            onnx,
-            tok,
-        }
+        Files { _dir: dir, onnx, tok }
     }
 
     fn spec(f: &Files, extra_source: &str, rest: &str) -> String {
@@ -582,10 +483,7 @@ topic = "out"
         assert_eq!(s.dead_letter_topic(), "out-dlq");
         assert_eq!(s.model.batch_size, 32);
         assert_eq!(s.model.model_id(), "m");
-        assert_eq!(
-            s.source.starting_offsets,
-            StartingOffsets::Named("latest".into())
-        );
+        assert_eq!(s.source.starting_offsets, StartingOffsets::Named("latest".into()));
         assert!(s.source.fail_on_data_loss);
         // What executors receive parses back to the same spec.
         let again = JobSpec::from_toml(&s.to_toml()).unwrap();
@@ -603,64 +501,31 @@ topic = "out"
     #[test]
     fn wrong_type_is_named() {
         let f = files();
-        assert_eq!(
-            key_of(&spec(&f, "max_offsets_per_trigger = \"lots\"", "")),
-            "source.max_offsets_per_trigger"
-        );
+        assert_eq!(key_of(&spec(&f, "max_offsets_per_trigger = \"lots\"", "")), "source.max_offsets_per_trigger");
         assert_eq!(key_of(&spec(&f, "", "format = \"f64\"")), "sink.format");
     }
 
     #[test]
     fn impossible_values_are_named() {
         let f = files();
+        assert_eq!(key_of(&spec(&f, "max_offsets_per_trigger = 0", "")), "source.max_offsets_per_trigger");
+        assert_eq!(key_of(&spec(&f, "min_partitions = 0", "")), "source.min_partitions");
+        assert_eq!(key_of(&spec(&f, "subscribe_pattern = \"p.*\"", "")), "source");
+        assert_eq!(key_of(&spec(&f, "starting_offsets = \"newest\"", "")), "source.starting_offsets");
         assert_eq!(
-            key_of(&spec(&f, "max_offsets_per_trigger = 0", "")),
-            "source.max_offsets_per_trigger"
-        );
-        assert_eq!(
-            key_of(&spec(&f, "min_partitions = 0", "")),
-            "source.min_partitions"
-        );
-        assert_eq!(
-            key_of(&spec(&f, "subscribe_pattern = \"p.*\"", "")),
-            "source"
-        );
-        assert_eq!(
-            key_of(&spec(&f, "starting_offsets = \"newest\"", "")),
-            "source.starting_offsets"
-        );
-        assert_eq!(
-            key_of(&spec(
-                &f,
-                "starting_offsets = { products = { \"0\" = -3 } }",
-                ""
-            )),
+            key_of(&spec(&f, "starting_offsets = { products = { \"0\" = -3 } }", "")),
             "source.starting_offsets.products.0"
         );
         assert_eq!(
-            key_of(&spec(
-                &f,
-                "starting_offsets = { other = { \"0\" = 1 } }",
-                ""
-            )),
+            key_of(&spec(&f, "starting_offsets = { other = { \"0\" = 1 } }", "")),
             "source.starting_offsets.other"
         );
-        assert_eq!(
-            key_of(&spec(&f, "", "dead_letter_topic = \"out\"")),
-            "sink.dead_letter_topic"
-        );
-        assert_eq!(
-            key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"soon\"")),
-            "trigger.processing_time"
-        );
-        assert_eq!(
-            key_of(&spec(&f, "", "[executors]\ncount = 0")),
-            "executors.count"
-        );
+        assert_eq!(key_of(&spec(&f, "", "dead_letter_topic = \"out\"")), "sink.dead_letter_topic");
+        assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"soon\"")), "trigger.processing_time");
+        assert_eq!(key_of(&spec(&f, "", "[executors]\ncount = 0")), "executors.count");
         let looped = spec(&f, "", "").replace("topic = \"out\"", "topic = \"products\"");
         assert_eq!(key_of(&looped), "sink.topic");
-        let missing =
-            spec(&f, "", "").replace(&f.onnx.display().to_string(), "/nonexistent/model.onnx");
+        let missing = spec(&f, "", "").replace(&f.onnx.display().to_string(), "/nonexistent/model.onnx");
         let e = JobSpec::from_toml(&missing).unwrap_err();
         assert_eq!(e.key, "model.onnx");
         assert!(e.to_string().contains("/nonexistent/model.onnx"));
@@ -685,16 +550,8 @@ topic = "out"
     #[test]
     fn trigger_interval() {
         let f = files();
-        let s =
-            JobSpec::from_toml(&spec(&f, "", "[trigger]\nprocessing_time = \"1500ms\"")).unwrap();
+        let s = JobSpec::from_toml(&spec(&f, "", "[trigger]\nprocessing_time = \"1500ms\"")).unwrap();
         assert_eq!(s.trigger.interval(), Duration::from_millis(1500));
-        assert_eq!(
-            key_of(&spec(
-                &f,
-                "",
-                "[trigger]\nprocessing_time = \"1s\"\navailable_now = true"
-            )),
-            "trigger"
-        );
+        assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"1s\"\navailable_now = true")), "trigger");
     }
 }

@@ -27,11 +27,7 @@ pub fn cache() -> PathBuf {
 
 pub fn model_dir() -> PathBuf {
     let dir = cache().join("models/all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.onnx").is_file(),
-        "{} has no model: run deploy/setup.sh",
-        dir.display()
-    );
+    assert!(dir.join("model.onnx").is_file(), "{} has no model: run deploy/setup.sh", dir.display());
     dir
 }
 
@@ -45,17 +41,9 @@ pub struct Broker {
 impl Broker {
     pub fn start() -> Broker {
         let tansu = cache().join("bin/tansu");
-        assert!(
-            tansu.is_file(),
-            "{} is missing: run deploy/setup.sh",
-            tansu.display()
-        );
+        assert!(tansu.is_file(), "{} is missing: run deploy/setup.sh", tansu.display());
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
         let child = Command::new(&tansu)
@@ -78,11 +66,7 @@ impl Broker {
             if let Ok(Some(status)) = broker.child.try_wait() {
                 panic!("tansu exited with {status}: {}", broker.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {} within 20 s",
-                broker.addr
-            );
+            assert!(Instant::now() < deadline, "tansu did not listen on {} within 20 s", broker.addr);
             std::thread::sleep(Duration::from_millis(50));
         }
         broker
@@ -93,19 +77,16 @@ impl Broker {
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.addr)
-            .create()
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let res = rt
-            .block_on(admin.create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
-            ))
+            .block_on(
+                admin.create_topics(
+                    &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                    &AdminOptions::new(),
+                ),
+            )
             .unwrap();
         for r in res {
             r.unwrap();
@@ -114,14 +95,8 @@ impl Broker {
         let consumer = self.consumer();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let md = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(5))
-                .unwrap();
-            if md
-                .topics()
-                .first()
-                .is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
-            {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
+            if md.topics().first().is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize) {
                 return;
             }
             assert!(Instant::now() < deadline, "topic {topic} did not appear");
@@ -167,11 +142,7 @@ impl Broker {
             .enumerate()
             .map(|(i, t)| {
                 let n = first_key + i;
-                (
-                    n as i32 % partitions,
-                    Some(format!("key-{n}").into_bytes()),
-                    Some(t.clone().into_bytes()),
-                )
+                (n as i32 % partitions, Some(format!("key-{n}").into_bytes()), Some(t.clone().into_bytes()))
             })
             .collect();
         self.produce(topic, &records);
@@ -179,13 +150,7 @@ impl Broker {
 
     pub fn high_watermarks(&self, topic: &str, partitions: i32) -> Vec<i64> {
         let c = self.consumer();
-        (0..partitions)
-            .map(|p| {
-                c.fetch_watermarks(topic, p, Duration::from_secs(5))
-                    .unwrap()
-                    .1
-            })
-            .collect()
+        (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap().1).collect()
     }
 
     /// Every record of `topic`, read up to the high watermark of each partition.
@@ -194,19 +159,14 @@ impl Broker {
         let c = self.consumer();
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         c.assign(&tpl).unwrap();
         let total: i64 = highs.iter().sum();
         let mut out = Vec::new();
         let deadline = Instant::now() + TIMEOUT;
         while (out.len() as i64) < total {
-            assert!(
-                Instant::now() < deadline,
-                "read {} of {total} records of {topic}",
-                out.len()
-            );
+            assert!(Instant::now() < deadline, "read {} of {total} records of {topic}", out.len());
             if let Some(m) = c.poll(Duration::from_millis(100)) {
                 let m = m.unwrap();
                 let headers = m
@@ -214,11 +174,7 @@ impl Broker {
                     .map(|h| {
                         h.iter()
                             .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
+                                (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
                             })
                             .collect()
                     })
@@ -275,27 +231,16 @@ pub struct Record {
 
 impl Record {
     pub fn header(&self, k: &str) -> &str {
-        self.headers
-            .get(k)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("no header {k} in {:?}", self.headers))
+        self.headers.get(k).map(String::as_str).unwrap_or_else(|| panic!("no header {k} in {:?}", self.headers))
     }
 
     pub fn vector(&self) -> Vec<f32> {
-        self.value
-            .as_ref()
-            .unwrap()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        self.value.as_ref().unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
     }
 
     /// (source partition, source offset) from the headers.
     pub fn origin(&self) -> (i32, i64) {
-        (
-            self.header("es.partition").parse().unwrap(),
-            self.header("es.offset").parse().unwrap(),
-        )
+        (self.header("es.partition").parse().unwrap(), self.header("es.offset").parse().unwrap())
     }
 }
 
@@ -352,10 +297,7 @@ dead_letter_topic = "{name}-dlq"
     /// Batch ids that have a file in `offsets/` or `commits/`.
     pub fn logged_batches(&self, log: &str) -> Vec<u64> {
         let mut v: Vec<u64> = std::fs::read_dir(self.checkpoint().join(log))
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .collect()
-            })
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -364,18 +306,13 @@ dead_letter_topic = "{name}-dlq"
 
 pub fn embedstream() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_embedstream"));
-    c.env("EMBEDSTREAM_CACHE", cache())
-        .env("RUST_LOG", "info,librdkafka=warn");
+    c.env("EMBEDSTREAM_CACHE", cache()).env("RUST_LOG", "info,librdkafka=warn");
     c
 }
 
 /// Runs `embedstream ARGS` to its end, killing it past `timeout`.
 pub fn run_to_end(mut cmd: Command, timeout: Duration) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -393,35 +330,18 @@ pub fn run_to_end(mut cmd: Command, timeout: Duration) -> Output {
 /// Runs an `available_now` job with N local executors and returns its summary (JSON).
 pub fn run_job(job: &Job, executors: u32) -> serde_json::Value {
     let mut cmd = embedstream();
-    cmd.args([
-        "run",
-        job.path.to_str().unwrap(),
-        "--local",
-        &executors.to_string(),
-    ]);
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", &executors.to_string()]);
     let out = run_to_end(cmd, Duration::from_secs(180));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "embedstream run failed ({}):\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "embedstream run failed ({}):\n{stderr}", out.status);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("summary: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Product-like texts of varied length, `n` of them, different for each `seed`.
 pub fn texts(n: usize, seed: usize) -> Vec<String> {
-    const ADJ: &[&str] = &[
-        "lightweight",
-        "waterproof",
-        "vintage",
-        "ergonomic",
-        "organic",
-        "wireless",
-        "handmade",
-        "compact",
-    ];
+    const ADJ: &[&str] =
+        &["lightweight", "waterproof", "vintage", "ergonomic", "organic", "wireless", "handmade", "compact"];
     const THING: &[&str] = &[
         "running shoes",
         "desk lamp",
@@ -440,12 +360,7 @@ pub fn texts(n: usize, seed: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let k = i + seed * 7919;
-            format!(
-                "{} {} {} no. {k}",
-                ADJ[k % ADJ.len()],
-                THING[(k / 3) % THING.len()],
-                TAIL[(k / 5) % TAIL.len()]
-            )
+            format!("{} {} {} no. {k}", ADJ[k % ADJ.len()], THING[(k / 3) % THING.len()], TAIL[(k / 5) % TAIL.len()])
         })
         .collect()
 }
@@ -474,24 +389,16 @@ pub struct Running {
 impl Running {
     pub fn start(job: &Job, executors: u32) -> Running {
         let mut cmd = embedstream();
-        cmd.args([
-            "run",
-            job.path.to_str().unwrap(),
-            "--local",
-            &executors.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.args(["run", job.path.to_str().unwrap(), "--local", &executors.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = lines.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
@@ -503,25 +410,13 @@ impl Running {
     }
 
     /// Waits until `cond` holds, failing if the query exits or `timeout` passes.
-    pub fn wait_until(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut cond: impl FnMut(&Self) -> bool,
-    ) {
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
         while !cond(self) {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "the query exited ({status}) while waiting for {what}:\n{}",
-                    self.log()
-                );
+                panic!("the query exited ({status}) while waiting for {what}:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within {timeout:?}:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "no {what} within {timeout:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -533,40 +428,22 @@ impl Running {
             .unwrap()
             .iter()
             .filter(|l| l.contains("embedstream_driver") && l.contains("executor registered"))
-            .filter_map(|l| {
-                l.split("pid=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
             .collect()
     }
 
     /// SIGTERM, then the exit status and the summary printed on stdout.
     pub fn stop(mut self) -> serde_json::Value {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "SIGTERM did not stop the query:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "SIGTERM did not stop the query:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(
-            status.success(),
-            "a stop by SIGTERM exits 0, got {status}:\n{}",
-            self.log()
-        );
+        assert!(status.success(), "a stop by SIGTERM exits 0, got {status}:\n{}", self.log());
         let mut out = String::new();
         std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary: {e}: {out}"))

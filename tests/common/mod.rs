@@ -290,6 +290,13 @@ dead_letter_topic = "{name}-dlq"
         Job { dir, path }
     }
 
+    /// Drops the `starting_offsets = "earliest"` that [`Job::new`] puts first, for a test that sets its own.
+    pub fn without_default_starting_offsets(self) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap().replacen("starting_offsets = \"earliest\"\n", "", 1);
+        std::fs::write(&self.path, text).unwrap();
+        self
+    }
+
     pub fn checkpoint(&self) -> PathBuf {
         self.dir.path().join("checkpoint")
     }

@@ -44,6 +44,23 @@ enum Command {
         /// The job spec (TOML).
         job: PathBuf,
     },
+    /// Show a query's progress: one row per committed batch, with its rates, duration and lag.
+    ///
+    /// Reads `<checkpoint_location>/progress.jsonl`, which the driver appends to after every
+    /// batch; works while the query runs and after it stopped.
+    Progress {
+        /// The job spec (TOML) of the query.
+        job: PathBuf,
+        /// Keep printing batches as they are committed, until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+        /// Print the records as JSON lines (Spark's StreamingQueryProgress field names) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many of the latest batches to show first.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
     /// Write the lines of standard input to a topic, one message per line (creates the topic).
     Produce {
         #[arg(long, default_value = "127.0.0.1:9092")]
@@ -101,6 +118,7 @@ async fn dispatch(command: Command) -> Result<()> {
             print!("{}", spec.to_toml());
             Ok(())
         }
+        Command::Progress { job, follow, json, last } => progress(&job, follow, json, last).await,
         Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
             produce(&bootstrap_servers, &topic, partitions, keyed).await
         }
@@ -140,6 +158,42 @@ async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the embedstream binary to start executors")?;
     let summary = embedstream_driver::run_local(spec, exe, stop_rx).await?;
     println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+async fn progress(job: &std::path::Path, follow: bool, json: bool, last: usize) -> Result<()> {
+    use embedstream_driver::progress::{format_table, read_progress, ProgressRecord};
+    let spec = JobSpec::from_file(job)?;
+    let print = |records: &[ProgressRecord], header: bool| {
+        if json {
+            for r in records {
+                println!("{}", serde_json::to_string(r).expect("progress serialises"));
+            }
+        } else {
+            print!("{}", format_table(records, header));
+        }
+    };
+    let records = read_progress(&spec.checkpoint_location)?;
+    if records.is_empty() && !follow {
+        eprintln!("no batch committed yet ({})", spec.checkpoint_location.display());
+    }
+    print(&records[records.len().saturating_sub(last)..], true);
+    if follow {
+        let mut shown = records.len();
+        let mut header = records.is_empty();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+            let records = read_progress(&spec.checkpoint_location)?;
+            if records.len() > shown {
+                print(&records[shown..], header);
+                header = false;
+                shown = records.len();
+            }
+        }
+    }
     Ok(())
 }
 

@@ -8,22 +8,25 @@
 //! 3. run the tasks on the executors, retrying failed attempts;
 //! 4. write `commits/<N>`, then commit the end offsets to the consumer group.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use embedstream_proto::pb::driver_service_server::DriverServiceServer;
 use embedstream_proto::pb::{OffsetRange as PbRange, ShutdownRequest, TaskDefinition};
 use embedstream_proto::spec::StartAt;
-use embedstream_proto::JobSpec;
+use embedstream_proto::{telemetry, JobSpec};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CommitLogEntry, OffsetLogEntry, Recovery};
 use crate::launcher::{LaunchError, LocalLauncher};
+use crate::metrics::{self, DriverMetrics};
 use crate::planner::{self, DataLoss, PartitionOffsets, TopicPartition};
+use crate::progress::{ProgressLog, ProgressRecord, SourceProgress};
 use crate::scheduler::{BatchStats, DriverServiceImpl, ExecutorRegistry, Scheduler, SchedulerError};
 use crate::source::{KafkaSource, SourceError};
 
@@ -72,6 +75,19 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
     let source = Arc::new(KafkaSource::new(&spec)?);
     let registry = Arc::new(ExecutorRegistry::default());
+    let metrics = Arc::new(DriverMetrics::new(&spec.name));
+    let metrics_addr = telemetry::serve_metrics(&spec.monitoring.metrics_listen, metrics.registry.clone())
+        .await
+        .map_err(|e| DriverError::Service(format!("metrics endpoint {}: {e}", spec.monitoring.metrics_listen)))?;
+    metrics.executors_requested.set(spec.executors.count as i64);
+    metrics.trigger_interval.set(spec.trigger.interval().as_secs_f64());
+    metrics.last_batch_timestamp.set(checkpoint::now_ms() as f64 / 1000.0);
+    let targets = Targets {
+        checkpoint: spec.checkpoint_location.clone(),
+        query: spec.name.clone(),
+        driver: metrics_addr.to_string(),
+    };
+    targets.write(&registry);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -91,7 +107,10 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
                 let _ = s.wait_for(|&v| v).await;
             }),
     );
-    tracing::info!(query = %spec.name, query_id = checkpoint.query_id(), driver = %addr, "query starting");
+    tracing::info!(
+        query = %spec.name, query_id = checkpoint.query_id(), driver = %addr, metrics = %metrics_addr,
+        "query starting"
+    );
 
     let mut launcher = LocalLauncher::new(exe);
     let result = async {
@@ -100,11 +119,17 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
             launcher.spawn(&format!("exec-{i}"), &url, spec.executors.cores)?;
         }
         launcher.wait_registered(&registry, spec.executors.count as usize, REGISTRATION_TIMEOUT).await?;
+        targets.write(&registry);
+        metrics.executors.set(registry.live().len() as i64);
         let mut query = Query {
             spec: &spec,
             checkpoint: &checkpoint,
             source: source.clone(),
             scheduler: Scheduler::new(registry.clone()),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            targets: &targets,
+            progress: ProgressLog::new(&spec.checkpoint_location),
         };
         query.run(stop).await
     }
@@ -124,6 +149,59 @@ struct Query<'a> {
     checkpoint: &'a Checkpoint,
     source: Arc<KafkaSource>,
     scheduler: Scheduler,
+    registry: Arc<ExecutorRegistry>,
+    metrics: Arc<DriverMetrics>,
+    targets: &'a Targets,
+    progress: ProgressLog,
+}
+
+/// Keeps `<checkpoint>/monitoring/targets.json` listing the driver and the live executors.
+struct Targets {
+    checkpoint: PathBuf,
+    query: String,
+    driver: String,
+}
+
+impl Targets {
+    fn write(&self, registry: &ExecutorRegistry) {
+        let executors: Vec<(String, String)> = registry.live().into_iter().map(|e| (e.id, e.metrics_address)).collect();
+        if let Err(e) = metrics::write_targets(&self.checkpoint, &self.query, &self.driver, &executors) {
+            tracing::warn!(error = %e, "cannot write the Prometheus target list");
+        }
+    }
+}
+
+/// Aborts a background task when dropped, on every way out of the scope that owns it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the broker's latest offsets every `interval` and sets the offset and lag gauges
+/// against the query's position, so lag is current even while a batch is slow.
+fn spawn_lag_refresher(
+    source: Arc<KafkaSource>,
+    metrics: Arc<DriverMetrics>,
+    position: Arc<Mutex<PartitionOffsets>>,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            let s = source.clone();
+            let latest = tokio::task::spawn_blocking(move || s.partitions().and_then(|tps| s.watermarks(&tps)))
+                .await
+                .expect("broker calls do not panic");
+            match latest {
+                Ok((_, latest)) => metrics.set_offsets(&latest, &position.lock().unwrap()),
+                Err(e) => tracing::debug!(error = %e, "lag refresh failed"),
+            }
+        }
+    })
 }
 
 impl Query<'_> {
@@ -159,6 +237,14 @@ impl Query<'_> {
         };
         let interval = spec.trigger.interval();
         let mut first_dispatch: Option<Instant> = None;
+        let mut previous_trigger: Option<Instant> = None;
+        let position = Arc::new(Mutex::new(start.clone()));
+        let _refresher = AbortOnDrop(spawn_lag_refresher(
+            self.source.clone(),
+            self.metrics.clone(),
+            position.clone(),
+            spec.monitoring.lag_refresh(),
+        ));
 
         loop {
             if *stop.borrow() {
@@ -166,10 +252,13 @@ impl Query<'_> {
                 break;
             }
             let trigger_start = tokio::time::Instant::now();
-            let (entry, replay) = match rerun.take() {
-                Some(entry) => (entry, true),
+            let (entry, latest, replay) = match rerun.take() {
+                Some(entry) => {
+                    let end = checkpoint::from_json(&entry.end);
+                    (entry, end, true)
+                }
                 None => match self.plan(next_batch_id, &start, target.as_ref()).await? {
-                    Some(entry) => (entry, false),
+                    Some((entry, latest)) => (entry, latest, false),
                     None if target.is_some() => break,
                     None => {
                         let wait = interval.max(IDLE_POLL);
@@ -181,9 +270,12 @@ impl Query<'_> {
                     }
                 },
             };
+            let plan_took = trigger_start.elapsed();
+            let wal_started = Instant::now();
             if !replay {
                 self.checkpoint.write_offsets(&entry)?;
             }
+            let wal_took = wal_started.elapsed();
             if std::env::var(CRASH_AFTER_WAL_ENV).ok().and_then(|v| v.parse().ok()) == Some(entry.batch_id) {
                 tracing::error!(batch_id = entry.batch_id, "{CRASH_AFTER_WAL_ENV}: exiting after the write-ahead log");
                 std::process::exit(86);
@@ -198,7 +290,15 @@ impl Query<'_> {
             );
             let batch_started = Instant::now();
             first_dispatch.get_or_insert(batch_started);
-            let stats = self.scheduler.run_batch(entry.batch_id, tasks).await?;
+            let (start_offsets, end_offsets) = (checkpoint::from_json(&entry.start), checkpoint::from_json(&entry.end));
+            let planned: i64 =
+                planner::ranges(&start_offsets, &end_offsets).iter().map(planner::OffsetRange::size).sum();
+            self.metrics.input_rows.inc_by(planned as u64);
+            let stats = self.scheduler.run_batch(entry.batch_id, tasks).await;
+            self.metrics.executors.set(self.registry.live().len() as i64);
+            self.targets.write(&self.registry);
+            let stats = stats?;
+            let commit_started = Instant::now();
             self.checkpoint.write_commit(&CommitLogEntry {
                 version: 1,
                 batch_id: entry.batch_id,
@@ -213,7 +313,18 @@ impl Query<'_> {
                 // The checkpoint is the source of truth; the group only shows progress.
                 tracing::warn!(error = %e, "could not commit offsets to the consumer group");
             }
+            let commit_took = commit_started.elapsed();
+            *position.lock().unwrap() = end.clone();
+            self.metrics.set_offsets(&latest, &end);
             log_batch(entry.batch_id, &stats, batch_started.elapsed());
+            let timings = BatchTimings {
+                trigger: trigger_start.into_std(),
+                previous_trigger: previous_trigger.replace(trigger_start.into_std()),
+                plan: plan_took,
+                wal: wal_took,
+                commit: commit_took,
+            };
+            self.record_batch(&entry, &latest, &stats, &timings);
             summary.batches += 1;
             summary.input_rows += stats.rows_read;
             summary.embeddings += stats.embeddings;
@@ -234,6 +345,87 @@ impl Query<'_> {
             summary.embeddings_per_second = summary.embeddings as f64 / summary.processing_seconds;
         }
         Ok(summary)
+    }
+
+    /// Metrics and the progress record of a committed batch.
+    fn record_batch(
+        &mut self,
+        entry: &OffsetLogEntry,
+        latest: &PartitionOffsets,
+        stats: &BatchStats,
+        t: &BatchTimings,
+    ) {
+        let m = &self.metrics;
+        let took = t.trigger.elapsed();
+        let secs = |d: Duration| d.as_secs_f64();
+        m.processed_rows.inc_by(stats.rows_read);
+        m.dead_letter_rows.inc_by(stats.dead_letters);
+        m.tasks_failed.inc_by(stats.failed_attempts);
+        m.batches.inc();
+        m.batch_duration.observe(secs(took));
+        let micros = |us: u64| Duration::from_micros(us);
+        let phases = [
+            ("plan", t.plan),
+            ("wal", t.wal),
+            ("read", micros(stats.read_micros)),
+            ("infer", micros(stats.infer_micros)),
+            ("sink", micros(stats.sink_micros)),
+            ("commit", t.commit),
+        ];
+        for (phase, d) in phases {
+            m.batch_phase.with_label_values(&[phase]).observe(secs(d));
+        }
+        let rows = stats.rows_read as f64;
+        let processed_rate = rows / secs(took).max(1e-9);
+        let input_rate = t.previous_trigger.map_or(processed_rate, |p| rows / secs(t.trigger - p).max(1e-9));
+        m.input_rows_per_second.set(input_rate);
+        m.processed_rows_per_second.set(processed_rate);
+        for &l in &stats.latencies {
+            m.end_to_end_latency.observe(l as f64);
+        }
+        m.last_batch_timestamp.set(checkpoint::now_ms() as f64 / 1000.0);
+
+        let end = checkpoint::from_json(&entry.end);
+        let behind: i64 = end.iter().map(|(tp, &e)| (latest.get(tp).copied().unwrap_or(e) - e).max(0)).sum();
+        let mut duration_ms: BTreeMap<String, u64> =
+            phases.iter().map(|(p, d)| (p.to_string(), d.as_millis() as u64)).collect();
+        duration_ms.insert("triggerExecution".into(), took.as_millis() as u64);
+        let record = ProgressRecord {
+            id: self.checkpoint.query_id().to_string(),
+            name: self.spec.name.clone(),
+            batch_id: entry.batch_id,
+            timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now() - took).to_string(),
+            num_input_rows: stats.rows_read,
+            input_rows_per_second: input_rate,
+            processed_rows_per_second: processed_rate,
+            duration_ms,
+            sources: vec![SourceProgress {
+                description: self.source_description(),
+                start_offset: entry.start.clone(),
+                end_offset: entry.end.clone(),
+                latest_offset: checkpoint::to_json(latest),
+                num_input_rows: stats.rows_read,
+                offsets_behind_latest: behind,
+            }],
+            embeddings: stats.embeddings,
+            dead_letters: stats.dead_letters,
+            task_retries: stats.failed_attempts,
+            executors: stats.rows_per_executor.clone(),
+        };
+        if let Err(e) = self.progress.append(record) {
+            tracing::warn!(error = %e, "cannot write the progress log");
+        }
+    }
+
+    /// Spark's way of naming a Kafka source: `KafkaV2[Subscribe[a,b]]`.
+    fn source_description(&self) -> String {
+        let s = &self.spec.source;
+        let how = match (&s.subscribe, &s.subscribe_pattern) {
+            (Some(t), _) => format!("Subscribe[{}]", t.join(",")),
+            (None, Some(p)) => format!("SubscribePattern[{p}]"),
+            (None, None) => format!("Assign[{}]", self.spec.source_topics().join(",")),
+        };
+        format!("KafkaV2[{how}]")
     }
 
     /// Where a new query starts (`starting_offsets`), logged so that a restart before the first
@@ -266,7 +458,7 @@ impl Query<'_> {
         batch_id: u64,
         start: &PartitionOffsets,
         target: Option<&PartitionOffsets>,
-    ) -> Result<Option<OffsetLogEntry>, DriverError> {
+    ) -> Result<Option<(OffsetLogEntry, PartitionOffsets)>, DriverError> {
         let partitions = self.broker(KafkaSource::partitions).await?;
         let (earliest, latest) = self.broker(move |s| s.watermarks(&partitions)).await?;
 
@@ -296,13 +488,14 @@ impl Query<'_> {
         if planner::ranges(&start, &end).is_empty() {
             return Ok(None);
         }
-        Ok(Some(OffsetLogEntry {
+        let entry = OffsetLogEntry {
             version: 1,
             batch_id,
             timestamp_ms: checkpoint::now_ms(),
             start: checkpoint::to_json(&start),
             end: checkpoint::to_json(&end),
-        }))
+        };
+        Ok(Some((entry, latest)))
     }
 }
 
@@ -333,6 +526,15 @@ fn tasks_for(
             }),
         })
         .collect()
+}
+
+/// When a batch's driver-side phases happened.
+struct BatchTimings {
+    trigger: Instant,
+    previous_trigger: Option<Instant>,
+    plan: Duration,
+    wal: Duration,
+    commit: Duration,
 }
 
 fn log_batch(batch_id: u64, s: &BatchStats, took: Duration) {

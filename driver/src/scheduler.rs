@@ -6,7 +6,7 @@
 //! `spark.task.maxFailures` does. An executor whose RPC fails at the transport level is lost: its
 //! cores take no more tasks.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct ExecutorInfo {
     pub address: String,
     pub cores: u32,
     pub pid: u32,
+    /// host:port of its /metrics; empty if it serves none.
+    pub metrics_address: String,
     client: ExecutorServiceClient<Channel>,
 }
 
@@ -122,6 +124,7 @@ impl DriverService for DriverServiceImpl {
             address: r.address,
             cores: r.cores,
             pid: r.pid,
+            metrics_address: r.metrics_address,
             client: ExecutorServiceClient::new(channel),
         };
         self.registry.executors.lock().unwrap().insert(r.executor_id.clone(), info);
@@ -138,7 +141,7 @@ impl DriverService for DriverServiceImpl {
 }
 
 /// What the tasks of one batch did, summed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct BatchStats {
     pub rows_read: u64,
     pub embeddings: u64,
@@ -149,10 +152,16 @@ pub struct BatchStats {
     pub read_micros: u64,
     pub infer_micros: u64,
     pub sink_micros: u64,
+    /// Input rows per executor id.
+    pub rows_per_executor: BTreeMap<String, u64>,
+    /// Seconds from each output record's Kafka timestamp to the sink's acknowledgement.
+    pub latencies: Vec<f32>,
 }
 
 impl BatchStats {
-    fn add(&mut self, s: &TaskSuccessful) {
+    fn add(&mut self, executor: &str, s: TaskSuccessful) {
+        *self.rows_per_executor.entry(executor.to_string()).or_default() += s.rows_read;
+        self.latencies.extend(s.latency_seconds.iter().copied());
         self.rows_read += s.rows_read;
         self.embeddings += s.embeddings_written;
         self.dead_letters += s.dead_letters;
@@ -205,7 +214,7 @@ impl Scheduler {
             stats.task_attempts += 1;
             let (reason, message) = match outcome {
                 AttemptOutcome::Done(s) => {
-                    stats.add(&s);
+                    stats.add(&exec.id, s);
                     free.push(exec);
                     continue;
                 }

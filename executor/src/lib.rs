@@ -5,6 +5,7 @@
 //! checks of [`task`] (bad values to the dead-letter topic), [`model`] (length-sorted batches
 //! through ONNX Runtime) and [`sink`] (Kafka, idempotent producer).
 
+pub mod metrics;
 pub mod model;
 pub mod reader;
 pub mod sink;
@@ -22,11 +23,12 @@ use embedstream_proto::pb::{
     ShutdownResponse, TaskDefinition, TaskFailed, TaskStatus,
 };
 use embedstream_proto::spec::SpecError;
-use embedstream_proto::JobSpec;
+use embedstream_proto::{telemetry, JobSpec};
 use tokio::sync::{watch, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::ExecutorMetrics;
 use crate::model::{Embedder, ModelError};
 use crate::reader::KafkaReader;
 use crate::sink::{KafkaSink, SinkError};
@@ -86,6 +88,11 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         spec.source.fail_on_data_loss,
     );
     let sink = KafkaSink::new(&spec, embedder.model_id())?;
+    let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &embedder.model_id()));
+    let metrics_address = telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone())
+        .await
+        .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
+    spawn_memory_sampler(metrics.clone());
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let shutdown_tx = Arc::new(shutdown_tx);
     let state = Arc::new(task::TaskContext {
@@ -94,6 +101,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         reader: Arc::new(reader),
         embedder: Arc::new(embedder),
         sink,
+        metrics,
     });
     let service =
         Service { state, slots: Arc::new(Semaphore::new(args.cores as usize)), shutdown: shutdown_tx.clone() };
@@ -114,6 +122,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             address: address.to_string(),
             cores: args.cores,
             pid: std::process::id(),
+            metrics_address: metrics_address.to_string(),
         })
         .await
         .map_err(|e| driver_err(e.to_string()))?;
@@ -146,6 +155,20 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let _ = shutdown_tx.send(true);
     server.await.map_err(|e| ExecutorError::Serve(e.to_string()))?.map_err(|e| ExecutorError::Serve(e.to_string()))?;
     Ok(())
+}
+
+/// Samples the memory of the processes that run the model. Today the model runs inside the
+/// executor process, reported as worker "0".
+fn spawn_memory_sampler(metrics: Arc<ExecutorMetrics>) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            if let Some(pss) = telemetry::pss_bytes(std::process::id()) {
+                metrics.worker_pss_bytes.with_label_values(&["0"]).set(pss as i64);
+            }
+        }
+    });
 }
 
 struct Service {

@@ -11,6 +11,7 @@ use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskFail
 use embedstream_proto::JobSpec;
 use tracing::Instrument;
 
+use crate::metrics::ExecutorMetrics;
 use crate::model::Embedder;
 use crate::reader::{KafkaReader, ReadError};
 use crate::sink::{KafkaSink, Origin, Pending};
@@ -21,6 +22,7 @@ pub struct TaskContext {
     pub reader: Arc<KafkaReader>,
     pub embedder: Arc<Embedder>,
     pub sink: KafkaSink,
+    pub metrics: Arc<ExecutorMetrics>,
 }
 
 /// Why a value cannot be embedded, or `None` when it can.
@@ -57,7 +59,10 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     let read = match tokio::task::spawn_blocking(move || reader.read(&range)).await.expect("reads do not panic") {
         Ok(r) => r,
         Err(e @ ReadError::DataLoss { .. }) => return failed(FailureReason::DataLoss, e.to_string(), false),
-        Err(e) => return failed(FailureReason::FetchError, e.to_string(), true),
+        Err(e) => {
+            ctx.metrics.kafka_read_errors.inc();
+            return failed(FailureReason::FetchError, e.to_string(), true);
+        }
     };
     let read_micros = started.elapsed().as_micros() as u64;
 
@@ -66,6 +71,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     let keys = col("key").as_any().downcast_ref::<BinaryArray>().expect("binary keys");
     let values = col("value").as_any().downcast_ref::<BinaryArray>().expect("binary values");
     let offsets = col("offset").as_any().downcast_ref::<Int64Array>().expect("int64 offsets");
+    let timestamps = col("timestamp_ms").as_any().downcast_ref::<Int64Array>().expect("int64 timestamps");
     let value = |i: usize| values.is_valid(i).then(|| values.value(i));
     let max_bytes = ctx.spec.model.max_text_bytes;
 
@@ -131,7 +137,20 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         Err(e) => Err(e),
     };
     if let Err(e) = result {
+        ctx.metrics.kafka_produce_errors.inc();
         return failed(FailureReason::SinkError, e.to_string(), true);
+    }
+    let acked_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    let latency_seconds: Vec<f32> = good
+        .iter()
+        .filter(|&&i| timestamps.is_valid(i))
+        .map(|&i| (acked_ms - timestamps.value(i)).max(0) as f32 / 1000.0)
+        .collect();
+    ctx.metrics.embeddings.inc_by(good.len() as u64);
+    let batch_size = ctx.spec.model.batch_size;
+    for chunk in 0..good.len().div_ceil(batch_size) {
+        ctx.metrics.inference_batch_size.observe((good.len() - chunk * batch_size).min(batch_size) as f64);
     }
 
     task_status::Status::Successful(TaskSuccessful {
@@ -142,6 +161,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         read_micros,
         infer_micros,
         sink_micros: sink_started.elapsed().as_micros() as u64,
+        latency_seconds,
     })
 }
 

@@ -39,6 +39,8 @@ pub struct JobSpec {
     pub sink: SinkSpec,
     #[serde(default)]
     pub executors: ExecutorsSpec,
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +223,44 @@ impl Default for ExecutorsSpec {
     }
 }
 
+/// Prometheus endpoints and the lag refresh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSpec {
+    /// The driver's `/metrics` (host:port; port 0 picks a free one, written to
+    /// `<checkpoint_location>/monitoring/targets.json`).
+    #[serde(default = "default_listen")]
+    pub metrics_listen: String,
+    /// Where each executor serves its `/metrics`; port 0 lets each pick its own.
+    #[serde(default = "default_listen")]
+    pub executor_metrics_listen: String,
+    /// How often the driver reads the broker's latest offsets for the lag gauges, between batches too.
+    #[serde(default = "default_lag_refresh")]
+    pub lag_refresh_interval: String,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec {
+            metrics_listen: default_listen(),
+            executor_metrics_listen: default_listen(),
+            lag_refresh_interval: default_lag_refresh(),
+        }
+    }
+}
+
+impl MonitoringSpec {
+    pub fn lag_refresh(&self) -> Duration {
+        humantime::parse_duration(&self.lag_refresh_interval).unwrap_or(Duration::from_secs(5))
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".into()
+}
+fn default_lag_refresh() -> String {
+    "5s".into()
+}
 fn default_true() -> bool {
     true
 }
@@ -400,6 +440,25 @@ impl JobSpec {
             }
         }
 
+        let mon = &self.monitoring;
+        for (key, addr) in [
+            ("monitoring.metrics_listen", &mon.metrics_listen),
+            ("monitoring.executor_metrics_listen", &mon.executor_metrics_listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(SpecError::new(key, format!("`{addr}` is not an address such as \"127.0.0.1:9464\"")));
+            }
+        }
+        match humantime::parse_duration(&mon.lag_refresh_interval) {
+            Ok(d) if !d.is_zero() => {}
+            _ => {
+                return Err(SpecError::new(
+                    "monitoring.lag_refresh_interval",
+                    "must be a duration above zero, such as \"5s\"",
+                ))
+            }
+        }
+
         if self.executors.count == 0 {
             return Err(SpecError::new("executors.count", "must be at least 1"));
         }
@@ -523,6 +582,11 @@ topic = "out"
         assert_eq!(key_of(&spec(&f, "", "dead_letter_topic = \"out\"")), "sink.dead_letter_topic");
         assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"soon\"")), "trigger.processing_time");
         assert_eq!(key_of(&spec(&f, "", "[executors]\ncount = 0")), "executors.count");
+        assert_eq!(key_of(&spec(&f, "", "[monitoring]\nmetrics_listen = \"localhost\"")), "monitoring.metrics_listen");
+        assert_eq!(
+            key_of(&spec(&f, "", "[monitoring]\nlag_refresh_interval = \"0s\"")),
+            "monitoring.lag_refresh_interval"
+        );
         let looped = spec(&f, "", "").replace("topic = \"out\"", "topic = \"products\"");
         assert_eq!(key_of(&looped), "sink.topic");
         let missing = spec(&f, "", "").replace(&f.onnx.display().to_string(), "/nonexistent/model.onnx");

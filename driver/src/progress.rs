@@ -1,0 +1,167 @@
+//! Progress reports: after every batch, one record with the fields Spark users know from
+//! `StreamingQueryProgress` (batchId, numInputRows, inputRowsPerSecond, processedRowsPerSecond,
+//! durationMs by phase, per-source start/end/latest offsets) and embedstream's own (embeddings,
+//! dead letters, rows per executor). Appended as JSON lines to
+//! `<checkpoint_location>/progress.jsonl`; the last 100 are also kept in memory.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::OffsetsJson;
+
+const KEPT_IN_MEMORY: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceProgress {
+    pub description: String,
+    pub start_offset: OffsetsJson,
+    pub end_offset: OffsetsJson,
+    pub latest_offset: OffsetsJson,
+    pub num_input_rows: u64,
+    /// Records between the batch's end and the latest offsets when it was planned.
+    pub offsets_behind_latest: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressRecord {
+    pub id: String,
+    pub name: String,
+    pub batch_id: u64,
+    /// When the batch started, RFC 3339.
+    pub timestamp: String,
+    pub num_input_rows: u64,
+    pub input_rows_per_second: f64,
+    pub processed_rows_per_second: f64,
+    /// plan, wal, commit and triggerExecution: driver wall time; read, infer, sink: summed over tasks.
+    pub duration_ms: BTreeMap<String, u64>,
+    pub sources: Vec<SourceProgress>,
+    pub embeddings: u64,
+    pub dead_letters: u64,
+    pub task_retries: u64,
+    /// Input rows each executor processed in this batch.
+    pub executors: BTreeMap<String, u64>,
+}
+
+impl ProgressRecord {
+    pub fn lag(&self) -> i64 {
+        self.sources.iter().map(|s| s.offsets_behind_latest).sum()
+    }
+}
+
+pub fn progress_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.join("progress.jsonl")
+}
+
+pub struct ProgressLog {
+    path: PathBuf,
+    recent: VecDeque<ProgressRecord>,
+}
+
+impl ProgressLog {
+    pub fn new(checkpoint: &Path) -> ProgressLog {
+        ProgressLog { path: progress_path(checkpoint), recent: VecDeque::new() }
+    }
+
+    pub fn append(&mut self, record: ProgressRecord) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&record).expect("progress serialises");
+        line.push(b'\n');
+        std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?.write_all(&line)?;
+        if self.recent.len() == KEPT_IN_MEMORY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(record);
+        Ok(())
+    }
+
+    pub fn recent(&self) -> impl Iterator<Item = &ProgressRecord> {
+        self.recent.iter()
+    }
+}
+
+/// Every progress record of a query, oldest first, skipping a line cut short by a crash.
+pub fn read_progress(checkpoint: &Path) -> std::io::Result<Vec<ProgressRecord>> {
+    match std::fs::read_to_string(progress_path(checkpoint)) {
+        Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The records as a table for people.
+pub fn format_table(records: &[ProgressRecord], header: bool) -> String {
+    let mut out = String::new();
+    if header {
+        out.push_str(&format!(
+            "{:>6}  {:<24}  {:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>9}\n",
+            "batch", "started", "rows", "input/s", "proc/s", "took ms", "embeddings", "dlq", "lag"
+        ));
+    }
+    for r in records {
+        out.push_str(&format!(
+            "{:>6}  {:<24}  {:>8}  {:>10.1}  {:>10.1}  {:>9}  {:>10}  {:>6}  {:>9}\n",
+            r.batch_id,
+            r.timestamp,
+            r.num_input_rows,
+            r.input_rows_per_second,
+            r.processed_rows_per_second,
+            r.duration_ms.get("triggerExecution").copied().unwrap_or(0),
+            r.embeddings,
+            r.dead_letters,
+            r.lag()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(batch_id: u64) -> ProgressRecord {
+        ProgressRecord {
+            id: "q".into(),
+            name: "n".into(),
+            batch_id,
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            num_input_rows: 10,
+            input_rows_per_second: 5.0,
+            processed_rows_per_second: 20.0,
+            duration_ms: BTreeMap::from([("triggerExecution".into(), 500)]),
+            sources: vec![SourceProgress {
+                description: "t".into(),
+                start_offset: OffsetsJson::new(),
+                end_offset: OffsetsJson::new(),
+                latest_offset: OffsetsJson::new(),
+                num_input_rows: 10,
+                offsets_behind_latest: 7,
+            }],
+            embeddings: 9,
+            dead_letters: 1,
+            task_retries: 0,
+            executors: BTreeMap::from([("exec-0".into(), 10)]),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_the_file_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ProgressLog::new(dir.path());
+        for b in 0..105 {
+            log.append(record(b)).unwrap();
+        }
+        assert_eq!(log.recent().count(), 100);
+        assert_eq!(log.recent().next().unwrap().batch_id, 5);
+        let all = read_progress(dir.path()).unwrap();
+        assert_eq!(all.len(), 105);
+        assert_eq!(all[3], record(3));
+        let line = std::fs::read_to_string(progress_path(dir.path())).unwrap();
+        assert!(line.contains("\"batchId\":0") && line.contains("\"offsetsBehindLatest\":7"), "Spark's field names");
+        let table = format_table(&all[..1], true);
+        assert!(table.contains("lag") && table.lines().nth(1).unwrap().trim_end().ends_with('7'), "{table}");
+    }
+}

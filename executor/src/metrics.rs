@@ -1,0 +1,58 @@
+//! The executor's Prometheus metrics; every series carries `query`, `executor` and `model`.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
+
+pub struct ExecutorMetrics {
+    pub registry: Registry,
+    pub embeddings: IntCounter,
+    pub worker_restarts: IntCounter,
+    pub worker_pss_bytes: IntGaugeVec,
+    pub inference_batch_size: Histogram,
+    pub kafka_read_errors: IntCounter,
+    pub kafka_produce_errors: IntCounter,
+}
+
+impl ExecutorMetrics {
+    pub fn new(query: &str, executor: &str, model: &str) -> ExecutorMetrics {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| {
+            Opts::new(name, help)
+                .const_label("query", query)
+                .const_label("executor", executor)
+                .const_label("model", model)
+        };
+        macro_rules! register {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric definition");
+                registry.register(Box::new(m.clone())).expect("metric names are unique");
+                m
+            }};
+        }
+        let batch_sizes = HistogramOpts::from(opts("embedstream_inference_batch_size", "Texts per model call"))
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        ExecutorMetrics {
+            embeddings: register!(IntCounter::with_opts(opts(
+                "embedstream_embeddings_total",
+                "Embeddings written to the sink"
+            ))),
+            worker_restarts: register!(IntCounter::with_opts(opts(
+                "embedstream_worker_restarts_total",
+                "Model workers replaced after they died"
+            ))),
+            worker_pss_bytes: register!(IntGaugeVec::new(
+                opts("embedstream_worker_pss_bytes", "Proportional set size of a process that runs the model"),
+                &["worker"]
+            )),
+            inference_batch_size: register!(Histogram::with_opts(batch_sizes)),
+            kafka_read_errors: register!(IntCounter::with_opts(opts(
+                "embedstream_kafka_read_errors_total",
+                "Tasks whose Kafka read failed"
+            ))),
+            kafka_produce_errors: register!(IntCounter::with_opts(opts(
+                "embedstream_kafka_produce_errors_total",
+                "Tasks whose output the broker refused or did not acknowledge"
+            ))),
+            registry,
+        }
+    }
+}

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, starts a local Tansu broker, loads N sample texts (real
 # English of mixed length), runs a job with one executor of one core, and prints a summary.
-#   deploy/demo.sh [N]          default N = 2000
+#   deploy/demo.sh [N]            default N = 2000
+#   deploy/demo.sh --observe [N]  the same query kept running, with Prometheus on loopback scraping
+#                                 it; prints their URLs and runs until Ctrl-C
 # EMBEDSTREAM_DEMO_DIR keeps the broker data, job spec and checkpoint there (default: a new temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
+OBSERVE=0
+if [ "${1:-}" = "--observe" ]; then OBSERVE=1; shift; fi
 N=${1:-2000}
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 deploy/setup.sh
 echo "demo: building embedstream (release)" >&2
@@ -16,7 +21,7 @@ BIN=target/release/embedstream
 
 WORK=${EMBEDSTREAM_DEMO_DIR:-$(mktemp -d /tmp/embedstream-demo.XXXXXX)}
 mkdir -p "$WORK"; WORK=$(cd "$WORK" && pwd)
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 deploy/broker.sh start "$PORT" "$WORK/broker"
 trap 'deploy/broker.sh stop "$WORK/broker"' EXIT
 
@@ -24,6 +29,38 @@ python3 -I deploy/demo/sample_texts.py "$N" >"$WORK/texts.txt"
 "$BIN" produce --bootstrap-servers "127.0.0.1:$PORT" --topic products --partitions 2 --keyed <"$WORK/texts.txt"
 sed -e "s|@BOOTSTRAP@|127.0.0.1:$PORT|g" -e "s|@WORK@|$WORK|g" -e "s|@MODELS@|$CACHE/models|g" \
   deploy/demo/job.toml >"$WORK/job.toml"
+
+if [ "$OBSERVE" = 1 ]; then
+  # A continuous query (a batch every 2 s) and Prometheus scraping it through the driver's target list.
+  sed -i -e 's|^available_now = true|processing_time = "2s"|' "$WORK/job.toml"
+  printf '\n[monitoring]\nlag_refresh_interval = "2s"\n' >>"$WORK/job.toml"
+  "$BIN" run "$WORK/job.toml" --local 1 >"$WORK/summary.json" 2>"$WORK/run.log" &
+  QUERY=$!
+  PROM=$(free_port)
+  mkdir -p "$WORK/prometheus"
+  cp deploy/prometheus/alerts.yml "$WORK/prometheus/"
+  sed -e "s|/var/lib/embedstream/\*/monitoring/targets.json|$WORK/checkpoint/monitoring/targets.json|" \
+    -e 's|scrape_interval: 15s|scrape_interval: 2s|' deploy/prometheus/prometheus.yml >"$WORK/prometheus/prometheus.yml"
+  prometheus --config.file="$WORK/prometheus/prometheus.yml" --storage.tsdb.path="$WORK/prometheus/data" \
+    --web.listen-address="127.0.0.1:$PROM" >"$WORK/prometheus/log" 2>&1 &
+  PROMPID=$!
+  trap 'kill -TERM $QUERY 2>/dev/null; wait $QUERY; kill $PROMPID 2>/dev/null; deploy/broker.sh stop "$WORK/broker"' EXIT
+  for _ in $(seq 1 300); do [ -s "$WORK/checkpoint/monitoring/targets.json" ] && break; sleep 0.2; done
+  DRIVER=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["targets"][0])' "$WORK/checkpoint/monitoring/targets.json")
+  cat <<INFO
+
+embedstream demo, observed: the query runs until Ctrl-C
+  Prometheus        http://127.0.0.1:$PROM  (alerts: http://127.0.0.1:$PROM/alerts; try embedstream_source_lag_offsets)
+  driver metrics    http://$DRIVER/metrics
+  targets           $WORK/checkpoint/monitoring/targets.json
+  progress          $BIN progress $WORK/job.toml --follow
+  more input        python3 -I deploy/demo/sample_texts.py 5000 | $BIN produce --bootstrap-servers 127.0.0.1:$PORT --topic products
+  consumer group    embedstream-products on 127.0.0.1:$PORT
+  Grafana           import deploy/grafana/embedstream.json with this Prometheus as its data source
+INFO
+  wait $QUERY
+  exit 0
+fi
 
 echo "demo: embedstream run $WORK/job.toml --local 1" >&2
 "$BIN" run "$WORK/job.toml" --local 1 >"$WORK/summary.json" 2>"$WORK/run.log" || { cat "$WORK/run.log" >&2; exit 1; }

@@ -56,7 +56,7 @@ impl Prometheus {
             .expect("prometheus (Debian package prometheus; deploy/setup.sh installs it)");
         let p = Prometheus { child, addr, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while p.get("/-/ready").map_or(true, |(status, _)| status != 200) {
+        while p.get("/-/ready").is_none_or(|(status, _)| status != 200) {
             assert!(Instant::now() < deadline, "prometheus not ready on {}", p.addr);
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -170,7 +170,7 @@ fn bad_records_go_to_the_dead_letter_topic_with_a_reason() {
     let broker = Broker::start();
     broker.create_topic("raw", 1);
     let long = "y".repeat(300);
-    let records: Vec<(i32, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
+    let records: Vec<RawRecord> = vec![
         (0, Some(b"good-0".to_vec()), Some(b"a fine leather wallet".to_vec())),
         (0, Some(b"bad-utf8".to_vec()), Some(vec![0x66, 0x6f, 0xff, 0xfe])),
         (0, Some(b"empty".to_vec()), Some(Vec::new())),

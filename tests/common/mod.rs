@@ -15,6 +15,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// A record to produce: partition, key, value.
+pub type RawRecord = (i32, Option<Vec<u8>>, Option<Vec<u8>>);
+
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 pub const DIM: usize = 384;
 
@@ -115,7 +118,7 @@ impl Broker {
     }
 
     /// Produces `records` (partition, key, value) and waits for every acknowledgement.
-    pub fn produce(&self, topic: &str, records: &[(i32, Option<Vec<u8>>, Option<Vec<u8>>)]) {
+    pub fn produce(&self, topic: &str, records: &[RawRecord]) {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .set("enable.idempotence", "true")

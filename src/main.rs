@@ -74,6 +74,19 @@ enum Command {
         #[arg(long)]
         keyed: bool,
     },
+    /// A model daemon (started by an executor, not by hand): loads the model once, forks workers.
+    #[command(hide = true)]
+    ModelDaemon {
+        /// The model section of the job spec, as JSON.
+        #[arg(long)]
+        model_json: String,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long)]
+        socket_dir: PathBuf,
+        #[arg(long)]
+        ort_library: PathBuf,
+    },
     /// An executor process (started by a driver, not by hand).
     #[command(hide = true)]
     Executor {
@@ -100,6 +113,18 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // The model daemon forks its workers: it must start no thread, so no tokio runtime.
+    if let Command::ModelDaemon { model_json, workers, socket_dir, ort_library } = cli.command {
+        let model = match serde_json::from_str(&model_json) {
+            Ok(m) => m,
+            Err(e) => {
+                println!("error --model-json: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let args = embedstream_executor::daemon::DaemonArgs { model, workers: workers.max(1), socket_dir, ort_library };
+        return std::process::ExitCode::from(embedstream_executor::daemon::run(args).clamp(0, 255) as u8);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -122,6 +147,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
             produce(&bootstrap_servers, &topic, partitions, keyed).await
         }
+        Command::ModelDaemon { .. } => unreachable!("dispatched before the runtime starts"),
         Command::Executor { driver, executor_id, cores, listen } => {
             embedstream_executor::run(embedstream_executor::ExecutorArgs {
                 driver_url: driver,
@@ -129,6 +155,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 cores,
                 listen,
                 ort_library: None,
+                exe: std::env::current_exe().context("cannot find the embedstream binary to start the model daemon")?,
             })
             .await
             .with_context(|| format!("executor {executor_id}"))

@@ -1,15 +1,21 @@
 //! The executor: a process that runs tasks for one driver.
 //!
 //! It fetches the job spec from the driver, loads the model, serves `ExecutorService` and
-//! registers. Each task goes through [`reader`] (Kafka range to an Arrow batch), the record
-//! checks of [`task`] (bad values to the dead-letter topic), [`model`] (length-sorted batches
-//! through ONNX Runtime) and [`sink`] (Kafka, idempotent producer).
+//! registers. The model runs in [`daemon`] workers forked from one process that loaded it
+//! ([`workers`] is the executor's side, [`wire`] the frames between them, [`fork`] the only
+//! unsafe code). Each task goes through [`reader`] (Kafka range to an Arrow batch), the record
+//! checks of [`task`] (bad values to the dead-letter topic), the workers ([`model`]: tokenizer,
+//! ONNX Runtime, pooling) and [`sink`] (Kafka, idempotent producer).
 
+pub mod daemon;
+pub mod fork;
 pub mod metrics;
 pub mod model;
 pub mod reader;
 pub mod sink;
 pub mod task;
+pub mod wire;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,9 +35,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::ExecutorMetrics;
-use crate::model::{Embedder, ModelError};
+use crate::model::ModelError;
 use crate::reader::KafkaReader;
 use crate::sink::{KafkaSink, SinkError};
+use crate::workers::WorkerPool;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Missed heartbeats after which an executor decides its driver is gone and exits.
@@ -59,6 +66,8 @@ pub struct ExecutorArgs {
     pub listen: SocketAddr,
     /// ONNX Runtime shared library; default [`model::ort_library`].
     pub ort_library: Option<PathBuf>,
+    /// The `embedstream` binary, re-executed as `model-daemon`.
+    pub exe: PathBuf,
 }
 
 /// Runs an executor until the driver shuts it down or is gone.
@@ -74,12 +83,12 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let spec = JobSpec::from_toml(&job.job_spec_toml)?;
 
     let lib = args.ort_library.clone().unwrap_or_else(model::ort_library);
-    model::init_runtime(&lib)?;
-    let (model_spec, cores) = (spec.model.clone(), args.cores as usize);
-    let embedder = tokio::task::spawn_blocking(move || Embedder::load(&model_spec, cores))
-        .await
-        .expect("model loading does not panic")?;
-    tracing::info!(executor = %args.executor_id, model = %embedder.model_id(), dim = embedder.dim(), "model loaded");
+    let socket_dir = std::env::temp_dir().join(format!("embedstream-{}-{}", args.executor_id, std::process::id()));
+    let _cleanup = RemoveOnDrop(socket_dir.clone());
+    let pool = WorkerPool::start(&args.exe, &spec.model, args.cores as usize, &lib, socket_dir).await?;
+    let model_id = spec.model.model_id();
+    let pids = format!("{:?}", pool.state().worker_pids);
+    tracing::info!(executor = %args.executor_id, model = %model_id, dim = pool.dim(), worker_pids = %pids, "model workers ready");
 
     let reader = KafkaReader::new(
         &spec.source.bootstrap_servers,
@@ -87,19 +96,20 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         Duration::from_millis(spec.source.poll_timeout_ms),
         spec.source.fail_on_data_loss,
     );
-    let sink = KafkaSink::new(&spec, embedder.model_id())?;
-    let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &embedder.model_id()));
+    let sink = KafkaSink::new(&spec, model_id.clone())?;
+    let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &model_id));
+    let pool = Arc::new(pool);
     let metrics_address = telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone())
         .await
         .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
-    spawn_memory_sampler(metrics.clone());
+    spawn_worker_sampler(metrics.clone(), pool.clone());
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let shutdown_tx = Arc::new(shutdown_tx);
     let state = Arc::new(task::TaskContext {
         executor_id: args.executor_id.clone(),
         spec,
         reader: Arc::new(reader),
-        embedder: Arc::new(embedder),
+        workers: pool,
         sink,
         metrics,
     });
@@ -157,18 +167,36 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     Ok(())
 }
 
-/// Samples the memory of the processes that run the model. Today the model runs inside the
-/// executor process, reported as worker "0".
-fn spawn_memory_sampler(metrics: Arc<ExecutorMetrics>) {
+/// Samples the memory (PSS) of the model daemon and each worker, and counts worker restarts.
+fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pool: Arc<WorkerPool>) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(5));
         loop {
             ticks.tick().await;
-            if let Some(pss) = telemetry::pss_bytes(std::process::id()) {
-                metrics.worker_pss_bytes.with_label_values(&["0"]).set(pss as i64);
+            let (daemon, workers, restarts) = {
+                let s = pool.state();
+                (s.daemon_pid, s.worker_pids.clone(), s.restarts)
+            };
+            let counted = metrics.worker_restarts.get();
+            metrics.worker_restarts.inc_by(restarts.saturating_sub(counted));
+            let labels = std::iter::once(("daemon".to_string(), daemon))
+                .chain(workers.iter().enumerate().map(|(i, &p)| (i.to_string(), p)));
+            for (label, pid) in labels {
+                if let Some(pss) = telemetry::pss_bytes(pid) {
+                    metrics.worker_pss_bytes.with_label_values(&[label.as_str()]).set(pss as i64);
+                }
             }
         }
     });
+}
+
+/// Removes a directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 struct Service {

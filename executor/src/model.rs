@@ -28,6 +28,8 @@ pub enum ModelError {
     Mismatch { tokenizer: PathBuf, model: PathBuf, message: String },
     #[error("inference: {0}")]
     Inference(String),
+    #[error("model daemon: {0}")]
+    Daemon(String),
 }
 
 /// The ONNX Runtime shared library: `EMBEDSTREAM_ORT_LIB`, else `ORT_DYLIB_PATH`, else

@@ -12,15 +12,15 @@ use embedstream_proto::JobSpec;
 use tracing::Instrument;
 
 use crate::metrics::ExecutorMetrics;
-use crate::model::Embedder;
 use crate::reader::{KafkaReader, ReadError};
 use crate::sink::{KafkaSink, Origin, Pending};
+use crate::workers::WorkerPool;
 
 pub struct TaskContext {
     pub executor_id: String,
     pub spec: JobSpec,
     pub reader: Arc<KafkaReader>,
-    pub embedder: Arc<Embedder>,
+    pub workers: Arc<WorkerPool>,
     pub sink: KafkaSink,
     pub metrics: Arc<ExecutorMetrics>,
 }
@@ -87,21 +87,14 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     let infer_started = Instant::now();
     let texts: Vec<String> =
         good.iter().map(|&i| std::str::from_utf8(values.value(i)).expect("checked UTF-8").to_owned()).collect();
-    let embedder = ctx.embedder.clone();
-    let vectors = match tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        embedder.embed(&refs)
-    })
-    .await
-    .expect("inference does not panic")
-    {
+    let (vectors, batch_sizes) = match ctx.workers.embed(texts).await {
         Ok(v) => v,
         Err(e) => return failed(FailureReason::ModelError, e.to_string(), true),
     };
     let infer_micros = infer_started.elapsed().as_micros() as u64;
 
     let sink_started = Instant::now();
-    let dim = ctx.embedder.dim();
+    let dim = ctx.workers.dim();
     let origin = |i: usize| Origin {
         topic: &def.range.as_ref().expect("checked").topic,
         partition: def.range.as_ref().expect("checked").partition,
@@ -148,9 +141,8 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         .map(|&i| (acked_ms - timestamps.value(i)).max(0) as f32 / 1000.0)
         .collect();
     ctx.metrics.embeddings.inc_by(good.len() as u64);
-    let batch_size = ctx.spec.model.batch_size;
-    for chunk in 0..good.len().div_ceil(batch_size) {
-        ctx.metrics.inference_batch_size.observe((good.len() - chunk * batch_size).min(batch_size) as f64);
+    for size in batch_sizes {
+        ctx.metrics.inference_batch_size.observe(size as f64);
     }
 
     task_status::Status::Successful(TaskSuccessful {

@@ -1,0 +1,241 @@
+//! The executor's side of the model workers: it starts the model daemon, orders a task's texts
+//! by length and cuts them into batches of `batch_size`, and sends each batch to a free worker
+//! over its Unix socket. A batch whose worker dies is sent again (to the replacement the daemon
+//! forks for that slot); its vectors are used once, so nothing is lost or written twice.
+//!
+//! Texts are ordered by byte length here, a close proxy for token length that costs no
+//! tokenization; each worker tokenizes its batch and pads it to its own longest text.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use embedstream_proto::spec::ModelSpec;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+
+use crate::daemon::socket_path;
+use crate::model::ModelError;
+use crate::wire;
+
+/// Attempts per batch; a worker replaced between attempts answers the next one.
+const BATCH_ATTEMPTS: u32 = 5;
+
+/// What the daemon reported about its workers.
+#[derive(Debug, Default)]
+pub struct WorkerState {
+    pub daemon_pid: u32,
+    pub worker_pids: Vec<u32>,
+    pub restarts: u64,
+    pub daemon_exited: bool,
+}
+
+pub struct WorkerPool {
+    _daemon: Child,
+    socket_dir: PathBuf,
+    /// Idle connections per slot (None: connect on first use).
+    idle: Mutex<Vec<(usize, Option<UnixStream>)>>,
+    free: Semaphore,
+    dim: usize,
+    batch_size: usize,
+    state: Arc<Mutex<WorkerState>>,
+}
+
+impl WorkerPool {
+    /// Starts `exe model-daemon` with `workers` workers and waits until they are forked.
+    /// A daemon that cannot load the model fails this call with its message (naming the file).
+    pub async fn start(
+        exe: &Path,
+        model: &ModelSpec,
+        workers: usize,
+        ort_library: &Path,
+        socket_dir: PathBuf,
+    ) -> Result<WorkerPool, ModelError> {
+        let fail = |message: String| ModelError::Daemon(message);
+        std::fs::create_dir_all(&socket_dir)
+            .map_err(|e| fail(format!("socket directory {}: {e}", socket_dir.display())))?;
+        let model_json = serde_json::to_string(model).expect("a model spec serialises");
+        let mut daemon = Command::new(exe)
+            .arg("model-daemon")
+            .args(["--model-json", &model_json, "--workers", &workers.to_string()])
+            .arg("--socket-dir")
+            .arg(&socket_dir)
+            .arg("--ort-library")
+            .arg(ort_library)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(format!("cannot start {} model-daemon: {e}", exe.display())))?;
+        let daemon_pid = daemon.id().unwrap_or(0);
+        let mut lines = BufReader::new(daemon.stdout.take().expect("piped stdout")).lines();
+        let first = lines.next_line().await.map_err(|e| fail(e.to_string()))?;
+        let (dim, worker_pids) = match first.as_deref().map(parse_ready) {
+            Some(Ok(ready)) => ready,
+            Some(Err(message)) => return Err(fail(message)),
+            None => {
+                return Err(fail(format!("model daemon exited ({:?}) before it was ready", daemon.wait().await.ok())))
+            }
+        };
+        let state = Arc::new(Mutex::new(WorkerState { daemon_pid, worker_pids, ..Default::default() }));
+        let watch = state.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut parts = line.split_whitespace();
+                if parts.next() == Some("restarted") {
+                    let slot: Option<usize> = parts.next().and_then(|s| s.parse().ok());
+                    let pid: Option<u32> = parts.next().and_then(|s| s.parse().ok());
+                    let how: Vec<&str> = parts.collect();
+                    tracing::warn!(?slot, ?pid, how = how.join(" "), "model worker died; replaced by a new fork");
+                    let mut s = watch.lock().unwrap();
+                    s.restarts += 1;
+                    if let (Some(slot), Some(pid)) = (slot, pid) {
+                        if let Some(p) = s.worker_pids.get_mut(slot) {
+                            *p = pid;
+                        }
+                    }
+                } else {
+                    tracing::error!(%line, "model daemon");
+                }
+            }
+            tracing::error!("model daemon exited");
+            watch.lock().unwrap().daemon_exited = true;
+        });
+        Ok(WorkerPool {
+            _daemon: daemon,
+            socket_dir,
+            idle: Mutex::new((0..workers).map(|slot| (slot, None)).collect()),
+            free: Semaphore::new(workers),
+            dim,
+            batch_size: model.batch_size,
+            state,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Pids, restarts and liveness of the daemon and its workers.
+    pub fn state(&self) -> std::sync::MutexGuard<'_, WorkerState> {
+        self.state.lock().unwrap()
+    }
+
+    /// Embeds `texts`: `texts.len() * dim()` values, text `i` at `i * dim()`. Also returns the
+    /// size of each batch sent to a worker.
+    pub async fn embed(self: &Arc<Self>, texts: Vec<String>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let texts = Arc::new(texts);
+        let mut jobs = tokio::task::JoinSet::new();
+        for (n, chunk) in order.chunks(self.batch_size).enumerate() {
+            let (pool, texts, chunk) = (self.clone(), texts.clone(), chunk.to_vec());
+            jobs.spawn(async move {
+                let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
+                let vectors = pool.run_batch(&wire::encode_texts(&batch)).await;
+                (n, chunk, vectors)
+            });
+        }
+        let dim = self.dim;
+        let mut out = vec![0f32; texts.len() * dim];
+        let mut sizes = Vec::new();
+        while let Some(done) = jobs.join_next().await {
+            let (_, chunk, vectors) = done.expect("batch jobs do not panic");
+            let vectors = vectors?;
+            if vectors.len() != chunk.len() * dim {
+                return Err(ModelError::Inference(format!(
+                    "a worker returned {} values for {} texts",
+                    vectors.len(),
+                    chunk.len()
+                )));
+            }
+            for (row, &i) in chunk.iter().enumerate() {
+                out[i * dim..(i + 1) * dim].copy_from_slice(&vectors[row * dim..(row + 1) * dim]);
+            }
+            sizes.push(chunk.len());
+        }
+        Ok((out, sizes))
+    }
+
+    /// Sends one encoded batch to a free worker, again after a lost connection.
+    async fn run_batch(&self, request: &[u8]) -> Result<Vec<f32>, ModelError> {
+        let _permit = self.free.acquire().await.expect("the semaphore is never closed");
+        let (slot, conn) = self.idle.lock().unwrap().pop().expect("a permit means a free slot");
+        let mut conn = conn;
+        let mut last_error = String::new();
+        let mut result = None;
+        for attempt in 0..BATCH_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            if self.state().daemon_exited {
+                last_error = "the model daemon exited".into();
+                break;
+            }
+            let mut stream = match conn.take() {
+                Some(s) => s,
+                None => match UnixStream::connect(socket_path(&self.socket_dir, slot)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last_error = e.to_string();
+                        continue;
+                    }
+                },
+            };
+            match exchange(&mut stream, request).await {
+                Ok((wire::VECTORS, payload)) => {
+                    conn = Some(stream);
+                    result = Some(
+                        wire::decode_vectors(&payload)
+                            .map(|(v, _)| v)
+                            .map_err(|e| ModelError::Inference(e.to_string())),
+                    );
+                    break;
+                }
+                Ok((_, payload)) => {
+                    conn = Some(stream);
+                    result = Some(Err(ModelError::Inference(String::from_utf8_lossy(&payload).into_owned())));
+                    break;
+                }
+                // The worker died with the batch: the daemon forks a replacement on the same socket.
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        self.idle.lock().unwrap().push((slot, conn));
+        result.unwrap_or_else(|| Err(ModelError::Inference(format!("worker {slot}: {last_error}"))))
+    }
+}
+
+async fn exchange(stream: &mut UnixStream, request: &[u8]) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    head[0] = wire::TEXTS;
+    head[1..].copy_from_slice(&(request.len() as u32).to_le_bytes());
+    stream.write_all(&head).await?;
+    stream.write_all(request).await?;
+    stream.read_exact(&mut head).await?;
+    let mut payload = vec![0u8; u32::from_le_bytes(head[1..].try_into().expect("4 bytes")) as usize];
+    stream.read_exact(&mut payload).await?;
+    Ok((head[0], payload))
+}
+
+/// `ready dim=D pids=a,b` to (D, pids); `error MESSAGE` to the message.
+fn parse_ready(line: &str) -> Result<(usize, Vec<u32>), String> {
+    if let Some(message) = line.strip_prefix("error ") {
+        return Err(message.to_string());
+    }
+    let mut dim = None;
+    let mut pids = Vec::new();
+    for part in line
+        .strip_prefix("ready ")
+        .ok_or_else(|| format!("unexpected line from the model daemon: {line}"))?
+        .split_whitespace()
+    {
+        if let Some(d) = part.strip_prefix("dim=") {
+            dim = d.parse().ok();
+        } else if let Some(p) = part.strip_prefix("pids=") {
+            pids = p.split(',').filter_map(|x| x.parse().ok()).collect();
+        }
+    }
+    Ok((dim.ok_or("the daemon gave no dimension")?, pids))
+}

@@ -1,0 +1,198 @@
+//! Model workers forked from one daemon: same vectors as the model loaded in-process, no batch
+//! lost or doubled when a worker is killed, flat memory, and start errors that name the file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use embedstream_executor::model::{self, Embedder};
+use embedstream_executor::workers::WorkerPool;
+use embedstream_proto::spec::{ModelSpec, Pooling};
+
+fn spec(batch_size: usize) -> ModelSpec {
+    let dir = model_dir();
+    ModelSpec {
+        onnx: dir.join("model.onnx"),
+        tokenizer: dir.join("tokenizer.json"),
+        id: None,
+        max_seq_len: 128,
+        pooling: Pooling::Mean,
+        normalize: true,
+        batch_size,
+        max_text_bytes: 65536,
+    }
+}
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_embedstream"))
+}
+
+async fn pool(spec: &ModelSpec, workers: usize, dir: &Path) -> Result<Arc<WorkerPool>, String> {
+    WorkerPool::start(&exe(), spec, workers, &model::ort_library(), dir.join("sockets"))
+        .await
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forked_workers_give_the_in_process_model_s_vectors_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(1);
+    let input = texts(24, 20);
+    model::init_runtime(&model::ort_library()).unwrap();
+    let local = Embedder::load(&spec, 1).unwrap();
+    let refs: Vec<&str> = input.iter().map(String::as_str).collect();
+    let want = local.embed(&refs).unwrap();
+
+    let workers = pool(&spec, 2, dir.path()).await.unwrap();
+    let (got, sizes) = workers.embed(input.clone()).await.unwrap();
+    assert_eq!(sizes.len(), 24, "one batch per text at batch_size 1");
+    let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differ, 0, "{differ} values differ between the forked workers and the model loaded here");
+    assert_eq!(workers.state().restarts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_is_replaced_and_no_batch_is_lost_or_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(4);
+    let input = texts(240, 21);
+    let workers = pool(&spec, 2, dir.path()).await.unwrap();
+    let (clean, _) = workers.embed(input.clone()).await.unwrap();
+
+    let victim = workers.state().worker_pids[0];
+    let job = {
+        let (w, input) = (workers.clone(), input.clone());
+        tokio::spawn(async move { w.embed(input).await })
+    };
+    // 60 batches on 2 workers: the victim is busy with one of them now.
+    std::process::Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    let (again, sizes) = job.await.unwrap().unwrap();
+    assert_eq!(sizes.iter().sum::<usize>(), 240, "every text in exactly one batch");
+    assert_eq!(again.len(), clean.len());
+    let worst = again.iter().zip(&clean).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-6, "every text has its own vector despite the kill: max diff {worst}");
+    let state = workers.state();
+    assert_eq!(state.restarts, 1, "the daemon forked one replacement");
+    assert_ne!(state.worker_pids[0], victim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_memory_stays_flat_over_many_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let workers = pool(&spec(16), 1, dir.path()).await.unwrap();
+    let pid = workers.state().worker_pids[0];
+    let mut after_warmup = 0;
+    for round in 0..40 {
+        workers.embed(texts(64, 100 + round)).await.unwrap();
+        if round == 4 {
+            after_warmup = rss_bytes(pid);
+        }
+    }
+    let end = rss_bytes(pid);
+    let growth = end.saturating_sub(after_warmup);
+    assert!(
+        growth < 8 << 20,
+        "worker RSS grew {} KiB over 35 rounds of 64 texts ({} -> {})",
+        growth >> 10,
+        after_warmup,
+        end
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_start_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut missing = spec(4);
+    missing.onnx = dir.path().join("absent.onnx");
+    let e = pool(&missing, 1, dir.path()).await.err().unwrap();
+    assert!(e.contains("absent.onnx"), "{e}");
+
+    let mut bad = spec(4);
+    bad.onnx = dir.path().join("garbage.onnx");
+    std::fs::write(&bad.onnx, b"not a model").unwrap();
+    let e = pool(&bad, 1, dir.path()).await.err().unwrap();
+    assert!(e.contains("garbage.onnx"), "{e}");
+
+    // A tokenizer whose ids the model does not have: "quick" (in the warm-up text) past the vocabulary.
+    let mut tok: serde_json::Value = serde_json::from_slice(&std::fs::read(spec(4).tokenizer).unwrap()).unwrap();
+    tok["model"]["vocab"]["quick"] = serde_json::json!(999_999);
+    let mut mismatch = spec(4);
+    mismatch.tokenizer = dir.path().join("other-tokenizer.json");
+    std::fs::write(&mismatch.tokenizer, serde_json::to_vec(&tok).unwrap()).unwrap();
+    let e = pool(&mismatch, 1, dir.path()).await.err().unwrap();
+    assert!(e.contains("other-tokenizer.json") && e.contains("does not fit"), "{e}");
+}
+
+#[test]
+fn an_executor_whose_model_is_bad_fails_the_run_naming_the_file() {
+    let broker = Broker::start();
+    broker.create_topic("in", 1);
+    let job = Job::new(&broker, "badmodel", "subscribe = [\"in\"]", "available_now = true", "");
+    let garbage = job.dir.path().join("broken.onnx");
+    std::fs::write(&garbage, b"not a model").unwrap();
+    let text = std::fs::read_to_string(&job.path).unwrap().replace(
+        &format!("onnx = \"{}\"", model_dir().join("model.onnx").display()),
+        &format!("onnx = \"{}\"", garbage.display()),
+    );
+    std::fs::write(&job.path, text).unwrap();
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("broken.onnx"), "{stderr}");
+    assert!(stderr.contains("before it registered"), "{stderr}");
+}
+
+#[test]
+fn a_worker_killed_during_a_query_loses_and_doubles_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("kill", 2);
+    let job =
+        Job::new(&broker, "wkill", "subscribe = [\"kill\"]", "processing_time = \"200ms\"", "\n[executors]\ncores = 2");
+    let mut q = Running::start(&job, 1);
+    q.wait_until("model workers", Duration::from_secs(60), |q| q.log().contains("model workers ready"));
+    let pids: Vec<u32> = q
+        .log()
+        .split("worker_pids=[")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .map(|s| s.split(", ").filter_map(|p| p.parse().ok()).collect())
+        .unwrap();
+    assert_eq!(pids.len(), 2);
+    broker.produce_texts("kill", 2, 0, &texts(300, 22));
+    // The batch starts within a trigger (200 ms) and needs seconds of inference: the kill lands
+    // before or during it; either way the worker's batches go to its replacement.
+    std::process::Command::new("kill").args(["-KILL", &pids[0].to_string()]).status().unwrap();
+    q.wait_until("all 300 committed", Duration::from_secs(120), |_| {
+        broker.committed("wkill-group", "kill", 2) == vec![150, 150]
+    });
+    assert!(q.log().contains("replaced by a new fork"), "the daemon replaced the killed worker:\n{}", q.log());
+    let summary = q.stop();
+    assert_eq!(summary["task_retries"], 0, "the pool re-sent the lost batch; no task had to fail");
+    assert_eq!(summary["embeddings"], 300);
+    let out = broker.read_all("wkill-out", 2);
+    for (p, recs) in by_partition(&out) {
+        let offsets: Vec<i64> = recs.iter().map(|r| r.origin().1).collect();
+        assert_eq!(offsets, (0..150).collect::<Vec<_>>(), "partition {p}: each input once, in order");
+    }
+}

@@ -196,3 +196,36 @@ fn a_worker_killed_during_a_query_loses_and_doubles_nothing() {
         assert_eq!(offsets, (0..150).collect::<Vec<_>>(), "partition {p}: each input once, in order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_daemon_is_started_again_and_batches_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let workers = pool(&spec(8), 2, dir.path()).await.unwrap();
+    let input = texts(64, 23);
+    let (before, _) = workers.embed(input.clone()).await.unwrap();
+    let (daemon, old_workers) = {
+        let s = workers.state();
+        (s.daemon_pid, s.worker_pids.clone())
+    };
+    std::process::Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap();
+    // Its workers die with it; batches sent now wait for the new daemon's workers.
+    let (during, _) = workers.embed(input.clone()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while workers.state().daemon_restarts == 0 {
+        assert!(std::time::Instant::now() < deadline, "no new daemon");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (after, _) = workers.embed(input).await.unwrap();
+    for v in [&during, &after] {
+        let worst = v.iter().zip(&before).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-6, "max diff {worst}");
+    }
+    let s = workers.state();
+    assert_eq!(s.daemon_restarts, 1);
+    assert_ne!(s.daemon_pid, daemon);
+    assert!(
+        s.worker_pids.iter().all(|p| !old_workers.contains(p)),
+        "new workers: {:?} vs {old_workers:?}",
+        s.worker_pids
+    );
+}

@@ -20,20 +20,24 @@ use crate::daemon::socket_path;
 use crate::model::ModelError;
 use crate::wire;
 
-/// Attempts per batch; a worker replaced between attempts answers the next one.
-const BATCH_ATTEMPTS: u32 = 5;
+/// Attempts per batch, 50 ms apart and then more (about 4 s in all, enough for a daemon to
+/// restart and load the model again); a worker replaced between attempts answers the next one.
+const BATCH_ATTEMPTS: u32 = 8;
 
 /// What the daemon reported about its workers.
 #[derive(Debug, Default)]
 pub struct WorkerState {
     pub daemon_pid: u32,
     pub worker_pids: Vec<u32>,
+    /// Workers forked to replace dead ones (those of a restarted daemon included).
     pub restarts: u64,
+    pub daemon_restarts: u64,
     pub daemon_exited: bool,
 }
 
 pub struct WorkerPool {
-    _daemon: Child,
+    /// Owns the daemon process (killed when the task is aborted, on drop).
+    supervisor: tokio::task::JoinHandle<()>,
     socket_dir: PathBuf,
     /// Idle connections per slot (None: connect on first use).
     idle: Mutex<Vec<(usize, Option<UnixStream>)>>,
@@ -41,6 +45,89 @@ pub struct WorkerPool {
     dim: usize,
     batch_size: usize,
     state: Arc<Mutex<WorkerState>>,
+}
+
+/// How to start the daemon; kept to start it again.
+#[derive(Clone)]
+struct DaemonCommand {
+    exe: PathBuf,
+    model_json: String,
+    workers: usize,
+    ort_library: PathBuf,
+    socket_dir: PathBuf,
+}
+
+type DaemonLines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+impl DaemonCommand {
+    /// Starts the daemon and waits for its `ready` line: (process, its further lines, dim, worker pids).
+    async fn start(&self) -> Result<(Child, DaemonLines, usize, Vec<u32>), ModelError> {
+        let fail = |message: String| ModelError::Daemon(message);
+        let mut daemon = Command::new(&self.exe)
+            .arg("model-daemon")
+            .args(["--model-json", &self.model_json, "--workers", &self.workers.to_string()])
+            .arg("--socket-dir")
+            .arg(&self.socket_dir)
+            .arg("--ort-library")
+            .arg(&self.ort_library)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(format!("cannot start {} model-daemon: {e}", self.exe.display())))?;
+        let mut lines = BufReader::new(daemon.stdout.take().expect("piped stdout")).lines();
+        let first = lines.next_line().await.map_err(|e| fail(e.to_string()))?;
+        match first.as_deref().map(parse_ready) {
+            Some(Ok((dim, pids))) => Ok((daemon, lines, dim, pids)),
+            Some(Err(message)) => Err(fail(message)),
+            None => Err(fail(format!("model daemon exited ({:?}) before it was ready", daemon.wait().await.ok()))),
+        }
+    }
+}
+
+/// Follows the daemon's reports; when the daemon itself dies, starts a new one (which forks new
+/// workers on the same sockets).
+async fn supervise(cmd: DaemonCommand, mut daemon: Child, mut lines: DaemonLines, state: Arc<Mutex<WorkerState>>) {
+    loop {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut parts = line.split_whitespace();
+            if parts.next() == Some("restarted") {
+                let slot: Option<usize> = parts.next().and_then(|s| s.parse().ok());
+                let pid: Option<u32> = parts.next().and_then(|s| s.parse().ok());
+                let how: Vec<&str> = parts.collect();
+                tracing::warn!(?slot, ?pid, how = how.join(" "), "model worker died; replaced by a new fork");
+                let mut s = state.lock().unwrap();
+                s.restarts += 1;
+                if let (Some(slot), Some(pid)) = (slot, pid) {
+                    if let Some(p) = s.worker_pids.get_mut(slot) {
+                        *p = pid;
+                    }
+                }
+            } else {
+                tracing::error!(%line, "model daemon");
+            }
+        }
+        let status = daemon.wait().await.ok();
+        tracing::error!(?status, "model daemon exited; starting a new one");
+        state.lock().unwrap().daemon_exited = true;
+        loop {
+            match cmd.start().await {
+                Ok((d, l, _, pids)) => {
+                    let mut s = state.lock().unwrap();
+                    s.daemon_pid = d.id().unwrap_or(0);
+                    s.restarts += pids.len() as u64;
+                    s.worker_pids = pids;
+                    s.daemon_restarts += 1;
+                    s.daemon_exited = false;
+                    (daemon, lines) = (d, l);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "model daemon did not start again; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
 }
 
 impl WorkerPool {
@@ -53,57 +140,21 @@ impl WorkerPool {
         ort_library: &Path,
         socket_dir: PathBuf,
     ) -> Result<WorkerPool, ModelError> {
-        let fail = |message: String| ModelError::Daemon(message);
         std::fs::create_dir_all(&socket_dir)
-            .map_err(|e| fail(format!("socket directory {}: {e}", socket_dir.display())))?;
-        let model_json = serde_json::to_string(model).expect("a model spec serialises");
-        let mut daemon = Command::new(exe)
-            .arg("model-daemon")
-            .args(["--model-json", &model_json, "--workers", &workers.to_string()])
-            .arg("--socket-dir")
-            .arg(&socket_dir)
-            .arg("--ort-library")
-            .arg(ort_library)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| fail(format!("cannot start {} model-daemon: {e}", exe.display())))?;
-        let daemon_pid = daemon.id().unwrap_or(0);
-        let mut lines = BufReader::new(daemon.stdout.take().expect("piped stdout")).lines();
-        let first = lines.next_line().await.map_err(|e| fail(e.to_string()))?;
-        let (dim, worker_pids) = match first.as_deref().map(parse_ready) {
-            Some(Ok(ready)) => ready,
-            Some(Err(message)) => return Err(fail(message)),
-            None => {
-                return Err(fail(format!("model daemon exited ({:?}) before it was ready", daemon.wait().await.ok())))
-            }
+            .map_err(|e| ModelError::Daemon(format!("socket directory {}: {e}", socket_dir.display())))?;
+        let cmd = DaemonCommand {
+            exe: exe.to_path_buf(),
+            model_json: serde_json::to_string(model).expect("a model spec serialises"),
+            workers,
+            ort_library: ort_library.to_path_buf(),
+            socket_dir: socket_dir.clone(),
         };
+        let (daemon, lines, dim, worker_pids) = cmd.start().await?;
+        let daemon_pid = daemon.id().unwrap_or(0);
         let state = Arc::new(Mutex::new(WorkerState { daemon_pid, worker_pids, ..Default::default() }));
-        let watch = state.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut parts = line.split_whitespace();
-                if parts.next() == Some("restarted") {
-                    let slot: Option<usize> = parts.next().and_then(|s| s.parse().ok());
-                    let pid: Option<u32> = parts.next().and_then(|s| s.parse().ok());
-                    let how: Vec<&str> = parts.collect();
-                    tracing::warn!(?slot, ?pid, how = how.join(" "), "model worker died; replaced by a new fork");
-                    let mut s = watch.lock().unwrap();
-                    s.restarts += 1;
-                    if let (Some(slot), Some(pid)) = (slot, pid) {
-                        if let Some(p) = s.worker_pids.get_mut(slot) {
-                            *p = pid;
-                        }
-                    }
-                } else {
-                    tracing::error!(%line, "model daemon");
-                }
-            }
-            tracing::error!("model daemon exited");
-            watch.lock().unwrap().daemon_exited = true;
-        });
+        let supervisor = tokio::spawn(supervise(cmd, daemon, lines, state.clone()));
         Ok(WorkerPool {
-            _daemon: daemon,
+            supervisor,
             socket_dir,
             idle: Mutex::new((0..workers).map(|slot| (slot, None)).collect()),
             free: Semaphore::new(workers),
@@ -167,11 +218,7 @@ impl WorkerPool {
         let mut result = None;
         for attempt in 0..BATCH_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
-            }
-            if self.state().daemon_exited {
-                last_error = "the model daemon exited".into();
-                break;
+                tokio::time::sleep(Duration::from_millis((50 << attempt).min(1000))).await;
             }
             let mut stream = match conn.take() {
                 Some(s) => s,
@@ -204,6 +251,12 @@ impl WorkerPool {
         }
         self.idle.lock().unwrap().push((slot, conn));
         result.unwrap_or_else(|| Err(ModelError::Inference(format!("worker {slot}: {last_error}"))))
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.supervisor.abort();
     }
 }
 

@@ -63,6 +63,23 @@ pub fn init_runtime(lib: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// The spec's tokenizer, without the padding its file may ask for (batches pad to their own
+/// longest text) and truncating at `max_seq_len`.
+pub fn load_tokenizer(spec: &ModelSpec) -> Result<Tokenizer, ModelError> {
+    let tok_err = |message: String| ModelError::Tokenizer { path: spec.tokenizer.clone(), message };
+    let mut tokenizer = Tokenizer::from_file(&spec.tokenizer).map_err(|e| tok_err(e.to_string()))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams { max_length: spec.max_seq_len, ..Default::default() }))
+        .map_err(|e| tok_err(e.to_string()))?;
+    Ok(tokenizer)
+}
+
+/// Token count of each text (after truncation), for ordering texts before batches are cut.
+pub fn token_lengths(tokenizer: &Tokenizer, texts: &[String]) -> Vec<usize> {
+    texts.iter().map(|t| tokenizer.encode(t.as_str(), true).map_or(usize::MAX, |e| e.len())).collect()
+}
+
 pub struct Embedder {
     tokenizer: Tokenizer,
     session: Mutex<Session>,
@@ -77,12 +94,7 @@ impl Embedder {
     /// Loads the tokenizer and the model with `intra_threads` ONNX Runtime threads, and runs one
     /// warm-up batch, which also proves that the tokenizer fits the model.
     pub fn load(spec: &ModelSpec, intra_threads: usize) -> Result<Embedder, ModelError> {
-        let tok_err = |message: String| ModelError::Tokenizer { path: spec.tokenizer.clone(), message };
-        let mut tokenizer = Tokenizer::from_file(&spec.tokenizer).map_err(|e| tok_err(e.to_string()))?;
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams { max_length: spec.max_seq_len, ..Default::default() }))
-            .map_err(|e| tok_err(e.to_string()))?;
+        let tokenizer = load_tokenizer(spec)?;
 
         let onnx_err = |e: ort::Error| ModelError::Onnx { path: spec.onnx.clone(), message: e.to_string() };
         let session = Session::builder()

@@ -1,0 +1,243 @@
+//! Forked model workers against the alternatives, side by side in one run (ratios, not absolute
+//! times, are the claims: these machines are shared).
+//!
+//!     cargo bench --bench workers            (needs deploy/setup.sh's cache and python3)
+//!
+//! 1. Memory: total PSS of the daemon and W workers (each after a batch) against W separate
+//!    processes that each load the model (the way each Python worker of a pandas_udf does).
+//! 2. Start: a replacement worker's first finished batch (fork, connect, one batch) against a cold
+//!    process that loads the model and runs the same batch.
+//! 3. Throughput on the machine's cores: the workers against one plain ONNX Runtime session in
+//!    this process with as many intra-op threads, fed the same length-sorted batches; on mixed
+//!    lengths also against that session fed in arrival order.
+//!
+//! Writes target/embedstream-bench/workers.json besides the table.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use embedstream_executor::model::{self, Embedder};
+use embedstream_executor::workers::WorkerPool;
+use embedstream_proto::spec::{ModelSpec, Pooling};
+use embedstream_proto::telemetry::pss_bytes;
+
+const BATCH: usize = 32;
+
+fn spec() -> ModelSpec {
+    let dir = model::cache_dir().join("models/all-MiniLM-L6-v2");
+    assert!(dir.join("model.onnx").is_file(), "run deploy/setup.sh first");
+    ModelSpec {
+        onnx: dir.join("model.onnx"),
+        tokenizer: dir.join("tokenizer.json"),
+        id: None,
+        max_seq_len: 128,
+        pooling: Pooling::Mean,
+        normalize: true,
+        batch_size: BATCH,
+        max_text_bytes: 65536,
+    }
+}
+
+/// `--naive`: this bench re-executed as a plain process that loads the model, embeds one batch,
+/// says "ready" and waits for its stdin to close.
+fn naive_process() {
+    model::init_runtime(&model::ort_library()).unwrap();
+    let e = Embedder::load(&spec(), 1).unwrap();
+    e.embed(&["a first batch of text to embed"; 8]).unwrap();
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+fn start_naive() -> (std::process::Child, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .arg("--naive")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    (child, started.elapsed())
+}
+
+fn uniform_texts(n: usize) -> Vec<String> {
+    const ADJ: &[&str] = &["lightweight", "waterproof", "vintage", "ergonomic", "organic", "wireless"];
+    const THING: &[&str] = &["running shoes", "desk lamp", "coffee grinder", "backpack", "wool scarf"];
+    (0..n).map(|i| format!("{} {} model {}", ADJ[i % ADJ.len()], THING[(i / 7) % THING.len()], i)).collect()
+}
+
+/// Real English of 5 to 120 words: the prose of Python's standard-library docstrings.
+fn mixed_texts(n: usize) -> Vec<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .args(["-I", root.join("deploy/demo/sample_texts.py").to_str().unwrap(), &n.to_string()])
+        .output()
+        .expect("python3");
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--naive") {
+        return naive_process();
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` lists benches; nothing to run here
+    }
+    std::env::set_var("TOKENIZERS_PARALLELISM", "false");
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_embedstream"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let spec = spec();
+    let mut report = serde_json::Map::new();
+    println!("embedstream bench: forked model workers ({cores} cores, batch {BATCH}, all-MiniLM-L6-v2 int8)\n");
+
+    // 1. Memory.
+    let (mut one, _) = start_naive();
+    let model_rss = pss_bytes(one.id()).unwrap() as f64;
+    drop(one.stdin.take());
+    one.wait().unwrap();
+    println!("memory (total PSS, MiB)      workers  forked  naive processes  forked/naive  goal <= model*1.2 + W*30");
+    let mut memory = Vec::new();
+    for w in [1usize, 2, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let forked = rt.block_on(async {
+            let pool =
+                Arc::new(WorkerPool::start(&exe, &spec, w, &model::ort_library(), dir.path().join("s")).await.unwrap());
+            // Every worker runs a batch, so its pages are as they are in service.
+            pool.embed(uniform_texts(BATCH * w)).await.unwrap();
+            let s = pool.state();
+            let total: u64 =
+                std::iter::once(s.daemon_pid).chain(s.worker_pids.iter().copied()).filter_map(pss_bytes).sum();
+            total as f64
+        });
+        let mut naive = Vec::new();
+        for _ in 0..w {
+            naive.push(start_naive().0);
+        }
+        let naive_total: f64 = naive.iter().filter_map(|c| pss_bytes(c.id())).sum::<u64>() as f64;
+        for mut c in naive {
+            drop(c.stdin.take());
+            c.wait().unwrap();
+        }
+        let goal = model_rss * 1.2 + w as f64 * 30.0 * 1048576.0;
+        let mib = |b: f64| b / 1048576.0;
+        println!(
+            "                             {w:>7}  {:>6.0}  {:>15.0}  {:>12.2}  {:>6.0} ({})",
+            mib(forked),
+            mib(naive_total),
+            forked / naive_total,
+            mib(goal),
+            if forked <= goal { "met" } else { "missed" }
+        );
+        memory.push(serde_json::json!({"workers": w, "forked_pss_bytes": forked, "naive_pss_bytes": naive_total, "goal_bytes": goal}));
+    }
+    report.insert("model_process_pss_bytes".into(), model_rss.into());
+    report.insert("memory".into(), memory.into());
+
+    // 2. Start: a replacement worker's first batch against a cold process.
+    let batch = uniform_texts(8);
+    let (fork_ms, warm_ms, cold_ms) = rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pool =
+            Arc::new(WorkerPool::start(&exe, &spec, 1, &model::ort_library(), dir.path().join("s")).await.unwrap());
+        pool.embed(batch.clone()).await.unwrap();
+        let (mut fork_times, mut warm_times) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let victim = pool.state().worker_pids[0];
+            Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+            while std::fs::metadata(format!("/proc/{victim}/stat")).is_ok_and(|_| {
+                std::fs::read_to_string(format!("/proc/{victim}/stat")).is_ok_and(|s| !s.contains(") Z"))
+            }) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let t = Instant::now();
+            pool.embed(batch.clone()).await.unwrap();
+            fork_times.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            pool.embed(batch.clone()).await.unwrap();
+            warm_times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let cold: Vec<f64> = (0..3)
+            .map(|_| {
+                let (mut c, took) = start_naive();
+                drop(c.stdin.take());
+                c.wait().unwrap();
+                took.as_secs_f64() * 1000.0
+            })
+            .collect();
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        (median(fork_times), median(warm_times), median(cold))
+    });
+    println!(
+        "\nstart to first batch of 8 texts (median ms)   replacement fork {fork_ms:.1} (the same batch on a warm worker {warm_ms:.1})   cold process {cold_ms:.0}   ratio {:.3}   goal < 20 ms ({})",
+        fork_ms / cold_ms,
+        if fork_ms < 20.0 { "met" } else { "missed" }
+    );
+    report.insert(
+        "start".into(),
+        serde_json::json!({"fork_first_batch_ms": fork_ms, "warm_worker_batch_ms": warm_ms, "cold_process_first_batch_ms": cold_ms}),
+    );
+
+    // 3. Throughput on all cores.
+    model::init_runtime(&model::ort_library()).unwrap();
+    let plain = Embedder::load(&spec, cores).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = rt.block_on(async {
+        Arc::new(WorkerPool::start(&exe, &spec, cores, &model::ort_library(), dir.path().join("s")).await.unwrap())
+    });
+    println!(
+        "\nthroughput (embeddings/s)    texts     workers  plain session sorted  ratio  plain in arrival order  ratio"
+    );
+    let mut throughput = Vec::new();
+    for (name, texts, goal) in [("uniform", uniform_texts(1536), 0.95), ("mixed", mixed_texts(1536), 3.0)] {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        // Each contender runs the set twice and the second run counts: the first grows ONNX
+        // Runtime's buffers to these lengths (in each worker process, and in the plain session).
+        let second_run = |run: &mut dyn FnMut()| {
+            run();
+            let t = Instant::now();
+            run();
+            rate(texts.len(), t.elapsed())
+        };
+        let forked = second_run(&mut || {
+            rt.block_on(pool.embed(texts.clone())).unwrap();
+        });
+        let sorted = second_run(&mut || {
+            plain.embed(&refs).unwrap(); // sorts by token length, then batches
+        });
+        let arrival = second_run(&mut || {
+            for chunk in refs.chunks(BATCH) {
+                plain.embed(chunk).unwrap(); // each arrival-order batch padded to its longest text
+            }
+        });
+        let (vs, against) = if name == "uniform" { (forked / sorted, "sorted") } else { (forked / arrival, "arrival") };
+        println!(
+            "                             {name:<8} {forked:>8.1}  {sorted:>20.1}  {:>5.2}  {arrival:>22.1}  {:>5.2}   goal >= {goal} x {against} ({})",
+            forked / sorted,
+            forked / arrival,
+            if vs >= goal { "met" } else { "missed" }
+        );
+        throughput.push(serde_json::json!({"texts": name, "workers": forked, "plain_sorted": sorted, "plain_arrival_order": arrival}));
+    }
+    report.insert("throughput".into(), throughput.into());
+    report.insert("cores".into(), cores.into());
+
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/embedstream-bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("workers.json"), serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    println!("\nreport: {}", out.join("workers.json").display());
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use embedstream_executor::model::{self, Embedder};
 use embedstream_executor::workers::WorkerPool;
-use embedstream_proto::spec::{ModelSpec, Pooling};
+use embedstream_proto::spec::ModelSpec;
 use embedstream_proto::telemetry::pss_bytes;
 
 const BATCH: usize = 32;
@@ -29,16 +29,7 @@ const BATCH: usize = 32;
 fn spec() -> ModelSpec {
     let dir = model::cache_dir().join("models/all-MiniLM-L6-v2");
     assert!(dir.join("model.onnx").is_file(), "run deploy/setup.sh first");
-    ModelSpec {
-        onnx: dir.join("model.onnx"),
-        tokenizer: dir.join("tokenizer.json"),
-        id: None,
-        max_seq_len: 128,
-        pooling: Pooling::Mean,
-        normalize: true,
-        batch_size: BATCH,
-        max_text_bytes: 65536,
-    }
+    ModelSpec { batch_size: BATCH, ..ModelSpec::new(dir.join("model.onnx"), dir.join("tokenizer.json")) }
 }
 
 /// `--naive`: this bench re-executed as a plain process that loads the model, embeds one batch,

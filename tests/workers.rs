@@ -10,20 +10,11 @@ use std::time::Duration;
 use common::*;
 use embedstream_executor::model::{self, Embedder};
 use embedstream_executor::workers::WorkerPool;
-use embedstream_proto::spec::{ModelSpec, Pooling};
+use embedstream_proto::spec::ModelSpec;
 
 fn spec(batch_size: usize) -> ModelSpec {
     let dir = model_dir();
-    ModelSpec {
-        onnx: dir.join("model.onnx"),
-        tokenizer: dir.join("tokenizer.json"),
-        id: None,
-        max_seq_len: 128,
-        pooling: Pooling::Mean,
-        normalize: true,
-        batch_size,
-        max_text_bytes: 65536,
-    }
+    ModelSpec { batch_size, ..ModelSpec::new(dir.join("model.onnx"), dir.join("tokenizer.json")) }
 }
 
 fn exe() -> PathBuf {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use embedstream_executor::model::{self, Embedder, ModelError};
-use embedstream_proto::spec::{ModelSpec, Pooling};
+use embedstream_proto::spec::ModelSpec;
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -25,16 +25,7 @@ fn model_dir() -> PathBuf {
 
 fn spec(batch_size: usize) -> ModelSpec {
     let dir = model_dir();
-    ModelSpec {
-        onnx: dir.join("model.onnx"),
-        tokenizer: dir.join("tokenizer.json"),
-        id: None,
-        max_seq_len: 128,
-        pooling: Pooling::Mean,
-        normalize: true,
-        batch_size,
-        max_text_bytes: 65536,
-    }
+    ModelSpec { batch_size, ..ModelSpec::new(dir.join("model.onnx"), dir.join("tokenizer.json")) }
 }
 
 fn embedder(batch_size: usize) -> Embedder {

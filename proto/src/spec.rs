@@ -165,6 +165,20 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// A model with the spec's defaults for everything but its files.
+    pub fn new(onnx: PathBuf, tokenizer: PathBuf) -> ModelSpec {
+        ModelSpec {
+            onnx,
+            tokenizer,
+            id: None,
+            max_seq_len: default_max_seq_len(),
+            pooling: default_pooling(),
+            normalize: true,
+            batch_size: default_batch_size(),
+            max_text_bytes: default_max_text_bytes(),
+        }
+    }
+
     pub fn model_id(&self) -> String {
         self.id.clone().unwrap_or_else(|| {
             self.onnx

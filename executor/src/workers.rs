@@ -34,7 +34,6 @@ pub struct WorkerState {
     /// Workers forked to replace dead ones (those of a restarted daemon included).
     pub restarts: u64,
     pub daemon_restarts: u64,
-    pub daemon_exited: bool,
 }
 
 pub struct WorkerPool {
@@ -112,7 +111,6 @@ async fn supervise(cmd: DaemonCommand, mut daemon: Child, mut lines: DaemonLines
         }
         let status = daemon.wait().await.ok();
         tracing::error!(?status, "model daemon exited; starting a new one");
-        state.lock().unwrap().daemon_exited = true;
         loop {
             match cmd.start().await {
                 Ok((d, l, _, pids)) => {
@@ -121,7 +119,6 @@ async fn supervise(cmd: DaemonCommand, mut daemon: Child, mut lines: DaemonLines
                     s.restarts += pids.len() as u64;
                     s.worker_pids = pids;
                     s.daemon_restarts += 1;
-                    s.daemon_exited = false;
                     (daemon, lines) = (d, l);
                     break;
                 }

@@ -160,7 +160,8 @@ impl Embedder {
         self.spec.model_id()
     }
 
-    fn encode(&self, texts: &[&str]) -> Result<Vec<Encoding>, ModelError> {
+    /// Tokenizes `texts` (no padding, truncated at `max_seq_len`).
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Encoding>, ModelError> {
         texts
             .iter()
             .map(|t| self.tokenizer.encode(*t, true).map_err(|e| ModelError::Inference(format!("tokenizer: {e}"))))
@@ -169,10 +170,14 @@ impl Embedder {
 
     /// Embeds `texts`; the result holds `texts.len() * dim()` values, text `i` at `i * dim()`.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<f32>, ModelError> {
-        let encodings = self.encode(texts)?;
+        self.embed_encoded(&self.encode(texts)?)
+    }
+
+    /// [`Embedder::embed`] for texts tokenized already: ordered by length, cut into batches.
+    pub fn embed_encoded(&self, encodings: &[Encoding]) -> Result<Vec<f32>, ModelError> {
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].len());
-        let mut out = vec![0f32; texts.len() * self.dim];
+        let mut out = vec![0f32; encodings.len() * self.dim];
         for chunk in order.chunks(self.spec.batch_size) {
             let batch: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
             let (vectors, dim) = self.run_batch(&batch)?;

@@ -1,0 +1,116 @@
+//! embedstream against the limit and against what a team would write instead, side by side in
+//! one run on the same model, texts and cores (issue 6). Ratios are the claims.
+//!
+//!     deploy/setup.sh --python && cargo bench --bench pipeline
+//!
+//! For uniform short titles and for mixed-length English (Python's docstrings):
+//! 1. the limit: a plain ONNX Runtime session in this process, intra-op threads = cores, fed
+//!    pre-tokenized batches of 32 (length-sorted, and in arrival order);
+//! 2. embedstream end to end: the texts already in a topic of a real local broker,
+//!    `run --local 1` with `cores` workers, `available_now`, Kafka sink; embeddings/s from the
+//!    first task dispatched to the last batch committed;
+//! 3. benches/baseline_consumer.py: one Python process with confluent-kafka, tokenizers and
+//!    onnxruntime (default threading), consumer group, batches of 32 in arrival order.
+//!
+//! EMBEDSTREAM_BENCH_TEXTS sets the number of texts per set (default 2000). Writes
+//! target/embedstream-bench/pipeline.json besides the table.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use common::{model_dir, run_job, Broker, Job};
+use embedstream_executor::model::{self, Embedder};
+use embedstream_proto::spec::ModelSpec;
+
+const BATCH: usize = 32;
+
+fn uniform_texts(n: usize) -> Vec<String> {
+    const ADJ: &[&str] = &["lightweight", "waterproof", "vintage", "ergonomic", "organic", "wireless"];
+    const THING: &[&str] = &["running shoes", "desk lamp", "coffee grinder", "backpack", "wool scarf"];
+    (0..n).map(|i| format!("{} {} model {}", ADJ[i % ADJ.len()], THING[(i / 7) % THING.len()], i)).collect()
+}
+
+fn mixed_texts(n: usize) -> Vec<String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/demo/sample_texts.py");
+    let out = Command::new("python3").args(["-I", script.to_str().unwrap(), &n.to_string()]).output().expect("python3");
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    std::env::set_var("TOKENIZERS_PARALLELISM", "false");
+    let n: usize = std::env::var("EMBEDSTREAM_BENCH_TEXTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
+    let python = common::cache().join("pyenv/bin/python");
+    assert!(python.is_file(), "{} is missing: run deploy/setup.sh --python", python.display());
+    let dir = model_dir();
+    let spec = ModelSpec { batch_size: BATCH, ..ModelSpec::new(dir.join("model.onnx"), dir.join("tokenizer.json")) };
+    model::init_runtime(&model::ort_library()).unwrap();
+    let plain = Embedder::load(&spec, cores).unwrap();
+    let broker = Broker::start();
+
+    println!("embedstream bench: pipeline ({cores} cores, {n} texts a set, batch {BATCH}, all-MiniLM-L6-v2 int8)\n");
+    println!("embeddings/s       limit sorted  limit arrival  embedstream  python consumer  embedstream/limit  embedstream/python");
+    let mut report = Vec::new();
+    for (name, texts) in [("uniform", uniform_texts(n)), ("mixed", mixed_texts(n))] {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let encodings = plain.encode(&refs).unwrap();
+        plain.embed_encoded(&encodings[..BATCH * 2]).unwrap();
+        let rate = |t: Instant| n as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        plain.embed_encoded(&encodings).unwrap();
+        let limit_sorted = rate(t);
+        let t = Instant::now();
+        for chunk in encodings.chunks(BATCH) {
+            plain.embed_encoded(chunk).unwrap();
+        }
+        let limit_arrival = rate(t);
+
+        let topic = format!("{name}-in");
+        broker.create_topic(&topic, 2);
+        broker.produce_texts(&topic, 2, 0, &texts);
+        let job = Job::new(
+            &broker,
+            &format!("bench-{name}"),
+            &format!("subscribe = [\"{topic}\"]"),
+            "available_now = true",
+            &format!("\n[executors]\ncores = {cores}"),
+        );
+        let summary = run_job(&job, 1);
+        assert_eq!(summary["embeddings"], n);
+        let embedstream = summary["embeddings_per_second"].as_f64().unwrap();
+
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/baseline_consumer.py");
+        let out = Command::new(&python)
+            .arg(&script)
+            .args([&broker.addr, &topic, &format!("{name}-python-out"), dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(py["embeddings"], n);
+        let python_rate = py["embeddings_per_second"].as_f64().unwrap();
+
+        println!(
+            "{name:<18} {limit_sorted:>12.1}  {limit_arrival:>13.1}  {embedstream:>11.1}  {python_rate:>15.1}  {:>17.2}  {:>18.2}",
+            embedstream / limit_sorted,
+            embedstream / python_rate
+        );
+        report.push(serde_json::json!({
+            "texts": name, "count": n, "limit_sorted": limit_sorted, "limit_arrival_order": limit_arrival,
+            "embedstream": embedstream, "python_consumer": python_rate,
+        }));
+    }
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/embedstream-bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let path = out.join("pipeline.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&serde_json::json!({"cores": cores, "runs": report})).unwrap())
+        .unwrap();
+    println!("\nreport: {}", path.display());
+}

@@ -10,7 +10,9 @@
 //!    `run --local 1` with `cores` workers, `available_now`, Kafka sink; embeddings/s from the
 //!    first task dispatched to the last batch committed;
 //! 3. benches/baseline_consumer.py: one Python process with confluent-kafka, tokenizers and
-//!    onnxruntime (default threading), consumer group, batches of 32 in arrival order.
+//!    onnxruntime (default threading), consumer group, batches of 32 in arrival order;
+//! 4. latency: uniform texts produced at half of (2)'s rate into a continuous query with a 1 s
+//!    trigger; p50/p95/p99 from each input's Kafka timestamp to its output's.
 //!
 //! EMBEDSTREAM_BENCH_TEXTS sets the number of texts per set (default 2000). Writes
 //! target/embedstream-bench/pipeline.json besides the table.
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{model_dir, run_job, Broker, Job};
+use common::{model_dir, run_job, Broker, Job, Running};
 use embedstream_executor::model::{self, Embedder};
 use embedstream_proto::spec::ModelSpec;
 
@@ -38,6 +40,50 @@ fn mixed_texts(n: usize) -> Vec<String> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/demo/sample_texts.py");
     let out = Command::new("python3").args(["-I", script.to_str().unwrap(), &n.to_string()]).output().expect("python3");
     String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// Produces uniform texts at `rate` a second for 20 s into a running query; returns the p50, p95
+/// and p99 of input-to-output latency in ms, and the number of records.
+fn latency_at(broker: &Broker, rate: f64, cores: usize) -> (f64, f64, f64, usize) {
+    broker.create_topic("latency-in", 2);
+    let job = Job::new(
+        broker,
+        "latency",
+        "subscribe = [\"latency-in\"]\nstarting_offsets = \"latest\"",
+        "processing_time = \"1s\"",
+        &format!("\n[executors]\ncores = {cores}"),
+    )
+    .without_default_starting_offsets();
+    let mut q = Running::start(&job, 1);
+    q.wait_until("model workers", std::time::Duration::from_secs(60), |q| q.log().contains("model workers ready"));
+    // Let the query log its starting offsets before the first record arrives.
+    q.wait_until("the initial offsets", std::time::Duration::from_secs(30), |_| {
+        job.checkpoint().join("initial_offsets").exists()
+    });
+    let texts = uniform_texts((rate * 20.0) as usize);
+    let started = Instant::now();
+    let tick = std::time::Duration::from_millis(100);
+    let per_tick = (rate / 10.0).ceil() as usize;
+    for (i, chunk) in texts.chunks(per_tick).enumerate() {
+        broker.produce_texts("latency-in", 2, i * per_tick, chunk);
+        let next = started + tick * (i as u32 + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let highs = broker.high_watermarks("latency-in", 2);
+    q.wait_until("all records processed", std::time::Duration::from_secs(120), |_| {
+        broker.committed("latency-group", "latency-in", 2) == highs
+    });
+    q.stop();
+    let input: std::collections::HashMap<(i32, i64), i64> =
+        broker.read_all("latency-in", 2).iter().map(|r| ((r.partition, r.offset), r.timestamp_ms.unwrap())).collect();
+    let mut ms: Vec<f64> = broker
+        .read_all("latency-out", 2)
+        .iter()
+        .map(|r| (r.timestamp_ms.unwrap() - input[&r.origin()]) as f64)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.95), at(0.99), ms.len())
 }
 
 fn main() {
@@ -107,10 +153,25 @@ fn main() {
             "embedstream": embedstream, "python_consumer": python_rate,
         }));
     }
+    // 4. Latency at half load: uniform texts produced at half the measured capacity into a
+    //    continuous query (1 s trigger); Kafka timestamp of each input to that of its output,
+    //    which the sink's producer stamps when it sends.
+    let capacity = report[0]["embedstream"].as_f64().unwrap();
+    let rate = (capacity / 2.0).max(1.0);
+    let (p50, p95, p99, count) = latency_at(&broker, rate, cores);
+    println!(
+        "\nlatency at half load ({rate:.0} records/s for 20 s, 1 s trigger): p50 {p50:.0} ms, p95 {p95:.0} ms, p99 {p99:.0} ms \
+         over {count} records; goal p99 < 2 x trigger = 2000 ms ({})",
+        if p99 < 2000.0 { "met" } else { "missed" }
+    );
+    let latency = serde_json::json!({"records_per_second": rate, "trigger_ms": 1000, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "records": count});
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/embedstream-bench");
     std::fs::create_dir_all(&out).unwrap();
     let path = out.join("pipeline.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&serde_json::json!({"cores": cores, "runs": report})).unwrap())
-        .unwrap();
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&serde_json::json!({"cores": cores, "runs": report, "latency": latency})).unwrap(),
+    )
+    .unwrap();
     println!("\nreport: {}", path.display());
 }

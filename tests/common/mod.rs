@@ -183,6 +183,7 @@ impl Broker {
                     })
                     .unwrap_or_default();
                 out.push(Record {
+                    timestamp_ms: m.timestamp().to_millis(),
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
@@ -225,6 +226,8 @@ impl Drop for Broker {
 
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// The Kafka timestamp (the producer's create time).
+    pub timestamp_ms: Option<i64>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,

@@ -7,10 +7,11 @@
 //! 1. the limit: a plain ONNX Runtime session in this process, intra-op threads = cores, fed
 //!    pre-tokenized batches of 32 (length-sorted, and in arrival order);
 //! 2. embedstream end to end: the texts already in a topic of a real local broker,
-//!    `run --local 1` with `cores` workers, `available_now`, Kafka sink; embeddings/s from the
-//!    first task dispatched to the last batch committed;
+//!    `run --local 1` with `cores` workers (and with 1, for scaling), `available_now`, Kafka sink;
+//!    embeddings/s from the first task dispatched to the last batch committed; peak total PSS of
+//!    its process tree (driver, executor, model daemon, workers);
 //! 3. benches/baseline_consumer.py: one Python process with confluent-kafka, tokenizers and
-//!    onnxruntime (default threading), consumer group, batches of 32 in arrival order;
+//!    onnxruntime (default threading), consumer group, batches of 32 in arrival order; its peak PSS;
 //! 4. latency: uniform texts produced at half of (2)'s rate into a continuous query with a 1 s
 //!    trigger; p50/p95/p99 from each input's Kafka timestamp to its output's.
 //!
@@ -24,9 +25,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{model_dir, run_job, Broker, Job, Running};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{model_dir, Broker, Job, Running};
 use embedstream_executor::model::{self, Embedder};
 use embedstream_proto::spec::ModelSpec;
+use embedstream_proto::telemetry::pss_bytes;
 
 const BATCH: usize = 32;
 
@@ -86,6 +91,52 @@ fn latency_at(broker: &Broker, rate: f64, cores: usize) -> (f64, f64, f64, usize
     (at(0.5), at(0.95), at(0.99), ms.len())
 }
 
+/// Pids of `root` and all its descendants, from /proc.
+fn process_tree(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|&&(_, pp)| pp == parent).map(|&(p, _)| p));
+        i += 1;
+    }
+    tree
+}
+
+/// Runs `cmd` to its end while sampling the total PSS of its process tree; returns its stdout
+/// and the peak.
+fn run_measuring_memory(mut cmd: Command) -> (Vec<u8>, u64) {
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let root = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(process_tree(root).into_iter().filter_map(pss_bytes).sum::<u64>());
+                // Reading smaps walks page tables: sample rarely, so as not to slow what is measured.
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            peak
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, Ordering::Relaxed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (out.stdout, sampler.join().unwrap())
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -121,25 +172,32 @@ fn main() {
         let topic = format!("{name}-in");
         broker.create_topic(&topic, 2);
         broker.produce_texts(&topic, 2, 0, &texts);
-        let job = Job::new(
-            &broker,
-            &format!("bench-{name}"),
-            &format!("subscribe = [\"{topic}\"]"),
-            "available_now = true",
-            &format!("\n[executors]\ncores = {cores}"),
-        );
-        let summary = run_job(&job, 1);
-        assert_eq!(summary["embeddings"], n);
-        let embedstream = summary["embeddings_per_second"].as_f64().unwrap();
+        // embedstream with 1 worker, then with one per core (the figure compared).
+        let mut by_workers = Vec::new();
+        let mut embedstream_pss = 0;
+        for workers in [1, cores] {
+            let job = Job::new(
+                &broker,
+                &format!("bench-{name}-{workers}"),
+                &format!("subscribe = [\"{topic}\"]"),
+                "available_now = true",
+                &format!("\n[executors]\ncores = {workers}"),
+            );
+            let mut cmd = common::embedstream();
+            cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+            let (stdout, pss) = run_measuring_memory(cmd);
+            let summary: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+            assert_eq!(summary["embeddings"], n);
+            by_workers.push((workers, summary["embeddings_per_second"].as_f64().unwrap()));
+            embedstream_pss = pss;
+        }
+        let embedstream = by_workers.last().unwrap().1;
 
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/baseline_consumer.py");
-        let out = Command::new(&python)
-            .arg(&script)
-            .args([&broker.addr, &topic, &format!("{name}-python-out"), dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut cmd = Command::new(&python);
+        cmd.arg(&script).args([&broker.addr, &topic, &format!("{name}-python-out"), dir.to_str().unwrap()]);
+        let (stdout, python_pss) = run_measuring_memory(cmd);
+        let py: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
         assert_eq!(py["embeddings"], n);
         let python_rate = py["embeddings_per_second"].as_f64().unwrap();
 
@@ -148,9 +206,23 @@ fn main() {
             embedstream / limit_sorted,
             embedstream / python_rate
         );
+        let mib = |b: u64| b as f64 / 1048576.0;
+        println!(
+            "{:<18} embedstream with {} -> {} workers: {:.1} -> {:.1}/s; peak total PSS embedstream {:.0} MiB, python {:.0} MiB ({:.2})",
+            "",
+            by_workers[0].0,
+            by_workers[1].0,
+            by_workers[0].1,
+            by_workers[1].1,
+            mib(embedstream_pss),
+            mib(python_pss),
+            embedstream_pss as f64 / python_pss as f64
+        );
         report.push(serde_json::json!({
             "texts": name, "count": n, "limit_sorted": limit_sorted, "limit_arrival_order": limit_arrival,
             "embedstream": embedstream, "python_consumer": python_rate,
+            "embedstream_by_workers": by_workers, "embedstream_peak_pss_bytes": embedstream_pss,
+            "python_peak_pss_bytes": python_pss,
         }));
     }
     // 4. Latency at half load: uniform texts produced at half the measured capacity into a

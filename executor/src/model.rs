@@ -156,10 +156,6 @@ impl Embedder {
         self.dim
     }
 
-    pub fn model_id(&self) -> String {
-        self.spec.model_id()
-    }
-
     /// Tokenizes `texts` (no padding, truncated at `max_seq_len`).
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Encoding>, ModelError> {
         texts

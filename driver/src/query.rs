@@ -126,7 +126,6 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
             checkpoint: &checkpoint,
             source: source.clone(),
             scheduler: Scheduler::new(registry.clone()),
-            registry: registry.clone(),
             metrics: metrics.clone(),
             targets: &targets,
             progress: ProgressLog::new(&spec.checkpoint_location),
@@ -149,7 +148,6 @@ struct Query<'a> {
     checkpoint: &'a Checkpoint,
     source: Arc<KafkaSource>,
     scheduler: Scheduler,
-    registry: Arc<ExecutorRegistry>,
     metrics: Arc<DriverMetrics>,
     targets: &'a Targets,
     progress: ProgressLog,
@@ -295,8 +293,8 @@ impl Query<'_> {
                 planner::ranges(&start_offsets, &end_offsets).iter().map(planner::OffsetRange::size).sum();
             self.metrics.input_rows.inc_by(planned as u64);
             let stats = self.scheduler.run_batch(entry.batch_id, tasks).await;
-            self.metrics.executors.set(self.registry.live().len() as i64);
-            self.targets.write(&self.registry);
+            self.metrics.executors.set(self.scheduler.registry().live().len() as i64);
+            self.targets.write(self.scheduler.registry());
             let stats = stats?;
             let commit_started = Instant::now();
             self.checkpoint.write_commit(&CommitLogEntry {

@@ -188,6 +188,11 @@ impl Scheduler {
         Scheduler { registry }
     }
 
+    /// The executors this scheduler dispatches to.
+    pub fn registry(&self) -> &ExecutorRegistry {
+        &self.registry
+    }
+
     /// Runs every task of a batch to success, or fails the batch.
     pub async fn run_batch(&self, batch_id: u64, tasks: Vec<TaskDefinition>) -> Result<BatchStats, SchedulerError> {
         let mut pending: VecDeque<TaskDefinition> = tasks.into();

@@ -34,6 +34,8 @@ use embedstream_proto::spec::ModelSpec;
 use embedstream_proto::telemetry::pss_bytes;
 
 const BATCH: usize = 32;
+/// The job spec's default `model.sort_window`.
+const SORT_WINDOW: usize = 256;
 
 fn uniform_texts(n: usize) -> Vec<String> {
     const ADJ: &[&str] = &["lightweight", "waterproof", "vintage", "ergonomic", "organic", "wireless"];
@@ -58,7 +60,8 @@ fn latency_at(broker: &Broker, rate: f64, cores: usize) -> (f64, f64, f64, usize
         "processing_time = \"1s\"",
         &format!("\n[executors]\ncores = {cores}"),
     )
-    .without_default_starting_offsets();
+    .without_default_starting_offsets()
+    .with_batching(BATCH, SORT_WINDOW);
     let mut q = Running::start(&job, 1);
     q.wait_until("model workers", std::time::Duration::from_secs(60), |q| q.log().contains("model workers ready"));
     // Let the query log its starting offsets before the first record arrives.
@@ -182,7 +185,8 @@ fn main() {
                 &format!("subscribe = [\"{topic}\"]"),
                 "available_now = true",
                 &format!("\n[executors]\ncores = {workers}"),
-            );
+            )
+            .with_batching(BATCH, SORT_WINDOW);
             let mut cmd = common::embedstream();
             cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
             let (stdout, pss) = run_measuring_memory(cmd);

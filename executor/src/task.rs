@@ -1,4 +1,5 @@
-//! One task: read the range, check each record, embed the good ones, write everything.
+//! One task: read the range, check each record, embed the good ones window by window, write
+//! each window as soon as it is embedded.
 //!
 //! A record whose value the model cannot take (null, empty, too long, not UTF-8) is never fatal
 //! and never lost: it goes to the dead-letter topic with the reason in `es.error`.
@@ -9,6 +10,7 @@ use std::time::Instant;
 use arrow_array::{Array, BinaryArray, Int64Array};
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskFailed, TaskSuccessful};
 use embedstream_proto::JobSpec;
+use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::metrics::ExecutorMetrics;
@@ -38,6 +40,19 @@ pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
         Ok(s) if s.trim().is_empty() => Some("value is empty".into()),
         Ok(_) => None,
     }
+}
+
+/// Windows being embedded at once: the next one is queued at the workers before the current one
+/// is done, so no worker idles between windows.
+const WINDOWS_IN_FLIGHT: usize = 2;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+fn sink_failed(ctx: &TaskContext, e: crate::sink::SinkError) -> task_status::Status {
+    ctx.metrics.kafka_produce_errors.inc();
+    failed(FailureReason::SinkError, e.to_string(), true)
 }
 
 fn failed(reason: FailureReason, message: String, retryable: bool) -> task_status::Status {
@@ -84,62 +99,82 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         }
     }
 
+    // Window by window in offset order: the workers embed window k+1 while window k is written,
+    // so the sink keeps the source partition's order and early records are delivered early.
     let infer_started = Instant::now();
-    let texts: Vec<String> =
-        good.iter().map(|&i| std::str::from_utf8(values.value(i)).expect("checked UTF-8").to_owned()).collect();
-    let (vectors, batch_sizes) = match ctx.workers.embed(texts).await {
-        Ok(v) => v,
-        Err(e) => return failed(FailureReason::ModelError, e.to_string(), true),
+    let text = |i: usize| std::str::from_utf8(values.value(i)).expect("checked UTF-8").to_owned();
+    let embed_window = |window: &[usize]| {
+        let (workers, texts) = (ctx.workers.clone(), window.iter().map(|&i| text(i)).collect());
+        async move { workers.embed(texts).await }
     };
-    let infer_micros = infer_started.elapsed().as_micros() as u64;
+    let mut windows = good.chunks(ctx.spec.model.sort_window.max(1));
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    in_flight.extend(windows.by_ref().take(WINDOWS_IN_FLIGHT).map(|w| embed_window(w)));
+    let mut written = good.chunks(ctx.spec.model.sort_window.max(1));
 
-    let sink_started = Instant::now();
     let dim = ctx.workers.dim();
+    let range = def.range.as_ref().expect("checked");
     let origin = |i: usize| Origin {
-        topic: &def.range.as_ref().expect("checked").topic,
-        partition: def.range.as_ref().expect("checked").partition,
+        topic: &range.topic,
+        partition: range.partition,
         offset: offsets.value(i),
         key: keys.is_valid(i).then(|| keys.value(i)),
     };
-    let mut pending = Pending::default();
-    let mut result = Ok(());
-    // Outputs in offset order, so the sink partition keeps the source partition's order.
-    for (n, &i) in good.iter().enumerate() {
-        result = ctx
-            .sink
-            .send_embedding(&mut pending, def.sink_partition, &origin(i), &vectors[n * dim..(n + 1) * dim])
-            .await;
-        if result.is_err() {
-            break;
+    let mut sink_micros = 0u64;
+    let mut batch_sizes = Vec::new();
+    // Per window: its rows and the future of their acknowledgement.
+    let mut acks = Vec::new();
+    while let Some(embedded) = in_flight.next().await {
+        let (vectors, sizes) = match embedded {
+            Ok(v) => v,
+            Err(e) => return failed(FailureReason::ModelError, e.to_string(), true),
+        };
+        if let Some(w) = windows.next() {
+            in_flight.push_back(embed_window(w));
         }
-    }
-    if result.is_ok() {
-        for (i, reason) in &rejects {
-            tracing::debug!(offset = offsets.value(*i), %reason, "dead letter");
-            result = ctx
-                .sink
-                .send_dead_letter(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason)
-                .await;
-            if result.is_err() {
-                break;
+        batch_sizes.extend(sizes);
+        let window = written.next().expect("one window per result");
+        let sink_started = Instant::now();
+        let mut pending = Pending::default();
+        for (n, &i) in window.iter().enumerate() {
+            let vector = &vectors[n * dim..(n + 1) * dim];
+            if let Err(e) = ctx.sink.send_embedding(&mut pending, def.sink_partition, &origin(i), vector).await {
+                return sink_failed(&ctx, e);
             }
         }
+        sink_micros += sink_started.elapsed().as_micros() as u64;
+        let ctx = ctx.clone();
+        acks.push((window, tokio::spawn(async move { ctx.sink.finish(pending).await.map(|()| now_ms()) })));
     }
-    let result = match result {
-        Ok(()) => ctx.sink.finish(pending).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        ctx.metrics.kafka_produce_errors.inc();
-        return failed(FailureReason::SinkError, e.to_string(), true);
+    let infer_micros = infer_started.elapsed().as_micros() as u64 - sink_micros;
+
+    let sink_started = Instant::now();
+    let mut pending = Pending::default();
+    for (i, reason) in &rejects {
+        tracing::debug!(offset = offsets.value(*i), %reason, "dead letter");
+        let sent =
+            ctx.sink.send_dead_letter(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason).await;
+        if let Err(e) = sent {
+            return sink_failed(&ctx, e);
+        }
     }
-    let acked_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
-    let latency_seconds: Vec<f32> = good
-        .iter()
-        .filter(|&&i| timestamps.is_valid(i))
-        .map(|&i| (acked_ms - timestamps.value(i)).max(0) as f32 / 1000.0)
-        .collect();
+    if let Err(e) = ctx.sink.finish(pending).await {
+        return sink_failed(&ctx, e);
+    }
+    let mut latency_seconds = Vec::with_capacity(good.len());
+    for (window, ack) in acks {
+        let acked_ms = match ack.await.expect("acknowledgements do not panic") {
+            Ok(t) => t,
+            Err(e) => return sink_failed(&ctx, e),
+        };
+        latency_seconds.extend(
+            window
+                .iter()
+                .filter(|&&i| timestamps.is_valid(i))
+                .map(|&i| (acked_ms - timestamps.value(i)).max(0) as f32 / 1000.0),
+        );
+    }
+    let sink_micros = sink_micros + sink_started.elapsed().as_micros() as u64;
     ctx.metrics.embeddings.inc_by(good.len() as u64);
     for size in batch_sizes {
         ctx.metrics.inference_batch_size.observe(size as f64);
@@ -152,7 +187,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         offset_gaps: read.gaps,
         read_micros,
         infer_micros,
-        sink_micros: sink_started.elapsed().as_micros() as u64,
+        sink_micros,
         latency_seconds,
     })
 }

@@ -159,6 +159,11 @@ pub struct ModelSpec {
     /// Texts per inference batch; batches are cut from length-sorted texts.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Texts ordered by token length together. A task embeds its records window by window, in
+    /// offset order, and writes each window while the next is embedded: a larger window pads
+    /// less, a smaller one delivers sooner.
+    #[serde(default = "default_sort_window")]
+    pub sort_window: usize,
     /// Values longer than this go to the dead-letter topic instead of the model.
     #[serde(default = "default_max_text_bytes")]
     pub max_text_bytes: usize,
@@ -175,6 +180,7 @@ impl ModelSpec {
             pooling: default_pooling(),
             normalize: true,
             batch_size: default_batch_size(),
+            sort_window: default_sort_window(),
             max_text_bytes: default_max_text_bytes(),
         }
     }
@@ -292,6 +298,9 @@ fn default_pooling() -> Pooling {
 }
 fn default_batch_size() -> usize {
     32
+}
+fn default_sort_window() -> usize {
+    256
 }
 fn default_max_text_bytes() -> usize {
     64 * 1024
@@ -429,6 +438,9 @@ impl JobSpec {
         }
         if !(1..=4096).contains(&m.batch_size) {
             return Err(SpecError::new("model.batch_size", "must be between 1 and 4096"));
+        }
+        if m.sort_window < m.batch_size {
+            return Err(SpecError::new("model.sort_window", "must be at least model.batch_size"));
         }
         if m.max_text_bytes == 0 {
             return Err(SpecError::new("model.max_text_bytes", "must be at least 1"));

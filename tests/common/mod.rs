@@ -279,6 +279,7 @@ poll_timeout_ms = 20000
 onnx = "{onnx}"
 tokenizer = "{tok}"
 batch_size = 16
+sort_window = 16
 
 [sink]
 kind = "kafka"
@@ -299,6 +300,18 @@ dead_letter_topic = "{name}-dlq"
     /// Drops the `starting_offsets = "earliest"` that [`Job::new`] puts first, for a test that sets its own.
     pub fn without_default_starting_offsets(self) -> Job {
         let text = std::fs::read_to_string(&self.path).unwrap().replacen("starting_offsets = \"earliest\"\n", "", 1);
+        std::fs::write(&self.path, text).unwrap();
+        self
+    }
+
+    /// Sets `model.batch_size` and `model.sort_window` (16 and 16 from [`Job::new`], so that a
+    /// task of more than 16 records is embedded and written in several windows).
+    pub fn with_batching(self, batch_size: usize, sort_window: usize) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap().replacen(
+            "batch_size = 16\nsort_window = 16\n",
+            &format!("batch_size = {batch_size}\nsort_window = {sort_window}\n"),
+            1,
+        );
         std::fs::write(&self.path, text).unwrap();
         self
     }

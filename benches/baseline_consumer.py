@@ -2,10 +2,12 @@
 """What a team would write instead of embedstream: one Python process that consumes a topic with
 a consumer group, tokenizes, runs the same ONNX model with onnxruntime's default threading, mean-
 pools and normalises, and produces each vector (little-endian f32) to an output topic. Batches of
-32 in arrival order, each padded to its longest text. It stops once it has read up to the offsets
-the topic had when it started, commits, and prints a JSON summary.
+BATCH (default 32) in arrival order, each padded to its longest text. It stops once it has read up
+to the offsets the topic had when it started, commits, and prints a JSON summary.
 
-    baseline_consumer.py BOOTSTRAP INPUT_TOPIC OUTPUT_TOPIC MODEL_DIR
+    baseline_consumer.py BOOTSTRAP INPUT_TOPIC OUTPUT_TOPIC MODEL_ONNX TOKENIZER_JSON [BATCH]
+
+`embedstream bench --python PY --baseline benches/baseline_consumer.py` runs it.
 
 Needs confluent-kafka, tokenizers, onnxruntime and numpy (deploy/setup.sh --python).
 """
@@ -19,15 +21,13 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from tokenizers import Tokenizer
 
-BATCH = 32
-
-
 def main():
-    bootstrap, topic, out_topic, model_dir = sys.argv[1:5]
-    tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
+    bootstrap, topic, out_topic, model_onnx, tokenizer_json = sys.argv[1:6]
+    batch = int(sys.argv[6]) if len(sys.argv) > 6 else 32
+    tok = Tokenizer.from_file(tokenizer_json)
     tok.no_padding()
     tok.enable_truncation(max_length=128)
-    session = ort.InferenceSession(f"{model_dir}/model.onnx")
+    session = ort.InferenceSession(model_onnx)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "baseline-" + topic,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
@@ -50,7 +50,7 @@ def main():
     done = 0
     position = {p: 0 for p in partitions}
     while any(position[p] < end[p] for p in partitions):
-        msgs = consumer.consume(num_messages=BATCH, timeout=1.0)
+        msgs = consumer.consume(num_messages=batch, timeout=1.0)
         msgs = [m for m in msgs if m.error() is None]
         if not msgs:
             continue

@@ -7,12 +7,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use embedstream_proto::JobSpec;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use tokio::sync::watch;
+
+mod bench;
+mod chart;
+mod kafka;
 
 #[derive(Parser)]
 #[command(name = "embedstream", version, about = "Turn Kafka streams into ML embeddings, in micro-batches.")]
@@ -73,6 +72,39 @@ enum Command {
         /// Spread messages over partitions round-robin by line number (the key is the line number).
         #[arg(long)]
         keyed: bool,
+    },
+    /// Measure this machine: the model alone (the limit), embedstream end to end, and a baseline.
+    ///
+    /// Uses the job spec's broker and model section (batch_size, sort_window, ...); topics, source,
+    /// sink, trigger and checkpoints are the bench's own (topics named bench-<time>-*). Runs the
+    /// limit (one ONNX Runtime session on every core, fed pre-tokenized, length-sorted batches),
+    /// `run --local 1` with 1, 2, 4 ... workers on generated product titles and on the lines of
+    /// --mixed, the Python baseline with --python, then latency at half load with a 1 s trigger.
+    /// Prints a table; writes bench.json and bench.png to --out.
+    Bench {
+        /// A job spec (TOML) naming the broker and the model.
+        job: PathBuf,
+        /// Texts per set.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// A file of texts, one per line: measured as the "mixed" set.
+        #[arg(long, value_name = "FILE")]
+        mixed: Option<PathBuf>,
+        /// A Python interpreter to run --baseline with (deploy/setup.sh --python makes one).
+        #[arg(long, requires = "baseline")]
+        python: Option<PathBuf>,
+        /// The baseline consumer script (benches/baseline_consumer.py).
+        #[arg(long, requires = "python")]
+        baseline: Option<PathBuf>,
+        /// Seconds of load for the latency measurement; 0 skips it.
+        #[arg(long, default_value_t = 20)]
+        latency_seconds: u64,
+        /// Where bench.json and bench.png go.
+        #[arg(long, default_value = "embedstream-bench")]
+        out: PathBuf,
+        /// Keep the runs' job specs, checkpoints (with progress.jsonl) and logs under --out.
+        #[arg(long)]
+        keep: bool,
     },
     /// A model daemon (started by an executor, not by hand): loads the model once, forks workers.
     #[command(hide = true)]
@@ -146,6 +178,10 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Progress { job, follow, json, last } => progress(&job, follow, json, last).await,
         Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
             produce(&bootstrap_servers, &topic, partitions, keyed).await
+        }
+        Command::Bench { job, count, mixed, python, baseline, latency_seconds, out, keep } => {
+            let args = bench::BenchArgs { job, count, mixed, python, baseline, latency_seconds, out, keep };
+            tokio::task::spawn_blocking(move || bench::run(args)).await?
         }
         Command::ModelDaemon { .. } => unreachable!("dispatched before the runtime starts"),
         Command::Executor { driver, executor_id, cores, listen } => {
@@ -225,41 +261,9 @@ async fn progress(job: &std::path::Path, follow: bool, json: bool, last: usize) 
 }
 
 async fn produce(bootstrap: &str, topic: &str, partitions: i32, keyed: bool) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let created = admin
-        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
-        .await?;
-    for r in created {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => bail!("cannot create topic {t}: {code}"),
-        }
-    }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
-    let mut pending = Vec::new();
-    let mut count = 0usize;
-    for (n, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line?;
-        let key = n.to_string();
-        let mut record = FutureRecord::<str, str>::to(topic).payload(&line);
-        if keyed {
-            record = record.key(&key).partition(n as i32 % partitions);
-        }
-        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
-        count += 1;
-        if pending.len() >= 10_000 {
-            for f in pending.drain(..) {
-                f.await?.map_err(|(e, _)| e)?;
-            }
-        }
-    }
-    for f in pending {
-        f.await?.map_err(|(e, _)| e)?;
-    }
+    kafka::create_topic(bootstrap, topic, partitions).await?;
+    let producer = kafka::producer(bootstrap)?;
+    let count = kafka::produce_lines(&producer, topic, partitions, keyed, std::io::stdin().lock().lines()).await?;
     tracing::info!(topic, messages = count, "produced");
     Ok(())
 }

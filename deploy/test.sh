@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-deploy/setup.sh
+deploy/setup.sh --python
 cargo test --workspace "$@"

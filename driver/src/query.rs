@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use embedstream_proto::manifest::{self, ManifestError};
 use embedstream_proto::pb::driver_service_server::DriverServiceServer;
 use embedstream_proto::pb::{OffsetRange as PbRange, ShutdownRequest, TaskDefinition};
-use embedstream_proto::spec::StartAt;
+use embedstream_proto::spec::{SinkKind, StartAt};
 use embedstream_proto::{telemetry, JobSpec};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -45,6 +46,8 @@ pub enum DriverError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    #[error("sink manifest: {0}")]
+    Manifest(#[from] ManifestError),
     #[error(transparent)]
     Launch(#[from] LaunchError),
     #[error("data loss (set source.fail_on_data_loss = false to skip lost offsets): {0}")]
@@ -234,6 +237,10 @@ impl Query<'_> {
             None
         };
         let interval = spec.trigger.interval();
+        let table = match spec.sink.kind {
+            SinkKind::Parquet => spec.sink.path.clone(),
+            SinkKind::Kafka => None,
+        };
         let mut first_dispatch: Option<Instant> = None;
         let mut previous_trigger: Option<Instant> = None;
         let position = Arc::new(Mutex::new(start.clone()));
@@ -292,11 +299,36 @@ impl Query<'_> {
             let planned: i64 =
                 planner::ranges(&start_offsets, &end_offsets).iter().map(planner::OffsetRange::size).sum();
             self.metrics.input_rows.inc_by(planned as u64);
-            let stats = self.scheduler.run_batch(entry.batch_id, tasks).await;
+            // A file sink's batch whose manifest exists is published already: not written again.
+            let published = match &table {
+                Some(t) => manifest::committed(t, entry.batch_id)?,
+                None => None,
+            };
+            let already_published = published.is_some();
+            let stats = match published {
+                Some(m) => {
+                    tracing::info!(
+                        batch_id = entry.batch_id,
+                        files = m.files.len(),
+                        "batch already in the sink's manifest; not run again"
+                    );
+                    Ok(BatchStats { embeddings: m.files.iter().map(|f| f.rows).sum(), ..Default::default() })
+                }
+                None => self.scheduler.run_batch(entry.batch_id, tasks).await,
+            };
             self.metrics.executors.set(self.scheduler.registry().live().len() as i64);
             self.targets.write(self.scheduler.registry());
             let stats = stats?;
             let commit_started = Instant::now();
+            if let (Some(t), false) = (&table, already_published) {
+                let files =
+                    stats.files.iter().map(|f| manifest::ManifestFile { path: f.path.clone(), rows: f.rows }).collect();
+                let removed =
+                    manifest::commit(t, &manifest::BatchManifest { version: 1, batch_id: entry.batch_id, files })?;
+                if removed > 0 {
+                    tracing::info!(batch_id = entry.batch_id, removed, "deleted files of failed attempts");
+                }
+            }
             self.checkpoint.write_commit(&CommitLogEntry {
                 version: 1,
                 batch_id: entry.batch_id,

@@ -122,7 +122,11 @@ impl KafkaSource {
     /// missing (Tansu does not create topics on produce), and returns the partition counts of
     /// the sink topic and of the dead-letter topic.
     pub async fn ensure_sink_topics(&self, partitions: i32) -> Result<(i32, i32), SourceError> {
-        let topics = [self.spec.sink.topic.clone(), self.spec.dead_letter_topic()];
+        // A Parquet sink has no output topic, only the dead-letter one.
+        let topics: Vec<String> = [self.spec.sink.topic.clone(), self.spec.dead_letter_topic()]
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .collect();
         let new: Vec<NewTopic> =
             topics.iter().map(|t| NewTopic::new(t, partitions.max(1), TopicReplication::Fixed(1))).collect();
         let results = self
@@ -158,6 +162,6 @@ impl KafkaSource {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Ok((counts[0], counts[1]))
+        Ok((counts[0], *counts.last().expect("the dead-letter topic")))
     }
 }

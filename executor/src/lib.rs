@@ -5,7 +5,7 @@
 //! ([`workers`] is the executor's side, [`wire`] the frames between them, [`fork`] the only
 //! unsafe code). Each task goes through [`reader`] (Kafka range to an Arrow batch), the record
 //! checks of [`task`] (bad values to the dead-letter topic), the workers ([`model`]: tokenizer,
-//! ONNX Runtime, pooling) and [`sink`] (Kafka, idempotent producer).
+//! ONNX Runtime, pooling) and [`sink`] (Kafka or Parquet behind one trait).
 
 pub mod daemon;
 pub mod fork;
@@ -39,6 +39,7 @@ use crate::model::ModelError;
 use crate::reader::KafkaReader;
 use crate::sink::{KafkaSink, SinkError};
 use crate::workers::WorkerPool;
+use embedstream_proto::spec::SinkKind;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Missed heartbeats after which an executor decides its driver is gone and exits.
@@ -96,7 +97,13 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         Duration::from_millis(spec.source.poll_timeout_ms),
         spec.source.fail_on_data_loss,
     );
-    let sink = KafkaSink::new(&spec, model_id.clone())?;
+    let dead_letters = Arc::new(KafkaSink::new(&spec, model_id.clone())?);
+    let sink: Box<dyn sink::Sink> = match spec.sink.kind {
+        SinkKind::Kafka => Box::new(sink::kafka::KafkaOutput(dead_letters.clone())),
+        SinkKind::Parquet => {
+            Box::new(Arc::new(sink::parquet::ParquetSink::new(&spec, model_id.clone(), &args.executor_id, pool.dim())?))
+        }
+    };
     let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &model_id));
     let pool = Arc::new(pool);
     let metrics_address = telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone())
@@ -111,6 +118,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         reader: Arc::new(reader),
         workers: pool,
         sink,
+        dead_letters,
         metrics,
     });
     let service =

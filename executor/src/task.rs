@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::{Array, BinaryArray, Int64Array};
+use arrow_array::{Array, BinaryArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, UInt32Array};
+use arrow_schema::{DataType, Field, SchemaRef};
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskFailed, TaskSuccessful};
 use embedstream_proto::JobSpec;
 use futures::StreamExt;
@@ -15,7 +16,8 @@ use tracing::Instrument;
 
 use crate::metrics::ExecutorMetrics;
 use crate::reader::{KafkaReader, ReadError};
-use crate::sink::{KafkaSink, Origin, Pending};
+use crate::sink::kafka::{Origin, Pending};
+use crate::sink::{output_schema, KafkaSink, Sink, SinkError, TaskInfo};
 use crate::workers::WorkerPool;
 
 pub struct TaskContext {
@@ -23,7 +25,10 @@ pub struct TaskContext {
     pub spec: JobSpec,
     pub reader: Arc<KafkaReader>,
     pub workers: Arc<WorkerPool>,
-    pub sink: KafkaSink,
+    /// Where embeddings go.
+    pub sink: Box<dyn Sink>,
+    /// Where records the model cannot take go (and, for a Kafka sink, the same producer).
+    pub dead_letters: Arc<KafkaSink>,
     pub metrics: Arc<ExecutorMetrics>,
 }
 
@@ -46,11 +51,18 @@ pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
 /// is done, so no worker idles between windows.
 const WINDOWS_IN_FLIGHT: usize = 2;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+/// The rows of `window` (indices into `input`) with their vectors, as `output_schema` says.
+fn output_rows(input: &RecordBatch, window: &[usize], vectors: Vec<f32>, schema: &SchemaRef) -> RecordBatch {
+    let indices = UInt32Array::from_iter_values(window.iter().map(|&i| i as u32));
+    let mut columns =
+        arrow_select::take::take_record_batch(input, &indices).expect("indices in range").columns().to_vec();
+    let dim = (vectors.len() / window.len().max(1)) as i32;
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    columns.push(Arc::new(FixedSizeListArray::new(item, dim, Arc::new(Float32Array::from(vectors)), None)));
+    RecordBatch::try_new(schema.clone(), columns).expect("columns match the output schema")
 }
 
-fn sink_failed(ctx: &TaskContext, e: crate::sink::SinkError) -> task_status::Status {
+fn sink_failed(ctx: &TaskContext, e: SinkError) -> task_status::Status {
     ctx.metrics.kafka_produce_errors.inc();
     failed(FailureReason::SinkError, e.to_string(), true)
 }
@@ -86,7 +98,6 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     let keys = col("key").as_any().downcast_ref::<BinaryArray>().expect("binary keys");
     let values = col("value").as_any().downcast_ref::<BinaryArray>().expect("binary values");
     let offsets = col("offset").as_any().downcast_ref::<Int64Array>().expect("int64 offsets");
-    let timestamps = col("timestamp_ms").as_any().downcast_ref::<Int64Array>().expect("int64 timestamps");
     let value = |i: usize| values.is_valid(i).then(|| values.value(i));
     let max_bytes = ctx.spec.model.max_text_bytes;
 
@@ -107,27 +118,29 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         let (workers, texts) = (ctx.workers.clone(), window.iter().map(|&i| text(i)).collect());
         async move { workers.embed(texts).await }
     };
-    let mut windows = good.chunks(ctx.spec.model.sort_window.max(1));
+    let window_rows = ctx.spec.model.sort_window.max(1);
+    let mut windows = good.chunks(window_rows);
     let mut in_flight = futures::stream::FuturesOrdered::new();
     in_flight.extend(windows.by_ref().take(WINDOWS_IN_FLIGHT).map(|w| embed_window(w)));
-    let mut written = good.chunks(ctx.spec.model.sort_window.max(1));
+    let mut written = good.chunks(window_rows);
 
-    let dim = ctx.workers.dim();
     let range = def.range.as_ref().expect("checked");
-    let origin = |i: usize| Origin {
-        topic: &range.topic,
-        partition: range.partition,
-        offset: offsets.value(i),
-        key: keys.is_valid(i).then(|| keys.value(i)),
+    let info =
+        TaskInfo { batch_id: def.batch_id, task_id: def.task_id, attempt: def.attempt, partition: def.sink_partition };
+    let mut writer = match ctx.sink.open(&info) {
+        Ok(w) => w,
+        Err(e) => return sink_failed(&ctx, e),
     };
+    let schema = output_schema(ctx.workers.dim());
     let mut sink_micros = 0u64;
     let mut batch_sizes = Vec::new();
-    // Per window: its rows and the future of their acknowledgement.
-    let mut acks = Vec::new();
     while let Some(embedded) = in_flight.next().await {
         let (vectors, sizes) = match embedded {
             Ok(v) => v,
-            Err(e) => return failed(FailureReason::ModelError, e.to_string(), true),
+            Err(e) => {
+                writer.abort().await;
+                return failed(FailureReason::ModelError, e.to_string(), true);
+            }
         };
         if let Some(w) = windows.next() {
             in_flight.push_back(embed_window(w));
@@ -135,45 +148,42 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         batch_sizes.extend(sizes);
         let window = written.next().expect("one window per result");
         let sink_started = Instant::now();
-        let mut pending = Pending::default();
-        for (n, &i) in window.iter().enumerate() {
-            let vector = &vectors[n * dim..(n + 1) * dim];
-            if let Err(e) = ctx.sink.send_embedding(&mut pending, def.sink_partition, &origin(i), vector).await {
-                return sink_failed(&ctx, e);
-            }
+        let rows = output_rows(batch, window, vectors, &schema);
+        if let Err(e) = writer.write(&rows).await {
+            writer.abort().await;
+            return sink_failed(&ctx, e);
         }
         sink_micros += sink_started.elapsed().as_micros() as u64;
-        let ctx = ctx.clone();
-        acks.push((window, tokio::spawn(async move { ctx.sink.finish(pending).await.map(|()| now_ms()) })));
     }
     let infer_micros = infer_started.elapsed().as_micros() as u64 - sink_micros;
 
     let sink_started = Instant::now();
+    let origin = |i: usize| Origin {
+        topic: &range.topic,
+        partition: range.partition,
+        offset: offsets.value(i),
+        key: keys.is_valid(i).then(|| keys.value(i)),
+    };
     let mut pending = Pending::default();
     for (i, reason) in &rejects {
         tracing::debug!(offset = offsets.value(*i), %reason, "dead letter");
-        let sent =
-            ctx.sink.send_dead_letter(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason).await;
+        let sent = ctx
+            .dead_letters
+            .send_dead_letter(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason)
+            .await;
         if let Err(e) = sent {
+            writer.abort().await;
             return sink_failed(&ctx, e);
         }
     }
-    if let Err(e) = ctx.sink.finish(pending).await {
+    if let Err(e) = ctx.dead_letters.finish(pending).await {
+        writer.abort().await;
         return sink_failed(&ctx, e);
     }
-    let mut latency_seconds = Vec::with_capacity(good.len());
-    for (window, ack) in acks {
-        let acked_ms = match ack.await.expect("acknowledgements do not panic") {
-            Ok(t) => t,
-            Err(e) => return sink_failed(&ctx, e),
-        };
-        latency_seconds.extend(
-            window
-                .iter()
-                .filter(|&&i| timestamps.is_valid(i))
-                .map(|&i| (acked_ms - timestamps.value(i)).max(0) as f32 / 1000.0),
-        );
-    }
+    let output = match writer.commit().await {
+        Ok(o) => o,
+        Err(e) => return sink_failed(&ctx, e),
+    };
     let sink_micros = sink_micros + sink_started.elapsed().as_micros() as u64;
     ctx.metrics.embeddings.inc_by(good.len() as u64);
     for size in batch_sizes {
@@ -188,7 +198,8 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         read_micros,
         infer_micros,
         sink_micros,
-        latency_seconds,
+        latency_seconds: output.latency_seconds,
+        files: output.files,
     })
 }
 

@@ -3,8 +3,10 @@
 //! - [`pb`]: the gRPC services and messages from `embedstream.proto` (driver <-> executor).
 //! - [`spec`]: the job spec, one typed and validated struct read from TOML, which the driver
 //!   validates before anything starts and hands to every executor.
+//! - [`manifest`]: the Parquet sink's per-batch manifests, written by the driver, read by readers.
 //! - [`telemetry`]: the `/metrics` endpoint every process serves to Prometheus.
 
+pub mod manifest;
 pub mod spec;
 pub mod telemetry;
 

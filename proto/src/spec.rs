@@ -201,7 +201,22 @@ impl ModelSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
+    /// One record per embedding in `topic` (at-least-once across task retries).
     Kafka,
+    /// Parquet files under `path`, published per batch by a manifest (exactly-once).
+    Parquet,
+}
+
+/// Hive-style partition directories of the Parquet sink, from each record's Kafka timestamp (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionBy {
+    /// `dt=YYYY-MM-DD/`
+    Date,
+    /// `dt=YYYY-MM-DD/hr=HH/`
+    Hour,
+    /// All files directly under `path`.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,13 +232,25 @@ pub enum VectorFormat {
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
     pub kind: SinkKind,
-    /// Default: the source's bootstrap servers.
+    /// Default: the source's bootstrap servers (also where the dead-letter topic is).
     #[serde(default)]
     pub bootstrap_servers: Option<String>,
+    /// The output topic (kind = "kafka").
+    #[serde(default)]
     pub topic: String,
+    /// The table's directory (kind = "parquet"); its manifests are in `<path>/_embedstream_log/`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Partition directories of the Parquet sink.
+    #[serde(default = "default_partition_by")]
+    pub partition_by: PartitionBy,
+    /// Input columns written beside the embedding by the Parquet sink: only "value" (the text).
+    #[serde(default)]
+    pub columns: Vec<String>,
     #[serde(default = "default_format")]
     pub format: VectorFormat,
-    /// Where records the model cannot take go, with an `es.error` header. Default `<topic>-dlq`.
+    /// Where records the model cannot take go, with an `es.error` header. Default `<topic>-dlq`,
+    /// or `<name>-dlq` for the Parquet sink.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
 }
@@ -300,6 +327,9 @@ fn default_pooling() -> Pooling {
 fn default_batch_size() -> usize {
     32
 }
+fn default_partition_by() -> PartitionBy {
+    PartitionBy::Date
+}
 fn default_sort_window() -> usize {
     1024
 }
@@ -344,7 +374,10 @@ impl JobSpec {
     }
 
     pub fn dead_letter_topic(&self) -> String {
-        self.sink.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dlq", self.sink.topic))
+        self.sink.dead_letter_topic.clone().unwrap_or_else(|| match self.sink.kind {
+            SinkKind::Kafka => format!("{}-dlq", self.sink.topic),
+            SinkKind::Parquet => format!("{}-dlq", self.name),
+        })
     }
 
     /// Checks values that parse but cannot work. Also run by `from_toml`.
@@ -448,8 +481,26 @@ impl JobSpec {
         }
 
         let k = &self.sink;
-        if k.topic.is_empty() {
-            return Err(SpecError::new("sink.topic", "must not be empty"));
+        match k.kind {
+            SinkKind::Kafka if k.topic.is_empty() => {
+                return Err(SpecError::new("sink.topic", "must not be empty (kind = \"kafka\")"))
+            }
+            SinkKind::Kafka if k.path.is_some() => {
+                return Err(SpecError::new("sink.path", "is for kind = \"parquet\"; a Kafka sink has a topic"))
+            }
+            SinkKind::Parquet if k.path.as_ref().is_none_or(|p| !p.is_absolute()) => {
+                return Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"parquet\")"))
+            }
+            SinkKind::Parquet if !k.topic.is_empty() => {
+                return Err(SpecError::new("sink.topic", "is for kind = \"kafka\"; a Parquet sink has a path"))
+            }
+            _ => {}
+        }
+        if let Some(c) = k.columns.iter().find(|c| c.as_str() != "value") {
+            return Err(SpecError::new(
+                "sink.columns",
+                format!("unknown input column `{c}`; the one column to add is \"value\""),
+            ));
         }
         if k.bootstrap_servers.as_deref().is_some_and(|b| b.trim().is_empty()) {
             return Err(SpecError::new("sink.bootstrap_servers", "must not be empty"));
@@ -458,7 +509,9 @@ impl JobSpec {
         if dlq.is_empty() || dlq == k.topic {
             return Err(SpecError::new("sink.dead_letter_topic", "must be non-empty and differ from `sink.topic`"));
         }
-        for (key, topic) in [("sink.topic", &k.topic), ("sink.dead_letter_topic", &dlq)] {
+        for (key, topic) in
+            [("sink.topic", &k.topic), ("sink.dead_letter_topic", &dlq)].into_iter().filter(|(_, t)| !t.is_empty())
+        {
             if self.reads_topic(topic) {
                 return Err(SpecError::new(
                     key,
@@ -607,6 +660,13 @@ topic = "out"
             "source.starting_offsets.other"
         );
         assert_eq!(key_of(&spec(&f, "", "dead_letter_topic = \"out\"")), "sink.dead_letter_topic");
+        let parquet = |rest: &str| spec(&f, "", rest).replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"parquet\"");
+        assert_eq!(key_of(&parquet("")), "sink.path");
+        assert_eq!(key_of(&parquet("path = \"relative/dir\"")), "sink.path");
+        assert_eq!(key_of(&parquet("path = \"/data/t\"\ncolumns = [\"headers\"]")), "sink.columns");
+        assert_eq!(key_of(&parquet("path = \"/data/t\"\npartition_by = \"week\"")), "sink.partition_by");
+        assert_eq!(JobSpec::from_toml(&parquet("path = \"/data/t\"")).unwrap().dead_letter_topic(), "products-dlq");
+        assert_eq!(key_of(&spec(&f, "", "path = \"/data/t\"")), "sink.path");
         assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"soon\"")), "trigger.processing_time");
         assert_eq!(key_of(&spec(&f, "", "[executors]\ncount = 0")), "executors.count");
         assert_eq!(key_of(&spec(&f, "", "[monitoring]\nmetrics_listen = \"localhost\"")), "monitoring.metrics_listen");

@@ -316,6 +316,16 @@ dead_letter_topic = "{name}-dlq"
         self
     }
 
+    /// Makes the sink a Parquet table at `table` (with the `value` column) instead of a topic.
+    pub fn with_parquet_sink(self, table: &Path) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let (head, rest) = text.split_once("[sink]\nkind = \"kafka\"\n").expect("Job::new's sink");
+        let rest = rest.split_once('\n').expect("the topic line").1;
+        let sink = format!("[sink]\nkind = \"parquet\"\npath = \"{}\"\ncolumns = [\"value\"]\n", table.display());
+        std::fs::write(&self.path, format!("{head}{sink}{rest}")).unwrap();
+        self
+    }
+
     pub fn checkpoint(&self) -> PathBuf {
         self.dir.path().join("checkpoint")
     }

@@ -6,7 +6,13 @@
 //! reorder records; a task that is retried as a whole may write its records again
 //! (at-least-once).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arrow_array::{
+    Array, BinaryArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
+use futures::future::BoxFuture;
 
 use embedstream_proto::spec::VectorFormat;
 use embedstream_proto::JobSpec;
@@ -15,15 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("kafka producer: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("delivery to {topic}: {error}")]
-    Delivery { topic: String, error: KafkaError },
-    #[error("delivery to {topic} was cancelled (producer closed)")]
-    Cancelled { topic: String },
-}
+use super::{SinkError, TaskInfo, TaskOutput, TaskWriter};
 
 /// Where an output record came from.
 pub struct Origin<'a> {
@@ -167,6 +165,76 @@ impl KafkaSink {
     pub async fn finish(&self, pending: Pending) -> Result<(), SinkError> {
         self.await_all(pending.futures).await
     }
+}
+
+/// The Kafka sink as a [`super::Sink`]: one record per row, in the task's sink partition.
+pub struct KafkaOutput(pub Arc<KafkaSink>);
+
+impl super::Sink for KafkaOutput {
+    fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
+        Ok(Box::new(KafkaTaskWriter { sink: self.0.clone(), partition: task.partition, acks: Vec::new() }))
+    }
+}
+
+struct KafkaTaskWriter {
+    sink: Arc<KafkaSink>,
+    partition: i32,
+    /// Per window: its rows' Kafka timestamps and the wait for its acknowledgements.
+    acks: Vec<(Vec<i64>, tokio::task::JoinHandle<Result<i64, SinkError>>)>,
+}
+
+fn column<'a, T: 'static>(rows: &'a RecordBatch, name: &str) -> &'a T {
+    rows.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).expect("the output schema")
+}
+
+impl TaskWriter for KafkaTaskWriter {
+    fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let keys: &BinaryArray = column(rows, "key");
+            let topics: &StringArray = column(rows, "topic");
+            let partitions: &Int32Array = column(rows, "partition");
+            let offsets: &Int64Array = column(rows, "offset");
+            let timestamps: &Int64Array = column(rows, "timestamp_ms");
+            let embeddings: &FixedSizeListArray = column(rows, "embedding");
+            let values = embeddings.values().as_any().downcast_ref::<Float32Array>().expect("f32 embeddings");
+            let dim = embeddings.value_length() as usize;
+            let mut pending = Pending::default();
+            for i in 0..rows.num_rows() {
+                let origin = Origin {
+                    topic: topics.value(i),
+                    partition: partitions.value(i),
+                    offset: offsets.value(i),
+                    key: keys.is_valid(i).then(|| keys.value(i)),
+                };
+                let vector = &values.values()[i * dim..(i + 1) * dim];
+                self.sink.send_embedding(&mut pending, self.partition, &origin, vector).await?;
+            }
+            let stamps = timestamps.iter().flatten().collect();
+            let sink = self.sink.clone();
+            self.acks.push((stamps, tokio::spawn(async move { sink.finish(pending).await.map(|()| now_ms()) })));
+            Ok(())
+        })
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<TaskOutput, SinkError>> {
+        Box::pin(async move {
+            let mut out = TaskOutput::default();
+            for (stamps, ack) in self.acks {
+                let acked = ack.await.expect("acknowledgements do not panic")?;
+                out.latency_seconds.extend(stamps.iter().map(|t| (acked - t).max(0) as f32 / 1000.0));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records already sent stay in the topic: a retried task writes them again (at-least-once).
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
 
 /// The record value for one vector.

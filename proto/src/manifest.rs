@@ -1,0 +1,174 @@
+//! The Parquet sink's commit protocol, shared by the executors that write files and the driver
+//! that publishes them (as Spark's file sink does it).
+//!
+//! Every task attempt writes its own files, named `part-<batch>-<task>-<attempt>-<unique>.parquet`,
+//! in the table's partition directories. Nothing a task writes is visible until the driver, once
+//! every task of batch N has succeeded, writes `<path>/_embedstream_log/<N>.json` listing the files
+//! of the successful attempts (atomically: a temporary file renamed). A reader that goes through
+//! the manifests sees each input record exactly once; files of failed attempts are in no manifest
+//! and are deleted when the batch commits. A batch whose manifest exists is never written again:
+//! a driver that restarts after the manifest and before its own commit log skips the tasks.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The manifests' directory inside the table's path.
+pub const LOG_DIR: &str = "_embedstream_log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a manifest: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + '_ {
+    move |source| ManifestError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Relative to the table's path, `/`-separated (`dt=2026-11-25/part-...parquet`).
+    pub path: String,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchManifest {
+    pub version: u32,
+    pub batch_id: u64,
+    pub files: Vec<ManifestFile>,
+}
+
+/// The name of a file written by one task attempt; `unique` tells apart attempts of drivers
+/// that ran the same batch one after the other.
+pub fn file_name(batch_id: u64, task_id: u32, attempt: u32, unique: &str) -> String {
+    format!("{}{task_id:05}-{attempt}-{unique}.parquet", batch_prefix(batch_id))
+}
+
+fn batch_prefix(batch_id: u64) -> String {
+    format!("part-{batch_id:010}-")
+}
+
+fn manifest_path(table: &Path, batch_id: u64) -> PathBuf {
+    table.join(LOG_DIR).join(format!("{batch_id}.json"))
+}
+
+/// The manifest of `batch_id`, if that batch has committed.
+pub fn committed(table: &Path, batch_id: u64) -> Result<Option<BatchManifest>, ManifestError> {
+    let path = manifest_path(table, batch_id);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| ManifestError::Parse { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// Publishes a batch: writes its manifest atomically, then deletes the files of its failed
+/// attempts. Returns how many files were deleted.
+pub fn commit(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestError> {
+    let dir = table.join(LOG_DIR);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let path = manifest_path(table, manifest.batch_id);
+    let tmp = dir.join(format!(".{}.json.tmp", manifest.batch_id));
+    let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    };
+    write().map_err(io(&path))?;
+    remove_orphans(table, manifest)
+}
+
+fn remove_orphans(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestError> {
+    let prefix = batch_prefix(manifest.batch_id);
+    let listed: std::collections::HashSet<PathBuf> = manifest.files.iter().map(|f| table.join(&f.path)).collect();
+    let mut removed = 0;
+    for file in data_files(table)? {
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with(&prefix) && !listed.contains(&file) {
+            std::fs::remove_file(&file).map_err(io(&file))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Every `part-*.parquet` file under the table, committed or not.
+pub fn data_files(table: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let mut out = Vec::new();
+    let mut dirs = vec![table.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io(&dir))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if path.is_dir() && name != LOG_DIR {
+                dirs.push(path);
+            } else if name.starts_with("part-") && name.ends_with(".parquet") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The files a reader should read: those of every committed batch, in batch order.
+pub fn visible_files(table: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let dir = table.join(LOG_DIR);
+    let mut batches: Vec<u64> = match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json")?.parse().ok()).collect()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(&dir)(e)),
+    };
+    batches.sort_unstable();
+    let mut files = Vec::new();
+    for b in batches {
+        if let Some(m) = committed(table, b)? {
+            files.extend(m.files.iter().map(|f| table.join(&f.path)));
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_publishes_listed_files_and_deletes_the_batch_s_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path();
+        let write = |rel: &str| {
+            let p = table.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        };
+        let kept = format!("dt=2026-11-25/{}", file_name(3, 0, 1, "b"));
+        let failed = format!("dt=2026-11-25/{}", file_name(3, 0, 0, "a"));
+        let other_batch = format!("dt=2026-11-24/{}", file_name(4, 0, 0, "a"));
+        for f in [&kept, &failed, &other_batch] {
+            write(f);
+        }
+        assert_eq!(committed(table, 3).unwrap(), None);
+        let m = BatchManifest { version: 1, batch_id: 3, files: vec![ManifestFile { path: kept.clone(), rows: 7 }] };
+        assert_eq!(commit(table, &m).unwrap(), 1);
+        assert_eq!(committed(table, 3).unwrap(), Some(m));
+        assert_eq!(visible_files(table).unwrap(), vec![table.join(&kept)]);
+        assert!(!table.join(&failed).exists());
+        assert!(table.join(&other_batch).exists(), "another batch's files are not this commit's to delete");
+    }
+}

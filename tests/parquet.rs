@@ -1,0 +1,155 @@
+//! The Parquet sink: a table that holds every input record exactly once after an executor is
+//! killed in the middle of a batch and the driver is restarted between batches, read back through
+//! the manifests, and read again by an independent reader (pyarrow).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, Int64Array, StringArray};
+use common::*;
+use embedstream_proto::manifest;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// (partition, offset) -> (text, embedding) of every row in the files the manifests list.
+fn read_table(table: &Path) -> (BTreeMap<(i32, i64), (String, Vec<f32>)>, usize) {
+    let mut rows = BTreeMap::new();
+    let mut count = 0;
+    for file in manifest::visible_files(table).unwrap() {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap()).unwrap().build().unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+            let (p, o, v, e) = (col("partition"), col("offset"), col("value"), col("embedding"));
+            let p = p.as_any().downcast_ref::<Int32Array>().unwrap();
+            let o = o.as_any().downcast_ref::<Int64Array>().unwrap();
+            let v = v.as_any().downcast_ref::<StringArray>().unwrap();
+            let e = e.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+            for i in 0..batch.num_rows() {
+                let vector = e.value(i);
+                let vector = vector.as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec();
+                rows.insert((p.value(i), o.value(i)), (v.value(i).to_string(), vector));
+                count += 1;
+            }
+        }
+    }
+    (rows, count)
+}
+
+/// A file of a batch that has no manifest yet: (its batch, the executor writing it).
+fn file_being_written(table: &Path) -> Option<(u64, String)> {
+    manifest::data_files(table).unwrap().into_iter().find_map(|f| {
+        // part-<batch>-<task>-<attempt>-<executor id>-<hex>.parquet
+        let name = f.file_name()?.to_str()?.strip_prefix("part-")?.strip_suffix(".parquet")?.to_string();
+        let mut parts = name.splitn(4, '-');
+        let batch: u64 = parts.next()?.parse().ok()?;
+        let (_task, _attempt) = (parts.next()?, parts.next()?);
+        let executor = parts.next()?.rsplit_once('-')?.0.to_string();
+        manifest::committed(table, batch).unwrap().is_none().then_some((batch, executor))
+    })
+}
+
+fn pid_of_executor(id: &str, pids: &[u32]) -> u32 {
+    *pids
+        .iter()
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.windows(2).any(|w| w[0] == b"--executor-id" && w[1] == id.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no executor {id} among {pids:?}"))
+}
+
+#[test]
+fn the_table_holds_every_record_once_after_an_executor_kill_and_a_driver_restart() {
+    let broker = Broker::start();
+    broker.create_topic("docs", 2);
+    let input = texts(160, 11);
+    broker.produce_texts("docs", 2, 0, &input);
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("embeddings");
+    // 40 records a batch, 20 a task, embedded and written one at a time: a task spans many writes.
+    let job = Job::new(
+        &broker,
+        "pq",
+        "subscribe = [\"docs\"]\nmax_offsets_per_trigger = 40",
+        "processing_time = \"100ms\"",
+        "",
+    )
+    .with_batching(1, 1)
+    .with_parquet_sink(&table);
+
+    // 1. The driver dies right after logging batch 1: batch 0 is in the table, batch 1 is not.
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]).env("EMBEDSTREAM_TEST_CRASH_AFTER_WAL", "1");
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(manifest::committed(&table, 0).unwrap().is_some());
+    assert!(manifest::committed(&table, 1).unwrap().is_none());
+
+    // 2. A new driver re-runs batch 1 and goes on; an executor is killed while it writes a batch.
+    let mut q = Running::start(&job, 2);
+    q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (batch, victim) = loop {
+        if let Some(found) = file_being_written(&table) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no batch was seen being written:\n{}", q.log());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let pid = pid_of_executor(&victim, &q.executor_pids());
+    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    q.wait_until("all 160 records committed", Duration::from_secs(120), |_| {
+        broker.committed("pq-group", "docs", 2) == vec![80, 80]
+    });
+    let log = q.log();
+    let summary = q.stop();
+    assert!(log.contains("deleted files of failed attempts"), "the killed attempt's file was cleaned up:\n{log}");
+    assert!(summary["task_retries"].as_u64().unwrap() >= 1, "the killed executor's task was retried: {summary}");
+
+    // Through the manifests: every input once, with its text and a unit vector.
+    let (rows, count) = read_table(&table);
+    assert_eq!(count, 160, "rows in the published files (batch {batch} was being written by {victim} when killed)");
+    for (n, text) in input.iter().enumerate() {
+        let (p, o) = ((n % 2) as i32, (n / 2) as i64);
+        let (value, vector) = rows.get(&(p, o)).unwrap_or_else(|| panic!("input {p}-{o} is missing"));
+        assert_eq!(value, text);
+        assert_eq!(vector.len(), 384);
+        let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "{p}-{o}: norm {norm}");
+    }
+    // Nothing left behind by the killed attempt, and files sit in Hive-style date directories.
+    let visible: Vec<PathBuf> = {
+        let mut v = manifest::visible_files(&table).unwrap();
+        v.sort();
+        v
+    };
+    assert_eq!(manifest::data_files(&table).unwrap(), visible, "files outside the manifests remain");
+    assert!(visible.iter().all(|f| f.parent().unwrap().file_name().unwrap().to_str().unwrap().starts_with("dt=")));
+
+    // An independent reader: pyarrow reads the same files as plain Parquet.
+    let python = cache().join("pyenv/bin/python");
+    let script = r#"
+import json, sys
+import pyarrow.parquet as pq
+t = pq.ParquetDataset(sys.argv[1:]).read()
+emb = t.schema.field("embedding").type
+print(json.dumps({"rows": t.num_rows, "list_size": emb.list_size, "value_type": str(emb.value_type),
+                  "origins": len(set(zip(t["partition"].to_pylist(), t["offset"].to_pylist()))),
+                  "timestamp": str(t.schema.field("kafka_timestamp").type),
+                  "codec": pq.ParquetFile(sys.argv[1]).metadata.row_group(0).column(0).compression}))
+"#;
+    let out = std::process::Command::new(&python).arg("-c").arg(script).args(&visible).output().expect("pyenv python");
+    assert!(out.status.success(), "pyarrow: {}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["rows"], 160);
+    assert_eq!(got["origins"], 160);
+    assert_eq!(got["list_size"], 384);
+    assert_eq!(got["value_type"], "float");
+    assert_eq!(got["timestamp"], "timestamp[ms, tz=UTC]");
+    assert_eq!(got["codec"], "ZSTD");
+}

@@ -114,15 +114,14 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     // so the sink keeps the source partition's order and early records are delivered early.
     let infer_started = Instant::now();
     let text = |i: usize| std::str::from_utf8(values.value(i)).expect("checked UTF-8").to_owned();
-    let embed_window = |window: &[usize]| {
+    // One future per window, made as the window's turn comes; each yields its window with the
+    // result, so rows and vectors stay paired.
+    let mut windows = good.chunks(ctx.spec.model.sort_window.max(1)).map(|window| {
         let (workers, texts) = (ctx.workers.clone(), window.iter().map(|&i| text(i)).collect());
-        async move { workers.embed(texts).await }
-    };
-    let window_rows = ctx.spec.model.sort_window.max(1);
-    let mut windows = good.chunks(window_rows);
+        async move { (window, workers.embed(texts).await) }
+    });
     let mut in_flight = futures::stream::FuturesOrdered::new();
-    in_flight.extend(windows.by_ref().take(WINDOWS_IN_FLIGHT).map(|w| embed_window(w)));
-    let mut written = good.chunks(window_rows);
+    in_flight.extend(windows.by_ref().take(WINDOWS_IN_FLIGHT));
 
     let range = def.range.as_ref().expect("checked");
     let info =
@@ -134,7 +133,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     let schema = output_schema(ctx.workers.dim());
     let mut sink_micros = 0u64;
     let mut batch_sizes = Vec::new();
-    while let Some(embedded) = in_flight.next().await {
+    while let Some((window, embedded)) = in_flight.next().await {
         let (vectors, sizes) = match embedded {
             Ok(v) => v,
             Err(e) => {
@@ -142,11 +141,10 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
                 return failed(FailureReason::ModelError, e.to_string(), true);
             }
         };
-        if let Some(w) = windows.next() {
-            in_flight.push_back(embed_window(w));
+        if let Some(next) = windows.next() {
+            in_flight.push_back(next);
         }
         batch_sizes.extend(sizes);
-        let window = written.next().expect("one window per result");
         let sink_started = Instant::now();
         let rows = output_rows(batch, window, vectors, &schema);
         if let Err(e) = writer.write(&rows).await {

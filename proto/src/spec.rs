@@ -660,7 +660,8 @@ topic = "out"
             "source.starting_offsets.other"
         );
         assert_eq!(key_of(&spec(&f, "", "dead_letter_topic = \"out\"")), "sink.dead_letter_topic");
-        let parquet = |rest: &str| spec(&f, "", rest).replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"parquet\"");
+        let parquet =
+            |rest: &str| spec(&f, "", rest).replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"parquet\"");
         assert_eq!(key_of(&parquet("")), "sink.path");
         assert_eq!(key_of(&parquet("path = \"relative/dir\"")), "sink.path");
         assert_eq!(key_of(&parquet("path = \"/data/t\"\ncolumns = [\"headers\"]")), "sink.columns");

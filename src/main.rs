@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 mod bench;
 mod chart;
+mod embed;
 mod kafka;
 
 #[derive(Parser)]
@@ -106,6 +107,20 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Embed the lines of standard input with a running executor's warm model (Arrow Flight).
+    ///
+    /// Sends the texts to the executor's Flight `DoExchange` and prints one JSON line per text:
+    /// {"text": ..., "embedding": [...]}, in input order. Blank lines are skipped. The address is
+    /// an executor's `flight_address` (in `<checkpoint>/monitoring/targets.json`). The cluster
+    /// token, if the cluster has one, comes from EMBEDSTREAM_TOKEN.
+    Embed {
+        /// The executor's Flight address, HOST:PORT.
+        #[arg(long, value_name = "ADDR")]
+        flight: String,
+        /// Texts per DoExchange call (at most the executor's flight.max_rows_per_call).
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+        batch_rows: u64,
+    },
     /// A model daemon (started by an executor, not by hand): loads the model once, forks workers.
     #[command(hide = true)]
     ModelDaemon {
@@ -182,6 +197,10 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Bench { job, count, mixed, python, baseline, latency_seconds, out, keep } => {
             let args = bench::BenchArgs { job, count, mixed, python, baseline, latency_seconds, out, keep };
             tokio::task::spawn_blocking(move || bench::run(args)).await?
+        }
+        Command::Embed { flight, batch_rows } => {
+            let token = embedstream_proto::auth::ClusterToken::load(None)?;
+            embed::run(embed::EmbedArgs { flight, batch_rows: batch_rows as usize, token }).await
         }
         Command::ModelDaemon { .. } => unreachable!("dispatched before the runtime starts"),
         Command::Executor { driver, executor_id, cores, listen } => {

@@ -153,3 +153,47 @@ print(json.dumps({"rows": t.num_rows, "list_size": emb.list_size, "value_type": 
     assert_eq!(got["timestamp"], "timestamp[ms, tz=UTC]");
     assert_eq!(got["codec"], "ZSTD");
 }
+
+#[test]
+fn a_batch_published_before_a_driver_crash_is_not_written_again() {
+    let broker = Broker::start();
+    broker.create_topic("notes", 1);
+    let input = texts(60, 12);
+    broker.produce_texts("notes", 1, 0, &input);
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("embeddings");
+    let job =
+        Job::new(&broker, "pqm", "subscribe = [\"notes\"]\nmax_offsets_per_trigger = 20", "available_now = true", "")
+            .with_parquet_sink(&table);
+
+    // The driver dies after publishing batch 1's manifest, before logging its commit.
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]).env("EMBEDSTREAM_TEST_CRASH_AFTER_MANIFEST", "1");
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
+    let published = manifest::committed(&table, 1).unwrap().expect("batch 1 is published");
+    assert_eq!(job.logged_batches("commits"), vec![0], "batch 1's commit was not logged");
+
+    // The next driver replays batch 1 from its log, finds it published and does not run it again.
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("batch already in the sink's manifest; not run again"), "{log}");
+    let again = manifest::committed(&table, 1).unwrap().unwrap();
+    assert_eq!(
+        again.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+        published.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+        "batch 1's manifest is the one written before the crash"
+    );
+    assert_eq!(job.logged_batches("commits"), vec![0, 1, 2]);
+    assert_eq!(broker.committed("pqm-group", "notes", 1), vec![60]);
+
+    let (rows, count) = read_table(&table);
+    assert_eq!(count, 60, "each input once through the manifests");
+    for (o, text) in input.iter().enumerate() {
+        assert_eq!(&rows[&(0, o as i64)].0, text);
+    }
+    assert_eq!(manifest::data_files(&table).unwrap().len(), manifest::visible_files(&table).unwrap().len());
+}

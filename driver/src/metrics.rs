@@ -94,12 +94,21 @@ pub fn targets_path(checkpoint: &Path) -> PathBuf {
     checkpoint.join("monitoring").join("targets.json")
 }
 
-/// Rewrites the target list: the driver, then each live executor `(id, metrics address)`.
+/// A live executor as the target list shows it.
+pub struct ExecutorTarget {
+    pub id: String,
+    /// host:port of its `/metrics`.
+    pub metrics_address: String,
+    /// host:port of its gRPC services, Arrow Flight among them (label `flight_address`).
+    pub flight_address: String,
+}
+
+/// Rewrites the target list: the driver, then each live executor.
 pub fn write_targets(
     checkpoint: &Path,
     query: &str,
     driver: &str,
-    executors: &[(String, String)],
+    executors: &[ExecutorTarget],
 ) -> std::io::Result<()> {
     let label = |role: &str, executor: Option<&str>| {
         let mut m = std::collections::BTreeMap::from([
@@ -112,8 +121,10 @@ pub fn write_targets(
         m
     };
     let mut targets = vec![Target { targets: vec![driver.to_string()], labels: label("driver", None) }];
-    for (id, addr) in executors.iter().filter(|(_, a)| !a.is_empty()) {
-        targets.push(Target { targets: vec![addr.clone()], labels: label("executor", Some(id)) });
+    for e in executors.iter().filter(|e| !e.metrics_address.is_empty()) {
+        let mut labels = label("executor", Some(&e.id));
+        labels.insert("flight_address".into(), e.flight_address.clone());
+        targets.push(Target { targets: vec![e.metrics_address.clone()], labels });
     }
     let path = targets_path(checkpoint);
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;

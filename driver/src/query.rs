@@ -37,6 +37,17 @@ const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Test hook: the driver exits (as if killed) right after writing `offsets/<N>` for this N.
 pub const CRASH_AFTER_WAL_ENV: &str = "EMBEDSTREAM_TEST_CRASH_AFTER_WAL";
+/// Test hook: the driver exits right after writing a file sink's manifest for batch N, before
+/// its commit log entry.
+pub const CRASH_AFTER_MANIFEST_ENV: &str = "EMBEDSTREAM_TEST_CRASH_AFTER_MANIFEST";
+
+/// Exits as if killed when the test hook `env` names `batch_id`.
+fn crash_point(env: &str, batch_id: u64) {
+    if std::env::var(env).ok().and_then(|v| v.parse().ok()) == Some(batch_id) {
+        tracing::error!(batch_id, "{env}: exiting here");
+        std::process::exit(86);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -165,7 +176,15 @@ struct Targets {
 
 impl Targets {
     fn write(&self, registry: &ExecutorRegistry) {
-        let executors: Vec<(String, String)> = registry.live().into_iter().map(|e| (e.id, e.metrics_address)).collect();
+        let executors: Vec<metrics::ExecutorTarget> = registry
+            .live()
+            .into_iter()
+            .map(|e| metrics::ExecutorTarget {
+                id: e.id,
+                metrics_address: e.metrics_address,
+                flight_address: e.address,
+            })
+            .collect();
         if let Err(e) = metrics::write_targets(&self.checkpoint, &self.query, &self.driver, &executors) {
             tracing::warn!(error = %e, "cannot write the Prometheus target list");
         }
@@ -281,10 +300,7 @@ impl Query<'_> {
                 self.checkpoint.write_offsets(&entry)?;
             }
             let wal_took = wal_started.elapsed();
-            if std::env::var(CRASH_AFTER_WAL_ENV).ok().and_then(|v| v.parse().ok()) == Some(entry.batch_id) {
-                tracing::error!(batch_id = entry.batch_id, "{CRASH_AFTER_WAL_ENV}: exiting after the write-ahead log");
-                std::process::exit(86);
-            }
+            crash_point(CRASH_AFTER_WAL_ENV, entry.batch_id);
 
             let tasks = tasks_for(
                 &entry,
@@ -328,6 +344,7 @@ impl Query<'_> {
                 if removed > 0 {
                     tracing::info!(batch_id = entry.batch_id, removed, "deleted files of failed attempts");
                 }
+                crash_point(CRASH_AFTER_MANIFEST_ENV, entry.batch_id);
             }
             self.checkpoint.write_commit(&CommitLogEntry {
                 version: 1,

@@ -5,9 +5,11 @@
 //! ([`workers`] is the executor's side, [`wire`] the frames between them, [`fork`] the only
 //! unsafe code). Each task goes through [`reader`] (Kafka range to an Arrow batch), the record
 //! checks of [`task`] (bad values to the dead-letter topic), the workers ([`model`]: tokenizer,
-//! ONNX Runtime, pooling) and [`sink`] (Kafka or Parquet behind one trait).
+//! ONNX Runtime, pooling) and [`sink`] (Kafka or Parquet behind one trait). The same workers
+//! answer Arrow Flight calls ([`flight`]) on the executor's address.
 
 pub mod daemon;
+pub mod flight;
 pub mod fork;
 pub mod metrics;
 pub mod model;
@@ -22,6 +24,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
+use embedstream_proto::auth::ClusterToken;
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
 use embedstream_proto::pb::{
@@ -55,6 +59,8 @@ pub enum ExecutorError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Token(#[from] embedstream_proto::auth::TokenError),
     #[error("executor service: {0}")]
     Serve(String),
 }
@@ -82,6 +88,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .map_err(|e| driver_err(e.to_string()))?
         .into_inner();
     let spec = JobSpec::from_toml(&job.job_spec_toml)?;
+    let token = ClusterToken::load(spec.security.token_file.as_deref())?;
 
     let lib = args.ort_library.clone().unwrap_or_else(model::ort_library);
     let socket_dir = std::env::temp_dir().join(format!("embedstream-{}-{}", args.executor_id, std::process::id()));
@@ -110,6 +117,18 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .await
         .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
     spawn_worker_sampler(metrics.clone(), pool.clone());
+    let recent = Arc::new(flight::RecentOutput::new(spec.flight.recent_batches));
+    let flight = flight::FlightEmbedder::new(
+        spec.name.clone(),
+        pool.clone(),
+        spec.flight.clone(),
+        spec.model.max_text_bytes,
+        token,
+        recent.clone(),
+        metrics.clone(),
+    );
+    // A call may send up to max_bytes_per_call of text in one message; leave room for the rest.
+    let flight_message_limit = spec.flight.max_bytes_per_call.saturating_add(1 << 20);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let shutdown_tx = Arc::new(shutdown_tx);
     let state = Arc::new(task::TaskContext {
@@ -120,6 +139,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         sink,
         dead_letters,
         metrics,
+        recent,
     });
     let service =
         Service { state, slots: Arc::new(Semaphore::new(args.cores as usize)), shutdown: shutdown_tx.clone() };
@@ -130,6 +150,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ExecutorServiceServer::new(service))
+            .add_service(FlightServiceServer::new(flight).max_decoding_message_size(flight_message_limit))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = server_stop.wait_for(|&s| s).await;
             }),
@@ -144,7 +165,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         })
         .await
         .map_err(|e| driver_err(e.to_string()))?;
-    tracing::info!(executor = %args.executor_id, %address, "executor registered");
+    tracing::info!(executor = %args.executor_id, %address, "executor registered (ExecutorService and Arrow Flight)");
 
     let mut missed = 0;
     let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);

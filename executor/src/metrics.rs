@@ -1,6 +1,6 @@
 //! The executor's Prometheus metrics; every series carries `query`, `executor` and `model`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct ExecutorMetrics {
     pub registry: Registry,
@@ -10,6 +10,9 @@ pub struct ExecutorMetrics {
     pub inference_batch_size: Histogram,
     pub kafka_read_errors: IntCounter,
     pub kafka_produce_errors: IntCounter,
+    pub flight_calls: IntCounterVec,
+    pub flight_errors: IntCounterVec,
+    pub flight_embeddings: IntCounter,
 }
 
 impl ExecutorMetrics {
@@ -51,6 +54,18 @@ impl ExecutorMetrics {
             kafka_produce_errors: register!(IntCounter::with_opts(opts(
                 "embedstream_kafka_produce_errors_total",
                 "Tasks whose output the broker refused or did not acknowledge"
+            ))),
+            flight_calls: register!(IntCounterVec::new(
+                opts("embedstream_flight_calls_total", "Arrow Flight calls received"),
+                &["method"]
+            )),
+            flight_errors: register!(IntCounterVec::new(
+                opts("embedstream_flight_errors_total", "Arrow Flight calls refused or failed, by gRPC code"),
+                &["method", "code"]
+            )),
+            flight_embeddings: register!(IntCounter::with_opts(opts(
+                "embedstream_flight_embeddings_total",
+                "Texts embedded for Arrow Flight DoExchange calls"
             ))),
             registry,
         }

@@ -30,6 +30,8 @@ pub struct TaskContext {
     /// Where records the model cannot take go (and, for a Kafka sink, the same producer).
     pub dead_letters: Arc<KafkaSink>,
     pub metrics: Arc<ExecutorMetrics>,
+    /// The latest windows written, for Flight `DoGet`.
+    pub recent: Arc<crate::flight::RecentOutput>,
 }
 
 /// Why a value cannot be embedded, or `None` when it can.
@@ -151,6 +153,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
             writer.abort().await;
             return sink_failed(&ctx, e);
         }
+        ctx.recent.push(&rows);
         sink_micros += sink_started.elapsed().as_micros() as u64;
     }
     let infer_micros = infer_started.elapsed().as_micros() as u64 - sink_micros;

@@ -41,6 +41,10 @@ pub struct JobSpec {
     pub executors: ExecutorsSpec,
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+    #[serde(default)]
+    pub flight: FlightSpec,
+    #[serde(default)]
+    pub security: SecuritySpec,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +307,57 @@ impl MonitoringSpec {
     }
 }
 
+/// The Arrow Flight service every executor serves on its gRPC address: `DoExchange` embeds a
+/// client's `text` column with the executor's warm workers, `DoGet` returns the query's latest
+/// output batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlightSpec {
+    /// Rows one `DoExchange` call may send in all.
+    #[serde(default = "default_flight_rows")]
+    pub max_rows_per_call: usize,
+    /// Bytes of text one `DoExchange` call may send in all.
+    #[serde(default = "default_flight_bytes")]
+    pub max_bytes_per_call: usize,
+    /// `DoExchange` calls served at once per executor; one more is answered "overloaded".
+    #[serde(default = "default_flight_calls")]
+    pub max_concurrent_calls: usize,
+    /// Output batches (one per task window) each executor keeps in memory for `DoGet`.
+    #[serde(default = "default_recent_batches")]
+    pub recent_batches: usize,
+}
+
+impl Default for FlightSpec {
+    fn default() -> Self {
+        FlightSpec {
+            max_rows_per_call: default_flight_rows(),
+            max_bytes_per_call: default_flight_bytes(),
+            max_concurrent_calls: default_flight_calls(),
+            recent_batches: default_recent_batches(),
+        }
+    }
+}
+
+/// Who may call: the cluster token (see `embedstream_proto::auth`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// A file whose first line is the cluster token; `EMBEDSTREAM_TOKEN` wins over it.
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_flight_rows() -> usize {
+    10_000
+}
+fn default_flight_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_flight_calls() -> usize {
+    4
+}
+fn default_recent_batches() -> usize {
+    16
+}
 fn default_listen() -> String {
     "127.0.0.1:0".into()
 }
@@ -478,6 +533,22 @@ impl JobSpec {
         }
         if m.max_text_bytes == 0 {
             return Err(SpecError::new("model.max_text_bytes", "must be at least 1"));
+        }
+
+        let f = &self.flight;
+        for (key, value) in [
+            ("flight.max_rows_per_call", f.max_rows_per_call),
+            ("flight.max_bytes_per_call", f.max_bytes_per_call),
+            ("flight.max_concurrent_calls", f.max_concurrent_calls),
+        ] {
+            if value == 0 {
+                return Err(SpecError::new(key, "must be at least 1"));
+            }
+        }
+        if let Some(path) = &self.security.token_file {
+            if !path.is_file() {
+                return Err(SpecError::new("security.token_file", format!("no such file: {}", path.display())));
+            }
         }
 
         let k = &self.sink;
@@ -675,6 +746,9 @@ topic = "out"
             key_of(&spec(&f, "", "[monitoring]\nlag_refresh_interval = \"0s\"")),
             "monitoring.lag_refresh_interval"
         );
+        assert_eq!(key_of(&spec(&f, "", "[flight]\nmax_rows_per_call = 0")), "flight.max_rows_per_call");
+        assert_eq!(key_of(&spec(&f, "", "[flight]\nmax_bytes = 10")), "flight.max_bytes");
+        assert_eq!(key_of(&spec(&f, "", "[security]\ntoken_file = \"/nonexistent/token\"")), "security.token_file");
         let looped = spec(&f, "", "").replace("topic = \"out\"", "topic = \"products\"");
         assert_eq!(key_of(&looped), "sink.topic");
         let missing = spec(&f, "", "").replace(&f.onnx.display().to_string(), "/nonexistent/model.onnx");

@@ -1,0 +1,138 @@
+//! The cluster token: a shared secret that every admin call, every internal RPC and every Arrow
+//! Flight call carries as `authorization: Bearer <token>`.
+//!
+//! It comes from `EMBEDSTREAM_TOKEN` in the environment, or from the file that
+//! `security.token_file` names. Without either, calls are not checked (a single-user local run).
+//! A wrong or missing token is refused with `UNAUTHENTICATED` and logged.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+/// The environment variable that carries the token.
+pub const TOKEN_ENV: &str = "EMBEDSTREAM_TOKEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the token file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("the token file {0} is empty")]
+    Empty(String),
+}
+
+/// The token to require from callers (or to send, as a client), if any.
+#[derive(Clone, Default)]
+pub struct ClusterToken(Option<Arc<str>>);
+
+impl std::fmt::Debug for ClusterToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.write_str(if self.0.is_some() { "ClusterToken(set)" } else { "ClusterToken(none)" })
+    }
+}
+
+impl ClusterToken {
+    pub fn new(token: &str) -> ClusterToken {
+        ClusterToken(Some(token.into()))
+    }
+
+    /// `EMBEDSTREAM_TOKEN` if set and non-empty, else the first line of `file`, else none.
+    pub fn load(file: Option<&Path>) -> Result<ClusterToken, TokenError> {
+        Self::from_sources(std::env::var(TOKEN_ENV).ok(), file)
+    }
+
+    fn from_sources(env: Option<String>, file: Option<&Path>) -> Result<ClusterToken, TokenError> {
+        if let Some(t) = env {
+            if !t.trim().is_empty() {
+                return Ok(ClusterToken::new(t.trim()));
+            }
+        }
+        let Some(path) = file else { return Ok(ClusterToken(None)) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TokenError::Read { path: path.display().to_string(), source })?;
+        match text.lines().next().map(str::trim) {
+            Some(t) if !t.is_empty() => Ok(ClusterToken::new(t)),
+            _ => Err(TokenError::Empty(path.display().to_string())),
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The secret itself, to hand to a child process's environment.
+    pub fn secret(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Refuses a call whose `authorization` header does not carry this token.
+    pub fn check(&self, metadata: &MetadataMap, call: &str) -> Result<(), Status> {
+        let Some(expected) = &self.0 else { return Ok(()) };
+        let given = metadata.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => {
+                tracing::warn!(call, "refused a call with a wrong cluster token");
+                Err(Status::unauthenticated("wrong cluster token"))
+            }
+            None => {
+                tracing::warn!(call, "refused a call without a cluster token");
+                Err(Status::unauthenticated(format!("missing cluster token (authorization: Bearer, from {TOKEN_ENV})")))
+            }
+        }
+    }
+
+    /// Adds this token to an outgoing request.
+    pub fn attach(&self, metadata: &mut MetadataMap) {
+        if let Some(t) = &self.0 {
+            let value = format!("Bearer {t}").parse().expect("a token is printable ASCII");
+            metadata.insert("authorization", value);
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(value: Option<&str>) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        if let Some(v) = value {
+            m.insert("authorization", v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn checks_the_bearer_token() {
+        let token = ClusterToken::new("s3cret");
+        assert!(token.check(&with_header(Some("Bearer s3cret")), "t").is_ok());
+        let wrong = token.check(&with_header(Some("Bearer s3cre")), "t").unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+        let missing = token.check(&with_header(None), "t").unwrap_err();
+        assert!(missing.message().contains("missing cluster token"));
+        assert!(ClusterToken::default().check(&with_header(None), "t").is_ok());
+        let mut m = MetadataMap::new();
+        token.attach(&mut m);
+        assert!(token.check(&m, "t").is_ok());
+    }
+
+    #[test]
+    fn token_comes_from_the_environment_or_a_non_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(matches!(ClusterToken::from_sources(None, Some(&file)), Err(TokenError::Empty(_))));
+        std::fs::write(&file, "abc\n").unwrap();
+        assert_eq!(ClusterToken::from_sources(None, Some(&file)).unwrap().secret(), Some("abc"));
+        let env = ClusterToken::from_sources(Some("xyz".into()), Some(&file)).unwrap();
+        assert_eq!(env.secret(), Some("xyz"), "the environment wins over the file");
+    }
+}

@@ -1,0 +1,92 @@
+//! `embedstream embed --flight ADDR`: texts from standard input, one per line, embedded by an
+//! executor's Arrow Flight `DoExchange`; prints one JSON line per text.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::FlightClient;
+use arrow_schema::{DataType, Field, Schema};
+use embedstream_proto::auth::ClusterToken;
+use futures::TryStreamExt;
+
+pub struct EmbedArgs {
+    /// host:port or http://host:port.
+    pub flight: String,
+    /// Texts per DoExchange call.
+    pub batch_rows: usize,
+    pub token: ClusterToken,
+}
+
+/// Connects to an executor's Flight service, with the cluster token on every call.
+pub async fn connect(address: &str, token: &ClusterToken) -> Result<FlightClient> {
+    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .with_context(|| format!("--flight {address}: not an address"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    let mut client = FlightClient::new(channel);
+    if let Some(t) = token.secret() {
+        client.add_header("authorization", &format!("Bearer {t}"))?;
+    }
+    Ok(client)
+}
+
+/// Sends `texts` in one DoExchange call; returns one vector per text, in order.
+pub async fn embed_texts(client: &mut FlightClient, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+    let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(texts))])?;
+    let request = FlightDataEncoderBuilder::new().build(futures::stream::iter([Ok(batch)]));
+    let batches: Vec<RecordBatch> = client.do_exchange(request).await?.try_collect().await?;
+    let mut vectors = Vec::new();
+    for b in &batches {
+        let column = b.column_by_name("embedding").context("the answer has no embedding column")?;
+        let list =
+            column.as_any().downcast_ref::<FixedSizeListArray>().context("embedding is not a fixed-size list")?;
+        let dim = list.value_length() as usize;
+        let values = list.values().as_any().downcast_ref::<Float32Array>().context("embedding is not float32")?;
+        let offset = list.offset() * dim;
+        for row in 0..list.len() {
+            vectors.push(values.values()[offset + row * dim..offset + (row + 1) * dim].to_vec());
+        }
+    }
+    Ok(vectors)
+}
+
+/// Reads standard input, skipping blank lines, and prints `{"text": ..., "embedding": [...]}` lines.
+pub async fn run(args: EmbedArgs) -> Result<()> {
+    let mut client = connect(&args.flight, &args.token).await?;
+    let mut lines = std::io::stdin().lock().lines();
+    let mut out = std::io::stdout().lock();
+    let mut printed = 0usize;
+    loop {
+        let mut texts = Vec::with_capacity(args.batch_rows);
+        for line in lines.by_ref() {
+            let line = line.context("cannot read standard input")?;
+            if !line.trim().is_empty() {
+                texts.push(line);
+                if texts.len() == args.batch_rows {
+                    break;
+                }
+            }
+        }
+        if texts.is_empty() {
+            break;
+        }
+        let vectors = embed_texts(&mut client, texts.clone()).await.with_context(|| {
+            format!("DoExchange on {} (texts {}..{})", args.flight, printed + 1, printed + texts.len())
+        })?;
+        anyhow::ensure!(vectors.len() == texts.len(), "{} texts sent, {} vectors back", texts.len(), vectors.len());
+        for (text, vector) in texts.iter().zip(vectors) {
+            let line = serde_json::json!({ "text": text, "embedding": vector });
+            writeln!(out, "{line}")?;
+        }
+        printed += texts.len();
+    }
+    out.flush()?;
+    tracing::info!(texts = printed, "embedded");
+    Ok(())
+}

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use embedstream_proto::JobSpec;
-use tokio::sync::watch;
 
 mod bench;
 mod chart;
+mod cluster_cli;
 mod embed;
 mod kafka;
 
@@ -23,6 +23,30 @@ the results to Kafka. Logs go to stderr (RUST_LOG sets the level); results and s
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// How admin commands find the query's driver.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// The cluster's resource manager, rm://HOST:PORT (with the application id).
+    #[arg(long)]
+    master: Option<String>,
+    /// The driver's address, HOST:PORT (a local run logs it as `driver=`).
+    #[arg(long)]
+    driver: Option<String>,
+    /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminTarget {
+    fn split(self, app: Option<String>) -> (cluster_cli::Target, Option<PathBuf>) {
+        (cluster_cli::Target { master: self.master, driver: self.driver, app }, self.token_file)
+    }
+}
+
+fn parse_memory(text: &str) -> Result<u64, String> {
+    embedstream_proto::spec::parse_memory_mb(text).ok_or_else(|| format!("`{text}` is not a size such as 8g or 512m"))
 }
 
 #[derive(Subcommand)]
@@ -121,6 +145,114 @@ enum Command {
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
         batch_rows: u64,
     },
+    /// Run the resource manager of a cluster: it tracks nodes, applications and containers.
+    ///
+    /// Node agents register with it; `submit` sends it jobs; it places each query's driver and
+    /// executors on nodes with free capacity (spread across nodes) and declares a node lost after
+    /// --node-timeout without a heartbeat. Its state (applications, containers) is kept in --state,
+    /// so a restart does not orphan running queries.
+    ResourceManager {
+        /// Where to serve the ResourceManager gRPC API (and health, reflection).
+        #[arg(long, default_value = "127.0.0.1:8030")]
+        listen: SocketAddr,
+        /// HOST:PORT that drivers and node agents use to reach it (default: --listen).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// The state file.
+        #[arg(long, default_value_os_t = cluster_cli::default_state_file())]
+        state: PathBuf,
+        /// A node silent this long is lost, and its containers with it.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        node_timeout: std::time::Duration,
+        /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Run a node agent: registers this node's capacity with the resource manager and runs the
+    /// containers it places here (drivers and executors), with their logs under --work-dir.
+    NodeAgent {
+        /// The resource manager, HOST:PORT.
+        #[arg(long)]
+        rm: String,
+        /// This node's address (its id; containers listen on its host).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Vcores to offer.
+        #[arg(long)]
+        vcores: u32,
+        /// Memory to offer ("8g", "512m").
+        #[arg(long, value_parser = parse_memory)]
+        memory: u64,
+        /// Where container logs go: DIR/<application>/<container>/{stdout,stderr}.
+        #[arg(long, default_value = "embedstream-node")]
+        work_dir: PathBuf,
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        heartbeat: std::time::Duration,
+        /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Submit a job to a cluster (`--master rm://HOST:PORT`) or run it here (`--master local[N]`).
+    ///
+    /// The spec is checked first; a bad one is refused naming the key. On a cluster it prints the
+    /// application id and returns; with --wait it follows the application and exits 0 when it
+    /// finishes (an `available_now` query), 1 if it fails or is killed.
+    Submit {
+        job: PathBuf,
+        #[arg(long, value_parser = cluster_cli::parse_master)]
+        master: cluster_cli::Master,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 1)]
+        driver_cores: u32,
+        #[arg(long, default_value = "1g")]
+        driver_memory: String,
+    },
+    /// Show the cluster's nodes and applications, or one query's state, executors and progress.
+    Status {
+        /// The application (with --master); none lists the cluster.
+        app: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Stop a query gracefully: the batch in flight finishes and is committed.
+    Stop {
+        app: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Pause a query: no new batch starts until `resume`.
+    Pause {
+        app: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Resume a paused query.
+    Resume {
+        app: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Change a running query's number of executors (new ones take tasks from the next batch;
+    /// removed ones finish their tasks first).
+    Scale {
+        app: Option<String>,
+        /// Executors wanted.
+        #[arg(long)]
+        executors: u32,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// A driver in a cluster container (started by a node agent, not by hand).
+    #[command(hide = true)]
+    Driver {
+        #[arg(long)]
+        rm: String,
+        #[arg(long)]
+        app_id: String,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// A model daemon (started by an executor, not by hand): loads the model once, forks workers.
     #[command(hide = true)]
     ModelDaemon {
@@ -202,6 +334,47 @@ async fn dispatch(command: Command) -> Result<()> {
             let token = embedstream_proto::auth::ClusterToken::load(None)?;
             embed::run(embed::EmbedArgs { flight, batch_rows: batch_rows as usize, token }).await
         }
+        Command::ResourceManager { listen, advertise, state, node_timeout, token_file } => {
+            let token = cluster_cli::token(token_file.as_deref())?;
+            let args = embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token };
+            Ok(embedstream_cluster::run_resource_manager(args, cluster_cli::stop_on_signal()).await?)
+        }
+        Command::NodeAgent { rm, listen, vcores, memory, work_dir, heartbeat, token_file } => {
+            anyhow::ensure!(vcores > 0, "--vcores: at least 1");
+            let token = cluster_cli::token(token_file.as_deref())?;
+            let exe = std::env::current_exe().context("cannot find the embedstream binary for containers")?;
+            let work_dir = std::path::absolute(work_dir)?;
+            let args = embedstream_cluster::node::NodeArgs {
+                rm,
+                listen,
+                vcores,
+                memory_mb: memory,
+                work_dir,
+                exe,
+                token,
+                heartbeat,
+            };
+            Ok(embedstream_cluster::node::run(args, cluster_cli::stop_on_signal()).await?)
+        }
+        Command::Submit { job, master, wait, driver_cores, driver_memory } => match master {
+            cluster_cli::Master::Local(n) => run(job, Some(n)).await,
+            cluster_cli::Master::Rm(address) => {
+                let token = cluster_cli::token(None)?;
+                let master = format!("rm://{address}");
+                cluster_cli::submit(&job, &master, wait, driver_cores, &driver_memory, token).await
+            }
+        },
+        Command::Status { app, target } => {
+            let (target, file) = target.split(app);
+            cluster_cli::status(target, cluster_cli::token(file.as_deref())?).await
+        }
+        Command::Stop { app, target } => admin_action(app, target, cluster_cli::Action::Stop).await,
+        Command::Pause { app, target } => admin_action(app, target, cluster_cli::Action::Pause).await,
+        Command::Resume { app, target } => admin_action(app, target, cluster_cli::Action::Resume).await,
+        Command::Scale { app, executors, target } => {
+            admin_action(app, target, cluster_cli::Action::Scale(executors)).await
+        }
+        Command::Driver { rm, app_id, listen } => cluster_cli::driver_container(rm, app_id, listen).await,
         Command::ModelDaemon { .. } => unreachable!("dispatched before the runtime starts"),
         Command::Executor { driver, executor_id, cores, listen } => {
             embedstream_executor::run(embedstream_executor::ExecutorArgs {
@@ -218,6 +391,11 @@ async fn dispatch(command: Command) -> Result<()> {
     }
 }
 
+async fn admin_action(app: Option<String>, target: AdminTarget, action: cluster_cli::Action) -> Result<()> {
+    let (target, file) = target.split(app);
+    cluster_cli::act(target, action, cluster_cli::token(file.as_deref())?).await
+}
+
 async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
     let mut spec = JobSpec::from_file(&job)?;
     if let Some(n) = local {
@@ -226,19 +404,8 @@ async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
         }
         spec.executors.count = n;
     }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("stopping after the batch in flight");
-        let _ = stop_tx.send(true);
-    });
     let exe = std::env::current_exe().context("cannot find the embedstream binary to start executors")?;
-    let summary = embedstream_driver::run_local(spec, exe, stop_rx).await?;
+    let summary = embedstream_driver::run_local(spec, exe, cluster_cli::stop_on_signal()).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -14,17 +14,21 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use embedstream_proto::auth::{ClusterToken, RequireToken};
 use embedstream_proto::manifest::{self, ManifestError};
 use embedstream_proto::pb::driver_service_server::DriverServiceServer;
+use embedstream_proto::pb::query_admin_server::QueryAdminServer;
 use embedstream_proto::pb::{OffsetRange as PbRange, ShutdownRequest, TaskDefinition};
+use embedstream_proto::serve::{self, DRIVER_SERVICE, QUERY_ADMIN};
 use embedstream_proto::spec::{SinkKind, StartAt};
 use embedstream_proto::{telemetry, JobSpec};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::admin::{AdminService, Control, Snapshot};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CommitLogEntry, OffsetLogEntry, Recovery};
-use crate::launcher::{LaunchError, LocalLauncher};
+use crate::launcher::{self, LaunchError, Launcher, LocalLauncher};
 use crate::metrics::{self, DriverMetrics};
 use crate::planner::{self, DataLoss, PartitionOffsets, TopicPartition};
 use crate::progress::{ProgressLog, ProgressRecord, SourceProgress};
@@ -33,6 +37,8 @@ use crate::source::{KafkaSource, SourceError};
 
 /// How long executors may take to start and load their model.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the driver looks for ended executors and reconciles their number with the target.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often an idle query without a trigger interval looks for new data.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Test hook: the driver exits (as if killed) right after writing `offsets/<N>` for this N.
@@ -83,9 +89,41 @@ pub struct QuerySummary {
     pub embeddings_per_second: f64,
 }
 
+/// How a driver is set up: where it listens and how it gets executors.
+pub struct DriverOptions {
+    /// Where the driver serves DriverService and QueryAdmin (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Required on every call when set.
+    pub token: ClusterToken,
+}
+
+impl DriverOptions {
+    pub fn local(token: ClusterToken) -> DriverOptions {
+        DriverOptions { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token }
+    }
+}
+
 /// Runs `spec` with `executors.count` local executor processes started from `exe`, until `stop`
 /// turns true (after the batch in flight) or an `available_now` query has caught up.
 pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>) -> Result<QuerySummary, DriverError> {
+    let token =
+        ClusterToken::load(spec.security.token_file.as_deref()).map_err(|e| DriverError::Service(e.to_string()))?;
+    let (cores, secret) = (spec.executors.cores, token.secret().map(str::to_string));
+    let launcher = move |driver: &str| -> Box<dyn Launcher> {
+        Box::new(LocalLauncher::new(exe, &format!("http://{driver}"), cores, secret))
+    };
+    run_query(spec, DriverOptions::local(token), launcher, stop).await
+}
+
+/// Runs `spec` with executors from the launcher that `make_launcher` builds for the driver's
+/// address, until `stop` turns true or the admin API stops it (after the batch in flight), or an
+/// `available_now` query has caught up.
+pub async fn run_query(
+    spec: JobSpec,
+    options: DriverOptions,
+    make_launcher: impl FnOnce(&str) -> Box<dyn Launcher>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<QuerySummary, DriverError> {
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
     let source = Arc::new(KafkaSource::new(&spec)?);
     let registry = Arc::new(ExecutorRegistry::default());
@@ -103,19 +141,39 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
     };
     targets.write(&registry);
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .map_err(|e| DriverError::Service(e.to_string()))?;
+    let control = Control::new(spec.executors.count);
+    // A signal (or the caller) stops the query the same way the admin API does.
+    let forward = control.clone();
+    let _forward_stop = AbortOnDrop(tokio::spawn(async move {
+        if stop.wait_for(|&s| s).await.is_ok() {
+            let _ = forward.stop.send(true);
+        }
+    }));
+
+    let listener =
+        tokio::net::TcpListener::bind(options.listen).await.map_err(|e| DriverError::Service(e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| DriverError::Service(e.to_string()))?;
     let service = DriverServiceImpl {
         registry: registry.clone(),
+        token: options.token.clone(),
         job_spec_toml: spec.to_toml(),
         query_id: checkpoint.query_id().to_string(),
     };
+    let admin = AdminService {
+        query: spec.name.clone(),
+        query_id: checkpoint.query_id().to_string(),
+        checkpoint: spec.checkpoint_location.clone(),
+        control: control.clone(),
+        registry: registry.clone(),
+    };
     let (server_stop, server_stopped) = watch::channel(false);
+    let guard = RequireToken::new(options.token.clone());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(DriverServiceServer::new(service))
+            .add_service(DriverServiceServer::with_interceptor(service, guard.clone()))
+            .add_service(QueryAdminServer::with_interceptor(admin, guard))
+            .add_service(serve::health(&[DRIVER_SERVICE, QUERY_ADMIN]).await)
+            .add_service(serve::reflection())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let mut s = server_stopped;
                 let _ = s.wait_for(|&v| v).await;
@@ -126,15 +184,13 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
         "query starting"
     );
 
-    let mut launcher = LocalLauncher::new(exe);
+    let launcher = Arc::new(tokio::sync::Mutex::new(make_launcher(&addr.to_string())));
     let result = async {
-        let url = format!("http://{addr}");
-        for i in 0..spec.executors.count {
-            launcher.spawn(&format!("exec-{i}"), &url, spec.executors.cores)?;
-        }
-        launcher.wait_registered(&registry, spec.executors.count as usize, REGISTRATION_TIMEOUT).await?;
+        launcher::start(launcher.lock().await.as_mut(), &registry, spec.executors.count, REGISTRATION_TIMEOUT).await?;
         targets.write(&registry);
         metrics.executors.set(registry.live().len() as i64);
+        let reconciler =
+            tokio::spawn(launcher::reconcile(launcher.clone(), registry.clone(), control.clone(), RECONCILE_INTERVAL));
         let mut query = Query {
             spec: &spec,
             checkpoint: &checkpoint,
@@ -143,15 +199,43 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
             metrics: metrics.clone(),
             targets: &targets,
             progress: ProgressLog::new(&spec.checkpoint_location),
+            control: control.clone(),
         };
-        query.run(stop).await
+        let run = query.run();
+        tokio::pin!(run);
+        let mut reconciler = Some(reconciler);
+        loop {
+            tokio::select! {
+                result = &mut run => {
+                    if let Some(r) = reconciler.take() {
+                        r.abort();
+                    }
+                    return result;
+                }
+                ended = async { reconciler.as_mut().expect("polled while present").await }, if reconciler.is_some() => {
+                    reconciler = None;
+                    match ended {
+                        Ok(Err(e)) => return Err(e.into()),
+                        Ok(Ok(())) => {}
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => return Err(DriverError::Service(format!("executor reconciler: {e}"))),
+                    }
+                }
+            }
+        }
     }
     .await;
 
+    let _ = control.stop.send(true);
     for exec in registry.live() {
         let _ = exec.client().shutdown(ShutdownRequest {}).await;
     }
-    launcher.stop(Duration::from_secs(15)).await;
+    {
+        let mut launcher = launcher.lock().await;
+        launcher.stop(Duration::from_secs(15)).await;
+        let diagnostics = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+        launcher.finish(result.is_ok(), &diagnostics).await;
+    }
     let _ = server_stop.send(true);
     let _ = server.await;
     result
@@ -165,6 +249,7 @@ struct Query<'a> {
     metrics: Arc<DriverMetrics>,
     targets: &'a Targets,
     progress: ProgressLog,
+    control: Arc<Control>,
 }
 
 /// Keeps `<checkpoint>/monitoring/targets.json` listing the driver and the live executors.
@@ -234,7 +319,9 @@ impl Query<'_> {
         tokio::task::spawn_blocking(move || f(&source)).await.expect("broker calls do not panic")
     }
 
-    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<QuerySummary, DriverError> {
+    async fn run(&mut self) -> Result<QuerySummary, DriverError> {
+        let mut stop = self.control.stop.subscribe();
+        let mut paused = self.control.paused.subscribe();
         let spec = self.spec;
         let partitions = self.broker(KafkaSource::partitions).await?;
         let source_partitions = partitions.iter().map(|tp| tp.partition + 1).max().unwrap_or(1);
@@ -271,6 +358,13 @@ impl Query<'_> {
         ));
 
         loop {
+            // Paused: no new batch until resumed (or stopped).
+            while *paused.borrow_and_update() && !*stop.borrow() {
+                tokio::select! {
+                    _ = paused.changed() => {}
+                    _ = stop.changed() => {}
+                }
+            }
             if *stop.borrow() {
                 tracing::info!("stop requested; no new batch");
                 break;
@@ -380,6 +474,11 @@ impl Query<'_> {
             summary.processing_seconds = first_dispatch.map_or(0.0, |t| t.elapsed().as_secs_f64());
             start = end;
             next_batch_id = entry.batch_id + 1;
+            *self.control.snapshot.lock().unwrap() = Snapshot {
+                batches_committed: summary.batches,
+                next_batch_id,
+                committed_offsets_json: serde_json::to_string(&entry.end).expect("offsets serialise"),
+            };
 
             if !interval.is_zero() {
                 tokio::select! {

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use embedstream_proto::auth::ClusterToken;
 use embedstream_proto::pb::driver_service_server::DriverService;
 use embedstream_proto::pb::executor_service_client::ExecutorServiceClient;
 use embedstream_proto::pb::{
@@ -18,11 +19,14 @@ use embedstream_proto::pb::{
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 /// Attempts per task before the batch fails.
 pub const MAX_TASK_ATTEMPTS: u32 = 4;
+/// How long a batch whose executors are all gone waits for a replacement to register.
+const REPLACEMENT_WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -34,6 +38,9 @@ pub enum SchedulerError {
     NoExecutors { batch_id: u64 },
 }
 
+/// A client of one executor's ExecutorService, carrying the cluster token.
+pub type ExecutorClient = ExecutorServiceClient<InterceptedService<Channel, ClusterToken>>;
+
 #[derive(Clone)]
 pub struct ExecutorInfo {
     pub id: String,
@@ -42,39 +49,75 @@ pub struct ExecutorInfo {
     pub pid: u32,
     /// host:port of its /metrics; empty if it serves none.
     pub metrics_address: String,
-    client: ExecutorServiceClient<Channel>,
+    client: ExecutorClient,
 }
 
 impl ExecutorInfo {
-    pub fn client(&self) -> ExecutorServiceClient<Channel> {
+    pub fn client(&self) -> ExecutorClient {
         self.client.clone()
     }
 }
 
 /// Executors registered with this driver; `registered` counts registrations for waiters.
+/// A live executor takes tasks; a draining one finishes its tasks and takes no new one; a lost
+/// one is gone.
 pub struct ExecutorRegistry {
     executors: Mutex<HashMap<String, ExecutorInfo>>,
     lost: Mutex<HashSet<String>>,
+    draining: Mutex<HashSet<String>>,
     registered: watch::Sender<usize>,
 }
 
 impl Default for ExecutorRegistry {
     fn default() -> Self {
-        ExecutorRegistry { executors: Mutex::default(), lost: Mutex::default(), registered: watch::channel(0).0 }
+        ExecutorRegistry {
+            executors: Mutex::default(),
+            lost: Mutex::default(),
+            draining: Mutex::default(),
+            registered: watch::channel(0).0,
+        }
     }
 }
 
 impl ExecutorRegistry {
+    /// Executors that take tasks, by id.
     pub fn live(&self) -> Vec<ExecutorInfo> {
+        self.all().into_iter().filter(|(_, draining)| !draining).map(|(e, _)| e).collect()
+    }
+
+    /// Executors not lost, with whether each is draining, by id.
+    pub fn all(&self) -> Vec<(ExecutorInfo, bool)> {
         let lost = self.lost.lock().unwrap();
-        let mut v: Vec<ExecutorInfo> =
-            self.executors.lock().unwrap().values().filter(|e| !lost.contains(&e.id)).cloned().collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
+        let draining = self.draining.lock().unwrap();
+        let mut v: Vec<(ExecutorInfo, bool)> = self
+            .executors
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|e| !lost.contains(&e.id))
+            .map(|e| (e.clone(), draining.contains(&e.id)))
+            .collect();
+        v.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         v
     }
 
     pub fn mark_lost(&self, id: &str) {
         self.lost.lock().unwrap().insert(id.to_string());
+    }
+
+    /// No new task goes to `id`; its tasks in flight finish.
+    pub fn drain(&self, id: &str) {
+        self.draining.lock().unwrap().insert(id.to_string());
+    }
+
+    /// Whether `id` ever registered.
+    pub fn knows(&self, id: &str) -> bool {
+        self.executors.lock().unwrap().contains_key(id)
+    }
+
+    /// Whether `id` is registered, not lost and not draining.
+    pub fn is_live(&self, id: &str) -> bool {
+        self.knows(id) && !self.is_lost(id) && !self.draining.lock().unwrap().contains(id)
     }
 
     fn is_lost(&self, id: &str) -> bool {
@@ -90,6 +133,8 @@ impl ExecutorRegistry {
 /// The driver's gRPC service for its executors.
 pub struct DriverServiceImpl {
     pub registry: Arc<ExecutorRegistry>,
+    /// Sent on every call to executors.
+    pub token: ClusterToken,
     pub job_spec_toml: String,
     pub query_id: String,
 }
@@ -125,7 +170,7 @@ impl DriverService for DriverServiceImpl {
             cores: r.cores,
             pid: r.pid,
             metrics_address: r.metrics_address,
-            client: ExecutorServiceClient::new(channel),
+            client: ExecutorServiceClient::with_interceptor(channel, self.token.clone()),
         };
         self.registry.executors.lock().unwrap().insert(r.executor_id.clone(), info);
         self.registry.lost.lock().unwrap().remove(&r.executor_id);
@@ -199,13 +244,22 @@ impl Scheduler {
     /// Runs every task of a batch to success, or fails the batch.
     pub async fn run_batch(&self, batch_id: u64, tasks: Vec<TaskDefinition>) -> Result<BatchStats, SchedulerError> {
         let mut pending: VecDeque<TaskDefinition> = tasks.into();
-        // One slot per core of each live executor.
-        let mut free: Vec<ExecutorInfo> =
-            self.registry.live().into_iter().flat_map(|e| std::iter::repeat_n(e.clone(), e.cores as usize)).collect();
+        // One slot per core of each live executor; executors that register during the batch
+        // (replacements, scale-up) add theirs.
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut free: Vec<ExecutorInfo> = Vec::new();
         let mut running = JoinSet::new();
         let mut stats = BatchStats::default();
+        let mut registrations = self.registry.subscribe();
 
         while !pending.is_empty() || !running.is_empty() {
+            for e in self.registry.live() {
+                if seen.insert(e.id.clone()) {
+                    free.extend(std::iter::repeat_n(e.clone(), e.cores as usize));
+                }
+            }
+            // Drained or lost executors take no new task.
+            free.retain(|e| self.registry.is_live(&e.id));
             while !pending.is_empty() && !free.is_empty() {
                 let exec = free.pop().expect("checked non-empty");
                 let task = pending.pop_front().expect("checked non-empty");
@@ -214,10 +268,15 @@ impl Scheduler {
                     (exec, task, outcome)
                 });
             }
-            let Some(joined) = running.join_next().await else {
-                // Tasks are pending but no executor is left to run them.
-                return Err(SchedulerError::NoExecutors { batch_id });
-            };
+            if running.is_empty() {
+                // Tasks are pending and no executor is left: wait for a replacement.
+                tracing::warn!(batch_id, pending = pending.len(), "no executor left; waiting for a replacement");
+                match tokio::time::timeout(REPLACEMENT_WAIT, registrations.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(SchedulerError::NoExecutors { batch_id }),
+                }
+            }
+            let joined = running.join_next().await.expect("checked non-empty");
             let (exec, mut task, outcome) = joined.expect("task attempts do not panic");
             stats.task_attempts += 1;
             let (reason, message) = match outcome {

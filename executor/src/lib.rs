@@ -25,13 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use embedstream_proto::auth::ClusterToken;
+use embedstream_proto::auth::{ClusterToken, RequireToken};
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
 use embedstream_proto::pb::{
     task_status, FailureReason, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest, ShutdownRequest,
     ShutdownResponse, TaskDefinition, TaskFailed, TaskStatus,
 };
+use embedstream_proto::serve;
 use embedstream_proto::spec::SpecError;
 use embedstream_proto::{telemetry, JobSpec};
 use tokio::sync::{watch, Semaphore};
@@ -80,15 +81,21 @@ pub struct ExecutorArgs {
 /// Runs an executor until the driver shuts it down or is gone.
 pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let driver_err = |message: String| ExecutorError::Driver { url: args.driver_url.clone(), message };
-    let mut driver =
-        DriverServiceClient::connect(args.driver_url.clone()).await.map_err(|e| driver_err(e.to_string()))?;
+    // The token comes from the environment (the driver or node agent that started this process
+    // puts it there): it is needed before the job spec can be fetched.
+    let token = ClusterToken::load(None)?;
+    let channel = tonic::transport::Endpoint::from_shared(args.driver_url.clone())
+        .map_err(|e| driver_err(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| driver_err(e.to_string()))?;
+    let mut driver = DriverServiceClient::with_interceptor(channel, token.clone());
     let job = driver
         .get_job_spec(GetJobSpecRequest { executor_id: args.executor_id.clone() })
         .await
         .map_err(|e| driver_err(e.to_string()))?
         .into_inner();
     let spec = JobSpec::from_toml(&job.job_spec_toml)?;
-    let token = ClusterToken::load(spec.security.token_file.as_deref())?;
 
     let lib = args.ort_library.clone().unwrap_or_else(model::ort_library);
     let socket_dir = std::env::temp_dir().join(format!("embedstream-{}-{}", args.executor_id, std::process::id()));
@@ -123,7 +130,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         pool.clone(),
         spec.flight.clone(),
         spec.model.max_text_bytes,
-        token,
+        token.clone(),
         recent.clone(),
         metrics.clone(),
     );
@@ -149,7 +156,9 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let mut server_stop = shutdown_rx.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ExecutorServiceServer::new(service))
+            .add_service(ExecutorServiceServer::with_interceptor(service, RequireToken::new(token)))
+            .add_service(serve::health(&[serve::EXECUTOR_SERVICE]).await)
+            .add_service(serve::reflection())
             .add_service(FlightServiceServer::new(flight).max_decoding_message_size(flight_message_limit))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = server_stop.wait_for(|&s| s).await;

@@ -93,6 +93,31 @@ impl ClusterToken {
     }
 }
 
+/// As a client interceptor, a `ClusterToken` adds itself to every outgoing call.
+impl tonic::service::Interceptor for ClusterToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        self.attach(request.metadata_mut());
+        Ok(request)
+    }
+}
+
+/// A server interceptor that refuses calls without the token (none required if it is unset).
+#[derive(Clone, Debug)]
+pub struct RequireToken(ClusterToken);
+
+impl RequireToken {
+    pub fn new(token: ClusterToken) -> RequireToken {
+        RequireToken(token)
+    }
+}
+
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        self.0.check(request.metadata(), "grpc")?;
+        Ok(request)
+    }
+}
+
 /// Compares without stopping at the first difference, so timing does not reveal a prefix.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

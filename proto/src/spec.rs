@@ -267,12 +267,45 @@ pub struct ExecutorsSpec {
     /// Tasks an executor runs at once, and ONNX Runtime's intra-op threads.
     #[serde(default = "default_one")]
     pub cores: u32,
+    /// Memory of an executor container in cluster mode ("512m", "2g"): the node agent kills an
+    /// executor whose process tree (model daemon and workers included) uses more.
+    #[serde(default = "default_executor_memory")]
+    pub memory: String,
 }
 
 impl Default for ExecutorsSpec {
     fn default() -> Self {
-        ExecutorsSpec { count: 1, cores: 1 }
+        ExecutorsSpec { count: 1, cores: 1, memory: default_executor_memory() }
     }
+}
+
+impl ExecutorsSpec {
+    /// `memory` in MiB (validated by `JobSpec::validate`).
+    pub fn memory_mb(&self) -> u64 {
+        parse_memory_mb(&self.memory).unwrap_or(2048)
+    }
+}
+
+fn default_executor_memory() -> String {
+    "2g".into()
+}
+
+/// "512m", "2g", "1.5g" or a plain number of MiB, as Spark and YARN write memory sizes.
+pub fn parse_memory_mb(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t.as_str(), "m"),
+    };
+    let n: f64 = number.trim().parse().ok()?;
+    let mb = match unit.trim_end_matches('b') {
+        "k" => n / 1024.0,
+        "m" => n,
+        "g" => n * 1024.0,
+        "t" => n * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    (mb >= 1.0 && mb.is_finite()).then_some(mb as u64)
 }
 
 /// Prometheus endpoints and the lag refresh.
@@ -535,6 +568,12 @@ impl JobSpec {
             return Err(SpecError::new("model.max_text_bytes", "must be at least 1"));
         }
 
+        if parse_memory_mb(&self.executors.memory).is_none() {
+            return Err(SpecError::new(
+                "executors.memory",
+                format!("`{}` is not a size such as \"512m\" or \"2g\"", self.executors.memory),
+            ));
+        }
         let f = &self.flight;
         for (key, value) in [
             ("flight.max_rows_per_call", f.max_rows_per_call),
@@ -747,6 +786,7 @@ topic = "out"
             "monitoring.lag_refresh_interval"
         );
         assert_eq!(key_of(&spec(&f, "", "[flight]\nmax_rows_per_call = 0")), "flight.max_rows_per_call");
+        assert_eq!(key_of(&spec(&f, "", "[executors]\nmemory = \"lots\"")), "executors.memory");
         assert_eq!(key_of(&spec(&f, "", "[flight]\nmax_bytes = 10")), "flight.max_bytes");
         assert_eq!(key_of(&spec(&f, "", "[security]\ntoken_file = \"/nonexistent/token\"")), "security.token_file");
         let looped = spec(&f, "", "").replace("topic = \"out\"", "topic = \"products\"");
@@ -771,6 +811,17 @@ topic = "out"
         assert_eq!(so.for_partition("products", 1), Some(StartAt::Earliest));
         assert_eq!(so.for_partition("products", 2), Some(StartAt::Latest));
         assert_eq!(so.for_partition("products", 3), None);
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_mb("512m"), Some(512));
+        assert_eq!(parse_memory_mb("2g"), Some(2048));
+        assert_eq!(parse_memory_mb("1.5G"), Some(1536));
+        assert_eq!(parse_memory_mb("300"), Some(300));
+        assert_eq!(parse_memory_mb("2gb"), Some(2048));
+        assert_eq!(parse_memory_mb("lots"), None);
+        assert_eq!(parse_memory_mb("0m"), None);
     }
 
     #[test]

@@ -1,0 +1,53 @@
+//! Cluster mode, YARN-like: [`rm`] is the resource manager (nodes, applications, containers,
+//! placement, its state file), [`node`] the node agent that runs containers on a machine.
+//! The driver's side (asking for executor containers) is `embedstream_driver::cluster`.
+
+pub mod node;
+pub mod rm;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use embedstream_proto::auth::{ClusterToken, RequireToken};
+use embedstream_proto::pb::resource_manager_server::ResourceManagerServer;
+use embedstream_proto::serve;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+
+pub struct RmArgs {
+    pub listen: SocketAddr,
+    /// host:port drivers and node agents use to reach the RM; default the listen address.
+    pub advertise: Option<String>,
+    pub state_file: PathBuf,
+    pub node_timeout: Duration,
+    pub token: ClusterToken,
+}
+
+/// Serves the resource manager until `stop` turns true.
+pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>) -> Result<(), rm::RmError> {
+    let listen_err = |e: std::io::Error| rm::RmError::State { path: args.listen.to_string(), message: e.to_string() };
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(listen_err)?;
+    let address = listener.local_addr().map_err(listen_err)?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| address.to_string());
+    let service = rm::ResourceManagerService::open(args.state_file.clone(), advertise.clone(), args.node_timeout)?;
+    let watcher = tokio::spawn(Arc::clone(&service).watch_nodes());
+    if !args.token.is_set() {
+        tracing::warn!(
+            "no cluster token (EMBEDSTREAM_TOKEN or --token-file): anyone who reaches this port can launch processes"
+        );
+    }
+    tracing::info!(%address, %advertise, state = %args.state_file.display(), "resource manager listening");
+    let result = tonic::transport::Server::builder()
+        .add_service(InterceptedService::new(ResourceManagerServer::from_arc(service), RequireToken::new(args.token)))
+        .add_service(serve::health(&[serve::RESOURCE_MANAGER]).await)
+        .add_service(serve::reflection())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|&s| s).await;
+        })
+        .await;
+    watcher.abort();
+    result.map_err(|e| rm::RmError::State { path: address.to_string(), message: e.to_string() })
+}

@@ -1,0 +1,283 @@
+//! The node agent: registers the node's capacity with the resource manager, heartbeats, starts
+//! the containers the RM places here as child processes (`embedstream ARGS`, with their
+//! environment and their own log files), reports how they end, and kills a container whose
+//! process tree uses more memory than it was granted, as YARN's physical-memory check does.
+//!
+//! Memory is the proportional set size (PSS) of the container's process tree: the model
+//! workers share the weights copy-on-write, and RSS would count them once per worker.
+//! Containers run in their own process group, so a kill reaches the model daemon and workers too.
+//! If the agent itself dies its containers run on; the RM declares the node lost and the drivers
+//! stop using them (an executor whose driver no longer knows it exits).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use embedstream_proto::auth::ClusterToken;
+use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
+use embedstream_proto::pb::{
+    ContainerLaunch, ContainerState, ContainerStatus, NodeHeartbeatRequest, RegisterNodeRequest, Resources,
+};
+use embedstream_proto::{serve, telemetry};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Endpoint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("resource manager {url}: {message}")]
+    ResourceManager { url: String, message: String },
+    #[error("work directory {path}: {source}")]
+    WorkDir { path: String, source: std::io::Error },
+}
+
+pub struct NodeArgs {
+    pub rm: String,
+    pub listen: SocketAddr,
+    pub vcores: u32,
+    pub memory_mb: u64,
+    /// Containers' log directories go under it: `<work_dir>/<app>/<container>/{stdout,stderr}`.
+    pub work_dir: PathBuf,
+    /// The `embedstream` binary containers run.
+    pub exe: PathBuf,
+    pub token: ClusterToken,
+    pub heartbeat: Duration,
+}
+
+struct Running {
+    child: Child,
+    pid: u32,
+    memory_mb: u64,
+}
+
+/// Runs the node agent until `stop` turns true; its containers are then killed.
+pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&args.work_dir)
+        .map_err(|source| NodeError::WorkDir { path: args.work_dir.display().to_string(), source })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| NodeError::Listen { addr: args.listen, source })?;
+    let address = listener.local_addr().map_err(|source| NodeError::Listen { addr: args.listen, source })?;
+    let node_id = address.to_string();
+    let host = address.ip().to_string();
+    let mut server_stop = stop.clone();
+    // Health and reflection, for probes (systemd, load balancers, grpcurl).
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(serve::health(&[serve::NODE_AGENT]).await)
+            .add_service(serve::reflection())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = server_stop.wait_for(|&s| s).await;
+            }),
+    );
+    let url = if args.rm.contains("://") { args.rm.clone() } else { format!("http://{}", args.rm) };
+    let channel = Endpoint::from_shared(url.clone())
+        .map_err(|e| NodeError::ResourceManager { url: url.clone(), message: e.to_string() })?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let mut rm = ResourceManagerClient::with_interceptor(channel, args.token.clone());
+    let capacity = Resources { vcores: args.vcores, memory_mb: args.memory_mb };
+    tracing::info!(node = %node_id, rm = %url, vcores = args.vcores, memory_mb = args.memory_mb, "node agent starting");
+
+    let mut running: HashMap<String, Running> = HashMap::new();
+    // Ended containers not yet acknowledged by the RM.
+    let mut ended: BTreeMap<String, ContainerStatus> = BTreeMap::new();
+    let mut registered = false;
+    let mut ticks = tokio::time::interval(args.heartbeat);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|&s| s) => break,
+        }
+        check_containers(&mut running, &mut ended).await;
+        let statuses: Vec<ContainerStatus> = running
+            .keys()
+            .map(|id| ContainerStatus {
+                container_id: id.clone(),
+                state: ContainerState::Running as i32,
+                ..Default::default()
+            })
+            .chain(ended.values().cloned())
+            .collect();
+        if !registered {
+            let request =
+                RegisterNodeRequest { node_id: node_id.clone(), capacity: Some(capacity), running: statuses.clone() };
+            match rm.register_node(request).await {
+                Ok(_) => {
+                    tracing::info!(node = %node_id, "registered with the resource manager");
+                    registered = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "cannot register with the resource manager; retrying");
+                    continue;
+                }
+            }
+        }
+        let answer =
+            match rm.node_heartbeat(NodeHeartbeatRequest { node_id: node_id.clone(), containers: statuses }).await {
+                Ok(a) => a.into_inner(),
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "heartbeat failed");
+                    continue;
+                }
+            };
+        if !answer.known {
+            tracing::warn!(
+                "the resource manager does not know this node (it restarted, or declared it lost); registering again"
+            );
+            registered = false;
+            continue;
+        }
+        ended.clear();
+        for id in answer.kill {
+            if let Some(r) = running.remove(&id) {
+                kill_tree(r.pid);
+                tracing::info!(container = %id, "container killed on request");
+                ended.insert(id.clone(), status(&id, ContainerState::Killed, -1, "killed on request".into()));
+                reap(r.child);
+            }
+        }
+        for launch in answer.launch {
+            let id = launch.container_id.clone();
+            match start(&args, &host, &launch) {
+                Ok(r) => {
+                    tracing::info!(container = %id, app = %launch.app_id, pid = r.pid, "container started");
+                    running.insert(id, r);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "container failed to start");
+                    ended.insert(id.clone(), status(&id, ContainerState::FailedToStart, -1, e));
+                }
+            }
+        }
+    }
+    for (id, r) in running.drain() {
+        tracing::info!(container = %id, "node agent stopping: killing its container");
+        kill_tree(r.pid);
+        reap(r.child);
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+fn status(id: &str, state: ContainerState, exit_code: i32, diagnostics: String) -> ContainerStatus {
+    ContainerStatus { container_id: id.into(), state: state as i32, exit_code, diagnostics }
+}
+
+/// Collects ended containers and kills those over their memory.
+async fn check_containers(running: &mut HashMap<String, Running>, ended: &mut BTreeMap<String, ContainerStatus>) {
+    let tree = process_tree();
+    let mut gone = Vec::new();
+    for (id, r) in running.iter_mut() {
+        if let Ok(Some(exit)) = r.child.try_wait() {
+            let (code, why) = match (exit.code(), std::os::unix::process::ExitStatusExt::signal(&exit)) {
+                (Some(c), _) => (c, format!("exited with code {c}")),
+                (None, Some(sig)) => (128 + sig, format!("killed by signal {sig}")),
+                _ => (-1, exit.to_string()),
+            };
+            tracing::info!(container = %id, %why, "container ended");
+            ended.insert(id.clone(), status(id, ContainerState::Exited, code, why));
+            gone.push(id.clone());
+            continue;
+        }
+        let used_mb = descendants(&tree, r.pid).iter().filter_map(|&p| telemetry::pss_bytes(p)).sum::<u64>() >> 20;
+        if used_mb > r.memory_mb {
+            let why = format!("process tree used {used_mb} MiB, over its {} MiB (executors.memory)", r.memory_mb);
+            tracing::warn!(container = %id, %why, "killing the container");
+            kill_tree(r.pid);
+            ended.insert(id.clone(), status(id, ContainerState::KilledMemory, -1, why));
+            gone.push(id.clone());
+        }
+    }
+    for id in gone {
+        if let Some(r) = running.remove(&id) {
+            reap(r.child);
+        }
+    }
+}
+
+/// Starts a container: `exe ARGS` with ENV (placeholders filled), in its own process group,
+/// stdout and stderr to files in its log directory.
+fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Running, String> {
+    let fill = |s: &str| s.replace("{host}", host).replace("{container_id}", &launch.container_id);
+    let dir = args.work_dir.join(&launch.app_id).join(&launch.container_id);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let open =
+        |name: &str| std::fs::File::create(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()));
+    let mut command = Command::new(&args.exe);
+    command
+        .args(launch.args.iter().map(|a| fill(a)))
+        .envs(launch.env.iter().map(|(k, v)| (k.clone(), fill(v))))
+        .env("EMBEDSTREAM_CONTAINER_ID", &launch.container_id)
+        .env("EMBEDSTREAM_NODE_HOST", host)
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(open("stdout")?)
+        .stderr(open("stderr")?)
+        .process_group(0);
+    if let Some(t) = args.token.secret() {
+        command.env(embedstream_proto::auth::TOKEN_ENV, t);
+    }
+    let child = command.spawn().map_err(|e| format!("cannot start {}: {e}", args.exe.display()))?;
+    let pid = child.id().ok_or("the container exited at once")?;
+    let memory_mb = launch.resources.map_or(u64::MAX, |r| r.memory_mb);
+    Ok(Running { child, pid, memory_mb })
+}
+
+/// Kills a container's process group (its leader's pid), model daemon and workers included.
+fn kill_tree(pid: u32) {
+    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+}
+
+/// Waits for a killed child in the background, so that it leaves no zombie.
+fn reap(mut child: Child) {
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+}
+
+/// Parent of every process: pid -> ppid, from /proc.
+fn process_tree() -> HashMap<u32, u32> {
+    let mut tree = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return tree };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the command name in parentheses: state, then ppid.
+        if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok()) {
+            tree.insert(pid, ppid);
+        }
+    }
+    tree
+}
+
+/// `root` and every process below it.
+fn descendants(tree: &HashMap<u32, u32>, root: u32) -> Vec<u32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(tree.iter().filter(|(_, &pp)| pp == parent).map(|(&p, _)| p));
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_follow_parents() {
+        let tree = HashMap::from([(10, 1), (11, 10), (12, 11), (13, 1), (14, 10)]);
+        let mut d = descendants(&tree, 10);
+        d.sort();
+        assert_eq!(d, vec![10, 11, 12, 14]);
+        assert!(process_tree().contains_key(&std::process::id()), "this process is in /proc");
+    }
+}

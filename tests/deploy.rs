@@ -1,0 +1,93 @@
+//! The deployment scripts: every shell script passes shellcheck, the node install script puts
+//! the binary, the ONNX Runtime library, the models and the systemd units in place, and the YARN
+//! bundle holds what a node agent in a YARN container needs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::cache;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn scripts(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            scripts(&path, out);
+        } else if path.extension().is_some_and(|e| e == "sh") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_shell_script_passes_shellcheck() {
+    let mut all = vec![Path::new(ROOT).join(".ci/run")];
+    scripts(&Path::new(ROOT).join("deploy"), &mut all);
+    assert!(all.len() >= 8, "{all:?}");
+    let out =
+        Command::new(cache().join("bin/shellcheck")).args(&all).output().expect("deploy/setup.sh installs shellcheck");
+    assert!(out.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn install_node_puts_everything_in_place() {
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new(Path::new(ROOT).join("deploy/install-node.sh"))
+        .args(["--root", root.path().to_str().unwrap(), "--no-systemd", "--binary", env!("CARGO_BIN_EXE_embedstream")])
+        .env("EMBEDSTREAM_CACHE", cache())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opt = root.path().join("opt/embedstream");
+    let version = Command::new(opt.join("bin/embedstream")).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("embedstream "));
+    assert!(opt.join("cache/lib/libonnxruntime.so").is_file());
+    assert!(opt.join("cache/models/all-MiniLM-L6-v2/model.onnx").is_file());
+    assert!(opt.join("cache/models/all-MiniLM-L6-v2/tokenizer.json").is_file());
+    let units = root.path().join("etc/systemd/system");
+    for unit in ["embedstream-resource-manager.service", "embedstream-node-agent.service"] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        assert!(text.contains("ExecStart=/opt/embedstream/bin/embedstream "), "{unit}");
+        assert!(text.contains("EnvironmentFile=/etc/embedstream/embedstream.env"), "{unit}");
+    }
+    // Every variable the units use is set in the environment file.
+    let env = std::fs::read_to_string(root.path().join("etc/embedstream/embedstream.env")).unwrap();
+    for unit in ["embedstream-resource-manager.service", "embedstream-node-agent.service"] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        for var in text.split("${").skip(1).map(|s| s.split('}').next().unwrap()) {
+            assert!(env.lines().any(|l| l.starts_with(&format!("{var}="))), "{unit} uses {var}, unset in the env file");
+        }
+    }
+    // The operator's settings survive a second install.
+    std::fs::write(root.path().join("etc/embedstream/embedstream.env"), "EMBEDSTREAM_RM=mine:8030\n").unwrap();
+    let again = Command::new(Path::new(ROOT).join("deploy/install-node.sh"))
+        .args(["--root", root.path().to_str().unwrap(), "--no-systemd", "--binary", env!("CARGO_BIN_EXE_embedstream")])
+        .env("EMBEDSTREAM_CACHE", cache())
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/embedstream/embedstream.env")).unwrap(),
+        "EMBEDSTREAM_RM=mine:8030\n"
+    );
+}
+
+#[test]
+fn the_yarn_bundle_holds_the_binary_the_library_and_the_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.tar.gz");
+    let out = Command::new(Path::new(ROOT).join("deploy/yarn/make-bundle.sh"))
+        .args([bundle.to_str().unwrap(), env!("CARGO_BIN_EXE_embedstream")])
+        .env("EMBEDSTREAM_CACHE", cache())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = Command::new("tar").args(["-tzf", bundle.to_str().unwrap()]).output().unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    for want in ["bin/embedstream", "cache/lib/libonnxruntime.so", "cache/models/all-MiniLM-L6-v2/model.onnx"] {
+        assert!(list.lines().any(|l| l == want), "{want} missing from the bundle:\n{list}");
+    }
+}

@@ -251,6 +251,17 @@ pub async fn status(target: Target, token: ClusterToken) -> Result<()> {
     Ok(())
 }
 
+/// The latest `last` progress records of the query, from its driver.
+pub async fn progress(
+    target: &Target,
+    token: &ClusterToken,
+    last: u32,
+) -> Result<Vec<embedstream_driver::progress::ProgressRecord>> {
+    let driver = target.driver_address(token).await?;
+    let records = admin(&driver, token).await?.get_progress(ProgressRequest { last }).await?.into_inner().records_json;
+    records.iter().map(|r| serde_json::from_str(r).context("a progress record from the driver")).collect()
+}
+
 pub enum Action {
     Stop,
     Pause,

@@ -72,9 +72,18 @@ enum Command {
     ///
     /// Reads `<checkpoint_location>/progress.jsonl`, which the driver appends to after every
     /// batch; works while the query runs and after it stopped.
+    ///
+    /// With --master rm://ADDR --app APP (a cluster) or --driver HOST:PORT, the records come from
+    /// the driver's admin API instead of the checkpoint.
     Progress {
         /// The job spec (TOML) of the query.
-        job: PathBuf,
+        #[arg(required_unless_present_any = ["master", "driver"])]
+        job: Option<PathBuf>,
+        /// The application, with --master.
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
         /// Keep printing batches as they are committed, until Ctrl-C.
         #[arg(long)]
         follow: bool,
@@ -322,7 +331,16 @@ async fn dispatch(command: Command) -> Result<()> {
             print!("{}", spec.to_toml());
             Ok(())
         }
-        Command::Progress { job, follow, json, last } => progress(&job, follow, json, last).await,
+        Command::Progress { job, app, target, follow, json, last } => {
+            let source = match job {
+                Some(job) => ProgressSource::File(JobSpec::from_file(&job)?.checkpoint_location),
+                None => {
+                    let (target, file) = target.split(app);
+                    ProgressSource::Admin(target, cluster_cli::token(file.as_deref())?)
+                }
+            };
+            progress(source, follow, json, last).await
+        }
         Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
             produce(&bootstrap_servers, &topic, partitions, keyed).await
         }
@@ -410,9 +428,24 @@ async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-async fn progress(job: &std::path::Path, follow: bool, json: bool, last: usize) -> Result<()> {
-    use embedstream_driver::progress::{format_table, read_progress, ProgressRecord};
-    let spec = JobSpec::from_file(job)?;
+enum ProgressSource {
+    /// `<checkpoint_location>/progress.jsonl`.
+    File(PathBuf),
+    /// A driver's admin API.
+    Admin(cluster_cli::Target, embedstream_proto::auth::ClusterToken),
+}
+
+impl ProgressSource {
+    async fn read(&self, last: usize) -> Result<Vec<embedstream_driver::progress::ProgressRecord>> {
+        match self {
+            ProgressSource::File(checkpoint) => Ok(embedstream_driver::progress::read_progress(checkpoint)?),
+            ProgressSource::Admin(target, token) => cluster_cli::progress(target, token, last as u32).await,
+        }
+    }
+}
+
+async fn progress(source: ProgressSource, follow: bool, json: bool, last: usize) -> Result<()> {
+    use embedstream_driver::progress::{format_table, ProgressRecord};
     let print = |records: &[ProgressRecord], header: bool| {
         if json {
             for r in records {
@@ -422,24 +455,26 @@ async fn progress(job: &std::path::Path, follow: bool, json: bool, last: usize) 
             print!("{}", format_table(records, header));
         }
     };
-    let records = read_progress(&spec.checkpoint_location)?;
+    let records = source.read(last).await?;
     if records.is_empty() && !follow {
-        eprintln!("no batch committed yet ({})", spec.checkpoint_location.display());
+        eprintln!("no batch committed yet");
     }
     print(&records[records.len().saturating_sub(last)..], true);
     if follow {
-        let mut shown = records.len();
+        // Batches after the last one shown (a re-run batch keeps its id and is not shown twice).
+        let mut shown = records.last().map(|r| r.batch_id);
         let mut header = records.is_empty();
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             }
-            let records = read_progress(&spec.checkpoint_location)?;
-            if records.len() > shown {
-                print(&records[shown..], header);
+            let new: Vec<ProgressRecord> =
+                source.read(last).await?.into_iter().filter(|r| shown.is_none_or(|s| r.batch_id > s)).collect();
+            if let Some(r) = new.last() {
+                shown = Some(r.batch_id);
+                print(&new, header);
                 header = false;
-                shown = records.len();
             }
         }
     }

@@ -152,6 +152,17 @@ impl Cluster {
         format!("127.0.0.1:{}", self.rm_port)
     }
 
+    /// This cluster's container processes (their working directory is under its work
+    /// directories) whose command line holds `needle`; other tests' clusters may use the same ids.
+    fn pids_with(&self, needle: &str) -> Vec<u32> {
+        pids_with(needle)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(self.dir.path()))
+            })
+            .collect()
+    }
+
     fn master(&self) -> String {
         format!("rm://{}", self.rm_address())
     }
@@ -312,7 +323,7 @@ fn a_submitted_query_spreads_over_nodes_survives_a_killed_executor_and_obeys_the
     cluster.wait_for("the first batch", |_| broker.committed("cq-group", "clicks", 2).iter().sum::<i64>() >= 20);
     broker.produce_texts("clicks", 2, 100, &texts(200, 41));
     let victim = executors(&app, ContainerState::Running)[0].container_id.clone();
-    let pids = pids_with(&format!("--executor-id {victim} "));
+    let pids = cluster.pids_with(&format!("--executor-id {victim} "));
     assert_eq!(pids.len(), 1, "one process for {victim}");
     kill9(pids[0]);
     cluster.wait_for("all 300 records committed", |_| broker.committed("cq-group", "clicks", 2) == vec![150, 150]);
@@ -349,6 +360,12 @@ fn a_submitted_query_spreads_over_nodes_survives_a_killed_executor_and_obeys_the
     broker.produce_texts("clicks", 2, 320, &texts(20, 43));
     cluster.wait_for("records after scaling down", |_| broker.committed("cq-group", "clicks", 2) == vec![170, 170]);
     assert_every_input_embedded(&broker, "cq-out", &[170, 170]);
+
+    // Progress through the admin API: Spark-style records of the committed batches.
+    let progress = cluster.admin(&["progress", "--app", &app_id, "--json", "--last", "3"]);
+    let records: Vec<serde_json::Value> = progress.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3, "{progress}");
+    assert!(records.windows(2).all(|w| w[0]["batchId"].as_u64() < w[1]["batchId"].as_u64()));
 
     // Stop: graceful, the application finishes.
     cluster.admin(&["stop", &app_id]);
@@ -432,7 +449,7 @@ fn a_lost_node_a_restarted_rm_and_a_killed_driver_lose_no_data() {
     assert_eq!(executors(&cluster.app(&app_id).unwrap(), ContainerState::Running).len(), 2);
 
     // Kill the driver: the application fails; resubmitting the job resumes from its checkpoint.
-    let drivers = pids_with(&format!("--app-id {app_id} "));
+    let drivers = cluster.pids_with(&format!("--app-id {app_id} "));
     assert_eq!(drivers.len(), 1);
     kill9(drivers[0]);
     cluster
@@ -480,7 +497,7 @@ fn an_executor_over_its_memory_is_killed_with_the_reason_and_a_killed_applicatio
     let mut client = cluster.client(Some(TOKEN));
     let kill = embedstream_proto::pb::KillApplicationRequest { app_id: app_id.clone() };
     cluster.runtime.block_on(client.kill_application(kill)).unwrap();
-    cluster.wait_for("the application's processes gone", |_| pids_with(&format!("{app_id}")).is_empty());
+    cluster.wait_for("the application's processes gone", |c| c.pids_with(&app_id).is_empty());
     let app = cluster.app(&app_id).unwrap();
     match state(&app) {
         ApplicationState::Killed => {}

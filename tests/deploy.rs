@@ -61,6 +61,20 @@ fn install_node_puts_everything_in_place() {
             assert!(env.lines().any(|l| l.starts_with(&format!("{var}="))), "{unit} uses {var}, unset in the env file");
         }
     }
+    // systemd reads the units without complaint, but for the binary, which is not at /opt here.
+    if let Ok(out) = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(["embedstream-resource-manager.service", "embedstream-node-agent.service"].map(|u| units.join(u)))
+        .output()
+    {
+        let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.contains("Command /opt/embedstream/bin/embedstream is not executable"))
+            .map(str::to_string)
+            .collect();
+        assert!(complaints.is_empty(), "systemd-analyze verify: {complaints:#?}");
+    }
+
     // The operator's settings survive a second install.
     std::fs::write(root.path().join("etc/embedstream/embedstream.env"), "EMBEDSTREAM_RM=mine:8030\n").unwrap();
     let again = Command::new(Path::new(ROOT).join("deploy/install-node.sh"))

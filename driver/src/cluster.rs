@@ -6,7 +6,8 @@
 //! memory, or lost with their node. Those executors are marked lost by the reconciler, their
 //! tasks are retried, and since fewer are alive than wanted the RM places replacements. An RM
 //! that does not answer (it restarts) costs nothing but a warning: the query runs on with the
-//! executors it has.
+//! executors it has. An RM that answers that the application is over (killed, or failed) stops
+//! the query.
 
 use std::time::Duration;
 
@@ -73,6 +74,14 @@ impl Launcher for ClusterLauncher {
         let request = self.request(target, release, ApplicationState::Running, "");
         let answer = match self.rm.allocate(request).await {
             Ok(a) => a.into_inner(),
+            // The RM has ended this application (killed, or failed while it could not reach
+            // this driver): the query must stop, not run on without it.
+            Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+                return Err(LaunchError::ResourceManager {
+                    url: self.rm_address.clone(),
+                    message: status.message().into(),
+                });
+            }
             Err(status) => {
                 tracing::warn!(rm = %self.rm_address, error = %status.message(), "resource manager unreachable; carrying on");
                 return Ok(Vec::new());

@@ -10,6 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::table::{file_being_written, read_table};
 use common::*;
 use embedstream_proto::auth::ClusterToken;
 use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
@@ -508,4 +509,47 @@ fn an_executor_over_its_memory_is_killed_with_the_reason_and_a_killed_applicatio
         .containers
         .iter()
         .all(|c| c.state != ContainerState::Running as i32 && c.state != ContainerState::Allocated as i32));
+}
+
+#[test]
+fn an_executor_killed_while_it_writes_parquet_leaves_each_record_once_in_the_table() {
+    let broker = Broker::start();
+    broker.create_topic("notes", 2);
+    let input = texts(160, 60);
+    broker.produce_texts("notes", 2, 0, &input);
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("embeddings");
+    // One text per model call and per window: a task spans many writes to its file.
+    let job = cluster_job(&broker, "pc", "notes").with_batching(1, 1).with_parquet_sink(&table);
+    let cluster = Cluster::start();
+    let app_id = cluster.submit(&job);
+
+    // SIGKILL the executor writing a file of a batch that is not published yet.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (batch, pid) = loop {
+        let found = file_being_written(&table).and_then(|(batch, executor)| {
+            Some((batch, *cluster.pids_with(&format!("--executor-id {executor} ")).first()?))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no batch seen being written:\n{}", cluster.container_logs());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    kill9(pid);
+    cluster.wait_for("all 160 records committed", |_| broker.committed("pc-group", "notes", 2) == vec![80, 80]);
+    cluster.wait_for("a replacement executor", |c| {
+        c.app(&app_id).is_some_and(|a| executors(&a, ContainerState::Running).len() == 2)
+    });
+
+    let (rows, count) = read_table(&table);
+    assert_eq!(count, 160, "each input once through the manifests (batch {batch} was being written when killed)");
+    for (n, text) in input.iter().enumerate() {
+        let (p, o) = ((n % 2) as i32, (n / 2) as i64);
+        assert_eq!(&rows.get(&(p, o)).unwrap_or_else(|| panic!("input {p}-{o} is missing")).0, text);
+    }
+    let mut visible = embedstream_proto::manifest::visible_files(&table).unwrap();
+    visible.sort();
+    assert_eq!(embedstream_proto::manifest::data_files(&table).unwrap(), visible, "the killed attempt's file is gone");
+    cluster.admin(&["stop", &app_id]);
 }

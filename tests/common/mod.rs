@@ -2,6 +2,8 @@
 //! job specs, and the `embedstream` binary run as a process. Needs deploy/setup.sh's cache.
 #![allow(dead_code)]
 
+pub mod table;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,50 @@
+//! Reading a Parquet sink's table back through its manifests, as a reader that honours them does.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, Int64Array, StringArray};
+use embedstream_proto::manifest;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// (partition, offset) -> (text, embedding).
+pub type Rows = BTreeMap<(i32, i64), (String, Vec<f32>)>;
+
+/// (partition, offset) -> (text, embedding) of every row in the files the manifests list.
+pub fn read_table(table: &Path) -> (Rows, usize) {
+    let mut rows = BTreeMap::new();
+    let mut count = 0;
+    for file in manifest::visible_files(table).unwrap() {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap()).unwrap().build().unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+            let (p, o, v, e) = (col("partition"), col("offset"), col("value"), col("embedding"));
+            let p = p.as_any().downcast_ref::<Int32Array>().unwrap();
+            let o = o.as_any().downcast_ref::<Int64Array>().unwrap();
+            let v = v.as_any().downcast_ref::<StringArray>().unwrap();
+            let e = e.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+            for i in 0..batch.num_rows() {
+                let vector = e.value(i);
+                let vector = vector.as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec();
+                rows.insert((p.value(i), o.value(i)), (v.value(i).to_string(), vector));
+                count += 1;
+            }
+        }
+    }
+    (rows, count)
+}
+
+/// A file of a batch that has no manifest yet: (its batch, the executor writing it).
+pub fn file_being_written(table: &Path) -> Option<(u64, String)> {
+    manifest::data_files(table).unwrap().into_iter().find_map(|f| {
+        // part-<batch>-<task>-<attempt>-<executor id>-<hex>.parquet
+        let name = f.file_name()?.to_str()?.strip_prefix("part-")?.strip_suffix(".parquet")?.to_string();
+        let mut parts = name.splitn(4, '-');
+        let batch: u64 = parts.next()?.parse().ok()?;
+        let (_task, _attempt) = (parts.next()?, parts.next()?);
+        let executor = parts.next()?.rsplit_once('-')?.0.to_string();
+        manifest::committed(table, batch).unwrap().is_none().then_some((batch, executor))
+    })
+}

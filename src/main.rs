@@ -177,8 +177,11 @@ enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
-    /// Run a node agent: registers this node's capacity with the resource manager and runs the
-    /// containers it places here (drivers and executors), with their logs under --work-dir.
+    /// Run a node agent: offers this node to the resource manager and runs its containers.
+    ///
+    /// It registers the node's vcores and memory, heartbeats, runs the containers the RM places
+    /// here (drivers and executors) with their logs under --work-dir, reports how they end, and
+    /// kills one whose process tree uses more memory than it was granted.
     NodeAgent {
         /// The resource manager, HOST:PORT.
         #[arg(long)]

@@ -54,7 +54,7 @@ fn rm(address: &str, token: &ClusterToken) -> Result<RmClient> {
 type AdminClient = QueryAdminClient<InterceptedService<Channel, ClusterToken>>;
 
 async fn admin(driver: &str, token: &ClusterToken) -> Result<AdminClient> {
-    let url = if driver.contains("://") { driver.to_string() } else { format!("http://{driver}") };
+    let url = embedstream_proto::serve::grpc_url(driver);
     let channel = tonic::transport::Endpoint::from_shared(url.clone())?
         .connect_timeout(Duration::from_secs(3))
         .connect()

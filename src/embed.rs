@@ -22,15 +22,15 @@ pub struct EmbedArgs {
 
 /// Connects to an executor's Flight service, with the cluster token on every call.
 pub async fn connect(address: &str, token: &ClusterToken) -> Result<FlightClient> {
-    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let url = embedstream_proto::serve::grpc_url(address);
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .with_context(|| format!("--flight {address}: not an address"))?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
     let mut client = FlightClient::new(channel);
-    if let Some(t) = token.secret() {
-        client.add_header("authorization", &format!("Bearer {t}"))?;
+    if let Some(value) = token.header_value() {
+        client.add_header("authorization", &value)?;
     }
     Ok(client)
 }

@@ -241,16 +241,10 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             n.kill();
         }
-        for pid in pids_with(self.dir.path().to_str().unwrap()) {
+        // Those naming the directory (the RM's state file), and the containers working in it.
+        for pid in pids_with(self.dir.path().to_str().unwrap()).into_iter().chain(self.pids_with("")) {
             kill9(pid);
         }
-        let _ = std::fs::read_dir("/proc").map(|d| {
-            for pid in d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-                if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(self.dir.path())) {
-                    kill9(pid);
-                }
-            }
-        });
     }
 }
 

@@ -74,7 +74,7 @@ pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), 
                 let _ = server_stop.wait_for(|&s| s).await;
             }),
     );
-    let url = if args.rm.contains("://") { args.rm.clone() } else { format!("http://{}", args.rm) };
+    let url = serve::grpc_url(&args.rm);
     let channel = Endpoint::from_shared(url.clone())
         .map_err(|e| NodeError::ResourceManager { url: url.clone(), message: e.to_string() })?
         .connect_timeout(Duration::from_secs(2))
@@ -94,7 +94,7 @@ pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), 
             _ = ticks.tick() => {}
             _ = stop.wait_for(|&s| s) => break,
         }
-        check_containers(&mut running, &mut ended).await;
+        check_containers(&mut running, &mut ended);
         let statuses: Vec<ContainerStatus> = running
             .keys()
             .map(|id| ContainerStatus {
@@ -170,7 +170,10 @@ fn status(id: &str, state: ContainerState, exit_code: i32, diagnostics: String) 
 }
 
 /// Collects ended containers and kills those over their memory.
-async fn check_containers(running: &mut HashMap<String, Running>, ended: &mut BTreeMap<String, ContainerStatus>) {
+fn check_containers(running: &mut HashMap<String, Running>, ended: &mut BTreeMap<String, ContainerStatus>) {
+    if running.is_empty() {
+        return; // an idle node does not read /proc
+    }
     let tree = process_tree();
     let mut gone = Vec::new();
     for (id, r) in running.iter_mut() {

@@ -89,7 +89,7 @@ pub struct Application {
     /// Executor containers that ended, not yet told to the driver.
     pub completed: Vec<(String, i32, String)>,
     /// Executor containers placed, not yet told to the driver.
-    pub allocated: Vec<(String, String)>,
+    pub allocated: Vec<String>,
 }
 
 impl Application {
@@ -232,21 +232,25 @@ fn end_container(s: &mut State, id: &str, state: ContainerState, exit_code: i32,
     }
     if c.role == Role::Driver {
         // The application is over: its executors go too.
-        let app_id = c.app_id.clone();
-        let executors: Vec<(String, String)> =
-            s.p.containers
-                .values()
-                .filter(|x| x.app_id == app_id && x.role == Role::Executor && x.alive())
-                .map(|x| (x.id.clone(), x.node_id.clone()))
-                .collect();
-        for (eid, node) in executors {
-            kill_container(s, &eid, &node, "the application's driver ended");
+        for eid in alive_containers(&s.p, &c.app_id, Some(Role::Executor)) {
+            kill_container(s, &eid, "the application's driver ended");
         }
     }
 }
 
-fn kill_container(s: &mut State, id: &str, node: &str, why: &str) {
-    if let Some(n) = s.nodes.get_mut(node) {
+/// Ids of an application's containers that are placed or running, of one role or of any.
+fn alive_containers(p: &Persisted, app_id: &str, role: Option<Role>) -> Vec<String> {
+    p.containers
+        .values()
+        .filter(|c| c.app_id == app_id && c.alive() && role.is_none_or(|r| c.role == r))
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+/// Asks the container's node to kill it (with its next heartbeat answer) and ends it.
+fn kill_container(s: &mut State, id: &str, why: &str) {
+    let node = s.p.containers.get(id).map(|c| c.node_id.clone()).unwrap_or_default();
+    if let Some(n) = s.nodes.get_mut(&node) {
         n.kill.push(id.to_string());
     }
     end_container(s, id, ContainerState::Killed, 0, why);
@@ -258,9 +262,7 @@ fn schedule(s: &mut State) {
     let apps: Vec<Application> =
         s.p.applications.values().filter(|a| a.state() == ApplicationState::Running).cloned().collect();
     for app in apps {
-        let alive =
-            s.p.containers.values().filter(|c| c.app_id == app.id && c.role == Role::Executor && c.alive()).count()
-                as u32;
+        let alive = alive_containers(&s.p, &app.id, Some(Role::Executor)).len() as u32;
         for _ in alive..app.executors_wanted {
             let id = new_container_id(s, &app.id);
             let c = Container {
@@ -304,7 +306,7 @@ fn schedule(s: &mut State) {
                 if c.role == Role::Executor {
                     let app_id = c.app_id.clone();
                     if let Some(app) = s.p.applications.get_mut(&app_id) {
-                        app.allocated.push((id.clone(), node));
+                        app.allocated.push(id.clone());
                     }
                 }
             }
@@ -531,28 +533,18 @@ impl ResourceManager for ResourceManagerService {
             .collect();
         let allocated: Vec<ContainerReport> = std::mem::take(&mut app.allocated)
             .into_iter()
-            .filter_map(|(id, _)| s.p.containers.get(&id).map(report_of))
+            .filter_map(|id| s.p.containers.get(&id).map(report_of))
             .collect();
         let app_id = r.app_id.clone();
         let ended = s.p.applications[&app_id].ended();
-        // Release what the driver gave back, the newest first beyond what it wants, and
-        // everything once it is done.
-        let mut release = r.release;
-        let executors: Vec<(String, String)> =
-            s.p.containers
-                .values()
-                .filter(|c| c.app_id == app_id && c.role == Role::Executor && c.alive())
-                .map(|c| (c.id.clone(), c.node_id.clone()))
-                .collect();
-        if ended {
-            release.extend(executors.iter().map(|(id, _)| id.clone()));
-        }
+        // Release the executors the driver gave back, and all of them once it is done. Their
+        // ends come back to the driver as KILLED with its next call.
+        let executors = alive_containers(&s.p, &app_id, Some(Role::Executor));
+        let release =
+            if ended { executors } else { r.release.into_iter().filter(|id| executors.contains(id)).collect() };
         for id in release {
-            if let Some((_, node)) = executors.iter().find(|(e, _)| *e == id) {
-                kill_container(&mut s, &id, node, "released by the driver");
-            }
+            kill_container(&mut s, &id, "released by the driver");
         }
-        // Released containers are not "completed" news for the driver.
         schedule(&mut s);
         self.save(&s.p);
         Ok(Response::new(AllocateResponse { allocated, completed }))
@@ -618,14 +610,8 @@ impl ResourceManager for ResourceManagerService {
             app.state = ApplicationState::Killed as i32;
             app.diagnostics = "killed through the admin API".into();
         }
-        let alive: Vec<(String, String)> =
-            s.p.containers
-                .values()
-                .filter(|c| c.app_id == id && c.alive())
-                .map(|c| (c.id.clone(), c.node_id.clone()))
-                .collect();
-        for (cid, node) in alive {
-            kill_container(&mut s, &cid, &node, "application killed");
+        for cid in alive_containers(&s.p, &id, None) {
+            kill_container(&mut s, &cid, "application killed");
         }
         tracing::info!(app = %id, "application killed");
         self.save(&s.p);

@@ -23,7 +23,7 @@ pub type RmClient = ResourceManagerClient<InterceptedService<Channel, ClusterTok
 
 /// A client for the RM at `address` (host:port or http://host:port), carrying `token`.
 pub fn rm_client(address: &str, token: ClusterToken) -> Result<RmClient, LaunchError> {
-    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let url = embedstream_proto::serve::grpc_url(address);
     let channel = Endpoint::from_shared(url.clone())
         .map_err(|e| LaunchError::ResourceManager { url: url.clone(), message: e.to_string() })?
         .connect_timeout(Duration::from_secs(3))

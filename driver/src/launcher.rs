@@ -9,7 +9,6 @@
 //! drains extras.
 
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,10 +97,6 @@ impl LocalLauncher {
     }
 }
 
-fn describe(status: ExitStatus) -> String {
-    format!("process exited with {status}")
-}
-
 #[tonic::async_trait]
 impl Launcher for LocalLauncher {
     async fn reconcile(&mut self, target: u32, release: &[String]) -> Result<Vec<Ended>, LaunchError> {
@@ -113,7 +108,7 @@ impl Launcher for LocalLauncher {
                 continue;
             }
             match child.try_wait() {
-                Ok(Some(status)) => ended.push(Ended { id, why: describe(status) }),
+                Ok(Some(status)) => ended.push(Ended { id, why: format!("process exited with {status}") }),
                 _ => alive.push((id, child)),
             }
         }

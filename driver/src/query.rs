@@ -189,7 +189,7 @@ pub async fn run_query(
         launcher::start(launcher.lock().await.as_mut(), &registry, spec.executors.count, REGISTRATION_TIMEOUT).await?;
         targets.write(&registry);
         metrics.executors.set(registry.live().len() as i64);
-        let reconciler =
+        let mut reconciler =
             tokio::spawn(launcher::reconcile(launcher.clone(), registry.clone(), control.clone(), RECONCILE_INTERVAL));
         let mut query = Query {
             spec: &spec,
@@ -203,26 +203,22 @@ pub async fn run_query(
         };
         let run = query.run();
         tokio::pin!(run);
-        let mut reconciler = Some(reconciler);
-        loop {
-            tokio::select! {
-                result = &mut run => {
-                    if let Some(r) = reconciler.take() {
-                        r.abort();
-                    }
-                    return result;
-                }
-                ended = async { reconciler.as_mut().expect("polled while present").await }, if reconciler.is_some() => {
-                    reconciler = None;
-                    match ended {
-                        Ok(Err(e)) => return Err(e.into()),
-                        Ok(Ok(())) => {}
-                        Err(e) if e.is_cancelled() => {}
-                        Err(e) => return Err(DriverError::Service(format!("executor reconciler: {e}"))),
-                    }
-                }
-            }
-        }
+        // The reconciler ends by itself only once the query is stopping (then the batch loop
+        // ends after its batch), or with an error that ends the query.
+        let first = tokio::select! {
+            result = &mut run => Some(result),
+            ended = &mut reconciler => match ended {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Err(e.into())),
+                Err(e) => Some(Err(DriverError::Service(format!("executor reconciler: {e}")))),
+            },
+        };
+        let result = match first {
+            Some(result) => result,
+            None => run.await,
+        };
+        reconciler.abort();
+        result
     }
     .await;
 

@@ -17,9 +17,8 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use arrow_array::{
-    Array, ArrayRef, FixedSizeListArray, Float32Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
-};
+use arrow_array::cast::AsArray;
+use arrow_array::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -37,7 +36,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::ExecutorMetrics;
-use crate::sink::{embedding_type, output_schema};
+use crate::sink::{embedding_array, embedding_type, output_schema};
 use crate::task::reject_reason;
 use crate::workers::WorkerPool;
 
@@ -136,28 +135,21 @@ fn texts_of(batch: &RecordBatch, first_row: usize, max_text_bytes: usize) -> Res
     if schema.column_with_name(EMBEDDING_COLUMN).is_some() {
         return Err(Status::invalid_argument(format!("input already has an `{EMBEDDING_COLUMN}` column")));
     }
-    let value = |i: usize| -> Option<&[u8]> {
-        if column.is_null(i) {
-            return None;
+    let values: Vec<Option<&str>> = match column.data_type() {
+        DataType::Utf8 => column.as_string::<i32>().iter().collect(),
+        DataType::LargeUtf8 => column.as_string::<i64>().iter().collect(),
+        DataType::Utf8View => column.as_string_view().iter().collect(),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "column `{TEXT_COLUMN}` is {other}; it must be a string column (utf8)"
+            )))
         }
-        let any = column.as_any();
-        Some(if let Some(a) = any.downcast_ref::<StringArray>() {
-            a.value(i).as_bytes()
-        } else if let Some(a) = any.downcast_ref::<LargeStringArray>() {
-            a.value(i).as_bytes()
-        } else {
-            any.downcast_ref::<StringViewArray>().expect("type checked").value(i).as_bytes()
-        })
     };
-    if !matches!(column.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-        return Err(Status::invalid_argument(format!(
-            "column `{TEXT_COLUMN}` is {}; it must be a string column (utf8)",
-            column.data_type()
-        )));
-    }
-    (0..batch.num_rows())
-        .map(|i| match reject_reason(value(i), max_text_bytes) {
-            None => Ok(String::from_utf8(value(i).expect("not null").to_vec()).expect("a string column")),
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| match reject_reason(text.map(str::as_bytes), max_text_bytes) {
+            None => Ok(text.expect("not null").to_string()),
             Some(reason) => Err(Status::invalid_argument(format!(
                 "row {}: {}",
                 first_row + i,
@@ -171,11 +163,8 @@ fn texts_of(batch: &RecordBatch, first_row: usize, max_text_bytes: usize) -> Res
 fn with_embeddings(batch: &RecordBatch, vectors: Vec<f32>, dim: usize) -> Result<RecordBatch, Status> {
     let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(EMBEDDING_COLUMN, embedding_type(dim), false));
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let embedding: ArrayRef =
-        Arc::new(FixedSizeListArray::new(item, dim as i32, Arc::new(Float32Array::from(vectors)), None));
     let mut columns = batch.columns().to_vec();
-    columns.push(embedding);
+    columns.push(Arc::new(embedding_array(vectors, dim)));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| Status::internal(e.to_string()))
 }
 
@@ -365,7 +354,7 @@ impl FlightService for FlightEmbedder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::Int64Array;
+    use arrow_array::{Array, ArrayRef, Int64Array, StringArray, StringViewArray};
 
     fn batch(column: ArrayRef, name: &str) -> RecordBatch {
         RecordBatch::try_new(

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::{Array, BinaryArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, UInt32Array};
-use arrow_schema::{DataType, Field, SchemaRef};
+use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch, UInt32Array};
+use arrow_schema::SchemaRef;
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskFailed, TaskSuccessful};
 use embedstream_proto::JobSpec;
 use futures::StreamExt;
@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::metrics::ExecutorMetrics;
 use crate::reader::{KafkaReader, ReadError};
 use crate::sink::kafka::{Origin, Pending};
-use crate::sink::{output_schema, KafkaSink, Sink, SinkError, TaskInfo};
+use crate::sink::{embedding_array, output_schema, KafkaSink, Sink, SinkError, TaskInfo};
 use crate::workers::WorkerPool;
 
 pub struct TaskContext {
@@ -58,9 +58,8 @@ fn output_rows(input: &RecordBatch, window: &[usize], vectors: Vec<f32>, schema:
     let indices = UInt32Array::from_iter_values(window.iter().map(|&i| i as u32));
     let mut columns =
         arrow_select::take::take_record_batch(input, &indices).expect("indices in range").columns().to_vec();
-    let dim = (vectors.len() / window.len().max(1)) as i32;
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    columns.push(Arc::new(FixedSizeListArray::new(item, dim, Arc::new(Float32Array::from(vectors)), None)));
+    let dim = vectors.len() / window.len().max(1);
+    columns.push(Arc::new(embedding_array(vectors, dim)));
     RecordBatch::try_new(schema.clone(), columns).expect("columns match the output schema")
 }
 

@@ -46,9 +46,7 @@ pub fn decode_texts(bytes: &[u8]) -> io::Result<Vec<String>> {
 }
 
 pub fn encode_vectors(values: Vec<f32>, dim: usize) -> Vec<u8> {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let list = FixedSizeListArray::try_new(item.clone(), dim as i32, Arc::new(Float32Array::from(values)), None)
-        .expect("values are rows * dim long");
+    let list = crate::sink::embedding_array(values, dim);
     let schema = Arc::new(Schema::new(vec![Field::new("embedding", list.data_type().clone(), false)]));
     ipc(&RecordBatch::try_new(schema, vec![Arc::new(list)]).expect("one list column"))
 }

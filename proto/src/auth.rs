@@ -84,11 +84,15 @@ impl ClusterToken {
         }
     }
 
+    /// The `authorization` header value that carries this token, if there is one.
+    pub fn header_value(&self) -> Option<String> {
+        self.0.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
     /// Adds this token to an outgoing request.
     pub fn attach(&self, metadata: &mut MetadataMap) {
-        if let Some(t) = &self.0 {
-            let value = format!("Bearer {t}").parse().expect("a token is printable ASCII");
-            metadata.insert("authorization", value);
+        if let Some(value) = self.header_value() {
+            metadata.insert("authorization", value.parse().expect("a token is printable ASCII"));
         }
     }
 }

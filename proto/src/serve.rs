@@ -2,6 +2,7 @@
 //! (`grpc.health.v1.Health`, SERVING for each named service) and server reflection (so
 //! `grpcurl` and other generic clients can list and call the services without the .proto files).
 //! Neither needs the cluster token: they reveal no data and change nothing.
+//! Also [`grpc_url`], how every client turns an address into a URL.
 
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
@@ -11,6 +12,15 @@ pub const EXECUTOR_SERVICE: &str = "embedstream.v1.ExecutorService";
 pub const QUERY_ADMIN: &str = "embedstream.v1.QueryAdmin";
 pub const RESOURCE_MANAGER: &str = "embedstream.v1.ResourceManager";
 pub const NODE_AGENT: &str = "embedstream.v1.NodeAgent";
+
+/// The URL of a gRPC server given as `HOST:PORT` or as a URL (`http://HOST:PORT`).
+pub fn grpc_url(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
 
 /// A health service that reports `services` (and the server as a whole, "") as SERVING.
 pub async fn health(services: &[&str]) -> HealthServer<impl Health> {

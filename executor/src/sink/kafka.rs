@@ -176,11 +176,13 @@ impl super::Sink for KafkaOutput {
     }
 }
 
+/// One window written: its rows' Kafka timestamps and the wait for its acknowledgements.
+type WindowAcks = (Vec<i64>, tokio::task::JoinHandle<Result<i64, SinkError>>);
+
 struct KafkaTaskWriter {
     sink: Arc<KafkaSink>,
     partition: i32,
-    /// Per window: its rows' Kafka timestamps and the wait for its acknowledgements.
-    acks: Vec<(Vec<i64>, tokio::task::JoinHandle<Result<i64, SinkError>>)>,
+    acks: Vec<WindowAcks>,
 }
 
 fn column<'a, T: 'static>(rows: &'a RecordBatch, name: &str) -> &'a T {

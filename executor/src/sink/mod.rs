@@ -17,7 +17,7 @@ pub mod parquet;
 
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{FixedSizeListArray, Float32Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use embedstream_proto::pb::OutputFile;
 use futures::future::BoxFuture;
@@ -76,6 +76,16 @@ pub fn output_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The item field of every embedding column: non-null Float32.
+fn embedding_item() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Float32, false))
+}
+
 pub fn embedding_type(dim: usize) -> DataType {
-    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim as i32)
+    DataType::FixedSizeList(embedding_item(), dim as i32)
+}
+
+/// An embedding column of [`embedding_type`] from row-major `vectors`, `dim` values per row.
+pub fn embedding_array(vectors: Vec<f32>, dim: usize) -> FixedSizeListArray {
+    FixedSizeListArray::new(embedding_item(), dim as i32, Arc::new(Float32Array::from(vectors)), None)
 }

@@ -39,8 +39,7 @@ pub struct ParquetSink {
 impl ParquetSink {
     pub fn new(spec: &JobSpec, model_id: String, executor_id: &str, dim: usize) -> Result<ParquetSink, SinkError> {
         let table = spec.sink.path.clone().expect("validated: a Parquet sink has a path");
-        std::fs::create_dir_all(&table)
-            .map_err(|e| SinkError::File { path: table.display().to_string(), message: e.to_string() })?;
+        std::fs::create_dir_all(&table).map_err(|e| file_error(&table, e))?;
         let with_value = spec.sink.columns.iter().any(|c| c == "value");
         let mut fields = vec![
             Field::new("key", DataType::Binary, true),

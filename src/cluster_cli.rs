@@ -204,12 +204,13 @@ pub async fn status(target: Target, token: ClusterToken) -> Result<()> {
         };
         let mut rm = rm(&address, &token)?;
         let nodes = rm.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
-        println!("{:<24} {:>12} {:>16} {:>10}", "NODE", "VCORES USED", "MEMORY USED", "CONTAINERS");
+        println!("{:<24} {:<8} {:>12} {:>16} {:>10}", "NODE", "STATE", "VCORES USED", "MEMORY USED", "CONTAINERS");
         for n in nodes {
             let (cap, used) = (n.capacity.unwrap_or_default(), n.used.unwrap_or_default());
             println!(
-                "{:<24} {:>12} {:>16} {:>10}",
+                "{:<24} {:<8} {:>12} {:>16} {:>10}",
                 n.node_id,
+                if n.lost { "lost" } else { "running" },
                 format!("{}/{}", used.vcores, cap.vcores),
                 format!("{}/{} MiB", used.memory_mb, cap.memory_mb),
                 n.containers.len()

@@ -422,7 +422,12 @@ fn a_lost_node_a_restarted_rm_and_a_killed_driver_lose_no_data() {
     let (lost, kept) = if host(&driver_node) == "127.0.0.2" { (1, "127.0.0.2") } else { (0, "127.0.0.3") };
     cluster.nodes[lost].kill();
     broker.produce_texts("docs", 2, 100, &texts(100, 51));
-    cluster.wait_for("the node declared lost", |c| c.nodes().len() == 1);
+    cluster.wait_for("the node declared lost", |c| c.nodes().iter().filter(|n| !n.lost).count() == 1);
+    let lost_node = cluster.nodes().into_iter().find(|n| n.lost).expect("the lost node is listed as lost");
+    assert!(host(&lost_node.node_id) != kept && lost_node.containers.is_empty(), "{lost_node:?}");
+    let status = cluster.admin(&["status"]);
+    let row = status.lines().find(|l| l.starts_with(&lost_node.node_id)).unwrap_or_default();
+    assert_eq!(row.split_whitespace().nth(1), Some("lost"), "`status` shows the node as lost:\n{status}");
     cluster.wait_for("two executors on the kept node", |c| {
         c.app(&app_id).is_some_and(|a| {
             let running = executors(&a, ContainerState::Running);

@@ -144,6 +144,13 @@ fn sigterm_stops_after_the_batch_in_flight_and_a_restart_resumes() {
         "processing_time = \"200ms\"",
         "",
     );
+    // Keep two batches in the checkpoint's logs: the restart must resume from those alone.
+    let spec = std::fs::read_to_string(&job.path).unwrap().replacen(
+        "\n\n[source]",
+        "\nmin_batches_to_retain = 2\n\n[source]",
+        1,
+    );
+    std::fs::write(&job.path, spec).unwrap();
 
     let mut q = Running::start(&job, 1);
     q.wait_until("the query catching up with 30 records", Duration::from_secs(90), |_| {
@@ -153,6 +160,9 @@ fn sigterm_stops_after_the_batch_in_flight_and_a_restart_resumes() {
     assert_eq!(summary["input_rows"], 30);
     let batches_before = job.logged_batches("commits");
     assert_eq!(job.logged_batches("offsets"), batches_before, "no batch left half-done");
+    let last = *batches_before.last().expect("batches committed");
+    assert!(last >= 2, "30 records in batches of at most 10");
+    assert_eq!(batches_before, vec![last - 1, last], "only the last two batches are kept");
 
     broker.produce_texts("stream", 1, 30, &texts(12, 5));
     // The same query (same checkpoint), now told to process what is there and exit.
@@ -163,6 +173,9 @@ fn sigterm_stops_after_the_batch_in_flight_and_a_restart_resumes() {
     assert_eq!(summary["input_rows"], 12, "the restart reads only what came after the stop");
     assert_exactly_once_in_order(&broker.read_all("term-out", 1), &broker.high_watermarks("stream", 1));
     assert_eq!(broker.committed("term-group", "stream", 1), vec![42]);
+    let after = job.logged_batches("commits");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after[0] > last, "the restart went on with new batch ids: {after:?} after {last}");
 }
 
 #[test]

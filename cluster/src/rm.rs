@@ -118,9 +118,16 @@ struct Node {
     kill: Vec<String>,
 }
 
+/// A node declared lost, listed (as YARN's `node -list -all` does) until it registers again.
+struct LostNode {
+    capacity: Resources,
+    last_heartbeat: Instant,
+}
+
 struct State {
     p: Persisted,
     nodes: BTreeMap<String, Node>,
+    lost_nodes: BTreeMap<String, LostNode>,
     /// Containers placed nowhere yet, oldest first.
     queue: VecDeque<String>,
 }
@@ -147,7 +154,7 @@ impl ResourceManagerService {
         let running = p.applications.values().filter(|a| !a.ended()).count();
         tracing::info!(applications = p.applications.len(), running, "resource manager state loaded");
         Ok(Arc::new(ResourceManagerService {
-            state: Mutex::new(State { p, nodes: BTreeMap::new(), queue }),
+            state: Mutex::new(State { p, nodes: BTreeMap::new(), lost_nodes: BTreeMap::new(), queue }),
             state_file,
             advertise,
             node_timeout,
@@ -178,7 +185,10 @@ impl ResourceManagerService {
                 .collect();
             for node in &lost {
                 tracing::warn!(node = %node, timeout = ?self.node_timeout, "node lost: no heartbeat");
-                s.nodes.remove(node);
+                if let Some(n) = s.nodes.remove(node) {
+                    s.lost_nodes
+                        .insert(node.clone(), LostNode { capacity: n.capacity, last_heartbeat: n.last_heartbeat });
+                }
             }
             let mut changed = !lost.is_empty();
             // After an RM restart, nodes get two timeouts to register again with what they run.
@@ -365,6 +375,7 @@ impl ResourceManager for ResourceManagerService {
         }
         let mut s = self.state.lock().unwrap();
         tracing::info!(node = %r.node_id, vcores = capacity.vcores, memory_mb = capacity.memory_mb, running = r.running.len(), "node registered");
+        s.lost_nodes.remove(&r.node_id);
         s.nodes.insert(r.node_id.clone(), Node { capacity, last_heartbeat: Instant::now(), kill: Vec::new() });
         // After an RM restart: containers the node still runs are adopted; those it does not
         // know were lost with it, and those unknown to the RM are killed.
@@ -552,6 +563,14 @@ impl ResourceManager for ResourceManagerService {
 
     async fn list_nodes(&self, _: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         let s = self.state.lock().unwrap();
+        let lost = s.lost_nodes.iter().map(|(id, n)| NodeReport {
+            node_id: id.clone(),
+            capacity: Some(n.capacity),
+            used: Some(Resources::default()),
+            lost: true,
+            last_heartbeat_ms_ago: n.last_heartbeat.elapsed().as_millis() as u64,
+            containers: Vec::new(),
+        });
         let nodes = s
             .nodes
             .iter()
@@ -572,6 +591,7 @@ impl ResourceManager for ResourceManagerService {
                         .collect(),
                 }
             })
+            .chain(lost)
             .collect();
         Ok(Response::new(ListNodesResponse { nodes }))
     }

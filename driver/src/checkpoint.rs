@@ -9,6 +9,9 @@
 //! Every file is written to a temporary name, synced and renamed, so a crash leaves either the
 //! old state or the new one. On restart, batch N with `offsets/N` but no `commits/N` is run
 //! again with exactly the offsets logged; otherwise the query continues after the last commit.
+//! Only the last `min_batches_to_retain` batches of both logs are kept (Spark's
+//! `spark.sql.streaming.minBatchesToRetain`), so a query that runs for months does not fill
+//! its directory with a file per batch: recovery needs only the newest entries.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -57,7 +60,7 @@ pub struct OffsetLogEntry {
 }
 
 /// `commits/<N>`: batch N is done.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommitLogEntry {
     pub version: u32,
     pub batch_id: u64,
@@ -166,6 +169,29 @@ impl Checkpoint {
             &serde_json::to_vec_pretty(entry).unwrap(),
         )
     }
+
+    /// Deletes the entries of batches before `keep_from` from both logs (and temporary files a
+    /// crash left behind there); returns how many files went. Commit entries go before offset
+    /// entries, so a crash in between leaves batches that recovery reads as committed or as
+    /// not planned, never a commit without its plan.
+    pub fn purge_before(&self, keep_from: u64) -> Result<usize, CheckpointError> {
+        let mut removed = 0;
+        for dir in ["commits", "offsets"] {
+            let d = self.root.join(dir);
+            let entries = fs::read_dir(&d).map_err(|source| CheckpointError::Io { path: d.clone(), source })?;
+            for entry in entries.filter_map(Result::ok) {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let batch = name.strip_suffix(".tmp").unwrap_or(name).parse::<u64>();
+                if batch.is_ok_and(|b| b < keep_from) {
+                    let path = entry.path();
+                    fs::remove_file(&path).map_err(|source| CheckpointError::Io { path, source })?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, CheckpointError> {
@@ -243,6 +269,46 @@ mod tests {
             Recovery::Continue { next_batch_id: 1, start: offs(&[("t", 0, 10), ("t", 1, 7)]) }
         );
         assert!(!dir.path().join("commits/0.tmp").exists());
+    }
+
+    #[test]
+    fn purging_keeps_the_newest_batches_and_recovery_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path()).unwrap();
+        for batch_id in 0..6u64 {
+            let o = batch_id as i64 * 10;
+            let entry = OffsetLogEntry {
+                version: 1,
+                batch_id,
+                timestamp_ms: 1,
+                start: to_json(&offs(&[("t", 0, o)])),
+                end: to_json(&offs(&[("t", 0, o + 10)])),
+            };
+            cp.write_offsets(&entry).unwrap();
+            if batch_id < 5 {
+                let commit =
+                    CommitLogEntry { version: 1, batch_id, timestamp_ms: 2, input_rows: 10, ..Default::default() };
+                cp.write_commit(&commit).unwrap();
+            }
+        }
+        fs::write(dir.path().join("offsets/1.tmp"), b"{cut short").unwrap();
+        // 6 plans, 5 commits and the leftover temporary file are older than batch 3 or not.
+        assert_eq!(cp.purge_before(3).unwrap(), 3 + 3 + 1);
+        let names = |d: &str| {
+            let mut v: Vec<String> = fs::read_dir(dir.path().join(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("offsets"), ["3", "4", "5"]);
+        assert_eq!(names("commits"), ["3", "4"]);
+        match cp.recover().unwrap() {
+            Recovery::Rerun(entry) => assert_eq!(entry.batch_id, 5),
+            other => panic!("batch 5 was planned and not committed: {other:?}"),
+        }
+        assert_eq!(cp.purge_before(3).unwrap(), 0, "purging again removes nothing");
     }
 
     #[test]

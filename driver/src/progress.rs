@@ -2,7 +2,9 @@
 //! `StreamingQueryProgress` (batchId, numInputRows, inputRowsPerSecond, processedRowsPerSecond,
 //! durationMs by phase, per-source start/end/latest offsets) and embedstream's own (embeddings,
 //! dead letters, rows per executor). Appended as JSON lines to
-//! `<checkpoint_location>/progress.jsonl`; the last 100 are also kept in memory.
+//! `<checkpoint_location>/progress.jsonl`; the last 100 are also kept in memory. When the file
+//! passes 8 MiB (about 4,000 batches of a one-topic query) it becomes `progress.jsonl.1`,
+//! replacing the one before, so the history on disk is bounded and always holds the newest.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::OffsetsJson;
 
 const KEPT_IN_MEMORY: usize = 100;
+const ROTATE_AT_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -57,20 +60,30 @@ pub fn progress_path(checkpoint: &Path) -> PathBuf {
     checkpoint.join("progress.jsonl")
 }
 
+/// Where `progress.jsonl` goes when it is full.
+fn rotated_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.join("progress.jsonl.1")
+}
+
 pub struct ProgressLog {
-    path: PathBuf,
+    checkpoint: PathBuf,
+    rotate_at: u64,
     recent: VecDeque<ProgressRecord>,
 }
 
 impl ProgressLog {
     pub fn new(checkpoint: &Path) -> ProgressLog {
-        ProgressLog { path: progress_path(checkpoint), recent: VecDeque::new() }
+        ProgressLog { checkpoint: checkpoint.to_path_buf(), rotate_at: ROTATE_AT_BYTES, recent: VecDeque::new() }
     }
 
     pub fn append(&mut self, record: ProgressRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&record).expect("progress serialises");
         line.push(b'\n');
-        std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?.write_all(&line)?;
+        let path = progress_path(&self.checkpoint);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() + line.len() as u64 > self.rotate_at) {
+            std::fs::rename(&path, rotated_path(&self.checkpoint))?;
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(&line)?;
         if self.recent.len() == KEPT_IN_MEMORY {
             self.recent.pop_front();
         }
@@ -83,13 +96,18 @@ impl ProgressLog {
     }
 }
 
-/// Every progress record of a query, oldest first, skipping a line cut short by a crash.
+/// The progress records kept on disk (the rotated file, then the current one), oldest first,
+/// skipping a line cut short by a crash.
 pub fn read_progress(checkpoint: &Path) -> std::io::Result<Vec<ProgressRecord>> {
-    match std::fs::read_to_string(progress_path(checkpoint)) {
-        Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
+    let mut records = Vec::new();
+    for path in [rotated_path(checkpoint), progress_path(checkpoint)] {
+        match std::fs::read_to_string(path) {
+            Ok(text) => records.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(records)
 }
 
 /// The records as a table for people.
@@ -163,5 +181,22 @@ mod tests {
         assert!(line.contains("\"batchId\":0") && line.contains("\"offsetsBehindLatest\":7"), "Spark's field names");
         let table = format_table(&all[..1], true);
         assert!(table.contains("lag") && table.lines().nth(1).unwrap().trim_end().ends_with('7'), "{table}");
+    }
+
+    #[test]
+    fn a_full_file_is_rotated_and_the_newest_records_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ProgressLog::new(dir.path());
+        // Batch ids of two digits: every line has the same length.
+        let line = serde_json::to_vec(&record(10)).unwrap().len() as u64 + 1;
+        log.rotate_at = 10 * line;
+        for b in 10..35 {
+            log.append(record(b)).unwrap();
+        }
+        // 25 records in files of 10: the oldest 10 are gone, the next 10 rotated, 5 current.
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+        assert_eq!((size("progress.jsonl.1"), size("progress.jsonl")), (10 * line, 5 * line));
+        let ids: Vec<u64> = read_progress(dir.path()).unwrap().iter().map(|r| r.batch_id).collect();
+        assert_eq!(ids, (20..35).collect::<Vec<_>>());
     }
 }

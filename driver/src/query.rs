@@ -444,6 +444,13 @@ impl Query<'_> {
                 embeddings: stats.embeddings,
                 dead_letters: stats.dead_letters,
             })?;
+            let keep_from = (entry.batch_id + 1).saturating_sub(self.spec.min_batches_to_retain);
+            match self.checkpoint.purge_before(keep_from) {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(keep_from, removed, "old checkpoint entries deleted"),
+                // The batch is committed; stale entries only take space until the next try.
+                Err(e) => tracing::warn!(error = %e, "could not delete old checkpoint entries"),
+            }
             let end = checkpoint::from_json(&entry.end);
             let committed = end.clone();
             if let Err(e) = self.broker(move |s| s.commit_group(&committed)).await {

@@ -32,6 +32,10 @@ pub struct JobSpec {
     pub name: String,
     /// Directory of the write-ahead offset log (`offsets/`) and the commit log (`commits/`).
     pub checkpoint_location: PathBuf,
+    /// Batches kept in both logs; older entries are deleted after each commit (Spark's
+    /// `spark.sql.streaming.minBatchesToRetain`). Default 100.
+    #[serde(default = "default_batches_to_retain")]
+    pub min_batches_to_retain: u64,
     pub source: SourceSpec,
     #[serde(default)]
     pub trigger: TriggerSpec,
@@ -379,6 +383,9 @@ pub struct SecuritySpec {
     pub token_file: Option<PathBuf>,
 }
 
+fn default_batches_to_retain() -> u64 {
+    100
+}
 fn default_flight_rows() -> usize {
     10_000
 }
@@ -475,6 +482,9 @@ impl JobSpec {
         }
         if self.checkpoint_location.as_os_str().is_empty() {
             return Err(SpecError::new("checkpoint_location", "must not be empty"));
+        }
+        if self.min_batches_to_retain == 0 {
+            return Err(SpecError::new("min_batches_to_retain", "must be at least 1: recovery reads the last batch"));
         }
         let s = &self.source;
         if s.bootstrap_servers.trim().is_empty() {
@@ -731,6 +741,7 @@ topic = "out"
         assert_eq!(s.group_id(), "embedstream-products");
         assert_eq!(s.dead_letter_topic(), "out-dlq");
         assert_eq!(s.model.batch_size, 32);
+        assert_eq!(s.min_batches_to_retain, 100);
         assert_eq!(s.model.model_id(), "m");
         assert_eq!(s.source.starting_offsets, StartingOffsets::Named("latest".into()));
         assert!(s.source.fail_on_data_loss);
@@ -770,6 +781,8 @@ topic = "out"
             "source.starting_offsets.other"
         );
         assert_eq!(key_of(&spec(&f, "", "dead_letter_topic = \"out\"")), "sink.dead_letter_topic");
+        let retain = spec(&f, "", "").replace("[source]", "min_batches_to_retain = 0\n[source]");
+        assert_eq!(key_of(&retain), "min_batches_to_retain");
         let parquet =
             |rest: &str| spec(&f, "", rest).replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"parquet\"");
         assert_eq!(key_of(&parquet("")), "sink.path");

@@ -9,7 +9,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::builder::StringViewBuilder;
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, Ticket};
@@ -273,6 +276,29 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
             exchange(&mut c, vec![text_batch(&long)]).await,
             tonic::Code::ResourceExhausted,
             "over 4000 bytes of text, the limit flight.max_bytes_per_call",
+        );
+        // Utf8View rows count at their own length: 40 views of one 120-byte string are 4800
+        // bytes of text, though the string is stored (and sent) once.
+        let mut views = StringViewBuilder::new().with_deduplicate_strings();
+        let one = "word ".repeat(24);
+        (0..40).for_each(|_| views.append_value(&one));
+        expect(
+            exchange(&mut c, vec![batch("text", Arc::new(views.finish()))]).await,
+            tonic::Code::ResourceExhausted,
+            "over 4000 bytes of text, the limit flight.max_bytes_per_call",
+        );
+        // Bytes on the wire count too, not only text: one-row batches that carry a 256 KiB
+        // column pass the row and text limits, but 8 of them pass 2 × 4000 bytes + 1 MiB.
+        let blob = vec![0u8; 256 * 1024];
+        let heavy = RecordBatch::try_from_iter([
+            ("text", Arc::new(StringArray::from(vec![good[0].clone()])) as ArrayRef),
+            ("blob", Arc::new(BinaryArray::from(vec![blob.as_slice()])) as ArrayRef),
+        ])
+        .unwrap();
+        expect(
+            exchange(&mut c, vec![heavy; 8]).await,
+            tonic::Code::ResourceExhausted,
+            "bytes of Arrow messages, the limit 2 × flight.max_bytes_per_call + 1 MiB",
         );
 
         // One call in flight holds the only slot: another is answered "overloaded", not queued.

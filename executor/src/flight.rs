@@ -2,9 +2,10 @@
 //!
 //! - `DoExchange`: the client streams record batches with a `text` column (utf8) and gets each
 //!   back with an `embedding` column (FixedSizeList<Float32>) computed by this executor's forked
-//!   workers, in the same length-sorted batches as the stream. Per call, rows and bytes of text
-//!   are bounded (`[flight]`), and at most `max_concurrent_calls` calls run at once; one more is
-//!   answered "overloaded" rather than queued.
+//!   workers, in the same length-sorted batches as the stream. Per call, rows, bytes of text and
+//!   bytes on the wire are bounded (`[flight]`), a call idle for [`EXCHANGE_IDLE_TIMEOUT`] is
+//!   ended, and at most `max_concurrent_calls` calls run at once; one more is answered
+//!   "overloaded" rather than queued.
 //! - `DoGet` with the query's name as ticket: the latest output batches of the running query,
 //!   from [`RecentOutput`], a bounded in-memory copy of what tasks wrote (it may show rows of an
 //!   attempt that later failed and was retried; the sink is the record of truth).
@@ -16,6 +17,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::RecordBatch;
@@ -44,6 +46,25 @@ use crate::workers::WorkerPool;
 pub const TEXT_COLUMN: &str = "text";
 /// The name of the column `DoExchange` adds.
 pub const EMBEDDING_COLUMN: &str = "embedding";
+
+/// How long a `DoExchange` call may wait for its next input batch. A call holds one of the
+/// `max_concurrent_calls` slots while it is open, so a client that opens a call and then sends
+/// nothing would otherwise keep that slot forever.
+pub const EXCHANGE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Room for Arrow IPC framing (message headers, offsets, validity, padding) in the wire limit of
+/// a `DoExchange` call, so that a call of small batches is never refused for its overhead.
+const WIRE_SLACK_BYTES: usize = 1 << 20;
+
+/// The most bytes of Flight messages (`data_header` plus `data_body`) one `DoExchange` call may
+/// send: twice `max_bytes_per_call`, for the text and the other columns sent along with it,
+/// plus [`WIRE_SLACK_BYTES`]. The row and text limits count only decoded batches; this bounds
+/// what they never see, such as dictionary (delta) messages and extra columns. It is above the
+/// server's size limit for one message (`max_bytes_per_call` + 1 MiB), so one message alone
+/// never passes it.
+fn wire_limit(limits: &FlightSpec) -> usize {
+    limits.max_bytes_per_call.saturating_mul(2).saturating_add(WIRE_SLACK_BYTES)
+}
 
 /// The latest output batches of this executor's tasks, at most `capacity`, oldest first.
 pub struct RecentOutput {
@@ -117,13 +138,15 @@ fn code_name(status: &Status) -> &'static str {
         tonic::Code::ResourceExhausted => "resource_exhausted",
         tonic::Code::Unauthenticated => "unauthenticated",
         tonic::Code::NotFound => "not_found",
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
         _ => "other",
     }
 }
 
-/// The texts of `batch`'s `text` column, or why the batch cannot be embedded. `first_row` is
-/// the call's row number of the batch's first row, for messages.
-fn texts_of(batch: &RecordBatch, first_row: usize, max_text_bytes: usize) -> Result<Vec<String>, Status> {
+/// The texts of `batch`'s `text` column, borrowed from it, or why the batch cannot be embedded.
+/// `first_row` is the call's row number of the batch's first row, for messages. Nothing is
+/// copied here, so the caller can check the call's byte limit first (see [`Exchange::embed`]).
+fn texts_of(batch: &RecordBatch, first_row: usize, max_text_bytes: usize) -> Result<Vec<&str>, Status> {
     let schema = batch.schema();
     let Some(column) = batch.column_by_name(TEXT_COLUMN) else {
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -149,7 +172,7 @@ fn texts_of(batch: &RecordBatch, first_row: usize, max_text_bytes: usize) -> Res
         .into_iter()
         .enumerate()
         .map(|(i, text)| match reject_reason(text.map(str::as_bytes), max_text_bytes) {
-            None => Ok(text.expect("not null").to_string()),
+            None => Ok(text.expect("not null")),
             Some(reason) => Err(Status::invalid_argument(format!(
                 "row {}: {}",
                 first_row + i,
@@ -187,12 +210,16 @@ impl Exchange {
     /// The next answer; `None` once the input ended or an error was returned.
     async fn next(&mut self) -> Option<Result<RecordBatch, Status>> {
         self.permit.as_ref()?;
-        let result = match self.input.next().await {
-            None => {
+        let result = match tokio::time::timeout(EXCHANGE_IDLE_TIMEOUT, self.input.next()).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no input batch for {} s; the call was ended to free its slot (flight.max_concurrent_calls)",
+                EXCHANGE_IDLE_TIMEOUT.as_secs()
+            ))),
+            Ok(None) => {
                 self.permit = None;
                 return None;
             }
-            Some(batch) => match batch.map_err(Status::from) {
+            Ok(Some(batch)) => match batch.map_err(Status::from) {
                 Ok(batch) => self.embed(batch).await,
                 Err(e) => Err(e),
             },
@@ -218,13 +245,16 @@ impl Exchange {
             )));
         }
         let texts = texts_of(&batch, first_row, self.max_text_bytes)?;
-        self.bytes += texts.iter().map(String::len).sum::<usize>();
+        // Counted before the texts are copied: a Utf8View column can repeat one long string in
+        // every row, so its texts may add up to far more than the bytes that were sent.
+        self.bytes += texts.iter().map(|t| t.len()).sum::<usize>();
         if self.bytes > self.limits.max_bytes_per_call {
             return Err(Status::resource_exhausted(format!(
                 "call sent over {} bytes of text, the limit flight.max_bytes_per_call",
                 self.limits.max_bytes_per_call
             )));
         }
+        let texts = texts.into_iter().map(str::to_string).collect();
         let (vectors, _) = self.workers.embed(texts).await.map_err(|e| Status::internal(e.to_string()))?;
         with_embeddings(&batch, vectors, self.workers.dim())
     }
@@ -268,9 +298,22 @@ impl FlightService for FlightEmbedder {
         });
         self.record("do_exchange", &permit.as_ref().map(|_| ()).map_err(Clone::clone));
         let permit = permit?;
+        // Every message is counted as it arrives, before it is decoded (see `wire_limit`).
+        let limit = wire_limit(&self.limits);
+        let mut sent = 0usize;
+        let messages = request.into_inner().and_then(move |m| {
+            sent += m.data_header.len() + m.data_body.len();
+            futures::future::ready(if sent > limit {
+                Err(Status::resource_exhausted(format!(
+                    "call sent over {limit} bytes of Arrow messages, the limit 2 × flight.max_bytes_per_call + 1 MiB"
+                )))
+            } else {
+                Ok(m)
+            })
+        });
         // A client may open the call with a message that holds only the descriptor or metadata
         // (pyarrow does); there is no IPC message in it to decode.
-        let messages = request.into_inner().try_filter(|m| futures::future::ready(!m.data_header.is_empty()));
+        let messages = messages.try_filter(|m| futures::future::ready(!m.data_header.is_empty()));
         let input = FlightRecordBatchStream::new_from_flight_data(messages.map_err(FlightError::from));
         let call = Exchange {
             input,
@@ -346,7 +389,10 @@ impl FlightService for FlightEmbedder {
         Err(Status::unimplemented("no actions"))
     }
 
-    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+    async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let result = self.token.check(request.metadata(), "flight.ListActions");
+        self.record("list_actions", &result);
+        result?;
         Ok(Response::new(Box::pin(futures::stream::empty())))
     }
 }

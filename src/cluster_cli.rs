@@ -74,16 +74,11 @@ fn app_state(a: &ApplicationReport) -> ApplicationState {
 
 /// `embedstream submit JOB --master rm://ADDR [--wait]`: prints the application id; with
 /// `--wait`, follows the application and fails unless it finishes.
-pub async fn submit(
-    job: &Path,
-    master: &str,
-    wait: bool,
-    driver_cores: u32,
-    driver_memory: &str,
-    token: ClusterToken,
-) -> Result<()> {
+pub async fn submit(job: &Path, master: &str, wait: bool, driver_cores: u32, driver_memory: &str) -> Result<()> {
     // The spec is checked here first, so a bad one is refused before anything starts.
     let spec = JobSpec::from_file(job)?;
+    // The same token the driver will use: EMBEDSTREAM_TOKEN, or the spec's `security.token_file`.
+    let token = token(spec.security.token_file.as_deref())?;
     let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
         unreachable!("local[N] is run by the caller")
     };

@@ -164,7 +164,8 @@ enum Command {
         /// Where to serve the ResourceManager gRPC API (and health, reflection).
         #[arg(long, default_value = "127.0.0.1:8030")]
         listen: SocketAddr,
-        /// HOST:PORT that drivers and node agents use to reach it (default: --listen).
+        /// HOST:PORT that drivers and node agents use to reach it (default: --listen; needed
+        /// when --listen is 0.0.0.0).
         #[arg(long)]
         advertise: Option<String>,
         /// The state file.
@@ -186,7 +187,8 @@ enum Command {
         /// The resource manager, HOST:PORT.
         #[arg(long)]
         rm: String,
-        /// This node's address (its id; containers listen on its host).
+        /// This node's address: its id, and containers listen on its host. The host's own
+        /// address, not 0.0.0.0; port 0 picks a free one.
         #[arg(long)]
         listen: SocketAddr,
         /// Vcores to offer.
@@ -380,9 +382,8 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Submit { job, master, wait, driver_cores, driver_memory } => match master {
             cluster_cli::Master::Local(n) => run(job, Some(n)).await,
             cluster_cli::Master::Rm(address) => {
-                let token = cluster_cli::token(None)?;
                 let master = format!("rm://{address}");
-                cluster_cli::submit(&job, &master, wait, driver_cores, &driver_memory, token).await
+                cluster_cli::submit(&job, &master, wait, driver_cores, &driver_memory).await
             }
         },
         Command::Status { app, target } => {

@@ -344,14 +344,19 @@ fn a_submitted_query_spreads_over_nodes_survives_a_killed_executor_and_obeys_the
     cluster.admin(&["resume", &app_id]);
     cluster.wait_for("the 20 new records", |_| broker.committed("cq-group", "clicks", 2) == vec![160, 160]);
 
-    // Scale down to one executor: one container is released; the query goes on with the other.
+    // Scale down to one executor: the other drains (finishes its tasks) and exits by itself,
+    // not killed; the query goes on with the one left.
+    let before = executors(&cluster.app(&app_id).unwrap(), ContainerState::Running).len();
+    assert_eq!(before, 2);
     cluster.admin(&["scale", &app_id, "--executors", "1"]);
     cluster.wait_for("one executor", |c| {
         c.app(&app_id).is_some_and(|a| {
             executors(&a, ContainerState::Running).len() == 1
-                && a.containers.iter().any(|x| x.diagnostics.contains("released by the driver"))
+                && executors(&a, ContainerState::Exited).iter().any(|x| x.diagnostics == "exited with code 0")
         })
     });
+    let app = cluster.app(&app_id).unwrap();
+    assert!(executors(&app, ContainerState::Killed).is_empty(), "no executor killed to scale down: {app:?}");
     broker.produce_texts("clicks", 2, 320, &texts(20, 43));
     cluster.wait_for("records after scaling down", |_| broker.committed("cq-group", "clicks", 2) == vec![170, 170]);
     assert_every_input_embedded(&broker, "cq-out", &[170, 170]);

@@ -155,4 +155,19 @@ fn a_batch_published_before_a_driver_crash_is_not_written_again() {
         assert_eq!(&rows[&(0, o as i64)].0, text);
     }
     assert_eq!(manifest::data_files(&table).unwrap().len(), manifest::visible_files(&table).unwrap().len());
+
+    // Another query (a new checkpoint) on the same table is refused before it writes anything:
+    // its batch 0 is not the one in the table, and skipping it would lose its records.
+    let other =
+        Job::new(&broker, "pqn", "subscribe = [\"notes\"]\nmax_offsets_per_trigger = 20", "available_now = true", "")
+            .with_parquet_sink(&table);
+    let files_before = manifest::data_files(&table).unwrap();
+    let mut cmd = embedstream();
+    cmd.args(["run", other.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("batch 0 there was written by query") && log.contains("sink.path"), "{log}");
+    assert_eq!(manifest::data_files(&table).unwrap(), files_before, "nothing written");
+    assert!(broker.committed("pqn-group", "notes", 1).iter().all(|&o| o <= 0), "no offsets committed");
 }

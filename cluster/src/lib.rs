@@ -28,6 +28,9 @@ pub struct RmArgs {
 
 /// Serves the resource manager until `stop` turns true.
 pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>) -> Result<(), rm::RmError> {
+    if args.listen.ip().is_unspecified() && args.advertise.is_none() {
+        return Err(rm::RmError::NoAdvertise(args.listen));
+    }
     let listen_err = |e: std::io::Error| rm::RmError::State { path: args.listen.to_string(), message: e.to_string() };
     let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(listen_err)?;
     let address = listener.local_addr().map_err(listen_err)?;

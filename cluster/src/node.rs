@@ -33,6 +33,8 @@ pub enum NodeError {
     ResourceManager { url: String, message: String },
     #[error("work directory {path}: {source}")]
     WorkDir { path: String, source: std::io::Error },
+    #[error("--listen {0}: a node is known by this address and its containers listen on its host, so it must be the host's own address that the RM and the other nodes reach, not {ip}", ip = .0.ip())]
+    Unspecified(SocketAddr),
 }
 
 pub struct NodeArgs {
@@ -56,6 +58,9 @@ struct Running {
 
 /// Runs the node agent until `stop` turns true; its containers are then killed.
 pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), NodeError> {
+    if args.listen.ip().is_unspecified() {
+        return Err(NodeError::Unspecified(args.listen));
+    }
     std::fs::create_dir_all(&args.work_dir)
         .map_err(|source| NodeError::WorkDir { path: args.work_dir.display().to_string(), source })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -144,6 +149,9 @@ pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), 
         }
         for launch in answer.launch {
             let id = launch.container_id.clone();
+            if running.contains_key(&id) {
+                continue; // sent again because an earlier answer seemed lost; it runs already
+            }
             match start(&args, &host, &launch) {
                 Ok(r) => {
                     tracing::info!(container = %id, app = %launch.app_id, pid = r.pid, "container started");

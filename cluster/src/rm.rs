@@ -11,7 +11,7 @@
 //!   restarted RM knows the running queries; nodes register again with what they run.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,8 @@ pub const JOB_TOML_ENV: &str = "EMBEDSTREAM_JOB_TOML";
 pub enum RmError {
     #[error("state file {path}: {message}")]
     State { path: String, message: String },
+    #[error("--listen {0}: drivers and node agents cannot reach {ip}; give --advertise HOST:PORT, the address they use", ip = .0.ip())]
+    NoAdvertise(std::net::SocketAddr),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -139,6 +141,8 @@ pub struct ResourceManagerService {
     advertise: String,
     node_timeout: Duration,
     started: Instant,
+    /// What the state file holds, to skip writes that would change nothing.
+    saved: Mutex<Vec<u8>>,
 }
 
 impl ResourceManagerService {
@@ -159,15 +163,32 @@ impl ResourceManagerService {
             advertise,
             node_timeout,
             started: Instant::now(),
+            saved: Mutex::new(Vec::new()),
         }))
     }
 
+    /// Writes the state file when the state changed (every driver's `Allocate`, once a second,
+    /// usually changes nothing): to a temporary file, synced, renamed over the old one, and the
+    /// directory synced, so a power loss leaves the old state or the new one, never a torn file.
     fn save(&self, p: &Persisted) {
+        let bytes = serde_json::to_vec_pretty(p).expect("state serialises");
+        let mut saved = self.saved.lock().unwrap();
+        if *saved == bytes {
+            return;
+        }
         let tmp = self.state_file.with_extension("tmp");
-        let written = std::fs::write(&tmp, serde_json::to_vec_pretty(p).expect("state serialises"))
-            .and_then(|()| std::fs::rename(&tmp, &self.state_file));
-        if let Err(e) = written {
-            tracing::error!(path = %self.state_file.display(), error = %e, "cannot write the state file");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.state_file)?;
+            let dir = self.state_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            std::fs::File::open(dir)?.sync_all()
+        };
+        match write() {
+            Ok(()) => *saved = bytes,
+            Err(e) => tracing::error!(path = %self.state_file.display(), error = %e, "cannot write the state file"),
         }
     }
 
@@ -410,6 +431,16 @@ impl ResourceManager for ResourceManagerService {
         node.last_heartbeat = Instant::now();
         let mut kill = std::mem::take(&mut node.kill);
         let mut changed = false;
+        // A node lists every container it runs, and those that ended until an answer reaches
+        // it, and starts what it is told before its next heartbeat: a container launched here
+        // that it does not list never reached it (the answer was lost). Send it again.
+        let reported: Vec<&str> = r.containers.iter().map(|c| c.container_id.as_str()).collect();
+        for c in s.p.containers.values_mut() {
+            if c.node_id == r.node_id && c.alive() && c.launched && !reported.contains(&c.id.as_str()) {
+                tracing::warn!(container = %c.id, node = %r.node_id, "the node never got this container; launching it again");
+                c.launched = false;
+            }
+        }
         for status in r.containers {
             let state = ContainerState::try_from(status.state).unwrap_or(ContainerState::Unspecified);
             let known = s.p.containers.get(&status.container_id).map(|c| (c.alive(), c.state()));
@@ -636,5 +667,60 @@ impl ResourceManager for ResourceManagerService {
         tracing::info!(app = %id, "application killed");
         self.save(&s.p);
         Ok(Response::new(KillApplicationResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "127.0.0.2:8040";
+
+    /// A job spec that validates: its model files exist (empty) in `dir`.
+    fn job(dir: &Path) -> String {
+        for f in ["model.onnx", "tokenizer.json"] {
+            std::fs::write(dir.join(f), b"{}").unwrap();
+        }
+        format!(
+            "name = \"q\"\ncheckpoint_location = \"{d}/cp\"\n[source]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+             subscribe = [\"in\"]\n[model]\nonnx = \"{d}/model.onnx\"\ntokenizer = \"{d}/tokenizer.json\"\n\
+             [sink]\nkind = \"kafka\"\ntopic = \"out\"\n",
+            d = dir.display()
+        )
+    }
+
+    fn heartbeat(containers: Vec<ContainerStatus>) -> Request<NodeHeartbeatRequest> {
+        Request::new(NodeHeartbeatRequest { node_id: NODE.into(), containers })
+    }
+
+    #[tokio::test]
+    async fn a_launch_the_node_never_got_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("rm-state.json");
+        let rm = ResourceManagerService::open(state.clone(), "127.0.0.1:8030".into(), Duration::from_secs(60)).unwrap();
+        let capacity = Some(Resources { vcores: 2, memory_mb: 4096 });
+        let node = RegisterNodeRequest { node_id: NODE.into(), capacity, running: Vec::new() };
+        rm.register_node(Request::new(node)).await.unwrap();
+        let submit =
+            SubmitApplicationRequest { name: "q".into(), job_spec_toml: job(dir.path()), driver_resources: None };
+        rm.submit_application(Request::new(submit)).await.unwrap();
+
+        let first = rm.node_heartbeat(heartbeat(Vec::new())).await.unwrap().into_inner();
+        assert_eq!(first.launch.len(), 1, "the driver's container goes to the only node");
+        let driver = first.launch[0].container_id.clone();
+        // That answer never reached the node: its next heartbeat does not list the container.
+        let again = rm.node_heartbeat(heartbeat(Vec::new())).await.unwrap().into_inner();
+        let ids: Vec<&str> = again.launch.iter().map(|l| l.container_id.as_str()).collect();
+        assert_eq!(ids, [driver.as_str()], "the launch is sent again");
+        // Once the node runs it, it is not sent a third time, and the state file says so.
+        let running = ContainerStatus {
+            container_id: driver.clone(),
+            state: ContainerState::Running as i32,
+            ..Default::default()
+        };
+        let third = rm.node_heartbeat(heartbeat(vec![running])).await.unwrap().into_inner();
+        assert!(third.launch.is_empty(), "{third:?}");
+        let saved: Persisted = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        assert_eq!(saved.containers[&driver].state(), ContainerState::Running);
     }
 }

@@ -41,8 +41,10 @@ pub struct Ended {
 
 #[tonic::async_trait]
 pub trait Launcher: Send {
-    /// Works toward `target` executors alive (started or starting), releasing those in
-    /// `release` (already told to shut down). Returns the executors that ended since the last call.
+    /// Works toward `target` executors alive (started or starting), counting a draining executor
+    /// as alive until it exits or is in `release`: drained executors that did not exit within
+    /// [`DRAIN_TIMEOUT`], to be given up (killed, on a cluster). Returns the executors that ended
+    /// since the last call.
     async fn reconcile(&mut self, target: u32, release: &[String]) -> Result<Vec<Ended>, LaunchError>;
     /// Waits up to `grace` for the executors to exit after a Shutdown call, then kills the rest.
     async fn stop(&mut self, grace: Duration);
@@ -174,9 +176,15 @@ pub async fn start(
     }
 }
 
+/// How long a draining executor may take to finish its tasks and exit before it is released
+/// anyway: longer than any sensible task, short enough that a hung executor does not hold its
+/// container for good.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Every `every`, until the query stops: executors that ended are marked lost (their tasks are
 /// retried elsewhere), replacements are started, and beyond `Control::target` the newest
-/// executors are drained (no new tasks, Shutdown lets the ones in flight finish) and released.
+/// executors are drained: no new tasks, and Shutdown lets the tasks in flight finish before the
+/// executor exits by itself. One that is still there after [`DRAIN_TIMEOUT`] is released.
 pub async fn reconcile(
     launcher: Arc<tokio::sync::Mutex<Box<dyn Launcher>>>,
     registry: Arc<ExecutorRegistry>,
@@ -184,6 +192,7 @@ pub async fn reconcile(
     every: Duration,
 ) -> Result<(), LaunchError> {
     let mut failures = 0;
+    let mut draining_since: Vec<(String, Instant)> = Vec::new();
     let mut ticks = tokio::time::interval(every);
     let mut target_changed = control.target.subscribe();
     loop {
@@ -197,14 +206,21 @@ pub async fn reconcile(
         let target = *control.target.borrow();
         let live = registry.live();
         let extra = live.len().saturating_sub(target as usize);
-        let release: Vec<String> = live.iter().rev().take(extra).map(|e| e.id.clone()).collect();
         for e in live.iter().rev().take(extra) {
             tracing::info!(executor = %e.id, "draining: no new tasks, then shut down");
             registry.drain(&e.id);
+            draining_since.push((e.id.clone(), Instant::now()));
             let mut client = e.client();
             tokio::spawn(async move {
                 let _ = client.shutdown(ShutdownRequest {}).await;
             });
+        }
+        let (overdue, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut draining_since).into_iter().partition(|(_, since)| since.elapsed() > DRAIN_TIMEOUT);
+        draining_since = waiting;
+        let release: Vec<String> = overdue.into_iter().map(|(id, _)| id).collect();
+        for id in &release {
+            tracing::warn!(executor = %id, timeout = ?DRAIN_TIMEOUT, "executor still draining; releasing it");
         }
         let ended = launcher.lock().await.reconcile(target, &release).await?;
         for e in ended {
@@ -218,6 +234,7 @@ pub async fn reconcile(
                 tracing::warn!(executor = %e.id, why = %e.why, "executor lost; starting a replacement");
             }
             registry.mark_lost(&e.id);
+            draining_since.retain(|(id, _)| *id != e.id);
         }
     }
 }

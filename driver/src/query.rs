@@ -65,6 +65,11 @@ pub enum DriverError {
     Scheduler(#[from] SchedulerError),
     #[error("sink manifest: {0}")]
     Manifest(#[from] ManifestError),
+    #[error(
+        "sink.path {path}: batch {batch_id} there was written by query {other} (offsets {start} to {end}), not by this \
+         checkpoint's query {ours}; a table belongs to the checkpoint that wrote it: give a new sink.path, or the old checkpoint_location"
+    )]
+    ForeignTable { path: String, batch_id: u64, other: String, ours: String, start: String, end: String },
     #[error(transparent)]
     Launch(#[from] LaunchError),
     #[error("data loss (set source.fail_on_data_loss = false to skip lost offsets): {0}")]
@@ -223,6 +228,8 @@ pub async fn run_query(
     .await;
 
     let _ = control.stop.send(true);
+    // Want no executors before telling them to go, so that none that exits is replaced.
+    let _ = launcher.lock().await.reconcile(0, &[]).await;
     for exec in registry.live() {
         let _ = exec.client().shutdown(ShutdownRequest {}).await;
     }
@@ -410,6 +417,18 @@ impl Query<'_> {
                 Some(t) => manifest::committed(t, entry.batch_id)?,
                 None => None,
             };
+            if let (Some(t), Some(m)) = (&table, &published) {
+                if !m.written_by(summary.query_id.as_str(), &entry.start, &entry.end) {
+                    return Err(DriverError::ForeignTable {
+                        path: t.display().to_string(),
+                        batch_id: entry.batch_id,
+                        other: m.query_id.clone(),
+                        ours: summary.query_id.clone(),
+                        start: serde_json::to_string(&m.start).unwrap_or_default(),
+                        end: serde_json::to_string(&m.end).unwrap_or_default(),
+                    });
+                }
+            }
             let already_published = published.is_some();
             let stats = match published {
                 Some(m) => {
@@ -418,6 +437,11 @@ impl Query<'_> {
                         files = m.files.len(),
                         "batch already in the sink's manifest; not run again"
                     );
+                    // The driver may have stopped between the manifest and deleting the files
+                    // of failed attempts.
+                    if let Some(t) = &table {
+                        manifest::remove_orphans(t, &m)?;
+                    }
                     Ok(BatchStats { embeddings: m.files.iter().map(|f| f.rows).sum(), ..Default::default() })
                 }
                 None => self.scheduler.run_batch(entry.batch_id, tasks).await,
@@ -429,8 +453,17 @@ impl Query<'_> {
             if let (Some(t), false) = (&table, already_published) {
                 let files =
                     stats.files.iter().map(|f| manifest::ManifestFile { path: f.path.clone(), rows: f.rows }).collect();
-                let removed =
-                    manifest::commit(t, &manifest::BatchManifest { version: 1, batch_id: entry.batch_id, files })?;
+                let removed = manifest::commit(
+                    t,
+                    &manifest::BatchManifest {
+                        version: 1,
+                        batch_id: entry.batch_id,
+                        query_id: summary.query_id.clone(),
+                        start: entry.start.clone(),
+                        end: entry.end.clone(),
+                        files,
+                    },
+                )?;
                 if removed > 0 {
                     tracing::info!(batch_id = entry.batch_id, removed, "deleted files of failed attempts");
                 }

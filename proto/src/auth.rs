@@ -20,6 +20,8 @@ pub enum TokenError {
     Read { path: String, source: std::io::Error },
     #[error("the token file {0} is empty")]
     Empty(String),
+    #[error("the cluster token from {0} has a character that is not printable ASCII (it travels in an HTTP header)")]
+    NotAscii(String),
 }
 
 /// The token to require from callers (or to send, as a client), if any.
@@ -44,16 +46,24 @@ impl ClusterToken {
     }
 
     fn from_sources(env: Option<String>, file: Option<&Path>) -> Result<ClusterToken, TokenError> {
+        // Checked here, once, so that sending it later cannot fail.
+        let printable = |t: &str, from: String| {
+            if t.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+                Ok(ClusterToken::new(t))
+            } else {
+                Err(TokenError::NotAscii(from))
+            }
+        };
         if let Some(t) = env {
             if !t.trim().is_empty() {
-                return Ok(ClusterToken::new(t.trim()));
+                return printable(t.trim(), TOKEN_ENV.to_string());
             }
         }
         let Some(path) = file else { return Ok(ClusterToken(None)) };
         let text = std::fs::read_to_string(path)
             .map_err(|source| TokenError::Read { path: path.display().to_string(), source })?;
         match text.lines().next().map(str::trim) {
-            Some(t) if !t.is_empty() => Ok(ClusterToken::new(t)),
+            Some(t) if !t.is_empty() => printable(t, path.display().to_string()),
             _ => Err(TokenError::Empty(path.display().to_string())),
         }
     }
@@ -163,5 +173,9 @@ mod tests {
         assert_eq!(ClusterToken::from_sources(None, Some(&file)).unwrap().secret(), Some("abc"));
         let env = ClusterToken::from_sources(Some("xyz".into()), Some(&file)).unwrap();
         assert_eq!(env.secret(), Some("xyz"), "the environment wins over the file");
+        std::fs::write(&file, "abc\u{a0}def\n").unwrap();
+        let e = ClusterToken::from_sources(None, Some(&file)).expect_err("a non-breaking space is refused");
+        assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+        assert!(matches!(ClusterToken::from_sources(Some("a\tb".into()), None), Err(TokenError::NotAscii(_))));
     }
 }

@@ -36,11 +36,27 @@ pub struct ManifestFile {
     pub rows: u64,
 }
 
+/// Offsets as the checkpoint writes them: `{"topic": {"partition": offset}}`.
+pub type Offsets = std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchManifest {
     pub version: u32,
     pub batch_id: u64,
+    /// The query (its checkpoint's id) that wrote the batch: a table belongs to one query.
+    pub query_id: String,
+    /// The Kafka offsets whose records the batch's files hold, end exclusive.
+    pub start: Offsets,
+    pub end: Offsets,
     pub files: Vec<ManifestFile>,
+}
+
+impl BatchManifest {
+    /// Whether this manifest is the one `query_id` wrote for a batch of these offsets; when
+    /// not, the table was written by another query (a new checkpoint on an old `sink.path`).
+    pub fn written_by(&self, query_id: &str, start: &Offsets, end: &Offsets) -> bool {
+        self.query_id == query_id && self.start == *start && self.end == *end
+    }
 }
 
 /// The name of a file written by one task attempt; `unique` tells apart attempts of drivers
@@ -71,7 +87,10 @@ pub fn committed(table: &Path, batch_id: u64) -> Result<Option<BatchManifest>, M
 /// attempts. Returns how many files were deleted.
 pub fn commit(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestError> {
     let dir = table.join(LOG_DIR);
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::File::open(table).and_then(|t| t.sync_all()).map_err(io(table))?;
+    }
     let path = manifest_path(table, manifest.batch_id);
     let tmp = dir.join(format!(".{}.json.tmp", manifest.batch_id));
     let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
@@ -92,7 +111,8 @@ pub fn commit(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestE
 /// attempt's: only those directories are listed, not the whole table, and a commit costs the
 /// same on the first day of a table as after a year. (A batch whose successful attempts wrote
 /// nothing, all dead letters, had failed attempts that wrote nothing either.)
-fn remove_orphans(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestError> {
+/// A driver that crashed between a manifest and this clean-up calls it again on restart.
+pub fn remove_orphans(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestError> {
     let prefix = batch_prefix(manifest.batch_id);
     let listed: HashSet<PathBuf> = manifest.files.iter().map(|f| table.join(&f.path)).collect();
     let dirs: BTreeSet<&Path> = listed.iter().filter_map(|f| f.parent()).collect();
@@ -107,8 +127,12 @@ fn remove_orphans(table: &Path, manifest: &BatchManifest) -> Result<usize, Manif
             let file = entry.map_err(io(dir))?.path();
             let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if name.starts_with(&prefix) && name.ends_with(".parquet") && !listed.contains(&file) {
-                std::fs::remove_file(&file).map_err(io(&file))?;
-                removed += 1;
+                match std::fs::remove_file(&file) {
+                    Ok(()) => removed += 1,
+                    // Its attempt aborted and removed it while this listed the directory.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&file)(e)),
+                }
             }
         }
     }
@@ -179,9 +203,19 @@ mod tests {
             write(f);
         }
         assert_eq!(committed(table, 3).unwrap(), None);
-        let m = BatchManifest { version: 1, batch_id: 3, files: vec![ManifestFile { path: kept.clone(), rows: 7 }] };
+        let m = BatchManifest {
+            version: 1,
+            batch_id: 3,
+            query_id: "q".into(),
+            start: Offsets::from([("t".into(), [("0".into(), 0)].into())]),
+            end: Offsets::from([("t".into(), [("0".into(), 7)].into())]),
+            files: vec![ManifestFile { path: kept.clone(), rows: 7 }],
+        };
         assert_eq!(commit(table, &m).unwrap(), 1);
-        assert_eq!(committed(table, 3).unwrap(), Some(m));
+        assert_eq!(committed(table, 3).unwrap(), Some(m.clone()));
+        assert!(m.written_by("q", &m.start, &m.end));
+        assert!(!m.written_by("another", &m.start, &m.end), "another query's batch 3");
+        assert!(!m.written_by("q", &m.start, &m.start), "other offsets");
         assert_eq!(visible_files(table).unwrap(), vec![table.join(&kept)]);
         assert!(!table.join(&failed).exists());
         assert!(table.join(&other_batch).exists(), "another batch's files are not this commit's to delete");

@@ -192,6 +192,13 @@ impl ParquetTaskWriter {
             let OpenFile { path, writer, rows } = file;
             let f = writer.into_inner().map_err(|e| file_error(&path, e))?;
             f.sync_all().map_err(|e| file_error(&path, e))?;
+            // The file's name and any partition directory made for it must be durable too
+            // before the driver lists it in a manifest: sync each directory up to the table's.
+            let mut dir_path = path.parent();
+            while let Some(d) = dir_path.filter(|d| d.starts_with(&self.sink.table)) {
+                File::open(d).and_then(|d| d.sync_all()).map_err(|e| file_error(d, e))?;
+                dir_path = d.parent();
+            }
             let rel = if dir.is_empty() { self.name.clone() } else { format!("{dir}/{}", self.name) };
             out.files.push(OutputFile { path: rel, rows });
         }

@@ -487,6 +487,24 @@ impl ResourceManager for ResourceManagerService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let driver = r.driver_resources.unwrap_or(Resources { vcores: 1, memory_mb: 1024 });
         let mut s = self.state.lock().unwrap();
+        // A container no node could ever hold would wait forever: refuse it now, as YARN does
+        // a request over its maximum allocation (while no node has registered, nothing is known).
+        let largest = s.nodes.values().map(|n| n.capacity).max_by_key(|c| (c.vcores, c.memory_mb));
+        if let Some(largest) = largest {
+            let executor = Resources { vcores: spec.executors.cores, memory_mb: spec.executors.memory_mb() };
+            for (what, need) in [
+                ("the driver (--driver-cores, --driver-memory)", driver),
+                ("an executor (executors.cores, executors.memory)", executor),
+            ] {
+                if !s.nodes.values().any(|n| n.capacity.vcores >= need.vcores && n.capacity.memory_mb >= need.memory_mb)
+                {
+                    return Err(Status::invalid_argument(format!(
+                        "{what} needs {} vcores and {} MiB; no node has that much (the largest offers {} vcores and {} MiB)",
+                        need.vcores, need.memory_mb, largest.vcores, largest.memory_mb
+                    )));
+                }
+            }
+        }
         s.p.next_app += 1;
         let id = format!("app-{}-{:04}", now_id(), s.p.next_app);
         let app = Application {
@@ -722,5 +740,28 @@ mod tests {
         assert!(third.launch.is_empty(), "{third:?}");
         let saved: Persisted = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
         assert_eq!(saved.containers[&driver].state(), ContainerState::Running);
+    }
+
+    #[tokio::test]
+    async fn a_container_bigger_than_every_node_is_refused_at_submit() {
+        let dir = tempfile::tempdir().unwrap();
+        let rm =
+            ResourceManagerService::open(dir.path().join("s.json"), "127.0.0.1:8030".into(), Duration::from_secs(60))
+                .unwrap();
+        let capacity = Some(Resources { vcores: 2, memory_mb: 2048 });
+        let node = RegisterNodeRequest { node_id: NODE.into(), capacity, running: Vec::new() };
+        rm.register_node(Request::new(node)).await.unwrap();
+        let submit = |toml: String, memory_mb| SubmitApplicationRequest {
+            name: "q".into(),
+            job_spec_toml: toml,
+            driver_resources: Some(Resources { vcores: 1, memory_mb }),
+        };
+        let e = rm.submit_application(Request::new(submit(job(dir.path()), 4096))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("--driver-memory") && e.message().contains("2048 MiB"), "{}", e.message());
+        let big_executors = format!("{}[executors]\nmemory = \"3g\"\n", job(dir.path()));
+        let e = rm.submit_application(Request::new(submit(big_executors, 1024))).await.unwrap_err();
+        assert!(e.message().contains("executors.memory") && e.message().contains("3072 MiB"), "{}", e.message());
+        rm.submit_application(Request::new(submit(job(dir.path()), 1024))).await.expect("what fits is accepted");
     }
 }

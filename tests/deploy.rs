@@ -26,6 +26,7 @@ fn scripts(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_shell_script_passes_shellcheck() {
     let mut all = vec![Path::new(ROOT).join(".ci/run")];
     scripts(&Path::new(ROOT).join("deploy"), &mut all);
+    scripts(&Path::new(ROOT).join("benches"), &mut all);
     assert!(all.len() >= 8, "{all:?}");
     let out =
         Command::new(cache().join("bin/shellcheck")).args(&all).output().expect("deploy/setup.sh installs shellcheck");

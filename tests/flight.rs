@@ -232,7 +232,7 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
         "subscribe = [\"quiet\"]",
         "processing_time = \"1s\"",
         // Small limits, so that the test can exceed them.
-        "\n[flight]\nmax_rows_per_call = 50\nmax_bytes_per_call = 4000\nmax_concurrent_calls = 1",
+        "\n[flight]\nmax_rows_per_call = 50\nmax_bytes_per_call = 4000\nmax_concurrent_calls = 1\nidle_timeout = \"10s\"",
     );
     let mut q = Running::start(&job, 1);
     q.wait_until("the executor registered", Duration::from_secs(120), |q| q.log().contains("executor registered"));
@@ -311,6 +311,24 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
         expect(exchange(&mut c, vec![text_batch(&good)]).await, tonic::Code::ResourceExhausted, "overloaded");
         drop(tx);
         assert!(held.next().await.is_none(), "the held call ends when its client ends");
+
+        // A call that goes quiet is ended after `flight.idle_timeout`, and its slot is free again.
+        let (tx, rx) = futures::channel::mpsc::unbounded::<RecordBatch>();
+        tx.unbounded_send(text_batch(&good)).unwrap();
+        let mut quiet = holder.do_exchange(FlightDataEncoderBuilder::new().build(rx.map(Ok))).await.unwrap();
+        assert_eq!(quiet.next().await.expect("an answer").expect("embedded").num_rows(), 3);
+        let ended = tokio::time::timeout(Duration::from_secs(120), quiet.next())
+            .await
+            .expect("the server ends a quiet call")
+            .expect("an error, not the end")
+            .expect_err("the call times out");
+        let status = status_of(ended);
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{}", status.message());
+        assert!(status.message().contains("no input batch for 10s"), "{}", status.message());
+        exchange(&mut c, vec![text_batch(&good)])
+            .await
+            .expect("the slot is free while the quiet client still holds its end");
+        drop(tx);
 
         // After all that, the executor still embeds.
         let answer = exchange(&mut c, vec![text_batch(&good)]).await.expect("a good call after bad ones");

@@ -3,7 +3,7 @@
 //! - `DoExchange`: the client streams record batches with a `text` column (utf8) and gets each
 //!   back with an `embedding` column (FixedSizeList<Float32>) computed by this executor's forked
 //!   workers, in the same length-sorted batches as the stream. Per call, rows, bytes of text and
-//!   bytes on the wire are bounded (`[flight]`), a call idle for [`EXCHANGE_IDLE_TIMEOUT`] is
+//!   bytes on the wire are bounded (`[flight]`), a call idle for `flight.idle_timeout` is
 //!   ended, and at most `max_concurrent_calls` calls run at once; one more is answered
 //!   "overloaded" rather than queued.
 //! - `DoGet` with the query's name as ticket: the latest output batches of the running query,
@@ -17,7 +17,6 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::RecordBatch;
@@ -46,11 +45,6 @@ use crate::workers::WorkerPool;
 pub const TEXT_COLUMN: &str = "text";
 /// The name of the column `DoExchange` adds.
 pub const EMBEDDING_COLUMN: &str = "embedding";
-
-/// How long a `DoExchange` call may wait for its next input batch. A call holds one of the
-/// `max_concurrent_calls` slots while it is open, so a client that opens a call and then sends
-/// nothing would otherwise keep that slot forever.
-pub const EXCHANGE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Room for Arrow IPC framing (message headers, offsets, validity, padding) in the wire limit of
 /// a `DoExchange` call, so that a call of small batches is never refused for its overhead.
@@ -210,10 +204,13 @@ impl Exchange {
     /// The next answer; `None` once the input ended or an error was returned.
     async fn next(&mut self) -> Option<Result<RecordBatch, Status>> {
         self.permit.as_ref()?;
-        let result = match tokio::time::timeout(EXCHANGE_IDLE_TIMEOUT, self.input.next()).await {
+        // A call holds one of the `max_concurrent_calls` slots while it is open: a client that
+        // opens one and then sends nothing must not keep that slot forever.
+        let idle = self.limits.idle_timeout();
+        let result = match tokio::time::timeout(idle, self.input.next()).await {
             Err(_) => Err(Status::deadline_exceeded(format!(
-                "no input batch for {} s; the call was ended to free its slot (flight.max_concurrent_calls)",
-                EXCHANGE_IDLE_TIMEOUT.as_secs()
+                "no input batch for {}; the call was ended to free its slot (flight.idle_timeout)",
+                self.limits.idle_timeout
             ))),
             Ok(None) => {
                 self.permit = None;

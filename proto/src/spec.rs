@@ -362,6 +362,15 @@ pub struct FlightSpec {
     /// Output batches (one per task window) each executor keeps in memory for `DoGet`.
     #[serde(default = "default_recent_batches")]
     pub recent_batches: usize,
+    /// A `DoExchange` call that sends no batch for this long is ended, freeing its slot.
+    #[serde(default = "default_flight_idle")]
+    pub idle_timeout: String,
+}
+
+impl FlightSpec {
+    pub fn idle_timeout(&self) -> Duration {
+        humantime::parse_duration(&self.idle_timeout).unwrap_or(Duration::from_secs(60))
+    }
 }
 
 impl Default for FlightSpec {
@@ -371,6 +380,7 @@ impl Default for FlightSpec {
             max_bytes_per_call: default_flight_bytes(),
             max_concurrent_calls: default_flight_calls(),
             recent_batches: default_recent_batches(),
+            idle_timeout: default_flight_idle(),
         }
     }
 }
@@ -400,6 +410,9 @@ fn default_recent_batches() -> usize {
 }
 fn default_listen() -> String {
     "127.0.0.1:0".into()
+}
+fn default_flight_idle() -> String {
+    "60s".into()
 }
 fn default_lag_refresh() -> String {
     "5s".into()
@@ -649,13 +662,13 @@ impl JobSpec {
                 return Err(SpecError::new(key, format!("`{addr}` is not an address such as \"127.0.0.1:9464\"")));
             }
         }
-        match humantime::parse_duration(&mon.lag_refresh_interval) {
-            Ok(d) if !d.is_zero() => {}
-            _ => {
-                return Err(SpecError::new(
-                    "monitoring.lag_refresh_interval",
-                    "must be a duration above zero, such as \"5s\"",
-                ))
+        for (key, value) in [
+            ("monitoring.lag_refresh_interval", &mon.lag_refresh_interval),
+            ("flight.idle_timeout", &self.flight.idle_timeout),
+        ] {
+            match humantime::parse_duration(value) {
+                Ok(d) if !d.is_zero() => {}
+                _ => return Err(SpecError::new(key, "must be a duration above zero, such as \"5s\"")),
             }
         }
 
@@ -799,6 +812,7 @@ topic = "out"
             "monitoring.lag_refresh_interval"
         );
         assert_eq!(key_of(&spec(&f, "", "[flight]\nmax_rows_per_call = 0")), "flight.max_rows_per_call");
+        assert_eq!(key_of(&spec(&f, "", "[flight]\nidle_timeout = \"never\"")), "flight.idle_timeout");
         assert_eq!(key_of(&spec(&f, "", "[executors]\nmemory = \"lots\"")), "executors.memory");
         assert_eq!(key_of(&spec(&f, "", "[flight]\nmax_bytes = 10")), "flight.max_bytes");
         assert_eq!(key_of(&spec(&f, "", "[security]\ntoken_file = \"/nonexistent/token\"")), "security.token_file");

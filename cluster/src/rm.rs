@@ -11,7 +11,7 @@
 //!   restarted RM knows the running queries; nodes register again with what they run.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -176,17 +176,7 @@ impl ResourceManagerService {
         if *saved == bytes {
             return;
         }
-        let tmp = self.state_file.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.state_file)?;
-            let dir = self.state_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            std::fs::File::open(dir)?.sync_all()
-        };
-        match write() {
+        match embedstream_proto::durable::write_atomic(&self.state_file, &bytes) {
             Ok(()) => *saved = bytes,
             Err(e) => tracing::error!(path = %self.state_file.display(), error = %e, "cannot write the state file"),
         }
@@ -690,6 +680,8 @@ impl ResourceManager for ResourceManagerService {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     const NODE: &str = "127.0.0.2:8040";

@@ -15,9 +15,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use embedstream_proto::durable;
 use serde::{Deserialize, Serialize};
 
 use crate::planner::{PartitionOffsets, TopicPartition};
@@ -206,16 +206,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Che
 
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    }
-    Ok(())
+    durable::write_atomic(path, bytes).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
 }
 
 fn new_query_id() -> String {

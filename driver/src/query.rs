@@ -414,10 +414,10 @@ impl Query<'_> {
             self.metrics.input_rows.inc_by(planned as u64);
             // A file sink's batch whose manifest exists is published already: not written again.
             let published = match &table {
-                Some(t) => manifest::committed(t, entry.batch_id)?,
+                Some(t) => manifest::committed(t, entry.batch_id)?.map(|m| (t, m)),
                 None => None,
             };
-            if let (Some(t), Some(m)) = (&table, &published) {
+            if let Some((t, m)) = &published {
                 if !m.written_by(summary.query_id.as_str(), &entry.start, &entry.end) {
                     return Err(DriverError::ForeignTable {
                         path: t.display().to_string(),
@@ -428,20 +428,18 @@ impl Query<'_> {
                         end: serde_json::to_string(&m.end).unwrap_or_default(),
                     });
                 }
+                // The driver may have stopped between the manifest and deleting the files of
+                // failed attempts.
+                manifest::remove_orphans(t, m)?;
             }
             let already_published = published.is_some();
             let stats = match published {
-                Some(m) => {
+                Some((_, m)) => {
                     tracing::info!(
                         batch_id = entry.batch_id,
                         files = m.files.len(),
                         "batch already in the sink's manifest; not run again"
                     );
-                    // The driver may have stopped between the manifest and deleting the files
-                    // of failed attempts.
-                    if let Some(t) = &table {
-                        manifest::remove_orphans(t, &m)?;
-                    }
                     Ok(BatchStats { embeddings: m.files.iter().map(|f| f.rows).sum(), ..Default::default() })
                 }
                 None => self.scheduler.run_batch(entry.batch_id, tasks).await,

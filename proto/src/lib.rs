@@ -10,6 +10,7 @@
 //! - [`telemetry`]: the `/metrics` endpoint every process serves to Prometheus.
 
 pub mod auth;
+pub mod durable;
 pub mod manifest;
 pub mod serve;
 pub mod spec;

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
+
 /// The manifests' directory inside the table's path.
 pub const LOG_DIR: &str = "_embedstream_log";
 
@@ -89,20 +91,11 @@ pub fn commit(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestE
     let dir = table.join(LOG_DIR);
     if !dir.is_dir() {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        std::fs::File::open(table).and_then(|t| t.sync_all()).map_err(io(table))?;
+        durable::sync_dir(table).map_err(io(table))?;
     }
     let path = manifest_path(table, manifest.batch_id);
-    let tmp = dir.join(format!(".{}.json.tmp", manifest.batch_id));
     let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    };
-    write().map_err(io(&path))?;
+    durable::write_atomic(&path, &bytes).map_err(io(&path))?;
     remove_orphans(table, manifest)
 }
 

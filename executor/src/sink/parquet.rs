@@ -196,7 +196,7 @@ impl ParquetTaskWriter {
             // before the driver lists it in a manifest: sync each directory up to the table's.
             let mut dir_path = path.parent();
             while let Some(d) = dir_path.filter(|d| d.starts_with(&self.sink.table)) {
-                File::open(d).and_then(|d| d.sync_all()).map_err(|e| file_error(d, e))?;
+                embedstream_proto::durable::sync_dir(d).map_err(|e| file_error(d, e))?;
                 dir_path = d.parent();
             }
             let rel = if dir.is_empty() { self.name.clone() } else { format!("{dir}/{}", self.name) };

@@ -7,7 +7,7 @@ to the offsets the topic had when it started, commits, and prints a JSON summary
 
     baseline_consumer.py BOOTSTRAP INPUT_TOPIC OUTPUT_TOPIC MODEL_ONNX TOKENIZER_JSON [BATCH]
 
-`embedstream bench --python PY --baseline benches/baseline_consumer.py` runs it.
+`embedstream-bench --python PY --baseline benches/baseline_consumer.py` runs it.
 
 Needs confluent-kafka, tokenizers, onnxruntime and numpy (deploy/setup.sh --python).
 """

@@ -1,12 +1,13 @@
 //! embedstream against the limit and against what a team would write instead (issue 6): starts a
-//! Tansu broker on loopback and runs `embedstream bench` on it, with generated product titles,
-//! mixed-length English (Python's docstrings, deploy/demo/sample_texts.py) and the Python
-//! consumer baseline (benches/baseline_consumer.py). See src/bench.rs for what is measured.
+//! Tansu broker on loopback and runs the bench (the `embedstream-bench` crate, in this process)
+//! on it against the `embedstream` binary, with generated product titles, mixed-length English
+//! (Python's docstrings, deploy/demo/sample_texts.py) and the Python consumer baseline
+//! (benches/baseline_consumer.py). See bench/src/run.rs for what is measured.
 //!
 //!     deploy/setup.sh --python && cargo bench --bench pipeline
 //!
 //! EMBEDSTREAM_BENCH_TEXTS sets the number of texts per set (default 2000); arguments after `--`
-//! go to `embedstream bench` (`-- --keep --latency-seconds 10`). The table goes to
+//! go to `embedstream-bench` (`-- --keep --latency-seconds 10`). The table goes to
 //! stdout; target/embedstream-bench/{bench.json, bench.png} hold the report and the chart.
 
 #[path = "../tests/common/mod.rs"]
@@ -14,6 +15,8 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+
+use clap::Parser;
 
 use common::{Broker, Job};
 
@@ -40,21 +43,14 @@ fn main() {
     assert!(texts.status.success(), "{}", String::from_utf8_lossy(&texts.stderr));
     std::fs::write(&mixed, texts.stdout).unwrap();
 
-    let status = common::embedstream()
-        .arg("bench")
-        .arg(&job.path)
-        .args(["--count", &n.to_string()])
-        .arg("--mixed")
-        .arg(&mixed)
-        .arg("--python")
-        .arg(&python)
-        .arg("--baseline")
-        .arg(root.join("benches/baseline_consumer.py"))
-        .arg("--out")
-        .arg(root.join("target/embedstream-bench"))
-        // `cargo bench --bench pipeline -- --keep`, say; cargo itself adds `--bench`.
-        .args(std::env::args().skip(1).filter(|a| a != "--bench"))
-        .status()
-        .expect("embedstream bench");
-    assert!(status.success(), "embedstream bench failed");
+    let mut args: Vec<std::ffi::OsString> = vec!["embedstream-bench".into(), job.path.clone().into()];
+    args.extend(["--count".into(), n.to_string().into(), "--mixed".into(), mixed.into()]);
+    args.extend(["--python".into(), python.into(), "--baseline".into()]);
+    args.push(root.join("benches/baseline_consumer.py").into());
+    args.extend(["--out".into(), root.join("target/embedstream-bench").into()]);
+    args.extend(["--embedstream".into(), env!("CARGO_BIN_EXE_embedstream").into()]);
+    // `cargo bench --bench pipeline -- --keep`, say; cargo itself adds `--bench`.
+    args.extend(std::env::args_os().skip(1).filter(|a| a != "--bench"));
+    let cli = embedstream_bench::Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    embedstream_bench::run_blocking(cli.into_args().expect("the embedstream binary")).expect("embedstream-bench");
 }

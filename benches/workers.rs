@@ -19,10 +19,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use embedstream_core::spec::ModelSpec;
+use embedstream_core::telemetry::pss_bytes;
 use embedstream_executor::model::{self, Embedder};
 use embedstream_executor::workers::WorkerPool;
-use embedstream_proto::spec::ModelSpec;
-use embedstream_proto::telemetry::pss_bytes;
 
 const BATCH: usize = 32;
 

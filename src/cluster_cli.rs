@@ -7,17 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use embedstream_driver::cluster::{rm_client, ClusterLauncher, RmClient};
+use embedstream_core::auth::ClusterToken;
+use embedstream_core::spec::parse_memory_mb;
+use embedstream_core::JobSpec;
+use embedstream_driver::launcher::resource_manager::{rm_client, ResourceManagerLauncher, RmClient};
 use embedstream_driver::launcher::Launcher;
 use embedstream_driver::DriverOptions;
-use embedstream_proto::auth::ClusterToken;
 use embedstream_proto::pb::query_admin_client::QueryAdminClient;
 use embedstream_proto::pb::{
     ApplicationReport, ApplicationState, ContainerState, ListApplicationsRequest, ListNodesRequest, PauseRequest,
     ProgressRequest, QueryStatusRequest, Resources, ResumeRequest, ScaleRequest, StopRequest, SubmitApplicationRequest,
 };
-use embedstream_proto::spec::parse_memory_mb;
-use embedstream_proto::JobSpec;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -132,7 +132,7 @@ pub async fn driver_container(rm_address: String, app_id: String, listen: Socket
     let resources = Resources { vcores: spec.executors.cores, memory_mb: spec.executors.memory_mb() };
     let cores = spec.executors.cores;
     let launcher = move |driver: &str| -> Box<dyn Launcher> {
-        Box::new(ClusterLauncher {
+        Box::new(ResourceManagerLauncher {
             rm: client,
             rm_address,
             app_id,

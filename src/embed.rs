@@ -9,7 +9,7 @@ use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringAr
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::FlightClient;
 use arrow_schema::{DataType, Field, Schema};
-use embedstream_proto::auth::ClusterToken;
+use embedstream_core::auth::ClusterToken;
 use futures::TryStreamExt;
 
 pub struct EmbedArgs {

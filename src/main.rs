@@ -6,13 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use embedstream_proto::JobSpec;
+use embedstream_core::argv::{DriverCommand, ExecutorCommand, ModelDaemonCommand, NodeAgentCommand};
+use embedstream_core::JobSpec;
 
-mod bench;
-mod chart;
 mod cluster_cli;
 mod embed;
-mod kafka;
 
 #[derive(Parser)]
 #[command(name = "embedstream", version, about = "Turn Kafka streams into ML embeddings, in micro-batches.")]
@@ -43,10 +41,6 @@ impl AdminTarget {
     fn split(self, app: Option<String>) -> (cluster_cli::Target, Option<PathBuf>) {
         (cluster_cli::Target { master: self.master, driver: self.driver, app }, self.token_file)
     }
-}
-
-fn parse_memory(text: &str) -> Result<u64, String> {
-    embedstream_proto::spec::parse_memory_mb(text).ok_or_else(|| format!("`{text}` is not a size such as 8g or 512m"))
 }
 
 #[derive(Subcommand)]
@@ -107,39 +101,6 @@ enum Command {
         #[arg(long)]
         keyed: bool,
     },
-    /// Measure this machine: the model alone (the limit), embedstream end to end, and a baseline.
-    ///
-    /// Uses the job spec's broker and model section (batch_size, sort_window, ...); topics, source,
-    /// sink, trigger and checkpoints are the bench's own (topics named bench-<time>-*). Runs the
-    /// limit (one ONNX Runtime session on every core, fed pre-tokenized, length-sorted batches),
-    /// `run --local 1` with 1, 2, 4 ... workers on generated product titles and on the lines of
-    /// --mixed, the Python baseline with --python, then latency at half load with a 1 s trigger.
-    /// Prints a table; writes bench.json and bench.png to --out.
-    Bench {
-        /// A job spec (TOML) naming the broker and the model.
-        job: PathBuf,
-        /// Texts per set.
-        #[arg(long, default_value_t = 2000)]
-        count: usize,
-        /// A file of texts, one per line: measured as the "mixed" set.
-        #[arg(long, value_name = "FILE")]
-        mixed: Option<PathBuf>,
-        /// A Python interpreter to run --baseline with (deploy/setup.sh --python makes one).
-        #[arg(long, requires = "baseline")]
-        python: Option<PathBuf>,
-        /// The baseline consumer script (benches/baseline_consumer.py).
-        #[arg(long, requires = "python")]
-        baseline: Option<PathBuf>,
-        /// Seconds of load for the latency measurement; 0 skips it.
-        #[arg(long, default_value_t = 20)]
-        latency_seconds: u64,
-        /// Where bench.json and bench.png go.
-        #[arg(long, default_value = "embedstream-bench")]
-        out: PathBuf,
-        /// Keep the runs' job specs, checkpoints (with progress.jsonl) and logs under --out.
-        #[arg(long)]
-        keep: bool,
-    },
     /// Embed the lines of standard input with a running executor's warm model (Arrow Flight).
     ///
     /// Sends the texts to the executor's Flight `DoExchange` and prints one JSON line per text:
@@ -183,29 +144,7 @@ enum Command {
     /// It registers the node's vcores and memory, heartbeats, runs the containers the RM places
     /// here (drivers and executors) with their logs under --work-dir, reports how they end, and
     /// kills one whose process tree uses more memory than it was granted.
-    NodeAgent {
-        /// The resource manager, HOST:PORT.
-        #[arg(long)]
-        rm: String,
-        /// This node's address: its id, and containers listen on its host. The host's own
-        /// address, not 0.0.0.0; port 0 picks a free one.
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Vcores to offer.
-        #[arg(long)]
-        vcores: u32,
-        /// Memory to offer ("8g", "512m").
-        #[arg(long, value_parser = parse_memory)]
-        memory: u64,
-        /// Where container logs go: DIR/<application>/<container>/{stdout,stderr}.
-        #[arg(long, default_value = "embedstream-node")]
-        work_dir: PathBuf,
-        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-        heartbeat: std::time::Duration,
-        /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-    },
+    NodeAgent(NodeAgentCommand),
     /// Submit a job to a cluster (`--master rm://HOST:PORT`) or run it here (`--master local[N]`).
     ///
     /// The spec is checked first; a bad one is refused naming the key. On a cluster it prints the
@@ -259,40 +198,13 @@ enum Command {
     },
     /// A driver in a cluster container (started by a node agent, not by hand).
     #[command(hide = true)]
-    Driver {
-        #[arg(long)]
-        rm: String,
-        #[arg(long)]
-        app_id: String,
-        #[arg(long)]
-        listen: SocketAddr,
-    },
+    Driver(DriverCommand),
     /// A model daemon (started by an executor, not by hand): loads the model once, forks workers.
     #[command(hide = true)]
-    ModelDaemon {
-        /// The model section of the job spec, as JSON.
-        #[arg(long)]
-        model_json: String,
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        #[arg(long)]
-        socket_dir: PathBuf,
-        #[arg(long)]
-        ort_library: PathBuf,
-    },
+    ModelDaemon(ModelDaemonCommand),
     /// An executor process (started by a driver, not by hand).
     #[command(hide = true)]
-    Executor {
-        /// The driver's gRPC address, http://HOST:PORT.
-        #[arg(long)]
-        driver: String,
-        #[arg(long)]
-        executor_id: String,
-        #[arg(long, default_value_t = 1)]
-        cores: u32,
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-    },
+    Executor(ExecutorCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -307,11 +219,11 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     // The model daemon forks its workers: it must start no thread, so no tokio runtime.
-    if let Command::ModelDaemon { model_json, workers, socket_dir, ort_library } = cli.command {
-        let model = match serde_json::from_str(&model_json) {
+    if let Command::ModelDaemon(ModelDaemonCommand { model_toml, workers, socket_dir, ort_library }) = cli.command {
+        let model = match toml::from_str(&model_toml) {
             Ok(m) => m,
             Err(e) => {
-                println!("error --model-json: {e}");
+                println!("error --model-toml: {e}");
                 return std::process::ExitCode::FAILURE;
             }
         };
@@ -349,12 +261,8 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
             produce(&bootstrap_servers, &topic, partitions, keyed).await
         }
-        Command::Bench { job, count, mixed, python, baseline, latency_seconds, out, keep } => {
-            let args = bench::BenchArgs { job, count, mixed, python, baseline, latency_seconds, out, keep };
-            tokio::task::spawn_blocking(move || bench::run(args)).await?
-        }
         Command::Embed { flight, batch_rows } => {
-            let token = embedstream_proto::auth::ClusterToken::load(None)?;
+            let token = embedstream_core::auth::ClusterToken::load(None)?;
             embed::run(embed::EmbedArgs { flight, batch_rows: batch_rows as usize, token }).await
         }
         Command::ResourceManager { listen, advertise, state, node_timeout, token_file } => {
@@ -362,7 +270,7 @@ async fn dispatch(command: Command) -> Result<()> {
             let args = embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token };
             Ok(embedstream_cluster::run_resource_manager(args, cluster_cli::stop_on_signal()).await?)
         }
-        Command::NodeAgent { rm, listen, vcores, memory, work_dir, heartbeat, token_file } => {
+        Command::NodeAgent(NodeAgentCommand { rm, listen, vcores, memory, work_dir, heartbeat, token_file }) => {
             anyhow::ensure!(vcores > 0, "--vcores: at least 1");
             let token = cluster_cli::token(token_file.as_deref())?;
             let exe = std::env::current_exe().context("cannot find the embedstream binary for containers")?;
@@ -396,9 +304,13 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Scale { app, executors, target } => {
             admin_action(app, target, cluster_cli::Action::Scale(executors)).await
         }
-        Command::Driver { rm, app_id, listen } => cluster_cli::driver_container(rm, app_id, listen).await,
-        Command::ModelDaemon { .. } => unreachable!("dispatched before the runtime starts"),
-        Command::Executor { driver, executor_id, cores, listen } => {
+        Command::Driver(DriverCommand { rm, app_id, listen }) => {
+            let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
+            cluster_cli::driver_container(rm, app_id, listen).await
+        }
+        Command::ModelDaemon(_) => unreachable!("dispatched before the runtime starts"),
+        Command::Executor(ExecutorCommand { driver, executor_id, cores, listen }) => {
+            let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
             embedstream_executor::run(embedstream_executor::ExecutorArgs {
                 driver_url: driver,
                 executor_id: executor_id.clone(),
@@ -436,7 +348,7 @@ enum ProgressSource {
     /// `<checkpoint_location>/progress.jsonl`.
     File(PathBuf),
     /// A driver's admin API.
-    Admin(cluster_cli::Target, embedstream_proto::auth::ClusterToken),
+    Admin(cluster_cli::Target, embedstream_core::auth::ClusterToken),
 }
 
 impl ProgressSource {
@@ -486,9 +398,10 @@ async fn progress(source: ProgressSource, follow: bool, json: bool, last: usize)
 }
 
 async fn produce(bootstrap: &str, topic: &str, partitions: i32, keyed: bool) -> Result<()> {
-    kafka::create_topic(bootstrap, topic, partitions).await?;
-    let producer = kafka::producer(bootstrap)?;
-    let count = kafka::produce_lines(&producer, topic, partitions, keyed, std::io::stdin().lock().lines()).await?;
+    use embedstream_driver::topics;
+    topics::create_topic(bootstrap, topic, partitions).await?;
+    let producer = topics::producer(bootstrap)?;
+    let count = topics::produce_lines(&producer, topic, partitions, keyed, std::io::stdin().lock().lines()).await?;
     tracing::info!(topic, messages = count, "produced");
     Ok(())
 }

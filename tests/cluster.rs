@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::table::{file_being_written, read_table};
 use common::*;
-use embedstream_proto::auth::ClusterToken;
+use embedstream_core::auth::ClusterToken;
 use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
 use embedstream_proto::pb::{
     ApplicationReport, ApplicationState, ContainerReport, ContainerState, ListApplicationsRequest, ListNodesRequest,
@@ -552,8 +552,8 @@ fn an_executor_killed_while_it_writes_parquet_leaves_each_record_once_in_the_tab
         let (p, o) = ((n % 2) as i32, (n / 2) as i64);
         assert_eq!(&rows.get(&(p, o)).unwrap_or_else(|| panic!("input {p}-{o} is missing")).0, text);
     }
-    let mut visible = embedstream_proto::manifest::visible_files(&table).unwrap();
+    let mut visible = embedstream_core::manifest::visible_files(&table).unwrap();
     visible.sort();
-    assert_eq!(embedstream_proto::manifest::data_files(&table).unwrap(), visible, "the killed attempt's file is gone");
+    assert_eq!(embedstream_core::manifest::data_files(&table).unwrap(), visible, "the killed attempt's file is gone");
     cluster.admin(&["stop", &app_id]);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::table::{file_being_written, read_table};
 use common::*;
-use embedstream_proto::manifest;
+use embedstream_core::manifest;
 
 fn pid_of_executor(id: &str, pids: &[u32]) -> u32 {
     *pids

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use embedstream_core::spec::ModelSpec;
 use embedstream_executor::model::{self, Embedder};
 use embedstream_executor::workers::WorkerPool;
-use embedstream_proto::spec::ModelSpec;
 
 fn spec(batch_size: usize) -> ModelSpec {
     let dir = model_dir();

@@ -10,12 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use embedstream_proto::auth::{ClusterToken, RequireToken};
+use embedstream_core::auth::ClusterToken;
 use embedstream_proto::pb::resource_manager_server::ResourceManagerServer;
-use embedstream_proto::serve;
+use embedstream_proto::serve::GrpcServer;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::interceptor::InterceptedService;
 
 pub struct RmArgs {
     pub listen: SocketAddr,
@@ -43,11 +41,9 @@ pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>)
         );
     }
     tracing::info!(%address, %advertise, state = %args.state_file.display(), "resource manager listening");
-    let result = tonic::transport::Server::builder()
-        .add_service(InterceptedService::new(ResourceManagerServer::from_arc(service), RequireToken::new(args.token)))
-        .add_service(serve::health(&[serve::RESOURCE_MANAGER]).await)
-        .add_service(serve::reflection())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+    let result = GrpcServer::new(args.token)
+        .guarded(ResourceManagerServer::from_arc(service))
+        .serve(listener, async move {
             let _ = stop.wait_for(|&s| s).await;
         })
         .await;

@@ -14,15 +14,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use embedstream_proto::auth::ClusterToken;
+use embedstream_core::argv::{CONTAINER_ID_PLACEHOLDER, HOST_PLACEHOLDER};
+use embedstream_core::auth::ClusterToken;
+use embedstream_core::telemetry;
 use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
 use embedstream_proto::pb::{
     ContainerLaunch, ContainerState, ContainerStatus, NodeHeartbeatRequest, RegisterNodeRequest, Resources,
 };
-use embedstream_proto::{serve, telemetry};
+use embedstream_proto::serve::{self, GrpcServer};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Endpoint;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,14 +72,9 @@ pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), 
     let host = address.ip().to_string();
     let mut server_stop = stop.clone();
     // Health and reflection, for probes (systemd, load balancers, grpcurl).
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(serve::health(&[serve::NODE_AGENT]).await)
-            .add_service(serve::reflection())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = server_stop.wait_for(|&s| s).await;
-            }),
-    );
+    let server = tokio::spawn(GrpcServer::new(args.token.clone()).serve(listener, async move {
+        let _ = server_stop.wait_for(|&s| s).await;
+    }));
     let url = serve::grpc_url(&args.rm);
     let channel = Endpoint::from_shared(url.clone())
         .map_err(|e| NodeError::ResourceManager { url: url.clone(), message: e.to_string() })?
@@ -215,7 +211,7 @@ fn check_containers(running: &mut HashMap<String, Running>, ended: &mut BTreeMap
 /// Starts a container: `exe ARGS` with ENV (placeholders filled), in its own process group,
 /// stdout and stderr to files in its log directory.
 fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Running, String> {
-    let fill = |s: &str| s.replace("{host}", host).replace("{container_id}", &launch.container_id);
+    let fill = |s: &str| s.replace(HOST_PLACEHOLDER, host).replace(CONTAINER_ID_PLACEHOLDER, &launch.container_id);
     let dir = args.work_dir.join(&launch.app_id).join(&launch.container_id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let open =
@@ -232,7 +228,7 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
         .stderr(open("stderr")?)
         .process_group(0);
     if let Some(t) = args.token.secret() {
-        command.env(embedstream_proto::auth::TOKEN_ENV, t);
+        command.env(embedstream_core::auth::TOKEN_ENV, t);
     }
     let child = command.spawn().map_err(|e| format!("cannot start {}: {e}", args.exe.display()))?;
     let pid = child.id().ok_or("the container exited at once")?;

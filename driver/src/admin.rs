@@ -15,7 +15,7 @@ use embedstream_proto::pb::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::scheduler::ExecutorRegistry;
+use crate::executors::ExecutorRegistry;
 
 /// Executors one query may ask for.
 pub const MAX_EXECUTORS: u32 = 256;

@@ -13,14 +13,13 @@
 //! `spark.sql.streaming.minBatchesToRetain`), so a query that runs for months does not fill
 //! its directory with a file per batch: recovery needs only the newest entries.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use embedstream_proto::durable;
+use embedstream_core::durable;
 use serde::{Deserialize, Serialize};
 
-use crate::planner::{PartitionOffsets, TopicPartition};
+use embedstream_core::offsets::PartitionOffsets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -30,33 +29,14 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
-/// Offsets as Spark writes them: `{"topic": {"partition": offset}}`.
-pub type OffsetsJson = BTreeMap<String, BTreeMap<String, i64>>;
-
-pub fn to_json(offsets: &PartitionOffsets) -> OffsetsJson {
-    let mut out = OffsetsJson::new();
-    for (tp, &o) in offsets {
-        out.entry(tp.topic.clone()).or_default().insert(tp.partition.to_string(), o);
-    }
-    out
-}
-
-pub fn from_json(json: &OffsetsJson) -> PartitionOffsets {
-    json.iter()
-        .flat_map(|(t, ps)| {
-            ps.iter().filter_map(move |(p, &o)| Some((TopicPartition::new(t.clone(), p.parse().ok()?), o)))
-        })
-        .collect()
-}
-
 /// `offsets/<N>`: what batch N reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OffsetLogEntry {
     pub version: u32,
     pub batch_id: u64,
     pub timestamp_ms: u64,
-    pub start: OffsetsJson,
-    pub end: OffsetsJson,
+    pub start: PartitionOffsets,
+    pub end: PartitionOffsets,
 }
 
 /// `commits/<N>`: batch N is done.
@@ -133,18 +113,18 @@ impl Checkpoint {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "vanished while reading"),
         })?;
         if self.commit(last_planned)?.is_some() {
-            Ok(Recovery::Continue { next_batch_id: last_planned + 1, start: from_json(&entry.end) })
+            Ok(Recovery::Continue { next_batch_id: last_planned + 1, start: entry.end.clone() })
         } else {
             Ok(Recovery::Rerun(entry))
         }
     }
 
     /// The offsets a new query resolved from `starting_offsets`, once logged.
-    pub fn initial_offsets(&self) -> Result<Option<OffsetsJson>, CheckpointError> {
+    pub fn initial_offsets(&self) -> Result<Option<PartitionOffsets>, CheckpointError> {
         read_json(&self.root.join("initial_offsets"))
     }
 
-    pub fn write_initial_offsets(&self, offsets: &OffsetsJson) -> Result<(), CheckpointError> {
+    pub fn write_initial_offsets(&self, offsets: &PartitionOffsets) -> Result<(), CheckpointError> {
         write_atomic(&self.root.join("initial_offsets"), &serde_json::to_vec_pretty(offsets).unwrap())
     }
 
@@ -220,6 +200,8 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use embedstream_core::offsets::TopicPartition;
+
     use super::*;
 
     fn offs(v: &[(&str, i32, i64)]) -> PartitionOffsets {
@@ -237,8 +219,8 @@ mod tests {
             version: 1,
             batch_id: 0,
             timestamp_ms: 1,
-            start: to_json(&offs(&[("t", 0, 0), ("t", 1, 3)])),
-            end: to_json(&offs(&[("t", 0, 10), ("t", 1, 7)])),
+            start: offs(&[("t", 0, 0), ("t", 1, 3)]),
+            end: offs(&[("t", 0, 10), ("t", 1, 7)]),
         };
         cp.write_offsets(&entry).unwrap();
         // Planned but not committed: the same offsets again, after a reopen too.
@@ -272,8 +254,8 @@ mod tests {
                 version: 1,
                 batch_id,
                 timestamp_ms: 1,
-                start: to_json(&offs(&[("t", 0, o)])),
-                end: to_json(&offs(&[("t", 0, o + 10)])),
+                start: offs(&[("t", 0, o)]),
+                end: offs(&[("t", 0, o + 10)]),
             };
             cp.write_offsets(&entry).unwrap();
             if batch_id < 5 {

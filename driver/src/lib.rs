@@ -2,10 +2,15 @@
 //!
 //! - [`planner`]: pure offset rules (rate limit, min_partitions split, data loss);
 //! - [`checkpoint`]: the write-ahead offset log and the commit log;
+//! - [`committer`]: the sink's driver-side half, which publishes a batch (the Parquet manifest);
+//! - [`crash`]: crash points for recovery tests, only with the `test-hooks` feature;
 //! - [`source`]: the broker's partitions and offsets, group commits, sink topics;
-//! - [`scheduler`]: the executor registry, the driver's gRPC service, task dispatch and retries;
-//! - [`launcher`]: keeping executors alive (local processes), replacing lost ones, scaling;
-//! - [`cluster`]: executors as containers from the resource manager (cluster mode);
+//! - [`topics`]: creating topics and producing lines into one (`produce`, the bench);
+//! - [`executors`]: the executors the driver knows (live, draining, lost) and their clients;
+//! - [`service`]: the driver's gRPC service for executors (job spec, registration, heartbeats);
+//! - [`scheduler`]: task dispatch and retries;
+//! - [`launcher`]: keeping executors alive (local processes, or containers from the resource
+//!   manager), replacing lost ones, scaling;
 //! - [`admin`]: the QueryAdmin API (status, progress, stop, pause, resume, scale);
 //! - [`metrics`]: Prometheus metrics and the file_sd target list;
 //! - [`progress`]: per-batch progress records;
@@ -13,13 +18,17 @@
 
 pub mod admin;
 pub mod checkpoint;
-pub mod cluster;
+pub mod committer;
+pub mod crash;
+pub mod executors;
 pub mod launcher;
 pub mod metrics;
 pub mod planner;
 pub mod progress;
 pub mod query;
 pub mod scheduler;
+pub mod service;
 pub mod source;
+pub mod topics;
 
 pub use query::{run_local, run_query, DriverError, DriverOptions, QuerySummary};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
-use crate::planner::PartitionOffsets;
+use embedstream_core::offsets::PartitionOffsets;
 
 pub struct DriverMetrics {
     pub registry: Registry,

@@ -6,44 +6,8 @@
 //! - [`check_data_loss`]: what `failOnDataLoss` guards against.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition { topic: topic.into(), partition }
-    }
-}
-
-impl fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.topic, self.partition)
-    }
-}
-
-/// An offset per partition: a start (inclusive) or an end (exclusive, the next offset to read).
-pub type PartitionOffsets = BTreeMap<TopicPartition, i64>;
-
-/// `[from, until)` of one partition: one task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OffsetRange {
-    pub tp: TopicPartition,
-    pub from: i64,
-    pub until: i64,
-}
-
-impl OffsetRange {
-    pub fn size(&self) -> i64 {
-        self.until - self.from
-    }
-}
+use embedstream_core::offsets::{OffsetRange, PartitionOffsets, TopicPartition};
 
 /// Caps `latest` so that the batch reads at most `limit` records in all, giving each partition a
 /// share in proportion to its backlog (`latest - start`). A share below one record is rounded up
@@ -75,16 +39,6 @@ pub fn rate_limit(start: &PartitionOffsets, latest: &PartitionOffsets, limit: Op
                 _ => end,
             };
             (tp.clone(), capped)
-        })
-        .collect()
-}
-
-/// The non-empty ranges between `start` and `end`, one per partition.
-pub fn ranges(start: &PartitionOffsets, end: &PartitionOffsets) -> Vec<OffsetRange> {
-    end.iter()
-        .filter_map(|(tp, &until)| {
-            let from = *start.get(tp)?;
-            (until > from).then(|| OffsetRange { tp: tp.clone(), from, until })
         })
         .collect()
 }

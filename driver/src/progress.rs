@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::OffsetsJson;
+use embedstream_core::offsets::PartitionOffsets;
 
 const KEPT_IN_MEMORY: usize = 100;
 const ROTATE_AT_BYTES: u64 = 8 << 20;
@@ -21,9 +21,9 @@ const ROTATE_AT_BYTES: u64 = 8 << 20;
 #[serde(rename_all = "camelCase")]
 pub struct SourceProgress {
     pub description: String,
-    pub start_offset: OffsetsJson,
-    pub end_offset: OffsetsJson,
-    pub latest_offset: OffsetsJson,
+    pub start_offset: PartitionOffsets,
+    pub end_offset: PartitionOffsets,
+    pub latest_offset: PartitionOffsets,
     pub num_input_rows: u64,
     /// Records between the batch's end and the latest offsets when it was planned.
     pub offsets_behind_latest: i64,
@@ -152,9 +152,9 @@ mod tests {
             duration_ms: BTreeMap::from([("triggerExecution".into(), 500)]),
             sources: vec![SourceProgress {
                 description: "t".into(),
-                start_offset: OffsetsJson::new(),
-                end_offset: OffsetsJson::new(),
-                latest_offset: OffsetsJson::new(),
+                start_offset: PartitionOffsets::new(),
+                end_offset: PartitionOffsets::new(),
+                latest_offset: PartitionOffsets::new(),
                 num_input_rows: 10,
                 offsets_behind_latest: 7,
             }],

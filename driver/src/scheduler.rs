@@ -1,27 +1,20 @@
-//! Executors the driver knows, the gRPC service they talk to, and task dispatch.
+//! Task dispatch.
 //!
-//! Executors register with [`DriverServiceImpl`] once their model is loaded. [`Scheduler`] then
+//! Executors register with the driver's service (`crate::service`) once their model is loaded,
+//! into the registry (`crate::executors`). [`Scheduler`] then
 //! pushes each task to a free core of a live executor with `ExecutorService.RunTask` and retries
 //! a failed attempt (on whichever core is free next) until `MAX_TASK_ATTEMPTS`, as Spark's
 //! `spark.task.maxFailures` does. An executor whose RPC fails at the transport level is lost: its
 //! cores take no more tasks.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use embedstream_proto::auth::ClusterToken;
-use embedstream_proto::pb::driver_service_server::DriverService;
-use embedstream_proto::pb::executor_service_client::ExecutorServiceClient;
-use embedstream_proto::pb::{
-    task_status, FailureReason, GetJobSpecRequest, GetJobSpecResponse, HeartbeatRequest, HeartbeatResponse,
-    RegisterExecutorRequest, RegisterExecutorResponse, TaskDefinition, TaskSuccessful,
-};
-use tokio::sync::watch;
+use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskSuccessful};
 use tokio::task::JoinSet;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+
+use crate::executors::{ExecutorInfo, ExecutorRegistry};
 
 /// Attempts per task before the batch fails.
 pub const MAX_TASK_ATTEMPTS: u32 = 4;
@@ -36,153 +29,6 @@ pub enum SchedulerError {
     Fatal { batch_id: u64, task_id: u32, reason: FailureReason, message: String },
     #[error("no live executor is left to run batch {batch_id}")]
     NoExecutors { batch_id: u64 },
-}
-
-/// A client of one executor's ExecutorService, carrying the cluster token.
-pub type ExecutorClient = ExecutorServiceClient<InterceptedService<Channel, ClusterToken>>;
-
-#[derive(Clone)]
-pub struct ExecutorInfo {
-    pub id: String,
-    pub address: String,
-    pub cores: u32,
-    pub pid: u32,
-    /// host:port of its /metrics; empty if it serves none.
-    pub metrics_address: String,
-    client: ExecutorClient,
-}
-
-impl ExecutorInfo {
-    pub fn client(&self) -> ExecutorClient {
-        self.client.clone()
-    }
-}
-
-/// Executors registered with this driver; `registered` counts registrations for waiters.
-/// A live executor takes tasks; a draining one finishes its tasks and takes no new one; a lost
-/// one is gone.
-pub struct ExecutorRegistry {
-    executors: Mutex<HashMap<String, ExecutorInfo>>,
-    lost: Mutex<HashSet<String>>,
-    draining: Mutex<HashSet<String>>,
-    registered: watch::Sender<usize>,
-}
-
-impl Default for ExecutorRegistry {
-    fn default() -> Self {
-        ExecutorRegistry {
-            executors: Mutex::default(),
-            lost: Mutex::default(),
-            draining: Mutex::default(),
-            registered: watch::channel(0).0,
-        }
-    }
-}
-
-impl ExecutorRegistry {
-    /// Executors that take tasks, by id.
-    pub fn live(&self) -> Vec<ExecutorInfo> {
-        self.all().into_iter().filter(|(_, draining)| !draining).map(|(e, _)| e).collect()
-    }
-
-    /// Executors not lost, with whether each is draining, by id.
-    pub fn all(&self) -> Vec<(ExecutorInfo, bool)> {
-        let lost = self.lost.lock().unwrap();
-        let draining = self.draining.lock().unwrap();
-        let mut v: Vec<(ExecutorInfo, bool)> = self
-            .executors
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|e| !lost.contains(&e.id))
-            .map(|e| (e.clone(), draining.contains(&e.id)))
-            .collect();
-        v.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        v
-    }
-
-    pub fn mark_lost(&self, id: &str) {
-        self.lost.lock().unwrap().insert(id.to_string());
-    }
-
-    /// No new task goes to `id`; its tasks in flight finish.
-    pub fn drain(&self, id: &str) {
-        self.draining.lock().unwrap().insert(id.to_string());
-    }
-
-    /// Whether `id` ever registered.
-    pub fn knows(&self, id: &str) -> bool {
-        self.executors.lock().unwrap().contains_key(id)
-    }
-
-    /// Whether `id` is registered, not lost and not draining.
-    pub fn is_live(&self, id: &str) -> bool {
-        self.knows(id) && !self.is_lost(id) && !self.draining.lock().unwrap().contains(id)
-    }
-
-    fn is_lost(&self, id: &str) -> bool {
-        self.lost.lock().unwrap().contains(id)
-    }
-
-    /// Waits until at least `n` executors have registered.
-    pub fn subscribe(&self) -> watch::Receiver<usize> {
-        self.registered.subscribe()
-    }
-}
-
-/// The driver's gRPC service for its executors.
-pub struct DriverServiceImpl {
-    pub registry: Arc<ExecutorRegistry>,
-    /// Sent on every call to executors.
-    pub token: ClusterToken,
-    pub job_spec_toml: String,
-    pub query_id: String,
-}
-
-#[tonic::async_trait]
-impl DriverService for DriverServiceImpl {
-    async fn get_job_spec(&self, _: Request<GetJobSpecRequest>) -> Result<Response<GetJobSpecResponse>, Status> {
-        Ok(Response::new(GetJobSpecResponse {
-            job_spec_toml: self.job_spec_toml.clone(),
-            query_id: self.query_id.clone(),
-        }))
-    }
-
-    async fn register_executor(
-        &self,
-        request: Request<RegisterExecutorRequest>,
-    ) -> Result<Response<RegisterExecutorResponse>, Status> {
-        let r = request.into_inner();
-        if r.cores == 0 {
-            return Err(Status::invalid_argument("cores must be at least 1"));
-        }
-        let channel = Endpoint::from_shared(format!("http://{}", r.address))
-            .map_err(|e| Status::invalid_argument(format!("address {}: {e}", r.address)))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        tracing::info!(executor = %r.executor_id, address = %r.address, cores = r.cores, pid = r.pid, "executor registered");
-        let info = ExecutorInfo {
-            id: r.executor_id.clone(),
-            address: r.address,
-            cores: r.cores,
-            pid: r.pid,
-            metrics_address: r.metrics_address,
-            client: ExecutorServiceClient::with_interceptor(channel, self.token.clone()),
-        };
-        self.registry.executors.lock().unwrap().insert(r.executor_id.clone(), info);
-        self.registry.lost.lock().unwrap().remove(&r.executor_id);
-        self.registry.registered.send_modify(|n| *n += 1);
-        Ok(Response::new(RegisterExecutorResponse {}))
-    }
-
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        let id = request.into_inner().executor_id;
-        let known = self.registry.executors.lock().unwrap().contains_key(&id) && !self.registry.is_lost(&id);
-        Ok(Response::new(HeartbeatResponse { known }))
-    }
 }
 
 /// What the tasks of one batch did, summed.

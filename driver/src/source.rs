@@ -6,14 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use embedstream_proto::JobSpec;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use embedstream_core::JobSpec;
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::planner::{PartitionOffsets, TopicPartition};
+use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -127,21 +127,8 @@ impl KafkaSource {
             .into_iter()
             .filter(|t| !t.is_empty())
             .collect();
-        let new: Vec<NewTopic> =
-            topics.iter().map(|t| NewTopic::new(t, partitions.max(1), TopicReplication::Fixed(1))).collect();
-        let results = self
-            .admin
-            .create_topics(&new, &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)))
-            .await
-            .map_err(kafka("create topics"))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(SourceError::Topic { topic, message: format!("cannot create: {code}") })
-                }
-            }
-        }
+        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        crate::topics::create_topics(&self.admin, &topics, partitions, &options).await?;
         // Creation is asynchronous on the broker: wait until metadata shows both topics.
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let mut counts = Vec::new();

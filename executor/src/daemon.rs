@@ -16,7 +16,7 @@ use std::io::{BufReader, BufWriter};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use embedstream_proto::spec::ModelSpec;
+use embedstream_core::spec::ModelSpec;
 
 use crate::fork;
 use crate::model::{self, Embedder};

@@ -29,8 +29,8 @@ use arrow_flight::{
     HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use embedstream_proto::auth::ClusterToken;
-use embedstream_proto::spec::FlightSpec;
+use embedstream_core::auth::ClusterToken;
+use embedstream_core::spec::FlightSpec;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;

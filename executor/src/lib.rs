@@ -25,26 +25,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use embedstream_proto::auth::{ClusterToken, RequireToken};
+use embedstream_core::auth::ClusterToken;
+use embedstream_core::spec::SpecError;
+use embedstream_core::{telemetry, JobSpec};
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
 use embedstream_proto::pb::{
     task_status, FailureReason, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest, ShutdownRequest,
     ShutdownResponse, TaskDefinition, TaskFailed, TaskStatus,
 };
-use embedstream_proto::serve;
-use embedstream_proto::spec::SpecError;
-use embedstream_proto::{telemetry, JobSpec};
+use embedstream_proto::serve::GrpcServer;
 use tokio::sync::{watch, Semaphore};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::ExecutorMetrics;
 use crate::model::ModelError;
 use crate::reader::KafkaReader;
-use crate::sink::{KafkaSink, SinkError};
+use crate::sink::{DeadLetters, KafkaProducer, KafkaSink, SinkError};
 use crate::workers::WorkerPool;
-use embedstream_proto::spec::SinkKind;
+use embedstream_core::spec::SinkKind;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Missed heartbeats after which an executor decides its driver is gone and exits.
@@ -61,7 +60,7 @@ pub enum ExecutorError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error(transparent)]
-    Token(#[from] embedstream_proto::auth::TokenError),
+    Token(#[from] embedstream_core::auth::TokenError),
     #[error("executor service: {0}")]
     Serve(String),
 }
@@ -111,9 +110,10 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         Duration::from_millis(spec.source.poll_timeout_ms),
         spec.source.fail_on_data_loss,
     );
-    let dead_letters = Arc::new(KafkaSink::new(&spec, model_id.clone())?);
+    let producer = Arc::new(KafkaProducer::new(&spec)?);
+    let dead_letters = DeadLetters::new(&spec, producer.clone(), model_id.clone());
     let sink: Box<dyn sink::Sink> = match spec.sink.kind {
-        SinkKind::Kafka => Box::new(sink::kafka::KafkaOutput(dead_letters.clone())),
+        SinkKind::Kafka => Box::new(Arc::new(KafkaSink::new(&spec, producer, model_id.clone()))),
         SinkKind::Parquet => {
             Box::new(Arc::new(sink::parquet::ParquetSink::new(&spec, model_id.clone(), &args.executor_id, pool.dim())?))
         }
@@ -155,12 +155,10 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let address = listener.local_addr().map_err(|e| ExecutorError::Serve(e.to_string()))?;
     let mut server_stop = shutdown_rx.clone();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ExecutorServiceServer::with_interceptor(service, RequireToken::new(token)))
-            .add_service(serve::health(&[serve::EXECUTOR_SERVICE]).await)
-            .add_service(serve::reflection())
-            .add_service(FlightServiceServer::new(flight).max_decoding_message_size(flight_message_limit))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        GrpcServer::new(token)
+            .guarded(ExecutorServiceServer::new(service))
+            .open(FlightServiceServer::new(flight).max_decoding_message_size(flight_message_limit))
+            .serve(listener, async move {
                 let _ = server_stop.wait_for(|&s| s).await;
             }),
     );

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arrow_array::builder::{ArrayBuilder, BinaryBuilder, Int64Builder};
 use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use embedstream_proto::pb::OffsetRange;
+use embedstream_core::offsets::OffsetRange;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -85,7 +85,7 @@ impl KafkaReader {
 
     /// Reads the range; blocking (run it on a blocking thread).
     pub fn read(&self, range: &OffsetRange) -> Result<ReadOutput, ReadError> {
-        let key = (range.topic.clone(), range.partition);
+        let key = (range.tp.topic.clone(), range.tp.partition);
         let cached = self.idle.lock().unwrap().remove(&key);
         let consumer = match cached {
             Some(c) => c,
@@ -106,17 +106,17 @@ fn read_range(
     poll_timeout: Duration,
     fail_on_data_loss: bool,
 ) -> Result<ReadOutput, ReadError> {
-    let (topic, partition, until) = (range.topic.as_str(), range.partition, range.until_offset);
+    let (topic, partition, until) = (range.tp.topic.as_str(), range.tp.partition, range.until);
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(range.from_offset))?;
+    tpl.add_partition_offset(topic, partition, Offset::Offset(range.from))?;
     consumer.assign(&tpl)?;
 
-    let capacity = (until - range.from_offset).max(0) as usize;
+    let capacity = (until - range.from).max(0) as usize;
     let mut keys = BinaryBuilder::with_capacity(capacity, 0);
     let mut values = BinaryBuilder::with_capacity(capacity, 0);
     let mut offsets = Int64Builder::with_capacity(capacity);
     let mut timestamps = Int64Builder::with_capacity(capacity);
-    let mut next = range.from_offset;
+    let mut next = range.from;
     let mut gaps = 0u64;
     let mut last_progress = Instant::now();
 

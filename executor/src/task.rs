@@ -9,15 +9,16 @@ use std::time::Instant;
 
 use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
+use embedstream_core::offsets::OffsetRange;
+use embedstream_core::JobSpec;
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskFailed, TaskSuccessful};
-use embedstream_proto::JobSpec;
 use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::metrics::ExecutorMetrics;
 use crate::reader::{KafkaReader, ReadError};
 use crate::sink::kafka::{Origin, Pending};
-use crate::sink::{embedding_array, output_schema, KafkaSink, Sink, SinkError, TaskInfo};
+use crate::sink::{embedding_array, output_schema, DeadLetters, Sink, SinkError, TaskInfo};
 use crate::workers::WorkerPool;
 
 pub struct TaskContext {
@@ -28,7 +29,7 @@ pub struct TaskContext {
     /// Where embeddings go.
     pub sink: Box<dyn Sink>,
     /// Where records the model cannot take go (and, for a Kafka sink, the same producer).
-    pub dead_letters: Arc<KafkaSink>,
+    pub dead_letters: DeadLetters,
     pub metrics: Arc<ExecutorMetrics>,
     /// The latest windows written, for Flight `DoGet`.
     pub recent: Arc<crate::flight::RecentOutput>,
@@ -78,13 +79,16 @@ pub async fn run(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Sta
 }
 
 async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Status {
-    let Some(range) = def.range.clone() else {
-        return failed(FailureReason::Unspecified, "task has no offset range".into(), false);
+    let range = match def.range.clone().map(OffsetRange::try_from) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return failed(FailureReason::Unspecified, format!("bad task: {e}"), false),
+        None => return failed(FailureReason::Unspecified, "task has no offset range".into(), false),
     };
 
     let started = Instant::now();
     let reader = ctx.reader.clone();
-    let read = match tokio::task::spawn_blocking(move || reader.read(&range)).await.expect("reads do not panic") {
+    let to_read = range.clone();
+    let read = match tokio::task::spawn_blocking(move || reader.read(&to_read)).await.expect("reads do not panic") {
         Ok(r) => r,
         Err(e @ ReadError::DataLoss { .. }) => return failed(FailureReason::DataLoss, e.to_string(), false),
         Err(e) => {
@@ -124,7 +128,6 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
     let mut in_flight = futures::stream::FuturesOrdered::new();
     in_flight.extend(windows.by_ref().take(WINDOWS_IN_FLIGHT));
 
-    let range = def.range.as_ref().expect("checked");
     let info =
         TaskInfo { batch_id: def.batch_id, task_id: def.task_id, attempt: def.attempt, partition: def.sink_partition };
     let mut writer = match ctx.sink.open(&info) {
@@ -159,24 +162,21 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
 
     let sink_started = Instant::now();
     let origin = |i: usize| Origin {
-        topic: &range.topic,
-        partition: range.partition,
+        topic: &range.tp.topic,
+        partition: range.tp.partition,
         offset: offsets.value(i),
         key: keys.is_valid(i).then(|| keys.value(i)),
     };
     let mut pending = Pending::default();
     for (i, reason) in &rejects {
         tracing::debug!(offset = offsets.value(*i), %reason, "dead letter");
-        let sent = ctx
-            .dead_letters
-            .send_dead_letter(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason)
-            .await;
+        let sent = ctx.dead_letters.send(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason).await;
         if let Err(e) = sent {
             writer.abort().await;
             return sink_failed(&ctx, e);
         }
     }
-    if let Err(e) = ctx.dead_letters.finish(pending).await {
+    if let Err(e) = pending.finish().await {
         writer.abort().await;
         return sink_failed(&ctx, e);
     }

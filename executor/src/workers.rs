@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use embedstream_proto::spec::ModelSpec;
+use embedstream_core::argv::{ModelDaemonCommand, ProcessCommand};
+use embedstream_core::spec::ModelSpec;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -54,10 +55,7 @@ pub struct WorkerPool {
 #[derive(Clone)]
 struct DaemonCommand {
     exe: PathBuf,
-    model_json: String,
-    workers: usize,
-    ort_library: PathBuf,
-    socket_dir: PathBuf,
+    command: ModelDaemonCommand,
 }
 
 type DaemonLines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
@@ -67,12 +65,7 @@ impl DaemonCommand {
     async fn start(&self) -> Result<(Child, DaemonLines, usize, Vec<u32>), ModelError> {
         let fail = |message: String| ModelError::Daemon(message);
         let mut daemon = Command::new(&self.exe)
-            .arg("model-daemon")
-            .args(["--model-json", &self.model_json, "--workers", &self.workers.to_string()])
-            .arg("--socket-dir")
-            .arg(&self.socket_dir)
-            .arg("--ort-library")
-            .arg(&self.ort_library)
+            .args(self.command.argv())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -145,10 +138,12 @@ impl WorkerPool {
             .map_err(|e| ModelError::Daemon(format!("socket directory {}: {e}", socket_dir.display())))?;
         let cmd = DaemonCommand {
             exe: exe.to_path_buf(),
-            model_json: serde_json::to_string(model).expect("a model spec serialises"),
-            workers,
-            ort_library: ort_library.to_path_buf(),
-            socket_dir: socket_dir.clone(),
+            command: ModelDaemonCommand {
+                model_toml: toml::to_string(model).expect("a model spec serialises"),
+                workers,
+                ort_library: ort_library.to_path_buf(),
+                socket_dir: socket_dir.clone(),
+            },
         };
         let tokenizer = Arc::new(model::load_tokenizer(model)?);
         let (daemon, lines, dim, worker_pids) = cmd.start().await?;

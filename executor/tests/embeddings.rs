@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use embedstream_core::spec::ModelSpec;
 use embedstream_executor::model::{self, Embedder, ModelError};
-use embedstream_proto::spec::ModelSpec;
 
 #[derive(serde::Deserialize)]
 struct Reference {

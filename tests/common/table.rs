@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, Int64Array, StringArray};
-use embedstream_proto::manifest;
+use embedstream_core::manifest;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// (partition, offset) -> (text, embedding).

@@ -1,8 +1,8 @@
-//! The Kafka sink: one output record per good input record, one dead-letter record per bad one.
+//! The Kafka sink: one output record per good input record, and the executor's one producer,
+//! which the dead letters (`super::dead_letters`) share.
 //!
 //! Output records keep the input key and carry their origin in headers (`es.topic`,
-//! `es.partition`, `es.offset`, `es.model`); dead letters keep the input key and value and add
-//! `es.error`. The producer is idempotent, so librdkafka's own retries neither duplicate nor
+//! `es.partition`, `es.offset`, `es.model`). The producer is idempotent, so librdkafka's own retries neither duplicate nor
 //! reorder records; a task that is retried as a whole may write its records again
 //! (at-least-once).
 
@@ -14,8 +14,8 @@ use arrow_array::{
 };
 use futures::future::BoxFuture;
 
-use embedstream_proto::spec::VectorFormat;
-use embedstream_proto::JobSpec;
+use embedstream_core::spec::VectorFormat;
+use embedstream_core::JobSpec;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -31,22 +31,19 @@ pub struct Origin<'a> {
     pub key: Option<&'a [u8]>,
 }
 
-pub struct KafkaSink {
+/// The executor's one idempotent producer, shared by the Kafka sink and the dead letters.
+pub struct KafkaProducer {
     producer: FutureProducer,
-    topic: String,
-    dead_letter_topic: String,
-    format: VectorFormat,
-    model_id: String,
 }
 
-/// Records enqueued but not yet acknowledged by the broker.
+/// Records enqueued but not yet acknowledged by the broker, with the topic each went to.
 #[derive(Default)]
 pub struct Pending {
-    futures: Vec<(bool, DeliveryFuture)>,
+    futures: Vec<(Arc<str>, DeliveryFuture)>,
 }
 
-impl KafkaSink {
-    pub fn new(spec: &JobSpec, model_id: String) -> Result<KafkaSink, SinkError> {
+impl KafkaProducer {
+    pub fn new(spec: &JobSpec) -> Result<KafkaProducer, SinkError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", spec.sink_bootstrap_servers())
             .set("enable.idempotence", "true")
@@ -55,25 +52,80 @@ impl KafkaSink {
             .set("message.timeout.ms", "30000")
             .set("queue.buffering.max.messages", "200000")
             .create()?;
-        Ok(KafkaSink {
-            producer,
-            topic: spec.sink.topic.clone(),
-            dead_letter_topic: spec.dead_letter_topic(),
-            format: spec.sink.format,
-            model_id,
-        })
+        Ok(KafkaProducer { producer })
     }
 
-    fn headers(&self, origin: &Origin<'_>) -> OwnedHeaders {
-        OwnedHeaders::new()
-            .insert(Header { key: "es.topic", value: Some(origin.topic) })
-            .insert(Header { key: "es.partition", value: Some(&origin.partition.to_string()) })
-            .insert(Header { key: "es.offset", value: Some(&origin.offset.to_string()) })
-            .insert(Header { key: "es.model", value: Some(&self.model_id) })
+    /// Enqueues `record` for `topic`, waiting for older records while the local queue is full.
+    pub(crate) async fn enqueue<'a>(
+        &self,
+        pending: &mut Pending,
+        topic: &Arc<str>,
+        mut record: FutureRecord<'a, [u8], [u8]>,
+    ) -> Result<(), SinkError> {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(future) => {
+                    pending.futures.push((topic.clone(), future));
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full: wait for the oldest records, then try again.
+                    record = back;
+                    let half = pending.futures.len().div_ceil(2);
+                    let older: Vec<_> = pending.futures.drain(..half).collect();
+                    await_all(older).await?;
+                    if pending.futures.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn await_all(futures: Vec<(Arc<str>, DeliveryFuture)>) -> Result<(), SinkError> {
+    for (topic, f) in futures {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return Err(SinkError::Delivery { topic: topic.to_string(), error }),
+            Err(_) => return Err(SinkError::Cancelled { topic: topic.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+impl Pending {
+    /// Waits until the broker has acknowledged every enqueued record.
+    pub async fn finish(self) -> Result<(), SinkError> {
+        await_all(self.futures).await
+    }
+}
+
+/// The headers that say where a record came from and which model embedded it.
+pub(crate) fn origin_headers(origin: &Origin<'_>, model_id: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header { key: "es.topic", value: Some(origin.topic) })
+        .insert(Header { key: "es.partition", value: Some(&origin.partition.to_string()) })
+        .insert(Header { key: "es.offset", value: Some(&origin.offset.to_string()) })
+        .insert(Header { key: "es.model", value: Some(model_id) })
+}
+
+/// The Kafka sink: one record per row, in the task's partition of `sink.topic`.
+pub struct KafkaSink {
+    producer: Arc<KafkaProducer>,
+    topic: Arc<str>,
+    format: VectorFormat,
+    model_id: String,
+}
+
+impl KafkaSink {
+    pub fn new(spec: &JobSpec, producer: Arc<KafkaProducer>, model_id: String) -> KafkaSink {
+        KafkaSink { producer, topic: spec.sink.topic.as_str().into(), format: spec.sink.format, model_id }
     }
 
     /// Enqueues the embedding of `origin` for partition `partition` of the sink topic.
-    pub async fn send_embedding(
+    async fn send_embedding(
         &self,
         pending: &mut Pending,
         partition: i32,
@@ -84,95 +136,18 @@ impl KafkaSink {
         let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
             .partition(partition)
             .payload(&payload)
-            .headers(self.headers(origin));
+            .headers(origin_headers(origin, &self.model_id));
         let record = match origin.key {
             Some(k) => record.key(k),
             None => record,
         };
-        self.enqueue(pending, false, record).await
-    }
-
-    /// Enqueues a dead letter: the input value as it came, and why it was refused.
-    pub async fn send_dead_letter(
-        &self,
-        pending: &mut Pending,
-        partition: i32,
-        origin: &Origin<'_>,
-        value: Option<&[u8]>,
-        reason: &str,
-    ) -> Result<(), SinkError> {
-        let headers = self.headers(origin).insert(Header { key: "es.error", value: Some(reason) });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).partition(partition).headers(headers);
-        if let Some(k) = origin.key {
-            record = record.key(k);
-        }
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        self.enqueue(pending, true, record).await
-    }
-
-    async fn enqueue<'a>(
-        &self,
-        pending: &mut Pending,
-        dead_letter: bool,
-        mut record: FutureRecord<'a, [u8], [u8]>,
-    ) -> Result<(), SinkError> {
-        loop {
-            match self.producer.send_result(record) {
-                Ok(future) => {
-                    pending.futures.push((dead_letter, future));
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full: wait for the oldest records, then try again.
-                    record = back;
-                    self.flush_some(pending).await?;
-                    if pending.futures.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-    }
-
-    async fn flush_some(&self, pending: &mut Pending) -> Result<(), SinkError> {
-        let half = pending.futures.len().div_ceil(2);
-        let older: Vec<_> = pending.futures.drain(..half).collect();
-        self.await_all(older).await
-    }
-
-    async fn await_all(&self, futures: Vec<(bool, DeliveryFuture)>) -> Result<(), SinkError> {
-        for (dead_letter, f) in futures {
-            let topic = || {
-                if dead_letter {
-                    self.dead_letter_topic.clone()
-                } else {
-                    self.topic.clone()
-                }
-            };
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(SinkError::Delivery { topic: topic(), error }),
-                Err(_) => return Err(SinkError::Cancelled { topic: topic() }),
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until the broker has acknowledged every enqueued record.
-    pub async fn finish(&self, pending: Pending) -> Result<(), SinkError> {
-        self.await_all(pending.futures).await
+        self.producer.enqueue(pending, &self.topic, record).await
     }
 }
 
-/// The Kafka sink as a [`super::Sink`]: one record per row, in the task's sink partition.
-pub struct KafkaOutput(pub Arc<KafkaSink>);
-
-impl super::Sink for KafkaOutput {
+impl super::Sink for Arc<KafkaSink> {
     fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
-        Ok(Box::new(KafkaTaskWriter { sink: self.0.clone(), partition: task.partition, acks: Vec::new() }))
+        Ok(Box::new(KafkaTaskWriter { sink: self.clone(), partition: task.partition, acks: Vec::new() }))
     }
 }
 
@@ -212,8 +187,7 @@ impl TaskWriter for KafkaTaskWriter {
                 self.sink.send_embedding(&mut pending, self.partition, &origin, vector).await?;
             }
             let stamps = timestamps.iter().flatten().collect();
-            let sink = self.sink.clone();
-            self.acks.push((stamps, tokio::spawn(async move { sink.finish(pending).await.map(|()| now_ms()) })));
+            self.acks.push((stamps, tokio::spawn(async move { pending.finish().await.map(|()| now_ms()) })));
             Ok(())
         })
     }

@@ -6,12 +6,13 @@
 //!   [`output_schema`]);
 //! - [`TaskWriter::commit`] when the task is done, or [`TaskWriter::abort`] when it failed;
 //! - per batch, the driver commits: nothing to do for Kafka, the manifest for file sinks
-//!   (`embedstream_proto::manifest`), written once every task of the batch has committed.
+//!   (`embedstream_core::manifest`), written once every task of the batch has committed.
 //!
 //! Guarantees: [`kafka`] is at-least-once (a retried task writes its records again; the
 //! idempotent producer never duplicates within an attempt); [`parquet`] is exactly-once for
-//! readers that go through the manifests. Dead letters always go to the Kafka dead-letter topic.
+//! readers that go through the manifests. Dead letters ([`dead_letters`]) always go to the Kafka dead-letter topic.
 
+pub mod dead_letters;
 pub mod kafka;
 pub mod parquet;
 
@@ -23,7 +24,8 @@ use embedstream_proto::pb::OutputFile;
 use futures::future::BoxFuture;
 use rdkafka::error::KafkaError;
 
-pub use kafka::KafkaSink;
+pub use dead_letters::DeadLetters;
+pub use kafka::{KafkaProducer, KafkaSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -1,6 +1,6 @@
 //! The Parquet sink: zstd-compressed Parquet files in Hive-style partition directories
 //! (`dt=YYYY-MM-DD/`, from each record's Kafka timestamp in UTC), published per batch by the
-//! driver's manifest (`embedstream_proto::manifest`), which makes them exactly-once for readers.
+//! driver's manifest (`embedstream_core::manifest`), which makes them exactly-once for readers.
 //!
 //! Columns: `key` (binary), `topic`, `partition`, `offset`, `kafka_timestamp` (ms, UTC), `model`,
 //! `embedding` (FixedSizeList<Float32>), and `value` (the text) when `sink.columns` asks for it.
@@ -14,10 +14,10 @@ use arrow_array::{
     Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use embedstream_proto::manifest;
+use embedstream_core::manifest;
+use embedstream_core::spec::PartitionBy;
+use embedstream_core::JobSpec;
 use embedstream_proto::pb::OutputFile;
-use embedstream_proto::spec::PartitionBy;
-use embedstream_proto::JobSpec;
 use futures::future::BoxFuture;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -196,7 +196,7 @@ impl ParquetTaskWriter {
             // before the driver lists it in a manifest: sync each directory up to the table's.
             let mut dir_path = path.parent();
             while let Some(d) = dir_path.filter(|d| d.starts_with(&self.sink.table)) {
-                embedstream_proto::durable::sync_dir(d).map_err(|e| file_error(d, e))?;
+                embedstream_core::durable::sync_dir(d).map_err(|e| file_error(d, e))?;
                 dir_path = d.parent();
             }
             let rel = if dir.is_empty() { self.name.clone() } else { format!("{dir}/{}", self.name) };

@@ -1,22 +1,28 @@
 //! Starting, replacing and releasing executors.
 //!
-//! A [`Launcher`] keeps a number of executors alive: [`LocalLauncher`] as child processes of the
-//! driver (`run --local N`), [`crate::cluster::ClusterLauncher`] as containers the resource
-//! manager places on node agents. Either way an executor runs this same binary
+//! A [`Launcher`] keeps a number of executors alive: [`local::LocalLauncher`] as child processes
+//! of the driver (`run --local N`), [`resource_manager::ResourceManagerLauncher`] as containers
+//! the resource manager places on node agents. A new way to get executors (YARN) is one more
+//! module here implementing [`Launcher`]. Either way an executor runs this same binary
 //! (`embedstream executor --driver URL ...`), fetches the job spec from the driver, loads the
 //! model and registers. The [`reconcile`] loop compares what is alive with what the query wants
 //! (`Control::target`, changed by `Scale`), marks ended executors lost, starts replacements and
 //! drains extras.
+
+pub mod local;
+pub mod resource_manager;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use embedstream_proto::pb::ShutdownRequest;
-use tokio::process::{Child, Command};
+
+pub use local::LocalLauncher;
+pub use resource_manager::ResourceManagerLauncher;
 
 use crate::admin::Control;
-use crate::scheduler::ExecutorRegistry;
+use crate::executors::ExecutorRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -50,92 +56,6 @@ pub trait Launcher: Send {
     async fn stop(&mut self, grace: Duration);
     /// The query ended (`ok`, or failed with `diagnostics`): tells whoever granted the executors.
     async fn finish(&mut self, _ok: bool, _diagnostics: &str) {}
-}
-
-/// Executors as child processes of the driver.
-pub struct LocalLauncher {
-    exe: PathBuf,
-    driver_url: String,
-    cores: u32,
-    next_id: u32,
-    /// The cluster token, handed to executors in their environment.
-    token: Option<String>,
-    children: Vec<(String, Child)>,
-    /// Released executors, left to exit after their Shutdown.
-    leaving: Vec<(String, Child)>,
-}
-
-impl LocalLauncher {
-    /// `exe` is the `embedstream` binary (usually `std::env::current_exe()`).
-    pub fn new(exe: PathBuf, driver_url: &str, cores: u32, token: Option<String>) -> Self {
-        LocalLauncher {
-            exe,
-            driver_url: driver_url.into(),
-            cores,
-            next_id: 0,
-            token,
-            children: Vec::new(),
-            leaving: Vec::new(),
-        }
-    }
-
-    fn spawn(&mut self) -> Result<(), LaunchError> {
-        let id = format!("exec-{}", self.next_id);
-        self.next_id += 1;
-        let mut command = Command::new(&self.exe);
-        if let Some(t) = &self.token {
-            command.env(embedstream_proto::auth::TOKEN_ENV, t);
-        }
-        let child = command
-            .args(["executor", "--driver", &self.driver_url, "--executor-id", &id, "--cores", &self.cores.to_string()])
-            // Executors log to the same stderr as the driver; stdout stays the driver's.
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| LaunchError::Spawn { id: id.clone(), exe: self.exe.clone(), source })?;
-        tracing::info!(executor = %id, "starting a local executor");
-        self.children.push((id, child));
-        Ok(())
-    }
-}
-
-#[tonic::async_trait]
-impl Launcher for LocalLauncher {
-    async fn reconcile(&mut self, target: u32, release: &[String]) -> Result<Vec<Ended>, LaunchError> {
-        let mut ended = Vec::new();
-        let mut alive = Vec::new();
-        for (id, mut child) in self.children.drain(..) {
-            if release.contains(&id) {
-                self.leaving.push((id, child));
-                continue;
-            }
-            match child.try_wait() {
-                Ok(Some(status)) => ended.push(Ended { id, why: format!("process exited with {status}") }),
-                _ => alive.push((id, child)),
-            }
-        }
-        self.children = alive;
-        self.leaving.retain_mut(|(_, c)| matches!(c.try_wait(), Ok(None)));
-        while (self.children.len() as u32) < target {
-            self.spawn()?;
-        }
-        Ok(ended)
-    }
-
-    async fn stop(&mut self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        for (id, child) in self.children.iter_mut().chain(self.leaving.iter_mut()) {
-            match tokio::time::timeout_at(deadline, child.wait()).await {
-                Ok(Ok(status)) => tracing::debug!(executor = %id, %status, "executor exited"),
-                _ => {
-                    tracing::warn!(executor = %id, "executor did not exit in time; killing it");
-                    let _ = child.kill().await;
-                }
-            }
-        }
-        self.children.clear();
-        self.leaving.clear();
-    }
 }
 
 /// Executors that may end before registering, in all, before the query gives up: a model that

@@ -385,7 +385,7 @@ impl Default for FlightSpec {
     }
 }
 
-/// Who may call: the cluster token (see `embedstream_proto::auth`).
+/// Who may call: the cluster token (see `embedstream_core::auth`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecuritySpec {

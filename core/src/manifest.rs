@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::durable;
+use crate::offsets::PartitionOffsets;
 
 /// The manifests' directory inside the table's path.
 pub const LOG_DIR: &str = "_embedstream_log";
@@ -38,9 +39,6 @@ pub struct ManifestFile {
     pub rows: u64,
 }
 
-/// Offsets as the checkpoint writes them: `{"topic": {"partition": offset}}`.
-pub type Offsets = std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>;
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchManifest {
     pub version: u32,
@@ -48,15 +46,15 @@ pub struct BatchManifest {
     /// The query (its checkpoint's id) that wrote the batch: a table belongs to one query.
     pub query_id: String,
     /// The Kafka offsets whose records the batch's files hold, end exclusive.
-    pub start: Offsets,
-    pub end: Offsets,
+    pub start: PartitionOffsets,
+    pub end: PartitionOffsets,
     pub files: Vec<ManifestFile>,
 }
 
 impl BatchManifest {
     /// Whether this manifest is the one `query_id` wrote for a batch of these offsets; when
     /// not, the table was written by another query (a new checkpoint on an old `sink.path`).
-    pub fn written_by(&self, query_id: &str, start: &Offsets, end: &Offsets) -> bool {
+    pub fn written_by(&self, query_id: &str, start: &PartitionOffsets, end: &PartitionOffsets) -> bool {
         self.query_id == query_id && self.start == *start && self.end == *end
     }
 }
@@ -179,6 +177,7 @@ pub fn visible_files(table: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offsets::TopicPartition;
 
     #[test]
     fn a_commit_publishes_listed_files_and_deletes_the_batch_s_others() {
@@ -200,8 +199,8 @@ mod tests {
             version: 1,
             batch_id: 3,
             query_id: "q".into(),
-            start: Offsets::from([("t".into(), [("0".into(), 0)].into())]),
-            end: Offsets::from([("t".into(), [("0".into(), 7)].into())]),
+            start: [(TopicPartition::new("t", 0), 0)].into_iter().collect(),
+            end: [(TopicPartition::new("t", 0), 7)].into_iter().collect(),
             files: vec![ManifestFile { path: kept.clone(), rows: 7 }],
         };
         assert_eq!(commit(table, &m).unwrap(), 1);

@@ -1,4 +1,4 @@
-//! `embedstream bench`: embedstream against the limit and against a plain consumer, side by side in
+//! What `embedstream-bench` measures: embedstream against the limit and against a plain consumer, side by side in
 //! one run on the same model, texts and cores, so that the ratios hold on a noisy machine.
 //!
 //! For each text set (generated product titles, and the lines of `--mixed FILE`):
@@ -22,15 +22,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use embedstream_core::telemetry::pss_bytes;
+use embedstream_core::JobSpec;
 use embedstream_driver::source::KafkaSource;
+use embedstream_driver::topics;
 use embedstream_executor::model::{self, Embedder};
-use embedstream_proto::telemetry::pss_bytes;
-use embedstream_proto::JobSpec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
+
+use crate::chart;
 
 /// Partitions of every topic the bench creates.
 const PARTITIONS: i32 = 2;
@@ -45,6 +48,8 @@ pub struct BenchArgs {
     pub latency_seconds: u64,
     pub out: PathBuf,
     pub keep: bool,
+    /// The `embedstream` binary whose `run --local 1` is measured.
+    pub embedstream: PathBuf,
 }
 
 /// Short product titles, all about the same length.
@@ -80,7 +85,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let work = args.out.join(format!("run-{run_id}"));
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let bench = Bench { base_toml, bootstrap: base.source.bootstrap_servers.clone(), work, run_id };
+    let bench = Bench {
+        base_toml,
+        bootstrap: base.source.bootstrap_servers.clone(),
+        work,
+        run_id,
+        embedstream: args.embedstream.clone(),
+    };
 
     let mut sets = vec![("uniform".to_string(), uniform_texts(args.count))];
     if let Some(path) = &args.mixed {
@@ -94,7 +105,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     workers.push(cores);
 
     println!(
-        "embedstream bench: {cores} cores, {} texts a set, batch {}, sort window {}, model {}\n",
+        "embedstream-bench: {cores} cores, {} texts a set, batch {}, sort window {}, model {}\n",
         args.count,
         base.model.batch_size,
         base.model.sort_window,
@@ -194,13 +205,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let json_path = args.out.join("bench.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
     let png_path = args.out.join("bench.png");
-    crate::chart::draw(
-        &png_path,
-        &results_for_chart(&results),
-        latency.as_ref().map(|(_, ms)| ms.as_slice()),
-        TRIGGER_MS,
-    )
-    .context("chart")?;
+    chart::draw(&png_path, &results_for_chart(&results), latency.as_ref().map(|(_, ms)| ms.as_slice()), TRIGGER_MS)
+        .context("chart")?;
     println!("\nreport: {}\nchart: {}", json_path.display(), png_path.display());
     if args.keep {
         println!("runs: {}", bench.work.display());
@@ -210,10 +216,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn results_for_chart(results: &[SetResult]) -> Vec<crate::chart::Series> {
+fn results_for_chart(results: &[SetResult]) -> Vec<chart::Series> {
     results
         .iter()
-        .map(|r| crate::chart::Series {
+        .map(|r| chart::Series {
             name: r.name.clone(),
             limit: r.limit_sorted,
             by_workers: r.by_workers.iter().map(|&(w, rate, _)| (w, rate)).collect(),
@@ -246,15 +252,17 @@ struct Bench {
     /// Job specs, checkpoints and logs of this run.
     work: PathBuf,
     run_id: u64,
+    embedstream: PathBuf,
 }
 
 impl Bench {
     fn produce(&self, topic: &str, texts: &[String]) -> Result<()> {
         let handle = tokio::runtime::Handle::current();
         handle.block_on(async {
-            crate::kafka::create_topic(&self.bootstrap, topic, PARTITIONS).await?;
-            let producer: FutureProducer = crate::kafka::producer(&self.bootstrap)?;
-            crate::kafka::produce_lines(&producer, topic, PARTITIONS, true, texts.iter().map(|t| Ok(t.clone()))).await
+            topics::create_topic(&self.bootstrap, topic, PARTITIONS).await?;
+            let producer: FutureProducer = topics::producer(&self.bootstrap)?;
+            topics::produce_lines(&producer, topic, PARTITIONS, true, texts.iter().map(|t| Ok(t.clone()))).await?;
+            anyhow::Ok(())
         })?;
         Ok(())
     }
@@ -293,7 +301,7 @@ impl Bench {
         let mut trigger = toml::Table::new();
         trigger.insert("available_now".into(), true.into());
         let job = self.job(name, topic, trigger, workers, "earliest")?;
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let mut cmd = Command::new(&self.embedstream);
         cmd.arg("run").arg(&job).args(["--local", "1"]);
         let (stdout, pss) = run_measuring_memory(cmd, &job.with_file_name("run.log"))?;
         let summary: serde_json::Value = serde_json::from_slice(&stdout).context("the run's summary")?;
@@ -325,7 +333,7 @@ impl Bench {
         let job = self.job("latency", &topic, trigger, workers, "latest")?;
         let spec = JobSpec::from_file(&job)?;
         let log_path = job.with_file_name("run.log");
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(&self.embedstream)
             .arg("run")
             .arg(&job)
             .args(["--local", "1"])
@@ -341,14 +349,13 @@ impl Bench {
 
         let texts = uniform_texts((rate * seconds as f64) as usize);
         let per_tick = (rate / 10.0).ceil() as usize;
-        let producer = crate::kafka::producer(&self.bootstrap)?;
+        let producer = topics::producer(&self.bootstrap)?;
         let started = Instant::now();
         tokio::runtime::Handle::current().block_on(async {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             for chunk in texts.chunks(per_tick) {
                 tick.tick().await;
-                crate::kafka::produce_lines(&producer, &topic, PARTITIONS, true, chunk.iter().map(|t| Ok(t.clone())))
-                    .await?;
+                topics::produce_lines(&producer, &topic, PARTITIONS, true, chunk.iter().map(|t| Ok(t.clone()))).await?;
             }
             anyhow::Ok(())
         })?;

@@ -11,13 +11,15 @@
 
 use std::time::Duration;
 
-use embedstream_proto::auth::ClusterToken;
+use embedstream_core::auth::ClusterToken;
 use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
 use embedstream_proto::pb::{AllocateRequest, ApplicationState, ContainerState, Resources};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::launcher::{Ended, LaunchError, Launcher};
+use embedstream_core::argv::{ExecutorCommand, ProcessCommand, CONTAINER_ID_PLACEHOLDER, HOST_PLACEHOLDER};
+
+use super::{Ended, LaunchError, Launcher};
 
 pub type RmClient = ResourceManagerClient<InterceptedService<Channel, ClusterToken>>;
 
@@ -32,7 +34,7 @@ pub fn rm_client(address: &str, token: ClusterToken) -> Result<RmClient, LaunchE
     Ok(ResourceManagerClient::with_interceptor(channel, token))
 }
 
-pub struct ClusterLauncher {
+pub struct ResourceManagerLauncher {
     pub rm: RmClient,
     pub rm_address: String,
     pub app_id: String,
@@ -42,25 +44,20 @@ pub struct ClusterLauncher {
     pub cores: u32,
 }
 
-impl ClusterLauncher {
+impl ResourceManagerLauncher {
     fn request(&self, wanted: u32, release: &[String], state: ApplicationState, diagnostics: &str) -> AllocateRequest {
-        let args = [
-            "executor",
-            "--driver",
-            &format!("http://{}", self.driver_address),
-            "--executor-id",
-            "{container_id}",
-            "--cores",
-            &self.cores.to_string(),
-            "--listen",
-            "{host}:0",
-        ];
+        let executor = ExecutorCommand {
+            driver: format!("http://{}", self.driver_address),
+            executor_id: CONTAINER_ID_PLACEHOLDER.into(),
+            cores: self.cores,
+            listen: format!("{HOST_PLACEHOLDER}:0"),
+        };
         AllocateRequest {
             app_id: self.app_id.clone(),
             driver_address: self.driver_address.clone(),
             executors_wanted: wanted,
             executor_resources: Some(self.executor_resources),
-            executor_args: args.iter().map(|a| a.to_string()).collect(),
+            executor_args: executor.argv(),
             release: release.to_vec(),
             state: state as i32,
             diagnostics: diagnostics.into(),
@@ -69,7 +66,7 @@ impl ClusterLauncher {
 }
 
 #[tonic::async_trait]
-impl Launcher for ClusterLauncher {
+impl Launcher for ResourceManagerLauncher {
     async fn reconcile(&mut self, target: u32, release: &[String]) -> Result<Vec<Ended>, LaunchError> {
         let request = self.request(target, release, ApplicationState::Running, "");
         let answer = match self.rm.allocate(request).await {

@@ -1,13 +1,45 @@
 //! The bench's PNG: embeddings/s by number of workers (with the limit of each text set), and the
 //! distribution of end-to-end latency at half load.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-/// Labels need a TrueType font; Debian's fonts-dejavu-core has this one (deploy/setup.sh installs it).
-const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// Overrides where the labels' TrueType font is looked for.
+pub const FONT_ENV: &str = "EMBEDSTREAM_BENCH_FONT";
+/// The font the chart prefers (Debian's fonts-dejavu-core, which deploy/setup.sh installs).
+const PREFERRED_FONT: &str = "DejaVuSans.ttf";
+
+/// The labels' font: `$EMBEDSTREAM_BENCH_FONT`, else DejaVuSans.ttf, else any TrueType font,
+/// under the system's and the user's font directories.
+fn find_font() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(FONT_ENV).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let mut dirs: Vec<PathBuf> = ["/usr/share/fonts", "/usr/local/share/fonts"].iter().map(PathBuf::from).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".local/share/fonts"));
+    }
+    let mut fonts = Vec::new();
+    let mut stack = dirs;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ttf")) {
+                fonts.push(path);
+            }
+        }
+    }
+    fonts.sort();
+    let preferred = fonts.iter().find(|p| p.file_name().is_some_and(|n| n == PREFERRED_FONT));
+    preferred.or(fonts.first()).cloned().with_context(|| {
+        format!("no TrueType font under /usr/share/fonts: install fonts-dejavu-core, or set {FONT_ENV}")
+    })
+}
 
 pub struct Series {
     pub name: String,
@@ -20,9 +52,10 @@ pub struct Series {
 const COLOURS: [RGBColor; 3] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
 
 pub fn draw(path: &Path, series: &[Series], latency_ms: Option<&[f64]>, trigger_ms: u64) -> Result<()> {
-    let font = std::fs::read(FONT).with_context(|| format!("{FONT} (install fonts-dejavu-core)"))?;
+    let font_path = find_font()?;
+    let font = std::fs::read(&font_path).with_context(|| font_path.display().to_string())?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
-        .map_err(|_| anyhow::anyhow!("{FONT} is not a font"))?;
+        .map_err(|_| anyhow::anyhow!("{} is not a font", font_path.display()))?;
     let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);

@@ -1,0 +1,81 @@
+//! The resource manager's own tests: the transitions no cluster test reaches reliably.
+
+use std::path::Path;
+use std::time::Duration;
+
+use embedstream_proto::pb::resource_manager_server::ResourceManager;
+use embedstream_proto::pb::{
+    ContainerState, ContainerStatus, NodeHeartbeatRequest, RegisterNodeRequest, Resources, SubmitApplicationRequest,
+};
+use tonic::Request;
+
+use super::state::Persisted;
+use super::ResourceManagerService;
+
+const NODE: &str = "127.0.0.2:8040";
+
+/// A job spec that validates: its model files exist (empty) in `dir`.
+fn job(dir: &Path) -> String {
+    for f in ["model.onnx", "tokenizer.json"] {
+        std::fs::write(dir.join(f), b"{}").unwrap();
+    }
+    format!(
+        "name = \"q\"\ncheckpoint_location = \"{d}/cp\"\n[source]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         subscribe = [\"in\"]\n[model]\nonnx = \"{d}/model.onnx\"\ntokenizer = \"{d}/tokenizer.json\"\n\
+         [sink]\nkind = \"kafka\"\ntopic = \"out\"\n",
+        d = dir.display()
+    )
+}
+
+fn heartbeat(containers: Vec<ContainerStatus>) -> Request<NodeHeartbeatRequest> {
+    Request::new(NodeHeartbeatRequest { node_id: NODE.into(), containers })
+}
+
+#[tokio::test]
+async fn a_launch_the_node_never_got_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm-state.json");
+    let rm = ResourceManagerService::open(state.clone(), "127.0.0.1:8030".into(), Duration::from_secs(60)).unwrap();
+    let capacity = Some(Resources { vcores: 2, memory_mb: 4096 });
+    let node = RegisterNodeRequest { node_id: NODE.into(), capacity, running: Vec::new() };
+    rm.register_node(Request::new(node)).await.unwrap();
+    let submit = SubmitApplicationRequest { name: "q".into(), job_spec_toml: job(dir.path()), driver_resources: None };
+    rm.submit_application(Request::new(submit)).await.unwrap();
+
+    let first = rm.node_heartbeat(heartbeat(Vec::new())).await.unwrap().into_inner();
+    assert_eq!(first.launch.len(), 1, "the driver's container goes to the only node");
+    let driver = first.launch[0].container_id.clone();
+    // That answer never reached the node: its next heartbeat does not list the container.
+    let again = rm.node_heartbeat(heartbeat(Vec::new())).await.unwrap().into_inner();
+    let ids: Vec<&str> = again.launch.iter().map(|l| l.container_id.as_str()).collect();
+    assert_eq!(ids, [driver.as_str()], "the launch is sent again");
+    // Once the node runs it, it is not sent a third time, and the state file says so.
+    let running =
+        ContainerStatus { container_id: driver.clone(), state: ContainerState::Running as i32, ..Default::default() };
+    let third = rm.node_heartbeat(heartbeat(vec![running])).await.unwrap().into_inner();
+    assert!(third.launch.is_empty(), "{third:?}");
+    let saved: Persisted = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved.containers[&driver].state(), ContainerState::Running);
+}
+
+#[tokio::test]
+async fn a_container_bigger_than_every_node_is_refused_at_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rm = ResourceManagerService::open(dir.path().join("s.json"), "127.0.0.1:8030".into(), Duration::from_secs(60))
+        .unwrap();
+    let capacity = Some(Resources { vcores: 2, memory_mb: 2048 });
+    let node = RegisterNodeRequest { node_id: NODE.into(), capacity, running: Vec::new() };
+    rm.register_node(Request::new(node)).await.unwrap();
+    let submit = |toml: String, memory_mb| SubmitApplicationRequest {
+        name: "q".into(),
+        job_spec_toml: toml,
+        driver_resources: Some(Resources { vcores: 1, memory_mb }),
+    };
+    let e = rm.submit_application(Request::new(submit(job(dir.path()), 4096))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("--driver-memory") && e.message().contains("2048 MiB"), "{}", e.message());
+    let big_executors = format!("{}[executors]\nmemory = \"3g\"\n", job(dir.path()));
+    let e = rm.submit_application(Request::new(submit(big_executors, 1024))).await.unwrap_err();
+    assert!(e.message().contains("executors.memory") && e.message().contains("3072 MiB"), "{}", e.message());
+    rm.submit_application(Request::new(submit(job(dir.path()), 1024))).await.expect("what fits is accepted");
+}

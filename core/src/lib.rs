@@ -1,0 +1,20 @@
+//! What every embedstream process shares, apart from the wire (that is `embedstream-proto`).
+//!
+//! - [`spec`]: the job spec, one typed and validated struct read from TOML, which the driver
+//!   validates before anything starts and hands to every executor.
+//! - [`offsets`]: topic partitions, offsets per partition (Spark's checkpoint JSON) and ranges.
+//! - [`manifest`]: the Parquet sink's per-batch manifests, written by the driver, read by readers.
+//! - [`argv`]: the command lines the processes start each other with, typed once.
+//! - [`auth`]: the shared cluster token that admin, internal and Flight calls carry.
+//! - [`durable`]: writes that survive a crash (checkpoint logs, manifests, the RM's state).
+//! - [`telemetry`]: the `/metrics` endpoint every process serves to Prometheus, and /proc readers.
+
+pub mod argv;
+pub mod auth;
+pub mod durable;
+pub mod manifest;
+pub mod offsets;
+pub mod spec;
+pub mod telemetry;
+
+pub use spec::JobSpec;

@@ -1,0 +1,103 @@
+//! Executors as child processes of the driver (`run --local N`): each an `embedstream executor`
+//! on loopback, logging to the driver's stderr, killed if the driver goes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use embedstream_core::argv::{ExecutorCommand, ProcessCommand};
+use tokio::process::{Child, Command};
+
+use super::{Ended, LaunchError, Launcher};
+
+/// Executors as child processes of the driver.
+pub struct LocalLauncher {
+    exe: PathBuf,
+    driver_url: String,
+    cores: u32,
+    next_id: u32,
+    /// The cluster token, handed to executors in their environment.
+    token: Option<String>,
+    children: Vec<(String, Child)>,
+    /// Released executors, left to exit after their Shutdown.
+    leaving: Vec<(String, Child)>,
+}
+
+impl LocalLauncher {
+    /// `exe` is the `embedstream` binary (usually `std::env::current_exe()`).
+    pub fn new(exe: PathBuf, driver_url: &str, cores: u32, token: Option<String>) -> Self {
+        LocalLauncher {
+            exe,
+            driver_url: driver_url.into(),
+            cores,
+            next_id: 0,
+            token,
+            children: Vec::new(),
+            leaving: Vec::new(),
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), LaunchError> {
+        let id = format!("exec-{}", self.next_id);
+        self.next_id += 1;
+        let mut command = Command::new(&self.exe);
+        if let Some(t) = &self.token {
+            command.env(embedstream_core::auth::TOKEN_ENV, t);
+        }
+        let argv = ExecutorCommand {
+            driver: self.driver_url.clone(),
+            executor_id: id.clone(),
+            cores: self.cores,
+            listen: "127.0.0.1:0".into(),
+        }
+        .argv();
+        let child = command
+            .args(argv)
+            // Executors log to the same stderr as the driver; stdout stays the driver's.
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| LaunchError::Spawn { id: id.clone(), exe: self.exe.clone(), source })?;
+        tracing::info!(executor = %id, "starting a local executor");
+        self.children.push((id, child));
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Launcher for LocalLauncher {
+    async fn reconcile(&mut self, target: u32, release: &[String]) -> Result<Vec<Ended>, LaunchError> {
+        let mut ended = Vec::new();
+        let mut alive = Vec::new();
+        for (id, mut child) in self.children.drain(..) {
+            if release.contains(&id) {
+                self.leaving.push((id, child));
+                continue;
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => ended.push(Ended { id, why: format!("process exited with {status}") }),
+                _ => alive.push((id, child)),
+            }
+        }
+        self.children = alive;
+        self.leaving.retain_mut(|(_, c)| matches!(c.try_wait(), Ok(None)));
+        while (self.children.len() as u32) < target {
+            self.spawn()?;
+        }
+        Ok(ended)
+    }
+
+    async fn stop(&mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        for (id, child) in self.children.iter_mut().chain(self.leaving.iter_mut()) {
+            match tokio::time::timeout_at(deadline, child.wait()).await {
+                Ok(Ok(status)) => tracing::debug!(executor = %id, %status, "executor exited"),
+                _ => {
+                    tracing::warn!(executor = %id, "executor did not exit in time; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        self.children.clear();
+        self.leaving.clear();
+    }
+}

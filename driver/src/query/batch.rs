@@ -1,0 +1,275 @@
+//! The batch loop and one batch, in this order:
+//! 1. plan: discover partitions, read the broker's offsets, check for data loss, apply the rate
+//!    limit (or take the uncommitted batch from the checkpoint unchanged);
+//! 2. write `offsets/<N>` (write-ahead: nothing runs before the plan is durable);
+//! 3. run the tasks on the executors, retrying failed attempts (unless the sink's committer
+//!    says an earlier run published the batch already);
+//! 4. publish the output (the sink's committer), write `commits/<N>`, then commit the end
+//!    offsets to the consumer group.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use embedstream_core::offsets::{OffsetRange, PartitionOffsets};
+use embedstream_core::JobSpec;
+use embedstream_proto::pb::TaskDefinition;
+
+use super::report::{spawn_lag_refresher, BatchTimings, Reporter};
+use super::targets::Targets;
+use super::{AbortOnDrop, DriverError, QuerySummary};
+use crate::admin::{Control, Snapshot};
+use crate::checkpoint::{self, Checkpoint, CommitLogEntry, OffsetLogEntry};
+use crate::committer::BatchCommitter;
+use crate::crash::{self, CrashPoint};
+use crate::planner;
+use crate::scheduler::{BatchStats, Scheduler};
+use crate::source::{KafkaSource, SourceError};
+
+/// How often an idle query without a trigger interval looks for new data.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// A running query's parts, borrowed from the wiring for the life of the loop.
+pub(crate) struct Query<'a> {
+    pub(crate) spec: &'a JobSpec,
+    pub(crate) checkpoint: &'a Checkpoint,
+    pub(crate) source: Arc<KafkaSource>,
+    pub(crate) scheduler: Scheduler,
+    pub(crate) committer: Box<dyn BatchCommitter>,
+    pub(crate) reporter: Reporter,
+    pub(crate) targets: &'a Targets,
+    pub(crate) control: Arc<Control>,
+}
+
+/// A batch ready to run: its log entry and the broker's latest offsets when it was planned.
+struct Planned {
+    entry: OffsetLogEntry,
+    latest: PartitionOffsets,
+    /// Taken from the checkpoint: its offsets are logged already.
+    replay: bool,
+}
+
+impl Query<'_> {
+    /// Runs a blocking broker call off the async threads.
+    pub(crate) async fn broker<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KafkaSource) -> Result<T, SourceError> + Send + 'static,
+    ) -> Result<T, SourceError> {
+        let source = self.source.clone();
+        tokio::task::spawn_blocking(move || f(&source)).await.expect("broker calls do not panic")
+    }
+
+    pub(crate) async fn run(&mut self) -> Result<QuerySummary, DriverError> {
+        let mut stop = self.control.stop.subscribe();
+        let mut paused = self.control.paused.subscribe();
+        let spec = self.spec;
+        let partitions = self.broker(KafkaSource::partitions).await?;
+        let source_partitions = partitions.iter().map(|tp| tp.partition + 1).max().unwrap_or(1);
+        let sink_partitions = self.source.ensure_sink_topics(source_partitions).await?;
+
+        let mut summary = QuerySummary { query_id: self.checkpoint.query_id().to_string(), ..Default::default() };
+        let resume = self.resume(&partitions).await?;
+        let (mut next_batch_id, mut start, mut rerun) = (resume.next_batch_id, resume.start, resume.rerun);
+        // available_now: everything up to the offsets that exist now, and nothing after.
+        let target = if spec.trigger.available_now {
+            Some(self.broker(move |s| s.watermarks(&partitions)).await?.1)
+        } else {
+            None
+        };
+        let interval = spec.trigger.interval();
+        let mut first_dispatch: Option<Instant> = None;
+        let mut previous_trigger: Option<Instant> = None;
+        let position = Arc::new(Mutex::new(start.clone()));
+        let _refresher = AbortOnDrop(spawn_lag_refresher(
+            self.source.clone(),
+            self.reporter.metrics.clone(),
+            position.clone(),
+            spec.monitoring.lag_refresh(),
+        ));
+
+        loop {
+            // Paused: no new batch until resumed (or stopped).
+            while *paused.borrow_and_update() && !*stop.borrow() {
+                tokio::select! {
+                    _ = paused.changed() => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            if *stop.borrow() {
+                tracing::info!("stop requested; no new batch");
+                break;
+            }
+            let trigger_start = tokio::time::Instant::now();
+            let planned = match rerun.take() {
+                Some(entry) => Planned { latest: entry.end.clone(), entry, replay: true },
+                None => match self.plan(next_batch_id, &start, target.as_ref()).await? {
+                    Some(planned) => planned,
+                    None if target.is_some() => break,
+                    None => {
+                        let wait = interval.max(IDLE_POLL);
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(trigger_start + wait) => {}
+                            _ = stop.changed() => {}
+                        }
+                        continue;
+                    }
+                },
+            };
+            let plan_took = trigger_start.elapsed();
+            let batch_started = Instant::now();
+            first_dispatch.get_or_insert(batch_started);
+            let (entry, stats, wal, commit) =
+                self.run_batch(planned.entry, planned.replay, sink_partitions, &summary.query_id).await?;
+            let end = entry.end.clone();
+            *position.lock().unwrap() = end.clone();
+            self.reporter.metrics.set_offsets(&planned.latest, &end);
+            let timings = BatchTimings {
+                trigger: trigger_start.into_std(),
+                previous_trigger: previous_trigger.replace(trigger_start.into_std()),
+                plan: plan_took,
+                wal,
+                commit,
+            };
+            self.reporter.batch(&entry, &planned.latest, &stats, &timings, batch_started.elapsed());
+            summary.add(&stats);
+            summary.processing_seconds = first_dispatch.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            start = end;
+            next_batch_id = entry.batch_id + 1;
+            *self.control.snapshot.lock().unwrap() = Snapshot {
+                batches_committed: summary.batches,
+                next_batch_id,
+                committed_offsets_json: serde_json::to_string(&entry.end).expect("offsets serialise"),
+            };
+
+            if !interval.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(trigger_start + interval) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        if summary.processing_seconds > 0.0 {
+            summary.embeddings_per_second = summary.embeddings as f64 / summary.processing_seconds;
+        }
+        Ok(summary)
+    }
+
+    /// Steps 2 to 4 of one planned batch: returns the entry, what the tasks did, and how long
+    /// the write-ahead log and the commit took.
+    async fn run_batch(
+        &self,
+        entry: OffsetLogEntry,
+        replay: bool,
+        (sink_partitions, dlq_partitions): (i32, i32),
+        query_id: &str,
+    ) -> Result<(OffsetLogEntry, BatchStats, Duration, Duration), DriverError> {
+        let wal_started = Instant::now();
+        if !replay {
+            self.checkpoint.write_offsets(&entry)?;
+        }
+        let wal_took = wal_started.elapsed();
+        crash::point(CrashPoint::AfterWal, entry.batch_id);
+
+        let tasks = tasks_for(&entry, query_id, self.spec.source.min_partitions, sink_partitions, dlq_partitions);
+        let planned = entry.start.records_until(&entry.end);
+        self.reporter.metrics.input_rows.inc_by(planned as u64);
+        let published = self.committer.published(&entry, query_id)?;
+        let already_published = published.is_some();
+        let stats = match published {
+            Some(stats) => Ok(stats),
+            None => self.scheduler.run_batch(entry.batch_id, tasks).await,
+        };
+        self.reporter.metrics.executors.set(self.scheduler.registry().live().len() as i64);
+        self.targets.write(self.scheduler.registry());
+        let stats = stats?;
+
+        let commit_started = Instant::now();
+        if !already_published {
+            self.committer.publish(&entry, query_id, &stats)?;
+        }
+        self.checkpoint.write_commit(&CommitLogEntry {
+            version: 1,
+            batch_id: entry.batch_id,
+            timestamp_ms: checkpoint::now_ms(),
+            input_rows: stats.rows_read,
+            embeddings: stats.embeddings,
+            dead_letters: stats.dead_letters,
+        })?;
+        let keep_from = (entry.batch_id + 1).saturating_sub(self.spec.min_batches_to_retain);
+        match self.checkpoint.purge_before(keep_from) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(keep_from, removed, "old checkpoint entries deleted"),
+            // The batch is committed; stale entries only take space until the next try.
+            Err(e) => tracing::warn!(error = %e, "could not delete old checkpoint entries"),
+        }
+        let committed = entry.end.clone();
+        if let Err(e) = self.broker(move |s| s.commit_group(&committed)).await {
+            // The checkpoint is the source of truth; the group only shows progress.
+            tracing::warn!(error = %e, "could not commit offsets to the consumer group");
+        }
+        Ok((entry, stats, wal_took, commit_started.elapsed()))
+    }
+
+    /// The next batch from `start`, or `None` when there is nothing new to read.
+    async fn plan(
+        &self,
+        batch_id: u64,
+        start: &PartitionOffsets,
+        target: Option<&PartitionOffsets>,
+    ) -> Result<Option<Planned>, DriverError> {
+        let partitions = self.broker(KafkaSource::partitions).await?;
+        let (earliest, latest) = self.broker(move |s| s.watermarks(&partitions)).await?;
+
+        let mut start = start.clone();
+        for tp in earliest.keys() {
+            if !start.contains_key(tp) {
+                // Spark's rule: partitions discovered while the query runs start at earliest.
+                tracing::info!(partition = %tp, "new partition");
+                start.insert(tp.clone(), earliest[tp]);
+            }
+        }
+        let (start, losses) = planner::check_data_loss(&start, &earliest, &latest, self.spec.source.fail_on_data_loss)?;
+        for loss in losses {
+            tracing::warn!(%loss, "data loss: skipping what the broker no longer has");
+        }
+        let cap: PartitionOffsets = start
+            .iter()
+            .map(|(tp, &from)| {
+                let mut end = latest.get(tp).copied().unwrap_or(from);
+                if let Some(target) = target {
+                    end = end.min(target.get(tp).copied().unwrap_or(from));
+                }
+                (tp.clone(), end.max(from))
+            })
+            .collect();
+        let end = planner::rate_limit(&start, &cap, self.spec.source.max_offsets_per_trigger);
+        if OffsetRange::between(&start, &end).is_empty() {
+            return Ok(None);
+        }
+        let entry = OffsetLogEntry { version: 1, batch_id, timestamp_ms: checkpoint::now_ms(), start, end };
+        Ok(Some(Planned { entry, latest, replay: false }))
+    }
+}
+
+/// The tasks of a logged batch; the same entry always gives the same tasks.
+fn tasks_for(
+    entry: &OffsetLogEntry,
+    query_id: &str,
+    min_partitions: Option<u32>,
+    sink_partitions: i32,
+    dlq_partitions: i32,
+) -> Vec<TaskDefinition> {
+    let ranges = OffsetRange::between(&entry.start, &entry.end);
+    planner::split_ranges(ranges, min_partitions)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| TaskDefinition {
+            query_id: query_id.to_string(),
+            batch_id: entry.batch_id,
+            task_id: i as u32,
+            attempt: 0,
+            sink_partition: r.tp.partition % sink_partitions,
+            dead_letter_partition: r.tp.partition % dlq_partitions,
+            range: Some(r.into()),
+        })
+        .collect()
+}

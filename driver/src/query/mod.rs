@@ -1,0 +1,235 @@
+//! One streaming query: start executors, then plan, log, dispatch and commit micro-batches until
+//! stopped (or, with `available_now`, until what was there at the start is processed).
+//!
+//! This module wires a query together (checkpoint, broker, metrics, the driver's gRPC server,
+//! executors) and takes it down; [`batch`] is the loop and one batch's steps, [`recovery`]
+//! where a (re)started query begins, [`report`] the metrics, progress records and summary of a
+//! committed batch, [`targets`] the Prometheus target file.
+
+mod batch;
+mod recovery;
+mod report;
+mod targets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use embedstream_core::auth::ClusterToken;
+use embedstream_core::{telemetry, JobSpec};
+use embedstream_proto::pb::driver_service_server::DriverServiceServer;
+use embedstream_proto::pb::query_admin_server::QueryAdminServer;
+use embedstream_proto::pb::ShutdownRequest;
+use embedstream_proto::serve::GrpcServer;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use self::batch::Query;
+use self::report::Reporter;
+use self::targets::Targets;
+use crate::admin::{AdminService, Control};
+use crate::checkpoint::{self, Checkpoint, CheckpointError};
+use crate::committer::{self, CommitError};
+use crate::executors::ExecutorRegistry;
+use crate::launcher::{self, LaunchError, Launcher, LocalLauncher};
+use crate::metrics::DriverMetrics;
+use crate::planner::DataLoss;
+use crate::scheduler::{Scheduler, SchedulerError};
+use crate::service::DriverServiceImpl;
+use crate::source::{KafkaSource, SourceError};
+
+/// How long executors may take to start and load their model.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the driver looks for ended executors and reconciles their number with the target.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("data loss (set source.fail_on_data_loss = false to skip lost offsets): {0}")]
+    DataLoss(#[from] DataLoss),
+    #[error("job spec: `source.starting_offsets`: {0}")]
+    StartingOffsets(String),
+    #[error("driver service: {0}")]
+    Service(String),
+}
+
+/// What a query did, printed by `embedstream run` when it ends.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QuerySummary {
+    pub query_id: String,
+    pub batches: u64,
+    pub input_rows: u64,
+    pub embeddings: u64,
+    pub dead_letters: u64,
+    pub task_retries: u64,
+    /// From the first task dispatched to the last batch committed.
+    pub processing_seconds: f64,
+    pub embeddings_per_second: f64,
+}
+
+/// How a driver is set up: where it listens and how it gets executors.
+pub struct DriverOptions {
+    /// Where the driver serves DriverService and QueryAdmin (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Required on every call when set.
+    pub token: ClusterToken,
+}
+
+impl DriverOptions {
+    pub fn local(token: ClusterToken) -> DriverOptions {
+        DriverOptions { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token }
+    }
+}
+
+/// Runs `spec` with `executors.count` local executor processes started from `exe`, until `stop`
+/// turns true (after the batch in flight) or an `available_now` query has caught up.
+pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>) -> Result<QuerySummary, DriverError> {
+    let token =
+        ClusterToken::load(spec.security.token_file.as_deref()).map_err(|e| DriverError::Service(e.to_string()))?;
+    let (cores, secret) = (spec.executors.cores, token.secret().map(str::to_string));
+    let launcher = move |driver: &str| -> Box<dyn Launcher> {
+        Box::new(LocalLauncher::new(exe, &format!("http://{driver}"), cores, secret))
+    };
+    run_query(spec, DriverOptions::local(token), launcher, stop).await
+}
+
+/// Runs `spec` with executors from the launcher that `make_launcher` builds for the driver's
+/// address, until `stop` turns true or the admin API stops it (after the batch in flight), or an
+/// `available_now` query has caught up.
+pub async fn run_query(
+    spec: JobSpec,
+    options: DriverOptions,
+    make_launcher: impl FnOnce(&str) -> Box<dyn Launcher>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<QuerySummary, DriverError> {
+    let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
+    let source = Arc::new(KafkaSource::new(&spec)?);
+    let registry = Arc::new(ExecutorRegistry::default());
+    let metrics = Arc::new(DriverMetrics::new(&spec.name));
+    let metrics_addr = telemetry::serve_metrics(&spec.monitoring.metrics_listen, metrics.registry.clone())
+        .await
+        .map_err(|e| DriverError::Service(format!("metrics endpoint {}: {e}", spec.monitoring.metrics_listen)))?;
+    metrics.executors_requested.set(spec.executors.count as i64);
+    metrics.trigger_interval.set(spec.trigger.interval().as_secs_f64());
+    metrics.last_batch_timestamp.set(checkpoint::now_ms() as f64 / 1000.0);
+    let targets = Targets {
+        checkpoint: spec.checkpoint_location.clone(),
+        query: spec.name.clone(),
+        driver: metrics_addr.to_string(),
+    };
+    targets.write(&registry);
+
+    let control = Control::new(spec.executors.count);
+    // A signal (or the caller) stops the query the same way the admin API does.
+    let forward = control.clone();
+    let _forward_stop = AbortOnDrop(tokio::spawn(async move {
+        if stop.wait_for(|&s| s).await.is_ok() {
+            let _ = forward.stop.send(true);
+        }
+    }));
+
+    let listener =
+        tokio::net::TcpListener::bind(options.listen).await.map_err(|e| DriverError::Service(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| DriverError::Service(e.to_string()))?;
+    let service = DriverServiceImpl {
+        registry: registry.clone(),
+        token: options.token.clone(),
+        job_spec_toml: spec.to_toml(),
+        query_id: checkpoint.query_id().to_string(),
+    };
+    let admin = AdminService {
+        query: spec.name.clone(),
+        query_id: checkpoint.query_id().to_string(),
+        checkpoint: spec.checkpoint_location.clone(),
+        control: control.clone(),
+        registry: registry.clone(),
+    };
+    let (server_stop, server_stopped) = watch::channel(false);
+    let server = tokio::spawn(
+        GrpcServer::new(options.token.clone())
+            .guarded(DriverServiceServer::new(service))
+            .guarded(QueryAdminServer::new(admin))
+            .serve(listener, async move {
+                let mut s = server_stopped;
+                let _ = s.wait_for(|&v| v).await;
+            }),
+    );
+    tracing::info!(
+        query = %spec.name, query_id = checkpoint.query_id(), driver = %addr, metrics = %metrics_addr,
+        "query starting"
+    );
+
+    let launcher = Arc::new(tokio::sync::Mutex::new(make_launcher(&addr.to_string())));
+    let result = async {
+        launcher::start(launcher.lock().await.as_mut(), &registry, spec.executors.count, REGISTRATION_TIMEOUT).await?;
+        targets.write(&registry);
+        metrics.executors.set(registry.live().len() as i64);
+        let mut reconciler =
+            tokio::spawn(launcher::reconcile(launcher.clone(), registry.clone(), control.clone(), RECONCILE_INTERVAL));
+        let mut query = Query {
+            spec: &spec,
+            checkpoint: &checkpoint,
+            source: source.clone(),
+            scheduler: Scheduler::new(registry.clone()),
+            committer: committer::for_sink(&spec),
+            reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone()),
+            targets: &targets,
+            control: control.clone(),
+        };
+        let run = query.run();
+        tokio::pin!(run);
+        // The reconciler ends by itself only once the query is stopping (then the batch loop
+        // ends after its batch), or with an error that ends the query.
+        let first = tokio::select! {
+            result = &mut run => Some(result),
+            ended = &mut reconciler => match ended {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Err(e.into())),
+                Err(e) => Some(Err(DriverError::Service(format!("executor reconciler: {e}")))),
+            },
+        };
+        let result = match first {
+            Some(result) => result,
+            None => run.await,
+        };
+        reconciler.abort();
+        result
+    }
+    .await;
+
+    let _ = control.stop.send(true);
+    // Want no executors before telling them to go, so that none that exits is replaced.
+    let _ = launcher.lock().await.reconcile(0, &[]).await;
+    for exec in registry.live() {
+        let _ = exec.client().shutdown(ShutdownRequest {}).await;
+    }
+    {
+        let mut launcher = launcher.lock().await;
+        launcher.stop(Duration::from_secs(15)).await;
+        let diagnostics = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+        launcher.finish(result.is_ok(), &diagnostics).await;
+    }
+    let _ = server_stop.send(true);
+    let _ = server.await;
+    result
+}
+
+/// Aborts a background task when dropped, on every way out of the scope that owns it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

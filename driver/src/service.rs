@@ -1,0 +1,54 @@
+//! The driver's gRPC service for its executors: the job spec, registration and heartbeats.
+
+use std::sync::Arc;
+
+use embedstream_core::auth::ClusterToken;
+use embedstream_proto::pb::driver_service_server::DriverService;
+use embedstream_proto::pb::{
+    GetJobSpecRequest, GetJobSpecResponse, HeartbeatRequest, HeartbeatResponse, RegisterExecutorRequest,
+    RegisterExecutorResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::executors::{ExecutorInfo, ExecutorRegistry};
+
+/// The driver's gRPC service for its executors.
+pub struct DriverServiceImpl {
+    pub registry: Arc<ExecutorRegistry>,
+    /// Sent on every call to executors.
+    pub token: ClusterToken,
+    pub job_spec_toml: String,
+    pub query_id: String,
+}
+
+#[tonic::async_trait]
+impl DriverService for DriverServiceImpl {
+    async fn get_job_spec(&self, _: Request<GetJobSpecRequest>) -> Result<Response<GetJobSpecResponse>, Status> {
+        Ok(Response::new(GetJobSpecResponse {
+            job_spec_toml: self.job_spec_toml.clone(),
+            query_id: self.query_id.clone(),
+        }))
+    }
+
+    async fn register_executor(
+        &self,
+        request: Request<RegisterExecutorRequest>,
+    ) -> Result<Response<RegisterExecutorResponse>, Status> {
+        let r = request.into_inner();
+        if r.cores == 0 {
+            return Err(Status::invalid_argument("cores must be at least 1"));
+        }
+        tracing::info!(executor = %r.executor_id, address = %r.address, cores = r.cores, pid = r.pid, "executor registered");
+        let info =
+            ExecutorInfo::connect(r.executor_id, r.address, r.cores, r.pid, r.metrics_address, self.token.clone())
+                .map_err(Status::invalid_argument)?;
+        self.registry.register(info);
+        Ok(Response::new(RegisterExecutorResponse {}))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let id = request.into_inner().executor_id;
+        let known = self.registry.knows(&id) && !self.registry.is_lost(&id);
+        Ok(Response::new(HeartbeatResponse { known }))
+    }
+}

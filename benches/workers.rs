@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use embedstream_core::spec::ModelSpec;
 use embedstream_core::telemetry::pss_bytes;
+use embedstream_executor::model::workers::WorkerPool;
 use embedstream_executor::model::{self, Embedder};
-use embedstream_executor::workers::WorkerPool;
 
 const BATCH: usize = 32;
 

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use embedstream_core::argv::{DriverCommand, ExecutorCommand, ModelDaemonCommand, NodeAgentCommand};
 use embedstream_core::JobSpec;
 
-mod cluster_cli;
+mod client;
 mod embed;
 
 #[derive(Parser)]
@@ -38,8 +38,8 @@ struct AdminTarget {
 }
 
 impl AdminTarget {
-    fn split(self, app: Option<String>) -> (cluster_cli::Target, Option<PathBuf>) {
-        (cluster_cli::Target { master: self.master, driver: self.driver, app }, self.token_file)
+    fn split(self, app: Option<String>) -> (client::Target, Option<PathBuf>) {
+        (client::Target { master: self.master, driver: self.driver, app }, self.token_file)
     }
 }
 
@@ -130,7 +130,7 @@ enum Command {
         #[arg(long)]
         advertise: Option<String>,
         /// The state file.
-        #[arg(long, default_value_os_t = cluster_cli::default_state_file())]
+        #[arg(long, default_value_os_t = client::default_state_file())]
         state: PathBuf,
         /// A node silent this long is lost, and its containers with it.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -152,8 +152,8 @@ enum Command {
     /// finishes (an `available_now` query), 1 if it fails or is killed.
     Submit {
         job: PathBuf,
-        #[arg(long, value_parser = cluster_cli::parse_master)]
-        master: cluster_cli::Master,
+        #[arg(long, value_parser = client::parse_master)]
+        master: client::Master,
         #[arg(long)]
         wait: bool,
         #[arg(long, default_value_t = 1)]
@@ -227,8 +227,9 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        let args = embedstream_executor::daemon::DaemonArgs { model, workers: workers.max(1), socket_dir, ort_library };
-        return std::process::ExitCode::from(embedstream_executor::daemon::run(args).clamp(0, 255) as u8);
+        let args =
+            embedstream_executor::model::daemon::DaemonArgs { model, workers: workers.max(1), socket_dir, ort_library };
+        return std::process::ExitCode::from(embedstream_executor::model::daemon::run(args).clamp(0, 255) as u8);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(dispatch(cli.command)) {
@@ -245,6 +246,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Run { job, local } => run(job, local).await,
         Command::Validate { job } => {
             let spec = JobSpec::from_file(&job)?;
+            spec.check_files()?;
             print!("{}", spec.to_toml());
             Ok(())
         }
@@ -253,7 +255,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 Some(job) => ProgressSource::File(JobSpec::from_file(&job)?.checkpoint_location),
                 None => {
                     let (target, file) = target.split(app);
-                    ProgressSource::Admin(target, cluster_cli::token(file.as_deref())?)
+                    ProgressSource::Admin(target, client::token(file.as_deref())?)
                 }
             };
             progress(source, follow, json, last).await
@@ -266,13 +268,13 @@ async fn dispatch(command: Command) -> Result<()> {
             embed::run(embed::EmbedArgs { flight, batch_rows: batch_rows as usize, token }).await
         }
         Command::ResourceManager { listen, advertise, state, node_timeout, token_file } => {
-            let token = cluster_cli::token(token_file.as_deref())?;
+            let token = client::token(token_file.as_deref())?;
             let args = embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token };
-            Ok(embedstream_cluster::run_resource_manager(args, cluster_cli::stop_on_signal()).await?)
+            Ok(embedstream_cluster::run_resource_manager(args, client::stop_on_signal()).await?)
         }
         Command::NodeAgent(NodeAgentCommand { rm, listen, vcores, memory, work_dir, heartbeat, token_file }) => {
             anyhow::ensure!(vcores > 0, "--vcores: at least 1");
-            let token = cluster_cli::token(token_file.as_deref())?;
+            let token = client::token(token_file.as_deref())?;
             let exe = std::env::current_exe().context("cannot find the embedstream binary for containers")?;
             let work_dir = std::path::absolute(work_dir)?;
             let args = embedstream_cluster::node::NodeArgs {
@@ -285,28 +287,26 @@ async fn dispatch(command: Command) -> Result<()> {
                 token,
                 heartbeat,
             };
-            Ok(embedstream_cluster::node::run(args, cluster_cli::stop_on_signal()).await?)
+            Ok(embedstream_cluster::node::run(args, client::stop_on_signal()).await?)
         }
         Command::Submit { job, master, wait, driver_cores, driver_memory } => match master {
-            cluster_cli::Master::Local(n) => run(job, Some(n)).await,
-            cluster_cli::Master::Rm(address) => {
+            client::Master::Local(n) => run(job, Some(n)).await,
+            client::Master::Rm(address) => {
                 let master = format!("rm://{address}");
-                cluster_cli::submit(&job, &master, wait, driver_cores, &driver_memory).await
+                client::submit(&job, &master, wait, driver_cores, &driver_memory).await
             }
         },
         Command::Status { app, target } => {
             let (target, file) = target.split(app);
-            cluster_cli::status(target, cluster_cli::token(file.as_deref())?).await
+            client::status(target, client::token(file.as_deref())?).await
         }
-        Command::Stop { app, target } => admin_action(app, target, cluster_cli::Action::Stop).await,
-        Command::Pause { app, target } => admin_action(app, target, cluster_cli::Action::Pause).await,
-        Command::Resume { app, target } => admin_action(app, target, cluster_cli::Action::Resume).await,
-        Command::Scale { app, executors, target } => {
-            admin_action(app, target, cluster_cli::Action::Scale(executors)).await
-        }
+        Command::Stop { app, target } => admin_action(app, target, client::Action::Stop).await,
+        Command::Pause { app, target } => admin_action(app, target, client::Action::Pause).await,
+        Command::Resume { app, target } => admin_action(app, target, client::Action::Resume).await,
+        Command::Scale { app, executors, target } => admin_action(app, target, client::Action::Scale(executors)).await,
         Command::Driver(DriverCommand { rm, app_id, listen }) => {
             let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
-            cluster_cli::driver_container(rm, app_id, listen).await
+            client::driver_container(rm, app_id, listen).await
         }
         Command::ModelDaemon(_) => unreachable!("dispatched before the runtime starts"),
         Command::Executor(ExecutorCommand { driver, executor_id, cores, listen }) => {
@@ -325,13 +325,14 @@ async fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-async fn admin_action(app: Option<String>, target: AdminTarget, action: cluster_cli::Action) -> Result<()> {
+async fn admin_action(app: Option<String>, target: AdminTarget, action: client::Action) -> Result<()> {
     let (target, file) = target.split(app);
-    cluster_cli::act(target, action, cluster_cli::token(file.as_deref())?).await
+    client::act(target, action, client::token(file.as_deref())?).await
 }
 
 async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
     let mut spec = JobSpec::from_file(&job)?;
+    spec.check_files()?;
     if let Some(n) = local {
         if n == 0 {
             bail!("--local: at least one executor is needed");
@@ -339,7 +340,7 @@ async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
         spec.executors.count = n;
     }
     let exe = std::env::current_exe().context("cannot find the embedstream binary to start executors")?;
-    let summary = embedstream_driver::run_local(spec, exe, cluster_cli::stop_on_signal()).await?;
+    let summary = embedstream_driver::run_local(spec, exe, client::stop_on_signal()).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
@@ -348,14 +349,14 @@ enum ProgressSource {
     /// `<checkpoint_location>/progress.jsonl`.
     File(PathBuf),
     /// A driver's admin API.
-    Admin(cluster_cli::Target, embedstream_core::auth::ClusterToken),
+    Admin(client::Target, embedstream_core::auth::ClusterToken),
 }
 
 impl ProgressSource {
     async fn read(&self, last: usize) -> Result<Vec<embedstream_driver::progress::ProgressRecord>> {
         match self {
             ProgressSource::File(checkpoint) => Ok(embedstream_driver::progress::read_progress(checkpoint)?),
-            ProgressSource::Admin(target, token) => cluster_cli::progress(target, token, last as u32).await,
+            ProgressSource::Admin(target, token) => client::progress(target, token, last as u32).await,
         }
     }
 }

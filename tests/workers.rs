@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use embedstream_core::spec::ModelSpec;
+use embedstream_executor::model::workers::WorkerPool;
 use embedstream_executor::model::{self, Embedder};
-use embedstream_executor::workers::WorkerPool;
 
 fn spec(batch_size: usize) -> ModelSpec {
     let dir = model_dir();

@@ -368,7 +368,7 @@ impl Bench {
         drop(query);
 
         let input = timestamps(&self.bootstrap, &topic, false)?;
-        let output = timestamps(&self.bootstrap, &spec.sink.topic, true)?;
+        let output = timestamps(&self.bootstrap, spec.sink.output_topic().context("the bench writes to Kafka")?, true)?;
         ensure!(output.len() == input.len(), "{} outputs for {} inputs", output.len(), input.len());
         let mut ms: Vec<f64> = output
             .iter()

@@ -7,10 +7,12 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use embedstream_core::offsets::PartitionOffsets;
+use embedstream_proto::convert::offsets_to_pb;
 use embedstream_proto::pb::query_admin_server::QueryAdmin;
 use embedstream_proto::pb::{
-    ExecutorReport, PauseRequest, PauseResponse, ProgressRequest, ProgressResponse, QueryStatus, QueryStatusRequest,
-    ResumeRequest, ResumeResponse, ScaleRequest, ScaleResponse, StopRequest, StopResponse,
+    ExecutorReport, PauseRequest, PauseResponse, ProgressRequest, ProgressResponse, QueryState, QueryStatus,
+    QueryStatusRequest, ResumeRequest, ResumeResponse, ScaleRequest, ScaleResponse, StopRequest, StopResponse,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -34,7 +36,8 @@ pub struct Control {
 pub struct Snapshot {
     pub batches_committed: u64,
     pub next_batch_id: u64,
-    pub committed_offsets_json: String,
+    /// The end offsets of the last committed batch.
+    pub committed: PartitionOffsets,
 }
 
 impl Control {
@@ -65,11 +68,11 @@ impl QueryAdmin for AdminService {
     async fn get_status(&self, _: Request<QueryStatusRequest>) -> Result<Response<QueryStatus>, Status> {
         let snapshot = self.control.snapshot.lock().unwrap().clone();
         let state = if self.control.stopping() {
-            "stopping"
+            QueryState::Stopping
         } else if *self.control.paused.borrow() {
-            "paused"
+            QueryState::Paused
         } else {
-            "running"
+            QueryState::Running
         };
         let executors = self
             .registry
@@ -87,12 +90,12 @@ impl QueryAdmin for AdminService {
         Ok(Response::new(QueryStatus {
             query: self.query.clone(),
             query_id: self.query_id.clone(),
-            state: state.into(),
+            state: state as i32,
             batches_committed: snapshot.batches_committed,
             next_batch_id: snapshot.next_batch_id,
             executors_wanted: *self.control.target.borrow(),
             executors,
-            committed_offsets_json: snapshot.committed_offsets_json,
+            committed_offsets: offsets_to_pb(&snapshot.committed),
         }))
     }
 

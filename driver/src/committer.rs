@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use embedstream_core::manifest::{self, BatchManifest, ManifestError, ManifestFile};
-use embedstream_core::spec::SinkKind;
+use embedstream_core::spec::SinkSpec;
 use embedstream_core::JobSpec;
 
 use crate::checkpoint::OffsetLogEntry;
@@ -49,9 +49,9 @@ pub trait BatchCommitter: Send + Sync {
 
 /// The committer of the spec's sink.
 pub fn for_sink(spec: &JobSpec) -> Box<dyn BatchCommitter> {
-    match (spec.sink.kind, &spec.sink.path) {
-        (SinkKind::Parquet, Some(table)) => Box::new(ManifestCommitter { table: table.clone() }),
-        _ => Box::new(NothingToPublish),
+    match &spec.sink {
+        SinkSpec::Kafka(_) => Box::new(NothingToPublish),
+        SinkSpec::Parquet(p) => Box::new(ManifestCommitter { table: p.path.clone() }),
     }
 }
 

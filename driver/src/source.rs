@@ -123,10 +123,11 @@ impl KafkaSource {
     /// the sink topic and of the dead-letter topic.
     pub async fn ensure_sink_topics(&self, partitions: i32) -> Result<(i32, i32), SourceError> {
         // A Parquet sink has no output topic, only the dead-letter one.
-        let topics: Vec<String> = [self.spec.sink.topic.clone(), self.spec.dead_letter_topic()]
-            .into_iter()
-            .filter(|t| !t.is_empty())
-            .collect();
+        let topics: Vec<String> =
+            [self.spec.sink.output_topic().unwrap_or_default().to_string(), self.spec.dead_letter_topic()]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect();
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         crate::topics::create_topics(&self.admin, &topics, partitions, &options).await?;
         // Creation is asynchronous on the broker: wait until metadata shows both topics.

@@ -14,9 +14,8 @@
 //! Every call carries the cluster token when one is configured. A bad call gets a Flight error
 //! that says what is wrong; the service keeps serving.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::RecordBatch;
@@ -37,9 +36,8 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::ExecutorMetrics;
-use crate::sink::{embedding_array, embedding_type, output_schema};
-use crate::task::reject_reason;
-use crate::workers::WorkerPool;
+use crate::model::workers::WorkerPool;
+use crate::records::{embedding_array, embedding_type, output_schema, reject_reason, RecentOutput};
 
 /// The name of the column `DoExchange` embeds.
 pub const TEXT_COLUMN: &str = "text";
@@ -58,34 +56,6 @@ const WIRE_SLACK_BYTES: usize = 1 << 20;
 /// never passes it.
 fn wire_limit(limits: &FlightSpec) -> usize {
     limits.max_bytes_per_call.saturating_mul(2).saturating_add(WIRE_SLACK_BYTES)
-}
-
-/// The latest output batches of this executor's tasks, at most `capacity`, oldest first.
-pub struct RecentOutput {
-    capacity: usize,
-    batches: Mutex<VecDeque<RecordBatch>>,
-}
-
-impl RecentOutput {
-    pub fn new(capacity: usize) -> RecentOutput {
-        RecentOutput { capacity, batches: Mutex::new(VecDeque::with_capacity(capacity)) }
-    }
-
-    /// Keeps `batch` (its columns are shared, not copied), dropping the oldest beyond capacity.
-    pub fn push(&self, batch: &RecordBatch) {
-        if self.capacity == 0 {
-            return;
-        }
-        let mut batches = self.batches.lock().unwrap();
-        if batches.len() == self.capacity {
-            batches.pop_front();
-        }
-        batches.push_back(batch.clone());
-    }
-
-    pub fn snapshot(&self) -> Vec<RecordBatch> {
-        self.batches.lock().unwrap().iter().cloned().collect()
-    }
 }
 
 pub struct FlightEmbedder {
@@ -425,19 +395,5 @@ mod tests {
         assert!(null.message().contains("row 11: text is null"), "{}", null.message());
         let long = texts_of(&ok, 0, 5).unwrap_err();
         assert!(long.message().contains("row 0: text is 6 bytes"), "{}", long.message());
-    }
-
-    #[test]
-    fn recent_output_keeps_the_latest() {
-        let recent = RecentOutput::new(2);
-        for n in 1..=3 {
-            recent.push(&batch(Arc::new(Int64Array::from(vec![n])), "n"));
-        }
-        let kept: Vec<i64> = recent
-            .snapshot()
-            .iter()
-            .map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0))
-            .collect();
-        assert_eq!(kept, vec![2, 3]);
     }
 }

@@ -1,23 +1,20 @@
 //! The executor: a process that runs tasks for one driver.
 //!
 //! It fetches the job spec from the driver, loads the model, serves `ExecutorService` and
-//! registers. The model runs in [`daemon`] workers forked from one process that loaded it
-//! ([`workers`] is the executor's side, [`wire`] the frames between them, [`fork`] the only
-//! unsafe code). Each task goes through [`reader`] (Kafka range to an Arrow batch), the record
-//! checks of [`task`] (bad values to the dead-letter topic), the workers ([`model`]: tokenizer,
-//! ONNX Runtime, pooling) and [`sink`] (Kafka or Parquet behind one trait). The same workers
-//! answer Arrow Flight calls ([`flight`]) on the executor's address.
+//! registers. The model runs in workers forked from one process that loaded it ([`model`]:
+//! the session, the daemon, the workers, their wire and the fork). Each task ([`task`]) goes
+//! through [`reader`] (Kafka range to an Arrow batch), the record checks of [`records`] (bad
+//! values to the dead-letter topic), the workers, and [`sink`] (Kafka or Parquet behind one
+//! trait, and the dead letters). The same workers answer Arrow Flight calls ([`flight`]) on the
+//! executor's address.
 
-pub mod daemon;
 pub mod flight;
-pub mod fork;
 pub mod metrics;
 pub mod model;
 pub mod reader;
+pub mod records;
 pub mod sink;
 pub mod task;
-pub mod wire;
-pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,19 +28,19 @@ use embedstream_core::{telemetry, JobSpec};
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
 use embedstream_proto::pb::{
-    task_status, FailureReason, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest, ShutdownRequest,
-    ShutdownResponse, TaskDefinition, TaskFailed, TaskStatus,
+    task_status, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest, ShutdownRequest, ShutdownResponse,
+    TaskDefinition, TaskStatus,
 };
 use embedstream_proto::serve::GrpcServer;
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::ExecutorMetrics;
+use crate::model::workers::WorkerPool;
 use crate::model::ModelError;
 use crate::reader::KafkaReader;
 use crate::sink::{DeadLetters, KafkaProducer, KafkaSink, SinkError};
-use crate::workers::WorkerPool;
-use embedstream_core::spec::SinkKind;
+use embedstream_core::spec::SinkSpec;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Missed heartbeats after which an executor decides its driver is gone and exits.
@@ -95,6 +92,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .map_err(|e| driver_err(e.to_string()))?
         .into_inner();
     let spec = JobSpec::from_toml(&job.job_spec_toml)?;
+    spec.check_files()?;
 
     let lib = args.ort_library.clone().unwrap_or_else(model::ort_library);
     let socket_dir = std::env::temp_dir().join(format!("embedstream-{}-{}", args.executor_id, std::process::id()));
@@ -107,15 +105,15 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let reader = KafkaReader::new(
         &spec.source.bootstrap_servers,
         &format!("{}-executor", spec.group_id()),
-        Duration::from_millis(spec.source.poll_timeout_ms),
+        spec.source.poll_timeout(),
         spec.source.fail_on_data_loss,
     );
     let producer = Arc::new(KafkaProducer::new(&spec)?);
     let dead_letters = DeadLetters::new(&spec, producer.clone(), model_id.clone());
-    let sink: Box<dyn sink::Sink> = match spec.sink.kind {
-        SinkKind::Kafka => Box::new(Arc::new(KafkaSink::new(&spec, producer, model_id.clone()))),
-        SinkKind::Parquet => {
-            Box::new(Arc::new(sink::parquet::ParquetSink::new(&spec, model_id.clone(), &args.executor_id, pool.dim())?))
+    let sink: Box<dyn sink::Sink> = match &spec.sink {
+        SinkSpec::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, producer, model_id.clone()))),
+        SinkSpec::Parquet(p) => {
+            Box::new(Arc::new(sink::parquet::ParquetSink::new(p, model_id.clone(), &args.executor_id, pool.dim())?))
         }
     };
     let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &model_id));
@@ -124,7 +122,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .await
         .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
     spawn_worker_sampler(metrics.clone(), pool.clone());
-    let recent = Arc::new(flight::RecentOutput::new(spec.flight.recent_batches));
+    let recent = Arc::new(records::RecentOutput::new(spec.flight.recent_batches));
     let flight = flight::FlightEmbedder::new(
         spec.name.clone(),
         pool.clone(),
@@ -253,11 +251,7 @@ impl ExecutorService for Service {
             status: None,
         };
         let Ok(_permit) = self.slots.clone().acquire_owned().await else {
-            status.status = Some(task_status::Status::Failed(TaskFailed {
-                reason: FailureReason::Killed as i32,
-                message: "executor is shutting down".into(),
-                retryable: true,
-            }));
+            status.status = Some(task_status::Status::Failed(task::TaskError::ShuttingDown.into()));
             return Ok(Response::new(status));
         };
         status.status = Some(task::run(self.state.clone(), def).await);

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use arrow_array::builder::{ArrayBuilder, BinaryBuilder, Int64Builder};
 use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use embedstream_core::offsets::OffsetRange;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -32,20 +31,8 @@ pub enum ReadError {
     DataLoss { topic: String, partition: i32, next: i64, until: i64, high: i64 },
 }
 
-/// The schema of records read from Kafka.
-pub fn input_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("key", DataType::Binary, true),
-        Field::new("value", DataType::Binary, true),
-        Field::new("topic", DataType::Utf8, false),
-        Field::new("partition", DataType::Int32, false),
-        Field::new("offset", DataType::Int64, false),
-        Field::new("timestamp_ms", DataType::Int64, true),
-    ]))
-}
-
 pub struct ReadOutput {
-    /// Columns as in [`input_schema`], in offset order.
+    /// Columns as in [`crate::records::input_schema`], in offset order.
     pub batch: RecordBatch,
     /// Offsets of the range that held no record.
     pub gaps: u64,
@@ -172,6 +159,6 @@ fn read_range(
         Arc::new(offsets.finish()),
         Arc::new(timestamps.finish()),
     ];
-    let batch = RecordBatch::try_new(input_schema(), columns).expect("columns match the input schema");
+    let batch = RecordBatch::try_new(crate::records::input_schema(), columns).expect("columns match the input schema");
     Ok(ReadOutput { batch, gaps })
 }

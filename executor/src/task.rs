@@ -16,10 +16,12 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::metrics::ExecutorMetrics;
+use crate::model::workers::WorkerPool;
+use crate::model::ModelError;
 use crate::reader::{KafkaReader, ReadError};
+use crate::records::{embedding_array, output_schema, reject_reason, RecentOutput};
 use crate::sink::kafka::{Origin, Pending};
-use crate::sink::{embedding_array, output_schema, DeadLetters, Sink, SinkError, TaskInfo};
-use crate::workers::WorkerPool;
+use crate::sink::{DeadLetters, Sink, SinkError, TaskInfo};
 
 pub struct TaskContext {
     pub executor_id: String,
@@ -32,22 +34,7 @@ pub struct TaskContext {
     pub dead_letters: DeadLetters,
     pub metrics: Arc<ExecutorMetrics>,
     /// The latest windows written, for Flight `DoGet`.
-    pub recent: Arc<crate::flight::RecentOutput>,
-}
-
-/// Why a value cannot be embedded, or `None` when it can.
-pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
-    let Some(v) = value else {
-        return Some("value is null".into());
-    };
-    if v.len() > max_bytes {
-        return Some(format!("value is {} bytes, over model.max_text_bytes = {max_bytes}", v.len()));
-    }
-    match std::str::from_utf8(v) {
-        Err(e) => Some(format!("value is not valid UTF-8: {e}")),
-        Ok(s) if s.trim().is_empty() => Some("value is empty".into()),
-        Ok(_) => None,
-    }
+    pub recent: Arc<RecentOutput>,
 }
 
 /// Windows being embedded at once: the next one is queued at the workers before the current one
@@ -64,38 +51,66 @@ fn output_rows(input: &RecordBatch, window: &[usize], vectors: Vec<f32>, schema:
     RecordBatch::try_new(schema.clone(), columns).expect("columns match the output schema")
 }
 
-fn sink_failed(ctx: &TaskContext, e: SinkError) -> task_status::Status {
-    ctx.metrics.kafka_produce_errors.inc();
-    failed(FailureReason::SinkError, e.to_string(), true)
+/// Why a task attempt failed; [`TaskFailed::from`] is its one mapping to the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The definition cannot be run (no range, or a range that is not one).
+    #[error("{0}")]
+    BadTask(String),
+    #[error(transparent)]
+    Read(ReadError),
+    #[error(transparent)]
+    Model(ModelError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("executor is shutting down")]
+    ShuttingDown,
 }
 
-fn failed(reason: FailureReason, message: String, retryable: bool) -> task_status::Status {
-    task_status::Status::Failed(TaskFailed { reason: reason as i32, message, retryable })
+impl From<TaskError> for TaskFailed {
+    fn from(e: TaskError) -> TaskFailed {
+        let (reason, retryable) = match &e {
+            TaskError::BadTask(_) => (FailureReason::Unspecified, false),
+            TaskError::Read(ReadError::DataLoss { .. }) => (FailureReason::DataLoss, false),
+            TaskError::Read(_) => (FailureReason::FetchError, true),
+            TaskError::Model(_) => (FailureReason::ModelError, true),
+            TaskError::Sink(_) => (FailureReason::SinkError, true),
+            TaskError::ShuttingDown => (FailureReason::Killed, true),
+        };
+        TaskFailed { reason: reason as i32, message: e.to_string(), retryable }
+    }
 }
 
 pub async fn run(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Status {
     let span = tracing::info_span!("task", batch = def.batch_id, task = def.task_id, attempt = def.attempt);
-    run_task(ctx, def).instrument(span).await
+    match run_task(&ctx, def).instrument(span).await {
+        Ok(done) => task_status::Status::Successful(done),
+        Err(e) => {
+            match &e {
+                TaskError::Read(ReadError::DataLoss { .. }) => {}
+                TaskError::Read(_) => ctx.metrics.kafka_read_errors.inc(),
+                TaskError::Sink(_) => ctx.metrics.kafka_produce_errors.inc(),
+                _ => {}
+            }
+            task_status::Status::Failed(e.into())
+        }
+    }
 }
 
-async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Status {
+async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuccessful, TaskError> {
     let range = match def.range.clone().map(OffsetRange::try_from) {
         Some(Ok(r)) => r,
-        Some(Err(e)) => return failed(FailureReason::Unspecified, format!("bad task: {e}"), false),
-        None => return failed(FailureReason::Unspecified, "task has no offset range".into(), false),
+        Some(Err(e)) => return Err(TaskError::BadTask(format!("bad task: {e}"))),
+        None => return Err(TaskError::BadTask("task has no offset range".into())),
     };
 
     let started = Instant::now();
     let reader = ctx.reader.clone();
     let to_read = range.clone();
-    let read = match tokio::task::spawn_blocking(move || reader.read(&to_read)).await.expect("reads do not panic") {
-        Ok(r) => r,
-        Err(e @ ReadError::DataLoss { .. }) => return failed(FailureReason::DataLoss, e.to_string(), false),
-        Err(e) => {
-            ctx.metrics.kafka_read_errors.inc();
-            return failed(FailureReason::FetchError, e.to_string(), true);
-        }
-    };
+    let read = tokio::task::spawn_blocking(move || reader.read(&to_read))
+        .await
+        .expect("reads do not panic")
+        .map_err(TaskError::Read)?;
     let read_micros = started.elapsed().as_micros() as u64;
 
     let batch = &read.batch;
@@ -130,10 +145,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
 
     let info =
         TaskInfo { batch_id: def.batch_id, task_id: def.task_id, attempt: def.attempt, partition: def.sink_partition };
-    let mut writer = match ctx.sink.open(&info) {
-        Ok(w) => w,
-        Err(e) => return sink_failed(&ctx, e),
-    };
+    let mut writer = ctx.sink.open(&info)?;
     let schema = output_schema(ctx.workers.dim());
     let mut sink_micros = 0u64;
     let mut batch_sizes = Vec::new();
@@ -142,7 +154,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
             Ok(v) => v,
             Err(e) => {
                 writer.abort().await;
-                return failed(FailureReason::ModelError, e.to_string(), true);
+                return Err(TaskError::Model(e));
             }
         };
         if let Some(next) = windows.next() {
@@ -153,7 +165,7 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         let rows = output_rows(batch, window, vectors, &schema);
         if let Err(e) = writer.write(&rows).await {
             writer.abort().await;
-            return sink_failed(&ctx, e);
+            return Err(e.into());
         }
         ctx.recent.push(&rows);
         sink_micros += sink_started.elapsed().as_micros() as u64;
@@ -173,24 +185,21 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         let sent = ctx.dead_letters.send(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason).await;
         if let Err(e) = sent {
             writer.abort().await;
-            return sink_failed(&ctx, e);
+            return Err(e.into());
         }
     }
     if let Err(e) = pending.finish().await {
         writer.abort().await;
-        return sink_failed(&ctx, e);
+        return Err(e.into());
     }
-    let output = match writer.commit().await {
-        Ok(o) => o,
-        Err(e) => return sink_failed(&ctx, e),
-    };
+    let output = writer.commit().await?;
     let sink_micros = sink_micros + sink_started.elapsed().as_micros() as u64;
     ctx.metrics.embeddings.inc_by(good.len() as u64);
     for size in batch_sizes {
         ctx.metrics.inference_batch_size.observe(size as f64);
     }
 
-    task_status::Status::Successful(TaskSuccessful {
+    Ok(TaskSuccessful {
         rows_read: batch.num_rows() as u64,
         embeddings_written: good.len() as u64,
         dead_letters: rejects.len() as u64,
@@ -201,19 +210,4 @@ async fn run_task(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::St
         latency_seconds: output.latency_seconds,
         files: output.files,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::reject_reason;
-
-    #[test]
-    fn bad_values_have_reasons() {
-        assert_eq!(reject_reason(Some(b"a shoe"), 100), None);
-        assert!(reject_reason(None, 100).unwrap().contains("null"));
-        assert!(reject_reason(Some(b""), 100).unwrap().contains("empty"));
-        assert!(reject_reason(Some(b"  \n"), 100).unwrap().contains("empty"));
-        assert!(reject_reason(Some(&[0xff, 0xfe]), 100).unwrap().contains("UTF-8"));
-        assert!(reject_reason(Some(&[b'x'; 101]), 100).unwrap().contains("101 bytes"));
-    }
 }

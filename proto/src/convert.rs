@@ -2,7 +2,7 @@
 //! `pb::` types stop at the gRPC edge: a message that cannot be a valid domain value is refused
 //! here, with what is wrong.
 
-use embedstream_core::offsets::{OffsetRange, TopicPartition};
+use embedstream_core::offsets::{OffsetRange, PartitionOffsets, TopicPartition};
 
 use crate::pb;
 
@@ -41,6 +41,31 @@ impl TryFrom<pb::OffsetRange> for OffsetRange {
     }
 }
 
+/// Offsets per partition as the wire lists them.
+pub fn offsets_to_pb(offsets: &PartitionOffsets) -> Vec<pb::PartitionOffset> {
+    offsets
+        .iter()
+        .map(|(tp, &offset)| pb::PartitionOffset { topic: tp.topic.clone(), partition: tp.partition, offset })
+        .collect()
+}
+
+/// The wire's list back into offsets per partition.
+pub fn offsets_from_pb(offsets: Vec<pb::PartitionOffset>) -> PartitionOffsets {
+    offsets.into_iter().map(|o| (TopicPartition::new(o.topic, o.partition), o.offset)).collect()
+}
+
+impl pb::QueryState {
+    /// How `status` prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            pb::QueryState::Running => "running",
+            pb::QueryState::Paused => "paused",
+            pb::QueryState::Stopping => "stopping",
+            pb::QueryState::Unspecified => "unknown",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +79,12 @@ mod tests {
         assert_eq!(OffsetRange::try_from(backwards).unwrap_err().field, "OffsetRange.until_offset");
         let negative = pb::OffsetRange { partition: -1, ..wire };
         assert_eq!(OffsetRange::try_from(negative).unwrap_err().field, "OffsetRange.partition");
+    }
+
+    #[test]
+    fn offsets_round_trip() {
+        let o: PartitionOffsets =
+            [(TopicPartition::new("a", 0), 5), (TopicPartition::new("b", 3), 9)].into_iter().collect();
+        assert_eq!(offsets_from_pb(offsets_to_pb(&o)), o);
     }
 }

@@ -134,11 +134,8 @@ impl Query<'_> {
             summary.processing_seconds = first_dispatch.map_or(0.0, |t| t.elapsed().as_secs_f64());
             start = end;
             next_batch_id = entry.batch_id + 1;
-            *self.control.snapshot.lock().unwrap() = Snapshot {
-                batches_committed: summary.batches,
-                next_batch_id,
-                committed_offsets_json: serde_json::to_string(&entry.end).expect("offsets serialise"),
-            };
+            *self.control.snapshot.lock().unwrap() =
+                Snapshot { batches_committed: summary.batches, next_batch_id, committed: entry.end.clone() };
 
             if !interval.is_zero() {
                 tokio::select! {

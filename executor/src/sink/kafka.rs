@@ -14,7 +14,7 @@ use arrow_array::{
 };
 use futures::future::BoxFuture;
 
-use embedstream_core::spec::VectorFormat;
+use embedstream_core::spec::{KafkaSinkSpec, VectorFormat};
 use embedstream_core::JobSpec;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -120,8 +120,8 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(spec: &JobSpec, producer: Arc<KafkaProducer>, model_id: String) -> KafkaSink {
-        KafkaSink { producer, topic: spec.sink.topic.as_str().into(), format: spec.sink.format, model_id }
+    pub fn new(spec: &KafkaSinkSpec, producer: Arc<KafkaProducer>, model_id: String) -> KafkaSink {
+        KafkaSink { producer, topic: spec.topic.as_str().into(), format: spec.format, model_id }
     }
 
     /// Enqueues the embedding of `origin` for partition `partition` of the sink topic.

@@ -3,7 +3,7 @@
 //!
 //! - [`Sink::open`] once per task attempt, giving a [`TaskWriter`];
 //! - [`TaskWriter::write`] for each window of embedded rows, in offset order (the columns of
-//!   [`output_schema`]);
+//!   [`crate::records::output_schema`]);
 //! - [`TaskWriter::commit`] when the task is done, or [`TaskWriter::abort`] when it failed;
 //! - per batch, the driver commits: nothing to do for Kafka, the manifest for file sinks
 //!   (`embedstream_core::manifest`), written once every task of the batch has committed.
@@ -16,10 +16,7 @@ pub mod dead_letters;
 pub mod kafka;
 pub mod parquet;
 
-use std::sync::Arc;
-
-use arrow_array::{FixedSizeListArray, Float32Array, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_array::RecordBatch;
 use embedstream_proto::pb::OutputFile;
 use futures::future::BoxFuture;
 use rdkafka::error::KafkaError;
@@ -62,32 +59,10 @@ pub trait Sink: Send + Sync {
 }
 
 pub trait TaskWriter: Send {
-    /// Takes one window of rows (columns of [`output_schema`]), in offset order.
+    /// Takes one window of rows (columns of [`crate::records::output_schema`]), in offset order.
     fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>>;
     /// Makes everything written durable.
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<TaskOutput, SinkError>>;
     /// Leaves nothing visible behind (as far as the sink can take writes back).
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
-}
-
-/// The rows a task writes: the input record's columns (`reader::input_schema`) and its vector.
-pub fn output_schema(dim: usize) -> SchemaRef {
-    let input = crate::reader::input_schema();
-    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("embedding", embedding_type(dim), false));
-    Arc::new(Schema::new(fields))
-}
-
-/// The item field of every embedding column: non-null Float32.
-fn embedding_item() -> Arc<Field> {
-    Arc::new(Field::new("item", DataType::Float32, false))
-}
-
-pub fn embedding_type(dim: usize) -> DataType {
-    DataType::FixedSizeList(embedding_item(), dim as i32)
-}
-
-/// An embedding column of [`embedding_type`] from row-major `vectors`, `dim` values per row.
-pub fn embedding_array(vectors: Vec<f32>, dim: usize) -> FixedSizeListArray {
-    FixedSizeListArray::new(embedding_item(), dim as i32, Arc::new(Float32Array::from(vectors)), None)
 }

@@ -15,15 +15,15 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use embedstream_core::manifest;
-use embedstream_core::spec::PartitionBy;
-use embedstream_core::JobSpec;
+use embedstream_core::spec::{ParquetSinkSpec, PartitionBy};
 use embedstream_proto::pb::OutputFile;
 use futures::future::BoxFuture;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::{embedding_type, SinkError, TaskInfo, TaskOutput, TaskWriter};
+use super::{SinkError, TaskInfo, TaskOutput, TaskWriter};
+use crate::records::embedding_type;
 
 pub struct ParquetSink {
     table: PathBuf,
@@ -37,10 +37,15 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    pub fn new(spec: &JobSpec, model_id: String, executor_id: &str, dim: usize) -> Result<ParquetSink, SinkError> {
-        let table = spec.sink.path.clone().expect("validated: a Parquet sink has a path");
+    pub fn new(
+        spec: &ParquetSinkSpec,
+        model_id: String,
+        executor_id: &str,
+        dim: usize,
+    ) -> Result<ParquetSink, SinkError> {
+        let table = spec.path.clone();
         std::fs::create_dir_all(&table).map_err(|e| file_error(&table, e))?;
-        let with_value = spec.sink.columns.iter().any(|c| c == "value");
+        let with_value = spec.with_value();
         let mut fields = vec![
             Field::new("key", DataType::Binary, true),
             Field::new("topic", DataType::Utf8, false),
@@ -56,7 +61,7 @@ impl ParquetSink {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Ok(ParquetSink {
             table,
-            partition_by: spec.sink.partition_by,
+            partition_by: spec.partition_by,
             with_value,
             model_id,
             unique: format!("{executor_id}-{:x}", started.as_nanos()),
@@ -64,7 +69,7 @@ impl ParquetSink {
         })
     }
 
-    /// The file schema's columns for `rows` (columns of `super::output_schema`).
+    /// The file schema's columns for `rows` (columns of `crate::records::output_schema`).
     fn columns(&self, rows: &RecordBatch) -> Result<RecordBatch, SinkError> {
         let col = |name: &str| rows.column_by_name(name).expect("the output schema").clone();
         let stamps = col("timestamp_ms");

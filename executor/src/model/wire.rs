@@ -46,7 +46,7 @@ pub fn decode_texts(bytes: &[u8]) -> io::Result<Vec<String>> {
 }
 
 pub fn encode_vectors(values: Vec<f32>, dim: usize) -> Vec<u8> {
-    let list = crate::sink::embedding_array(values, dim);
+    let list = crate::records::embedding_array(values, dim);
     let schema = Arc::new(Schema::new(vec![Field::new("embedding", list.data_type().clone(), false)]));
     ipc(&RecordBatch::try_new(schema, vec![Arc::new(list)]).expect("one list column"))
 }

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 
 use embedstream_core::spec::ModelSpec;
 
-use crate::fork;
+use super::fork;
+use super::wire;
 use crate::model::{self, Embedder};
-use crate::wire;
 
 pub struct DaemonArgs {
     pub model: ModelSpec,

@@ -9,53 +9,56 @@
 //! had fully initialised (the session and tokenizer, whose locks were not held at the fork) and
 //! leaves with `_exit`, never through normal process exit, because ONNX Runtime's exit handlers
 //! hang in a forked child.
+//!
+//! Process control goes through `nix`'s wrappers (fork, waitpid, the parent-death signal); only
+//! `fork` itself and `_exit` (which nix does not wrap) are unsafe or raw `libc` here.
 
 use std::io;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::ForkResult;
 
 /// Forks a child that runs `body` and leaves with `_exit(body's code)` (101 if it panics).
 /// Returns the child's pid to the parent.
 pub fn fork_child(body: impl FnOnce() -> i32) -> io::Result<i32> {
     // SAFETY: see the module comment: the caller is single-threaded, and the child never
     // returns into the caller: it runs `body` and exits through `_exit`.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        ForkResult::Child => {
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
             exit_now(code)
         }
-        pid => Ok(pid),
+        ForkResult::Parent { child } => Ok(child.as_raw()),
     }
 }
 
 /// Leaves the process at once, without exit handlers or destructors.
 pub fn exit_now(code: i32) -> ! {
-    // SAFETY: `_exit` is always safe to call; it does not return.
+    // SAFETY: `_exit` is always safe to call; it does not return. nix has no wrapper for it.
     unsafe { libc::_exit(code) }
 }
 
 /// Asks the kernel to kill this process when its parent dies, so that no daemon or worker
 /// outlives the executor that started it.
 pub fn die_with_parent() {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the calling process.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        tracing::warn!(error = %e, "cannot set the parent-death signal");
     }
 }
 
 /// Waits for any child to end; returns its pid and a description of how it ended.
 pub fn wait_any_child() -> io::Result<(i32, String)> {
-    let mut status = 0;
-    // SAFETY: waitpid writes only to `status`, a valid i32.
-    let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-    if pid == -1 {
-        return Err(io::Error::last_os_error());
+    loop {
+        match waitpid(None, None).map_err(io::Error::from)? {
+            WaitStatus::Exited(pid, code) => return Ok((pid.as_raw(), format!("exit code {code}"))),
+            WaitStatus::Signaled(pid, signal, _) => {
+                return Ok((pid.as_raw(), format!("killed by signal {}", signal as i32)))
+            }
+            // Stopped or traced children are not ends (and are only reported when asked for).
+            _ => continue,
+        }
     }
-    let how = if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("exit code {}", libc::WEXITSTATUS(status))
-    };
-    Ok((pid, how))
 }
 
 /// Number of threads of this process, from /proc/self/status.

@@ -19,9 +19,9 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
-use crate::daemon::socket_path;
+use super::daemon::socket_path;
+use super::wire;
 use crate::model::{self, ModelError};
-use crate::wire;
 
 /// Attempts per batch, 50 ms apart and then more (about 4 s in all, enough for a daemon to
 /// restart and load the model again); a worker replaced between attempts answers the next one.

@@ -1,6 +1,6 @@
-//! The cluster's command line: `resource-manager`, `node-agent`, `submit`, the driver container's
-//! entry, and the admin commands (`status`, `stop`, `pause`, `resume`, `scale`) that talk to the
-//! RM and to a query's driver over gRPC.
+//! The commands that talk to a running cluster or query over gRPC: `submit` (to the resource
+//! manager), the driver container's entry (`driver`), and the admin commands (`status`,
+//! `progress`, `stop`, `pause`, `resume`, `scale`) that reach the RM and a query's driver.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,6 +77,7 @@ fn app_state(a: &ApplicationReport) -> ApplicationState {
 pub async fn submit(job: &Path, master: &str, wait: bool, driver_cores: u32, driver_memory: &str) -> Result<()> {
     // The spec is checked here first, so a bad one is refused before anything starts.
     let spec = JobSpec::from_file(job)?;
+    spec.check_files()?;
     // The same token the driver will use: EMBEDSTREAM_TOKEN, or the spec's `security.token_file`.
     let token = token(spec.security.token_file.as_deref())?;
     let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
@@ -127,6 +128,7 @@ pub async fn driver_container(rm_address: String, app_id: String, listen: Socket
     let toml = std::env::var(embedstream_cluster::rm::JOB_TOML_ENV)
         .with_context(|| format!("{} is not set (the node agent sets it)", embedstream_cluster::rm::JOB_TOML_ENV))?;
     let spec = JobSpec::from_toml(&toml)?;
+    spec.check_files()?;
     let token = ClusterToken::load(spec.security.token_file.as_deref())?;
     let client = rm(&rm_address, &token)?;
     let resources = Resources { vcores: spec.executors.cores, memory_mb: spec.executors.memory_mb() };
@@ -229,9 +231,13 @@ pub async fn status(target: Target, token: ClusterToken) -> Result<()> {
     let s = client.get_status(QueryStatusRequest {}).await?.into_inner();
     println!(
         "query {} ({}) {}: {} batches committed, next batch {}",
-        s.query, s.query_id, s.state, s.batches_committed, s.next_batch_id
+        s.query,
+        s.query_id,
+        s.state().label(),
+        s.batches_committed,
+        s.next_batch_id
     );
-    println!("committed offsets: {}", s.committed_offsets_json);
+    println!("committed offsets: {}", embedstream_proto::convert::offsets_from_pb(s.committed_offsets));
     println!("executors: {} wanted", s.executors_wanted);
     for e in s.executors {
         let draining = if e.draining { " (draining)" } else { "" };

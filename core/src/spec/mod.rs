@@ -1,0 +1,158 @@
+//! The job spec: what to read, which model to run, where to write.
+//!
+//! Each section is its own module with its keys and its checks: [`source`], [`model`],
+//! [`sink`] (one variant per sink), [`runtime`] (trigger, executors, monitoring, flight,
+//! security); [`units`] holds the durations and sizes that are parsed once into typed values.
+//!
+//! [`JobSpec::from_toml`] is pure: it refuses unknown keys, wrong types and impossible values
+//! with a [`SpecError`] that names the key, before anything is started, and touches no file.
+//! [`JobSpec::check_files`] checks what must exist on the machine that uses it (the model, the
+//! token file); the driver and the executors run it, the resource manager does not. The spec
+//! travels between processes as TOML ([`JobSpec::to_toml`]).
+
+pub mod model;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod units;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use model::{ModelSpec, Pooling};
+pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
+pub use sink::{KafkaSinkSpec, ParquetSinkSpec, PartitionBy, SinkSpec, VectorFormat};
+pub use source::{SourceSpec, StartAt, StartingOffsets};
+pub use units::{parse_memory_mb, HumanDuration, MemorySize, Mib, Written};
+
+/// A job spec that failed to parse or validate. `key` is the dotted path of the offending
+/// key (`source.max_offsets_per_trigger`), or empty for a TOML syntax error.
+#[derive(Debug, thiserror::Error)]
+#[error("job spec: {}{message}", if key.is_empty() { String::new() } else { format!("`{key}`: ") })]
+pub struct SpecError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
+        SpecError { key: key.to_string(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Query name: names the consumer group by default and labels logs and metrics.
+    pub name: String,
+    /// Directory of the write-ahead offset log (`offsets/`) and the commit log (`commits/`).
+    pub checkpoint_location: PathBuf,
+    /// Batches kept in both logs; older entries are deleted after each commit (Spark's
+    /// `spark.sql.streaming.minBatchesToRetain`). Default 100.
+    #[serde(default = "default_batches_to_retain")]
+    pub min_batches_to_retain: u64,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    pub model: ModelSpec,
+    pub sink: SinkSpec,
+    #[serde(default)]
+    pub executors: ExecutorsSpec,
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+    #[serde(default)]
+    pub flight: FlightSpec,
+    #[serde(default)]
+    pub security: SecuritySpec,
+}
+
+fn default_batches_to_retain() -> u64 {
+    100
+}
+
+impl JobSpec {
+    /// Parses and validates a job spec. Errors name the key. Checks no file: see
+    /// [`JobSpec::check_files`].
+    pub fn from_toml(text: &str) -> Result<JobSpec, SpecError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| SpecError::new("", e.to_string()))?;
+        let sink = table.get("sink").cloned();
+        let spec: JobSpec = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            // The sink's own parser names the key inside its section.
+            if let (Some(sink), true) = (sink, key == "sink") {
+                if let Err(inner) = SinkSpec::from_value(sink) {
+                    return inner;
+                }
+            }
+            let key = if key == "." { String::new() } else { key };
+            SpecError { key, message: e.into_inner().to_string() }
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads, parses and validates a job spec file.
+    pub fn from_file(path: &Path) -> Result<JobSpec, SpecError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError::new("", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    /// The files the spec names exist on this machine (the model and tokenizer, the token
+    /// file). Run where they are used, before anything starts.
+    pub fn check_files(&self) -> Result<(), SpecError> {
+        self.model.check_files()?;
+        self.security.check_files()
+    }
+
+    /// The spec as TOML, as executors receive it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a JobSpec always serialises")
+    }
+
+    pub fn group_id(&self) -> String {
+        self.source.group_id.clone().unwrap_or_else(|| format!("embedstream-{}", self.name))
+    }
+
+    pub fn sink_bootstrap_servers(&self) -> &str {
+        self.sink.bootstrap_servers().unwrap_or(&self.source.bootstrap_servers)
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        self.sink.dead_letter_topic(&self.name)
+    }
+
+    /// Checks values that parse but cannot work. Also run by `from_toml`.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(SpecError::new("name", "must be non-empty letters, digits, '.', '_' or '-'"));
+        }
+        if self.checkpoint_location.as_os_str().is_empty() {
+            return Err(SpecError::new("checkpoint_location", "must not be empty"));
+        }
+        if self.min_batches_to_retain == 0 {
+            return Err(SpecError::new("min_batches_to_retain", "must be at least 1: recovery reads the last batch"));
+        }
+        self.source.validate()?;
+        self.trigger.validate()?;
+        self.model.validate()?;
+        self.flight.validate()?;
+        self.sink.validate(&self.name, &self.source)?;
+        self.monitoring.validate()?;
+        self.executors.validate()
+    }
+
+    /// Topics named by `subscribe` or `assign` (empty for a pattern).
+    pub fn source_topics(&self) -> Vec<String> {
+        self.source.topics()
+    }
+
+    /// Whether this query reads `topic`.
+    pub fn reads_topic(&self, topic: &str) -> bool {
+        self.source.reads_topic(topic)
+    }
+}

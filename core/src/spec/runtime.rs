@@ -1,0 +1,233 @@
+//! How a query runs: `[trigger]` (when batches start), `[executors]` (how many, how big),
+//! `[monitoring]` (Prometheus endpoints, lag refresh), `[flight]` (the executors' Arrow Flight
+//! limits) and `[security]` (the cluster token).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{HumanDuration, MemorySize};
+use super::SpecError;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Interval between batch starts, like Spark's `Trigger.ProcessingTime` ("5s", "500ms").
+    /// Absent: the next batch starts as soon as the previous one ends and data is there.
+    #[serde(default)]
+    pub processing_time: Option<HumanDuration>,
+    /// Process what is in the topics when the query starts, in as many batches as the rate
+    /// limit needs, then exit 0 (Spark's `Trigger.AvailableNow`).
+    #[serde(default)]
+    pub available_now: bool,
+}
+
+impl TriggerSpec {
+    /// The interval; zero when none is set.
+    pub fn interval(&self) -> Duration {
+        self.processing_time.as_ref().map_or(Duration::ZERO, HumanDuration::get)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), SpecError> {
+        if self.processing_time.is_some() && self.available_now {
+            return Err(SpecError::new("trigger", "set either `processing_time` or `available_now`, not both"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorsSpec {
+    #[serde(default = "default_one")]
+    pub count: u32,
+    /// Tasks an executor runs at once, and ONNX Runtime's intra-op threads.
+    #[serde(default = "default_one")]
+    pub cores: u32,
+    /// Memory of an executor container in cluster mode ("512m", "2g"): the node agent kills an
+    /// executor whose process tree (model daemon and workers included) uses more.
+    #[serde(default = "default_executor_memory")]
+    pub memory: MemorySize,
+}
+
+fn default_one() -> u32 {
+    1
+}
+
+fn default_executor_memory() -> MemorySize {
+    MemorySize::parse("2g").expect("a valid size")
+}
+
+impl Default for ExecutorsSpec {
+    fn default() -> Self {
+        ExecutorsSpec { count: 1, cores: 1, memory: default_executor_memory() }
+    }
+}
+
+impl ExecutorsSpec {
+    /// `memory` in MiB.
+    pub fn memory_mb(&self) -> u64 {
+        self.memory.get().0
+    }
+
+    pub(super) fn validate(&self) -> Result<(), SpecError> {
+        if self.count == 0 {
+            return Err(SpecError::new("executors.count", "must be at least 1"));
+        }
+        if self.cores == 0 {
+            return Err(SpecError::new("executors.cores", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Prometheus endpoints and the lag refresh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSpec {
+    /// The driver's `/metrics` (host:port; port 0 picks a free one, written to
+    /// `<checkpoint_location>/monitoring/targets.json`).
+    #[serde(default = "default_listen")]
+    pub metrics_listen: String,
+    /// Where each executor serves its `/metrics`; port 0 lets each pick its own.
+    #[serde(default = "default_listen")]
+    pub executor_metrics_listen: String,
+    /// How often the driver reads the broker's latest offsets for the lag gauges, between batches too.
+    #[serde(default = "default_lag_refresh")]
+    pub lag_refresh_interval: HumanDuration,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".into()
+}
+
+fn default_lag_refresh() -> HumanDuration {
+    HumanDuration::parse("5s").expect("a valid duration")
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec {
+            metrics_listen: default_listen(),
+            executor_metrics_listen: default_listen(),
+            lag_refresh_interval: default_lag_refresh(),
+        }
+    }
+}
+
+impl MonitoringSpec {
+    pub fn lag_refresh(&self) -> Duration {
+        self.lag_refresh_interval.get()
+    }
+
+    pub(super) fn validate(&self) -> Result<(), SpecError> {
+        for (key, addr) in [
+            ("monitoring.metrics_listen", &self.metrics_listen),
+            ("monitoring.executor_metrics_listen", &self.executor_metrics_listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(SpecError::new(key, format!("`{addr}` is not an address such as \"127.0.0.1:9464\"")));
+            }
+        }
+        non_zero("monitoring.lag_refresh_interval", &self.lag_refresh_interval)
+    }
+}
+
+/// A duration that must be above zero.
+fn non_zero(key: &str, d: &HumanDuration) -> Result<(), SpecError> {
+    if d.get().is_zero() {
+        return Err(SpecError::new(key, "must be a duration above zero, such as \"5s\""));
+    }
+    Ok(())
+}
+
+/// The Arrow Flight service every executor serves on its gRPC address: `DoExchange` embeds a
+/// client's `text` column with the executor's warm workers, `DoGet` returns the query's latest
+/// output batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlightSpec {
+    /// Rows one `DoExchange` call may send in all.
+    #[serde(default = "default_flight_rows")]
+    pub max_rows_per_call: usize,
+    /// Bytes of text one `DoExchange` call may send in all.
+    #[serde(default = "default_flight_bytes")]
+    pub max_bytes_per_call: usize,
+    /// `DoExchange` calls served at once per executor; one more is answered "overloaded".
+    #[serde(default = "default_flight_calls")]
+    pub max_concurrent_calls: usize,
+    /// Output batches (one per task window) each executor keeps in memory for `DoGet`.
+    #[serde(default = "default_recent_batches")]
+    pub recent_batches: usize,
+    /// A `DoExchange` call that sends no batch for this long is ended, freeing its slot.
+    #[serde(default = "default_flight_idle")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_flight_rows() -> usize {
+    10_000
+}
+fn default_flight_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_flight_calls() -> usize {
+    4
+}
+fn default_recent_batches() -> usize {
+    16
+}
+fn default_flight_idle() -> HumanDuration {
+    HumanDuration::parse("60s").expect("a valid duration")
+}
+
+impl FlightSpec {
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.get()
+    }
+
+    pub(super) fn validate(&self) -> Result<(), SpecError> {
+        for (key, value) in [
+            ("flight.max_rows_per_call", self.max_rows_per_call),
+            ("flight.max_bytes_per_call", self.max_bytes_per_call),
+            ("flight.max_concurrent_calls", self.max_concurrent_calls),
+        ] {
+            if value == 0 {
+                return Err(SpecError::new(key, "must be at least 1"));
+            }
+        }
+        non_zero("flight.idle_timeout", &self.idle_timeout)
+    }
+}
+
+impl Default for FlightSpec {
+    fn default() -> Self {
+        FlightSpec {
+            max_rows_per_call: default_flight_rows(),
+            max_bytes_per_call: default_flight_bytes(),
+            max_concurrent_calls: default_flight_calls(),
+            recent_batches: default_recent_batches(),
+            idle_timeout: default_flight_idle(),
+        }
+    }
+}
+
+/// Who may call: the cluster token (see `embedstream_core::auth`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// A file whose first line is the cluster token; `EMBEDSTREAM_TOKEN` wins over it.
+    pub token_file: Option<PathBuf>,
+}
+
+impl SecuritySpec {
+    /// The token file exists here (run where it is read).
+    pub(super) fn check_files(&self) -> Result<(), SpecError> {
+        match &self.token_file {
+            Some(path) if !path.is_file() => {
+                Err(SpecError::new("security.token_file", format!("no such file: {}", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! `[sink] kind = "kafka"`: one record per embedding in `topic`, in the vector format asked for.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::SpecError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorFormat {
+    /// The vector as little-endian f32, 4 bytes per dimension.
+    F32le,
+    /// `{"embedding":[...]}`
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkSpec {
+    /// Default: the source's bootstrap servers (also where the dead-letter topic is).
+    #[serde(default)]
+    pub bootstrap_servers: Option<String>,
+    /// The output topic.
+    #[serde(default)]
+    pub topic: String,
+    #[serde(default = "default_format")]
+    pub format: VectorFormat,
+    /// Where records the model cannot take go, with an `es.error` header. Default `<topic>-dlq`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+fn default_format() -> VectorFormat {
+    VectorFormat::F32le
+}
+
+impl KafkaSinkSpec {
+    pub(super) fn validate(&self) -> Result<(), SpecError> {
+        if self.topic.is_empty() {
+            return Err(SpecError::new("sink.topic", "must not be empty (kind = \"kafka\")"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! `[source]`: which Kafka topics a query reads and how, with option names after Spark's Kafka
+//! source (`startingOffsets` becomes `starting_offsets`, and so on).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::SpecError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub bootstrap_servers: String,
+    /// Topics to read (Spark's `subscribe`). Exactly one of subscribe, subscribe_pattern, assign.
+    #[serde(default)]
+    pub subscribe: Option<Vec<String>>,
+    /// A regular expression over topic names, re-evaluated before every batch.
+    #[serde(default)]
+    pub subscribe_pattern: Option<String>,
+    /// Fixed partitions per topic.
+    #[serde(default)]
+    pub assign: Option<BTreeMap<String, Vec<i32>>>,
+    /// Where a new query starts; a query with a checkpoint always resumes from it.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// Upper bound of records per micro-batch, split over partitions by backlog.
+    #[serde(default)]
+    pub max_offsets_per_trigger: Option<u64>,
+    /// Split offset ranges so that a batch has at least this many tasks.
+    #[serde(default)]
+    pub min_partitions: Option<u32>,
+    #[serde(default = "default_true")]
+    pub fail_on_data_loss: bool,
+    /// Consumer group that receives the processed offsets after every batch (visibility only:
+    /// the checkpoint is the source of truth). Default: `embedstream-<name>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// How long a task may wait for records of its range before it fails (Spark's
+    /// `kafkaConsumer.pollTimeoutMs`).
+    #[serde(default = "default_poll_timeout_ms")]
+    pub poll_timeout_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_poll_timeout_ms() -> u64 {
+    60_000
+}
+
+impl SourceSpec {
+    pub fn poll_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_timeout_ms)
+    }
+
+    /// Topics named by `subscribe` or `assign` (empty for a pattern).
+    pub fn topics(&self) -> Vec<String> {
+        if let Some(t) = &self.subscribe {
+            return t.clone();
+        }
+        if let Some(a) = &self.assign {
+            return a.keys().cloned().collect();
+        }
+        Vec::new()
+    }
+
+    /// Whether this source reads `topic`.
+    pub fn reads_topic(&self, topic: &str) -> bool {
+        match &self.subscribe_pattern {
+            Some(p) => regex::Regex::new(&format!("^(?:{p})$")).is_ok_and(|r| r.is_match(topic)),
+            None => self.topics().iter().any(|t| t == topic),
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), SpecError> {
+        let s = self;
+        if s.bootstrap_servers.trim().is_empty() {
+            return Err(SpecError::new("source.bootstrap_servers", "must not be empty"));
+        }
+        let ways = [s.subscribe.is_some(), s.subscribe_pattern.is_some(), s.assign.is_some()];
+        if ways.iter().filter(|&&w| w).count() != 1 {
+            return Err(SpecError::new("source", "set exactly one of `subscribe`, `subscribe_pattern`, `assign`"));
+        }
+        if let Some(topics) = &s.subscribe {
+            if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+                return Err(SpecError::new("source.subscribe", "must list at least one non-empty topic name"));
+            }
+        }
+        if let Some(p) = &s.subscribe_pattern {
+            regex::Regex::new(p)
+                .map_err(|e| SpecError::new("source.subscribe_pattern", format!("not a regular expression: {e}")))?;
+        }
+        if let Some(assign) = &s.assign {
+            if assign.is_empty() || assign.values().any(|ps| ps.is_empty() || ps.iter().any(|&p| p < 0)) {
+                return Err(SpecError::new("source.assign", "must map topics to non-empty lists of partitions >= 0"));
+            }
+        }
+        self.starting_offsets.validate(self)?;
+        if s.max_offsets_per_trigger == Some(0) {
+            return Err(SpecError::new("source.max_offsets_per_trigger", "must be at least 1"));
+        }
+        if s.min_partitions == Some(0) {
+            return Err(SpecError::new("source.min_partitions", "must be at least 1"));
+        }
+        if s.group_id.as_deref() == Some("") {
+            return Err(SpecError::new("source.group_id", "must not be empty"));
+        }
+        if s.poll_timeout_ms == 0 {
+            return Err(SpecError::new("source.poll_timeout_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// `"earliest"`, `"latest"`, or offsets per topic and partition (`-2` earliest, `-1` latest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StartingOffsets {
+    Named(String),
+    Specific(BTreeMap<String, BTreeMap<String, i64>>),
+}
+
+impl Default for StartingOffsets {
+    fn default() -> Self {
+        StartingOffsets::Named("latest".into())
+    }
+}
+
+/// A starting position of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    Offset(i64),
+}
+
+impl StartingOffsets {
+    /// Where `topic`/`partition` starts. `None` when specific offsets do not list it.
+    pub fn for_partition(&self, topic: &str, partition: i32) -> Option<StartAt> {
+        match self {
+            StartingOffsets::Named(n) if n == "earliest" => Some(StartAt::Earliest),
+            StartingOffsets::Named(_) => Some(StartAt::Latest),
+            StartingOffsets::Specific(map) => map.get(topic)?.get(&partition.to_string()).map(|&o| match o {
+                -2 => StartAt::Earliest,
+                -1 => StartAt::Latest,
+                o => StartAt::Offset(o),
+            }),
+        }
+    }
+
+    fn validate(&self, source: &SourceSpec) -> Result<(), SpecError> {
+        match self {
+            StartingOffsets::Named(n) if n == "earliest" || n == "latest" => Ok(()),
+            StartingOffsets::Named(n) => Err(SpecError::new(
+                "source.starting_offsets",
+                format!("`{n}` is not \"earliest\", \"latest\" or a table of offsets"),
+            )),
+            StartingOffsets::Specific(map) => {
+                for (topic, parts) in map {
+                    let key = format!("source.starting_offsets.{topic}");
+                    if source.subscribe_pattern.is_none() && !source.topics().contains(topic) {
+                        return Err(SpecError::new(&key, "topic is not read by this query"));
+                    }
+                    for (p, &o) in parts {
+                        if p.parse::<i32>().map_or(true, |p| p < 0) {
+                            return Err(SpecError::new(&format!("{key}.{p}"), "partition must be an integer >= 0"));
+                        }
+                        if o < -2 {
+                            return Err(SpecError::new(
+                                &format!("{key}.{p}"),
+                                "offset must be >= 0, -1 (latest) or -2 (earliest)",
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The job spec's own tests: defaults, keys named in errors, typed values.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+struct Files {
+    _dir: tempfile::TempDir,
+    onnx: PathBuf,
+    tok: PathBuf,
+}
+
+fn files() -> Files {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("m").join("model.onnx");
+    std::fs::create_dir_all(onnx.parent().unwrap()).unwrap();
+    std::fs::write(&onnx, b"x").unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    std::fs::write(&tok, b"{}").unwrap();
+    Files { _dir: dir, onnx, tok }
+}
+
+fn spec(f: &Files, extra_source: &str, rest: &str) -> String {
+    format!(
+        r#"
+name = "products"
+checkpoint_location = "/tmp/cp"
+[source]
+bootstrap_servers = "127.0.0.1:9092"
+subscribe = ["products"]
+{extra_source}
+[model]
+onnx = "{}"
+tokenizer = "{}"
+[sink]
+kind = "kafka"
+topic = "out"
+{rest}
+"#,
+        f.onnx.display(),
+        f.tok.display()
+    )
+}
+
+/// Parses `text` and checks its files, as the driver does before it starts anything.
+fn load(text: &str) -> Result<JobSpec, SpecError> {
+    let spec = JobSpec::from_toml(text)?;
+    spec.check_files()?;
+    Ok(spec)
+}
+
+fn key_of(text: &str) -> String {
+    load(text).unwrap_err().key
+}
+
+#[test]
+fn minimal_spec_gets_defaults() {
+    let f = files();
+    let s = load(&spec(&f, "", "")).unwrap();
+    assert_eq!(s.group_id(), "embedstream-products");
+    assert_eq!(s.dead_letter_topic(), "out-dlq");
+    assert_eq!(s.model.batch_size, 32);
+    assert_eq!(s.min_batches_to_retain, 100);
+    assert_eq!(s.model.model_id(), "m");
+    assert_eq!(s.source.starting_offsets, StartingOffsets::Named("latest".into()));
+    assert!(s.source.fail_on_data_loss);
+    // What executors receive parses back to the same spec.
+    let again = JobSpec::from_toml(&s.to_toml()).unwrap();
+    assert_eq!(again.to_toml(), s.to_toml());
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let f = files();
+    let e = JobSpec::from_toml(&spec(&f, "max_offset_per_trigger = 5", "")).unwrap_err();
+    assert_eq!(e.key, "source.max_offset_per_trigger");
+    assert!(e.to_string().contains("unknown field"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let f = files();
+    assert_eq!(key_of(&spec(&f, "max_offsets_per_trigger = \"lots\"", "")), "source.max_offsets_per_trigger");
+    assert_eq!(key_of(&spec(&f, "", "format = \"f64\"")), "sink.format");
+}
+
+#[test]
+fn impossible_values_are_named() {
+    let f = files();
+    assert_eq!(key_of(&spec(&f, "max_offsets_per_trigger = 0", "")), "source.max_offsets_per_trigger");
+    assert_eq!(key_of(&spec(&f, "min_partitions = 0", "")), "source.min_partitions");
+    assert_eq!(key_of(&spec(&f, "subscribe_pattern = \"p.*\"", "")), "source");
+    assert_eq!(key_of(&spec(&f, "starting_offsets = \"newest\"", "")), "source.starting_offsets");
+    assert_eq!(
+        key_of(&spec(&f, "starting_offsets = { products = { \"0\" = -3 } }", "")),
+        "source.starting_offsets.products.0"
+    );
+    assert_eq!(key_of(&spec(&f, "starting_offsets = { other = { \"0\" = 1 } }", "")), "source.starting_offsets.other");
+    assert_eq!(key_of(&spec(&f, "", "dead_letter_topic = \"out\"")), "sink.dead_letter_topic");
+    let retain = spec(&f, "", "").replace("[source]", "min_batches_to_retain = 0\n[source]");
+    assert_eq!(key_of(&retain), "min_batches_to_retain");
+    let parquet = |rest: &str| spec(&f, "", rest).replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"parquet\"");
+    assert_eq!(key_of(&parquet("")), "sink.path");
+    assert_eq!(key_of(&parquet("path = \"relative/dir\"")), "sink.path");
+    assert_eq!(key_of(&parquet("path = \"/data/t\"\ncolumns = [\"headers\"]")), "sink.columns");
+    assert_eq!(key_of(&parquet("path = \"/data/t\"\npartition_by = \"week\"")), "sink.partition_by");
+    assert_eq!(JobSpec::from_toml(&parquet("path = \"/data/t\"")).unwrap().dead_letter_topic(), "products-dlq");
+    assert_eq!(key_of(&spec(&f, "", "path = \"/data/t\"")), "sink.path");
+    assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"soon\"")), "trigger.processing_time");
+    assert_eq!(key_of(&spec(&f, "", "[executors]\ncount = 0")), "executors.count");
+    assert_eq!(key_of(&spec(&f, "", "[monitoring]\nmetrics_listen = \"localhost\"")), "monitoring.metrics_listen");
+    assert_eq!(key_of(&spec(&f, "", "[monitoring]\nlag_refresh_interval = \"0s\"")), "monitoring.lag_refresh_interval");
+    assert_eq!(key_of(&spec(&f, "", "[flight]\nmax_rows_per_call = 0")), "flight.max_rows_per_call");
+    assert_eq!(key_of(&spec(&f, "", "[flight]\nidle_timeout = \"never\"")), "flight.idle_timeout");
+    assert_eq!(key_of(&spec(&f, "", "[executors]\nmemory = \"lots\"")), "executors.memory");
+    assert_eq!(key_of(&spec(&f, "", "[flight]\nmax_bytes = 10")), "flight.max_bytes");
+    assert_eq!(key_of(&spec(&f, "", "[security]\ntoken_file = \"/nonexistent/token\"")), "security.token_file");
+    let looped = spec(&f, "", "").replace("topic = \"out\"", "topic = \"products\"");
+    assert_eq!(key_of(&looped), "sink.topic");
+    let missing = spec(&f, "", "").replace(&f.onnx.display().to_string(), "/nonexistent/model.onnx");
+    let e = load(&missing).unwrap_err();
+    assert_eq!(e.key, "model.onnx");
+    assert!(e.to_string().contains("/nonexistent/model.onnx"));
+    // Parsing alone reads no file: the resource manager accepts a spec whose model is only on
+    // the nodes.
+    assert!(JobSpec::from_toml(&missing).is_ok());
+}
+
+#[test]
+fn starting_offsets_per_partition() {
+    let f = files();
+    let s =
+        JobSpec::from_toml(&spec(&f, "starting_offsets = { products = { \"0\" = 42, \"1\" = -2, \"2\" = -1 } }", ""))
+            .unwrap();
+    let so = &s.source.starting_offsets;
+    assert_eq!(so.for_partition("products", 0), Some(StartAt::Offset(42)));
+    assert_eq!(so.for_partition("products", 1), Some(StartAt::Earliest));
+    assert_eq!(so.for_partition("products", 2), Some(StartAt::Latest));
+    assert_eq!(so.for_partition("products", 3), None);
+}
+
+#[test]
+fn memory_sizes() {
+    assert_eq!(parse_memory_mb("512m"), Some(512));
+    assert_eq!(parse_memory_mb("2g"), Some(2048));
+    assert_eq!(parse_memory_mb("1.5G"), Some(1536));
+    assert_eq!(parse_memory_mb("300"), Some(300));
+    assert_eq!(parse_memory_mb("2gb"), Some(2048));
+    assert_eq!(parse_memory_mb("lots"), None);
+    assert_eq!(parse_memory_mb("0m"), None);
+}
+
+#[test]
+fn trigger_interval() {
+    let f = files();
+    let s = JobSpec::from_toml(&spec(&f, "", "[trigger]\nprocessing_time = \"1500ms\"")).unwrap();
+    assert_eq!(s.trigger.interval(), Duration::from_millis(1500));
+    assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"1s\"\navailable_now = true")), "trigger");
+}

@@ -29,14 +29,6 @@ pub enum SinkSpec {
 }
 
 impl SinkSpec {
-    /// The `kind` this sink is written with.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkSpec::Kafka(_) => "kafka",
-            SinkSpec::Parquet(_) => "parquet",
-        }
-    }
-
     /// The output topic, for a sink that writes one.
     pub fn output_topic(&self) -> Option<&str> {
         match self {

@@ -1,5 +1,5 @@
 //! embedstream against the limit and against what a team would write instead (issue 6): starts a
-//! Tansu broker on loopback and runs the bench (the `embedstream-bench` crate, in this process)
+//! Kafka broker on loopback and runs the bench (the `embedstream-bench` crate, in this process)
 //! on it against the `embedstream` binary, with generated product titles, mixed-length English
 //! (Python's docstrings, deploy/demo/sample_texts.py) and the Python consumer baseline
 //! (benches/baseline_consumer.py). See bench/src/run.rs for what is measured.

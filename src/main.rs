@@ -247,6 +247,8 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Validate { job } => {
             let spec = JobSpec::from_file(&job)?;
             spec.check_files()?;
+            // Every secret must be readable here; the output shows only where each comes from.
+            spec.read_secrets()?;
             print!("{}", spec.to_toml());
             Ok(())
         }

@@ -1,5 +1,5 @@
-//! Where a new query starts. (Offsets without records, from transaction markers or compaction,
-//! cannot be made on Tansu 0.6.0, which supports neither transactions nor compaction.)
+//! Where a new query starts. (Offsets without records, from transaction markers, are in
+//! tests/kafka.rs.)
 
 mod common;
 

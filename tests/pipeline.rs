@@ -1,4 +1,4 @@
-//! End to end: a real Tansu broker, `embedstream run` with executor processes, and what a user
+//! End to end: a real Apache Kafka broker, `embedstream run` with executor processes, and what a user
 //! finds in Kafka afterwards.
 
 mod common;

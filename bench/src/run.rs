@@ -127,9 +127,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (limit_sorted, limit_arrival) = limit(&base, texts, cores)?;
         let topic = format!("bench-{run_id}-{name}");
         bench.produce(&topic, texts)?;
-        // The broker shares the machine and slows down as it stores more (Tansu's SQLite store
-        // does): the baseline runs first, then embedstream on every core, then fewer workers, so
-        // that the figures compared are not tilted in embedstream's favour.
+        // The broker shares the machine and could slow down as it stores more: the baseline runs
+        // first, then embedstream on every core, then fewer workers, so that the figures compared
+        // are not tilted in embedstream's favour.
         let python = match (&args.python, &args.baseline) {
             (Some(py), Some(script)) => Some(bench.python(py, script, &topic, &base, texts.len())?),
             _ => None,
@@ -361,7 +361,7 @@ impl Bench {
         })?;
         tracing::info!(records = texts.len(), seconds = started.elapsed().as_secs_f64(), "latency load produced");
 
-        let source = KafkaSource::new(&spec)?;
+        let source = KafkaSource::new(&spec, &spec.read_secrets()?)?;
         let tps = source.partitions()?;
         let (_, highs) = source.watermarks(&tps)?;
         wait_for("every record to be processed", Duration::from_secs(120), || Ok(source.committed(&tps)? == highs))?;

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use embedstream_core::auth::ClusterToken;
+use embedstream_core::spec::Secrets;
+use embedstream_proto::convert::secrets_to_pb;
 use embedstream_proto::pb::driver_service_server::DriverService;
 use embedstream_proto::pb::{
     GetJobSpecRequest, GetJobSpecResponse, HeartbeatRequest, HeartbeatResponse, RegisterExecutorRequest,
@@ -18,6 +20,8 @@ pub struct DriverServiceImpl {
     /// Sent on every call to executors.
     pub token: ClusterToken,
     pub job_spec_toml: String,
+    /// Read once by the driver; sent only in the answer to an authenticated GetJobSpec.
+    pub secrets: Secrets,
     pub query_id: String,
 }
 
@@ -27,6 +31,7 @@ impl DriverService for DriverServiceImpl {
         Ok(Response::new(GetJobSpecResponse {
             job_spec_toml: self.job_spec_toml.clone(),
             query_id: self.query_id.clone(),
+            secrets: secrets_to_pb(&self.secrets),
         }))
     }
 

@@ -6,10 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use embedstream_core::spec::{SecretError, Secrets};
 use embedstream_core::JobSpec;
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -21,6 +22,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum SourceError {
     #[error("kafka {what}: {source}")]
     Kafka { what: String, source: KafkaError },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("cannot reach the {cluster} cluster at {servers} (security.protocol {protocol}): {reason}")]
+    Unreachable { cluster: &'static str, servers: String, protocol: String, reason: String },
     #[error("topic {topic}: {message}")]
     Topic { topic: String, message: String },
 }
@@ -39,18 +44,16 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    pub fn new(spec: &JobSpec) -> Result<KafkaSource, SourceError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &spec.source.bootstrap_servers)
+    /// Clients with the spec's `[source.kafka]` and `[sink.kafka]` properties and `secrets`.
+    pub fn new(spec: &JobSpec, secrets: &Secrets) -> Result<KafkaSource, SourceError> {
+        let consumer: BaseConsumer = spec
+            .source_client(secrets)?
             .set("group.id", spec.group_id())
             .set("enable.auto.commit", "false")
             .set("allow.auto.create.topics", "false")
             .create()
             .map_err(kafka("consumer"))?;
-        let admin = ClientConfig::new()
-            .set("bootstrap.servers", spec.sink_bootstrap_servers())
-            .create()
-            .map_err(kafka("admin client"))?;
+        let admin = spec.sink_client(secrets)?.create().map_err(kafka("admin client"))?;
         Ok(KafkaSource { spec: spec.clone(), consumer, admin })
     }
 
@@ -119,8 +122,8 @@ impl KafkaSource {
     }
 
     /// Creates the sink and dead-letter topics with `partitions` partitions when they are
-    /// missing (Tansu does not create topics on produce), and returns the partition counts of
-    /// the sink topic and of the dead-letter topic.
+    /// missing (clusters usually run with `auto.create.topics.enable=false`), and returns the
+    /// partition counts of the sink topic and of the dead-letter topic.
     pub async fn ensure_sink_topics(&self, partitions: i32) -> Result<(i32, i32), SourceError> {
         // A Parquet sink has no output topic, only the dead-letter one.
         let topics: Vec<String> =
@@ -153,3 +156,52 @@ impl KafkaSource {
         Ok((counts[0], *counts.last().expect("the dead-letter topic")))
     }
 }
+
+/// Connects once to the source's cluster and to the sink's, before anything starts, so that a
+/// wrong password, an untrusted certificate or a wrong address stops the query with
+/// librdkafka's own reason (`SASL authentication error: ...`) instead of a timeout at the
+/// first batch. Blocking.
+pub fn probe_clusters(spec: &JobSpec, secrets: &Secrets) -> Result<(), SourceError> {
+    probe("source", &spec.source.bootstrap_servers, spec.source_client(secrets)?)?;
+    if spec.sink_kafka().0 != "source.kafka" || spec.sink_bootstrap_servers() != spec.source.bootstrap_servers {
+        probe("sink", spec.sink_bootstrap_servers(), spec.sink_client(secrets)?)?;
+    }
+    Ok(())
+}
+
+fn probe(cluster: &'static str, servers: &str, config: ClientConfig) -> Result<(), SourceError> {
+    let protocol = config.get("security.protocol").unwrap_or("plaintext").to_uppercase();
+    let consumer: BaseConsumer<LastError> =
+        config.create_with_context(LastError::default()).map_err(kafka(format!("{cluster} client")))?;
+    match consumer.fetch_metadata(None, REQUEST_TIMEOUT) {
+        Ok(md) if !md.brokers().is_empty() => Ok(()),
+        other => {
+            let fallback = match other {
+                Err(e) => e.to_string(),
+                Ok(_) => "the cluster lists no broker".to_string(),
+            };
+            // librdkafka hands a failed handshake to the error callback, which polling serves.
+            for _ in 0..5 {
+                if consumer.context().0.lock().expect("not poisoned").is_some() {
+                    break;
+                }
+                let _ = consumer.poll(Duration::from_millis(200));
+            }
+            let reason = consumer.context().0.lock().expect("not poisoned").take().unwrap_or(fallback);
+            Err(SourceError::Unreachable { cluster, servers: servers.to_string(), protocol, reason })
+        }
+    }
+}
+
+/// Keeps the last error librdkafka reported (a failed handshake reaches the client only there).
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl ClientContext for LastError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, "kafka: {reason}");
+        *self.0.lock().expect("not poisoned") = Some(reason.to_string());
+    }
+}
+
+impl ConsumerContext for LastError {}

@@ -10,7 +10,8 @@ use rdkafka::ClientConfig;
 
 use crate::source::SourceError;
 
-/// Creates each of `topics` with `partitions` partitions unless it exists.
+/// Creates each of `topics` with `partitions` partitions unless it exists, replicated as the
+/// cluster's `default.replication.factor` says (a replication factor of -1 asks for it).
 pub async fn create_topics(
     admin: &AdminClient<DefaultClientContext>,
     topics: &[String],
@@ -18,7 +19,7 @@ pub async fn create_topics(
     options: &AdminOptions,
 ) -> Result<(), SourceError> {
     let new: Vec<NewTopic> =
-        topics.iter().map(|t| NewTopic::new(t, partitions.max(1), TopicReplication::Fixed(1))).collect();
+        topics.iter().map(|t| NewTopic::new(t, partitions.max(1), TopicReplication::Fixed(-1))).collect();
     let results = admin
         .create_topics(&new, options)
         .await

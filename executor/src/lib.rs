@@ -58,6 +58,8 @@ pub enum ExecutorError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Token(#[from] embedstream_core::auth::TokenError),
+    #[error(transparent)]
+    Secret(#[from] embedstream_core::spec::SecretError),
     #[error("executor service: {0}")]
     Serve(String),
 }
@@ -93,6 +95,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .into_inner();
     let spec = JobSpec::from_toml(&job.job_spec_toml)?;
     spec.check_files()?;
+    let secrets = embedstream_proto::convert::secrets_from_pb(job.secrets);
 
     let lib = args.ort_library.clone().unwrap_or_else(model::ort_library);
     let socket_dir = std::env::temp_dir().join(format!("embedstream-{}-{}", args.executor_id, std::process::id()));
@@ -103,13 +106,17 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     tracing::info!(executor = %args.executor_id, model = %model_id, dim = pool.dim(), worker_pids = %pids, "model workers ready");
 
     let reader = KafkaReader::new(
-        &spec.source.bootstrap_servers,
+        spec.source_client(&secrets)?,
         &format!("{}-executor", spec.group_id()),
         spec.source.poll_timeout(),
         spec.source.fail_on_data_loss,
     );
-    let producer = Arc::new(KafkaProducer::new(&spec)?);
-    let dead_letters = DeadLetters::new(&spec, producer.clone(), model_id.clone());
+    let producer = Arc::new(KafkaProducer::new(spec.sink_client(&secrets)?)?);
+    let dead_letter_producer = match spec.dead_letters_have_own_client() {
+        true => Arc::new(KafkaProducer::new(spec.dead_letter_client(&secrets)?)?),
+        false => producer.clone(),
+    };
+    let dead_letters = DeadLetters::new(&spec, dead_letter_producer, model_id.clone());
     let sink: Box<dyn sink::Sink> = match &spec.sink {
         SinkSpec::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, producer, model_id.clone()))),
         SinkSpec::Parquet(p) => {

@@ -50,15 +50,14 @@ pub struct KafkaReader {
 impl KafkaReader {
     /// Without `fail_on_data_loss`, offsets of the range that the broker lost are skipped as
     /// gaps instead of failing the task.
+    /// `config` is the source cluster's client configuration (its servers and properties).
     pub fn new(
-        bootstrap_servers: &str,
+        mut config: ClientConfig,
         group_id: &str,
         poll_timeout: Duration,
         fail_on_data_loss: bool,
     ) -> KafkaReader {
-        let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", bootstrap_servers)
             // Needed by librdkafka's consumer; nothing is ever committed with it.
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")

@@ -2,7 +2,10 @@
 //! `pb::` types stop at the gRPC edge: a message that cannot be a valid domain value is refused
 //! here, with what is wrong.
 
+use std::collections::HashMap;
+
 use embedstream_core::offsets::{OffsetRange, PartitionOffsets, TopicPartition};
+use embedstream_core::spec::{Secret, Secrets};
 
 use crate::pb;
 
@@ -64,6 +67,15 @@ impl pb::QueryState {
             pb::QueryState::Unspecified => "unknown",
         }
     }
+}
+
+/// The driver's read secrets, for `GetJobSpecResponse.secrets`.
+pub fn secrets_to_pb(secrets: &Secrets) -> HashMap<String, String> {
+    secrets.iter().map(|(k, v)| (k.to_string(), v.expose().to_string())).collect()
+}
+
+pub fn secrets_from_pb(secrets: HashMap<String, String>) -> Secrets {
+    Secrets::from_pairs(secrets.into_iter().map(|(k, v)| (k, Secret::new(v))))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Test harness: a real Tansu broker on a free loopback port, Kafka helpers built on rdkafka,
+//! Test harness: a real Apache Kafka broker on a free loopback port, Kafka helpers built on rdkafka,
 //! job specs, and the `embedstream` binary run as a process. Needs deploy/setup.sh's cache.
 #![allow(dead_code)]
 
@@ -36,49 +36,193 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
-/// A Tansu broker with SQLite storage in a temporary directory, stopped on drop.
+/// An Apache Kafka broker (KRaft, one node) on a free loopback port, run by deploy/broker.sh
+/// from the Kafka that deploy/setup.sh installed, with its data in a temporary directory; killed
+/// on drop.
 pub struct Broker {
     child: Child,
+    /// The PLAINTEXT listener.
     pub addr: String,
+    /// Other listeners: (protocol, address).
+    listeners: Vec<(String, String)>,
     dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let tansu = cache().join("bin/tansu");
-        assert!(tansu.is_file(), "{} is missing: run deploy/setup.sh", tansu.display());
+        Self::start_with(&[], "")
+    }
+
+    /// A broker with a listener for each of `protocols` beside PLAINTEXT (each named for its
+    /// protocol), and `properties` added to its server.properties.
+    pub fn start_with(protocols: &[&str], properties: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
-        let child = Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://{addr}"),
-                "--advertised-listener-url",
-                &format!("tcp://{addr}"),
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(dir.path())
+        std::fs::write(dir.path().join("extra.properties"), properties).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let listeners: Vec<(String, String)> =
+            protocols.iter().map(|p| (p.to_string(), format!("127.0.0.1:{}", free_port()))).collect();
+        let child = Self::spawn(&addr, &listeners, dir.path());
+        let mut broker = Broker { child, addr, listeners, dir };
+        broker.wait_serving();
+        broker
+    }
+
+    /// The address of the listener for `protocol`.
+    pub fn listener(&self, protocol: &str) -> &str {
+        &self.listeners.iter().find(|(p, _)| p == protocol).expect("a listener started for it").1
+    }
+
+    fn spawn(addr: &str, listeners: &[(String, String)], dir: &Path) -> Child {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/broker.sh");
+        let port = addr.rsplit(':').next().unwrap();
+        let extra: Vec<String> =
+            listeners.iter().map(|(p, a)| format!("{p}:{}", a.rsplit(':').next().unwrap())).collect();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
+        // `run` ends in exec: the child is the broker's JVM itself, so a kill stops the broker.
+        Command::new("bash")
+            .arg(&script)
+            .args(["run", port])
+            .arg(dir.join("kafka"))
+            .arg(dir.join("extra.properties"))
+            .env("BROKER_LISTENERS", extra.join(" "))
+            .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap();
-        let mut broker = Broker { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&broker.addr).is_err() {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!("tansu exited with {status}: {}", broker.log());
+            .unwrap()
+    }
+
+    /// Waits for the line a broker logs once it serves clients (the log is appended across
+    /// restarts, so this counts the lines).
+    fn wait_serving(&mut self) {
+        let before = self.log().matches("Kafka Server started").count();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while self.log().matches("Kafka Server started").count() == before {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the Kafka broker exited with {status}: {}", self.log());
             }
-            assert!(Instant::now() < deadline, "tansu did not listen on {} within 20 s", broker.addr);
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                Instant::now() < deadline,
+                "the Kafka broker did not serve on {} within 90 s: {}",
+                self.addr,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        broker
+        assert!(TcpStream::connect(&self.addr).is_ok(), "the broker logged it started but {} refuses", self.addr);
+    }
+
+    /// Kills the broker (no clean shutdown) and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.addr, &self.listeners, self.dir.path());
+        self.wait_serving();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Runs one of Kafka's own tools (deploy/kafka/bin/SCRIPT) against the PLAINTEXT listener
+    /// and returns its stdout, failing the test if it fails.
+    pub fn tool(&self, script: &str, args: &[&str]) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka/bin").join(script);
+        let mut cmd = Command::new("bash");
+        cmd.arg(path).args(["--bootstrap-server", &self.addr]).args(args).env("EMBEDSTREAM_CACHE", cache());
+        let out = run_to_end(cmd, TIMEOUT);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{script} {args:?} failed ({}):\n{stdout}\n{stderr}", out.status);
+        stdout.into_owned()
+    }
+
+    /// Creates a SCRAM-SHA-512 user with Kafka's kafka-configs, then waits until the SASL
+    /// listener takes its password.
+    pub fn add_scram_user(&self, user: &str, password: &str) {
+        let config = format!("SCRAM-SHA-512=[password={password}]");
+        self.tool(
+            "kafka-configs.sh",
+            &["--alter", "--add-config", &config, "--entity-type", "users", "--entity-name", user],
+        );
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.listener("SASL_PLAINTEXT"))
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", user)
+            .set("sasl.password", password)
+            .create()
+            .unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while client.fetch_metadata(None, Duration::from_secs(2)).is_err() {
+            assert!(Instant::now() < deadline, "the SASL listener never took {user}'s password");
+        }
+    }
+
+    pub fn topic_exists(&self, topic: &str) -> bool {
+        let md = self.consumer().fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        md.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+    }
+
+    /// Produces `values` to partition 0 in one transaction, committed or aborted (the records
+    /// are in the log either way).
+    pub fn produce_transaction(&self, topic: &str, values: &[String], commit: bool) {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("transactional.id", format!("tests-{topic}"))
+            .create()
+            .unwrap();
+        producer.init_transactions(TIMEOUT).unwrap();
+        producer.begin_transaction().unwrap();
+        for v in values {
+            producer
+                .send(BaseRecord::<[u8], [u8]>::to(topic).partition(0).payload(v.as_bytes()))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(TIMEOUT).unwrap();
+        if commit {
+            producer.commit_transaction(TIMEOUT).unwrap();
+        } else {
+            producer.abort_transaction(TIMEOUT).unwrap();
+        }
+    }
+
+    /// The committed records of `topic` (read_committed), to the end of each partition.
+    pub fn read_committed(&self, topic: &str, partitions: i32) -> Vec<Record> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", "embedstream-tests")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let (mut out, mut at_end) = (Vec::new(), std::collections::BTreeSet::new());
+        let deadline = Instant::now() + TIMEOUT;
+        while at_end.len() < partitions as usize {
+            assert!(Instant::now() < deadline, "{topic} did not reach its end");
+            match c.poll(Duration::from_millis(100)) {
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(m) => out.push(Record::of(&m.unwrap())),
+                None => {}
+            }
+        }
+        out
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
@@ -173,25 +317,7 @@ impl Broker {
         while (out.len() as i64) < total {
             assert!(Instant::now() < deadline, "read {} of {total} records of {topic}", out.len());
             if let Some(m) = c.poll(Duration::from_millis(100)) {
-                let m = m.unwrap();
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Record {
-                    timestamp_ms: m.timestamp().to_millis(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
+                out.push(Record::of(&m.unwrap()));
             }
         }
         out
@@ -221,8 +347,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -238,6 +363,25 @@ pub struct Record {
 }
 
 impl Record {
+    fn of(m: &rdkafka::message::BorrowedMessage) -> Record {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            timestamp_ms: m.timestamp().to_millis(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
     pub fn header(&self, k: &str) -> &str {
         self.headers.get(k).map(String::as_str).unwrap_or_else(|| panic!("no header {k} in {:?}", self.headers))
     }
@@ -297,6 +441,15 @@ dead_letter_topic = "{name}-dlq"
         let path = dir.path().join("job.toml");
         std::fs::write(&path, text).unwrap();
         Job { dir, path }
+    }
+
+    /// Makes `addr` the source's bootstrap servers (another listener of the broker).
+    pub fn with_bootstrap(self, addr: &str) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let (head, rest) = text.split_once("[source]\nbootstrap_servers = ").expect("Job::new's source");
+        let rest = rest.split_once('\n').expect("the servers line").1;
+        std::fs::write(&self.path, format!("{head}[source]\nbootstrap_servers = \"{addr}\"\n{rest}")).unwrap();
+        self
     }
 
     /// Drops the `starting_offsets = "earliest"` that [`Job::new`] puts first, for a test that sets its own.
@@ -426,7 +579,13 @@ pub struct Running {
 
 impl Running {
     pub fn start(job: &Job, executors: u32) -> Running {
+        Self::start_with_env(job, executors, &[])
+    }
+
+    /// As [`Running::start`], with `env` added to the driver's environment.
+    pub fn start_with_env(job: &Job, executors: u32, env: &[(&str, &str)]) -> Running {
         let mut cmd = embedstream();
+        cmd.envs(env.iter().copied());
         cmd.args(["run", job.path.to_str().unwrap(), "--local", &executors.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

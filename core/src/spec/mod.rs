@@ -1,6 +1,7 @@
 //! The job spec: what to read, which model to run, where to write.
 //!
-//! Each section is its own module with its keys and its checks: [`source`], [`model`],
+//! Each section is its own module with its keys and its checks: [`source`] (and [`kafka`], the
+//! client properties of `[source.kafka]` and `[sink.kafka]` with their secrets), [`model`],
 //! [`sink`] (one variant per sink), [`runtime`] (trigger, executors, monitoring, flight,
 //! security); [`units`] holds the durations and sizes that are parsed once into typed values.
 //!
@@ -10,6 +11,7 @@
 //! token file); the driver and the executors run it, the resource manager does not. The spec
 //! travels between processes as TOML ([`JobSpec::to_toml`]).
 
+pub mod kafka;
 pub mod model;
 pub mod runtime;
 pub mod sink;
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretError, SecretRef, Secrets};
 pub use model::{ModelSpec, Pooling};
 pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
 pub use sink::{KafkaSinkSpec, ParquetSinkSpec, PartitionBy, SinkSpec, VectorFormat};

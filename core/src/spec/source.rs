@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::kafka::KafkaProperties;
 use super::SpecError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +40,10 @@ pub struct SourceSpec {
     /// `kafkaConsumer.pollTimeoutMs`).
     #[serde(default = "default_poll_timeout_ms")]
     pub poll_timeout_ms: u64,
+    /// librdkafka properties of every client that talks to the source's cluster
+    /// (`[source.kafka]`): security, fetch sizes, timeouts.
+    #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
+    pub kafka: KafkaProperties,
 }
 
 fn default_true() -> bool {
@@ -109,7 +114,7 @@ impl SourceSpec {
         if s.poll_timeout_ms == 0 {
             return Err(SpecError::new("source.poll_timeout_ms", "must be at least 1"));
         }
-        Ok(())
+        s.kafka.validate("source.kafka")
     }
 }
 

@@ -158,3 +158,88 @@ fn trigger_interval() {
     assert_eq!(s.trigger.interval(), Duration::from_millis(1500));
     assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"1s\"\navailable_now = true")), "trigger");
 }
+
+#[test]
+fn kafka_properties_reach_the_client_configs_with_secrets_read_once() {
+    let f = files();
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("kafka.pass");
+    std::fs::write(&pass, "s3cret-value\n").unwrap();
+    let text = spec(
+        &f,
+        &format!(
+            "[source.kafka]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
+             \"sasl.username\" = \"alice\"\n\"sasl.password\" = {{ file = \"{}\" }}\n\"fetch.max.bytes\" = 1048576\n",
+            pass.display()
+        ),
+        "[sink.kafka]\n\"linger.ms\" = 20\n\"sasl.password\" = { env = \"EMBEDSTREAM_TEST_SINK_PASSWORD\" }\n",
+    );
+    let s = load(&text).unwrap();
+    // The spec keeps the references: its TOML (what `validate` prints and executors receive)
+    // and its Debug never hold the value.
+    let toml = s.to_toml();
+    assert!(toml.contains("file = ") && toml.contains("EMBEDSTREAM_TEST_SINK_PASSWORD"), "{toml}");
+    assert!(!toml.contains("s3cret") && !format!("{s:?}").contains("s3cret"));
+    assert_eq!(JobSpec::from_toml(&toml).unwrap().source.kafka, s.source.kafka);
+
+    // The variable is unset: the error names the key and where it was looked for.
+    let err = s.read_secrets().unwrap_err().to_string();
+    assert!(err.contains("sink.kafka.\"sasl.password\"") && err.contains("EMBEDSTREAM_TEST_SINK_PASSWORD"), "{err}");
+    std::env::set_var("EMBEDSTREAM_TEST_SINK_PASSWORD", "sink-pass");
+    let secrets = s.read_secrets().unwrap();
+    assert!(!format!("{secrets:?}").contains("sink-pass") && !format!("{secrets:?}").contains("s3cret"));
+
+    let source = s.source_client(&secrets).unwrap();
+    assert_eq!(source.get("sasl.password"), Some("s3cret-value"), "one trailing newline is dropped");
+    assert_eq!(source.get("fetch.max.bytes"), Some("1048576"));
+    assert_eq!(source.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    let sink = s.sink_client(&secrets).unwrap();
+    assert_eq!((sink.get("sasl.password"), sink.get("linger.ms")), (Some("sink-pass"), Some("20")));
+    assert_eq!(sink.get("security.protocol"), None, "the sink names its own properties");
+    // Dead letters follow the sink's unless they have their own.
+    assert_eq!(s.dead_letter_client(&secrets).unwrap().get("sasl.password"), Some("sink-pass"));
+    assert!(!s.dead_letters_have_own_client());
+    assert_eq!(s.secret_env_vars(), vec!["EMBEDSTREAM_TEST_SINK_PASSWORD".to_string()]);
+
+    // Without [sink.kafka] or its own servers, the sink writes to the source's cluster as the
+    // same principal.
+    let same = load(&spec(&f, "[source.kafka]\n\"client.id\" = \"q\"\n", "")).unwrap();
+    assert_eq!(same.sink_client(&Secrets::default()).unwrap().get("client.id"), Some("q"));
+}
+
+#[test]
+fn owned_unknown_and_malformed_kafka_properties_are_refused_naming_the_key() {
+    let f = files();
+    let refused = |source: &str, sink: &str| load(&spec(&f, source, sink)).unwrap_err();
+
+    let e = refused("[source.kafka]\n\"group.id\" = \"mine\"\n", "");
+    assert_eq!(e.key, "source.kafka.\"group.id\"");
+    assert!(e.message.contains("source.group_id"), "{e}");
+    let e = refused("", "[sink.kafka]\n\"enable.idempotence\" = false\n");
+    assert_eq!(e.key, "sink.kafka.\"enable.idempotence\"");
+    let e = refused("", "[sink.kafka]\n\"bootstrap.servers\" = \"elsewhere:9092\"\n");
+    assert!(e.message.contains("bootstrap_servers"), "{e}");
+    let e = refused("", "[sink.dead_letter_kafka]\n\"transactional.id\" = \"t\"\n");
+    assert_eq!(e.key, "sink.dead_letter_kafka.\"transactional.id\"");
+
+    // librdkafka's own words for a name or a value it does not take.
+    let e = refused("[source.kafka]\n\"fetch.max.bytez\" = 1\n", "");
+    assert_eq!(e.key, "source.kafka.\"fetch.max.bytez\"");
+    assert!(e.message.contains("No such configuration property"), "{e}");
+    let e = refused("[source.kafka]\n\"security.protocol\" = \"SASL_PLAINTEX\"\n", "");
+    assert!(e.message.contains("Invalid value"), "{e}");
+
+    // A secret is one table key, `file` or `env`, never empty.
+    let e = refused("[source.kafka]\n\"sasl.password\" = { vault = \"x\" }\n", "");
+    assert!(e.key.starts_with("source.kafka") && e.message.contains("vault"), "{e}");
+    let e = refused("[source.kafka]\n\"sasl.password\" = { env = \"\" }\n", "");
+    assert!(e.message.contains("must not be empty"), "{e}");
+    let e = refused("[source.kafka]\n\"sasl.password\" = [1, 2]\n", "");
+    assert!(e.message.contains("a secret"), "{e}");
+
+    // A missing secret file is refused when secrets are read, naming the key and the file.
+    let s =
+        load(&spec(&f, "[source.kafka]\n\"sasl.password\" = { file = \"/nonexistent/kafka.pass\" }\n", "")).unwrap();
+    let e = s.read_secrets().unwrap_err().to_string();
+    assert!(e.contains("source.kafka.\"sasl.password\"") && e.contains("/nonexistent/kafka.pass"), "{e}");
+}

@@ -17,6 +17,9 @@ pub struct LocalLauncher {
     next_id: u32,
     /// The cluster token, handed to executors in their environment.
     token: Option<String>,
+    /// Variables of the driver's environment that executors must not inherit (the ones the
+    /// spec's secrets are read from).
+    scrub_env: Vec<String>,
     children: Vec<(String, Child)>,
     /// Released executors, left to exit after their Shutdown.
     leaving: Vec<(String, Child)>,
@@ -31,15 +34,25 @@ impl LocalLauncher {
             cores,
             next_id: 0,
             token,
+            scrub_env: Vec::new(),
             children: Vec::new(),
             leaving: Vec::new(),
         }
+    }
+
+    /// Removes `vars` from the environment executors inherit.
+    pub fn without_env(mut self, vars: Vec<String>) -> Self {
+        self.scrub_env = vars;
+        self
     }
 
     fn spawn(&mut self) -> Result<(), LaunchError> {
         let id = format!("exec-{}", self.next_id);
         self.next_id += 1;
         let mut command = Command::new(&self.exe);
+        for var in &self.scrub_env {
+            command.env_remove(var);
+        }
         if let Some(t) = &self.token {
             command.env(embedstream_core::auth::TOKEN_ENV, t);
         }

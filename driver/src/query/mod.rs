@@ -51,6 +51,8 @@ pub enum DriverError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
+    Secret(#[from] embedstream_core::spec::SecretError),
+    #[error(transparent)]
     Scheduler(#[from] SchedulerError),
     #[error(transparent)]
     Commit(#[from] CommitError),
@@ -98,8 +100,10 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
     let token =
         ClusterToken::load(spec.security.token_file.as_deref()).map_err(|e| DriverError::Service(e.to_string()))?;
     let (cores, secret) = (spec.executors.cores, token.secret().map(str::to_string));
+    // Executors get the spec's secrets from the driver, not from the variables they came from.
+    let scrub = spec.secret_env_vars();
     let launcher = move |driver: &str| -> Box<dyn Launcher> {
-        Box::new(LocalLauncher::new(exe, &format!("http://{driver}"), cores, secret))
+        Box::new(LocalLauncher::new(exe, &format!("http://{driver}"), cores, secret).without_env(scrub))
     };
     run_query(spec, DriverOptions::local(token), launcher, stop).await
 }
@@ -113,8 +117,13 @@ pub async fn run_query(
     make_launcher: impl FnOnce(&str) -> Box<dyn Launcher>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<QuerySummary, DriverError> {
+    let secrets = spec.read_secrets()?;
+    let probed = (spec.clone(), secrets.clone());
+    tokio::task::spawn_blocking(move || crate::source::probe_clusters(&probed.0, &probed.1))
+        .await
+        .expect("the probe does not panic")?;
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
-    let source = Arc::new(KafkaSource::new(&spec)?);
+    let source = Arc::new(KafkaSource::new(&spec, &secrets)?);
     let registry = Arc::new(ExecutorRegistry::default());
     let metrics = Arc::new(DriverMetrics::new(&spec.name));
     let metrics_addr = telemetry::serve_metrics(&spec.monitoring.metrics_listen, metrics.registry.clone())
@@ -146,6 +155,7 @@ pub async fn run_query(
         registry: registry.clone(),
         token: options.token.clone(),
         job_spec_toml: spec.to_toml(),
+        secrets,
         query_id: checkpoint.query_id().to_string(),
     };
     let admin = AdminService {

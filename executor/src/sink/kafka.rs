@@ -15,7 +15,6 @@ use arrow_array::{
 use futures::future::BoxFuture;
 
 use embedstream_core::spec::{KafkaSinkSpec, VectorFormat};
-use embedstream_core::JobSpec;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -43,9 +42,9 @@ pub struct Pending {
 }
 
 impl KafkaProducer {
-    pub fn new(spec: &JobSpec) -> Result<KafkaProducer, SinkError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", spec.sink_bootstrap_servers())
+    /// `config` is a cluster's client configuration (its servers and properties).
+    pub fn new(mut config: ClientConfig) -> Result<KafkaProducer, SinkError> {
+        let producer: FutureProducer = config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")

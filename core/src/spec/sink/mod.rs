@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use kafka::{KafkaSinkSpec, VectorFormat};
 pub use parquet::{ParquetSinkSpec, PartitionBy};
 
+use super::kafka::KafkaProperties;
 use super::source::SourceSpec;
 use super::SpecError;
 
@@ -42,6 +43,22 @@ impl SinkSpec {
         match self {
             SinkSpec::Kafka(k) => k.bootstrap_servers.as_deref(),
             SinkSpec::Parquet(p) => p.bootstrap_servers.as_deref(),
+        }
+    }
+
+    /// `[sink.kafka]`: the sink's client properties as written (see `JobSpec::sink_kafka`).
+    pub fn kafka(&self) -> &KafkaProperties {
+        match self {
+            SinkSpec::Kafka(k) => &k.kafka,
+            SinkSpec::Parquet(p) => &p.kafka,
+        }
+    }
+
+    /// `[sink.dead_letter_kafka]`, if given.
+    pub fn dead_letter_kafka(&self) -> Option<&KafkaProperties> {
+        match self {
+            SinkSpec::Kafka(k) => k.dead_letter_kafka.as_ref(),
+            SinkSpec::Parquet(p) => p.dead_letter_kafka.as_ref(),
         }
     }
 
@@ -79,6 +96,10 @@ impl SinkSpec {
         match self {
             SinkSpec::Kafka(k) => k.validate()?,
             SinkSpec::Parquet(p) => p.validate()?,
+        }
+        self.kafka().validate("sink.kafka")?;
+        if let Some(dead) = self.dead_letter_kafka() {
+            dead.validate("sink.dead_letter_kafka")?;
         }
         if self.bootstrap_servers().is_some_and(|b| b.trim().is_empty()) {
             return Err(SpecError::new("sink.bootstrap_servers", "must not be empty"));

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::spec::kafka::KafkaProperties;
 use crate::spec::SpecError;
 
 /// Hive-style partition directories, from each record's Kafka timestamp (UTC).
@@ -35,6 +36,14 @@ pub struct ParquetSinkSpec {
     /// Where records the model cannot take go. Default `<name>-dlq`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// librdkafka properties of the producer to the dead-letter topic's cluster (`[sink.kafka]`). Default:
+    /// the source's, when the sink names no `bootstrap_servers` of its own.
+    #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
+    pub kafka: KafkaProperties,
+    /// The dead-letter producer's own properties (`[sink.dead_letter_kafka]`); default: the
+    /// sink's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_kafka: Option<KafkaProperties>,
 }
 
 fn default_partition_by() -> PartitionBy {

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Kafka's kafka-broker-api-versions.sh, from the Kafka that deploy/setup.sh installed.
+exec "$(dirname "$0")/kafka-run-class.sh" org.apache.kafka.tools.BrokerApiVersionsCommand "$@"

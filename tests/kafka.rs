@@ -1,0 +1,206 @@
+//! Apache Kafka as users run it: a query through an authenticated listener (SASL/SCRAM, users
+//! made with Kafka's own kafka-configs) with its password in a secret file and a variable, a wrong
+//! password refused before anything is written, Kafka's own kafka-consumer-groups reading the
+//! query's position, and input written in transactions, committed and aborted.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+
+const PASSWORD: &str = "alice-Sc7am-pa55";
+
+/// A SASL_PLAINTEXT listener beside PLAINTEXT, taking SCRAM-SHA-512.
+const SCRAM: &str = "sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+    listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n";
+
+fn scram_properties(password: &str) -> String {
+    format!(
+        "\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
+         \"sasl.username\" = \"alice\"\n\"sasl.password\" = {password}\n"
+    )
+}
+
+/// Every file under `dir`, read as bytes and searched for `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_query_reads_and_writes_through_a_sasl_scram_listener_and_a_wrong_password_stops_it_first() {
+    let broker = Broker::start_with(&["SASL_PLAINTEXT"], SCRAM);
+    broker.add_scram_user("alice", PASSWORD);
+    broker.create_topic("secure", 2);
+    broker.produce_texts("secure", 2, 0, &texts(40, 3));
+    let sasl = broker.listener("SASL_PLAINTEXT").to_string();
+
+    // The source's password from a file, the sink's (the same user) from a variable.
+    let secrets = tempfile::tempdir().unwrap();
+    let pass = secrets.path().join("kafka.pass");
+    std::fs::write(&pass, format!("{PASSWORD}\n")).unwrap();
+    let source = format!("[source.kafka]\n{}", scram_properties(&format!("{{ file = \"{}\" }}", pass.display())));
+    let sink = format!(
+        "bootstrap_servers = \"{sasl}\"\n[sink.kafka]\n{}",
+        scram_properties("{ env = \"EMBEDSTREAM_TEST_KAFKA_PASSWORD\" }")
+    );
+    let job =
+        Job::new(&broker, "secure", &format!("subscribe = [\"secure\"]\n{source}"), "processing_time = \"1s\"", &sink)
+            .with_bootstrap(&sasl);
+
+    let mut validate = embedstream();
+    validate.args(["validate", job.path.to_str().unwrap()]).env("EMBEDSTREAM_TEST_KAFKA_PASSWORD", PASSWORD);
+    let out = run_to_end(validate, TIMEOUT);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("EMBEDSTREAM_TEST_KAFKA_PASSWORD") && !printed.contains(PASSWORD), "{printed}");
+
+    let mut query = Running::start_with_env(&job, 1, &[("EMBEDSTREAM_TEST_KAFKA_PASSWORD", PASSWORD)]);
+    query.wait_until("every record committed to the group", TIMEOUT, |_| {
+        broker.committed("secure-group", "secure", 2) == vec![20, 20]
+    });
+    // The executors got the secrets from the driver: not in their argv, nor in their environment.
+    let pids = query.executor_pids();
+    assert!(!pids.is_empty(), "{}", query.log());
+    for pid in pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let (environ, cmdline) = (String::from_utf8_lossy(&environ), String::from_utf8_lossy(&cmdline));
+        assert!(!environ.contains(PASSWORD) && !environ.contains("EMBEDSTREAM_TEST_KAFKA_PASSWORD"), "{environ}");
+        assert!(!cmdline.contains(PASSWORD), "{cmdline}");
+    }
+    let log = query.log();
+    let summary = query.stop();
+    assert_eq!(summary["embeddings"], 40);
+    let seen: BTreeSet<(i32, i64)> = broker.read_all("secure-out", 2).iter().map(Record::origin).collect();
+    assert_eq!(seen, (0..2).flat_map(|p| (0..20).map(move |o| (p, o))).collect(), "each input once");
+    assert!(!log.contains(PASSWORD), "the password is in the log");
+    assert_eq!(files_containing(&job.checkpoint(), PASSWORD), Vec::<std::path::PathBuf>::new());
+    let mut progress = embedstream();
+    progress.args(["progress", job.path.to_str().unwrap(), "--json"]);
+    let out = run_to_end(progress, TIMEOUT);
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains(PASSWORD));
+
+    // A wrong password: `run` stops before the first batch, naming the listener and the cause,
+    // and writes nothing.
+    let wrong = secrets.path().join("wrong.pass");
+    std::fs::write(&wrong, "not-the-password").unwrap();
+    let source = format!("[source.kafka]\n{}", scram_properties(&format!("{{ file = \"{}\" }}", wrong.display())));
+    let job = Job::new(&broker, "refused", &format!("subscribe = [\"secure\"]\n{source}"), "available_now = true", "")
+        .with_bootstrap(&sasl);
+    let mut run = embedstream();
+    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(run, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&sasl) && stderr.contains("SASL_PLAINTEXT"), "names the listener: {stderr}");
+    assert!(
+        stderr.contains("SASL authentication error") && stderr.contains("invalid credentials"),
+        "the cause: {stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+    assert!(!broker.topic_exists("refused-out"), "nothing was written");
+    assert!(job.logged_batches("offsets").is_empty(), "no batch was planned");
+}
+
+#[test]
+fn kafka_consumer_groups_shows_the_query_and_a_reset_of_its_group_does_not_move_it() {
+    let broker = Broker::start();
+    broker.create_topic("groups", 2);
+    broker.produce_texts("groups", 2, 0, &texts(20, 4));
+    let job = Job::new(&broker, "groups", "subscribe = [\"groups\"]", "available_now = true", "");
+    assert_eq!(run_job(&job, 1)["embeddings"], 20);
+
+    let describe = || {
+        let out = broker.tool("kafka-consumer-groups.sh", &["--describe", "--group", "groups-group"]);
+        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+        let rows: Vec<(i32, i64, i64, i64)> = out
+            .lines()
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                (c.len() >= 6 && c[0] == "groups-group" && c[1] == "groups").then(|| {
+                    (c[2].parse().unwrap(), c[3].parse().unwrap(), c[4].parse().unwrap(), c[5].parse().unwrap())
+                })
+            })
+            .collect();
+        let mut rows = rows;
+        rows.sort();
+        (rows, out)
+    };
+    let (rows, out) = describe();
+    assert_eq!(rows, vec![(0, 10, 10, 0), (1, 10, 10, 0)], "position and lag per partition:\n{out}");
+
+    broker.produce_texts("groups", 2, 20, &texts(6, 5));
+    let (rows, out) = describe();
+    assert_eq!(rows, vec![(0, 10, 13, 3), (1, 10, 13, 3)], "the new records show as lag:\n{out}");
+
+    // Kafka's reset moves the group, not the query: the checkpoint decides where it goes on.
+    let out = broker.tool(
+        "kafka-consumer-groups.sh",
+        &["--reset-offsets", "--group", "groups-group", "--topic", "groups", "--to-earliest", "--execute"],
+    );
+    assert_eq!(describe().0, vec![(0, 0, 13, 13), (1, 0, 13, 13)], "the reset took:\n{out}");
+    assert_eq!(run_job(&job, 1)["embeddings"], 6, "only the new records");
+    let seen: Vec<(i32, i64)> = broker.read_all("groups-out", 2).iter().map(Record::origin).collect();
+    let unique: BTreeSet<_> = seen.iter().copied().collect();
+    assert_eq!((seen.len(), unique.len()), (26, 26), "each input once");
+    assert_eq!(describe().0, vec![(0, 13, 13, 0), (1, 13, 13, 0)], "the query committed its position again");
+}
+
+#[test]
+fn aborted_transactions_are_not_embedded_and_their_markers_count_as_gaps() {
+    let broker = Broker::start();
+    broker.create_topic("txn", 1);
+    // Five transactions of four records, the second and the fourth aborted.
+    let mut want = BTreeSet::new();
+    for t in 0..5 {
+        let commit = t % 2 == 0;
+        let values: Vec<String> = (0..4)
+            .map(|i| format!("{} transaction {t} record {i}", ["aborted", "committed"][commit as usize]))
+            .collect();
+        broker.produce_transaction("txn", &values, commit);
+        if commit {
+            want.extend(values);
+        }
+    }
+    // 20 records and 5 markers: the log ends at 25.
+    assert_eq!(broker.high_watermarks("txn", 1), vec![25]);
+    // A task that waited for an offset that holds no record would time out (after Job::new's
+    // poll_timeout_ms) and be retried.
+    let job = Job::new(&broker, "txn", "subscribe = [\"txn\"]", "available_now = true", "");
+    let mut run = embedstream();
+    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(run, Duration::from_secs(180));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["embeddings"].as_u64(), summary["task_retries"].as_u64()), (Some(12), Some(0)), "{stderr}");
+
+    let inputs = broker.read_committed("txn", 1);
+    let by_offset: std::collections::HashMap<i64, String> =
+        inputs.iter().map(|r| (r.offset, String::from_utf8(r.value.clone().unwrap()).unwrap())).collect();
+    let embedded: BTreeSet<String> =
+        broker.read_all("txn-out", 1).iter().map(|r| by_offset[&r.origin().1].clone()).collect();
+    assert_eq!(embedded, want, "every committed record once, no aborted one");
+    // 8 aborted records and 5 markers hold no committed record: 13 gaps.
+    let gaps: u64 = stderr
+        .lines()
+        .filter(|l| l.contains("batch committed"))
+        .filter_map(|l| l.split("offset_gaps=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(gaps, 13, "{stderr}");
+    assert_eq!(broker.committed("txn-group", "txn", 1), vec![25], "the query's position is the log's end");
+}

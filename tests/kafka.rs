@@ -204,3 +204,68 @@ fn aborted_transactions_are_not_embedded_and_their_markers_count_as_gaps() {
     assert_eq!(gaps, 13, "{stderr}");
     assert_eq!(broker.committed("txn-group", "txn", 1), vec![25], "the query's position is the log's end");
 }
+
+/// The progress records of a query's checkpoint, oldest first.
+fn progress_records(job: &Job) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(job.checkpoint().join("progress.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn offsets_deleted_before_they_are_read_stop_the_query_or_are_counted_as_lost() {
+    let broker = Broker::start();
+    broker.create_topic("ret", 1);
+    broker.produce_texts("ret", 1, 0, &texts(30, 6));
+    let job = Job::new(&broker, "ret", "subscribe = [\"ret\"]", "available_now = true", "");
+
+    // Batch 0 (offsets 0..30) is planned and logged, then the driver dies before running it,
+    // and Kafka's kafka-delete-records removes offsets 0..10 while it is down.
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]).env("EMBEDSTREAM_TEST_CRASH_AFTER_WAL", "0");
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
+    let delete = |offset: i64| {
+        let file = job.dir.path().join("delete.json");
+        let json = format!(r#"{{"version":1,"partitions":[{{"topic":"ret","partition":0,"offset":{offset}}}]}}"#);
+        std::fs::write(&file, json).unwrap();
+        broker.tool("kafka-delete-records.sh", &["--offset-json-file", file.to_str().unwrap()]);
+    };
+    delete(10);
+
+    // fail_on_data_loss = true (the default): the restarted driver re-runs the logged batch, its
+    // task finds the deletion, and the query stops naming the partition and the offsets.
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    // (The task's words, not the planner's: the logged batch is re-run as it was planned.)
+    assert!(
+        stderr.contains("ret-0: offsets 0..10 were deleted (retention or delete-records) before they were read"),
+        "names what was lost: {stderr}"
+    );
+    assert!(!broker.topic_exists("ret-out") || broker.read_all("ret-out", 1).is_empty(), "nothing written");
+    assert_eq!(job.logged_batches("commits"), Vec::<u64>::new());
+    assert_eq!(broker.committed("ret-group", "ret", 1), vec![-1]);
+
+    // fail_on_data_loss = false: the same batch goes on from the log's new start, and the lost
+    // offsets are counted in its progress record.
+    let spec = std::fs::read_to_string(&job.path).unwrap();
+    std::fs::write(&job.path, spec.replace("[source]\n", "[source]\nfail_on_data_loss = false\n")).unwrap();
+    assert_eq!(run_job(&job, 1)["embeddings"], 20);
+    let origins: Vec<i64> = broker.read_all("ret-out", 1).iter().map(|r| r.origin().1).collect();
+    assert_eq!(origins.iter().copied().collect::<BTreeSet<_>>(), (10..30).collect(), "{origins:?}");
+    assert_eq!(origins.len(), 20, "each surviving input once");
+    let records = progress_records(&job);
+    assert_eq!(records.last().unwrap()["lostOffsets"], 10, "{records:?}");
+
+    // Deleted before the next batch is planned: the plan starts at the new log start.
+    broker.produce_texts("ret", 1, 30, &texts(10, 7));
+    delete(35);
+    assert_eq!(run_job(&job, 1)["embeddings"], 5);
+    let records = progress_records(&job);
+    assert_eq!(records.last().unwrap()["lostOffsets"], 5, "{records:?}");
+    let origins: BTreeSet<i64> = broker.read_all("ret-out", 1).iter().map(|r| r.origin().1).collect();
+    assert_eq!(origins, (10..30).chain(35..40).collect());
+    assert_eq!(broker.committed("ret-group", "ret", 1), vec![40]);
+}

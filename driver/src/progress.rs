@@ -45,6 +45,10 @@ pub struct ProgressRecord {
     pub sources: Vec<SourceProgress>,
     pub embeddings: u64,
     pub dead_letters: u64,
+    /// Offsets the broker deleted before the query read them, skipped (`fail_on_data_loss =
+    /// false`). Absent in records written before it existed.
+    #[serde(default)]
+    pub lost_offsets: u64,
     pub task_retries: u64,
     /// Input rows each executor processed in this batch.
     pub executors: BTreeMap<String, u64>,
@@ -160,6 +164,7 @@ mod tests {
             }],
             embeddings: 9,
             dead_letters: 1,
+            lost_offsets: 0,
             task_retries: 0,
             executors: BTreeMap::from([("exec-0".into(), 10)]),
         }

@@ -38,6 +38,9 @@ pub struct BatchStats {
     pub embeddings: u64,
     pub dead_letters: u64,
     pub offset_gaps: u64,
+    /// Offsets deleted by the broker before they were read (skipped: `fail_on_data_loss = false`),
+    /// found when the batch was planned or by its tasks.
+    pub lost_offsets: u64,
     pub task_attempts: u64,
     pub failed_attempts: u64,
     pub read_micros: u64,
@@ -60,6 +63,7 @@ impl BatchStats {
         self.embeddings += s.embeddings_written;
         self.dead_letters += s.dead_letters;
         self.offset_gaps += s.offset_gaps;
+        self.lost_offsets += s.lost_offsets;
         self.read_micros += s.read_micros;
         self.infer_micros += s.infer_micros;
         self.sink_micros += s.sink_micros;

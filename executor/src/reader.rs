@@ -5,6 +5,11 @@
 //! that hold no record (compacted away, transaction markers) are counted as gaps: the consumer
 //! reaching the end of the log while the broker's high watermark is at or past `until` proves
 //! the rest of the range holds nothing to read.
+//!
+//! Offsets of the range that the broker deleted after the batch was planned (retention,
+//! `kafka-delete-records`) are never skipped silently: the consumer's `auto.offset.reset` is
+//! `error`, so the read learns of them, and either fails with [`ReadError::Deleted`] (the job's
+//! `fail_on_data_loss`) or counts them as lost and goes on from the log's new start.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +19,7 @@ use arrow_array::builder::{ArrayBuilder, BinaryBuilder, Int64Builder};
 use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
 use embedstream_core::offsets::OffsetRange;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -29,6 +34,18 @@ pub enum ReadError {
     Timeout { topic: String, partition: i32, next: i64, until: i64, waited: Duration },
     #[error("{topic}-{partition}: offsets {next}..{until} are gone (the log ends at {high})")]
     DataLoss { topic: String, partition: i32, next: i64, until: i64, high: i64 },
+    #[error(
+        "{topic}-{partition}: offsets {next}..{earliest} were deleted (retention or delete-records) before they \
+         were read; set source.fail_on_data_loss = false to skip them"
+    )]
+    Deleted { topic: String, partition: i32, next: i64, earliest: i64 },
+}
+
+impl ReadError {
+    /// Whether the error is a loss of data that a retry cannot undo.
+    pub fn is_data_loss(&self) -> bool {
+        matches!(self, ReadError::DataLoss { .. } | ReadError::Deleted { .. })
+    }
 }
 
 pub struct ReadOutput {
@@ -36,6 +53,8 @@ pub struct ReadOutput {
     pub batch: RecordBatch,
     /// Offsets of the range that held no record.
     pub gaps: u64,
+    /// Offsets of the range the broker had deleted (only without `fail_on_data_loss`).
+    pub lost: u64,
 }
 
 type PartitionKey = (String, i32);
@@ -63,7 +82,8 @@ impl KafkaReader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
+            // A range start the broker deleted is an error to handle, not a silent jump.
+            .set("auto.offset.reset", "error")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "100");
         KafkaReader { config, poll_timeout, fail_on_data_loss, idle: Mutex::new(HashMap::new()) }
@@ -104,6 +124,7 @@ fn read_range(
     let mut timestamps = Int64Builder::with_capacity(capacity);
     let mut next = range.from;
     let mut gaps = 0u64;
+    let mut lost = 0u64;
     let mut last_progress = Instant::now();
 
     while next < until {
@@ -136,6 +157,35 @@ fn read_range(
                 next = until;
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+            ))) => {
+                let (low, _) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+                if low <= next {
+                    // Not a deletion of what is left to read: the broker's answer was stale.
+                    return Err(ReadError::Kafka(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)));
+                }
+                if fail_on_data_loss {
+                    let _ = consumer.unassign();
+                    return Err(ReadError::Deleted { topic: topic.into(), partition, next, earliest: low });
+                }
+                let resume = low.min(until);
+                tracing::warn!(
+                    topic,
+                    partition,
+                    from = next,
+                    until = resume,
+                    "offsets deleted before they were read: skipped"
+                );
+                lost += (resume - next) as u64;
+                next = resume;
+                if next < until {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+                    consumer.assign(&tpl)?;
+                }
+                last_progress = Instant::now();
+            }
             Some(Err(e)) => {
                 let _ = consumer.unassign();
                 return Err(e.into());
@@ -159,5 +209,5 @@ fn read_range(
         Arc::new(timestamps.finish()),
     ];
     let batch = RecordBatch::try_new(crate::records::input_schema(), columns).expect("columns match the input schema");
-    Ok(ReadOutput { batch, gaps })
+    Ok(ReadOutput { batch, gaps, lost })
 }

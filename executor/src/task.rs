@@ -71,7 +71,7 @@ impl From<TaskError> for TaskFailed {
     fn from(e: TaskError) -> TaskFailed {
         let (reason, retryable) = match &e {
             TaskError::BadTask(_) => (FailureReason::Unspecified, false),
-            TaskError::Read(ReadError::DataLoss { .. }) => (FailureReason::DataLoss, false),
+            TaskError::Read(e) if e.is_data_loss() => (FailureReason::DataLoss, false),
             TaskError::Read(_) => (FailureReason::FetchError, true),
             TaskError::Model(_) => (FailureReason::ModelError, true),
             TaskError::Sink(_) => (FailureReason::SinkError, true),
@@ -87,7 +87,7 @@ pub async fn run(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Sta
         Ok(done) => task_status::Status::Successful(done),
         Err(e) => {
             match &e {
-                TaskError::Read(ReadError::DataLoss { .. }) => {}
+                TaskError::Read(e) if e.is_data_loss() => {}
                 TaskError::Read(_) => ctx.metrics.kafka_read_errors.inc(),
                 TaskError::Sink(_) => ctx.metrics.kafka_produce_errors.inc(),
                 _ => {}
@@ -204,6 +204,7 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         embeddings_written: good.len() as u64,
         dead_letters: rejects.len() as u64,
         offset_gaps: read.gaps,
+        lost_offsets: read.lost,
         read_micros,
         infer_micros,
         sink_micros,

@@ -21,7 +21,7 @@ use crate::admin::{Control, Snapshot};
 use crate::checkpoint::{self, Checkpoint, CommitLogEntry, OffsetLogEntry};
 use crate::committer::BatchCommitter;
 use crate::crash::{self, CrashPoint};
-use crate::planner;
+use crate::planner::{self, DataLoss};
 use crate::scheduler::{BatchStats, Scheduler};
 use crate::source::{KafkaSource, SourceError};
 
@@ -44,6 +44,8 @@ pub(crate) struct Query<'a> {
 struct Planned {
     entry: OffsetLogEntry,
     latest: PartitionOffsets,
+    /// Offsets the broker had deleted before they were planned (skipped).
+    lost: u64,
     /// Taken from the checkpoint: its offsets are logged already.
     replay: bool,
 }
@@ -100,7 +102,7 @@ impl Query<'_> {
             }
             let trigger_start = tokio::time::Instant::now();
             let planned = match rerun.take() {
-                Some(entry) => Planned { latest: entry.end.clone(), entry, replay: true },
+                Some(entry) => Planned { latest: entry.end.clone(), entry, replay: true, lost: 0 },
                 None => match self.plan(next_batch_id, &start, target.as_ref()).await? {
                     Some(planned) => planned,
                     None if target.is_some() => break,
@@ -117,8 +119,9 @@ impl Query<'_> {
             let plan_took = trigger_start.elapsed();
             let batch_started = Instant::now();
             first_dispatch.get_or_insert(batch_started);
-            let (entry, stats, wal, commit) =
+            let (entry, mut stats, wal, commit) =
                 self.run_batch(planned.entry, planned.replay, sink_partitions, &summary.query_id).await?;
+            stats.lost_offsets += planned.lost;
             let end = entry.end.clone();
             *position.lock().unwrap() = end.clone();
             self.reporter.metrics.set_offsets(&planned.latest, &end);
@@ -225,8 +228,12 @@ impl Query<'_> {
             }
         }
         let (start, losses) = planner::check_data_loss(&start, &earliest, &latest, self.spec.source.fail_on_data_loss)?;
+        let mut lost = 0;
         for loss in losses {
             tracing::warn!(%loss, "data loss: skipping what the broker no longer has");
+            if let DataLoss::Deleted { from, earliest, .. } = loss {
+                lost += (earliest - from).max(0) as u64;
+            }
         }
         let cap: PartitionOffsets = start
             .iter()
@@ -243,7 +250,7 @@ impl Query<'_> {
             return Ok(None);
         }
         let entry = OffsetLogEntry { version: 1, batch_id, timestamp_ms: checkpoint::now_ms(), start, end };
-        Ok(Some(Planned { entry, latest, replay: false }))
+        Ok(Some(Planned { entry, latest, replay: false, lost }))
     }
 }
 

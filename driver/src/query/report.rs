@@ -70,6 +70,7 @@ impl Reporter {
         let secs = |d: Duration| d.as_secs_f64();
         m.processed_rows.inc_by(stats.rows_read);
         m.dead_letter_rows.inc_by(stats.dead_letters);
+        m.lost_offsets.inc_by(stats.lost_offsets);
         m.tasks_failed.inc_by(stats.failed_attempts);
         m.batches.inc();
         m.batch_duration.observe(secs(took));
@@ -118,6 +119,7 @@ impl Reporter {
             }],
             embeddings: stats.embeddings,
             dead_letters: stats.dead_letters,
+            lost_offsets: stats.lost_offsets,
             task_retries: stats.failed_attempts,
             executors: stats.rows_per_executor.clone(),
         };
@@ -146,6 +148,7 @@ fn log_batch(batch_id: u64, s: &BatchStats, took: Duration) {
         embeddings = s.embeddings,
         dead_letters = s.dead_letters,
         offset_gaps = s.offset_gaps,
+        lost_offsets = s.lost_offsets,
         retries = s.failed_attempts,
         duration_ms = took.as_millis() as u64,
         read_ms = s.read_micros / 1000,

@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -268,4 +269,85 @@ fn offsets_deleted_before_they_are_read_stop_the_query_or_are_counted_as_lost() 
     let origins: BTreeSet<i64> = broker.read_all("ret-out", 1).iter().map(|r| r.origin().1).collect();
     assert_eq!(origins, (10..30).chain(35..40).collect());
     assert_eq!(broker.committed("ret-group", "ret", 1), vec![40]);
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl in `dir`:
+/// returns (the CA's PEM, the server's key and certificate chain in one PEM file).
+fn certificates(dir: &std::path::Path, ca: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+    let subject = format!("/CN={ca}");
+    openssl(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj",
+        &subject,
+    ]);
+    let (key, csr, crt) = (format!("{ca}-server.key"), format!("{ca}-server.csr"), format!("{ca}-server.crt"));
+    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &crt,
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let chain = dir.join(format!("{ca}-server.pem"));
+    let pem = std::fs::read_to_string(dir.join(&key)).unwrap() + &std::fs::read_to_string(dir.join(&crt)).unwrap();
+    std::fs::write(&chain, pem).unwrap();
+    (dir.join(ca_pem), chain)
+}
+
+#[test]
+fn a_query_through_sasl_ssl_trusts_the_ca_it_is_given_and_an_untrusted_certificate_stops_it_first() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, server) = certificates(certs.path(), "embedstream-test-ca");
+    let (other_ca, _) = certificates(certs.path(), "another-ca");
+    let tls = format!(
+        "sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+         listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+         ssl.keystore.type=PEM\nssl.keystore.location={}\n",
+        server.display()
+    );
+    let broker = Broker::start_with(&["SASL_SSL"], &tls);
+    broker.add_scram_user_on("SASL_SSL", "alice", PASSWORD, &[("ssl.ca.location", ca.to_str().unwrap())]);
+    broker.create_topic("tls", 2);
+    broker.produce_texts("tls", 2, 0, &texts(16, 8));
+    let listener = broker.listener("SASL_SSL").to_string();
+    let pass = certs.path().join("kafka.pass");
+    std::fs::write(&pass, PASSWORD).unwrap();
+    let source = |ca: &std::path::Path| {
+        let props =
+            scram_properties(&format!("{{ file = \"{}\" }}", pass.display())).replace("SASL_PLAINTEXT", "SASL_SSL");
+        format!("subscribe = [\"tls\"]\n[source.kafka]\n{props}\"ssl.ca.location\" = \"{}\"\n", ca.display())
+    };
+
+    let job = Job::new(&broker, "tls", &source(&ca), "available_now = true", "").with_bootstrap(&listener);
+    assert_eq!(run_job(&job, 1)["embeddings"], 16);
+    let seen: BTreeSet<(i32, i64)> = broker.read_all("tls-out", 2).iter().map(Record::origin).collect();
+    assert_eq!(seen, (0..2).flat_map(|p| (0..8).map(move |o| (p, o))).collect());
+
+    // The broker's certificate is not signed by the CA this job trusts.
+    let job = Job::new(&broker, "untrusted", &source(&other_ca), "available_now = true", "").with_bootstrap(&listener);
+    let mut run = embedstream();
+    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(run, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&listener) && stderr.contains("SASL_SSL"), "names the listener: {stderr}");
+    assert!(stderr.contains("certificate verify failed"), "names the cause: {stderr}");
+    assert!(!broker.topic_exists("untrusted-out"), "nothing was written");
+    assert!(job.logged_batches("offsets").is_empty(), "no batch was planned");
 }

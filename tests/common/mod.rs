@@ -144,17 +144,27 @@ impl Broker {
         stdout.into_owned()
     }
 
-    /// Creates a SCRAM-SHA-512 user with Kafka's kafka-configs, then waits until the SASL
-    /// listener takes its password.
+    /// Creates a SCRAM-SHA-512 user with Kafka's kafka-configs, then waits until the
+    /// SASL_PLAINTEXT listener takes its password.
     pub fn add_scram_user(&self, user: &str, password: &str) {
+        self.add_scram_user_on("SASL_PLAINTEXT", user, password, &[]);
+    }
+
+    /// As [`Broker::add_scram_user`], waiting on the listener for `protocol`, whose clients
+    /// also need `client` properties (a CA to trust).
+    pub fn add_scram_user_on(&self, protocol: &str, user: &str, password: &str, client: &[(&str, &str)]) {
         let config = format!("SCRAM-SHA-512=[password={password}]");
         self.tool(
             "kafka-configs.sh",
             &["--alter", "--add-config", &config, "--entity-type", "users", "--entity-name", user],
         );
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.listener("SASL_PLAINTEXT"))
-            .set("security.protocol", "SASL_PLAINTEXT")
+        let mut config = ClientConfig::new();
+        for (k, v) in client {
+            config.set(*k, *v);
+        }
+        let client: BaseConsumer = config
+            .set("bootstrap.servers", self.listener(protocol))
+            .set("security.protocol", protocol)
             .set("sasl.mechanism", "SCRAM-SHA-512")
             .set("sasl.username", user)
             .set("sasl.password", password)

@@ -351,3 +351,42 @@ fn a_query_through_sasl_ssl_trusts_the_ca_it_is_given_and_an_untrusted_certifica
     assert!(!broker.topic_exists("untrusted-out"), "nothing was written");
     assert!(job.logged_batches("offsets").is_empty(), "no batch was planned");
 }
+
+#[test]
+fn a_broker_restart_while_the_query_runs_loses_nothing_and_added_partitions_are_read_from_their_start() {
+    let mut broker = Broker::start();
+    broker.create_topic("grow", 2);
+    broker.produce_texts("grow", 2, 0, &texts(40, 9));
+    let job = Job::new(
+        &broker,
+        "grow",
+        "subscribe = [\"grow\"]\nmax_offsets_per_trigger = 10",
+        "processing_time = \"1s\"",
+        "",
+    );
+    let mut query = Running::start(&job, 1);
+    query.wait_until("a first batch", TIMEOUT, |_| broker.committed("grow-group", "grow", 2).iter().sum::<i64>() > 0);
+
+    // The broker is killed and comes back while batches of the backlog are planned and run.
+    broker.restart();
+    broker.produce_texts("grow", 2, 40, &texts(20, 10));
+    query.wait_until("the backlog after the restart", Duration::from_secs(180), |_| {
+        broker.committed("grow-group", "grow", 2) == vec![30, 30]
+    });
+
+    // A third partition, added while the query runs, is read from its first offset.
+    let out = broker.tool("kafka-topics.sh", &["--alter", "--topic", "grow", "--partitions", "3"]);
+    broker.produce(
+        "grow",
+        &(0..5)
+            .map(|i| (2, Some(format!("new-{i}").into_bytes()), Some(format!("added partition {i}").into_bytes())))
+            .collect::<Vec<_>>(),
+    );
+    query.wait_until("the added partition", TIMEOUT, |_| broker.committed("grow-group", "grow", 3) == vec![30, 30, 5]);
+    let summary = query.stop();
+    // The output topic keeps the two partitions it was made with.
+    let seen: BTreeSet<(i32, i64)> = broker.read_all("grow-out", 2).iter().map(Record::origin).collect();
+    let want: BTreeSet<(i32, i64)> =
+        (0..2).flat_map(|p| (0..30).map(move |o| (p, o))).chain((0..5).map(|o| (2, o))).collect();
+    assert_eq!(seen, want, "every input embedded ({out}) {summary}");
+}

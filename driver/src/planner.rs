@@ -82,7 +82,9 @@ pub enum DataLoss {
 /// Checks the next batch's start offsets against what the broker holds (`earliest`/`latest` per
 /// partition it knows now). With `fail_on_data_loss`, any loss is an error. Without it, the loss
 /// is returned as warnings and the start moves to what can still be read: a deleted range starts
-/// at `earliest`, a truncated partition starts over at `earliest`, a vanished one is dropped.
+/// at `earliest`, a truncated partition starts over at `earliest`. A partition missing from the
+/// broker's answer keeps its offset (it reads nothing this batch): were it dropped, its return
+/// would look new and be read again from its first offset.
 pub fn check_data_loss(
     start: &PartitionOffsets,
     earliest: &PartitionOffsets,
@@ -94,6 +96,7 @@ pub fn check_data_loss(
     for (tp, &from) in start {
         let (Some(&low), Some(&high)) = (earliest.get(tp), latest.get(tp)) else {
             losses.push(DataLoss::PartitionGone { tp: tp.clone() });
+            adjusted.insert(tp.clone(), from);
             continue;
         };
         if high < from {
@@ -183,7 +186,8 @@ mod tests {
         let err = check_data_loss(&start, &earliest, &latest, true).unwrap_err();
         assert_eq!(err, DataLoss::Deleted { tp: TopicPartition::new("t", 0), from: 5, earliest: 10 });
         let (adj, losses) = check_data_loss(&start, &earliest, &latest, false).unwrap();
-        assert_eq!(adj, offs(&[("t", 0, 10), ("t", 1, 0)]));
+        // The missing partition keeps its offset, so that its return does not read it again.
+        assert_eq!(adj, offs(&[("t", 0, 10), ("t", 1, 0), ("t", 2, 7)]));
         assert_eq!(losses.len(), 3);
         assert!(losses.contains(&DataLoss::PartitionGone { tp: TopicPartition::new("t", 2) }));
         assert!(losses.contains(&DataLoss::Truncated { tp: TopicPartition::new("t", 1), from: 50, latest: 30 }));

@@ -11,7 +11,7 @@ use embedstream_core::JobSpec;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
@@ -26,6 +26,8 @@ pub enum SourceError {
     Secret(#[from] SecretError),
     #[error("cannot reach the {cluster} cluster at {servers} (security.protocol {protocol}): {reason}")]
     Unreachable { cluster: &'static str, servers: String, protocol: String, reason: String },
+    #[error("topic {topic}: the broker answered {error} in its metadata")]
+    TopicUnavailable { topic: String, error: String },
     #[error("topic {topic}: {message}")]
     Topic { topic: String, message: String },
 }
@@ -71,8 +73,18 @@ impl KafkaSource {
         let md = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT).map_err(kafka("metadata"))?;
         let mut out = Vec::new();
         for topic in md.topics() {
-            if topic.error().is_some() || topic.name().starts_with("__") || !self.spec.reads_topic(topic.name()) {
+            if topic.name().starts_with("__") || !self.spec.reads_topic(topic.name()) {
                 continue;
+            }
+            // A topic answered with an error is not a deleted topic: the answer is retried
+            // (unless the topic does not exist, which a subscribed topic may not yet).
+            match topic.error() {
+                None => {}
+                Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => continue,
+                Some(e) => {
+                    let error = RDKafkaErrorCode::from(e).to_string();
+                    return Err(SourceError::TopicUnavailable { topic: topic.name().to_string(), error });
+                }
             }
             out.extend(topic.partitions().iter().map(|p| TopicPartition::new(topic.name(), p.id())));
         }

@@ -106,6 +106,23 @@ impl KafkaReader {
     }
 }
 
+/// Consumer errors that librdkafka reports but recovers from on its own.
+fn recovers_by_itself(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        BrokerTransportFailure
+            | AllBrokersDown
+            | OperationTimedOut
+            | RequestTimedOut
+            | NetworkException
+            | LeaderNotAvailable
+            | NotLeaderForPartition
+            | NotCoordinator
+            | Resolve
+    )
+}
+
 fn read_range(
     consumer: &BaseConsumer,
     range: &OffsetRange,
@@ -185,6 +202,11 @@ fn read_range(
                     consumer.assign(&tpl)?;
                 }
                 last_progress = Instant::now();
+            }
+            // librdkafka reconnects and refetches by itself (a broker restarting, a leader
+            // moving): keep polling, the poll timeout bounds the wait.
+            Some(Err(KafkaError::MessageConsumption(code))) if recovers_by_itself(code) => {
+                tracing::debug!(topic, partition, %code, "kafka: transient consumer error");
             }
             Some(Err(e)) => {
                 let _ = consumer.unassign();

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::kafka::KafkaProperties;
+use super::units::HumanDuration;
 use super::SpecError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +41,10 @@ pub struct SourceSpec {
     /// `kafkaConsumer.pollTimeoutMs`).
     #[serde(default = "default_poll_timeout_ms")]
     pub poll_timeout_ms: u64,
+    /// How long the driver retries a failed metadata or offsets request (a broker restarting,
+    /// a leader moving) before the query fails. Default "2m".
+    #[serde(default = "default_metadata_retry")]
+    pub metadata_retry_timeout: HumanDuration,
     /// librdkafka properties of every client that talks to the source's cluster
     /// (`[source.kafka]`): security, fetch sizes, timeouts.
     #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
@@ -48,6 +53,10 @@ pub struct SourceSpec {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_metadata_retry() -> HumanDuration {
+    HumanDuration::parse("2m").expect("a valid duration")
 }
 
 fn default_poll_timeout_ms() -> u64 {

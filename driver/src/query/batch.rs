@@ -51,13 +51,30 @@ struct Planned {
 }
 
 impl Query<'_> {
-    /// Runs a blocking broker call off the async threads.
+    /// Runs a blocking broker call off the async threads. A request that failed (a broker
+    /// restarting, a leader moving, a topic answered with an error) is tried again, with a
+    /// growing pause, for `source.metadata_retry_timeout` before the error ends the query.
     pub(crate) async fn broker<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&KafkaSource) -> Result<T, SourceError> + Send + 'static,
+        f: impl Fn(&KafkaSource) -> Result<T, SourceError> + Send + Sync + 'static,
     ) -> Result<T, SourceError> {
-        let source = self.source.clone();
-        tokio::task::spawn_blocking(move || f(&source)).await.expect("broker calls do not panic")
+        let f = Arc::new(f);
+        let deadline = Instant::now() + self.spec.source.metadata_retry_timeout.get();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let (source, call) = (self.source.clone(), f.clone());
+            let result = tokio::task::spawn_blocking(move || call(&source)).await.expect("broker calls do not panic");
+            match result {
+                Err(e @ (SourceError::Kafka { .. } | SourceError::TopicUnavailable { .. }))
+                    if Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "broker request failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     pub(crate) async fn run(&mut self) -> Result<QuerySummary, DriverError> {

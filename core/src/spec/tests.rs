@@ -243,3 +243,25 @@ fn owned_unknown_and_malformed_kafka_properties_are_refused_naming_the_key() {
     let e = s.read_secrets().unwrap_err().to_string();
     assert!(e.contains("source.kafka.\"sasl.password\"") && e.contains("/nonexistent/kafka.pass"), "{e}");
 }
+
+#[test]
+fn librdkafka_is_built_with_tls_scram_and_kerberos() {
+    // A client is made without connecting; librdkafka refuses a mechanism it was built without
+    // ("No provider for SASL mechanism GSSAPI: recompile librdkafka with libsasl2 or openssl").
+    let secured =
+        [("SSL", ""), ("SASL_SSL", "SCRAM-SHA-512"), ("SASL_PLAINTEXT", "PLAIN"), ("SASL_PLAINTEXT", "GSSAPI")];
+    for (protocol, mechanism) in secured {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:9").set("security.protocol", protocol);
+        if !mechanism.is_empty() {
+            // No kinit at start: only the build is under test.
+            config
+                .set("sasl.mechanism", mechanism)
+                .set("sasl.username", "u")
+                .set("sasl.password", "p")
+                .set("sasl.kerberos.min.time.before.relogin", "0");
+        }
+        let made = config.create::<rdkafka::consumer::BaseConsumer>();
+        assert!(made.is_ok(), "{protocol} {mechanism}: {:?}", made.err());
+    }
+}

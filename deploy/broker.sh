@@ -10,47 +10,63 @@
 # KAFKA_HEAP_OPTS (default -Xmx512m) sizes the broker's heap. BROKER_LISTENERS adds listeners
 # beside PLAINTEXT, as "PROTOCOL:PORT ..." (say "SASL_PLAINTEXT:9094 SASL_SSL:9095"), each named
 # for its protocol: PROPERTIES then sets what they need (sasl.enabled.mechanisms, ssl.keystore...).
+#
+# One node of a cluster of several, each started with its own PORT and DIR and these, the same
+# on every node but the first two:
+#   BROKER_NODE_ID=2 BROKER_HOST=127.0.0.2    this node's id and loopback address
+#   BROKER_CONTROLLER_PORT=P                  this node's controller port
+#   BROKER_VOTERS=1@127.0.0.1:P1,2@127.0.0.2:P2,3@127.0.0.3:P3   the controller quorum
+#   BROKER_CLUSTER_ID=ID                      one id for the whole cluster (22 base64url characters)
+#   BROKER_REPLICATION=3                      default.replication.factor and the internal topics'
+#                                             replicas (min.insync.replicas is one less)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # Writes DIR/server.properties and formats DIR/data once.
 configure() { # port dir [properties]
   local port=$1 dir=$2 extra=${3:-}
-  if [ ! -s "$dir/controller.port" ]; then
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
-      >"$dir/controller.port"
+  local host=${BROKER_HOST:-127.0.0.1} node=${BROKER_NODE_ID:-1} replicas=${BROKER_REPLICATION:-1}
+  if [ -n "${BROKER_CONTROLLER_PORT:-}" ]; then
+    echo "$BROKER_CONTROLLER_PORT" >"$dir/controller.port"
+  elif [ ! -s "$dir/controller.port" ]; then
+    python3 -c 'import socket, sys; s=socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' \
+      "$host" >"$dir/controller.port"
   fi
   local cport; cport=$(cat "$dir/controller.port")
-  local listeners="PLAINTEXT://127.0.0.1:$port" map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" l
+  local listeners="PLAINTEXT://$host:$port" map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" l
   for l in ${BROKER_LISTENERS:-}; do
-    listeners="$listeners,${l%%:*}://127.0.0.1:${l#*:}"
+    listeners="$listeners,${l%%:*}://$host:${l#*:}"
     map="$map,${l%%:*}:${l%%:*}"
   done
   {
     echo "process.roles=broker,controller"
-    echo "node.id=1"
-    echo "controller.quorum.voters=1@127.0.0.1:$cport"
+    echo "node.id=$node"
+    echo "controller.quorum.voters=${BROKER_VOTERS:-$node@$host:$cport}"
     echo "controller.listener.names=CONTROLLER"
-    echo "listeners=$listeners,CONTROLLER://127.0.0.1:$cport"
+    echo "listeners=$listeners,CONTROLLER://$host:$cport"
     echo "advertised.listeners=$listeners"
     echo "listener.security.protocol.map=$map"
     echo "inter.broker.listener.name=PLAINTEXT"
     echo "log.dirs=$dir/data"
-    # One broker: its internal topics have one replica, and few partitions so they start fast.
-    echo "offsets.topic.replication.factor=1"
+    # Internal topics with as many replicas as the cluster has nodes (one, unless a cluster is
+    # started), and few partitions so that they are made fast.
+    local isr=$((replicas > 1 ? replicas - 1 : 1))
+    echo "default.replication.factor=$replicas"
+    echo "min.insync.replicas=$isr"
+    echo "offsets.topic.replication.factor=$replicas"
     echo "offsets.topic.num.partitions=4"
-    echo "transaction.state.log.replication.factor=1"
-    echo "transaction.state.log.min.isr=1"
+    echo "transaction.state.log.replication.factor=$replicas"
+    echo "transaction.state.log.min.isr=$isr"
     echo "transaction.state.log.num.partitions=4"
-    echo "share.coordinator.state.topic.replication.factor=1"
-    echo "share.coordinator.state.topic.min.isr=1"
+    echo "share.coordinator.state.topic.replication.factor=$replicas"
+    echo "share.coordinator.state.topic.min.isr=$isr"
     echo "group.initial.rebalance.delay.ms=0"
     # Topics are made on purpose (embedstream creates its output topics), as on most clusters.
     echo "auto.create.topics.enable=false"
     if [ -n "$extra" ]; then cat "$extra"; fi
   } >"$dir/server.properties"
   if [ ! -f "$dir/data/meta.properties" ]; then
-    "$here/kafka/bin/kafka-storage.sh" format --ignore-formatted -t "$(cluster_id "$dir")" \
+    "$here/kafka/bin/kafka-storage.sh" format --ignore-formatted -t "${BROKER_CLUSTER_ID:-$(cluster_id)}" \
       -c "$dir/server.properties" >/dev/null
   fi
 }

@@ -24,6 +24,24 @@ fn scram_properties(password: &str) -> String {
     )
 }
 
+/// `run --local 1` of an `available_now` job to its end: its summary and its log.
+fn run_logged(job: &Job) -> (serde_json::Value, String) {
+    let mut run = embedstream();
+    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(run, Duration::from_secs(180));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}
+
+/// The offset gaps of every batch, from the driver's "batch committed" lines.
+fn offset_gaps(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("batch committed"))
+        .filter_map(|l| l.split("offset_gaps=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Every file under `dir`, read as bytes and searched for `needle`.
 fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
@@ -182,12 +200,7 @@ fn aborted_transactions_are_not_embedded_and_their_markers_count_as_gaps() {
     // A task that waited for an offset that holds no record would time out (after Job::new's
     // poll_timeout_ms) and be retried.
     let job = Job::new(&broker, "txn", "subscribe = [\"txn\"]", "available_now = true", "");
-    let mut run = embedstream();
-    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
-    let out = run_to_end(run, Duration::from_secs(180));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (summary, stderr) = run_logged(&job);
     assert_eq!((summary["embeddings"].as_u64(), summary["task_retries"].as_u64()), (Some(12), Some(0)), "{stderr}");
 
     let inputs = broker.read_committed("txn", 1);
@@ -197,11 +210,7 @@ fn aborted_transactions_are_not_embedded_and_their_markers_count_as_gaps() {
         broker.read_all("txn-out", 1).iter().map(|r| by_offset[&r.origin().1].clone()).collect();
     assert_eq!(embedded, want, "every committed record once, no aborted one");
     // 8 aborted records and 5 markers hold no committed record: 13 gaps.
-    let gaps: u64 = stderr
-        .lines()
-        .filter(|l| l.contains("batch committed"))
-        .filter_map(|l| l.split("offset_gaps=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
+    let gaps = offset_gaps(&stderr);
     assert_eq!(gaps, 13, "{stderr}");
     assert_eq!(broker.committed("txn-group", "txn", 1), vec![25], "the query's position is the log's end");
 }
@@ -389,4 +398,100 @@ fn a_broker_restart_while_the_query_runs_loses_nothing_and_added_partitions_are_
     let want: BTreeSet<(i32, i64)> =
         (0..2).flat_map(|p| (0..30).map(move |o| (p, o))).chain((0..5).map(|o| (2, o))).collect();
     assert_eq!(seen, want, "every input embedded ({out}) {summary}");
+}
+
+#[test]
+fn a_compacted_topic_with_holes_embeds_each_surviving_record_once_and_counts_the_holes_as_gaps() {
+    // The log cleaner looks for work every 200 ms instead of every 15 s.
+    let broker = Broker::start_with(&[], "log.cleaner.backoff.ms=200\n");
+    let topic_config = [
+        "cleanup.policy=compact",
+        "segment.ms=100",
+        "min.cleanable.dirty.ratio=0.01",
+        "min.compaction.lag.ms=0",
+        "delete.retention.ms=0",
+    ];
+    let mut args = vec!["--create", "--topic", "compacted", "--partitions", "1", "--replication-factor", "1"];
+    for c in &topic_config {
+        args.extend(["--config", c]);
+    }
+    broker.tool("kafka-topics.sh", &args);
+    // Ten keys written four times, a round at a time; the pause between rounds outlasts
+    // segment.ms, so each round's first record rolls a new segment (this shapes the input's
+    // timing, nothing waits on it). A last record closes the fourth round's segment, so the
+    // cleaner may clean them all.
+    for round in 0..4 {
+        let records: Vec<RawRecord> = (0..10)
+            .map(|k| {
+                (0, Some(format!("key-{k}").into_bytes()), Some(format!("product {k}, version {round}").into_bytes()))
+            })
+            .collect();
+        broker.produce("compacted", &records);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    broker.produce("compacted", &[(0, Some(b"last".to_vec()), Some(b"the record that rolls the segment".to_vec()))]);
+    let high = broker.high_watermarks("compacted", 1)[0];
+    assert_eq!(high, 41);
+    // Wait for the cleaner: the outcome the test needs is a log with holes.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let survivors = loop {
+        let survivors = broker.read_committed("compacted", 1);
+        if survivors.len() < 41 {
+            break survivors;
+        }
+        assert!(std::time::Instant::now() < deadline, "the log cleaner never compacted the topic");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let job = Job::new(&broker, "compacted", "subscribe = [\"compacted\"]", "available_now = true", "");
+    let (summary, stderr) = run_logged(&job);
+    // The cleaner may have gone on after the survivors were read: count what the query saw.
+    let embedded: Vec<i64> = broker.read_all("compacted-out", 1).iter().map(|r| r.origin().1).collect();
+    let unique: BTreeSet<i64> = embedded.iter().copied().collect();
+    assert_eq!(unique.len(), embedded.len(), "each surviving record once");
+    let surviving: BTreeSet<i64> = survivors.iter().map(|r| r.offset).collect();
+    assert!(unique.is_subset(&surviving), "only records that survived: {unique:?} of {surviving:?}");
+    assert!(unique.contains(&40), "the newest record is never compacted away");
+    assert_eq!(summary["embeddings"].as_u64(), Some(embedded.len() as u64));
+    assert_eq!(summary["task_retries"].as_u64(), Some(0), "{stderr}");
+    let gaps = offset_gaps(&stderr);
+    assert_eq!(gaps, high as u64 - embedded.len() as u64, "the holes are counted as gaps: {stderr}");
+    assert_eq!(broker.committed("compacted-group", "compacted", 1), vec![high]);
+}
+
+#[test]
+fn in_a_three_broker_cluster_a_leader_killed_mid_query_loses_nothing_and_outputs_have_three_replicas() {
+    let mut cluster = KafkaCluster::start(3);
+    let kafka = cluster.client();
+    kafka.create_topic("replicated", 2);
+    kafka.produce_texts("replicated", 2, 0, &texts(60, 11));
+    let job = Job::new(
+        &kafka,
+        "replicated",
+        "subscribe = [\"replicated\"]\nmax_offsets_per_trigger = 10",
+        "processing_time = \"1s\"",
+        "",
+    );
+    let committed = || kafka.try_committed("replicated-group", "replicated", 2);
+    let mut query = Running::start(&job, 1);
+    query.wait_until("a first batch", TIMEOUT, |_| committed().is_some_and(|c| c.iter().sum::<i64>() > 0));
+
+    // The leader of partition 0 is killed while batches of the backlog run; more input arrives
+    // through the two brokers left.
+    let leader = cluster.leader("replicated", 0);
+    cluster.kill(leader);
+    kafka.produce_texts("replicated", 2, 60, &texts(20, 12));
+    query.wait_until("every record after the leader's death", Duration::from_secs(240), |_| {
+        committed() == Some(vec![40, 40])
+    });
+    assert_ne!(cluster.leader("replicated", 0), leader, "the partition has a new leader");
+    let summary = query.stop();
+    let seen: BTreeSet<(i32, i64)> = kafka.read_all("replicated-out", 2).iter().map(Record::origin).collect();
+    assert_eq!(seen, (0..2).flat_map(|p| (0..40).map(move |o| (p, o))).collect(), "every input: {summary}");
+
+    // The output topics the driver made have the cluster's replication factor, not 1.
+    for topic in ["replicated-out", "replicated-dlq"] {
+        let out = kafka.tool("kafka-topics.sh", &["--describe", "--topic", topic]);
+        assert!(out.contains("ReplicationFactor: 3"), "{topic}:\n{out}");
+    }
 }

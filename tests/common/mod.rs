@@ -17,6 +17,15 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// A consumer error librdkafka recovers from (a broker of a cluster down).
+fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    matches!(
+        e,
+        KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+    )
+}
+
 /// A record to produce: partition, key, value.
 pub type RawRecord = (i32, Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -40,7 +49,8 @@ pub fn model_dir() -> PathBuf {
 /// from the Kafka that deploy/setup.sh installed, with its data in a temporary directory; killed
 /// on drop.
 pub struct Broker {
-    child: Child,
+    /// None for a handle on brokers this one did not start (a [`KafkaCluster`]'s).
+    child: Option<Child>,
     /// The PLAINTEXT listener.
     pub addr: String,
     /// Other listeners: (protocol, address).
@@ -65,10 +75,15 @@ impl Broker {
         let addr = format!("127.0.0.1:{}", free_port());
         let listeners: Vec<(String, String)> =
             protocols.iter().map(|p| (p.to_string(), format!("127.0.0.1:{}", free_port()))).collect();
-        let child = Self::spawn(&addr, &listeners, dir.path());
+        let child = Some(Self::spawn(&addr, &listeners, dir.path()));
         let mut broker = Broker { child, addr, listeners, dir };
         broker.wait_serving();
         broker
+    }
+
+    /// The test helpers on brokers that something else started (`addr`: bootstrap servers).
+    pub fn client_of(addr: &str) -> Broker {
+        Broker { child: None, addr: addr.to_string(), listeners: Vec::new(), dir: tempfile::tempdir().unwrap() }
     }
 
     /// The address of the listener for `protocol`.
@@ -102,7 +117,7 @@ impl Broker {
         let before = self.log().matches("Kafka Server started").count();
         let deadline = Instant::now() + Duration::from_secs(90);
         while self.log().matches("Kafka Server started").count() == before {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("the Kafka broker exited with {status}: {}", self.log());
             }
             assert!(
@@ -119,13 +134,15 @@ impl Broker {
     /// Kills the broker (no clean shutdown) and starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Self::spawn(&self.addr, &self.listeners, self.dir.path());
+        self.child = Some(Self::spawn(&self.addr, &self.listeners, self.dir.path()));
         self.wait_serving();
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn log(&self) -> String {
@@ -240,12 +257,11 @@ impl Broker {
             ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let res = rt
-            .block_on(
-                admin.create_topics(
-                    &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-                    &AdminOptions::new(),
-                ),
-            )
+            .block_on(admin.create_topics(
+                // -1: the cluster's default.replication.factor.
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))],
+                &AdminOptions::new(),
+            ))
             .unwrap();
         for r in res {
             r.unwrap();
@@ -326,8 +342,10 @@ impl Broker {
         let deadline = Instant::now() + TIMEOUT;
         while (out.len() as i64) < total {
             assert!(Instant::now() < deadline, "read {} of {total} records of {topic}", out.len());
-            if let Some(m) = c.poll(Duration::from_millis(100)) {
-                out.push(Record::of(&m.unwrap()));
+            match c.poll(Duration::from_millis(100)) {
+                Some(Err(e)) if transient(&e) => {}
+                Some(m) => out.push(Record::of(&m.unwrap())),
+                None => {}
             }
         }
         out
@@ -335,6 +353,12 @@ impl Broker {
 
     /// The offsets `group` has committed for the partitions of `topic` (-1 where none).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        self.try_committed(group, topic, partitions).unwrap()
+    }
+
+    /// As [`Broker::committed`], None while the group's coordinator does not answer (a broker
+    /// of a cluster down, its partitions moving).
+    pub fn try_committed(&self, group: &str, topic: &str, partitions: i32) -> Option<Vec<i64>> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .set("group.id", group)
@@ -345,13 +369,15 @@ impl Broker {
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-        (0..partitions)
-            .map(|p| match got.find_partition(topic, p).unwrap().offset() {
-                Offset::Offset(o) => o,
-                _ => -1,
-            })
-            .collect()
+        let got = c.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+        Some(
+            (0..partitions)
+                .map(|p| match got.find_partition(topic, p).unwrap().offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                })
+                .collect(),
+        )
     }
 }
 
@@ -661,5 +687,130 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A cluster of Apache Kafka brokers, node i (1-based) on 127.0.0.i, each broker and controller
+/// (a quorum of all nodes), with `default.replication.factor` and the internal topics' replicas
+/// equal to the node count. Nodes are killed on drop.
+pub struct KafkaCluster {
+    nodes: Vec<ClusterNode>,
+    voters: String,
+    cluster_id: String,
+    dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    id: usize,
+    host: String,
+    port: u16,
+    controller_port: u16,
+    child: Option<Child>,
+}
+
+impl KafkaCluster {
+    pub fn start(n: usize) -> KafkaCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let free_on = |host: &str| std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
+        let nodes: Vec<ClusterNode> = (1..=n)
+            .map(|id| {
+                let host = format!("127.0.0.{id}");
+                ClusterNode { id, port: free_on(&host), controller_port: free_on(&host), host, child: None }
+            })
+            .collect();
+        let voters = nodes.iter().map(|n| format!("{}@{}:{}", n.id, n.host, n.controller_port)).collect::<Vec<_>>();
+        // 16 bytes, base64url without padding, not starting with '-': what kafka-storage wants.
+        let cluster_id = "ZW1iZWRzdHJlYW0tdGVzdA".to_string();
+        let mut cluster = KafkaCluster { nodes, voters: voters.join(","), cluster_id, dir };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_serving(i);
+        }
+        cluster
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{}.log", self.nodes[i].id))
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/broker.sh");
+        let node = &self.nodes[i];
+        let child = Command::new("bash")
+            .arg(&script)
+            .args(["run", &node.port.to_string()])
+            .arg(self.dir.path().join(format!("node-{}", node.id)))
+            .env("BROKER_NODE_ID", node.id.to_string())
+            .env("BROKER_HOST", &node.host)
+            .env("BROKER_CONTROLLER_PORT", node.controller_port.to_string())
+            .env("BROKER_VOTERS", &self.voters)
+            .env("BROKER_CLUSTER_ID", &self.cluster_id)
+            .env("BROKER_REPLICATION", self.nodes.len().to_string())
+            .env("KAFKA_HEAP_OPTS", "-Xmx384m")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.nodes[i].child = Some(child);
+    }
+
+    fn wait_serving(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.log(i).contains("Kafka Server started") {
+            if let Some(status) = self.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node {} exited with {status}: {}", self.nodes[i].id, self.log(i));
+            }
+            assert!(Instant::now() < deadline, "node {} did not serve within 120 s: {}", self.nodes[i].id, self.log(i));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every node's client address, as bootstrap servers.
+    pub fn bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| format!("{}:{}", n.host, n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// A client address of a node that is up, other than `except` (a 1-based id).
+    pub fn addr_except(&self, except: Option<usize>) -> String {
+        let n = self.nodes.iter().find(|n| n.child.is_some() && Some(n.id) != except).expect("a node that is up");
+        format!("{}:{}", n.host, n.port)
+    }
+
+    /// The 1-based id of the node that leads `topic`'s `partition` now.
+    pub fn leader(&self, topic: &str, partition: i32) -> usize {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", self.bootstrap()).create().unwrap();
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let t = md.topics().first().unwrap();
+        t.partitions().iter().find(|p| p.id() == partition).unwrap().leader() as usize
+    }
+
+    /// SIGKILL to node `id` (1-based).
+    pub fn kill(&mut self, id: usize) {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A broker handle on one node's listener, for the test helpers (topics, produce, read).
+    pub fn client(&self) -> Broker {
+        Broker::client_of(&self.bootstrap())
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        for id in 1..=self.nodes.len() {
+            self.kill(id);
+        }
     }
 }

@@ -51,6 +51,12 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
 [ "${java_major:-0}" -ge 17 ] || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+# Kerberos: librdkafka's GSSAPI needs Cyrus SASL's GSSAPI module and kinit at run time; the test
+# of a Kerberos-secured broker runs an MIT KDC (krb5kdc, kdb5_util, kadmin.local).
+compgen -G "/usr/lib/*/sasl2/libgssapiv2.so*" >/dev/null || missing+=(libsasl2-modules-gssapi-mit)
+command -v kinit >/dev/null || missing+=(krb5-user)
+[ -x /usr/sbin/krb5kdc ] || missing+=(krb5-kdc)
+[ -x /usr/sbin/kadmin.local ] || missing+=(krb5-admin-server)
 command -v unzip >/dev/null || missing+=(unzip)
 # openssl: the TLS tests make their CA and certificates with it.
 command -v openssl >/dev/null || missing+=(openssl)

@@ -495,3 +495,58 @@ fn in_a_three_broker_cluster_a_leader_killed_mid_query_loses_nothing_and_outputs
         assert!(out.contains("ReplicationFactor: 3"), "{topic}:\n{out}");
     }
 }
+
+#[test]
+fn a_query_authenticates_with_kerberos_against_a_real_kdc_and_an_unknown_principal_stops_it_first() {
+    let kdc = kdc::Kdc::start();
+    let broker_keytab = kdc.add_principal("kafka/127.0.0.1");
+    let client_keytab = kdc.add_principal("embedstream");
+    let gssapi = format!(
+        "sasl.enabled.mechanisms=GSSAPI\nsasl.kerberos.service.name=kafka\n\
+         listener.name.sasl_plaintext.gssapi.sasl.jaas.config=com.sun.security.auth.module.Krb5LoginModule required \
+         useKeyTab=true storeKey=true keyTab=\"{}\" principal=\"kafka/127.0.0.1@{}\";\n",
+        broker_keytab.display(),
+        kdc::REALM
+    );
+    let java = format!("-Djava.security.krb5.conf={}", kdc.krb5_conf().display());
+    let broker = Broker::start_with_env(&["SASL_PLAINTEXT"], &gssapi, &[("KAFKA_OPTS", &java)]);
+    broker.create_topic("kerberos", 2);
+    broker.produce_texts("kerberos", 2, 0, &texts(12, 13));
+    let listener = broker.listener("SASL_PLAINTEXT").to_string();
+    let work = tempfile::tempdir().unwrap();
+    let run = |name: &str, principal: &str, keytab: &std::path::Path| {
+        let source = format!(
+            "subscribe = [\"kerberos\"]\n[source.kafka]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+             \"sasl.mechanism\" = \"GSSAPI\"\n\"sasl.kerberos.service.name\" = \"kafka\"\n\
+             \"sasl.kerberos.principal\" = \"{principal}@{}\"\n\"sasl.kerberos.keytab\" = \"{}\"\n",
+            kdc::REALM,
+            keytab.display()
+        );
+        let job = Job::new(&broker, name, &source, "available_now = true", "").with_bootstrap(&listener);
+        let mut cmd = embedstream();
+        // librdkafka runs kinit with the keytab into this ticket cache.
+        cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"])
+            .env("KRB5_CONFIG", kdc.krb5_conf())
+            .env("KRB5CCNAME", format!("FILE:{}", work.path().join(format!("{name}.cc")).display()));
+        (run_to_end(cmd, Duration::from_secs(180)), job)
+    };
+
+    let (out, _job) = run("kerberos", "embedstream", &client_keytab);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["embeddings"], 12, "{stderr}");
+    let seen: BTreeSet<(i32, i64)> = broker.read_all("kerberos-out", 2).iter().map(Record::origin).collect();
+    assert_eq!(seen, (0..2).flat_map(|p| (0..6).map(move |o| (p, o))).collect());
+
+    // A principal the KDC no longer knows: refused before the first batch, nothing written.
+    let stranger = kdc.add_principal("stranger");
+    kdc.delete_principal("stranger");
+    let (out, job) = run("stranger", "stranger", &stranger);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&listener) && stderr.contains("SASL_PLAINTEXT"), "names the listener: {stderr}");
+    assert!(stderr.contains("GSSAPI Error"), "names the cause: {stderr}");
+    assert!(!broker.topic_exists("stranger-out"), "nothing was written");
+    assert!(job.logged_batches("offsets").is_empty(), "no batch was planned");
+}

@@ -2,6 +2,7 @@
 //! job specs, and the `embedstream` binary run as a process. Needs deploy/setup.sh's cache.
 #![allow(dead_code)]
 
+pub mod kdc;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,8 @@ pub struct Broker {
     pub addr: String,
     /// Other listeners: (protocol, address).
     listeners: Vec<(String, String)>,
+    /// Added to the broker's environment (KAFKA_OPTS).
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -70,20 +73,27 @@ impl Broker {
     /// A broker with a listener for each of `protocols` beside PLAINTEXT (each named for its
     /// protocol), and `properties` added to its server.properties.
     pub fn start_with(protocols: &[&str], properties: &str) -> Broker {
+        Self::start_with_env(protocols, properties, &[])
+    }
+
+    /// As [`Broker::start_with`], with `env` added to the broker's environment.
+    pub fn start_with_env(protocols: &[&str], properties: &str, env: &[(&str, &str)]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("extra.properties"), properties).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let listeners: Vec<(String, String)> =
             protocols.iter().map(|p| (p.to_string(), format!("127.0.0.1:{}", free_port()))).collect();
-        let child = Some(Self::spawn(&addr, &listeners, dir.path()));
-        let mut broker = Broker { child, addr, listeners, dir };
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = Some(Self::spawn(&addr, &listeners, &env, dir.path()));
+        let mut broker = Broker { child, addr, listeners, env, dir };
         broker.wait_serving();
         broker
     }
 
     /// The test helpers on brokers that something else started (`addr`: bootstrap servers).
     pub fn client_of(addr: &str) -> Broker {
-        Broker { child: None, addr: addr.to_string(), listeners: Vec::new(), dir: tempfile::tempdir().unwrap() }
+        let dir = tempfile::tempdir().unwrap();
+        Broker { child: None, addr: addr.to_string(), listeners: Vec::new(), env: Vec::new(), dir }
     }
 
     /// The address of the listener for `protocol`.
@@ -91,7 +101,7 @@ impl Broker {
         &self.listeners.iter().find(|(p, _)| p == protocol).expect("a listener started for it").1
     }
 
-    fn spawn(addr: &str, listeners: &[(String, String)], dir: &Path) -> Child {
+    fn spawn(addr: &str, listeners: &[(String, String)], env: &[(String, String)], dir: &Path) -> Child {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/broker.sh");
         let port = addr.rsplit(':').next().unwrap();
         let extra: Vec<String> =
@@ -104,6 +114,7 @@ impl Broker {
             .arg(dir.join("kafka"))
             .arg(dir.join("extra.properties"))
             .env("BROKER_LISTENERS", extra.join(" "))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -134,7 +145,7 @@ impl Broker {
     /// Kills the broker (no clean shutdown) and starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(Self::spawn(&self.addr, &self.listeners, self.dir.path()));
+        self.child = Some(Self::spawn(&self.addr, &self.listeners, &self.env, self.dir.path()));
         self.wait_serving();
     }
 

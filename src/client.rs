@@ -247,8 +247,9 @@ pub async fn status(target: Target, token: ClusterToken) -> Result<()> {
         );
     }
     let progress = client.get_progress(ProgressRequest { last: 5 }).await?.into_inner();
-    for r in progress.records_json {
-        println!("{r}");
+    for r in progress.records {
+        let record = embedstream_driver::progress::ProgressRecord::from(r);
+        println!("{}", serde_json::to_string(&record)?);
     }
     Ok(())
 }
@@ -260,8 +261,8 @@ pub async fn progress(
     last: u32,
 ) -> Result<Vec<embedstream_driver::progress::ProgressRecord>> {
     let driver = target.driver_address(token).await?;
-    let records = admin(&driver, token).await?.get_progress(ProgressRequest { last }).await?.into_inner().records_json;
-    records.iter().map(|r| serde_json::from_str(r).context("a progress record from the driver")).collect()
+    let records = admin(&driver, token).await?.get_progress(ProgressRequest { last }).await?.into_inner().records;
+    Ok(records.into_iter().map(Into::into).collect())
 }
 
 pub enum Action {

@@ -3,6 +3,7 @@
 //! - [`spec`]: the job spec, one typed and validated struct read from TOML, which the driver
 //!   validates before anything starts and hands to every executor.
 //! - [`offsets`]: topic partitions, offsets per partition (Spark's checkpoint JSON) and ranges.
+//! - [`progress`]: the progress record of a batch, Spark's `StreamingQueryProgress` and ours.
 //! - [`manifest`]: the Parquet sink's per-batch manifests, written by the driver, read by readers.
 //! - [`argv`]: the command lines the processes start each other with, typed once.
 //! - [`auth`]: the shared cluster token that admin, internal and Flight calls carry.
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod durable;
 pub mod manifest;
 pub mod offsets;
+pub mod progress;
 pub mod spec;
 pub mod telemetry;
 

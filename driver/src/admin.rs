@@ -102,11 +102,11 @@ impl QueryAdmin for AdminService {
     async fn get_progress(&self, request: Request<ProgressRequest>) -> Result<Response<ProgressResponse>, Status> {
         let last = request.into_inner().last.max(1) as usize;
         let records = crate::progress::read_progress(&self.checkpoint).map_err(|e| Status::internal(e.to_string()))?;
-        let records_json = records[records.len().saturating_sub(last)..]
+        let records = records[records.len().saturating_sub(last)..]
             .iter()
-            .map(|r| serde_json::to_string(r).expect("progress serialises"))
+            .map(embedstream_proto::pb::ProgressRecord::from)
             .collect();
-        Ok(Response::new(ProgressResponse { records_json }))
+        Ok(Response::new(ProgressResponse { records }))
     }
 
     async fn stop(&self, _: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {

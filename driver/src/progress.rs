@@ -1,64 +1,17 @@
-//! Progress reports: after every batch, one record with the fields Spark users know from
-//! `StreamingQueryProgress` (batchId, numInputRows, inputRowsPerSecond, processedRowsPerSecond,
-//! durationMs by phase, per-source start/end/latest offsets) and embedstream's own (embeddings,
-//! dead letters, rows per executor). Appended as JSON lines to
+//! The progress log: after every batch, one [`ProgressRecord`] (its fields are in
+//! `embedstream_core::progress`), appended as JSON lines to
 //! `<checkpoint_location>/progress.jsonl`; the last 100 are also kept in memory. When the file
 //! passes 8 MiB (about 4,000 batches of a one-topic query) it becomes `progress.jsonl.1`,
 //! replacing the one before, so the history on disk is bounded and always holds the newest.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use embedstream_core::offsets::PartitionOffsets;
+pub use embedstream_core::progress::{ProgressRecord, SourceProgress};
 
 const KEPT_IN_MEMORY: usize = 100;
 const ROTATE_AT_BYTES: u64 = 8 << 20;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourceProgress {
-    pub description: String,
-    pub start_offset: PartitionOffsets,
-    pub end_offset: PartitionOffsets,
-    pub latest_offset: PartitionOffsets,
-    pub num_input_rows: u64,
-    /// Records between the batch's end and the latest offsets when it was planned.
-    pub offsets_behind_latest: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProgressRecord {
-    pub id: String,
-    pub name: String,
-    pub batch_id: u64,
-    /// When the batch started, RFC 3339.
-    pub timestamp: String,
-    pub num_input_rows: u64,
-    pub input_rows_per_second: f64,
-    pub processed_rows_per_second: f64,
-    /// plan, wal, commit and triggerExecution: driver wall time; read, infer, sink: summed over tasks.
-    pub duration_ms: BTreeMap<String, u64>,
-    pub sources: Vec<SourceProgress>,
-    pub embeddings: u64,
-    pub dead_letters: u64,
-    /// Offsets the broker deleted before the query read them, skipped (`fail_on_data_loss =
-    /// false`). Absent in records written before it existed.
-    #[serde(default)]
-    pub lost_offsets: u64,
-    pub task_retries: u64,
-    /// Input rows each executor processed in this batch.
-    pub executors: BTreeMap<String, u64>,
-}
-
-impl ProgressRecord {
-    pub fn lag(&self) -> i64 {
-        self.sources.iter().map(|s| s.offsets_behind_latest).sum()
-    }
-}
 
 pub fn progress_path(checkpoint: &Path) -> PathBuf {
     checkpoint.join("progress.jsonl")
@@ -143,6 +96,8 @@ pub fn format_table(records: &[ProgressRecord], header: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use embedstream_core::offsets::PartitionOffsets;
+    use std::collections::BTreeMap;
 
     fn record(batch_id: u64) -> ProgressRecord {
         ProgressRecord {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use embedstream_core::offsets::{OffsetRange, PartitionOffsets, TopicPartition};
+use embedstream_core::progress::{ProgressRecord, SourceProgress};
 use embedstream_core::spec::{Secret, Secrets};
 
 use crate::pb;
@@ -69,6 +70,74 @@ impl pb::QueryState {
     }
 }
 
+impl From<&ProgressRecord> for pb::ProgressRecord {
+    fn from(r: &ProgressRecord) -> Self {
+        pb::ProgressRecord {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            batch_id: r.batch_id,
+            timestamp: r.timestamp.clone(),
+            num_input_rows: r.num_input_rows,
+            input_rows_per_second: r.input_rows_per_second,
+            processed_rows_per_second: r.processed_rows_per_second,
+            duration_ms: r.duration_ms.clone().into_iter().collect(),
+            sources: r.sources.iter().map(pb::SourceProgress::from).collect(),
+            embeddings: r.embeddings,
+            dead_letters: r.dead_letters,
+            lost_offsets: r.lost_offsets,
+            task_retries: r.task_retries,
+            executors: r.executors.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<pb::ProgressRecord> for ProgressRecord {
+    fn from(r: pb::ProgressRecord) -> Self {
+        ProgressRecord {
+            id: r.id,
+            name: r.name,
+            batch_id: r.batch_id,
+            timestamp: r.timestamp,
+            num_input_rows: r.num_input_rows,
+            input_rows_per_second: r.input_rows_per_second,
+            processed_rows_per_second: r.processed_rows_per_second,
+            duration_ms: r.duration_ms.into_iter().collect(),
+            sources: r.sources.into_iter().map(SourceProgress::from).collect(),
+            embeddings: r.embeddings,
+            dead_letters: r.dead_letters,
+            lost_offsets: r.lost_offsets,
+            task_retries: r.task_retries,
+            executors: r.executors.into_iter().collect(),
+        }
+    }
+}
+
+impl From<&SourceProgress> for pb::SourceProgress {
+    fn from(s: &SourceProgress) -> Self {
+        pb::SourceProgress {
+            description: s.description.clone(),
+            start_offset: offsets_to_pb(&s.start_offset),
+            end_offset: offsets_to_pb(&s.end_offset),
+            latest_offset: offsets_to_pb(&s.latest_offset),
+            num_input_rows: s.num_input_rows,
+            offsets_behind_latest: s.offsets_behind_latest,
+        }
+    }
+}
+
+impl From<pb::SourceProgress> for SourceProgress {
+    fn from(s: pb::SourceProgress) -> Self {
+        SourceProgress {
+            description: s.description,
+            start_offset: offsets_from_pb(s.start_offset),
+            end_offset: offsets_from_pb(s.end_offset),
+            latest_offset: offsets_from_pb(s.latest_offset),
+            num_input_rows: s.num_input_rows,
+            offsets_behind_latest: s.offsets_behind_latest,
+        }
+    }
+}
+
 /// The driver's read secrets, for `GetJobSpecResponse.secrets`.
 pub fn secrets_to_pb(secrets: &Secrets) -> HashMap<String, String> {
     secrets.iter().map(|(k, v)| (k.to_string(), v.expose().to_string())).collect()
@@ -91,6 +160,35 @@ mod tests {
         assert_eq!(OffsetRange::try_from(backwards).unwrap_err().field, "OffsetRange.until_offset");
         let negative = pb::OffsetRange { partition: -1, ..wire };
         assert_eq!(OffsetRange::try_from(negative).unwrap_err().field, "OffsetRange.partition");
+    }
+
+    #[test]
+    fn progress_records_round_trip() {
+        let offsets = |o| [(TopicPartition::new("a", 0), o)].into_iter().collect::<PartitionOffsets>();
+        let record = ProgressRecord {
+            id: "q-1".into(),
+            name: "products".into(),
+            batch_id: 7,
+            timestamp: "2026-12-02T00:00:00.000Z".into(),
+            num_input_rows: 40,
+            input_rows_per_second: 12.5,
+            processed_rows_per_second: 80.0,
+            duration_ms: [("triggerExecution".to_string(), 500), ("read".to_string(), 20)].into_iter().collect(),
+            sources: vec![SourceProgress {
+                description: "KafkaV2[Subscribe[a]]".into(),
+                start_offset: offsets(10),
+                end_offset: offsets(50),
+                latest_offset: offsets(60),
+                num_input_rows: 40,
+                offsets_behind_latest: 10,
+            }],
+            embeddings: 38,
+            dead_letters: 2,
+            lost_offsets: 3,
+            task_retries: 1,
+            executors: [("exec-0".to_string(), 40)].into_iter().collect(),
+        };
+        assert_eq!(ProgressRecord::from(pb::ProgressRecord::from(&record)), record);
     }
 
     #[test]

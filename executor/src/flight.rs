@@ -36,7 +36,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::ExecutorMetrics;
-use crate::model::workers::WorkerPool;
+use crate::model::Embed;
 use crate::records::{embedding_array, embedding_type, output_schema, reject_reason, RecentOutput};
 
 /// The name of the column `DoExchange` embeds.
@@ -60,7 +60,7 @@ fn wire_limit(limits: &FlightSpec) -> usize {
 
 pub struct FlightEmbedder {
     pub query: String,
-    pub workers: Arc<WorkerPool>,
+    pub workers: Arc<dyn Embed>,
     pub limits: FlightSpec,
     pub max_text_bytes: usize,
     pub token: ClusterToken,
@@ -72,7 +72,7 @@ pub struct FlightEmbedder {
 impl FlightEmbedder {
     pub fn new(
         query: String,
-        workers: Arc<WorkerPool>,
+        workers: Arc<dyn Embed>,
         limits: FlightSpec,
         max_text_bytes: usize,
         token: ClusterToken,
@@ -162,7 +162,7 @@ fn with_embeddings(batch: &RecordBatch, vectors: Vec<f32>, dim: usize) -> Result
 struct Exchange {
     input: FlightRecordBatchStream,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    workers: Arc<WorkerPool>,
+    workers: Arc<dyn Embed>,
     limits: FlightSpec,
     max_text_bytes: usize,
     metrics: Arc<ExecutorMetrics>,
@@ -222,7 +222,7 @@ impl Exchange {
             )));
         }
         let texts = texts.into_iter().map(str::to_string).collect();
-        let (vectors, _) = self.workers.embed(texts).await.map_err(|e| Status::internal(e.to_string()))?;
+        let (vectors, _) = self.workers.clone().embed(texts).await.map_err(|e| Status::internal(e.to_string()))?;
         with_embeddings(&batch, vectors, self.workers.dim())
     }
 }

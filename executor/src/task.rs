@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::metrics::ExecutorMetrics;
-use crate::model::workers::WorkerPool;
+use crate::model::Embed;
 use crate::model::ModelError;
 use crate::reader::{KafkaReader, ReadError};
 use crate::records::{embedding_array, output_schema, reject_reason, RecentOutput};
@@ -27,7 +27,7 @@ pub struct TaskContext {
     pub executor_id: String,
     pub spec: JobSpec,
     pub reader: Arc<KafkaReader>,
-    pub workers: Arc<WorkerPool>,
+    pub workers: Arc<dyn Embed>,
     /// Where embeddings go.
     pub sink: Box<dyn Sink>,
     /// Where records the model cannot take go (and, for a Kafka sink, the same producer).

@@ -7,6 +7,10 @@
 //! - [`wire`]: the frames and Arrow IPC between the executor and its workers;
 //! - [`workers`]: the executor's side: start and supervise the daemon, order texts by tokens,
 //!   send batches to free workers.
+//!
+//! [`Embed`] is what the rest of the executor (tasks, Arrow Flight) asks for: texts in, vectors
+//! out. The forked [`workers::WorkerPool`] is its implementation; another backend (a GPU
+//! session, a remote server) is one more.
 
 pub mod daemon;
 pub mod fork;
@@ -15,3 +19,31 @@ pub mod wire;
 pub mod workers;
 
 pub use session::{cache_dir, init_runtime, load_tokenizer, ort_library, token_lengths, Embedder, ModelError};
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+/// What [`Embed::embed`] gives back: the vectors, one after the other, and each model batch's
+/// size.
+pub type Embedded = BoxFuture<'static, Result<(Vec<f32>, Vec<usize>), ModelError>>;
+
+/// Texts in, vectors out.
+pub trait Embed: Send + Sync {
+    /// The length of one vector.
+    fn dim(&self) -> usize;
+
+    /// Embeds `texts`: `texts.len() * dim()` values, text `i` at `i * dim()`, and the size of
+    /// each batch the model ran.
+    fn embed(self: Arc<Self>, texts: Vec<String>) -> Embedded;
+}
+
+impl Embed for workers::WorkerPool {
+    fn dim(&self) -> usize {
+        workers::WorkerPool::dim(self)
+    }
+
+    fn embed(self: Arc<Self>, texts: Vec<String>) -> Embedded {
+        Box::pin(async move { workers::WorkerPool::embed(&self, texts).await })
+    }
+}

@@ -230,3 +230,35 @@ fn bad_records_go_to_the_dead_letter_topic_with_a_reason() {
     }
     assert_eq!(broker.committed("dlq-group", "raw", 1), vec![7]);
 }
+
+#[test]
+fn an_oversized_bad_record_goes_to_the_dead_letter_topic_truncated_and_the_batch_commits() {
+    let broker = Broker::start();
+    // An input topic that takes 4 MB records, as some users' do; the dead-letter topic the
+    // driver makes has the broker's default limit of about 1 MB.
+    broker.tool(
+        "kafka-topics.sh",
+        &["--create", "--topic", "big", "--partitions", "1", "--config", "max.message.bytes=4000000"],
+    );
+    let huge: Vec<u8> = (0..3_000_000).map(|i| b'a' + (i % 26) as u8).collect();
+    let records: Vec<RawRecord> = vec![
+        (0, Some(b"good-0".to_vec()), Some(b"a fine leather wallet".to_vec())),
+        (0, Some(b"huge".to_vec()), Some(huge.clone())),
+        (0, Some(b"good-1".to_vec()), Some(b"a sturdy umbrella".to_vec())),
+    ];
+    broker.produce("big", &records);
+    let job = Job::new(&broker, "big", "subscribe = [\"big\"]", "available_now = true", "");
+    let summary = run_job(&job, 1);
+    let counts = ["embeddings", "dead_letters", "task_retries"].map(|k| summary[k].as_u64().unwrap());
+    assert_eq!(counts, [2, 1, 0], "{summary}");
+
+    let dead = broker.read_all("big-dlq", 1);
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.key.as_deref(), Some(&b"huge"[..]));
+    assert!(d.header("es.error").contains("over model.max_text_bytes"), "{:?}", d.headers);
+    assert_eq!((d.header("es.truncated"), d.header("es.original_size")), ("true", "3000000"));
+    let value = d.value.as_deref().unwrap();
+    assert!(value.len() < 1_000_000 && huge.starts_with(value), "the value's first {} bytes", value.len());
+    assert_eq!(broker.committed("big-group", "big", 1), vec![3]);
+}

@@ -306,6 +306,8 @@ impl Broker {
             .set("bootstrap.servers", &self.addr)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            // Records over 1 MB, for a topic made to take them.
+            .set("message.max.bytes", "8000000")
             .create()
             .unwrap();
         for (p, k, v) in records {

@@ -75,6 +75,14 @@ impl KafkaProperties {
         self.0.is_empty()
     }
 
+    /// A property's value, if it is set and not a secret.
+    pub fn plain(&self, name: &str) -> Option<&str> {
+        match self.0.get(name)? {
+            PropertyValue::Plain(v) => Some(v),
+            PropertyValue::Secret(_) => None,
+        }
+    }
+
     /// Refuses owned properties, and names or values librdkafka does not take, with its own
     /// message. `section` is the spec key of the table (`source.kafka`).
     pub(crate) fn validate(&self, section: &str) -> Result<(), SpecError> {

@@ -2,6 +2,11 @@
 //! dead-letter topic as it came (its key and value) with the reason in an `es.error` header and
 //! its origin in the same headers as an output record. Every sink uses them; they share the
 //! executor's producer.
+//!
+//! A value too large for one Kafka message (over the producer's `message.max.bytes`, 1,000,000
+//! bytes unless the spec's client properties say otherwise) is cut to fit, with
+//! `es.truncated = true` and `es.original_size`: a bad record must never fail its batch, which
+//! would fail again on every retry and every restart.
 
 use std::sync::Arc;
 
@@ -16,11 +21,21 @@ pub struct DeadLetters {
     producer: Arc<KafkaProducer>,
     topic: Arc<str>,
     model_id: String,
+    /// The most value bytes one dead letter carries.
+    max_value: usize,
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room left in a message for the key, the headers and the record's framing.
+const ROOM_FOR_KEY_AND_HEADERS: usize = 64 << 10;
 
 impl DeadLetters {
     pub fn new(spec: &JobSpec, producer: Arc<KafkaProducer>, model_id: String) -> DeadLetters {
-        DeadLetters { producer, topic: spec.dead_letter_topic().into(), model_id }
+        let message_max = spec.dead_letter_kafka().1.plain("message.max.bytes").and_then(|v| v.parse().ok());
+        let max_value =
+            message_max.unwrap_or(DEFAULT_MESSAGE_MAX_BYTES).saturating_sub(ROOM_FOR_KEY_AND_HEADERS).max(1);
+        DeadLetters { producer, topic: spec.dead_letter_topic().into(), model_id, max_value }
     }
 
     /// Enqueues a dead letter for `partition` of the dead-letter topic: the input value as it
@@ -33,7 +48,16 @@ impl DeadLetters {
         value: Option<&[u8]>,
         reason: &str,
     ) -> Result<(), SinkError> {
-        let headers = origin_headers(origin, &self.model_id).insert(Header { key: "es.error", value: Some(reason) });
+        let mut headers =
+            origin_headers(origin, &self.model_id).insert(Header { key: "es.error", value: Some(reason) });
+        let original_size = value.map_or(0, <[u8]>::len);
+        let value = value.map(|v| &v[..v.len().min(self.max_value)]);
+        if original_size > self.max_value {
+            let size = original_size.to_string();
+            headers = headers
+                .insert(Header { key: "es.truncated", value: Some("true") })
+                .insert(Header { key: "es.original_size", value: Some(&size) });
+        }
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).partition(partition).headers(headers);
         if let Some(k) = origin.key {
             record = record.key(k);

@@ -135,6 +135,21 @@ fn concurrent_do_exchange_during_a_streaming_query_equals_the_stream() {
         broker.committed("fl-group", "items", 1) == vec![60]
     });
     let address = flight_address(&job);
+    // The executor needs the cluster token; its model daemon and forked workers never call
+    // anything, and do not inherit it (issue 14, finding 15).
+    let executor = q.executor_pids()[0];
+    let daemon = children_of(executor);
+    let workers: Vec<u32> = daemon.iter().flat_map(|&d| children_of(d)).collect();
+    assert!(daemon.len() == 1 && !workers.is_empty(), "daemon {daemon:?}, workers {workers:?}");
+    let environ =
+        |pid: u32| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    assert!(environ(executor).contains("EMBEDSTREAM_TOKEN="));
+    for pid in daemon.iter().chain(&workers) {
+        assert!(
+            !environ(*pid).contains("EMBEDSTREAM_TOKEN") && !environ(*pid).contains(TOKEN),
+            "pid {pid} has the token"
+        );
+    }
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // More input for the stream, and the same texts from two Flight clients at once, while the

@@ -66,6 +66,8 @@ impl DaemonCommand {
         let fail = |message: String| ModelError::Daemon(message);
         let mut daemon = Command::new(&self.exe)
             .args(self.command.argv())
+            // The daemon and its forked workers never call another process: they get no token.
+            .env_remove(embedstream_core::auth::TOKEN_ENV)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()

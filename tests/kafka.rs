@@ -24,14 +24,27 @@ fn scram_properties(password: &str) -> String {
     )
 }
 
-/// `run --local 1` of an `available_now` job to its end: its summary and its log.
-fn run_logged(job: &Job) -> (serde_json::Value, String) {
+/// `run --local 1` of an `available_now` job to its end: whether it succeeded, its stdout and
+/// its log.
+fn run_local(job: &Job, timeout: Duration) -> (bool, Vec<u8>, String) {
     let mut run = embedstream();
     run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
-    let out = run_to_end(run, Duration::from_secs(180));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+    let out = run_to_end(run, timeout);
+    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// As [`run_local`] for a run that must succeed: its summary and its log.
+fn run_logged(job: &Job) -> (serde_json::Value, String) {
+    let (ok, stdout, stderr) = run_local(job, Duration::from_secs(180));
+    assert!(ok, "{stderr}");
+    (serde_json::from_slice(&stdout).unwrap(), stderr)
+}
+
+/// As [`run_local`] for a run that must fail: its log.
+fn run_refused(job: &Job) -> String {
+    let (ok, _, stderr) = run_local(job, Duration::from_secs(120));
+    assert!(!ok, "{stderr}");
+    stderr
 }
 
 /// The offset gaps of every batch, from the driver's "batch committed" lines.
@@ -120,11 +133,7 @@ fn a_query_reads_and_writes_through_a_sasl_scram_listener_and_a_wrong_password_s
     let source = format!("[source.kafka]\n{}", scram_properties(&format!("{{ file = \"{}\" }}", wrong.display())));
     let job = Job::new(&broker, "refused", &format!("subscribe = [\"secure\"]\n{source}"), "available_now = true", "")
         .with_bootstrap(&sasl);
-    let mut run = embedstream();
-    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
-    let out = run_to_end(run, Duration::from_secs(120));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = run_refused(&job);
     assert!(stderr.contains(&sasl) && stderr.contains("SASL_PLAINTEXT"), "names the listener: {stderr}");
     assert!(
         stderr.contains("SASL authentication error") && stderr.contains("invalid credentials"),
@@ -244,11 +253,7 @@ fn offsets_deleted_before_they_are_read_stop_the_query_or_are_counted_as_lost() 
 
     // fail_on_data_loss = true (the default): the restarted driver re-runs the logged batch, its
     // task finds the deletion, and the query stops naming the partition and the offsets.
-    let mut cmd = embedstream();
-    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
-    let out = run_to_end(cmd, Duration::from_secs(120));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = run_refused(&job);
     // (The task's words, not the planner's: the logged batch is re-run as it was planned.)
     assert!(
         stderr.contains("ret-0: offsets 0..10 were deleted (retention or delete-records) before they were read"),
@@ -350,11 +355,7 @@ fn a_query_through_sasl_ssl_trusts_the_ca_it_is_given_and_an_untrusted_certifica
 
     // The broker's certificate is not signed by the CA this job trusts.
     let job = Job::new(&broker, "untrusted", &source(&other_ca), "available_now = true", "").with_bootstrap(&listener);
-    let mut run = embedstream();
-    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
-    let out = run_to_end(run, Duration::from_secs(120));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = run_refused(&job);
     assert!(stderr.contains(&listener) && stderr.contains("SASL_SSL"), "names the listener: {stderr}");
     assert!(stderr.contains("certificate verify failed"), "names the cause: {stderr}");
     assert!(!broker.topic_exists("untrusted-out"), "nothing was written");

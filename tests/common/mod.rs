@@ -58,6 +58,8 @@ pub struct Broker {
     listeners: Vec<(String, String)>,
     /// Added to the broker's environment (KAFKA_OPTS).
     env: Vec<(String, String)>,
+    /// "Kafka Server started" lines in the log (appended across restarts) before the last start.
+    started_before: usize,
     dir: tempfile::TempDir,
 }
 
@@ -78,22 +80,26 @@ impl Broker {
 
     /// As [`Broker::start_with`], with `env` added to the broker's environment.
     pub fn start_with_env(protocols: &[&str], properties: &str, env: &[(&str, &str)]) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("extra.properties"), properties).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let listeners: Vec<(String, String)> =
-            protocols.iter().map(|p| (p.to_string(), format!("127.0.0.1:{}", free_port()))).collect();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let child = Some(Self::spawn(&addr, &listeners, &env, dir.path()));
-        let mut broker = Broker { child, addr, listeners, env, dir };
+        let listeners = protocols.iter().map(|p| (p.to_string(), format!("127.0.0.1:{}", free_port()))).collect();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut broker = Self::launch(addr, listeners, properties, env);
         broker.wait_serving();
         broker
+    }
+
+    /// Starts a broker on `addr` without waiting for it to serve.
+    fn launch(addr: String, listeners: Vec<(String, String)>, properties: &str, env: Vec<(String, String)>) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("extra.properties"), properties).unwrap();
+        let child = Some(Self::spawn(&addr, &listeners, &env, dir.path()));
+        Broker { child, addr, listeners, env, started_before: 0, dir }
     }
 
     /// The test helpers on brokers that something else started (`addr`: bootstrap servers).
     pub fn client_of(addr: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        Broker { child: None, addr: addr.to_string(), listeners: Vec::new(), env: Vec::new(), dir }
+        Broker { child: None, addr: addr.to_string(), listeners: Vec::new(), env: Vec::new(), started_before: 0, dir }
     }
 
     /// The address of the listener for `protocol`.
@@ -125,9 +131,8 @@ impl Broker {
     /// Waits for the line a broker logs once it serves clients (the log is appended across
     /// restarts, so this counts the lines).
     fn wait_serving(&mut self) {
-        let before = self.log().matches("Kafka Server started").count();
         let deadline = Instant::now() + Duration::from_secs(90);
-        while self.log().matches("Kafka Server started").count() == before {
+        while self.log().matches("Kafka Server started").count() == self.started_before {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("the Kafka broker exited with {status}: {}", self.log());
             }
@@ -145,12 +150,13 @@ impl Broker {
     /// Kills the broker (no clean shutdown) and starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();
+        self.started_before = self.log().matches("Kafka Server started").count();
         self.child = Some(Self::spawn(&self.addr, &self.listeners, &self.env, self.dir.path()));
         self.wait_serving();
     }
 
     fn kill(&mut self) {
-        if let Some(child) = self.child.as_mut() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -718,96 +724,46 @@ impl Drop for Running {
 
 /// A cluster of Apache Kafka brokers, node i (1-based) on 127.0.0.i, each broker and controller
 /// (a quorum of all nodes), with `default.replication.factor` and the internal topics' replicas
-/// equal to the node count. Nodes are killed on drop.
+/// equal to the node count. Each node is a [`Broker`], killed on drop.
 pub struct KafkaCluster {
-    nodes: Vec<ClusterNode>,
-    voters: String,
-    cluster_id: String,
-    dir: tempfile::TempDir,
-}
-
-struct ClusterNode {
-    id: usize,
-    host: String,
-    port: u16,
-    controller_port: u16,
-    child: Option<Child>,
+    nodes: Vec<Broker>,
 }
 
 impl KafkaCluster {
     pub fn start(n: usize) -> KafkaCluster {
-        let dir = tempfile::tempdir().unwrap();
         let free_on = |host: &str| std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
-        let nodes: Vec<ClusterNode> = (1..=n)
-            .map(|id| {
-                let host = format!("127.0.0.{id}");
-                ClusterNode { id, port: free_on(&host), controller_port: free_on(&host), host, child: None }
+        let hosts: Vec<String> = (1..=n).map(|id| format!("127.0.0.{id}")).collect();
+        let controller_ports: Vec<u16> = hosts.iter().map(|h| free_on(h)).collect();
+        let voters: Vec<String> =
+            hosts.iter().zip(&controller_ports).enumerate().map(|(i, (h, p))| format!("{}@{h}:{p}", i + 1)).collect();
+        let mut nodes: Vec<Broker> = hosts
+            .iter()
+            .zip(&controller_ports)
+            .enumerate()
+            .map(|(i, (host, controller_port))| {
+                let env = [
+                    ("BROKER_NODE_ID", (i + 1).to_string()),
+                    ("BROKER_HOST", host.clone()),
+                    ("BROKER_CONTROLLER_PORT", controller_port.to_string()),
+                    ("BROKER_VOTERS", voters.join(",")),
+                    // 16 bytes, base64url without padding, not starting with '-': what kafka-storage wants.
+                    ("BROKER_CLUSTER_ID", "ZW1iZWRzdHJlYW0tdGVzdA".to_string()),
+                    ("BROKER_REPLICATION", n.to_string()),
+                    ("KAFKA_HEAP_OPTS", "-Xmx384m".to_string()),
+                ];
+                let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                Broker::launch(format!("{host}:{}", free_on(host)), Vec::new(), "", env)
             })
             .collect();
-        let voters = nodes.iter().map(|n| format!("{}@{}:{}", n.id, n.host, n.controller_port)).collect::<Vec<_>>();
-        // 16 bytes, base64url without padding, not starting with '-': what kafka-storage wants.
-        let cluster_id = "ZW1iZWRzdHJlYW0tdGVzdA".to_string();
-        let mut cluster = KafkaCluster { nodes, voters: voters.join(","), cluster_id, dir };
-        for i in 0..n {
-            cluster.spawn(i);
+        for node in &mut nodes {
+            node.wait_serving();
         }
-        for i in 0..n {
-            cluster.wait_serving(i);
-        }
-        cluster
-    }
-
-    fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("node-{}.log", self.nodes[i].id))
-    }
-
-    pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/broker.sh");
-        let node = &self.nodes[i];
-        let child = Command::new("bash")
-            .arg(&script)
-            .args(["run", &node.port.to_string()])
-            .arg(self.dir.path().join(format!("node-{}", node.id)))
-            .env("BROKER_NODE_ID", node.id.to_string())
-            .env("BROKER_HOST", &node.host)
-            .env("BROKER_CONTROLLER_PORT", node.controller_port.to_string())
-            .env("BROKER_VOTERS", &self.voters)
-            .env("BROKER_CLUSTER_ID", &self.cluster_id)
-            .env("BROKER_REPLICATION", self.nodes.len().to_string())
-            .env("KAFKA_HEAP_OPTS", "-Xmx384m")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.nodes[i].child = Some(child);
-    }
-
-    fn wait_serving(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.log(i).contains("Kafka Server started") {
-            if let Some(status) = self.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node {} exited with {status}: {}", self.nodes[i].id, self.log(i));
-            }
-            assert!(Instant::now() < deadline, "node {} did not serve within 120 s: {}", self.nodes[i].id, self.log(i));
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        KafkaCluster { nodes }
     }
 
     /// Every node's client address, as bootstrap servers.
     pub fn bootstrap(&self) -> String {
-        self.nodes.iter().map(|n| format!("{}:{}", n.host, n.port)).collect::<Vec<_>>().join(",")
-    }
-
-    /// A client address of a node that is up, other than `except` (a 1-based id).
-    pub fn addr_except(&self, except: Option<usize>) -> String {
-        let n = self.nodes.iter().find(|n| n.child.is_some() && Some(n.id) != except).expect("a node that is up");
-        format!("{}:{}", n.host, n.port)
+        self.nodes.iter().map(|n| n.addr.as_str()).collect::<Vec<_>>().join(",")
     }
 
     /// The 1-based id of the node that leads `topic`'s `partition` now.
@@ -820,23 +776,11 @@ impl KafkaCluster {
 
     /// SIGKILL to node `id` (1-based).
     pub fn kill(&mut self, id: usize) {
-        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
-        if let Some(mut child) = node.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes[id - 1].kill();
     }
 
-    /// A broker handle on one node's listener, for the test helpers (topics, produce, read).
+    /// A broker handle on the cluster, for the test helpers (topics, produce, read).
     pub fn client(&self) -> Broker {
         Broker::client_of(&self.bootstrap())
-    }
-}
-
-impl Drop for KafkaCluster {
-    fn drop(&mut self) {
-        for id in 1..=self.nodes.len() {
-            self.kill(id);
-        }
     }
 }

@@ -28,8 +28,8 @@ pub struct KafkaSinkSpec {
     /// Where records the model cannot take go, with an `es.error` header. Default `<topic>-dlq`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
-    /// librdkafka properties of the producer to the output topic's cluster (`[sink.kafka]`). Default:
-    /// the source's, when the sink names no `bootstrap_servers` of its own.
+    /// librdkafka properties of the producer to the output topic's cluster (`[sink.kafka]`).
+    /// Default: the source's, when the sink names no `bootstrap_servers` of its own.
     #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
     pub kafka: KafkaProperties,
     /// The dead-letter producer's own properties (`[sink.dead_letter_kafka]`); default: the

@@ -2,7 +2,7 @@
 //!
 //! - [`planner`]: pure offset rules (rate limit, min_partitions split, data loss);
 //! - [`checkpoint`]: the write-ahead offset log and the commit log;
-//! - [`committer`]: the sink's driver-side half, which publishes a batch (the Parquet manifest);
+//! - the sink's driver-side half (its batch committer) is in `embedstream_sinks`;
 //! - [`crash`]: crash points for recovery tests, only with the `test-hooks` feature;
 //! - [`source`]: the broker's partitions and offsets, group commits, sink topics;
 //! - [`topics`]: creating topics and producing lines into one (`produce`, the bench);
@@ -18,7 +18,6 @@
 
 pub mod admin;
 pub mod checkpoint;
-pub mod committer;
 pub mod crash;
 pub mod executors;
 pub mod launcher;

@@ -51,14 +51,14 @@ pub struct BatchStats {
     /// Seconds from each output record's Kafka timestamp to the sink's acknowledgement.
     pub latencies: Vec<f32>,
     /// Files the successful attempts wrote (file sinks), for the batch's manifest.
-    pub files: Vec<embedstream_proto::pb::OutputFile>,
+    pub files: Vec<embedstream_core::manifest::ManifestFile>,
 }
 
 impl BatchStats {
     fn add(&mut self, executor: &str, s: TaskSuccessful) {
         *self.rows_per_executor.entry(executor.to_string()).or_default() += s.rows_read;
         self.latencies.extend(s.latency_seconds.iter().copied());
-        self.files.extend(s.files);
+        self.files.extend(s.files.into_iter().map(Into::into));
         self.rows_read += s.rows_read;
         self.embeddings += s.embeddings_written;
         self.dead_letters += s.dead_letters;

@@ -4,8 +4,8 @@
 //! registers. The model runs in workers forked from one process that loaded it ([`model`]:
 //! the session, the daemon, the workers, their wire and the fork). Each task ([`task`]) goes
 //! through [`reader`] (Kafka range to an Arrow batch), the record checks of [`records`] (bad
-//! values to the dead-letter topic), the workers, and [`sink`] (Kafka or Parquet behind one
-//! trait, and the dead letters). The same workers answer Arrow Flight calls ([`flight`]) on the
+//! values to the dead-letter topic), the workers, and the sink (`embedstream_sinks`: Kafka or
+//! Parquet behind one trait, and the dead letters). The same workers answer Arrow Flight calls ([`flight`]) on the
 //! executor's address.
 
 pub mod flight;
@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod model;
 pub mod reader;
 pub mod records;
-pub mod sink;
 pub mod task;
 
 use std::net::SocketAddr;
@@ -39,8 +38,7 @@ use crate::metrics::ExecutorMetrics;
 use crate::model::workers::WorkerPool;
 use crate::model::ModelError;
 use crate::reader::KafkaReader;
-use crate::sink::{DeadLetters, KafkaProducer, KafkaSink, SinkError};
-use embedstream_core::spec::SinkSpec;
+use embedstream_sinks::{DeadLetters, KafkaProducer, SinkContext, SinkError};
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Missed heartbeats after which an executor decides its driver is gone and exits.
@@ -117,12 +115,10 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         false => producer.clone(),
     };
     let dead_letters = DeadLetters::new(&spec, dead_letter_producer, model_id.clone());
-    let sink: Box<dyn sink::Sink> = match &spec.sink {
-        SinkSpec::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, producer, model_id.clone()))),
-        SinkSpec::Parquet(p) => {
-            Box::new(Arc::new(sink::parquet::ParquetSink::new(p, model_id.clone(), &args.executor_id, pool.dim())?))
-        }
-    };
+    let sink = embedstream_sinks::open(
+        &spec.sink,
+        SinkContext { producer, model_id: model_id.clone(), executor_id: &args.executor_id, dim: pool.dim() },
+    )?;
     let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &model_id));
     let pool = Arc::new(pool);
     let metrics_address = telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone())

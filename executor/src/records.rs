@@ -1,48 +1,14 @@
-//! The records every part of the executor agrees on: the schema of what is read from Kafka,
-//! the schema of what a task writes (input columns and the embedding), the embedding column,
-//! the check that decides whether a value can be embedded, and the recent output that tasks
-//! keep and Arrow Flight's `DoGet` serves. Tasks, sinks and Flight all use this module, and
-//! none of them uses another for these.
+//! The records every part of the executor agrees on: the row schemas the sinks take
+//! (`embedstream_sinks::rows`, re-exported), the check that decides whether a value can be
+//! embedded, and the recent output that tasks keep and Arrow Flight's `DoGet` serves. Tasks and
+//! Flight both use this module, and neither uses the other for these.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use arrow_array::{FixedSizeListArray, Float32Array, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_array::RecordBatch;
 
-/// The schema of records read from Kafka.
-pub fn input_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("key", DataType::Binary, true),
-        Field::new("value", DataType::Binary, true),
-        Field::new("topic", DataType::Utf8, false),
-        Field::new("partition", DataType::Int32, false),
-        Field::new("offset", DataType::Int64, false),
-        Field::new("timestamp_ms", DataType::Int64, true),
-    ]))
-}
-
-/// The rows a task writes: the input record's columns (`reader::input_schema`) and its vector.
-pub fn output_schema(dim: usize) -> SchemaRef {
-    let input = input_schema();
-    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("embedding", embedding_type(dim), false));
-    Arc::new(Schema::new(fields))
-}
-
-/// The item field of every embedding column: non-null Float32.
-fn embedding_item() -> Arc<Field> {
-    Arc::new(Field::new("item", DataType::Float32, false))
-}
-
-pub fn embedding_type(dim: usize) -> DataType {
-    DataType::FixedSizeList(embedding_item(), dim as i32)
-}
-
-/// An embedding column of [`embedding_type`] from row-major `vectors`, `dim` values per row.
-pub fn embedding_array(vectors: Vec<f32>, dim: usize) -> FixedSizeListArray {
-    FixedSizeListArray::new(embedding_item(), dim as i32, Arc::new(Float32Array::from(vectors)), None)
-}
+pub use embedstream_sinks::rows::{embedding_array, embedding_type, input_schema, output_schema};
 
 /// Why a value cannot be embedded, or `None` when it can.
 pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
@@ -89,6 +55,8 @@ impl RecentOutput {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use arrow_array::Int64Array;
 
     use super::*;

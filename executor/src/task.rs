@@ -20,8 +20,8 @@ use crate::model::Embed;
 use crate::model::ModelError;
 use crate::reader::{KafkaReader, ReadError};
 use crate::records::{embedding_array, output_schema, reject_reason, RecentOutput};
-use crate::sink::kafka::{Origin, Pending};
-use crate::sink::{DeadLetters, Sink, SinkError, TaskInfo};
+use embedstream_sinks::kafka::{Origin, Pending};
+use embedstream_sinks::{DeadLetters, Sink, SinkError, TaskInfo};
 
 pub struct TaskContext {
     pub executor_id: String,
@@ -209,6 +209,6 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         infer_micros,
         sink_micros,
         latency_seconds: output.latency_seconds,
-        files: output.files,
+        files: output.files.into_iter().map(Into::into).collect(),
     })
 }

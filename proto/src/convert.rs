@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use embedstream_core::manifest::ManifestFile;
 use embedstream_core::offsets::{OffsetRange, PartitionOffsets, TopicPartition};
 use embedstream_core::progress::{ProgressRecord, SourceProgress};
 use embedstream_core::spec::{Secret, Secrets};
@@ -16,6 +17,19 @@ use crate::pb;
 pub struct InvalidMessage {
     pub field: &'static str,
     pub message: String,
+}
+
+/// A file a task wrote, as its manifest lists it.
+impl From<ManifestFile> for pb::OutputFile {
+    fn from(f: ManifestFile) -> pb::OutputFile {
+        pb::OutputFile { path: f.path, rows: f.rows }
+    }
+}
+
+impl From<pb::OutputFile> for ManifestFile {
+    fn from(f: pb::OutputFile) -> ManifestFile {
+        ManifestFile { path: f.path, rows: f.rows }
+    }
 }
 
 impl From<OffsetRange> for pb::OffsetRange {

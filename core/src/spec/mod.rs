@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretError, SecretRef, Secrets};
 pub use model::{ModelSpec, Pooling};
 pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
-pub use sink::{KafkaSinkSpec, ParquetSinkSpec, PartitionBy, SinkSpec, VectorFormat};
+pub use sink::{KafkaSinkSpec, ParquetSinkSpec, PartitionBy, SinkCommon, SinkKind, SinkSpec, VectorFormat};
 pub use source::{SourceSpec, StartAt, StartingOffsets};
 pub use units::{parse_memory_mb, HumanDuration, MemorySize, Mib, Written};
 

@@ -106,6 +106,12 @@ fn impossible_values_are_named() {
     assert_eq!(key_of(&parquet("path = \"/data/t\"\ncolumns = [\"headers\"]")), "sink.columns");
     assert_eq!(key_of(&parquet("path = \"/data/t\"\npartition_by = \"week\"")), "sink.partition_by");
     assert_eq!(JobSpec::from_toml(&parquet("path = \"/data/t\"")).unwrap().dead_letter_topic(), "products-dlq");
+    assert_eq!(key_of(&parquet("path = \"/data/t\"\nbootstrap_servers = 5")), "sink.bootstrap_servers");
+    assert_eq!(key_of(&parquet("path = \"/data/t\"\nbootstrap_servers = \" \"")), "sink.bootstrap_servers");
+    let own =
+        JobSpec::from_toml(&parquet("path = \"/data/t\"\ndead_letter_topic = \"bad\"\nbootstrap_servers = \"b:9\""));
+    let again = JobSpec::from_toml(&own.unwrap().to_toml()).unwrap();
+    assert_eq!((again.dead_letter_topic(), again.sink.bootstrap_servers()), ("bad".to_string(), Some("b:9")));
     assert_eq!(key_of(&spec(&f, "", "path = \"/data/t\"")), "sink.path");
     assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"soon\"")), "trigger.processing_time");
     assert_eq!(key_of(&spec(&f, "", "[executors]\ncount = 0")), "executors.count");
@@ -180,7 +186,11 @@ fn kafka_properties_reach_the_client_configs_with_secrets_read_once() {
     let toml = s.to_toml();
     assert!(toml.contains("file = ") && toml.contains("EMBEDSTREAM_TEST_SINK_PASSWORD"), "{toml}");
     assert!(!toml.contains("s3cret") && !format!("{s:?}").contains("s3cret"));
-    assert_eq!(JobSpec::from_toml(&toml).unwrap().source.kafka, s.source.kafka);
+    let again = JobSpec::from_toml(&toml).unwrap();
+    assert_eq!(again.source.kafka, s.source.kafka);
+    // The sink's common keys travel in the same flat `[sink]` table they were written in.
+    assert_eq!(again.sink.kafka(), s.sink.kafka());
+    assert_eq!(again.sink.dead_letter_topic("q"), s.sink.dead_letter_topic("q"));
 
     // The variable is unset: the error names the key and where it was looked for.
     let err = s.read_secrets().unwrap_err().to_string();

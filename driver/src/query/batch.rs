@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use embedstream_core::offsets::{OffsetRange, PartitionOffsets};
 use embedstream_core::JobSpec;
 use embedstream_proto::pb::TaskDefinition;
+use embedstream_sinks::{BatchCommitter, BatchRange};
 
 use super::report::{spawn_lag_refresher, BatchTimings, Reporter};
 use super::targets::Targets;
 use super::{AbortOnDrop, DriverError, QuerySummary};
 use crate::admin::{Control, Snapshot};
 use crate::checkpoint::{self, Checkpoint, CommitLogEntry, OffsetLogEntry};
-use crate::committer::BatchCommitter;
 use crate::crash::{self, CrashPoint};
 use crate::planner::{self, DataLoss};
 use crate::scheduler::{BatchStats, Scheduler};
@@ -189,10 +189,11 @@ impl Query<'_> {
         let tasks = tasks_for(&entry, query_id, self.spec.source.min_partitions, sink_partitions, dlq_partitions);
         let planned = entry.start.records_until(&entry.end);
         self.reporter.metrics.input_rows.inc_by(planned as u64);
-        let published = self.committer.published(&entry, query_id)?;
+        let range = BatchRange { batch_id: entry.batch_id, query_id, start: &entry.start, end: &entry.end };
+        let published = self.committer.published(&range)?;
         let already_published = published.is_some();
         let stats = match published {
-            Some(stats) => Ok(stats),
+            Some(p) => Ok(BatchStats { embeddings: p.embeddings, ..Default::default() }),
             None => self.scheduler.run_batch(entry.batch_id, tasks).await,
         };
         self.reporter.metrics.executors.set(self.scheduler.registry().live().len() as i64);
@@ -201,7 +202,8 @@ impl Query<'_> {
 
         let commit_started = Instant::now();
         if !already_published {
-            self.committer.publish(&entry, query_id, &stats)?;
+            self.committer.publish(&range, &stats.files)?;
+            crash::point(CrashPoint::AfterManifest, entry.batch_id);
         }
         self.checkpoint.write_commit(&CommitLogEntry {
             version: 1,

@@ -30,7 +30,6 @@ use self::report::Reporter;
 use self::targets::Targets;
 use crate::admin::{AdminService, Control};
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
-use crate::committer::{self, CommitError};
 use crate::executors::ExecutorRegistry;
 use crate::launcher::{self, LaunchError, Launcher, LocalLauncher};
 use crate::metrics::DriverMetrics;
@@ -38,6 +37,7 @@ use crate::planner::DataLoss;
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::service::DriverServiceImpl;
 use crate::source::{KafkaSource, SourceError};
+use embedstream_sinks::CommitError;
 
 /// How long executors may take to start and load their model.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -192,7 +192,7 @@ pub async fn run_query(
             checkpoint: &checkpoint,
             source: source.clone(),
             scheduler: Scheduler::new(registry.clone()),
-            committer: committer::for_sink(&spec),
+            committer: embedstream_sinks::committer(&spec.sink),
             reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone()),
             targets: &targets,
             control: control.clone(),

@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::kafka::KafkaProperties;
 use crate::spec::SpecError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,25 +16,11 @@ pub enum VectorFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkSpec {
-    /// Default: the source's bootstrap servers (also where the dead-letter topic is).
-    #[serde(default)]
-    pub bootstrap_servers: Option<String>,
     /// The output topic.
     #[serde(default)]
     pub topic: String,
     #[serde(default = "default_format")]
     pub format: VectorFormat,
-    /// Where records the model cannot take go, with an `es.error` header. Default `<topic>-dlq`.
-    #[serde(default)]
-    pub dead_letter_topic: Option<String>,
-    /// librdkafka properties of the producer to the output topic's cluster (`[sink.kafka]`).
-    /// Default: the source's, when the sink names no `bootstrap_servers` of its own.
-    #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
-    pub kafka: KafkaProperties,
-    /// The dead-letter producer's own properties (`[sink.dead_letter_kafka]`); default: the
-    /// sink's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_kafka: Option<KafkaProperties>,
 }
 
 fn default_format() -> VectorFormat {

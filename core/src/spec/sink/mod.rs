@@ -1,7 +1,9 @@
-//! `[sink]`: where embeddings go, one variant per sink, chosen by `kind`. Each variant's keys
-//! live in its own module ([`kafka`], [`parquet`]); a new sink is one more variant and module
-//! here, its writer in `embedstream_executor::sink` and its committer in
-//! `embedstream_driver::committer`.
+//! `[sink]`: where embeddings go. The keys every sink has ([`SinkCommon`]: its cluster and its
+//! dead letters) are parsed once; the rest by the kind's variant of [`SinkKind`], chosen by
+//! `kind`, whose keys live in its own module ([`kafka`], [`parquet`]). A new sink is one more
+//! variant and module here, and its folder in the `embedstream-sinks` crate (writer and
+//! committer). The spec stays here, apart from the sinks' code, because every process parses
+//! it, the resource manager too, which links no sink.
 //!
 //! The section is parsed by hand on `kind`, then the variant's struct with serde, so that an
 //! error inside it still names its key (`sink.format`): serde's internally tagged enums lose
@@ -11,7 +13,7 @@ pub mod kafka;
 pub mod parquet;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use kafka::{KafkaSinkSpec, VectorFormat};
 pub use parquet::{ParquetSinkSpec, PartitionBy};
@@ -20,9 +22,43 @@ use super::kafka::KafkaProperties;
 use super::source::SourceSpec;
 use super::SpecError;
 
+/// `[sink]`: the keys every sink has (where its cluster and dead letters are), and its kind's.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    pub common: SinkCommon,
+    pub kind: SinkKind,
+}
+
+/// The keys of `[sink]` that every kind has: its Kafka cluster (the output topic's, or only the
+/// dead-letter topic's) and its dead letters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkCommon {
+    /// Default: the source's bootstrap servers (also where the dead-letter topic is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<String>,
+    /// Where records the model cannot take go, with an `es.error` header. Default: the kind's
+    /// (`<topic>-dlq` for Kafka, `<name>-dlq` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// librdkafka properties of the sink's producer (`[sink.kafka]`). Default: the source's,
+    /// when the sink names no `bootstrap_servers` of its own.
+    #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
+    pub kafka: KafkaProperties,
+    /// The dead-letter producer's own properties (`[sink.dead_letter_kafka]`); default: the
+    /// sink's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_kafka: Option<KafkaProperties>,
+}
+
+impl SinkCommon {
+    const KEYS: [&'static str; 4] = ["bootstrap_servers", "dead_letter_topic", "kafka", "dead_letter_kafka"];
+}
+
+/// The sink's kind and its own keys: one variant per sink.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SinkSpec {
+pub enum SinkKind {
     /// One record per embedding in `topic` (at-least-once across task retries).
     Kafka(KafkaSinkSpec),
     /// Parquet files under `path`, published per batch by a manifest (exactly-once).
@@ -32,42 +68,33 @@ pub enum SinkSpec {
 impl SinkSpec {
     /// The output topic, for a sink that writes one.
     pub fn output_topic(&self) -> Option<&str> {
-        match self {
-            SinkSpec::Kafka(k) => Some(&k.topic),
-            SinkSpec::Parquet(_) => None,
+        match &self.kind {
+            SinkKind::Kafka(k) => Some(&k.topic),
+            SinkKind::Parquet(_) => None,
         }
     }
 
     /// The sink's own broker (also where the dead-letter topic is), if it names one.
     pub fn bootstrap_servers(&self) -> Option<&str> {
-        match self {
-            SinkSpec::Kafka(k) => k.bootstrap_servers.as_deref(),
-            SinkSpec::Parquet(p) => p.bootstrap_servers.as_deref(),
-        }
+        self.common.bootstrap_servers.as_deref()
     }
 
     /// `[sink.kafka]`: the sink's client properties as written (see `JobSpec::sink_kafka`).
     pub fn kafka(&self) -> &KafkaProperties {
-        match self {
-            SinkSpec::Kafka(k) => &k.kafka,
-            SinkSpec::Parquet(p) => &p.kafka,
-        }
+        &self.common.kafka
     }
 
     /// `[sink.dead_letter_kafka]`, if given.
     pub fn dead_letter_kafka(&self) -> Option<&KafkaProperties> {
-        match self {
-            SinkSpec::Kafka(k) => k.dead_letter_kafka.as_ref(),
-            SinkSpec::Parquet(p) => p.dead_letter_kafka.as_ref(),
-        }
+        self.common.dead_letter_kafka.as_ref()
     }
 
     /// The dead-letter topic, as the spec names it or by the sink's default.
     pub fn dead_letter_topic(&self, query: &str) -> String {
-        match self {
-            SinkSpec::Kafka(k) => k.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dlq", k.topic)),
-            SinkSpec::Parquet(p) => p.dead_letter_topic.clone().unwrap_or_else(|| format!("{query}-dlq")),
-        }
+        self.common.dead_letter_topic.clone().unwrap_or_else(|| match &self.kind {
+            SinkKind::Kafka(k) => format!("{}-dlq", k.topic),
+            SinkKind::Parquet(_) => format!("{query}-dlq"),
+        })
     }
 
     /// The `[sink]` table, keys named `sink.<key>` in errors.
@@ -80,22 +107,29 @@ impl SinkSpec {
             Some(_) => return Err(SpecError::new("sink.kind", "must be a string: \"kafka\" or \"parquet\"")),
             None => return Err(SpecError::new("sink.kind", "missing: \"kafka\" or \"parquet\"")),
         };
-        match kind.as_str() {
-            "kafka" => variant(table).map(SinkSpec::Kafka),
+        let common: toml::Table =
+            SinkCommon::KEYS.iter().filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v))).collect();
+        let common = section(common)?;
+        let kind = match kind.as_str() {
+            "kafka" => section(table).map(SinkKind::Kafka)?,
             "parquet" if !table.contains_key("path") => {
-                Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"parquet\")"))
+                return Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"parquet\")"))
             }
-            "parquet" => variant(table).map(SinkSpec::Parquet),
+            "parquet" => section(table).map(SinkKind::Parquet)?,
             other => {
-                Err(SpecError::new("sink.kind", format!("unknown variant `{other}`, expected `kafka` or `parquet`")))
+                return Err(SpecError::new(
+                    "sink.kind",
+                    format!("unknown variant `{other}`, expected `kafka` or `parquet`"),
+                ))
             }
-        }
+        };
+        Ok(SinkSpec { common, kind })
     }
 
     pub(super) fn validate(&self, query: &str, source: &SourceSpec) -> Result<(), SpecError> {
-        match self {
-            SinkSpec::Kafka(k) => k.validate()?,
-            SinkSpec::Parquet(p) => p.validate()?,
+        match &self.kind {
+            SinkKind::Kafka(k) => k.validate()?,
+            SinkKind::Parquet(p) => p.validate()?,
         }
         self.kafka().validate("sink.kafka")?;
         if let Some(dead) = self.dead_letter_kafka() {
@@ -121,13 +155,27 @@ impl SinkSpec {
     }
 }
 
-/// One variant's table, with its errors' keys under `sink.`.
-fn variant<T: DeserializeOwned>(table: toml::Table) -> Result<T, SpecError> {
+/// Part of the `[sink]` table, with its errors' keys under `sink.`.
+fn section<T: DeserializeOwned>(table: toml::Table) -> Result<T, SpecError> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
         let key = if path == "." { "sink".to_string() } else { format!("sink.{path}") };
         SpecError { key, message: e.into_inner().to_string() }
     })
+}
+
+impl Serialize for SinkSpec {
+    /// One flat `[sink]` table, as written: `kind`, the kind's keys and the common ones.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Flat<'a> {
+            #[serde(flatten)]
+            kind: &'a SinkKind,
+            #[serde(flatten)]
+            common: &'a SinkCommon,
+        }
+        Flat { kind: &self.kind, common: &self.common }.serialize(serializer)
+    }
 }
 
 impl<'de> Deserialize<'de> for SinkSpec {

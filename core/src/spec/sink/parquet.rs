@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::kafka::KafkaProperties;
 use crate::spec::SpecError;
 
 /// Hive-style partition directories, from each record's Kafka timestamp (UTC).
@@ -23,9 +22,6 @@ pub enum PartitionBy {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkSpec {
-    /// The broker of the dead-letter topic. Default: the source's bootstrap servers.
-    #[serde(default)]
-    pub bootstrap_servers: Option<String>,
     /// The table's directory, absolute.
     pub path: PathBuf,
     #[serde(default = "default_partition_by")]
@@ -33,17 +29,6 @@ pub struct ParquetSinkSpec {
     /// Input columns written beside the embedding: only "value" (the text).
     #[serde(default)]
     pub columns: Vec<String>,
-    /// Where records the model cannot take go. Default `<name>-dlq`.
-    #[serde(default)]
-    pub dead_letter_topic: Option<String>,
-    /// librdkafka properties of the producer to the dead-letter topic's cluster (`[sink.kafka]`). Default:
-    /// the source's, when the sink names no `bootstrap_servers` of its own.
-    #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
-    pub kafka: KafkaProperties,
-    /// The dead-letter producer's own properties (`[sink.dead_letter_kafka]`); default: the
-    /// sink's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_kafka: Option<KafkaProperties>,
 }
 
 fn default_partition_by() -> PartitionBy {

@@ -14,8 +14,9 @@ use embedstream_core::JobSpec;
 use rdkafka::message::Header;
 use rdkafka::producer::FutureRecord;
 
-use super::kafka::{origin_headers, KafkaProducer, Origin, Pending};
-use super::SinkError;
+use crate::kafka::producer::origin_headers;
+use crate::kafka::{KafkaProducer, Origin, Pending};
+use crate::SinkError;
 
 pub struct DeadLetters {
     producer: Arc<KafkaProducer>,

@@ -1,9 +1,12 @@
 //! The Parquet sink: zstd-compressed Parquet files in Hive-style partition directories
 //! (`dt=YYYY-MM-DD/`, from each record's Kafka timestamp in UTC), published per batch by the
-//! driver's manifest (`embedstream_core::manifest`), which makes them exactly-once for readers.
+//! driver's manifest (`embedstream_core::manifest`, written by [`ManifestCommitter`]), which
+//! makes them exactly-once for readers.
 //!
 //! Columns: `key` (binary), `topic`, `partition`, `offset`, `kafka_timestamp` (ms, UTC), `model`,
 //! `embedding` (FixedSizeList<Float32>), and `value` (the text) when `sink.columns` asks for it.
+
+mod committer;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,16 +17,17 @@ use arrow_array::{
     Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use embedstream_core::manifest;
+use embedstream_core::manifest::{self, ManifestFile};
 use embedstream_core::spec::{ParquetSinkSpec, PartitionBy};
-use embedstream_proto::pb::OutputFile;
 use futures::future::BoxFuture;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::{SinkError, TaskInfo, TaskOutput, TaskWriter};
-use crate::records::embedding_type;
+pub use committer::ManifestCommitter;
+
+use crate::rows::embedding_type;
+use crate::{SinkError, TaskInfo, TaskOutput, TaskWriter};
 
 pub struct ParquetSink {
     table: PathBuf,
@@ -69,7 +73,7 @@ impl ParquetSink {
         })
     }
 
-    /// The file schema's columns for `rows` (columns of `crate::records::output_schema`).
+    /// The file schema's columns for `rows` (columns of `crate::rows::output_schema`).
     fn columns(&self, rows: &RecordBatch) -> Result<RecordBatch, SinkError> {
         let col = |name: &str| rows.column_by_name(name).expect("the output schema").clone();
         let stamps = col("timestamp_ms");
@@ -132,7 +136,7 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-impl super::Sink for Arc<ParquetSink> {
+impl crate::Sink for Arc<ParquetSink> {
     fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
         let name = manifest::file_name(task.batch_id, task.task_id, task.attempt, &self.unique);
         Ok(Box::new(ParquetTaskWriter { sink: self.clone(), name, files: BTreeMap::new() }))
@@ -205,7 +209,7 @@ impl ParquetTaskWriter {
                 dir_path = d.parent();
             }
             let rel = if dir.is_empty() { self.name.clone() } else { format!("{dir}/{}", self.name) };
-            out.files.push(OutputFile { path: rel, rows });
+            out.files.push(ManifestFile { path: rel, rows });
         }
         Ok(out)
     }

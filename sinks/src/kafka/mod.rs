@@ -1,13 +1,15 @@
-//! The Kafka sink: one output record per good input record, and the executor's one producer,
-//! which the dead letters (`super::dead_letters`) share.
+//! The Kafka sink: one output record per good input record, through the executor's one
+//! producer ([`producer`]), which the dead letters (`crate::dead_letters`) share. Its batch
+//! committer has nothing to publish: a record is visible once the broker acknowledged it.
 //!
 //! Output records keep the input key and carry their origin in headers (`es.topic`,
 //! `es.partition`, `es.offset`, `es.model`). The producer is idempotent, so librdkafka's own retries neither duplicate nor
 //! reorder records; a task that is retried as a whole may write its records again
 //! (at-least-once).
 
+pub mod producer;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_array::{
     Array, BinaryArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
@@ -15,100 +17,13 @@ use arrow_array::{
 use futures::future::BoxFuture;
 
 use embedstream_core::spec::{KafkaSinkSpec, VectorFormat};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::producer::FutureRecord;
 
-use super::{SinkError, TaskInfo, TaskOutput, TaskWriter};
+pub use producer::{KafkaProducer, Origin, Pending};
 
-/// Where an output record came from.
-pub struct Origin<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<&'a [u8]>,
-}
-
-/// The executor's one idempotent producer, shared by the Kafka sink and the dead letters.
-pub struct KafkaProducer {
-    producer: FutureProducer,
-}
-
-/// Records enqueued but not yet acknowledged by the broker, with the topic each went to.
-#[derive(Default)]
-pub struct Pending {
-    futures: Vec<(Arc<str>, DeliveryFuture)>,
-}
-
-impl KafkaProducer {
-    /// `config` is a cluster's client configuration (its servers and properties).
-    pub fn new(mut config: ClientConfig) -> Result<KafkaProducer, SinkError> {
-        let producer: FutureProducer = config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .set("queue.buffering.max.messages", "200000")
-            .create()?;
-        Ok(KafkaProducer { producer })
-    }
-
-    /// Enqueues `record` for `topic`, waiting for older records while the local queue is full.
-    pub(crate) async fn enqueue<'a>(
-        &self,
-        pending: &mut Pending,
-        topic: &Arc<str>,
-        mut record: FutureRecord<'a, [u8], [u8]>,
-    ) -> Result<(), SinkError> {
-        loop {
-            match self.producer.send_result(record) {
-                Ok(future) => {
-                    pending.futures.push((topic.clone(), future));
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full: wait for the oldest records, then try again.
-                    record = back;
-                    let half = pending.futures.len().div_ceil(2);
-                    let older: Vec<_> = pending.futures.drain(..half).collect();
-                    await_all(older).await?;
-                    if pending.futures.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-async fn await_all(futures: Vec<(Arc<str>, DeliveryFuture)>) -> Result<(), SinkError> {
-    for (topic, f) in futures {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((error, _))) => return Err(SinkError::Delivery { topic: topic.to_string(), error }),
-            Err(_) => return Err(SinkError::Cancelled { topic: topic.to_string() }),
-        }
-    }
-    Ok(())
-}
-
-impl Pending {
-    /// Waits until the broker has acknowledged every enqueued record.
-    pub async fn finish(self) -> Result<(), SinkError> {
-        await_all(self.futures).await
-    }
-}
-
-/// The headers that say where a record came from and which model embedded it.
-pub(crate) fn origin_headers(origin: &Origin<'_>, model_id: &str) -> OwnedHeaders {
-    OwnedHeaders::new()
-        .insert(Header { key: "es.topic", value: Some(origin.topic) })
-        .insert(Header { key: "es.partition", value: Some(&origin.partition.to_string()) })
-        .insert(Header { key: "es.offset", value: Some(&origin.offset.to_string()) })
-        .insert(Header { key: "es.model", value: Some(model_id) })
-}
+use crate::commit::{BatchCommitter, BatchRange, CommitError, Published};
+use crate::{SinkError, TaskInfo, TaskOutput, TaskWriter};
+use producer::origin_headers;
 
 /// The Kafka sink: one record per row, in the task's partition of `sink.topic`.
 pub struct KafkaSink {
@@ -144,7 +59,7 @@ impl KafkaSink {
     }
 }
 
-impl super::Sink for Arc<KafkaSink> {
+impl crate::Sink for Arc<KafkaSink> {
     fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
         Ok(Box::new(KafkaTaskWriter { sink: self.clone(), partition: task.partition, acks: Vec::new() }))
     }
@@ -205,6 +120,20 @@ impl TaskWriter for KafkaTaskWriter {
     /// Records already sent stay in the topic: a retried task writes them again (at-least-once).
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async {})
+    }
+}
+
+/// Kafka's batch committer: records are visible as soon as they are acknowledged
+/// (at-least-once), so there is nothing to publish and no batch is ever published already.
+pub struct NothingToPublish;
+
+impl BatchCommitter for NothingToPublish {
+    fn published(&self, _: &BatchRange<'_>) -> Result<Option<Published>, CommitError> {
+        Ok(None)
+    }
+
+    fn publish(&self, _: &BatchRange<'_>, _: &[embedstream_core::manifest::ManifestFile]) -> Result<(), CommitError> {
+        Ok(())
     }
 }
 

@@ -1,0 +1,109 @@
+//! Where embeddings go: every sink is a component in its own folder here, with its executor
+//! half (the writer) and its driver half (the batch committer); its keys are its variant of
+//! `embedstream_core::spec::SinkKind`, because every process parses the spec. The contract:
+//!
+//! - [`Sink::open`] once per task attempt, giving a [`TaskWriter`];
+//! - [`TaskWriter::write`] for each window of embedded rows, in offset order (the columns of
+//!   [`rows::output_schema`]);
+//! - [`TaskWriter::commit`] when the task is done, or [`TaskWriter::abort`] when it failed;
+//! - per batch, the driver's [`commit::BatchCommitter`]: nothing to publish for Kafka, the
+//!   manifest for file sinks (`embedstream_core::manifest`), written once every task of the
+//!   batch has committed.
+//!
+//! Guarantees: [`kafka`] is at-least-once (a retried task writes its records again; the
+//! idempotent producer never duplicates within an attempt); [`parquet`] is exactly-once for
+//! readers that go through the manifests. Dead letters ([`dead_letters`]) are a component of
+//! their own that every sink's tasks use: they always go to the Kafka dead-letter topic.
+//!
+//! A new sink (pgvector, HDFS) is a folder here, one arm in [`open`] and in [`committer`], and
+//! its variant of `SinkKind`.
+
+pub mod commit;
+pub mod dead_letters;
+pub mod kafka;
+pub mod parquet;
+pub mod rows;
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use embedstream_core::manifest::ManifestFile;
+use embedstream_core::spec::{SinkKind, SinkSpec};
+use futures::future::BoxFuture;
+use rdkafka::error::KafkaError;
+
+pub use commit::{BatchCommitter, BatchRange, CommitError, Published};
+pub use dead_letters::DeadLetters;
+pub use kafka::{KafkaProducer, KafkaSink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("kafka producer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("delivery to {topic}: {error}")]
+    Delivery { topic: String, error: KafkaError },
+    #[error("delivery to {topic} was cancelled (producer closed)")]
+    Cancelled { topic: String },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// The task attempt a writer belongs to.
+pub struct TaskInfo {
+    pub batch_id: u64,
+    pub task_id: u32,
+    pub attempt: u32,
+    /// The partition of the output topic (Kafka).
+    pub partition: i32,
+}
+
+/// What a committed task attempt hands to the driver.
+#[derive(Default)]
+pub struct TaskOutput {
+    /// Files to publish in the batch's manifest (file sinks).
+    pub files: Vec<ManifestFile>,
+    /// Per row written: seconds from its Kafka timestamp to the sink's acknowledgement.
+    pub latency_seconds: Vec<f32>,
+}
+
+pub trait Sink: Send + Sync {
+    fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError>;
+}
+
+pub trait TaskWriter: Send {
+    /// Takes one window of rows (columns of [`rows::output_schema`]), in offset order.
+    fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Makes everything written durable.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<TaskOutput, SinkError>>;
+    /// Leaves nothing visible behind (as far as the sink can take writes back).
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// What an executor opens its sink with.
+pub struct SinkContext<'a> {
+    /// The executor's producer to the sink's cluster (the output topic's, for Kafka).
+    pub producer: Arc<KafkaProducer>,
+    /// `es.model` / the `model` column of every output row.
+    pub model_id: String,
+    pub executor_id: &'a str,
+    /// The embeddings' dimension.
+    pub dim: usize,
+}
+
+/// The spec's sink, on an executor.
+pub fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(match &spec.kind {
+        SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.model_id))),
+        SinkKind::Parquet(p) => {
+            Box::new(Arc::new(parquet::ParquetSink::new(p, ctx.model_id, ctx.executor_id, ctx.dim)?))
+        }
+    })
+}
+
+/// The spec's sink's batch committer, in the driver.
+pub fn committer(spec: &SinkSpec) -> Box<dyn BatchCommitter> {
+    match &spec.kind {
+        SinkKind::Kafka(_) => Box::new(kafka::NothingToPublish),
+        SinkKind::Parquet(p) => Box::new(parquet::ManifestCommitter::new(p.path.clone())),
+    }
+}

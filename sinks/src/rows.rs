@@ -1,0 +1,42 @@
+//! The columns every sink takes: what a task read from Kafka ([`input_schema`]) and its
+//! embedding ([`output_schema`]), and the embedding column itself. The executor's tasks and
+//! Arrow Flight build their rows with these.
+
+use std::sync::Arc;
+
+use arrow_array::{FixedSizeListArray, Float32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+/// The schema of records read from Kafka.
+pub fn input_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("timestamp_ms", DataType::Int64, true),
+    ]))
+}
+
+/// The rows a task writes: the input record's columns (`reader::input_schema`) and its vector.
+pub fn output_schema(dim: usize) -> SchemaRef {
+    let input = input_schema();
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("embedding", embedding_type(dim), false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The item field of every embedding column: non-null Float32.
+fn embedding_item() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Float32, false))
+}
+
+pub fn embedding_type(dim: usize) -> DataType {
+    DataType::FixedSizeList(embedding_item(), dim as i32)
+}
+
+/// An embedding column of [`embedding_type`] from row-major `vectors`, `dim` values per row.
+pub fn embedding_array(vectors: Vec<f32>, dim: usize) -> FixedSizeListArray {
+    FixedSizeListArray::new(embedding_item(), dim as i32, Arc::new(Float32Array::from(vectors)), None)
+}

@@ -220,3 +220,72 @@ async fn a_dead_daemon_is_started_again_and_batches_carry_on() {
         s.worker_pids
     );
 }
+
+/// Waits (bounded) until `done` holds, checking every 20 ms.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 14, finding 1: a batch whose future is dropped mid-call (a task cancelled, a Flight
+/// client gone, a sibling batch's error aborting the rest) gives its worker back. Before the fix
+/// the slot was lost and the next batch panicked on "a permit means a free slot".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_slots_leak_when_a_batch_is_cancelled_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let workers = pool(&spec(4), 1, dir.path()).await.unwrap();
+    let input = texts(400, 24);
+    let (clean, _) = workers.embed(input[..40].to_vec()).await.unwrap();
+    for _ in 0..3 {
+        let job = {
+            let (w, input) = (workers.clone(), input.clone());
+            tokio::spawn(async move { w.embed(input).await })
+        };
+        // The one worker is in a batch of this job: drop the job there.
+        until("a batch holds the worker", || workers.idle_workers() == 0).await;
+        job.abort();
+        assert!(job.await.unwrap_err().is_cancelled());
+        // The job's batches are tasks of their own, aborted with it as they are next polled.
+        until("the cancelled batch gives its worker back", || workers.idle_workers() == 1).await;
+    }
+    // The worker finishes the abandoned batch, then answers the next caller on a new connection.
+    let (again, sizes) = workers.embed(input[..40].to_vec()).await.unwrap();
+    assert_eq!(sizes.iter().sum::<usize>(), 40);
+    let differ = again.iter().zip(&clean).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differ, 0, "vectors after the cancelled batches differ");
+    assert_eq!(workers.state().restarts, 0, "no worker died for it");
+}
+
+/// Issue 14, finding 2: a worker that stops answering (SIGSTOP) is killed after its batch's
+/// deadline (`model.worker_timeout_per_text`), the daemon forks a new one, the batch is sent
+/// to it, and the job finishes with the same vectors. Before the fix it waited forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_killed_and_its_batch_sent_to_a_new_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ModelSpec {
+        worker_timeout_per_text: embedstream_core::spec::units::HumanDuration::parse("100ms").unwrap(),
+        ..spec(4)
+    };
+    let workers = pool(&spec, 1, dir.path()).await.unwrap();
+    let input = texts(24, 25);
+    let (clean, _) = workers.embed(input.clone()).await.unwrap();
+    let hung = workers.state().worker_pids[0];
+    std::process::Command::new("kill").args(["-STOP", &hung.to_string()]).status().unwrap();
+    let job = tokio::time::timeout(Duration::from_secs(60), workers.embed(input)).await;
+    let (again, sizes) = job.expect("the job finishes despite the stopped worker").unwrap();
+    assert_eq!(sizes.iter().sum::<usize>(), 24, "every text in exactly one batch");
+    let differ = again.iter().zip(&clean).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differ, 0, "vectors from the new fork differ");
+    let s = workers.state();
+    assert_eq!(s.hung, 1, "the stopped worker was found hung once");
+    assert!(s.restarts >= 1 && s.worker_pids[0] != hung, "a new worker in the slot: {s:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{hung}")).exists() || proc_state(hung) == 'Z');
+}
+
+fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')').next().and_then(|r| r.trim().chars().next()).unwrap_or('?')
+}

@@ -1,9 +1,11 @@
 //! `[model]`: the ONNX model and tokenizer a query embeds with, and how texts are batched.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::units::HumanDuration;
 use super::SpecError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +42,16 @@ pub struct ModelSpec {
     /// Values longer than this go to the dead-letter topic instead of the model.
     #[serde(default = "default_max_text_bytes")]
     pub max_text_bytes: usize,
+    /// How long a worker may take per text of a batch, on top of [`WORKER_GRACE`], before it
+    /// counts as hung: it is killed, the daemon forks a new one and the batch is sent again.
+    /// The default is some 50 times what the bundled MiniLM takes for a text of 128 tokens.
+    #[serde(default = "default_worker_timeout_per_text")]
+    pub worker_timeout_per_text: HumanDuration,
 }
+
+/// What every batch's deadline allows beyond its texts' share: a fresh fork's first page faults,
+/// a worker finishing the batch of a caller that gave up.
+pub const WORKER_GRACE: Duration = Duration::from_secs(5);
 
 fn default_true() -> bool {
     true
@@ -60,6 +71,9 @@ fn default_sort_window() -> usize {
 fn default_max_text_bytes() -> usize {
     64 * 1024
 }
+fn default_worker_timeout_per_text() -> HumanDuration {
+    HumanDuration::parse("1s").expect("a valid duration")
+}
 
 impl ModelSpec {
     /// A model with the spec's defaults for everything but its files.
@@ -74,7 +88,13 @@ impl ModelSpec {
             batch_size: default_batch_size(),
             sort_window: default_sort_window(),
             max_text_bytes: default_max_text_bytes(),
+            worker_timeout_per_text: default_worker_timeout_per_text(),
         }
+    }
+
+    /// How long a worker may take for a batch of `texts` texts before it counts as hung.
+    pub fn worker_deadline(&self, texts: usize) -> Duration {
+        WORKER_GRACE + self.worker_timeout_per_text.get().saturating_mul(texts.max(1) as u32)
     }
 
     pub fn model_id(&self) -> String {
@@ -101,6 +121,12 @@ impl ModelSpec {
         }
         if m.max_text_bytes == 0 {
             return Err(SpecError::new("model.max_text_bytes", "must be at least 1"));
+        }
+        if m.worker_timeout_per_text.get().is_zero() {
+            return Err(SpecError::new(
+                "model.worker_timeout_per_text",
+                "must be a duration above zero, such as \"1s\"",
+            ));
         }
         Ok(())
     }

@@ -1,7 +1,10 @@
 //! The executor's side of the model workers: it starts the model daemon, orders a task's texts
 //! by length and cuts them into batches of `batch_size`, and sends each batch to a free worker
 //! over its Unix socket. A batch whose worker dies is sent again (to the replacement the daemon
-//! forks for that slot); its vectors are used once, so nothing is lost or written twice.
+//! forks for that slot); its vectors are used once, so nothing is lost or written twice. A
+//! worker that does not answer by the batch's deadline (`model.worker_timeout_per_text`) is
+//! killed, so that the daemon forks a new one, and the batch goes to it. A slot comes back to
+//! the pool whatever ends the batch's future ([`Lease`]).
 //!
 //! Texts are ordered by token length here (the executor counts tokens with the same tokenizer;
 //! ordering by byte length instead was measured 25% slower on mixed English, whose identifiers
@@ -17,7 +20,7 @@ use embedstream_core::spec::ModelSpec;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::daemon::socket_path;
 use super::wire;
@@ -35,6 +38,8 @@ pub struct WorkerState {
     /// Workers forked to replace dead ones (those of a restarted daemon included).
     pub restarts: u64,
     pub daemon_restarts: u64,
+    /// Workers killed because they did not answer a batch by its deadline.
+    pub hung: u64,
 }
 
 pub struct WorkerPool {
@@ -45,7 +50,8 @@ pub struct WorkerPool {
     idle: Mutex<Vec<(usize, Option<UnixStream>)>>,
     free: Semaphore,
     dim: usize,
-    batch_size: usize,
+    /// Batch size and the workers' deadlines.
+    model: ModelSpec,
     /// Counts tokens to order texts.
     tokenizer: Arc<tokenizers::Tokenizer>,
     state: Arc<Mutex<WorkerState>>,
@@ -158,7 +164,7 @@ impl WorkerPool {
             idle: Mutex::new((0..workers).map(|slot| (slot, None)).collect()),
             free: Semaphore::new(workers),
             dim,
-            batch_size: model.batch_size,
+            model: model.clone(),
             tokenizer,
             state,
         })
@@ -166,6 +172,11 @@ impl WorkerPool {
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Workers no batch holds now.
+    pub fn idle_workers(&self) -> usize {
+        self.free.available_permits()
     }
 
     /// Pids, restarts and liveness of the daemon and its workers.
@@ -185,11 +196,11 @@ impl WorkerPool {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
         let mut jobs = tokio::task::JoinSet::new();
-        for (n, chunk) in order.chunks(self.batch_size).enumerate() {
+        for (n, chunk) in order.chunks(self.model.batch_size).enumerate() {
             let (pool, texts, chunk) = (self.clone(), texts.clone(), chunk.to_vec());
             jobs.spawn(async move {
                 let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-                let vectors = pool.run_batch(&wire::encode_texts(&batch)).await;
+                let vectors = pool.run_batch(&wire::encode_texts(&batch), batch.len()).await;
                 (n, chunk, vectors)
             });
         }
@@ -214,13 +225,13 @@ impl WorkerPool {
         Ok((out, sizes))
     }
 
-    /// Sends one encoded batch to a free worker, again after a lost connection.
-    async fn run_batch(&self, request: &[u8]) -> Result<Vec<f32>, ModelError> {
-        let _permit = self.free.acquire().await.expect("the semaphore is never closed");
-        let (slot, conn) = self.idle.lock().unwrap().pop().expect("a permit means a free slot");
-        let mut conn = conn;
+    /// Sends one encoded batch of `texts` texts to a free worker, again after a lost
+    /// connection, and again to a new worker after one that did not answer by its deadline.
+    async fn run_batch(&self, request: &[u8], texts: usize) -> Result<Vec<f32>, ModelError> {
+        let mut lease = self.lease().await;
+        let slot = lease.slot;
+        let deadline = self.model.worker_deadline(texts);
         let mut last_error = String::new();
-        let mut result = None;
         let mut pause = false;
         for attempt in 0..BATCH_ATTEMPTS {
             if pause {
@@ -228,8 +239,10 @@ impl WorkerPool {
             }
             // A connection kept from before may belong to a worker that has died since: its
             // failure is retried at once on a new connection; a new connection's failure waits.
-            pause = conn.is_none();
-            let mut stream = match conn.take() {
+            // While the exchange runs the connection is out of the lease: a future dropped
+            // mid-exchange leaves the slot with no connection, and its next user connects anew.
+            pause = lease.conn.is_none();
+            let mut stream = match lease.conn.take() {
                 Some(s) => s,
                 None => match UnixStream::connect(socket_path(&self.socket_dir, slot)).await {
                     Ok(s) => s,
@@ -239,27 +252,65 @@ impl WorkerPool {
                     }
                 },
             };
-            match exchange(&mut stream, request).await {
-                Ok((wire::VECTORS, payload)) => {
-                    conn = Some(stream);
-                    result = Some(
-                        wire::decode_vectors(&payload)
+            match tokio::time::timeout(deadline, exchange(&mut stream, request)).await {
+                Ok(Ok((kind, payload))) => {
+                    lease.conn = Some(stream);
+                    return match kind {
+                        wire::VECTORS => wire::decode_vectors(&payload)
                             .map(|(v, _)| v)
                             .map_err(|e| ModelError::Inference(e.to_string())),
-                    );
-                    break;
-                }
-                Ok((_, payload)) => {
-                    conn = Some(stream);
-                    result = Some(Err(ModelError::Inference(String::from_utf8_lossy(&payload).into_owned())));
-                    break;
+                        _ => Err(ModelError::Inference(String::from_utf8_lossy(&payload).into_owned())),
+                    };
                 }
                 // The worker died with the batch: the daemon forks a replacement on the same socket.
-                Err(e) => last_error = e.to_string(),
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => {
+                    last_error = format!("no answer in {deadline:?} for {texts} texts");
+                    self.kill_hung_worker(slot, deadline);
+                    pause = true;
+                }
             }
         }
-        self.idle.lock().unwrap().push((slot, conn));
-        result.unwrap_or_else(|| Err(ModelError::Inference(format!("worker {slot}: {last_error}"))))
+        Err(ModelError::Inference(format!("worker {slot}: {last_error}")))
+    }
+
+    /// Takes a free slot, waiting for one.
+    async fn lease(&self) -> Lease<'_> {
+        let permit = self.free.acquire().await.expect("the semaphore is never closed");
+        let (slot, conn) =
+            self.idle.lock().unwrap().pop().expect("a permit means a free slot: leases give theirs back");
+        Lease { pool: self, slot, conn, _permit: permit }
+    }
+
+    /// Kills the worker of `slot`, which did not answer in time (stopped, or stuck in the
+    /// model); the daemon forks a new one on the same socket, as for a worker that died.
+    fn kill_hung_worker(&self, slot: usize, deadline: Duration) {
+        let pid = self.state.lock().unwrap().worker_pids.get(slot).copied();
+        let Some(pid) = pid.filter(|&p| p > 0) else { return };
+        tracing::warn!(slot, pid, ?deadline, "model worker did not answer by its deadline; killing it");
+        self.state.lock().unwrap().hung += 1;
+        if let Err(e) =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+        {
+            tracing::warn!(slot, pid, error = %e, "cannot kill the hung worker");
+        }
+    }
+}
+
+/// A worker slot in use. Whatever ends the future that holds it (its batch done or failed, or
+/// the future dropped: a cancelled task, a Flight client gone, a failed batch aborting its
+/// siblings), dropping the lease puts the slot back (with its connection, if the exchange
+/// finished) before the permit that counts it is released.
+struct Lease<'a> {
+    pool: &'a WorkerPool,
+    slot: usize,
+    conn: Option<UnixStream>,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.pool.idle.lock().unwrap().push((self.slot, self.conn.take()));
     }
 }
 

@@ -1,8 +1,10 @@
-//! A continuous query that loses an executor, and one whose source grows new partitions.
+//! A continuous query that loses an executor, one whose task hangs, and one whose source grows
+//! new partitions.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -73,4 +75,47 @@ fn some_batch_reads(job: &Job, topic: &str) -> bool {
         let entry = read_checkpoint_file(&job.checkpoint().join(format!("offsets/{b}")));
         entry["end"].get(topic).is_some()
     })
+}
+
+/// Issue 14, finding 2 (the task's half): an executor that stays up but whose task never ends
+/// (here its model worker is stopped, and the worker's own deadline is far off) no longer
+/// stalls the query: past `executors.task_timeout` the attempt fails retryably (`TIMED_OUT`),
+/// runs on the other executor, and the batch commits. Before the fix it waited forever.
+#[test]
+fn a_task_past_its_deadline_fails_retryably_and_runs_on_another_executor() {
+    let broker = Broker::start();
+    broker.create_topic("stuck", 2);
+    let job = Job::new(
+        &broker,
+        "stuck",
+        "subscribe = [\"stuck\"]",
+        "processing_time = \"200ms\"",
+        "[executors]\ntask_timeout = \"3s\"",
+    );
+    let text = std::fs::read_to_string(&job.path).unwrap();
+    let text = text.replacen("sort_window = 16\n", "sort_window = 16\nworker_timeout_per_text = \"10m\"\n", 1);
+    std::fs::write(&job.path, text).unwrap();
+    let mut q = Running::start(&job, 2);
+    q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
+    let stuck = q.executor_pids()[0];
+    let workers: Vec<u32> = children_of(stuck).into_iter().flat_map(children_of).collect();
+    assert!(!workers.is_empty(), "the executor's model workers");
+    for w in &workers {
+        Command::new("kill").args(["-STOP", &w.to_string()]).status().unwrap();
+    }
+
+    broker.produce_texts("stuck", 2, 0, &texts(40, 26));
+    q.wait_until("all 40 records committed", Duration::from_secs(90), |_| {
+        broker.committed("stuck-group", "stuck", 2) == vec![20, 20]
+    });
+    assert!(q.log().contains("no answer from executor"), "the timed-out attempt is logged");
+    for w in &workers {
+        Command::new("kill").args(["-CONT", &w.to_string()]).status().unwrap();
+    }
+    let summary = q.stop();
+    assert_eq!(summary["embeddings"], 40);
+    let out = broker.read_all("stuck-out", 2);
+    let seen: BTreeSet<(i32, i64)> = out.iter().map(Record::origin).collect();
+    let want: BTreeSet<(i32, i64)> = (0..2).flat_map(|p| (0..20).map(move |o| (p, o))).collect();
+    assert_eq!(seen, want, "every input has an output");
 }

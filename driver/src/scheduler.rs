@@ -73,17 +73,25 @@ impl BatchStats {
 /// How one attempt ended, seen from the driver.
 enum AttemptOutcome {
     Done(TaskSuccessful),
-    Failed { reason: FailureReason, message: String, retryable: bool },
+    Failed {
+        reason: FailureReason,
+        message: String,
+        retryable: bool,
+    },
     ExecutorLost(String),
+    /// The attempt ran past its deadline.
+    TimedOut(Duration),
 }
 
 pub struct Scheduler {
     registry: Arc<ExecutorRegistry>,
+    /// A task attempt's deadline, from its number of records.
+    deadline: Box<dyn Fn(u64) -> Duration + Send + Sync>,
 }
 
 impl Scheduler {
-    pub fn new(registry: Arc<ExecutorRegistry>) -> Self {
-        Scheduler { registry }
+    pub fn new(registry: Arc<ExecutorRegistry>, deadline: impl Fn(u64) -> Duration + Send + Sync + 'static) -> Self {
+        Scheduler { registry, deadline: Box::new(deadline) }
     }
 
     /// The executors this scheduler dispatches to.
@@ -113,8 +121,15 @@ impl Scheduler {
             while !pending.is_empty() && !free.is_empty() {
                 let exec = free.pop().expect("checked non-empty");
                 let task = pending.pop_front().expect("checked non-empty");
+                let records = task.range.as_ref().map_or(0, |r| (r.until_offset - r.from_offset).max(0) as u64);
+                let deadline = (self.deadline)(records);
                 running.spawn(async move {
-                    let outcome = run_attempt(&exec, task.clone()).await;
+                    // Past its deadline the attempt's call is dropped (the executor cancels the
+                    // task, and its workers come back) and the task runs again.
+                    let outcome = match tokio::time::timeout(deadline, run_attempt(&exec, task.clone())).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => AttemptOutcome::TimedOut(deadline),
+                    };
                     (exec, task, outcome)
                 });
             }
@@ -144,6 +159,12 @@ impl Scheduler {
                     }
                     (reason, message)
                 }
+                // The executor may still be busy with it: its slot stays taken, so the retry
+                // goes to another slot, on another executor where there is one.
+                AttemptOutcome::TimedOut(deadline) => (
+                    FailureReason::TimedOut,
+                    format!("no answer from executor {} in {deadline:?} (executors.task_timeout)", exec.id),
+                ),
                 AttemptOutcome::ExecutorLost(message) => {
                     tracing::warn!(executor = %exec.id, %message, "executor lost");
                     self.registry.mark_lost(&exec.id);

@@ -73,6 +73,10 @@ pub struct JobSpec {
     pub security: SecuritySpec,
 }
 
+/// What a task's default deadline allows beyond its records' share: connecting, the first fetch,
+/// the sink's acknowledgements.
+pub const TASK_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn default_batches_to_retain() -> u64 {
     100
 }
@@ -110,6 +114,18 @@ impl JobSpec {
     pub fn check_files(&self) -> Result<(), SpecError> {
         self.model.check_files()?;
         self.security.check_files()
+    }
+
+    /// How long a task attempt over `records` records may run before the driver gives up on it:
+    /// `executors.task_timeout`, or one minute plus `model.worker_timeout_per_text` a record.
+    pub fn task_deadline(&self, records: u64) -> std::time::Duration {
+        match &self.executors.task_timeout {
+            Some(t) => t.get(),
+            None => {
+                let per_record = self.model.worker_timeout_per_text.get();
+                TASK_GRACE.saturating_add(per_record.saturating_mul(records.min(u32::MAX as u64) as u32))
+            }
+        }
     }
 
     /// The spec as TOML, as executors receive it.

@@ -49,6 +49,11 @@ pub struct ExecutorsSpec {
     /// executor whose process tree (model daemon and workers included) uses more.
     #[serde(default = "default_executor_memory")]
     pub memory: MemorySize,
+    /// How long one task attempt may run before the driver gives up on it and runs it elsewhere
+    /// (a retryable failure, `TIMED_OUT`). Default: one minute plus
+    /// `model.worker_timeout_per_text` for each record of the task (see `JobSpec::task_deadline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_timeout: Option<HumanDuration>,
 }
 
 fn default_one() -> u32 {
@@ -61,7 +66,7 @@ fn default_executor_memory() -> MemorySize {
 
 impl Default for ExecutorsSpec {
     fn default() -> Self {
-        ExecutorsSpec { count: 1, cores: 1, memory: default_executor_memory() }
+        ExecutorsSpec { count: 1, cores: 1, memory: default_executor_memory(), task_timeout: None }
     }
 }
 
@@ -77,6 +82,9 @@ impl ExecutorsSpec {
         }
         if self.cores == 0 {
             return Err(SpecError::new("executors.cores", "must be at least 1"));
+        }
+        if let Some(t) = &self.task_timeout {
+            non_zero("executors.task_timeout", t)?;
         }
         Ok(())
     }

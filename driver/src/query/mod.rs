@@ -191,7 +191,10 @@ pub async fn run_query(
             spec: &spec,
             checkpoint: &checkpoint,
             source: source.clone(),
-            scheduler: Scheduler::new(registry.clone()),
+            scheduler: Scheduler::new(registry.clone(), {
+                let spec = spec.clone();
+                move |records| spec.task_deadline(records)
+            }),
             committer: embedstream_sinks::committer(&spec.sink),
             reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone()),
             targets: &targets,

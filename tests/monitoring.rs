@@ -178,6 +178,9 @@ fn prometheus_scrapes_a_running_query_and_the_lag_alert_fires() {
         assert!(Instant::now() < deadline, "no data for: {missing:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Tasks report latency as buckets; the driver's histogram still counts every output record.
+    let latencies = prom.query("embedstream_end_to_end_latency_seconds_count{query=\"mon\"}");
+    assert_eq!(latencies[0]["value"][1], "40", "one latency per embedding: {latencies:?}");
     let lag = prom.query("embedstream_source_lag_offsets{query=\"mon\"}");
     assert_eq!(lag.len(), 2, "lag per partition: {lag:?}");
     assert!(

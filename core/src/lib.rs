@@ -7,12 +7,14 @@
 //! - [`manifest`]: the Parquet sink's per-batch manifests, written by the driver, read by readers.
 //! - [`argv`]: the command lines the processes start each other with, typed once.
 //! - [`auth`]: the shared cluster token that admin, internal and Flight calls carry.
+//! - [`latency`]: end-to-end latency as fixed buckets, as tasks report it.
 //! - [`durable`]: writes that survive a crash (checkpoint logs, manifests, the RM's state).
 //! - [`telemetry`]: the `/metrics` endpoint every process serves to Prometheus, and /proc readers.
 
 pub mod argv;
 pub mod auth;
 pub mod durable;
+pub mod latency;
 pub mod manifest;
 pub mod offsets;
 pub mod progress;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
+use embedstream_core::latency::LATENCY_BUCKETS;
 use embedstream_core::offsets::PartitionOffsets;
 
 pub struct DriverMetrics {
@@ -30,7 +31,6 @@ pub struct DriverMetrics {
     pub trigger_interval: Gauge,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 const DURATION_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 impl DriverMetrics {
@@ -60,7 +60,7 @@ impl DriverMetrics {
             batch_phase: register!(HistogramVec::new(hist("embedstream_batch_phase_seconds", "Time per phase of a batch (plan, wal, commit: driver wall time; read, infer, sink: summed over the batch's tasks)", DURATION_BUCKETS), &["phase"])),
             input_rows_per_second: register!(Gauge::with_opts(opts("embedstream_input_rows_per_second", "Rows of the last batch over the time since the previous batch started (Spark's inputRowsPerSecond)"))),
             processed_rows_per_second: register!(Gauge::with_opts(opts("embedstream_processed_rows_per_second", "Rows of the last batch over its duration (Spark's processedRowsPerSecond)"))),
-            end_to_end_latency: register!(Histogram::with_opts(hist("embedstream_end_to_end_latency_seconds", "From a record's Kafka timestamp to the sink's acknowledgement of its output", LATENCY_BUCKETS))),
+            end_to_end_latency: register!(Histogram::with_opts(hist("embedstream_end_to_end_latency_seconds", "From a record's Kafka timestamp to the sink's acknowledgement of its output", &LATENCY_BUCKETS))),
             tasks_failed: register!(IntCounter::with_opts(opts("embedstream_tasks_failed_total", "Failed task attempts"))),
             executors: register!(IntGauge::with_opts(opts("embedstream_executors", "Live executors"))),
             executors_requested: register!(IntGauge::with_opts(opts("embedstream_executors_requested", "Executors the query asked for"))),

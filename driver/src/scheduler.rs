@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use embedstream_core::latency::LatencyHistogram;
+
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskSuccessful};
 use tokio::task::JoinSet;
 
@@ -49,7 +51,7 @@ pub struct BatchStats {
     /// Input rows per executor id.
     pub rows_per_executor: BTreeMap<String, u64>,
     /// Seconds from each output record's Kafka timestamp to the sink's acknowledgement.
-    pub latencies: Vec<f32>,
+    pub latency: LatencyHistogram,
     /// Files the successful attempts wrote (file sinks), for the batch's manifest.
     pub files: Vec<embedstream_core::manifest::ManifestFile>,
 }
@@ -57,7 +59,10 @@ pub struct BatchStats {
 impl BatchStats {
     fn add(&mut self, executor: &str, s: TaskSuccessful) {
         *self.rows_per_executor.entry(executor.to_string()).or_default() += s.rows_read;
-        self.latencies.extend(s.latency_seconds.iter().copied());
+        // A histogram of the wrong shape (another version's executor) is left out of the metric.
+        if let Some(l) = s.latency.and_then(|l| LatencyHistogram::try_from(l).ok()) {
+            self.latency.merge(&l);
+        }
         self.files.extend(s.files.into_iter().map(Into::into));
         self.rows_read += s.rows_read;
         self.embeddings += s.embeddings_written;
@@ -202,6 +207,13 @@ async fn run_attempt(exec: &ExecutorInfo, task: TaskDefinition) -> AttemptOutcom
                 message: "executor answered without a status".into(),
                 retryable: true,
             },
+        },
+        // An answer over the message limit is not a lost executor: the executor is fine, and
+        // replacing it would write the output again for nothing.
+        Err(status) if status.code() == tonic::Code::OutOfRange => AttemptOutcome::Failed {
+            reason: FailureReason::Unspecified,
+            message: format!("the executor's answer was refused: {}", status.message()),
+            retryable: false,
         },
         Err(status) => AttemptOutcome::ExecutorLost(status.to_string()),
     }

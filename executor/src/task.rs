@@ -208,7 +208,7 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         read_micros,
         infer_micros,
         sink_micros,
-        latency_seconds: output.latency_seconds,
+        latency: Some((&output.latency).into()),
         files: output.files.into_iter().map(Into::into).collect(),
     })
 }

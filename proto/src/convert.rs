@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use embedstream_core::latency::{BucketMismatch, LatencyHistogram};
 use embedstream_core::manifest::ManifestFile;
 use embedstream_core::offsets::{OffsetRange, PartitionOffsets, TopicPartition};
 use embedstream_core::progress::{ProgressRecord, SourceProgress};
@@ -17,6 +18,21 @@ use crate::pb;
 pub struct InvalidMessage {
     pub field: &'static str,
     pub message: String,
+}
+
+impl From<&LatencyHistogram> for pb::LatencyHistogram {
+    fn from(h: &LatencyHistogram) -> pb::LatencyHistogram {
+        let (counts, sums) = h.parts();
+        pb::LatencyHistogram { counts, sums }
+    }
+}
+
+impl TryFrom<pb::LatencyHistogram> for LatencyHistogram {
+    type Error = BucketMismatch;
+
+    fn try_from(h: pb::LatencyHistogram) -> Result<LatencyHistogram, BucketMismatch> {
+        LatencyHistogram::from_parts(h.counts, h.sums)
+    }
 }
 
 /// A file a task wrote, as its manifest lists it.
@@ -163,7 +179,22 @@ pub fn secrets_from_pb(secrets: HashMap<String, String>) -> Secrets {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
+
+    /// Issue 14, finding 4: a task's status no longer grows with its rows. It carried 4 bytes
+    /// per output row, over the driver's 4 MiB decode limit past about a million rows.
+    #[test]
+    fn a_large_task_s_status_stays_small() {
+        let mut latency = LatencyHistogram::default();
+        (0..2_000_000u32).for_each(|i| latency.observe(f64::from(i % 7000) / 1000.0));
+        let status =
+            pb::TaskSuccessful { rows_read: 2_000_000, latency: Some((&latency).into()), ..Default::default() };
+        assert!(status.encoded_len() < 512, "{} bytes", status.encoded_len());
+        let back = LatencyHistogram::try_from(status.latency.unwrap()).unwrap();
+        assert_eq!(back.count(), 2_000_000);
+    }
 
     #[test]
     fn ranges_round_trip_and_bad_ones_are_refused() {

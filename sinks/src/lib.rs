@@ -63,7 +63,7 @@ pub struct TaskOutput {
     /// Files to publish in the batch's manifest (file sinks).
     pub files: Vec<ManifestFile>,
     /// Per row written: seconds from its Kafka timestamp to the sink's acknowledgement.
-    pub latency_seconds: Vec<f32>,
+    pub latency: embedstream_core::latency::LatencyHistogram,
 }
 
 pub trait Sink: Send + Sync {

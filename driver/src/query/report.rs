@@ -91,9 +91,7 @@ impl Reporter {
         let input_rate = t.previous_trigger.map_or(processed_rate, |p| rows / secs(t.trigger - p).max(1e-9));
         m.input_rows_per_second.set(input_rate);
         m.processed_rows_per_second.set(processed_rate);
-        for &l in &stats.latencies {
-            m.end_to_end_latency.observe(l as f64);
-        }
+        stats.latency.replay(|seconds| m.end_to_end_latency.observe(seconds));
         m.last_batch_timestamp.set(checkpoint::now_ms() as f64 / 1000.0);
 
         let behind: i64 = entry.end.iter().map(|(tp, &e)| (latest.get(tp).copied().unwrap_or(e) - e).max(0)).sum();

@@ -111,7 +111,7 @@ impl TaskWriter for KafkaTaskWriter {
             let mut out = TaskOutput::default();
             for (stamps, ack) in self.acks {
                 let acked = ack.await.expect("acknowledgements do not panic")?;
-                out.latency_seconds.extend(stamps.iter().map(|t| (acked - t).max(0) as f32 / 1000.0));
+                stamps.iter().for_each(|t| out.latency.observe((acked - t).max(0) as f64 / 1000.0));
             }
             Ok(out)
         })

@@ -8,6 +8,7 @@ pub struct ExecutorMetrics {
     pub worker_restarts: IntCounter,
     pub worker_pss_bytes: IntGaugeVec,
     pub inference_batch_size: Histogram,
+    pub non_finite_vectors: IntCounter,
     pub kafka_read_errors: IntCounter,
     pub kafka_produce_errors: IntCounter,
     pub flight_calls: IntCounterVec,
@@ -47,6 +48,10 @@ impl ExecutorMetrics {
                 &["worker"]
             )),
             inference_batch_size: register!(Histogram::with_opts(batch_sizes)),
+            non_finite_vectors: register!(IntCounter::with_opts(opts(
+                "embedstream_non_finite_vectors_total",
+                "Records whose vector held NaN or infinite values, sent to the dead-letter topic"
+            ))),
             kafka_read_errors: register!(IntCounter::with_opts(opts(
                 "embedstream_kafka_read_errors_total",
                 "Tasks whose Kafka read failed"

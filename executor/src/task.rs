@@ -19,7 +19,7 @@ use crate::metrics::ExecutorMetrics;
 use crate::model::Embed;
 use crate::model::ModelError;
 use crate::reader::{KafkaReader, ReadError};
-use crate::records::{embedding_array, output_schema, reject_reason, RecentOutput};
+use crate::records::{embedding_array, keep_finite, output_schema, reject_reason, RecentOutput, NON_FINITE};
 use embedstream_sinks::kafka::{Origin, Pending};
 use embedstream_sinks::{DeadLetters, Sink, SinkError, TaskInfo};
 
@@ -149,6 +149,7 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
     let schema = output_schema(ctx.workers.dim());
     let mut sink_micros = 0u64;
     let mut batch_sizes = Vec::new();
+    let mut embedded_rows = 0usize;
     while let Some((window, embedded)) = in_flight.next().await {
         let (vectors, sizes) = match embedded {
             Ok(v) => v,
@@ -161,8 +162,15 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
             in_flight.push_back(next);
         }
         batch_sizes.extend(sizes);
+        let (window, vectors, non_finite) = keep_finite(window, vectors, ctx.workers.dim());
+        if !non_finite.is_empty() {
+            tracing::warn!(rows = non_finite.len(), "the model gave non-finite vectors; sent to the dead-letter topic");
+            ctx.metrics.non_finite_vectors.inc_by(non_finite.len() as u64);
+            rejects.extend(non_finite.into_iter().map(|i| (i, NON_FINITE.to_string())));
+        }
+        embedded_rows += window.len();
         let sink_started = Instant::now();
-        let rows = output_rows(batch, window, vectors, &schema);
+        let rows = output_rows(batch, &window, vectors, &schema);
         if let Err(e) = writer.write(&rows).await {
             writer.abort().await;
             return Err(e.into());
@@ -194,14 +202,14 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
     }
     let output = writer.commit().await?;
     let sink_micros = sink_micros + sink_started.elapsed().as_micros() as u64;
-    ctx.metrics.embeddings.inc_by(good.len() as u64);
+    ctx.metrics.embeddings.inc_by(embedded_rows as u64);
     for size in batch_sizes {
         ctx.metrics.inference_batch_size.observe(size as f64);
     }
 
     Ok(TaskSuccessful {
         rows_read: batch.num_rows() as u64,
-        embeddings_written: good.len() as u64,
+        embeddings_written: embedded_rows as u64,
         dead_letters: rejects.len() as u64,
         offset_gaps: read.gaps,
         lost_offsets: read.lost,

@@ -289,3 +289,25 @@ fn proc_state(pid: u32) -> char {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit(')').next().and_then(|r| r.trim().chars().next()).unwrap_or('?')
 }
+
+/// Issue 14, finding 11: the workers' socket directory is private and new (0700, a directory
+/// that exists already is refused), and each socket is 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_sockets_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let workers = pool(&spec(4), 2, dir.path()).await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let sockets = dir.path().join("sockets");
+    assert_eq!(mode(&sockets), 0o700, "the socket directory");
+    for slot in 0..2 {
+        assert_eq!(mode(&sockets.join(format!("worker-{slot}.sock"))), 0o600, "worker {slot}'s socket");
+    }
+    drop(workers);
+
+    // Someone made the directory first: it is not used.
+    let taken = tempfile::tempdir().unwrap();
+    std::fs::create_dir(taken.path().join("sockets")).unwrap();
+    let e = pool(&spec(4), 1, taken.path()).await.err().expect("a directory made by someone else is refused");
+    assert!(e.contains("must not exist yet"), "{e}");
+}

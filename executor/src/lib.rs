@@ -96,8 +96,13 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let secrets = embedstream_proto::convert::secrets_from_pb(job.secrets);
 
     let lib = args.ort_library.clone().unwrap_or_else(model::ort_library);
-    let socket_dir = std::env::temp_dir().join(format!("embedstream-{}-{}", args.executor_id, std::process::id()));
-    let _cleanup = RemoveOnDrop(socket_dir.clone());
+    // The workers' sockets live in a directory of a random name that only this user can enter
+    // (mode 0700), removed when the executor ends.
+    let private = tempfile::Builder::new()
+        .prefix(&format!("embedstream-{}-", args.executor_id))
+        .tempdir()
+        .map_err(|e| ExecutorError::Serve(format!("the workers' socket directory: {e}")))?;
+    let socket_dir = private.path().join("workers");
     let pool = WorkerPool::start(&args.exe, &spec.model, args.cores as usize, &lib, socket_dir).await?;
     let model_id = spec.model.model_id();
     let pids = format!("{:?}", pool.state().worker_pids);
@@ -225,15 +230,6 @@ fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pool: Arc<WorkerPool>) {
             }
         }
     });
-}
-
-/// Removes a directory when dropped.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 struct Service {

@@ -13,6 +13,7 @@
 //! `error <message>` (before exiting 1) when the model cannot be loaded.
 
 use std::io::{BufReader, BufWriter};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -47,7 +48,11 @@ pub fn run(args: DaemonArgs) -> i32 {
     for slot in 0..args.workers {
         let path = socket_path(&args.socket_dir, slot);
         let _ = std::fs::remove_file(&path);
-        match UnixListener::bind(&path) {
+        // Only this user may connect: the directory is private (`WorkerPool::start`), and so is
+        // each socket.
+        let bound = UnixListener::bind(&path)
+            .and_then(|l| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map(|()| l));
+        match bound {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 println!("error cannot bind {}: {e}", path.display());
@@ -57,7 +62,8 @@ pub fn run(args: DaemonArgs) -> i32 {
     }
     tracing::debug!(threads = ?fork::thread_count(), "daemon loaded the model; forking workers");
 
-    let spawn = |slot: usize| fork::fork_child(|| serve(&listeners[slot], &embedder));
+    let limit = wire::request_limit(&args.model);
+    let spawn = |slot: usize| fork::fork_child(|| serve(&listeners[slot], &embedder, limit));
     let mut pids = Vec::new();
     for slot in 0..args.workers {
         match spawn(slot) {
@@ -94,19 +100,19 @@ pub fn run(args: DaemonArgs) -> i32 {
 }
 
 /// A worker: answers one connection at a time, one reply per request, forever.
-fn serve(listener: &UnixListener, embedder: &Embedder) -> i32 {
+fn serve(listener: &UnixListener, embedder: &Embedder, limit: usize) -> i32 {
     fork::die_with_parent();
     loop {
         let Ok((stream, _)) = listener.accept() else { return 2 };
         // A broken connection only ends that connection; the worker takes the next one.
-        let _ = answer(stream, embedder);
+        let _ = answer(stream, embedder, limit);
     }
 }
 
-fn answer(stream: UnixStream, embedder: &Embedder) -> std::io::Result<()> {
+fn answer(stream: UnixStream, embedder: &Embedder, limit: usize) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream);
-    while let Some((kind, payload)) = wire::read_frame(&mut reader)? {
+    while let Some((kind, payload)) = wire::read_frame(&mut reader, limit)? {
         if kind != wire::TEXTS {
             wire::write_frame(&mut writer, wire::ERROR, format!("unexpected frame kind {kind}").as_bytes())?;
             continue;

@@ -10,6 +10,7 @@ use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringAr
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema};
+use embedstream_core::spec::ModelSpec;
 
 pub const TEXTS: u8 = 1;
 pub const VECTORS: u8 = 2;
@@ -75,16 +76,43 @@ pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<(
     w.flush()
 }
 
-/// The next frame, or `None` when the peer closed the connection between frames.
-pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
+/// Room in a frame beyond its texts or vectors: Arrow IPC's schema and framing, or an error
+/// message.
+const FRAME_OVERHEAD: usize = 64 << 10;
+
+/// The largest request a worker takes: a batch of `batch_size` texts of at most
+/// `max_text_bytes` each, with their offsets.
+pub fn request_limit(model: &ModelSpec) -> usize {
+    model.batch_size.saturating_mul(model.max_text_bytes.saturating_add(8)).saturating_add(FRAME_OVERHEAD)
+}
+
+/// The largest answer from a worker: a batch's vectors of `dim` f32 values.
+pub fn answer_limit(model: &ModelSpec, dim: usize) -> usize {
+    model.batch_size.saturating_mul(dim.saturating_mul(4)).saturating_add(FRAME_OVERHEAD)
+}
+
+/// The frame's header: its kind and the length of its payload, refused over `limit`.
+pub fn frame_len(head: &[u8; 5], limit: usize) -> io::Result<usize> {
+    let len = u32::from_le_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes, over the {limit} the batch limits allow"),
+        ));
+    }
+    Ok(len)
+}
+
+/// The next frame of at most `limit` bytes, or `None` when the peer closed the connection
+/// between frames.
+pub fn read_frame(r: &mut impl Read, limit: usize) -> io::Result<Option<(u8, Vec<u8>)>> {
     let mut head = [0u8; 5];
     match r.read_exact(&mut head) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes(head[1..].try_into().expect("4 bytes")) as usize;
-    let mut payload = vec![0u8; len];
+    let mut payload = vec![0u8; frame_len(&head, limit)?];
     r.read_exact(&mut payload)?;
     Ok(Some((head[0], payload)))
 }
@@ -102,7 +130,12 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, TEXTS, b"xyz").unwrap();
         let mut r = buf.as_slice();
-        assert_eq!(read_frame(&mut r).unwrap(), Some((TEXTS, b"xyz".to_vec())));
-        assert_eq!(read_frame(&mut r).unwrap(), None);
+        assert_eq!(read_frame(&mut r, 3).unwrap(), Some((TEXTS, b"xyz".to_vec())));
+        assert_eq!(read_frame(&mut r, 3).unwrap(), None);
+        // Issue 14, finding 11: a frame over the limit is refused before anything is allocated.
+        let mut huge = vec![TEXTS];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        let e = read_frame(&mut &huge[..], request_limit(&ModelSpec::new("m".into(), "t".into()))).unwrap_err();
+        assert!(e.to_string().contains("4294967295 bytes, over the"), "{e}");
     }
 }

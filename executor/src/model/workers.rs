@@ -11,6 +11,7 @@
 //! split into many word pieces). Each worker tokenizes its batch again and pads it to its own
 //! longest text.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,8 +143,11 @@ impl WorkerPool {
         ort_library: &Path,
         socket_dir: PathBuf,
     ) -> Result<WorkerPool, ModelError> {
-        std::fs::create_dir_all(&socket_dir)
-            .map_err(|e| ModelError::Daemon(format!("socket directory {}: {e}", socket_dir.display())))?;
+        // Private and new: made here with mode 0700, so a directory someone else made first (or
+        // left behind) is refused rather than used.
+        std::fs::DirBuilder::new().mode(0o700).create(&socket_dir).map_err(|e| {
+            ModelError::Daemon(format!("socket directory {} (must not exist yet): {e}", socket_dir.display()))
+        })?;
         let cmd = DaemonCommand {
             exe: exe.to_path_buf(),
             command: ModelDaemonCommand {
@@ -153,8 +157,15 @@ impl WorkerPool {
                 socket_dir: socket_dir.clone(),
             },
         };
-        let tokenizer = Arc::new(model::load_tokenizer(model)?);
-        let (daemon, lines, dim, worker_pids) = cmd.start().await?;
+        // A pool that does not start leaves no directory behind.
+        let started = match model::load_tokenizer(model) {
+            Ok(tokenizer) => cmd.start().await.map(|daemon| (tokenizer, daemon)),
+            Err(e) => Err(e),
+        };
+        let (tokenizer, (daemon, lines, dim, worker_pids)) = started.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&socket_dir);
+        })?;
+        let tokenizer = Arc::new(tokenizer);
         let daemon_pid = daemon.id().unwrap_or(0);
         let state = Arc::new(Mutex::new(WorkerState { daemon_pid, worker_pids, ..Default::default() }));
         let supervisor = tokio::spawn(supervise(cmd, daemon, lines, state.clone()));
@@ -252,7 +263,8 @@ impl WorkerPool {
                     }
                 },
             };
-            match tokio::time::timeout(deadline, exchange(&mut stream, request)).await {
+            let limit = wire::answer_limit(&self.model, self.dim);
+            match tokio::time::timeout(deadline, exchange(&mut stream, request, limit)).await {
                 Ok(Ok((kind, payload))) => {
                     lease.conn = Some(stream);
                     return match kind {
@@ -320,14 +332,14 @@ impl Drop for WorkerPool {
     }
 }
 
-async fn exchange(stream: &mut UnixStream, request: &[u8]) -> std::io::Result<(u8, Vec<u8>)> {
+async fn exchange(stream: &mut UnixStream, request: &[u8], limit: usize) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
     head[0] = wire::TEXTS;
     head[1..].copy_from_slice(&(request.len() as u32).to_le_bytes());
     stream.write_all(&head).await?;
     stream.write_all(request).await?;
     stream.read_exact(&mut head).await?;
-    let mut payload = vec![0u8; u32::from_le_bytes(head[1..].try_into().expect("4 bytes")) as usize];
+    let mut payload = vec![0u8; wire::frame_len(&head, limit)?];
     stream.read_exact(&mut payload).await?;
     Ok((head[0], payload))
 }

@@ -178,6 +178,40 @@ fn sigterm_stops_after_the_batch_in_flight_and_a_restart_resumes() {
     assert!(after[0] > last, "the restart went on with new batch ids: {after:?} after {last}");
 }
 
+/// Issue 14, finding 8: Ctrl-C in a terminal (SIGINT to the whole process group) during a batch
+/// lets that batch commit and exits 0; local executors are in a process group of their own, so
+/// the signal does not kill them mid-batch. A restart resumes with no gap and no duplicate.
+#[test]
+fn ctrl_c_to_the_process_group_mid_batch_commits_the_batch_and_exits_0() {
+    let broker = Broker::start();
+    broker.create_topic("typed", 1);
+    broker.produce_texts("typed", 1, 0, &texts(600, 27));
+    let job = Job::new(
+        &broker,
+        "ctrlc",
+        "subscribe = [\"typed\"]\nmax_offsets_per_trigger = 200",
+        "processing_time = \"200ms\"",
+        "",
+    );
+    let mut q = Running::start(&job, 1);
+    q.wait_until("a batch in flight", Duration::from_secs(90), |_| {
+        let (planned, committed) = (job.logged_batches("offsets"), job.logged_batches("commits"));
+        planned.last().is_some_and(|b| !committed.contains(b))
+    });
+    let in_flight = *job.logged_batches("offsets").last().unwrap();
+    let summary = q.interrupt_group();
+    assert!(job.logged_batches("commits").contains(&in_flight), "batch {in_flight} committed before the exit");
+    let first = summary["input_rows"].as_u64().unwrap();
+    assert!(first > 0 && first < 600, "stopped part way: {first} of 600");
+
+    let spec =
+        std::fs::read_to_string(&job.path).unwrap().replace("processing_time = \"200ms\"", "available_now = true");
+    std::fs::write(&job.path, spec).unwrap();
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["input_rows"].as_u64().unwrap(), 600 - first, "the restart reads what was left");
+    assert_exactly_once_in_order(&broker.read_all("ctrlc-out", 1), &broker.high_watermarks("typed", 1));
+}
+
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_with_a_reason() {
     let broker = Broker::start();

@@ -654,6 +654,9 @@ impl Running {
     pub fn start_with_env(job: &Job, executors: u32, env: &[(&str, &str)]) -> Running {
         let mut cmd = embedstream();
         cmd.envs(env.iter().copied());
+        // Its own process group, as a shell gives a foreground job: a terminal's Ctrl-C is a
+        // SIGINT to the group ([`Running::interrupt_group`]).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.args(["run", job.path.to_str().unwrap(), "--local", &executors.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -698,17 +701,29 @@ impl Running {
     }
 
     /// SIGTERM, then the exit status and the summary printed on stdout.
-    pub fn stop(mut self) -> serde_json::Value {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+    pub fn stop(self) -> serde_json::Value {
+        let pid = self.child.id().to_string();
+        self.signal_and_wait(&["-TERM", &pid])
+    }
+
+    /// SIGINT to the query's whole process group, as Ctrl-C in a terminal sends it, then the
+    /// exit status and the summary printed on stdout.
+    pub fn interrupt_group(self) -> serde_json::Value {
+        let group = format!("-{}", self.child.id());
+        self.signal_and_wait(&["-INT", "--", &group])
+    }
+
+    fn signal_and_wait(mut self, kill_args: &[&str]) -> serde_json::Value {
+        Command::new("kill").args(kill_args).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "SIGTERM did not stop the query:\n{}", self.log());
+            assert!(Instant::now() < deadline, "{kill_args:?} did not stop the query:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(status.success(), "a stop by SIGTERM exits 0, got {status}:\n{}", self.log());
+        assert!(status.success(), "a stop by {kill_args:?} exits 0, got {status}:\n{}", self.log());
         let mut out = String::new();
         std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary: {e}: {out}"))

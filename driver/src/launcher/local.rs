@@ -67,6 +67,10 @@ impl LocalLauncher {
             .args(argv)
             // Executors log to the same stderr as the driver; stdout stays the driver's.
             .stdout(std::process::Stdio::null())
+            // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground group)
+            // reaches the driver only, which stops after the batch in flight and then stops
+            // its executors, instead of killing them mid-batch.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| LaunchError::Spawn { id: id.clone(), exe: self.exe.clone(), source })?;

@@ -1,5 +1,5 @@
-//! A continuous query that loses an executor, one whose task hangs, and one whose source grows
-//! new partitions.
+//! A continuous query that loses an executor, one whose task hangs, one whose source grows new
+//! partitions, and one that a second driver tries to share.
 
 mod common;
 
@@ -118,4 +118,28 @@ fn a_task_past_its_deadline_fails_retryably_and_runs_on_another_executor() {
     let seen: BTreeSet<(i32, i64)> = out.iter().map(Record::origin).collect();
     let want: BTreeSet<(i32, i64)> = (0..2).flat_map(|p| (0..20).map(move |o| (p, o))).collect();
     assert_eq!(seen, want, "every input has an output");
+}
+
+/// Issue 14, finding 9: a second driver on a running query's checkpoint is refused before it
+/// starts anything, naming the first; the first runs on and commits.
+#[test]
+fn a_second_driver_on_the_same_checkpoint_is_refused() {
+    let broker = Broker::start();
+    broker.create_topic("shared", 1);
+    let job = Job::new(&broker, "shared", "subscribe = [\"shared\"]", "processing_time = \"200ms\"", "");
+    let mut q = Running::start(&job, 1);
+    q.wait_until("a registered executor", Duration::from_secs(60), |q| q.executor_pids().len() == 1);
+    let mut second = embedstream();
+    second.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(second, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second driver must not run:\n{stderr}");
+    assert!(stderr.contains("is in use by another driver") && stderr.contains("checkpoint_location"), "{stderr}");
+    assert!(!stderr.contains("starting a local executor"), "refused before anything starts:\n{stderr}");
+
+    broker.produce_texts("shared", 1, 0, &texts(10, 28));
+    q.wait_until("the first driver commits", Duration::from_secs(60), |_| {
+        broker.committed("shared-group", "shared", 1) == vec![10]
+    });
+    assert_eq!(q.stop()["embeddings"], 10);
 }

@@ -5,7 +5,15 @@
 //! <checkpoint_location>/initial_offsets where `starting_offsets` put a new query, written once
 //! <checkpoint_location>/offsets/<N>     start and end offsets of batch N, written before any task runs
 //! <checkpoint_location>/commits/<N>     written once every task of batch N has finished
+//! <checkpoint_location>/lock            held (flock) by the one driver running the query
+//! <checkpoint_location>/epoch           the number of drivers that have opened it
 //! ```
+//! One driver at a time: [`Checkpoint::open`] takes an exclusive lock on `lock` for the driver's
+//! life (released by the kernel however the process ends), so a second driver on the same
+//! checkpoint refuses to start, naming the first. Where the file system's locks are not to be
+//! trusted (a network mount), the epoch fences: each driver writes the next epoch when it
+//! opens the checkpoint, and checks before every log write, manifest and clean-up
+//! ([`Checkpoint::fence`]) that it is still the newest, stopping before it writes otherwise.
 //! Every file is written to a temporary name, synced and renamed, so a crash leaves either the
 //! old state or the new one. On restart, batch N with `offsets/N` but no `commits/N` is run
 //! again with exactly the offsets logged; otherwise the query continues after the last commit.
@@ -27,6 +35,16 @@ pub enum CheckpointError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {path}: corrupt file: {source}")]
     Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error(
+        "checkpoint_location {path} is in use by another driver ({holder}); a query runs one driver \
+         at a time: stop that one first, or give this job another checkpoint_location"
+    )]
+    InUse { path: PathBuf, holder: String },
+    #[error(
+        "checkpoint_location {path}: a newer driver (epoch {theirs}) opened it after this one (epoch {ours}); \
+         this driver stops before it writes"
+    )]
+    Fenced { path: PathBuf, ours: u64, theirs: u64 },
 }
 
 /// `offsets/<N>`: what batch N reads.
@@ -69,15 +87,23 @@ pub enum Recovery {
 pub struct Checkpoint {
     root: PathBuf,
     query_id: String,
+    epoch: u64,
+    /// Holds the exclusive lock on `lock` while the checkpoint is open.
+    _lock: fs::File,
 }
 
 impl Checkpoint {
-    /// Opens (creating if needed) the checkpoint at `root`, keeping its query id.
+    /// Opens (creating if needed) the checkpoint at `root`, keeping its query id; refused while
+    /// another driver has it open.
     pub fn open(root: &Path) -> Result<Checkpoint, CheckpointError> {
         for dir in ["offsets", "commits"] {
             let d = root.join(dir);
             fs::create_dir_all(&d).map_err(|source| CheckpointError::Io { path: d, source })?;
         }
+        let lock = lock(root)?;
+        let epoch_path = root.join("epoch");
+        let epoch = read_json::<u64>(&epoch_path)?.unwrap_or(0) + 1;
+        write_atomic(&epoch_path, epoch.to_string().as_bytes())?;
         let meta_path = root.join("metadata");
         let query_id = match read_json::<Metadata>(&meta_path)? {
             Some(m) => m.query_id,
@@ -87,7 +113,17 @@ impl Checkpoint {
                 id
             }
         };
-        Ok(Checkpoint { root: root.to_path_buf(), query_id })
+        Ok(Checkpoint { root: root.to_path_buf(), query_id, epoch, _lock: lock })
+    }
+
+    /// Fails when a newer driver has opened this checkpoint since this one did (see the
+    /// module's header); every write of the query's state checks it first.
+    pub fn fence(&self) -> Result<(), CheckpointError> {
+        let theirs = read_json::<u64>(&self.root.join("epoch"))?.unwrap_or(0);
+        if theirs != self.epoch {
+            return Err(CheckpointError::Fenced { path: self.root.clone(), ours: self.epoch, theirs });
+        }
+        Ok(())
     }
 
     pub fn query_id(&self) -> &str {
@@ -125,6 +161,7 @@ impl Checkpoint {
     }
 
     pub fn write_initial_offsets(&self, offsets: &PartitionOffsets) -> Result<(), CheckpointError> {
+        self.fence()?;
         write_atomic(&self.root.join("initial_offsets"), &serde_json::to_vec_pretty(offsets).unwrap())
     }
 
@@ -137,6 +174,7 @@ impl Checkpoint {
     }
 
     pub fn write_offsets(&self, entry: &OffsetLogEntry) -> Result<(), CheckpointError> {
+        self.fence()?;
         write_atomic(
             &self.root.join("offsets").join(entry.batch_id.to_string()),
             &serde_json::to_vec_pretty(entry).unwrap(),
@@ -144,6 +182,7 @@ impl Checkpoint {
     }
 
     pub fn write_commit(&self, entry: &CommitLogEntry) -> Result<(), CheckpointError> {
+        self.fence()?;
         write_atomic(
             &self.root.join("commits").join(entry.batch_id.to_string()),
             &serde_json::to_vec_pretty(entry).unwrap(),
@@ -155,6 +194,7 @@ impl Checkpoint {
     /// entries, so a crash in between leaves batches that recovery reads as committed or as
     /// not planned, never a commit without its plan.
     pub fn purge_before(&self, keep_from: u64) -> Result<usize, CheckpointError> {
+        self.fence()?;
         let mut removed = 0;
         for dir in ["commits", "offsets"] {
             let d = self.root.join(dir);
@@ -172,6 +212,28 @@ impl Checkpoint {
         }
         Ok(removed)
     }
+}
+
+/// Takes the checkpoint's lock, writing who holds it into the file for a refused driver to name.
+fn lock(root: &Path) -> Result<fs::File, CheckpointError> {
+    let path = root.join("lock");
+    let io = |source| CheckpointError::Io { path: path.clone(), source };
+    let mut file =
+        fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = if holder.trim().is_empty() { "pid unknown".to_string() } else { holder.trim().to_string() };
+            return Err(CheckpointError::InUse { path: root.to_path_buf(), holder });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let holder = format!("pid {} on {}, since {} ms", std::process::id(), host.trim(), now_ms());
+    use std::io::Write;
+    file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).map_err(io)?;
+    Ok(file)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, CheckpointError> {
@@ -208,6 +270,41 @@ mod tests {
         v.iter().map(|&(t, p, o)| (TopicPartition::new(t, p), o)).collect()
     }
 
+    /// Issue 14, finding 9: two drivers on one checkpoint. The second is refused while the
+    /// first runs, naming it; a driver whose epoch a newer one passed (a file system without
+    /// working locks) stops before it writes.
+    #[test]
+    fn two_drivers_never_share_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Checkpoint::open(dir.path()).unwrap();
+        let e = Checkpoint::open(dir.path()).err().expect("a second driver is refused");
+        let message = e.to_string();
+        assert!(
+            message.contains("in use by another driver") && message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        let entry = OffsetLogEntry {
+            version: 1,
+            batch_id: 0,
+            timestamp_ms: 0,
+            start: offs(&[("t", 0, 0)]),
+            end: offs(&[("t", 0, 5)]),
+        };
+        first.write_offsets(&entry).unwrap();
+
+        // A newer driver got in without the lock: the first one writes nothing more.
+        std::fs::write(dir.path().join("epoch"), "7").unwrap();
+        let e = first.write_commit(&CommitLogEntry { batch_id: 0, ..Default::default() }).unwrap_err();
+        assert!(matches!(e, CheckpointError::Fenced { ours: 1, theirs: 7, .. }), "{e}");
+        assert!(first.commit(0).unwrap().is_none(), "nothing written once fenced");
+        assert!(first.purge_before(5).is_err());
+        drop(first);
+        // Once the first has ended, the next driver opens it, at the next epoch.
+        let next = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(next.epoch, 8);
+        next.write_commit(&CommitLogEntry { batch_id: 0, ..Default::default() }).unwrap();
+    }
+
     #[test]
     fn recovery_follows_the_logs() {
         let dir = tempfile::tempdir().unwrap();
@@ -224,6 +321,7 @@ mod tests {
         };
         cp.write_offsets(&entry).unwrap();
         // Planned but not committed: the same offsets again, after a reopen too.
+        drop(cp);
         let cp = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(cp.query_id(), id, "the query id survives a restart");
         assert_eq!(cp.recover().unwrap(), Recovery::Rerun(entry.clone()));

@@ -190,6 +190,8 @@ impl Query<'_> {
         let planned = entry.start.records_until(&entry.end);
         self.reporter.metrics.input_rows.inc_by(planned as u64);
         let range = BatchRange { batch_id: entry.batch_id, query_id, start: &entry.start, end: &entry.end };
+        // The sink's manifests and clean-ups are the query's state too: fenced like the logs.
+        self.checkpoint.fence()?;
         let published = self.committer.published(&range)?;
         let already_published = published.is_some();
         let stats = match published {
@@ -202,6 +204,7 @@ impl Query<'_> {
 
         let commit_started = Instant::now();
         if !already_published {
+            self.checkpoint.fence()?;
             self.committer.publish(&range, &stats.files)?;
             crash::point(CrashPoint::AfterManifest, entry.batch_id);
         }

@@ -311,13 +311,14 @@ async fn dispatch(command: Command) -> Result<()> {
             client::driver_container(rm, app_id, listen).await
         }
         Command::ModelDaemon(_) => unreachable!("dispatched before the runtime starts"),
-        Command::Executor(ExecutorCommand { driver, executor_id, cores, listen }) => {
+        Command::Executor(ExecutorCommand { driver, executor_id, cores, listen, token_file }) => {
             let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
             embedstream_executor::run(embedstream_executor::ExecutorArgs {
                 driver_url: driver,
                 executor_id: executor_id.clone(),
                 cores,
                 listen,
+                token_file,
                 ort_library: None,
                 exe: std::env::current_exe().context("cannot find the embedstream binary to start the model daemon")?,
             })

@@ -135,16 +135,19 @@ fn concurrent_do_exchange_during_a_streaming_query_equals_the_stream() {
         broker.committed("fl-group", "items", 1) == vec![60]
     });
     let address = flight_address(&job);
-    // The executor needs the cluster token; its model daemon and forked workers never call
-    // anything, and do not inherit it (issue 14, finding 15).
+    // The executor needs the cluster token: it reads it from a private file its driver names
+    // on its command line, never from its environment or argv; its model daemon and forked
+    // workers never call anything, and do not get it (issue 14, findings 10 and 15).
     let executor = q.executor_pids()[0];
     let daemon = children_of(executor);
     let workers: Vec<u32> = daemon.iter().flat_map(|&d| children_of(d)).collect();
     assert!(daemon.len() == 1 && !workers.is_empty(), "daemon {daemon:?}, workers {workers:?}");
     let environ =
         |pid: u32| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
-    assert!(environ(executor).contains("EMBEDSTREAM_TOKEN="));
-    for pid in daemon.iter().chain(&workers) {
+    let cmdline =
+        |pid: u32| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+    assert!(cmdline(executor).contains("--token-file") && !cmdline(executor).contains(TOKEN), "{}", cmdline(executor));
+    for pid in std::iter::once(&executor).chain(&daemon).chain(&workers) {
         assert!(
             !environ(*pid).contains("EMBEDSTREAM_TOKEN") && !environ(*pid).contains(TOKEN),
             "pid {pid} has the token"
@@ -249,7 +252,8 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
         // Small limits, so that the test can exceed them.
         "\n[flight]\nmax_rows_per_call = 50\nmax_bytes_per_call = 4000\nmax_concurrent_calls = 1\nidle_timeout = \"10s\"",
     );
-    let mut q = Running::start(&job, 1);
+    // A local query without a token makes its own (issue 14, finding 10): this one is given one.
+    let mut q = Running::start_with_env(&job, 1, &[("EMBEDSTREAM_TOKEN", TOKEN)]);
     q.wait_until("the executor registered", Duration::from_secs(120), |q| q.log().contains("executor registered"));
     q.wait_until("the target list", Duration::from_secs(30), |_| {
         std::fs::read_to_string(job.checkpoint().join("monitoring/targets.json"))
@@ -259,7 +263,7 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut c = client(&address, None).await;
+        let mut c = client(&address, Some(TOKEN)).await;
         let expect = |result: Result<Vec<RecordBatch>, FlightError>, code: tonic::Code, words: &str| {
             let status = status_of(result.expect_err(words));
             assert_eq!(status.code(), code, "{}", status.message());
@@ -319,7 +323,7 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
         // One call in flight holds the only slot: another is answered "overloaded", not queued.
         let (tx, rx) = futures::channel::mpsc::unbounded::<RecordBatch>();
         tx.unbounded_send(text_batch(&good)).unwrap();
-        let mut holder = client(&address, None).await;
+        let mut holder = client(&address, Some(TOKEN)).await;
         let mut held = holder.do_exchange(FlightDataEncoderBuilder::new().build(rx.map(Ok))).await.unwrap();
         let first = held.next().await.expect("an answer").expect("embedded");
         assert_eq!(first.num_rows(), 3);
@@ -355,4 +359,36 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
         }
     });
     q.stop();
+}
+
+/// Issue 14, finding 10: a local query given no cluster token makes one of its own, so another
+/// local user can neither fetch the job spec (and its secrets) from the driver, nor register a
+/// fake executor, nor embed or read texts with Flight; the query's own executors run as before.
+#[test]
+fn a_local_query_without_a_token_refuses_calls_from_others() {
+    use embedstream_proto::pb::driver_service_client::DriverServiceClient;
+    use embedstream_proto::pb::GetJobSpecRequest;
+
+    let broker = Broker::start();
+    broker.create_topic("open", 1);
+    let job = Job::new(&broker, "open", "subscribe = [\"open\"]", "processing_time = \"200ms\"", "");
+    let mut q = Running::start(&job, 1);
+    q.wait_until("a registered executor", Duration::from_secs(60), |q| q.executor_pids().len() == 1);
+    let log = q.log();
+    let driver = log.split(" driver=").nth(1).and_then(|r| r.split_whitespace().next()).expect("the driver's address");
+    let flight = flight_address(&job);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut d = DriverServiceClient::connect(format!("http://{driver}")).await.unwrap();
+        let refused = d.get_job_spec(GetJobSpecRequest { executor_id: "intruder".into() }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "the job spec without the query's token");
+        let mut c = client(&flight, None).await;
+        let refused = status_of(exchange(&mut c, vec![text_batch(&texts(2, 29))]).await.unwrap_err());
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "Flight without the query's token");
+    });
+    broker.produce_texts("open", 1, 0, &texts(5, 30));
+    q.wait_until("the query's own executor embeds", Duration::from_secs(60), |_| {
+        broker.committed("open-group", "open", 1) == vec![5]
+    });
+    assert_eq!(q.stop()["embeddings"], 5);
 }

@@ -44,19 +44,27 @@ pub struct ExecutorCommand {
     /// Where to serve ExecutorService and Flight: HOST:PORT (port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
+    /// A file whose first line is the cluster token, for an executor whose token is not in its
+    /// environment (a local executor: its driver's file, mode 0600).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ProcessCommand for ExecutorCommand {
     const SUBCOMMAND: &'static str = "executor";
 
     fn flags(&self) -> Vec<String> {
-        [
+        let mut flags = [
             flag("driver", &self.driver),
             flag("executor-id", &self.executor_id),
             flag("cores", self.cores),
             flag("listen", &self.listen),
         ]
-        .concat()
+        .concat();
+        if let Some(t) = &self.token_file {
+            flags.extend(flag("token-file", t.display()));
+        }
+        flags
     }
 }
 
@@ -182,8 +190,11 @@ mod tests {
             executor_id: CONTAINER_ID_PLACEHOLDER.into(),
             cores: 3,
             listen: format!("{HOST_PLACEHOLDER}:0"),
+            token_file: None,
         };
         assert_eq!(parse::<ExecutorCommand>(&executor.argv()), executor);
+        let local = ExecutorCommand { token_file: Some("/tmp/x/token".into()), ..executor };
+        assert_eq!(parse::<ExecutorCommand>(&local.argv()), local);
         let driver = DriverCommand { rm: "127.0.0.1:8030".into(), app_id: "app-1".into(), listen: "{host}:0".into() };
         assert_eq!(parse::<DriverCommand>(&driver.argv()), driver);
         let daemon = ModelDaemonCommand {

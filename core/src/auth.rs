@@ -40,6 +40,17 @@ impl ClusterToken {
         ClusterToken(Some(token.into()))
     }
 
+    /// A new random token (32 bytes from the kernel's generator, as hex), for a local query that
+    /// was given none.
+    pub fn generate() -> ClusterToken {
+        use std::io::Read;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .expect("/dev/urandom is readable");
+        ClusterToken::new(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
     /// `EMBEDSTREAM_TOKEN` if set and non-empty, else the first line of `file`, else none.
     pub fn load(file: Option<&Path>) -> Result<ClusterToken, TokenError> {
         Self::from_sources(std::env::var(TOKEN_ENV).ok(), file)

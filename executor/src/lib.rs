@@ -68,6 +68,8 @@ pub struct ExecutorArgs {
     pub cores: u32,
     /// Where to serve ExecutorService; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// The cluster token's file, when it is not in the environment.
+    pub token_file: Option<PathBuf>,
     /// ONNX Runtime shared library; default [`model::ort_library`].
     pub ort_library: Option<PathBuf>,
     /// The `embedstream` binary, re-executed as `model-daemon`.
@@ -77,9 +79,9 @@ pub struct ExecutorArgs {
 /// Runs an executor until the driver shuts it down or is gone.
 pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let driver_err = |message: String| ExecutorError::Driver { url: args.driver_url.clone(), message };
-    // The token comes from the environment (the driver or node agent that started this process
-    // puts it there): it is needed before the job spec can be fetched.
-    let token = ClusterToken::load(None)?;
+    // The token comes from the environment (a node agent puts it there) or from the file a
+    // local driver wrote: it is needed before the job spec can be fetched.
+    let token = ClusterToken::load(args.token_file.as_deref())?;
     let channel = tonic::transport::Endpoint::from_shared(args.driver_url.clone())
         .map_err(|e| driver_err(e.to_string()))?
         .connect()

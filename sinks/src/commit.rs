@@ -16,6 +16,10 @@ pub enum CommitError {
         .0.path, .0.batch_id, .0.other, .0.start, .0.end, .0.ours
     )]
     ForeignTable(Box<ForeignTable>),
+    #[error(
+        "sink.path {table}: a task returned the file `{file}`, which is not a relative path inside the table; refused"
+    )]
+    OutsideTable { table: String, file: String },
 }
 
 /// A table whose manifest for this batch another query wrote.

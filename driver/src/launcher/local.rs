@@ -5,9 +5,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use embedstream_core::argv::{ExecutorCommand, ProcessCommand};
+use embedstream_core::auth::ClusterToken;
 use tokio::process::{Child, Command};
 
 use super::{Ended, LaunchError, Launcher};
+
+/// A new directory only this user can enter (0700, removed when dropped) holding `token` in
+/// `token` (0600), for local executors' `--token-file`.
+pub fn private_token_file(token: &ClusterToken) -> std::io::Result<tempfile::TempDir> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::Builder::new().prefix("embedstream-driver-").tempdir()?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.path().join("token"))?;
+    file.write_all(token.secret().unwrap_or_default().as_bytes())?;
+    Ok(dir)
+}
 
 /// Executors as child processes of the driver.
 pub struct LocalLauncher {
@@ -15,8 +28,9 @@ pub struct LocalLauncher {
     driver_url: String,
     cores: u32,
     next_id: u32,
-    /// The cluster token, handed to executors in their environment.
-    token: Option<String>,
+    /// The file holding the cluster token (mode 0600), named on executors' command lines; the
+    /// token itself is never in their environment or argv.
+    token_file: Option<PathBuf>,
     /// Variables of the driver's environment that executors must not inherit (the ones the
     /// spec's secrets are read from).
     scrub_env: Vec<String>,
@@ -27,13 +41,13 @@ pub struct LocalLauncher {
 
 impl LocalLauncher {
     /// `exe` is the `embedstream` binary (usually `std::env::current_exe()`).
-    pub fn new(exe: PathBuf, driver_url: &str, cores: u32, token: Option<String>) -> Self {
+    pub fn new(exe: PathBuf, driver_url: &str, cores: u32, token_file: Option<PathBuf>) -> Self {
         LocalLauncher {
             exe,
             driver_url: driver_url.into(),
             cores,
             next_id: 0,
-            token,
+            token_file,
             scrub_env: Vec::new(),
             children: Vec::new(),
             leaving: Vec::new(),
@@ -53,14 +67,13 @@ impl LocalLauncher {
         for var in &self.scrub_env {
             command.env_remove(var);
         }
-        if let Some(t) = &self.token {
-            command.env(embedstream_core::auth::TOKEN_ENV, t);
-        }
+        command.env_remove(embedstream_core::auth::TOKEN_ENV);
         let argv = ExecutorCommand {
             driver: self.driver_url.clone(),
             executor_id: id.clone(),
             cores: self.cores,
             listen: "127.0.0.1:0".into(),
+            token_file: self.token_file.clone(),
         }
         .argv();
         let child = command

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use embedstream_proto::pb::ShutdownRequest;
 
-pub use local::LocalLauncher;
+pub use local::{private_token_file, LocalLauncher};
 pub use resource_manager::ResourceManagerLauncher;
 
 use crate::admin::Control;

@@ -51,6 +51,7 @@ impl ResourceManagerLauncher {
             executor_id: CONTAINER_ID_PLACEHOLDER.into(),
             cores: self.cores,
             listen: format!("{HOST_PLACEHOLDER}:0"),
+            token_file: None,
         };
         AllocateRequest {
             app_id: self.app_id.clone(),

@@ -99,13 +99,19 @@ impl DriverOptions {
 pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>) -> Result<QuerySummary, DriverError> {
     let token =
         ClusterToken::load(spec.security.token_file.as_deref()).map_err(|e| DriverError::Service(e.to_string()))?;
-    let (cores, secret) = (spec.executors.cores, token.secret().map(str::to_string));
+    // Without a configured token the query makes its own, so that no other local user can
+    // register an executor, run a task or read texts with Flight.
+    let token = if token.is_set() { token } else { ClusterToken::generate() };
+    let private = launcher::private_token_file(&token).map_err(|e| DriverError::Service(e.to_string()))?;
+    let (cores, token_file) = (spec.executors.cores, Some(private.path().join("token")));
     // Executors get the spec's secrets from the driver, not from the variables they came from.
     let scrub = spec.secret_env_vars();
     let launcher = move |driver: &str| -> Box<dyn Launcher> {
-        Box::new(LocalLauncher::new(exe, &format!("http://{driver}"), cores, secret).without_env(scrub))
+        Box::new(LocalLauncher::new(exe, &format!("http://{driver}"), cores, token_file).without_env(scrub))
     };
-    run_query(spec, DriverOptions::local(token), launcher, stop).await
+    let summary = run_query(spec, DriverOptions::local(token), launcher, stop).await;
+    drop(private);
+    summary
 }
 
 /// Runs `spec` with executors from the launcher that `make_launcher` builds for the driver's

@@ -2,7 +2,7 @@
 //! `<table>/_embedstream_log/`, written once every task of the batch committed its files; a
 //! manifest found for a batch about to run means an earlier run of this query published it.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use embedstream_core::manifest::{self, BatchManifest, ManifestFile};
 
@@ -43,6 +43,11 @@ impl BatchCommitter for ManifestCommitter {
     }
 
     fn publish(&self, batch: &BatchRange<'_>, files: &[ManifestFile]) -> Result<(), CommitError> {
+        // What tasks return is input from other processes: a manifest lists only files inside
+        // the table, which readers open and the clean-up never reaches beyond.
+        if let Some(f) = files.iter().find(|f| !inside_table(&f.path)) {
+            return Err(CommitError::OutsideTable { table: self.table.display().to_string(), file: f.path.clone() });
+        }
         let removed = manifest::commit(
             &self.table,
             &BatchManifest {
@@ -58,5 +63,37 @@ impl BatchCommitter for ManifestCommitter {
             tracing::info!(batch_id = batch.batch_id, removed, "deleted files of failed attempts");
         }
         Ok(())
+    }
+}
+
+/// A relative path of plain names (no `/` first, no `..`, no `.`).
+fn inside_table(file: &str) -> bool {
+    !file.is_empty() && Path::new(file).components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
+
+    use super::*;
+
+    /// Issue 14, finding 10: a manifest never lists a file outside its table.
+    #[test]
+    fn files_outside_the_table_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let committer = ManifestCommitter::new(dir.path().to_path_buf());
+        let offsets: PartitionOffsets = [(TopicPartition::new("t", 0), 1)].into_iter().collect();
+        let batch = BatchRange { batch_id: 0, query_id: "q", start: &offsets, end: &offsets };
+        for bad in ["/etc/passwd", "../other/part.parquet", "dt=2026-01-01/../../x", ""] {
+            let files = [ManifestFile { path: bad.into(), rows: 1 }];
+            let e = committer.publish(&batch, &files).unwrap_err();
+            assert!(matches!(e, CommitError::OutsideTable { .. }), "{bad}: {e}");
+        }
+        assert!(manifest::committed(dir.path(), 0).unwrap().is_none(), "nothing published");
+        let good = [ManifestFile { path: "dt=2026-01-01/part-0.parquet".into(), rows: 1 }];
+        std::fs::create_dir_all(dir.path().join("dt=2026-01-01")).unwrap();
+        std::fs::write(dir.path().join("dt=2026-01-01/part-0.parquet"), b"x").unwrap();
+        committer.publish(&batch, &good).unwrap();
+        assert_eq!(manifest::committed(dir.path(), 0).unwrap().unwrap().files, good);
     }
 }

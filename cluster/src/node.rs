@@ -213,9 +213,18 @@ fn check_containers(running: &mut HashMap<String, Running>, ended: &mut BTreeMap
 fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Running, String> {
     let fill = |s: &str| s.replace(HOST_PLACEHOLDER, host).replace(CONTAINER_ID_PLACEHOLDER, &launch.container_id);
     let dir = args.work_dir.join(&launch.app_id).join(&launch.container_id);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let open =
-        |name: &str| std::fs::File::create(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()));
+    // A container's logs may hold what its process printed about its job: its owner's only.
+    embedstream_core::durable::create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let open = |name: &str| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(name))
+            .map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    };
     let mut command = Command::new(&args.exe);
     command
         .args(launch.args.iter().map(|a| fill(a)))

@@ -22,6 +22,7 @@
 //! its directory with a file per batch: recovery needs only the newest entries.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use embedstream_core::durable;
@@ -96,9 +97,13 @@ impl Checkpoint {
     /// Opens (creating if needed) the checkpoint at `root`, keeping its query id; refused while
     /// another driver has it open.
     pub fn open(root: &Path) -> Result<Checkpoint, CheckpointError> {
+        // The root keeps the umask's mode: Prometheus, perhaps as another user, reads
+        // `monitoring/targets.json` there. The logs and the files of the query's state are the
+        // owner's only.
+        fs::create_dir_all(root).map_err(|source| CheckpointError::Io { path: root.to_path_buf(), source })?;
         for dir in ["offsets", "commits"] {
             let d = root.join(dir);
-            fs::create_dir_all(&d).map_err(|source| CheckpointError::Io { path: d, source })?;
+            durable::create_private_dir(&d).map_err(|source| CheckpointError::Io { path: d, source })?;
         }
         let lock = lock(root)?;
         let epoch_path = root.join("epoch");
@@ -218,8 +223,14 @@ impl Checkpoint {
 fn lock(root: &Path) -> Result<fs::File, CheckpointError> {
     let path = root.join("lock");
     let io = |source| CheckpointError::Io { path: path.clone(), source };
-    let mut file =
-        fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
@@ -248,7 +259,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Che
 
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    durable::write_atomic(path, bytes).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
+    durable::write_private(path, bytes).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
 }
 
 fn new_query_id() -> String {
@@ -303,6 +314,24 @@ mod tests {
         let next = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(next.epoch, 8);
         next.write_commit(&CommitLogEntry { batch_id: 0, ..Default::default() }).unwrap();
+    }
+
+    /// Issue 14, finding 15: the checkpoint's logs and state are their owner's alone
+    /// (directories 0700, files 0600).
+    #[test]
+    fn checkpoint_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cp");
+        let cp = Checkpoint::open(&root).unwrap();
+        cp.write_commit(&CommitLogEntry { batch_id: 0, ..Default::default() }).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in ["offsets", "commits"] {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}/");
+        }
+        for f in ["metadata", "epoch", "lock", "commits/0"] {
+            assert_eq!(mode(&root.join(f)), 0o600, "{f}");
+        }
     }
 
     #[test]

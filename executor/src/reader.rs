@@ -1,7 +1,8 @@
 //! Reads exactly `[from, until)` of one partition into an Arrow record batch.
 //!
 //! Consumers are assigned a partition and an offset (never subscribed to a group) and are kept
-//! per partition between tasks, as Spark caches its Kafka consumers. Offsets inside the range
+//! per partition between tasks, as Spark caches its Kafka consumers (at most
+//! [`CONSUMER_CACHE_CAPACITY`], the least recently used evicted). Offsets inside the range
 //! that hold no record (compacted away, transaction markers) are counted as gaps: the consumer
 //! reaching the end of the log while the broker's high watermark is at or past `until` proves
 //! the rest of the range holds nothing to read.
@@ -59,11 +60,44 @@ pub struct ReadOutput {
 
 type PartitionKey = (String, i32);
 
+/// Idle consumers kept at most, as Spark's `spark.kafka.consumer.cache.capacity`: one per
+/// partition ever read would grow without bound on a query over many topics or a pattern.
+pub const CONSUMER_CACHE_CAPACITY: usize = 64;
+
+/// Idle values by key, the least recently put back evicted past `capacity`.
+struct Idle<V> {
+    entries: HashMap<PartitionKey, (V, u64)>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl<V> Idle<V> {
+    fn new(capacity: usize) -> Idle<V> {
+        Idle { entries: HashMap::new(), clock: 0, capacity }
+    }
+
+    fn take(&mut self, key: &PartitionKey) -> Option<V> {
+        self.entries.remove(key).map(|(v, _)| v)
+    }
+
+    /// Keeps `value`; returns the one evicted to make room, if any (dropped by the caller,
+    /// outside the lock).
+    fn put(&mut self, key: PartitionKey, value: V) -> Option<V> {
+        self.clock += 1;
+        self.entries.insert(key, (value, self.clock));
+        if self.entries.len() <= self.capacity {
+            return None;
+        }
+        let oldest = self.entries.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone())?;
+        self.take(&oldest)
+    }
+}
+
 pub struct KafkaReader {
     config: ClientConfig,
     poll_timeout: Duration,
     fail_on_data_loss: bool,
-    idle: Mutex<HashMap<PartitionKey, BaseConsumer>>,
+    idle: Mutex<Idle<BaseConsumer>>,
 }
 
 impl KafkaReader {
@@ -86,13 +120,13 @@ impl KafkaReader {
             .set("auto.offset.reset", "error")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "100");
-        KafkaReader { config, poll_timeout, fail_on_data_loss, idle: Mutex::new(HashMap::new()) }
+        KafkaReader { config, poll_timeout, fail_on_data_loss, idle: Mutex::new(Idle::new(CONSUMER_CACHE_CAPACITY)) }
     }
 
     /// Reads the range; blocking (run it on a blocking thread).
     pub fn read(&self, range: &OffsetRange) -> Result<ReadOutput, ReadError> {
         let key = (range.tp.topic.clone(), range.tp.partition);
-        let cached = self.idle.lock().unwrap().remove(&key);
+        let cached = self.idle.lock().unwrap().take(&key);
         let consumer = match cached {
             Some(c) => c,
             None => self.config.create::<BaseConsumer>()?,
@@ -100,7 +134,8 @@ impl KafkaReader {
         let result = read_range(&consumer, range, self.poll_timeout, self.fail_on_data_loss);
         if result.is_ok() {
             // A consumer that failed may be in any state: only healthy ones are kept.
-            self.idle.lock().unwrap().insert(key, consumer);
+            let evicted = self.idle.lock().unwrap().put(key, consumer);
+            drop(evicted);
         }
         result
     }
@@ -232,4 +267,22 @@ fn read_range(
     ];
     let batch = RecordBatch::try_new(crate::records::input_schema(), columns).expect("columns match the input schema");
     Ok(ReadOutput { batch, gaps, lost })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, finding 15: the consumer cache is bounded, evicting the least recently used.
+    #[test]
+    fn idle_consumers_are_bounded() {
+        let mut idle = Idle::new(2);
+        let key = |p: i32| ("t".to_string(), p);
+        assert!(idle.put(key(0), 0).is_none() && idle.put(key(1), 1).is_none());
+        assert_eq!(idle.take(&key(0)), Some(0));
+        idle.put(key(0), 0);
+        assert_eq!(idle.put(key(2), 2), Some(1), "partition 1 was put back longest ago");
+        assert_eq!(idle.entries.len(), 2);
+        assert_eq!((idle.take(&key(0)), idle.take(&key(2)), idle.take(&key(1))), (Some(0), Some(2), None));
+    }
 }

@@ -38,7 +38,7 @@ impl StateFile {
         if *saved == bytes {
             return;
         }
-        match embedstream_core::durable::write_atomic(&self.path, &bytes) {
+        match embedstream_core::durable::write_private(&self.path, &bytes) {
             Ok(()) => *saved = bytes,
             Err(e) => tracing::error!(path = %self.path.display(), error = %e, "cannot write the state file"),
         }

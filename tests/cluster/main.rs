@@ -95,7 +95,8 @@ fn a_submitted_query_spreads_over_nodes_survives_a_killed_executor_and_obeys_the
     let mut anonymous = cluster.client(None);
     let refused = cluster.runtime.block_on(anonymous.list_nodes(ListNodesRequest {})).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    assert!(cluster.rm.log().contains("refused a call without a cluster token"));
+    // The RM's stderr is read by another thread: the line may come a moment after the answer.
+    cluster.wait_for("the refusal in the RM's log", |c| c.rm.log().contains("refused a call without a cluster token"));
     cluster.runtime.block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.rm_address()))
             .unwrap()

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -22,29 +21,6 @@ fn scram_properties(password: &str) -> String {
         "\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
          \"sasl.username\" = \"alice\"\n\"sasl.password\" = {password}\n"
     )
-}
-
-/// `run --local 1` of an `available_now` job to its end: whether it succeeded, its stdout and
-/// its log.
-fn run_local(job: &Job, timeout: Duration) -> (bool, Vec<u8>, String) {
-    let mut run = embedstream();
-    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
-    let out = run_to_end(run, timeout);
-    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// As [`run_local`] for a run that must succeed: its summary and its log.
-fn run_logged(job: &Job) -> (serde_json::Value, String) {
-    let (ok, stdout, stderr) = run_local(job, Duration::from_secs(180));
-    assert!(ok, "{stderr}");
-    (serde_json::from_slice(&stdout).unwrap(), stderr)
-}
-
-/// As [`run_local`] for a run that must fail: its log.
-fn run_refused(job: &Job) -> String {
-    let (ok, _, stderr) = run_local(job, Duration::from_secs(120));
-    assert!(!ok, "{stderr}");
-    stderr
 }
 
 /// The offset gaps of every batch, from the driver's "batch committed" lines.
@@ -224,12 +200,6 @@ fn aborted_transactions_are_not_embedded_and_their_markers_count_as_gaps() {
     assert_eq!(broker.committed("txn-group", "txn", 1), vec![25], "the query's position is the log's end");
 }
 
-/// The progress records of a query's checkpoint, oldest first.
-fn progress_records(job: &Job) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(job.checkpoint().join("progress.jsonl")).unwrap_or_default();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 #[test]
 fn offsets_deleted_before_they_are_read_stop_the_query_or_are_counted_as_lost() {
     let broker = Broker::start();
@@ -285,50 +255,11 @@ fn offsets_deleted_before_they_are_read_stop_the_query_or_are_counted_as_lost() 
     assert_eq!(broker.committed("ret-group", "ret", 1), vec![40]);
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl in `dir`:
-/// returns (the CA's PEM, the server's key and certificate chain in one PEM file).
-fn certificates(dir: &std::path::Path, ca: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
-    let subject = format!("/CN={ca}");
-    openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj",
-        &subject,
-    ]);
-    let (key, csr, crt) = (format!("{ca}-server.key"), format!("{ca}-server.csr"), format!("{ca}-server.crt"));
-    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca_pem,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &crt,
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    let chain = dir.join(format!("{ca}-server.pem"));
-    let pem = std::fs::read_to_string(dir.join(&key)).unwrap() + &std::fs::read_to_string(dir.join(&crt)).unwrap();
-    std::fs::write(&chain, pem).unwrap();
-    (dir.join(ca_pem), chain)
-}
-
 #[test]
 fn a_query_through_sasl_ssl_trusts_the_ca_it_is_given_and_an_untrusted_certificate_stops_it_first() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, server) = certificates(certs.path(), "embedstream-test-ca");
-    let (other_ca, _) = certificates(certs.path(), "another-ca");
+    let (ca, server) = tls::certificates(certs.path(), "embedstream-test-ca");
+    let (other_ca, _) = tls::certificates(certs.path(), "another-ca");
     let tls = format!(
         "sasl.enabled.mechanisms=SCRAM-SHA-512\n\
          listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\

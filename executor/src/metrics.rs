@@ -32,34 +32,26 @@ impl ExecutorMetrics {
                 m
             }};
         }
+        let counter = |name: &str, help: &str| register!(IntCounter::with_opts(opts(name, help)));
         let batch_sizes = HistogramOpts::from(opts("embedstream_inference_batch_size", "Texts per model call"))
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
         ExecutorMetrics {
-            embeddings: register!(IntCounter::with_opts(opts(
-                "embedstream_embeddings_total",
-                "Embeddings written to the sink"
-            ))),
-            worker_restarts: register!(IntCounter::with_opts(opts(
-                "embedstream_worker_restarts_total",
-                "Model workers replaced after they died"
-            ))),
+            embeddings: counter("embedstream_embeddings_total", "Embeddings written to the sink"),
+            worker_restarts: counter("embedstream_worker_restarts_total", "Model workers replaced after they died"),
             worker_pss_bytes: register!(IntGaugeVec::new(
                 opts("embedstream_worker_pss_bytes", "Proportional set size of a process that runs the model"),
                 &["worker"]
             )),
             inference_batch_size: register!(Histogram::with_opts(batch_sizes)),
-            non_finite_vectors: register!(IntCounter::with_opts(opts(
+            non_finite_vectors: counter(
                 "embedstream_non_finite_vectors_total",
-                "Records whose vector held NaN or infinite values, sent to the dead-letter topic"
-            ))),
-            kafka_read_errors: register!(IntCounter::with_opts(opts(
-                "embedstream_kafka_read_errors_total",
-                "Tasks whose Kafka read failed"
-            ))),
-            kafka_produce_errors: register!(IntCounter::with_opts(opts(
+                "Records whose vector held NaN or infinite values, sent to the dead-letter topic",
+            ),
+            kafka_read_errors: counter("embedstream_kafka_read_errors_total", "Tasks whose Kafka read failed"),
+            kafka_produce_errors: counter(
                 "embedstream_kafka_produce_errors_total",
-                "Tasks whose output the broker refused or did not acknowledge"
-            ))),
+                "Tasks whose output the broker refused or did not acknowledge",
+            ),
             flight_calls: register!(IntCounterVec::new(
                 opts("embedstream_flight_calls_total", "Arrow Flight calls received"),
                 &["method"]
@@ -68,10 +60,10 @@ impl ExecutorMetrics {
                 opts("embedstream_flight_errors_total", "Arrow Flight calls refused or failed, by gRPC code"),
                 &["method", "code"]
             )),
-            flight_embeddings: register!(IntCounter::with_opts(opts(
+            flight_embeddings: counter(
                 "embedstream_flight_embeddings_total",
-                "Texts embedded for Arrow Flight DoExchange calls"
-            ))),
+                "Texts embedded for Arrow Flight DoExchange calls",
+            ),
             registry,
         }
     }

@@ -1,0 +1,268 @@
+//! The `embedstream` side of the harness: job spec files, the binary run to its end, and a
+//! continuous query running in the background with its log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A job spec file in a temporary directory, with its checkpoint beside it.
+pub struct Job {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Job {
+    /// `source_extra`, `trigger` and `rest` are TOML lines added to [source], [trigger] and the end.
+    pub fn new(broker: &Broker, name: &str, source_extra: &str, trigger: &str, rest: &str) -> Job {
+        let dir = tempfile::tempdir().unwrap();
+        let m = model_dir();
+        let text = format!(
+            r#"name = "{name}"
+checkpoint_location = "{cp}"
+
+[source]
+bootstrap_servers = "{addr}"
+starting_offsets = "earliest"
+group_id = "{name}-group"
+poll_timeout_ms = 20000
+{source_extra}
+
+[trigger]
+{trigger}
+
+[model]
+onnx = "{onnx}"
+tokenizer = "{tok}"
+batch_size = 16
+sort_window = 16
+
+[sink]
+kind = "kafka"
+topic = "{name}-out"
+dead_letter_topic = "{name}-dlq"
+{rest}
+"#,
+            cp = dir.path().join("checkpoint").display(),
+            addr = broker.addr,
+            onnx = m.join("model.onnx").display(),
+            tok = m.join("tokenizer.json").display(),
+        );
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, text).unwrap();
+        Job { dir, path }
+    }
+
+    /// Makes `addr` the source's bootstrap servers (another listener of the broker).
+    pub fn with_bootstrap(self, addr: &str) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let (head, rest) = text.split_once("[source]\nbootstrap_servers = ").expect("Job::new's source");
+        let rest = rest.split_once('\n').expect("the servers line").1;
+        std::fs::write(&self.path, format!("{head}[source]\nbootstrap_servers = \"{addr}\"\n{rest}")).unwrap();
+        self
+    }
+
+    /// Drops the `starting_offsets = "earliest"` that [`Job::new`] puts first, for a test that sets its own.
+    pub fn without_default_starting_offsets(self) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap().replacen("starting_offsets = \"earliest\"\n", "", 1);
+        std::fs::write(&self.path, text).unwrap();
+        self
+    }
+
+    /// Sets `model.batch_size` and `model.sort_window` (16 and 16 from [`Job::new`], so that a
+    /// task of more than 16 records is embedded and written in several windows).
+    pub fn with_batching(self, batch_size: usize, sort_window: usize) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap().replacen(
+            "batch_size = 16\nsort_window = 16\n",
+            &format!("batch_size = {batch_size}\nsort_window = {sort_window}\n"),
+            1,
+        );
+        std::fs::write(&self.path, text).unwrap();
+        self
+    }
+
+    /// Makes the sink a Parquet table at `table` (with the `value` column) instead of a topic.
+    pub fn with_parquet_sink(self, table: &Path) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let (head, rest) = text.split_once("[sink]\nkind = \"kafka\"\n").expect("Job::new's sink");
+        let rest = rest.split_once('\n').expect("the topic line").1;
+        let sink = format!("[sink]\nkind = \"parquet\"\npath = \"{}\"\ncolumns = [\"value\"]\n", table.display());
+        std::fs::write(&self.path, format!("{head}{sink}{rest}")).unwrap();
+        self
+    }
+
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.path().join("checkpoint")
+    }
+
+    /// Batch ids that have a file in `offsets/` or `commits/`.
+    pub fn logged_batches(&self, log: &str) -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(self.checkpoint().join(log))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+pub fn embedstream() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_embedstream"));
+    c.env("EMBEDSTREAM_CACHE", cache()).env("RUST_LOG", "info,librdkafka=warn");
+    c
+}
+
+/// Runs `embedstream ARGS` to its end, killing it past `timeout`.
+pub fn run_to_end(mut cmd: Command, timeout: Duration) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("embedstream did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// Runs an `available_now` job with N local executors and returns its summary (JSON).
+pub fn run_job(job: &Job, executors: u32) -> serde_json::Value {
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", &executors.to_string()]);
+    let out = run_to_end(cmd, Duration::from_secs(180));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "embedstream run failed ({}):\n{stderr}", out.status);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("summary: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A continuous query running in the background, its stderr collected line by line.
+pub struct Running {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    pub fn start(job: &Job, executors: u32) -> Running {
+        Self::start_with_env(job, executors, &[])
+    }
+
+    /// As [`Running::start`], with `env` added to the driver's environment.
+    pub fn start_with_env(job: &Job, executors: u32, env: &[(&str, &str)]) -> Running {
+        let mut cmd = embedstream();
+        cmd.envs(env.iter().copied());
+        // Its own process group, as a shell gives a foreground job: a terminal's Ctrl-C is a
+        // SIGINT to the group ([`Running::interrupt_group`]).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.args(["run", job.path.to_str().unwrap(), "--local", &executors.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Running { child, lines }
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `cond` holds, failing if the query exits or `timeout` passes.
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond(self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the query exited ({status}) while waiting for {what}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "no {what} within {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// PIDs of the executors, from the driver's "executor registered" lines.
+    pub fn executor_pids(&self) -> Vec<u32> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("embedstream_driver") && l.contains("executor registered"))
+            .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// SIGTERM, then the exit status and the summary printed on stdout.
+    pub fn stop(self) -> serde_json::Value {
+        let pid = self.child.id().to_string();
+        self.signal_and_wait(&["-TERM", &pid])
+    }
+
+    /// SIGINT to the query's whole process group, as Ctrl-C in a terminal sends it, then the
+    /// exit status and the summary printed on stdout.
+    pub fn interrupt_group(self) -> serde_json::Value {
+        let group = format!("-{}", self.child.id());
+        self.signal_and_wait(&["-INT", "--", &group])
+    }
+
+    fn signal_and_wait(mut self, kill_args: &[&str]) -> serde_json::Value {
+        Command::new("kill").args(kill_args).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{kill_args:?} did not stop the query:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "a stop by {kill_args:?} exits 0, got {status}:\n{}", self.log());
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary: {e}: {out}"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `run --local 1` of an `available_now` job to its end: whether it succeeded, its stdout and
+/// its log.
+pub fn run_local(job: &Job, timeout: Duration) -> (bool, Vec<u8>, String) {
+    let mut run = embedstream();
+    run.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(run, timeout);
+    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// As [`run_local`] for a run that must succeed: its summary and its log.
+pub fn run_logged(job: &Job) -> (serde_json::Value, String) {
+    let (ok, stdout, stderr) = run_local(job, Duration::from_secs(180));
+    assert!(ok, "{stderr}");
+    (serde_json::from_slice(&stdout).unwrap(), stderr)
+}
+
+/// As [`run_local`] for a run that must fail: its log.
+pub fn run_refused(job: &Job) -> String {
+    let (ok, _, stderr) = run_local(job, Duration::from_secs(120));
+    assert!(!ok, "{stderr}");
+    stderr
+}
+
+/// The progress records of a query's checkpoint, oldest first.
+pub fn progress_records(job: &Job) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(job.checkpoint().join("progress.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}

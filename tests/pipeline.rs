@@ -296,3 +296,50 @@ fn an_oversized_bad_record_goes_to_the_dead_letter_topic_truncated_and_the_batch
     assert!(value.len() < 1_000_000 && huge.starts_with(value), "the value's first {} bytes", value.len());
     assert_eq!(broker.committed("big-group", "big", 1), vec![3]);
 }
+
+/// Issue 14, finding 5: a task's memory follows its windows, not its range. One task over
+/// 200,000 records of 1 KB (200 MB, all over `max_text_bytes`, so to the dead-letter topic)
+/// runs with the executor's peak RSS under 128 MiB (89 MiB measured, 28 MiB when idle). Before
+/// the fix the reader built the whole range in memory, reserving builders for all of it up front.
+#[test]
+fn one_task_over_a_long_range_runs_in_bounded_memory() {
+    const RECORDS: usize = 200_000;
+    let broker = Broker::start();
+    broker.create_topic("backlog", 1);
+    for part in 0..4 {
+        let records: Vec<RawRecord> = (0..RECORDS / 4)
+            .map(|i| (0, None, Some(format!("{part}-{i:07}-{}", "x".repeat(1000)).into_bytes())))
+            .collect();
+        broker.produce("backlog", &records);
+    }
+    let job = Job::new(&broker, "backlog", "subscribe = [\"backlog\"]", "processing_time = \"500ms\"", "");
+    let spec = std::fs::read_to_string(&job.path).unwrap().replacen(
+        "sort_window = 16\n",
+        "sort_window = 1024\nmax_text_bytes = 100\n",
+        1,
+    );
+    let spec = spec.replacen("batch_size = 16\n", "batch_size = 32\n", 1);
+    std::fs::write(&job.path, spec).unwrap();
+    let mut q = Running::start(&job, 1);
+    q.wait_until("a registered executor", Duration::from_secs(60), |q| q.executor_pids().len() == 1);
+    let idle_kb = vm_kb(q.executor_pids()[0], "VmRSS:");
+    q.wait_until("the 200,000 records committed", Duration::from_secs(300), |_| {
+        broker.committed("backlog-group", "backlog", 1) == vec![RECORDS as i64]
+    });
+    let peak_kb = vm_kb(q.executor_pids()[0], "VmHWM:");
+    let summary = q.stop();
+    assert_eq!(summary["dead_letters"], RECORDS as u64, "{summary}");
+    assert_eq!(job.logged_batches("commits").len(), 1, "one batch, so one task over the whole range");
+    eprintln!(
+        "executor RSS: {} MiB when it registered, {} MiB at its peak over a 200 MB range",
+        idle_kb / 1024,
+        peak_kb / 1024
+    );
+    assert!(peak_kb < 128 * 1024, "the executor's peak RSS was {} MiB for a 200 MB range", peak_kb / 1024);
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`).
+fn vm_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix(field)).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}

@@ -1,4 +1,5 @@
-//! Reads exactly `[from, until)` of one partition into an Arrow record batch.
+//! Reads exactly `[from, until)` of one partition into Arrow record batches, a chunk at a time
+//! ([`RangeRead`]), so that memory follows the chunk, not the range.
 //!
 //! Consumers are assigned a partition and an offset (never subscribed to a group) and are kept
 //! per partition between tasks, as Spark caches its Kafka consumers (at most
@@ -47,15 +48,6 @@ impl ReadError {
     pub fn is_data_loss(&self) -> bool {
         matches!(self, ReadError::DataLoss { .. } | ReadError::Deleted { .. })
     }
-}
-
-pub struct ReadOutput {
-    /// Columns as in [`crate::records::input_schema`], in offset order.
-    pub batch: RecordBatch,
-    /// Offsets of the range that held no record.
-    pub gaps: u64,
-    /// Offsets of the range the broker had deleted (only without `fail_on_data_loss`).
-    pub lost: u64,
 }
 
 type PartitionKey = (String, i32);
@@ -120,24 +112,36 @@ impl KafkaReader {
             .set("auto.offset.reset", "error")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "100");
+        // librdkafka prefetches up to 64 MB a partition by default; a task reads a window at a
+        // time, so a smaller queue keeps it fed. The source's own properties may say otherwise.
+        if config.get("queued.max.messages.kbytes").is_none() {
+            config.set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string());
+        }
         KafkaReader { config, poll_timeout, fail_on_data_loss, idle: Mutex::new(Idle::new(CONSUMER_CACHE_CAPACITY)) }
     }
 
-    /// Reads the range; blocking (run it on a blocking thread).
-    pub fn read(&self, range: &OffsetRange) -> Result<ReadOutput, ReadError> {
+    /// Starts reading `range` (its consumer from the cache, or a new one), a chunk at a time
+    /// with [`RangeRead::next_chunk`]; blocking (run it on a blocking thread).
+    pub fn open(self: &Arc<Self>, range: &OffsetRange) -> Result<RangeRead, ReadError> {
         let key = (range.tp.topic.clone(), range.tp.partition);
         let cached = self.idle.lock().unwrap().take(&key);
         let consumer = match cached {
             Some(c) => c,
             None => self.config.create::<BaseConsumer>()?,
         };
-        let result = read_range(&consumer, range, self.poll_timeout, self.fail_on_data_loss);
-        if result.is_ok() {
-            // A consumer that failed may be in any state: only healthy ones are kept.
-            let evicted = self.idle.lock().unwrap().put(key, consumer);
-            drop(evicted);
-        }
-        result
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&range.tp.topic, range.tp.partition, Offset::Offset(range.from))?;
+        consumer.assign(&tpl)?;
+        Ok(RangeRead {
+            reader: self.clone(),
+            key,
+            consumer: Some(consumer),
+            range: range.clone(),
+            next: range.from,
+            gaps: 0,
+            lost: 0,
+            last_progress: Instant::now(),
+        })
     }
 }
 
@@ -158,115 +162,157 @@ fn recovers_by_itself(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-fn read_range(
-    consumer: &BaseConsumer,
-    range: &OffsetRange,
-    poll_timeout: Duration,
-    fail_on_data_loss: bool,
-) -> Result<ReadOutput, ReadError> {
-    let (topic, partition, until) = (range.tp.topic.as_str(), range.tp.partition, range.until);
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(range.from))?;
-    consumer.assign(&tpl)?;
+/// One range being read chunk by chunk, so that a task holds only the records it works on,
+/// however long its range. The consumer goes back to the cache once the range is read; a read
+/// that failed drops it (it may be in any state).
+pub struct RangeRead {
+    reader: Arc<KafkaReader>,
+    key: PartitionKey,
+    /// `None` once the range is done or has failed.
+    consumer: Option<BaseConsumer>,
+    range: OffsetRange,
+    next: i64,
+    /// Offsets read so far that held no record.
+    pub gaps: u64,
+    /// Offsets the broker had deleted before they were read (only without `fail_on_data_loss`).
+    pub lost: u64,
+    last_progress: Instant,
+}
 
-    let capacity = (until - range.from).max(0) as usize;
-    let mut keys = BinaryBuilder::with_capacity(capacity, 0);
-    let mut values = BinaryBuilder::with_capacity(capacity, 0);
-    let mut offsets = Int64Builder::with_capacity(capacity);
-    let mut timestamps = Int64Builder::with_capacity(capacity);
-    let mut next = range.from;
-    let mut gaps = 0u64;
-    let mut lost = 0u64;
-    let mut last_progress = Instant::now();
+/// The consumer's prefetch queue, unless `[source.kafka]` sets `queued.max.messages.kbytes`.
+pub const PREFETCH_KBYTES: u32 = 16 << 10;
 
-    while next < until {
-        match consumer.poll(POLL_STEP) {
-            Some(Ok(m)) => {
-                if m.topic() != topic || m.partition() != partition || m.offset() < next {
-                    continue;
-                }
-                if m.offset() >= until {
-                    gaps += (until - next) as u64;
-                    break;
-                }
-                gaps += (m.offset() - next) as u64;
-                keys.append_option(m.key());
-                values.append_option(m.payload());
-                offsets.append_value(m.offset());
-                timestamps.append_option(m.timestamp().to_millis());
-                next = m.offset() + 1;
-                last_progress = Instant::now();
+/// The most rows a chunk's builders reserve up front; they grow past it as records arrive.
+const CHUNK_RESERVE: usize = 4096;
+
+impl RangeRead {
+    /// The next records of the range, at most `max_rows`, in offset order (columns as in
+    /// [`crate::records::input_schema`]); `None` once the whole range is read. Blocking.
+    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<RecordBatch>, ReadError> {
+        let Some(consumer) = self.consumer.take() else { return Ok(None) };
+        if self.next >= self.range.until {
+            consumer.unassign()?;
+            let evicted = self.reader.idle.lock().unwrap().put(self.key.clone(), consumer);
+            drop(evicted);
+            return Ok(None);
+        }
+        match self.read_rows(&consumer, max_rows.max(1)) {
+            Ok(batch) => {
+                self.consumer = Some(consumer);
+                Ok(Some(batch))
             }
-            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
-                let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-                if high < until && fail_on_data_loss {
-                    let _ = consumer.unassign();
-                    return Err(ReadError::DataLoss { topic: topic.into(), partition, next, until, high });
-                }
-                // At the end of the log, and the log reaches `until`: the rest holds no records.
-                // (Or it was lost and losses are accepted: skipped the same way.)
-                gaps += (until - next) as u64;
-                next = until;
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(KafkaError::MessageConsumption(
-                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
-            ))) => {
-                let (low, _) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-                if low <= next {
-                    // Not a deletion of what is left to read: the broker's answer was stale.
-                    return Err(ReadError::Kafka(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)));
-                }
-                if fail_on_data_loss {
-                    let _ = consumer.unassign();
-                    return Err(ReadError::Deleted { topic: topic.into(), partition, next, earliest: low });
-                }
-                let resume = low.min(until);
-                tracing::warn!(
-                    topic,
-                    partition,
-                    from = next,
-                    until = resume,
-                    "offsets deleted before they were read: skipped"
-                );
-                lost += (resume - next) as u64;
-                next = resume;
-                if next < until {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
-                    consumer.assign(&tpl)?;
-                }
-                last_progress = Instant::now();
-            }
-            // librdkafka reconnects and refetches by itself (a broker restarting, a leader
-            // moving): keep polling, the poll timeout bounds the wait.
-            Some(Err(KafkaError::MessageConsumption(code))) if recovers_by_itself(code) => {
-                tracing::debug!(topic, partition, %code, "kafka: transient consumer error");
-            }
-            Some(Err(e)) => {
+            Err(e) => {
                 let _ = consumer.unassign();
-                return Err(e.into());
+                Err(e)
             }
-            None if last_progress.elapsed() > poll_timeout => {
-                let _ = consumer.unassign();
-                return Err(ReadError::Timeout { topic: topic.into(), partition, next, until, waited: poll_timeout });
-            }
-            None => {}
         }
     }
-    consumer.unassign()?;
 
-    let rows = offsets.len();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(keys.finish()),
-        Arc::new(values.finish()),
-        Arc::new(StringArray::from(vec![topic; rows])),
-        Arc::new(Int32Array::from(vec![partition; rows])),
-        Arc::new(offsets.finish()),
-        Arc::new(timestamps.finish()),
-    ];
-    let batch = RecordBatch::try_new(crate::records::input_schema(), columns).expect("columns match the input schema");
-    Ok(ReadOutput { batch, gaps, lost })
+    /// Polls until `max_rows` records are read or the range ends.
+    fn read_rows(&mut self, consumer: &BaseConsumer, max_rows: usize) -> Result<RecordBatch, ReadError> {
+        let (poll_timeout, fail_on_data_loss) = (self.reader.poll_timeout, self.reader.fail_on_data_loss);
+        let (topic, partition, until) = (self.range.tp.topic.clone(), self.range.tp.partition, self.range.until);
+        let topic = topic.as_str();
+        // Sized by what this chunk can hold, never by the range (which may span millions).
+        let capacity = ((until - self.next).max(0) as usize).min(max_rows).min(CHUNK_RESERVE);
+        let mut keys = BinaryBuilder::with_capacity(capacity, 0);
+        let mut values = BinaryBuilder::with_capacity(capacity, 0);
+        let mut offsets = Int64Builder::with_capacity(capacity);
+        let mut timestamps = Int64Builder::with_capacity(capacity);
+
+        while self.next < until && offsets.len() < max_rows {
+            match consumer.poll(POLL_STEP) {
+                Some(Ok(m)) => {
+                    if m.topic() != topic || m.partition() != partition || m.offset() < self.next {
+                        continue;
+                    }
+                    if m.offset() >= until {
+                        self.gaps += (until - self.next) as u64;
+                        self.next = until;
+                        break;
+                    }
+                    self.gaps += (m.offset() - self.next) as u64;
+                    keys.append_option(m.key());
+                    values.append_option(m.payload());
+                    offsets.append_value(m.offset());
+                    timestamps.append_option(m.timestamp().to_millis());
+                    self.next = m.offset() + 1;
+                    self.last_progress = Instant::now();
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
+                    let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+                    if high < until && fail_on_data_loss {
+                        let next = self.next;
+                        return Err(ReadError::DataLoss { topic: topic.into(), partition, next, until, high });
+                    }
+                    // At the end of the log, and the log reaches `until`: the rest holds no
+                    // records. (Or it was lost and losses are accepted: skipped the same way.)
+                    self.gaps += (until - self.next) as u64;
+                    self.next = until;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                ))) => {
+                    let (low, _) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+                    if low <= self.next {
+                        // Not a deletion of what is left to read: the broker's answer was stale.
+                        return Err(ReadError::Kafka(KafkaError::MessageConsumption(
+                            RDKafkaErrorCode::OffsetOutOfRange,
+                        )));
+                    }
+                    if fail_on_data_loss {
+                        let next = self.next;
+                        return Err(ReadError::Deleted { topic: topic.into(), partition, next, earliest: low });
+                    }
+                    let resume = low.min(until);
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        from = self.next,
+                        until = resume,
+                        "offsets deleted before they were read: skipped"
+                    );
+                    self.lost += (resume - self.next) as u64;
+                    self.next = resume;
+                    if self.next < until {
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition_offset(topic, partition, Offset::Offset(self.next))?;
+                        consumer.assign(&tpl)?;
+                    }
+                    self.last_progress = Instant::now();
+                }
+                // librdkafka reconnects and refetches by itself (a broker restarting, a leader
+                // moving): keep polling, the poll timeout bounds the wait.
+                Some(Err(KafkaError::MessageConsumption(code))) if recovers_by_itself(code) => {
+                    tracing::debug!(topic, partition, %code, "kafka: transient consumer error");
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None if self.last_progress.elapsed() > poll_timeout => {
+                    let next = self.next;
+                    return Err(ReadError::Timeout {
+                        topic: topic.into(),
+                        partition,
+                        next,
+                        until,
+                        waited: poll_timeout,
+                    });
+                }
+                None => {}
+            }
+        }
+
+        let rows = offsets.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(keys.finish()),
+            Arc::new(values.finish()),
+            Arc::new(StringArray::from(vec![topic; rows])),
+            Arc::new(Int32Array::from(vec![partition; rows])),
+            Arc::new(offsets.finish()),
+            Arc::new(timestamps.finish()),
+        ];
+        Ok(RecordBatch::try_new(crate::records::input_schema(), columns).expect("columns match the input schema"))
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! One task: read the range, check each record, embed the good ones window by window, write
-//! each window as soon as it is embedded.
+//! One task: read the range window by window, check each record, embed the good ones, write
+//! each window as soon as it is embedded. A task holds a few windows at a time, never its whole
+//! range.
 //!
 //! A record whose value the model cannot take (null, empty, too long, not UTF-8) is never fatal
 //! and never lost: it goes to the dead-letter topic with the reason in `es.error`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
@@ -17,11 +18,11 @@ use tracing::Instrument;
 
 use crate::metrics::ExecutorMetrics;
 use crate::model::Embed;
-use crate::model::ModelError;
+use crate::model::{ModelError, Vectors};
 use crate::reader::{KafkaReader, ReadError};
 use crate::records::{embedding_array, keep_finite, output_schema, reject_reason, RecentOutput, NON_FINITE};
 use embedstream_sinks::kafka::{Origin, Pending};
-use embedstream_sinks::{DeadLetters, Sink, SinkError, TaskInfo};
+use embedstream_sinks::{DeadLetters, Sink, SinkError, TaskInfo, TaskWriter};
 
 pub struct TaskContext {
     pub executor_id: String,
@@ -97,126 +98,226 @@ pub async fn run(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Sta
     }
 }
 
+/// A window's embedding, spawned so that it runs while the task reads and writes other
+/// windows; aborted if the task ends first (its workers come back, see `workers::Lease`).
+struct Embedding(tokio::task::JoinHandle<Vectors>);
+
+impl Drop for Embedding {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a task counted as it went.
+#[derive(Default)]
+struct Counts {
+    rows_read: u64,
+    embedded: u64,
+    dead_letters: u64,
+    sink_micros: u64,
+    batch_sizes: Vec<usize>,
+}
+
+/// Dead letters enqueued before the task waits for their acknowledgements, so that the
+/// producer's queue holds a bounded share of a long range.
+const DEAD_LETTERS_IN_FLIGHT: usize = 10_000;
+
 async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuccessful, TaskError> {
     let range = match def.range.clone().map(OffsetRange::try_from) {
         Some(Ok(r)) => r,
         Some(Err(e)) => return Err(TaskError::BadTask(format!("bad task: {e}"))),
         None => return Err(TaskError::BadTask("task has no offset range".into())),
     };
+    let window_rows = ctx.spec.model.sort_window.max(1);
 
-    let started = Instant::now();
-    let reader = ctx.reader.clone();
-    let to_read = range.clone();
-    let read = tokio::task::spawn_blocking(move || reader.read(&to_read))
-        .await
-        .expect("reads do not panic")
-        .map_err(TaskError::Read)?;
-    let read_micros = started.elapsed().as_micros() as u64;
-
-    let batch = &read.batch;
-    let col = |name: &str| batch.column_by_name(name).expect("input schema column");
-    let keys = col("key").as_any().downcast_ref::<BinaryArray>().expect("binary keys");
-    let values = col("value").as_any().downcast_ref::<BinaryArray>().expect("binary values");
-    let offsets = col("offset").as_any().downcast_ref::<Int64Array>().expect("int64 offsets");
-    let value = |i: usize| values.is_valid(i).then(|| values.value(i));
-    let max_bytes = ctx.spec.model.max_text_bytes;
-
-    let mut good: Vec<usize> = Vec::with_capacity(batch.num_rows());
-    let mut rejects: Vec<(usize, String)> = Vec::new();
-    for i in 0..batch.num_rows() {
-        match reject_reason(value(i), max_bytes) {
-            None => good.push(i),
-            Some(reason) => rejects.push((i, reason)),
+    // The range is read on a blocking thread, a window of records at a time, handed over
+    // through a channel of one: the reader is at most a window ahead, and a task holds a few
+    // windows whatever the length of its range.
+    let (tx, mut chunks) = tokio::sync::mpsc::channel::<Result<RecordBatch, ReadError>>(1);
+    let (reader, to_read) = (ctx.reader.clone(), range.clone());
+    let read_thread = tokio::task::spawn_blocking(move || {
+        let mut busy = Duration::ZERO;
+        let mut read = match reader.open(&to_read) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return (0, 0, busy);
+            }
+        };
+        loop {
+            let started = Instant::now();
+            let chunk = read.next_chunk(window_rows);
+            busy += started.elapsed();
+            let more = match chunk {
+                Ok(Some(rows)) => tx.blocking_send(Ok(rows)).is_ok(),
+                Ok(None) => false,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    false
+                }
+            };
+            if !more {
+                return (read.gaps, read.lost, busy);
+            }
         }
-    }
-
-    // Window by window in offset order: the workers embed window k+1 while window k is written,
-    // so the sink keeps the source partition's order and early records are delivered early.
-    let infer_started = Instant::now();
-    let text = |i: usize| std::str::from_utf8(values.value(i)).expect("checked UTF-8").to_owned();
-    // One future per window, made as the window's turn comes; each yields its window with the
-    // result, so rows and vectors stay paired.
-    let mut windows = good.chunks(ctx.spec.model.sort_window.max(1)).map(|window| {
-        let (workers, texts) = (ctx.workers.clone(), window.iter().map(|&i| text(i)).collect());
-        async move { (window, workers.embed(texts).await) }
     });
-    let mut in_flight = futures::stream::FuturesOrdered::new();
-    in_flight.extend(windows.by_ref().take(WINDOWS_IN_FLIGHT));
 
     let info =
         TaskInfo { batch_id: def.batch_id, task_id: def.task_id, attempt: def.attempt, partition: def.sink_partition };
     let mut writer = ctx.sink.open(&info)?;
-    let schema = output_schema(ctx.workers.dim());
-    let mut sink_micros = 0u64;
-    let mut batch_sizes = Vec::new();
-    let mut embedded_rows = 0usize;
-    while let Some((window, embedded)) = in_flight.next().await {
-        let (vectors, sizes) = match embedded {
-            Ok(v) => v,
-            Err(e) => {
-                writer.abort().await;
-                return Err(TaskError::Model(e));
-            }
-        };
-        if let Some(next) = windows.next() {
-            in_flight.push_back(next);
-        }
-        batch_sizes.extend(sizes);
-        let (window, vectors, non_finite) = keep_finite(window, vectors, ctx.workers.dim());
-        if !non_finite.is_empty() {
-            tracing::warn!(rows = non_finite.len(), "the model gave non-finite vectors; sent to the dead-letter topic");
-            ctx.metrics.non_finite_vectors.inc_by(non_finite.len() as u64);
-            rejects.extend(non_finite.into_iter().map(|i| (i, NON_FINITE.to_string())));
-        }
-        embedded_rows += window.len();
-        let sink_started = Instant::now();
-        let rows = output_rows(batch, &window, vectors, &schema);
-        if let Err(e) = writer.write(&rows).await {
-            writer.abort().await;
-            return Err(e.into());
-        }
-        ctx.recent.push(&rows);
-        sink_micros += sink_started.elapsed().as_micros() as u64;
-    }
-    let infer_micros = infer_started.elapsed().as_micros() as u64 - sink_micros;
-
-    let sink_started = Instant::now();
-    let origin = |i: usize| Origin {
-        topic: &range.tp.topic,
-        partition: range.tp.partition,
-        offset: offsets.value(i),
-        key: keys.is_valid(i).then(|| keys.value(i)),
-    };
+    let infer_started = Instant::now();
+    let mut counts = Counts::default();
     let mut pending = Pending::default();
-    for (i, reason) in &rejects {
-        tracing::debug!(offset = offsets.value(*i), %reason, "dead letter");
-        let sent = ctx.dead_letters.send(&mut pending, def.dead_letter_partition, &origin(*i), value(*i), reason).await;
-        if let Err(e) = sent {
-            writer.abort().await;
-            return Err(e.into());
-        }
-    }
-    if let Err(e) = pending.finish().await {
+    let done = windows(ctx, &def, &range, &mut chunks, &mut *writer, &mut pending, &mut counts).await;
+    let done = match done {
+        Ok(()) => pending.finish().await.map_err(TaskError::from),
+        Err(e) => Err(e),
+    };
+    // The reader stops at its next hand-over once the receiver is gone.
+    drop(chunks);
+    if let Err(e) = done {
         writer.abort().await;
-        return Err(e.into());
+        return Err(e);
     }
+    let sink_started = Instant::now();
     let output = writer.commit().await?;
-    let sink_micros = sink_micros + sink_started.elapsed().as_micros() as u64;
-    ctx.metrics.embeddings.inc_by(embedded_rows as u64);
-    for size in batch_sizes {
+    let sink_micros = counts.sink_micros + sink_started.elapsed().as_micros() as u64;
+    let (gaps, lost, read_busy) = read_thread.await.expect("reads do not panic");
+    let read_micros = read_busy.as_micros() as u64;
+    let infer_micros = (infer_started.elapsed().as_micros() as u64).saturating_sub(sink_micros + read_micros);
+    ctx.metrics.embeddings.inc_by(counts.embedded);
+    for size in counts.batch_sizes {
         ctx.metrics.inference_batch_size.observe(size as f64);
     }
 
     Ok(TaskSuccessful {
-        rows_read: batch.num_rows() as u64,
-        embeddings_written: embedded_rows as u64,
-        dead_letters: rejects.len() as u64,
-        offset_gaps: read.gaps,
-        lost_offsets: read.lost,
+        rows_read: counts.rows_read,
+        embeddings_written: counts.embedded,
+        dead_letters: counts.dead_letters,
+        offset_gaps: gaps,
+        lost_offsets: lost,
         read_micros,
         infer_micros,
         sink_micros,
         latency: Some((&output.latency).into()),
         files: output.files.into_iter().map(Into::into).collect(),
     })
+}
+
+/// Reads, checks, embeds and writes the range window by window, in offset order: up to
+/// [`WINDOWS_IN_FLIGHT`] windows are embedding while the oldest is written, so the sink keeps
+/// the source partition's order, early records are delivered early and no worker idles.
+async fn windows(
+    ctx: &Arc<TaskContext>,
+    def: &TaskDefinition,
+    range: &OffsetRange,
+    chunks: &mut tokio::sync::mpsc::Receiver<Result<RecordBatch, ReadError>>,
+    writer: &mut dyn TaskWriter,
+    pending: &mut Pending,
+    counts: &mut Counts,
+) -> Result<(), TaskError> {
+    let max_bytes = ctx.spec.model.max_text_bytes;
+    let schema = output_schema(ctx.workers.dim());
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut read_all = false;
+    loop {
+        while !read_all && in_flight.len() < WINDOWS_IN_FLIGHT {
+            let Some(chunk) = chunks.recv().await else {
+                read_all = true;
+                break;
+            };
+            let chunk = chunk.map_err(TaskError::Read)?;
+            counts.rows_read += chunk.num_rows() as u64;
+            let rows = Rows::of(&chunk);
+            let mut good = Vec::with_capacity(chunk.num_rows());
+            for i in 0..chunk.num_rows() {
+                match reject_reason(rows.value(i), max_bytes) {
+                    None => good.push(i),
+                    Some(reason) => dead_letter(ctx, def, range, &rows, pending, i, &reason, counts).await?,
+                }
+            }
+            if pending.len() >= DEAD_LETTERS_IN_FLIGHT {
+                std::mem::take(pending).finish().await?;
+            }
+            if good.is_empty() {
+                continue;
+            }
+            let texts = good.iter().map(|&i| rows.text(i)).collect();
+            let embedding = Embedding(tokio::spawn(ctx.workers.clone().embed(texts)));
+            in_flight.push_back(async move {
+                let mut embedding = embedding;
+                let vectors = (&mut embedding.0).await.expect("embeddings do not panic");
+                (chunk, good, vectors)
+            });
+        }
+        let Some((chunk, window, embedded)) = in_flight.next().await else { return Ok(()) };
+        let (vectors, sizes) = embedded.map_err(TaskError::Model)?;
+        counts.batch_sizes.extend(sizes);
+        let (window, vectors, non_finite) = keep_finite(&window, vectors, ctx.workers.dim());
+        if !non_finite.is_empty() {
+            tracing::warn!(rows = non_finite.len(), "the model gave non-finite vectors; sent to the dead-letter topic");
+            ctx.metrics.non_finite_vectors.inc_by(non_finite.len() as u64);
+            let rows = Rows::of(&chunk);
+            for i in non_finite {
+                dead_letter(ctx, def, range, &rows, pending, i, NON_FINITE, counts).await?;
+            }
+        }
+        counts.embedded += window.len() as u64;
+        let sink_started = Instant::now();
+        let output = output_rows(&chunk, &window, vectors, &schema);
+        writer.write(&output).await?;
+        ctx.recent.push(&output);
+        counts.sink_micros += sink_started.elapsed().as_micros() as u64;
+    }
+}
+
+/// A chunk's columns the checks and the dead letters read.
+struct Rows<'a> {
+    keys: &'a BinaryArray,
+    values: &'a BinaryArray,
+    offsets: &'a Int64Array,
+}
+
+impl<'a> Rows<'a> {
+    fn of(chunk: &'a RecordBatch) -> Rows<'a> {
+        let col = |name: &str| chunk.column_by_name(name).expect("input schema column");
+        Rows {
+            keys: col("key").as_any().downcast_ref::<BinaryArray>().expect("binary keys"),
+            values: col("value").as_any().downcast_ref::<BinaryArray>().expect("binary values"),
+            offsets: col("offset").as_any().downcast_ref::<Int64Array>().expect("int64 offsets"),
+        }
+    }
+
+    fn value(&self, i: usize) -> Option<&'a [u8]> {
+        self.values.is_valid(i).then(|| self.values.value(i))
+    }
+
+    fn text(&self, i: usize) -> String {
+        std::str::from_utf8(self.values.value(i)).expect("checked UTF-8").to_owned()
+    }
+}
+
+/// Enqueues row `i` of a chunk for the dead-letter topic, as it came, with `reason`.
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    ctx: &TaskContext,
+    def: &TaskDefinition,
+    range: &OffsetRange,
+    rows: &Rows<'_>,
+    pending: &mut Pending,
+    i: usize,
+    reason: &str,
+    counts: &mut Counts,
+) -> Result<(), TaskError> {
+    let offset = rows.offsets.value(i);
+    tracing::debug!(offset, %reason, "dead letter");
+    let origin = Origin {
+        topic: &range.tp.topic,
+        partition: range.tp.partition,
+        offset,
+        key: rows.keys.is_valid(i).then(|| rows.keys.value(i)),
+    };
+    ctx.dead_letters.send(pending, def.dead_letter_partition, &origin, rows.value(i), reason).await?;
+    counts.dead_letters += 1;
+    Ok(())
 }

@@ -26,7 +26,9 @@ use futures::future::BoxFuture;
 
 /// What [`Embed::embed`] gives back: the vectors, one after the other, and each model batch's
 /// size.
-pub type Embedded = BoxFuture<'static, Result<(Vec<f32>, Vec<usize>), ModelError>>;
+/// Vectors (`dim` values a text, in the texts' order) and the size of each batch the model ran.
+pub type Vectors = Result<(Vec<f32>, Vec<usize>), ModelError>;
+pub type Embedded = BoxFuture<'static, Vectors>;
 
 /// Texts in, vectors out.
 pub trait Embed: Send + Sync {

@@ -84,6 +84,15 @@ async fn await_all(futures: Vec<(Arc<str>, DeliveryFuture)>) -> Result<(), SinkE
 }
 
 impl Pending {
+    /// Records enqueued and not yet acknowledged.
+    pub fn len(&self) -> usize {
+        self.futures.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.futures.is_empty()
+    }
+
     /// Waits until the broker has acknowledged every enqueued record.
     pub async fn finish(self) -> Result<(), SinkError> {
         await_all(self.futures).await

@@ -7,7 +7,7 @@
 //! `spark.task.maxFailures` does. An executor whose RPC fails at the transport level is lost: its
 //! cores take no more tasks.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +114,9 @@ impl Scheduler {
         let mut running = JoinSet::new();
         let mut stats = BatchStats::default();
         let mut registrations = self.registry.subscribe();
+        // Where each task's last attempt failed: its retry goes elsewhere when it can (the
+        // executor may be the reason, a broken producer or a sick disk).
+        let mut failed_on: HashMap<u32, String> = HashMap::new();
 
         while !pending.is_empty() || !running.is_empty() {
             for e in self.registry.live() {
@@ -124,8 +127,8 @@ impl Scheduler {
             // Drained or lost executors take no new task.
             free.retain(|e| self.registry.is_live(&e.id));
             while !pending.is_empty() && !free.is_empty() {
-                let exec = free.pop().expect("checked non-empty");
                 let task = pending.pop_front().expect("checked non-empty");
+                let exec = take_slot(&mut free, |e| e.id.as_str(), failed_on.get(&task.task_id).map(String::as_str));
                 let records = task.range.as_ref().map_or(0, |r| (r.until_offset - r.from_offset).max(0) as u64);
                 let deadline = (self.deadline)(records);
                 running.spawn(async move {
@@ -149,6 +152,7 @@ impl Scheduler {
             let joined = running.join_next().await.expect("checked non-empty");
             let (exec, mut task, outcome) = joined.expect("task attempts do not panic");
             stats.task_attempts += 1;
+            let exec_id = exec.id.clone();
             let (reason, message) = match outcome {
                 AttemptOutcome::Done(s) => {
                     stats.add(&exec.id, s);
@@ -178,6 +182,7 @@ impl Scheduler {
                 }
             };
             stats.failed_attempts += 1;
+            failed_on.insert(task.task_id, exec_id);
             task.attempt += 1;
             tracing::warn!(batch_id, task_id = task.task_id, attempt = task.attempt, ?reason, %message, "task attempt failed");
             if task.attempt >= MAX_TASK_ATTEMPTS {
@@ -192,6 +197,15 @@ impl Scheduler {
             pending.push_front(task);
         }
         Ok(stats)
+    }
+}
+
+/// A free slot for a task, one not on `avoid` (where its last attempt failed) if there is one.
+fn take_slot<T>(free: &mut Vec<T>, id: impl Fn(&T) -> &str, avoid: Option<&str>) -> T {
+    let elsewhere = avoid.and_then(|a| free.iter().rposition(|e| id(e) != a));
+    match elsewhere {
+        Some(i) => free.remove(i),
+        None => free.pop().expect("a free slot"),
     }
 }
 
@@ -216,5 +230,20 @@ async fn run_attempt(exec: &ExecutorInfo, task: TaskDefinition) -> AttemptOutcom
             retryable: false,
         },
         Err(status) => AttemptOutcome::ExecutorLost(status.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_slot;
+
+    /// Issue 14, finding 13: a retry prefers an executor other than the one it failed on.
+    #[test]
+    fn a_retry_goes_to_another_executor_when_there_is_one() {
+        let mut free = vec!["b", "a", "a"];
+        assert_eq!(take_slot(&mut free, |e| e, Some("a")), "b");
+        assert_eq!(take_slot(&mut free, |e| e, Some("a")), "a", "only the failed one is left");
+        assert_eq!(take_slot(&mut free, |e| e, None), "a");
+        assert!(free.is_empty());
     }
 }

@@ -96,6 +96,8 @@ impl ResourceManagerService {
                 }
             }
             let mut changed = !lost.is_empty();
+            changed |=
+                state::prune(&mut s.p, state::MAX_COMPLETED_APPLICATIONS, state::MAX_ENDED_CONTAINERS_PER_APP) > 0;
             // After an RM restart, nodes get two timeouts to register again with what they run.
             let restart_grace_over = self.started.elapsed() > self.node_timeout * 2;
             let orphaned: Vec<String> =

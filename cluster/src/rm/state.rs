@@ -169,3 +169,36 @@ pub(crate) fn new_container_id(s: &mut State, app_id: &str) -> String {
     s.p.next_container += 1;
     format!("{app_id}-c{:04}", s.p.next_container)
 }
+
+/// Ended applications the RM keeps (their state, diagnostics and containers), as YARN's
+/// `yarn.resourcemanager.max-completed-applications`; older ones are forgotten.
+pub const MAX_COMPLETED_APPLICATIONS: usize = 1000;
+/// Ended containers an application keeps listed once its driver has heard of them.
+pub const MAX_ENDED_CONTAINERS_PER_APP: usize = 100;
+
+/// Forgets the oldest ended applications beyond `keep_apps` (with their containers), and each
+/// application's oldest ended containers beyond `keep_containers` once its driver was told,
+/// so that the state and its file stay bounded over months. Returns how many entries went.
+pub(crate) fn prune(p: &mut Persisted, keep_apps: usize, keep_containers: usize) -> usize {
+    let holds_capacity = |p: &Persisted, app: &str| p.containers.values().any(|c| c.app_id == app && c.alive());
+    // Ids sort by submission time (`app-<seconds>-<sequence>`), oldest first.
+    let ended: Vec<String> =
+        p.applications.values().filter(|a| a.ended() && !holds_capacity(p, &a.id)).map(|a| a.id.clone()).collect();
+    let mut removed = 0;
+    for id in &ended[..ended.len().saturating_sub(keep_apps)] {
+        p.applications.remove(id);
+        let before = p.containers.len();
+        p.containers.retain(|_, c| &c.app_id != id);
+        removed += 1 + before - p.containers.len();
+    }
+    for app in p.applications.values() {
+        let told = |c: &&Container| !c.alive() && !app.completed.iter().any(|(id, _, _)| id == &c.id);
+        let ended: Vec<String> =
+            p.containers.values().filter(|c| c.app_id == app.id).filter(told).map(|c| c.id.clone()).collect();
+        for id in &ended[..ended.len().saturating_sub(keep_containers)] {
+            p.containers.remove(id);
+            removed += 1;
+        }
+    }
+    removed
+}

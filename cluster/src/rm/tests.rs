@@ -79,3 +79,72 @@ async fn a_container_bigger_than_every_node_is_refused_at_submit() {
     assert!(e.message().contains("executors.memory") && e.message().contains("3072 MiB"), "{}", e.message());
     rm.submit_application(Request::new(submit(job(dir.path()), 1024))).await.expect("what fits is accepted");
 }
+
+/// Issue 14, finding 12: the RM forgets the oldest ended applications (with their containers)
+/// beyond its limit, and an application's oldest ended containers once its driver heard of them;
+/// running applications and what holds capacity stay.
+#[test]
+fn ended_applications_and_containers_are_pruned() {
+    use super::state::{prune, Application, Container, Role};
+    use embedstream_proto::pb::ApplicationState;
+
+    let app = |n: u32, state: ApplicationState| Application {
+        id: format!("app-1700000000-{n:04}"),
+        name: "q".into(),
+        job_spec_toml: String::new(),
+        state: state as i32,
+        diagnostics: String::new(),
+        driver_address: String::new(),
+        driver_vcores: 1,
+        driver_memory_mb: 512,
+        executors_wanted: 1,
+        executor_vcores: 1,
+        executor_memory_mb: 512,
+        executor_args: Vec::new(),
+        driver_attempts: 1,
+        completed: Vec::new(),
+        allocated: Vec::new(),
+    };
+    let container = |app: u32, n: u32, state: ContainerState| Container {
+        id: format!("c-{app}-{n:04}"),
+        app_id: format!("app-1700000000-{app:04}"),
+        role: Role::Executor,
+        node_id: NODE.into(),
+        vcores: 1,
+        memory_mb: 512,
+        args: Vec::new(),
+        env: Default::default(),
+        state: state as i32,
+        diagnostics: String::new(),
+        launched: true,
+    };
+    let mut p = Persisted::default();
+    for n in 1..=5 {
+        p.applications.insert(app(n, ApplicationState::Finished).id.clone(), app(n, ApplicationState::Finished));
+        let c = container(n, 0, ContainerState::Exited);
+        p.containers.insert(c.id.clone(), c);
+    }
+    // A running application with 5 ended executors (one not yet told to its driver) and a live one.
+    let mut running = app(6, ApplicationState::Running);
+    running.completed.push(("c-6-0004".into(), ContainerState::Exited as i32, String::new()));
+    p.applications.insert(running.id.clone(), running);
+    for n in 0..5 {
+        let c = container(6, n, ContainerState::Exited);
+        p.containers.insert(c.id.clone(), c);
+    }
+    let live = container(6, 9, ContainerState::Running);
+    p.containers.insert(live.id.clone(), live);
+
+    let removed = prune(&mut p, 2, 1);
+    let apps: Vec<&str> = p.applications.keys().map(String::as_str).collect();
+    assert_eq!(
+        apps,
+        ["app-1700000000-0004", "app-1700000000-0005", "app-1700000000-0006"],
+        "the newest two ended and the running one"
+    );
+    let mut containers: Vec<&str> = p.containers.keys().map(String::as_str).collect();
+    containers.sort();
+    assert_eq!(containers, ["c-4-0000", "c-5-0000", "c-6-0003", "c-6-0004", "c-6-0009"]);
+    assert_eq!(removed, 3 * 2 + 3);
+    assert_eq!(prune(&mut p, 2, 1), 0, "nothing more to prune");
+}

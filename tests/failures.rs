@@ -143,3 +143,34 @@ fn a_second_driver_on_the_same_checkpoint_is_refused() {
     });
     assert_eq!(q.stop()["embeddings"], 10);
 }
+
+/// Issue 14 ("tests the suite lacks"): an executor killed while its task is in flight, with
+/// part of its output already in Kafka. Its task runs again elsewhere and every input has at
+/// least one output (the Kafka sink is at-least-once; the Parquet sink's exactly-once case is
+/// in tests/parquet.rs).
+#[test]
+fn an_executor_killed_mid_task_loses_no_record_in_kafka() {
+    let broker = Broker::start();
+    broker.create_topic("midway", 2);
+    // One record a window: a task of 60 records writes for a while.
+    let job =
+        Job::new(&broker, "midway", "subscribe = [\"midway\"]", "processing_time = \"200ms\"", "").with_batching(1, 1);
+    let mut q = Running::start(&job, 2);
+    q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
+    broker.produce_texts("midway", 2, 0, &texts(120, 31));
+    q.wait_until("output written part way", Duration::from_secs(60), |_| {
+        let written = broker.high_watermarks("midway-out", 2).iter().sum::<i64>();
+        written >= 4 && broker.committed("midway-group", "midway", 2) != vec![60, 60]
+    });
+    let victim = q.executor_pids()[0];
+    Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    q.wait_until("all 120 records committed", Duration::from_secs(120), |_| {
+        broker.committed("midway-group", "midway", 2) == vec![60, 60]
+    });
+    let summary = q.stop();
+    assert!(summary["task_retries"].as_u64().unwrap() >= 1, "the killed executor's task ran again: {summary}");
+    let out = broker.read_all("midway-out", 2);
+    let seen: BTreeSet<(i32, i64)> = out.iter().map(Record::origin).collect();
+    let want: BTreeSet<(i32, i64)> = (0..2).flat_map(|p| (0..60).map(move |o| (p, o))).collect();
+    assert_eq!(seen, want, "every input has an output");
+}

@@ -351,6 +351,27 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
             .expect("the slot is free while the quiet client still holds its end");
         drop(tx);
 
+        // Errors after embedding started (issue 14, finding 1): a call whose second batch is bad
+        // once its first was embedded, and a client that drops its call while the workers embed
+        // its texts. Neither may cost the executor a worker (it has one: a lost worker slot made
+        // the next batch panic).
+        let bad_second = exchange(
+            &mut c,
+            vec![text_batch(&good), batch("text", Arc::new(StringArray::from(vec![Some("a hat"), None])))],
+        )
+        .await;
+        assert_eq!(status_of(bad_second.unwrap_err()).code(), tonic::Code::InvalidArgument);
+        // 15 texts of some 220 bytes: under the call's limits, a few batches of work.
+        let long: Vec<String> = (0..15).map(|i| format!("{} {i}", "a long product description ".repeat(8))).collect();
+        let (tx, rx) = futures::channel::mpsc::unbounded::<RecordBatch>();
+        tx.unbounded_send(text_batch(&long[..15])).unwrap();
+        let dropped = holder.do_exchange(FlightDataEncoderBuilder::new().build(rx.map(Ok))).await.unwrap();
+        drop((dropped, tx));
+        for _ in 0..3 {
+            let answer = exchange(&mut c, vec![text_batch(&good)]).await.expect("a call after a dropped one");
+            assert_eq!(embeddings(&answer, "text").len(), 3);
+        }
+
         // After all that, the executor still embeds.
         let answer = exchange(&mut c, vec![text_batch(&good)]).await.expect("a good call after bad ones");
         let rows = embeddings(&answer, "text");

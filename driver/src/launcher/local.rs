@@ -104,7 +104,9 @@ impl Launcher for LocalLauncher {
                 continue;
             }
             match child.try_wait() {
-                Ok(Some(status)) => ended.push(Ended { id, why: format!("process exited with {status}") }),
+                Ok(Some(status)) => {
+                    ended.push(Ended { id, why: format!("process exited with {status}"), over_memory: false })
+                }
                 _ => alive.push((id, child)),
             }
         }

@@ -34,6 +34,11 @@ pub enum LaunchError {
     Timeout { registered: usize, wanted: usize, waited: Duration },
     #[error("{0} executors ended before they registered; giving up")]
     TooManyFailures(u32),
+    #[error(
+        "{kills} executors were killed for using more than executors.memory (the last: {why}); \
+         giving up: raise executors.memory"
+    )]
+    OverMemory { kills: u32, why: String },
     #[error("resource manager {url}: {message}")]
     ResourceManager { url: String, message: String },
 }
@@ -43,6 +48,8 @@ pub enum LaunchError {
 pub struct Ended {
     pub id: String,
     pub why: String,
+    /// Killed by its node for using more than `executors.memory`.
+    pub over_memory: bool,
 }
 
 #[tonic::async_trait]
@@ -112,6 +119,9 @@ pub async fn reconcile(
     every: Duration,
 ) -> Result<(), LaunchError> {
     let mut failures = 0;
+    // An executor killed over its memory after it registered is replaced, but counted: a spec
+    // whose executors never fit would otherwise be replaced forever.
+    let mut memory_kills = 0;
     let mut draining_since: Vec<(String, Instant)> = Vec::new();
     let mut ticks = tokio::time::interval(every);
     let mut target_changed = control.target.subscribe();
@@ -150,11 +160,65 @@ pub async fn reconcile(
                 if failures > failure_budget(target) {
                     return Err(LaunchError::TooManyFailures(failures));
                 }
+            } else if e.over_memory {
+                memory_kills += 1;
+                tracing::warn!(executor = %e.id, why = %e.why, memory_kills, "executor killed over its memory; starting a replacement");
+                if memory_kills > failure_budget(target) {
+                    return Err(LaunchError::OverMemory { kills: memory_kills, why: e.why });
+                }
             } else if registry.is_live(&e.id) {
                 tracing::warn!(executor = %e.id, why = %e.why, "executor lost; starting a replacement");
             }
             registry.mark_lost(&e.id);
             draining_since.retain(|(id, _)| *id != e.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executors::ExecutorInfo;
+
+    /// Each call, the one executor it started registers and is killed over its memory: what a
+    /// spec whose `executors.memory` is too small does on a cluster.
+    struct KilledOverMemory {
+        registry: Arc<ExecutorRegistry>,
+        started: u32,
+        running: Option<String>,
+    }
+
+    #[tonic::async_trait]
+    impl Launcher for KilledOverMemory {
+        async fn reconcile(&mut self, _: u32, _: &[String]) -> Result<Vec<Ended>, LaunchError> {
+            let ended = self.running.take().map(|id| Ended {
+                id,
+                why: "process tree used 900 MiB, over its 512 MiB (executors.memory)".into(),
+                over_memory: true,
+            });
+            let id = format!("exec-{}", self.started);
+            self.started += 1;
+            let info = ExecutorInfo::connect(id.clone(), "127.0.0.1:9".into(), 1, 0, String::new(), Default::default());
+            self.registry.register(info.unwrap());
+            self.running = Some(id);
+            Ok(ended.into_iter().collect())
+        }
+
+        async fn stop(&mut self, _: Duration) {}
+    }
+
+    /// Issue 14, finding 12: executors killed over their memory after they registered count
+    /// against the failure budget; the query fails saying to raise `executors.memory`, instead
+    /// of replacing them forever.
+    #[tokio::test]
+    async fn executors_killed_over_their_memory_end_the_query_after_the_budget() {
+        let registry = Arc::new(ExecutorRegistry::default());
+        let launcher: Box<dyn Launcher> =
+            Box::new(KilledOverMemory { registry: registry.clone(), started: 0, running: None });
+        let launcher = Arc::new(tokio::sync::Mutex::new(launcher));
+        let reconciling = reconcile(launcher, registry, Control::new(1), Duration::from_millis(1));
+        let e = tokio::time::timeout(Duration::from_secs(30), reconciling).await.expect("it gives up").unwrap_err();
+        assert!(matches!(e, LaunchError::OverMemory { kills: 5, .. }), "{e}");
+        assert!(e.to_string().contains("raise executors.memory"), "{e}");
     }
 }

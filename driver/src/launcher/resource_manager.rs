@@ -93,7 +93,11 @@ impl Launcher for ResourceManagerLauncher {
             .into_iter()
             .map(|c| {
                 let state = ContainerState::try_from(c.state).unwrap_or(ContainerState::Unspecified);
-                Ended { id: c.container_id, why: format!("container {}: {}", state.as_str_name(), c.diagnostics) }
+                Ended {
+                    id: c.container_id,
+                    why: format!("container {}: {}", state.as_str_name(), c.diagnostics),
+                    over_memory: state == ContainerState::KilledMemory,
+                }
             })
             .collect())
     }

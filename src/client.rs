@@ -132,7 +132,6 @@ pub async fn driver_container(rm_address: String, app_id: String, listen: Socket
     let token = ClusterToken::load(spec.security.token_file.as_deref())?;
     let client = rm(&rm_address, &token)?;
     let resources = Resources { vcores: spec.executors.cores, memory_mb: spec.executors.memory_mb() };
-    let cores = spec.executors.cores;
     let launcher = move |driver: &str| -> Box<dyn Launcher> {
         Box::new(ResourceManagerLauncher {
             rm: client,
@@ -140,7 +139,6 @@ pub async fn driver_container(rm_address: String, app_id: String, listen: Socket
             app_id,
             driver_address: driver.to_string(),
             executor_resources: resources,
-            cores,
         })
     };
     let summary =

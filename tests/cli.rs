@@ -79,3 +79,26 @@ fn help_lists_the_commands() {
         "the internal executor command stays hidden: {help}"
     );
 }
+
+/// Issue 14, finding 6 (in part): a resource manager on an address others can reach refuses to
+/// start without a cluster token, before it listens or writes its state.
+#[test]
+fn a_reachable_resource_manager_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm-state.json");
+    let mut rm = embedstream();
+    rm.env_remove("EMBEDSTREAM_TOKEN").args([
+        "resource-manager",
+        "--listen",
+        "0.0.0.0:0",
+        "--advertise",
+        "127.0.0.1:18030",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    let out = run_to_end(rm, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("needs a cluster token") && stderr.contains("0.0.0.0:0"), "{stderr}");
+    assert!(!state.exists(), "nothing written");
+}

@@ -29,6 +29,9 @@ pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>)
     if args.listen.ip().is_unspecified() && args.advertise.is_none() {
         return Err(rm::RmError::NoAdvertise(args.listen));
     }
+    if !args.listen.ip().is_loopback() && !args.token.is_set() {
+        return Err(rm::RmError::NoToken(args.listen));
+    }
     let listen_err = |e: std::io::Error| rm::RmError::State { path: args.listen.to_string(), message: e.to_string() };
     let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(listen_err)?;
     let address = listener.local_addr().map_err(listen_err)?;
@@ -37,7 +40,7 @@ pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>)
     let watcher = tokio::spawn(Arc::clone(&service).watch_nodes());
     if !args.token.is_set() {
         tracing::warn!(
-            "no cluster token (EMBEDSTREAM_TOKEN or --token-file): anyone who reaches this port can launch processes"
+            "no cluster token (EMBEDSTREAM_TOKEN or --token-file): any local user who reaches this port can launch processes"
         );
     }
     tracing::info!(%address, %advertise, state = %args.state_file.display(), "resource manager listening");

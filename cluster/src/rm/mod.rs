@@ -43,6 +43,12 @@ pub enum RmError {
     State { path: String, message: String },
     #[error("--listen {0}: drivers and node agents cannot reach {ip}; give --advertise HOST:PORT, the address they use", ip = .0.ip())]
     NoAdvertise(std::net::SocketAddr),
+    #[error(
+        "--listen {0}: a resource manager others can reach needs a cluster token (EMBEDSTREAM_TOKEN \
+         or --token-file), or anyone who reaches it could run processes on every node; without one it \
+         listens on loopback only"
+    )]
+    NoToken(std::net::SocketAddr),
 }
 
 pub struct ResourceManagerService {

@@ -14,7 +14,9 @@ use embedstream_proto::pb::{
 };
 use tonic::{Request, Response, Status};
 
-use embedstream_core::argv::{DriverCommand, ProcessCommand, HOST_PLACEHOLDER};
+use embedstream_core::argv::{
+    DriverCommand, ExecutorCommand, ProcessCommand, CONTAINER_ID_PLACEHOLDER, HOST_PLACEHOLDER,
+};
 
 use super::placement::schedule;
 use super::state::{
@@ -241,13 +243,25 @@ impl ResourceManager for ResourceManagerService {
         if !r.diagnostics.is_empty() {
             app.diagnostics = r.diagnostics.clone();
         }
+        // Node agents run what the RM builds, never a caller's command line: the executor
+        // subcommand, for this application's driver and cores.
+        if r.driver_address.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(Status::invalid_argument(format!("driver_address {:?}: not HOST:PORT", r.driver_address)));
+        }
         app.driver_address = r.driver_address;
         app.executors_wanted = r.executors_wanted;
         if let Some(res) = r.executor_resources {
             app.executor_vcores = res.vcores.max(1);
             app.executor_memory_mb = res.memory_mb.max(1);
         }
-        app.executor_args = r.executor_args;
+        app.executor_args = ExecutorCommand {
+            driver: format!("http://{}", app.driver_address),
+            executor_id: CONTAINER_ID_PLACEHOLDER.into(),
+            cores: app.executor_vcores,
+            listen: format!("{HOST_PLACEHOLDER}:0"),
+            token_file: None,
+        }
+        .argv();
         let completed: Vec<ContainerStatus> = std::mem::take(&mut app.completed)
             .into_iter()
             .map(|(container_id, state, diagnostics)| ContainerStatus {

@@ -148,3 +148,43 @@ fn ended_applications_and_containers_are_pruned() {
     assert_eq!(removed, 3 * 2 + 3);
     assert_eq!(prune(&mut p, 2, 1), 0, "nothing more to prune");
 }
+
+/// Issue 14, finding 6 (in part): a node agent runs only command lines the RM builds. An
+/// application's executors run `embedstream executor` for its own driver and cores, whatever
+/// the caller would have liked; a driver address that is not HOST:PORT is refused.
+#[tokio::test]
+async fn executors_run_the_command_line_the_rm_builds() {
+    use embedstream_proto::pb::AllocateRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rm = ResourceManagerService::open(dir.path().join("s.json"), "127.0.0.1:8030".into(), Duration::from_secs(60))
+        .unwrap();
+    let capacity = Some(Resources { vcores: 4, memory_mb: 8192 });
+    let node = RegisterNodeRequest { node_id: NODE.into(), capacity, running: Vec::new() };
+    rm.register_node(Request::new(node)).await.unwrap();
+    let submit = SubmitApplicationRequest { name: "q".into(), job_spec_toml: job(dir.path()), driver_resources: None };
+    let app_id = rm.submit_application(Request::new(submit)).await.unwrap().into_inner().app_id;
+    let driver = rm.node_heartbeat(heartbeat(Vec::new())).await.unwrap().into_inner().launch.remove(0);
+    let running = ContainerStatus {
+        container_id: driver.container_id.clone(),
+        state: ContainerState::Running as i32,
+        ..Default::default()
+    };
+    rm.node_heartbeat(heartbeat(vec![running.clone()])).await.unwrap();
+
+    let allocate = |driver_address: &str| AllocateRequest {
+        app_id: app_id.clone(),
+        driver_address: driver_address.into(),
+        executors_wanted: 1,
+        executor_resources: Some(Resources { vcores: 2, memory_mb: 1024 }),
+        ..Default::default()
+    };
+    let refused = rm.allocate(Request::new(allocate("--help"))).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{}", refused.message());
+    rm.allocate(Request::new(allocate("127.0.0.2:7077"))).await.unwrap();
+    let launch = rm.node_heartbeat(heartbeat(vec![running])).await.unwrap().into_inner().launch;
+    let executor = launch.iter().find(|l| l.container_id != driver.container_id).expect("the executor's launch");
+    assert_eq!(executor.args[0], "executor", "{:?}", executor.args);
+    let args = executor.args.join(" ");
+    assert!(args.contains("--driver http://127.0.0.2:7077") && args.contains("--cores 2"), "{args}");
+}

@@ -17,8 +17,6 @@ use embedstream_proto::pb::{AllocateRequest, ApplicationState, ContainerState, R
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use embedstream_core::argv::{ExecutorCommand, ProcessCommand, CONTAINER_ID_PLACEHOLDER, HOST_PLACEHOLDER};
-
 use super::{Ended, LaunchError, Launcher};
 
 pub type RmClient = ResourceManagerClient<InterceptedService<Channel, ClusterToken>>;
@@ -40,25 +38,17 @@ pub struct ResourceManagerLauncher {
     pub app_id: String,
     /// The driver's host:port, as executors reach it.
     pub driver_address: String,
+    /// What each executor container needs; the RM runs `executor` with `vcores` cores in it.
     pub executor_resources: Resources,
-    pub cores: u32,
 }
 
 impl ResourceManagerLauncher {
     fn request(&self, wanted: u32, release: &[String], state: ApplicationState, diagnostics: &str) -> AllocateRequest {
-        let executor = ExecutorCommand {
-            driver: format!("http://{}", self.driver_address),
-            executor_id: CONTAINER_ID_PLACEHOLDER.into(),
-            cores: self.cores,
-            listen: format!("{HOST_PLACEHOLDER}:0"),
-            token_file: None,
-        };
         AllocateRequest {
             app_id: self.app_id.clone(),
             driver_address: self.driver_address.clone(),
             executors_wanted: wanted,
             executor_resources: Some(self.executor_resources),
-            executor_args: executor.argv(),
             release: release.to_vec(),
             state: state as i32,
             diagnostics: diagnostics.into(),

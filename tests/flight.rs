@@ -367,6 +367,21 @@ fn bad_flight_calls_get_clear_errors_and_the_executor_keeps_serving() {
         tx.unbounded_send(text_batch(&long[..15])).unwrap();
         let dropped = holder.do_exchange(FlightDataEncoderBuilder::new().build(rx.map(Ok))).await.unwrap();
         drop((dropped, tx));
+        // The server learns of the dropped call asynchronously: its one call slot is busy until
+        // then, and a call meanwhile is refused "overloaded" (as it should be), not queued.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let answer = loop {
+            match exchange(&mut c, vec![text_batch(&good)]).await {
+                Ok(answer) => break answer,
+                Err(e) => {
+                    let status = status_of(e);
+                    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{}", status.message());
+                    assert!(std::time::Instant::now() < deadline, "the dropped call's slot never came back");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert_eq!(embeddings(&answer, "text").len(), 3);
         for _ in 0..3 {
             let answer = exchange(&mut c, vec![text_batch(&good)]).await.expect("a call after a dropped one");
             assert_eq!(embeddings(&answer, "text").len(), 3);

@@ -242,6 +242,7 @@ impl WorkerPool {
         let mut lease = self.lease().await;
         let slot = lease.slot;
         let deadline = self.model.worker_deadline(texts);
+        let limit = wire::answer_limit(&self.model, self.dim);
         let mut last_error = String::new();
         let mut pause = false;
         for attempt in 0..BATCH_ATTEMPTS {
@@ -263,7 +264,6 @@ impl WorkerPool {
                     }
                 },
             };
-            let limit = wire::answer_limit(&self.model, self.dim);
             match tokio::time::timeout(deadline, exchange(&mut stream, request, limit)).await {
                 Ok(Ok((kind, payload))) => {
                     lease.conn = Some(stream);
@@ -297,10 +297,13 @@ impl WorkerPool {
     /// Kills the worker of `slot`, which did not answer in time (stopped, or stuck in the
     /// model); the daemon forks a new one on the same socket, as for a worker that died.
     fn kill_hung_worker(&self, slot: usize, deadline: Duration) {
-        let pid = self.state.lock().unwrap().worker_pids.get(slot).copied();
-        let Some(pid) = pid.filter(|&p| p > 0) else { return };
+        let pid = {
+            let mut state = self.state.lock().unwrap();
+            let Some(pid) = state.worker_pids.get(slot).copied().filter(|&p| p > 0) else { return };
+            state.hung += 1;
+            pid
+        };
         tracing::warn!(slot, pid, ?deadline, "model worker did not answer by its deadline; killing it");
-        self.state.lock().unwrap().hung += 1;
         if let Err(e) =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
         {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use embedstream_core::auth::ClusterToken;
 use embedstream_core::spec::parse_memory_mb;
+use embedstream_core::tls::{Naming, Role, Tls, TlsFiles};
 use embedstream_core::JobSpec;
 use embedstream_driver::launcher::resource_manager::{rm_client, ResourceManagerLauncher, RmClient};
 use embedstream_driver::launcher::Launcher;
@@ -18,6 +19,7 @@ use embedstream_proto::pb::{
     ApplicationReport, ApplicationState, ContainerState, ListApplicationsRequest, ListNodesRequest, PauseRequest,
     ProgressRequest, QueryStatusRequest, Resources, ResumeRequest, ScaleRequest, StopRequest, SubmitApplicationRequest,
 };
+use embedstream_proto::serve::Caller;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -47,20 +49,27 @@ pub fn token(file: Option<&Path>) -> Result<ClusterToken> {
     Ok(ClusterToken::load(file)?)
 }
 
-fn rm(address: &str, token: &ClusterToken) -> Result<RmClient> {
-    Ok(rm_client(address, token.clone())?)
+/// The caller of an admin command: the token from `EMBEDSTREAM_TOKEN` or `token_file`, and
+/// the TLS of the `--tls-*` flags.
+pub fn caller(token_file: Option<&Path>, tls: &TlsFiles) -> Result<Caller> {
+    Ok(Caller { token: token(token_file)?, tls: tls.load(Role::Client, Naming::Flags)? })
+}
+
+fn rm(address: &str, caller: &Caller) -> Result<RmClient> {
+    Ok(rm_client(address, caller)?)
 }
 
 type AdminClient = QueryAdminClient<InterceptedService<Channel, ClusterToken>>;
 
-async fn admin(driver: &str, token: &ClusterToken) -> Result<AdminClient> {
-    let url = embedstream_proto::serve::grpc_url(driver);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+async fn admin(driver: &str, caller: &Caller) -> Result<AdminClient> {
+    let url = caller.tls.url(driver);
+    let channel = caller
+        .endpoint(driver)?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
         .with_context(|| format!("cannot reach the driver at {url}"))?;
-    Ok(QueryAdminClient::with_interceptor(channel, token.clone()))
+    Ok(QueryAdminClient::with_interceptor(channel, caller.token.clone()))
 }
 
 async fn application(rm: &mut RmClient, app_id: &str) -> Result<ApplicationReport> {
@@ -73,18 +82,29 @@ fn app_state(a: &ApplicationReport) -> ApplicationState {
 }
 
 /// `embedstream submit JOB --master rm://ADDR [--wait]`: prints the application id; with
-/// `--wait`, follows the application and fails unless it finishes.
-pub async fn submit(job: &Path, master: &str, wait: bool, driver_cores: u32, driver_memory: &str) -> Result<()> {
+/// `--wait`, follows the application and fails unless it finishes. The RM is called over the
+/// TLS of the `--tls-*` flags, or else of the spec's `[security] tls_*`.
+pub async fn submit(
+    job: &Path,
+    master: &str,
+    wait: bool,
+    (driver_cores, driver_memory): (u32, &str),
+    tls: &TlsFiles,
+) -> Result<()> {
     // The spec is checked here first, so a bad one is refused before anything starts.
     let spec = JobSpec::from_file(job)?;
     spec.check_files()?;
+    let tls = match tls.is_empty() {
+        false => tls.load(Role::Client, Naming::Flags)?,
+        true => spec.security.tls_files().load(Role::Client, Naming::Spec)?,
+    };
     // The same token the driver will use: EMBEDSTREAM_TOKEN, or the spec's `security.token_file`.
-    let token = token(spec.security.token_file.as_deref())?;
+    let caller = Caller { token: token(spec.security.token_file.as_deref())?, tls };
     let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
         unreachable!("local[N] is run by the caller")
     };
     let memory_mb = parse_memory_mb(driver_memory).with_context(|| format!("--driver-memory `{driver_memory}`"))?;
-    let mut rm = rm(&address, &token)?;
+    let mut rm = rm(&address, &caller)?;
     let app_id = rm
         .submit_application(SubmitApplicationRequest {
             name: spec.name.clone(),
@@ -123,14 +143,15 @@ pub async fn submit(job: &Path, master: &str, wait: bool, driver_cores: u32, dri
     }
 }
 
-/// The driver container's entry: the job spec comes in `EMBEDSTREAM_JOB_TOML`, executors from the RM.
-pub async fn driver_container(rm_address: String, app_id: String, listen: SocketAddr) -> Result<()> {
+/// The driver container's entry: the job spec comes in `EMBEDSTREAM_JOB_TOML`, executors from
+/// the RM; `tls` is its node agent's.
+pub async fn driver_container(rm_address: String, app_id: String, listen: SocketAddr, tls: Tls) -> Result<()> {
     let toml = std::env::var(embedstream_cluster::rm::JOB_TOML_ENV)
         .with_context(|| format!("{} is not set (the node agent sets it)", embedstream_cluster::rm::JOB_TOML_ENV))?;
     let spec = JobSpec::from_toml(&toml)?;
     spec.check_files()?;
     let token = ClusterToken::load(spec.security.token_file.as_deref())?;
-    let client = rm(&rm_address, &token)?;
+    let client = rm(&rm_address, &Caller { token: token.clone(), tls: tls.clone() })?;
     let resources = Resources { vcores: spec.executors.cores, memory_mb: spec.executors.memory_mb() };
     let launcher = move |driver: &str| -> Box<dyn Launcher> {
         Box::new(ResourceManagerLauncher {
@@ -142,7 +163,7 @@ pub async fn driver_container(rm_address: String, app_id: String, listen: Socket
         })
     };
     let summary =
-        embedstream_driver::run_query(spec, DriverOptions { listen, token }, launcher, stop_on_signal()).await?;
+        embedstream_driver::run_query(spec, DriverOptions { listen, token, tls }, launcher, stop_on_signal()).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
@@ -171,7 +192,7 @@ pub struct Target {
 }
 
 impl Target {
-    async fn driver_address(&self, token: &ClusterToken) -> Result<String> {
+    async fn driver_address(&self, caller: &Caller) -> Result<String> {
         if let Some(d) = &self.driver {
             return Ok(d.clone());
         }
@@ -181,7 +202,7 @@ impl Target {
         let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
             bail!("--master local[N] has no admin API; use --driver HOST:PORT (the driver's log says it)");
         };
-        let report = application(&mut rm(&address, token)?, app).await?;
+        let report = application(&mut rm(&address, caller)?, app).await?;
         if report.driver_address.is_empty() {
             bail!("{app} has no driver yet ({})", app_state(&report).as_str_name());
         }
@@ -191,13 +212,13 @@ impl Target {
 
 /// `embedstream status`: the cluster (nodes and applications) without a query, else the query's
 /// status, executors and latest progress.
-pub async fn status(target: Target, token: ClusterToken) -> Result<()> {
+pub async fn status(target: Target, caller: Caller) -> Result<()> {
     if target.app.is_none() && target.driver.is_none() {
         let master = target.master.as_deref().context("--master rm://HOST:PORT (or --driver HOST:PORT)")?;
         let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
             bail!("--master rm://HOST:PORT")
         };
-        let mut rm = rm(&address, &token)?;
+        let mut rm = rm(&address, &caller)?;
         let nodes = rm.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
         println!("{:<24} {:<8} {:>12} {:>16} {:>10}", "NODE", "STATE", "VCORES USED", "MEMORY USED", "CONTAINERS");
         for n in nodes {
@@ -224,8 +245,8 @@ pub async fn status(target: Target, token: ClusterToken) -> Result<()> {
         }
         return Ok(());
     }
-    let driver = target.driver_address(&token).await?;
-    let mut client = admin(&driver, &token).await?;
+    let driver = target.driver_address(&caller).await?;
+    let mut client = admin(&driver, &caller).await?;
     let s = client.get_status(QueryStatusRequest {}).await?.into_inner();
     println!(
         "query {} ({}) {}: {} batches committed, next batch {}",
@@ -255,11 +276,11 @@ pub async fn status(target: Target, token: ClusterToken) -> Result<()> {
 /// The latest `last` progress records of the query, from its driver.
 pub async fn progress(
     target: &Target,
-    token: &ClusterToken,
+    caller: &Caller,
     last: u32,
 ) -> Result<Vec<embedstream_driver::progress::ProgressRecord>> {
-    let driver = target.driver_address(token).await?;
-    let records = admin(&driver, token).await?.get_progress(ProgressRequest { last }).await?.into_inner().records;
+    let driver = target.driver_address(caller).await?;
+    let records = admin(&driver, caller).await?.get_progress(ProgressRequest { last }).await?.into_inner().records;
     Ok(records.into_iter().map(Into::into).collect())
 }
 
@@ -270,9 +291,9 @@ pub enum Action {
     Scale(u32),
 }
 
-pub async fn act(target: Target, action: Action, token: ClusterToken) -> Result<()> {
-    let driver = target.driver_address(&token).await?;
-    let mut client = admin(&driver, &token).await?;
+pub async fn act(target: Target, action: Action, caller: Caller) -> Result<()> {
+    let driver = target.driver_address(&caller).await?;
+    let mut client = admin(&driver, &caller).await?;
     match action {
         Action::Stop => {
             client.stop(StopRequest {}).await?;

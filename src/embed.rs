@@ -9,7 +9,7 @@ use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringAr
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::FlightClient;
 use arrow_schema::{DataType, Field, Schema};
-use embedstream_core::auth::ClusterToken;
+use embedstream_proto::serve::Caller;
 use futures::TryStreamExt;
 
 pub struct EmbedArgs {
@@ -17,19 +17,22 @@ pub struct EmbedArgs {
     pub flight: String,
     /// Texts per DoExchange call.
     pub batch_rows: usize,
-    pub token: ClusterToken,
+    /// The cluster token and the TLS to call with.
+    pub caller: Caller,
 }
 
-/// Connects to an executor's Flight service, with the cluster token on every call.
-pub async fn connect(address: &str, token: &ClusterToken) -> Result<FlightClient> {
-    let url = embedstream_proto::serve::grpc_url(address);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+/// Connects to an executor's Flight service, over the caller's TLS and with its token on every
+/// call.
+pub async fn connect(address: &str, caller: &Caller) -> Result<FlightClient> {
+    let url = caller.tls.url(address);
+    let channel = caller
+        .endpoint(address)
         .with_context(|| format!("--flight {address}: not an address"))?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
     let mut client = FlightClient::new(channel);
-    if let Some(value) = token.header_value() {
+    if let Some(value) = caller.token.header_value() {
         client.add_header("authorization", &value)?;
     }
     Ok(client)
@@ -58,7 +61,7 @@ pub async fn embed_texts(client: &mut FlightClient, texts: Vec<String>) -> Resul
 
 /// Reads standard input, skipping blank lines, and prints `{"text": ..., "embedding": [...]}` lines.
 pub async fn run(args: EmbedArgs) -> Result<()> {
-    let mut client = connect(&args.flight, &args.token).await?;
+    let mut client = connect(&args.flight, &args.caller).await?;
     let mut lines = std::io::stdin().lock().lines();
     let mut out = std::io::stdout().lock();
     let mut printed = 0usize;

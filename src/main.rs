@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use embedstream_core::argv::{DriverCommand, ExecutorCommand, ModelDaemonCommand, NodeAgentCommand};
+use embedstream_core::tls::{Naming, Role, TlsFiles};
 use embedstream_core::JobSpec;
+use embedstream_proto::serve::Caller;
 
 mod client;
 mod embed;
@@ -35,11 +37,16 @@ struct AdminTarget {
     /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The CA (and, for mutual TLS, the certificate and key) to call over TLS with.
+    #[command(flatten)]
+    tls: TlsFiles,
 }
 
 impl AdminTarget {
-    fn split(self, app: Option<String>) -> (client::Target, Option<PathBuf>) {
-        (client::Target { master: self.master, driver: self.driver, app }, self.token_file)
+    /// Which driver, and how to call it.
+    fn split(self, app: Option<String>) -> Result<(client::Target, Caller)> {
+        let caller = client::caller(self.token_file.as_deref(), &self.tls)?;
+        Ok((client::Target { master: self.master, driver: self.driver, app }, caller))
     }
 }
 
@@ -114,6 +121,9 @@ enum Command {
         /// Texts per DoExchange call (at most the executor's flight.max_rows_per_call).
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
         batch_rows: u64,
+        /// The CA (and, for mutual TLS, the certificate and key) to call over TLS with.
+        #[command(flatten)]
+        tls: TlsFiles,
     },
     /// Run the resource manager of a cluster: it tracks nodes, applications and containers.
     ///
@@ -138,6 +148,10 @@ enum Command {
         /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Its certificate, key and CA: it serves TLS, and node agents and drivers must call
+        /// over TLS (with a certificate, under --tls-client-auth).
+        #[command(flatten)]
+        tls: TlsFiles,
     },
     /// Run a node agent: offers this node to the resource manager and runs its containers.
     ///
@@ -160,6 +174,10 @@ enum Command {
         driver_cores: u32,
         #[arg(long, default_value = "1g")]
         driver_memory: String,
+        /// The CA (and, for mutual TLS, the certificate and key) to call the RM with; default
+        /// the spec's `[security] tls_*`.
+        #[command(flatten)]
+        tls: TlsFiles,
     },
     /// Show the cluster's nodes and applications, or one query's state, executors and progress.
     Status {
@@ -247,6 +265,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Validate { job } => {
             let spec = JobSpec::from_file(&job)?;
             spec.check_files()?;
+            spec.security.tls()?;
             // Every secret must be readable here; the output shows only where each comes from.
             spec.read_secrets()?;
             print!("{}", spec.to_toml());
@@ -256,8 +275,8 @@ async fn dispatch(command: Command) -> Result<()> {
             let source = match job {
                 Some(job) => ProgressSource::File(JobSpec::from_file(&job)?.checkpoint_location),
                 None => {
-                    let (target, file) = target.split(app);
-                    ProgressSource::Admin(target, client::token(file.as_deref())?)
+                    let (target, caller) = target.split(app)?;
+                    ProgressSource::Admin(target, caller)
                 }
             };
             progress(source, follow, json, last).await
@@ -265,18 +284,21 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
             produce(&bootstrap_servers, &topic, partitions, keyed).await
         }
-        Command::Embed { flight, batch_rows } => {
-            let token = embedstream_core::auth::ClusterToken::load(None)?;
-            embed::run(embed::EmbedArgs { flight, batch_rows: batch_rows as usize, token }).await
+        Command::Embed { flight, batch_rows, tls } => {
+            let caller = client::caller(None, &tls)?;
+            embed::run(embed::EmbedArgs { flight, batch_rows: batch_rows as usize, caller }).await
         }
-        Command::ResourceManager { listen, advertise, state, node_timeout, token_file } => {
+        Command::ResourceManager { listen, advertise, state, node_timeout, token_file, tls } => {
             let token = client::token(token_file.as_deref())?;
-            let args = embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token };
+            let tls = tls.load(Role::Peer, Naming::Flags)?;
+            let args = embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token, tls };
             Ok(embedstream_cluster::run_resource_manager(args, client::stop_on_signal()).await?)
         }
-        Command::NodeAgent(NodeAgentCommand { rm, listen, vcores, memory, work_dir, heartbeat, token_file }) => {
+        Command::NodeAgent(NodeAgentCommand { rm, listen, vcores, memory, work_dir, heartbeat, token_file, tls }) => {
             anyhow::ensure!(vcores > 0, "--vcores: at least 1");
             let token = client::token(token_file.as_deref())?;
+            let tls_files = tls;
+            let tls = tls_files.load(Role::Peer, Naming::Flags)?;
             let exe = std::env::current_exe().context("cannot find the embedstream binary for containers")?;
             let work_dir = std::path::absolute(work_dir)?;
             let args = embedstream_cluster::node::NodeArgs {
@@ -288,37 +310,41 @@ async fn dispatch(command: Command) -> Result<()> {
                 exe,
                 token,
                 heartbeat,
+                tls,
+                tls_files,
             };
             Ok(embedstream_cluster::node::run(args, client::stop_on_signal()).await?)
         }
-        Command::Submit { job, master, wait, driver_cores, driver_memory } => match master {
+        Command::Submit { job, master, wait, driver_cores, driver_memory, tls } => match master {
             client::Master::Local(n) => run(job, Some(n)).await,
             client::Master::Rm(address) => {
                 let master = format!("rm://{address}");
-                client::submit(&job, &master, wait, driver_cores, &driver_memory).await
+                client::submit(&job, &master, wait, (driver_cores, &driver_memory), &tls).await
             }
         },
         Command::Status { app, target } => {
-            let (target, file) = target.split(app);
-            client::status(target, client::token(file.as_deref())?).await
+            let (target, caller) = target.split(app)?;
+            client::status(target, caller).await
         }
         Command::Stop { app, target } => admin_action(app, target, client::Action::Stop).await,
         Command::Pause { app, target } => admin_action(app, target, client::Action::Pause).await,
         Command::Resume { app, target } => admin_action(app, target, client::Action::Resume).await,
         Command::Scale { app, executors, target } => admin_action(app, target, client::Action::Scale(executors)).await,
-        Command::Driver(DriverCommand { rm, app_id, listen }) => {
+        Command::Driver(DriverCommand { rm, app_id, listen, tls }) => {
             let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
-            client::driver_container(rm, app_id, listen).await
+            client::driver_container(rm, app_id, listen, tls.load(Role::Peer, Naming::Flags)?).await
         }
         Command::ModelDaemon(_) => unreachable!("dispatched before the runtime starts"),
-        Command::Executor(ExecutorCommand { driver, executor_id, cores, listen, token_file }) => {
+        Command::Executor(ExecutorCommand { driver, executor_id, cores, listen, token_file, tls }) => {
             let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
+            let tls = tls.load(Role::Peer, Naming::Flags)?;
             embedstream_executor::run(embedstream_executor::ExecutorArgs {
                 driver_url: driver,
                 executor_id: executor_id.clone(),
                 cores,
                 listen,
                 token_file,
+                tls,
                 ort_library: None,
                 exe: std::env::current_exe().context("cannot find the embedstream binary to start the model daemon")?,
             })
@@ -329,8 +355,8 @@ async fn dispatch(command: Command) -> Result<()> {
 }
 
 async fn admin_action(app: Option<String>, target: AdminTarget, action: client::Action) -> Result<()> {
-    let (target, file) = target.split(app);
-    client::act(target, action, client::token(file.as_deref())?).await
+    let (target, caller) = target.split(app)?;
+    client::act(target, action, caller).await
 }
 
 async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
@@ -352,14 +378,14 @@ enum ProgressSource {
     /// `<checkpoint_location>/progress.jsonl`.
     File(PathBuf),
     /// A driver's admin API.
-    Admin(client::Target, embedstream_core::auth::ClusterToken),
+    Admin(client::Target, Caller),
 }
 
 impl ProgressSource {
     async fn read(&self, last: usize) -> Result<Vec<embedstream_driver::progress::ProgressRecord>> {
         match self {
             ProgressSource::File(checkpoint) => Ok(embedstream_driver::progress::read_progress(checkpoint)?),
-            ProgressSource::Admin(target, token) => client::progress(target, token, last as u32).await,
+            ProgressSource::Admin(target, caller) => client::progress(target, caller, last as u32).await,
         }
     }
 }

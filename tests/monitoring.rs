@@ -6,12 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::prometheus::Prometheus;
 use common::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -24,81 +23,6 @@ fn alert_rules_pass_their_promtool_unit_tests() {
         .output()
         .expect("promtool (Debian package prometheus; deploy/setup.sh installs it)");
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
-/// A Prometheus server on a free loopback port, killed on drop.
-struct Prometheus {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Scrapes the targets in `targets_json` every second and evaluates `rules` every second.
-    fn start(targets_json: &Path, rules: &str) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("alerts.yml"), rules).unwrap();
-        let config = format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [alerts.yml]\nscrape_configs:\n  \
-             - job_name: embedstream\n    file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]\n",
-            targets_json.display()
-        );
-        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("prometheus (Debian package prometheus; deploy/setup.sh installs it)");
-        let p = Prometheus { child, addr, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while p.get("/-/ready").is_none_or(|(status, _)| status != 200) {
-            assert!(Instant::now() < deadline, "prometheus not ready on {}", p.addr);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        p
-    }
-
-    /// A GET over plain HTTP/1.0: (status, body).
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(&self.addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-        let body = resp.split_once("\r\n\r\n")?.1.to_string();
-        Some((status, body))
-    }
-
-    /// The result series of an instant PromQL query.
-    fn query(&self, expr: &str) -> Vec<serde_json::Value> {
-        let encoded: String = expr
-            .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect();
-        let (status, body) = self.get(&format!("/api/v1/query?query={encoded}")).expect("prometheus answers");
-        assert_eq!(status, 200, "{expr}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn firing(&self) -> Vec<serde_json::Value> {
-        let (_, body) = self.get("/api/v1/alerts").expect("prometheus answers");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["data"]["alerts"].as_array().unwrap().iter().filter(|a| a["state"] == "firing").cloned().collect()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The PromQL of every dashboard panel, with the `$query` variable set to all queries.

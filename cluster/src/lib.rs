@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use embedstream_core::auth::ClusterToken;
+use embedstream_core::tls::Tls;
 use embedstream_proto::pb::resource_manager_server::ResourceManagerServer;
 use embedstream_proto::serve::GrpcServer;
 use tokio::sync::watch;
@@ -22,6 +23,8 @@ pub struct RmArgs {
     pub state_file: PathBuf,
     pub node_timeout: Duration,
     pub token: ClusterToken,
+    /// Its certificate (it serves TLS with one; node agents and drivers must then call over TLS).
+    pub tls: Tls,
 }
 
 /// Serves the resource manager until `stop` turns true.
@@ -43,8 +46,11 @@ pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>)
             "no cluster token (EMBEDSTREAM_TOKEN or --token-file): any local user who reaches this port can launch processes"
         );
     }
-    tracing::info!(%address, %advertise, state = %args.state_file.display(), "resource manager listening");
-    let result = GrpcServer::new(args.token)
+    tracing::info!(
+        %address, %advertise, state = %args.state_file.display(), tls = args.tls.serves_tls(),
+        mutual_tls = args.tls.client_auth(), "resource manager listening"
+    );
+    let result = GrpcServer::new(args.token, args.tls)
         .guarded(ResourceManagerServer::from_arc(service))
         .serve(listener, async move {
             let _ = stop.wait_for(|&s| s).await;

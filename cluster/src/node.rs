@@ -17,6 +17,7 @@ use std::time::Duration;
 use embedstream_core::argv::{CONTAINER_ID_PLACEHOLDER, HOST_PLACEHOLDER};
 use embedstream_core::auth::ClusterToken;
 use embedstream_core::telemetry;
+use embedstream_core::tls::{Tls, TlsFiles};
 use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
 use embedstream_proto::pb::{
     ContainerLaunch, ContainerState, ContainerStatus, NodeHeartbeatRequest, RegisterNodeRequest, Resources,
@@ -24,7 +25,6 @@ use embedstream_proto::pb::{
 use embedstream_proto::serve::{self, GrpcServer};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -49,6 +49,10 @@ pub struct NodeArgs {
     pub exe: PathBuf,
     pub token: ClusterToken,
     pub heartbeat: Duration,
+    /// Its TLS, loaded from `tls_files`: its own port and its calls to the RM.
+    pub tls: Tls,
+    /// The files, passed on to every container it starts (`--tls-*`).
+    pub tls_files: TlsFiles,
 }
 
 struct Running {
@@ -72,11 +76,11 @@ pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), 
     let host = address.ip().to_string();
     let mut server_stop = stop.clone();
     // Health and reflection, for probes (systemd, load balancers, grpcurl).
-    let server = tokio::spawn(GrpcServer::new(args.token.clone()).serve(listener, async move {
+    let server = tokio::spawn(GrpcServer::new(args.token.clone(), args.tls.clone()).serve(listener, async move {
         let _ = server_stop.wait_for(|&s| s).await;
     }));
-    let url = serve::grpc_url(&args.rm);
-    let channel = Endpoint::from_shared(url.clone())
+    let url = args.tls.url(&args.rm);
+    let channel = serve::endpoint(&args.rm, &args.tls)
         .map_err(|e| NodeError::ResourceManager { url: url.clone(), message: e.to_string() })?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
@@ -228,6 +232,8 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
     let mut command = Command::new(&args.exe);
     command
         .args(launch.args.iter().map(|a| fill(a)))
+        // Drivers and executors serve and call with this node's certificate, key and CA.
+        .args(args.tls_files.flags())
         .envs(launch.env.iter().map(|(k, v)| (k.clone(), fill(v))))
         .env("EMBEDSTREAM_CONTAINER_ID", &launch.container_id)
         .env("EMBEDSTREAM_NODE_HOST", host)

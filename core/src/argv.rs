@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tls::TlsFiles;
+
 /// Filled in by the node agent that starts a container: its host's address.
 pub const HOST_PLACEHOLDER: &str = "{host}";
 /// Filled in by the node agent that starts a container: the container's id.
@@ -48,6 +50,9 @@ pub struct ExecutorCommand {
     /// environment (a local executor: its driver's file, mode 0600).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Its certificate, key and CA: the driver's (a local executor) or the node agent's.
+    #[command(flatten)]
+    pub tls: TlsFiles,
 }
 
 impl ProcessCommand for ExecutorCommand {
@@ -64,6 +69,7 @@ impl ProcessCommand for ExecutorCommand {
         if let Some(t) = &self.token_file {
             flags.extend(flag("token-file", t.display()));
         }
+        flags.extend(self.tls.flags());
         flags
     }
 }
@@ -79,13 +85,18 @@ pub struct DriverCommand {
     /// Where to serve DriverService and QueryAdmin: HOST:PORT.
     #[arg(long)]
     pub listen: String,
+    /// Its certificate, key and CA: the node agent's.
+    #[command(flatten)]
+    pub tls: TlsFiles,
 }
 
 impl ProcessCommand for DriverCommand {
     const SUBCOMMAND: &'static str = "driver";
 
     fn flags(&self) -> Vec<String> {
-        [flag("rm", &self.rm), flag("app-id", &self.app_id), flag("listen", &self.listen)].concat()
+        let mut flags = [flag("rm", &self.rm), flag("app-id", &self.app_id), flag("listen", &self.listen)].concat();
+        flags.extend(self.tls.flags());
+        flags
     }
 }
 
@@ -147,6 +158,10 @@ pub struct NodeAgentCommand {
     /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Its certificate, key and CA, for its own port and its calls to the RM; the containers it
+    /// starts (drivers, executors) get the same files.
+    #[command(flatten)]
+    pub tls: TlsFiles,
 }
 
 impl ProcessCommand for NodeAgentCommand {
@@ -165,6 +180,7 @@ impl ProcessCommand for NodeAgentCommand {
         if let Some(t) = &self.token_file {
             flags.extend(flag("token-file", t.display()));
         }
+        flags.extend(self.tls.flags());
         flags
     }
 }
@@ -191,11 +207,23 @@ mod tests {
             cores: 3,
             listen: format!("{HOST_PLACEHOLDER}:0"),
             token_file: None,
+            tls: TlsFiles::default(),
         };
         assert_eq!(parse::<ExecutorCommand>(&executor.argv()), executor);
-        let local = ExecutorCommand { token_file: Some("/tmp/x/token".into()), ..executor };
+        let tls = TlsFiles {
+            tls_cert: Some("/etc/es/node.pem".into()),
+            tls_key: Some("/etc/es/node.key".into()),
+            tls_ca: Some("/etc/es/ca.pem".into()),
+            tls_client_auth: true,
+        };
+        let local = ExecutorCommand { token_file: Some("/tmp/x/token".into()), tls: tls.clone(), ..executor };
         assert_eq!(parse::<ExecutorCommand>(&local.argv()), local);
-        let driver = DriverCommand { rm: "127.0.0.1:8030".into(), app_id: "app-1".into(), listen: "{host}:0".into() };
+        let driver = DriverCommand {
+            rm: "127.0.0.1:8030".into(),
+            app_id: "app-1".into(),
+            listen: "{host}:0".into(),
+            tls: tls.clone(),
+        };
         assert_eq!(parse::<DriverCommand>(&driver.argv()), driver);
         let daemon = ModelDaemonCommand {
             model_toml: "onnx = \"/m/model.onnx\"\ntokenizer = \"/m/t.json\"\n".into(),
@@ -212,6 +240,7 @@ mod tests {
             work_dir: "/var/lib/embedstream".into(),
             heartbeat: Duration::from_millis(250),
             token_file: Some("/etc/embedstream/token".into()),
+            tls,
         };
         assert_eq!(parse::<NodeAgentCommand>(&node.argv()), node);
     }

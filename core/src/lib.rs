@@ -9,6 +9,7 @@
 //! - [`auth`]: the shared cluster token that admin, internal and Flight calls carry.
 //! - [`latency`]: end-to-end latency as fixed buckets, as tasks report it.
 //! - [`durable`]: writes that survive a crash (checkpoint logs, manifests, the RM's state).
+//! - [`tls`]: the certificate, key and CA every endpoint serves and calls with.
 //! - [`telemetry`]: the `/metrics` endpoint every process serves to Prometheus, and /proc readers.
 
 pub mod argv;
@@ -20,5 +21,6 @@ pub mod offsets;
 pub mod progress;
 pub mod spec;
 pub mod telemetry;
+pub mod tls;
 
 pub use spec::JobSpec;

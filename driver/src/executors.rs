@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use embedstream_core::auth::ClusterToken;
 use embedstream_proto::pb::executor_service_client::ExecutorServiceClient;
+use embedstream_proto::serve::Caller;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A client of one executor's ExecutorService, carrying the cluster token.
 pub type ExecutorClient = ExecutorServiceClient<InterceptedService<Channel, ClusterToken>>;
@@ -26,23 +27,25 @@ pub struct ExecutorInfo {
 }
 
 impl ExecutorInfo {
-    /// An executor at `address` (host:port), reached lazily with `token` on every call.
+    /// An executor at `address` (host:port), reached lazily with the caller's TLS, its token on
+    /// every call.
     pub fn connect(
         id: String,
         address: String,
         cores: u32,
         pid: u32,
         metrics_address: String,
-        token: ClusterToken,
+        caller: &Caller,
     ) -> Result<ExecutorInfo, String> {
-        let channel = Endpoint::from_shared(format!("http://{address}"))
+        let channel = caller
+            .endpoint(&address)
             .map_err(|e| format!("address {address}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client = ExecutorServiceClient::with_interceptor(channel, token);
+        let client = ExecutorServiceClient::with_interceptor(channel, caller.token.clone());
         Ok(ExecutorInfo { id, address, cores, pid, metrics_address, client })
     }
 

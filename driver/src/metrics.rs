@@ -105,11 +105,12 @@ pub struct ExecutorTarget {
     pub flight_address: String,
 }
 
-/// Rewrites the target list: the driver, then each live executor.
+/// Rewrites the target list: the driver, then each live executor. With `https`, every target
+/// carries `__scheme__ = "https"`, so Prometheus scrapes it over TLS.
 pub fn write_targets(
     checkpoint: &Path,
     query: &str,
-    driver: &str,
+    (driver, https): (&str, bool),
     executors: &[ExecutorTarget],
 ) -> std::io::Result<()> {
     let label = |role: &str, executor: Option<&str>| {
@@ -117,6 +118,9 @@ pub fn write_targets(
             ("query".to_string(), query.to_string()),
             ("role".to_string(), role.to_string()),
         ]);
+        if https {
+            m.insert("__scheme__".into(), "https".into());
+        }
         if let Some(e) = executor {
             m.insert("executor".into(), e.into());
         }

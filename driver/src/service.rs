@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use embedstream_core::auth::ClusterToken;
 use embedstream_core::spec::Secrets;
 use embedstream_proto::convert::secrets_to_pb;
 use embedstream_proto::pb::driver_service_server::DriverService;
@@ -10,6 +9,7 @@ use embedstream_proto::pb::{
     GetJobSpecRequest, GetJobSpecResponse, HeartbeatRequest, HeartbeatResponse, RegisterExecutorRequest,
     RegisterExecutorResponse,
 };
+use embedstream_proto::serve::Caller;
 use tonic::{Request, Response, Status};
 
 use crate::executors::{ExecutorInfo, ExecutorRegistry};
@@ -17,8 +17,8 @@ use crate::executors::{ExecutorInfo, ExecutorRegistry};
 /// The driver's gRPC service for its executors.
 pub struct DriverServiceImpl {
     pub registry: Arc<ExecutorRegistry>,
-    /// Sent on every call to executors.
-    pub token: ClusterToken,
+    /// How the driver calls its executors: the token on every call, over its TLS.
+    pub caller: Caller,
     pub job_spec_toml: String,
     /// Read once by the driver; sent only in the answer to an authenticated GetJobSpec.
     pub secrets: Secrets,
@@ -44,9 +44,8 @@ impl DriverService for DriverServiceImpl {
             return Err(Status::invalid_argument("cores must be at least 1"));
         }
         tracing::info!(executor = %r.executor_id, address = %r.address, cores = r.cores, pid = r.pid, "executor registered");
-        let info =
-            ExecutorInfo::connect(r.executor_id, r.address, r.cores, r.pid, r.metrics_address, self.token.clone())
-                .map_err(Status::invalid_argument)?;
+        let info = ExecutorInfo::connect(r.executor_id, r.address, r.cores, r.pid, r.metrics_address, &self.caller)
+            .map_err(Status::invalid_argument)?;
         self.registry.register(info);
         Ok(Response::new(RegisterExecutorResponse {}))
     }

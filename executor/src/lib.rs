@@ -23,6 +23,7 @@ use std::time::Duration;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use embedstream_core::auth::ClusterToken;
 use embedstream_core::spec::SpecError;
+use embedstream_core::tls::Tls;
 use embedstream_core::{telemetry, JobSpec};
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
@@ -30,7 +31,7 @@ use embedstream_proto::pb::{
     task_status, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest, ShutdownRequest, ShutdownResponse,
     TaskDefinition, TaskStatus,
 };
-use embedstream_proto::serve::GrpcServer;
+use embedstream_proto::serve::{self, GrpcServer};
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
@@ -57,6 +58,8 @@ pub enum ExecutorError {
     #[error(transparent)]
     Token(#[from] embedstream_core::auth::TokenError),
     #[error(transparent)]
+    Tls(#[from] embedstream_core::tls::TlsError),
+    #[error(transparent)]
     Secret(#[from] embedstream_core::spec::SecretError),
     #[error("executor service: {0}")]
     Serve(String),
@@ -70,6 +73,9 @@ pub struct ExecutorArgs {
     pub listen: SocketAddr,
     /// The cluster token's file, when it is not in the environment.
     pub token_file: Option<PathBuf>,
+    /// Its certificate, key and CA (read from `--tls-*`): it serves its ports and calls the
+    /// driver with them.
+    pub tls: Tls,
     /// ONNX Runtime shared library; default [`model::ort_library`].
     pub ort_library: Option<PathBuf>,
     /// The `embedstream` binary, re-executed as `model-daemon`.
@@ -82,7 +88,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     // The token comes from the environment (a node agent puts it there) or from the file a
     // local driver wrote: it is needed before the job spec can be fetched.
     let token = ClusterToken::load(args.token_file.as_deref())?;
-    let channel = tonic::transport::Endpoint::from_shared(args.driver_url.clone())
+    let channel = serve::endpoint(&args.driver_url, &args.tls)
         .map_err(|e| driver_err(e.to_string()))?
         .connect()
         .await
@@ -128,9 +134,10 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     )?;
     let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &model_id));
     let pool = Arc::new(pool);
-    let metrics_address = telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone())
-        .await
-        .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
+    let metrics_address =
+        telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone(), &args.tls)
+            .await
+            .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
     spawn_worker_sampler(metrics.clone(), pool.clone());
     let recent = Arc::new(records::RecentOutput::new(spec.flight.recent_batches));
     let flight = flight::FlightEmbedder::new(
@@ -163,7 +170,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let address = listener.local_addr().map_err(|e| ExecutorError::Serve(e.to_string()))?;
     let mut server_stop = shutdown_rx.clone();
     let server = tokio::spawn(
-        GrpcServer::new(token)
+        GrpcServer::new(token, args.tls.clone())
             .guarded(ExecutorServiceServer::new(service))
             .open(FlightServiceServer::new(flight).max_decoding_message_size(flight_message_limit))
             .serve(listener, async move {

@@ -4,7 +4,7 @@
 //!   `cluster.proto` (resource manager, node agents, the admin API).
 //! - [`convert`]: `From`/`TryFrom` between messages and `embedstream-core`'s domain types.
 //! - [`serve`]: [`serve::GrpcServer`], the one bootstrap of every gRPC server (token, health,
-//!   reflection, graceful stop), and [`serve::grpc_url`] for clients.
+//!   reflection, TLS, graceful stop), and [`serve::endpoint`] for clients.
 
 pub mod convert;
 pub mod serve;

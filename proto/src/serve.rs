@@ -2,26 +2,55 @@
 //! cluster token, adds gRPC health checking (`grpc.health.v1.Health`, SERVING for each service
 //! and for the server as a whole) and server reflection (so `grpcurl` and other generic clients
 //! can list and call the services without the .proto files), and stops gracefully on a signal.
-//! Health and reflection need no token: they reveal no data and change nothing.
-//! Also [`grpc_url`], how every client turns an address into a URL.
+//! Health and reflection need no token: they reveal no data and change nothing. With a
+//! certificate (`embedstream_core::tls`) the server speaks only TLS, and under mutual TLS it
+//! accepts only clients whose certificate chains to the CA.
+//! Also [`endpoint`], how every client reaches a server: over TLS, verifying the server against
+//! the CA, when its process has one.
 
 use std::convert::Infallible;
 use std::future::Future;
 
+use std::time::Duration;
+
 use embedstream_core::auth::{ClusterToken, RequireToken};
+use embedstream_core::tls::Tls;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tonic::codegen::{InterceptedService, Service};
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
-/// The URL of a gRPC server given as `HOST:PORT` or as a URL (`http://HOST:PORT`).
-pub fn grpc_url(address: &str) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The endpoint a client of a process with `tls` calls `address` (`HOST:PORT`, or a URL whose
+/// scheme `tls` decides) through: `https://`, trusting only the CA and presenting the process's
+/// certificate (for servers that require one), when the process calls over TLS; else `http://`.
+/// Timeouts and laziness are the caller's.
+pub fn endpoint(address: &str, tls: &Tls) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(tls.url(address))?;
+    let Some(ca) = tls.ca() else { return Ok(endpoint) };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).timeout(HANDSHAKE_TIMEOUT);
+    if let Some((chain, key)) = tls.identity() {
+        config = config.identity(Identity::from_pem(chain, key));
+    }
+    endpoint.tls_config(config)
+}
+
+/// What a client process calls with: the cluster token on every call, and its TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub token: ClusterToken,
+    pub tls: Tls,
+}
+
+impl Caller {
+    /// [`endpoint`] with this caller's TLS.
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
+        endpoint(address, &self.tls)
     }
 }
 
@@ -51,12 +80,14 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     guard: RequireToken,
+    tls: Tls,
 }
 
 impl GrpcServer {
-    /// A server whose guarded services require `token` (none: calls are not checked).
-    pub fn new(token: ClusterToken) -> GrpcServer {
-        GrpcServer { routes: RoutesBuilder::default(), names: Vec::new(), guard: RequireToken::new(token) }
+    /// A server whose guarded services require `token` (none: calls are not checked), serving
+    /// TLS when `tls` has a certificate.
+    pub fn new(token: ClusterToken, tls: Tls) -> GrpcServer {
+        GrpcServer { routes: RoutesBuilder::default(), names: Vec::new(), guard: RequireToken::new(token), tls }
     }
 
     /// Adds `service` behind the cluster token.
@@ -89,7 +120,16 @@ impl GrpcServer {
             .build_v1()
             .expect("the compiled descriptor set is valid");
         self.routes.add_service(health).add_service(reflection);
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((chain, key)) = self.tls.identity() {
+            let mut config = ServerTlsConfig::new().identity(Identity::from_pem(chain, key)).timeout(HANDSHAKE_TIMEOUT);
+            if self.tls.client_auth() {
+                let ca = self.tls.ca().expect("mutual TLS is only loaded with a CA");
+                config = config.client_ca_root(Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(config)?;
+        }
+        builder
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use embedstream_core::auth::ClusterToken;
+use embedstream_core::tls::{Naming, Role, Tls, TlsFiles};
 use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
 use embedstream_proto::pb::{
     ApplicationReport, ApplicationState, ContainerReport, ContainerState, ListApplicationsRequest, ListNodesRequest,
@@ -99,22 +100,32 @@ pub struct Cluster {
     pub rm: Proc,
     pub nodes: Vec<Proc>,
     pub runtime: tokio::runtime::Runtime,
+    /// The `--tls-*` flags every process and command of this cluster gets (none: plaintext).
+    pub tls: TlsFiles,
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with_tls(TlsFiles::default())
+    }
+
+    /// A cluster whose RM, node agents (and so drivers and executors), and the test's commands
+    /// and clients all use `tls`.
+    pub fn start_with_tls(tls: TlsFiles) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let rm_port = free_port();
         let mut c = Cluster {
-            rm: Cluster::start_rm(dir.path(), rm_port),
+            rm: Cluster::start_rm(dir.path(), rm_port, &tls),
             dir,
             rm_port,
             nodes: Vec::new(),
             runtime: tokio::runtime::Runtime::new().unwrap(),
+            tls,
         };
+        let tls_flags = c.tls.flags();
         for host in ["127.0.0.2", "127.0.0.3"] {
             let work = c.dir.path().join(host);
-            c.nodes.push(Proc::start(&[
+            let args = [
                 "node-agent",
                 "--rm",
                 &c.rm_address(),
@@ -126,15 +137,17 @@ impl Cluster {
                 "12g",
                 "--work-dir",
                 work.to_str().unwrap(),
-            ]));
+            ];
+            c.nodes.push(Proc::start(&[&args[..], &tls_flags.iter().map(String::as_str).collect::<Vec<_>>()].concat()));
         }
         c.wait_for("two nodes", |c| c.nodes().len() == 2);
         c
     }
 
-    pub fn start_rm(dir: &Path, port: u16) -> Proc {
+    pub fn start_rm(dir: &Path, port: u16, tls: &TlsFiles) -> Proc {
         let state = dir.join("rm-state.json");
-        Proc::start(&[
+        let tls_flags = tls.flags();
+        let args = [
             "resource-manager",
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -142,7 +155,8 @@ impl Cluster {
             state.to_str().unwrap(),
             "--node-timeout",
             "2s",
-        ])
+        ];
+        Proc::start(&[&args[..], &tls_flags.iter().map(String::as_str).collect::<Vec<_>>()].concat())
     }
 
     pub fn rm_address(&self) -> String {
@@ -171,8 +185,13 @@ impl Cluster {
     {
         let _guard = self.runtime.enter();
         let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.rm_address())).unwrap().connect_lazy();
+            embedstream_proto::serve::endpoint(&self.rm_address(), &self.client_tls()).unwrap().connect_lazy();
         ResourceManagerClient::with_interceptor(channel, token.map(ClusterToken::new).unwrap_or_default())
+    }
+
+    /// The TLS of the test's own clients: the cluster's files.
+    pub fn client_tls(&self) -> Tls {
+        self.tls.load(Role::Client, Naming::Flags).unwrap()
     }
 
     pub fn nodes(&self) -> Vec<NodeReport> {
@@ -215,7 +234,9 @@ impl Cluster {
 
     pub fn submit(&self, job: &Job) -> String {
         let mut cmd = embedstream();
-        cmd.args(["submit", job.path.to_str().unwrap(), "--master", &self.master()]).env("EMBEDSTREAM_TOKEN", TOKEN);
+        cmd.args(["submit", job.path.to_str().unwrap(), "--master", &self.master()])
+            .args(self.tls.flags())
+            .env("EMBEDSTREAM_TOKEN", TOKEN);
         let out = run_to_end(cmd, Duration::from_secs(30));
         assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
@@ -223,7 +244,7 @@ impl Cluster {
 
     pub fn admin(&self, args: &[&str]) -> String {
         let mut cmd = embedstream();
-        cmd.args(args).args(["--master", &self.master()]).env("EMBEDSTREAM_TOKEN", TOKEN);
+        cmd.args(args).args(["--master", &self.master()]).args(self.tls.flags()).env("EMBEDSTREAM_TOKEN", TOKEN);
         let out = run_to_end(cmd, Duration::from_secs(30));
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()

@@ -164,7 +164,7 @@ fn a_lost_node_a_restarted_rm_and_a_killed_driver_lose_no_data() {
 
     // Restart the RM: the node registers again and the query carries on.
     cluster.rm.kill();
-    cluster.rm = Cluster::start_rm(cluster.dir.path(), cluster.rm_port);
+    cluster.rm = Cluster::start_rm(cluster.dir.path(), cluster.rm_port, &cluster.tls);
     cluster.wait_for("the node back", |c| c.nodes().len() == 1);
     let app = cluster.app(&app_id).expect("the restarted RM knows the application");
     assert_eq!(state(&app), ApplicationState::Running);
@@ -275,4 +275,57 @@ fn an_executor_killed_while_it_writes_parquet_leaves_each_record_once_in_the_tab
     visible.sort();
     assert_eq!(embedstream_core::manifest::data_files(&table).unwrap(), visible, "the killed attempt's file is gone");
     cluster.admin(&["stop", &app_id]);
+}
+
+/// Issue 14, finding 7: a cluster over mutual TLS. The RM and the node agents serve TLS and
+/// call each other over it; the drivers and executors they start get the node's files and run
+/// a query over it; the CLI submits and administers with the CA and a client certificate. A
+/// plaintext client, and one without a client certificate, are refused by the RM.
+#[test]
+fn a_cluster_runs_a_query_over_mutual_tls_and_refuses_plaintext() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, identity) =
+        common::tls::certificates_for(certs.path(), "cluster-ca", &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    let tls = embedstream_core::tls::TlsFiles {
+        tls_cert: Some(identity.clone()),
+        tls_key: Some(identity),
+        tls_ca: Some(ca.clone()),
+        tls_client_auth: true,
+    };
+    let broker = Broker::start();
+    broker.create_topic("sealed", 2);
+    broker.produce_texts("sealed", 2, 0, &texts(60, 81));
+    let cluster = Cluster::start_with_tls(tls);
+    let app_id = cluster.submit(&cluster_job(&broker, "sealed", "sealed"));
+    cluster.wait_for("all 60 records committed", |_| broker.committed("sealed-group", "sealed", 2) == vec![30, 30]);
+    assert_every_input_embedded(&broker, "sealed-out", &[30, 30]);
+    let status = cluster.admin(&["status", &app_id]);
+    assert!(status.contains("query sealed") && status.contains("2 wanted"), "{status}");
+
+    let refused = |tls: embedstream_core::tls::Tls| {
+        cluster.runtime.block_on(async {
+            let channel = embedstream_proto::serve::endpoint(&cluster.rm_address(), &tls).unwrap().connect_lazy();
+            let mut rm = embedstream_proto::pb::resource_manager_client::ResourceManagerClient::with_interceptor(
+                channel,
+                embedstream_core::auth::ClusterToken::new(TOKEN),
+            );
+            rm.list_nodes(ListNodesRequest {}).await.expect_err("refused")
+        })
+    };
+    // Refused at the transport, before any gRPC answer (not even UNAUTHENTICATED).
+    let at_transport = |s: &tonic::Status| {
+        std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
+            && s.code() != tonic::Code::Unauthenticated
+    };
+    let plaintext = refused(embedstream_core::tls::Tls::plaintext());
+    assert!(at_transport(&plaintext), "a plaintext client: {plaintext}");
+    let only_ca = embedstream_core::tls::TlsFiles { tls_ca: Some(ca), ..Default::default() };
+    let anonymous =
+        refused(only_ca.load(embedstream_core::tls::Role::Client, embedstream_core::tls::Naming::Flags).unwrap());
+    assert!(at_transport(&anonymous), "a client without a certificate: {anonymous}");
+
+    cluster.admin(&["stop", &app_id]);
+    cluster.wait_for("the application to finish", |c| {
+        c.app(&app_id).is_some_and(|a| state(&a) == ApplicationState::Finished)
+    });
 }

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod kdc;
 pub mod process;
+pub mod prometheus;
 pub mod table;
 pub mod tls;
 

@@ -202,6 +202,8 @@ impl ResourceManager for ResourceManagerService {
                 rm: self.advertise.clone(),
                 app_id: id.clone(),
                 listen: format!("{HOST_PLACEHOLDER}:0"),
+                // The node agent adds its own certificate's files.
+                tls: Default::default(),
             }
             .argv(),
             env: BTreeMap::from([(JOB_TOML_ENV.to_string(), r.job_spec_toml)]),
@@ -260,6 +262,7 @@ impl ResourceManager for ResourceManagerService {
             cores: app.executor_vcores,
             listen: format!("{HOST_PLACEHOLDER}:0"),
             token_file: None,
+            tls: Default::default(),
         }
         .argv();
         let completed: Vec<ContainerStatus> = std::mem::take(&mut app.completed)

@@ -1,6 +1,6 @@
 //! How a query runs: `[trigger]` (when batches start), `[executors]` (how many, how big),
 //! `[monitoring]` (Prometheus endpoints, lag refresh), `[flight]` (the executors' Arrow Flight
-//! limits) and `[security]` (the cluster token).
+//! limits) and `[security]` (the cluster token, and TLS for a local query's endpoints).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -220,12 +220,28 @@ impl Default for FlightSpec {
     }
 }
 
-/// Who may call: the cluster token (see `embedstream_core::auth`).
+/// Who may call (the cluster token, see `embedstream_core::auth`) and how calls are protected
+/// (TLS, see `embedstream_core::tls`). The `tls_*` files are those of a local query (`run`):
+/// its driver, executors and `/metrics` endpoints use them, and `submit` calls the resource
+/// manager with them. In a cluster, drivers and executors use their node agent's files.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecuritySpec {
     /// A file whose first line is the cluster token; `EMBEDSTREAM_TOKEN` wins over it.
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain the driver and executors serve with (and present as clients under
+    /// mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) every peer's certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Servers require a client certificate signed by `tls_ca` (mutual TLS).
+    #[serde(default)]
+    pub tls_client_auth: bool,
 }
 
 impl SecuritySpec {
@@ -237,5 +253,24 @@ impl SecuritySpec {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The `tls_*` settings as files.
+    pub fn tls_files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_client_auth: self.tls_client_auth,
+        }
+    }
+
+    /// Reads and checks the `tls_*` files for a local query's processes (they serve and call).
+    pub fn tls(&self) -> Result<crate::tls::Tls, SpecError> {
+        use crate::tls::{Naming, Role, TlsError};
+        self.tls_files().load(Role::Peer, Naming::Spec).map_err(|e| match e {
+            TlsError::Setting { key, message } => SpecError { key, message },
+            TlsError::File { key, path, message } => SpecError { key, message: format!("{path}: {message}") },
+        })
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use embedstream_core::argv::{ExecutorCommand, ProcessCommand};
 use embedstream_core::auth::ClusterToken;
+use embedstream_core::tls::TlsFiles;
 use tokio::process::{Child, Command};
 
 use super::{Ended, LaunchError, Launcher};
@@ -34,6 +35,8 @@ pub struct LocalLauncher {
     /// Variables of the driver's environment that executors must not inherit (the ones the
     /// spec's secrets are read from).
     scrub_env: Vec<String>,
+    /// The driver's certificate, key and CA files, named on executors' command lines.
+    tls: TlsFiles,
     children: Vec<(String, Child)>,
     /// Released executors, left to exit after their Shutdown.
     leaving: Vec<(String, Child)>,
@@ -49,6 +52,7 @@ impl LocalLauncher {
             next_id: 0,
             token_file,
             scrub_env: Vec::new(),
+            tls: TlsFiles::default(),
             children: Vec::new(),
             leaving: Vec::new(),
         }
@@ -57,6 +61,12 @@ impl LocalLauncher {
     /// Removes `vars` from the environment executors inherit.
     pub fn without_env(mut self, vars: Vec<String>) -> Self {
         self.scrub_env = vars;
+        self
+    }
+
+    /// Executors serve and call with these files (the driver's own).
+    pub fn with_tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -74,6 +84,7 @@ impl LocalLauncher {
             cores: self.cores,
             listen: "127.0.0.1:0".into(),
             token_file: self.token_file.clone(),
+            tls: self.tls.clone(),
         }
         .argv();
         let child = command

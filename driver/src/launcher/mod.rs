@@ -198,7 +198,8 @@ mod tests {
             });
             let id = format!("exec-{}", self.started);
             self.started += 1;
-            let info = ExecutorInfo::connect(id.clone(), "127.0.0.1:9".into(), 1, 0, String::new(), Default::default());
+            let info =
+                ExecutorInfo::connect(id.clone(), "127.0.0.1:9".into(), 1, 0, String::new(), &Default::default());
             self.registry.register(info.unwrap());
             self.running = Some(id);
             Ok(ended.into_iter().collect())

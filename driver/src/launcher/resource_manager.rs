@@ -14,22 +14,25 @@ use std::time::Duration;
 use embedstream_core::auth::ClusterToken;
 use embedstream_proto::pb::resource_manager_client::ResourceManagerClient;
 use embedstream_proto::pb::{AllocateRequest, ApplicationState, ContainerState, Resources};
+use embedstream_proto::serve::Caller;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{Ended, LaunchError, Launcher};
 
 pub type RmClient = ResourceManagerClient<InterceptedService<Channel, ClusterToken>>;
 
-/// A client for the RM at `address` (host:port or http://host:port), carrying `token`.
-pub fn rm_client(address: &str, token: ClusterToken) -> Result<RmClient, LaunchError> {
-    let url = embedstream_proto::serve::grpc_url(address);
-    let channel = Endpoint::from_shared(url.clone())
+/// A client for the RM at `address` (host:port, or a URL whose scheme the caller's TLS
+/// decides), carrying the caller's token.
+pub fn rm_client(address: &str, caller: &Caller) -> Result<RmClient, LaunchError> {
+    let url = caller.tls.url(address);
+    let channel = caller
+        .endpoint(address)
         .map_err(|e| LaunchError::ResourceManager { url: url.clone(), message: e.to_string() })?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10))
         .connect_lazy();
-    Ok(ResourceManagerClient::with_interceptor(channel, token))
+    Ok(ResourceManagerClient::with_interceptor(channel, caller.token.clone()))
 }
 
 pub struct ResourceManagerLauncher {

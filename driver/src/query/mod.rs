@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use embedstream_core::auth::ClusterToken;
+use embedstream_core::tls::Tls;
 use embedstream_core::{telemetry, JobSpec};
 use embedstream_proto::pb::driver_service_server::DriverServiceServer;
 use embedstream_proto::pb::query_admin_server::QueryAdminServer;
 use embedstream_proto::pb::ShutdownRequest;
-use embedstream_proto::serve::GrpcServer;
+use embedstream_proto::serve::{Caller, GrpcServer};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -52,6 +53,8 @@ pub enum DriverError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Secret(#[from] embedstream_core::spec::SecretError),
+    #[error(transparent)]
+    Spec(#[from] embedstream_core::spec::SpecError),
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
     #[error(transparent)]
@@ -86,11 +89,13 @@ pub struct DriverOptions {
     pub listen: SocketAddr,
     /// Required on every call when set.
     pub token: ClusterToken,
+    /// The driver's servers (gRPC, /metrics) and its calls to executors use it.
+    pub tls: Tls,
 }
 
 impl DriverOptions {
-    pub fn local(token: ClusterToken) -> DriverOptions {
-        DriverOptions { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token }
+    pub fn local(token: ClusterToken, tls: Tls) -> DriverOptions {
+        DriverOptions { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token, tls }
     }
 }
 
@@ -102,14 +107,18 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
     // Without a configured token the query makes its own, so that no other local user can
     // register an executor, run a task or read texts with Flight.
     let token = if token.is_set() { token } else { ClusterToken::generate() };
+    let tls = spec.security.tls()?;
+    let tls_files = spec.security.tls_files();
     let private = launcher::private_token_file(&token).map_err(|e| DriverError::Service(e.to_string()))?;
     let (cores, token_file) = (spec.executors.cores, Some(private.path().join("token")));
     // Executors get the spec's secrets from the driver, not from the variables they came from.
     let scrub = spec.secret_env_vars();
+    let calls_tls = tls.clone();
     let launcher = move |driver: &str| -> Box<dyn Launcher> {
-        Box::new(LocalLauncher::new(exe, &format!("http://{driver}"), cores, token_file).without_env(scrub))
+        let driver_url = calls_tls.url(driver);
+        Box::new(LocalLauncher::new(exe, &driver_url, cores, token_file).without_env(scrub).with_tls(tls_files))
     };
-    let summary = run_query(spec, DriverOptions::local(token), launcher, stop).await;
+    let summary = run_query(spec, DriverOptions::local(token, tls), launcher, stop).await;
     drop(private);
     summary
 }
@@ -132,9 +141,10 @@ pub async fn run_query(
     let source = Arc::new(KafkaSource::new(&spec, &secrets)?);
     let registry = Arc::new(ExecutorRegistry::default());
     let metrics = Arc::new(DriverMetrics::new(&spec.name));
-    let metrics_addr = telemetry::serve_metrics(&spec.monitoring.metrics_listen, metrics.registry.clone())
-        .await
-        .map_err(|e| DriverError::Service(format!("metrics endpoint {}: {e}", spec.monitoring.metrics_listen)))?;
+    let metrics_addr =
+        telemetry::serve_metrics(&spec.monitoring.metrics_listen, metrics.registry.clone(), &options.tls)
+            .await
+            .map_err(|e| DriverError::Service(format!("metrics endpoint {}: {e}", spec.monitoring.metrics_listen)))?;
     metrics.executors_requested.set(spec.executors.count as i64);
     metrics.trigger_interval.set(spec.trigger.interval().as_secs_f64());
     metrics.last_batch_timestamp.set(checkpoint::now_ms() as f64 / 1000.0);
@@ -142,6 +152,7 @@ pub async fn run_query(
         checkpoint: spec.checkpoint_location.clone(),
         query: spec.name.clone(),
         driver: metrics_addr.to_string(),
+        https: options.tls.serves_tls(),
     };
     targets.write(&registry);
 
@@ -159,7 +170,7 @@ pub async fn run_query(
     let addr = listener.local_addr().map_err(|e| DriverError::Service(e.to_string()))?;
     let service = DriverServiceImpl {
         registry: registry.clone(),
-        token: options.token.clone(),
+        caller: Caller { token: options.token.clone(), tls: options.tls.clone() },
         job_spec_toml: spec.to_toml(),
         secrets,
         query_id: checkpoint.query_id().to_string(),
@@ -173,7 +184,7 @@ pub async fn run_query(
     };
     let (server_stop, server_stopped) = watch::channel(false);
     let server = tokio::spawn(
-        GrpcServer::new(options.token.clone())
+        GrpcServer::new(options.token.clone(), options.tls.clone())
             .guarded(DriverServiceServer::new(service))
             .guarded(QueryAdminServer::new(admin))
             .serve(listener, async move {

@@ -11,6 +11,8 @@ pub(crate) struct Targets {
     pub(crate) checkpoint: PathBuf,
     pub(crate) query: String,
     pub(crate) driver: String,
+    /// The endpoints serve TLS.
+    pub(crate) https: bool,
 }
 
 impl Targets {
@@ -25,7 +27,7 @@ impl Targets {
                 flight_address: e.address,
             })
             .collect();
-        if let Err(e) = metrics::write_targets(&self.checkpoint, &self.query, &self.driver, &executors) {
+        if let Err(e) = metrics::write_targets(&self.checkpoint, &self.query, (&self.driver, self.https), &executors) {
             tracing::warn!(error = %e, "cannot write the Prometheus target list");
         }
     }

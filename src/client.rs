@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use embedstream_core::argv::DriverCommand;
 use embedstream_core::auth::ClusterToken;
 use embedstream_core::spec::parse_memory_mb;
-use embedstream_core::tls::{Naming, Role, Tls, TlsFiles};
+use embedstream_core::tls::{Naming, Role, TlsFiles};
 use embedstream_core::JobSpec;
-use embedstream_driver::launcher::resource_manager::{rm_client, ResourceManagerLauncher, RmClient};
+use embedstream_driver::launcher::resource_manager::{rm_client, AppSecret, ResourceManagerLauncher, RmClient};
 use embedstream_driver::launcher::Launcher;
 use embedstream_driver::DriverOptions;
 use embedstream_proto::pb::query_admin_client::QueryAdminClient;
@@ -144,8 +145,20 @@ pub async fn submit(
 }
 
 /// The driver container's entry: the job spec comes in `EMBEDSTREAM_JOB_TOML`, executors from
-/// the RM; `tls` is its node agent's.
-pub async fn driver_container(rm_address: String, app_id: String, listen: SocketAddr, tls: Tls) -> Result<()> {
+/// the RM; its TLS files are its node agent's, its application's secret in the file the node
+/// agent wrote.
+pub async fn driver_container(command: DriverCommand) -> Result<()> {
+    let DriverCommand { rm: rm_address, app_id, listen, app_secret_file, tls } = command;
+    let listen: SocketAddr = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
+    let tls = tls.load(Role::Peer, Naming::Flags)?;
+    let app_secret = match app_secret_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--app-secret-file {}: cannot read it", path.display()))?;
+            AppSecret(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        None => AppSecret::default(),
+    };
     let toml = std::env::var(embedstream_cluster::rm::JOB_TOML_ENV)
         .with_context(|| format!("{} is not set (the node agent sets it)", embedstream_cluster::rm::JOB_TOML_ENV))?;
     let spec = JobSpec::from_toml(&toml)?;
@@ -160,6 +173,7 @@ pub async fn driver_container(rm_address: String, app_id: String, listen: Socket
             app_id,
             driver_address: driver.to_string(),
             executor_resources: resources,
+            app_secret,
         })
     };
     let summary =

@@ -330,10 +330,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Pause { app, target } => admin_action(app, target, client::Action::Pause).await,
         Command::Resume { app, target } => admin_action(app, target, client::Action::Resume).await,
         Command::Scale { app, executors, target } => admin_action(app, target, client::Action::Scale(executors)).await,
-        Command::Driver(DriverCommand { rm, app_id, listen, tls }) => {
-            let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
-            client::driver_container(rm, app_id, listen, tls.load(Role::Peer, Naming::Flags)?).await
-        }
+        Command::Driver(command) => client::driver_container(command).await,
         Command::ModelDaemon(_) => unreachable!("dispatched before the runtime starts"),
         Command::Executor(ExecutorCommand { driver, executor_id, cores, listen, token_file, tls }) => {
             let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;

@@ -41,6 +41,11 @@ pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>)
     let advertise = args.advertise.clone().unwrap_or_else(|| address.to_string());
     let service = rm::ResourceManagerService::open(args.state_file.clone(), advertise.clone(), args.node_timeout)?;
     let watcher = tokio::spawn(Arc::clone(&service).watch_nodes());
+    if !args.listen.ip().is_loopback() && !args.tls.serves_tls() {
+        tracing::warn!(
+            "no TLS (--tls-cert, --tls-key, --tls-ca) on a reachable address: the cluster token and the job specs travel in clear"
+        );
+    }
     if !args.token.is_set() {
         tracing::warn!(
             "no cluster token (EMBEDSTREAM_TOKEN or --token-file): any local user who reaches this port can launch processes"

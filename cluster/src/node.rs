@@ -230,8 +230,16 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
             .map_err(|e| format!("{}: {e}", dir.join(name).display()))
     };
     let mut command = Command::new(&args.exe);
+    command.args(launch.args.iter().map(|a| fill(a)));
+    // A driver's application secret: in a file only its owner reads, named on the command line,
+    // so it is in no argv, no environment and no log.
+    if !launch.app_secret.is_empty() {
+        let path = dir.join("app-secret");
+        embedstream_core::durable::write_private(&path, format!("{}\n", launch.app_secret).as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        command.arg("--app-secret-file").arg(&path);
+    }
     command
-        .args(launch.args.iter().map(|a| fill(a)))
         // Drivers and executors serve and call with this node's certificate, key and CA.
         .args(args.tls_files.flags())
         .envs(launch.env.iter().map(|(k, v)| (k.clone(), fill(v))))

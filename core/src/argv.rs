@@ -85,6 +85,10 @@ pub struct DriverCommand {
     /// Where to serve DriverService and QueryAdmin: HOST:PORT.
     #[arg(long)]
     pub listen: String,
+    /// A file (0600) whose first line is the application's secret, which its `Allocate` calls
+    /// carry; written by the node agent.
+    #[arg(long)]
+    pub app_secret_file: Option<PathBuf>,
     /// Its certificate, key and CA: the node agent's.
     #[command(flatten)]
     pub tls: TlsFiles,
@@ -95,6 +99,9 @@ impl ProcessCommand for DriverCommand {
 
     fn flags(&self) -> Vec<String> {
         let mut flags = [flag("rm", &self.rm), flag("app-id", &self.app_id), flag("listen", &self.listen)].concat();
+        if let Some(f) = &self.app_secret_file {
+            flags.extend(flag("app-secret-file", f.display()));
+        }
         flags.extend(self.tls.flags());
         flags
     }
@@ -222,6 +229,7 @@ mod tests {
             rm: "127.0.0.1:8030".into(),
             app_id: "app-1".into(),
             listen: "{host}:0".into(),
+            app_secret_file: Some("/var/lib/es/app-1/c-1/app-secret".into()),
             tls: tls.clone(),
         };
         assert_eq!(parse::<DriverCommand>(&driver.argv()), driver);

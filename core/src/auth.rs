@@ -43,12 +43,7 @@ impl ClusterToken {
     /// A new random token (32 bytes from the kernel's generator, as hex), for a local query that
     /// was given none.
     pub fn generate() -> ClusterToken {
-        use std::io::Read;
-        let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .expect("/dev/urandom is readable");
-        ClusterToken::new(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        ClusterToken::new(&random_secret())
     }
 
     /// `EMBEDSTREAM_TOKEN` if set and non-empty, else the first line of `file`, else none.
@@ -144,7 +139,16 @@ impl tonic::service::Interceptor for RequireToken {
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// 32 bytes from the kernel's generator, as 64 hex digits: a new token or application secret.
+pub fn random_secret() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom is readable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two secrets in time that depends on their length only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

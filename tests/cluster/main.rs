@@ -282,7 +282,7 @@ fn an_executor_killed_while_it_writes_parquet_leaves_each_record_once_in_the_tab
 /// a query over it; the CLI submits and administers with the CA and a client certificate. A
 /// plaintext client, and one without a client certificate, are refused by the RM.
 #[test]
-fn a_cluster_runs_a_query_over_mutual_tls_and_refuses_plaintext() {
+fn a_cluster_runs_a_query_over_mutual_tls_refuses_plaintext_and_keeps_each_application_to_its_driver() {
     let certs = tempfile::tempdir().unwrap();
     let (ca, identity) =
         common::tls::certificates_for(certs.path(), "cluster-ca", &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
@@ -323,6 +323,39 @@ fn a_cluster_runs_a_query_over_mutual_tls_and_refuses_plaintext() {
     let anonymous =
         refused(only_ca.load(embedstream_core::tls::Role::Client, embedstream_core::tls::Naming::Flags).unwrap());
     assert!(at_transport(&anonymous), "a client without a certificate: {anonymous}");
+
+
+    // Issue 14, finding 6: the application's secret reached its driver in a 0600 file, and no
+    // process's argv or environment, nor the RM's log; the cluster token alone cannot steer it.
+    let driver = cluster.pids_with(&format!("driver --rm {} --app-id {app_id}", cluster.rm_address()));
+    assert_eq!(driver.len(), 1, "one driver process");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", driver[0])).unwrap();
+    let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let file = &args[args.iter().position(|a| a == "--app-secret-file").expect("the secret's file") + 1];
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(file).unwrap().trim().to_string();
+    assert_eq!(secret.len(), 64);
+    for pid in cluster.pids_with("") {
+        for what in ["cmdline", "environ"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&bytes).contains(&secret), "the secret in {pid}'s {what}");
+        }
+    }
+    assert!(!cluster.rm.log().contains(&secret) && !cluster.container_logs().contains(&secret));
+    let mut rm = cluster.client(Some(TOKEN));
+    let steer = embedstream_proto::pb::AllocateRequest {
+        app_id: app_id.clone(),
+        driver_address: "127.0.0.1:1".into(),
+        executors_wanted: 0,
+        state: ApplicationState::Finished as i32,
+        ..Default::default()
+    };
+    let refused = cluster.runtime.block_on(rm.allocate(steer)).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
+    let app = cluster.app(&app_id).unwrap();
+    assert_eq!(state(&app), ApplicationState::Running, "the application runs on: {app:?}");
+    assert_ne!(app.driver_address, "127.0.0.1:1");
 
     cluster.admin(&["stop", &app_id]);
     cluster.wait_for("the application to finish", |c| {

@@ -20,17 +20,24 @@ use embedstream_core::argv::{
 
 use super::placement::schedule;
 use super::state::{
-    alive_containers, end_container, kill_container, new_container_id, now_id, used, Application, Container, Node, Role,
+    alive_containers, end_container, kill_container, new_container_id, now_id, used, AppSecret, Application, Container,
+    Node, Role,
 };
 use super::{ResourceManagerService, JOB_TOML_ENV};
 
-fn launch_of(c: &Container) -> ContainerLaunch {
+/// What a node agent gets to start `c`; a driver also gets its application's secret.
+fn launch_of(c: &Container, app: Option<&Application>) -> ContainerLaunch {
+    let app_secret = match (c.role, app) {
+        (Role::Driver, Some(app)) => app.secret.0.clone(),
+        _ => String::new(),
+    };
     ContainerLaunch {
         container_id: c.id.clone(),
         app_id: c.app_id.clone(),
         args: c.args.clone(),
         env: c.env.clone().into_iter().collect(),
         resources: Some(Resources { vcores: c.vcores, memory_mb: c.memory_mb }),
+        app_secret,
     }
 }
 
@@ -126,15 +133,16 @@ impl ResourceManager for ResourceManagerService {
             }
         }
         schedule(&mut s);
-        let launch: Vec<ContainerLaunch> =
-            s.p.containers
-                .values_mut()
-                .filter(|c| c.node_id == r.node_id && c.alive() && !c.launched)
-                .map(|c| {
-                    c.launched = true;
-                    launch_of(c)
-                })
-                .collect();
+        let p = &mut s.p;
+        let launch: Vec<ContainerLaunch> = p
+            .containers
+            .values_mut()
+            .filter(|c| c.node_id == r.node_id && c.alive() && !c.launched)
+            .map(|c| {
+                c.launched = true;
+                launch_of(c, p.applications.get(&c.app_id))
+            })
+            .collect();
         if changed || !launch.is_empty() {
             self.save(&s.p);
         }
@@ -189,6 +197,7 @@ impl ResourceManager for ResourceManagerService {
             driver_attempts: 1,
             completed: Vec::new(),
             allocated: Vec::new(),
+            secret: AppSecret(embedstream_core::auth::random_secret()),
         };
         let cid = new_container_id(&mut s, &id);
         let container = Container {
@@ -202,7 +211,8 @@ impl ResourceManager for ResourceManagerService {
                 rm: self.advertise.clone(),
                 app_id: id.clone(),
                 listen: format!("{HOST_PLACEHOLDER}:0"),
-                // The node agent adds its own certificate's files.
+                // The node agent writes the secret's file and adds its own certificate's files.
+                app_secret_file: None,
                 tls: Default::default(),
             }
             .argv(),
@@ -226,6 +236,16 @@ impl ResourceManager for ResourceManagerService {
         let Some(app) = s.p.applications.get_mut(&r.app_id) else {
             return Err(Status::not_found(format!("no application {}", r.app_id)));
         };
+        // Only the application's own driver may steer it: the cluster token lets a caller in,
+        // the secret issued at submit says which application it speaks for.
+        let secret = app.secret.0.as_bytes();
+        if !secret.is_empty() && !embedstream_core::auth::constant_time_eq(r.app_secret.as_bytes(), secret) {
+            tracing::warn!(app = %r.app_id, "refused an Allocate call without the application's secret");
+            return Err(Status::permission_denied(format!(
+                "Allocate for {} needs the secret the RM issued to its driver at submit",
+                r.app_id
+            )));
+        }
         let state = ApplicationState::try_from(r.state).unwrap_or(ApplicationState::Running);
         if app.ended() {
             return Err(Status::failed_precondition(format!(

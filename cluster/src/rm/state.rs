@@ -62,6 +62,21 @@ pub struct Application {
     pub completed: Vec<(String, i32, String)>,
     /// Executor containers placed, not yet told to the driver.
     pub allocated: Vec<String>,
+    /// Issued at submit, given only to its driver container; `Allocate` must carry it. Empty
+    /// for an application from a state file older than the secrets (its calls are not checked).
+    #[serde(default)]
+    pub secret: AppSecret,
+}
+
+/// An application's secret: never printed (its `Debug` says only whether it is set).
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct AppSecret(pub String);
+
+impl std::fmt::Debug for AppSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "AppSecret(none)" } else { "AppSecret(set)" })
+    }
 }
 
 impl Application {

@@ -104,6 +104,7 @@ fn ended_applications_and_containers_are_pruned() {
         driver_attempts: 1,
         completed: Vec::new(),
         allocated: Vec::new(),
+        secret: Default::default(),
     };
     let container = |app: u32, n: u32, state: ContainerState| Container {
         id: format!("c-{app}-{n:04}"),
@@ -177,6 +178,7 @@ async fn executors_run_the_command_line_the_rm_builds() {
         driver_address: driver_address.into(),
         executors_wanted: 1,
         executor_resources: Some(Resources { vcores: 2, memory_mb: 1024 }),
+        app_secret: driver.app_secret.clone(),
         ..Default::default()
     };
     let refused = rm.allocate(Request::new(allocate("--help"))).await.unwrap_err();
@@ -187,4 +189,70 @@ async fn executors_run_the_command_line_the_rm_builds() {
     assert_eq!(executor.args[0], "executor", "{:?}", executor.args);
     let args = executor.args.join(" ");
     assert!(args.contains("--driver http://127.0.0.2:7077") && args.contains("--cores 2"), "{args}");
+}
+
+/// Issue 14, finding 6: an application's calls are authorised by the secret the RM issued at
+/// submit, which only its driver's launch carries. Without it, or with another application's,
+/// a caller that holds the cluster token can neither scale, re-point nor finish it; the driver
+/// with it can. Executors' launches carry no secret, and the state's `Debug` hides it.
+#[tokio::test]
+async fn only_the_applications_driver_can_steer_it() {
+    use embedstream_proto::pb::{AllocateRequest, ApplicationState};
+
+    let dir = tempfile::tempdir().unwrap();
+    let rm = ResourceManagerService::open(dir.path().join("s.json"), "127.0.0.1:8030".into(), Duration::from_secs(60))
+        .unwrap();
+    let capacity = Some(Resources { vcores: 8, memory_mb: 16384 });
+    let node = RegisterNodeRequest { node_id: NODE.into(), capacity, running: Vec::new() };
+    rm.register_node(Request::new(node)).await.unwrap();
+    let mut drivers = Vec::new();
+    for name in ["mine", "theirs"] {
+        let submit =
+            SubmitApplicationRequest { name: name.into(), job_spec_toml: job(dir.path()), driver_resources: None };
+        rm.submit_application(Request::new(submit)).await.unwrap();
+    }
+    drivers.extend(rm.node_heartbeat(heartbeat(Vec::new())).await.unwrap().into_inner().launch);
+    assert_eq!(drivers.len(), 2);
+    let (mine, theirs) = (&drivers[0], &drivers[1]);
+    assert_eq!(mine.app_secret.len(), 64, "a 32-byte secret, as hex");
+    assert_ne!(mine.app_secret, theirs.app_secret, "one secret per application");
+    let running: Vec<ContainerStatus> = drivers
+        .iter()
+        .map(|d| ContainerStatus {
+            container_id: d.container_id.clone(),
+            state: ContainerState::Running as i32,
+            ..Default::default()
+        })
+        .collect();
+    rm.node_heartbeat(heartbeat(running.clone())).await.unwrap();
+
+    let steer = |secret: &str, state: ApplicationState| AllocateRequest {
+        app_id: mine.app_id.clone(),
+        driver_address: "127.0.0.9:7077".into(),
+        executors_wanted: 3,
+        executor_resources: Some(Resources { vcores: 1, memory_mb: 512 }),
+        state: state as i32,
+        app_secret: secret.into(),
+        ..Default::default()
+    };
+    for (secret, who) in [("", "no secret"), (theirs.app_secret.as_str(), "another application's secret")] {
+        for state in [ApplicationState::Running, ApplicationState::Finished] {
+            let refused = rm.allocate(Request::new(steer(secret, state))).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{who}: {}", refused.message());
+        }
+    }
+    let apps = rm.list_applications(Request::new(Default::default())).await.unwrap().into_inner().applications;
+    let app = apps.iter().find(|a| a.app_id == mine.app_id).unwrap();
+    assert_eq!((app.driver_address.as_str(), app.state), ("", ApplicationState::Submitted as i32), "untouched");
+    assert!(app.containers.iter().all(|c| c.role == "driver"), "no executor placed: {app:?}");
+
+    // Its driver, with the secret, steers it: executors placed, none of them given the secret.
+    rm.allocate(Request::new(steer(&mine.app_secret, ApplicationState::Running))).await.unwrap();
+    let launch = rm.node_heartbeat(heartbeat(running)).await.unwrap().into_inner().launch;
+    assert_eq!(launch.len(), 3, "three executors");
+    assert!(launch.iter().all(|l| l.app_secret.is_empty()), "executors get no secret");
+    let state = std::fs::read_to_string(dir.path().join("s.json")).unwrap();
+    assert!(state.contains(&mine.app_secret), "kept in the state file (0600) for a restarted RM");
+    let debug = format!("{:?}", rm.state.lock().unwrap().p.applications);
+    assert!(!debug.contains(&mine.app_secret) && debug.contains("AppSecret(set)"), "never printed");
 }

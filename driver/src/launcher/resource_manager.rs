@@ -43,6 +43,18 @@ pub struct ResourceManagerLauncher {
     pub driver_address: String,
     /// What each executor container needs; the RM runs `executor` with `vcores` cores in it.
     pub executor_resources: Resources,
+    /// The application's secret, issued by the RM at submit; every `Allocate` carries it.
+    pub app_secret: AppSecret,
+}
+
+/// An application's secret as its driver holds it: never printed.
+#[derive(Clone, Default)]
+pub struct AppSecret(pub String);
+
+impl std::fmt::Debug for AppSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppSecret(..)")
+    }
 }
 
 impl ResourceManagerLauncher {
@@ -55,6 +67,7 @@ impl ResourceManagerLauncher {
             release: release.to_vec(),
             state: state as i32,
             diagnostics: diagnostics.into(),
+            app_secret: self.app_secret.0.clone(),
         }
     }
 }

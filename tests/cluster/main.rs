@@ -324,7 +324,6 @@ fn a_cluster_runs_a_query_over_mutual_tls_refuses_plaintext_and_keeps_each_appli
         refused(only_ca.load(embedstream_core::tls::Role::Client, embedstream_core::tls::Naming::Flags).unwrap());
     assert!(at_transport(&anonymous), "a client without a certificate: {anonymous}");
 
-
     // Issue 14, finding 6: the application's secret reached its driver in a 0600 file, and no
     // process's argv or environment, nor the RM's log; the cluster token alone cannot steer it.
     let driver = cluster.pids_with(&format!("driver --rm {} --app-id {app_id}", cluster.rm_address()));

@@ -77,9 +77,14 @@ impl ResourceManagerService {
         }))
     }
 
-    /// Writes the state file if the state changed.
-    pub(crate) fn save(&self, p: &state::Persisted) {
-        self.state_file.save(p)
+    /// The state to write, taken under the state's lock; [`Self::persist`] it once the lock is let go.
+    pub(crate) fn snapshot(&self, p: &state::Persisted) -> persist::Snapshot {
+        self.state_file.snapshot(p)
+    }
+
+    /// Writes the state file if `snapshot` changed it, off the async threads.
+    pub(crate) async fn persist(&self, snapshot: persist::Snapshot) {
+        self.state_file.persist(snapshot).await
     }
 
     /// Declares nodes lost after `node_timeout` without a heartbeat; runs until the process ends.
@@ -87,40 +92,45 @@ impl ResourceManagerService {
         let mut ticks = tokio::time::interval(Duration::from_millis(250));
         loop {
             ticks.tick().await;
-            let mut s = self.state.lock().unwrap();
-            let lost: Vec<String> = s
-                .nodes
-                .iter()
-                .filter(|(_, n)| n.last_heartbeat.elapsed() > self.node_timeout)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for node in &lost {
-                tracing::warn!(node = %node, timeout = ?self.node_timeout, "node lost: no heartbeat");
-                if let Some(n) = s.nodes.remove(node) {
-                    s.lost_nodes
-                        .insert(node.clone(), LostNode { capacity: n.capacity, last_heartbeat: n.last_heartbeat });
-                }
-            }
-            let mut changed = !lost.is_empty();
-            changed |=
-                state::prune(&mut s.p, state::MAX_COMPLETED_APPLICATIONS, state::MAX_ENDED_CONTAINERS_PER_APP) > 0;
-            // After an RM restart, nodes get two timeouts to register again with what they run.
-            let restart_grace_over = self.started.elapsed() > self.node_timeout * 2;
-            let orphaned: Vec<String> =
-                s.p.containers
-                    .values()
-                    .filter(|c| c.alive() && !c.node_id.is_empty() && !s.nodes.contains_key(&c.node_id))
-                    .filter(|c| lost.contains(&c.node_id) || restart_grace_over)
-                    .map(|c| c.id.clone())
+            let snapshot = {
+                let mut s = self.state.lock().unwrap();
+                let lost: Vec<String> = s
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.last_heartbeat.elapsed() > self.node_timeout)
+                    .map(|(id, _)| id.clone())
                     .collect();
-            for id in orphaned {
-                let node = s.p.containers[&id].node_id.clone();
-                end_container(&mut s, &id, ContainerState::Lost, 0, &format!("node {node} lost"));
-                changed = true;
-            }
-            if changed {
-                schedule(&mut s);
-                self.save(&s.p);
+                for node in &lost {
+                    tracing::warn!(node = %node, timeout = ?self.node_timeout, "node lost: no heartbeat");
+                    if let Some(n) = s.nodes.remove(node) {
+                        s.lost_nodes
+                            .insert(node.clone(), LostNode { capacity: n.capacity, last_heartbeat: n.last_heartbeat });
+                    }
+                }
+                let mut changed = !lost.is_empty();
+                changed |=
+                    state::prune(&mut s.p, state::MAX_COMPLETED_APPLICATIONS, state::MAX_ENDED_CONTAINERS_PER_APP) > 0;
+                // After an RM restart, nodes get two timeouts to register again with what they run.
+                let restart_grace_over = self.started.elapsed() > self.node_timeout * 2;
+                let orphaned: Vec<String> =
+                    s.p.containers
+                        .values()
+                        .filter(|c| c.alive() && !c.node_id.is_empty() && !s.nodes.contains_key(&c.node_id))
+                        .filter(|c| lost.contains(&c.node_id) || restart_grace_over)
+                        .map(|c| c.id.clone())
+                        .collect();
+                for id in orphaned {
+                    let node = s.p.containers[&id].node_id.clone();
+                    end_container(&mut s, &id, ContainerState::Lost, 0, &format!("node {node} lost"));
+                    changed = true;
+                }
+                changed.then(|| {
+                    schedule(&mut s);
+                    self.snapshot(&s.p)
+                })
+            };
+            if let Some(snapshot) = snapshot {
+                self.persist(snapshot).await;
             }
         }
     }

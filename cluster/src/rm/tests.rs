@@ -256,3 +256,31 @@ async fn only_the_applications_driver_can_steer_it() {
     let debug = format!("{:?}", rm.state.lock().unwrap().p.applications);
     assert!(!debug.contains(&mine.app_secret) && debug.contains("AppSecret(set)"), "never printed");
 }
+
+/// Issue 14, finding 12: state writes run on the blocking pool after the state's lock is let go,
+/// so concurrent handlers may finish their writes in any order. Whatever the order, the file
+/// ends with the newest state (an older snapshot never overwrites a newer one), and every
+/// answered submit survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_leave_the_newest_state_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.json");
+    let rm = ResourceManagerService::open(path.clone(), "127.0.0.1:8030".into(), Duration::from_secs(60)).unwrap();
+    let capacity = Some(Resources { vcores: 64, memory_mb: 1 << 20 });
+    let node = RegisterNodeRequest { node_id: NODE.into(), capacity, running: Vec::new() };
+    rm.register_node(Request::new(node)).await.unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..48 {
+        let (rm, job) = (rm.clone(), job(dir.path()));
+        calls.spawn(async move {
+            let submit = SubmitApplicationRequest { name: format!("q{n}"), job_spec_toml: job, driver_resources: None };
+            rm.submit_application(Request::new(submit)).await.unwrap().into_inner().app_id
+        });
+    }
+    let submitted: std::collections::BTreeSet<String> = calls.join_all().await.into_iter().collect();
+    assert_eq!(submitted.len(), 48);
+    let restarted = ResourceManagerService::open(path, "127.0.0.1:8030".into(), Duration::from_secs(60)).unwrap();
+    let kept: std::collections::BTreeSet<String> =
+        restarted.state.lock().unwrap().p.applications.keys().cloned().collect();
+    assert_eq!(kept, submitted, "every answered submit is in the file");
+}

@@ -311,3 +311,41 @@ async fn worker_sockets_are_private() {
     let e = pool(&spec(4), 1, taken.path()).await.err().expect("a directory made by someone else is refused");
     assert!(e.contains("must not exist yet"), "{e}");
 }
+
+/// Issue 14, finding 15: the model daemon asks the kernel to kill it when its parent dies, and
+/// Linux means the parent *thread*. A daemon started from a thread that later ends (here a
+/// blocking-pool thread that retires when idle; `block_in_place`, which the Parquet sink uses,
+/// hands worker threads to that pool too) must live on: same daemon, no restart, still embedding.
+#[test]
+fn the_daemon_outlives_the_thread_that_started_it() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(Duration::from_millis(50))
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = dir.path().to_path_buf();
+    let (workers, thread) = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            // "PID/task/TID": this thread's own entry under /proc.
+            let thread = std::fs::read_link("/proc/thread-self").unwrap();
+            let workers = tokio::runtime::Handle::current().block_on(pool(&spec(8), 1, &sockets)).unwrap();
+            (workers, PathBuf::from("/proc").join(thread))
+        })
+        .await
+        .unwrap()
+    });
+    let daemon = workers.state().daemon_pid;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while thread.exists() {
+        assert!(std::time::Instant::now() < deadline, "the blocking thread did not retire");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (vectors, _) = runtime.block_on(workers.embed(texts(16, 91))).unwrap();
+    assert_eq!(vectors.len(), 16 * DIM);
+    let s = workers.state();
+    assert_eq!((s.daemon_pid, s.daemon_restarts), (daemon, 0), "the daemon lived on");
+    let status = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
+    assert!(!status.contains("State:\tZ"), "the daemon is alive: {status}");
+}

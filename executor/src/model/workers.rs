@@ -13,7 +13,7 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use embedstream_core::argv::{ModelDaemonCommand, ProcessCommand};
@@ -71,13 +71,15 @@ impl DaemonCommand {
     /// Starts the daemon and waits for its `ready` line: (process, its further lines, dim, worker pids).
     async fn start(&self) -> Result<(Child, DaemonLines, usize, Vec<u32>), ModelError> {
         let fail = |message: String| ModelError::Daemon(message);
-        let mut daemon = Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        command
             .args(self.command.argv())
             // The daemon and its forked workers never call another process: they get no token.
             .env_remove(embedstream_core::auth::TOKEN_ENV)
             .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        let mut daemon = spawn_from_lasting_thread(command)
+            .await
             .map_err(|e| fail(format!("cannot start {} model-daemon: {e}", self.exe.display())))?;
         let mut lines = BufReader::new(daemon.stdout.take().expect("piped stdout")).lines();
         let first = lines.next_line().await.map_err(|e| fail(e.to_string()))?;
@@ -87,6 +89,35 @@ impl DaemonCommand {
             None => Err(fail(format!("model daemon exited ({:?}) before it was ready", daemon.wait().await.ok()))),
         }
     }
+}
+
+/// A start request for the daemon's thread.
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// Starts `command` from the one thread that lives as long as the executor, and returns the
+/// child to the calling task. The daemon asks the kernel to kill it when its parent dies
+/// (`PR_SET_PDEATHSIG`), and Linux means the parent *thread*: started from a tokio thread it
+/// would die with that thread, and tokio's blocking-pool threads retire when idle (and
+/// `block_in_place` turns worker threads into such threads).
+async fn spawn_from_lasting_thread(mut command: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("model-daemon-parent".into())
+            .spawn(move || rx.into_iter().for_each(|job| job()))
+            .expect("a thread for starting model daemons");
+        tx
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: SpawnJob = Box::new(move || {
+        // tokio's child handling (the SIGCHLD reaper) belongs to the caller's runtime.
+        let _entered = runtime.enter();
+        let _ = tx.send(command.spawn());
+    });
+    spawner.send(job).expect("the model daemons' parent thread lives as long as the process");
+    rx.await.expect("the model daemons' parent thread answers every start")
 }
 
 /// Follows the daemon's reports; when the daemon itself dies, starts a new one (which forks new

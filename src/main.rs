@@ -294,7 +294,17 @@ async fn dispatch(command: Command) -> Result<()> {
             let args = embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token, tls };
             Ok(embedstream_cluster::run_resource_manager(args, client::stop_on_signal()).await?)
         }
-        Command::NodeAgent(NodeAgentCommand { rm, listen, vcores, memory, work_dir, heartbeat, token_file, tls }) => {
+        Command::NodeAgent(NodeAgentCommand {
+            rm,
+            listen,
+            vcores,
+            memory,
+            work_dir,
+            heartbeat,
+            container_log_max_size,
+            token_file,
+            tls,
+        }) => {
             anyhow::ensure!(vcores > 0, "--vcores: at least 1");
             let token = client::token(token_file.as_deref())?;
             let tls_files = tls;
@@ -310,6 +320,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 exe,
                 token,
                 heartbeat,
+                log_max_bytes: container_log_max_size << 20,
                 tls,
                 tls_files,
             };

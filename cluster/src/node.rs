@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use embedstream_core::argv::{CONTAINER_ID_PLACEHOLDER, HOST_PLACEHOLDER};
@@ -49,6 +49,8 @@ pub struct NodeArgs {
     pub exe: PathBuf,
     pub token: ClusterToken,
     pub heartbeat: Duration,
+    /// A container's log file past this size is rotated ([`rotate_if_over`]).
+    pub log_max_bytes: u64,
     /// Its TLS, loaded from `tls_files`: its own port and its calls to the RM.
     pub tls: Tls,
     /// The files, passed on to every container it starts (`--tls-*`).
@@ -59,6 +61,38 @@ struct Running {
     child: Child,
     pid: u32,
     memory_mb: u64,
+    /// Its log directory (`stdout`, `stderr`).
+    dir: PathBuf,
+}
+
+/// The names of a container's log files in its directory.
+const LOG_FILES: [&str; 2] = ["stdout", "stderr"];
+
+/// Opens a container's log file for appending (mode 0600): after a rotation empties it, the
+/// container's next write lands at its start, not past a hole the size of what was moved.
+pub fn open_log(dir: &Path, name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(dir.join(name))
+}
+
+/// Rotates `dir/name` once it is over `max_bytes`, as logrotate's `copytruncate`: its content
+/// goes to `name.1` (replacing the one before) and the file is emptied in place, because the
+/// container keeps it open. Lines written between the copy and the truncation are lost; the
+/// logs of a container take at most about twice `max_bytes` each.
+pub fn rotate_if_over(dir: &Path, name: &str, max_bytes: u64) -> std::io::Result<bool> {
+    let path = dir.join(name);
+    if std::fs::metadata(&path)?.len() <= max_bytes {
+        return Ok(false);
+    }
+    let old = dir.join(format!("{name}.1"));
+    let _ = std::fs::remove_file(&old);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut to = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&old)?;
+        std::io::copy(&mut std::fs::File::open(&path)?, &mut to)?;
+    }
+    std::fs::OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+    Ok(true)
 }
 
 /// Runs the node agent until `stop` turns true; its containers are then killed.
@@ -99,7 +133,7 @@ pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), 
             _ = ticks.tick() => {}
             _ = stop.wait_for(|&s| s) => break,
         }
-        check_containers(&mut running, &mut ended);
+        check_containers(&mut running, &mut ended, args.log_max_bytes);
         let statuses: Vec<ContainerStatus> = running
             .keys()
             .map(|id| ContainerStatus {
@@ -177,14 +211,25 @@ fn status(id: &str, state: ContainerState, exit_code: i32, diagnostics: String) 
     ContainerStatus { container_id: id.into(), state: state as i32, exit_code, diagnostics }
 }
 
-/// Collects ended containers and kills those over their memory.
-fn check_containers(running: &mut HashMap<String, Running>, ended: &mut BTreeMap<String, ContainerStatus>) {
+/// Collects ended containers, kills those over their memory, and rotates logs over their size.
+fn check_containers(
+    running: &mut HashMap<String, Running>,
+    ended: &mut BTreeMap<String, ContainerStatus>,
+    log_max_bytes: u64,
+) {
     if running.is_empty() {
         return; // an idle node does not read /proc
     }
     let tree = process_tree();
     let mut gone = Vec::new();
     for (id, r) in running.iter_mut() {
+        for name in LOG_FILES {
+            match rotate_if_over(&r.dir, name, log_max_bytes) {
+                Ok(true) => tracing::info!(container = %id, log = name, "container log rotated"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(container = %id, log = name, error = %e, "cannot rotate the container log"),
+            }
+        }
         if let Ok(Some(exit)) = r.child.try_wait() {
             let (code, why) = match (exit.code(), std::os::unix::process::ExitStatusExt::signal(&exit)) {
                 (Some(c), _) => (c, format!("exited with code {c}")),
@@ -219,16 +264,7 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
     let dir = args.work_dir.join(&launch.app_id).join(&launch.container_id);
     // A container's logs may hold what its process printed about its job: its owner's only.
     embedstream_core::durable::create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let open = |name: &str| {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join(name))
-            .map_err(|e| format!("{}: {e}", dir.join(name).display()))
-    };
+    let open = |name: &str| open_log(&dir, name).map_err(|e| format!("{}: {e}", dir.join(name).display()));
     let mut command = Command::new(&args.exe);
     command.args(launch.args.iter().map(|a| fill(a)));
     // A driver's application secret: in a file only its owner reads, named on the command line,
@@ -256,7 +292,7 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
     let child = command.spawn().map_err(|e| format!("cannot start {}: {e}", args.exe.display()))?;
     let pid = child.id().ok_or("the container exited at once")?;
     let memory_mb = launch.resources.map_or(u64::MAX, |r| r.memory_mb);
-    Ok(Running { child, pid, memory_mb })
+    Ok(Running { child, pid, memory_mb, dir })
 }
 
 /// Kills a container's process group (its leader's pid), model daemon and workers included.
@@ -309,5 +345,35 @@ mod tests {
         d.sort();
         assert_eq!(d, vec![10, 11, 12, 14]);
         assert!(process_tree().contains_key(&std::process::id()), "this process is in /proc");
+    }
+
+    /// Issue 14, finding 15: container logs are rotated. A log over its size moves to `stderr.1`
+    /// and the container, writing on through the descriptor it holds, starts the file afresh
+    /// (no hole where the old content was); a second rotation replaces `stderr.1`.
+    #[test]
+    fn a_container_log_over_its_size_is_rotated_under_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = open_log(dir.path(), "stderr").unwrap();
+        use std::io::Write;
+        writer.write_all(&vec![b'a'; 3000]).unwrap();
+        assert!(!rotate_if_over(dir.path(), "stderr", 4096).unwrap(), "under the size: left alone");
+        writer.write_all(&vec![b'b'; 3000]).unwrap();
+        assert!(rotate_if_over(dir.path(), "stderr", 4096).unwrap());
+        writer.write_all(b"after the rotation\n").unwrap();
+        let current = std::fs::read(dir.path().join("stderr")).unwrap();
+        assert_eq!(current, b"after the rotation\n", "the writer goes on at the start of the emptied file");
+        let rotated = std::fs::read(dir.path().join("stderr.1")).unwrap();
+        assert_eq!(rotated.len(), 6000);
+        assert!(rotated.starts_with(b"aaa") && rotated.ends_with(b"bbb"));
+        use std::os::unix::fs::PermissionsExt;
+        for name in ["stderr", "stderr.1"] {
+            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
+        writer.write_all(&vec![b'c'; 5000]).unwrap();
+        assert!(rotate_if_over(dir.path(), "stderr", 4096).unwrap());
+        let rotated = std::fs::read(dir.path().join("stderr.1")).unwrap();
+        assert!(rotated.starts_with(b"after the rotation\n") && rotated.len() == 5019, "the newer content replaced it");
+        assert!(std::fs::read(dir.path().join("stderr")).unwrap().is_empty());
     }
 }

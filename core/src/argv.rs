@@ -162,6 +162,10 @@ pub struct NodeAgentCommand {
     pub work_dir: PathBuf,
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    /// A container's stdout or stderr past this size ("64m") is rotated: moved to `stderr.1`
+    /// (replacing the one before), and the container writes on in an empty file.
+    #[arg(long, default_value = "64m", value_parser = parse_memory)]
+    pub container_log_max_size: u64,
     /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -182,6 +186,7 @@ impl ProcessCommand for NodeAgentCommand {
             flag("memory", format!("{}m", self.memory)),
             flag("work-dir", self.work_dir.display()),
             flag("heartbeat", humantime::format_duration(self.heartbeat)),
+            flag("container-log-max-size", format!("{}m", self.container_log_max_size)),
         ]
         .concat();
         if let Some(t) = &self.token_file {
@@ -247,6 +252,7 @@ mod tests {
             memory: 1536,
             work_dir: "/var/lib/embedstream".into(),
             heartbeat: Duration::from_millis(250),
+            container_log_max_size: 16,
             token_file: Some("/etc/embedstream/token".into()),
             tls,
         };

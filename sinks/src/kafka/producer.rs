@@ -1,12 +1,19 @@
 //! The executor's one idempotent Kafka producer, which the Kafka sink and the dead letters
 //! share, and the records it has enqueued but the broker has not yet acknowledged.
+//!
+//! An idempotent producer that hits a fatal error (librdkafka's `rd_kafka_fatal_error`: a
+//! broken sequence, a fenced or unknown producer id) refuses every record after it. The first
+//! record enqueued after one finds it out and replaces the producer with a new one from the same
+//! configuration: the task whose records were lost fails and is retried from the checkpoint,
+//! and the executor goes on working.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
 use crate::SinkError;
@@ -21,7 +28,11 @@ pub struct Origin<'a> {
 
 /// The executor's one idempotent producer, shared by the Kafka sink and the dead letters.
 pub struct KafkaProducer {
-    producer: FutureProducer,
+    /// To make a new producer after a fatal error.
+    config: ClientConfig,
+    current: RwLock<Arc<FutureProducer>>,
+    /// Producers made to replace one that hit a fatal error.
+    replaced: AtomicU64,
 }
 
 /// Records enqueued but not yet acknowledged by the broker, with the topic each went to.
@@ -33,14 +44,40 @@ pub struct Pending {
 impl KafkaProducer {
     /// `config` is a cluster's client configuration (its servers and properties).
     pub fn new(mut config: ClientConfig) -> Result<KafkaProducer, SinkError> {
-        let producer: FutureProducer = config
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")
-            .set("queue.buffering.max.messages", "200000")
-            .create()?;
-        Ok(KafkaProducer { producer })
+            .set("queue.buffering.max.messages", "200000");
+        let producer: FutureProducer = config.create()?;
+        Ok(KafkaProducer { config, current: RwLock::new(Arc::new(producer)), replaced: AtomicU64::new(0) })
+    }
+
+    /// How many times a producer that hit a fatal error was replaced.
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// The producer to send with: the current one, or a new one if it hit a fatal error.
+    fn producer(&self) -> Arc<FutureProducer> {
+        let current = self.current.read().unwrap().clone();
+        let Some((code, reason)) = current.client().fatal_error() else { return current };
+        let mut slot = self.current.write().unwrap();
+        // Another task may have replaced it meanwhile.
+        if Arc::ptr_eq(&slot, &current) {
+            match self.config.create::<FutureProducer>() {
+                Ok(new) => {
+                    tracing::error!(?code, %reason, "the Kafka producer hit a fatal error; sending with a new one");
+                    *slot = Arc::new(new);
+                    self.replaced.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(?code, %reason, error = %e, "the Kafka producer hit a fatal error and cannot be replaced")
+                }
+            }
+        }
+        slot.clone()
     }
 
     /// Enqueues `record` for `topic`, waiting for older records while the local queue is full.
@@ -50,8 +87,9 @@ impl KafkaProducer {
         topic: &Arc<str>,
         mut record: FutureRecord<'a, [u8], [u8]>,
     ) -> Result<(), SinkError> {
+        let producer = self.producer();
         loop {
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(future) => {
                     pending.futures.push((topic.clone(), future));
                     return Ok(());
@@ -106,4 +144,44 @@ pub(crate) fn origin_headers(origin: &Origin<'_>, model_id: &str) -> OwnedHeader
         .insert(Header { key: "es.partition", value: Some(&origin.partition.to_string()) })
         .insert(Header { key: "es.offset", value: Some(&origin.offset.to_string()) })
         .insert(Header { key: "es.model", value: Some(model_id) })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    use super::*;
+
+    /// Issue 14, finding 13: a fatal error leaves the executor's idempotent producer refusing
+    /// every record. librdkafka's own mock broker stands in for the broker here, because only it
+    /// answers a Produce with OUT_OF_ORDER_SEQUENCE_NUMBER on demand: the batch in flight fails,
+    /// and the next record goes out through a new producer and is acknowledged.
+    #[tokio::test]
+    async fn a_producer_that_hit_a_fatal_error_is_replaced() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("out", 1, 1).unwrap();
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", mock.bootstrap_servers());
+        let producer = KafkaProducer::new(config).unwrap();
+        let topic: Arc<str> = "out".into();
+        let send = |value: &'static str| {
+            let producer = &producer;
+            let topic = topic.clone();
+            async move {
+                let mut pending = Pending::default();
+                producer.enqueue(&mut pending, &topic, FutureRecord::to("out").payload(value.as_bytes())).await?;
+                pending.finish().await
+            }
+        };
+        send("first").await.expect("a healthy producer delivers");
+        mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER]);
+        let lost = send("second").await.expect_err("the broken sequence fails the batch");
+        let first = producer.current.read().unwrap().clone();
+        assert!(first.client().fatal_error().is_some(), "the producer is in a fatal state: {lost}");
+        send("third").await.expect("a new producer delivers");
+        assert_eq!(producer.replaced(), 1);
+        assert!(!Arc::ptr_eq(&first, &producer.current.read().unwrap()), "the producer was replaced");
+        assert!(producer.current.read().unwrap().client().fatal_error().is_none());
+    }
 }

@@ -60,21 +60,91 @@ fn rm(address: &str, caller: &Caller) -> Result<RmClient> {
     Ok(rm_client(address, caller)?)
 }
 
+const RM: &str = "resource manager";
+const DRIVER: &str = "driver";
+
+/// A call's answer, or one line that says what went wrong with the `what` at `address`:
+/// unreachable (and why), too slow, the token refused, or the server's own message; never
+/// tonic's debug dump of the error chain.
+trait Answer<T> {
+    fn answer(self, what: &str, address: &str) -> Result<T>;
+}
+
+impl<T> Answer<T> for Result<tonic::Response<T>, tonic::Status> {
+    fn answer(self, what: &str, address: &str) -> Result<T> {
+        self.map(tonic::Response::into_inner).map_err(|status| call_failed(what, address, &status))
+    }
+}
+
+fn call_failed(what: &str, address: &str, status: &tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    let message = status.message();
+    match status.code() {
+        Code::Unauthenticated => anyhow::anyhow!(
+            "the {what} at {address} refused the call: {message} (the token comes from EMBEDSTREAM_TOKEN or --token-file)"
+        ),
+        Code::PermissionDenied => anyhow::anyhow!("the {what} at {address} refused the call: {message}"),
+        Code::DeadlineExceeded | Code::Cancelled => {
+            anyhow::anyhow!("the {what} at {address} did not answer in time ({message})")
+        }
+        Code::Unavailable | Code::Unknown | Code::Internal => match transport_cause(status) {
+            Some(cause) => anyhow::anyhow!("cannot reach the {what} at {address}: {cause}"),
+            None if status.code() == Code::Unavailable => {
+                anyhow::anyhow!("cannot reach the {what} at {address}: {message}")
+            }
+            None => anyhow::anyhow!("the {what} at {address}: {message}"),
+        },
+        _ => anyhow::anyhow!("the {what} at {address}: {message}"),
+    }
+}
+
+/// What ended a call at the transport (a refused connection, a failed TLS handshake), in
+/// words: the innermost error of the chain, without its errno.
+fn transport_cause(status: &tonic::Status) -> Option<String> {
+    let mut error: &(dyn std::error::Error + 'static) = std::error::Error::source(status)?;
+    while let Some(inner) = error.source() {
+        error = inner;
+    }
+    Some(in_words(&error.to_string()))
+}
+
+/// "Connection refused (os error 111)" -> "connection refused".
+fn in_words(text: &str) -> String {
+    let text = match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => text,
+    };
+    // A capitalised first word ("Connection") is lowered; a name ("UnknownIssuer") is kept.
+    let first = text.split_whitespace().next().unwrap_or_default();
+    let mut chars = first.chars();
+    let capitalised = chars.next().is_some_and(char::is_uppercase) && chars.all(char::is_lowercase);
+    match capitalised {
+        true => text[..1].to_lowercase() + &text[1..],
+        false => text.to_string(),
+    }
+}
+
 type AdminClient = QueryAdminClient<InterceptedService<Channel, ClusterToken>>;
 
 async fn admin(driver: &str, caller: &Caller) -> Result<AdminClient> {
-    let url = caller.tls.url(driver);
     let channel = caller
-        .endpoint(driver)?
+        .endpoint(driver)
+        .with_context(|| format!("--driver {driver}: not HOST:PORT"))?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
-        .with_context(|| format!("cannot reach the driver at {url}"))?;
+        .map_err(|e| {
+            let mut inner: &(dyn std::error::Error + 'static) = &e;
+            while let Some(next) = inner.source() {
+                inner = next;
+            }
+            anyhow::anyhow!("cannot reach the driver at {driver}: {}", in_words(&inner.to_string()))
+        })?;
     Ok(QueryAdminClient::with_interceptor(channel, caller.token.clone()))
 }
 
-async fn application(rm: &mut RmClient, app_id: &str) -> Result<ApplicationReport> {
-    let apps = rm.list_applications(ListApplicationsRequest {}).await?.into_inner().applications;
+async fn application(rm: &mut RmClient, address: &str, app_id: &str) -> Result<ApplicationReport> {
+    let apps = rm.list_applications(ListApplicationsRequest {}).await.answer(RM, address)?.applications;
     apps.into_iter().find(|a| a.app_id == app_id).with_context(|| format!("no application {app_id}"))
 }
 
@@ -113,8 +183,7 @@ pub async fn submit(
             driver_resources: Some(Resources { vcores: driver_cores, memory_mb }),
         })
         .await
-        .with_context(|| format!("submit to {address}"))?
-        .into_inner()
+        .answer(RM, &address)?
         .app_id;
     println!("{app_id}");
     if !wait {
@@ -122,7 +191,7 @@ pub async fn submit(
     }
     let mut last = ApplicationState::Unspecified;
     loop {
-        match application(&mut rm, &app_id).await {
+        match application(&mut rm, &address, &app_id).await {
             Ok(app) => {
                 let state = app_state(&app);
                 if state != last {
@@ -216,7 +285,7 @@ impl Target {
         let Master::Rm(address) = parse_master(master).map_err(anyhow::Error::msg)? else {
             bail!("--master local[N] has no admin API; use --driver HOST:PORT (the driver's log says it)");
         };
-        let report = application(&mut rm(&address, caller)?, app).await?;
+        let report = application(&mut rm(&address, caller)?, &address, app).await?;
         if report.driver_address.is_empty() {
             bail!("{app} has no driver yet ({})", app_state(&report).as_str_name());
         }
@@ -233,7 +302,7 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
             bail!("--master rm://HOST:PORT")
         };
         let mut rm = rm(&address, &caller)?;
-        let nodes = rm.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
+        let nodes = rm.list_nodes(ListNodesRequest {}).await.answer(RM, &address)?.nodes;
         println!("{:<24} {:<8} {:>12} {:>16} {:>10}", "NODE", "STATE", "VCORES USED", "MEMORY USED", "CONTAINERS");
         for n in nodes {
             let (cap, used) = (n.capacity.unwrap_or_default(), n.used.unwrap_or_default());
@@ -248,7 +317,7 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
         }
         println!();
         println!("{:<28} {:<20} {:<10} {:<22} {:>10}", "APPLICATION", "NAME", "STATE", "DRIVER", "EXECUTORS");
-        for a in rm.list_applications(ListApplicationsRequest {}).await?.into_inner().applications {
+        for a in rm.list_applications(ListApplicationsRequest {}).await.answer(RM, &address)?.applications {
             let executors = a
                 .containers
                 .iter()
@@ -261,7 +330,7 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
     }
     let driver = target.driver_address(&caller).await?;
     let mut client = admin(&driver, &caller).await?;
-    let s = client.get_status(QueryStatusRequest {}).await?.into_inner();
+    let s = client.get_status(QueryStatusRequest {}).await.answer(DRIVER, &driver)?;
     println!(
         "query {} ({}) {}: {} batches committed, next batch {}",
         s.query,
@@ -279,7 +348,7 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
             e.executor_id, e.address, e.cores, e.flight_address, e.metrics_address
         );
     }
-    let progress = client.get_progress(ProgressRequest { last: 5 }).await?.into_inner();
+    let progress = client.get_progress(ProgressRequest { last: 5 }).await.answer(DRIVER, &driver)?;
     for r in progress.records {
         let record = embedstream_driver::progress::ProgressRecord::from(r);
         println!("{}", serde_json::to_string(&record)?);
@@ -294,7 +363,8 @@ pub async fn progress(
     last: u32,
 ) -> Result<Vec<embedstream_driver::progress::ProgressRecord>> {
     let driver = target.driver_address(caller).await?;
-    let records = admin(&driver, caller).await?.get_progress(ProgressRequest { last }).await?.into_inner().records;
+    let records =
+        admin(&driver, caller).await?.get_progress(ProgressRequest { last }).await.answer(DRIVER, &driver)?.records;
     Ok(records.into_iter().map(Into::into).collect())
 }
 
@@ -310,19 +380,19 @@ pub async fn act(target: Target, action: Action, caller: Caller) -> Result<()> {
     let mut client = admin(&driver, &caller).await?;
     match action {
         Action::Stop => {
-            client.stop(StopRequest {}).await?;
+            client.stop(StopRequest {}).await.answer(DRIVER, &driver)?;
             eprintln!("stopping after the batch in flight");
         }
         Action::Pause => {
-            client.pause(PauseRequest {}).await?;
+            client.pause(PauseRequest {}).await.answer(DRIVER, &driver)?;
             eprintln!("paused: no new batch starts");
         }
         Action::Resume => {
-            client.resume(ResumeRequest {}).await?;
+            client.resume(ResumeRequest {}).await.answer(DRIVER, &driver)?;
             eprintln!("resumed");
         }
         Action::Scale(n) => {
-            let r = client.scale(ScaleRequest { executors: n }).await?.into_inner();
+            let r = client.scale(ScaleRequest { executors: n }).await.answer(DRIVER, &driver)?;
             eprintln!("executors wanted: {}", r.executors_wanted);
         }
     }
@@ -337,6 +407,13 @@ pub fn default_state_file() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_in_words() {
+        assert_eq!(in_words("Connection refused (os error 111)"), "connection refused");
+        assert_eq!(in_words("UnknownIssuer"), "UnknownIssuer");
+        assert_eq!(in_words("invalid peer certificate: UnknownIssuer"), "invalid peer certificate: UnknownIssuer");
+    }
 
     #[test]
     fn masters() {

@@ -208,8 +208,8 @@ enum Command {
     /// removed ones finish their tasks first).
     Scale {
         app: Option<String>,
-        /// Executors wanted.
-        #[arg(long)]
+        /// Executors wanted (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         executors: u32,
         #[command(flatten)]
         target: AdminTarget,

@@ -102,3 +102,87 @@ fn a_reachable_resource_manager_needs_a_token() {
     assert!(stderr.contains("needs a cluster token") && stderr.contains("0.0.0.0:0"), "{stderr}");
     assert!(!state.exists(), "nothing written");
 }
+
+/// `embedstream ARGS` with `token` in the environment (none: unset): (success, stderr).
+fn client_command(args: &[&str], token: Option<&str>) -> (bool, String) {
+    let mut cmd = embedstream();
+    cmd.args(args).env_remove("EMBEDSTREAM_TOKEN");
+    if let Some(t) = token {
+        cmd.env("EMBEDSTREAM_TOKEN", t);
+    }
+    let out = run_to_end(cmd, Duration::from_secs(30));
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue 19, item 2: a client command that cannot reach its server, or is refused by it, says so
+/// in one line naming the server and the address, never with tonic's debug dump.
+#[test]
+fn client_commands_say_in_one_line_what_they_could_not_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, spec_text(&dir.path().join("cp"), "", "")).unwrap();
+    let job = job.to_str().unwrap();
+    let dead = "rm://127.0.0.1:1";
+    for args in [
+        vec!["status", "--master", dead],
+        vec!["status", "app-1", "--master", dead],
+        vec!["stop", "app-1", "--master", dead],
+        vec!["scale", "app-1", "--executors", "2", "--master", dead],
+        vec!["submit", job, "--master", dead],
+    ] {
+        let (ok, stderr) = client_command(&args, None);
+        assert!(!ok, "{args:?}");
+        assert_eq!(
+            stderr.trim(),
+            "error: cannot reach the resource manager at 127.0.0.1:1: connection refused",
+            "{args:?}"
+        );
+    }
+    let (ok, stderr) = client_command(&["status", "--driver", "127.0.0.1:1"], None);
+    assert!(!ok);
+    assert_eq!(stderr.trim(), "error: cannot reach the driver at 127.0.0.1:1: connection refused");
+    let (ok, stderr) = client_command(&["scale", "app-1", "--executors", "0", "--master", dead], None);
+    assert!(!ok && stderr.contains("--executors") && !stderr.contains("127.0.0.1:1"), "checked first: {stderr}");
+
+    // A live RM: a wrong token and an unknown application, each in one line.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let state = dir.path().join("rm-state.json");
+    let mut rm = embedstream();
+    rm.env("EMBEDSTREAM_TOKEN", "right")
+        .args(["resource-manager", "--listen", &address, "--state", state.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped());
+    let mut rm = KillOnDrop(rm.spawn().unwrap());
+    // Its log is read to the end by a thread (a closed pipe would fail its writes).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(rm.0.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    while !rx.recv_timeout(Duration::from_secs(30)).expect("the RM starts").contains("resource manager listening") {}
+    let master = format!("rm://{address}");
+    let (ok, stderr) = client_command(&["status", "--master", &master], Some("wrong"));
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: the resource manager at {address} refused the call: wrong cluster token \
+             (the token comes from EMBEDSTREAM_TOKEN or --token-file)"
+        )
+    );
+    let (ok, stderr) = client_command(&["status", "app-9", "--master", &master], Some("right"));
+    assert!(!ok);
+    assert_eq!(stderr.trim(), "error: no application app-9");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -437,6 +437,11 @@ async fn progress(source: ProgressSource, follow: bool, json: bool, last: usize)
 
 async fn produce(bootstrap: &str, topic: &str, partitions: i32, keyed: bool) -> Result<()> {
     use embedstream_driver::topics;
+    tracing::info!(bootstrap, "connecting to the broker");
+    let servers = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || embedstream_driver::source::probe_servers("--bootstrap-servers", &servers))
+        .await
+        .expect("the probe does not panic")?;
     topics::create_topic(bootstrap, topic, partitions).await?;
     let producer = topics::producer(bootstrap)?;
     let count = topics::produce_lines(&producer, topic, partitions, keyed, std::io::stdin().lock().lines()).await?;

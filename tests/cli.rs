@@ -186,3 +186,37 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Issue 19, item 1: a dead broker. `run` contacts it before anything starts and ends with one
+/// line naming the spec key, the address and the cause, after a handful of lines; `produce`
+/// says what it waits for and fails in seconds, naming its flag.
+#[test]
+fn a_dead_broker_is_named_by_its_key_in_a_few_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, spec_text(&checkpoint, "", "")).unwrap();
+    let mut cmd = embedstream();
+    cmd.args(["run", job.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() <= 6, "a few lines, not librdkafka's retries: {stderr}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("error: source.bootstrap_servers = \"127.0.0.1:1\": cannot reach the source cluster")
+            && last.contains("Connection refused"),
+        "{last}"
+    );
+    assert!(!stderr.contains("starting a local executor") && !checkpoint.exists(), "nothing started: {stderr}");
+
+    let mut cmd = embedstream();
+    cmd.args(["produce", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t"]).stdin(std::process::Stdio::null());
+    let out = run_to_end(cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("connecting to the broker"), "says what it waits for: {stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("error: --bootstrap-servers = \"127.0.0.1:1\": cannot reach the Kafka cluster"), "{last}");
+}

@@ -24,8 +24,8 @@ pub enum SourceError {
     Kafka { what: String, source: KafkaError },
     #[error(transparent)]
     Secret(#[from] SecretError),
-    #[error("cannot reach the {cluster} cluster at {servers} (security.protocol {protocol}): {reason}")]
-    Unreachable { cluster: &'static str, servers: String, protocol: String, reason: String },
+    #[error("{key} = \"{servers}\": cannot reach the {cluster} cluster (security.protocol {protocol}): {reason}")]
+    Unreachable { key: &'static str, cluster: &'static str, servers: String, protocol: String, reason: String },
     #[error("topic {topic}: the broker answered {error} in its metadata")]
     TopicUnavailable { topic: String, error: String },
     #[error("topic {topic}: {message}")]
@@ -174,14 +174,24 @@ impl KafkaSource {
 /// librdkafka's own reason (`SASL authentication error: ...`) instead of a timeout at the
 /// first batch. Blocking.
 pub fn probe_clusters(spec: &JobSpec, secrets: &Secrets) -> Result<(), SourceError> {
-    probe("source", &spec.source.bootstrap_servers, spec.source_client(secrets)?)?;
+    let source = ("source", "source.bootstrap_servers");
+    probe(source, &spec.source.bootstrap_servers, spec.source_client(secrets)?)?;
     if spec.sink_kafka().0 != "source.kafka" || spec.sink_bootstrap_servers() != spec.source.bootstrap_servers {
-        probe("sink", spec.sink_bootstrap_servers(), spec.sink_client(secrets)?)?;
+        probe(("sink", "sink.bootstrap_servers"), spec.sink_bootstrap_servers(), spec.sink_client(secrets)?)?;
     }
     Ok(())
 }
 
-fn probe(cluster: &'static str, servers: &str, config: ClientConfig) -> Result<(), SourceError> {
+/// The broker at `servers` answers (plaintext), or the error says why not, naming `key` (the
+/// command line's flag): what `produce` checks before it waits on the broker.
+pub fn probe_servers(key: &'static str, servers: &str) -> Result<(), SourceError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", servers);
+    probe(("Kafka", key), servers, config)
+}
+
+/// `(cluster, key)`: which cluster, and the spec key or flag that names its servers.
+fn probe((cluster, key): (&'static str, &'static str), servers: &str, config: ClientConfig) -> Result<(), SourceError> {
     let protocol = config.get("security.protocol").unwrap_or("plaintext").to_uppercase();
     let consumer: BaseConsumer<LastError> =
         config.create_with_context(LastError::default()).map_err(kafka(format!("{cluster} client")))?;
@@ -200,7 +210,7 @@ fn probe(cluster: &'static str, servers: &str, config: ClientConfig) -> Result<(
                 let _ = consumer.poll(Duration::from_millis(200));
             }
             let reason = consumer.context().0.lock().expect("not poisoned").take().unwrap_or(fallback);
-            Err(SourceError::Unreachable { cluster, servers: servers.to_string(), protocol, reason })
+            Err(SourceError::Unreachable { key, cluster, servers: servers.to_string(), protocol, reason })
         }
     }
 }

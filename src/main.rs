@@ -14,8 +14,35 @@ use embedstream_proto::serve::Caller;
 mod client;
 mod embed;
 
+/// What `--version` prints: the release, the commit it was built from, and the ONNX Runtime
+/// it loads.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EMBEDSTREAM_GIT_COMMIT"),
+    "; ONNX Runtime 1.22 or newer, loaded at run time from EMBEDSTREAM_ORT_LIB or deploy/setup.sh's cache)"
+);
+
+const ENVIRONMENT_AND_EXIT_CODES: &str = "\
+Environment:
+  EMBEDSTREAM_TOKEN     the cluster token (wins over --token-file and security.token_file)
+  EMBEDSTREAM_CACHE     where deploy/setup.sh put the ONNX Runtime library and the models
+                        (default ~/.cache/embedstream)
+  EMBEDSTREAM_ORT_LIB   the ONNX Runtime shared library, if not the cache's
+  RUST_LOG              log levels (default info,librdkafka=warn); logs go to stderr
+
+Exit codes:
+  0  done: a query stopped cleanly (Ctrl-C, SIGTERM, `stop`, or available_now caught up),
+     or the command did what it was asked
+  1  an error, printed on the last line of stderr as `error: ...`
+  2  the command line itself is wrong (clap's usage error)
+
+Example:
+  embedstream validate job.toml && embedstream run job.toml --local 2";
+
 #[derive(Parser)]
-#[command(name = "embedstream", version, about = "Turn Kafka streams into ML embeddings, in micro-batches.")]
+#[command(name = "embedstream", version = VERSION, about = "Turn Kafka streams into ML embeddings, in micro-batches.")]
+#[command(after_help = ENVIRONMENT_AND_EXIT_CODES)]
 #[command(long_about = "Turn Kafka streams into ML embeddings, in micro-batches.\n\n\
 A driver plans each batch from Kafka offsets, logs it to a checkpoint, and runs its tasks on \
 executor processes over gRPC; executors read their offset ranges, run the ONNX model and write \
@@ -57,6 +84,7 @@ enum Command {
     /// Ctrl-C or SIGTERM stops after the batch in flight and exits 0. With
     /// `trigger.available_now = true` the job exits 0 once it has processed what the topics held
     /// when it started. A summary (JSON) is printed on stdout at the end.
+    #[command(after_help = "Example:\n  embedstream run job.toml --local 2")]
     Run {
         /// The job spec (TOML).
         job: PathBuf,
@@ -65,6 +93,7 @@ enum Command {
         local: Option<u32>,
     },
     /// Check a job spec without starting anything; prints the spec with its defaults filled in.
+    #[command(after_help = "Example:\n  embedstream validate job.toml")]
     Validate {
         /// The job spec (TOML).
         job: PathBuf,
@@ -76,6 +105,8 @@ enum Command {
     ///
     /// With --master rm://ADDR --app APP (a cluster) or --driver HOST:PORT, the records come from
     /// the driver's admin API instead of the checkpoint.
+    #[command(after_help = "Examples:\n  embedstream progress job.toml --follow\n  \
+                            embedstream progress --master rm://rm-host:8030 --app APP_ID --json")]
     Progress {
         /// The job spec (TOML) of the query.
         #[arg(required_unless_present_any = ["master", "driver"])]
@@ -96,9 +127,14 @@ enum Command {
         last: usize,
     },
     /// Write the lines of standard input to a topic, one message per line (creates the topic).
+    #[command(
+        after_help = "Example:\n  seq 100 | embedstream produce --bootstrap-servers 127.0.0.1:9092 --topic products"
+    )]
     Produce {
+        /// The broker, HOST:PORT (plaintext).
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap_servers: String,
+        /// The topic to write to; created if it does not exist.
         #[arg(long)]
         topic: String,
         /// Partitions of the topic, if it has to be created.
@@ -114,6 +150,7 @@ enum Command {
     /// {"text": ..., "embedding": [...]}, in input order. Blank lines are skipped. The address is
     /// an executor's `flight_address` (in `<checkpoint>/monitoring/targets.json`). The cluster
     /// token, if the cluster has one, comes from EMBEDSTREAM_TOKEN.
+    #[command(after_help = "Example:\n  echo 'waterproof hiking boots' | embedstream embed --flight 127.0.0.1:40123")]
     Embed {
         /// The executor's Flight address, HOST:PORT.
         #[arg(long, value_name = "ADDR")]
@@ -131,6 +168,9 @@ enum Command {
     /// executors on nodes with free capacity (spread across nodes) and declares a node lost after
     /// --node-timeout without a heartbeat. Its state (applications, containers) is kept in --state,
     /// so a restart does not orphan running queries.
+    #[command(
+        after_help = "Example:\n  embedstream resource-manager --listen 127.0.0.1:8030 --state /var/lib/embedstream/rm-state.json"
+    )]
     ResourceManager {
         /// Where to serve the ResourceManager gRPC API (and health, reflection).
         #[arg(long, default_value = "127.0.0.1:8030")]
@@ -158,20 +198,30 @@ enum Command {
     /// It registers the node's vcores and memory, heartbeats, runs the containers the RM places
     /// here (drivers and executors) with their logs under --work-dir, reports how they end, and
     /// kills one whose process tree uses more memory than it was granted.
+    #[command(
+        after_help = "Example:\n  embedstream node-agent --rm 127.0.0.1:8030 --listen 127.0.0.2:0 --vcores 4 --memory 8g"
+    )]
     NodeAgent(NodeAgentCommand),
     /// Submit a job to a cluster (`--master rm://HOST:PORT`) or run it here (`--master local[N]`).
     ///
     /// The spec is checked first; a bad one is refused naming the key. On a cluster it prints the
     /// application id and returns; with --wait it follows the application and exits 0 when it
     /// finishes (an `available_now` query), 1 if it fails or is killed.
+    #[command(after_help = "Examples:\n  embedstream submit job.toml --master rm://rm-host:8030 --wait\n  \
+                            embedstream submit job.toml --master 'local[2]'")]
     Submit {
+        /// The job spec (TOML), checked here before anything is sent.
         job: PathBuf,
+        /// rm://HOST:PORT (a cluster's resource manager) or local[N] (N executors here).
         #[arg(long, value_parser = client::parse_master)]
         master: client::Master,
+        /// Follow the application; exit 0 when it finishes, 1 if it fails or is killed.
         #[arg(long)]
         wait: bool,
+        /// Vcores for the driver's container.
         #[arg(long, default_value_t = 1)]
         driver_cores: u32,
+        /// Memory for the driver's container ("1g", "512m").
         #[arg(long, default_value = "1g")]
         driver_memory: String,
         /// The CA (and, for mutual TLS, the certificate and key) to call the RM with; default
@@ -180,6 +230,8 @@ enum Command {
         tls: TlsFiles,
     },
     /// Show the cluster's nodes and applications, or one query's state, executors and progress.
+    #[command(after_help = "Examples:\n  embedstream status --master rm://rm-host:8030\n  \
+                            embedstream status APP_ID --master rm://rm-host:8030\n  embedstream status --driver 127.0.0.1:40000")]
     Status {
         /// The application (with --master); none lists the cluster.
         app: Option<String>,
@@ -187,26 +239,34 @@ enum Command {
         target: AdminTarget,
     },
     /// Stop a query gracefully: the batch in flight finishes and is committed.
+    #[command(after_help = "Example:\n  embedstream stop APP_ID --master rm://rm-host:8030")]
     Stop {
+        /// The application (with --master).
         app: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Pause a query: no new batch starts until `resume`.
+    #[command(after_help = "Example:\n  embedstream pause APP_ID --master rm://rm-host:8030")]
     Pause {
+        /// The application (with --master).
         app: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Resume a paused query.
+    #[command(after_help = "Example:\n  embedstream resume APP_ID --master rm://rm-host:8030")]
     Resume {
+        /// The application (with --master).
         app: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Change a running query's number of executors (new ones take tasks from the next batch;
     /// removed ones finish their tasks first).
+    #[command(after_help = "Example:\n  embedstream scale APP_ID --executors 4 --master rm://rm-host:8030")]
     Scale {
+        /// The application (with --master).
         app: Option<String>,
         /// Executors wanted (at least 1).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -447,4 +507,33 @@ async fn produce(bootstrap: &str, topic: &str, partitions: i32, keyed: bool) -> 
     let count = topics::produce_lines(&producer, topic, partitions, keyed, std::io::stdin().lock().lines()).await?;
     tracing::info!(topic, messages = count, "produced");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Issue 19, item 7: every argument of every subcommand says what it is, and every
+    /// subcommand a user runs ends with an example.
+    #[test]
+    fn every_argument_is_described_and_every_subcommand_has_an_example() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = sub.get_name();
+            let after = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                after.contains(&format!("embedstream {name}")) || after.contains("| embedstream"),
+                "{name}: {after}"
+            );
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some_and(|h| !h.to_string().is_empty()), "{name} {id} has no description");
+            }
+        }
+    }
 }

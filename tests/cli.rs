@@ -220,3 +220,35 @@ fn a_dead_broker_is_named_by_its_key_in_a_few_lines() {
     let last = stderr.lines().last().unwrap();
     assert!(last.starts_with("error: --bootstrap-servers = \"127.0.0.1:1\": cannot reach the Kafka cluster"), "{last}");
 }
+
+/// Issue 19, item 7: the top-level help lists the environment variables and exit codes, a
+/// subcommand's help describes its arguments and ends with an example, and `--version` names
+/// the commit and the ONNX Runtime it expects.
+#[test]
+fn help_explains_and_version_names_the_build() {
+    let text = |args: &[&str]| {
+        let mut cmd = embedstream();
+        cmd.args(args);
+        let out = run_to_end(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let help = text(&["--help"]);
+    for needle in ["EMBEDSTREAM_TOKEN", "EMBEDSTREAM_CACHE", "EMBEDSTREAM_ORT_LIB", "RUST_LOG", "Exit codes:", "  2  "]
+    {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+    let submit = text(&["submit", "--help"]);
+    for needle in
+        ["The job spec (TOML)", "rm://HOST:PORT (a cluster's resource manager) or local[N]", "Follow the application"]
+    {
+        assert!(submit.contains(needle), "{needle}: {submit}");
+    }
+    assert!(submit.trim_end().ends_with("embedstream submit job.toml --master 'local[2]'"), "{submit}");
+    let version = text(&["--version"]);
+    assert!(
+        version.starts_with("embedstream 0.") && version.contains("(commit ") && version.contains("ONNX Runtime 1.22"),
+        "{version}"
+    );
+    assert!(!version.contains("commit unknown"), "built from a git checkout: {version}");
+}

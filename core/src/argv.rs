@@ -160,6 +160,7 @@ pub struct NodeAgentCommand {
     /// Where container logs go: DIR/<application>/<container>/{stdout,stderr}.
     #[arg(long, default_value = "embedstream-node")]
     pub work_dir: PathBuf,
+    /// How often it reports to the RM (its containers' states); the RM's --node-timeout must be longer.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
     /// A container's stdout or stderr past this size ("64m") is rotated: moved to `stderr.1`

@@ -252,3 +252,25 @@ fn help_explains_and_version_names_the_build() {
     );
     assert!(!version.contains("commit unknown"), "built from a git checkout: {version}");
 }
+
+/// Issue 19, item 4: a spec error a person can act on: the file and the line, the nearest key
+/// for a misspelt one, and types in words.
+#[test]
+fn spec_errors_name_the_line_suggest_the_key_and_say_types_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    let validate = |source: &str| {
+        std::fs::write(&job, spec_text(&dir.path().join("cp"), source, "")).unwrap();
+        let mut cmd = embedstream();
+        cmd.args(["validate", job.to_str().unwrap()]);
+        let out = run_to_end(cmd, Duration::from_secs(30));
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    };
+    // spec_text puts [source] on line 3 and the test's own line after subscribe, on line 6.
+    let typo = validate("max_offset_per_trigger = 10");
+    assert!(typo.contains("did you mean `max_offsets_per_trigger`?"), "{typo}");
+    assert!(typo.ends_with(&format!("(at {}:6)", job.display())), "{typo}");
+    let wrong_type = validate("max_offsets_per_trigger = \"many\"");
+    assert!(wrong_type.contains("expected a whole number") && !wrong_type.contains("u64"), "{wrong_type}");
+}

@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod units;
+mod words;
 
 #[cfg(test)]
 mod tests;
@@ -96,7 +97,7 @@ impl JobSpec {
                 }
             }
             let key = if key == "." { String::new() } else { key };
-            SpecError { key, message: e.into_inner().to_string() }
+            SpecError { key, message: words::in_words(&e.into_inner().to_string()) }
         })?;
         spec.validate()?;
         Ok(spec)
@@ -106,7 +107,15 @@ impl JobSpec {
     pub fn from_file(path: &Path) -> Result<JobSpec, SpecError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| SpecError::new("", format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml(&text)
+        // An error says where: the file, and the line its key is on (toml's own errors say
+        // their line already).
+        Self::from_toml(&text).map_err(|mut e| {
+            match words::line_of(&text, &e.key) {
+                Some(line) => e.message = format!("{} (at {}:{line})", e.message, path.display()),
+                None => e.message = format!("{} (in {})", e.message, path.display()),
+            }
+            e
+        })
     }
 
     /// The files the spec names exist on this machine (the model and tokenizer, the token

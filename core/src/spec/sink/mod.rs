@@ -160,7 +160,7 @@ fn section<T: DeserializeOwned>(table: toml::Table) -> Result<T, SpecError> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
         let key = if path == "." { "sink".to_string() } else { format!("sink.{path}") };
-        SpecError { key, message: e.into_inner().to_string() }
+        SpecError { key, message: super::words::in_words(&e.into_inner().to_string()) }
     })
 }
 

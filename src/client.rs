@@ -50,6 +50,59 @@ pub fn token(file: Option<&Path>) -> Result<ClusterToken> {
     Ok(ClusterToken::load(file)?)
 }
 
+/// A local query named by its job spec (a file) or its checkpoint (a directory), as admin
+/// commands take it instead of `--driver`: its driver's address and how to call it (the token
+/// and TLS flags first, then the spec's `[security]`, then the token file the query made).
+/// `None`: `arg` names no file or directory (an application id).
+pub fn local_query(arg: &str, token_file: Option<&Path>, tls: &TlsFiles) -> Result<Option<(String, Caller)>> {
+    use embedstream_core::driver_record::DriverRecord;
+    let path = Path::new(arg);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (spec, checkpoint) = match path.is_dir() {
+        true => (None, path.to_path_buf()),
+        false => {
+            let spec = JobSpec::from_file(path)?;
+            let checkpoint = spec.checkpoint_location.clone();
+            (Some(spec), checkpoint)
+        }
+    };
+    let record = DriverRecord::read(&checkpoint)
+        .with_context(|| format!("{}: no driver has run here yet", DriverRecord::path(&checkpoint).display()))?;
+    if !record.alive() {
+        bail!("query {} is not running (its driver, pid {}, was at {})", record.query, record.pid, record.address);
+    }
+    let mut token = ClusterToken::load(token_file.or(spec.as_ref().and_then(|s| s.security.token_file.as_deref())))?;
+    if !token.is_set() {
+        if let Some(own) = &record.token_file {
+            token = ClusterToken::load(Some(own))?;
+        }
+    }
+    let tls = match (tls.is_empty(), &spec) {
+        (false, _) => tls.load(Role::Client, Naming::Flags)?,
+        (true, Some(spec)) => spec.security.tls_files().load(Role::Client, Naming::Spec)?,
+        (true, None) if record.tls => {
+            bail!("query {} serves TLS: give --tls-ca (and --tls-cert, --tls-key)", record.query)
+        }
+        (true, None) => embedstream_core::tls::Tls::plaintext(),
+    };
+    Ok(Some((record.address, Caller { token, tls })))
+}
+
+/// `embedstream list`: the queries running on this machine (this user's), from their records.
+pub fn list_local() {
+    let records = embedstream_core::driver_record::DriverRecord::running();
+    if records.is_empty() {
+        eprintln!("no query is running here (for this user)");
+        return;
+    }
+    println!("{:<20} {:<38} {:<22} {:>8}  CHECKPOINT", "QUERY", "QUERY ID", "DRIVER", "PID");
+    for r in records {
+        println!("{:<20} {:<38} {:<22} {:>8}  {}", r.query, r.query_id, r.address, r.pid, r.checkpoint.display());
+    }
+}
+
 /// The caller of an admin command: the token from `EMBEDSTREAM_TOKEN` or `token_file`, and
 /// the TLS of the `--tls-*` flags.
 pub fn caller(token_file: Option<&Path>, tls: &TlsFiles) -> Result<Caller> {
@@ -245,8 +298,13 @@ pub async fn driver_container(command: DriverCommand) -> Result<()> {
             app_secret,
         })
     };
-    let summary =
-        embedstream_driver::run_query(spec, DriverOptions { listen, token, tls }, launcher, stop_on_signal()).await?;
+    let summary = embedstream_driver::run_query(
+        spec,
+        DriverOptions { listen, token, tls, port_retries: 0, own_token_file: None },
+        launcher,
+        stop_on_signal(),
+    )
+    .await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -70,8 +70,14 @@ struct AdminTarget {
 }
 
 impl AdminTarget {
-    /// Which driver, and how to call it.
+    /// Which driver, and how to call it. `app` may also be a local query's job spec or
+    /// checkpoint, whose `driver.json` says where its driver is.
     fn split(self, app: Option<String>) -> Result<(client::Target, Caller)> {
+        if let Some(arg) = &app {
+            if let Some((driver, caller)) = client::local_query(arg, self.token_file.as_deref(), &self.tls)? {
+                return Ok((client::Target { master: None, driver: Some(driver), app: None }, caller));
+            }
+        }
         let caller = client::caller(self.token_file.as_deref(), &self.tls)?;
         Ok((client::Target { master: self.master, driver: self.driver, app }, caller))
     }
@@ -229,11 +235,17 @@ enum Command {
         #[command(flatten)]
         tls: TlsFiles,
     },
+    /// List the queries running on this machine, or with --master the cluster's applications.
+    #[command(after_help = "Examples:\n  embedstream list\n  embedstream list --master rm://rm-host:8030")]
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Show the cluster's nodes and applications, or one query's state, executors and progress.
     #[command(after_help = "Examples:\n  embedstream status --master rm://rm-host:8030\n  \
                             embedstream status APP_ID --master rm://rm-host:8030\n  embedstream status --driver 127.0.0.1:40000")]
     Status {
-        /// The application (with --master); none lists the cluster.
+        /// The application (with --master), or a local query's job spec or checkpoint; none lists the cluster.
         app: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
@@ -241,7 +253,7 @@ enum Command {
     /// Stop a query gracefully: the batch in flight finishes and is committed.
     #[command(after_help = "Example:\n  embedstream stop APP_ID --master rm://rm-host:8030")]
     Stop {
-        /// The application (with --master).
+        /// The application (with --master), or a local query's job spec or checkpoint.
         app: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
@@ -249,7 +261,7 @@ enum Command {
     /// Pause a query: no new batch starts until `resume`.
     #[command(after_help = "Example:\n  embedstream pause APP_ID --master rm://rm-host:8030")]
     Pause {
-        /// The application (with --master).
+        /// The application (with --master), or a local query's job spec or checkpoint.
         app: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
@@ -257,7 +269,7 @@ enum Command {
     /// Resume a paused query.
     #[command(after_help = "Example:\n  embedstream resume APP_ID --master rm://rm-host:8030")]
     Resume {
-        /// The application (with --master).
+        /// The application (with --master), or a local query's job spec or checkpoint.
         app: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
@@ -266,7 +278,7 @@ enum Command {
     /// removed ones finish their tasks first).
     #[command(after_help = "Example:\n  embedstream scale APP_ID --executors 4 --master rm://rm-host:8030")]
     Scale {
-        /// The application (with --master).
+        /// The application (with --master), or a local query's job spec or checkpoint.
         app: Option<String>,
         /// Executors wanted (at least 1).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -393,6 +405,14 @@ async fn dispatch(command: Command) -> Result<()> {
                 client::submit(&job, &master, wait, (driver_cores, &driver_memory), &tls).await
             }
         },
+        Command::List { target } if target.master.is_none() => {
+            client::list_local();
+            Ok(())
+        }
+        Command::List { target } => {
+            let (target, caller) = target.split(None)?;
+            client::status(target, caller).await
+        }
         Command::Status { app, target } => {
             let (target, caller) = target.split(app)?;
             client::status(target, caller).await

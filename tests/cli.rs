@@ -274,3 +274,45 @@ fn spec_errors_name_the_line_suggest_the_key_and_say_types_in_words() {
     let wrong_type = validate("max_offsets_per_trigger = \"many\"");
     assert!(wrong_type.contains("expected a whole number") && !wrong_type.contains("u64"), "{wrong_type}");
 }
+
+/// Issue 19, item 3: a local query you can find. Its driver listens on 4040 (or the next free
+/// port), says so in `<checkpoint>/driver.json`, shows up in `embedstream list`, and the admin
+/// commands take its job spec or its checkpoint instead of `--driver`, with the token the
+/// query made for itself (found through the record, never written in it).
+#[test]
+fn a_local_query_is_found_by_its_job_spec_and_listed() {
+    let broker = Broker::start();
+    broker.create_topic("findme", 1);
+    broker.produce_texts("findme", 1, 0, &texts(10, 61));
+    let job = Job::new(&broker, "findme", "subscribe = [\"findme\"]", "processing_time = \"200ms\"", "");
+    let mut q = Running::start(&job, 1);
+    q.wait_until("the 10 records committed", Duration::from_secs(90), |_| {
+        broker.committed("findme-group", "findme", 1) == vec![10]
+    });
+    let record = read_checkpoint_file(&job.checkpoint().join("driver.json"));
+    let port: u16 = record["address"].as_str().unwrap().rsplit_once(':').unwrap().1.parse().unwrap();
+    assert!((4040..=4056).contains(&port), "Spark's 4040, or one of the next ports: {record}");
+    let driver_json = std::fs::read_to_string(job.checkpoint().join("driver.json")).unwrap();
+    let token = std::fs::read_to_string(record["token_file"].as_str().unwrap()).unwrap();
+    assert!(!driver_json.contains(token.trim()), "the record names the token's file, not the token");
+
+    let cli = |args: &[&str]| {
+        let mut cmd = embedstream();
+        cmd.args(args).env_remove("EMBEDSTREAM_TOKEN");
+        let out = run_to_end(cmd, Duration::from_secs(30));
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    let listed = cli(&["list"]);
+    let line = listed.lines().find(|l| l.starts_with("findme ")).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains(record["address"].as_str().unwrap()) && line.contains(job.checkpoint().to_str().unwrap()));
+    let status = cli(&["status", job.path.to_str().unwrap()]);
+    assert!(status.contains("query findme") && status.contains("batches committed"), "{status}");
+    cli(&["pause", job.checkpoint().to_str().unwrap()]);
+    assert!(cli(&["status", job.path.to_str().unwrap()]).contains(") paused:"));
+    cli(&["stop", job.path.to_str().unwrap()]);
+    assert_eq!(q.wait_for_exit("`embedstream stop JOB.toml`")["embeddings"], 10);
+    assert!(!cli(&["list"]).contains("findme "), "a stopped query is no longer listed");
+}

@@ -6,6 +6,7 @@
 //! - [`progress`]: the progress record of a batch, Spark's `StreamingQueryProgress` and ours.
 //! - [`manifest`]: the Parquet sink's per-batch manifests, written by the driver, read by readers.
 //! - [`argv`]: the command lines the processes start each other with, typed once.
+//! - [`driver_record`]: where a running query's driver is (`driver.json`), for admin commands.
 //! - [`auth`]: the shared cluster token that admin, internal and Flight calls carry.
 //! - [`latency`]: end-to-end latency as fixed buckets, as tasks report it.
 //! - [`durable`]: writes that survive a crash (checkpoint logs, manifests, the RM's state).
@@ -14,6 +15,7 @@
 
 pub mod argv;
 pub mod auth;
+pub mod driver_record;
 pub mod durable;
 pub mod latency;
 pub mod manifest;

@@ -214,17 +214,22 @@ impl Running {
         self.signal_and_wait(&["-INT", "--", &group])
     }
 
-    fn signal_and_wait(mut self, kill_args: &[&str]) -> serde_json::Value {
+    fn signal_and_wait(self, kill_args: &[&str]) -> serde_json::Value {
         Command::new("kill").args(kill_args).status().unwrap();
+        self.wait_for_exit(&format!("{kill_args:?}"))
+    }
+
+    /// Waits (bounded) for the query to exit 0 after `why` stopped it: its summary on stdout.
+    pub fn wait_for_exit(mut self, why: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "{kill_args:?} did not stop the query:\n{}", self.log());
+            assert!(Instant::now() < deadline, "{why} did not stop the query:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(status.success(), "a stop by {kill_args:?} exits 0, got {status}:\n{}", self.log());
+        assert!(status.success(), "a stop by {why} exits 0, got {status}:\n{}", self.log());
         let mut out = String::new();
         std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary: {e}: {out}"))

@@ -104,6 +104,15 @@ pub struct MonitoringSpec {
     /// How often the driver reads the broker's latest offsets for the lag gauges, between batches too.
     #[serde(default = "default_lag_refresh")]
     pub lag_refresh_interval: HumanDuration,
+    /// Where a local query's driver serves its admin API (`status`, `stop`, ...): like Spark's
+    /// UI on 4040, the next of 16 ports when one is taken. Written to
+    /// `<checkpoint_location>/driver.json`, where `status JOB.toml` finds it.
+    #[serde(default = "default_driver_listen")]
+    pub driver_listen: String,
+}
+
+fn default_driver_listen() -> String {
+    "127.0.0.1:4040".into()
 }
 
 fn default_listen() -> String {
@@ -120,6 +129,7 @@ impl Default for MonitoringSpec {
             metrics_listen: default_listen(),
             executor_metrics_listen: default_listen(),
             lag_refresh_interval: default_lag_refresh(),
+            driver_listen: default_driver_listen(),
         }
     }
 }
@@ -133,6 +143,7 @@ impl MonitoringSpec {
         for (key, addr) in [
             ("monitoring.metrics_listen", &self.metrics_listen),
             ("monitoring.executor_metrics_listen", &self.executor_metrics_listen),
+            ("monitoring.driver_listen", &self.driver_listen),
         ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(SpecError::new(key, format!("`{addr}` is not an address such as \"127.0.0.1:9464\"")));

@@ -91,12 +91,36 @@ pub struct DriverOptions {
     pub token: ClusterToken,
     /// The driver's servers (gRPC, /metrics) and its calls to executors use it.
     pub tls: Tls,
+    /// When `listen`'s port is taken, the next ones tried (Spark's `spark.port.maxRetries`).
+    pub port_retries: u16,
+    /// The file of the token a local query made for itself, named in `driver.json`.
+    pub own_token_file: Option<PathBuf>,
 }
 
 impl DriverOptions {
     pub fn local(token: ClusterToken, tls: Tls) -> DriverOptions {
-        DriverOptions { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token, tls }
+        DriverOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token,
+            tls,
+            port_retries: 0,
+            own_token_file: None,
+        }
     }
+}
+
+/// Binds `listen`, or the first free one of the `retries` ports after it (port 0: any).
+async fn bind(listen: SocketAddr, retries: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for n in 0..=if listen.port() == 0 { 0 } else { retries } {
+        let Some(port) = listen.port().checked_add(n) else { break };
+        match tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
 }
 
 /// Runs `spec` with `executors.count` local executor processes started from `exe`, until `stop`
@@ -106,6 +130,7 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
         ClusterToken::load(spec.security.token_file.as_deref()).map_err(|e| DriverError::Service(e.to_string()))?;
     // Without a configured token the query makes its own, so that no other local user can
     // register an executor, run a task or read texts with Flight.
+    let generated = !token.is_set();
     let token = if token.is_set() { token } else { ClusterToken::generate() };
     let tls = spec.security.tls()?;
     let tls_files = spec.security.tls_files();
@@ -118,7 +143,10 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
         let driver_url = calls_tls.url(driver);
         Box::new(LocalLauncher::new(exe, &driver_url, cores, token_file).without_env(scrub).with_tls(tls_files))
     };
-    let summary = run_query(spec, DriverOptions::local(token, tls), launcher, stop).await;
+    let listen = spec.monitoring.driver_listen.parse().expect("validated");
+    let own_token_file = generated.then(|| private.path().join("token"));
+    let options = DriverOptions { listen, token, tls, port_retries: 16, own_token_file };
+    let summary = run_query(spec, options, launcher, stop).await;
     drop(private);
     summary
 }
@@ -165,9 +193,27 @@ pub async fn run_query(
         }
     }));
 
-    let listener =
-        tokio::net::TcpListener::bind(options.listen).await.map_err(|e| DriverError::Service(e.to_string()))?;
+    let listener = bind(options.listen, options.port_retries).await.map_err(|e| {
+        let tried = match options.port_retries {
+            0 => options.listen.to_string(),
+            n => format!("{} and the {n} ports after it", options.listen),
+        };
+        DriverError::Service(format!("monitoring.driver_listen: cannot listen on {tried}: {e}"))
+    })?;
     let addr = listener.local_addr().map_err(|e| DriverError::Service(e.to_string()))?;
+    let record = embedstream_core::driver_record::DriverRecord {
+        query: spec.name.clone(),
+        query_id: checkpoint.query_id().to_string(),
+        address: addr.to_string(),
+        pid: std::process::id(),
+        checkpoint: spec.checkpoint_location.clone(),
+        tls: options.tls.serves_tls(),
+        token_file: options.own_token_file.clone(),
+        started_ms: checkpoint::now_ms(),
+    };
+    if let Err(e) = record.write() {
+        tracing::warn!(error = %e, "cannot write driver.json (admin commands given the job spec will not find this driver)");
+    }
     let service = DriverServiceImpl {
         registry: registry.clone(),
         caller: Caller { token: options.token.clone(), tls: options.tls.clone() },
@@ -252,6 +298,7 @@ pub async fn run_query(
     }
     let _ = server_stop.send(true);
     let _ = server.await;
+    record.remove_running();
     result
 }
 

@@ -209,14 +209,15 @@ fn app_state(a: &ApplicationReport) -> ApplicationState {
 /// `--wait`, follows the application and fails unless it finishes. The RM is called over the
 /// TLS of the `--tls-*` flags, or else of the spec's `[security] tls_*`.
 pub async fn submit(
-    job: &Path,
+    (job, conf): (&Path, &[String]),
     master: &str,
     wait: bool,
     (driver_cores, driver_memory): (u32, &str),
     tls: &TlsFiles,
 ) -> Result<()> {
     // The spec is checked here first, so a bad one is refused before anything starts.
-    let spec = JobSpec::from_file(job)?;
+    refuse_relative_outputs(job)?;
+    let spec = JobSpec::from_file_with(job, conf)?;
     spec.check_files()?;
     let tls = match tls.is_empty() {
         false => tls.load(Role::Client, Naming::Flags)?,
@@ -264,6 +265,25 @@ pub async fn submit(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A relative checkpoint or table path is resolved against the spec's folder on this machine,
+/// which a driver on another node does not have: `submit` wants them absolute (on storage every
+/// node shares).
+fn refuse_relative_outputs(job: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(job).with_context(|| format!("cannot read {}", job.display()))?;
+    let table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{}: {e}", job.display()))?;
+    let checkpoint = table.get("checkpoint_location").and_then(|v| v.as_str());
+    let sink = table.get("sink").and_then(|s| s.get("path")).and_then(|v| v.as_str());
+    for (key, value) in [("checkpoint_location", checkpoint), ("sink.path", sink)] {
+        if let Some(v) = value.filter(|v| Path::new(v).is_relative()) {
+            bail!(
+                "job spec: `{key}`: `{v}` is relative; on a cluster the driver runs on another node, so give an \
+                 absolute path on storage every node shares"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The driver container's entry: the job spec comes in `EMBEDSTREAM_JOB_TOML`, executors from

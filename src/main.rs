@@ -56,7 +56,7 @@ struct Cli {
 #[derive(clap::Args)]
 struct AdminTarget {
     /// The cluster's resource manager, rm://HOST:PORT (with the application id).
-    #[arg(long)]
+    #[arg(long, env = "EMBEDSTREAM_MASTER")]
     master: Option<String>,
     /// The driver's address, HOST:PORT (a local run logs it as `driver=`).
     #[arg(long)]
@@ -97,12 +97,19 @@ enum Command {
         /// Start N executor processes on this machine (overrides `executors.count`).
         #[arg(long, value_name = "N")]
         local: Option<u32>,
+        /// Set a spec key without editing the file: KEY.PATH=VALUE (a TOML value, or a string); repeatable.
+        #[arg(long = "conf", value_name = "KEY=VALUE")]
+        conf: Vec<String>,
     },
     /// Check a job spec without starting anything; prints the spec with its defaults filled in.
-    #[command(after_help = "Example:\n  embedstream validate job.toml")]
+    #[command(after_help = "Examples:\n  embedstream validate job.toml\n  \
+                            embedstream validate job.toml --conf source.max_offsets_per_trigger=1000")]
     Validate {
         /// The job spec (TOML).
         job: PathBuf,
+        /// Set a spec key without editing the file: KEY.PATH=VALUE (a TOML value, or a string); repeatable.
+        #[arg(long = "conf", value_name = "KEY=VALUE")]
+        conf: Vec<String>,
     },
     /// Show a query's progress: one row per committed batch, with its rates, duration and lag.
     ///
@@ -219,8 +226,11 @@ enum Command {
         /// The job spec (TOML), checked here before anything is sent.
         job: PathBuf,
         /// rm://HOST:PORT (a cluster's resource manager) or local[N] (N executors here).
-        #[arg(long, value_parser = client::parse_master)]
+        #[arg(long, env = "EMBEDSTREAM_MASTER", value_parser = client::parse_master)]
         master: client::Master,
+        /// Set a spec key without editing the file: KEY.PATH=VALUE (a TOML value, or a string); repeatable.
+        #[arg(long = "conf", value_name = "KEY=VALUE")]
+        conf: Vec<String>,
         /// Follow the application; exit 0 when it finishes, 1 if it fails or is killed.
         #[arg(long)]
         wait: bool,
@@ -286,6 +296,15 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Print shell completions for bash, zsh or fish (from the same definitions as --help).
+    #[command(after_help = "Example:\n  embedstream completions bash > /etc/bash_completion.d/embedstream")]
+    Completions {
+        /// The shell: bash, zsh or fish.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, embedstream(1), in roff.
+    #[command(after_help = "Example:\n  embedstream man > /usr/local/share/man/man1/embedstream.1")]
+    Man,
     /// A driver in a cluster container (started by a node agent, not by hand).
     #[command(hide = true)]
     Driver(DriverCommand),
@@ -333,9 +352,9 @@ fn main() -> std::process::ExitCode {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { job, local } => run(job, local).await,
-        Command::Validate { job } => {
-            let spec = JobSpec::from_file(&job)?;
+        Command::Run { job, local, conf } => run(job, local, &conf).await,
+        Command::Validate { job, conf } => {
+            let spec = JobSpec::from_file_with(&job, &conf)?;
             spec.check_files()?;
             spec.security.tls()?;
             // Every secret must be readable here; the output shows only where each comes from.
@@ -398,13 +417,23 @@ async fn dispatch(command: Command) -> Result<()> {
             };
             Ok(embedstream_cluster::node::run(args, client::stop_on_signal()).await?)
         }
-        Command::Submit { job, master, wait, driver_cores, driver_memory, tls } => match master {
-            client::Master::Local(n) => run(job, Some(n)).await,
+        Command::Submit { job, master, conf, wait, driver_cores, driver_memory, tls } => match master {
+            client::Master::Local(n) => run(job, Some(n), &conf).await,
             client::Master::Rm(address) => {
                 let master = format!("rm://{address}");
-                client::submit(&job, &master, wait, (driver_cores, &driver_memory), &tls).await
+                client::submit((&job, &conf), &master, wait, (driver_cores, &driver_memory), &tls).await
             }
         },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "embedstream", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::List { target } if target.master.is_none() => {
             client::list_local();
             Ok(())
@@ -447,8 +476,8 @@ async fn admin_action(app: Option<String>, target: AdminTarget, action: client::
     client::act(target, action, caller).await
 }
 
-async fn run(job: PathBuf, local: Option<u32>) -> Result<()> {
-    let mut spec = JobSpec::from_file(&job)?;
+async fn run(job: PathBuf, local: Option<u32>, conf: &[String]) -> Result<()> {
+    let mut spec = JobSpec::from_file_with(&job, conf)?;
     spec.check_files()?;
     if let Some(n) = local {
         if n == 0 {

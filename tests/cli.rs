@@ -316,3 +316,66 @@ fn a_local_query_is_found_by_its_job_spec_and_listed() {
     assert_eq!(q.wait_for_exit("`embedstream stop JOB.toml`")["embeddings"], 10);
     assert!(!cli(&["list"]).contains("findme "), "a stopped query is no longer listed");
 }
+
+/// Issue 19, items 5 and 9: relative paths in a spec are the spec folder's, whatever the working
+/// directory; `--conf` sets a key without editing the file and `validate` shows it; `submit`
+/// wants absolute output paths; `EMBEDSTREAM_MASTER` is the default `--master`.
+#[test]
+fn relative_paths_are_the_spec_folders_and_conf_overrides_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(model_dir(), dir.path().join("m")).unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "name = \"rel\"\ncheckpoint_location = \"cp\"\n[source]\nbootstrap_servers = \"127.0.0.1:1\"\n\
+         subscribe = [\"in\"]\n[model]\nonnx = \"m/model.onnx\"\ntokenizer = \"m/tokenizer.json\"\n\
+         [sink]\nkind = \"kafka\"\ntopic = \"out\"\n",
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut cmd = embedstream();
+    cmd.current_dir(elsewhere.path())
+        .args(["validate", job.to_str().unwrap(), "--conf", "source.max_offsets_per_trigger=123"])
+        .args(["--conf", "trigger.processing_time=\"2s\""]);
+    let out = run_to_end(cmd, Duration::from_secs(30));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let base = dir.path().display();
+    assert!(shown.contains(&format!("checkpoint_location = \"{base}/cp\"")), "{shown}");
+    assert!(shown.contains(&format!("onnx = \"{base}/m/model.onnx\"")), "{shown}");
+    assert!(shown.contains("max_offsets_per_trigger = 123") && shown.contains("processing_time = \"2s\""), "{shown}");
+
+    let mut cmd = embedstream();
+    cmd.args(["validate", job.to_str().unwrap(), "--conf", "source.max_offsets_per_trigger=0"]);
+    let out = run_to_end(cmd, Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`source.max_offsets_per_trigger`: must be at least 1"));
+
+    let (ok, stderr) = client_command(&["submit", job.to_str().unwrap(), "--master", "rm://127.0.0.1:1"], None);
+    assert!(!ok && stderr.contains("`checkpoint_location`: `cp` is relative"), "{stderr}");
+    let mut cmd = embedstream();
+    cmd.args(["status"]).env("EMBEDSTREAM_MASTER", "rm://127.0.0.1:1");
+    let out = run_to_end(cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim(), "error: cannot reach the resource manager at 127.0.0.1:1: connection refused");
+}
+
+/// Issue 19, item 9: shell completions and a man page, generated from the same definitions as
+/// `--help`, so they know every subcommand.
+#[test]
+fn completions_and_the_man_page_know_every_subcommand() {
+    let stdout = |args: &[&str]| {
+        let mut cmd = embedstream();
+        cmd.args(args);
+        let out = run_to_end(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let script = stdout(&["completions", shell]);
+        for sub in ["submit", "status", "list", "validate"] {
+            assert!(script.contains(sub), "{shell} completes {sub}");
+        }
+    }
+    let man = stdout(&["man"]);
+    assert!(man.contains(".TH embedstream 1") && man.contains("EMBEDSTREAM_TOKEN"), "{man}");
+}

@@ -13,6 +13,7 @@
 
 pub mod kafka;
 pub mod model;
+mod paths;
 pub mod runtime;
 pub mod sink;
 pub mod source;
@@ -86,7 +87,14 @@ impl JobSpec {
     /// Parses and validates a job spec. Errors name the key. Checks no file: see
     /// [`JobSpec::check_files`].
     pub fn from_toml(text: &str) -> Result<JobSpec, SpecError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| SpecError::new("", e.to_string()))?;
+        Self::from_table(Self::parse_table(text)?)
+    }
+
+    fn parse_table(text: &str) -> Result<toml::Table, SpecError> {
+        text.parse().map_err(|e: toml::de::Error| SpecError::new("", e.to_string()))
+    }
+
+    fn from_table(table: toml::Table) -> Result<JobSpec, SpecError> {
         let sink = table.get("sink").cloned();
         let spec: JobSpec = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
@@ -105,17 +113,34 @@ impl JobSpec {
 
     /// Reads, parses and validates a job spec file.
     pub fn from_file(path: &Path) -> Result<JobSpec, SpecError> {
+        Self::from_file_with(path, &[])
+    }
+
+    /// Reads a job spec file, applies `overrides` (`--conf key.path=value`, each value TOML or
+    /// else a string), resolves its relative paths against the file's directory, and parses and
+    /// validates the result.
+    pub fn from_file_with(path: &Path, overrides: &[String]) -> Result<JobSpec, SpecError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| SpecError::new("", format!("cannot read {}: {e}", path.display())))?;
         // An error says where: the file, and the line its key is on (toml's own errors say
         // their line already).
-        Self::from_toml(&text).map_err(|mut e| {
+        let located = |mut e: SpecError| {
             match words::line_of(&text, &e.key) {
                 Some(line) => e.message = format!("{} (at {}:{line})", e.message, path.display()),
                 None => e.message = format!("{} (in {})", e.message, path.display()),
             }
             e
-        })
+        };
+        let mut table = Self::parse_table(&text).map_err(located)?;
+        for o in overrides {
+            paths::set_override(&mut table, o)?;
+        }
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        paths::resolve_relative(&mut table, &base);
+        Self::from_table(table).map_err(located)
     }
 
     /// The files the spec names exist on this machine (the model and tokenizer, the token

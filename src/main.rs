@@ -102,6 +102,11 @@ enum Command {
         conf: Vec<String>,
     },
     /// Check a job spec without starting anything; prints the spec with its defaults filled in.
+    ///
+    /// Shows what will run: every default, the derived ones too (consumer group, model id,
+    /// dead-letter topic), the sink's servers and the ONNX Runtime library found (a missing one
+    /// is an error here, not at `run`). With --check-broker it also connects to the brokers and
+    /// lists the partitions the query would read.
     #[command(after_help = "Examples:\n  embedstream validate job.toml\n  \
                             embedstream validate job.toml --conf source.max_offsets_per_trigger=1000")]
     Validate {
@@ -110,6 +115,12 @@ enum Command {
         /// Set a spec key without editing the file: KEY.PATH=VALUE (a TOML value, or a string); repeatable.
         #[arg(long = "conf", value_name = "KEY=VALUE")]
         conf: Vec<String>,
+        /// Print JSON (the spec, what it derives, the library, the partitions) for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Also connect to the source (and sink) brokers and list the partitions it would read.
+        #[arg(long)]
+        check_broker: bool,
     },
     /// Show a query's progress: one row per committed batch, with its rates, duration and lag.
     ///
@@ -353,15 +364,7 @@ fn main() -> std::process::ExitCode {
 async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run { job, local, conf } => run(job, local, &conf).await,
-        Command::Validate { job, conf } => {
-            let spec = JobSpec::from_file_with(&job, &conf)?;
-            spec.check_files()?;
-            spec.security.tls()?;
-            // Every secret must be readable here; the output shows only where each comes from.
-            spec.read_secrets()?;
-            print!("{}", spec.to_toml());
-            Ok(())
-        }
+        Command::Validate { job, conf, json, check_broker } => validate(&job, &conf, json, check_broker).await,
         Command::Progress { job, app, target, follow, json, last } => {
             let source = match job {
                 Some(job) => ProgressSource::File(JobSpec::from_file(&job)?.checkpoint_location),
@@ -469,6 +472,71 @@ async fn dispatch(command: Command) -> Result<()> {
             .with_context(|| format!("executor {executor_id}"))
         }
     }
+}
+
+/// `embedstream validate`: the spec as it will run, and optionally what the brokers hold for it.
+async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_broker: bool) -> Result<()> {
+    let spec = JobSpec::from_file_with(job, conf)?;
+    spec.check_files()?;
+    spec.security.tls()?;
+    // Every secret must be readable here; the output shows only where each comes from.
+    let secrets = spec.read_secrets()?;
+    let ort = embedstream_executor::model::ort_library();
+    if !ort.is_file() {
+        bail!(
+            "the ONNX Runtime library {} does not exist: run deploy/setup.sh, or set EMBEDSTREAM_ORT_LIB",
+            ort.display()
+        );
+    }
+    let partitions = match check_broker {
+        false => None,
+        true => {
+            let (spec, secrets) = (spec.clone(), secrets.clone());
+            let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32, i64, i64)>> {
+                embedstream_driver::source::probe_clusters(&spec, &secrets)?;
+                let source = embedstream_driver::source::KafkaSource::new(&spec, &secrets)?;
+                let tps = source.partitions()?;
+                let (earliest, latest) = source.watermarks(&tps)?;
+                Ok(tps
+                    .iter()
+                    .map(|tp| {
+                        (
+                            tp.topic.clone(),
+                            tp.partition,
+                            earliest.get(tp).copied().unwrap_or(0),
+                            latest.get(tp).copied().unwrap_or(0),
+                        )
+                    })
+                    .collect())
+            });
+            Some(found.await.expect("the broker check does not panic")?)
+        }
+    };
+    let shown = spec.with_derived();
+    if json {
+        let value = serde_json::json!({
+            "spec": shown,
+            "sink_bootstrap_servers": spec.sink_bootstrap_servers(),
+            "sink_kafka_properties_from": spec.sink_kafka().0,
+            "onnx_runtime": ort,
+            "partitions": partitions.as_ref().map(|ps| ps.iter().map(|(t, p, e, l)| serde_json::json!({
+                "topic": t, "partition": p, "earliest": e, "latest": l
+            })).collect::<Vec<_>>()),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    print!("{}", shown.to_toml());
+    println!("\n# What it runs with:");
+    println!("# sink servers: {} (properties from [{}])", spec.sink_bootstrap_servers(), spec.sink_kafka().0);
+    println!("# ONNX Runtime: {}", ort.display());
+    if let Some(ps) = partitions {
+        println!("# partitions it would read ({}), earliest..latest offset:", ps.len());
+        for (topic, partition, earliest, latest) in ps {
+            println!("#   {topic}-{partition}: {earliest}..{latest}");
+        }
+    }
+    Ok(())
 }
 
 async fn admin_action(app: Option<String>, target: AdminTarget, action: client::Action) -> Result<()> {

@@ -379,3 +379,50 @@ fn completions_and_the_man_page_know_every_subcommand() {
     let man = stdout(&["man"]);
     assert!(man.contains(".TH embedstream 1") && man.contains("EMBEDSTREAM_TOKEN"), "{man}");
 }
+
+/// Issue 19, item 6: `validate` shows what will run: the derived defaults, the sink's servers,
+/// the ONNX Runtime library (a missing one refused here), `--json` for scripts, and with
+/// `--check-broker` the partitions it would read, from a real broker.
+#[test]
+fn validate_shows_what_will_run() {
+    let broker = Broker::start();
+    broker.create_topic("shown", 2);
+    broker.produce_texts("shown", 2, 0, &texts(5, 3));
+    let job = Job::new(&broker, "shown", "subscribe = [\"shown\"]", "", "");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = embedstream();
+        cmd.args(args).envs(env.iter().copied());
+        let out = run_to_end(cmd, Duration::from_secs(60));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let path = job.path.to_str().unwrap();
+    let (ok, shown, stderr) = run(&["validate", path, "--check-broker"], &[]);
+    assert!(ok, "{stderr}");
+    for needle in [
+        "group_id = \"shown-group\"",
+        "id = \"all-MiniLM-L6-v2\"",
+        "dead_letter_topic = \"shown-dlq\"",
+        &format!("# sink servers: {} (properties from [source.kafka])", broker.addr),
+        "# ONNX Runtime: /",
+        "# partitions it would read (2), earliest..latest offset:",
+        "#   shown-0: 0..3",
+        "#   shown-1: 0..2",
+    ] {
+        assert!(shown.contains(needle), "{needle}: {shown}");
+    }
+    let (ok, json, _) = run(&["validate", path, "--json"], &[]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["spec"]["source"]["group_id"], "shown-group");
+    assert_eq!(v["sink_bootstrap_servers"], broker.addr.as_str());
+    assert!(v["partitions"].is_null(), "no broker call without --check-broker");
+    let (ok, _, stderr) = run(&["validate", path], &[("EMBEDSTREAM_ORT_LIB", "/nonexistent/libonnxruntime.so")]);
+    assert!(
+        !ok && stderr.contains("the ONNX Runtime library /nonexistent/libonnxruntime.so does not exist"),
+        "{stderr}"
+    );
+}

@@ -171,6 +171,16 @@ impl JobSpec {
         self.source.group_id.clone().unwrap_or_else(|| format!("embedstream-{}", self.name))
     }
 
+    /// The spec with the defaults the query derives written out: the consumer group, the
+    /// model's id and the dead-letter topic (what `validate` shows).
+    pub fn with_derived(&self) -> JobSpec {
+        let mut spec = self.clone();
+        spec.source.group_id = Some(self.group_id());
+        spec.model.id = Some(self.model.model_id());
+        spec.sink.common.dead_letter_topic = Some(self.dead_letter_topic());
+        spec
+    }
+
     pub fn sink_bootstrap_servers(&self) -> &str {
         self.sink.bootstrap_servers().unwrap_or(&self.source.bootstrap_servers)
     }

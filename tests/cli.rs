@@ -426,3 +426,28 @@ fn validate_shows_what_will_run() {
         "{stderr}"
     );
 }
+
+/// Issue 19, item 8: one spelling for durations. `poll_timeout_ms` is still read, as
+/// `poll_timeout`, with a warning that says what to write; both at once are refused.
+#[test]
+fn the_old_poll_timeout_ms_is_read_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    let validate = |source: &str| {
+        std::fs::write(&job, spec_text(&dir.path().join("cp"), source, "")).unwrap();
+        let mut cmd = embedstream();
+        cmd.args(["validate", job.to_str().unwrap()]);
+        let out = run_to_end(cmd, Duration::from_secs(30));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, shown, stderr) = validate("poll_timeout_ms = 5000");
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("`source.poll_timeout_ms` is deprecated: write `poll_timeout = \"5000ms\"`"), "{stderr}");
+    assert!(shown.contains("poll_timeout = \"5000ms\"") && !shown.contains("poll_timeout_ms"), "{shown}");
+    let (ok, _, stderr) = validate("poll_timeout_ms = 5000\npoll_timeout = \"5s\"");
+    assert!(!ok && stderr.contains("`source.poll_timeout_ms`: set only `poll_timeout`"), "{stderr}");
+}

@@ -183,7 +183,7 @@ fn aborted_transactions_are_not_embedded_and_their_markers_count_as_gaps() {
     // 20 records and 5 markers: the log ends at 25.
     assert_eq!(broker.high_watermarks("txn", 1), vec![25]);
     // A task that waited for an offset that holds no record would time out (after Job::new's
-    // poll_timeout_ms) and be retried.
+    // poll_timeout) and be retried.
     let job = Job::new(&broker, "txn", "subscribe = [\"txn\"]", "available_now = true", "");
     let (summary, stderr) = run_logged(&job);
     assert_eq!((summary["embeddings"].as_u64(), summary["task_retries"].as_u64()), (Some(12), Some(0)), "{stderr}");

@@ -140,12 +140,22 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
     crate::spec::parse_memory_mb(text).ok_or_else(|| format!("`{text}` is not a size such as 8g or 512m"))
 }
 
+/// `rm://HOST:PORT` or `HOST:PORT`: the resource manager's HOST:PORT.
+fn rm_address(text: &str) -> Result<String, String> {
+    let address = text.strip_prefix("rm://").unwrap_or(text);
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(address.to_string()),
+        _ => Err(format!("`{text}` is not rm://HOST:PORT")),
+    }
+}
+
 /// `embedstream node-agent`: offers a machine to the resource manager (systemd, YARN's
 /// distributed shell or a test starts it).
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct NodeAgentCommand {
-    /// The resource manager, HOST:PORT.
-    #[arg(long)]
+    /// The resource manager, rm://HOST:PORT as everywhere else (HOST:PORT and the older --rm
+    /// are read too).
+    #[arg(long = "master", visible_alias = "rm", value_name = "rm://HOST:PORT", value_parser = rm_address)]
     pub rm: String,
     /// This node's address: its id, and containers listen on its host. The host's own
     /// address, not 0.0.0.0; port 0 picks a free one.
@@ -181,7 +191,7 @@ impl ProcessCommand for NodeAgentCommand {
 
     fn flags(&self) -> Vec<String> {
         let mut flags = [
-            flag("rm", &self.rm),
+            flag("master", format!("rm://{}", self.rm)),
             flag("listen", self.listen),
             flag("vcores", self.vcores),
             flag("memory", format!("{}m", self.memory)),

@@ -11,5 +11,5 @@ hdfs dfs -get "$EMBEDSTREAM_BUNDLE" "$work/bundle.tar.gz"
 tar -xzf "$work/bundle.tar.gz" -C "$work"
 export EMBEDSTREAM_CACHE="$work/cache"
 host=$(hostname -f)
-exec "$work/bin/embedstream" node-agent --rm "$EMBEDSTREAM_RM" --listen "$(getent hosts "$host" | awk '{print $1; exit}'):0" \
+exec "$work/bin/embedstream" node-agent --master "rm://$EMBEDSTREAM_RM" --listen "$(getent hosts "$host" | awk '{print $1; exit}'):0" \
   --vcores "$EMBEDSTREAM_VCORES" --memory "${EMBEDSTREAM_MEMORY_MB}m" --work-dir "$work/containers"

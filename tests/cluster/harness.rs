@@ -127,8 +127,8 @@ impl Cluster {
             let work = c.dir.path().join(host);
             let args = [
                 "node-agent",
-                "--rm",
-                &c.rm_address(),
+                "--master",
+                &c.master(),
                 "--listen",
                 &format!("{host}:0"),
                 "--vcores",

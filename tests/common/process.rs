@@ -26,7 +26,7 @@ checkpoint_location = "{cp}"
 bootstrap_servers = "{addr}"
 starting_offsets = "earliest"
 group_id = "{name}-group"
-poll_timeout_ms = 20000
+poll_timeout = "20s"
 {source_extra}
 
 [trigger]

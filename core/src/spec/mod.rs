@@ -94,7 +94,8 @@ impl JobSpec {
         text.parse().map_err(|e: toml::de::Error| SpecError::new("", e.to_string()))
     }
 
-    fn from_table(table: toml::Table) -> Result<JobSpec, SpecError> {
+    fn from_table(mut table: toml::Table) -> Result<JobSpec, SpecError> {
+        source::read_deprecated(&mut table)?;
         let sink = table.get("sink").cloned();
         let spec: JobSpec = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();

@@ -38,9 +38,10 @@ pub struct SourceSpec {
     #[serde(default)]
     pub group_id: Option<String>,
     /// How long a task may wait for records of its range before it fails (Spark's
-    /// `kafkaConsumer.pollTimeoutMs`).
-    #[serde(default = "default_poll_timeout_ms")]
-    pub poll_timeout_ms: u64,
+    /// `kafkaConsumer.pollTimeoutMs`). Default "60s". The older `poll_timeout_ms` is still read,
+    /// with a warning.
+    #[serde(default = "default_poll_timeout")]
+    pub poll_timeout: HumanDuration,
     /// How long the driver retries a failed metadata or offsets request (a broker restarting,
     /// a leader moving) before the query fails. Default "2m".
     #[serde(default = "default_metadata_retry")]
@@ -59,13 +60,29 @@ fn default_metadata_retry() -> HumanDuration {
     HumanDuration::parse("2m").expect("a valid duration")
 }
 
-fn default_poll_timeout_ms() -> u64 {
-    60_000
+fn default_poll_timeout() -> HumanDuration {
+    HumanDuration::parse("60s").expect("a valid duration")
+}
+
+/// Reads the deprecated `source.poll_timeout_ms` (a number of milliseconds) as `poll_timeout`,
+/// with a warning; both at once are refused.
+pub(super) fn read_deprecated(table: &mut toml::Table) -> Result<(), SpecError> {
+    let Some(source) = table.get_mut("source").and_then(toml::Value::as_table_mut) else { return Ok(()) };
+    let Some(old) = source.remove("poll_timeout_ms") else { return Ok(()) };
+    if source.contains_key("poll_timeout") {
+        return Err(SpecError::new("source.poll_timeout_ms", "set only `poll_timeout` (it replaces poll_timeout_ms)"));
+    }
+    let ms = old.as_integer().filter(|&ms| ms > 0).ok_or_else(|| {
+        SpecError::new("source.poll_timeout_ms", "expected a whole number of milliseconds, at least 1")
+    })?;
+    tracing::warn!("`source.poll_timeout_ms` is deprecated: write `poll_timeout = \"{ms}ms\"`");
+    source.insert("poll_timeout".into(), toml::Value::String(format!("{ms}ms")));
+    Ok(())
 }
 
 impl SourceSpec {
     pub fn poll_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.poll_timeout_ms)
+        self.poll_timeout.get()
     }
 
     /// Topics named by `subscribe` or `assign` (empty for a pattern).
@@ -120,8 +137,8 @@ impl SourceSpec {
         if s.group_id.as_deref() == Some("") {
             return Err(SpecError::new("source.group_id", "must not be empty"));
         }
-        if s.poll_timeout_ms == 0 {
-            return Err(SpecError::new("source.poll_timeout_ms", "must be at least 1"));
+        if s.poll_timeout.get().is_zero() {
+            return Err(SpecError::new("source.poll_timeout", "must be a duration above zero, such as \"60s\""));
         }
         s.kafka.validate("source.kafka")
     }

@@ -132,10 +132,11 @@ enum Command {
     #[command(after_help = "Examples:\n  embedstream progress job.toml --follow\n  \
                             embedstream progress --master rm://rm-host:8030 --app APP_ID --json")]
     Progress {
-        /// The job spec (TOML) of the query.
-        #[arg(required_unless_present_any = ["master", "driver"])]
+        /// The job spec (TOML) of the query, or with --master its application (as the other
+        /// admin commands take it).
+        #[arg(required_unless_present_any = ["master", "driver", "app"])]
         job: Option<PathBuf>,
-        /// The application, with --master.
+        /// The application, with --master (the same as giving it in place of the job spec).
         #[arg(long)]
         app: Option<String>,
         #[command(flatten)]
@@ -366,6 +367,11 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Run { job, local, conf } => run(job, local, &conf).await,
         Command::Validate { job, conf, json, check_broker } => validate(&job, &conf, json, check_broker).await,
         Command::Progress { job, app, target, follow, json, last } => {
+            // With --master, the positional names the application, as for status, stop, ...
+            let (job, app) = match (job, app, target.master.is_some()) {
+                (Some(job), None, true) if !job.exists() => (None, Some(job.display().to_string())),
+                (job, app, _) => (job, app),
+            };
             let source = match job {
                 Some(job) => ProgressSource::File(JobSpec::from_file(&job)?.checkpoint_location),
                 None => {

@@ -127,6 +127,7 @@ fn client_commands_say_in_one_line_what_they_could_not_reach() {
         vec!["status", "--master", dead],
         vec!["status", "app-1", "--master", dead],
         vec!["stop", "app-1", "--master", dead],
+        vec!["progress", "app-1", "--master", dead],
         vec!["scale", "app-1", "--executors", "2", "--master", dead],
         vec!["submit", job, "--master", dead],
     ] {

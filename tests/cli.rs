@@ -306,16 +306,19 @@ fn a_local_query_is_found_by_its_job_spec_and_listed() {
         assert!(out.status.success(), "{args:?}: {stderr}");
         stdout
     };
+    // Other queries of this user may run meanwhile (other tests): find this one by its checkpoint.
+    let checkpoint = job.checkpoint().display().to_string();
     let listed = cli(&["list"]);
-    let line = listed.lines().find(|l| l.starts_with("findme ")).unwrap_or_else(|| panic!("{listed}"));
-    assert!(line.contains(record["address"].as_str().unwrap()) && line.contains(job.checkpoint().to_str().unwrap()));
+    let line = listed.lines().find(|l| l.ends_with(&checkpoint)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.starts_with("findme ") && line.contains(record["address"].as_str().unwrap()), "{line}");
     let status = cli(&["status", job.path.to_str().unwrap()]);
     assert!(status.contains("query findme") && status.contains("batches committed"), "{status}");
     cli(&["pause", job.checkpoint().to_str().unwrap()]);
     assert!(cli(&["status", job.path.to_str().unwrap()]).contains(") paused:"));
     cli(&["stop", job.path.to_str().unwrap()]);
     assert_eq!(q.wait_for_exit("`embedstream stop JOB.toml`")["embeddings"], 10);
-    assert!(!cli(&["list"]).contains("findme "), "a stopped query is no longer listed");
+    let after = cli(&["list"]);
+    assert!(!after.contains(&checkpoint), "a stopped query is no longer listed: {after}");
 }
 
 /// Issue 19, items 5 and 9: relative paths in a spec are the spec folder's, whatever the working
@@ -451,4 +454,26 @@ fn the_old_poll_timeout_ms_is_read_with_a_warning() {
     assert!(shown.contains("poll_timeout = \"5000ms\"") && !shown.contains("poll_timeout_ms"), "{shown}");
     let (ok, _, stderr) = validate("poll_timeout_ms = 5000\npoll_timeout = \"5s\"");
     assert!(!ok && stderr.contains("`source.poll_timeout_ms`: set only `poll_timeout`"), "{stderr}");
+}
+
+/// Issue 19, item 4: every error of a spec at once, each with its key and line, not only the first.
+#[test]
+fn a_spec_with_several_errors_reports_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        spec_text(&dir.path().join("cp"), "max_offset_per_trigger = 10\nmin_partitions = 0", "format = \"f16\""),
+    )
+    .unwrap();
+    let mut cmd = embedstream();
+    cmd.args(["validate", job.to_str().unwrap()]);
+    let out = run_to_end(cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for (key, line) in [("source.max_offset_per_trigger", 6), ("source.min_partitions", 7), ("sink.format", 14)] {
+        let found =
+            stderr.lines().find(|l| l.contains(&format!("`{key}`"))).unwrap_or_else(|| panic!("{key}: {stderr}"));
+        assert!(found.ends_with(&format!("{}:{line})", job.display())), "{key} at line {line}: {found}");
+    }
 }

@@ -70,14 +70,24 @@ impl DriverRecord {
     }
 
     /// The records of the queries running on this machine for this user (those whose driver is
-    /// gone are skipped).
+    /// gone are removed).
     pub fn running() -> Vec<DriverRecord> {
         let Ok(entries) = std::fs::read_dir(Self::run_dir()) else { return Vec::new() };
-        let mut records: Vec<DriverRecord> = entries
-            .flatten()
-            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-            .filter(DriverRecord::alive)
-            .collect();
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let Some(record) =
+                std::fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice::<DriverRecord>(&b).ok())
+            else {
+                continue;
+            };
+            match record.alive() {
+                true => records.push(record),
+                // A driver that was killed left its record: tidy it away.
+                false => {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         records.sort_by_key(|r| r.started_ms);
         records
     }

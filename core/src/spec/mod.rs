@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretError, SecretRef, Secrets};
 pub use model::{ModelSpec, Pooling};
+/// How many of a spec file's errors `from_file_with` reports at once.
+const MAX_ERRORS_SHOWN: usize = 10;
+
 pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
 pub use sink::{KafkaSinkSpec, ParquetSinkSpec, PartitionBy, SinkCommon, SinkKind, SinkSpec, VectorFormat};
 pub use source::{SourceSpec, StartAt, StartingOffsets};
@@ -141,7 +144,34 @@ impl JobSpec {
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("."));
         paths::resolve_relative(&mut table, &base);
-        Self::from_table(table).map_err(located)
+        let first = match Self::from_table(table.clone()) {
+            Ok(spec) => return Ok(spec),
+            Err(e) => e,
+        };
+        // Every error at once, not only the first: take the offending key out and parse again
+        // (a key with a default then takes it), until the rest parses or no key is named.
+        let mut errors = vec![first];
+        let mut removed = Vec::new();
+        while errors.len() < MAX_ERRORS_SHOWN {
+            let key = errors.last().expect("one error at least").key.clone();
+            if key.is_empty() || !paths::remove(&mut table, &key) {
+                break;
+            }
+            removed.push(key);
+            match Self::from_table(table.clone()) {
+                Ok(_) => break,
+                // Taking a required key out is not the user's error.
+                Err(e) if removed.contains(&e.key) || e.message.starts_with("missing field") => break,
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut errors = errors.into_iter().map(located);
+        let mut first = errors.next().expect("one error at least");
+        let rest: Vec<String> = errors.map(|e| format!("  {e}")).collect();
+        if !rest.is_empty() {
+            first.message = format!("{}\n{}", first.message, rest.join("\n"));
+        }
+        Err(first)
     }
 
     /// The files the spec names exist on this machine (the model and tokenizer, the token

@@ -49,6 +49,24 @@ pub(super) fn resolve_relative(table: &mut toml::Table, base: &Path) {
     }
 }
 
+/// Takes `key` (`source.min_partitions`, `sink.kafka.security.protocol`) out of `table`;
+/// false if it is not there.
+pub(super) fn remove(table: &mut toml::Table, key: &str) -> bool {
+    let parts: Vec<&str> = key.split('.').collect();
+    // A Kafka property's key keeps its dots.
+    for split in (1..parts.len()).rev() {
+        let (section, name) = (parts[..split].join("."), parts[split..].join("."));
+        let parent =
+            if section.is_empty() { Some(&mut *table) } else { lookup(table, &section).and_then(|v| v.as_table_mut()) };
+        if let Some(parent) = parent {
+            if parent.remove(&name).is_some() {
+                return true;
+            }
+        }
+    }
+    table.remove(key).is_some()
+}
+
 fn lookup<'a>(table: &'a mut toml::Table, key: &str) -> Option<&'a mut toml::Value> {
     let mut parts = key.split('.');
     let mut value = table.get_mut(parts.next()?)?;

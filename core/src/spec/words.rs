@@ -5,6 +5,8 @@
 /// `message` (a serde error) with type names in words and, for an unknown key, the nearest
 /// known one.
 pub(crate) fn in_words(message: &str) -> String {
+    // toml adds "in `section`" lines below serde's message; the key already says where.
+    let message = message.lines().next().unwrap_or_default().trim_end();
     let mut out = message.to_string();
     for (rust, words) in [
         ("expected usize", "expected a whole number"),

@@ -162,8 +162,8 @@ enum Command {
         /// The topic to write to; created if it does not exist.
         #[arg(long)]
         topic: String,
-        /// Partitions of the topic, if it has to be created.
-        #[arg(long, default_value_t = 1)]
+        /// Partitions of the topic, if it has to be created (at least 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
         partitions: i32,
         /// Spread messages over partitions round-robin by line number (the key is the line number).
         #[arg(long)]
@@ -246,8 +246,8 @@ enum Command {
         /// Follow the application; exit 0 when it finishes, 1 if it fails or is killed.
         #[arg(long)]
         wait: bool,
-        /// Vcores for the driver's container.
-        #[arg(long, default_value_t = 1)]
+        /// Vcores for the driver's container (at least 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         driver_cores: u32,
         /// Memory for the driver's container ("1g", "512m").
         #[arg(long, default_value = "1g")]

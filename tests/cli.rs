@@ -142,8 +142,14 @@ fn client_commands_say_in_one_line_what_they_could_not_reach() {
     let (ok, stderr) = client_command(&["status", "--driver", "127.0.0.1:1"], None);
     assert!(!ok);
     assert_eq!(stderr.trim(), "error: cannot reach the driver at 127.0.0.1:1: connection refused");
-    let (ok, stderr) = client_command(&["scale", "app-1", "--executors", "0", "--master", dead], None);
-    assert!(!ok && stderr.contains("--executors") && !stderr.contains("127.0.0.1:1"), "checked first: {stderr}");
+    for (args, flag) in [
+        (vec!["scale", "app-1", "--executors", "0", "--master", dead], "--executors"),
+        (vec!["submit", job, "--master", dead, "--driver-cores", "0"], "--driver-cores"),
+        (vec!["produce", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--partitions", "0"], "--partitions"),
+    ] {
+        let (ok, stderr) = client_command(&args, None);
+        assert!(!ok && stderr.contains(flag) && !stderr.contains("127.0.0.1:1"), "checked before any call: {stderr}");
+    }
 
     // A live RM: a wrong token and an unknown application, each in one line.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

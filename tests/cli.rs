@@ -260,6 +260,21 @@ fn help_explains_and_version_names_the_build() {
     assert!(!version.contains("commit unknown"), "built from a git checkout: {version}");
 }
 
+/// `validate` of a spec written in `dir` with `source` added to its [source]: (success,
+/// stdout, stderr).
+fn validate_with_source(dir: &std::path::Path, source: &str) -> (bool, String, String) {
+    let job = dir.join("job.toml");
+    std::fs::write(&job, spec_text(&dir.join("cp"), source, "")).unwrap();
+    let mut cmd = embedstream();
+    cmd.args(["validate", job.to_str().unwrap()]);
+    let out = run_to_end(cmd, Duration::from_secs(30));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Issue 19, item 4: a spec error a person can act on: the file and the line, the nearest key
 /// for a misspelt one, and types in words.
 #[test]
@@ -267,12 +282,9 @@ fn spec_errors_name_the_line_suggest_the_key_and_say_types_in_words() {
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job.toml");
     let validate = |source: &str| {
-        std::fs::write(&job, spec_text(&dir.path().join("cp"), source, "")).unwrap();
-        let mut cmd = embedstream();
-        cmd.args(["validate", job.to_str().unwrap()]);
-        let out = run_to_end(cmd, Duration::from_secs(30));
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).trim().to_string()
+        let (ok, _, stderr) = validate_with_source(dir.path(), source);
+        assert!(!ok);
+        stderr.trim().to_string()
     };
     // spec_text puts [source] on line 3 and the test's own line after subscribe, on line 6.
     let typo = validate("max_offset_per_trigger = 10");
@@ -442,18 +454,7 @@ fn validate_shows_what_will_run() {
 #[test]
 fn the_old_poll_timeout_ms_is_read_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("job.toml");
-    let validate = |source: &str| {
-        std::fs::write(&job, spec_text(&dir.path().join("cp"), source, "")).unwrap();
-        let mut cmd = embedstream();
-        cmd.args(["validate", job.to_str().unwrap()]);
-        let out = run_to_end(cmd, Duration::from_secs(30));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let validate = |source: &str| validate_with_source(dir.path(), source);
     let (ok, shown, stderr) = validate("poll_timeout_ms = 5000");
     assert!(ok, "{stderr}");
     assert!(stderr.contains("`source.poll_timeout_ms` is deprecated: write `poll_timeout = \"5000ms\"`"), "{stderr}");

@@ -154,11 +154,15 @@ fn call_failed(what: &str, address: &str, status: &tonic::Status) -> anyhow::Err
 /// What ended a call at the transport (a refused connection, a failed TLS handshake), in
 /// words: the innermost error of the chain, without its errno.
 fn transport_cause(status: &tonic::Status) -> Option<String> {
-    let mut error: &(dyn std::error::Error + 'static) = std::error::Error::source(status)?;
+    std::error::Error::source(status).map(innermost_in_words)
+}
+
+/// The innermost error of `error`'s chain, in words.
+fn innermost_in_words(mut error: &(dyn std::error::Error + 'static)) -> String {
     while let Some(inner) = error.source() {
         error = inner;
     }
-    Some(in_words(&error.to_string()))
+    in_words(&error.to_string())
 }
 
 /// "Connection refused (os error 111)" -> "connection refused".
@@ -186,13 +190,7 @@ async fn admin(driver: &str, caller: &Caller) -> Result<AdminClient> {
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
-        .map_err(|e| {
-            let mut inner: &(dyn std::error::Error + 'static) = &e;
-            while let Some(next) = inner.source() {
-                inner = next;
-            }
-            anyhow::anyhow!("cannot reach the driver at {driver}: {}", in_words(&inner.to_string()))
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot reach the driver at {driver}: {}", innermost_in_words(&e)))?;
     Ok(QueryAdminClient::with_interceptor(channel, caller.token.clone()))
 }
 

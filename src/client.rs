@@ -13,7 +13,7 @@ use embedstream_core::spec::parse_memory_mb;
 use embedstream_core::tls::{Naming, Role, TlsFiles};
 use embedstream_core::JobSpec;
 use embedstream_driver::launcher::resource_manager::{rm_client, AppSecret, ResourceManagerLauncher, RmClient};
-use embedstream_driver::launcher::Launcher;
+use embedstream_driver::launcher::{DriverEndpoints, Launcher};
 use embedstream_driver::DriverOptions;
 use embedstream_proto::pb::query_admin_client::QueryAdminClient;
 use embedstream_proto::pb::{
@@ -29,6 +29,8 @@ use tonic::transport::Channel;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Master {
     Rm(String),
+    /// Apache Hadoop YARN, as HADOOP_CONF_DIR configures it.
+    Yarn,
     Local(u32),
 }
 
@@ -39,10 +41,13 @@ pub fn parse_master(text: &str) -> Result<Master, String> {
         }
         return Ok(Master::Rm(addr.to_string()));
     }
+    if text == "yarn" {
+        return Ok(Master::Yarn);
+    }
     if let Some(n) = text.strip_prefix("local[").and_then(|r| r.strip_suffix(']')) {
         return n.parse::<u32>().ok().filter(|&n| n > 0).map(Master::Local).ok_or("local[N] needs N >= 1".into());
     }
-    Err(format!("`{text}` is neither rm://HOST:PORT nor local[N]"))
+    Err(format!("`{text}` is none of rm://HOST:PORT, yarn and local[N]"))
 }
 
 /// The cluster token from `EMBEDSTREAM_TOKEN` or `file`.
@@ -306,12 +311,12 @@ pub async fn driver_container(command: DriverCommand) -> Result<()> {
     let token = ClusterToken::load(spec.security.token_file.as_deref())?;
     let client = rm(&rm_address, &Caller { token: token.clone(), tls: tls.clone() })?;
     let resources = Resources { vcores: spec.executors.cores, memory_mb: spec.executors.memory_mb() };
-    let launcher = move |driver: &str| -> Box<dyn Launcher> {
+    let launcher = move |driver: &DriverEndpoints| -> Box<dyn Launcher> {
         Box::new(ResourceManagerLauncher {
             rm: client,
             rm_address,
             app_id,
-            driver_address: driver.to_string(),
+            driver_address: driver.grpc.to_string(),
             executor_resources: resources,
             app_secret,
         })

@@ -13,6 +13,7 @@ use embedstream_proto::serve::Caller;
 
 mod client;
 mod embed;
+mod yarn;
 
 /// What `--version` prints: the release, the commit it was built from, and the ONNX Runtime
 /// it loads.
@@ -72,7 +73,13 @@ struct AdminTarget {
 impl AdminTarget {
     /// Which driver, and how to call it. `app` may also be a local query's job spec or
     /// checkpoint, whose `driver.json` says where its driver is.
-    fn split(self, app: Option<String>) -> Result<(client::Target, Caller)> {
+    async fn split(self, app: Option<String>) -> Result<(client::Target, Caller)> {
+        if self.master.as_deref() == Some("yarn") {
+            let app = app.context("--master yarn: name the application (APPLICATION_ID, or --app)")?;
+            let (driver, token) = yarn::YarnClient::from_env()?.driver(&app).await?;
+            let caller = Caller { token, tls: Default::default() };
+            return Ok((client::Target { master: None, driver: Some(driver), app: None }, caller));
+        }
         if let Some(arg) = &app {
             if let Some((driver, caller)) = client::local_query(arg, self.token_file.as_deref(), &self.tls)? {
                 return Ok((client::Target { master: None, driver: Some(driver), app: None }, caller));
@@ -227,19 +234,31 @@ enum Command {
         after_help = "Example:\n  embedstream node-agent --rm 127.0.0.1:8030 --listen 127.0.0.2:0 --vcores 4 --memory 8g"
     )]
     NodeAgent(NodeAgentCommand),
-    /// Submit a job to a cluster (`--master rm://HOST:PORT`) or run it here (`--master local[N]`).
+    /// Submit a job to a cluster (`--master rm://HOST:PORT` or `yarn`) or run it here (`--master local[N]`).
     ///
     /// The spec is checked first; a bad one is refused naming the key. On a cluster it prints the
     /// application id and returns; with --wait it follows the application and exits 0 when it
-    /// finishes (an `available_now` query), 1 if it fails or is killed.
+    /// finishes (an `available_now` query), 1 if it fails or is killed. With `--master yarn`
+    /// the cluster is the one HADOOP_CONF_DIR's yarn-site.xml names; the checkpoint (and a
+    /// Parquet table) must be on HDFS.
     #[command(after_help = "Examples:\n  embedstream submit job.toml --master rm://rm-host:8030 --wait\n  \
+                            HADOOP_CONF_DIR=/etc/hadoop/conf embedstream submit job.toml --master yarn --queue etl\n  \
                             embedstream submit job.toml --master 'local[2]'")]
     Submit {
         /// The job spec (TOML), checked here before anything is sent.
         job: PathBuf,
-        /// rm://HOST:PORT (a cluster's resource manager) or local[N] (N executors here).
+        /// rm://HOST:PORT (a cluster's resource manager), yarn (Hadoop YARN) or local[N] (N executors here).
         #[arg(long, env = "EMBEDSTREAM_MASTER", value_parser = client::parse_master)]
         master: client::Master,
+        /// YARN: the queue to submit to.
+        #[arg(long, default_value = "default")]
+        queue: String,
+        /// YARN: the application's name (default: the spec's `name`).
+        #[arg(long)]
+        name: Option<String>,
+        /// YARN: attempts of the application master (0: the cluster's yarn.resourcemanager.am.max-attempts).
+        #[arg(long, default_value_t = 0)]
+        max_attempts: u32,
         /// Set a spec key without editing the file: KEY.PATH=VALUE (a TOML value, or a string); repeatable.
         #[arg(long = "conf", value_name = "KEY=VALUE")]
         conf: Vec<String>,
@@ -326,6 +345,16 @@ enum Command {
     /// An executor process (started by a driver, not by hand).
     #[command(hide = true)]
     Executor(ExecutorCommand),
+    /// The driver in a YARN application master's container (started by the ApplicationMaster).
+    #[command(hide = true)]
+    YarnDriver {
+        #[arg(long)]
+        job: PathBuf,
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        token_file: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -375,7 +404,7 @@ async fn dispatch(command: Command) -> Result<()> {
             let source = match job {
                 Some(job) => ProgressSource::File(JobSpec::from_file(&job)?.checkpoint_location),
                 None => {
-                    let (target, caller) = target.split(app)?;
+                    let (target, caller) = target.split(app).await?;
                     ProgressSource::Admin(target, caller)
                 }
             };
@@ -426,13 +455,21 @@ async fn dispatch(command: Command) -> Result<()> {
             };
             Ok(embedstream_cluster::node::run(args, client::stop_on_signal()).await?)
         }
-        Command::Submit { job, master, conf, wait, driver_cores, driver_memory, tls } => match master {
-            client::Master::Local(n) => run(job, Some(n), &conf).await,
-            client::Master::Rm(address) => {
-                let master = format!("rm://{address}");
-                client::submit((&job, &conf), &master, wait, (driver_cores, &driver_memory), &tls).await
+        Command::Submit { job, master, queue, name, max_attempts, conf, wait, driver_cores, driver_memory, tls } => {
+            match master {
+                client::Master::Local(n) => run(job, Some(n), &conf).await,
+                client::Master::Yarn => {
+                    let am_memory_mb = embedstream_core::spec::parse_memory_mb(&driver_memory)
+                        .with_context(|| format!("--driver-memory {driver_memory}: not a size such as 512m or 2g"))?;
+                    let options = yarn::SubmitOptions { name, queue, wait, am_memory_mb, max_attempts };
+                    yarn::submit(&job, &conf, options).await
+                }
+                client::Master::Rm(address) => {
+                    let master = format!("rm://{address}");
+                    client::submit((&job, &conf), &master, wait, (driver_cores, &driver_memory), &tls).await
+                }
             }
-        },
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "embedstream", &mut std::io::stdout());
@@ -448,11 +485,11 @@ async fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::List { target } => {
-            let (target, caller) = target.split(None)?;
+            let (target, caller) = target.split(None).await?;
             client::status(target, caller).await
         }
         Command::Status { app, target } => {
-            let (target, caller) = target.split(app)?;
+            let (target, caller) = target.split(app).await?;
             client::status(target, caller).await
         }
         Command::Stop { app, target } => admin_action(app, target, client::Action::Stop).await,
@@ -460,9 +497,15 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Resume { app, target } => admin_action(app, target, client::Action::Resume).await,
         Command::Scale { app, executors, target } => admin_action(app, target, client::Action::Scale(executors)).await,
         Command::Driver(command) => client::driver_container(command).await,
+        Command::YarnDriver { job, listen, token_file } => yarn::driver(&job, &listen, &token_file).await,
         Command::ModelDaemon(_) => unreachable!("dispatched before the runtime starts"),
         Command::Executor(ExecutorCommand { driver, executor_id, cores, listen, token_file, tls }) => {
-            let listen = listen.parse().with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
+            // A host name too: on YARN it is the NodeManager's ($NM_HOST).
+            let listen = tokio::net::lookup_host(&listen)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| format!("--listen {listen}: not HOST:PORT"))?;
             let tls = tls.load(Role::Peer, Naming::Flags)?;
             embedstream_executor::run(embedstream_executor::ExecutorArgs {
                 driver_url: driver,
@@ -546,7 +589,7 @@ async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_brok
 }
 
 async fn admin_action(app: Option<String>, target: AdminTarget, action: client::Action) -> Result<()> {
-    let (target, caller) = target.split(app)?;
+    let (target, caller) = target.split(app).await?;
     client::act(target, action, caller).await
 }
 

@@ -10,6 +10,7 @@
 //! - [`auth`]: the shared cluster token that admin, internal and Flight calls carry.
 //! - [`latency`]: end-to-end latency as fixed buckets, as tasks report it.
 //! - [`durable`]: writes that survive a crash (checkpoint logs, manifests, the RM's state).
+//! - [`store`]: the same files on a local disk or on HDFS (`hdfs://`), picked by the path.
 //! - [`tls`]: the certificate, key and CA every endpoint serves and calls with.
 //! - [`telemetry`]: the `/metrics` endpoint every process serves to Prometheus, and /proc readers.
 
@@ -22,6 +23,7 @@ pub mod manifest;
 pub mod offsets;
 pub mod progress;
 pub mod spec;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 

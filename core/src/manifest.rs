@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::durable;
 use crate::offsets::PartitionOffsets;
+use crate::store;
 
 /// The manifests' directory inside the table's path.
 pub const LOG_DIR: &str = "_embedstream_log";
@@ -76,10 +76,9 @@ fn manifest_path(table: &Path, batch_id: u64) -> PathBuf {
 /// The manifest of `batch_id`, if that batch has committed.
 pub fn committed(table: &Path, batch_id: u64) -> Result<Option<BatchManifest>, ManifestError> {
     let path = manifest_path(table, batch_id);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| ManifestError::Parse { path, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&path)(e)),
+    match store::read(&path).map_err(io(&path))? {
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| ManifestError::Parse { path, source }),
+        None => Ok(None),
     }
 }
 
@@ -87,13 +86,15 @@ pub fn committed(table: &Path, batch_id: u64) -> Result<Option<BatchManifest>, M
 /// attempts. Returns how many files were deleted.
 pub fn commit(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestError> {
     let dir = table.join(LOG_DIR);
-    if !dir.is_dir() {
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        durable::sync_dir(table).map_err(io(table))?;
+    if store::is_hdfs(table) || !dir.is_dir() {
+        store::create_dir_all(&dir, false).map_err(io(&dir))?;
+        if !store::is_hdfs(table) {
+            crate::durable::sync_dir(table).map_err(io(table))?;
+        }
     }
     let path = manifest_path(table, manifest.batch_id);
     let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
-    durable::write_atomic(&path, &bytes).map_err(io(&path))?;
+    store::write_atomic(&path, &bytes, false).map_err(io(&path))?;
     remove_orphans(table, manifest)
 }
 
@@ -109,20 +110,13 @@ pub fn remove_orphans(table: &Path, manifest: &BatchManifest) -> Result<usize, M
     let dirs: BTreeSet<&Path> = listed.iter().filter_map(|f| f.parent()).collect();
     let mut removed = 0;
     for dir in dirs {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io(dir)(e)),
-        };
+        let Some(entries) = store::list(dir).map_err(io(dir))? else { continue };
         for entry in entries {
-            let file = entry.map_err(io(dir))?.path();
-            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if name.starts_with(&prefix) && name.ends_with(".parquet") && !listed.contains(&file) {
-                match std::fs::remove_file(&file) {
-                    Ok(()) => removed += 1,
-                    // Its attempt aborted and removed it while this listed the directory.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io(&file)(e)),
+            let file = dir.join(&entry.name);
+            if entry.name.starts_with(&prefix) && entry.name.ends_with(".parquet") && !listed.contains(&file) {
+                // False: its attempt aborted and removed it while this listed the directory.
+                if store::remove_file(&file).map_err(io(&file))? {
+                    removed += 1;
                 }
             }
         }
@@ -135,17 +129,12 @@ pub fn data_files(table: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let mut out = Vec::new();
     let mut dirs = vec![table.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io(&dir)(e)),
-        };
+        let Some(entries) = store::list(&dir).map_err(io(&dir))? else { continue };
         for entry in entries {
-            let path = entry.map_err(io(&dir))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if path.is_dir() && name != LOG_DIR {
+            let path = dir.join(&entry.name);
+            if entry.is_dir && entry.name != LOG_DIR {
                 dirs.push(path);
-            } else if name.starts_with("part-") && name.ends_with(".parquet") {
+            } else if entry.name.starts_with("part-") && entry.name.ends_with(".parquet") {
                 out.push(path);
             }
         }
@@ -157,13 +146,8 @@ pub fn data_files(table: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 /// The files a reader should read: those of every committed batch, in batch order.
 pub fn visible_files(table: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let dir = table.join(LOG_DIR);
-    let mut batches: Vec<u64> = match std::fs::read_dir(&dir) {
-        Ok(entries) => {
-            entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json")?.parse().ok()).collect()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io(&dir)(e)),
-    };
+    let entries = store::list(&dir).map_err(io(&dir))?.unwrap_or_default();
+    let mut batches: Vec<u64> = entries.iter().filter_map(|e| e.name.strip_suffix(".json")?.parse().ok()).collect();
     batches.sort_unstable();
     let mut files = Vec::new();
     for b in batches {

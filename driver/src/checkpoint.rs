@@ -20,12 +20,17 @@
 //! Only the last `min_batches_to_retain` batches of both logs are kept (Spark's
 //! `spark.sql.streaming.minBatchesToRetain`), so a query that runs for months does not fill
 //! its directory with a file per batch: recovery needs only the newest entries.
+//!
+//! `checkpoint_location` may be on HDFS (`hdfs://...`, through [`embedstream_core::store`]):
+//! the logs are replaced the same way (a temporary name, closed, renamed; HDFS renames
+//! atomically). HDFS has no lock a process holds until it dies, so there the epoch alone fences
+//! a second driver; on YARN only one attempt of the application master runs at a time.
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use embedstream_core::durable;
+use embedstream_core::store;
 use serde::{Deserialize, Serialize};
 
 use embedstream_core::offsets::PartitionOffsets;
@@ -89,8 +94,8 @@ pub struct Checkpoint {
     root: PathBuf,
     query_id: String,
     epoch: u64,
-    /// Holds the exclusive lock on `lock` while the checkpoint is open.
-    _lock: fs::File,
+    /// Holds the exclusive lock on `lock` while the checkpoint is open (none on HDFS).
+    _lock: Option<fs::File>,
 }
 
 impl Checkpoint {
@@ -100,12 +105,13 @@ impl Checkpoint {
         // The root keeps the umask's mode: Prometheus, perhaps as another user, reads
         // `monitoring/targets.json` there. The logs and the files of the query's state are the
         // owner's only.
-        fs::create_dir_all(root).map_err(|source| CheckpointError::Io { path: root.to_path_buf(), source })?;
+        store::create_dir_all(root, false)
+            .map_err(|source| CheckpointError::Io { path: root.to_path_buf(), source })?;
         for dir in ["offsets", "commits"] {
             let d = root.join(dir);
-            durable::create_private_dir(&d).map_err(|source| CheckpointError::Io { path: d, source })?;
+            store::create_dir_all(&d, true).map_err(|source| CheckpointError::Io { path: d, source })?;
         }
-        let lock = lock(root)?;
+        let lock = if store::is_hdfs(root) { None } else { Some(lock(root)?) };
         let epoch_path = root.join("epoch");
         let epoch = read_json::<u64>(&epoch_path)?.unwrap_or(0) + 1;
         write_atomic(&epoch_path, epoch.to_string().as_bytes())?;
@@ -139,10 +145,15 @@ impl Checkpoint {
         &self.root
     }
 
-    fn latest_batch(&self, dir: &str) -> Result<Option<u64>, CheckpointError> {
+    /// The names in one of the logs' directories.
+    fn names(&self, dir: &str) -> Result<Vec<String>, CheckpointError> {
         let d = self.root.join(dir);
-        let entries = fs::read_dir(&d).map_err(|source| CheckpointError::Io { path: d.clone(), source })?;
-        Ok(entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok()).max())
+        let entries = store::list(&d).map_err(|source| CheckpointError::Io { path: d.clone(), source })?;
+        Ok(entries.unwrap_or_default().into_iter().map(|e| e.name).collect())
+    }
+
+    fn latest_batch(&self, dir: &str) -> Result<Option<u64>, CheckpointError> {
+        Ok(self.names(dir)?.iter().filter_map(|name| name.parse::<u64>().ok()).max())
     }
 
     pub fn recover(&self) -> Result<Recovery, CheckpointError> {
@@ -202,15 +213,11 @@ impl Checkpoint {
         self.fence()?;
         let mut removed = 0;
         for dir in ["commits", "offsets"] {
-            let d = self.root.join(dir);
-            let entries = fs::read_dir(&d).map_err(|source| CheckpointError::Io { path: d.clone(), source })?;
-            for entry in entries.filter_map(Result::ok) {
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let batch = name.strip_suffix(".tmp").unwrap_or(name).parse::<u64>();
+            for name in self.names(dir)? {
+                let batch = name.strip_suffix(".tmp").unwrap_or(&name).parse::<u64>();
                 if batch.is_ok_and(|b| b < keep_from) {
-                    let path = entry.path();
-                    fs::remove_file(&path).map_err(|source| CheckpointError::Io { path, source })?;
+                    let path = self.root.join(dir).join(&name);
+                    store::remove_file(&path).map_err(|source| CheckpointError::Io { path, source })?;
                     removed += 1;
                 }
             }
@@ -248,18 +255,18 @@ fn lock(root: &Path) -> Result<fs::File, CheckpointError> {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, CheckpointError> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
+    match store::read(path) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| CheckpointError::Corrupt { path: path.to_path_buf(), source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(None) => Ok(None),
         Err(source) => Err(CheckpointError::Io { path: path.to_path_buf(), source }),
     }
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    durable::write_private(path, bytes).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
+    store::write_atomic(path, bytes, true).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
 }
 
 fn new_query_id() -> String {

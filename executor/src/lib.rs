@@ -99,17 +99,18 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .await
         .map_err(|e| driver_err(e.to_string()))?
         .into_inner();
-    let spec = JobSpec::from_toml(&job.job_spec_toml)?;
-    spec.check_files()?;
+    let mut spec = JobSpec::from_toml(&job.job_spec_toml)?;
     let secrets = embedstream_proto::convert::secrets_from_pb(job.secrets);
 
     let lib = args.ort_library.clone().unwrap_or_else(model::ort_library);
-    // The workers' sockets live in a directory of a random name that only this user can enter
-    // (mode 0700), removed when the executor ends.
+    // The workers' sockets (and models fetched from HDFS) live in a directory of a random name
+    // that only this user can enter (mode 0700), removed when the executor ends.
     let private = tempfile::Builder::new()
         .prefix(&format!("embedstream-{}-", args.executor_id))
         .tempdir()
         .map_err(|e| ExecutorError::Serve(format!("the workers' socket directory: {e}")))?;
+    model::fetch_from_hdfs(&mut spec.model, private.path())?;
+    spec.check_files()?;
     let socket_dir = private.path().join("workers");
     let pool = WorkerPool::start(&args.exe, &spec.model, args.cores as usize, &lib, socket_dir).await?;
     let model_id = spec.model.model_id();

@@ -1,9 +1,11 @@
 //! Test harness: a real Apache Kafka broker on a free loopback port and Kafka helpers built on
 //! rdkafka ([`broker`]), job specs and the `embedstream` binary run as a process ([`process`]),
-//! and small helpers every test uses. Needs deploy/setup.sh's cache.
+//! Hadoop's mini cluster ([`hadoop`]) and small helpers every test uses. Needs
+//! deploy/setup.sh's cache.
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod hadoop;
 pub mod kdc;
 pub mod process;
 pub mod prometheus;

@@ -14,7 +14,16 @@ pub type Rows = BTreeMap<(i32, i64), (String, Vec<f32>)>;
 pub fn read_table(table: &Path) -> (Rows, usize) {
     let mut rows = BTreeMap::new();
     let mut count = 0;
-    for file in manifest::visible_files(table).unwrap() {
+    let copies = tempfile::tempdir().unwrap();
+    for (i, file) in manifest::visible_files(table).unwrap().into_iter().enumerate() {
+        // A table on HDFS is read through a local copy of each file.
+        let file = if embedstream_core::store::is_hdfs(&file) {
+            let copy = copies.path().join(format!("{i}.parquet"));
+            embedstream_core::store::download(&file, &copy).unwrap();
+            copy
+        } else {
+            file
+        };
         let reader =
             ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap()).unwrap().build().unwrap();
         for batch in reader {

@@ -78,6 +78,24 @@ pub struct JobSpec {
     pub security: SecuritySpec,
 }
 
+/// A directory the query writes: a local path, or `hdfs://NAMENODE[:PORT]/path`.
+pub(crate) fn check_location(key: &str, path: &Path) -> Result<(), SpecError> {
+    let text = path.to_string_lossy();
+    if crate::store::is_url(&text) {
+        if !crate::store::is_hdfs(path) {
+            return Err(SpecError::new(key, format!("`{text}`: a local directory or an hdfs:// URL")));
+        }
+        let rest = &text[crate::store::HDFS_SCHEME.len()..];
+        if rest.is_empty() || rest.starts_with('/') || !rest.contains('/') {
+            return Err(SpecError::new(
+                key,
+                format!("`{text}`: an hdfs:// URL names its NameNode: hdfs://HOST:PORT/path"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a task's default deadline allows beyond its records' share: connecting, the first fetch,
 /// the sink's acknowledgements.
 pub const TASK_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -193,6 +211,18 @@ impl JobSpec {
         }
     }
 
+    /// Where the driver keeps what is only for this machine's tools (`progress.jsonl`,
+    /// `driver.json`, `monitoring/targets.json`): the checkpoint's directory, or, when the
+    /// checkpoint is on HDFS, `embedstream-state/` in the working directory (a YARN
+    /// container's own directory).
+    pub fn local_state_dir(&self) -> PathBuf {
+        if crate::store::is_hdfs(&self.checkpoint_location) {
+            std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")).join("embedstream-state")
+        } else {
+            self.checkpoint_location.clone()
+        }
+    }
+
     /// The spec as TOML, as executors receive it.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a JobSpec always serialises")
@@ -225,6 +255,7 @@ impl JobSpec {
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             return Err(SpecError::new("name", "must be non-empty letters, digits, '.', '_' or '-'"));
         }
+        check_location("checkpoint_location", &self.checkpoint_location)?;
         if self.checkpoint_location.as_os_str().is_empty() {
             return Err(SpecError::new("checkpoint_location", "must not be empty"));
         }

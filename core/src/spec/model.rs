@@ -134,7 +134,8 @@ impl ModelSpec {
     /// The model's files exist here (run where they are loaded: the driver and the executors).
     pub(super) fn check_files(&self) -> Result<(), SpecError> {
         for (key, path) in [("model.onnx", &self.onnx), ("model.tokenizer", &self.tokenizer)] {
-            if !path.is_file() {
+            // A model on HDFS is checked where it is fetched, by the executor.
+            if !crate::store::is_hdfs(path) && !path.is_file() {
                 return Err(SpecError::new(key, format!("no such file: {}", path.display())));
             }
         }

@@ -26,7 +26,8 @@ const SECRET_SECTIONS: &[&str] = &["source.kafka", "sink.kafka", "sink.dead_lett
 pub(super) fn resolve_relative(table: &mut toml::Table, base: &Path) {
     let resolve = |value: &mut toml::Value| {
         if let toml::Value::String(s) = value {
-            if !s.is_empty() && Path::new(s.as_str()).is_relative() {
+            // `hdfs://...` is a URL, not a relative path.
+            if !s.is_empty() && !crate::store::is_url(s) && Path::new(s.as_str()).is_relative() {
                 *s = base.join(&*s).display().to_string();
             }
         }

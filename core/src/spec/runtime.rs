@@ -49,6 +49,11 @@ pub struct ExecutorsSpec {
     /// executor whose process tree (model daemon and workers included) uses more.
     #[serde(default = "default_executor_memory")]
     pub memory: MemorySize,
+    /// On YARN, memory beyond `memory` in each executor container (Spark's
+    /// `spark.executor.memoryOverhead`): YARN's check kills a container over `memory` plus
+    /// this. Default: a tenth of `memory`, at least 384m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_overhead: Option<MemorySize>,
     /// How long one task attempt may run before the driver gives up on it and runs it elsewhere
     /// (a retryable failure, `TIMED_OUT`). Default: one minute plus
     /// `model.worker_timeout_per_text` for each record of the task (see `JobSpec::task_deadline`).
@@ -66,7 +71,13 @@ fn default_executor_memory() -> MemorySize {
 
 impl Default for ExecutorsSpec {
     fn default() -> Self {
-        ExecutorsSpec { count: 1, cores: 1, memory: default_executor_memory(), task_timeout: None }
+        ExecutorsSpec {
+            count: 1,
+            cores: 1,
+            memory: default_executor_memory(),
+            memory_overhead: None,
+            task_timeout: None,
+        }
     }
 }
 
@@ -74,6 +85,15 @@ impl ExecutorsSpec {
     /// `memory` in MiB.
     pub fn memory_mb(&self) -> u64 {
         self.memory.get().0
+    }
+
+    /// A YARN executor container's memory in MiB: `memory` plus `memory_overhead`.
+    pub fn container_memory_mb(&self) -> u64 {
+        let overhead = match &self.memory_overhead {
+            Some(m) => m.get().0,
+            None => (self.memory_mb() / 10).max(384),
+        };
+        self.memory_mb() + overhead
     }
 
     pub(super) fn validate(&self) -> Result<(), SpecError> {

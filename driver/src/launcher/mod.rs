@@ -3,7 +3,7 @@
 //! A [`Launcher`] keeps a number of executors alive: [`local::LocalLauncher`] as child processes
 //! of the driver (`run --local N`), [`resource_manager::ResourceManagerLauncher`] as containers
 //! the resource manager places on node agents. A new way to get executors (YARN) is one more
-//! module here implementing [`Launcher`]. Either way an executor runs this same binary
+//! module here implementing [`Launcher`]: [`yarn::YarnLauncher`] asks YARN for containers. Either way an executor runs this same binary
 //! (`embedstream executor --driver URL ...`), fetches the job spec from the driver, loads the
 //! model and registers. The [`reconcile`] loop compares what is alive with what the query wants
 //! (`Control::target`, changed by `Scale`), marks ended executors lost, starts replacements and
@@ -11,6 +11,7 @@
 
 pub mod local;
 pub mod resource_manager;
+pub mod yarn;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use embedstream_proto::pb::ShutdownRequest;
 
 pub use local::{private_token_file, LocalLauncher};
 pub use resource_manager::ResourceManagerLauncher;
+pub use yarn::YarnLauncher;
 
 use crate::admin::Control;
 use crate::executors::ExecutorRegistry;
@@ -41,6 +43,15 @@ pub enum LaunchError {
     OverMemory { kills: u32, why: String },
     #[error("resource manager {url}: {message}")]
     ResourceManager { url: String, message: String },
+}
+
+/// Where the driver serves, as its launcher tells executors and the cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverEndpoints {
+    /// The driver's gRPC services (executors, admin).
+    pub grpc: std::net::SocketAddr,
+    /// Its /metrics (YARN's tracking URL).
+    pub metrics: std::net::SocketAddr,
 }
 
 /// An executor that ended, as its launcher saw it.

@@ -32,7 +32,7 @@ use self::targets::Targets;
 use crate::admin::{AdminService, Control};
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::executors::ExecutorRegistry;
-use crate::launcher::{self, LaunchError, Launcher, LocalLauncher};
+use crate::launcher::{self, DriverEndpoints, LaunchError, Launcher, LocalLauncher};
 use crate::metrics::DriverMetrics;
 use crate::planner::DataLoss;
 use crate::scheduler::{Scheduler, SchedulerError};
@@ -139,8 +139,8 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
     // Executors get the spec's secrets from the driver, not from the variables they came from.
     let scrub = spec.secret_env_vars();
     let calls_tls = tls.clone();
-    let launcher = move |driver: &str| -> Box<dyn Launcher> {
-        let driver_url = calls_tls.url(driver);
+    let launcher = move |driver: &DriverEndpoints| -> Box<dyn Launcher> {
+        let driver_url = calls_tls.url(&driver.grpc.to_string());
         Box::new(LocalLauncher::new(exe, &driver_url, cores, token_file).without_env(scrub).with_tls(tls_files))
     };
     let listen = spec.monitoring.driver_listen.parse().expect("validated");
@@ -157,7 +157,7 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
 pub async fn run_query(
     spec: JobSpec,
     options: DriverOptions,
-    make_launcher: impl FnOnce(&str) -> Box<dyn Launcher>,
+    make_launcher: impl FnOnce(&DriverEndpoints) -> Box<dyn Launcher>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<QuerySummary, DriverError> {
     let secrets = spec.read_secrets()?;
@@ -166,6 +166,11 @@ pub async fn run_query(
         .await
         .expect("the probe does not panic")?;
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
+    // progress.jsonl, driver.json and monitoring/: beside the logs, or on this machine when the
+    // logs are on HDFS.
+    let local_state = spec.local_state_dir();
+    std::fs::create_dir_all(&local_state)
+        .map_err(|source| crate::checkpoint::CheckpointError::Io { path: local_state.clone(), source })?;
     let source = Arc::new(KafkaSource::new(&spec, &secrets)?);
     let registry = Arc::new(ExecutorRegistry::default());
     let metrics = Arc::new(DriverMetrics::new(&spec.name));
@@ -177,7 +182,7 @@ pub async fn run_query(
     metrics.trigger_interval.set(spec.trigger.interval().as_secs_f64());
     metrics.last_batch_timestamp.set(checkpoint::now_ms() as f64 / 1000.0);
     let targets = Targets {
-        checkpoint: spec.checkpoint_location.clone(),
+        checkpoint: local_state.clone(),
         query: spec.name.clone(),
         driver: metrics_addr.to_string(),
         https: options.tls.serves_tls(),
@@ -206,7 +211,7 @@ pub async fn run_query(
         query_id: checkpoint.query_id().to_string(),
         address: addr.to_string(),
         pid: std::process::id(),
-        checkpoint: spec.checkpoint_location.clone(),
+        checkpoint: local_state.clone(),
         tls: options.tls.serves_tls(),
         token_file: options.own_token_file.clone(),
         started_ms: checkpoint::now_ms(),
@@ -224,7 +229,7 @@ pub async fn run_query(
     let admin = AdminService {
         query: spec.name.clone(),
         query_id: checkpoint.query_id().to_string(),
-        checkpoint: spec.checkpoint_location.clone(),
+        checkpoint: local_state.clone(),
         control: control.clone(),
         registry: registry.clone(),
     };
@@ -243,7 +248,8 @@ pub async fn run_query(
         "query starting"
     );
 
-    let launcher = Arc::new(tokio::sync::Mutex::new(make_launcher(&addr.to_string())));
+    let launcher =
+        Arc::new(tokio::sync::Mutex::new(make_launcher(&DriverEndpoints { grpc: addr, metrics: metrics_addr })));
     let result = async {
         launcher::start(launcher.lock().await.as_mut(), &registry, spec.executors.count, REGISTRATION_TIMEOUT).await?;
         targets.write(&registry);

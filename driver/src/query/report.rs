@@ -49,7 +49,7 @@ impl Reporter {
     pub(crate) fn new(spec: &JobSpec, query_id: &str, metrics: Arc<DriverMetrics>) -> Reporter {
         Reporter {
             metrics,
-            progress: ProgressLog::new(&spec.checkpoint_location),
+            progress: ProgressLog::new(&spec.local_state_dir()),
             query: spec.name.clone(),
             query_id: query_id.to_string(),
             source_description: source_description(spec),

@@ -20,9 +20,34 @@ pub mod workers;
 
 pub use session::{cache_dir, init_runtime, load_tokenizer, ort_library, token_lengths, Embedder, ModelError};
 
+use std::path::Path;
 use std::sync::Arc;
 
+use embedstream_core::spec::ModelSpec;
+use embedstream_core::store;
 use futures::future::BoxFuture;
+
+/// Fetches the model's files that are on HDFS (`hdfs://...`) into `dir` and points `model` at
+/// the copies: ONNX Runtime and the tokenizer read local files. Each executor fetches once, at
+/// start; the workers then share the one loaded model.
+pub fn fetch_from_hdfs(model: &mut ModelSpec, dir: &Path) -> Result<(), ModelError> {
+    // The model's id comes from its path (its directory's name) unless the spec names it: keep
+    // the one the driver derived, not the copy's.
+    model.id = Some(model.model_id());
+    for (i, path) in [&mut model.onnx, &mut model.tokenizer].into_iter().enumerate() {
+        if !store::is_hdfs(path) {
+            continue;
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("file-{i}"));
+        let local = dir.join(format!("{i}-{name}"));
+        let started = std::time::Instant::now();
+        store::download(path, &local)
+            .map_err(|e| ModelError::Onnx { path: path.clone(), message: format!("cannot fetch it from HDFS: {e}") })?;
+        tracing::info!(from = %path.display(), to = %local.display(), took = ?started.elapsed(), "model file fetched from HDFS");
+        *path = local;
+    }
+    Ok(())
+}
 
 /// What [`Embed::embed`] gives back: the vectors, one after the other, and each model batch's
 /// size.

@@ -5,11 +5,16 @@
 //!
 //! Columns: `key` (binary), `topic`, `partition`, `offset`, `kafka_timestamp` (ms, UTC), `model`,
 //! `embedding` (FixedSizeList<Float32>), and `value` (the text) when `sink.columns` asks for it.
+//!
+//! A table on HDFS (`path = "hdfs://..."`) is written the same way through
+//! [`embedstream_core::store`]: each task attempt's file is built in memory and written whole
+//! when the task commits (a task's file is a batch's share of one partition: megabytes).
 
 mod committer;
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,6 +24,7 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use embedstream_core::manifest::{self, ManifestFile};
 use embedstream_core::spec::{ParquetSinkSpec, PartitionBy};
+use embedstream_core::store;
 use futures::future::BoxFuture;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -48,7 +54,7 @@ impl ParquetSink {
         dim: usize,
     ) -> Result<ParquetSink, SinkError> {
         let table = spec.path.clone();
-        std::fs::create_dir_all(&table).map_err(|e| file_error(&table, e))?;
+        store::create_dir_all(&table, false).map_err(|e| file_error(&table, e))?;
         let with_value = spec.with_value();
         let mut fields = vec![
             Field::new("key", DataType::Binary, true),
@@ -145,8 +151,30 @@ impl crate::Sink for Arc<ParquetSink> {
 
 struct OpenFile {
     path: PathBuf,
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<Out>,
     rows: u64,
+}
+
+/// Where a task's file is written: straight to a local file, or into memory for HDFS.
+enum Out {
+    File(File),
+    Memory(Vec<u8>),
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::File(f) => f.write(buf),
+            Out::Memory(m) => m.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::File(f) => f.flush(),
+            Out::Memory(_) => Ok(()),
+        }
+    }
 }
 
 struct ParquetTaskWriter {
@@ -177,9 +205,13 @@ impl ParquetTaskWriter {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
                     let dir_path = self.sink.table.join(&dir);
-                    std::fs::create_dir_all(&dir_path).map_err(|e| file_error(&dir_path, e))?;
                     let path = dir_path.join(&self.name);
-                    let out = File::create(&path).map_err(|e| file_error(&path, e))?;
+                    let out = if store::is_hdfs(&path) {
+                        Out::Memory(Vec::new())
+                    } else {
+                        std::fs::create_dir_all(&dir_path).map_err(|e| file_error(&dir_path, e))?;
+                        Out::File(File::create(&path).map_err(|e| file_error(&path, e))?)
+                    };
                     let props = WriterProperties::builder()
                         .set_compression(Compression::ZSTD(ZstdLevel::default()))
                         .set_created_by(format!("embedstream {}", env!("CARGO_PKG_VERSION")))
@@ -199,14 +231,20 @@ impl ParquetTaskWriter {
         let mut out = TaskOutput::default();
         for (dir, file) in self.files {
             let OpenFile { path, writer, rows } = file;
-            let f = writer.into_inner().map_err(|e| file_error(&path, e))?;
-            f.sync_all().map_err(|e| file_error(&path, e))?;
-            // The file's name and any partition directory made for it must be durable too
-            // before the driver lists it in a manifest: sync each directory up to the table's.
-            let mut dir_path = path.parent();
-            while let Some(d) = dir_path.filter(|d| d.starts_with(&self.sink.table)) {
-                embedstream_core::durable::sync_dir(d).map_err(|e| file_error(d, e))?;
-                dir_path = d.parent();
+            match writer.into_inner().map_err(|e| file_error(&path, e))? {
+                // HDFS makes the file's parent directories and has the file whole at close.
+                Out::Memory(bytes) => store::write_new(&path, bytes).map_err(|e| file_error(&path, e))?,
+                Out::File(f) => {
+                    f.sync_all().map_err(|e| file_error(&path, e))?;
+                    // The file's name and any partition directory made for it must be durable
+                    // too before the driver lists it in a manifest: sync each directory up to
+                    // the table's.
+                    let mut dir_path = path.parent();
+                    while let Some(d) = dir_path.filter(|d| d.starts_with(&self.sink.table)) {
+                        embedstream_core::durable::sync_dir(d).map_err(|e| file_error(d, e))?;
+                        dir_path = d.parent();
+                    }
+                }
             }
             let rel = if dir.is_empty() { self.name.clone() } else { format!("{dir}/{}", self.name) };
             out.files.push(ManifestFile { path: rel, rows });
@@ -231,7 +269,7 @@ impl TaskWriter for ParquetTaskWriter {
         Box::pin(async move {
             for file in self.files.into_values() {
                 drop(file.writer);
-                let _ = std::fs::remove_file(&file.path);
+                let _ = store::remove_file(&file.path);
             }
         })
     }

@@ -42,7 +42,8 @@ impl ParquetSinkSpec {
     }
 
     pub(super) fn validate(&self) -> Result<(), SpecError> {
-        if !self.path.is_absolute() {
+        crate::spec::check_location("sink.path", &self.path)?;
+        if !crate::store::is_hdfs(&self.path) && !self.path.is_absolute() {
             return Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"parquet\")"));
         }
         if let Some(c) = self.columns.iter().find(|c| c.as_str() != "value") {

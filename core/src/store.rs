@@ -1,0 +1,240 @@
+//! Where the query's durable files live: a local (or mounted) file system, or HDFS.
+//!
+//! The checkpoint's logs, the Parquet sink's data files and manifests, and model files may be
+//! `hdfs://NAMENODE:PORT/path` as well as local paths. Every function here takes the path as
+//! the spec gives it and picks the file system by its scheme; callers keep one code path.
+//! HDFS is spoken from Rust by `hdfs-native` (HDFS's RPC and data-transfer protocols; no JVM,
+//! no `hdfs dfs`), with the same guarantee as [`crate::durable`] on a local disk: a file
+//! replaced by [`write_atomic`] is written under a temporary name, closed (the NameNode has
+//! then every block acknowledged by the DataNodes' pipeline) and renamed over the old one,
+//! which HDFS does atomically, so a reader sees the old file or the whole new one.
+//!
+//! The functions are blocking, as `std::fs` is: HDFS calls run on one runtime of their own
+//! (a thread), so they may be called from async code as local file calls are, and from plain
+//! threads. Clients are kept per NameNode.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::durable;
+
+/// `hdfs://` (a NameNode, or a name service that `HADOOP_CONF_DIR`'s hdfs-site.xml defines).
+pub const HDFS_SCHEME: &str = "hdfs://";
+
+/// Whether `path` is on HDFS.
+pub fn is_hdfs(path: &Path) -> bool {
+    path.to_str().is_some_and(|p| p.starts_with(HDFS_SCHEME))
+}
+
+/// Whether the string names a file by a URL (`hdfs://...`) rather than a local path.
+pub fn is_url(path: &str) -> bool {
+    path.contains("://")
+}
+
+/// An entry of a directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub name: String,
+    pub is_dir: bool,
+}
+
+/// The whole file, or `None` when there is none.
+pub fn read(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match hdfs(path)? {
+        Some((client, p)) => run(async move {
+            let reader = match client.read(&p).await {
+                Ok(r) => r,
+                Err(e) if not_found(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            Ok(Some(reader.read_range(0, reader.file_length()).await?.to_vec()))
+        }),
+        None => match std::fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Replaces `path` with `bytes` so that readers see the old file or the whole new one;
+/// `private`: readable by its owner only (0600), else the umask's mode (HDFS: 0644).
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
+    match hdfs(path)? {
+        Some((client, p)) => {
+            let bytes = bytes.to_vec();
+            run(async move {
+                let tmp = format!("{p}.tmp");
+                let mode = if private { 0o600 } else { 0o644 };
+                let options = hdfs_native::WriteOptions::default().overwrite(true).permission(mode);
+                let mut w = client.create(&tmp, options).await?;
+                w.write_bytes(bytes.into()).await?;
+                w.close().await?;
+                client.rename(&tmp, &p, true).await
+            })
+        }
+        None if private => durable::write_private(path, bytes),
+        None => durable::write_atomic(path, bytes),
+    }
+}
+
+/// Writes a new file, whole (a Parquet data file: no reader looks at it before a manifest lists
+/// it). On a local disk the file and its directory are synced.
+pub fn write_new(path: &Path, bytes: Vec<u8>) -> io::Result<()> {
+    match hdfs(path)? {
+        Some((client, p)) => run(async move {
+            let mut w = client.create(&p, hdfs_native::WriteOptions::default().overwrite(true)).await?;
+            w.write_bytes(bytes.into()).await?;
+            w.close().await
+        }),
+        None => {
+            use std::io::Write;
+            let mut f = std::fs::File::create(path)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
+        }
+    }
+}
+
+/// A directory and its missing parents; `private`: those it creates are the owner's only (0700).
+pub fn create_dir_all(dir: &Path, private: bool) -> io::Result<()> {
+    match hdfs(dir)? {
+        Some((client, p)) => run(async move { client.mkdirs(&p, if private { 0o700 } else { 0o755 }, true).await }),
+        None if private => durable::create_private_dir(dir),
+        None => std::fs::create_dir_all(dir),
+    }
+}
+
+/// The entries of `dir`, or `None` when there is no such directory.
+pub fn list(dir: &Path) -> io::Result<Option<Vec<Entry>>> {
+    match hdfs(dir)? {
+        Some((client, p)) => run(async move {
+            match client.list_status(&p, false).await {
+                Ok(statuses) => Ok(Some(
+                    statuses
+                        .into_iter()
+                        .map(|s| Entry {
+                            name: s.path.rsplit('/').next().unwrap_or_default().to_string(),
+                            is_dir: s.isdir,
+                        })
+                        .collect(),
+                )),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }),
+        None => {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let mut out = Vec::new();
+            for e in entries {
+                let e = e?;
+                let Ok(name) = e.file_name().into_string() else { continue };
+                out.push(Entry { name, is_dir: e.file_type()?.is_dir() });
+            }
+            Ok(Some(out))
+        }
+    }
+}
+
+/// Deletes a file; false when there was none.
+pub fn remove_file(path: &Path) -> io::Result<bool> {
+    match hdfs(path)? {
+        Some((client, p)) => run(async move { client.delete(&p, false).await }),
+        None => match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Copies an HDFS file (a model) to a local one, through a temporary name.
+pub fn download(from: &Path, to: &Path) -> io::Result<()> {
+    let bytes = read(from)?.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+    durable::write_atomic(to, &bytes)
+}
+
+/// The runtime HDFS calls run on: one worker thread, started on first use.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("hdfs")
+            .enable_all()
+            .build()
+            .expect("the HDFS runtime")
+    })
+}
+
+/// Runs an HDFS call to its end from any thread, async or not.
+fn run<T: Send + 'static>(
+    call: impl std::future::Future<Output = hdfs_native::Result<T>> + Send + 'static,
+) -> io::Result<T> {
+    let handle = runtime().spawn(call);
+    match futures::executor::block_on(handle) {
+        Ok(result) => result.map_err(to_io),
+        Err(e) => Err(io::Error::other(format!("the HDFS call ended: {e}"))),
+    }
+}
+
+/// A missing file, as the client says it or as the NameNode's exception does.
+fn not_found(e: &hdfs_native::HdfsError) -> bool {
+    match e {
+        hdfs_native::HdfsError::FileNotFound(_) => true,
+        hdfs_native::HdfsError::RPCError(class, _) => class.ends_with("FileNotFoundException"),
+        _ => false,
+    }
+}
+
+fn to_io(e: hdfs_native::HdfsError) -> io::Error {
+    if not_found(&e) {
+        return io::Error::new(io::ErrorKind::NotFound, e.to_string());
+    }
+    match e {
+        hdfs_native::HdfsError::IOError(e) => e,
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+/// For an `hdfs://` path, the client of its NameNode and the path within it; `None` for a local path.
+fn hdfs(path: &Path) -> io::Result<Option<(Arc<hdfs_native::Client>, String)>> {
+    let Some(url) = path.to_str().filter(|p| p.starts_with(HDFS_SCHEME)) else {
+        return Ok(None);
+    };
+    let rest = &url[HDFS_SCHEME.len()..];
+    let (authority, p) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<hdfs_native::Client>>>> = OnceLock::new();
+    let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let client = match clients.get(authority) {
+        Some(c) => c.clone(),
+        None => {
+            let mut builder = hdfs_native::ClientBuilder::new()
+                .with_url(format!("{HDFS_SCHEME}{authority}"))
+                .with_io_runtime(runtime().handle().clone());
+            // hdfs-site.xml's name services and settings, where a cluster's configuration is.
+            if let Some(dir) = std::env::var_os("HADOOP_CONF_DIR").filter(|d| !d.is_empty()) {
+                builder = builder.with_config_dir(dir.to_string_lossy().into_owned());
+            }
+            let client =
+                Arc::new(builder.build().map_err(|e| io::Error::other(format!("{HDFS_SCHEME}{authority}: {e}")))?);
+            clients.insert(authority.to_string(), client.clone());
+            client
+        }
+    };
+    let p = match p.trim_end_matches('/') {
+        "" => "/",
+        p => p,
+    };
+    Ok(Some((client, p.to_string())))
+}

@@ -1,0 +1,234 @@
+// embedstream's ApplicationMaster: YARN starts it in the application's first container; it starts
+// the Rust driver (`./embedstream yarn-driver`) beside it and relays the driver's requests to YARN.
+// The driver plans and runs the query; this class only speaks YARN's protocols, through Hadoop's
+// own client libraries (as Spark's, Flink's and Skein's masters do).
+//
+// The local channel is the driver's standard input and output, one request per line, fields
+// separated by tabs (driver/src/launcher/yarn.rs is the other end):
+//   register  HOST PORT TRACKING_URL            -> ok MAX_MEMORY_MB MAX_VCORES ATTEMPT
+//   allocate  WANTED VCORES MEMORY_MB PROGRESS RELEASE,...
+//                                               -> allocated ID NODE   (a line per container)
+//                                                  completed ID EXIT_STATUS OVER_MEMORY DIAGNOSTICS
+//                                                  end
+//   finish    SUCCEEDED|FAILED DIAGNOSTICS      -> ok
+// An answer that fails is `error MESSAGE` (then `end` for allocate). The driver's log is its
+// standard error, the container's `driver.log`.
+//
+// Executors run `./embedstream executor` in containers of their own, with the staged files
+// (the binary, the ONNX Runtime library, the model files, the application's secret) localized
+// from the staging directory. When the
+// driver exits without `finish` (it was killed), this master exits 1 without unregistering, so
+// YARN starts another attempt if attempts are left; on the last attempt it unregisters FAILED.
+// The staging directory is removed when the application has finished (SUCCEEDED or FAILED on
+// the last attempt).
+package io.embedstream.yarn;
+
+import java.io.BufferedReader;
+import java.io.File;
+import java.io.InputStreamReader;
+import java.io.OutputStreamWriter;
+import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.yarn.api.ApplicationConstants;
+import org.apache.hadoop.yarn.api.protocolrecords.AllocateResponse;
+import org.apache.hadoop.yarn.api.protocolrecords.RegisterApplicationMasterResponse;
+import org.apache.hadoop.yarn.api.records.Container;
+import org.apache.hadoop.yarn.api.records.ContainerExitStatus;
+import org.apache.hadoop.yarn.api.records.ContainerId;
+import org.apache.hadoop.yarn.api.records.ContainerLaunchContext;
+import org.apache.hadoop.yarn.api.records.ContainerStatus;
+import org.apache.hadoop.yarn.api.records.FinalApplicationStatus;
+import org.apache.hadoop.yarn.api.records.LocalResource;
+import org.apache.hadoop.yarn.api.records.Priority;
+import org.apache.hadoop.yarn.api.records.Resource;
+import org.apache.hadoop.yarn.client.api.AMRMClient;
+import org.apache.hadoop.yarn.client.api.AMRMClient.ContainerRequest;
+import org.apache.hadoop.yarn.client.api.NMClient;
+import org.apache.hadoop.yarn.conf.YarnConfiguration;
+
+public final class ApplicationMaster {
+  /** The staging directory's URI, set by the client in the master's environment. */
+  static final String STAGING_ENV = "EMBEDSTREAM_STAGING";
+  /** The attempts YARN gives the application, as the client asked (at most the cluster's). */
+  static final String MAX_ATTEMPTS_ENV = "EMBEDSTREAM_MAX_ATTEMPTS";
+  /** What executors do not get of the staging directory's files (the master's own). */
+  private static final Set<String> MASTER_ONLY = Set.of("job.toml", "embedstream-yarn.jar");
+
+  private final YarnConfiguration conf = new YarnConfiguration();
+  private final AMRMClient<ContainerRequest> rm = AMRMClient.createAMRMClient();
+  private final NMClient nm = NMClient.createNMClient();
+  private final Path staging;
+  private final boolean lastAttempt;
+  private final int attempt;
+  private final Map<String, Container> running = new LinkedHashMap<>();
+  private final Set<String> released = new HashSet<>();
+  private final List<ContainerRequest> pending = new ArrayList<>();
+  private final Priority priority = Priority.newInstance(1);
+  private Map<String, LocalResource> executorFiles;
+  private String driverUrl;
+
+  private ApplicationMaster() throws Exception {
+    staging = new Path(System.getenv(STAGING_ENV));
+    ContainerId self = ContainerId.fromString(System.getenv(ApplicationConstants.Environment.CONTAINER_ID.name()));
+    attempt = self.getApplicationAttemptId().getAttemptId();
+    int maxAttempts = Integer.parseInt(System.getenv().getOrDefault(MAX_ATTEMPTS_ENV, "1"));
+    lastAttempt = attempt >= maxAttempts;
+  }
+
+  public static void main(String[] args) {
+    int code;
+    try {
+      code = new ApplicationMaster().run();
+    } catch (Throwable t) {
+      t.printStackTrace();
+      code = 1;
+    }
+    // Hadoop's clients leave threads that are not daemons.
+    System.exit(code);
+  }
+
+  private int run() throws Exception {
+    rm.init(conf);
+    rm.start();
+    nm.init(conf);
+    nm.start();
+    FileSystem fs = staging.getFileSystem(conf);
+    executorFiles = new HashMap<>();
+    for (org.apache.hadoop.fs.FileStatus st : fs.listStatus(staging)) {
+      String name = st.getPath().getName();
+      if (!MASTER_ONLY.contains(name)) {
+        executorFiles.put(name, Client.localResource(fs, st.getPath()));
+      }
+    }
+    String host = System.getenv(ApplicationConstants.Environment.NM_HOST.name());
+    String logDir = System.getenv().getOrDefault("LOG_DIRS", ".").split(",")[0];
+    ProcessBuilder pb = new ProcessBuilder("./embedstream", "yarn-driver", "--job", "job.toml",
+        "--listen", host + ":0", "--token-file", "secret");
+    pb.environment().put("EMBEDSTREAM_ORT_LIB", new File("libonnxruntime.so").getAbsolutePath());
+    pb.redirectError(new File(logDir, "driver.log"));
+    Process driver = pb.start();
+    // YARN's SIGTERM (a kill, or the application's end) reaches this JVM: pass it on.
+    Runtime.getRuntime().addShutdownHook(new Thread(driver::destroy));
+    BufferedReader in = new BufferedReader(new InputStreamReader(driver.getInputStream(), StandardCharsets.UTF_8));
+    PrintWriter out = new PrintWriter(new OutputStreamWriter(driver.getOutputStream(), StandardCharsets.UTF_8));
+    boolean registered = false;
+    String finished = null;
+    String line;
+    while ((line = in.readLine()) != null) {
+      String[] f = line.split("\t", -1);
+      try {
+        switch (f[0]) {
+          case "register": {
+            driverUrl = "http://" + f[1] + ":" + f[2];
+            RegisterApplicationMasterResponse r = rm.registerApplicationMaster(f[1], Integer.parseInt(f[2]), f[3]);
+            registered = true;
+            out.println("ok\t" + r.getMaximumResourceCapability().getMemorySize() + "\t"
+                + r.getMaximumResourceCapability().getVirtualCores() + "\t" + attempt);
+            break;
+          }
+          case "allocate":
+            allocate(f, out);
+            break;
+          case "finish": {
+            FinalApplicationStatus status = FinalApplicationStatus.valueOf(f[1]);
+            rm.unregisterApplicationMaster(status, f.length > 2 ? f[2] : "", null);
+            finished = f[1];
+            out.println("ok");
+            break;
+          }
+          default:
+            out.println("error\tunknown request " + f[0]);
+        }
+      } catch (Exception e) {
+        out.println("error\t" + Client.oneLine(e));
+        if (f[0].equals("allocate")) {
+          out.println("end");
+        }
+      }
+      out.flush();
+    }
+    int exit = driver.waitFor();
+    if (finished == null) {
+      String why = "the driver exited with status " + exit + " before it finished (its log: driver.log)";
+      System.err.println(why);
+      if (!lastAttempt) {
+        return 1;
+      }
+      if (registered) {
+        rm.unregisterApplicationMaster(FinalApplicationStatus.FAILED, why, null);
+      }
+      finished = "FAILED";
+    }
+    fs.delete(staging, true);
+    return finished.equals("SUCCEEDED") ? 0 : 1;
+  }
+
+  private void allocate(String[] f, PrintWriter out) throws Exception {
+    int wanted = Integer.parseInt(f[1]);
+    Resource size = Resource.newInstance(Long.parseLong(f[3]), Integer.parseInt(f[2]));
+    float progress = Float.parseFloat(f[4]);
+    for (String id : f.length > 5 && !f[5].isEmpty() ? f[5].split(",") : new String[0]) {
+      Container c = running.remove(id);
+      if (c != null) {
+        released.add(id);
+        rm.releaseAssignedContainer(c.getId());
+      }
+    }
+    int alive = running.size() + pending.size();
+    for (; alive < wanted; alive++) {
+      ContainerRequest r = new ContainerRequest(size, null, null, priority);
+      rm.addContainerRequest(r);
+      pending.add(r);
+    }
+    while (alive > wanted && !pending.isEmpty()) {
+      rm.removeContainerRequest(pending.remove(pending.size() - 1));
+      alive--;
+    }
+    AllocateResponse response = rm.allocate(progress);
+    for (Container c : response.getAllocatedContainers()) {
+      if (pending.isEmpty()) {
+        rm.releaseAssignedContainer(c.getId());
+        continue;
+      }
+      rm.removeContainerRequest(pending.remove(0));
+      String id = c.getId().toString();
+      nm.startContainer(c, executorContext(c));
+      running.put(id, c);
+      out.println("allocated\t" + id + "\t" + c.getNodeId());
+    }
+    for (ContainerStatus s : response.getCompletedContainersStatuses()) {
+      String id = s.getContainerId().toString();
+      boolean ours = running.remove(id) != null;
+      if (!ours && released.remove(id)) {
+        continue;
+      }
+      int exit = s.getExitStatus();
+      boolean overMemory = exit == ContainerExitStatus.KILLED_EXCEEDED_PMEM
+          || exit == ContainerExitStatus.KILLED_EXCEEDED_VMEM;
+      out.println("completed\t" + id + "\t" + exit + "\t" + (overMemory ? 1 : 0) + "\t"
+          + Client.oneLine(s.getDiagnostics()));
+    }
+    out.println("end");
+  }
+
+  private ContainerLaunchContext executorContext(Container c) {
+    String log = ApplicationConstants.LOG_DIR_EXPANSION_VAR;
+    String command = "./embedstream executor --driver " + driverUrl + " --executor-id " + c.getId()
+        + " --cores " + c.getResource().getVirtualCores() + " --listen "
+        + ApplicationConstants.Environment.NM_HOST.$$() + ":0 --token-file secret 1>" + log + "/stdout 2>" + log
+        + "/stderr";
+    Map<String, String> env = new HashMap<>();
+    env.put("EMBEDSTREAM_ORT_LIB", ApplicationConstants.Environment.PWD.$$() + "/libonnxruntime.so");
+    return ContainerLaunchContext.newInstance(executorFiles, env, List.of(command), null, null, null);
+  }
+}

@@ -1,0 +1,221 @@
+// embedstream's YARN client, run by `embedstream submit|status|stop ... --master yarn` (src/yarn.rs)
+// with the cluster's configuration (HADOOP_CONF_DIR) on its classpath. It speaks to YARN and HDFS
+// through Hadoop's own client libraries, so that it works wherever `yarn` and `hdfs` do.
+//
+//   Client submit  NAME QUEUE AM_MEMORY_MB MAX_ATTEMPTS NAME=LOCAL_FILE...
+//       stages the files in HDFS under ~/.embedstream-staging/APP_ID (mode 0700; `secret` 0600),
+//       submits the application master, prints `APP_ID` on a line of its own.
+//   Client report  APP_ID      prints the application's report as KEY=VALUE lines.
+//   Client secret  APP_ID      prints the first line of the application's staged `secret`.
+//   Client kill    APP_ID      asks YARN to kill the application.
+//   Client cleanup APP_ID      removes the staging directory (after an application that ended
+//                              without its master cleaning up: killed, or failed to start).
+// Errors go to standard error, one line, and exit 1. The RM is given a bounded time: the
+// connection settings below unless the cluster's configuration sets them.
+package io.embedstream.yarn;
+
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+import org.apache.hadoop.fs.FileStatus;
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.fs.permission.FsPermission;
+import org.apache.hadoop.yarn.api.ApplicationConstants;
+import org.apache.hadoop.yarn.api.records.ApplicationId;
+import org.apache.hadoop.yarn.api.records.ApplicationReport;
+import org.apache.hadoop.yarn.api.records.ApplicationSubmissionContext;
+import org.apache.hadoop.yarn.api.records.ContainerLaunchContext;
+import org.apache.hadoop.yarn.api.records.LocalResource;
+import org.apache.hadoop.yarn.api.records.LocalResourceType;
+import org.apache.hadoop.yarn.api.records.LocalResourceVisibility;
+import org.apache.hadoop.yarn.api.records.Resource;
+import org.apache.hadoop.yarn.api.records.URL;
+import org.apache.hadoop.yarn.client.api.YarnClient;
+import org.apache.hadoop.yarn.client.api.YarnClientApplication;
+import org.apache.hadoop.yarn.conf.YarnConfiguration;
+
+public final class Client {
+  private Client() {}
+
+  /** The application type YARN shows (`yarn application -list -appTypes EMBEDSTREAM`). */
+  static final String APP_TYPE = "EMBEDSTREAM";
+
+  public static void main(String[] args) {
+    try {
+      if (args.length < 2) {
+        throw new IllegalArgumentException("usage: Client submit|report|secret|kill|cleanup ...");
+      }
+      YarnConfiguration conf = new YarnConfiguration();
+      // A ResourceManager that does not answer fails the command in seconds, not YARN's 15 minutes.
+      if (conf.get("yarn.resourcemanager.connect.max-wait.ms") == null
+          || conf.getLong("yarn.resourcemanager.connect.max-wait.ms", 0) == 900_000L) {
+        conf.setLong("yarn.resourcemanager.connect.max-wait.ms", Long.getLong("embedstream.rm.wait.ms", 15_000L));
+        conf.setLong("yarn.resourcemanager.connect.retry-interval.ms", 1_000L);
+      }
+      conf.setInt("ipc.client.connect.max.retries", 2);
+      conf.setInt("ipc.client.connect.max.retries.on.timeouts", 2);
+      conf.setInt("ipc.client.connect.timeout", 3_000);
+      switch (args[0]) {
+        case "submit":
+          submit(conf, args);
+          break;
+        case "report":
+          report(conf, ApplicationId.fromString(args[1]));
+          break;
+        case "secret":
+          secret(conf, ApplicationId.fromString(args[1]));
+          break;
+        case "kill":
+          withYarn(conf, yarn -> yarn.killApplication(ApplicationId.fromString(args[1])));
+          break;
+        case "cleanup":
+          FileSystem.get(conf).delete(stagingDir(conf, ApplicationId.fromString(args[1])), true);
+          break;
+        default:
+          throw new IllegalArgumentException("unknown command " + args[0]);
+      }
+      System.exit(0);
+    } catch (Throwable t) {
+      System.err.println(oneLine(t));
+      System.exit(1);
+    }
+  }
+
+  /** ~/.embedstream-staging/APP_ID in the cluster's default file system. */
+  static Path stagingDir(YarnConfiguration conf, ApplicationId app) throws java.io.IOException {
+    FileSystem fs = FileSystem.get(conf);
+    return new Path(fs.getHomeDirectory(), ".embedstream-staging/" + app);
+  }
+
+  interface YarnCall {
+    void call(YarnClient yarn) throws Exception;
+  }
+
+  static void withYarn(YarnConfiguration conf, YarnCall call) throws Exception {
+    YarnClient yarn = YarnClient.createYarnClient();
+    yarn.init(conf);
+    yarn.start();
+    try {
+      call.call(yarn);
+    } finally {
+      yarn.stop();
+    }
+  }
+
+  private static void submit(YarnConfiguration conf, String[] args) throws Exception {
+    String name = args[1];
+    String queue = args[2];
+    int amMemory = Integer.parseInt(args[3]);
+    int maxAttempts = Integer.parseInt(args[4]);
+    Map<String, String> files = new HashMap<>();
+    for (int i = 5; i < args.length; i++) {
+      int eq = args[i].indexOf('=');
+      files.put(args[i].substring(0, eq), args[i].substring(eq + 1));
+    }
+    withYarn(conf, yarn -> {
+      YarnClientApplication app = yarn.createApplication();
+      ApplicationSubmissionContext context = app.getApplicationSubmissionContext();
+      ApplicationId id = context.getApplicationId();
+      FileSystem fs = FileSystem.get(conf);
+      Path staging = stagingDir(conf, id);
+      FileSystem.mkdirs(fs, staging, new FsPermission((short) 0700));
+      Map<String, LocalResource> resources = new HashMap<>();
+      try {
+        for (Map.Entry<String, String> f : files.entrySet()) {
+          Path dst = new Path(staging, f.getKey());
+          fs.copyFromLocalFile(false, true, new Path(f.getValue()), dst);
+          if (f.getKey().equals("secret")) {
+            fs.setPermission(dst, new FsPermission((short) 0600));
+          }
+          resources.put(f.getKey(), localResource(fs, dst));
+        }
+        Map<String, String> env = new HashMap<>();
+        env.put("CLASSPATH", classpath(conf));
+        env.put(ApplicationMaster.STAGING_ENV, fs.makeQualified(staging).toString());
+        int clusterMax = conf.getInt(YarnConfiguration.RM_AM_MAX_ATTEMPTS, YarnConfiguration.DEFAULT_RM_AM_MAX_ATTEMPTS);
+        int attempts = maxAttempts > 0 ? Math.min(maxAttempts, clusterMax) : clusterMax;
+        env.put(ApplicationMaster.MAX_ATTEMPTS_ENV, String.valueOf(attempts));
+        String command = ApplicationConstants.Environment.JAVA_HOME.$$() + "/bin/java -Xmx128m "
+            + ApplicationMaster.class.getName() + " 1>" + ApplicationConstants.LOG_DIR_EXPANSION_VAR
+            + "/stdout 2>" + ApplicationConstants.LOG_DIR_EXPANSION_VAR + "/stderr";
+        ContainerLaunchContext am = ContainerLaunchContext.newInstance(resources, env, List.of(command), null, null, null);
+        context.setApplicationName(name);
+        context.setApplicationType(APP_TYPE);
+        context.setQueue(queue);
+        context.setAMContainerSpec(am);
+        context.setResource(Resource.newInstance(amMemory, 1));
+        context.setMaxAppAttempts(attempts);
+        yarn.submitApplication(context);
+      } catch (Exception e) {
+        fs.delete(staging, true);
+        throw e;
+      }
+      System.out.println(id);
+    });
+  }
+
+  static LocalResource localResource(FileSystem fs, Path path) throws java.io.IOException {
+    FileStatus st = fs.getFileStatus(path);
+    return LocalResource.newInstance(URL.fromPath(fs.makeQualified(path)), LocalResourceType.FILE,
+        LocalResourceVisibility.APPLICATION, st.getLen(), st.getModificationTime());
+  }
+
+  /** The master's classpath: its jar from the working directory, then the cluster's own. */
+  private static String classpath(YarnConfiguration conf) {
+    List<String> parts = new ArrayList<>();
+    parts.add(ApplicationConstants.Environment.PWD.$$() + "/embedstream-yarn.jar");
+    for (String c : conf.getStrings(YarnConfiguration.YARN_APPLICATION_CLASSPATH,
+        YarnConfiguration.DEFAULT_YARN_CROSS_PLATFORM_APPLICATION_CLASSPATH)) {
+      parts.add(c.trim());
+    }
+    return String.join(ApplicationConstants.CLASS_PATH_SEPARATOR, parts);
+  }
+
+  private static void report(YarnConfiguration conf, ApplicationId id) throws Exception {
+    withYarn(conf, yarn -> {
+      ApplicationReport r = yarn.getApplicationReport(id);
+      System.out.println("state=" + r.getYarnApplicationState());
+      System.out.println("final_status=" + r.getFinalApplicationStatus());
+      System.out.println("host=" + (r.getHost() == null ? "" : r.getHost()));
+      System.out.println("rpc_port=" + r.getRpcPort());
+      System.out.println("tracking_url=" + (r.getOriginalTrackingUrl() == null ? "" : r.getOriginalTrackingUrl()));
+      System.out.println("attempt=" + (r.getCurrentApplicationAttemptId() == null ? 0
+          : r.getCurrentApplicationAttemptId().getAttemptId()));
+      System.out.println("name=" + r.getName());
+      System.out.println("queue=" + r.getQueue());
+      System.out.println("diagnostics=" + oneLine(r.getDiagnostics()));
+    });
+  }
+
+  private static void secret(YarnConfiguration conf, ApplicationId id) throws Exception {
+    FileSystem fs = FileSystem.get(conf);
+    try (BufferedReader in = new BufferedReader(
+        new InputStreamReader(fs.open(new Path(stagingDir(conf, id), "secret")), StandardCharsets.UTF_8))) {
+      System.out.println(in.readLine());
+    }
+  }
+
+  static String oneLine(Object o) {
+    if (o instanceof Throwable) {
+      Throwable t = (Throwable) o;
+      StringBuilder s = new StringBuilder();
+      for (Throwable c = t; c != null; c = c.getCause()) {
+        if (s.length() > 0) {
+          s.append(": ");
+        }
+        s.append(c.getMessage() == null ? c.getClass().getSimpleName() : c.getMessage());
+        if (c.getCause() == c) {
+          break;
+        }
+      }
+      o = s;
+    }
+    return o == null ? "" : o.toString().replace('\n', ' ').replace('\r', ' ').replace('\t', ' ');
+  }
+}

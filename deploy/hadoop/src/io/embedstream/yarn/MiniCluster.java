@@ -1,0 +1,127 @@
+// Test support: Hadoop's own mini cluster (a ResourceManager, two NodeManagers that launch real
+// processes, a NameNode and a DataNode) in this one JVM, on loopback, for tests/yarn.rs.
+//
+//   java -cp "$EMBEDSTREAM_CACHE/hadoop/libs/*:embedstream-yarn.jar" io.embedstream.yarn.MiniCluster \
+//        DIR APP_CLASSPATH
+//
+// Writes DIR/conf/{core-site,yarn-site}.xml (what HADOOP_CONF_DIR points a client at), then
+// DIR/ready, and runs until its standard input closes (the test that started it ended) or it is
+// sent SIGTERM; then it stops the cluster and exits. APP_CLASSPATH becomes
+// yarn.application.classpath: what an ApplicationMaster's container gets, as on a real cluster.
+package io.embedstream.yarn;
+
+import java.io.File;
+import java.io.FileOutputStream;
+import java.io.OutputStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.StandardCopyOption;
+
+import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.hdfs.MiniDFSCluster;
+import org.apache.hadoop.yarn.conf.YarnConfiguration;
+import org.apache.hadoop.yarn.server.MiniYARNCluster;
+
+public final class MiniCluster {
+  private MiniCluster() {}
+
+  public static void main(String[] args) throws Exception {
+    if (args.length != 2) {
+      System.err.println("usage: MiniCluster DIR APP_CLASSPATH");
+      System.exit(2);
+    }
+    File dir = new File(args[0]).getAbsoluteFile();
+    File confDir = new File(dir, "conf");
+    if (!confDir.mkdirs() && !confDir.isDirectory()) {
+      throw new IllegalStateException("cannot make " + confDir);
+    }
+    YarnConfiguration conf = new YarnConfiguration();
+    conf.set("hadoop.tmp.dir", new File(dir, "tmp").getPath());
+    // Everything on loopback.
+    conf.set("dfs.namenode.rpc-bind-host", "127.0.0.1");
+    conf.set("yarn.resourcemanager.hostname", "127.0.0.1");
+    conf.set("yarn.nodemanager.hostname", "127.0.0.1");
+    // As on a real cluster, masters find the cluster's configuration on their classpath.
+    conf.set("yarn.application.classpath", confDir.getPath() + "," + args[1]);
+    // Two attempts, so a killed master is restarted (what the test of a master restart needs).
+    conf.setInt("yarn.resourcemanager.am.max-attempts", 2);
+    // Small containers, each NodeManager with room for the master and one executor or two
+    // executors, so that executors spread over both.
+    conf.setInt("yarn.scheduler.minimum-allocation-mb", 64);
+    conf.setInt("yarn.nodemanager.resource.memory-mb", 2048);
+    conf.setInt("yarn.minicluster.yarn.nodemanager.resource.memory-mb", 2048);
+    conf.setInt("yarn.nodemanager.resource.cpu-vcores", 4);
+    conf.setInt("yarn.scheduler.maximum-allocation-mb", 2048);
+    // The Capacity Scheduler with one queue, `default`, that may give all of the cluster to
+    // masters (the default, a tenth, would not start a second application's master).
+    conf.set("yarn.scheduler.capacity.root.queues", "default");
+    conf.set("yarn.scheduler.capacity.root.default.capacity", "100");
+    conf.set("yarn.scheduler.capacity.root.default.maximum-capacity", "100");
+    conf.set("yarn.scheduler.capacity.maximum-am-resource-percent", "1.0");
+    // YARN's own memory check, on physical memory only, every half second.
+    conf.setBoolean("yarn.nodemanager.pmem-check-enabled", true);
+    conf.setBoolean("yarn.nodemanager.vmem-check-enabled", false);
+    conf.setInt("yarn.nodemanager.container-monitor.interval-ms", 500);
+    // A lost NodeManager's containers are reported within seconds, not ten minutes.
+    conf.setInt("yarn.nm.liveness-monitor.expiry-interval-ms", 10_000);
+    conf.setInt("yarn.resourcemanager.nm-liveness-monitor.interval-ms", 1_000);
+    conf.setLong("yarn.nodemanager.delete.debug-delay-sec", 600);
+    // The test machine's disk may be fuller than YARN's default 90%.
+    conf.setFloat("yarn.nodemanager.disk-health-checker.max-disk-utilization-per-disk-percentage", 99.5f);
+
+    MiniDFSCluster dfs = new MiniDFSCluster.Builder(conf, new File(dir, "dfs")).numDataNodes(1).build();
+    dfs.waitActive();
+    conf.set("fs.defaultFS", dfs.getURI().toString());
+    MiniYARNCluster yarn = new MiniYARNCluster("embedstream", 2, 1, 1);
+    Runnable stop = () -> {
+      try {
+        yarn.stop();
+      } catch (RuntimeException e) {
+        System.err.println("MiniCluster: stopping YARN: " + e);
+      }
+      dfs.shutdown();
+    };
+    try {
+      yarn.init(conf);
+      yarn.start();
+      waitForNodeManagers(yarn, 2);
+      Configuration all = yarn.getConfig();
+      write(all, new File(confDir, "yarn-site.xml"));
+      Configuration core = new Configuration(false);
+      core.set("fs.defaultFS", dfs.getURI().toString());
+      write(core, new File(confDir, "core-site.xml"));
+      String ready = "{\"rm\": \"" + all.get(YarnConfiguration.RM_ADDRESS) + "\", \"hdfs\": \"" + dfs.getURI()
+          + "\", \"rm_web\": \"" + all.get(YarnConfiguration.RM_WEBAPP_ADDRESS) + "\"}\n";
+      File tmp = new File(dir, "ready.tmp");
+      Files.writeString(tmp.toPath(), ready, StandardCharsets.UTF_8);
+      Files.move(tmp.toPath(), new File(dir, "ready").toPath(), StandardCopyOption.ATOMIC_MOVE);
+      System.err.println("MiniCluster: ready " + ready.trim());
+      Runtime.getRuntime().addShutdownHook(new Thread(stop));
+      while (System.in.read() != -1) {
+        // The test holds our standard input open for as long as it wants the cluster.
+      }
+    } catch (Throwable t) {
+      t.printStackTrace();
+      stop.run();
+      Runtime.getRuntime().halt(1);
+    }
+    // HDFS leaves threads that are not daemons: exit, running the hook that stops the cluster.
+    System.exit(0);
+  }
+
+  private static void waitForNodeManagers(MiniYARNCluster yarn, int wanted) throws InterruptedException {
+    long deadline = System.currentTimeMillis() + 60_000;
+    while (yarn.getResourceManager().getRMContext().getRMNodes().size() < wanted) {
+      if (System.currentTimeMillis() > deadline) {
+        throw new IllegalStateException("the NodeManagers did not register within 60 s");
+      }
+      Thread.sleep(100);
+    }
+  }
+
+  private static void write(Configuration conf, File file) throws Exception {
+    try (OutputStream out = new FileOutputStream(file)) {
+      conf.writeXml(out);
+    }
+  }
+}

@@ -1,0 +1,313 @@
+//! `--master yarn` on Hadoop's own mini cluster (a real ResourceManager, two NodeManagers, HDFS;
+//! `tests/common/hadoop.rs`) and a real Kafka broker: the driver as the application master,
+//! executors in YARN containers, the checkpoint and the Parquet table on HDFS.
+//!
+//! The tests share one mini cluster (it takes a while to start) and run one at a time: each
+//! wants most of its two NodeManagers. The cluster stops when the test process ends.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::hadoop::{processes_with, HadoopCluster};
+use common::table::read_table;
+use common::*;
+use embedstream_core::{manifest, store};
+
+fn cluster() -> &'static HadoopCluster {
+    static CLUSTER: OnceLock<HadoopCluster> = OnceLock::new();
+    CLUSTER.get_or_init(HadoopCluster::start)
+}
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Executor containers of 1200 MiB: a NodeManager (2048 MiB) holds one beside the 512 MiB
+/// master but not two, so two executors land on both NodeManagers.
+const TWO_EXECUTORS: &str = "[executors]\ncount = 2\ncores = 1\nmemory = \"800m\"\nmemory_overhead = \"400m\"\n";
+
+/// A job whose checkpoint and Parquet table are on the mini cluster's HDFS.
+/// The topic is `name`, read in batches of at most 40 records.
+fn yarn_job(broker: &Broker, hadoop: &HadoopCluster, name: &str, trigger: &str, rest: &str) -> Job {
+    let source = format!("subscribe = [\"{name}\"]\nmax_offsets_per_trigger = 40");
+    let job = Job::new(broker, name, &source, trigger, rest).with_parquet_sink(&table(hadoop, name));
+    let text = std::fs::read_to_string(&job.path).unwrap();
+    let line = text.lines().find(|l| l.starts_with("checkpoint_location")).unwrap().to_string();
+    let checkpoint = hadoop.url(&format!("/checkpoints/{name}"));
+    std::fs::write(&job.path, text.replace(&line, &format!("checkpoint_location = \"{}\"", checkpoint.display())))
+        .unwrap();
+    job
+}
+
+fn table(hadoop: &HadoopCluster, name: &str) -> PathBuf {
+    hadoop.url(&format!("/tables/{name}"))
+}
+
+fn submit(hadoop: &HadoopCluster, job: &Job, extra: &[&str]) -> std::process::Command {
+    let mut c = hadoop.embedstream();
+    c.arg("submit").arg(&job.path).args(["--master", "yarn", "--driver-memory", "512m"]).args(extra);
+    c
+}
+
+fn app_id(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find(|l| l.starts_with("application_"))
+        .unwrap_or_else(|| panic!("no application id: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+        .to_string()
+}
+
+/// Submits without --wait: the application id, once YARN has it running.
+fn start(hadoop: &HadoopCluster, job: &Job) -> String {
+    let out = run_to_end(submit(hadoop, job, &[]), Duration::from_secs(120));
+    assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
+    app_id(&out)
+}
+
+/// Every input text exactly once in the table, each with a unit vector.
+fn assert_each_record_once(hadoop: &HadoopCluster, name: &str, inputs: &[String], app: &str) {
+    let (rows, count) = read_table(&table(hadoop, name));
+    let diagnostics = || hadoop.logs(app, "driver.log");
+    assert_eq!(count, inputs.len(), "rows through the manifests:\n{}", diagnostics());
+    let written: BTreeSet<&str> = rows.values().map(|(text, _)| text.as_str()).collect();
+    let wanted: BTreeSet<&str> = inputs.iter().map(String::as_str).collect();
+    assert_eq!(written, wanted, "the texts in the table");
+    for ((p, o), (_, vector)) in &rows {
+        assert_eq!(vector.len(), DIM);
+        let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "{p}-{o}: norm {norm}");
+    }
+}
+
+/// Waits until the table holds `n` rows through its manifests.
+fn wait_for_rows(hadoop: &HadoopCluster, name: &str, n: usize, app: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while read_table(&table(hadoop, name)).1 < n {
+        assert!(
+            Instant::now() < deadline,
+            "the table did not reach {n} rows within {timeout:?}:\n{}",
+            hadoop.logs(app, "driver.log")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn staging_dir(hadoop: &HadoopCluster, app: &str) -> PathBuf {
+    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().into()
+    });
+    hadoop.url(&format!("/user/{user}/.embedstream-staging/{app}"))
+}
+
+fn admin(hadoop: &HadoopCluster, args: &[&str], app: &str) -> Output {
+    let mut c = hadoop.embedstream();
+    c.args(args).args(["--master", "yarn", "--app", app]);
+    run_to_end(c, Duration::from_secs(60))
+}
+
+/// Item 1, 2 and 6: `submit --master yarn --wait` stages, runs the driver as the master and two
+/// executors on both NodeManagers, writes every record once to the HDFS table and exits 0 when
+/// the `available_now` query ends; the application SUCCEEDED and its staging directory is gone.
+#[test]
+fn a_query_submitted_to_yarn_embeds_every_record_into_an_hdfs_table() {
+    let _serial = one_at_a_time();
+    let hadoop = cluster();
+    let broker = Broker::start();
+    let inputs = texts(120, 1);
+    broker.create_topic("yarn-all", 4);
+    broker.produce_texts("yarn-all", 4, 0, &inputs);
+    let job = yarn_job(&broker, hadoop, "yarn-all", "available_now = true", TWO_EXECUTORS);
+
+    let out = run_to_end(submit(hadoop, &job, &["--wait", "--name", "embed-products"]), Duration::from_secs(300));
+    let app = app_id(&out);
+    assert!(
+        out.status.success(),
+        "submit --wait: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        hadoop.logs(&app, "driver.log")
+    );
+    assert_each_record_once(hadoop, "yarn-all", &inputs, &app);
+
+    let report = hadoop.report(&app);
+    assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
+    assert_eq!(report["name"], "embed-products");
+    // The master is the application's first container; the executors are on both NodeManagers.
+    let executors: BTreeSet<String> =
+        hadoop.containers_of(&app).into_iter().filter(|(_, c)| !c.ends_with("_000001")).map(|(nm, _)| nm).collect();
+    assert_eq!(executors.len(), 2, "executor containers by NodeManager: {:?}", hadoop.containers_of(&app));
+    assert_eq!(store::list(&staging_dir(hadoop, &app)).unwrap(), None, "the staging directory is removed");
+}
+
+/// Item 2 and 5: an executor container's process killed mid-query is reported by YARN and
+/// replaced; every record lands once. `scale` down and up changes the containers; `stop` ends
+/// the application SUCCEEDED.
+#[test]
+fn an_executor_killed_on_yarn_is_replaced_and_scale_and_stop_work() {
+    let _serial = one_at_a_time();
+    let hadoop = cluster();
+    let broker = Broker::start();
+    broker.create_topic("yarn-kill", 2);
+    let first = texts(60, 2);
+    broker.produce_texts("yarn-kill", 2, 0, &first);
+    let job = yarn_job(&broker, hadoop, "yarn-kill", "interval = \"500ms\"", TWO_EXECUTORS);
+    let app = start(hadoop, &job);
+    wait_for_rows(hadoop, "yarn-kill", first.len(), &app, Duration::from_secs(180));
+
+    let victims = processes_with(&["embedstream", " executor ", &app.replace("application_", "container_")]);
+    assert!(!victims.is_empty(), "no executor process of {app}");
+    let (pid, _) = victims[0].clone();
+    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    let second = texts(60, 3);
+    broker.produce_texts("yarn-kill", 2, first.len(), &second);
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    wait_for_rows(hadoop, "yarn-kill", all.len(), &app, Duration::from_secs(180));
+    let log = hadoop.logs(&app, "driver.log");
+    assert!(log.contains("YARN container exit status"), "the driver logged YARN's report of the kill:\n{log}");
+
+    // Scale down to one executor, then up to two: the driver drains one, then YARN starts one.
+    let out = admin(hadoop, &["scale", "--executors", "1"], &app);
+    assert!(out.status.success(), "scale: {}", String::from_utf8_lossy(&out.stderr));
+    let executors_of = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = admin(hadoop, &["status"], &app);
+            let text = String::from_utf8_lossy(&status.stdout).into_owned();
+            let live = text.lines().filter(|l| l.contains("container_") && !l.contains("lost")).count();
+            if live == n {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "not {n} executors within 120 s:\n{text}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    executors_of(1);
+    let out = admin(hadoop, &["scale", "--executors", "2"], &app);
+    assert!(out.status.success(), "scale: {}", String::from_utf8_lossy(&out.stderr));
+    executors_of(2);
+
+    let third = texts(30, 4);
+    broker.produce_texts("yarn-kill", 2, all.len(), &third);
+    let all: Vec<String> = all.into_iter().chain(third).collect();
+    wait_for_rows(hadoop, "yarn-kill", all.len(), &app, Duration::from_secs(180));
+
+    let out = admin(hadoop, &["stop"], &app);
+    assert!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
+    let report = hadoop.wait_for_end(&app, Duration::from_secs(120));
+    assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
+    assert_each_record_once(hadoop, "yarn-kill", &all, &app);
+    assert_eq!(store::list(&staging_dir(hadoop, &app)).unwrap(), None, "the staging directory is removed");
+}
+
+/// Item 3: the master's driver killed; YARN starts a second attempt, which resumes from the
+/// HDFS checkpoint: no batch lost or written twice.
+#[test]
+fn a_killed_master_is_restarted_by_yarn_and_resumes_from_the_hdfs_checkpoint() {
+    let _serial = one_at_a_time();
+    let hadoop = cluster();
+    let broker = Broker::start();
+    broker.create_topic("yarn-am", 2);
+    let first = texts(40, 5);
+    broker.produce_texts("yarn-am", 2, 0, &first);
+    let job =
+        yarn_job(&broker, hadoop, "yarn-am", "interval = \"500ms\"", "[executors]\ncount = 1\nmemory = \"800m\"\n");
+    let app = start(hadoop, &job);
+    wait_for_rows(hadoop, "yarn-am", first.len(), &app, Duration::from_secs(180));
+
+    let drivers = processes_with(&["embedstream", "yarn-driver", "--job"]);
+    assert_eq!(drivers.len(), 1, "one driver running: {drivers:?}");
+    std::process::Command::new("kill").args(["-KILL", &drivers[0].0.to_string()]).status().unwrap();
+    let second = texts(40, 6);
+    broker.produce_texts("yarn-am", 2, first.len(), &second);
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    wait_for_rows(hadoop, "yarn-am", all.len(), &app, Duration::from_secs(240));
+    assert_eq!(hadoop.report(&app)["attempt"], "2", "YARN's second attempt runs the query");
+
+    let out = admin(hadoop, &["stop"], &app);
+    assert!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
+    let report = hadoop.wait_for_end(&app, Duration::from_secs(120));
+    assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
+    assert_each_record_once(hadoop, "yarn-am", &all, &app);
+    let batches = manifest::visible_files(&table(hadoop, "yarn-am")).unwrap();
+    assert!(!batches.is_empty());
+}
+
+/// Item 2: executors over their container's memory are killed by YARN's own check; the driver
+/// logs YARN's reason and asks for replacements, and gives up saying to raise the memory.
+#[test]
+fn executors_over_their_container_memory_are_killed_by_yarn_and_replaced() {
+    let _serial = one_at_a_time();
+    let hadoop = cluster();
+    let broker = Broker::start();
+    broker.create_topic("yarn-mem", 1);
+    broker.produce_texts("yarn-mem", 1, 0, &texts(20, 7));
+    // 64 MiB in all: less than the model daemon alone.
+    let small = "[executors]\ncount = 1\nmemory = \"32m\"\nmemory_overhead = \"32m\"\n";
+    let job = yarn_job(&broker, hadoop, "yarn-mem", "available_now = true", small);
+    let out = run_to_end(submit(hadoop, &job, &["--wait"]), Duration::from_secs(300));
+    let app = app_id(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the query cannot run in 64 MiB executors");
+    let log = hadoop.logs(&app, "driver.log");
+    assert!(log.contains("physical memory"), "the driver logged YARN's reason:\n{log}");
+    assert!(stderr.contains("physical memory") || stderr.contains("executors.memory"), "{stderr}");
+    assert_eq!(hadoop.report(&app)["final_status"], "FAILED");
+}
+
+/// Item 6: a bad spec is refused before anything is submitted, naming the key; a local
+/// checkpoint is refused for YARN; an unreachable ResourceManager fails in bounded time.
+#[test]
+fn bad_specs_and_an_unreachable_resource_manager_are_refused_clearly() {
+    let broker = Broker::client_of("127.0.0.1:9");
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job::new(&broker, "yarn-bad", "", "available_now = true", "");
+    // A typo'd key: refused naming it, before any cluster is looked for.
+    let text = std::fs::read_to_string(&job.path).unwrap().replace("batch_size = 16", "batch_sise = 16");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    let mut c = embedstream();
+    c.env("HADOOP_CONF_DIR", dir.path().join("nowhere")).args(["submit"]).arg(&bad).args(["--master", "yarn"]);
+    let out = run_to_end(c, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("model.batch_sise"), "{stderr}");
+
+    // A checkpoint on this machine's disk cannot be reached from the cluster's nodes.
+    let mut c = embedstream();
+    c.env("HADOOP_CONF_DIR", dir.path()).args(["submit"]).arg(&job.path).args(["--master", "yarn"]);
+    let out = run_to_end(c, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("checkpoint_location: on YARN it must be an hdfs://"), "{stderr}");
+
+    // A ResourceManager that nothing listens on: a one-line error naming it, in bounded time.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let site = |props: &[(&str, String)]| {
+        let p: String =
+            props.iter().map(|(k, v)| format!("<property><name>{k}</name><value>{v}</value></property>")).collect();
+        format!("<?xml version=\"1.0\"?><configuration>{p}</configuration>")
+    };
+    std::fs::write(conf.join("yarn-site.xml"), site(&[("yarn.resourcemanager.address", format!("127.0.0.1:{port}"))]))
+        .unwrap();
+    std::fs::write(conf.join("core-site.xml"), site(&[("fs.defaultFS", format!("hdfs://127.0.0.1:{port}"))])).unwrap();
+    let hdfs_job = dir.path().join("hdfs.toml");
+    let text = std::fs::read_to_string(&job.path).unwrap();
+    let line = text.lines().find(|l| l.starts_with("checkpoint_location")).unwrap().to_string();
+    std::fs::write(&hdfs_job, text.replace(&line, &format!("checkpoint_location = \"hdfs://127.0.0.1:{port}/cp\"")))
+        .unwrap();
+    let mut c = embedstream();
+    c.env("HADOOP_CONF_DIR", &conf).args(["submit"]).arg(&hdfs_job).args(["--master", "yarn"]);
+    let started = Instant::now();
+    let out = run_to_end(c, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("YARN:") && stderr.contains(&port.to_string()), "names the ResourceManager: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    eprintln!("an unreachable ResourceManager failed the submit in {:?}", started.elapsed());
+}

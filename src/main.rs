@@ -56,9 +56,13 @@ struct Cli {
 /// How admin commands find the query's driver.
 #[derive(clap::Args)]
 struct AdminTarget {
-    /// The cluster's resource manager, rm://HOST:PORT (with the application id).
+    /// The cluster: its resource manager, rm://HOST:PORT, or `yarn` (HADOOP_CONF_DIR's), with
+    /// the application id.
     #[arg(long, env = "EMBEDSTREAM_MASTER")]
     master: Option<String>,
+    /// The application, with --master (the same as giving it as the first argument).
+    #[arg(long = "app", value_name = "APP")]
+    app_flag: Option<String>,
     /// The driver's address, HOST:PORT (a local run logs it as `driver=`).
     #[arg(long)]
     driver: Option<String>,
@@ -74,6 +78,7 @@ impl AdminTarget {
     /// Which driver, and how to call it. `app` may also be a local query's job spec or
     /// checkpoint, whose `driver.json` says where its driver is.
     async fn split(self, app: Option<String>) -> Result<(client::Target, Caller)> {
+        let app = app.or(self.app_flag.clone());
         if self.master.as_deref() == Some("yarn") {
             let app = app.context("--master yarn: name the application (APPLICATION_ID, or --app)")?;
             let (driver, token) = yarn::YarnClient::from_env()?.driver(&app).await?;
@@ -141,11 +146,8 @@ enum Command {
     Progress {
         /// The job spec (TOML) of the query, or with --master its application (as the other
         /// admin commands take it).
-        #[arg(required_unless_present_any = ["master", "driver", "app"])]
+        #[arg(required_unless_present_any = ["master", "driver", "app_flag"])]
         job: Option<PathBuf>,
-        /// The application, with --master (the same as giving it in place of the job spec).
-        #[arg(long)]
-        app: Option<String>,
         #[command(flatten)]
         target: AdminTarget,
         /// Keep printing batches as they are committed, until Ctrl-C.
@@ -395,7 +397,8 @@ async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run { job, local, conf } => run(job, local, &conf).await,
         Command::Validate { job, conf, json, check_broker } => validate(&job, &conf, json, check_broker).await,
-        Command::Progress { job, app, target, follow, json, last } => {
+        Command::Progress { job, target, follow, json, last } => {
+            let app = target.app_flag.clone();
             // With --master, the positional names the application, as for status, stop, ...
             let (job, app) = match (job, app, target.master.is_some()) {
                 (Some(job), None, true) if !job.exists() => (None, Some(job.display().to_string())),

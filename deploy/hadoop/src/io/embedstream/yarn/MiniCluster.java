@@ -59,9 +59,16 @@ public final class MiniCluster {
     conf.set("yarn.scheduler.capacity.root.default.maximum-capacity", "100");
     conf.set("yarn.scheduler.capacity.maximum-am-resource-percent", "1.0");
     // YARN's own memory check, on physical memory only, every half second.
+    // (The mini cluster turns the monitor off unless told that the test controls it.)
+    conf.setBoolean("yarn.minicluster.control-resource-monitoring", true);
+    conf.setBoolean("yarn.nodemanager.container-monitor.enabled", true);
     conf.setBoolean("yarn.nodemanager.pmem-check-enabled", true);
     conf.setBoolean("yarn.nodemanager.vmem-check-enabled", false);
+    // Without cgroups, `memory.enforced` (true by default) leaves the kill to a cgroup's OOM
+    // killer that is not there; false makes the NodeManager's polling check kill.
+    conf.setBoolean("yarn.nodemanager.resource.memory.enforced", false);
     conf.setInt("yarn.nodemanager.container-monitor.interval-ms", 500);
+    conf.setInt("yarn.nodemanager.resource-monitor.interval-ms", 500);
     // A lost NodeManager's containers are reported within seconds, not ten minutes.
     conf.setInt("yarn.nm.liveness-monitor.expiry-interval-ms", 10_000);
     conf.setInt("yarn.resourcemanager.nm-liveness-monitor.interval-ms", 1_000);

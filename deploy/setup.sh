@@ -86,52 +86,34 @@ fetch_wheel() { # requirement sha256 [pip options...]
   rm -f "$reqs"
 }
 
-# Apache Kafka: Maven resolves the jars (checking Maven Central's checksums as it downloads), then
-# each one is checked against the sha256 pinned in deploy/kafka/jars.sha256, and no other jar may
-# be there. Installed, it is checked again on every run (a second or so).
-kafka_ok() {
-  [ -d "$CACHE/kafka/libs" ] && cmp -s "$HERE/kafka/jars.sha256" "$CACHE/kafka/jars.sha256" \
-    && (cd "$CACHE/kafka/libs" && sha256sum -c --quiet --status "$HERE/kafka/jars.sha256") \
-    && [ "$(find "$CACHE/kafka/libs" -name '*.jar' | wc -l)" -eq "$(wc -l <"$HERE/kafka/jars.sha256")" ]
+# Jars from Maven Central (Apache Kafka, Apache Hadoop): Maven resolves deploy/NAME/pom.xml's
+# dependencies (checking Maven Central's checksums as it downloads) into $CACHE/NAME/libs, then
+# each jar is checked against the sha256 pinned in deploy/NAME/jars.sha256, and no other jar may
+# be there. Installed, they are checked again on every run (a second or so).
+jars_ok() { # NAME
+  [ -d "$CACHE/$1/libs" ] && cmp -s "$HERE/$1/jars.sha256" "$CACHE/$1/jars.sha256" \
+    && (cd "$CACHE/$1/libs" && sha256sum -c --quiet --status "$HERE/$1/jars.sha256") \
+    && [ "$(find "$CACHE/$1/libs" -name '*.jar' | wc -l)" -eq "$(wc -l <"$HERE/$1/jars.sha256")" ]
 }
-if ! kafka_ok; then
-  say "installing Apache Kafka $KAFKA_VERSION from Maven Central (about a minute, once)"
-  rm -rf "$CACHE/kafka.tmp"
-  mvn -B -q --strict-checksums -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$CACHE/kafka.tmp/libs"
-  if ! (cd "$CACHE/kafka.tmp/libs" && sha256sum -c --quiet "$HERE/kafka/jars.sha256") \
-    || [ "$(find "$CACHE/kafka.tmp/libs" -name '*.jar' | wc -l)" -ne "$(wc -l <"$HERE/kafka/jars.sha256")" ]; then
-    echo "setup: the Kafka jars in $CACHE/kafka.tmp/libs differ from deploy/kafka/jars.sha256" >&2
+install_jars() { # NAME WHAT
+  jars_ok "$1" && return
+  say "installing $2 from Maven Central (about a minute, once)"
+  rm -rf "$CACHE/$1.tmp"
+  mvn -B -q --strict-checksums -f "$HERE/$1/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$CACHE/$1.tmp/libs"
+  if ! (cd "$CACHE/$1.tmp/libs" && sha256sum -c --quiet "$HERE/$1/jars.sha256") \
+    || [ "$(find "$CACHE/$1.tmp/libs" -name '*.jar' | wc -l)" -ne "$(wc -l <"$HERE/$1/jars.sha256")" ]; then
+    echo "setup: the jars in $CACHE/$1.tmp/libs differ from deploy/$1/jars.sha256" >&2
     echo "setup: after a deliberate version change, write the list again with:" >&2
-    echo "setup:   (cd $CACHE/kafka.tmp/libs && sha256sum *.jar) >deploy/kafka/jars.sha256" >&2
+    echo "setup:   (cd $CACHE/$1.tmp/libs && sha256sum *.jar) >deploy/$1/jars.sha256" >&2
     exit 1
   fi
-  cp "$HERE/kafka/jars.sha256" "$CACHE/kafka.tmp/"
-  rm -rf "$CACHE/kafka" && mv "$CACHE/kafka.tmp" "$CACHE/kafka"
-fi
-
-# Apache Hadoop: the same for its jars (deploy/hadoop/pom.xml, deploy/hadoop/jars.sha256).
+  cp "$HERE/$1/jars.sha256" "$CACHE/$1.tmp/"
+  rm -rf "${CACHE:?}/$1" && mv "$CACHE/$1.tmp" "$CACHE/$1"
+}
 HADOOP_VERSION=$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' "$HERE/hadoop/pom.xml")
-hadoop_ok() {
-  [ -d "$CACHE/hadoop/libs" ] && cmp -s "$HERE/hadoop/jars.sha256" "$CACHE/hadoop/jars.sha256" \
-    && (cd "$CACHE/hadoop/libs" && sha256sum -c --quiet --status "$HERE/hadoop/jars.sha256") \
-    && [ "$(find "$CACHE/hadoop/libs" -name '*.jar' | wc -l)" -eq "$(wc -l <"$HERE/hadoop/jars.sha256")" ]
-}
-if ! hadoop_ok; then
-  say "installing Apache Hadoop $HADOOP_VERSION's client and mini cluster from Maven Central (about a minute, once)"
-  rm -rf "$CACHE/hadoop.tmp"
-  mvn -B -q --strict-checksums -f "$HERE/hadoop/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$CACHE/hadoop.tmp/libs"
-  if ! (cd "$CACHE/hadoop.tmp/libs" && sha256sum -c --quiet "$HERE/hadoop/jars.sha256") \
-    || [ "$(find "$CACHE/hadoop.tmp/libs" -name '*.jar' | wc -l)" -ne "$(wc -l <"$HERE/hadoop/jars.sha256")" ]; then
-    echo "setup: the Hadoop jars in $CACHE/hadoop.tmp/libs differ from deploy/hadoop/jars.sha256" >&2
-    echo "setup: after a deliberate version change, write the list again with:" >&2
-    echo "setup:   (cd $CACHE/hadoop.tmp/libs && sha256sum *.jar) >deploy/hadoop/jars.sha256" >&2
-    exit 1
-  fi
-  cp "$HERE/hadoop/jars.sha256" "$CACHE/hadoop.tmp/"
-  rm -rf "$CACHE/hadoop" && mv "$CACHE/hadoop.tmp" "$CACHE/hadoop"
-fi
+install_jars kafka "Apache Kafka $KAFKA_VERSION"
+install_jars hadoop "Apache Hadoop $HADOOP_VERSION's client and mini cluster"
 # embedstream-yarn.jar, compiled against the client jars whenever its sources change (a second).
 YARN_SRC_SHA=$(cat "$HERE/hadoop/log4j.properties" "$HERE"/hadoop/src/io/embedstream/yarn/*.java | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$CACHE/hadoop/embedstream-yarn.src.sha256" 2>/dev/null)" != "$YARN_SRC_SHA" ]; then

@@ -25,7 +25,8 @@ use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// Where a command sends its calls: `rm://HOST:PORT` (a cluster) or `local[N]` (this machine).
+/// Where a command sends its calls: `rm://HOST:PORT` (a cluster), `yarn` (Hadoop YARN) or
+/// `local[N]` (this machine).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Master {
     Rm(String),
@@ -501,6 +502,7 @@ mod tests {
         assert_eq!(parse_master("rm://10.0.0.1:8030"), Ok(Master::Rm("10.0.0.1:8030".into())));
         assert_eq!(parse_master("local[3]"), Ok(Master::Local(3)));
         assert!(parse_master("local[0]").is_err());
-        assert!(parse_master("yarn").unwrap_err().contains("neither"));
+        assert_eq!(parse_master("yarn"), Ok(Master::Yarn));
+        assert!(parse_master("yarn-cluster").unwrap_err().contains("none of rm://HOST:PORT, yarn and local[N]"));
     }
 }

@@ -157,8 +157,13 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     if let SinkKind::Parquet(p) = &spec.sink.kind {
         on_hdfs("sink.path", &p.path)?;
     }
-    if !spec.secret_env_vars().is_empty() {
-        bail!("on YARN the Kafka secrets are not staged yet: the spec's secrets come from the environment, which containers do not have");
+    // A secret is read where the driver runs: from a file or a variable of this machine, which
+    // the cluster's containers do not have. Passing them through YARN's credentials is not done yet.
+    if spec.read_secrets()?.iter().next().is_some() {
+        bail!(
+            "on YARN the spec's Kafka secrets ({{ file = ... }} and {{ env = ... }}) are not passed to the containers yet; \
+             use a broker that the cluster reaches without a password, or the standalone manager"
+        );
     }
     let yarn = YarnClient::from_env()?;
     let staged = tempfile::Builder::new().prefix("embedstream-submit-").tempdir()?;

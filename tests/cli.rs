@@ -248,9 +248,11 @@ fn help_explains_and_version_names_the_build() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
     let submit = stdout_of(&["submit", "--help"]);
-    for needle in
-        ["The job spec (TOML)", "rm://HOST:PORT (a cluster's resource manager) or local[N]", "Follow the application"]
-    {
+    for needle in [
+        "The job spec (TOML)",
+        "rm://HOST:PORT (a cluster's resource manager), yarn (Hadoop YARN)",
+        "Follow the application",
+    ] {
         assert!(submit.contains(needle), "{needle}: {submit}");
     }
     assert!(submit.trim_end().ends_with("embedstream submit job.toml --master 'local[2]'"), "{submit}");

@@ -99,6 +99,19 @@ fn wait_for_rows(hadoop: &HadoopCluster, name: &str, n: usize, app: &str, timeou
     }
 }
 
+/// A continuous query on YARN over `n` records in a new 2-partition topic `name`, once they are
+/// all in its table: the broker, the texts and the application.
+fn running(hadoop: &HadoopCluster, name: &str, n: usize, executors: &str) -> (Broker, Vec<String>, String) {
+    let broker = Broker::start();
+    broker.create_topic(name, 2);
+    let first = texts(n, name.len());
+    broker.produce_texts(name, 2, 0, &first);
+    let job = yarn_job(&broker, hadoop, name, "processing_time = \"500ms\"", executors);
+    let app = start(hadoop, &job);
+    wait_for_rows(hadoop, name, first.len(), &app, Duration::from_secs(180));
+    (broker, first, app)
+}
+
 fn staging_dir(hadoop: &HadoopCluster, app: &str) -> PathBuf {
     let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
         String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().into()
@@ -152,13 +165,7 @@ fn a_query_submitted_to_yarn_embeds_every_record_into_an_hdfs_table() {
 fn an_executor_killed_on_yarn_is_replaced_and_scale_and_stop_work() {
     let _serial = one_at_a_time();
     let hadoop = cluster();
-    let broker = Broker::start();
-    broker.create_topic("yarn-kill", 2);
-    let first = texts(60, 2);
-    broker.produce_texts("yarn-kill", 2, 0, &first);
-    let job = yarn_job(&broker, hadoop, "yarn-kill", "processing_time = \"500ms\"", TWO_EXECUTORS);
-    let app = start(hadoop, &job);
-    wait_for_rows(hadoop, "yarn-kill", first.len(), &app, Duration::from_secs(180));
+    let (broker, first, app) = running(hadoop, "yarn-kill", 60, TWO_EXECUTORS);
 
     let victims = processes_with(&["embedstream", " executor ", &app.replace("application_", "container_")]);
     assert!(!victims.is_empty(), "no executor process of {app}");
@@ -205,25 +212,13 @@ fn an_executor_killed_on_yarn_is_replaced_and_scale_and_stop_work() {
     assert_eq!(store::list(&staging_dir(hadoop, &app)).unwrap(), None, "the staging directory is removed");
 }
 
-/// Item 3: the master's driver killed; YARN starts a second attempt, which resumes from the
-/// HDFS checkpoint: no batch lost or written twice.
+/// Item 3 and 5: the master's driver killed; YARN starts a second attempt, which resumes from
+/// the HDFS checkpoint: no batch lost or written twice. Hadoop's own kill then ends it.
 #[test]
 fn a_killed_master_is_restarted_by_yarn_and_resumes_from_the_hdfs_checkpoint() {
     let _serial = one_at_a_time();
     let hadoop = cluster();
-    let broker = Broker::start();
-    broker.create_topic("yarn-am", 2);
-    let first = texts(40, 5);
-    broker.produce_texts("yarn-am", 2, 0, &first);
-    let job = yarn_job(
-        &broker,
-        hadoop,
-        "yarn-am",
-        "processing_time = \"500ms\"",
-        "[executors]\ncount = 1\nmemory = \"800m\"\n",
-    );
-    let app = start(hadoop, &job);
-    wait_for_rows(hadoop, "yarn-am", first.len(), &app, Duration::from_secs(180));
+    let (broker, first, app) = running(hadoop, "yarn-am", 40, "[executors]\ncount = 1\nmemory = \"800m\"\n");
 
     let drivers = processes_with(&["embedstream", "yarn-driver", "--job"]);
     assert_eq!(drivers.len(), 1, "one driver running: {drivers:?}");
@@ -233,13 +228,22 @@ fn a_killed_master_is_restarted_by_yarn_and_resumes_from_the_hdfs_checkpoint() {
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
     wait_for_rows(hadoop, "yarn-am", all.len(), &app, Duration::from_secs(240));
     assert_eq!(hadoop.report(&app)["attempt"], "2", "YARN's second attempt runs the query");
-
-    let out = admin(hadoop, &["stop"], &app);
-    assert!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
-    let report = hadoop.wait_for_end(&app, Duration::from_secs(120));
-    assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
     assert_each_record_once(hadoop, "yarn-am", &all, &app);
-    assert_eq!(store::list(&staging_dir(hadoop, &app)).unwrap(), None, "the staging directory is removed");
+
+    // Hadoop's own kill (`yarn application -kill`): KILLED, and its processes are gone.
+    hadoop.kill(&app);
+    let report = hadoop.wait_for_end(&app, Duration::from_secs(120));
+    assert_eq!(report["state"], "KILLED", "{report:?}");
+    let containers = app.replace("application_", "container_");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !processes_with(&["embedstream", &containers]).is_empty() || !processes_with(&["yarn-driver"]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes of {app} left: {:?}",
+            processes_with(&["embedstream", &containers])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Item 2: executors over their container's memory are killed by YARN's own check; the driver

@@ -102,21 +102,32 @@ impl HadoopCluster {
         PathBuf::from(format!("{}/{}", self.hdfs, path.trim_start_matches('/')))
     }
 
-    /// YARN's report of `app` (state, final_status, attempt, diagnostics, ...), from Hadoop's
-    /// own client as `yarn application -status` would give it.
-    pub fn report(&self, app: &str) -> HashMap<String, String> {
+    /// Hadoop's own YARN client (`deploy/hadoop/src/.../Client.java`) on this cluster.
+    fn client(&self, args: &[&str]) -> String {
         let out = Command::new("java")
             .arg("-cp")
             .arg(format!("{}:{}:{}/*", self.conf_dir.display(), yarn_jar().display(), hadoop_libs().display()))
-            .args(["io.embedstream.yarn.Client", "report", app])
+            .arg("io.embedstream.yarn.Client")
+            .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "report {app}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// YARN's report of `app` (state, final_status, attempt, diagnostics, ...): what
+    /// `yarn application -status` prints, from the same `YarnClient` call.
+    pub fn report(&self, app: &str) -> HashMap<String, String> {
+        self.client(&["report", app])
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// What `yarn application -kill` does: `YarnClient.killApplication`.
+    pub fn kill(&self, app: &str) {
+        self.client(&["kill", app]);
     }
 
     /// Waits until YARN says `app` has ended; its report then.

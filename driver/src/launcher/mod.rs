@@ -83,7 +83,8 @@ fn failure_budget(target: u32) -> u32 {
 }
 
 /// Starts the executors the query wants and waits until `target` have registered, failing early
-/// when one ends before it registered (a bad model fails them all the same way).
+/// when one ends before it registered (a bad model fails them all the same way), except one
+/// killed over its memory: that one is replaced, up to the failure budget.
 pub async fn start(
     launcher: &mut dyn Launcher,
     registry: &ExecutorRegistry,
@@ -92,9 +93,18 @@ pub async fn start(
 ) -> Result<(), LaunchError> {
     let mut registered = registry.subscribe();
     let started = Instant::now();
+    let mut memory_kills = 0;
     loop {
         for e in launcher.reconcile(target, &[]).await? {
-            if !registry.knows(&e.id) {
+            if e.over_memory {
+                // Killed over its memory while it loaded the model: replaced as after it
+                // registered, until the budget says the size will never do.
+                memory_kills += 1;
+                tracing::warn!(executor = %e.id, why = %e.why, memory_kills, "executor killed over its memory; starting a replacement");
+                if memory_kills > failure_budget(target) {
+                    return Err(LaunchError::OverMemory { kills: memory_kills, why: e.why });
+                }
+            } else if !registry.knows(&e.id) {
                 return Err(LaunchError::ExitedEarly { id: e.id, why: e.why });
             }
             registry.mark_lost(&e.id);

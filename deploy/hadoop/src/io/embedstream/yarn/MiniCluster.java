@@ -6,7 +6,7 @@
 //
 // Writes DIR/conf/{core-site,yarn-site}.xml (what HADOOP_CONF_DIR points a client at), then
 // DIR/ready, and runs until its standard input closes (the test that started it ended) or it is
-// sent SIGTERM; then it stops the cluster and exits. APP_CLASSPATH becomes
+// sent SIGTERM; then it stops the cluster, deletes DIR and exits. APP_CLASSPATH becomes
 // yarn.application.classpath: what an ApplicationMaster's container gets, as on a real cluster.
 package io.embedstream.yarn;
 
@@ -72,7 +72,9 @@ public final class MiniCluster {
     // A lost NodeManager's containers are reported within seconds, not ten minutes.
     conf.setInt("yarn.nm.liveness-monitor.expiry-interval-ms", 10_000);
     conf.setInt("yarn.resourcemanager.nm-liveness-monitor.interval-ms", 1_000);
-    conf.setLong("yarn.nodemanager.delete.debug-delay-sec", 600);
+    // An application's localized files (the staged binary, hundreds of MB in a debug build)
+    // go when it ends; its container logs stay (yarn.nodemanager.log.retain-seconds).
+    conf.setLong("yarn.nodemanager.delete.debug-delay-sec", 0);
     // The test machine's disk may be fuller than YARN's default 90%.
     conf.setFloat("yarn.nodemanager.disk-health-checker.max-disk-utilization-per-disk-percentage", 99.5f);
 
@@ -87,6 +89,8 @@ public final class MiniCluster {
         System.err.println("MiniCluster: stopping YARN: " + e);
       }
       dfs.shutdown();
+      // The directory is the test's: it holds HDFS's blocks and the NodeManagers' files.
+      org.apache.hadoop.fs.FileUtil.fullyDelete(dir);
     };
     try {
       yarn.init(conf);

@@ -157,14 +157,6 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     if let SinkKind::Parquet(p) = &spec.sink.kind {
         on_hdfs("sink.path", &p.path)?;
     }
-    // A secret is read where the driver runs: from a file or a variable of this machine, which
-    // the cluster's containers do not have. Passing them through YARN's credentials is not done yet.
-    if spec.read_secrets()?.iter().next().is_some() {
-        bail!(
-            "on YARN the spec's Kafka secrets ({{ file = ... }} and {{ env = ... }}) are not passed to the containers yet; \
-             use a broker that the cluster reaches without a password, or the standalone manager"
-        );
-    }
     let yarn = YarnClient::from_env()?;
     let staged = tempfile::Builder::new().prefix("embedstream-submit-").tempdir()?;
     let exe = std::env::current_exe().context("cannot find the embedstream binary to stage")?;
@@ -184,6 +176,14 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     }
     // The application's own secret replaces any token file (it is not on the cluster's nodes).
     spec.security.token_file = None;
+    // The Kafka secrets (`{ file }` and `{ env }`) are read here and travel as private staged
+    // files, which the driver reads in its container and hands to its executors as it does
+    // anywhere (the staging directory is 0700, the files 0600).
+    for (name, secret) in spec.secrets_into_files(|i| format!("kafka-secret-{i}"))? {
+        let file = staged.path().join(&name);
+        embedstream_core::durable::write_private(&file, secret.expose().as_bytes())?;
+        files.push((name, file));
+    }
     let spec_file = staged.path().join("job.toml");
     std::fs::write(&spec_file, spec.to_toml())?;
     files.push(("job.toml".into(), spec_file));

@@ -32,6 +32,14 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 /// master but not two, so two executors land on both NodeManagers.
 const TWO_EXECUTORS: &str = "[executors]\ncount = 2\ncores = 1\nmemory = \"800m\"\nmemory_overhead = \"400m\"\n";
 
+/// A SASL_PLAINTEXT listener beside PLAINTEXT, taking SCRAM-SHA-512 (as tests/kafka.rs's).
+const SCRAM: &str = "sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+    listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n";
+const PASSWORD: &str = "yarn-kafka-password-3c1f";
+const SCRAM_SOURCE: &str = "[source.kafka]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+    \"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"alice\"\n\
+    \"sasl.password\" = { env = \"EMBEDSTREAM_TEST_KAFKA_PASSWORD\" }\n\n";
+
 /// A job whose checkpoint and Parquet table are on the mini cluster's HDFS.
 /// The topic is `name`, read in batches of at most 40 records.
 fn yarn_job(broker: &Broker, hadoop: &HadoopCluster, name: &str, trigger: &str, rest: &str) -> Job {
@@ -126,19 +134,30 @@ fn admin(hadoop: &HadoopCluster, args: &[&str], app: &str) -> Output {
 }
 
 /// Item 1, 2 and 6: `submit --master yarn --wait` stages, runs the driver as the master and two
-/// executors on both NodeManagers, writes every record once to the HDFS table and exits 0 when
-/// the `available_now` query ends; the application SUCCEEDED and its staging directory is gone.
+/// executors on both NodeManagers, reads through a SASL/SCRAM listener, writes every record once
+/// to the HDFS table and exits 0 when the `available_now` query ends; the application SUCCEEDED
+/// and its staging directory is gone.
 #[test]
 fn a_query_submitted_to_yarn_embeds_every_record_into_an_hdfs_table() {
     let _serial = one_at_a_time();
     let hadoop = cluster();
-    let broker = Broker::start();
+    // The source is read through a SASL/SCRAM listener, its password from a variable of the
+    // submitting shell: it travels as a private staged file, not in the containers' environment.
+    let broker = Broker::start_with(&["SASL_PLAINTEXT"], SCRAM);
+    broker.add_scram_user("alice", PASSWORD);
     let inputs = texts(120, 1);
     broker.create_topic("yarn-all", 4);
     broker.produce_texts("yarn-all", 4, 0, &inputs);
-    let job = yarn_job(&broker, hadoop, "yarn-all", "available_now = true", TWO_EXECUTORS);
+    let sink = format!("bootstrap_servers = \"{}\"\n{TWO_EXECUTORS}", broker.addr);
+    let job = yarn_job(&broker, hadoop, "yarn-all", "available_now = true", &sink);
+    let text =
+        std::fs::read_to_string(&job.path).unwrap().replacen("[trigger]", &format!("{SCRAM_SOURCE}[trigger]"), 1);
+    std::fs::write(&job.path, text).unwrap();
+    let job = job.with_bootstrap(broker.listener("SASL_PLAINTEXT"));
 
-    let out = run_to_end(submit(hadoop, &job, &["--wait", "--name", "embed-products"]), Duration::from_secs(300));
+    let mut submitting = submit(hadoop, &job, &["--wait", "--name", "embed-products"]);
+    submitting.env("EMBEDSTREAM_TEST_KAFKA_PASSWORD", PASSWORD);
+    let out = run_to_end(submitting, Duration::from_secs(300));
     let app = app_id(&out);
     assert!(
         out.status.success(),
@@ -147,6 +166,8 @@ fn a_query_submitted_to_yarn_embeds_every_record_into_an_hdfs_table() {
         hadoop.logs(&app, "driver.log")
     );
     assert_each_record_once(hadoop, "yarn-all", &inputs, &app);
+    let logs = hadoop.logs(&app, "driver.log") + &hadoop.logs(&app, "stderr");
+    assert!(logs.contains("yarn-all") && !logs.contains(PASSWORD), "the password is in no container's log");
 
     let report = hadoop.report(&app);
     assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");

@@ -198,6 +198,31 @@ impl JobSpec {
         Ok(Secrets(out))
     }
 
+    /// For a cluster whose nodes have neither this machine's files nor its environment (YARN):
+    /// reads every secret here and points its property at `{ file = "<name>" }`, `name` made
+    /// from the secret's index. Returns each file's name with the value to write there
+    /// (privately: the caller stages them as the owner's only).
+    pub fn secrets_into_files(&mut self, name: impl Fn(usize) -> String) -> Result<Vec<(String, Secret)>, SecretError> {
+        let mut staged = Vec::new();
+        let sections = [
+            ("source.kafka", Some(&mut self.source.kafka)),
+            ("sink.kafka", Some(&mut self.sink.common.kafka)),
+            ("sink.dead_letter_kafka", self.sink.common.dead_letter_kafka.as_mut()),
+        ];
+        for (section, props) in sections {
+            let Some(props) = props else { continue };
+            for (property, value) in props.0.iter_mut() {
+                if let PropertyValue::Secret(r) = value {
+                    let secret = read_secret(&format!("{section}.\"{property}\""), r)?;
+                    let file = name(staged.len());
+                    *r = SecretRef::File(PathBuf::from(&file));
+                    staged.push((file, secret));
+                }
+            }
+        }
+        Ok(staged)
+    }
+
     /// The environment variables the spec's secrets are read from, which a launcher removes
     /// from the environment of the processes it starts.
     pub fn secret_env_vars(&self) -> Vec<String> {

@@ -211,6 +211,19 @@ fn kafka_properties_reach_the_client_configs_with_secrets_read_once() {
     assert!(!s.dead_letters_have_own_client());
     assert_eq!(s.secret_env_vars(), vec!["EMBEDSTREAM_TEST_SINK_PASSWORD".to_string()]);
 
+    // For YARN, every secret read here and pointed at a file of its own that travels with the
+    // application: the spec then names the files only.
+    let mut moved = s.clone();
+    let staged = moved.secrets_into_files(|i| format!("kafka-secret-{i}")).unwrap();
+    let staged: Vec<(&str, &str)> = staged.iter().map(|(n, v)| (n.as_str(), v.expose())).collect();
+    assert_eq!(staged, vec![("kafka-secret-0", "s3cret-value"), ("kafka-secret-1", "sink-pass")]);
+    let toml = moved.to_toml();
+    assert!(toml.contains("kafka-secret-0") && toml.contains("kafka-secret-1"), "{toml}");
+    assert!(
+        !toml.contains("EMBEDSTREAM_TEST_SINK_PASSWORD") && !toml.contains("s3cret") && !toml.contains("sink-pass")
+    );
+    assert!(moved.secret_env_vars().is_empty());
+
     // Without [sink.kafka] or its own servers, the sink writes to the source's cluster as the
     // same principal.
     let same = load(&spec(&f, "[source.kafka]\n\"client.id\" = \"q\"\n", "")).unwrap();

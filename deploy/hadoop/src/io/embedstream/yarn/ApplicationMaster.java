@@ -106,7 +106,8 @@ public final class ApplicationMaster {
     executorFiles = new HashMap<>();
     for (org.apache.hadoop.fs.FileStatus st : fs.listStatus(staging)) {
       String name = st.getPath().getName();
-      if (!MASTER_ONLY.contains(name)) {
+      // The Kafka secrets are the driver's to read; it hands them to its executors itself.
+      if (!MASTER_ONLY.contains(name) && !name.startsWith("kafka-secret-")) {
         executorFiles.put(name, Client.localResource(fs, st.getPath()));
       }
     }

@@ -3,7 +3,8 @@
 // through Hadoop's own client libraries, so that it works wherever `yarn` and `hdfs` do.
 //
 //   Client submit  NAME QUEUE AM_MEMORY_MB MAX_ATTEMPTS NAME=LOCAL_FILE...
-//       stages the files in HDFS under ~/.embedstream-staging/APP_ID (mode 0700; `secret` 0600),
+//       stages the files in HDFS under ~/.embedstream-staging/APP_ID (mode 0700; `secret` and
+//       `kafka-secret-*` 0600),
 //       submits the application master, prints `APP_ID` on a line of its own.
 //   Client report  APP_ID      prints the application's report as KEY=VALUE lines.
 //   Client secret  APP_ID      prints the first line of the application's staged `secret`.
@@ -130,7 +131,7 @@ public final class Client {
         for (Map.Entry<String, String> f : files.entrySet()) {
           Path dst = new Path(staging, f.getKey());
           fs.copyFromLocalFile(false, true, new Path(f.getValue()), dst);
-          if (f.getKey().equals("secret")) {
+          if (f.getKey().equals("secret") || f.getKey().startsWith("kafka-secret-")) {
             fs.setPermission(dst, new FsPermission((short) 0600));
           }
           resources.put(f.getKey(), localResource(fs, dst));

@@ -279,7 +279,9 @@ enum Command {
         tls: TlsFiles,
     },
     /// List the queries running on this machine, or with --master the cluster's applications.
-    #[command(after_help = "Examples:\n  embedstream list\n  embedstream list --master rm://rm-host:8030")]
+    #[command(
+        after_help = "Examples:\n  embedstream list\n  embedstream list --master rm://rm-host:8030\n  embedstream list --master yarn"
+    )]
     List {
         #[command(flatten)]
         target: AdminTarget,
@@ -487,6 +489,7 @@ async fn dispatch(command: Command) -> Result<()> {
             client::list_local();
             Ok(())
         }
+        Command::List { target } if target.master.as_deref() == Some("yarn") => yarn::list().await,
         Command::List { target } => {
             let (target, caller) = target.split(None).await?;
             client::status(target, caller).await

@@ -138,6 +138,19 @@ fn hadoop_classpath() -> Result<String> {
     Ok(format!("{}/*", libs.display()))
 }
 
+/// `list --master yarn`: embedstream's applications on the cluster, newest first.
+pub async fn list() -> Result<()> {
+    let out = YarnClient::from_env()?.call(&["list".into()], CALL_TIMEOUT).await?;
+    let mut rows: Vec<Vec<&str>> =
+        out.lines().map(|l| l.split('\t').collect()).filter(|r: &Vec<&str>| r.len() >= 6).collect();
+    rows.sort_by(|a, b| b[0].cmp(a[0]));
+    println!("{:<32} {:<20} {:<10} {:<10} {:<10} TRACKING URL", "APPLICATION", "NAME", "STATE", "FINAL", "QUEUE");
+    for r in rows {
+        println!("{:<32} {:<20} {:<10} {:<10} {:<10} {}", r[0], r[1], r[2], r[3], r[4], r[5]);
+    }
+    Ok(())
+}
+
 /// What `submit --master yarn` takes beyond the spec.
 pub struct SubmitOptions {
     pub name: Option<String>,

@@ -231,6 +231,13 @@ fn an_executor_killed_on_yarn_is_replaced_and_scale_and_stop_work() {
     assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
     assert_each_record_once(hadoop, "yarn-kill", &all, &app);
     assert_eq!(store::list(&staging_dir(hadoop, &app)).unwrap(), None, "the staging directory is removed");
+    // `list --master yarn`: embedstream's applications as YARN reports them.
+    let mut c = hadoop.embedstream();
+    c.args(["list", "--master", "yarn"]);
+    let out = run_to_end(c, Duration::from_secs(60));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let row = listed.lines().find(|l| l.starts_with(&app)).unwrap_or_else(|| panic!("{app} not listed: {listed}"));
+    assert!(row.contains("yarn-kill") && row.contains("FINISHED") && row.contains("SUCCEEDED"), "{row}");
 }
 
 /// Item 3 and 5: the master's driver killed; YARN starts a second attempt, which resumes from

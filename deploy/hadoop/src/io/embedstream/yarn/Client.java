@@ -6,6 +6,8 @@
 //       stages the files in HDFS under ~/.embedstream-staging/APP_ID (mode 0700; `secret` and
 //       `kafka-secret-*` 0600),
 //       submits the application master, prints `APP_ID` on a line of its own.
+//   Client list                prints embedstream's applications, a tab-separated line each:
+//                              id, name, state, final status, queue, tracking URL.
 //   Client report  APP_ID      prints the application's report as KEY=VALUE lines.
 //   Client secret  APP_ID      prints the first line of the application's staged `secret`.
 //   Client kill    APP_ID      asks YARN to kill the application.
@@ -49,8 +51,8 @@ public final class Client {
 
   public static void main(String[] args) {
     try {
-      if (args.length < 2) {
-        throw new IllegalArgumentException("usage: Client submit|report|secret|kill|cleanup ...");
+      if (args.length < 1 || (args.length < 2 && !args[0].equals("list"))) {
+        throw new IllegalArgumentException("usage: Client submit|list|report|secret|kill|cleanup ...");
       }
       YarnConfiguration conf = new YarnConfiguration();
       // A ResourceManager that does not answer fails the command in seconds, not YARN's 15 minutes.
@@ -65,6 +67,15 @@ public final class Client {
       switch (args[0]) {
         case "submit":
           submit(conf, args);
+          break;
+        case "list":
+          withYarn(conf, yarn -> {
+            for (ApplicationReport r : yarn.getApplications(java.util.Set.of(APP_TYPE))) {
+              System.out.println(String.join("\t", r.getApplicationId().toString(), r.getName(),
+                  r.getYarnApplicationState().toString(), r.getFinalApplicationStatus().toString(), r.getQueue(),
+                  r.getOriginalTrackingUrl() == null ? "" : r.getOriginalTrackingUrl()));
+            }
+          });
           break;
         case "report":
           report(conf, ApplicationId.fromString(args[1]));

@@ -61,8 +61,9 @@ public final class Client {
         conf.setLong("yarn.resourcemanager.connect.max-wait.ms", Long.getLong("embedstream.rm.wait.ms", 15_000L));
         conf.setLong("yarn.resourcemanager.connect.retry-interval.ms", 1_000L);
       }
-      conf.setInt("ipc.client.connect.max.retries", 2);
-      conf.setInt("ipc.client.connect.max.retries.on.timeouts", 2);
+      // Each of those tries is one connection attempt (Hadoop's IPC would retry each ten times).
+      conf.setInt("ipc.client.connect.max.retries", 0);
+      conf.setInt("ipc.client.connect.max.retries.on.timeouts", 0);
       conf.setInt("ipc.client.connect.timeout", 3_000);
       switch (args[0]) {
         case "submit":

@@ -8,6 +8,7 @@
 //! the manifests sees each input record exactly once; files of failed attempts are in no manifest
 //! and are deleted when the batch commits. A batch whose manifest exists is never written again:
 //! a driver that restarts after the manifest and before its own commit log skips the tasks.
+//! The table may be on HDFS: every file operation goes through [`crate::store`].
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};

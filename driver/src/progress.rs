@@ -1,6 +1,7 @@
 //! The progress log: after every batch, one [`ProgressRecord`] (its fields are in
 //! `embedstream_core::progress`), appended as JSON lines to
-//! `<checkpoint_location>/progress.jsonl`; the last 100 are also kept in memory. When the file
+//! `<checkpoint_location>/progress.jsonl` (on this machine: `JobSpec::local_state_dir` when the
+//! checkpoint is on HDFS); the last 100 are also kept in memory. When the file
 //! passes 8 MiB (about 4,000 batches of a one-topic query) it becomes `progress.jsonl.1`,
 //! replacing the one before, so the history on disk is bounded and always holds the newest.
 

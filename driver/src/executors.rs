@@ -61,6 +61,9 @@ pub struct ExecutorRegistry {
     executors: Mutex<HashMap<String, ExecutorInfo>>,
     lost: Mutex<HashSet<String>>,
     draining: Mutex<HashSet<String>>,
+    /// The last executor whose launcher said how it ended (YARN's exit status and diagnostics,
+    /// a node agent's memory kill), and why: what a task that lost its executor failed of.
+    last_end: Mutex<Option<(String, String)>>,
     registered: watch::Sender<usize>,
 }
 
@@ -70,6 +73,7 @@ impl Default for ExecutorRegistry {
             executors: Mutex::default(),
             lost: Mutex::default(),
             draining: Mutex::default(),
+            last_end: Mutex::default(),
             registered: watch::channel(0).0,
         }
     }
@@ -99,6 +103,17 @@ impl ExecutorRegistry {
 
     pub fn mark_lost(&self, id: &str) {
         self.lost.lock().unwrap().insert(id.to_string());
+    }
+
+    /// Marks `id` lost with how its launcher saw it end.
+    pub fn ended(&self, id: &str, why: &str) {
+        self.mark_lost(id);
+        *self.last_end.lock().unwrap() = Some((id.to_string(), why.to_string()));
+    }
+
+    /// The last executor that ended, as its launcher told it: (id, why).
+    pub fn last_end(&self) -> Option<(String, String)> {
+        self.last_end.lock().unwrap().clone()
     }
 
     /// No new task goes to `id`; its tasks in flight finish.

@@ -186,6 +186,13 @@ impl Scheduler {
             task.attempt += 1;
             tracing::warn!(batch_id, task_id = task.task_id, attempt = task.attempt, ?reason, %message, "task attempt failed");
             if task.attempt >= MAX_TASK_ATTEMPTS {
+                // A task that lost its executors failed of why they ended, where a launcher said.
+                let message = match (reason, self.registry.last_end()) {
+                    (FailureReason::Unspecified, Some((id, why))) if message.contains(" lost: ") => {
+                        format!("{message} (the last executor that ended, {id}: {why})")
+                    }
+                    _ => message,
+                };
                 return Err(SchedulerError::TaskFailed {
                     batch_id,
                     task_id: task.task_id,

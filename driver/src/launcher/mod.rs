@@ -34,8 +34,8 @@ pub enum LaunchError {
     ExitedEarly { id: String, why: String },
     #[error("{registered} of {wanted} executors registered within {waited:?}")]
     Timeout { registered: usize, wanted: usize, waited: Duration },
-    #[error("{0} executors ended before they registered; giving up")]
-    TooManyFailures(u32),
+    #[error("{count} executors ended before they registered; giving up (the last: {why})")]
+    TooManyFailures { count: u32, why: String },
     #[error(
         "{kills} executors were killed for using more than executors.memory (the last: {why}); \
          giving up: raise executors.memory"
@@ -107,7 +107,7 @@ pub async fn start(
             } else if !registry.knows(&e.id) {
                 return Err(LaunchError::ExitedEarly { id: e.id, why: e.why });
             }
-            registry.mark_lost(&e.id);
+            registry.ended(&e.id, &e.why);
         }
         if registry.live().len() >= target as usize {
             return Ok(());
@@ -175,22 +175,24 @@ pub async fn reconcile(
         }
         let ended = launcher.lock().await.reconcile(target, &release).await?;
         for e in ended {
-            if !registry.knows(&e.id) {
-                failures += 1;
-                tracing::warn!(executor = %e.id, why = %e.why, "executor ended before it registered");
-                if failures > failure_budget(target) {
-                    return Err(LaunchError::TooManyFailures(failures));
-                }
-            } else if e.over_memory {
+            // Over its memory, registered or not (a replacement killed while it loads the
+            // model): counted as memory kills, whose error says to raise the memory.
+            if e.over_memory {
                 memory_kills += 1;
                 tracing::warn!(executor = %e.id, why = %e.why, memory_kills, "executor killed over its memory; starting a replacement");
                 if memory_kills > failure_budget(target) {
                     return Err(LaunchError::OverMemory { kills: memory_kills, why: e.why });
                 }
+            } else if !registry.knows(&e.id) {
+                failures += 1;
+                tracing::warn!(executor = %e.id, why = %e.why, "executor ended before it registered");
+                if failures > failure_budget(target) {
+                    return Err(LaunchError::TooManyFailures { count: failures, why: e.why });
+                }
             } else if registry.is_live(&e.id) {
                 tracing::warn!(executor = %e.id, why = %e.why, "executor lost; starting a replacement");
             }
-            registry.mark_lost(&e.id);
+            registry.ended(&e.id, &e.why);
             draining_since.retain(|(id, _)| *id != e.id);
         }
     }

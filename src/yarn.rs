@@ -170,6 +170,12 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     if let SinkKind::Parquet(p) = &spec.sink.kind {
         on_hdfs("sink.path", &p.path)?;
     }
+    // Refused rather than ignored: the spec asks for TLS, which YARN mode does not give yet.
+    let tls =
+        [("tls_cert", &spec.security.tls_cert), ("tls_key", &spec.security.tls_key), ("tls_ca", &spec.security.tls_ca)];
+    if let Some((key, _)) = tls.iter().find(|(_, v)| v.is_some()) {
+        bail!("security.{key}: TLS between the driver and its executors is not available on YARN yet (the application's secret authenticates every call); remove [security] tls_* to submit to YARN");
+    }
     let yarn = YarnClient::from_env()?;
     let staged = tempfile::Builder::new().prefix("embedstream-submit-").tempdir()?;
     let exe = std::env::current_exe().context("cannot find the embedstream binary to stage")?;

@@ -82,6 +82,17 @@ fn failure_budget(target: u32) -> u32 {
     2 * target + 2
 }
 
+/// Counts an executor killed over its memory (a replacement follows); past the failure budget,
+/// the error that says to raise `executors.memory`.
+fn count_memory_kill(kills: &mut u32, e: &Ended, target: u32) -> Result<(), LaunchError> {
+    *kills += 1;
+    tracing::warn!(executor = %e.id, why = %e.why, memory_kills = *kills, "executor killed over its memory; starting a replacement");
+    if *kills > failure_budget(target) {
+        return Err(LaunchError::OverMemory { kills: *kills, why: e.why.clone() });
+    }
+    Ok(())
+}
+
 /// Starts the executors the query wants and waits until `target` have registered, failing early
 /// when one ends before it registered (a bad model fails them all the same way), except one
 /// killed over its memory: that one is replaced, up to the failure budget.
@@ -99,11 +110,7 @@ pub async fn start(
             if e.over_memory {
                 // Killed over its memory while it loaded the model: replaced as after it
                 // registered, until the budget says the size will never do.
-                memory_kills += 1;
-                tracing::warn!(executor = %e.id, why = %e.why, memory_kills, "executor killed over its memory; starting a replacement");
-                if memory_kills > failure_budget(target) {
-                    return Err(LaunchError::OverMemory { kills: memory_kills, why: e.why });
-                }
+                count_memory_kill(&mut memory_kills, &e, target)?;
             } else if !registry.knows(&e.id) {
                 return Err(LaunchError::ExitedEarly { id: e.id, why: e.why });
             }
@@ -178,11 +185,7 @@ pub async fn reconcile(
             // Over its memory, registered or not (a replacement killed while it loads the
             // model): counted as memory kills, whose error says to raise the memory.
             if e.over_memory {
-                memory_kills += 1;
-                tracing::warn!(executor = %e.id, why = %e.why, memory_kills, "executor killed over its memory; starting a replacement");
-                if memory_kills > failure_budget(target) {
-                    return Err(LaunchError::OverMemory { kills: memory_kills, why: e.why });
-                }
+                count_memory_kill(&mut memory_kills, &e, target)?;
             } else if !registry.knows(&e.id) {
                 failures += 1;
                 tracing::warn!(executor = %e.id, why = %e.why, "executor ended before it registered");

@@ -186,10 +186,12 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     ];
     // Model files on this machine travel with the application; those on HDFS are fetched by
     // each executor. The id the path gave stays the model's id.
-    spec.model.id = Some(spec.model.model_id());
-    for (link, path) in [("model.onnx", &mut spec.model.onnx), ("tokenizer.json", &mut spec.model.tokenizer)] {
+    if let Some(m) = &mut spec.model {
+        m.id = Some(m.model_id());
+    }
+    for (link, path) in spec.model_files_mut() {
         if !store::is_hdfs(path) {
-            files.push((link.into(), path.clone()));
+            files.push((link.clone(), path.clone()));
             *path = PathBuf::from(link);
         }
     }

@@ -107,9 +107,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!(
         "embedstream-bench: {cores} cores, {} texts a set, batch {}, sort window {}, model {}\n",
         args.count,
-        base.model.batch_size,
-        base.model.sort_window,
-        base.model.model_id()
+        base.first_text_model().batch_size,
+        base.first_text_model().sort_window,
+        base.first_text_model().model_id()
     );
     println!(
         "{:<10} {:>12} {:>13} {:>12} {:>16} {:>18} {:>19}",
@@ -187,9 +187,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "cores": cores,
         "cpu": cpu_model(),
         "count": args.count,
-        "batch_size": base.model.batch_size,
-        "sort_window": base.model.sort_window,
-        "model": base.model.model_id(),
+        "batch_size": base.first_text_model().batch_size,
+        "sort_window": base.first_text_model().sort_window,
+        "model": base.first_text_model().model_id(),
         "runs": results.iter().map(|r| json!({
             "texts": r.name,
             "limit_sorted": r.limit_sorted,
@@ -229,10 +229,10 @@ fn results_for_chart(results: &[SetResult]) -> Vec<chart::Series> {
 
 /// The limit: embeddings/s of one plain session, length-sorted and in arrival order.
 fn limit(spec: &JobSpec, texts: &[String], cores: usize) -> Result<(f64, f64)> {
-    let plain = Embedder::load(&spec.model, cores)?;
+    let plain = Embedder::load(spec.first_text_model(), cores)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let encodings = plain.encode(&refs)?;
-    let batch = spec.model.batch_size;
+    let batch = spec.first_text_model().batch_size;
     plain.embed_encoded(&encodings[..encodings.len().min(batch * 2)])?;
     let rate = |t: Instant| texts.len() as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -316,7 +316,9 @@ impl Bench {
     fn python(&self, python: &Path, script: &Path, topic: &str, spec: &JobSpec, expected: usize) -> Result<(f64, u64)> {
         let mut cmd = Command::new(python);
         cmd.arg(script).args([&self.bootstrap, topic, &format!("{topic}-python-out")]);
-        cmd.arg(&spec.model.onnx).arg(&spec.model.tokenizer).arg(spec.model.batch_size.to_string());
+        cmd.arg(&spec.first_text_model().onnx)
+            .arg(&spec.first_text_model().tokenizer)
+            .arg(spec.first_text_model().batch_size.to_string());
         let (stdout, pss) = run_measuring_memory(cmd, &self.work.join(format!("{topic}-python.log")))?;
         let out: serde_json::Value = serde_json::from_slice(&stdout).context("the baseline's summary")?;
         ensure!(out["embeddings"] == expected, "the baseline wrote {} embeddings of {expected}", out["embeddings"]);

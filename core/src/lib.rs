@@ -2,6 +2,7 @@
 //!
 //! - [`spec`]: the job spec, one typed and validated struct read from TOML, which the driver
 //!   validates before anything starts and hands to every executor.
+//! - [`fields`]: a record's named fields (key, value, JSON pointers) and the templates models read.
 //! - [`offsets`]: topic partitions, offsets per partition (Spark's checkpoint JSON) and ranges.
 //! - [`progress`]: the progress record of a batch, Spark's `StreamingQueryProgress` and ours.
 //! - [`manifest`]: the Parquet sink's per-batch manifests, written by the driver, read by readers.
@@ -18,6 +19,7 @@ pub mod argv;
 pub mod auth;
 pub mod driver_record;
 pub mod durable;
+pub mod fields;
 pub mod latency;
 pub mod manifest;
 pub mod offsets;

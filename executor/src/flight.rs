@@ -37,7 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::ExecutorMetrics;
 use crate::model::Embed;
-use crate::records::{embedding_array, embedding_type, output_schema, reject_reason, RecentOutput};
+use crate::records::{embedding_array, embedding_type, reject_reason, RecentOutput};
 
 /// The name of the column `DoExchange` embeds.
 pub const TEXT_COLUMN: &str = "text";
@@ -83,8 +83,9 @@ impl FlightEmbedder {
         FlightEmbedder { query, workers, limits, max_text_bytes, token, recent, metrics, calls }
     }
 
+    /// The schema of the query's output rows that `DoGet` serves.
     fn output_schema(&self) -> SchemaRef {
-        output_schema(self.workers.dim())
+        self.recent.schema()
     }
 
     /// Counts a call, and its refusal if `result` is one.

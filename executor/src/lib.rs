@@ -1,16 +1,18 @@
 //! The executor: a process that runs tasks for one driver.
 //!
 //! It fetches the job spec from the driver, loads the model, serves `ExecutorService` and
-//! registers. The model runs in workers forked from one process that loaded it ([`model`]:
-//! the session, the daemon, the workers, their wire and the fork). Each task ([`task`]) goes
-//! through [`reader`] (Kafka range to an Arrow batch), the record checks of [`records`] (bad
-//! values to the dead-letter topic), the workers, and the sink (`embedstream_sinks`: Kafka or
-//! Parquet behind one trait, and the dead letters). The same workers answer Arrow Flight calls ([`flight`]) on the
+//! registers. Each text model runs in workers forked from one process that loaded it ([`model`]:
+//! the session, the daemon, the workers, their wire and the fork), one daemon per model. Each
+//! task ([`task`]) goes through [`reader`] (Kafka range to an Arrow batch), the [`pipeline`] of
+//! the job's models (fields read once, bad records to the dead-letter topic, every model's
+//! vectors), and the sink (`embedstream_sinks`: Kafka or Parquet behind one trait, and the dead
+//! letters). The first model's workers also answer Arrow Flight calls ([`flight`]) on the
 //! executor's address.
 
 pub mod flight;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod reader;
 pub mod records;
 pub mod task;
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use embedstream_core::auth::ClusterToken;
-use embedstream_core::spec::SpecError;
+use embedstream_core::spec::{ModelEntry, SpecError};
 use embedstream_core::tls::Tls;
 use embedstream_core::{telemetry, JobSpec};
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
@@ -109,13 +111,32 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .prefix(&format!("embedstream-{}-", args.executor_id))
         .tempdir()
         .map_err(|e| ExecutorError::Serve(format!("the workers' socket directory: {e}")))?;
-    model::fetch_from_hdfs(&mut spec.model, private.path())?;
+    model::fetch_from_hdfs(&mut spec, private.path())?;
     spec.check_files()?;
-    let socket_dir = private.path().join("workers");
-    let pool = WorkerPool::start(&args.exe, &spec.model, args.cores as usize, &lib, socket_dir).await?;
-    let model_id = spec.model.model_id();
-    let pids = format!("{:?}", pool.state().worker_pids);
-    tracing::info!(executor = %args.executor_id, model = %model_id, dim = pool.dim(), worker_pids = %pids, "model workers ready");
+    // Each ONNX model has its own daemon and workers, its own socket directory; a fastText
+    // model is loaded here.
+    let mut pools = Vec::new();
+    let mut embedders: Vec<Arc<dyn model::Embed>> = Vec::new();
+    for (i, entry) in spec.model_entries().iter().enumerate() {
+        match entry {
+            ModelEntry::TextOnnx(m) => {
+                let socket_dir = private.path().join(format!("workers-{i}"));
+                let pool = Arc::new(WorkerPool::start(&args.exe, m, args.cores as usize, &lib, socket_dir).await?);
+                let pids = format!("{:?}", pool.state().worker_pids);
+                tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = pool.dim(), worker_pids = %pids, "model workers ready");
+                pools.push((entry.name().to_string(), pool.clone()));
+                embedders.push(pool);
+            }
+            ModelEntry::FastText(f) => {
+                let loaded = model::fasttext::FastTextModel::load(f, args.cores as usize)?;
+                tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = model::Embed::dim(&loaded), "fastText model loaded");
+                embedders.push(Arc::new(loaded));
+            }
+            ModelEntry::Combine(_) => {}
+        }
+    }
+    let pipeline = Arc::new(pipeline::Pipeline::new(&spec, embedders.clone()));
+    let model_id = pipeline.names();
 
     let reader = KafkaReader::new(
         spec.source_client(&secrets)?,
@@ -131,21 +152,23 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let dead_letters = DeadLetters::new(&spec, dead_letter_producer, model_id.clone());
     let sink = embedstream_sinks::open(
         &spec.sink,
-        SinkContext { producer, model_id: model_id.clone(), executor_id: &args.executor_id, dim: pool.dim() },
+        SinkContext { producer, outputs: pipeline.outputs(), executor_id: &args.executor_id },
     )?;
     let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &model_id));
-    let pool = Arc::new(pool);
     let metrics_address =
         telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone(), &args.tls)
             .await
             .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
-    spawn_worker_sampler(metrics.clone(), pool.clone());
-    let recent = Arc::new(records::RecentOutput::new(spec.flight.recent_batches));
+    spawn_worker_sampler(metrics.clone(), pools.clone());
+    let recent =
+        Arc::new(records::RecentOutput::new(spec.flight.recent_batches, records::output_schema(&pipeline.outputs())));
+    // Flight's DoExchange embeds texts with the first model that reads records.
+    let (first, first_max_bytes) = (embedders[0].clone(), spec.model_entries()[0].max_text_bytes().unwrap_or(0));
     let flight = flight::FlightEmbedder::new(
         spec.name.clone(),
-        pool.clone(),
+        first,
         spec.flight.clone(),
-        spec.model.max_text_bytes,
+        first_max_bytes,
         token.clone(),
         recent.clone(),
         metrics.clone(),
@@ -158,7 +181,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         executor_id: args.executor_id.clone(),
         spec,
         reader: Arc::new(reader),
-        workers: pool,
+        pipeline,
         sink,
         dead_letters,
         metrics,
@@ -220,24 +243,34 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
 }
 
 /// Samples the memory (PSS) of the model daemon and each worker, and counts worker restarts.
-fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pool: Arc<WorkerPool>) {
+/// Every text model's worker pool, with its model's name.
+type Pools = Vec<(String, Arc<WorkerPool>)>;
+
+fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pools: Pools) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        // One model's processes are `daemon`, `0`, `1`...; several models' `<model>/daemon`...
+        let several = pools.len() > 1;
         loop {
             ticks.tick().await;
-            let (daemon, workers, restarts) = {
-                let s = pool.state();
-                (s.daemon_pid, s.worker_pids.clone(), s.restarts)
-            };
-            let counted = metrics.worker_restarts.get();
-            metrics.worker_restarts.inc_by(restarts.saturating_sub(counted));
-            let labels = std::iter::once(("daemon".to_string(), daemon))
-                .chain(workers.iter().enumerate().map(|(i, &p)| (i.to_string(), p)));
-            for (label, pid) in labels {
-                if let Some(pss) = telemetry::pss_bytes(pid) {
-                    metrics.worker_pss_bytes.with_label_values(&[label.as_str()]).set(pss as i64);
+            let mut restarts = 0;
+            for (name, pool) in &pools {
+                let (daemon, workers, restarted) = {
+                    let s = pool.state();
+                    (s.daemon_pid, s.worker_pids.clone(), s.restarts)
+                };
+                restarts += restarted;
+                let labels = std::iter::once(("daemon".to_string(), daemon))
+                    .chain(workers.iter().enumerate().map(|(i, &p)| (i.to_string(), p)));
+                for (label, pid) in labels {
+                    let label = if several { format!("{name}/{label}") } else { label };
+                    if let Some(pss) = telemetry::pss_bytes(pid) {
+                        metrics.worker_pss_bytes.with_label_values(&[label.as_str()]).set(pss as i64);
+                    }
                 }
             }
+            let counted = metrics.worker_restarts.get();
+            metrics.worker_restarts.inc_by(restarts.saturating_sub(counted));
         }
     });
 }

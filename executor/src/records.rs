@@ -1,5 +1,5 @@
 //! The records every part of the executor agrees on: the row schemas the sinks take
-//! (`embedstream_sinks::rows`, re-exported), the check that decides whether a value can be
+//! (`embedstream_sinks::rows`, re-exported), the check that decides whether a Flight text can be
 //! embedded, and the recent output that tasks keep and Arrow Flight's `DoGet` serves. Tasks and
 //! Flight both use this module, and neither uses the other for these.
 
@@ -7,8 +7,9 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 
-pub use embedstream_sinks::rows::{embedding_array, embedding_type, input_schema, output_schema};
+pub use embedstream_sinks::rows::{embedding_array, embedding_type, input_schema, output_schema, Output};
 
 /// Why a value cannot be embedded, or `None` when it can.
 pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
@@ -28,34 +29,22 @@ pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
 /// The reason a row whose vector holds a NaN or an infinity goes to the dead-letter topic.
 pub const NON_FINITE: &str = "the model gave a vector with NaN or infinite values";
 
-/// Splits a window's rows by their vectors (`dim` values a row): the rows whose every value is
-/// finite with their vectors, and the rows that are not.
-pub fn keep_finite(rows: &[usize], vectors: Vec<f32>, dim: usize) -> (Vec<usize>, Vec<f32>, Vec<usize>) {
-    let finite = |r: usize| vectors[r * dim..(r + 1) * dim].iter().all(|x| x.is_finite());
-    if dim == 0 || (0..rows.len()).all(finite) {
-        return (rows.to_vec(), vectors, Vec::new());
-    }
-    let (mut kept, mut kept_vectors, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
-    for (r, &row) in rows.iter().enumerate() {
-        if finite(r) {
-            kept.push(row);
-            kept_vectors.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
-        } else {
-            dropped.push(row);
-        }
-    }
-    (kept, kept_vectors, dropped)
-}
-
-/// The latest output batches of this executor's tasks, at most `capacity`, oldest first.
+/// The latest output batches of this executor's tasks, at most `capacity`, oldest first, all of
+/// one schema.
 pub struct RecentOutput {
     capacity: usize,
+    schema: SchemaRef,
     batches: Mutex<VecDeque<RecordBatch>>,
 }
 
 impl RecentOutput {
-    pub fn new(capacity: usize) -> RecentOutput {
-        RecentOutput { capacity, batches: Mutex::new(VecDeque::with_capacity(capacity)) }
+    pub fn new(capacity: usize, schema: SchemaRef) -> RecentOutput {
+        RecentOutput { capacity, schema, batches: Mutex::new(VecDeque::with_capacity(capacity)) }
+    }
+
+    /// The schema of every batch it keeps: the tasks' output rows.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
     /// Keeps `batch` (its columns are shared, not copied), dropping the oldest beyond capacity.
@@ -93,20 +82,9 @@ mod tests {
         assert!(reject_reason(Some(&[b'x'; 101]), 100).unwrap().contains("101 bytes"));
     }
 
-    /// Issue 14, finding 14: a NaN or infinite vector is not written.
-    #[test]
-    fn non_finite_vectors_are_split_off() {
-        let vectors = vec![0.5, 0.5, f32::NAN, 1.0, 2.0, 2.0, 1.0, f32::INFINITY];
-        let (kept, kept_vectors, dropped) = keep_finite(&[10, 11, 12, 13], vectors, 2);
-        assert_eq!((kept, dropped), (vec![10, 12], vec![11, 13]));
-        assert_eq!(kept_vectors, [0.5, 0.5, 2.0, 2.0]);
-        let (kept, _, dropped) = keep_finite(&[1, 2], vec![1.0, -1.0], 1);
-        assert_eq!((kept.len(), dropped.len()), (2, 0));
-    }
-
     #[test]
     fn recent_output_keeps_the_latest() {
-        let recent = RecentOutput::new(2);
+        let recent = RecentOutput::new(2, output_schema(&[]));
         for n in 1..=3 {
             recent.push(&RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(vec![n])) as _)]).unwrap());
         }

@@ -2,13 +2,15 @@
 //! each window as soon as it is embedded. A task holds a few windows at a time, never its whole
 //! range.
 //!
-//! A record whose value the model cannot take (null, empty, too long, not UTF-8) is never fatal
-//! and never lost: it goes to the dead-letter topic with the reason in `es.error`.
+//! A record a model cannot take (a null value, not UTF-8 or not JSON, a required field missing
+//! or of the wrong type, an empty or too long text) is never fatal and never lost: it goes to
+//! the dead-letter topic with the reason in `es.error`. The models themselves are
+//! [`crate::pipeline`]'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch, UInt32Array};
+use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
 use embedstream_core::offsets::OffsetRange;
 use embedstream_core::JobSpec;
@@ -17,10 +19,10 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::metrics::ExecutorMetrics;
-use crate::model::Embed;
-use crate::model::{ModelError, Vectors};
+use crate::model::ModelError;
+use crate::pipeline::{Embedded, Pipeline};
 use crate::reader::{KafkaReader, ReadError};
-use crate::records::{embedding_array, keep_finite, output_schema, reject_reason, RecentOutput, NON_FINITE};
+use crate::records::{output_schema, RecentOutput, NON_FINITE};
 use embedstream_sinks::kafka::{Origin, Pending};
 use embedstream_sinks::{DeadLetters, Sink, SinkError, TaskInfo, TaskWriter};
 
@@ -28,7 +30,8 @@ pub struct TaskContext {
     pub executor_id: String,
     pub spec: JobSpec,
     pub reader: Arc<KafkaReader>,
-    pub workers: Arc<dyn Embed>,
+    /// The models every record goes through.
+    pub pipeline: Arc<Pipeline>,
     /// Where embeddings go.
     pub sink: Box<dyn Sink>,
     /// Where records the model cannot take go (and, for a Kafka sink, the same producer).
@@ -42,13 +45,13 @@ pub struct TaskContext {
 /// is done, so no worker idles between windows.
 const WINDOWS_IN_FLIGHT: usize = 2;
 
-/// The rows of `window` (indices into `input`) with their vectors, as `output_schema` says.
-fn output_rows(input: &RecordBatch, window: &[usize], vectors: Vec<f32>, schema: &SchemaRef) -> RecordBatch {
+/// The rows of `window` (indices into `input`) with their vector columns, as `output_schema`
+/// says.
+fn output_rows(input: &RecordBatch, window: &[usize], vectors: Vec<ArrayRef>, schema: &SchemaRef) -> RecordBatch {
     let indices = UInt32Array::from_iter_values(window.iter().map(|&i| i as u32));
     let mut columns =
         arrow_select::take::take_record_batch(input, &indices).expect("indices in range").columns().to_vec();
-    let dim = vectors.len() / window.len().max(1);
-    columns.push(Arc::new(embedding_array(vectors, dim)));
+    columns.extend(vectors);
     RecordBatch::try_new(schema.clone(), columns).expect("columns match the output schema")
 }
 
@@ -100,7 +103,7 @@ pub async fn run(ctx: Arc<TaskContext>, def: TaskDefinition) -> task_status::Sta
 
 /// A window's embedding, spawned so that it runs while the task reads and writes other
 /// windows; aborted if the task ends first (its workers come back, see `workers::Lease`).
-struct Embedding(tokio::task::JoinHandle<Vectors>);
+struct Embedding(tokio::task::JoinHandle<Result<Embedded, ModelError>>);
 
 impl Drop for Embedding {
     fn drop(&mut self) {
@@ -128,7 +131,7 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         Some(Err(e)) => return Err(TaskError::BadTask(format!("bad task: {e}"))),
         None => return Err(TaskError::BadTask("task has no offset range".into())),
     };
-    let window_rows = ctx.spec.model.sort_window.max(1);
+    let window_rows = ctx.spec.window_rows();
 
     // The range is read on a blocking thread, a window of records at a time, handed over
     // through a channel of one: the reader is at most a window ahead, and a task holds a few
@@ -216,8 +219,7 @@ async fn windows(
     pending: &mut Pending,
     counts: &mut Counts,
 ) -> Result<(), TaskError> {
-    let max_bytes = ctx.spec.model.max_text_bytes;
-    let schema = output_schema(ctx.workers.dim());
+    let schema = output_schema(&ctx.pipeline.outputs());
     let mut in_flight = futures::stream::FuturesOrdered::new();
     let mut read_all = false;
     loop {
@@ -229,42 +231,40 @@ async fn windows(
             let chunk = chunk.map_err(TaskError::Read)?;
             counts.rows_read += chunk.num_rows() as u64;
             let rows = Rows::of(&chunk);
-            let mut good = Vec::with_capacity(chunk.num_rows());
-            for i in 0..chunk.num_rows() {
-                match reject_reason(rows.value(i), max_bytes) {
-                    None => good.push(i),
-                    Some(reason) => dead_letter(ctx, def, range, &rows, pending, i, &reason, counts).await?,
-                }
+            let prepared = ctx.pipeline.prepare((0..chunk.num_rows()).map(|i| (rows.key(i), rows.value(i))));
+            for (i, reason) in &prepared.refused {
+                dead_letter(ctx, def, range, &rows, pending, *i, reason, counts).await?;
             }
             if pending.len() >= DEAD_LETTERS_IN_FLIGHT {
                 std::mem::take(pending).finish().await?;
             }
-            if good.is_empty() {
+            if prepared.good.is_empty() {
                 continue;
             }
-            let texts = good.iter().map(|&i| rows.text(i)).collect();
-            let embedding = Embedding(tokio::spawn(ctx.workers.clone().embed(texts)));
+            let embedding = Embedding(tokio::spawn(ctx.pipeline.clone().embed(prepared.texts)));
+            let good = prepared.good;
             in_flight.push_back(async move {
                 let mut embedding = embedding;
                 let vectors = (&mut embedding.0).await.expect("embeddings do not panic");
                 (chunk, good, vectors)
             });
         }
-        let Some((chunk, window, embedded)) = in_flight.next().await else { return Ok(()) };
-        let (vectors, sizes) = embedded.map_err(TaskError::Model)?;
-        counts.batch_sizes.extend(sizes);
-        let (window, vectors, non_finite) = keep_finite(&window, vectors, ctx.workers.dim());
-        if !non_finite.is_empty() {
-            tracing::warn!(rows = non_finite.len(), "the model gave non-finite vectors; sent to the dead-letter topic");
-            ctx.metrics.non_finite_vectors.inc_by(non_finite.len() as u64);
+        let Some((chunk, good, embedded)) = in_flight.next().await else { return Ok(()) };
+        let embedded = embedded.map_err(TaskError::Model)?;
+        counts.batch_sizes.extend(&embedded.batch_sizes);
+        let finished = ctx.pipeline.finish(&good, embedded);
+        if !finished.non_finite.is_empty() {
+            let dropped = finished.non_finite.len();
+            tracing::warn!(rows = dropped, "a model gave non-finite vectors; sent to the dead-letter topic");
+            ctx.metrics.non_finite_vectors.inc_by(dropped as u64);
             let rows = Rows::of(&chunk);
-            for i in non_finite {
+            for &i in &finished.non_finite {
                 dead_letter(ctx, def, range, &rows, pending, i, NON_FINITE, counts).await?;
             }
         }
-        counts.embedded += window.len() as u64;
+        counts.embedded += finished.rows.len() as u64;
         let sink_started = Instant::now();
-        let output = output_rows(&chunk, &window, vectors, &schema);
+        let output = output_rows(&chunk, &finished.rows, finished.columns, &schema);
         writer.write(&output).await?;
         ctx.recent.push(&output);
         counts.sink_micros += sink_started.elapsed().as_micros() as u64;
@@ -292,8 +292,8 @@ impl<'a> Rows<'a> {
         self.values.is_valid(i).then(|| self.values.value(i))
     }
 
-    fn text(&self, i: usize) -> String {
-        std::str::from_utf8(self.values.value(i)).expect("checked UTF-8").to_owned()
+    fn key(&self, i: usize) -> Option<&'a [u8]> {
+        self.keys.is_valid(i).then(|| self.keys.value(i))
     }
 }
 
@@ -311,12 +311,7 @@ async fn dead_letter(
 ) -> Result<(), TaskError> {
     let offset = rows.offsets.value(i);
     tracing::debug!(offset, %reason, "dead letter");
-    let origin = Origin {
-        topic: &range.tp.topic,
-        partition: range.tp.partition,
-        offset,
-        key: rows.keys.is_valid(i).then(|| rows.keys.value(i)),
-    };
+    let origin = Origin { topic: &range.tp.topic, partition: range.tp.partition, offset, key: rows.key(i) };
     ctx.dead_letters.send(pending, def.dead_letter_partition, &origin, rows.value(i), reason).await?;
     counts.dead_letters += 1;
     Ok(())

@@ -83,20 +83,16 @@ pub trait TaskWriter: Send {
 pub struct SinkContext<'a> {
     /// The executor's producer to the sink's cluster (the output topic's, for Kafka).
     pub producer: Arc<KafkaProducer>,
-    /// `es.model` / the `model` column of every output row.
-    pub model_id: String,
+    /// The vector columns of the rows it takes, each written as its model's output.
+    pub outputs: Vec<rows::Output>,
     pub executor_id: &'a str,
-    /// The embeddings' dimension.
-    pub dim: usize,
 }
 
 /// The spec's sink, on an executor.
 pub fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &spec.kind {
-        SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.model_id))),
-        SinkKind::Parquet(p) => {
-            Box::new(Arc::new(parquet::ParquetSink::new(p, ctx.model_id, ctx.executor_id, ctx.dim)?))
-        }
+        SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.outputs))),
+        SinkKind::Parquet(p) => Box::new(Arc::new(parquet::ParquetSink::new(p, ctx.outputs, ctx.executor_id)?)),
     })
 }
 

@@ -1,6 +1,6 @@
 //! The columns every sink takes: what a task read from Kafka ([`input_schema`]) and its
-//! embedding ([`output_schema`]), and the embedding column itself. The executor's tasks and
-//! Arrow Flight build their rows with these.
+//! models' vectors ([`output_schema`], one column per [`Output`]), and the vector columns
+//! themselves. The executor's tasks and Arrow Flight build their rows with these.
 
 use std::sync::Arc;
 
@@ -19,11 +19,28 @@ pub fn input_schema() -> SchemaRef {
     ]))
 }
 
-/// The rows a task writes: the input record's columns (`reader::input_schema`) and its vector.
-pub fn output_schema(dim: usize) -> SchemaRef {
+/// One vector column of the rows a task writes: the model that made it (`es.model`, the
+/// Parquet `model` column), the column's name and the vectors' length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub model: String,
+    pub column: String,
+    pub dim: usize,
+}
+
+impl Output {
+    /// The one `embedding` column of a single model's rows.
+    pub fn single(model: &str, dim: usize) -> Output {
+        Output { model: model.to_string(), column: "embedding".into(), dim }
+    }
+}
+
+/// The rows a task writes: the input record's columns ([`input_schema`]) and one vector column
+/// per output, in order.
+pub fn output_schema(outputs: &[Output]) -> SchemaRef {
     let input = input_schema();
     let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("embedding", embedding_type(dim), false));
+    fields.extend(outputs.iter().map(|o| Field::new(&o.column, embedding_type(o.dim), false)));
     Arc::new(Schema::new(fields))
 }
 

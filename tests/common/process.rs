@@ -82,6 +82,15 @@ dead_letter_topic = "{name}-dlq"
         self
     }
 
+    /// Replaces [`Job::new`]'s `[model]` with `models`: `[input]` and `[[models]]` sections.
+    pub fn with_models(self, models: &str) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let (head, rest) = text.split_once("[model]\n").expect("Job::new's model");
+        let rest = rest.split_once("\n\n").expect("the model section's end").1;
+        std::fs::write(&self.path, format!("{head}{models}\n\n{rest}")).unwrap();
+        self
+    }
+
     /// Makes the sink a Parquet table at `table` (with the `value` column) instead of a topic.
     pub fn with_parquet_sink(self, table: &Path) -> Job {
         let text = std::fs::read_to_string(&self.path).unwrap();

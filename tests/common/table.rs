@@ -12,6 +12,15 @@ pub type Rows = BTreeMap<(i32, i64), (String, Vec<f32>)>;
 
 /// (partition, offset) -> (text, embedding) of every row in the files the manifests list.
 pub fn read_table(table: &Path) -> (Rows, usize) {
+    let (rows, count) = read_vectors(table, &["embedding"]);
+    (rows.into_iter().map(|(at, (text, mut vectors))| (at, (text, vectors.remove(0)))).collect(), count)
+}
+
+/// (partition, offset) -> (value, one vector per column asked for).
+pub type VectorRows = BTreeMap<(i32, i64), (String, Vec<Vec<f32>>)>;
+
+/// (partition, offset) -> (value, the vectors of `columns`) of every row the manifests list.
+pub fn read_vectors(table: &Path, columns: &[&str]) -> (VectorRows, usize) {
     let mut rows = BTreeMap::new();
     let mut count = 0;
     let copies = tempfile::tempdir().unwrap();
@@ -29,15 +38,19 @@ pub fn read_table(table: &Path) -> (Rows, usize) {
         for batch in reader {
             let batch = batch.unwrap();
             let col = |n: &str| batch.column_by_name(n).unwrap().clone();
-            let (p, o, v, e) = (col("partition"), col("offset"), col("value"), col("embedding"));
+            let (p, o, v) = (col("partition"), col("offset"), col("value"));
             let p = p.as_any().downcast_ref::<Int32Array>().unwrap();
             let o = o.as_any().downcast_ref::<Int64Array>().unwrap();
             let v = v.as_any().downcast_ref::<StringArray>().unwrap();
-            let e = e.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+            let vectors: Vec<_> = columns.iter().map(|c| col(c)).collect();
             for i in 0..batch.num_rows() {
-                let vector = e.value(i);
-                let vector = vector.as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec();
-                rows.insert((p.value(i), o.value(i)), (v.value(i).to_string(), vector));
+                let row = (vectors.iter())
+                    .map(|e| {
+                        let vector = e.as_any().downcast_ref::<FixedSizeListArray>().unwrap().value(i);
+                        vector.as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec()
+                    })
+                    .collect();
+                rows.insert((p.value(i), o.value(i)), (v.value(i).to_string(), row));
                 count += 1;
             }
         }

@@ -1,8 +1,8 @@
 //! The job spec: what to read, which model to run, where to write.
 //!
 //! Each section is its own module with its keys and its checks: [`source`] (and [`kafka`], the
-//! client properties of `[source.kafka]` and `[sink.kafka]` with their secrets), [`model`],
-//! [`sink`] (one variant per sink), [`runtime`] (trigger, executors, monitoring, flight,
+//! client properties of `[source.kafka]` and `[sink.kafka]` with their secrets), [`input`] (what
+//! a record is and its fields), [`model`] (`[model]` or `[[models]]`), [`sink`] (one variant per sink), [`runtime`] (trigger, executors, monitoring, flight,
 //! security); [`units`] holds the durations and sizes that are parsed once into typed values.
 //!
 //! [`JobSpec::from_toml`] is pure: it refuses unknown keys, wrong types and impossible values
@@ -11,6 +11,7 @@
 //! token file); the driver and the executors run it, the resource manager does not. The spec
 //! travels between processes as TOML ([`JobSpec::to_toml`]).
 
+pub mod input;
 pub mod kafka;
 pub mod model;
 mod paths;
@@ -27,8 +28,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use input::{InputFormat, InputSpec};
 pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretError, SecretRef, Secrets};
-pub use model::{ModelSpec, Pooling};
+pub use model::{CombineMethod, CombineSpec, FastTextSpec, ModelEntry, ModelSpec, Pooling};
 /// How many of a spec file's errors `from_file_with` reports at once.
 const MAX_ERRORS_SHOWN: usize = 10;
 
@@ -66,7 +68,16 @@ pub struct JobSpec {
     pub source: SourceSpec,
     #[serde(default)]
     pub trigger: TriggerSpec,
-    pub model: ModelSpec,
+    /// What a record's value is and the fields models read (default: the value is the text).
+    #[serde(default)]
+    pub input: InputSpec,
+    /// One text model, as the first specs wrote it: named by its id, its vector the
+    /// `embedding` column. A spec has this or `[[models]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+    /// Several models, each computed for every record, each its own output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelEntry>,
     pub sink: SinkSpec,
     #[serde(default)]
     pub executors: ExecutorsSpec,
@@ -76,6 +87,15 @@ pub struct JobSpec {
     pub flight: FlightSpec,
     #[serde(default)]
     pub security: SecuritySpec,
+}
+
+/// Part of the spec's table, with its errors' keys under `at.` (`sink.format`).
+pub(crate) fn section_at<T: serde::de::DeserializeOwned>(at: &str, table: toml::Table) -> Result<T, SpecError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." { at.to_string() } else { format!("{at}.{path}") };
+        SpecError { key, message: words::in_words(&e.into_inner().to_string()) }
+    })
 }
 
 /// A directory the query writes: a local path, or `hdfs://NAMENODE[:PORT]/path`.
@@ -118,11 +138,17 @@ impl JobSpec {
     fn from_table(mut table: toml::Table) -> Result<JobSpec, SpecError> {
         source::read_deprecated(&mut table)?;
         let sink = table.get("sink").cloned();
+        let models = table.get("models").cloned();
         let spec: JobSpec = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            // The sink's own parser names the key inside its section.
+            // The sink's and the models' own parsers name the key inside their section.
             if let (Some(sink), true) = (sink, key == "sink") {
                 if let Err(inner) = SinkSpec::from_value(sink) {
+                    return inner;
+                }
+            }
+            if let (Some(models), true) = (models, key.starts_with("models")) {
+                if let Err(inner) = ModelEntry::list_from_value(models) {
                     return inner;
                 }
             }
@@ -195,17 +221,109 @@ impl JobSpec {
     /// The files the spec names exist on this machine (the model and tokenizer, the token
     /// file). Run where they are used, before anything starts.
     pub fn check_files(&self) -> Result<(), SpecError> {
-        self.model.check_files()?;
+        for (at, model) in self.text_models_at() {
+            model.check_files(&at)?;
+        }
+        for (i, entry) in self.models.iter().enumerate() {
+            if let ModelEntry::FastText(f) = entry {
+                f.check_files(&format!("models[{i}]"))?;
+            }
+        }
         self.security.check_files()
     }
 
+    /// The text models with their keys (`model`, `models[2]`), in the spec's order.
+    fn text_models_at(&self) -> Vec<(String, &ModelSpec)> {
+        let entries = self.models.iter().enumerate().filter_map(|(i, e)| match e {
+            ModelEntry::TextOnnx(m) => Some((format!("models[{i}]"), m)),
+            _ => None,
+        });
+        self.model.iter().map(|m| ("model".to_string(), m)).chain(entries).collect()
+    }
+
+    /// The models that read records (`[model]`, or the `text-onnx` entries), in order.
+    pub fn text_models(&self) -> Vec<&ModelSpec> {
+        self.text_models_at().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// As [`JobSpec::text_models`], to rewrite their files' paths (a model fetched from HDFS,
+    /// staged for YARN).
+    pub fn text_models_mut(&mut self) -> Vec<&mut ModelSpec> {
+        let entries = self.models.iter_mut().filter_map(|e| match e {
+            ModelEntry::TextOnnx(m) => Some(m),
+            _ => None,
+        });
+        self.model.iter_mut().chain(entries).collect()
+    }
+
+    /// Every model file the spec names (`[model]`'s and each entry's), to rewrite their paths
+    /// (fetched from HDFS, staged for YARN), with a short name for each.
+    pub fn model_files_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
+        let mut files = Vec::new();
+        if let Some(m) = &mut self.model {
+            files.push(("model.onnx".to_string(), &mut m.onnx));
+            files.push(("tokenizer.json".to_string(), &mut m.tokenizer));
+        }
+        for (i, entry) in self.models.iter_mut().enumerate() {
+            match entry {
+                ModelEntry::TextOnnx(m) => {
+                    files.push((format!("model-{i}-model.onnx"), &mut m.onnx));
+                    files.push((format!("model-{i}-tokenizer.json"), &mut m.tokenizer));
+                }
+                ModelEntry::FastText(f) => {
+                    let name = f.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    files.push((format!("model-{i}-{name}"), &mut f.model));
+                }
+                ModelEntry::Combine(_) => {}
+            }
+        }
+        files
+    }
+
+    /// The first text model: what Arrow Flight's `DoExchange` embeds with.
+    pub fn first_text_model(&self) -> &ModelSpec {
+        self.text_models().into_iter().next().expect("a validated spec has a text model")
+    }
+
+    /// Every model, `[model]` as a `text-onnx` entry named by its id, in the spec's order.
+    pub fn model_entries(&self) -> Vec<ModelEntry> {
+        match &self.model {
+            Some(m) => vec![ModelEntry::TextOnnx(ModelSpec { name: Some(m.model_id()), ..m.clone() })],
+            None => self.models.clone(),
+        }
+    }
+
+    /// The models whose vectors the sink writes, in the spec's order: `sink.models`, or all.
+    pub fn written_models(&self) -> Vec<String> {
+        let all = self.model_entries().into_iter().map(|e| e.name().to_string());
+        match &self.sink.common.models {
+            picked if picked.is_empty() => all.collect(),
+            picked => all.filter(|n| picked.contains(n)).collect(),
+        }
+    }
+
+    /// The column of model `name`'s vectors: `embedding` for `[model]`, else `embedding_<name>`.
+    pub fn output_column(&self, name: &str) -> String {
+        match &self.model {
+            Some(_) => "embedding".to_string(),
+            None => format!("embedding_{name}"),
+        }
+    }
+
+    /// Records a task reads and checks at a time: the largest sort window of its ONNX models.
+    pub fn window_rows(&self) -> usize {
+        self.text_models().iter().map(|m| m.sort_window).max().unwrap_or(model::DEFAULT_SORT_WINDOW).max(1)
+    }
+
     /// How long a task attempt over `records` records may run before the driver gives up on it:
-    /// `executors.task_timeout`, or one minute plus `model.worker_timeout_per_text` a record.
+    /// `executors.task_timeout`, or one minute plus every text model's `worker_timeout_per_text`
+    /// a record.
     pub fn task_deadline(&self, records: u64) -> std::time::Duration {
         match &self.executors.task_timeout {
             Some(t) => t.get(),
             None => {
-                let per_record = self.model.worker_timeout_per_text.get();
+                let per_record =
+                    self.text_models().iter().map(|m| m.worker_timeout_per_text.get()).sum::<std::time::Duration>();
                 TASK_GRACE.saturating_add(per_record.saturating_mul(records.min(u32::MAX as u64) as u32))
             }
         }
@@ -237,7 +355,9 @@ impl JobSpec {
     pub fn with_derived(&self) -> JobSpec {
         let mut spec = self.clone();
         spec.source.group_id = Some(self.group_id());
-        spec.model.id = Some(self.model.model_id());
+        if let Some(m) = &mut spec.model {
+            m.id = Some(m.model_id());
+        }
         spec.sink.common.dead_letter_topic = Some(self.dead_letter_topic());
         spec
     }
@@ -264,7 +384,29 @@ impl JobSpec {
         }
         self.source.validate()?;
         self.trigger.validate()?;
-        self.model.validate()?;
+        self.input.validate()?;
+        match (&self.model, self.models.is_empty()) {
+            (Some(_), false) => {
+                return Err(SpecError::new("models", "a spec has [model] or [[models]], not both"));
+            }
+            (None, true) => {
+                return Err(SpecError::new("model", "missing: a spec needs [model] or [[models]]"));
+            }
+            (Some(m), true) => {
+                if m.name.is_some() {
+                    return Err(SpecError::new(
+                        "model.name",
+                        "[model] is named by its id: names are for [[models]] entries",
+                    ));
+                }
+                m.validate("model", &self.input)?;
+            }
+            (None, false) => model::validate_entries(&self.models, &self.input)?,
+        }
+        let names: Vec<String> = self.model_entries().iter().map(|e| e.name().to_string()).collect();
+        if let Some(unknown) = self.sink.common.models.iter().find(|n| !names.contains(n)) {
+            return Err(SpecError::new("sink.models", format!("`{unknown}` is not a model of this spec")));
+        }
         self.flight.validate()?;
         self.sink.validate(&self.name, &self.source)?;
         self.monitoring.validate()?;

@@ -1,12 +1,23 @@
-//! `[model]`: the ONNX model and tokenizer a query embeds with, and how texts are batched.
+//! The models a query runs: `[model]` (one text model, as the first specs wrote it) or
+//! `[[models]]`, entries chosen by `kind`:
+//!
+//! - `text-onnx` ([`ModelSpec`]): an ONNX model and its tokenizer, its input a template over the
+//!   record's fields, and how its texts are batched;
+//! - `combine` ([`CombineSpec`]): a vector made of other models' vectors (concatenated, L2
+//!   normalised if asked).
+//!
+//! `[[models]]` entries are parsed by hand on `kind`, as `[sink]` is, so that an error inside
+//! one names its key (`models[1].batch_size`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::input::InputSpec;
 use super::units::HumanDuration;
 use super::SpecError;
+use crate::fields::Template;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -18,6 +29,14 @@ pub enum Pooling {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// Its name in `[[models]]`: the output column `embedding_<name>`, `es.model`, what a
+    /// `combine` entry and `sink.models` call it. `[model]` has none: it is named by its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its input text, a template over the record's fields (`"{title}. {description}"`).
+    /// Default `"{value}"`: the record's whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     pub onnx: PathBuf,
     pub tokenizer: PathBuf,
     /// Model id written in the `es.model` header. Default: the ONNX file's directory name.
@@ -65,8 +84,11 @@ fn default_pooling() -> Pooling {
 fn default_batch_size() -> usize {
     32
 }
+/// Records sorted together by default; also the window of a job with no ONNX model.
+pub const DEFAULT_SORT_WINDOW: usize = 1024;
+
 fn default_sort_window() -> usize {
-    1024
+    DEFAULT_SORT_WINDOW
 }
 fn default_max_text_bytes() -> usize {
     64 * 1024
@@ -79,6 +101,8 @@ impl ModelSpec {
     /// A model with the spec's defaults for everything but its files.
     pub fn new(onnx: PathBuf, tokenizer: PathBuf) -> ModelSpec {
         ModelSpec {
+            name: None,
+            text: None,
             onnx,
             tokenizer,
             id: None,
@@ -97,8 +121,14 @@ impl ModelSpec {
         WORKER_GRACE + self.worker_timeout_per_text.get().saturating_mul(texts.max(1) as u32)
     }
 
+    /// The template of its input text.
+    pub fn template(&self) -> Template {
+        Template::parse(self.text.as_deref().unwrap_or("{value}")).expect("validated")
+    }
+
+    /// Its name (in `[[models]]`), else its id, else its ONNX file's directory's name.
     pub fn model_id(&self) -> String {
-        self.id.clone().unwrap_or_else(|| {
+        self.name.clone().or_else(|| self.id.clone()).unwrap_or_else(|| {
             self.onnx
                 .parent()
                 .and_then(Path::file_name)
@@ -108,37 +138,256 @@ impl ModelSpec {
         })
     }
 
-    pub(super) fn validate(&self) -> Result<(), SpecError> {
+    /// Checks its values; `at` is its key in errors (`model`, `models[0]`).
+    pub(super) fn validate(&self, at: &str, input: &InputSpec) -> Result<(), SpecError> {
         let m = self;
+        let key = |k: &str| format!("{at}.{k}");
         if !(1..=512).contains(&m.max_seq_len) {
-            return Err(SpecError::new("model.max_seq_len", "must be between 1 and 512"));
+            return Err(SpecError::new(&key("max_seq_len"), "must be between 1 and 512"));
         }
         if !(1..=4096).contains(&m.batch_size) {
-            return Err(SpecError::new("model.batch_size", "must be between 1 and 4096"));
+            return Err(SpecError::new(&key("batch_size"), "must be between 1 and 4096"));
         }
         if m.sort_window < m.batch_size {
-            return Err(SpecError::new("model.sort_window", "must be at least model.batch_size"));
+            return Err(SpecError::new(&key("sort_window"), format!("must be at least {at}.batch_size")));
         }
         if m.max_text_bytes == 0 {
-            return Err(SpecError::new("model.max_text_bytes", "must be at least 1"));
+            return Err(SpecError::new(&key("max_text_bytes"), "must be at least 1"));
         }
         if m.worker_timeout_per_text.get().is_zero() {
             return Err(SpecError::new(
-                "model.worker_timeout_per_text",
+                &key("worker_timeout_per_text"),
                 "must be a duration above zero, such as \"1s\"",
             ));
+        }
+        if let Some(text) = &m.text {
+            let template = Template::parse(text).map_err(|e| SpecError::new(&key("text"), e))?;
+            check_fields(&key("text"), template.fields(), input)?;
         }
         Ok(())
     }
 
     /// The model's files exist here (run where they are loaded: the driver and the executors).
-    pub(super) fn check_files(&self) -> Result<(), SpecError> {
-        for (key, path) in [("model.onnx", &self.onnx), ("model.tokenizer", &self.tokenizer)] {
+    pub(super) fn check_files(&self, at: &str) -> Result<(), SpecError> {
+        for (key, path) in [("onnx", &self.onnx), ("tokenizer", &self.tokenizer)] {
             // A model on HDFS is checked where it is fetched, by the executor.
             if !crate::store::is_hdfs(path) && !path.is_file() {
-                return Err(SpecError::new(key, format!("no such file: {}", path.display())));
+                return Err(SpecError::new(&format!("{at}.{key}"), format!("no such file: {}", path.display())));
             }
         }
         Ok(())
     }
+}
+
+/// Every field a template reads is one the records have.
+fn check_fields<'a>(key: &str, mut fields: impl Iterator<Item = &'a str>, input: &InputSpec) -> Result<(), SpecError> {
+    match fields.find(|f| !input.has_field(f)) {
+        Some(f) => {
+            Err(SpecError::new(key, format!("`{{{f}}}` is not a field: name one of input.fields (or key, value)")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// `kind = "fasttext"`: a fastText model's sentence vector (the mean of its words' normalised
+/// vectors, as fastText's `get_sentence_vector`), computed in the executor's own process: a
+/// lookup and a sum per word, no model worth forking for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastTextSpec {
+    pub name: String,
+    /// Its input text, a template over the record's fields; default `"{value}"`. Line breaks
+    /// are read as spaces (fastText reads one line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The model: fastText's `.bin`, or `.ftz` (quantised).
+    pub model: PathBuf,
+    /// Scale each sentence vector to length 1 (fastText's own are not).
+    #[serde(default)]
+    pub normalize: bool,
+    /// Longer texts go to the dead-letter topic.
+    #[serde(default = "default_max_text_bytes")]
+    pub max_text_bytes: usize,
+}
+
+impl FastTextSpec {
+    pub fn template(&self) -> Template {
+        Template::parse(self.text.as_deref().unwrap_or("{value}")).expect("validated")
+    }
+
+    fn validate(&self, at: &str, input: &InputSpec) -> Result<(), SpecError> {
+        if self.max_text_bytes == 0 {
+            return Err(SpecError::new(&format!("{at}.max_text_bytes"), "must be at least 1"));
+        }
+        if let Some(text) = &self.text {
+            let key = format!("{at}.text");
+            let template = Template::parse(text).map_err(|e| SpecError::new(&key, e))?;
+            check_fields(&key, template.fields(), input)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_files(&self, at: &str) -> Result<(), SpecError> {
+        if !crate::store::is_hdfs(&self.model) && !self.model.is_file() {
+            return Err(SpecError::new(&format!("{at}.model"), format!("no such file: {}", self.model.display())));
+        }
+        Ok(())
+    }
+}
+
+/// How a `combine` entry makes one vector of its inputs'.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CombineMethod {
+    /// The inputs' vectors one after the other, in `inputs` order.
+    #[default]
+    Concat,
+}
+
+/// `kind = "combine"`: a vector made of other models' vectors (Prod2Vec's shape: two text
+/// towers and an image tower into one vector).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CombineSpec {
+    pub name: String,
+    /// The models whose vectors it takes, each named before it in `[[models]]`.
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub method: CombineMethod,
+    /// Scale the combined vector to length 1.
+    #[serde(default)]
+    pub normalize: bool,
+}
+
+/// One entry of `[[models]]`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ModelEntry {
+    TextOnnx(ModelSpec),
+    #[serde(rename = "fasttext")]
+    FastText(FastTextSpec),
+    Combine(CombineSpec),
+}
+
+/// The model kinds, as `kind` names them.
+const KINDS: &str = "`text-onnx`, `fasttext` or `combine`";
+
+impl ModelEntry {
+    pub fn name(&self) -> &str {
+        match self {
+            ModelEntry::TextOnnx(m) => m.name.as_deref().unwrap_or_default(),
+            ModelEntry::FastText(f) => &f.name,
+            ModelEntry::Combine(c) => &c.name,
+        }
+    }
+
+    /// Whether it reads records (its input a template over their fields), not other models.
+    pub fn reads_records(&self) -> bool {
+        !matches!(self, ModelEntry::Combine(_))
+    }
+
+    /// The template of its input text, for a model that reads records.
+    pub fn template(&self) -> Option<Template> {
+        match self {
+            ModelEntry::TextOnnx(m) => Some(m.template()),
+            ModelEntry::FastText(f) => Some(f.template()),
+            ModelEntry::Combine(_) => None,
+        }
+    }
+
+    /// The most bytes of input text it takes, for a model that reads records.
+    pub fn max_text_bytes(&self) -> Option<usize> {
+        match self {
+            ModelEntry::TextOnnx(m) => Some(m.max_text_bytes),
+            ModelEntry::FastText(f) => Some(f.max_text_bytes),
+            ModelEntry::Combine(_) => None,
+        }
+    }
+
+    /// Entry `index` of `[[models]]`, its errors' keys under `models[index].`.
+    pub fn from_value(index: usize, value: toml::Value) -> Result<ModelEntry, SpecError> {
+        let at = format!("models[{index}]");
+        let toml::Value::Table(mut table) = value else {
+            return Err(SpecError::new(&at, format!("must be a table with a `kind`: {KINDS}")));
+        };
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(k)) => k,
+            Some(_) => return Err(SpecError::new(&format!("{at}.kind"), format!("must be a string: {KINDS}"))),
+            None => return Err(SpecError::new(&format!("{at}.kind"), format!("missing: {KINDS}"))),
+        };
+        if !table.contains_key("name") {
+            return Err(SpecError::new(&format!("{at}.name"), "missing: every entry of [[models]] has a name"));
+        }
+        match kind.as_str() {
+            "text-onnx" => super::section_at(&at, table).map(ModelEntry::TextOnnx),
+            "fasttext" => super::section_at(&at, table).map(ModelEntry::FastText),
+            "combine" => super::section_at(&at, table).map(ModelEntry::Combine),
+            other => Err(SpecError::new(&format!("{at}.kind"), format!("unknown kind `{other}`, expected {KINDS}"))),
+        }
+    }
+
+    /// `[[models]]` as a whole, each entry's errors under its index.
+    pub fn list_from_value(value: toml::Value) -> Result<Vec<ModelEntry>, SpecError> {
+        let toml::Value::Array(entries) = value else {
+            return Err(SpecError::new("models", "must be an array of tables: [[models]]"));
+        };
+        entries.into_iter().enumerate().map(|(i, v)| ModelEntry::from_value(i, v)).collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelEntry {
+    /// As [`ModelEntry::from_value`]; `JobSpec::from_toml` reports its errors with their key.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(deserializer)?;
+        ModelEntry::from_value(0, value).map_err(|e| serde::de::Error::custom(e.message))
+    }
+}
+
+/// A model's name: letters, digits, '_' and '-' (it names a column and a header value).
+fn is_model_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+}
+
+/// Checks `[[models]]` as a whole: names, inputs, templates.
+pub(super) fn validate_entries(entries: &[ModelEntry], input: &InputSpec) -> Result<(), SpecError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("models[{i}]");
+        let name = entry.name();
+        if !is_model_name(name) {
+            return Err(SpecError::new(&format!("{at}.name"), "must be non-empty letters, digits, '_' or '-'"));
+        }
+        if seen.contains(&name) {
+            return Err(SpecError::new(&format!("{at}.name"), format!("`{name}` names an earlier model too")));
+        }
+        match entry {
+            ModelEntry::TextOnnx(m) => m.validate(&at, input)?,
+            ModelEntry::FastText(f) => f.validate(&at, input)?,
+            ModelEntry::Combine(c) => {
+                let key = format!("{at}.inputs");
+                if c.inputs.is_empty() {
+                    return Err(SpecError::new(&key, "must name at least one model"));
+                }
+                for (n, input) in c.inputs.iter().enumerate() {
+                    if !seen.contains(&input.as_str()) {
+                        return Err(SpecError::new(
+                            &key,
+                            format!("`{input}` is not a model named before this one in [[models]]"),
+                        ));
+                    }
+                    if c.inputs[..n].contains(input) {
+                        return Err(SpecError::new(&key, format!("`{input}` is named twice")));
+                    }
+                }
+            }
+        }
+        seen.push(name);
+    }
+    if !entries.iter().any(ModelEntry::reads_records) {
+        return Err(SpecError::new(
+            "models",
+            "needs at least one model that reads the records (kind = \"text-onnx\" or \"fasttext\")",
+        ));
+    }
+    Ok(())
 }

@@ -19,6 +19,9 @@ const PATH_KEYS: &[&str] = &[
     "security.tls_ca",
 ];
 
+/// The keys of a `[[models]]` entry that hold a path.
+const MODEL_PATH_KEYS: &[&str] = &["onnx", "tokenizer", "model"];
+
 /// The sections whose values may be `{ file = "..." }` secrets.
 const SECRET_SECTIONS: &[&str] = &["source.kafka", "sink.kafka", "sink.dead_letter_kafka"];
 
@@ -35,6 +38,16 @@ pub(super) fn resolve_relative(table: &mut toml::Table, base: &Path) {
     for key in PATH_KEYS {
         if let Some(value) = lookup(table, key) {
             resolve(value);
+        }
+    }
+    // Each `[[models]]` entry's files.
+    if let Some(toml::Value::Array(models)) = table.get_mut("models") {
+        for entry in models.iter_mut().filter_map(toml::Value::as_table_mut) {
+            for key in MODEL_PATH_KEYS {
+                if let Some(value) = entry.get_mut(*key) {
+                    resolve(value);
+                }
+            }
         }
     }
     for section in SECRET_SECTIONS {

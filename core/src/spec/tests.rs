@@ -60,9 +60,11 @@ fn minimal_spec_gets_defaults() {
     let s = load(&spec(&f, "", "")).unwrap();
     assert_eq!(s.group_id(), "embedstream-products");
     assert_eq!(s.dead_letter_topic(), "out-dlq");
-    assert_eq!(s.model.batch_size, 32);
+    assert_eq!(s.first_text_model().batch_size, 32);
     assert_eq!(s.min_batches_to_retain, 100);
-    assert_eq!(s.model.model_id(), "m");
+    assert_eq!(s.first_text_model().model_id(), "m");
+    assert_eq!(s.written_models(), ["m"]);
+    assert_eq!(s.output_column("m"), "embedding");
     assert_eq!(s.source.starting_offsets, StartingOffsets::Named("latest".into()));
     assert!(s.source.fail_on_data_loss);
     // What executors receive parses back to the same spec.
@@ -287,4 +289,135 @@ fn librdkafka_is_built_with_tls_scram_and_kerberos() {
         let made = config.create::<rdkafka::consumer::BaseConsumer>();
         assert!(made.is_ok(), "{protocol} {mechanism}: {:?}", made.err());
     }
+}
+
+/// A product-shaped spec: JSON records, two text models over their fields, a combined vector.
+fn models_spec(f: &Files, input: &str, models: &str, sink: &str) -> String {
+    let (onnx, tok) = (f.onnx.display(), f.tok.display());
+    format!(
+        r#"
+name = "products"
+checkpoint_location = "models"
+[source]
+bootstrap_servers = "127.0.0.1:9092"
+subscribe = ["products"]
+[input]
+format = "json"
+fields = {{ title = "/title", description = "/description" }}
+required = ["title"]
+{input}
+[[models]]
+name = "title"
+kind = "text-onnx"
+text = "{{title}}"
+onnx = "{onnx}"
+tokenizer = "{tok}"
+[[models]]
+name = "text"
+kind = "text-onnx"
+text = "{{title}}. {{description}}"
+onnx = "{onnx}"
+tokenizer = "{tok}"
+batch_size = 8
+{models}
+[sink]
+kind = "kafka"
+topic = "out"
+{sink}
+"#
+    )
+}
+
+const COMBINE: &str =
+    "[[models]]\nname = \"product\"\nkind = \"combine\"\ninputs = [\"title\", \"text\"]\nnormalize = true";
+
+#[test]
+fn several_models_over_json_fields() {
+    let f = files();
+    let s = load(&models_spec(&f, "", COMBINE, "")).unwrap();
+    assert_eq!(s.input.format, InputFormat::Json);
+    assert_eq!(s.text_models().len(), 2);
+    assert_eq!(s.text_models()[1].batch_size, 8);
+    assert_eq!(s.text_models()[1].template().fields().collect::<Vec<_>>(), ["title", "description"]);
+    assert_eq!(s.written_models(), ["title", "text", "product"]);
+    assert_eq!(s.output_column("product"), "embedding_product");
+    assert!(matches!(&s.models[2], ModelEntry::Combine(c) if c.normalize && c.inputs == ["title", "text"]));
+    // What executors receive parses back to the same spec.
+    assert_eq!(JobSpec::from_toml(&s.to_toml()).unwrap().to_toml(), s.to_toml());
+    // The sink writes the models it names.
+    let s = load(&models_spec(&f, "", COMBINE, "models = [\"product\"]")).unwrap();
+    assert_eq!(s.written_models(), ["product"]);
+}
+
+#[test]
+fn model_and_input_errors_name_their_key() {
+    let f = files();
+    let refused = |input: &str, models: &str, sink: &str| load(&models_spec(&f, input, models, sink)).unwrap_err();
+    let e = refused("", "[[models]]\nname = \"x\"\nkind = \"combine\"\ninputs = [\"nope\"]", "");
+    assert_eq!(e.key, "models[2].inputs");
+    assert!(e.message.contains("`nope`"), "{e}");
+    let e = refused("", "[[models]]\nname = \"title\"\nkind = \"combine\"\ninputs = [\"text\"]", "");
+    assert_eq!((e.key.as_str(), e.message.contains("earlier")), ("models[2].name", true), "{e}");
+    let e = refused("", "[[models]]\nname = \"img\"\nkind = \"resnet\"", "");
+    assert_eq!(e.key, "models[2].kind");
+    assert!(e.message.contains("text-onnx"), "{e}");
+    let e = refused("", "[[models]]\nname = \"p\"\nkind = \"combine\"\ninputs = [\"text\"]\nnormalise = true", "");
+    assert_eq!(e.key, "models[2].normalise");
+    assert!(e.message.contains("normalise"), "{e}");
+    let e = refused("", "", "models = [\"image\"]");
+    assert_eq!(e.key, "sink.models");
+    // A template's field must be one of the input's.
+    let text = models_spec(&f, "", "", "").replace("{title}. {description}", "{title} {colour}");
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.key, "models[1].text");
+    assert!(e.message.contains("`{colour}`"), "{e}");
+    let e = load(&models_spec(&f, "", "", "").replace("batch_size = 8", "batch_size = 0")).unwrap_err();
+    assert_eq!(e.key, "models[1].batch_size");
+    let e = load(&models_spec(&f, "", "", "").replace("\"/title\"", "\"title\"")).unwrap_err();
+    assert_eq!(e.key, "input.fields.title");
+    let e = load(&models_spec(&f, "", "", "").replace("required = [\"title\"]", "required = [\"price\"]")).unwrap_err();
+    assert_eq!(e.key, "input.required");
+    // Fields are JSON pointers: a text input has none.
+    let e = load(&models_spec(&f, "", "", "").replace("format = \"json\"", "format = \"text\"")).unwrap_err();
+    assert_eq!(e.key, "input.fields");
+    // A missing model file names its entry.
+    let e = load(&models_spec(&f, "", "", "").replacen(&f.onnx.display().to_string(), "/nonexistent/m.onnx", 1))
+        .unwrap_err();
+    assert_eq!(e.key, "models[0].onnx");
+}
+
+#[test]
+fn a_spec_has_model_or_models() {
+    let f = files();
+    let both = spec(&f, "", "").replace(
+        "[sink]",
+        &format!(
+            "[[models]]\nname = \"a\"\nkind = \"text-onnx\"\nonnx = \"{}\"\ntokenizer = \"{}\"\n[sink]",
+            f.onnx.display(),
+            f.tok.display()
+        ),
+    );
+    assert_eq!(load(&both).unwrap_err().key, "models");
+    let model = format!("[model]\nonnx = \"{}\"\ntokenizer = \"{}\"\n", f.onnx.display(), f.tok.display());
+    let neither = spec(&f, "", "").replace(&model, "");
+    assert_ne!(neither, spec(&f, "", ""));
+    let e = load(&neither).unwrap_err();
+    assert_eq!(e.key, "model", "{e}");
+    // `[model]` is named by its id.
+    let named = spec(&f, "", "").replace("[model]\n", "[model]\nname = \"x\"\n");
+    assert_eq!(load(&named).unwrap_err().key, "model.name");
+}
+
+/// Relative model files in `[[models]]` are resolved against the spec file's directory.
+#[test]
+fn relative_model_paths_resolve_against_the_spec_file() {
+    let f = files();
+    let dir = f.onnx.parent().unwrap().parent().unwrap();
+    let text = models_spec(&f, "", "", "").replace(&f.onnx.display().to_string(), "m/model.onnx");
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    let s = JobSpec::from_file(&path).unwrap();
+    s.check_files().unwrap();
+    assert_eq!(s.text_models()[0].onnx, f.onnx);
+    assert_eq!(s.checkpoint_location, dir.join("models"));
 }

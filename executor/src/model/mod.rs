@@ -6,13 +6,15 @@
 //! - [`fork`]: the fork, `_exit` and parent-death signal under it (the executor's unsafe code);
 //! - [`wire`]: the frames and Arrow IPC between the executor and its workers;
 //! - [`workers`]: the executor's side: start and supervise the daemon, order texts by tokens,
-//!   send batches to free workers.
+//!   send batches to free workers;
+//! - [`fasttext`]: fastText sentence vectors, computed in the executor's process (no workers).
 //!
 //! [`Embed`] is what the rest of the executor (tasks, Arrow Flight) asks for: texts in, vectors
-//! out. The forked [`workers::WorkerPool`] is its implementation; another backend (a GPU
-//! session, a remote server) is one more.
+//! out. The forked [`workers::WorkerPool`] (ONNX models) and [`fasttext::FastTextModel`] are
+//! its implementations; another backend (a GPU session, a remote server) is one more.
 
 pub mod daemon;
+pub mod fasttext;
 pub mod fork;
 pub mod session;
 pub mod wire;
@@ -23,23 +25,24 @@ pub use session::{cache_dir, init_runtime, load_tokenizer, ort_library, token_le
 use std::path::Path;
 use std::sync::Arc;
 
-use embedstream_core::spec::ModelSpec;
 use embedstream_core::store;
+use embedstream_core::JobSpec;
 use futures::future::BoxFuture;
 
-/// Fetches the model's files that are on HDFS (`hdfs://...`) into `dir` and points `model` at
-/// the copies: ONNX Runtime and the tokenizer read local files. Each executor fetches once, at
-/// start; the workers then share the one loaded model.
-pub fn fetch_from_hdfs(model: &mut ModelSpec, dir: &Path) -> Result<(), ModelError> {
-    // The model's id comes from its path (its directory's name) unless the spec names it: keep
+/// Fetches the spec's model files that are on HDFS (`hdfs://...`) into `dir` and points the
+/// spec at the copies: ONNX Runtime, the tokenizer and fastText read local files. Each executor
+/// fetches once, at start; the workers then share the one loaded model.
+pub fn fetch_from_hdfs(spec: &mut JobSpec, dir: &Path) -> Result<(), ModelError> {
+    // `[model]`'s id comes from its path (its directory's name) unless the spec names it: keep
     // the one the driver derived, not the copy's.
-    model.id = Some(model.model_id());
-    for (i, path) in [&mut model.onnx, &mut model.tokenizer].into_iter().enumerate() {
+    if let Some(m) = &mut spec.model {
+        m.id = Some(m.model_id());
+    }
+    for (name, path) in spec.model_files_mut() {
         if !store::is_hdfs(path) {
             continue;
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("file-{i}"));
-        let local = dir.join(format!("{i}-{name}"));
+        let local = dir.join(name);
         let started = std::time::Instant::now();
         store::download(path, &local)
             .map_err(|e| ModelError::Onnx { path: path.clone(), message: format!("cannot fetch it from HDFS: {e}") })?;

@@ -24,6 +24,8 @@ pub enum ModelError {
     Onnx { path: PathBuf, message: String },
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
+    #[error("fastText model {path}: {message}")]
+    FastText { path: PathBuf, message: String },
     #[error("tokenizer {tokenizer} does not fit model {model}: {message}")]
     Mismatch { tokenizer: PathBuf, model: PathBuf, message: String },
     #[error("inference: {0}")]

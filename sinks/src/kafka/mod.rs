@@ -1,9 +1,14 @@
-//! The Kafka sink: one output record per good input record, through the executor's one
-//! producer ([`producer`]), which the dead letters (`crate::dead_letters`) share. Its batch
-//! committer has nothing to publish: a record is visible once the broker acknowledged it.
+//! The Kafka sink: one output record per good input record and written model, through the
+//! executor's one producer ([`producer`]), which the dead letters (`crate::dead_letters`) share.
+//! Its batch committer has nothing to publish: a record is visible once the broker acknowledged
+//! it.
 //!
 //! Output records keep the input key and carry their origin in headers (`es.topic`,
-//! `es.partition`, `es.offset`, `es.model`). The producer is idempotent, so librdkafka's own retries neither duplicate nor
+//! `es.partition`, `es.offset`) and the model that made the vector in `es.model`: a job of
+//! several models writes, for each input record, one record per model, in `[[models]]` order
+//! (`sink.models` picks which), one after the other in the same partition. A consumer that
+//! wants one model's vectors filters on `es.model`; one record carrying every vector would
+//! make every consumer decode them all. The producer is idempotent, so librdkafka's own retries neither duplicate nor
 //! reorder records; a task that is retried as a whole may write its records again
 //! (at-least-once).
 
@@ -22,6 +27,7 @@ use rdkafka::producer::FutureRecord;
 pub use producer::{KafkaProducer, Origin, Pending};
 
 use crate::commit::{BatchCommitter, BatchRange, CommitError, Published};
+use crate::rows::Output;
 use crate::{SinkError, TaskInfo, TaskOutput, TaskWriter};
 use producer::origin_headers;
 
@@ -30,27 +36,28 @@ pub struct KafkaSink {
     producer: Arc<KafkaProducer>,
     topic: Arc<str>,
     format: VectorFormat,
-    model_id: String,
+    outputs: Vec<Output>,
 }
 
 impl KafkaSink {
-    pub fn new(spec: &KafkaSinkSpec, producer: Arc<KafkaProducer>, model_id: String) -> KafkaSink {
-        KafkaSink { producer, topic: spec.topic.as_str().into(), format: spec.format, model_id }
+    pub fn new(spec: &KafkaSinkSpec, producer: Arc<KafkaProducer>, outputs: Vec<Output>) -> KafkaSink {
+        KafkaSink { producer, topic: spec.topic.as_str().into(), format: spec.format, outputs }
     }
 
-    /// Enqueues the embedding of `origin` for partition `partition` of the sink topic.
+    /// Enqueues model `model`'s vector of `origin` for partition `partition` of the sink topic.
     async fn send_embedding(
         &self,
         pending: &mut Pending,
         partition: i32,
         origin: &Origin<'_>,
+        model: &str,
         vector: &[f32],
     ) -> Result<(), SinkError> {
         let payload = encode(self.format, vector);
         let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
             .partition(partition)
             .payload(&payload)
-            .headers(origin_headers(origin, &self.model_id));
+            .headers(origin_headers(origin, model));
         let record = match origin.key {
             Some(k) => record.key(k),
             None => record,
@@ -86,9 +93,13 @@ impl TaskWriter for KafkaTaskWriter {
             let partitions: &Int32Array = column(rows, "partition");
             let offsets: &Int64Array = column(rows, "offset");
             let timestamps: &Int64Array = column(rows, "timestamp_ms");
-            let embeddings: &FixedSizeListArray = column(rows, "embedding");
-            let values = embeddings.values().as_any().downcast_ref::<Float32Array>().expect("f32 embeddings");
-            let dim = embeddings.value_length() as usize;
+            let vectors: Vec<(&str, &[f32], usize)> = (self.sink.outputs.iter())
+                .map(|o| {
+                    let column: &FixedSizeListArray = column(rows, &o.column);
+                    let values = column.values().as_any().downcast_ref::<Float32Array>().expect("f32 embeddings");
+                    (o.model.as_str(), values.values().as_ref(), column.value_length() as usize)
+                })
+                .collect();
             let mut pending = Pending::default();
             for i in 0..rows.num_rows() {
                 let origin = Origin {
@@ -97,8 +108,10 @@ impl TaskWriter for KafkaTaskWriter {
                     offset: offsets.value(i),
                     key: keys.is_valid(i).then(|| keys.value(i)),
                 };
-                let vector = &values.values()[i * dim..(i + 1) * dim];
-                self.sink.send_embedding(&mut pending, self.partition, &origin, vector).await?;
+                for &(model, values, dim) in &vectors {
+                    let vector = &values[i * dim..(i + 1) * dim];
+                    self.sink.send_embedding(&mut pending, self.partition, &origin, model, vector).await?;
+                }
             }
             let stamps = timestamps.iter().flatten().collect();
             self.acks.push((stamps, tokio::spawn(async move { pending.finish().await.map(|()| now_ms()) })));

@@ -3,8 +3,10 @@
 //! driver's manifest (`embedstream_core::manifest`, written by [`ManifestCommitter`]), which
 //! makes them exactly-once for readers.
 //!
-//! Columns: `key` (binary), `topic`, `partition`, `offset`, `kafka_timestamp` (ms, UTC), `model`,
-//! `embedding` (FixedSizeList<Float32>), and `value` (the text) when `sink.columns` asks for it.
+//! Columns: `key` (binary), `topic`, `partition`, `offset`, `kafka_timestamp` (ms, UTC), then
+//! for one model `model` and `embedding` (FixedSizeList<Float32>), for several one
+//! `embedding_<name>` column per written model, and `value` (the record's value as text) when
+//! `sink.columns` asks for it.
 //!
 //! A table on HDFS (`path = "hdfs://..."`) is written the same way through
 //! [`embedstream_core::store`]: each task attempt's file is built in memory and written whole
@@ -32,14 +34,14 @@ use parquet::file::properties::WriterProperties;
 
 pub use committer::ManifestCommitter;
 
-use crate::rows::embedding_type;
+use crate::rows::{embedding_type, Output};
 use crate::{SinkError, TaskInfo, TaskOutput, TaskWriter};
 
 pub struct ParquetSink {
     table: PathBuf,
     partition_by: PartitionBy,
     with_value: bool,
-    model_id: String,
+    outputs: Vec<Output>,
     /// Tells apart the files of attempts that share batch, task and attempt numbers (a driver
     /// that ran the batch again after a restart).
     unique: String,
@@ -47,12 +49,7 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    pub fn new(
-        spec: &ParquetSinkSpec,
-        model_id: String,
-        executor_id: &str,
-        dim: usize,
-    ) -> Result<ParquetSink, SinkError> {
+    pub fn new(spec: &ParquetSinkSpec, outputs: Vec<Output>, executor_id: &str) -> Result<ParquetSink, SinkError> {
         let table = spec.path.clone();
         store::create_dir_all(&table, false).map_err(|e| file_error(&table, e))?;
         let with_value = spec.with_value();
@@ -62,9 +59,13 @@ impl ParquetSink {
             Field::new("partition", DataType::Int32, false),
             Field::new("offset", DataType::Int64, false),
             Field::new("kafka_timestamp", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
-            Field::new("model", DataType::Utf8, false),
-            Field::new("embedding", embedding_type(dim), false),
         ];
+        if let [one] = outputs.as_slice() {
+            fields.push(Field::new("model", DataType::Utf8, false));
+            fields.push(Field::new(&one.column, embedding_type(one.dim), false));
+        } else {
+            fields.extend(outputs.iter().map(|o| Field::new(&o.column, embedding_type(o.dim), false)));
+        }
         if with_value {
             fields.push(Field::new("value", DataType::Utf8, true));
         }
@@ -73,7 +74,7 @@ impl ParquetSink {
             table,
             partition_by: spec.partition_by,
             with_value,
-            model_id,
+            outputs,
             unique: format!("{executor_id}-{:x}", started.as_nanos()),
             schema: Arc::new(Schema::new(fields)),
         })
@@ -86,15 +87,12 @@ impl ParquetSink {
         let stamps = stamps.as_any().downcast_ref::<Int64Array>().expect("int64 timestamps");
         let stamps =
             TimestampMillisecondArray::new(stamps.values().clone(), stamps.nulls().cloned()).with_timezone("UTC");
-        let mut columns: Vec<ArrayRef> = vec![
-            col("key"),
-            col("topic"),
-            col("partition"),
-            col("offset"),
-            Arc::new(stamps),
-            Arc::new(StringArray::from(vec![self.model_id.as_str(); rows.num_rows()])),
-            col("embedding"),
-        ];
+        let mut columns: Vec<ArrayRef> =
+            vec![col("key"), col("topic"), col("partition"), col("offset"), Arc::new(stamps)];
+        if let [one] = self.outputs.as_slice() {
+            columns.push(Arc::new(StringArray::from(vec![one.model.as_str(); rows.num_rows()])));
+        }
+        columns.extend(self.outputs.iter().map(|o| col(&o.column)));
         if self.with_value {
             let values = col("value");
             let values = values.as_any().downcast_ref::<BinaryArray>().expect("binary values");

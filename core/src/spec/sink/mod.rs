@@ -49,10 +49,13 @@ pub struct SinkCommon {
     /// sink's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_kafka: Option<KafkaProperties>,
+    /// The models whose vectors are written (`[[models]]` names). Default: every model's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 impl SinkCommon {
-    const KEYS: [&'static str; 4] = ["bootstrap_servers", "dead_letter_topic", "kafka", "dead_letter_kafka"];
+    const KEYS: [&'static str; 5] = ["bootstrap_servers", "dead_letter_topic", "kafka", "dead_letter_kafka", "models"];
 }
 
 /// The sink's kind and its own keys: one variant per sink.
@@ -157,11 +160,7 @@ impl SinkSpec {
 
 /// Part of the `[sink]` table, with its errors' keys under `sink.`.
 fn section<T: DeserializeOwned>(table: toml::Table) -> Result<T, SpecError> {
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
-        let key = if path == "." { "sink".to_string() } else { format!("sink.{path}") };
-        SpecError { key, message: super::words::in_words(&e.into_inner().to_string()) }
-    })
+    super::section_at("sink", table)
 }
 
 impl Serialize for SinkSpec {

@@ -1,0 +1,359 @@
+//! The models a task runs for every record, in the spec's order (`[model]`, or `[[models]]`):
+//! each text model renders its template over the record's fields and embeds the texts with its
+//! own workers; each `combine` entry makes one vector of earlier ones'. The sink writes the
+//! models `sink.models` picks, one vector column each ([`Pipeline::outputs`]).
+//!
+//! A window goes through it in three steps: [`Pipeline::prepare`] reads every record's fields
+//! once and renders every template (a record any model cannot take is refused with the reason,
+//! naming the field or the model); [`Pipeline::embed`] runs the text models on their texts at
+//! once, each in its own length-sorted batches; [`Pipeline::finish`] checks the vectors are
+//! finite, computes the combined ones and builds the output columns.
+
+use std::sync::Arc;
+
+use arrow_array::ArrayRef;
+use embedstream_core::fields::{RecordFields, Template};
+use embedstream_core::spec::{CombineMethod, InputSpec, ModelEntry};
+use embedstream_core::JobSpec;
+
+use crate::model::{Embed, ModelError};
+use crate::records::{embedding_array, Output};
+
+/// A model that reads records (ONNX or fastText: whatever embeds texts).
+struct TextModel {
+    name: String,
+    template: Template,
+    max_text_bytes: usize,
+    /// Its key in the spec (`model`, `models[1]`), for the reasons that name a limit.
+    key: String,
+    embed: Arc<dyn Embed>,
+}
+
+enum Step {
+    Text(TextModel),
+    Combine { name: String, inputs: Vec<usize>, method: CombineMethod, normalize: bool },
+}
+
+impl Step {
+    fn name(&self) -> &str {
+        match self {
+            Step::Text(t) => &t.name,
+            Step::Combine { name, .. } => name,
+        }
+    }
+}
+
+pub struct Pipeline {
+    input: InputSpec,
+    steps: Vec<Step>,
+    /// Each step's vector length.
+    dims: Vec<usize>,
+    /// The steps the sink writes, with their columns.
+    written: Vec<(usize, Output)>,
+}
+
+/// A window's good rows and their texts, one list per text model, and its refused rows.
+pub struct Prepared {
+    pub good: Vec<usize>,
+    pub texts: Vec<Vec<String>>,
+    pub refused: Vec<(usize, String)>,
+}
+
+/// The text models' vectors for a window's good rows (row-major, one list per text model), and
+/// the size of every model batch that ran.
+pub struct Embedded {
+    vectors: Vec<Vec<f32>>,
+    pub batch_sizes: Vec<usize>,
+}
+
+/// A window's output: the rows kept, their vector columns (as [`Pipeline::outputs`]) and the
+/// rows dropped because a model gave a vector with NaN or infinite values.
+pub struct Finished {
+    pub rows: Vec<usize>,
+    pub columns: Vec<ArrayRef>,
+    pub non_finite: Vec<usize>,
+}
+
+impl Pipeline {
+    /// The spec's models, those that read records embedding with `embedders` (one each, in
+    /// the spec's order).
+    pub fn new(spec: &JobSpec, embedders: Vec<Arc<dyn Embed>>) -> Pipeline {
+        let single = spec.model.is_some();
+        let mut embedders = embedders.into_iter();
+        let mut steps: Vec<Step> = Vec::new();
+        let mut dims = Vec::new();
+        for (i, entry) in spec.model_entries().into_iter().enumerate() {
+            let step = match (entry.template(), entry.max_text_bytes(), entry) {
+                (Some(template), Some(max_text_bytes), entry) => {
+                    let embed = embedders.next().expect("one embedder per model that reads records");
+                    let key = if single { "model".to_string() } else { format!("models[{i}]") };
+                    dims.push(embed.dim());
+                    Step::Text(TextModel { name: entry.name().to_string(), template, max_text_bytes, key, embed })
+                }
+                (_, _, ModelEntry::Combine(c)) => {
+                    let inputs: Vec<usize> = (c.inputs.iter())
+                        .map(|n| steps.iter().position(|s| s.name() == n).expect("validated: named before"))
+                        .collect();
+                    dims.push(inputs.iter().map(|&i| dims[i]).sum());
+                    Step::Combine { name: c.name, inputs, method: c.method, normalize: c.normalize }
+                }
+                (_, _, entry) => unreachable!("a model that reads records has a template: {}", entry.name()),
+            };
+            steps.push(step);
+        }
+        let written = (spec.written_models().iter())
+            .map(|name| {
+                let i = steps.iter().position(|s| s.name() == name).expect("validated: a model");
+                (i, Output { model: name.clone(), column: spec.output_column(name), dim: dims[i] })
+            })
+            .collect();
+        Pipeline { input: spec.input.clone(), steps, dims, written }
+    }
+
+    /// The vector columns the sink writes, in order.
+    pub fn outputs(&self) -> Vec<Output> {
+        self.written.iter().map(|(_, o)| o.clone()).collect()
+    }
+
+    /// The models' names, for labels.
+    pub fn names(&self) -> String {
+        self.steps.iter().map(Step::name).collect::<Vec<_>>().join(",")
+    }
+
+    fn text_models(&self) -> impl Iterator<Item = &TextModel> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Text(t) => Some(t),
+            Step::Combine { .. } => None,
+        })
+    }
+
+    /// Reads each record (`(key, value)` of row `i`) and renders every text model's input.
+    pub fn prepare<'a>(&self, records: impl Iterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>)>) -> Prepared {
+        let texts = self.text_models().map(|_| Vec::new()).collect();
+        let mut out = Prepared { good: Vec::new(), texts, refused: Vec::new() };
+        let mut rendered = Vec::new();
+        for (i, (key, value)) in records.enumerate() {
+            rendered.clear();
+            let reason = match RecordFields::read(&self.input, key, value) {
+                Err(reason) => Some(reason),
+                Ok(fields) => self.text_models().find_map(|m| match m.text(&fields) {
+                    Ok(text) => {
+                        rendered.push(text);
+                        None
+                    }
+                    Err(reason) => Some(reason),
+                }),
+            };
+            match reason {
+                Some(reason) => out.refused.push((i, reason)),
+                None => {
+                    out.good.push(i);
+                    for (texts, text) in out.texts.iter_mut().zip(rendered.drain(..)) {
+                        texts.push(text);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Embeds the texts of [`Pipeline::prepare`], every text model at once.
+    pub fn embed(
+        self: Arc<Self>,
+        texts: Vec<Vec<String>>,
+    ) -> futures::future::BoxFuture<'static, Result<Embedded, ModelError>> {
+        let calls: Vec<_> = self.text_models().zip(texts).map(|(m, texts)| m.embed.clone().embed(texts)).collect();
+        Box::pin(async move {
+            let mut out = Embedded { vectors: Vec::new(), batch_sizes: Vec::new() };
+            for (vectors, sizes) in futures::future::try_join_all(calls).await? {
+                out.vectors.push(vectors);
+                out.batch_sizes.extend(sizes);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The output of `good` (the rows [`Pipeline::prepare`] kept) from their vectors.
+    pub fn finish(&self, good: &[usize], embedded: Embedded) -> Finished {
+        let mut text_vectors = embedded.vectors.into_iter();
+        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(self.steps.len());
+        for (s, step) in self.steps.iter().enumerate() {
+            let computed = match step {
+                Step::Text(_) => text_vectors.next().expect("one list per text model"),
+                Step::Combine { inputs, method: CombineMethod::Concat, normalize, .. } => {
+                    let parts: Vec<(&[f32], usize)> = inputs.iter().map(|&i| (&vectors[i][..], self.dims[i])).collect();
+                    concat(&parts, good.len(), self.dims[s], *normalize)
+                }
+            };
+            vectors.push(computed);
+        }
+        let finite = |r: usize| {
+            vectors.iter().zip(&self.dims).all(|(v, &d)| v[r * d..(r + 1) * d].iter().all(|x| x.is_finite()))
+        };
+        let (kept, dropped): (Vec<usize>, Vec<usize>) = (0..good.len()).partition(|&r| finite(r));
+        let columns = (self.written.iter())
+            .map(|(s, o)| {
+                let v = &vectors[*s];
+                let values = match dropped.is_empty() {
+                    true => v.clone(),
+                    false => kept.iter().flat_map(|&r| &v[r * o.dim..(r + 1) * o.dim]).copied().collect(),
+                };
+                Arc::new(embedding_array(values, o.dim)) as ArrayRef
+            })
+            .collect();
+        Finished {
+            rows: kept.iter().map(|&r| good[r]).collect(),
+            columns,
+            non_finite: dropped.iter().map(|&r| good[r]).collect(),
+        }
+    }
+}
+
+impl TextModel {
+    /// The model's input for `fields`, or why it cannot take the record.
+    fn text(&self, fields: &RecordFields) -> Result<String, String> {
+        let text = self.template.render(fields)?;
+        // What the reasons call the text: the field it is, or the model's text.
+        let what = || match self.template.single_field() {
+            Some(field) => field.to_string(),
+            None => format!("the text of model `{}` ({})", self.name, self.template.source()),
+        };
+        if text.len() > self.max_text_bytes {
+            return Err(format!(
+                "{} is {} bytes, over {}.max_text_bytes = {}",
+                what(),
+                text.len(),
+                self.key,
+                self.max_text_bytes
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(format!("{} is empty", what()));
+        }
+        Ok(text)
+    }
+}
+
+/// `rows` vectors of `dim` values: each row's parts one after the other, scaled to length 1 if
+/// `normalize`.
+fn concat(parts: &[(&[f32], usize)], rows: usize, dim: usize, normalize: bool) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * dim);
+    for r in 0..rows {
+        let start = out.len();
+        for &(values, d) in parts {
+            out.extend_from_slice(&values[r * d..(r + 1) * d]);
+        }
+        if normalize {
+            let norm = out[start..].iter().map(|x| x * x).sum::<f32>().sqrt();
+            out[start..].iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Embedded as EmbedCall;
+
+    /// A text's vector: its length in bytes and 1, or NaN for a text that says "nan".
+    struct Lengths;
+
+    impl Embed for Lengths {
+        fn dim(&self) -> usize {
+            2
+        }
+        fn embed(self: Arc<Self>, texts: Vec<String>) -> EmbedCall {
+            let v = texts.iter().flat_map(|t| [if t.contains("nan") { f32::NAN } else { t.len() as f32 }, 1.0]);
+            let vectors: Vec<f32> = v.collect();
+            Box::pin(async move { Ok((vectors, vec![texts.len()])) })
+        }
+    }
+
+    fn product_spec(sink_models: &str) -> JobSpec {
+        let text = format!(
+            r#"
+name = "p"
+checkpoint_location = "/tmp/p"
+[source]
+bootstrap_servers = "127.0.0.1:9092"
+subscribe = ["in"]
+[input]
+format = "json"
+fields = {{ title = "/title", description = "/description" }}
+required = ["title"]
+[[models]]
+name = "title"
+kind = "text-onnx"
+text = "{{title}}"
+onnx = "/m/model.onnx"
+tokenizer = "/m/tokenizer.json"
+max_text_bytes = 20
+[[models]]
+name = "text"
+kind = "text-onnx"
+text = "{{title}}. {{description}}"
+onnx = "/m/model.onnx"
+tokenizer = "/m/tokenizer.json"
+[[models]]
+name = "both"
+kind = "combine"
+inputs = ["title", "text"]
+[sink]
+kind = "kafka"
+topic = "out"
+{sink_models}
+"#
+        );
+        JobSpec::from_toml(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_go_through_every_model() {
+        let spec = product_spec("");
+        let pipeline = Arc::new(Pipeline::new(&spec, vec![Arc::new(Lengths), Arc::new(Lengths)]));
+        let names: Vec<String> = pipeline.outputs().iter().map(|o| format!("{}:{}", o.column, o.dim)).collect();
+        assert_eq!(names, ["embedding_title:2", "embedding_text:2", "embedding_both:4"]);
+        let values: [&[u8]; 5] = [
+            br#"{"title": "Shoe", "description": "Red"}"#,
+            br#"{"description": "no title"}"#,
+            br#"{"title": "a title far over twenty bytes"}"#,
+            br#"{"title": "nan"}"#,
+            br#"{"title": "Hat"}"#,
+        ];
+        let prepared = pipeline.prepare(values.iter().map(|v| (None, Some(*v))));
+        assert_eq!(prepared.good, [0, 3, 4]);
+        assert_eq!(prepared.texts[1], ["Shoe. Red", "nan. ", "Hat. "]);
+        let refused: Vec<(usize, &str)> = prepared.refused.iter().map(|(i, r)| (*i, r.as_str())).collect();
+        assert_eq!(
+            refused,
+            [
+                (1, "required field `title` (/title) is missing"),
+                (2, "title is 29 bytes, over models[0].max_text_bytes = 20"),
+            ]
+        );
+        let embedded = pipeline.clone().embed(prepared.texts).await.unwrap();
+        let finished = pipeline.finish(&prepared.good, embedded);
+        assert_eq!((finished.rows, finished.non_finite), (vec![0, 4], vec![3]));
+        let both = finished.columns[2].as_any().downcast_ref::<arrow_array::FixedSizeListArray>().unwrap();
+        let values = both.values().as_any().downcast_ref::<arrow_array::Float32Array>().unwrap();
+        assert_eq!(values.values().as_ref(), [4.0, 1.0, 9.0, 1.0, 3.0, 1.0, 5.0, 1.0]);
+    }
+
+    #[test]
+    fn the_sink_writes_the_models_it_names() {
+        let spec = product_spec("models = [\"both\"]");
+        let pipeline = Pipeline::new(&spec, vec![Arc::new(Lengths), Arc::new(Lengths)]);
+        assert_eq!(pipeline.outputs(), [Output { model: "both".into(), column: "embedding_both".into(), dim: 4 }]);
+    }
+
+    #[test]
+    fn concat_joins_and_normalises() {
+        let a = [3.0, 0.0, 0.0, 1.0];
+        let b = [4.0, 0.0];
+        assert_eq!(concat(&[(&a, 2), (&b, 1)], 2, 3, false), [3.0, 0.0, 4.0, 0.0, 1.0, 0.0]);
+        assert_eq!(concat(&[(&a, 2), (&b, 1)], 2, 3, true), [0.6, 0.0, 0.8, 0.0, 1.0, 0.0]);
+        // A zero vector cannot be normalised: it is NaN, and its row is dropped as non-finite.
+        assert!(concat(&[(&[0.0], 1)], 1, 1, true)[0].is_nan());
+    }
+}

@@ -1,0 +1,218 @@
+//! JSON records through several models (issue 16): fields by JSON pointer, two text models over
+//! templates of them and a combined vector, against a real Apache Kafka broker and `embedstream
+//! run` with executor processes. The vectors are compared with Python onnxruntime's for the same
+//! texts, the combined one with numpy's concatenation; every kind of bad record is in the
+//! dead-letter topic with a reason that names its field, and the offsets are committed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use common::table::read_vectors;
+use common::*;
+
+/// Python onnxruntime's embeddings of `texts` (tests/fixtures/make_reference.py).
+fn python_embeddings(texts: &[String]) -> Vec<Vec<f32>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/make_reference.py");
+    let mut child = std::process::Command::new(cache().join("pyenv/bin/python"))
+        .args([script, "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the setup's Python (deploy/setup.sh --python)");
+    child.stdin.take().unwrap().write_all(serde_json::to_string(texts).unwrap().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "make_reference.py failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The combined vector as numpy makes it: the parts one after the other, over their norm.
+fn python_concat(parts: &[&[f32]]) -> Vec<f32> {
+    let script = "import json, sys, numpy as np\n\
+                  v = np.concatenate([np.array(p, dtype=np.float32) for p in json.load(sys.stdin)])\n\
+                  print(json.dumps([float(x) for x in v / np.linalg.norm(v)]))";
+    let mut child = std::process::Command::new(cache().join("pyenv/bin/python"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(serde_json::to_string(parts).unwrap().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+const MODELS: &str = r#"[input]
+format = "json"
+fields = { title = "/title", description = "/description", brand = "/details/brand" }
+required = ["title"]
+
+[[models]]
+name = "title"
+kind = "text-onnx"
+text = "{title}"
+onnx = "MODEL/model.onnx"
+tokenizer = "MODEL/tokenizer.json"
+batch_size = 4
+sort_window = 8
+
+[[models]]
+name = "text"
+kind = "text-onnx"
+text = "{title}. {description}"
+onnx = "MODEL/model.onnx"
+tokenizer = "MODEL/tokenizer.json"
+batch_size = 8
+sort_window = 16
+
+[[models]]
+name = "product"
+kind = "combine"
+inputs = ["title", "text"]
+normalize = true"#;
+
+fn models() -> String {
+    MODELS.replace("MODEL", &model_dir().display().to_string())
+}
+
+struct Products {
+    /// (title, description) of the good records, record `n` at partition `n % 2`.
+    good: Vec<(String, String)>,
+    /// The reason each bad record's dead letter must give, by (partition, offset).
+    bad: BTreeMap<(i32, i64), &'static str>,
+}
+
+/// Good products interleaved with every kind of bad record, produced to `topic` (2 partitions).
+fn produce_products(broker: &Broker, topic: &str) -> Products {
+    let sentences = texts(24, 16);
+    let mut good = Vec::new();
+    let mut records = Vec::new();
+    let mut bad = BTreeMap::new();
+    let bad_values: [(&[u8], &str); 5] = [
+        (b"{not json", "value is not valid JSON"),
+        (br#"{"description": "no title"}"#, "required field `title` (/title) is missing"),
+        (br#"{"title": 42, "description": "x"}"#, "field `title` (/title) is a number, not a string"),
+        (br#"{"title": "Mug", "description": ["a", "list"]}"#, "field `description` (/description) is an array"),
+        (br#"{"title": "   "}"#, "title is empty"),
+    ];
+    let mut offsets = [0i64, 0];
+    let mut push = |records: &mut Vec<RawRecord>, p: i32, value: Vec<u8>| {
+        records.push((p, Some(format!("sku-{}-{}", p, offsets[p as usize]).into_bytes()), Some(value)));
+        offsets[p as usize] += 1;
+        offsets[p as usize] - 1
+    };
+    for (n, pair) in sentences.chunks(2).enumerate() {
+        let p = (n % 2) as i32;
+        let (title, description) = (pair[0].clone(), pair[1].clone());
+        // Fields other than the template's are ignored; the brand is optional.
+        let value = serde_json::json!({ "title": title, "description": description, "price": n, "details": {} });
+        push(&mut records, p, value.to_string().into_bytes());
+        good.push((title, description));
+        if let Some((value, reason)) = bad_values.get(n) {
+            let at = push(&mut records, p, value.to_vec());
+            bad.insert((p, at), *reason);
+        }
+    }
+    // A null value, too.
+    let at = offsets[1];
+    records.push((1, Some(b"sku-null".to_vec()), None));
+    bad.insert((1, at), "value is null");
+    broker.produce(topic, &records);
+    Products { good, bad }
+}
+
+#[test]
+fn json_records_get_every_models_vector_and_bad_ones_their_reason() {
+    let broker = Broker::start();
+    broker.create_topic("items", 2);
+    let products = produce_products(&broker, "items");
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("vectors");
+    let job =
+        Job::new(&broker, "items", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10", "available_now = true", "")
+            .with_models(&models())
+            .with_parquet_sink(&table);
+    let summary = run_job(&job, 2);
+    assert_eq!(summary["embeddings"], products.good.len(), "{summary}");
+    assert_eq!(summary["dead_letters"], products.bad.len(), "{summary}");
+    let highs = broker.high_watermarks("items", 2);
+    assert_eq!(broker.committed("items-group", "items", 2), highs, "every offset is committed");
+
+    // Every good record once, with each model's vector.
+    let (rows, count) = read_vectors(&table, &["embedding_title", "embedding_text", "embedding_product"]);
+    assert_eq!(count, products.good.len());
+    let titles: Vec<String> = products.good.iter().map(|(t, _)| t.clone()).collect();
+    let texts: Vec<String> = products.good.iter().map(|(t, d)| format!("{t}. {d}")).collect();
+    let (want_titles, want_texts) = (python_embeddings(&titles), python_embeddings(&texts));
+    let mut worst = 0f32;
+    for (value, vectors) in rows.values() {
+        let doc: serde_json::Value = serde_json::from_str(value).unwrap();
+        let n = titles.iter().position(|t| doc["title"] == *t).expect("a good record");
+        let [title, text, product] = &vectors[..] else { panic!("three vector columns") };
+        assert_eq!((title.len(), text.len(), product.len()), (DIM, DIM, 2 * DIM));
+        worst = worst.max(max_diff(title, &want_titles[n])).max(max_diff(text, &want_texts[n]));
+        worst = worst.max(max_diff(product, &python_concat(&[title, text])));
+    }
+    assert!(worst < 1e-4, "max difference from Python: {worst}");
+    // The two templates gave two different texts, so two different vectors.
+    let (_, first) = rows.values().next().unwrap();
+    assert!(max_diff(&first[0], &first[1]) > 1e-2);
+
+    // Every bad record in the dead-letter topic, as it came, with its reason.
+    let dead = broker.read_all("items-dlq", 2);
+    assert_eq!(dead.len(), products.bad.len());
+    for rec in &dead {
+        let origin = rec.origin();
+        let want = products.bad.get(&origin).unwrap_or_else(|| panic!("{origin:?} is not a bad record"));
+        let reason = rec.header("es.error");
+        assert!(reason.starts_with(want), "{origin:?}: `{reason}`, want `{want}`");
+        assert_eq!(rec.header("es.topic"), "items");
+    }
+}
+
+#[test]
+fn the_kafka_sink_writes_one_record_per_model_tagged_with_its_name() {
+    let broker = Broker::start();
+    broker.create_topic("goods", 1);
+    let records: Vec<RawRecord> = texts(6, 17)
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (0, Some(format!("k{i}").into_bytes()), Some(serde_json::json!({ "title": t }).to_string().into_bytes()))
+        })
+        .collect();
+    broker.produce("goods", &records);
+    let job = Job::new(
+        &broker,
+        "goods",
+        "subscribe = [\"goods\"]",
+        "available_now = true",
+        "models = [\"title\", \"product\"]",
+    )
+    .with_models(&models());
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], 6, "{summary}");
+    let out = broker.read_all("goods-out", 1);
+    // For each input, in offset order: its `title` vector, then its `product` vector (not `text`).
+    let tags: Vec<(i64, String, usize)> =
+        out.iter().map(|r| (r.origin().1, r.header("es.model").to_string(), r.vector().len())).collect();
+    let want: Vec<(i64, String, usize)> =
+        (0..6).flat_map(|o| [(o, "title".to_string(), DIM), (o, "product".to_string(), 2 * DIM)]).collect();
+    assert_eq!(tags, want);
+    assert!(out.iter().all(|r| r.key.as_deref() == Some(format!("k{}", r.origin().1).as_bytes())));
+    // The description is optional: absent, the `text` model read "<title>. " and the combined
+    // vector holds it, normalised.
+    let product = out[1].vector();
+    let norm: f32 = product.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    let title_text = serde_json::from_slice::<serde_json::Value>(records[0].2.as_ref().unwrap()).unwrap();
+    let want = python_embeddings(&[title_text["title"].as_str().unwrap().to_string()]);
+    assert!(max_diff(&out[0].vector(), &want[0]) < 1e-4);
+}

@@ -83,21 +83,26 @@ impl Pipeline {
         let mut steps: Vec<Step> = Vec::new();
         let mut dims = Vec::new();
         for (i, entry) in spec.model_entries().into_iter().enumerate() {
-            let step = match (entry.template(), entry.max_text_bytes(), entry) {
-                (Some(template), Some(max_text_bytes), entry) => {
-                    let embed = embedders.next().expect("one embedder per model that reads records");
-                    let key = if single { "model".to_string() } else { format!("models[{i}]") };
-                    dims.push(embed.dim());
-                    Step::Text(TextModel { name: entry.name().to_string(), template, max_text_bytes, key, embed })
-                }
-                (_, _, ModelEntry::Combine(c)) => {
+            let step = match entry {
+                ModelEntry::Combine(c) => {
                     let inputs: Vec<usize> = (c.inputs.iter())
                         .map(|n| steps.iter().position(|s| s.name() == n).expect("validated: named before"))
                         .collect();
                     dims.push(inputs.iter().map(|&i| dims[i]).sum());
                     Step::Combine { name: c.name, inputs, method: c.method, normalize: c.normalize }
                 }
-                (_, _, entry) => unreachable!("a model that reads records has a template: {}", entry.name()),
+                reads => {
+                    let embed = embedders.next().expect("one embedder per model that reads records");
+                    let key = if single { "model".to_string() } else { format!("models[{i}]") };
+                    dims.push(embed.dim());
+                    Step::Text(TextModel {
+                        name: reads.name().to_string(),
+                        template: reads.template().expect("a model that reads records"),
+                        max_text_bytes: reads.max_text_bytes().expect("a model that reads records"),
+                        key,
+                        embed,
+                    })
+                }
             };
             steps.push(step);
         }

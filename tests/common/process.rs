@@ -54,51 +54,51 @@ dead_letter_topic = "{name}-dlq"
         Job { dir, path }
     }
 
+    /// Rewrites the spec file with `f`.
+    fn edit(self, f: impl FnOnce(&str) -> String) -> Job {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        std::fs::write(&self.path, f(&text)).unwrap();
+        self
+    }
+
+    /// Replaces [`Job::new`]'s text from `from` through the next `through` after it (`what`, if
+    /// it is missing) with `new`.
+    fn replace_section(self, what: &str, from: &str, through: &str, new: &str) -> Job {
+        self.edit(|text| {
+            let (head, rest) = text.split_once(from).unwrap_or_else(|| panic!("Job::new's {what}"));
+            let rest = rest.split_once(through).unwrap_or_else(|| panic!("the end of Job::new's {what}")).1;
+            format!("{head}{new}{rest}")
+        })
+    }
+
     /// Makes `addr` the source's bootstrap servers (another listener of the broker).
     pub fn with_bootstrap(self, addr: &str) -> Job {
-        let text = std::fs::read_to_string(&self.path).unwrap();
-        let (head, rest) = text.split_once("[source]\nbootstrap_servers = ").expect("Job::new's source");
-        let rest = rest.split_once('\n').expect("the servers line").1;
-        std::fs::write(&self.path, format!("{head}[source]\nbootstrap_servers = \"{addr}\"\n{rest}")).unwrap();
-        self
+        let servers = format!("[source]\nbootstrap_servers = \"{addr}\"\n");
+        self.replace_section("source", "[source]\nbootstrap_servers = ", "\n", &servers)
     }
 
     /// Drops the `starting_offsets = "earliest"` that [`Job::new`] puts first, for a test that sets its own.
     pub fn without_default_starting_offsets(self) -> Job {
-        let text = std::fs::read_to_string(&self.path).unwrap().replacen("starting_offsets = \"earliest\"\n", "", 1);
-        std::fs::write(&self.path, text).unwrap();
-        self
+        self.edit(|text| text.replacen("starting_offsets = \"earliest\"\n", "", 1))
     }
 
     /// Sets `model.batch_size` and `model.sort_window` (16 and 16 from [`Job::new`], so that a
     /// task of more than 16 records is embedded and written in several windows).
     pub fn with_batching(self, batch_size: usize, sort_window: usize) -> Job {
-        let text = std::fs::read_to_string(&self.path).unwrap().replacen(
-            "batch_size = 16\nsort_window = 16\n",
-            &format!("batch_size = {batch_size}\nsort_window = {sort_window}\n"),
-            1,
-        );
-        std::fs::write(&self.path, text).unwrap();
-        self
+        let batching = format!("batch_size = {batch_size}\nsort_window = {sort_window}\n");
+        self.edit(|text| text.replacen("batch_size = 16\nsort_window = 16\n", &batching, 1))
     }
 
     /// Replaces [`Job::new`]'s `[model]` with `models`: `[input]` and `[[models]]` sections.
     pub fn with_models(self, models: &str) -> Job {
-        let text = std::fs::read_to_string(&self.path).unwrap();
-        let (head, rest) = text.split_once("[model]\n").expect("Job::new's model");
-        let rest = rest.split_once("\n\n").expect("the model section's end").1;
-        std::fs::write(&self.path, format!("{head}{models}\n\n{rest}")).unwrap();
-        self
+        self.replace_section("model", "[model]\n", "\n\n", &format!("{models}\n\n"))
     }
 
     /// Makes the sink a Parquet table at `table` (with the `value` column) instead of a topic.
     pub fn with_parquet_sink(self, table: &Path) -> Job {
-        let text = std::fs::read_to_string(&self.path).unwrap();
-        let (head, rest) = text.split_once("[sink]\nkind = \"kafka\"\n").expect("Job::new's sink");
-        let rest = rest.split_once('\n').expect("the topic line").1;
         let sink = format!("[sink]\nkind = \"parquet\"\npath = \"{}\"\ncolumns = [\"value\"]\n", table.display());
-        std::fs::write(&self.path, format!("{head}{sink}{rest}")).unwrap();
-        self
+        // From the kind through the topic line.
+        self.replace_section("sink", "[sink]\nkind = \"kafka\"\n", "\n", &sink)
     }
 
     pub fn checkpoint(&self) -> PathBuf {

@@ -232,7 +232,7 @@ impl JobSpec {
         self.security.check_files()
     }
 
-    /// The text models with their keys (`model`, `models[2]`), in the spec's order.
+    /// The ONNX text models with their keys (`model`, `models[2]`), in the spec's order.
     fn text_models_at(&self) -> Vec<(String, &ModelSpec)> {
         let entries = self.models.iter().enumerate().filter_map(|(i, e)| match e {
             ModelEntry::TextOnnx(m) => Some((format!("models[{i}]"), m)),
@@ -241,19 +241,9 @@ impl JobSpec {
         self.model.iter().map(|m| ("model".to_string(), m)).chain(entries).collect()
     }
 
-    /// The models that read records (`[model]`, or the `text-onnx` entries), in order.
+    /// The ONNX text models (`[model]`, or the `text-onnx` entries), in order.
     pub fn text_models(&self) -> Vec<&ModelSpec> {
         self.text_models_at().into_iter().map(|(_, m)| m).collect()
-    }
-
-    /// As [`JobSpec::text_models`], to rewrite their files' paths (a model fetched from HDFS,
-    /// staged for YARN).
-    pub fn text_models_mut(&mut self) -> Vec<&mut ModelSpec> {
-        let entries = self.models.iter_mut().filter_map(|e| match e {
-            ModelEntry::TextOnnx(m) => Some(m),
-            _ => None,
-        });
-        self.model.iter_mut().chain(entries).collect()
     }
 
     /// Every model file the spec names (`[model]`'s and each entry's), to rewrite their paths
@@ -280,7 +270,7 @@ impl JobSpec {
         files
     }
 
-    /// The first text model: what Arrow Flight's `DoExchange` embeds with.
+    /// The first ONNX text model (what the benchmarks measure).
     pub fn first_text_model(&self) -> &ModelSpec {
         self.text_models().into_iter().next().expect("a validated spec has a text model")
     }

@@ -3,6 +3,7 @@
 //!
 //! - `text-onnx` ([`ModelSpec`]): an ONNX model and its tokenizer, its input a template over the
 //!   record's fields, and how its texts are batched;
+//! - `fasttext` ([`FastTextSpec`]): a fastText model's sentence vectors, over a template too;
 //! - `combine` ([`CombineSpec`]): a vector made of other models' vectors (concatenated, L2
 //!   normalised if asked).
 //!
@@ -123,7 +124,7 @@ impl ModelSpec {
 
     /// The template of its input text.
     pub fn template(&self) -> Template {
-        Template::parse(self.text.as_deref().unwrap_or("{value}")).expect("validated")
+        template_of(&self.text)
     }
 
     /// Its name (in `[[models]]`), else its id, else its ONNX file's directory's name.
@@ -160,11 +161,7 @@ impl ModelSpec {
                 "must be a duration above zero, such as \"1s\"",
             ));
         }
-        if let Some(text) = &m.text {
-            let template = Template::parse(text).map_err(|e| SpecError::new(&key("text"), e))?;
-            check_fields(&key("text"), template.fields(), input)?;
-        }
-        Ok(())
+        check_template(&key("text"), &m.text, input)
     }
 
     /// The model's files exist here (run where they are loaded: the driver and the executors).
@@ -179,8 +176,16 @@ impl ModelSpec {
     }
 }
 
-/// Every field a template reads is one the records have.
-fn check_fields<'a>(key: &str, mut fields: impl Iterator<Item = &'a str>, input: &InputSpec) -> Result<(), SpecError> {
+/// The template `text` says, `{value}` when it says none (validated by [`check_template`]).
+fn template_of(text: &Option<String>) -> Template {
+    Template::parse(text.as_deref().unwrap_or("{value}")).expect("validated")
+}
+
+/// A model's `text` (at `key`) parses, and every field it reads is one the records have.
+fn check_template(key: &str, text: &Option<String>, input: &InputSpec) -> Result<(), SpecError> {
+    let Some(text) = text else { return Ok(()) };
+    let template = Template::parse(text).map_err(|e| SpecError::new(key, e))?;
+    let mut fields = template.fields();
     match fields.find(|f| !input.has_field(f)) {
         Some(f) => {
             Err(SpecError::new(key, format!("`{{{f}}}` is not a field: name one of input.fields (or key, value)")))
@@ -212,19 +217,14 @@ pub struct FastTextSpec {
 
 impl FastTextSpec {
     pub fn template(&self) -> Template {
-        Template::parse(self.text.as_deref().unwrap_or("{value}")).expect("validated")
+        template_of(&self.text)
     }
 
     fn validate(&self, at: &str, input: &InputSpec) -> Result<(), SpecError> {
         if self.max_text_bytes == 0 {
             return Err(SpecError::new(&format!("{at}.max_text_bytes"), "must be at least 1"));
         }
-        if let Some(text) = &self.text {
-            let key = format!("{at}.text");
-            let template = Template::parse(text).map_err(|e| SpecError::new(&key, e))?;
-            check_fields(&key, template.fields(), input)?;
-        }
-        Ok(())
+        check_template(&format!("{at}.text"), &self.text, input)
     }
 
     pub(super) fn check_files(&self, at: &str) -> Result<(), SpecError> {

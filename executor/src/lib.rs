@@ -10,6 +10,7 @@
 //! executor's address.
 
 pub mod flight;
+pub mod images;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use embedstream_core::auth::ClusterToken;
-use embedstream_core::spec::{ModelEntry, SpecError};
+use embedstream_core::spec::{LongText, ModelEntry, SpecError};
 use embedstream_core::tls::Tls;
 use embedstream_core::{telemetry, JobSpec};
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
@@ -125,7 +126,10 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
                 let pids = format!("{:?}", pool.state().worker_pids);
                 tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = pool.dim(), worker_pids = %pids, "model workers ready");
                 pools.push((entry.name().to_string(), pool.clone()));
-                embedders.push(pool);
+                match m.long_text {
+                    LongText::Truncate => embedders.push(pool),
+                    LongText::Chunk => embedders.push(Arc::new(model::chunk::Chunked::new(pool, m)?)),
+                }
             }
             ModelEntry::FastText(f) => {
                 let loaded = model::fasttext::FastTextModel::load(f, args.cores as usize)?;

@@ -259,21 +259,7 @@ fn concat(parts: &[(&[f32], usize)], rows: usize, dim: usize, normalize: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Embedded as EmbedCall;
-
-    /// A text's vector: its length in bytes and 1, or NaN for a text that says "nan".
-    struct Lengths;
-
-    impl Embed for Lengths {
-        fn dim(&self) -> usize {
-            2
-        }
-        fn embed(self: Arc<Self>, texts: Vec<String>) -> EmbedCall {
-            let v = texts.iter().flat_map(|t| [if t.contains("nan") { f32::NAN } else { t.len() as f32 }, 1.0]);
-            let vectors: Vec<f32> = v.collect();
-            Box::pin(async move { Ok((vectors, vec![texts.len()])) })
-        }
-    }
+    use crate::model::testing::Lengths;
 
     fn product_spec(sink_models: &str) -> JobSpec {
         let text = format!(

@@ -1,7 +1,7 @@
 //! Test harness: a real Apache Kafka broker on a free loopback port and Kafka helpers built on
 //! rdkafka ([`broker`]), job specs and the `embedstream` binary run as a process ([`process`]),
-//! Hadoop's mini cluster ([`hadoop`]) and small helpers every test uses. Needs
-//! deploy/setup.sh's cache.
+//! Hadoop's mini cluster ([`hadoop`]), Python's reference vectors ([`reference`]) and small
+//! helpers every test uses. Needs deploy/setup.sh's cache.
 #![allow(dead_code)]
 
 pub mod broker;
@@ -9,6 +9,7 @@ pub mod hadoop;
 pub mod kdc;
 pub mod process;
 pub mod prometheus;
+pub mod reference;
 pub mod table;
 pub mod tls;
 

@@ -11,6 +11,7 @@
 //! token file); the driver and the executors run it, the resource manager does not. The spec
 //! travels between processes as TOML ([`JobSpec::to_toml`]).
 
+pub mod image;
 pub mod input;
 pub mod kafka;
 pub mod model;
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use input::{InputFormat, InputSpec};
 pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretError, SecretRef, Secrets};
-pub use model::{CombineMethod, CombineSpec, FastTextSpec, ModelEntry, ModelSpec, Pooling};
+pub use model::{ChunkPooling, CombineMethod, CombineSpec, FastTextSpec, LongText, ModelEntry, ModelSpec, Pooling};
 /// How many of a spec file's errors `from_file_with` reports at once.
 const MAX_ERRORS_SHOWN: usize = 10;
 

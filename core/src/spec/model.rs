@@ -27,6 +27,27 @@ pub enum Pooling {
     Cls,
 }
 
+/// What a text model does with a text longer than `max_seq_len` tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongText {
+    /// Embeds its first `max_seq_len` tokens, as sentence-transformers does.
+    #[default]
+    Truncate,
+    /// Splits it by the model's tokenizer into windows of `max_seq_len` tokens that overlap by
+    /// `chunk_overlap`, embeds each and pools them (`chunk_pooling`).
+    Chunk,
+}
+
+/// How the chunks of a long text make its one vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkPooling {
+    /// The mean of the chunks' vectors, scaled to length 1 if the model normalises.
+    #[default]
+    Mean,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
@@ -46,6 +67,14 @@ pub struct ModelSpec {
     /// Texts longer than this many tokens are truncated, as sentence-transformers does.
     #[serde(default = "default_max_seq_len")]
     pub max_seq_len: usize,
+    /// Texts over `max_seq_len` tokens: truncated (the default), or embedded in chunks.
+    #[serde(default)]
+    pub long_text: LongText,
+    /// Tokens that two neighbouring chunks share (`long_text = "chunk"`).
+    #[serde(default = "default_chunk_overlap")]
+    pub chunk_overlap: usize,
+    #[serde(default)]
+    pub chunk_pooling: ChunkPooling,
     #[serde(default = "default_pooling")]
     pub pooling: Pooling,
     #[serde(default = "default_true")]
@@ -79,6 +108,9 @@ fn default_true() -> bool {
 fn default_max_seq_len() -> usize {
     128
 }
+fn default_chunk_overlap() -> usize {
+    16
+}
 fn default_pooling() -> Pooling {
     Pooling::Mean
 }
@@ -108,6 +140,9 @@ impl ModelSpec {
             tokenizer,
             id: None,
             max_seq_len: default_max_seq_len(),
+            long_text: LongText::Truncate,
+            chunk_overlap: default_chunk_overlap(),
+            chunk_pooling: ChunkPooling::Mean,
             pooling: default_pooling(),
             normalize: true,
             batch_size: default_batch_size(),
@@ -145,6 +180,15 @@ impl ModelSpec {
         let key = |k: &str| format!("{at}.{k}");
         if !(1..=512).contains(&m.max_seq_len) {
             return Err(SpecError::new(&key("max_seq_len"), "must be between 1 and 512"));
+        }
+        // A chunk of `max_seq_len` tokens holds the model's special tokens ([CLS], [SEP]) too;
+        // neighbours may share at most half of the rest.
+        let most_overlap = m.max_seq_len.saturating_sub(2) / 2;
+        if m.long_text == LongText::Chunk && m.chunk_overlap > most_overlap {
+            return Err(SpecError::new(
+                &key("chunk_overlap"),
+                format!("must be at most half of {at}.max_seq_len's tokens less 2 special ones: {most_overlap}"),
+            ));
         }
         if !(1..=4096).contains(&m.batch_size) {
             return Err(SpecError::new(&key("batch_size"), "must be between 1 and 4096"));

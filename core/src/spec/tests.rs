@@ -373,6 +373,17 @@ fn model_and_input_errors_name_their_key() {
     assert!(e.message.contains("`{colour}`"), "{e}");
     let e = load(&models_spec(&f, "", "", "").replace("batch_size = 8", "batch_size = 0")).unwrap_err();
     assert_eq!(e.key, "models[1].batch_size");
+    // Chunks: neighbours share at most half a window; the kinds of long_text are named.
+    let chunked =
+        |extra: &str| models_spec(&f, "", "", "").replace("batch_size = 8", &format!("batch_size = 8\n{extra}"));
+    let s = load(&chunked("long_text = \"chunk\"\nmax_seq_len = 64\nchunk_overlap = 31")).unwrap();
+    assert!(matches!(&s.models[1], ModelEntry::TextOnnx(m) if m.long_text == LongText::Chunk && m.chunk_overlap == 31));
+    let e = load(&chunked("long_text = \"chunk\"\nmax_seq_len = 64\nchunk_overlap = 32")).unwrap_err();
+    assert_eq!(e.key, "models[1].chunk_overlap");
+    assert!(e.message.contains("31"), "{e}");
+    let e = load(&chunked("long_text = \"split\"")).unwrap_err();
+    assert_eq!(e.key, "models[1].long_text");
+    assert!(e.message.contains("chunk"), "{e}");
     let e = load(&models_spec(&f, "", "", "").replace("\"/title\"", "\"title\"")).unwrap_err();
     assert_eq!(e.key, "input.fields.title");
     let e = load(&models_spec(&f, "", "", "").replace("required = [\"title\"]", "required = [\"price\"]")).unwrap_err();

@@ -7,12 +7,15 @@
 //! - [`wire`]: the frames and Arrow IPC between the executor and its workers;
 //! - [`workers`]: the executor's side: start and supervise the daemon, order texts by tokens,
 //!   send batches to free workers;
-//! - [`fasttext`]: fastText sentence vectors, computed in the executor's process (no workers).
+//! - [`fasttext`]: fastText sentence vectors, computed in the executor's process (no workers);
+//! - [`chunk`]: long texts split by the tokenizer into overlapping windows, embedded by the
+//!   model's workers and pooled (`long_text = "chunk"`).
 //!
 //! [`Embed`] is what the rest of the executor (tasks, Arrow Flight) asks for: texts in, vectors
 //! out. The forked [`workers::WorkerPool`] (ONNX models) and [`fasttext::FastTextModel`] are
 //! its implementations; another backend (a GPU session, a remote server) is one more.
 
+pub mod chunk;
 pub mod daemon;
 pub mod fasttext;
 pub mod fork;
@@ -75,5 +78,26 @@ impl Embed for workers::WorkerPool {
 
     fn embed(self: Arc<Self>, texts: Vec<String>) -> Embedded {
         Box::pin(async move { workers::WorkerPool::embed(&self, texts).await })
+    }
+}
+
+/// Test doubles of [`Embed`] for the executor's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A text's vector is its length in bytes and 1, or NaN and 1 for a text that says "nan";
+    /// one batch a call.
+    pub struct Lengths;
+
+    impl Embed for Lengths {
+        fn dim(&self) -> usize {
+            2
+        }
+        fn embed(self: Arc<Self>, texts: Vec<String>) -> Embedded {
+            let v = texts.iter().flat_map(|t| [if t.contains("nan") { f32::NAN } else { t.len() as f32 }, 1.0]);
+            let vectors: Vec<f32> = v.collect();
+            Box::pin(async move { Ok((vectors, vec![texts.len()])) })
+        }
     }
 }

@@ -1,0 +1,61 @@
+//! Reference computations in the setup's Python (deploy/setup.sh --python): what embedstream's
+//! vectors are compared with, made by the libraries users would otherwise call.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::cache;
+
+/// Runs the setup's Python on `args` with `input` as JSON on stdin; its stdout read as JSON.
+fn python<T: serde::de::DeserializeOwned>(args: &[&str], input: &impl serde::Serialize) -> T {
+    let mut child = Command::new(cache().join("pyenv/bin/python"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the setup's Python (deploy/setup.sh --python)");
+    child.stdin.take().unwrap().write_all(serde_json::to_string(input).unwrap().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python {args:?} failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Python onnxruntime's embeddings of `texts` (tests/fixtures/make_reference.py).
+pub fn onnx_embeddings(texts: &[String]) -> Vec<Vec<f32>> {
+    onnx_embeddings_truncated(texts, 128)
+}
+
+/// Python onnxruntime's embeddings of `texts`' first `max_seq_len` tokens.
+pub fn onnx_embeddings_truncated(texts: &[String], max_seq_len: usize) -> Vec<Vec<f32>> {
+    python(&[&fixture("make_reference.py"), "--stdin", "--max-seq-len", &max_seq_len.to_string()], &texts)
+}
+
+/// Python onnxruntime's embeddings of `texts` as `long_text = "chunk"` makes them: the mean of
+/// their windows' embeddings, normalised.
+pub fn onnx_chunked_embeddings(texts: &[String], max_seq_len: usize, overlap: usize) -> Vec<Vec<f32>> {
+    let (max_seq_len, overlap) = (max_seq_len.to_string(), overlap.to_string());
+    python(&[&fixture("make_reference.py"), "--stdin", "--max-seq-len", &max_seq_len, "--chunk", &overlap], &texts)
+}
+
+/// The Python fastText package's sentence vectors of `texts` with the model at `model`.
+pub fn fasttext_vectors(model: &std::path::Path, texts: &[String]) -> Vec<Vec<f32>> {
+    python(&[&fixture("fasttext_reference.py"), model.to_str().unwrap()], &texts)
+}
+
+/// The combined vector as numpy makes it: the parts one after the other, over their norm.
+pub fn numpy_concat(parts: &[&[f32]]) -> Vec<f32> {
+    let script = "import json, sys, numpy as np\n\
+                  v = np.concatenate([np.array(p, dtype=np.float32) for p in json.load(sys.stdin)])\n\
+                  print(json.dumps([float(x) for x in v / np.linalg.norm(v)]))";
+    python(&["-c", script], &parts)
+}
+
+/// The largest difference between two vectors of one length.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

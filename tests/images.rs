@@ -1,13 +1,18 @@
-//! Image preprocessing (issue 16): the executor's tensors of real photos (the setup's cat and
+//! Images (issue 16). Preprocessing: the executor's tensors of real photos (the setup's cat and
 //! coffee from scikit-image, as PNG, lossless WebP, JPEG, and a PNG fading to transparent)
 //! against the numpy reference of tests/fixtures/image_reference.py over Pillow's decoders.
+//! Fetching: the executor's fetcher against the tests' image host on loopback, each way a host
+//! fails giving its reason, and loopback refused unless `fetch.allow` lists it.
 
 mod common;
 
 use std::process::Command;
 
 use common::cache;
-use embedstream_core::spec::image::{Channels, PreprocessSpec};
+use common::image_server::ImageServer;
+use embedstream_core::spec::image::{Channels, FetchSpec, PreprocessSpec};
+use embedstream_core::spec::units::HumanDuration;
+use embedstream_executor::images::fetch::{FetchError, Fetcher};
 use embedstream_executor::images::preprocess;
 
 fn python(args: &[&str]) -> Vec<u8> {
@@ -72,4 +77,78 @@ fn tensors_equal_the_numpy_reference() {
     let plane = 224 * 224;
     assert_eq!(rgb[..plane], bgr[2 * plane..]);
     assert_eq!(rgb[plane..2 * plane], bgr[plane..2 * plane]);
+}
+
+fn duration(text: &str) -> HumanDuration {
+    HumanDuration::parse(text).unwrap()
+}
+
+#[test]
+fn fetches_follow_the_limits_and_every_failure_has_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = std::fs::read(cache().join("images/photos/chelsea.png")).unwrap();
+    std::fs::write(dir.path().join("cat.png"), &photo).unwrap();
+    std::fs::write(dir.path().join("again.png"), &photo).unwrap();
+    let server = ImageServer::start(dir.path());
+    let spec = FetchSpec {
+        concurrency: 2,
+        timeout: duration("2s"),
+        backoff: duration("10ms"),
+        allow: vec!["127.0.0.1/32".parse().unwrap()],
+        ..FetchSpec::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fetcher = Fetcher::new(spec.clone());
+    let fetch = |fetcher: &Fetcher, path: &str| rt.block_on(fetcher.fetch(&server.url(path)));
+
+    // The file, whole; through two relative redirects too.
+    let got = fetch(&fetcher, "/files/cat.png").unwrap();
+    assert_eq!((got.bytes.as_ref(), got.attempts), (photo.as_slice(), 1));
+    assert_eq!(fetch(&fetcher, "/redirect/2/cat.png").unwrap().bytes.as_ref(), photo.as_slice());
+
+    // Each failure's reason, and the transient one retried.
+    let url = |path: &str| server.url(path);
+    let fails = |path: &str| fetch(&fetcher, path).unwrap_err();
+    assert_eq!(fails("/status/404"), FetchError::Status { url: url("/status/404"), status: 404 });
+    assert_eq!(server.count("404"), 1, "a 404 is not retried");
+    assert_eq!(fails("/status/503"), FetchError::Status { url: url("/status/503"), status: 503 });
+    assert_eq!(server.count("503"), 3, "a 503 is tried 1 + fetch.retries times");
+    let flaky = fetch(&fetcher, "/flaky/k1/again.png").unwrap();
+    assert_eq!((flaky.bytes.len(), flaky.attempts), (photo.len(), 2));
+    let limit = 10 << 20;
+    assert_eq!(fails("/huge"), FetchError::TooLarge { url: url("/huge"), limit });
+    assert_eq!(fails("/huge-streamed"), FetchError::TooLarge { url: url("/huge-streamed"), limit });
+    let e = fails("/html");
+    assert_eq!(
+        e.to_string(),
+        format!("image URL `{}`: not an image (Content-Type text/html; charset=utf-8)", url("/html"))
+    );
+    assert_eq!(e.label(), "not_an_image");
+    assert_eq!(fails("/redirect/5/cat.png"), FetchError::Redirects { url: url("/redirect/5/cat.png"), limit: 3 });
+    let quick = Fetcher::new(FetchSpec { timeout: duration("300ms"), retries: 0, ..spec.clone() });
+    assert!(matches!(fetch(&quick, "/hang"), Err(FetchError::Timeout { .. })));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e = rt.block_on(quick.fetch(&format!("http://127.0.0.1:{closed}/a.png"))).unwrap_err();
+    assert_eq!(e.label(), "connect", "{e}");
+
+    // Internal addresses: loopback is refused by default, by literal and by name, and a
+    // redirect to an address the allow list does not cover is refused too.
+    let strict = Fetcher::new(FetchSpec { allow: vec![], ..spec.clone() });
+    let e = fetch(&strict, "/files/cat.png").unwrap_err();
+    assert_eq!(e.label(), "refused_address");
+    assert!(e.to_string().contains("127.0.0.1, an internal address (fetch.allow does not list it)"), "{e}");
+    let by_name = format!("http://localhost:{}/files/cat.png", server.port);
+    assert_eq!(rt.block_on(strict.fetch(&by_name)).unwrap_err().label(), "refused_address");
+    let elsewhere = format!("/redirect-to?url=http://127.0.0.2:{}/files/cat.png", server.port);
+    assert!(
+        matches!(fetch(&fetcher, &elsewhere), Err(FetchError::Refused { addr, .. }) if addr.to_string() == "127.0.0.2")
+    );
+    assert!(matches!(fetch(&fetcher, "/redirect-to?url=file:///etc/passwd"), Err(FetchError::BadUrl { .. })));
+
+    // At most `concurrency` requests in flight: six slow images fetched at once.
+    let slow = url("/slow/200/cat.png");
+    let calls: Vec<_> = (0..6).map(|_| fetcher.fetch(&slow)).collect();
+    let fetched = rt.block_on(futures::future::join_all(calls));
+    assert!(fetched.iter().all(|f| f.as_ref().is_ok_and(|f| f.bytes.len() == photo.len())));
+    assert_eq!(server.ask("/most-in-flight").trim(), "2");
 }

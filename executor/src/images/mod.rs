@@ -1,4 +1,5 @@
-//! Images for `image-onnx` models: [`preprocess`] turns an image's bytes into the model's input
-//! tensor, as the spec's `preprocess` says.
+//! Images for `image-onnx` models: [`fetch`] downloads them by URL within `[fetch]`'s limits
+//! (refusing internal addresses), [`preprocess`] turns their bytes into the model's tensor.
 
+pub mod fetch;
 pub mod preprocess;

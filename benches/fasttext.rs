@@ -7,8 +7,8 @@
 //! 128-dim model, embeddings per second of:
 //! 1. the executor's in-process model (`FastTextModel`), one thread, and on all cores;
 //! 2. the same model behind a socket, as a forked worker would be: texts written to a Unix
-//!    socket, the far side computes them and writes the vectors back (the cost a worker would
-//!    add; the model kind runs in-process because this is slower);
+//!    socket, the far side computes them and writes the vectors back (what a worker would
+//!    cost or gain against computing in the executor's process);
 //! 3. the Python fastText package's `get_sentence_vector`, one text at a time in one process,
 //!    the way a `pandas_udf` calls it (the baseline), and the workloads' stated 100/s per CPU.
 //!

@@ -4,13 +4,17 @@
 //! texts, the combined one with numpy's concatenation; every kind of bad record is in the
 //! dead-letter topic with a reason that names its field, and the offsets are committed. Long
 //! texts in chunks (`long_text = "chunk"`) get the mean of their windows' vectors, as Python
-//! computes it from the same tokenizer's windows.
+//! computes it from the same tokenizer's windows. A `combine` entry with an ONNX head over two
+//! text towers gives numpy's evaluation of the same head.
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::reference::{max_diff, numpy_concat, onnx_chunked_embeddings, onnx_embeddings, onnx_embeddings_truncated};
+use common::reference::{
+    make_onnx_head, max_diff, numpy_concat, numpy_head, onnx_chunked_embeddings, onnx_embeddings,
+    onnx_embeddings_truncated,
+};
 use common::table::read_vectors;
 use common::*;
 
@@ -248,4 +252,36 @@ max_seq_len = 32"#
     }
     eprintln!("chunked and truncated: max difference from Python {worst:e}");
     assert!(worst < 1e-4, "max difference from Python: {worst}");
+}
+
+#[test]
+fn an_onnx_head_combines_two_towers_as_numpy_computes_it() {
+    let broker = Broker::start();
+    broker.create_topic("towers", 2);
+    let products = produce_products(&broker, "towers");
+    let dir = tempfile::tempdir().unwrap();
+    let head = dir.path().join("head.onnx");
+    make_onnx_head(&head);
+    let models = models().replace(
+        "inputs = [\"title\", \"text\"]\nnormalize = true",
+        &format!("inputs = [\"title\", \"text\"]\nmethod = \"onnx\"\nonnx = \"{}\"\nnormalize = true", head.display()),
+    );
+    let table = dir.path().join("vectors");
+    let job = Job::new(&broker, "towers", "subscribe = [\"towers\"]", "available_now = true", "")
+        .with_models(&models)
+        .with_parquet_sink(&table);
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], products.good.len(), "{summary}");
+    assert_eq!(summary["dead_letters"], products.bad.len(), "{summary}");
+    let (rows, count) = read_vectors(&table, &["embedding_title", "embedding_text", "embedding_product"]);
+    assert_eq!(count, products.good.len());
+    let pairs: Vec<(&[f32], &[f32])> = rows.values().map(|(_, v)| (&v[0][..], &v[1][..])).collect();
+    let want = numpy_head(&head, &pairs);
+    let mut worst = 0f32;
+    for ((_, vectors), want) in rows.values().zip(&want) {
+        assert_eq!(vectors[2].len(), 64);
+        worst = worst.max(max_diff(&vectors[2], want));
+    }
+    eprintln!("ONNX head: max difference from numpy {worst:e}");
+    assert!(worst < 1e-4, "max difference from numpy: {worst}");
 }

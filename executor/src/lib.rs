@@ -139,7 +139,12 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             ModelEntry::Combine(_) => {}
         }
     }
-    let pipeline = Arc::new(pipeline::Pipeline::new(&spec, embedders.clone()));
+    // A combine entry's ONNX head runs in this process: ONNX Runtime is loaded here too.
+    let heads = spec.model_entries().iter().any(|e| matches!(e, ModelEntry::Combine(c) if c.onnx.is_some()));
+    if heads {
+        model::init_runtime(&lib)?;
+    }
+    let pipeline = Arc::new(pipeline::Pipeline::new(&spec, embedders.clone())?);
     let model_id = pipeline.names();
 
     let reader = KafkaReader::new(

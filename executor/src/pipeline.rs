@@ -14,6 +14,8 @@ use std::sync::Arc;
 use arrow_array::ArrayRef;
 use embedstream_core::fields::{RecordFields, Template};
 use embedstream_core::spec::{CombineMethod, InputSpec, ModelEntry};
+
+use crate::model::head::OnnxHead;
 use embedstream_core::JobSpec;
 
 use crate::model::{Embed, ModelError};
@@ -31,7 +33,13 @@ struct TextModel {
 
 enum Step {
     Text(TextModel),
-    Combine { name: String, inputs: Vec<usize>, method: CombineMethod, normalize: bool },
+    /// `head` is the ONNX head of `method = "onnx"`; without one, the inputs are concatenated.
+    Combine {
+        name: String,
+        inputs: Vec<usize>,
+        head: Option<OnnxHead>,
+        normalize: bool,
+    },
 }
 
 impl Step {
@@ -59,8 +67,8 @@ pub struct Prepared {
     pub refused: Vec<(usize, String)>,
 }
 
-/// The text models' vectors for a window's good rows (row-major, one list per text model), and
-/// the size of every model batch that ran.
+/// Every model's vectors for a window's good rows (row-major, one list per model, in the spec's
+/// order), and the size of every model batch that ran.
 pub struct Embedded {
     vectors: Vec<Vec<f32>>,
     pub batch_sizes: Vec<usize>,
@@ -76,8 +84,8 @@ pub struct Finished {
 
 impl Pipeline {
     /// The spec's models, those that read records embedding with `embedders` (one each, in
-    /// the spec's order).
-    pub fn new(spec: &JobSpec, embedders: Vec<Arc<dyn Embed>>) -> Pipeline {
+    /// the spec's order); ONNX heads are loaded here (ONNX Runtime initialised already).
+    pub fn new(spec: &JobSpec, embedders: Vec<Arc<dyn Embed>>) -> Result<Pipeline, ModelError> {
         let single = spec.model.is_some();
         let mut embedders = embedders.into_iter();
         let mut steps: Vec<Step> = Vec::new();
@@ -88,8 +96,16 @@ impl Pipeline {
                     let inputs: Vec<usize> = (c.inputs.iter())
                         .map(|n| steps.iter().position(|s| s.name() == n).expect("validated: named before"))
                         .collect();
-                    dims.push(inputs.iter().map(|&i| dims[i]).sum());
-                    Step::Combine { name: c.name, inputs, method: c.method, normalize: c.normalize }
+                    let head = match c.method {
+                        CombineMethod::Concat => None,
+                        CombineMethod::Onnx => {
+                            let named = inputs.iter().map(|&i| (steps[i].name().to_string(), dims[i])).collect();
+                            let path = c.onnx.as_ref().expect("validated: method = onnx has onnx");
+                            Some(OnnxHead::load(path, named, c.output.as_deref())?)
+                        }
+                    };
+                    dims.push(head.as_ref().map_or_else(|| inputs.iter().map(|&i| dims[i]).sum(), OnnxHead::dim));
+                    Step::Combine { name: c.name, inputs, head, normalize: c.normalize }
                 }
                 reads => {
                     let embed = embedders.next().expect("one embedder per model that reads records");
@@ -112,7 +128,7 @@ impl Pipeline {
                 (i, Output { model: name.clone(), column: spec.output_column(name), dim: dims[i] })
             })
             .collect();
-        Pipeline { input: spec.input.clone(), steps, dims, written }
+        Ok(Pipeline { input: spec.input.clone(), steps, dims, written })
     }
 
     /// The vector columns the sink writes, in order.
@@ -169,29 +185,52 @@ impl Pipeline {
     ) -> futures::future::BoxFuture<'static, Result<Embedded, ModelError>> {
         let calls: Vec<_> = self.text_models().zip(texts).map(|(m, texts)| m.embed.clone().embed(texts)).collect();
         Box::pin(async move {
-            let mut out = Embedded { vectors: Vec::new(), batch_sizes: Vec::new() };
+            let mut read = Vec::new();
+            let mut batch_sizes = Vec::new();
             for (vectors, sizes) in futures::future::try_join_all(calls).await? {
-                out.vectors.push(vectors);
-                out.batch_sizes.extend(sizes);
+                read.push(vectors);
+                batch_sizes.extend(sizes);
             }
-            Ok(out)
+            // The combined vectors: concatenations, and heads, which compute.
+            let vectors = tokio::task::spawn_blocking(move || self.combine(read))
+                .await
+                .map_err(|e| ModelError::Inference(format!("combining vectors: {e}")))??;
+            Ok(Embedded { vectors, batch_sizes })
         })
     }
 
-    /// The output of `good` (the rows [`Pipeline::prepare`] kept) from their vectors.
-    pub fn finish(&self, good: &[usize], embedded: Embedded) -> Finished {
-        let mut text_vectors = embedded.vectors.into_iter();
+    /// Every step's vectors, from those of the models that read records (`read`, in order).
+    fn combine(&self, read: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, ModelError> {
+        let rows = match (read.first(), self.dims.first()) {
+            (Some(v), Some(&d)) if d > 0 => v.len() / d,
+            _ => 0,
+        };
+        let mut read = read.into_iter();
         let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(self.steps.len());
         for (s, step) in self.steps.iter().enumerate() {
             let computed = match step {
-                Step::Text(_) => text_vectors.next().expect("one list per text model"),
-                Step::Combine { inputs, method: CombineMethod::Concat, normalize, .. } => {
+                Step::Text(_) => read.next().expect("one list per model that reads records"),
+                Step::Combine { inputs, head: None, normalize, .. } => {
                     let parts: Vec<(&[f32], usize)> = inputs.iter().map(|&i| (&vectors[i][..], self.dims[i])).collect();
-                    concat(&parts, good.len(), self.dims[s], *normalize)
+                    concat(&parts, rows, self.dims[s], *normalize)
+                }
+                Step::Combine { inputs, head: Some(head), normalize, .. } => {
+                    let parts: Vec<&[f32]> = inputs.iter().map(|&i| &vectors[i][..]).collect();
+                    let mut out = head.run(&parts, rows)?;
+                    if *normalize {
+                        out.chunks_exact_mut(self.dims[s]).for_each(l2_normalize);
+                    }
+                    out
                 }
             };
             vectors.push(computed);
         }
+        Ok(vectors)
+    }
+
+    /// The output of `good` (the rows [`Pipeline::prepare`] kept) from their vectors.
+    pub fn finish(&self, good: &[usize], embedded: Embedded) -> Finished {
+        let vectors = embedded.vectors;
         let finite = |r: usize| {
             vectors.iter().zip(&self.dims).all(|(v, &d)| v[r * d..(r + 1) * d].iter().all(|x| x.is_finite()))
         };
@@ -249,11 +288,17 @@ fn concat(parts: &[(&[f32], usize)], rows: usize, dim: usize, normalize: bool) -
             out.extend_from_slice(&values[r * d..(r + 1) * d]);
         }
         if normalize {
-            let norm = out[start..].iter().map(|x| x * x).sum::<f32>().sqrt();
-            out[start..].iter_mut().for_each(|x| *x /= norm);
+            l2_normalize(&mut out[start..]);
         }
     }
     out
+}
+
+/// Scales `v` to length 1. A zero vector becomes NaN, and its row a dead letter: a combined
+/// vector of nothing says nothing.
+fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
 }
 
 #[cfg(test)]
@@ -302,7 +347,7 @@ topic = "out"
     #[tokio::test]
     async fn records_go_through_every_model() {
         let spec = product_spec("");
-        let pipeline = Arc::new(Pipeline::new(&spec, vec![Arc::new(Lengths), Arc::new(Lengths)]));
+        let pipeline = Arc::new(Pipeline::new(&spec, vec![Arc::new(Lengths), Arc::new(Lengths)]).unwrap());
         let names: Vec<String> = pipeline.outputs().iter().map(|o| format!("{}:{}", o.column, o.dim)).collect();
         assert_eq!(names, ["embedding_title:2", "embedding_text:2", "embedding_both:4"]);
         let values: [&[u8]; 5] = [
@@ -334,7 +379,7 @@ topic = "out"
     #[test]
     fn the_sink_writes_the_models_it_names() {
         let spec = product_spec("models = [\"both\"]");
-        let pipeline = Pipeline::new(&spec, vec![Arc::new(Lengths), Arc::new(Lengths)]);
+        let pipeline = Pipeline::new(&spec, vec![Arc::new(Lengths), Arc::new(Lengths)]).unwrap();
         assert_eq!(pipeline.outputs(), [Output { model: "both".into(), column: "embedding_both".into(), dim: 4 }]);
     }
 

@@ -54,6 +54,16 @@ pub fn numpy_concat(parts: &[&[f32]]) -> Vec<f32> {
     python(&["-c", script], &parts)
 }
 
+/// Makes the tests' `combine` head (tests/fixtures/onnx_head.py) at `out`.
+pub fn make_onnx_head(out: &std::path::Path) {
+    let _: serde_json::Value = python(&[&fixture("onnx_head.py"), "make", out.to_str().unwrap()], &());
+}
+
+/// numpy's vectors of the head at `head` for each (title, text) pair, normalised.
+pub fn numpy_head(head: &std::path::Path, pairs: &[(&[f32], &[f32])]) -> Vec<Vec<f32>> {
+    python(&[&fixture("onnx_head.py"), "apply", head.to_str().unwrap()], &pairs)
+}
+
 /// The largest difference between two vectors of one length.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

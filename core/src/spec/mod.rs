@@ -226,8 +226,10 @@ impl JobSpec {
             model.check_files(&at)?;
         }
         for (i, entry) in self.models.iter().enumerate() {
-            if let ModelEntry::FastText(f) = entry {
-                f.check_files(&format!("models[{i}]"))?;
+            match entry {
+                ModelEntry::FastText(f) => f.check_files(&format!("models[{i}]"))?,
+                ModelEntry::Combine(c) => c.check_files(&format!("models[{i}]"))?,
+                ModelEntry::TextOnnx(_) => {}
             }
         }
         self.security.check_files()
@@ -265,7 +267,11 @@ impl JobSpec {
                     let name = f.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     files.push((format!("model-{i}-{name}"), &mut f.model));
                 }
-                ModelEntry::Combine(_) => {}
+                ModelEntry::Combine(c) => {
+                    if let Some(head) = &mut c.onnx {
+                        files.push((format!("model-{i}-head.onnx"), head));
+                    }
+                }
             }
         }
         files

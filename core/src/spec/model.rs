@@ -4,8 +4,8 @@
 //! - `text-onnx` ([`ModelSpec`]): an ONNX model and its tokenizer, its input a template over the
 //!   record's fields, and how its texts are batched;
 //! - `fasttext` ([`FastTextSpec`]): a fastText model's sentence vectors, over a template too;
-//! - `combine` ([`CombineSpec`]): a vector made of other models' vectors (concatenated, L2
-//!   normalised if asked).
+//! - `combine` ([`CombineSpec`]): a vector made of other models' vectors (concatenated, or an
+//!   ONNX head's output; L2 normalised if asked).
 //!
 //! `[[models]]` entries are parsed by hand on `kind`, as `[sink]` is, so that an error inside
 //! one names its key (`models[1].batch_size`).
@@ -286,6 +286,9 @@ pub enum CombineMethod {
     /// The inputs' vectors one after the other, in `inputs` order.
     #[default]
     Concat,
+    /// An ONNX model (`onnx`) that takes each input's vectors as the input of its name
+    /// (`[batch, dim]` f32) and gives the combined vector (`output`, `[batch, D]`).
+    Onnx,
 }
 
 /// `kind = "combine"`: a vector made of other models' vectors (Prod2Vec's shape: two text
@@ -298,9 +301,26 @@ pub struct CombineSpec {
     pub inputs: Vec<String>,
     #[serde(default)]
     pub method: CombineMethod,
+    /// The head, with `method = "onnx"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<PathBuf>,
+    /// The head's output to take; default its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     /// Scale the combined vector to length 1.
     #[serde(default)]
     pub normalize: bool,
+}
+
+impl CombineSpec {
+    pub(super) fn check_files(&self, at: &str) -> Result<(), SpecError> {
+        match &self.onnx {
+            Some(path) if !crate::store::is_hdfs(path) && !path.is_file() => {
+                Err(SpecError::new(&format!("{at}.onnx"), format!("no such file: {}", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One entry of `[[models]]`.
@@ -422,6 +442,21 @@ pub(super) fn validate_entries(entries: &[ModelEntry], input: &InputSpec) -> Res
                     if c.inputs[..n].contains(input) {
                         return Err(SpecError::new(&key, format!("`{input}` is named twice")));
                     }
+                }
+                match (c.method, &c.onnx) {
+                    (CombineMethod::Onnx, None) => {
+                        return Err(SpecError::new(
+                            &format!("{at}.onnx"),
+                            "is needed with method = \"onnx\": the head's file",
+                        ))
+                    }
+                    (CombineMethod::Concat, Some(_)) => {
+                        return Err(SpecError::new(&format!("{at}.onnx"), "is only read with method = \"onnx\""))
+                    }
+                    (CombineMethod::Concat, None) if c.output.is_some() => {
+                        return Err(SpecError::new(&format!("{at}.output"), "is only read with method = \"onnx\""))
+                    }
+                    _ => {}
                 }
             }
         }

@@ -364,6 +364,16 @@ fn model_and_input_errors_name_their_key() {
     let e = refused("", "[[models]]\nname = \"p\"\nkind = \"combine\"\ninputs = [\"text\"]\nnormalise = true", "");
     assert_eq!(e.key, "models[2].normalise");
     assert!(e.message.contains("normalise"), "{e}");
+    let head = |extra: &str| format!("[[models]]\nname = \"p\"\nkind = \"combine\"\ninputs = [\"text\"]\n{extra}");
+    let e = refused("", &head("method = \"onnx\""), "");
+    assert_eq!(e.key, "models[2].onnx");
+    let e = refused("", &head(&format!("onnx = \"{}\"", f.onnx.display())), "");
+    assert_eq!((e.key.as_str(), e.message.contains("method = \"onnx\"")), ("models[2].onnx", true), "{e}");
+    let e = refused("", &head("method = \"onnx\"\nonnx = \"/nonexistent/head.onnx\""), "");
+    assert_eq!(e.key, "models[2].onnx");
+    assert!(e.message.contains("no such file"), "{e}");
+    let e = refused("", &head("method = \"mean\""), "");
+    assert_eq!(e.key, "models[2].method");
     let e = refused("", "", "models = [\"image\"]");
     assert_eq!(e.key, "sink.models");
     // A template's field must be one of the input's.

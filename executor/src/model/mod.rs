@@ -8,6 +8,7 @@
 //! - [`workers`]: the executor's side: start and supervise the daemon, order texts by tokens,
 //!   send batches to free workers;
 //! - [`fasttext`]: fastText sentence vectors, computed in the executor's process (no workers);
+//! - [`head`]: a `combine` entry's ONNX head over other models' vectors (in-process);
 //! - [`chunk`]: long texts split by the tokenizer into overlapping windows, embedded by the
 //!   model's workers and pooled (`long_text = "chunk"`).
 //!
@@ -19,6 +20,7 @@ pub mod chunk;
 pub mod daemon;
 pub mod fasttext;
 pub mod fork;
+pub mod head;
 pub mod session;
 pub mod wire;
 pub mod workers;

@@ -157,7 +157,11 @@ fn the_kafka_sink_writes_one_record_per_model_tagged_with_its_name() {
             (0, Some(format!("k{i}").into_bytes()), Some(serde_json::json!({ "title": t }).to_string().into_bytes()))
         })
         .collect();
-    broker.produce("goods", &records);
+    // Every record has a `shop` header; the `text` model's description comes from it.
+    let shops: Vec<String> = (0..6).map(|i| format!("shop {i}")).collect();
+    let headers: Vec<Vec<(&str, &[u8])>> =
+        shops.iter().map(|s| vec![("trace", &b"t"[..]), ("shop", s.as_bytes())]).collect();
+    broker.produce_with_headers("goods", &records, &headers);
     let job = Job::new(
         &broker,
         "goods",
@@ -165,7 +169,11 @@ fn the_kafka_sink_writes_one_record_per_model_tagged_with_its_name() {
         "available_now = true",
         "models = [\"title\", \"product\"]",
     )
-    .with_models(&models());
+    .with_models(
+        &models()
+            .replace("required = [\"title\"]", "required = [\"title\"]\nheaders = { shop = \"shop\" }")
+            .replace("text = \"{title}. {description}\"", "text = \"{title}. {description}{shop}\""),
+    );
     let summary = run_job(&job, 1);
     assert_eq!(summary["embeddings"], 6, "{summary}");
     let out = broker.read_all("goods-out", 1);
@@ -176,14 +184,16 @@ fn the_kafka_sink_writes_one_record_per_model_tagged_with_its_name() {
         (0..6).flat_map(|o| [(o, "title".to_string(), DIM), (o, "product".to_string(), 2 * DIM)]).collect();
     assert_eq!(tags, want);
     assert!(out.iter().all(|r| r.key.as_deref() == Some(format!("k{}", r.origin().1).as_bytes())));
-    // The description is optional: absent, the `text` model read "<title>. " and the combined
-    // vector holds it, normalised.
-    let product = out[1].vector();
-    let norm: f32 = product.iter().map(|x| x * x).sum::<f32>().sqrt();
-    assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
-    let title_text = serde_json::from_slice::<serde_json::Value>(records[0].2.as_ref().unwrap()).unwrap();
-    let want = onnx_embeddings(&[title_text["title"].as_str().unwrap().to_string()]);
+    // The description is optional: absent, the `text` model read "<title>. <shop header>",
+    // and the combined vector holds it, normalised.
+    let title = |i: usize| {
+        let doc = serde_json::from_slice::<serde_json::Value>(records[i].2.as_ref().unwrap()).unwrap();
+        doc["title"].as_str().unwrap().to_string()
+    };
+    let want = onnx_embeddings(&[title(0), format!("{}. {}", title(0), shops[0])]);
     assert!(max_diff(&out[0].vector(), &want[0]) < 1e-4);
+    let product = out[1].vector();
+    assert!(max_diff(&product, &numpy_concat(&[&want[0], &want[1]])) < 1e-4, "the shop header is in the text");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! A record's named fields and the text templates over them.
 //!
-//! [`RecordFields::read`] reads a record once, as `[input]` says: its key, its value and, for
-//! JSON, the fields its pointers name. [`Template::render`] then writes one model's input from
+//! [`RecordFields::read`] reads a record once, as `[input]` says: its key, its value, the Kafka
+//! headers it names and, for JSON, the fields its pointers name. [`Template::render`] then writes one model's input from
 //! them (`"{title}. {description}"`). Every way a record can fail says which field: a value that
 //! is not JSON, a required field that is missing, a field that is not a string. The executor
 //! sends such records to the dead-letter topic with that reason.
@@ -135,13 +135,23 @@ impl RecordFields {
     /// Reads a record's fields as `input` says. A record that cannot be read at all (a null
     /// value, a value that is not JSON, a required field missing or not a string) is refused
     /// with the reason, naming the field.
-    pub fn read(input: &InputSpec, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<RecordFields, String> {
+    ///
+    /// `headers` holds the values of the Kafka headers `input.headers` reads, in its order.
+    pub fn read(
+        input: &InputSpec,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Option<&[u8]>],
+    ) -> Result<RecordFields, String> {
         let Some(value) = value else {
             return Err("value is null".into());
         };
         let mut fields = BTreeMap::new();
         fields.insert("key".to_string(), utf8_field("key", key));
         fields.insert("value".to_string(), utf8_field("value", Some(value)));
+        for ((name, header), bytes) in input.headers.iter().zip(headers.iter().chain(std::iter::repeat(&None))) {
+            fields.insert(name.clone(), utf8_field(&format!("header `{header}`"), *bytes));
+        }
         if input.format == InputFormat::Json {
             let doc: serde_json::Value =
                 serde_json::from_slice(value).map_err(|e| format!("value is not valid JSON: {e}"))?;
@@ -159,7 +169,9 @@ impl RecordFields {
                 Some(Ok(Some(_))) => {}
                 Some(Err(reason)) => return Err(reason.clone()),
                 _ => {
-                    let at = input.fields.get(name).map(|p| format!(" ({p})")).unwrap_or_default();
+                    let at = (input.fields.get(name).map(|p| format!(" ({p})")))
+                        .or_else(|| input.headers.get(name).map(|h| format!(" (header `{h}`)")))
+                        .unwrap_or_default();
                     return Err(format!("required field `{name}`{at} is missing"));
                 }
             }
@@ -189,6 +201,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             required: required.iter().map(|s| s.to_string()).collect(),
+            headers: BTreeMap::new(),
         }
     }
 
@@ -207,25 +220,25 @@ mod tests {
     fn json_records_render_their_fields() {
         let input = json_input(&["title"]);
         let value = br#"{"title": "Red shoe", "description": "Leather", "images": [{"url": "http://x/1.png"}]}"#;
-        let r = RecordFields::read(&input, Some(b"k1"), Some(value)).unwrap();
+        let r = RecordFields::read(&input, Some(b"k1"), Some(value), &[]).unwrap();
         let t = Template::parse("{title}. {description} ({key})").unwrap();
         assert_eq!(t.render(&r).unwrap(), "Red shoe. Leather (k1)");
         assert_eq!(r.get("image").unwrap(), Some("http://x/1.png"));
         // An optional field may be absent (or null): it writes nothing.
-        let r = RecordFields::read(&input, None, Some(br#"{"title": "Hat", "description": null}"#)).unwrap();
+        let r = RecordFields::read(&input, None, Some(br#"{"title": "Hat", "description": null}"#), &[]).unwrap();
         assert_eq!(t.render(&r).unwrap(), "Hat.  ()");
     }
 
     #[test]
     fn bad_records_name_the_field() {
         let input = json_input(&["title"]);
-        let reason = |v: &[u8]| RecordFields::read(&input, None, Some(v)).unwrap_err();
+        let reason = |v: &[u8]| RecordFields::read(&input, None, Some(v), &[]).unwrap_err();
         assert!(reason(b"{not json").contains("not valid JSON"));
         assert_eq!(reason(br#"{"description": "x"}"#), "required field `title` (/title) is missing");
         assert_eq!(reason(br#"{"title": 7}"#), "field `title` (/title) is a number, not a string");
-        assert_eq!(RecordFields::read(&input, None, None).unwrap_err(), "value is null");
+        assert_eq!(RecordFields::read(&input, None, None, &[]).unwrap_err(), "value is null");
         // An optional field of the wrong type fails only the templates that read it.
-        let r = RecordFields::read(&input, None, Some(br#"{"title": "a", "description": ["b"]}"#)).unwrap();
+        let r = RecordFields::read(&input, None, Some(br#"{"title": "a", "description": ["b"]}"#), &[]).unwrap();
         let err = Template::parse("{description}").unwrap().render(&r).unwrap_err();
         assert_eq!(err, "field `description` (/description) is an array, not a string");
         assert_eq!(Template::parse("{title}").unwrap().render(&r).unwrap(), "a");
@@ -234,10 +247,30 @@ mod tests {
     #[test]
     fn text_records_have_key_and_value() {
         let input = InputSpec::default();
-        let r = RecordFields::read(&input, Some(&[0xff]), Some(b"plain text")).unwrap();
+        let r = RecordFields::read(&input, Some(&[0xff]), Some(b"plain text"), &[]).unwrap();
         assert_eq!(Template::parse("{value}").unwrap().render(&r).unwrap(), "plain text");
         assert!(Template::parse("{key}").unwrap().render(&r).unwrap_err().contains("key is not valid UTF-8"));
-        let r = RecordFields::read(&input, None, Some(&[0xff, 0xfe])).unwrap();
+        let r = RecordFields::read(&input, None, Some(&[0xff, 0xfe]), &[]).unwrap();
         assert!(Template::parse("{value}").unwrap().render(&r).unwrap_err().contains("value is not valid UTF-8"));
+    }
+
+    #[test]
+    fn headers_are_fields() {
+        let mut input = InputSpec::default();
+        input.headers.insert("source".into(), "x-source".into());
+        input.headers.insert("lang".into(), "content-language".into());
+        input.required = vec!["source".into()];
+        // In the order of input.headers: `lang` (content-language), then `source` (x-source).
+        let r = RecordFields::read(&input, None, Some(b"Hat"), &[Some(b"de"), Some(b"shop-7")]).unwrap();
+        assert_eq!(
+            Template::parse("[{lang}] {value} from {source}").unwrap().render(&r).unwrap(),
+            "[de] Hat from shop-7"
+        );
+        let r = RecordFields::read(&input, None, Some(b"Hat"), &[None, Some(b"shop-7")]).unwrap();
+        assert_eq!(r.get("lang").unwrap(), None);
+        let reason = RecordFields::read(&input, None, Some(b"Hat"), &[Some(b"de"), None]).unwrap_err();
+        assert_eq!(reason, "required field `source` (header `x-source`) is missing");
+        let r = RecordFields::read(&input, None, Some(b"Hat"), &[Some(&[0xff]), Some(b"s")]).unwrap();
+        assert!(r.get("lang").unwrap_err().contains("header `content-language` is not valid UTF-8"));
     }
 }

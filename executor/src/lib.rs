@@ -152,6 +152,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         &format!("{}-executor", spec.group_id()),
         spec.source.poll_timeout(),
         spec.source.fail_on_data_loss,
+        spec.input.header_names(),
     );
     let producer = Arc::new(KafkaProducer::new(spec.sink_client(&secrets)?)?);
     let dead_letter_producer = match spec.dead_letters_have_own_client() {

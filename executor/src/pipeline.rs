@@ -148,14 +148,18 @@ impl Pipeline {
         })
     }
 
-    /// Reads each record (`(key, value)` of row `i`) and renders every text model's input.
-    pub fn prepare<'a>(&self, records: impl Iterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>)>) -> Prepared {
+    /// Reads each record (`(key, value, headers)` of row `i`, the headers `input.headers` reads
+    /// in its order) and renders every text model's input.
+    pub fn prepare<'a>(
+        &self,
+        records: impl Iterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>, Vec<Option<&'a [u8]>>)>,
+    ) -> Prepared {
         let texts = self.text_models().map(|_| Vec::new()).collect();
         let mut out = Prepared { good: Vec::new(), texts, refused: Vec::new() };
         let mut rendered = Vec::new();
-        for (i, (key, value)) in records.enumerate() {
+        for (i, (key, value, headers)) in records.enumerate() {
             rendered.clear();
-            let reason = match RecordFields::read(&self.input, key, value) {
+            let reason = match RecordFields::read(&self.input, key, value, &headers) {
                 Err(reason) => Some(reason),
                 Ok(fields) => self.text_models().find_map(|m| match m.text(&fields) {
                     Ok(text) => {
@@ -357,7 +361,7 @@ topic = "out"
             br#"{"title": "nan"}"#,
             br#"{"title": "Hat"}"#,
         ];
-        let prepared = pipeline.prepare(values.iter().map(|v| (None, Some(*v))));
+        let prepared = pipeline.prepare(values.iter().map(|v| (None, Some(*v), Vec::new())));
         assert_eq!(prepared.good, [0, 3, 4]);
         assert_eq!(prepared.texts[1], ["Shoe. Red", "nan. ", "Hat. "]);
         let refused: Vec<(usize, &str)> = prepared.refused.iter().map(|(i, r)| (*i, r.as_str())).collect();

@@ -22,7 +22,7 @@ use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
 use embedstream_core::offsets::OffsetRange;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const POLL_STEP: Duration = Duration::from_millis(100);
@@ -87,6 +87,8 @@ impl<V> Idle<V> {
 
 pub struct KafkaReader {
     config: ClientConfig,
+    /// The Kafka headers read as fields: one column each after the input schema's.
+    headers: Vec<String>,
     poll_timeout: Duration,
     fail_on_data_loss: bool,
     idle: Mutex<Idle<BaseConsumer>>,
@@ -101,6 +103,7 @@ impl KafkaReader {
         group_id: &str,
         poll_timeout: Duration,
         fail_on_data_loss: bool,
+        headers: Vec<String>,
     ) -> KafkaReader {
         config
             // Needed by librdkafka's consumer; nothing is ever committed with it.
@@ -117,7 +120,8 @@ impl KafkaReader {
         if config.get("queued.max.messages.kbytes").is_none() {
             config.set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string());
         }
-        KafkaReader { config, poll_timeout, fail_on_data_loss, idle: Mutex::new(Idle::new(CONSUMER_CACHE_CAPACITY)) }
+        let idle = Mutex::new(Idle::new(CONSUMER_CACHE_CAPACITY));
+        KafkaReader { config, headers, poll_timeout, fail_on_data_loss, idle }
     }
 
     /// Starts reading `range` (its consumer from the cache, or a new one), a chunk at a time
@@ -219,6 +223,8 @@ impl RangeRead {
         let mut values = BinaryBuilder::with_capacity(capacity, 0);
         let mut offsets = Int64Builder::with_capacity(capacity);
         let mut timestamps = Int64Builder::with_capacity(capacity);
+        let mut headers: Vec<BinaryBuilder> =
+            self.reader.headers.iter().map(|_| BinaryBuilder::with_capacity(capacity, 0)).collect();
 
         while self.next < until && offsets.len() < max_rows {
             match consumer.poll(POLL_STEP) {
@@ -236,6 +242,10 @@ impl RangeRead {
                     values.append_option(m.payload());
                     offsets.append_value(m.offset());
                     timestamps.append_option(m.timestamp().to_millis());
+                    for (name, column) in self.reader.headers.iter().zip(&mut headers) {
+                        let value = m.headers().and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value));
+                        column.append_option(value);
+                    }
                     self.next = m.offset() + 1;
                     self.last_progress = Instant::now();
                 }
@@ -303,7 +313,7 @@ impl RangeRead {
         }
 
         let rows = offsets.len();
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(keys.finish()),
             Arc::new(values.finish()),
             Arc::new(StringArray::from(vec![topic; rows])),
@@ -311,7 +321,9 @@ impl RangeRead {
             Arc::new(offsets.finish()),
             Arc::new(timestamps.finish()),
         ];
-        Ok(RecordBatch::try_new(crate::records::input_schema(), columns).expect("columns match the input schema"))
+        columns.extend(headers.iter_mut().map(|h| Arc::new(h.finish()) as ArrayRef));
+        let schema = crate::records::read_schema(&self.reader.headers);
+        Ok(RecordBatch::try_new(schema, columns).expect("columns match the read schema"))
     }
 }
 

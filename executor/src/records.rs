@@ -4,12 +4,22 @@
 //! Flight both use this module, and neither uses the other for these.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 pub use embedstream_sinks::rows::{embedding_array, embedding_type, input_schema, output_schema, Output};
+
+/// The columns a task reads: the input schema, then one Binary column per Kafka header that
+/// `input.headers` reads as a field (`header:<name>`, null where a record has none). Those stay
+/// in the executor: the sinks get [`input_schema`]'s columns.
+pub fn read_schema(headers: &[String]) -> SchemaRef {
+    let base = input_schema();
+    let extra = headers.iter().map(|h| Arc::new(Field::new(format!("header:{h}"), DataType::Binary, true)));
+    let fields: Vec<_> = base.fields().iter().cloned().chain(extra).collect();
+    Arc::new(Schema::new(fields))
+}
 
 /// Why a value cannot be embedded, or `None` when it can.
 pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {

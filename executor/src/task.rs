@@ -49,8 +49,13 @@ const WINDOWS_IN_FLIGHT: usize = 2;
 /// says.
 fn output_rows(input: &RecordBatch, window: &[usize], vectors: Vec<ArrayRef>, schema: &SchemaRef) -> RecordBatch {
     let indices = UInt32Array::from_iter_values(window.iter().map(|&i| i as u32));
+    // The input schema's columns: the header columns the fields read stay here.
+    let read = input.project(&(0..crate::records::input_schema().fields().len()).collect::<Vec<_>>());
     let mut columns =
-        arrow_select::take::take_record_batch(input, &indices).expect("indices in range").columns().to_vec();
+        arrow_select::take::take_record_batch(&read.expect("the read schema starts with the input's"), &indices)
+            .expect("indices in range")
+            .columns()
+            .to_vec();
     columns.extend(vectors);
     RecordBatch::try_new(schema.clone(), columns).expect("columns match the output schema")
 }
@@ -231,7 +236,8 @@ async fn windows(
             let chunk = chunk.map_err(TaskError::Read)?;
             counts.rows_read += chunk.num_rows() as u64;
             let rows = Rows::of(&chunk);
-            let prepared = ctx.pipeline.prepare((0..chunk.num_rows()).map(|i| (rows.key(i), rows.value(i))));
+            let prepared =
+                ctx.pipeline.prepare((0..chunk.num_rows()).map(|i| (rows.key(i), rows.value(i), rows.headers(i))));
             for (i, reason) in &prepared.refused {
                 dead_letter(ctx, def, range, &rows, pending, *i, reason, counts).await?;
             }
@@ -276,6 +282,8 @@ struct Rows<'a> {
     keys: &'a BinaryArray,
     values: &'a BinaryArray,
     offsets: &'a Int64Array,
+    /// The header columns, in the order of `input.headers`.
+    headers: Vec<&'a BinaryArray>,
 }
 
 impl<'a> Rows<'a> {
@@ -285,7 +293,16 @@ impl<'a> Rows<'a> {
             keys: col("key").as_any().downcast_ref::<BinaryArray>().expect("binary keys"),
             values: col("value").as_any().downcast_ref::<BinaryArray>().expect("binary values"),
             offsets: col("offset").as_any().downcast_ref::<Int64Array>().expect("int64 offsets"),
+            headers: (chunk.schema().fields().iter().enumerate())
+                .filter(|(_, f)| f.name().starts_with("header:"))
+                .map(|(i, _)| chunk.column(i).as_any().downcast_ref::<BinaryArray>().expect("binary headers"))
+                .collect(),
         }
+    }
+
+    /// Row `i`'s values of the headers read as fields.
+    fn headers(&self, i: usize) -> Vec<Option<&'a [u8]>> {
+        self.headers.iter().map(|h| h.is_valid(i).then(|| h.value(i))).collect()
     }
 
     fn value(&self, i: usize) -> Option<&'a [u8]> {

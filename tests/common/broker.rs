@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -290,6 +290,12 @@ impl Broker {
 
     /// Produces `records` (partition, key, value) and waits for every acknowledgement.
     pub fn produce(&self, topic: &str, records: &[RawRecord]) {
+        let none: Vec<Vec<(&str, &[u8])>> = vec![Vec::new(); records.len()];
+        self.produce_with_headers(topic, records, &none);
+    }
+
+    /// [`Broker::produce`], record `i` with the headers `headers[i]`.
+    pub fn produce_with_headers(&self, topic: &str, records: &[RawRecord], headers: &[Vec<(&str, &[u8])>]) {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .set("enable.idempotence", "true")
@@ -298,8 +304,13 @@ impl Broker {
             .set("message.max.bytes", "8000000")
             .create()
             .unwrap();
-        for (p, k, v) in records {
+        for ((p, k, v), headers) in records.iter().zip(headers) {
             let mut r = BaseRecord::<[u8], [u8]>::to(topic).partition(*p);
+            if !headers.is_empty() {
+                let owned = (headers.iter())
+                    .fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: Some(*value) }));
+                r = r.headers(owned);
+            }
             if let Some(k) = k {
                 r = r.key(k.as_slice());
             }

@@ -30,6 +30,11 @@ pub struct InputSpec {
     /// Field name to JSON pointer (RFC 6901: `/title`, `/images/0/url`), for `format = "json"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// Field name to Kafka header name (`source = "x-source"`): the header's value as UTF-8
+    /// text, absent if the record has no such header (the first, if it has several). Any
+    /// format.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
     /// Fields a record must have (present, not null, a string): a record without one goes to
     /// the dead-letter topic. Other fields may be absent and are then empty in a template.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -46,7 +51,12 @@ pub(crate) fn is_field_name(name: &str) -> bool {
 impl InputSpec {
     /// Whether `name` is a field records of this input have.
     pub fn has_field(&self, name: &str) -> bool {
-        BUILTIN_FIELDS.contains(&name) || self.fields.contains_key(name)
+        BUILTIN_FIELDS.contains(&name) || self.fields.contains_key(name) || self.headers.contains_key(name)
+    }
+
+    /// The Kafka headers read as fields, in the order of [`InputSpec::headers`].
+    pub fn header_names(&self) -> Vec<String> {
+        self.headers.values().cloned().collect()
     }
 
     pub(super) fn validate(&self) -> Result<(), SpecError> {
@@ -71,11 +81,23 @@ impl InputSpec {
                 ));
             }
         }
+        for (name, header) in &self.headers {
+            let key = format!("input.headers.{name}");
+            if !is_field_name(name) {
+                return Err(SpecError::new(&key, "a field name is letters, digits and '_', not starting with a digit"));
+            }
+            if BUILTIN_FIELDS.contains(&name.as_str()) || self.fields.contains_key(name) {
+                return Err(SpecError::new(&key, format!("`{name}` is a field already")));
+            }
+            if header.is_empty() {
+                return Err(SpecError::new(&key, "must name a Kafka header"));
+            }
+        }
         for name in &self.required {
             if !self.has_field(name) {
                 return Err(SpecError::new(
                     "input.required",
-                    format!("`{name}` is not a field: name one of input.fields (or key, value)"),
+                    format!("`{name}` is not a field: name one of input.fields or input.headers (or key, value)"),
                 ));
             }
         }

@@ -398,6 +398,14 @@ fn model_and_input_errors_name_their_key() {
     assert_eq!(e.key, "input.fields.title");
     let e = load(&models_spec(&f, "", "", "").replace("required = [\"title\"]", "required = [\"price\"]")).unwrap_err();
     assert_eq!(e.key, "input.required");
+    // Headers are fields: a name of their own, a header to read.
+    let with_headers = |h: &str| {
+        models_spec(&f, "", "", "").replace("required = [\"title\"]", &format!("required = [\"title\"]\nheaders = {h}"))
+    };
+    let s = load(&with_headers("{ shop = \"x-shop\" }")).unwrap();
+    assert!(s.input.has_field("shop") && s.input.header_names() == ["x-shop"]);
+    assert_eq!(load(&with_headers("{ title = \"x-title\" }")).unwrap_err().key, "input.headers.title");
+    assert_eq!(load(&with_headers("{ shop = \"\" }")).unwrap_err().key, "input.headers.shop");
     // Fields are JSON pointers: a text input has none.
     let e = load(&models_spec(&f, "", "", "").replace("format = \"json\"", "format = \"text\"")).unwrap_err();
     assert_eq!(e.key, "input.fields");

@@ -295,3 +295,24 @@ fn an_onnx_head_combines_two_towers_as_numpy_computes_it() {
     eprintln!("ONNX head: max difference from numpy {worst:e}");
     assert!(worst < 1e-4, "max difference from numpy: {worst}");
 }
+
+#[test]
+fn a_head_that_does_not_take_the_entrys_inputs_stops_the_run_naming_both() {
+    let broker = Broker::start();
+    broker.create_topic("heads", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let head = dir.path().join("head.onnx");
+    make_onnx_head(&head); // takes `title` and `text`
+    let models = models().replace(
+        "inputs = [\"title\", \"text\"]\nnormalize = true",
+        &format!("inputs = [\"title\"]\nmethod = \"onnx\"\nonnx = \"{}\"", head.display()),
+    );
+    let job = Job::new(&broker, "heads", "subscribe = [\"heads\"]", "available_now = true", "").with_models(&models);
+    let log = run_refused(&job);
+    let want = format!(
+        "model {}: takes the inputs [\"text\", \"title\"], but the entry's inputs are [\"title\"]",
+        head.display()
+    );
+    assert!(log.contains(&want), "{log}");
+    assert!(job.logged_batches(&log).is_empty(), "no batch ran");
+}

@@ -9,7 +9,6 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 
@@ -29,12 +28,7 @@ impl OnnxHead {
     /// once on zeros: its inputs must be exactly those models, and it must give `[1, D]`.
     pub fn load(path: &Path, inputs: Vec<(String, usize)>, output: Option<&str>) -> Result<OnnxHead, ModelError> {
         let err = |message: String| ModelError::Onnx { path: path.to_path_buf(), message };
-        let session = Session::builder()
-            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
-            .and_then(|b| b.with_intra_threads(1))
-            .and_then(|b| b.with_inter_threads(1))
-            .and_then(|b| b.with_parallel_execution(false))
-            .and_then(|b| b.with_intra_op_spinning(false))
+        let session = super::session::session_builder(1)
             .and_then(|b| b.commit_from_file(path))
             .map_err(|e| err(e.to_string()))?;
         let mut takes: Vec<String> = session.inputs.iter().map(|i| i.name.clone()).collect();

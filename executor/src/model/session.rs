@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use embedstream_core::spec::{ModelSpec, Pooling};
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
@@ -53,6 +53,19 @@ pub fn cache_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("embedstream")
+}
+
+/// A session's settings, every session of the project alike: `intra_threads` intra-op threads,
+/// one inter-op thread, sequential, no spinning (a worker's session is forked from the daemon's
+/// and must not hold threads that spin or a pool the fork would copy half of).
+pub(crate) fn session_builder(intra_threads: usize) -> ort::Result<SessionBuilder> {
+    Session::builder()
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
+        .and_then(|b| b.with_intra_threads(intra_threads.max(1)))
+        .and_then(|b| b.with_inter_threads(1))
+        .and_then(|b| b.with_parallel_execution(false))
+        .and_then(|b| b.with_intra_op_spinning(false))
+        .and_then(|b| b.with_inter_op_spinning(false))
 }
 
 /// Loads ONNX Runtime from `lib` once per process; later calls do nothing.
@@ -99,15 +112,7 @@ impl Embedder {
         let tokenizer = load_tokenizer(spec)?;
 
         let onnx_err = |e: ort::Error| ModelError::Onnx { path: spec.onnx.clone(), message: e.to_string() };
-        let session = Session::builder()
-            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
-            .and_then(|b| b.with_intra_threads(intra_threads.max(1)))
-            .and_then(|b| b.with_inter_threads(1))
-            .and_then(|b| b.with_parallel_execution(false))
-            .and_then(|b| b.with_intra_op_spinning(false))
-            .and_then(|b| b.with_inter_op_spinning(false))
-            .and_then(|b| b.commit_from_file(&spec.onnx))
-            .map_err(onnx_err)?;
+        let session = session_builder(intra_threads).and_then(|b| b.commit_from_file(&spec.onnx)).map_err(onnx_err)?;
         let inputs: Vec<String> = session.inputs.iter().map(|i| i.name.clone()).collect();
         for required in ["input_ids", "attention_mask"] {
             if !inputs.iter().any(|n| n == required) {

@@ -14,6 +14,7 @@ use embedstream_core::spec::image::{Channels, FetchSpec, PreprocessSpec};
 use embedstream_core::spec::units::HumanDuration;
 use embedstream_executor::images::fetch::{FetchError, Fetcher};
 use embedstream_executor::images::preprocess;
+use embedstream_executor::metrics::ExecutorMetrics;
 
 fn python(args: &[&str]) -> Vec<u8> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/image_reference.py");
@@ -98,7 +99,8 @@ fn fetches_follow_the_limits_and_every_failure_has_its_reason() {
         ..FetchSpec::default()
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let fetcher = Fetcher::new(spec.clone());
+    let metrics = ExecutorMetrics::new("q", "e", "image").fetch;
+    let fetcher = Fetcher::new(spec.clone(), metrics.clone());
     let fetch = |fetcher: &Fetcher, path: &str| rt.block_on(fetcher.fetch(&server.url(path)));
 
     // The file, whole; through two relative redirects too.
@@ -125,7 +127,7 @@ fn fetches_follow_the_limits_and_every_failure_has_its_reason() {
     );
     assert_eq!(e.label(), "not_an_image");
     assert_eq!(fails("/redirect/5/cat.png"), FetchError::Redirects { url: url("/redirect/5/cat.png"), limit: 3 });
-    let quick = Fetcher::new(FetchSpec { timeout: duration("300ms"), retries: 0, ..spec.clone() });
+    let quick = Fetcher::new(FetchSpec { timeout: duration("300ms"), retries: 0, ..spec.clone() }, metrics.clone());
     assert!(matches!(fetch(&quick, "/hang"), Err(FetchError::Timeout { .. })));
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let e = rt.block_on(quick.fetch(&format!("http://127.0.0.1:{closed}/a.png"))).unwrap_err();
@@ -133,7 +135,7 @@ fn fetches_follow_the_limits_and_every_failure_has_its_reason() {
 
     // Internal addresses: loopback is refused by default, by literal and by name, and a
     // redirect to an address the allow list does not cover is refused too.
-    let strict = Fetcher::new(FetchSpec { allow: vec![], ..spec.clone() });
+    let strict = Fetcher::new(FetchSpec { allow: vec![], ..spec.clone() }, metrics.clone());
     let e = fetch(&strict, "/files/cat.png").unwrap_err();
     assert_eq!(e.label(), "refused_address");
     assert!(e.to_string().contains("127.0.0.1, an internal address (fetch.allow does not list it)"), "{e}");
@@ -151,4 +153,14 @@ fn fetches_follow_the_limits_and_every_failure_has_its_reason() {
     let fetched = rt.block_on(futures::future::join_all(calls));
     assert!(fetched.iter().all(|f| f.as_ref().is_ok_and(|f| f.bytes.len() == photo.len())));
     assert_eq!(server.ask("/most-in-flight").trim(), "2");
+
+    // Every fetch counted: 3 files and 6 slow ones, and each failure by its reason.
+    assert_eq!(metrics.fetched.get(), 9);
+    assert_eq!(metrics.bytes.get(), 9 * photo.len() as u64);
+    assert_eq!(metrics.seconds.get_sample_count(), 9);
+    let failures = |reason: &str| metrics.failures.with_label_values(&[reason]).get();
+    assert_eq!(failures("http_status"), 2);
+    assert_eq!((failures("too_large"), failures("not_an_image"), failures("redirects")), (2, 1, 1));
+    assert_eq!((failures("timeout"), failures("connect")), (1, 1));
+    assert_eq!((failures("refused_address"), failures("bad_url")), (3, 1));
 }

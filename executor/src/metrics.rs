@@ -14,6 +14,17 @@ pub struct ExecutorMetrics {
     pub flight_calls: IntCounterVec,
     pub flight_errors: IntCounterVec,
     pub flight_embeddings: IntCounter,
+    pub fetch: FetchMetrics,
+}
+
+/// What the image fetcher counts (`images::fetch`): images fetched, their bytes, each fetch's
+/// time (retries included), and the failures by reason (`FetchError::label`).
+#[derive(Clone)]
+pub struct FetchMetrics {
+    pub fetched: IntCounter,
+    pub bytes: IntCounter,
+    pub seconds: Histogram,
+    pub failures: IntCounterVec,
 }
 
 impl ExecutorMetrics {
@@ -64,6 +75,21 @@ impl ExecutorMetrics {
                 "embedstream_flight_embeddings_total",
                 "Texts embedded for Arrow Flight DoExchange calls",
             ),
+            fetch: FetchMetrics {
+                fetched: counter("embedstream_image_fetches_total", "Images fetched by URL"),
+                bytes: counter("embedstream_image_fetch_bytes_total", "Bytes of the images fetched by URL"),
+                seconds: register!(Histogram::with_opts(
+                    HistogramOpts::from(opts(
+                        "embedstream_image_fetch_seconds",
+                        "Time to fetch an image by URL, retries and their waits included",
+                    ))
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                )),
+                failures: register!(IntCounterVec::new(
+                    opts("embedstream_image_fetch_failures_total", "Images that could not be fetched, by reason"),
+                    &["reason"]
+                )),
+            },
             registry,
         }
     }

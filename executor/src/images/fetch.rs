@@ -9,6 +9,8 @@
 //! addresses are refused unless `fetch.allow` lists them, on the first request and on every
 //! redirect, and a name that resolves to an internal address is refused as its literal is.
 //!
+//! Each fetch is counted in [`FetchMetrics`]: fetched, bytes, time, failures by reason.
+//!
 //! One connection per request (HTTP/1.1, no pool): image hosts are many and records name each
 //! image once.
 
@@ -25,6 +27,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
+
+use crate::metrics::FetchMetrics;
 
 /// Why an image could not be fetched: a dead letter's reason ([`std::fmt::Display`]) and a
 /// metric's label ([`FetchError::label`]).
@@ -85,10 +89,12 @@ pub struct Fetcher {
     spec: FetchSpec,
     permits: Semaphore,
     tls: TlsConnector,
+    metrics: FetchMetrics,
 }
 
 impl Fetcher {
-    pub fn new(spec: FetchSpec) -> Fetcher {
+    /// A fetcher that counts what it does in `metrics`.
+    pub fn new(spec: FetchSpec, metrics: FetchMetrics) -> Fetcher {
         let roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
             tokio_rustls::rustls::crypto::ring::default_provider(),
@@ -98,12 +104,25 @@ impl Fetcher {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let permits = Semaphore::new(spec.concurrency);
-        Fetcher { spec, permits, tls: TlsConnector::from(Arc::new(config)) }
+        Fetcher { spec, permits, tls: TlsConnector::from(Arc::new(config)), metrics }
     }
 
     /// Fetches `url`, waiting for one of the `concurrency` permits first, retrying transient
     /// failures `retries` times.
     pub async fn fetch(&self, url: &str) -> Result<Fetched, FetchError> {
+        let fetched = self.fetch_with_retries(url).await;
+        match &fetched {
+            Ok(f) => {
+                self.metrics.fetched.inc();
+                self.metrics.bytes.inc_by(f.bytes.len() as u64);
+                self.metrics.seconds.observe(f.took.as_secs_f64());
+            }
+            Err(e) => self.metrics.failures.with_label_values(&[e.label()]).inc(),
+        }
+        fetched
+    }
+
+    async fn fetch_with_retries(&self, url: &str) -> Result<Fetched, FetchError> {
         let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
         let started = Instant::now();
         let mut wait = self.spec.backoff.get();

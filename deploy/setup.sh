@@ -73,6 +73,8 @@ EFFNET_ONNX_SHA256=07f371355111e975b67eaa040cdc16cc9a87a0ce7ef834afcba25cfb56b64
 SKIMAGE_PKG=scikit-image==0.24.0
 SKIMAGE_WHEEL=scikit_image-0.24.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 SKIMAGE_WHEEL_SHA256=fa27b3a0dbad807b966b8db2d78da734cb812ca4787f7fbb143764800ce2fa9c
+CHELSEA_SHA256=596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb
+COFFEE_SHA256=cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7
 
 MODEL_DIR="$CACHE/models/all-MiniLM-L6-v2"
 mkdir -p "$CACHE/bin" "$CACHE/lib" "$CACHE/downloads" "$MODEL_DIR"
@@ -225,12 +227,14 @@ if [ "${1:-}" = "--python" ]; then
     mv "$CACHE/models/lid.176/lid.176.ftz.tmp" "$CACHE/models/lid.176/lid.176.ftz"
   fi
   PHOTOS="$CACHE/images/photos"
-  if [ ! -f "$PHOTOS/chelsea.png" ] || [ ! -f "$PHOTOS/coffee.png" ]; then
+  if ! has_sha "$PHOTOS/chelsea.png" "$CHELSEA_SHA256" || ! has_sha "$PHOTOS/coffee.png" "$COFFEE_SHA256"; then
     say "fetching two photos from $SKIMAGE_PKG's data"
     fetch_wheel "$SKIMAGE_PKG" "$SKIMAGE_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
       --implementation cp --platform manylinux2014_x86_64
     mkdir -p "$PHOTOS"
     unzip -o -q -j "$CACHE/downloads/$SKIMAGE_WHEEL" skimage/data/chelsea.png skimage/data/coffee.png -d "$PHOTOS"
+    { has_sha "$PHOTOS/chelsea.png" "$CHELSEA_SHA256" && has_sha "$PHOTOS/coffee.png" "$COFFEE_SHA256"; } \
+      || { echo "setup: the photos' hashes differ from CHELSEA_SHA256 and COFFEE_SHA256" >&2; exit 1; }
   fi
   EFFNET_DIR="$CACHE/models/efficientnet-lite0"
   if ! has_sha "$EFFNET_DIR/model.onnx" "$EFFNET_ONNX_SHA256"; then

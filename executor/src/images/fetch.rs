@@ -169,7 +169,7 @@ impl Fetcher {
         let tcp = self.connect(url, &host, port).await?;
         let connect_err = |e: &dyn std::fmt::Display| FetchError::Connect { url: url.to_string(), why: e.to_string() };
         let request = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(hyper::header::HOST, uri.authority().expect("parsed: has a host").as_str())
+            .header(hyper::header::HOST, host_header(uri))
             .header(hyper::header::USER_AGENT, concat!("embedstream/", env!("CARGO_PKG_VERSION")))
             .header(hyper::header::ACCEPT, "image/*")
             .body(http_body_util::Empty::<Bytes>::new())
@@ -267,6 +267,13 @@ where
     sender.send_request(request).await
 }
 
+/// The `Host` header of `uri`: its host and port, never the user and password a URL may carry
+/// before them (those are not sent anywhere).
+fn host_header(uri: &Uri) -> String {
+    let authority = uri.authority().expect("parsed: has a host").as_str();
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host).to_string()
+}
+
 /// The record's URL as a request target: http or https, with a host.
 fn parse(url: &str) -> Result<Uri, FetchError> {
     let bad = |why: &str| FetchError::BadUrl { url: url.to_string(), why: why.to_string() };
@@ -350,6 +357,8 @@ mod tests {
         assert_eq!(r("../c.png?s=2"), "http://h:1/img/c.png?s=2");
         assert_eq!(r("./../../../c.png"), "http://h:1/c.png");
         assert!(resolve("u", &base, "gopher://x").is_err());
+        assert_eq!(host_header(&"http://user:secret@h:8/a.png".parse().unwrap()), "h:8");
+        assert_eq!(host_header(&base), "h:1");
     }
 
     #[test]

@@ -14,10 +14,9 @@ use std::sync::Arc;
 use arrow_array::ArrayRef;
 use embedstream_core::fields::{RecordFields, Template};
 use embedstream_core::spec::{CombineMethod, InputSpec, ModelEntry};
-
-use crate::model::head::OnnxHead;
 use embedstream_core::JobSpec;
 
+use crate::model::head::OnnxHead;
 use crate::model::{Embed, ModelError};
 use crate::records::{embedding_array, Output};
 
@@ -195,10 +194,13 @@ impl Pipeline {
                 read.push(vectors);
                 batch_sizes.extend(sizes);
             }
-            // The combined vectors: concatenations, and heads, which compute.
-            let vectors = tokio::task::spawn_blocking(move || self.combine(read))
-                .await
-                .map_err(|e| ModelError::Inference(format!("combining vectors: {e}")))??;
+            // The combined vectors: concatenations here; a head computes, on a blocking thread.
+            let vectors = match self.steps.iter().any(|s| matches!(s, Step::Combine { head: Some(_), .. })) {
+                false => self.combine(read)?,
+                true => tokio::task::spawn_blocking(move || self.combine(read))
+                    .await
+                    .map_err(|e| ModelError::Inference(format!("combining vectors: {e}")))??,
+            };
             Ok(Embedded { vectors, batch_sizes })
         })
     }

@@ -83,8 +83,7 @@ impl Embed for Chunked {
                     mean.iter_mut().zip(row).for_each(|(m, x)| *m += x / count as f32);
                 }
                 if self.normalize {
-                    let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                    mean.iter_mut().for_each(|x| *x /= norm);
+                    super::session::l2_normalize(&mut mean);
                 }
                 out.extend(mean);
             }

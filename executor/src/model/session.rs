@@ -266,7 +266,7 @@ fn pool(pooling: Pooling, tokens: &[f32], mask: &[i64], out: &mut [f32]) {
 }
 
 /// Divides by the L2 norm, clamped at 1e-12 as torch's `F.normalize` does.
-fn l2_normalize(v: &mut [f32]) {
+pub(crate) fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= norm);
 }

@@ -25,6 +25,8 @@
 #                                           deploy/hadoop/jars.sha256
 #   hadoop/embedstream-yarn.jar             `--master yarn`'s client and ApplicationMaster,
 #                                           compiled here from deploy/hadoop/src (javac)
+# From Debian, with the tools it needs (Java, Maven, Kerberos, Prometheus): openclipart-png, public
+# domain clip art whose folders (food/fruit, computer...) label the image tests' pictures.
 # Every download is pinned and hash-checked. Run again, it only checks what is there.
 # `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka,
 # pyarrow, fasttext) for the script that computes reference embeddings, the Python baseline of the
@@ -107,6 +109,9 @@ command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 # Prometheus and promtool, for the monitoring tests and `deploy/demo.sh --observe`.
 command -v promtool >/dev/null || missing+=(prometheus)
+# Clip art (public domain) for the image tests, demo and bench: its folders (food, computer...)
+# are labels.
+[ -d /usr/share/openclipart/png ] || missing+=(openclipart-png)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -3,18 +3,32 @@
 //! against the numpy reference of tests/fixtures/image_reference.py over Pillow's decoders.
 //! Fetching: the executor's fetcher against the tests' image host on loopback, each way a host
 //! fails giving its reason, and loopback refused unless `fetch.allow` lists it.
+//! The `image-onnx` model: a product-shaped job (JSON records with a title, a description and
+//! an image URL; a text model, EfficientNet-Lite0 and their concatenation) against a real
+//! Apache Kafka broker gives Python onnxruntime's vectors, and every image that cannot be had
+//! is a dead letter with its reason. The image model's forked workers: one killed mid-batch is
+//! replaced and every image gets its vector once; clip art of one of Debian's openclipart
+//! folders is nearer its own folder than another's.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
-use common::cache;
 use common::image_server::ImageServer;
+use common::reference::{max_diff, numpy_concat, onnx_embeddings, onnx_image_vectors};
+use common::table::read_vectors;
+use common::*;
 use embedstream_core::spec::image::{Channels, FetchSpec, PreprocessSpec};
 use embedstream_core::spec::units::HumanDuration;
+use embedstream_core::spec::{ImageSpec, ModelEntry};
 use embedstream_executor::images::fetch::{FetchError, Fetcher};
+use embedstream_executor::images::pool::ImagePool;
 use embedstream_executor::images::preprocess;
 use embedstream_executor::metrics::ExecutorMetrics;
+use embedstream_executor::model::workers::{BatchLimits, Workers};
 
 fn python(args: &[&str]) -> Vec<u8> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/image_reference.py");
@@ -163,4 +177,269 @@ fn fetches_follow_the_limits_and_every_failure_has_its_reason() {
     assert_eq!((failures("too_large"), failures("not_an_image"), failures("redirects")), (2, 1, 1));
     assert_eq!((failures("timeout"), failures("connect")), (1, 1));
     assert_eq!((failures("refused_address"), failures("bad_url")), (3, 1));
+}
+
+/// EfficientNet-Lite0's preprocessing, as the issue states it.
+fn effnet_preprocess() -> PreprocessSpec {
+    PreprocessSpec { resize: 256, crop: 224, mean: [127.0; 3], scale: [128.0; 3], channels: Channels::Rgb }
+}
+
+fn effnet() -> PathBuf {
+    let onnx = cache().join("models/efficientnet-lite0/model.onnx");
+    assert!(onnx.is_file(), "{} is missing: run deploy/setup.sh --python", onnx.display());
+    onnx
+}
+
+const EFFNET_DIM: usize = 1280;
+
+/// The first `n` clip art PNGs of openclipart's `folder` (Debian's openclipart-png, installed
+/// by deploy/setup.sh), in name order: files, not links, under 500 kB.
+fn clip_art(folder: &str, n: usize) -> Vec<PathBuf> {
+    let dir = Path::new("/usr/share/openclipart/png").join(folder);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (deploy/setup.sh installs openclipart-png)", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() < 500_000))
+        .collect();
+    files.sort();
+    files.truncate(n);
+    assert_eq!(files.len(), n, "{} has fewer than {n} PNGs", dir.display());
+    files
+}
+
+const PRODUCT_MODELS: &str = r#"[input]
+format = "json"
+fields = { title = "/title", description = "/description", image = "/image_url" }
+required = ["title", "image"]
+
+[[models]]
+name = "text"
+kind = "text-onnx"
+text = "{title}. {description}"
+onnx = "TEXT/model.onnx"
+tokenizer = "TEXT/tokenizer.json"
+batch_size = 8
+
+[[models]]
+name = "image"
+kind = "image-onnx"
+image_url = "{image}"
+onnx = "IMAGE"
+output = "embedding"
+preprocess = { resize = 256, crop = 224, mean = [127.0, 127.0, 127.0], scale = [128.0, 128.0, 128.0] }
+batch_size = 4
+
+[[models]]
+name = "product"
+kind = "combine"
+inputs = ["text", "image"]
+normalize = true
+
+[fetch]
+concurrency = 8
+timeout = "3s"
+max_bytes = 4194304
+retries = 1
+backoff = "10ms"
+allow = ["127.0.0.1/32"]"#;
+
+#[test]
+fn product_records_get_text_image_and_combined_vectors_and_images_that_fail_their_reason() {
+    // The image host's files: the setup's photos, the same cat as lossless WebP and JPEG, the
+    // coffee fading to transparent, and a file named .png that is not an image.
+    let images = tempfile::tempdir().unwrap();
+    let photos = cache().join("images/photos");
+    for name in ["chelsea.png", "coffee.png"] {
+        std::fs::copy(photos.join(name), images.path().join(name)).unwrap();
+    }
+    python(&["make", images.path().to_str().unwrap()]);
+    std::fs::write(images.path().join("broken.png"), b"these bytes are not a PNG").unwrap();
+    let server = ImageServer::start(images.path());
+
+    // Good products: each photo by a plain URL, after a delay, and after a 503.
+    let exact = ["chelsea.png", "coffee.png", "chelsea.webp", "coffee-fading.png"];
+    let mut paths: Vec<(String, &str)> = Vec::new();
+    for (n, name) in exact.iter().enumerate() {
+        paths.push((format!("/files/{name}"), name));
+        paths.push((format!("/slow/150/{name}"), name));
+        paths.push((format!("/flaky/k{n}/{name}"), name));
+    }
+    paths.push(("/files/chelsea.jpg".to_string(), "chelsea.jpg"));
+    let sentences = texts(2 * paths.len(), 31);
+    let mut records: Vec<RawRecord> = Vec::new();
+    let mut good: BTreeMap<i64, (String, &str)> = BTreeMap::new();
+    for (n, (path, name)) in paths.iter().enumerate() {
+        let (title, description) = (&sentences[2 * n], &sentences[2 * n + 1]);
+        let doc = serde_json::json!({ "title": title, "description": description, "image_url": server.url(path) });
+        good.insert(records.len() as i64, (format!("{title}. {description}"), *name));
+        records.push((0, Some(format!("sku-{n}").into_bytes()), Some(doc.to_string().into_bytes())));
+    }
+    // Bad products, each with the start of its dead letter's reason.
+    let url = |path: &str| server.url(path);
+    let bad_images = [
+        (url("/status/404"), format!("image URL `{}`: HTTP 404", url("/status/404"))),
+        (url("/html"), format!("image URL `{}`: not an image (Content-Type text/html", url("/html"))),
+        (url("/huge"), format!("image URL `{}`: over fetch.max_bytes = 4194304 bytes", url("/huge"))),
+        (
+            url("/files/broken.png"),
+            format!("image URL `{}`: not an image (JPEG, PNG or WebP)", url("/files/broken.png")),
+        ),
+        (
+            "http://10.255.255.1/a.png".to_string(),
+            "image URL `http://10.255.255.1/a.png`: 10.255.255.1 is 10.255.255.1, an internal address".to_string(),
+        ),
+        ("ftp://127.0.0.1/a.png".to_string(), "image URL `ftp://127.0.0.1/a.png` is not an http(s) URL".to_string()),
+    ];
+    let mut bad: BTreeMap<i64, String> = BTreeMap::new();
+    for (n, (image, reason)) in bad_images.into_iter().enumerate() {
+        bad.insert(records.len() as i64, reason);
+        let doc = serde_json::json!({ "title": format!("bad {n}"), "image_url": image });
+        records.push((0, Some(format!("bad-{n}").into_bytes()), Some(doc.to_string().into_bytes())));
+    }
+    bad.insert(records.len() as i64, "required field `image` (/image_url) is missing".to_string());
+    records.push((0, Some(b"no-image".to_vec()), Some(br#"{"title": "a mug"}"#.to_vec())));
+
+    let broker = Broker::start();
+    broker.create_topic("shop", 1);
+    broker.produce("shop", &records);
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("vectors");
+    let models = PRODUCT_MODELS
+        .replace("TEXT", &model_dir().display().to_string())
+        .replace("IMAGE", &effnet().display().to_string());
+    let job =
+        Job::new(&broker, "shop", "subscribe = [\"shop\"]\nmax_offsets_per_trigger = 12", "available_now = true", "")
+            .with_models(&models)
+            .with_parquet_sink(&table);
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], good.len(), "{summary}");
+    assert_eq!(summary["dead_letters"], bad.len(), "{summary}");
+    assert_eq!(broker.committed("shop-group", "shop", 1), broker.high_watermarks("shop", 1), "every offset committed");
+
+    // Every good record once, with the vectors Python computes for its text and its image.
+    let (rows, count) = read_vectors(&table, &["embedding_text", "embedding_image", "embedding_product"]);
+    assert_eq!(count, good.len());
+    let files: Vec<PathBuf> = exact.iter().chain(["chelsea.jpg"].iter()).map(|n| images.path().join(n)).collect();
+    let want_images = onnx_image_vectors(&effnet(), "embedding", &effnet_preprocess(), &files);
+    let texts: Vec<String> = good.values().map(|(t, _)| t.clone()).collect();
+    let want_texts = onnx_embeddings(&texts);
+    let (mut worst, mut jpeg_cosine) = (0f32, 1f32);
+    for (n, (offset, (_, name))) in good.iter().enumerate() {
+        let (_, vectors) = rows.get(&(0, *offset)).unwrap_or_else(|| panic!("offset {offset} has no row"));
+        let [text, image, product] = &vectors[..] else { panic!("three vector columns") };
+        assert_eq!((text.len(), image.len(), product.len()), (DIM, EFFNET_DIM, DIM + EFFNET_DIM));
+        let want_image = &want_images[files.iter().position(|f| f.ends_with(name)).unwrap()];
+        worst = worst.max(max_diff(text, &want_texts[n])).max(max_diff(product, &numpy_concat(&[text, image])));
+        if name.ends_with(".jpg") {
+            jpeg_cosine = cosine(image, want_image);
+        } else {
+            worst = worst.max(max_diff(image, want_image));
+        }
+    }
+    eprintln!("product job: max difference from Python {worst:e}; JPEG image's cosine to Pillow's {jpeg_cosine}");
+    assert!(worst < 1e-4, "max difference from Python: {worst}");
+    // JPEG decoders round differently (libjpeg under Pillow, the `image` crate here): near.
+    assert!(jpeg_cosine > 0.99, "the JPEG's vector: cosine {jpeg_cosine} to Python's");
+    // The slow and the flaky URLs gave the same image as the plain one; each image was
+    // fetched once, the flaky one again after its 503.
+    assert_eq!(server.count("chelsea.png"), 4, "plain, slow, and the flaky one twice (a 503, then the file)");
+
+    // Every bad record in the dead-letter topic with its reason; nothing written twice.
+    let dead = broker.read_all("shop-dlq", 1);
+    assert_eq!(dead.len(), bad.len());
+    for rec in &dead {
+        let offset = rec.origin().1;
+        let want = bad.get(&offset).unwrap_or_else(|| panic!("offset {offset} is not a bad record"));
+        let reason = rec.header("es.error");
+        assert!(reason.starts_with(want.as_str()), "offset {offset}: `{reason}`, want `{want}`");
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// The mean cosine between each vector of `a` and each of `b` (each pair once when they are
+/// the same list).
+fn mean_cosine(a: &[Vec<f32>], b: &[Vec<f32>], same: bool) -> f32 {
+    let mut sims = Vec::new();
+    for (i, x) in a.iter().enumerate() {
+        for (j, y) in b.iter().enumerate() {
+            if !same || j > i {
+                sims.push(cosine(x, y));
+            }
+        }
+    }
+    sims.iter().sum::<f32>() / sims.len() as f32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_workers_replace_one_killed_mid_batch_and_clip_art_clusters_by_folder() {
+    let (fruit, computers) = (clip_art("food/fruit", 8), clip_art("computer", 8));
+    let served = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for (i, file) in fruit.iter().chain(&computers).enumerate() {
+        let name = format!("{i:02}.png");
+        std::fs::copy(file, served.path().join(&name)).unwrap();
+        names.push(name);
+    }
+    let server = ImageServer::start(served.path());
+    let spec = ImageSpec {
+        name: "image".into(),
+        image_url: None,
+        onnx: effnet(),
+        output: Some("embedding".into()),
+        preprocess: effnet_preprocess(),
+        normalize: false,
+        batch_size: 2,
+        max_url_bytes: 2048,
+        worker_timeout_per_image: HumanDuration::parse("5s").unwrap(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let limits = BatchLimits { batch_size: spec.batch_size, per_item: spec.worker_timeout_per_image.get() };
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_embedstream"));
+    let lib = embedstream_executor::model::ort_library();
+    let entry = ModelEntry::ImageOnnx(spec.clone());
+    let workers = Workers::start(&exe, &entry, 2, &lib, dir.path().join("sockets"), limits).await.unwrap();
+    let metrics = ExecutorMetrics::new("q", "e", "image").fetch;
+    let allow = FetchSpec { allow: vec!["127.0.0.1/32".parse().unwrap()], ..FetchSpec::default() };
+    let fetcher = Arc::new(Fetcher::new(allow, metrics.clone()));
+    let pool = Arc::new(ImagePool::new(workers, fetcher, &spec, 2, metrics.clone()));
+    let urls: Vec<String> = names.iter().map(|n| server.url(&format!("/files/{n}"))).collect();
+    let clean = pool.embed(urls.clone()).await.unwrap();
+    assert!(clean.failed.is_empty(), "{:?}", clean.failed);
+    assert_eq!(clean.batch_sizes.iter().sum::<usize>(), 16);
+
+    // The same images again, and a worker killed while the batches run.
+    let victim = pool.workers().state().worker_pids[0];
+    let again = {
+        let (pool, urls) = (pool.clone(), urls.clone());
+        tokio::spawn(async move { pool.embed(urls).await })
+    };
+    until("a batch holds a worker", || pool.workers().idle_workers() < 2).await;
+    Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    let again = again.await.unwrap().unwrap();
+    assert_eq!(again.batch_sizes.iter().sum::<usize>(), 16, "every image in exactly one batch");
+    let differ = again.values.iter().zip(&clean.values).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differ, 0, "every image has its own vector despite the kill");
+    let state = pool.workers().state();
+    assert_eq!(state.restarts, 1, "the daemon forked one replacement");
+    assert_ne!(state.worker_pids[0], victim);
+    drop(state);
+    assert_eq!(metrics.fetched.get(), 32);
+
+    // The vectors are Python's, and fruit is nearer fruit than computers, computers nearer
+    // computers than fruit.
+    let vectors: Vec<Vec<f32>> = clean.values.chunks(EFFNET_DIM).map(<[f32]>::to_vec).collect();
+    let files: Vec<PathBuf> = fruit.iter().chain(&computers).cloned().collect();
+    let want = onnx_image_vectors(&effnet(), "embedding", &effnet_preprocess(), &files);
+    let worst = vectors.iter().zip(&want).map(|(a, b)| max_diff(a, b)).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "max difference from Python: {worst}");
+    let (f, c) = (&vectors[..8], &vectors[8..]);
+    let (ff, cc, fc) = (mean_cosine(f, f, true), mean_cosine(c, c, true), mean_cosine(f, c, false));
+    eprintln!("clip art: mean cosine fruit-fruit {ff:.3}, computer-computer {cc:.3}, fruit-computer {fc:.3}");
+    assert!(ff > fc && cc > fc, "each folder nearer itself: {ff} {cc} against {fc}");
 }

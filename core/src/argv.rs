@@ -110,7 +110,8 @@ impl ProcessCommand for DriverCommand {
 /// `embedstream model-daemon`: started by an executor; loads the model once and forks workers.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct ModelDaemonCommand {
-    /// The `[model]` section of the job spec, as TOML (the spec's one encoding).
+    /// The model's entry of the job spec (`text-onnx` or `image-onnx`, named), as TOML (the
+    /// spec's one encoding).
     #[arg(long)]
     pub model_toml: String,
     #[arg(long, default_value_t = 1)]

@@ -60,7 +60,8 @@ fn wire_limit(limits: &FlightSpec) -> usize {
 
 pub struct FlightEmbedder {
     pub query: String,
-    pub workers: Arc<dyn Embed>,
+    /// The first text model (none when the query's models take only images).
+    pub workers: Option<Arc<dyn Embed>>,
     pub limits: FlightSpec,
     pub max_text_bytes: usize,
     pub token: ClusterToken,
@@ -72,7 +73,7 @@ pub struct FlightEmbedder {
 impl FlightEmbedder {
     pub fn new(
         query: String,
-        workers: Arc<dyn Embed>,
+        workers: Option<Arc<dyn Embed>>,
         limits: FlightSpec,
         max_text_bytes: usize,
         token: ClusterToken,
@@ -256,7 +257,12 @@ impl FlightService for FlightEmbedder {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let checked = self.token.check(request.metadata(), "flight.DoExchange");
-        let permit = checked.and_then(|()| {
+        let workers = checked.and_then(|()| {
+            self.workers
+                .clone()
+                .ok_or_else(|| Status::failed_precondition("this query has no text model: DoExchange embeds texts"))
+        });
+        let permit = workers.as_ref().map(|_| ()).map_err(Clone::clone).and_then(|()| {
             self.calls.clone().try_acquire_owned().map_err(|_| {
                 Status::resource_exhausted(format!(
                     "overloaded: {} DoExchange calls in flight (flight.max_concurrent_calls)",
@@ -265,7 +271,7 @@ impl FlightService for FlightEmbedder {
             })
         });
         self.record("do_exchange", &permit.as_ref().map(|_| ()).map_err(Clone::clone));
-        let permit = permit?;
+        let (permit, workers) = (permit?, workers?);
         // Every message is counted as it arrives, before it is decoded (see `wire_limit`).
         let limit = wire_limit(&self.limits);
         let mut sent = 0usize;
@@ -286,7 +292,7 @@ impl FlightService for FlightEmbedder {
         let call = Exchange {
             input,
             permit: Some(permit),
-            workers: self.workers.clone(),
+            workers,
             limits: self.limits.clone(),
             max_text_bytes: self.max_text_bytes,
             metrics: self.metrics.clone(),

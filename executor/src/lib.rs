@@ -1,12 +1,13 @@
 //! The executor: a process that runs tasks for one driver.
 //!
 //! It fetches the job spec from the driver, loads the model, serves `ExecutorService` and
-//! registers. Each text model runs in workers forked from one process that loaded it ([`model`]:
-//! the session, the daemon, the workers, their wire and the fork), one daemon per model. Each
+//! registers. Each ONNX model (text or image) runs in workers forked from one process that
+//! loaded it ([`model`]: the session, the daemon, the workers, their wire and the fork), one
+//! daemon per model; image models' inputs are fetched and preprocessed here ([`images`]). Each
 //! task ([`task`]) goes through [`reader`] (Kafka range to an Arrow batch), the [`pipeline`] of
 //! the job's models (fields read once, bad records to the dead-letter topic, every model's
 //! vectors), and the sink (`embedstream_sinks`: Kafka or Parquet behind one trait, and the dead
-//! letters). The first model's workers also answer Arrow Flight calls ([`flight`]) on the
+//! letters). The first text model also answers Arrow Flight calls ([`flight`]) on the
 //! executor's address.
 
 pub mod flight;
@@ -38,9 +39,12 @@ use embedstream_proto::serve::{self, GrpcServer};
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
+use crate::images::fetch::Fetcher;
+use crate::images::pool::ImagePool;
 use crate::metrics::ExecutorMetrics;
-use crate::model::workers::WorkerPool;
+use crate::model::workers::{BatchLimits, WorkerPool, Workers};
 use crate::model::ModelError;
+use crate::pipeline::Backend;
 use crate::reader::KafkaReader;
 use embedstream_sinks::{DeadLetters, KafkaProducer, SinkContext, SinkError};
 
@@ -114,38 +118,57 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .map_err(|e| ExecutorError::Serve(format!("the workers' socket directory: {e}")))?;
     model::fetch_from_hdfs(&mut spec, private.path())?;
     spec.check_files()?;
+    // Each model's name, for the metrics' `model` label (as the pipeline names them).
+    let model_id = (spec.model_entries().iter()).map(|e| e.name().to_string()).collect::<Vec<_>>().join(",");
+    let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &model_id));
     // Each ONNX model has its own daemon and workers, its own socket directory; a fastText
-    // model is loaded here.
-    let mut pools = Vec::new();
-    let mut embedders: Vec<Arc<dyn model::Embed>> = Vec::new();
+    // model is loaded here. Image models share one fetcher: `fetch.concurrency` is the
+    // executor's.
+    let cores = args.cores as usize;
+    let fetcher = Arc::new(Fetcher::new(spec.fetch.clone(), metrics.fetch.clone()));
+    let mut pools: Pools = Vec::new();
+    let mut backends = Vec::new();
+    let mut flight_model: Option<(Arc<dyn model::Embed>, usize)> = None;
     for (i, entry) in spec.model_entries().iter().enumerate() {
-        match entry {
+        let socket_dir = private.path().join(format!("workers-{i}"));
+        let backend = match entry {
             ModelEntry::TextOnnx(m) => {
-                let socket_dir = private.path().join(format!("workers-{i}"));
-                let pool = Arc::new(WorkerPool::start(&args.exe, m, args.cores as usize, &lib, socket_dir).await?);
+                let pool = Arc::new(WorkerPool::start(&args.exe, m, cores, &lib, socket_dir).await?);
                 let pids = format!("{:?}", pool.state().worker_pids);
                 tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = pool.dim(), worker_pids = %pids, "model workers ready");
-                pools.push((entry.name().to_string(), pool.clone()));
+                pools.push((entry.name().to_string(), ModelWorkers::Text(pool.clone())));
                 match m.long_text {
-                    LongText::Truncate => embedders.push(pool),
-                    LongText::Chunk => embedders.push(Arc::new(model::chunk::Chunked::new(pool, m)?)),
+                    LongText::Truncate => Backend::Texts(pool),
+                    LongText::Chunk => Backend::Texts(Arc::new(model::chunk::Chunked::new(pool, m)?)),
                 }
             }
-            ModelEntry::FastText(f) => {
-                let loaded = model::fasttext::FastTextModel::load(f, args.cores as usize)?;
-                tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = model::Embed::dim(&loaded), "fastText model loaded");
-                embedders.push(Arc::new(loaded));
+            ModelEntry::ImageOnnx(m) => {
+                let limits = BatchLimits { batch_size: m.batch_size, per_item: m.worker_timeout_per_image.get() };
+                let workers = Workers::start(&args.exe, entry, cores, &lib, socket_dir, limits).await?;
+                let pids = format!("{:?}", workers.state().worker_pids);
+                tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = workers.dim(), worker_pids = %pids, "image model workers ready");
+                let pool = Arc::new(ImagePool::new(workers, fetcher.clone(), m, cores, metrics.fetch.clone()));
+                pools.push((entry.name().to_string(), ModelWorkers::Image(pool.clone())));
+                Backend::Images(pool)
             }
-            ModelEntry::Combine(_) => {}
+            ModelEntry::FastText(f) => {
+                let loaded = model::fasttext::FastTextModel::load(f, cores)?;
+                tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = model::Embed::dim(&loaded), "fastText model loaded");
+                Backend::Texts(Arc::new(loaded))
+            }
+            ModelEntry::Combine(_) => continue,
+        };
+        if let (Backend::Texts(embed), None) = (&backend, &flight_model) {
+            flight_model = Some((embed.clone(), entry.max_text_bytes().unwrap_or(0)));
         }
+        backends.push(backend);
     }
     // A combine entry's ONNX head runs in this process: ONNX Runtime is loaded here too.
     let heads = spec.model_entries().iter().any(|e| matches!(e, ModelEntry::Combine(c) if c.onnx.is_some()));
     if heads {
         model::init_runtime(&lib)?;
     }
-    let pipeline = Arc::new(pipeline::Pipeline::new(&spec, embedders.clone())?);
-    let model_id = pipeline.names();
+    let pipeline = Arc::new(pipeline::Pipeline::new(&spec, backends)?);
 
     let reader = KafkaReader::new(
         spec.source_client(&secrets)?,
@@ -164,7 +187,6 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         &spec.sink,
         SinkContext { producer, outputs: pipeline.outputs(), executor_id: &args.executor_id },
     )?;
-    let metrics = Arc::new(ExecutorMetrics::new(&spec.name, &args.executor_id, &model_id));
     let metrics_address =
         telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone(), &args.tls)
             .await
@@ -172,13 +194,13 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     spawn_worker_sampler(metrics.clone(), pools.clone());
     let recent =
         Arc::new(records::RecentOutput::new(spec.flight.recent_batches, records::output_schema(&pipeline.outputs())));
-    // Flight's DoExchange embeds texts with the first model that reads records.
-    let (first, first_max_bytes) = (embedders[0].clone(), spec.model_entries()[0].max_text_bytes().unwrap_or(0));
+    // Flight's DoExchange embeds texts with the first model that embeds texts.
+    let (first, first_max_bytes) = flight_model.unzip();
     let flight = flight::FlightEmbedder::new(
         spec.name.clone(),
         first,
         spec.flight.clone(),
-        first_max_bytes,
+        first_max_bytes.unwrap_or(0),
         token.clone(),
         recent.clone(),
         metrics.clone(),
@@ -252,10 +274,26 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     Ok(())
 }
 
-/// Samples the memory (PSS) of the model daemon and each worker, and counts worker restarts.
-/// Every text model's worker pool, with its model's name.
-type Pools = Vec<(String, Arc<WorkerPool>)>;
+/// A model's forked workers: a text model's or an image model's.
+#[derive(Clone)]
+enum ModelWorkers {
+    Text(Arc<WorkerPool>),
+    Image(Arc<ImagePool>),
+}
 
+impl ModelWorkers {
+    fn workers(&self) -> &Workers {
+        match self {
+            ModelWorkers::Text(p) => p.workers(),
+            ModelWorkers::Image(p) => p.workers(),
+        }
+    }
+}
+
+/// Every ONNX model's workers, with its model's name.
+type Pools = Vec<(String, ModelWorkers)>;
+
+/// Samples the memory (PSS) of the model daemon and each worker, and counts worker restarts.
 fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pools: Pools) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(5));
@@ -266,7 +304,7 @@ fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pools: Pools) {
             let mut restarts = 0;
             for (name, pool) in &pools {
                 let (daemon, workers, restarted) = {
-                    let s = pool.state();
+                    let s = pool.workers().state();
                     (s.daemon_pid, s.worker_pids.clone(), s.restarts)
                 };
                 restarts += restarted;

@@ -18,7 +18,8 @@ pub struct ExecutorMetrics {
 }
 
 /// What the image fetcher counts (`images::fetch`): images fetched, their bytes, each fetch's
-/// time (retries included), and the failures by reason (`FetchError::label`).
+/// time (retries included), and the failures by reason (`FetchError::label`, and `decode` for
+/// an image fetched that did not decode).
 #[derive(Clone)]
 pub struct FetchMetrics {
     pub fetched: IntCounter,

@@ -1,13 +1,15 @@
 //! The models a task runs for every record, in the spec's order (`[model]`, or `[[models]]`):
-//! each text model renders its template over the record's fields and embeds the texts with its
-//! own workers; each `combine` entry makes one vector of earlier ones'. The sink writes the
-//! models `sink.models` picks, one vector column each ([`Pipeline::outputs`]).
+//! each model that reads records renders its template over the record's fields (a text, or an
+//! image's URL) and computes with its own backend (a text model's workers or fastText, an image
+//! model's fetcher and workers); each `combine` entry makes one vector of earlier ones'. The
+//! sink writes the models `sink.models` picks, one vector column each ([`Pipeline::outputs`]).
 //!
 //! A window goes through it in three steps: [`Pipeline::prepare`] reads every record's fields
 //! once and renders every template (a record any model cannot take is refused with the reason,
-//! naming the field or the model); [`Pipeline::embed`] runs the text models on their texts at
-//! once, each in its own length-sorted batches; [`Pipeline::finish`] checks the vectors are
-//! finite, computes the combined ones and builds the output columns.
+//! naming the field or the model); [`Pipeline::embed`] runs every model on its inputs at once,
+//! each in its own batches, and computes the combined vectors; [`Pipeline::finish`] drops the
+//! rows whose image could not be fetched or decoded (with the reason) and those with a vector
+//! that is not finite, and builds the output columns.
 
 use std::sync::Arc;
 
@@ -16,22 +18,49 @@ use embedstream_core::fields::{RecordFields, Template};
 use embedstream_core::spec::{CombineMethod, InputSpec, ModelEntry};
 use embedstream_core::JobSpec;
 
+use crate::images::pool::ImagePool;
 use crate::model::head::OnnxHead;
 use crate::model::{Embed, ModelError};
 use crate::records::{embedding_array, Output};
 
-/// A model that reads records (ONNX or fastText: whatever embeds texts).
-struct TextModel {
+/// What computes a model that reads records.
+pub enum Backend {
+    /// Texts to vectors: an ONNX text model's workers, fastText.
+    Texts(Arc<dyn Embed>),
+    /// Image URLs to vectors, or to the reason an image has none.
+    Images(Arc<ImagePool>),
+}
+
+impl Backend {
+    fn dim(&self) -> usize {
+        match self {
+            Backend::Texts(e) => e.dim(),
+            Backend::Images(p) => p.dim(),
+        }
+    }
+
+    /// The vectors of `inputs`, the size of each batch that ran, and the inputs that have none
+    /// (with the reason).
+    async fn compute(&self, inputs: Vec<String>) -> Result<(Vec<f32>, Vec<usize>, Vec<(usize, String)>), ModelError> {
+        match self {
+            Backend::Texts(e) => e.clone().embed(inputs).await.map(|(v, sizes)| (v, sizes, Vec::new())),
+            Backend::Images(p) => p.embed(inputs).await.map(|v| (v.values, v.batch_sizes, v.failed)),
+        }
+    }
+}
+
+/// A model that reads records.
+struct Reader {
     name: String,
     template: Template,
-    max_text_bytes: usize,
-    /// Its key in the spec (`model`, `models[1]`), for the reasons that name a limit.
-    key: String,
-    embed: Arc<dyn Embed>,
+    /// The most bytes its input may have, and the key that says so (`models[1].max_text_bytes`).
+    limit: usize,
+    limit_key: String,
+    backend: Backend,
 }
 
 enum Step {
-    Text(TextModel),
+    Reads(Reader),
     /// `head` is the ONNX head of `method = "onnx"`; without one, the inputs are concatenated.
     Combine {
         name: String,
@@ -44,7 +73,7 @@ enum Step {
 impl Step {
     fn name(&self) -> &str {
         match self {
-            Step::Text(t) => &t.name,
+            Step::Reads(t) => &t.name,
             Step::Combine { name, .. } => name,
         }
     }
@@ -67,26 +96,30 @@ pub struct Prepared {
 }
 
 /// Every model's vectors for a window's good rows (row-major, one list per model, in the spec's
-/// order), and the size of every model batch that ran.
+/// order), the size of every model batch that ran, and the rows (of the good ones) that a model
+/// could not compute, with the reason.
 pub struct Embedded {
     vectors: Vec<Vec<f32>>,
     pub batch_sizes: Vec<usize>,
+    failed: Vec<(usize, String)>,
 }
 
-/// A window's output: the rows kept, their vector columns (as [`Pipeline::outputs`]) and the
-/// rows dropped because a model gave a vector with NaN or infinite values.
+/// A window's output: the rows kept, their vector columns (as [`Pipeline::outputs`]), the rows
+/// a model could not compute (an image not fetched or not decoded) with the reason, and those
+/// dropped because a model gave a vector with NaN or infinite values.
 pub struct Finished {
     pub rows: Vec<usize>,
     pub columns: Vec<ArrayRef>,
+    pub failed: Vec<(usize, String)>,
     pub non_finite: Vec<usize>,
 }
 
 impl Pipeline {
-    /// The spec's models, those that read records embedding with `embedders` (one each, in
-    /// the spec's order); ONNX heads are loaded here (ONNX Runtime initialised already).
-    pub fn new(spec: &JobSpec, embedders: Vec<Arc<dyn Embed>>) -> Result<Pipeline, ModelError> {
+    /// The spec's models, those that read records computed by `backends` (one each, in the
+    /// spec's order); ONNX heads are loaded here (ONNX Runtime initialised already).
+    pub fn new(spec: &JobSpec, backends: Vec<Backend>) -> Result<Pipeline, ModelError> {
         let single = spec.model.is_some();
-        let mut embedders = embedders.into_iter();
+        let mut backends = backends.into_iter();
         let mut steps: Vec<Step> = Vec::new();
         let mut dims = Vec::new();
         for (i, entry) in spec.model_entries().into_iter().enumerate() {
@@ -107,15 +140,16 @@ impl Pipeline {
                     Step::Combine { name: c.name, inputs, head, normalize: c.normalize }
                 }
                 reads => {
-                    let embed = embedders.next().expect("one embedder per model that reads records");
+                    let backend = backends.next().expect("one backend per model that reads records");
                     let key = if single { "model".to_string() } else { format!("models[{i}]") };
-                    dims.push(embed.dim());
-                    Step::Text(TextModel {
+                    let (limit, limit_name) = reads.input_limit().expect("a model that reads records");
+                    dims.push(backend.dim());
+                    Step::Reads(Reader {
                         name: reads.name().to_string(),
                         template: reads.template().expect("a model that reads records"),
-                        max_text_bytes: reads.max_text_bytes().expect("a model that reads records"),
-                        key,
-                        embed,
+                        limit,
+                        limit_key: format!("{key}.{limit_name}"),
+                        backend,
                     })
                 }
             };
@@ -140,9 +174,9 @@ impl Pipeline {
         self.steps.iter().map(Step::name).collect::<Vec<_>>().join(",")
     }
 
-    fn text_models(&self) -> impl Iterator<Item = &TextModel> {
+    fn readers(&self) -> impl Iterator<Item = &Reader> {
         self.steps.iter().filter_map(|s| match s {
-            Step::Text(t) => Some(t),
+            Step::Reads(t) => Some(t),
             Step::Combine { .. } => None,
         })
     }
@@ -153,14 +187,14 @@ impl Pipeline {
         &self,
         records: impl Iterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>, Vec<Option<&'a [u8]>>)>,
     ) -> Prepared {
-        let texts = self.text_models().map(|_| Vec::new()).collect();
+        let texts = self.readers().map(|_| Vec::new()).collect();
         let mut out = Prepared { good: Vec::new(), texts, refused: Vec::new() };
         let mut rendered = Vec::new();
         for (i, (key, value, headers)) in records.enumerate() {
             rendered.clear();
             let reason = match RecordFields::read(&self.input, key, value, &headers) {
                 Err(reason) => Some(reason),
-                Ok(fields) => self.text_models().find_map(|m| match m.text(&fields) {
+                Ok(fields) => self.readers().find_map(|m| match m.text(&fields) {
                     Ok(text) => {
                         rendered.push(text);
                         None
@@ -181,19 +215,27 @@ impl Pipeline {
         out
     }
 
-    /// Embeds the texts of [`Pipeline::prepare`], every text model at once.
+    /// Computes the inputs of [`Pipeline::prepare`], every model at once.
     pub fn embed(
         self: Arc<Self>,
         texts: Vec<Vec<String>>,
     ) -> futures::future::BoxFuture<'static, Result<Embedded, ModelError>> {
-        let calls: Vec<_> = self.text_models().zip(texts).map(|(m, texts)| m.embed.clone().embed(texts)).collect();
         Box::pin(async move {
+            let calls = self.readers().zip(texts).map(|(m, inputs)| m.backend.compute(inputs));
             let mut read = Vec::new();
             let mut batch_sizes = Vec::new();
-            for (vectors, sizes) in futures::future::try_join_all(calls).await? {
+            let mut failed: Vec<(usize, String)> = Vec::new();
+            for (vectors, sizes, not_computed) in futures::future::try_join_all(calls).await? {
                 read.push(vectors);
                 batch_sizes.extend(sizes);
+                // A row two image models cannot take keeps the first model's reason.
+                for (row, reason) in not_computed {
+                    if !failed.iter().any(|(r, _)| *r == row) {
+                        failed.push((row, reason));
+                    }
+                }
             }
+            failed.sort_unstable_by_key(|(r, _)| *r);
             // The combined vectors: concatenations here; a head computes, on a blocking thread.
             let vectors = match self.steps.iter().any(|s| matches!(s, Step::Combine { head: Some(_), .. })) {
                 false => self.combine(read)?,
@@ -201,7 +243,7 @@ impl Pipeline {
                     .await
                     .map_err(|e| ModelError::Inference(format!("combining vectors: {e}")))??,
             };
-            Ok(Embedded { vectors, batch_sizes })
+            Ok(Embedded { vectors, batch_sizes, failed })
         })
     }
 
@@ -215,7 +257,7 @@ impl Pipeline {
         let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(self.steps.len());
         for (s, step) in self.steps.iter().enumerate() {
             let computed = match step {
-                Step::Text(_) => read.next().expect("one list per model that reads records"),
+                Step::Reads(_) => read.next().expect("one list per model that reads records"),
                 Step::Combine { inputs, head: None, normalize, .. } => {
                     let parts: Vec<(&[f32], usize)> = inputs.iter().map(|&i| (&vectors[i][..], self.dims[i])).collect();
                     concat(&parts, rows, self.dims[s], *normalize)
@@ -236,15 +278,17 @@ impl Pipeline {
 
     /// The output of `good` (the rows [`Pipeline::prepare`] kept) from their vectors.
     pub fn finish(&self, good: &[usize], embedded: Embedded) -> Finished {
-        let vectors = embedded.vectors;
+        let (vectors, failed) = (embedded.vectors, embedded.failed);
         let finite = |r: usize| {
             vectors.iter().zip(&self.dims).all(|(v, &d)| v[r * d..(r + 1) * d].iter().all(|x| x.is_finite()))
         };
-        let (kept, dropped): (Vec<usize>, Vec<usize>) = (0..good.len()).partition(|&r| finite(r));
+        let computed = (0..good.len()).filter(|r| failed.binary_search_by_key(r, |(f, _)| *f).is_err());
+        let (kept, non_finite): (Vec<usize>, Vec<usize>) = computed.partition(|&r| finite(r));
+        let dropped = non_finite.len() + failed.len();
         let columns = (self.written.iter())
             .map(|(s, o)| {
                 let v = &vectors[*s];
-                let values = match dropped.is_empty() {
+                let values = match dropped == 0 {
                     true => v.clone(),
                     false => kept.iter().flat_map(|&r| &v[r * o.dim..(r + 1) * o.dim]).copied().collect(),
                 };
@@ -254,13 +298,14 @@ impl Pipeline {
         Finished {
             rows: kept.iter().map(|&r| good[r]).collect(),
             columns,
-            non_finite: dropped.iter().map(|&r| good[r]).collect(),
+            failed: failed.into_iter().map(|(r, reason)| (good[r], reason)).collect(),
+            non_finite: non_finite.iter().map(|&r| good[r]).collect(),
         }
     }
 }
 
-impl TextModel {
-    /// The model's input for `fields`, or why it cannot take the record.
+impl Reader {
+    /// The model's input for `fields` (a text, an image's URL), or why it cannot take the record.
     fn text(&self, fields: &RecordFields) -> Result<String, String> {
         let text = self.template.render(fields)?;
         // What the reasons call the text: the field it is, or the model's text.
@@ -268,14 +313,8 @@ impl TextModel {
             Some(field) => field.to_string(),
             None => format!("the text of model `{}` ({})", self.name, self.template.source()),
         };
-        if text.len() > self.max_text_bytes {
-            return Err(format!(
-                "{} is {} bytes, over {}.max_text_bytes = {}",
-                what(),
-                text.len(),
-                self.key,
-                self.max_text_bytes
-            ));
+        if text.len() > self.limit {
+            return Err(format!("{} is {} bytes, over {} = {}", what(), text.len(), self.limit_key, self.limit));
         }
         if text.trim().is_empty() {
             return Err(format!("{} is empty", what()));
@@ -353,7 +392,9 @@ topic = "out"
     #[tokio::test]
     async fn records_go_through_every_model() {
         let spec = product_spec("");
-        let pipeline = Arc::new(Pipeline::new(&spec, vec![Arc::new(Lengths), Arc::new(Lengths)]).unwrap());
+        let pipeline = Arc::new(
+            Pipeline::new(&spec, vec![Backend::Texts(Arc::new(Lengths)), Backend::Texts(Arc::new(Lengths))]).unwrap(),
+        );
         let names: Vec<String> = pipeline.outputs().iter().map(|o| format!("{}:{}", o.column, o.dim)).collect();
         assert_eq!(names, ["embedding_title:2", "embedding_text:2", "embedding_both:4"]);
         let values: [&[u8]; 5] = [
@@ -385,7 +426,8 @@ topic = "out"
     #[test]
     fn the_sink_writes_the_models_it_names() {
         let spec = product_spec("models = [\"both\"]");
-        let pipeline = Pipeline::new(&spec, vec![Arc::new(Lengths), Arc::new(Lengths)]).unwrap();
+        let pipeline =
+            Pipeline::new(&spec, vec![Backend::Texts(Arc::new(Lengths)), Backend::Texts(Arc::new(Lengths))]).unwrap();
         assert_eq!(pipeline.outputs(), [Output { model: "both".into(), column: "embedding_both".into(), dim: 4 }]);
     }
 

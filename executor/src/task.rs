@@ -259,6 +259,16 @@ async fn windows(
         let embedded = embedded.map_err(TaskError::Model)?;
         counts.batch_sizes.extend(&embedded.batch_sizes);
         let finished = ctx.pipeline.finish(&good, embedded);
+        if !finished.failed.is_empty() {
+            tracing::warn!(
+                rows = finished.failed.len(),
+                "images not fetched or not decoded; sent to the dead-letter topic"
+            );
+            let rows = Rows::of(&chunk);
+            for (i, reason) in &finished.failed {
+                dead_letter(ctx, def, range, &rows, pending, *i, reason, counts).await?;
+            }
+        }
         if !finished.non_finite.is_empty() {
             let dropped = finished.non_finite.len();
             tracing::warn!(rows = dropped, "a model gave non-finite vectors; sent to the dead-letter topic");

@@ -69,3 +69,27 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// Python onnxruntime's vectors of the image files `files` from the image model `onnx`'s
+/// `output`, each preprocessed by numpy as the executor does (tests/fixtures/image_reference.py).
+pub fn onnx_image_vectors(
+    onnx: &std::path::Path,
+    output: &str,
+    preprocess: &embedstream_core::spec::PreprocessSpec,
+    files: &[std::path::PathBuf],
+) -> Vec<Vec<f32>> {
+    let list = |v: [f32; 3]| v.map(|x| x.to_string()).join(",");
+    let mut args = vec![
+        fixture("image_reference.py"),
+        "embed".into(),
+        onnx.display().to_string(),
+        output.into(),
+        preprocess.resize.to_string(),
+        preprocess.crop.to_string(),
+        list(preprocess.mean),
+        list(preprocess.scale),
+    ];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    python(&refs, &serde_json::Value::Null)
+}

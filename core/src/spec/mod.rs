@@ -29,9 +29,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use image::{FetchSpec, PreprocessSpec};
 pub use input::{InputFormat, InputSpec};
 pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretError, SecretRef, Secrets};
-pub use model::{ChunkPooling, CombineMethod, CombineSpec, FastTextSpec, LongText, ModelEntry, ModelSpec, Pooling};
+pub use model::{
+    ChunkPooling, CombineMethod, CombineSpec, FastTextSpec, ImageSpec, LongText, ModelEntry, ModelSpec, Pooling,
+};
 /// How many of a spec file's errors `from_file_with` reports at once.
 const MAX_ERRORS_SHOWN: usize = 10;
 
@@ -79,6 +82,9 @@ pub struct JobSpec {
     /// Several models, each computed for every record, each its own output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelEntry>,
+    /// How images named by URL are downloaded (`image-onnx` models).
+    #[serde(default)]
+    pub fetch: FetchSpec,
     pub sink: SinkSpec,
     #[serde(default)]
     pub executors: ExecutorsSpec,
@@ -228,6 +234,7 @@ impl JobSpec {
         for (i, entry) in self.models.iter().enumerate() {
             match entry {
                 ModelEntry::FastText(f) => f.check_files(&format!("models[{i}]"))?,
+                ModelEntry::ImageOnnx(m) => m.check_files(&format!("models[{i}]"))?,
                 ModelEntry::Combine(c) => c.check_files(&format!("models[{i}]"))?,
                 ModelEntry::TextOnnx(_) => {}
             }
@@ -267,6 +274,7 @@ impl JobSpec {
                     let name = f.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     files.push((format!("model-{i}-{name}"), &mut f.model));
                 }
+                ModelEntry::ImageOnnx(m) => files.push((format!("model-{i}-image.onnx"), &mut m.onnx)),
                 ModelEntry::Combine(c) => {
                     if let Some(head) = &mut c.onnx {
                         files.push((format!("model-{i}-head.onnx"), head));
@@ -275,6 +283,16 @@ impl JobSpec {
             }
         }
         files
+    }
+
+    /// The image models (`image-onnx` entries), in order.
+    pub fn image_models(&self) -> Vec<&ImageSpec> {
+        (self.models.iter())
+            .filter_map(|e| match e {
+                ModelEntry::ImageOnnx(m) => Some(m),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The first ONNX text model (what the benchmarks measure).
@@ -314,13 +332,14 @@ impl JobSpec {
 
     /// How long a task attempt over `records` records may run before the driver gives up on it:
     /// `executors.task_timeout`, or one minute plus every text model's `worker_timeout_per_text`
-    /// a record.
+    /// and every image model's `worker_timeout_per_image` a record.
     pub fn task_deadline(&self, records: u64) -> std::time::Duration {
         match &self.executors.task_timeout {
             Some(t) => t.get(),
             None => {
-                let per_record =
-                    self.text_models().iter().map(|m| m.worker_timeout_per_text.get()).sum::<std::time::Duration>();
+                let texts = self.text_models().into_iter().map(|m| m.worker_timeout_per_text.get());
+                let images = self.image_models().into_iter().map(|m| m.worker_timeout_per_image.get());
+                let per_record = texts.chain(images).sum::<std::time::Duration>();
                 TASK_GRACE.saturating_add(per_record.saturating_mul(records.min(u32::MAX as u64) as u32))
             }
         }
@@ -404,6 +423,7 @@ impl JobSpec {
         if let Some(unknown) = self.sink.common.models.iter().find(|n| !names.contains(n)) {
             return Err(SpecError::new("sink.models", format!("`{unknown}` is not a model of this spec")));
         }
+        self.fetch.validate()?;
         self.flight.validate()?;
         self.sink.validate(&self.name, &self.source)?;
         self.monitoring.validate()?;

@@ -4,6 +4,8 @@
 //! - `text-onnx` ([`ModelSpec`]): an ONNX model and its tokenizer, its input a template over the
 //!   record's fields, and how its texts are batched;
 //! - `fasttext` ([`FastTextSpec`]): a fastText model's sentence vectors, over a template too;
+//! - `image-onnx` ([`ImageSpec`]): an ONNX image model, its input an image URL (a template),
+//!   its preprocessing stated in the spec;
 //! - `combine` ([`CombineSpec`]): a vector made of other models' vectors (concatenated, or an
 //!   ONNX head's output; L2 normalised if asked).
 //!
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::image::PreprocessSpec;
 use super::input::InputSpec;
 use super::units::HumanDuration;
 use super::SpecError;
@@ -210,13 +213,8 @@ impl ModelSpec {
 
     /// The model's files exist here (run where they are loaded: the driver and the executors).
     pub(super) fn check_files(&self, at: &str) -> Result<(), SpecError> {
-        for (key, path) in [("onnx", &self.onnx), ("tokenizer", &self.tokenizer)] {
-            // A model on HDFS is checked where it is fetched, by the executor.
-            if !crate::store::is_hdfs(path) && !path.is_file() {
-                return Err(SpecError::new(&format!("{at}.{key}"), format!("no such file: {}", path.display())));
-            }
-        }
-        Ok(())
+        check_model_file(&format!("{at}.onnx"), &self.onnx)?;
+        check_model_file(&format!("{at}.tokenizer"), &self.tokenizer)
     }
 }
 
@@ -272,11 +270,93 @@ impl FastTextSpec {
     }
 
     pub(super) fn check_files(&self, at: &str) -> Result<(), SpecError> {
-        if !crate::store::is_hdfs(&self.model) && !self.model.is_file() {
-            return Err(SpecError::new(&format!("{at}.model"), format!("no such file: {}", self.model.display())));
-        }
-        Ok(())
+        check_model_file(&format!("{at}.model"), &self.model)
     }
+}
+
+/// `kind = "image-onnx"`: an ONNX image model over images fetched by URL (`[fetch]`), each
+/// preprocessed as `preprocess` says into a `[3, crop, crop]` tensor, batched by image, run by
+/// the model's own forked workers as text models are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub name: String,
+    /// The image's URL, a template over the record's fields (`"{image}"`); default
+    /// `"{value}"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
+    pub onnx: PathBuf,
+    /// The model's output to take (`[batch, D]`, or `[batch, D, 1, 1]`); default its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    pub preprocess: PreprocessSpec,
+    /// Scale each vector to length 1.
+    #[serde(default)]
+    pub normalize: bool,
+    /// Images per inference batch.
+    #[serde(default = "default_image_batch_size")]
+    pub batch_size: usize,
+    /// Longer URLs go to the dead-letter topic.
+    #[serde(default = "default_max_url_bytes")]
+    pub max_url_bytes: usize,
+    /// How long a worker may take per image of a batch, on top of [`WORKER_GRACE`], before it
+    /// counts as hung (killed, forked again, the batch sent again). Downloads are not in it:
+    /// `[fetch]` bounds them.
+    #[serde(default = "default_worker_timeout_per_image")]
+    pub worker_timeout_per_image: HumanDuration,
+}
+
+fn default_image_batch_size() -> usize {
+    16
+}
+fn default_max_url_bytes() -> usize {
+    2048
+}
+fn default_worker_timeout_per_image() -> HumanDuration {
+    HumanDuration::parse("2s").expect("a valid duration")
+}
+
+impl ImageSpec {
+    /// The template of its image's URL.
+    pub fn template(&self) -> Template {
+        template_of(&self.image_url)
+    }
+
+    /// How long a worker may take for a batch of `images` images before it counts as hung.
+    pub fn worker_deadline(&self, images: usize) -> Duration {
+        WORKER_GRACE + self.worker_timeout_per_image.get().saturating_mul(images.max(1) as u32)
+    }
+
+    fn validate(&self, at: &str, input: &InputSpec) -> Result<(), SpecError> {
+        let key = |k: &str| format!("{at}.{k}");
+        if !(1..=1024).contains(&self.batch_size) {
+            return Err(SpecError::new(&key("batch_size"), "must be between 1 and 1024"));
+        }
+        if self.max_url_bytes == 0 {
+            return Err(SpecError::new(&key("max_url_bytes"), "must be at least 1"));
+        }
+        if self.worker_timeout_per_image.get().is_zero() {
+            return Err(SpecError::new(
+                &key("worker_timeout_per_image"),
+                "must be a duration above zero, such as \"2s\"",
+            ));
+        }
+        self.preprocess.validate(&key("preprocess"))?;
+        check_template(&key("image_url"), &self.image_url, input)
+    }
+
+    pub(super) fn check_files(&self, at: &str) -> Result<(), SpecError> {
+        check_model_file(&format!("{at}.onnx"), &self.onnx)
+    }
+}
+
+/// A model file the spec names exists here (one on HDFS is checked where it is fetched, by the
+/// executor).
+fn check_model_file(key: &str, path: &Path) -> Result<(), SpecError> {
+    if !crate::store::is_hdfs(path) && !path.is_file() {
+        return Err(SpecError::new(key, format!("no such file: {}", path.display())));
+    }
+    Ok(())
 }
 
 /// How a `combine` entry makes one vector of its inputs'.
@@ -315,10 +395,8 @@ pub struct CombineSpec {
 impl CombineSpec {
     pub(super) fn check_files(&self, at: &str) -> Result<(), SpecError> {
         match &self.onnx {
-            Some(path) if !crate::store::is_hdfs(path) && !path.is_file() => {
-                Err(SpecError::new(&format!("{at}.onnx"), format!("no such file: {}", path.display())))
-            }
-            _ => Ok(()),
+            Some(path) => check_model_file(&format!("{at}.onnx"), path),
+            None => Ok(()),
         }
     }
 }
@@ -330,17 +408,19 @@ pub enum ModelEntry {
     TextOnnx(ModelSpec),
     #[serde(rename = "fasttext")]
     FastText(FastTextSpec),
+    ImageOnnx(ImageSpec),
     Combine(CombineSpec),
 }
 
 /// The model kinds, as `kind` names them.
-const KINDS: &str = "`text-onnx`, `fasttext` or `combine`";
+const KINDS: &str = "`text-onnx`, `image-onnx`, `fasttext` or `combine`";
 
 impl ModelEntry {
     pub fn name(&self) -> &str {
         match self {
             ModelEntry::TextOnnx(m) => m.name.as_deref().unwrap_or_default(),
             ModelEntry::FastText(f) => &f.name,
+            ModelEntry::ImageOnnx(m) => &m.name,
             ModelEntry::Combine(c) => &c.name,
         }
     }
@@ -350,21 +430,33 @@ impl ModelEntry {
         !matches!(self, ModelEntry::Combine(_))
     }
 
-    /// The template of its input text, for a model that reads records.
+    /// The template of its input (a text, or an image's URL), for a model that reads records.
     pub fn template(&self) -> Option<Template> {
         match self {
             ModelEntry::TextOnnx(m) => Some(m.template()),
             ModelEntry::FastText(f) => Some(f.template()),
+            ModelEntry::ImageOnnx(m) => Some(m.template()),
             ModelEntry::Combine(_) => None,
         }
     }
 
-    /// The most bytes of input text it takes, for a model that reads records.
+    /// The most bytes of input it takes and the key that says so (`max_text_bytes`,
+    /// `max_url_bytes`), for a model that reads records.
+    pub fn input_limit(&self) -> Option<(usize, &'static str)> {
+        match self {
+            ModelEntry::TextOnnx(m) => Some((m.max_text_bytes, "max_text_bytes")),
+            ModelEntry::FastText(f) => Some((f.max_text_bytes, "max_text_bytes")),
+            ModelEntry::ImageOnnx(m) => Some((m.max_url_bytes, "max_url_bytes")),
+            ModelEntry::Combine(_) => None,
+        }
+    }
+
+    /// The most bytes of input text it takes, for a model that embeds texts.
     pub fn max_text_bytes(&self) -> Option<usize> {
         match self {
             ModelEntry::TextOnnx(m) => Some(m.max_text_bytes),
             ModelEntry::FastText(f) => Some(f.max_text_bytes),
-            ModelEntry::Combine(_) => None,
+            ModelEntry::ImageOnnx(_) | ModelEntry::Combine(_) => None,
         }
     }
 
@@ -385,6 +477,7 @@ impl ModelEntry {
         match kind.as_str() {
             "text-onnx" => super::section_at(&at, table).map(ModelEntry::TextOnnx),
             "fasttext" => super::section_at(&at, table).map(ModelEntry::FastText),
+            "image-onnx" => super::section_at(&at, table).map(ModelEntry::ImageOnnx),
             "combine" => super::section_at(&at, table).map(ModelEntry::Combine),
             other => Err(SpecError::new(&format!("{at}.kind"), format!("unknown kind `{other}`, expected {KINDS}"))),
         }
@@ -427,6 +520,7 @@ pub(super) fn validate_entries(entries: &[ModelEntry], input: &InputSpec) -> Res
         match entry {
             ModelEntry::TextOnnx(m) => m.validate(&at, input)?,
             ModelEntry::FastText(f) => f.validate(&at, input)?,
+            ModelEntry::ImageOnnx(m) => m.validate(&at, input)?,
             ModelEntry::Combine(c) => {
                 let key = format!("{at}.inputs");
                 if c.inputs.is_empty() {
@@ -465,7 +559,7 @@ pub(super) fn validate_entries(entries: &[ModelEntry], input: &InputSpec) -> Res
     if !entries.iter().any(ModelEntry::reads_records) {
         return Err(SpecError::new(
             "models",
-            "needs at least one model that reads the records (kind = \"text-onnx\" or \"fasttext\")",
+            "needs at least one model that reads the records (kind = \"text-onnx\", \"image-onnx\" or \"fasttext\")",
         ));
     }
     Ok(())

@@ -450,3 +450,51 @@ fn relative_model_paths_resolve_against_the_spec_file() {
     assert_eq!(s.text_models()[0].onnx, f.onnx);
     assert_eq!(s.checkpoint_location, dir.join("models"));
 }
+
+/// An image model: its URL a template over the fields, its preprocessing and `[fetch]` typed
+/// once; their errors name the key.
+#[test]
+fn image_models_and_fetch_settings() {
+    let f = files();
+    let image = |extra: &str| {
+        format!(
+            "[[models]]\nname = \"image\"\nkind = \"image-onnx\"\nimage_url = \"{{image}}\"\nonnx = \"{}\"\n\
+             output = \"embedding\"\n\
+             preprocess = {{ resize = 256, crop = 224, mean = [127.0, 127.0, 127.0], scale = [128.0, 128.0, 128.0] }}\n{extra}",
+            f.onnx.display()
+        )
+    };
+    let with_image = |models: &str, fetch: &str| {
+        models_spec(&f, "", models, "")
+            .replace("description = \"/description\" }", "description = \"/description\", image = \"/image_url\" }")
+            .replace("[sink]", &format!("{fetch}\n[sink]"))
+    };
+    let fetch = "[fetch]\nconcurrency = 8\ntimeout = \"5s\"\nmax_bytes = 1048576\nallow = [\"127.0.0.1/32\"]";
+    let s = load(&with_image(&image(""), fetch)).unwrap();
+    let m = s.image_models()[0];
+    assert_eq!((m.preprocess.crop, m.batch_size, m.output.as_deref()), (224, 16, Some("embedding")));
+    assert_eq!(m.template().fields().collect::<Vec<_>>(), ["image"]);
+    assert_eq!((s.fetch.concurrency, s.fetch.max_bytes, s.fetch.timeout.get().as_secs()), (8, 1 << 20, 5));
+    assert!(s.fetch.may_fetch_from("127.0.0.1".parse().unwrap()));
+    assert_eq!(s.written_models(), ["title", "text", "image"]);
+    assert_eq!(JobSpec::from_toml(&s.to_toml()).unwrap().to_toml(), s.to_toml());
+    // A combine entry takes the image model's vector as any other's.
+    let both = format!("{}\n[[models]]\nname = \"p\"\nkind = \"combine\"\ninputs = [\"text\", \"image\"]", image(""));
+    assert_eq!(load(&with_image(&both, "")).unwrap().written_models(), ["title", "text", "image", "p"]);
+
+    let refused = |models: &str, fetch: &str| load(&with_image(models, fetch)).unwrap_err();
+    let e = refused(&image("").replace("resize = 256", "resize = 100"), "");
+    assert_eq!(e.key, "models[2].preprocess.resize");
+    let e = refused(&image("").replace("{image}", "{photo}"), "");
+    assert_eq!(e.key, "models[2].image_url");
+    assert!(e.message.contains("`{photo}`"), "{e}");
+    assert_eq!(refused(&image("batch_size = 0"), "").key, "models[2].batch_size");
+    assert_eq!(refused(&image("crop = 224"), "").key, "models[2].crop");
+    assert_eq!(refused(&image(""), "[fetch]\nconcurrency = 0").key, "fetch.concurrency");
+    let e = refused(&image(""), "[fetch]\nallow = [\"localhost\"]");
+    assert_eq!(e.key, "fetch.allow[0]");
+    assert!(e.message.contains("address block"), "{e}");
+    let e =
+        load(&with_image(&image("").replace(&f.onnx.display().to_string(), "/nonexistent/i.onnx"), "")).unwrap_err();
+    assert_eq!(e.key, "models[2].onnx");
+}

@@ -1,6 +1,7 @@
 //! The model daemon: `embedstream model-daemon`, started by an executor through exec so that it
-//! begins single-threaded. It loads the tokenizer and the ONNX session once (one intra-op
-//! thread), runs a warm-up batch, then forks one worker per core. Workers share the weights with
+//! begins single-threaded. It loads one model once (a text model's tokenizer and session, or an
+//! image model's session; one intra-op thread), runs a warm-up batch, then forks one worker per
+//! core. Workers share the weights with
 //! the daemon copy-on-write: a worker that dies is replaced by a new fork within milliseconds,
 //! without loading the model again.
 //!
@@ -17,14 +18,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use embedstream_core::spec::ModelSpec;
+use embedstream_core::spec::ModelEntry;
 
 use super::fork;
 use super::wire;
-use crate::model::{self, Embedder};
+use crate::images::session::ImageSession;
+use crate::model::{self, Embedder, ModelError};
 
 pub struct DaemonArgs {
-    pub model: ModelSpec,
+    /// A `text-onnx` or `image-onnx` entry.
+    pub model: ModelEntry,
     pub workers: usize,
     pub socket_dir: PathBuf,
     pub ort_library: PathBuf,
@@ -34,10 +37,50 @@ pub fn socket_path(dir: &Path, slot: usize) -> PathBuf {
     dir.join(format!("worker-{slot}.sock"))
 }
 
+/// What a worker runs: a text model (texts in) or an image model (tensors in).
+enum Loaded {
+    Text(Embedder),
+    Image(ImageSession),
+}
+
+impl Loaded {
+    fn load(entry: &ModelEntry) -> Result<(Loaded, usize), ModelError> {
+        match entry {
+            ModelEntry::TextOnnx(m) => Ok((Loaded::Text(Embedder::load(m, 1)?), wire::request_limit(m))),
+            ModelEntry::ImageOnnx(m) => Ok((Loaded::Image(ImageSession::load(m)?), wire::image_request_limit(m))),
+            other => Err(ModelError::Daemon(format!("model `{}` is not one that runs in workers", other.name()))),
+        }
+    }
+
+    fn dim(&self) -> usize {
+        match self {
+            Loaded::Text(e) => e.dim(),
+            Loaded::Image(s) => s.dim(),
+        }
+    }
+
+    /// The answer to one request frame: vectors, or why there are none.
+    fn answer(&self, kind: u8, payload: &[u8]) -> std::io::Result<Result<Vec<f32>, String>> {
+        Ok(match (self, kind) {
+            (Loaded::Text(embedder), wire::TEXTS) => {
+                let texts = wire::decode_texts(payload)?;
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                embedder.embed(&refs).map_err(|e| e.to_string())
+            }
+            (Loaded::Image(session), wire::IMAGES) => {
+                let (pixels, _) = wire::decode_pixels(payload)?;
+                session.embed(&pixels).map_err(|e| e.to_string())
+            }
+            (_, kind) => Err(format!("unexpected frame kind {kind} for this model")),
+        })
+    }
+}
+
 /// Runs the daemon; returns only on a start error (the exit code), after printing `error ...`.
 pub fn run(args: DaemonArgs) -> i32 {
     fork::die_with_parent();
-    let embedder = match model::init_runtime(&args.ort_library).and_then(|()| Embedder::load(&args.model, 1)) {
+    let loaded = model::init_runtime(&args.ort_library).and_then(|()| Loaded::load(&args.model));
+    let (embedder, limit) = match loaded {
         Ok(e) => e,
         Err(e) => {
             println!("error {e}");
@@ -62,7 +105,6 @@ pub fn run(args: DaemonArgs) -> i32 {
     }
     tracing::debug!(threads = ?fork::thread_count(), "daemon loaded the model; forking workers");
 
-    let limit = wire::request_limit(&args.model);
     let spawn = |slot: usize| fork::fork_child(|| serve(&listeners[slot], &embedder, limit));
     let mut pids = Vec::new();
     for slot in 0..args.workers {
@@ -100,7 +142,7 @@ pub fn run(args: DaemonArgs) -> i32 {
 }
 
 /// A worker: answers one connection at a time, one reply per request, forever.
-fn serve(listener: &UnixListener, embedder: &Embedder, limit: usize) -> i32 {
+fn serve(listener: &UnixListener, embedder: &Loaded, limit: usize) -> i32 {
     fork::die_with_parent();
     loop {
         let Ok((stream, _)) = listener.accept() else { return 2 };
@@ -109,19 +151,13 @@ fn serve(listener: &UnixListener, embedder: &Embedder, limit: usize) -> i32 {
     }
 }
 
-fn answer(stream: UnixStream, embedder: &Embedder, limit: usize) -> std::io::Result<()> {
+fn answer(stream: UnixStream, embedder: &Loaded, limit: usize) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream);
     while let Some((kind, payload)) = wire::read_frame(&mut reader, limit)? {
-        if kind != wire::TEXTS {
-            wire::write_frame(&mut writer, wire::ERROR, format!("unexpected frame kind {kind}").as_bytes())?;
-            continue;
-        }
-        let texts = wire::decode_texts(&payload)?;
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        match embedder.embed(&refs) {
+        match embedder.answer(kind, &payload)? {
             Ok(v) => wire::write_frame(&mut writer, wire::VECTORS, &wire::encode_vectors(v, embedder.dim()))?,
-            Err(e) => wire::write_frame(&mut writer, wire::ERROR, e.to_string().as_bytes())?,
+            Err(e) => wire::write_frame(&mut writer, wire::ERROR, e.as_bytes())?,
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! Frames between an executor and its model workers over a Unix socket: a kind byte, a u32
-//! little-endian length, then the payload. Requests carry an Arrow IPC stream of one batch with
-//! a `text` (Utf8) column; replies an Arrow IPC stream with an `embedding`
-//! (FixedSizeList<Float32>) column, or a UTF-8 error message.
+//! little-endian length, then the payload. Requests carry an Arrow IPC stream of one batch: a
+//! text model's a `text` (Utf8) column, an image model's a `pixels` column (each image's
+//! preprocessed tensor, FixedSizeList<Float32>). Replies carry an Arrow IPC stream with an
+//! `embedding` (FixedSizeList<Float32>) column, or a UTF-8 error message.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -10,11 +11,12 @@ use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringAr
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema};
-use embedstream_core::spec::ModelSpec;
+use embedstream_core::spec::{ImageSpec, ModelSpec};
 
 pub const TEXTS: u8 = 1;
 pub const VECTORS: u8 = 2;
 pub const ERROR: u8 = 3;
+pub const IMAGES: u8 = 4;
 
 fn ipc(batch: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::new();
@@ -46,25 +48,45 @@ pub fn decode_texts(bytes: &[u8]) -> io::Result<Vec<String>> {
     Ok(col.iter().map(|t| t.unwrap_or_default().to_string()).collect())
 }
 
-pub fn encode_vectors(values: Vec<f32>, dim: usize) -> Vec<u8> {
-    let list = crate::records::embedding_array(values, dim);
-    let schema = Arc::new(Schema::new(vec![Field::new("embedding", list.data_type().clone(), false)]));
+/// One column `name` of f32 lists of `len` values (vectors, or images' tensors).
+fn encode_lists(name: &str, values: Vec<f32>, len: usize) -> Vec<u8> {
+    let list = crate::records::embedding_array(values, len);
+    let schema = Arc::new(Schema::new(vec![Field::new(name, list.data_type().clone(), false)]));
     ipc(&RecordBatch::try_new(schema, vec![Arc::new(list)]).expect("one list column"))
 }
 
-/// The vectors, flat, and their dimension.
-pub fn decode_vectors(bytes: &[u8]) -> io::Result<(Vec<f32>, usize)> {
+/// Column `name`'s values, flat, and each list's length.
+fn decode_lists(bytes: &[u8], name: &str) -> io::Result<(Vec<f32>, usize)> {
     let b = batch(bytes)?;
     let list = b
-        .column_by_name("embedding")
+        .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no `embedding` list column"))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no `{name}` list column")))?;
     let values = list
         .values()
         .as_any()
         .downcast_ref::<Float32Array>()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "embedding items are not f32"))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("`{name}` items are not f32")))?;
     Ok((values.values().to_vec(), list.value_length() as usize))
+}
+
+pub fn encode_vectors(values: Vec<f32>, dim: usize) -> Vec<u8> {
+    encode_lists("embedding", values, dim)
+}
+
+/// The vectors, flat, and their dimension.
+pub fn decode_vectors(bytes: &[u8]) -> io::Result<(Vec<f32>, usize)> {
+    decode_lists(bytes, "embedding")
+}
+
+/// A batch of images' tensors, `len` values each, one after the other.
+pub fn encode_pixels(values: Vec<f32>, len: usize) -> Vec<u8> {
+    encode_lists("pixels", values, len)
+}
+
+/// The tensors, flat, and each one's length.
+pub fn decode_pixels(bytes: &[u8]) -> io::Result<(Vec<f32>, usize)> {
+    decode_lists(bytes, "pixels")
 }
 
 pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
@@ -86,9 +108,21 @@ pub fn request_limit(model: &ModelSpec) -> usize {
     model.batch_size.saturating_mul(model.max_text_bytes.saturating_add(8)).saturating_add(FRAME_OVERHEAD)
 }
 
-/// The largest answer from a worker: a batch's vectors of `dim` f32 values.
-pub fn answer_limit(model: &ModelSpec, dim: usize) -> usize {
-    model.batch_size.saturating_mul(dim.saturating_mul(4)).saturating_add(FRAME_OVERHEAD)
+/// The bytes of `rows` lists of `len` f32 values in Arrow IPC: 4 a value, and a validity bit a
+/// value that the IPC writer sends for the list's child array.
+fn lists_bytes(rows: usize, len: usize) -> usize {
+    let values = rows.saturating_mul(len);
+    values.saturating_mul(4).saturating_add(values.div_ceil(8))
+}
+
+/// The largest request an image model's worker takes: a batch of `batch_size` tensors.
+pub fn image_request_limit(model: &ImageSpec) -> usize {
+    lists_bytes(model.batch_size, model.preprocess.tensor_len()).saturating_add(FRAME_OVERHEAD)
+}
+
+/// The largest answer from a worker: a batch of `batch_size` vectors of `dim` f32 values.
+pub fn answer_limit(batch_size: usize, dim: usize) -> usize {
+    lists_bytes(batch_size, dim).saturating_add(FRAME_OVERHEAD)
 }
 
 /// The frame's header: its kind and the length of its payload, refused over `limit`.
@@ -126,7 +160,8 @@ mod tests {
         let texts = ["a shoe", "", "naïve café"];
         assert_eq!(decode_texts(&encode_texts(&texts)).unwrap(), texts);
         let v: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
-        assert_eq!(decode_vectors(&encode_vectors(v.clone(), 3)).unwrap(), (v, 3));
+        assert_eq!(decode_vectors(&encode_vectors(v.clone(), 3)).unwrap(), (v.clone(), 3));
+        assert_eq!(decode_pixels(&encode_pixels(v.clone(), 2)).unwrap(), (v, 2));
         let mut buf = Vec::new();
         write_frame(&mut buf, TEXTS, b"xyz").unwrap();
         let mut r = buf.as_slice();
@@ -137,5 +172,27 @@ mod tests {
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         let e = read_frame(&mut &huge[..], request_limit(&ModelSpec::new("m".into(), "t".into()))).unwrap_err();
         assert!(e.to_string().contains("4294967295 bytes, over the"), "{e}");
+    }
+
+    /// A full batch's frame fits its limit: the workers refused EfficientNet's batches of 4
+    /// (2.48 MB) when the limits counted 4 bytes a value and no validity bits.
+    #[test]
+    fn the_largest_batches_fit_their_limits() {
+        use embedstream_core::spec::image::{Channels, PreprocessSpec};
+        let preprocess =
+            PreprocessSpec { resize: 256, crop: 224, mean: [127.0; 3], scale: [128.0; 3], channels: Channels::Rgb };
+        for batch_size in [1, 4, 64] {
+            let spec: ImageSpec = toml::from_str(&format!(
+                "name = \"i\"\nonnx = \"/m.onnx\"\nbatch_size = {batch_size}\n[preprocess]\nresize = 256\ncrop = 224\n\
+                 mean = [127.0, 127.0, 127.0]\nscale = [128.0, 128.0, 128.0]"
+            ))
+            .unwrap();
+            assert_eq!(spec.preprocess, preprocess);
+            let len = preprocess.tensor_len();
+            let frame = encode_pixels(vec![0.5; batch_size * len], len);
+            assert!(frame.len() <= image_request_limit(&spec), "{batch_size} images: {} bytes", frame.len());
+            let answer = encode_vectors(vec![0.5; 4096 * 1024], 1024);
+            assert!(answer.len() <= answer_limit(4096, 1024), "{} bytes", answer.len());
+        }
     }
 }

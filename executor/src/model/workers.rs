@@ -1,6 +1,7 @@
-//! The executor's side of the model workers: it starts the model daemon, orders a task's texts
-//! by length and cuts them into batches of `batch_size`, and sends each batch to a free worker
-//! over its Unix socket. A batch whose worker dies is sent again (to the replacement the daemon
+//! The executor's side of the model workers. [`Workers`] starts a model's daemon (a text or an
+//! image model) and sends each encoded batch to a free worker over its Unix socket;
+//! [`WorkerPool`], a text model's, orders a task's texts by length and cuts them into batches
+//! of `batch_size` (an image model's is `images::pool`). A batch whose worker dies is sent again (to the replacement the daemon
 //! forks for that slot); its vectors are used once, so nothing is lost or written twice. A
 //! worker that does not answer by the batch's deadline (`model.worker_timeout_per_text`) is
 //! killed, so that the daemon forks a new one, and the batch goes to it. A slot comes back to
@@ -17,7 +18,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use embedstream_core::argv::{ModelDaemonCommand, ProcessCommand};
-use embedstream_core::spec::ModelSpec;
+use embedstream_core::spec::{ModelEntry, ModelSpec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -43,7 +44,8 @@ pub struct WorkerState {
     pub hung: u64,
 }
 
-pub struct WorkerPool {
+/// One model's daemon and its forked workers, whatever the model: batches in, vectors out.
+pub struct Workers {
     /// Owns the daemon process (killed when the task is aborted, on drop).
     supervisor: tokio::task::JoinHandle<()>,
     socket_dir: PathBuf,
@@ -51,11 +53,31 @@ pub struct WorkerPool {
     idle: Mutex<Vec<(usize, Option<UnixStream>)>>,
     free: Semaphore,
     dim: usize,
-    /// Batch size and the workers' deadlines.
+    limits: BatchLimits,
+    state: Arc<Mutex<WorkerState>>,
+}
+
+/// What bounds a model's batches: its largest batch (the answers' size), and how long a worker
+/// may take per item of a batch, on top of `WORKER_GRACE`.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub batch_size: usize,
+    pub per_item: Duration,
+}
+
+impl BatchLimits {
+    fn deadline(&self, items: usize) -> Duration {
+        embedstream_core::spec::model::WORKER_GRACE + self.per_item.saturating_mul(items.max(1) as u32)
+    }
+}
+
+/// A text model's workers: texts ordered by token length, cut into batches.
+pub struct WorkerPool {
+    workers: Workers,
+    /// Batch size.
     model: ModelSpec,
     /// Counts tokens to order texts.
     tokenizer: Arc<tokenizers::Tokenizer>,
-    state: Arc<Mutex<WorkerState>>,
 }
 
 /// How to start the daemon; kept to start it again.
@@ -164,16 +186,18 @@ async fn supervise(cmd: DaemonCommand, mut daemon: Child, mut lines: DaemonLines
     }
 }
 
-impl WorkerPool {
-    /// Starts `exe model-daemon` with `workers` workers and waits until they are forked.
-    /// A daemon that cannot load the model fails this call with its message (naming the file).
+impl Workers {
+    /// Starts `exe model-daemon` for `model` (a text or image entry, named) with `workers`
+    /// workers and waits until they are forked. A daemon that cannot load the model fails this
+    /// call with its message (naming the file).
     pub async fn start(
         exe: &Path,
-        model: &ModelSpec,
+        model: &ModelEntry,
         workers: usize,
         ort_library: &Path,
         socket_dir: PathBuf,
-    ) -> Result<WorkerPool, ModelError> {
+        limits: BatchLimits,
+    ) -> Result<Workers, ModelError> {
         // Private and new: made here with mode 0700, so a directory someone else made first (or
         // left behind) is refused rather than used.
         std::fs::DirBuilder::new().mode(0o700).create(&socket_dir).map_err(|e| {
@@ -189,25 +213,19 @@ impl WorkerPool {
             },
         };
         // A pool that does not start leaves no directory behind.
-        let started = match model::load_tokenizer(model) {
-            Ok(tokenizer) => cmd.start().await.map(|daemon| (tokenizer, daemon)),
-            Err(e) => Err(e),
-        };
-        let (tokenizer, (daemon, lines, dim, worker_pids)) = started.inspect_err(|_| {
+        let (daemon, lines, dim, worker_pids) = cmd.start().await.inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&socket_dir);
         })?;
-        let tokenizer = Arc::new(tokenizer);
         let daemon_pid = daemon.id().unwrap_or(0);
         let state = Arc::new(Mutex::new(WorkerState { daemon_pid, worker_pids, ..Default::default() }));
         let supervisor = tokio::spawn(supervise(cmd, daemon, lines, state.clone()));
-        Ok(WorkerPool {
+        Ok(Workers {
             supervisor,
             socket_dir,
             idle: Mutex::new((0..workers).map(|slot| (slot, None)).collect()),
             free: Semaphore::new(workers),
             dim,
-            model: model.clone(),
-            tokenizer,
+            limits,
             state,
         })
     }
@@ -224,6 +242,54 @@ impl WorkerPool {
     /// Pids, restarts and liveness of the daemon and its workers.
     pub fn state(&self) -> std::sync::MutexGuard<'_, WorkerState> {
         self.state.lock().unwrap()
+    }
+    /// Sends one encoded batch (`kind`, a frame of [`wire`]) of `items` texts or images to a free
+    /// worker; its vectors, `items * dim()` values.
+    pub async fn run(&self, kind: u8, request: &[u8], items: usize) -> Result<Vec<f32>, ModelError> {
+        let vectors = self.run_batch(kind, request, items).await?;
+        if vectors.len() != items * self.dim {
+            return Err(ModelError::Inference(format!(
+                "a worker returned {} values for {items} inputs",
+                vectors.len()
+            )));
+        }
+        Ok(vectors)
+    }
+}
+
+impl WorkerPool {
+    /// Starts the text model's daemon with `workers` workers (see [`Workers::start`]).
+    pub async fn start(
+        exe: &Path,
+        model: &ModelSpec,
+        workers: usize,
+        ort_library: &Path,
+        socket_dir: PathBuf,
+    ) -> Result<WorkerPool, ModelError> {
+        let tokenizer = Arc::new(model::load_tokenizer(model)?);
+        let entry = ModelEntry::TextOnnx(ModelSpec { name: Some(model.model_id()), ..model.clone() });
+        let limits = BatchLimits { batch_size: model.batch_size, per_item: model.worker_timeout_per_text.get() };
+        let workers = Workers::start(exe, &entry, workers, ort_library, socket_dir, limits).await?;
+        Ok(WorkerPool { workers, model: model.clone(), tokenizer })
+    }
+
+    /// The daemon and workers under it.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
+    pub fn dim(&self) -> usize {
+        self.workers.dim
+    }
+
+    /// Workers no batch holds now.
+    pub fn idle_workers(&self) -> usize {
+        self.workers.idle_workers()
+    }
+
+    /// Pids, restarts and liveness of the daemon and its workers.
+    pub fn state(&self) -> std::sync::MutexGuard<'_, WorkerState> {
+        self.workers.state()
     }
 
     /// Embeds `texts`: `texts.len() * dim()` values, text `i` at `i * dim()`. Also returns the
@@ -242,23 +308,16 @@ impl WorkerPool {
             let (pool, texts, chunk) = (self.clone(), texts.clone(), chunk.to_vec());
             jobs.spawn(async move {
                 let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-                let vectors = pool.run_batch(&wire::encode_texts(&batch), batch.len()).await;
+                let vectors = pool.workers.run(wire::TEXTS, &wire::encode_texts(&batch), batch.len()).await;
                 (n, chunk, vectors)
             });
         }
-        let dim = self.dim;
+        let dim = self.dim();
         let mut out = vec![0f32; texts.len() * dim];
         let mut sizes = Vec::new();
         while let Some(done) = jobs.join_next().await {
             let (_, chunk, vectors) = done.expect("batch jobs do not panic");
             let vectors = vectors?;
-            if vectors.len() != chunk.len() * dim {
-                return Err(ModelError::Inference(format!(
-                    "a worker returned {} values for {} texts",
-                    vectors.len(),
-                    chunk.len()
-                )));
-            }
             for (row, &i) in chunk.iter().enumerate() {
                 out[i * dim..(i + 1) * dim].copy_from_slice(&vectors[row * dim..(row + 1) * dim]);
             }
@@ -266,14 +325,16 @@ impl WorkerPool {
         }
         Ok((out, sizes))
     }
+}
 
-    /// Sends one encoded batch of `texts` texts to a free worker, again after a lost
+impl Workers {
+    /// Sends one encoded batch of `items` inputs to a free worker, again after a lost
     /// connection, and again to a new worker after one that did not answer by its deadline.
-    async fn run_batch(&self, request: &[u8], texts: usize) -> Result<Vec<f32>, ModelError> {
+    async fn run_batch(&self, kind: u8, request: &[u8], items: usize) -> Result<Vec<f32>, ModelError> {
         let mut lease = self.lease().await;
         let slot = lease.slot;
-        let deadline = self.model.worker_deadline(texts);
-        let limit = wire::answer_limit(&self.model, self.dim);
+        let deadline = self.limits.deadline(items);
+        let limit = wire::answer_limit(self.limits.batch_size, self.dim);
         let mut last_error = String::new();
         let mut pause = false;
         for attempt in 0..BATCH_ATTEMPTS {
@@ -295,7 +356,7 @@ impl WorkerPool {
                     }
                 },
             };
-            match tokio::time::timeout(deadline, exchange(&mut stream, request, limit)).await {
+            match tokio::time::timeout(deadline, exchange(&mut stream, kind, request, limit)).await {
                 Ok(Ok((kind, payload))) => {
                     lease.conn = Some(stream);
                     return match kind {
@@ -308,7 +369,7 @@ impl WorkerPool {
                 // The worker died with the batch: the daemon forks a replacement on the same socket.
                 Ok(Err(e)) => last_error = e.to_string(),
                 Err(_) => {
-                    last_error = format!("no answer in {deadline:?} for {texts} texts");
+                    last_error = format!("no answer in {deadline:?} for {items} inputs");
                     self.kill_hung_worker(slot, deadline);
                     pause = true;
                 }
@@ -348,7 +409,7 @@ impl WorkerPool {
 /// siblings), dropping the lease puts the slot back (with its connection, if the exchange
 /// finished) before the permit that counts it is released.
 struct Lease<'a> {
-    pool: &'a WorkerPool,
+    pool: &'a Workers,
     slot: usize,
     conn: Option<UnixStream>,
     _permit: SemaphorePermit<'a>,
@@ -360,15 +421,15 @@ impl Drop for Lease<'_> {
     }
 }
 
-impl Drop for WorkerPool {
+impl Drop for Workers {
     fn drop(&mut self) {
         self.supervisor.abort();
     }
 }
 
-async fn exchange(stream: &mut UnixStream, request: &[u8], limit: usize) -> std::io::Result<(u8, Vec<u8>)> {
+async fn exchange(stream: &mut UnixStream, kind: u8, request: &[u8], limit: usize) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
-    head[0] = wire::TEXTS;
+    head[0] = kind;
     head[1..].copy_from_slice(&(request.len() as u32).to_le_bytes());
     stream.write_all(&head).await?;
     stream.write_all(request).await?;

@@ -4,17 +4,23 @@
 #   deploy/demo.sh [N]            default N = 2000
 #   deploy/demo.sh --observe [N]  the same query kept running, with Prometheus on loopback scraping
 #                                 it; prints their URLs and runs until Ctrl-C
+#   deploy/demo.sh --products [N] product records (JSON: title, description, image URL; default
+#                                 N = 300) through a text model, an image model (EfficientNet-Lite0
+#                                 on clip art served on loopback) and their combination, into a
+#                                 Parquet table
 # EMBEDSTREAM_DEMO_DIR keeps the broker data, job spec and checkpoint there (default: a new temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
 OBSERVE=0
+PRODUCTS=0
 if [ "${1:-}" = "--observe" ]; then OBSERVE=1; shift; fi
-N=${1:-2000}
+if [ "${1:-}" = "--products" ]; then PRODUCTS=1; shift; fi
+N=${1:-$([ "$PRODUCTS" = 1 ] && echo 300 || echo 2000)}
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-deploy/setup.sh
+if [ "$PRODUCTS" = 1 ]; then deploy/setup.sh --python; else deploy/setup.sh; fi
 echo "demo: building embedstream (release)" >&2
 cargo build --release --quiet --bin embedstream
 BIN=target/release/embedstream
@@ -24,6 +30,47 @@ mkdir -p "$WORK"; WORK=$(cd "$WORK" && pwd)
 PORT=$(free_port)
 deploy/broker.sh start "$PORT" "$WORK/broker"
 trap 'deploy/broker.sh stop "$WORK/broker"' EXIT
+
+if [ "$PRODUCTS" = 1 ]; then
+  # The image host: the records' pictures, served over HTTP on loopback.
+  IMAGES=$(free_port)
+  python3 -I deploy/demo/products.py "$N" "$WORK/images" "http://127.0.0.1:$IMAGES" >"$WORK/products.jsonl"
+  python3 -m http.server --bind 127.0.0.1 --directory "$WORK/images" "$IMAGES" >"$WORK/images.log" 2>&1 &
+  HOST=$!
+  trap 'kill $HOST 2>/dev/null; deploy/broker.sh stop "$WORK/broker"' EXIT
+  "$BIN" produce --bootstrap-servers "127.0.0.1:$PORT" --topic products --partitions 2 --keyed <"$WORK/products.jsonl"
+  sed -e "s|@BOOTSTRAP@|127.0.0.1:$PORT|g" -e "s|@WORK@|$WORK|g" -e "s|@MODELS@|$CACHE/models|g" \
+    deploy/demo/products.toml >"$WORK/job.toml"
+  echo "demo: embedstream run $WORK/job.toml --local 1" >&2
+  "$BIN" run "$WORK/job.toml" --local 1 >"$WORK/summary.json" 2>"$WORK/run.log" || { cat "$WORK/run.log" >&2; exit 1; }
+  "$CACHE/pyenv/bin/python" - "$WORK" "$N" <<'PY'
+import json, pathlib, sys
+import numpy as np
+import pyarrow.parquet as pq
+work, n = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+s = json.loads((work / "summary.json").read_text())
+table = pq.read_table(work / "product-vectors", columns=["value", "embedding_text", "embedding_image", "embedding_product"])
+folders = [json.loads(v)["title"].rsplit("(", 1)[1].rstrip(")") for v in table.column("value").to_pylist()]
+image = np.array(table.column("embedding_image").to_pylist(), dtype=np.float32)
+image /= np.linalg.norm(image, axis=1, keepdims=True)
+# For each picture, the folder of its nearest other picture by the image vectors.
+sims = image @ image.T
+np.fill_diagonal(sims, -1)
+same = np.mean([folders[i] == folders[j] for i, j in enumerate(sims.argmax(axis=1))])
+print(f"""
+embedstream demo: {n} products from topic 'products' (2 partitions): a text model, an image model and their combination
+  batches            {s['batches']}
+  embeddings         {s['embeddings']} records, each with 3 vectors -> Parquet {work}/product-vectors
+                     embedding_text (all-MiniLM-L6-v2, 384), embedding_image (EfficientNet-Lite0, 1280),
+                     embedding_product (both, concatenated and normalised, 1664)
+  dead letters       {s['dead_letters']}  -> topic 'products-dlq'
+  processing time    {s['processing_seconds']:.2f} s ({s['embeddings'] / max(s['processing_seconds'], 1e-9):.1f} products/s, 1 executor of 2 cores)
+  images             clip art of {len(set(folders))} openclipart folders, served by {work}/images.log's host;
+                     {same:.0%} of pictures have as nearest neighbour (by image vector) one of their own folder
+  files              {work}/job.toml, checkpoint {work}/checkpoint, driver log {work}/run.log""")
+PY
+  exit 0
+fi
 
 python3 -I deploy/demo/sample_texts.py "$N" >"$WORK/texts.txt"
 "$BIN" produce --bootstrap-servers "127.0.0.1:$PORT" --topic products --partitions 2 --keyed <"$WORK/texts.txt"

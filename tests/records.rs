@@ -4,7 +4,8 @@
 //! texts, the combined one with numpy's concatenation; every kind of bad record is in the
 //! dead-letter topic with a reason that names its field, and the offsets are committed. Long
 //! texts in chunks (`long_text = "chunk"`) get the mean of their windows' vectors, as Python
-//! computes it from the same tokenizer's windows. A `combine` entry with an ONNX head over two
+//! computes it from the same tokenizer's windows, or one output each (`chunk_pooling = "none"`)
+//! that traces back to its record's offset and its token span. A `combine` entry with an ONNX head over two
 //! text towers gives numpy's evaluation of the same head.
 
 mod common;
@@ -12,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::reference::{
-    make_onnx_head, max_diff, numpy_concat, numpy_head, onnx_chunked_embeddings, onnx_embeddings,
+    make_onnx_head, max_diff, numpy_concat, numpy_head, onnx_chunked_embeddings, onnx_each_chunk, onnx_embeddings,
     onnx_embeddings_truncated,
 };
 use common::table::read_vectors;
@@ -315,4 +316,43 @@ fn a_head_that_does_not_take_the_entrys_inputs_stops_the_run_naming_both() {
     );
     assert!(log.contains(&want), "{log}");
     assert!(job.logged_batches(&log).is_empty(), "no batch ran");
+}
+
+#[test]
+fn each_chunk_is_an_output_that_traces_to_its_offset_and_token_span() {
+    let broker = Broker::start();
+    broker.create_topic("pages", 2);
+    let mut descriptions: Vec<String> = (0..8).map(|n| texts(1 + n * 3, 60 + n).join(". ")).collect();
+    descriptions[3] = "a short wool scarf".to_string();
+    // Record n at partition n % 2, offset n / 2.
+    let records: Vec<RawRecord> = (descriptions.iter().enumerate())
+        .map(|(i, d)| ((i % 2) as i32, Some(format!("p{i}").into_bytes()), Some(d.clone().into_bytes())))
+        .collect();
+    broker.produce("pages", &records);
+    let job = Job::new(&broker, "pages", "subscribe = [\"pages\"]", "available_now = true", "").edit_model(
+        "max_seq_len = 32\nlong_text = \"chunk\"\nchunk_overlap = 8\nchunk_pooling = \"none\"\nbatch_size = 8\nsort_window = 64",
+    );
+    let want = onnx_each_chunk(&descriptions, 32, 8);
+    let chunks: usize = want.iter().map(Vec::len).sum();
+    assert!(want.iter().any(|w| w.len() >= 5), "some descriptions span several windows");
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], chunks, "one output a chunk: {summary}");
+    let out = broker.read_all("pages-out", 2);
+    assert_eq!(out.len(), chunks);
+    // Each record's chunks, in order, in its partition: index, span and vector as Python's.
+    let mut worst = 0f32;
+    for (n, windows) in want.iter().enumerate() {
+        let (partition, offset) = ((n % 2) as i32, (n / 2) as i64);
+        let mine: Vec<&Record> = out.iter().filter(|r| r.origin() == (partition, offset)).collect();
+        assert_eq!(mine.len(), windows.len(), "record {n}: one output a window");
+        for (i, (rec, w)) in mine.iter().zip(windows).enumerate() {
+            let span = (rec.header("es.chunk"), rec.header("es.token_start"), rec.header("es.token_end"));
+            assert_eq!(span, (i.to_string().as_str(), w.start.to_string().as_str(), w.end.to_string().as_str()));
+            assert_eq!(rec.key.as_deref(), Some(format!("p{n}").as_bytes()));
+            worst = worst.max(max_diff(&rec.vector(), &w.vector));
+        }
+    }
+    eprintln!("one output a chunk: {chunks} chunks of 8 records, max difference from Python {worst:e}");
+    assert!(worst < 1e-4, "max difference from Python: {worst}");
+    assert_eq!(broker.committed("pages-group", "pages", 2), broker.high_watermarks("pages", 2));
 }

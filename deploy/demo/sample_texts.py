@@ -55,15 +55,17 @@ def paragraphs():
             yield text
 
 
-def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+def sample(n):
+    """N distinct texts: the paragraphs, repeated with a marker past their end."""
     texts = list(paragraphs())
     if not texts:
         sys.exit("no docstrings found")
-    for i in range(n):
-        # Past the end, repeat with a marker so that each line stays distinct.
-        t = texts[i % len(texts)]
-        print(t if i < len(texts) else f"{t} ({i // len(texts)})")
+    return [texts[i % len(texts)] if i < len(texts) else f"{texts[i % len(texts)]} ({i // len(texts)})" for i in range(n)]
+
+
+def main():
+    for text in sample(int(sys.argv[1]) if len(sys.argv) > 1 else 2000):
+        print(text)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use embedstream_core::auth::ClusterToken;
-use embedstream_core::spec::{LongText, ModelEntry, SpecError};
+use embedstream_core::spec::{ChunkPooling, LongText, ModelEntry, SpecError};
 use embedstream_core::tls::Tls;
 use embedstream_core::{telemetry, JobSpec};
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
@@ -42,6 +42,7 @@ use tonic::{Request, Response, Status};
 use crate::images::fetch::Fetcher;
 use crate::images::pool::ImagePool;
 use crate::metrics::ExecutorMetrics;
+use crate::model::chunk::Chunked;
 use crate::model::workers::{BatchLimits, WorkerPool, Workers};
 use crate::model::ModelError;
 use crate::pipeline::Backend;
@@ -137,9 +138,10 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
                 let pids = format!("{:?}", pool.state().worker_pids);
                 tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = pool.dim(), worker_pids = %pids, "model workers ready");
                 pools.push((entry.name().to_string(), ModelWorkers::Text(pool.clone())));
-                match m.long_text {
-                    LongText::Truncate => Backend::Texts(pool),
-                    LongText::Chunk => Backend::Texts(Arc::new(model::chunk::Chunked::new(pool, m)?)),
+                match (m.long_text, m.chunk_pooling) {
+                    (LongText::Truncate, _) => Backend::Texts(pool),
+                    (LongText::Chunk, ChunkPooling::Mean) => Backend::Texts(Arc::new(Chunked::new(pool, m)?)),
+                    (LongText::Chunk, ChunkPooling::Each) => Backend::Chunks(Arc::new(Chunked::new(pool, m)?)),
                 }
             }
             ModelEntry::ImageOnnx(m) => {
@@ -158,8 +160,14 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             }
             ModelEntry::Combine(_) => continue,
         };
-        if let (Backend::Texts(embed), None) = (&backend, &flight_model) {
-            flight_model = Some((embed.clone(), entry.max_text_bytes().unwrap_or(0)));
+        // Flight embeds a text into one vector: a chunked model's is its chunks' mean.
+        let embeds_texts: Option<Arc<dyn model::Embed>> = match &backend {
+            Backend::Texts(embed) => Some(embed.clone()),
+            Backend::Chunks(chunked) => Some(chunked.clone()),
+            Backend::Images(_) => None,
+        };
+        if let (Some(embed), None) = (embeds_texts, &flight_model) {
+            flight_model = Some((embed, entry.max_text_bytes().unwrap_or(0)));
         }
         backends.push(backend);
     }
@@ -185,15 +193,19 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let dead_letters = DeadLetters::new(&spec, dead_letter_producer, model_id.clone());
     let sink = embedstream_sinks::open(
         &spec.sink,
-        SinkContext { producer, outputs: pipeline.outputs(), executor_id: &args.executor_id },
+        SinkContext {
+            producer,
+            outputs: pipeline.outputs(),
+            chunks: pipeline.chunked(),
+            executor_id: &args.executor_id,
+        },
     )?;
     let metrics_address =
         telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone(), &args.tls)
             .await
             .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
     spawn_worker_sampler(metrics.clone(), pools.clone());
-    let recent =
-        Arc::new(records::RecentOutput::new(spec.flight.recent_batches, records::output_schema(&pipeline.outputs())));
+    let recent = Arc::new(records::RecentOutput::new(spec.flight.recent_batches, pipeline.output_schema()));
     // Flight's DoExchange embeds texts with the first model that embeds texts.
     let (first, first_max_bytes) = flight_model.unzip();
     let flight = flight::FlightEmbedder::new(

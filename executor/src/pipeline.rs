@@ -13,12 +13,14 @@
 
 use std::sync::Arc;
 
-use arrow_array::ArrayRef;
+use arrow_array::{ArrayRef, Int32Array};
+use arrow_schema::SchemaRef;
 use embedstream_core::fields::{RecordFields, Template};
 use embedstream_core::spec::{CombineMethod, InputSpec, ModelEntry};
 use embedstream_core::JobSpec;
 
 use crate::images::pool::ImagePool;
+use crate::model::chunk::{ChunkSpan, Chunked};
 use crate::model::head::OnnxHead;
 use crate::model::{Embed, ModelError};
 use crate::records::{embedding_array, Output};
@@ -27,24 +29,38 @@ use crate::records::{embedding_array, Output};
 pub enum Backend {
     /// Texts to vectors: an ONNX text model's workers, fastText.
     Texts(Arc<dyn Embed>),
+    /// Texts to one vector a chunk (`chunk_pooling = "none"`, the query's one model).
+    Chunks(Arc<Chunked>),
     /// Image URLs to vectors, or to the reason an image has none.
     Images(Arc<ImagePool>),
+}
+
+/// A model's vectors of a window's inputs: one an input (or one a chunk, with `spans`), the
+/// size of each batch that ran, and the inputs that have none (with the reason).
+struct Computed {
+    vectors: Vec<f32>,
+    batch_sizes: Vec<usize>,
+    failed: Vec<(usize, String)>,
+    spans: Option<Vec<ChunkSpan>>,
 }
 
 impl Backend {
     fn dim(&self) -> usize {
         match self {
             Backend::Texts(e) => e.dim(),
+            Backend::Chunks(c) => c.dim(),
             Backend::Images(p) => p.dim(),
         }
     }
 
-    /// The vectors of `inputs`, the size of each batch that ran, and the inputs that have none
-    /// (with the reason).
-    async fn compute(&self, inputs: Vec<String>) -> Result<(Vec<f32>, Vec<usize>, Vec<(usize, String)>), ModelError> {
+    async fn compute(&self, inputs: Vec<String>) -> Result<Computed, ModelError> {
+        let computed = |vectors, batch_sizes, failed, spans| Computed { vectors, batch_sizes, failed, spans };
         match self {
-            Backend::Texts(e) => e.clone().embed(inputs).await.map(|(v, sizes)| (v, sizes, Vec::new())),
-            Backend::Images(p) => p.embed(inputs).await.map(|v| (v.values, v.batch_sizes, v.failed)),
+            Backend::Texts(e) => e.clone().embed(inputs).await.map(|(v, sizes)| computed(v, sizes, Vec::new(), None)),
+            Backend::Chunks(c) => {
+                c.embed_each(inputs).await.map(|e| computed(e.vectors, e.batch_sizes, Vec::new(), Some(e.spans)))
+            }
+            Backend::Images(p) => p.embed(inputs).await.map(|v| computed(v.values, v.batch_sizes, v.failed, None)),
         }
     }
 }
@@ -102,13 +118,17 @@ pub struct Embedded {
     vectors: Vec<Vec<f32>>,
     pub batch_sizes: Vec<usize>,
     failed: Vec<(usize, String)>,
+    /// With one output a chunk: each vector's chunk.
+    spans: Option<Vec<ChunkSpan>>,
 }
 
 /// A window's output: the rows kept, their vector columns (as [`Pipeline::outputs`]), the rows
 /// a model could not compute (an image not fetched or not decoded) with the reason, and those
 /// dropped because a model gave a vector with NaN or infinite values.
 pub struct Finished {
+    /// The input row of each output row (a record's row once a chunk, with one output a chunk).
     pub rows: Vec<usize>,
+    /// The vector columns, then with one output a chunk the chunk columns.
     pub columns: Vec<ArrayRef>,
     pub failed: Vec<(usize, String)>,
     pub non_finite: Vec<usize>,
@@ -169,6 +189,16 @@ impl Pipeline {
         self.written.iter().map(|(_, o)| o.clone()).collect()
     }
 
+    /// Whether its rows are chunks (`chunk_pooling = "none"`).
+    pub fn chunked(&self) -> bool {
+        self.readers().any(|r| matches!(r.backend, Backend::Chunks(_)))
+    }
+
+    /// The schema of the rows it gives the sink.
+    pub fn output_schema(&self) -> SchemaRef {
+        crate::records::output_schema(&self.outputs(), self.chunked())
+    }
+
     /// The models' names, for labels.
     pub fn names(&self) -> String {
         self.steps.iter().map(Step::name).collect::<Vec<_>>().join(",")
@@ -225,15 +255,21 @@ impl Pipeline {
             let mut read = Vec::new();
             let mut batch_sizes = Vec::new();
             let mut failed: Vec<(usize, String)> = Vec::new();
-            for (vectors, sizes, not_computed) in futures::future::try_join_all(calls).await? {
-                read.push(vectors);
-                batch_sizes.extend(sizes);
+            let mut spans = None;
+            for computed in futures::future::try_join_all(calls).await? {
+                read.push(computed.vectors);
+                batch_sizes.extend(computed.batch_sizes);
+                spans = spans.or(computed.spans);
                 // A row two image models cannot take keeps the first model's reason.
-                for (row, reason) in not_computed {
+                for (row, reason) in computed.failed {
                     if !failed.iter().any(|(r, _)| *r == row) {
                         failed.push((row, reason));
                     }
                 }
+            }
+            if spans.is_some() {
+                // Validated: the query's one model, no combine entry over it.
+                return Ok(Embedded { vectors: read, batch_sizes, failed, spans });
             }
             failed.sort_unstable_by_key(|(r, _)| *r);
             // The combined vectors: concatenations here; a head computes, on a blocking thread.
@@ -243,7 +279,7 @@ impl Pipeline {
                     .await
                     .map_err(|e| ModelError::Inference(format!("combining vectors: {e}")))??,
             };
-            Ok(Embedded { vectors, batch_sizes, failed })
+            Ok(Embedded { vectors, batch_sizes, failed, spans: None })
         })
     }
 
@@ -278,6 +314,9 @@ impl Pipeline {
 
     /// The output of `good` (the rows [`Pipeline::prepare`] kept) from their vectors.
     pub fn finish(&self, good: &[usize], embedded: Embedded) -> Finished {
+        if let Some(spans) = &embedded.spans {
+            return self.finish_chunks(good, &embedded.vectors[0], spans);
+        }
         let (vectors, failed) = (embedded.vectors, embedded.failed);
         let finite = |r: usize| {
             vectors.iter().zip(&self.dims).all(|(v, &d)| v[r * d..(r + 1) * d].iter().all(|x| x.is_finite()))
@@ -300,6 +339,29 @@ impl Pipeline {
             columns,
             failed: failed.into_iter().map(|(r, reason)| (good[r], reason)).collect(),
             non_finite: non_finite.iter().map(|&r| good[r]).collect(),
+        }
+    }
+}
+
+impl Pipeline {
+    /// One output row a chunk: its record's row, its vector, its index and span. A record with
+    /// a chunk whose vector is not finite is dropped whole (a dead letter), none of its chunks
+    /// written.
+    fn finish_chunks(&self, good: &[usize], vectors: &[f32], spans: &[ChunkSpan]) -> Finished {
+        let dim = self.dims[0];
+        let finite = |c: usize| vectors[c * dim..(c + 1) * dim].iter().all(|x| x.is_finite());
+        let mut bad: Vec<usize> = (0..spans.len()).filter(|&c| !finite(c)).map(|c| spans[c].text).collect();
+        bad.dedup();
+        let kept: Vec<usize> = (0..spans.len()).filter(|&c| !bad.contains(&spans[c].text)).collect();
+        let values: Vec<f32> = kept.iter().flat_map(|&c| &vectors[c * dim..(c + 1) * dim]).copied().collect();
+        let int = |f: fn(&ChunkSpan) -> usize| {
+            Arc::new(Int32Array::from_iter_values(kept.iter().map(|&c| f(&spans[c]) as i32))) as ArrayRef
+        };
+        Finished {
+            rows: kept.iter().map(|&c| good[spans[c].text]).collect(),
+            columns: vec![Arc::new(embedding_array(values, dim)), int(|s| s.index), int(|s| s.start), int(|s| s.end)],
+            failed: Vec::new(),
+            non_finite: bad.iter().map(|&t| good[t]).collect(),
         }
     }
 }

@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn recent_output_keeps_the_latest() {
-        let recent = RecentOutput::new(2, output_schema(&[]));
+        let recent = RecentOutput::new(2, output_schema(&[], false));
         for n in 1..=3 {
             recent.push(&RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(vec![n])) as _)]).unwrap());
         }

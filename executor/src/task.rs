@@ -22,7 +22,7 @@ use crate::metrics::ExecutorMetrics;
 use crate::model::ModelError;
 use crate::pipeline::{Embedded, Pipeline};
 use crate::reader::{KafkaReader, ReadError};
-use crate::records::{output_schema, RecentOutput, NON_FINITE};
+use crate::records::{RecentOutput, NON_FINITE};
 use embedstream_sinks::kafka::{Origin, Pending};
 use embedstream_sinks::{DeadLetters, Sink, SinkError, TaskInfo, TaskWriter};
 
@@ -224,7 +224,7 @@ async fn windows(
     pending: &mut Pending,
     counts: &mut Counts,
 ) -> Result<(), TaskError> {
-    let schema = output_schema(&ctx.pipeline.outputs());
+    let schema = ctx.pipeline.output_schema();
     let mut in_flight = futures::stream::FuturesOrdered::new();
     let mut read_all = false;
     loop {

@@ -85,6 +85,8 @@ pub struct SinkContext<'a> {
     pub producer: Arc<KafkaProducer>,
     /// The vector columns of the rows it takes, each written as its model's output.
     pub outputs: Vec<rows::Output>,
+    /// Whether its rows are chunks, with [`rows::CHUNK_COLUMNS`].
+    pub chunks: bool,
     pub executor_id: &'a str,
 }
 
@@ -92,7 +94,9 @@ pub struct SinkContext<'a> {
 pub fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &spec.kind {
         SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.outputs))),
-        SinkKind::Parquet(p) => Box::new(Arc::new(parquet::ParquetSink::new(p, ctx.outputs, ctx.executor_id)?)),
+        SinkKind::Parquet(p) => {
+            Box::new(Arc::new(parquet::ParquetSink::new(p, ctx.outputs, ctx.chunks, ctx.executor_id)?))
+        }
     })
 }
 

@@ -35,12 +35,19 @@ impl Output {
     }
 }
 
-/// The rows a task writes: the input record's columns ([`input_schema`]) and one vector column
-/// per output, in order.
-pub fn output_schema(outputs: &[Output]) -> SchemaRef {
+/// The columns of a chunk's row (`chunk_pooling = "none"`): its index among its record's
+/// chunks, and its span of the text's tokens (first, past the last; special tokens not counted).
+pub const CHUNK_COLUMNS: [&str; 3] = ["chunk", "token_start", "token_end"];
+
+/// The rows a task writes: the input record's columns ([`input_schema`]), one vector column per
+/// output, in order, and with `chunks` (a row a chunk) the [`CHUNK_COLUMNS`] (Int32).
+pub fn output_schema(outputs: &[Output], chunks: bool) -> SchemaRef {
     let input = input_schema();
     let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(outputs.iter().map(|o| Field::new(&o.column, embedding_type(o.dim), false)));
+    if chunks {
+        fields.extend(CHUNK_COLUMNS.iter().map(|c| Field::new(*c, DataType::Int32, false)));
+    }
     Arc::new(Schema::new(fields))
 }
 

@@ -89,6 +89,23 @@ dead_letter_topic = "{name}-dlq"
         self.edit(|text| text.replacen("batch_size = 16\nsort_window = 16\n", &batching, 1))
     }
 
+    /// Sets `[model]`'s batching and further keys to `keys` (TOML lines) instead of
+    /// [`Job::new`]'s `batch_size = 16` and `sort_window = 16`.
+    pub fn edit_model(self, keys: &str) -> Job {
+        self.edit(|text| {
+            text.replacen(
+                "batch_size = 16
+sort_window = 16
+",
+                &format!(
+                    "{keys}
+"
+                ),
+                1,
+            )
+        })
+    }
+
     /// Replaces [`Job::new`]'s `[model]` with `models`: `[input]` and `[[models]]` sections.
     pub fn with_models(self, models: &str) -> Job {
         self.replace_section("model", "[model]\n", "\n\n", &format!("{models}\n\n"))

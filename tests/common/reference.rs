@@ -93,3 +93,18 @@ pub fn onnx_image_vectors(
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     python(&refs, &serde_json::Value::Null)
 }
+
+/// One window of a text as `chunk_pooling = "none"` outputs it: its token span and vector.
+#[derive(Debug, serde::Deserialize)]
+pub struct ChunkVector {
+    pub start: usize,
+    pub end: usize,
+    pub vector: Vec<f32>,
+}
+
+/// Python onnxruntime's vector of each window of each text, with the window's token span.
+pub fn onnx_each_chunk(texts: &[String], max_seq_len: usize, overlap: usize) -> Vec<Vec<ChunkVector>> {
+    let (max_seq_len, overlap) = (max_seq_len.to_string(), overlap.to_string());
+    let args = [&fixture("make_reference.py"), "--stdin", "--max-seq-len", &max_seq_len, "--chunk", &overlap];
+    python(&[&args[..], &["--each-chunk"]].concat(), &texts)
+}

@@ -285,6 +285,12 @@ impl JobSpec {
         files
     }
 
+    /// Whether the query's rows are chunks (`chunk_pooling = "none"`): one output per chunk of
+    /// a record, with its index and token span.
+    pub fn chunk_outputs(&self) -> bool {
+        self.text_models().iter().any(|m| m.chunk_pooling == ChunkPooling::Each)
+    }
+
     /// The image models (`image-onnx` entries), in order.
     pub fn image_models(&self) -> Vec<&ImageSpec> {
         (self.models.iter())
@@ -418,6 +424,16 @@ impl JobSpec {
                 m.validate("model", &self.input)?;
             }
             (None, false) => model::validate_entries(&self.models, &self.input)?,
+        }
+        // One output per chunk makes several rows of a record: the query's one model.
+        let entries = self.model_entries().len();
+        if let Some((at, _)) = self.text_models_at().into_iter().find(|(_, m)| m.chunk_pooling == ChunkPooling::Each) {
+            if entries > 1 {
+                return Err(SpecError::new(
+                    &format!("{at}.chunk_pooling"),
+                    "\"none\" (one output per chunk) is for a query of one model: its rows are chunks, not records",
+                ));
+            }
         }
         let names: Vec<String> = self.model_entries().iter().map(|e| e.name().to_string()).collect();
         if let Some(unknown) = self.sink.common.models.iter().find(|n| !names.contains(n)) {

@@ -42,13 +42,17 @@ pub enum LongText {
     Chunk,
 }
 
-/// How the chunks of a long text make its one vector.
+/// What the chunks of a long text give.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkPooling {
-    /// The mean of the chunks' vectors, scaled to length 1 if the model normalises.
+    /// One vector: the mean of the chunks', scaled to length 1 if the model normalises.
     #[default]
     Mean,
+    /// One output per chunk (`"none"`), with its index and token span: a vector traces back to
+    /// its record's offset and its place in the text.
+    #[serde(rename = "none")]
+    Each,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +196,9 @@ impl ModelSpec {
                 &key("chunk_overlap"),
                 format!("must be at most half of {at}.max_seq_len's tokens less 2 special ones: {most_overlap}"),
             ));
+        }
+        if m.chunk_pooling == ChunkPooling::Each && m.long_text != LongText::Chunk {
+            return Err(SpecError::new(&key("chunk_pooling"), "is only read with long_text = \"chunk\""));
         }
         if !(1..=4096).contains(&m.batch_size) {
             return Err(SpecError::new(&key("batch_size"), "must be between 1 and 4096"));

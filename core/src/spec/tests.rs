@@ -391,6 +391,11 @@ fn model_and_input_errors_name_their_key() {
     let e = load(&chunked("long_text = \"chunk\"\nmax_seq_len = 64\nchunk_overlap = 32")).unwrap_err();
     assert_eq!(e.key, "models[1].chunk_overlap");
     assert!(e.message.contains("31"), "{e}");
+    // One output per chunk: the query's one model, and only with chunks.
+    let e = load(&chunked("long_text = \"chunk\"\nchunk_pooling = \"none\"")).unwrap_err();
+    assert_eq!(e.key, "models[1].chunk_pooling");
+    assert!(e.message.contains("one model"), "{e}");
+    assert_eq!(load(&chunked("chunk_pooling = \"none\"")).unwrap_err().key, "models[1].chunk_pooling");
     let e = load(&chunked("long_text = \"split\"")).unwrap_err();
     assert_eq!(e.key, "models[1].long_text");
     assert!(e.message.contains("chunk"), "{e}");
@@ -432,6 +437,10 @@ fn a_spec_has_model_or_models() {
     assert_ne!(neither, spec(&f, "", ""));
     let e = load(&neither).unwrap_err();
     assert_eq!(e.key, "model", "{e}");
+    // One output per chunk, the query's one model.
+    let each = spec(&f, "", "").replace("[model]\n", "[model]\nlong_text = \"chunk\"\nchunk_pooling = \"none\"\n");
+    assert!(load(&each).unwrap().chunk_outputs());
+    assert!(!load(&spec(&f, "", "")).unwrap().chunk_outputs());
     // `[model]` is named by its id.
     let named = spec(&f, "", "").replace("[model]\n", "[model]\nname = \"x\"\n");
     assert_eq!(load(&named).unwrap_err().key, "model.name");

@@ -3,7 +3,8 @@
 //! that overlap by `chunk_overlap`; each window's text (the source between its first token's
 //! start and its last token's end) is embedded by the model's workers as any text is, in their
 //! length-sorted batches; a text's vector is the mean of its chunks' (`chunk_pooling = "mean"`),
-//! scaled to length 1 if the model normalises. A text that fits one window is embedded whole,
+//! scaled to length 1 if the model normalises, or each chunk is an output of its own with its
+//! index and token span (`chunk_pooling = "none"`, [`Chunked::embed_each`]). A text that fits one window is embedded whole,
 //! as `truncate` would. A window cut inside a word starts its text mid-word, which the
 //! tokenizer reads as a word of its own: a chunk may then be a token or two over the window and
 //! lose them to truncation.
@@ -40,22 +41,59 @@ impl Chunked {
 
     /// `text`'s chunks: itself if it fits one window, else each window's source text.
     pub fn chunks<'t>(&self, text: &'t str) -> Vec<&'t str> {
-        let Ok(encoding) = self.tokenizer.encode(text, false) else { return vec![text] };
+        self.windows(text).into_iter().map(|(piece, _)| piece).collect()
+    }
+
+    /// `text`'s chunks with their spans of its tokens (first, past the last).
+    fn windows<'t>(&self, text: &'t str) -> Vec<(&'t str, (usize, usize))> {
+        let Ok(encoding) = self.tokenizer.encode(text, false) else { return vec![(text, (0, 0))] };
         let offsets = encoding.get_offsets();
         if offsets.len() <= self.window {
-            return vec![text];
+            return vec![(text, (0, offsets.len()))];
         }
         let mut out = Vec::new();
         let mut start = 0;
         loop {
             let end = (start + self.window).min(offsets.len());
-            out.push(&text[offsets[start].0..offsets[end - 1].1]);
+            out.push((&text[offsets[start].0..offsets[end - 1].1], (start, end)));
             if end == offsets.len() {
                 return out;
             }
             start += self.stride;
         }
     }
+
+    /// One vector a chunk (`chunk_pooling = "none"`): the chunks' vectors, one after the other,
+    /// each chunk's text, index and token span, and the size of each batch that ran.
+    pub async fn embed_each(&self, texts: Vec<String>) -> Result<EachChunk, ModelError> {
+        let mut spans = Vec::new();
+        let mut pieces = Vec::new();
+        for (t, text) in texts.iter().enumerate() {
+            for (index, (piece, (start, end))) in self.windows(text).into_iter().enumerate() {
+                spans.push(ChunkSpan { text: t, index, start, end });
+                pieces.push(piece.to_string());
+            }
+        }
+        let (vectors, batch_sizes) = self.inner.clone().embed(pieces).await?;
+        Ok(EachChunk { vectors, spans, batch_sizes })
+    }
+}
+
+/// Where a chunk's vector comes from: its text (in the call's order), its index among that
+/// text's chunks, and its span of the text's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSpan {
+    pub text: usize,
+    pub index: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// What [`Chunked::embed_each`] gives.
+pub struct EachChunk {
+    pub vectors: Vec<f32>,
+    pub spans: Vec<ChunkSpan>,
+    pub batch_sizes: Vec<usize>,
 }
 
 impl Embed for Chunked {
@@ -130,5 +168,16 @@ mod tests {
         let mean = (39.0 + 39.0 + 31.0) / 3.0;
         assert_eq!(vectors, [3.0, 1.0, mean, 1.0]);
         assert_eq!(batches, [4]);
+    }
+
+    #[tokio::test]
+    async fn each_chunk_is_an_output_with_its_span() {
+        let c = chunked(12, 4);
+        let long = (0..20).map(|_| "red").collect::<Vec<_>>().join(" ");
+        let each = c.embed_each(vec![long, "hat".into()]).await.unwrap();
+        let spans: Vec<(usize, usize, usize, usize)> =
+            each.spans.iter().map(|s| (s.text, s.index, s.start, s.end)).collect();
+        assert_eq!(spans, [(0, 0, 0, 10), (0, 1, 6, 16), (0, 2, 12, 20), (1, 0, 0, 1)]);
+        assert_eq!(each.vectors, [39.0, 1.0, 39.0, 1.0, 31.0, 1.0, 3.0, 1.0]);
     }
 }

@@ -8,7 +8,9 @@
 //! several models writes, for each input record, one record per model, in `[[models]]` order
 //! (`sink.models` picks which), one after the other in the same partition. A consumer that
 //! wants one model's vectors filters on `es.model`; one record carrying every vector would
-//! make every consumer decode them all. The producer is idempotent, so librdkafka's own retries neither duplicate nor
+//! make every consumer decode them all. When rows are chunks (`chunk_pooling = "none"`), each
+//! record also carries its chunk's index and token span: `es.chunk`, `es.token_start`,
+//! `es.token_end`. The producer is idempotent, so librdkafka's own retries neither duplicate nor
 //! reorder records; a task that is retried as a whole may write its records again
 //! (at-least-once).
 
@@ -27,7 +29,7 @@ use rdkafka::producer::FutureRecord;
 pub use producer::{KafkaProducer, Origin, Pending};
 
 use crate::commit::{BatchCommitter, BatchRange, CommitError, Published};
-use crate::rows::Output;
+use crate::rows::{Output, CHUNK_COLUMNS};
 use crate::{SinkError, TaskInfo, TaskOutput, TaskWriter};
 use producer::origin_headers;
 
@@ -52,12 +54,17 @@ impl KafkaSink {
         origin: &Origin<'_>,
         model: &str,
         vector: &[f32],
+        chunk: Option<[i32; 3]>,
     ) -> Result<(), SinkError> {
         let payload = encode(self.format, vector);
-        let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
-            .partition(partition)
-            .payload(&payload)
-            .headers(origin_headers(origin, model));
+        let mut headers = origin_headers(origin, model);
+        for (name, value) in
+            chunk.iter().flat_map(|c| ["es.chunk", "es.token_start", "es.token_end"].into_iter().zip(*c))
+        {
+            headers = headers.insert(rdkafka::message::Header { key: name, value: Some(&value.to_string()) });
+        }
+        let record =
+            FutureRecord::<[u8], [u8]>::to(&self.topic).partition(partition).payload(&payload).headers(headers);
         let record = match origin.key {
             Some(k) => record.key(k),
             None => record,
@@ -100,6 +107,11 @@ impl TaskWriter for KafkaTaskWriter {
                     (o.model.as_str(), values.values().as_ref(), column.value_length() as usize)
                 })
                 .collect();
+            // Rows that are chunks: their index and token span.
+            let chunks: Option<Vec<&Int32Array>> = match rows.column_by_name(CHUNK_COLUMNS[0]) {
+                Some(_) => Some(CHUNK_COLUMNS.iter().map(|c| column(rows, c)).collect()),
+                None => None,
+            };
             let mut pending = Pending::default();
             for i in 0..rows.num_rows() {
                 let origin = Origin {
@@ -108,9 +120,10 @@ impl TaskWriter for KafkaTaskWriter {
                     offset: offsets.value(i),
                     key: keys.is_valid(i).then(|| keys.value(i)),
                 };
+                let chunk = chunks.as_ref().map(|c| [c[0].value(i), c[1].value(i), c[2].value(i)]);
                 for &(model, values, dim) in &vectors {
                     let vector = &values[i * dim..(i + 1) * dim];
-                    self.sink.send_embedding(&mut pending, self.partition, &origin, model, vector).await?;
+                    self.sink.send_embedding(&mut pending, self.partition, &origin, model, vector, chunk).await?;
                 }
             }
             let stamps = timestamps.iter().flatten().collect();

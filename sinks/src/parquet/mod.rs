@@ -5,8 +5,9 @@
 //!
 //! Columns: `key` (binary), `topic`, `partition`, `offset`, `kafka_timestamp` (ms, UTC), then
 //! for one model `model` and `embedding` (FixedSizeList<Float32>), for several one
-//! `embedding_<name>` column per written model, and `value` (the record's value as text) when
-//! `sink.columns` asks for it.
+//! `embedding_<name>` column per written model, `chunk`, `token_start` and `token_end` (Int32)
+//! when rows are chunks (`chunk_pooling = "none"`), and `value` (the record's value as text)
+//! when `sink.columns` asks for it.
 //!
 //! A table on HDFS (`path = "hdfs://..."`) is written the same way through
 //! [`embedstream_core::store`]: each task attempt's file is built in memory and written whole
@@ -34,7 +35,7 @@ use parquet::file::properties::WriterProperties;
 
 pub use committer::ManifestCommitter;
 
-use crate::rows::{embedding_type, Output};
+use crate::rows::{embedding_type, Output, CHUNK_COLUMNS};
 use crate::{SinkError, TaskInfo, TaskOutput, TaskWriter};
 
 pub struct ParquetSink {
@@ -42,6 +43,8 @@ pub struct ParquetSink {
     partition_by: PartitionBy,
     with_value: bool,
     outputs: Vec<Output>,
+    /// Rows are chunks: the chunk's index and token span are columns too.
+    chunks: bool,
     /// Tells apart the files of attempts that share batch, task and attempt numbers (a driver
     /// that ran the batch again after a restart).
     unique: String,
@@ -49,7 +52,12 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    pub fn new(spec: &ParquetSinkSpec, outputs: Vec<Output>, executor_id: &str) -> Result<ParquetSink, SinkError> {
+    pub fn new(
+        spec: &ParquetSinkSpec,
+        outputs: Vec<Output>,
+        chunks: bool,
+        executor_id: &str,
+    ) -> Result<ParquetSink, SinkError> {
         let table = spec.path.clone();
         store::create_dir_all(&table, false).map_err(|e| file_error(&table, e))?;
         let with_value = spec.with_value();
@@ -66,6 +74,9 @@ impl ParquetSink {
         } else {
             fields.extend(outputs.iter().map(|o| Field::new(&o.column, embedding_type(o.dim), false)));
         }
+        if chunks {
+            fields.extend(CHUNK_COLUMNS.iter().map(|c| Field::new(*c, DataType::Int32, false)));
+        }
         if with_value {
             fields.push(Field::new("value", DataType::Utf8, true));
         }
@@ -75,6 +86,7 @@ impl ParquetSink {
             partition_by: spec.partition_by,
             with_value,
             outputs,
+            chunks,
             unique: format!("{executor_id}-{:x}", started.as_nanos()),
             schema: Arc::new(Schema::new(fields)),
         })
@@ -93,6 +105,9 @@ impl ParquetSink {
             columns.push(Arc::new(StringArray::from(vec![one.model.as_str(); rows.num_rows()])));
         }
         columns.extend(self.outputs.iter().map(|o| col(&o.column)));
+        if self.chunks {
+            columns.extend(CHUNK_COLUMNS.iter().map(|c| col(c)));
+        }
         if self.with_value {
             let values = col("value");
             let values = values.as_any().downcast_ref::<BinaryArray>().expect("binary values");

@@ -4,7 +4,7 @@
 //! Fetching: the executor's fetcher against the tests' image host on loopback, each way a host
 //! fails giving its reason, and loopback refused unless `fetch.allow` lists it.
 //! The `image-onnx` model: a product-shaped job (JSON records with a title, a description and
-//! an image URL; a text model, EfficientNet-Lite0 and their concatenation) against a real
+//! an image URL; two text models, EfficientNet-Lite0 and a concatenation) against a real
 //! Apache Kafka broker gives Python onnxruntime's vectors, and every image that cannot be had
 //! is a dead letter with its reason. The image model's forked workers: one killed mid-batch is
 //! replaced and every image gets its vector once; clip art of one of Debian's openclipart
@@ -214,6 +214,14 @@ fields = { title = "/title", description = "/description", image = "/image_url" 
 required = ["title", "image"]
 
 [[models]]
+name = "title"
+kind = "text-onnx"
+text = "{title}"
+onnx = "TEXT/model.onnx"
+tokenizer = "TEXT/tokenizer.json"
+batch_size = 4
+
+[[models]]
 name = "text"
 kind = "text-onnx"
 text = "{title}. {description}"
@@ -268,11 +276,11 @@ fn product_records_get_text_image_and_combined_vectors_and_images_that_fail_thei
     paths.push(("/files/chelsea.jpg".to_string(), "chelsea.jpg"));
     let sentences = texts(2 * paths.len(), 31);
     let mut records: Vec<RawRecord> = Vec::new();
-    let mut good: BTreeMap<i64, (String, &str)> = BTreeMap::new();
+    let mut good: BTreeMap<i64, (String, String, &str)> = BTreeMap::new();
     for (n, (path, name)) in paths.iter().enumerate() {
         let (title, description) = (&sentences[2 * n], &sentences[2 * n + 1]);
         let doc = serde_json::json!({ "title": title, "description": description, "image_url": server.url(path) });
-        good.insert(records.len() as i64, (format!("{title}. {description}"), *name));
+        good.insert(records.len() as i64, (title.clone(), format!("{title}. {description}"), *name));
         records.push((0, Some(format!("sku-{n}").into_bytes()), Some(doc.to_string().into_bytes())));
     }
     // Bad products, each with the start of its dead letter's reason.
@@ -318,19 +326,22 @@ fn product_records_get_text_image_and_combined_vectors_and_images_that_fail_thei
     assert_eq!(broker.committed("shop-group", "shop", 1), broker.high_watermarks("shop", 1), "every offset committed");
 
     // Every good record once, with the vectors Python computes for its text and its image.
-    let (rows, count) = read_vectors(&table, &["embedding_text", "embedding_image", "embedding_product"]);
+    let columns = ["embedding_title", "embedding_text", "embedding_image", "embedding_product"];
+    let (rows, count) = read_vectors(&table, &columns);
     assert_eq!(count, good.len());
     let files: Vec<PathBuf> = exact.iter().chain(["chelsea.jpg"].iter()).map(|n| images.path().join(n)).collect();
     let want_images = onnx_image_vectors(&effnet(), "embedding", &effnet_preprocess(), &files);
-    let texts: Vec<String> = good.values().map(|(t, _)| t.clone()).collect();
-    let want_texts = onnx_embeddings(&texts);
+    let titles: Vec<String> = good.values().map(|(t, _, _)| t.clone()).collect();
+    let texts: Vec<String> = good.values().map(|(_, t, _)| t.clone()).collect();
+    let (want_texts, want_titles) = (onnx_embeddings(&texts), onnx_embeddings(&titles));
     let (mut worst, mut jpeg_cosine) = (0f32, 1f32);
-    for (n, (offset, (_, name))) in good.iter().enumerate() {
+    for (n, (offset, (_, _, name))) in good.iter().enumerate() {
         let (_, vectors) = rows.get(&(0, *offset)).unwrap_or_else(|| panic!("offset {offset} has no row"));
-        let [text, image, product] = &vectors[..] else { panic!("three vector columns") };
+        let [title, text, image, product] = &vectors[..] else { panic!("four vector columns") };
         assert_eq!((text.len(), image.len(), product.len()), (DIM, EFFNET_DIM, DIM + EFFNET_DIM));
         let want_image = &want_images[files.iter().position(|f| f.ends_with(name)).unwrap()];
-        worst = worst.max(max_diff(text, &want_texts[n])).max(max_diff(product, &numpy_concat(&[text, image])));
+        worst = worst.max(max_diff(title, &want_titles[n])).max(max_diff(text, &want_texts[n]));
+        worst = worst.max(max_diff(product, &numpy_concat(&[text, image])));
         if name.ends_with(".jpg") {
             jpeg_cosine = cosine(image, want_image);
         } else {

@@ -82,6 +82,26 @@ impl Server {
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.1)
     }
+
+    /// The host's CPU time so far (it shares this machine's cores with the model).
+    fn cpu(&self) -> Duration {
+        cpu_time(&format!("/proc/{}/stat", self.0.id()))
+    }
+}
+
+/// User and system CPU time of the process whose `/proc/<pid>/stat` is `stat`.
+fn cpu_time(stat: &str) -> Duration {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let fields: Vec<u64> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
 impl Drop for Server {
@@ -229,17 +249,24 @@ fn main() {
         rate(IMAGES, started.elapsed())
     });
     // 2. From URLs, at once and with latency.
+    // Each run's rate, and the CPU the image host and this process (fetching, decoding,
+    // batching) spent an image.
     let from = |prefix: &str| {
         let urls: Vec<String> = names.iter().map(|n| server.url(&format!("{prefix}{n}"))).collect();
-        twice(&|| {
+        let run = || {
+            let (host, here) = (server.cpu(), cpu_time("/proc/self/stat"));
             let started = Instant::now();
             let out = rt.block_on(pool.embed(urls.clone())).unwrap();
             assert!(out.failed.is_empty(), "{:?}", out.failed);
-            rate(IMAGES, started.elapsed())
-        })
+            let per_image = |d: Duration| d.as_secs_f64() * 1000.0 / IMAGES as f64;
+            let cpu = (per_image(server.cpu() - host), per_image(cpu_time("/proc/self/stat") - here));
+            (rate(IMAGES, started.elapsed()), cpu)
+        };
+        run();
+        run()
     };
-    let local = from("/files/");
-    let slow = from(&format!("/slow/{LATENCY_MS}/"));
+    let (local, (local_host_ms, local_here_ms)) = from("/files/");
+    let (slow, _) = from(&format!("/slow/{LATENCY_MS}/"));
 
     // 3. The Prod2Vec-shaped pipeline on JSON records, images with the latency.
     let prod2vec = prod2vec_spec();
@@ -288,12 +315,17 @@ fn main() {
         "\nProd2Vec shape (2 text towers + image, concatenated), {LATENCY_MS} ms latency: {records_per_s:.1} records/s"
     );
     println!("decoding and preprocessing one image, on one core: {decode_per_image_ms:.1} ms");
+    println!(
+        "CPU an image from URLs, on the model's cores: the image host {local_host_ms:.1} ms, this process (fetch, decode, \
+         batches) {local_here_ms:.1} ms"
+    );
 
     let report = serde_json::json!({
         "cores": cores, "images": IMAGES, "batch_size": BATCH, "latency_ms": LATENCY_MS,
         "raw_images_per_s": raw, "from_urls_images_per_s": local, "from_urls_with_latency_images_per_s": slow,
         "with_latency_vs_raw": slow / raw, "prod2vec_records_per_s": records_per_s,
-        "decode_ms_per_image": decode_per_image_ms, "seed_per_cpu": [SEED_PER_CPU.0, SEED_PER_CPU.1],
+        "decode_ms_per_image": decode_per_image_ms, "host_cpu_ms_per_image": local_host_ms,
+        "executor_side_cpu_ms_per_image": local_here_ms, "seed_per_cpu": [SEED_PER_CPU.0, SEED_PER_CPU.1],
     });
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/embedstream-bench");
     std::fs::create_dir_all(&out).unwrap();

@@ -65,7 +65,7 @@ embedstream demo: {n} products from topic 'products' (2 partitions): a text mode
                      embedding_product (both, concatenated and normalised, 1664)
   dead letters       {s['dead_letters']}  -> topic 'products-dlq'
   processing time    {s['processing_seconds']:.2f} s ({s['embeddings'] / max(s['processing_seconds'], 1e-9):.1f} products/s, 1 executor of 2 cores)
-  images             clip art of {len(set(folders))} openclipart folders, served by {work}/images.log's host;
+  images             clip art of {len(set(folders))} openclipart folders, served on loopback (python3 -m http.server);
                      {same:.0%} of pictures have as nearest neighbour (by image vector) one of their own folder
   files              {work}/job.toml, checkpoint {work}/checkpoint, driver log {work}/run.log""")
 PY

@@ -159,11 +159,6 @@ impl ModelSpec {
         }
     }
 
-    /// How long a worker may take for a batch of `texts` texts before it counts as hung.
-    pub fn worker_deadline(&self, texts: usize) -> Duration {
-        WORKER_GRACE + self.worker_timeout_per_text.get().saturating_mul(texts.max(1) as u32)
-    }
-
     /// The template of its input text.
     pub fn template(&self) -> Template {
         template_of(&self.text)
@@ -327,11 +322,6 @@ impl ImageSpec {
     /// The template of its image's URL.
     pub fn template(&self) -> Template {
         template_of(&self.image_url)
-    }
-
-    /// How long a worker may take for a batch of `images` images before it counts as hung.
-    pub fn worker_deadline(&self, images: usize) -> Duration {
-        WORKER_GRACE + self.worker_timeout_per_image.get().saturating_mul(images.max(1) as u32)
     }
 
     fn validate(&self, at: &str, input: &InputSpec) -> Result<(), SpecError> {

@@ -4,7 +4,8 @@
 //!     deploy/setup.sh --python && cargo bench --bench images
 //!
 //! EfficientNet-Lite0 (the setup's, 1280-dim) on clip art from Debian's openclipart-png, served
-//! by the tests' image host on loopback, one forked worker a core. Images per second of:
+//! by the tests' image host on loopback, one forked worker a core, each image three times over in
+//! one window (288 images). Images per second of:
 //! 1. the model's raw speed: the images decoded and preprocessed beforehand, their tensors sent
 //!    to the workers in batches (the limit: inference and the wire only);
 //! 2. end to end from URLs (`ImagePool`: fetch, decode, preprocess, batches to the workers),
@@ -35,6 +36,9 @@ use embedstream_executor::model::{self, wire};
 use embedstream_executor::pipeline::{Backend, Pipeline};
 
 const IMAGES: usize = 96;
+/// Each image is in a window this many times (under other URLs for the fetches): a window of
+/// 288 images, as a task's window of records would hold.
+const ROUNDS: usize = 3;
 const BATCH: usize = 16;
 const LATENCY_MS: u64 = 100;
 /// The seed's figures for its ResNet-50 on product images: images per second per CPU.
@@ -208,8 +212,8 @@ fn main() {
     }
     let server = Server::start(served.path());
     println!(
-        "embedstream bench: EfficientNet-Lite0 on {IMAGES} openclipart PNGs ({:.0} kB on average), {cores} cores, \
-         {cores} workers, batches of {BATCH}\n",
+        "embedstream bench: EfficientNet-Lite0 on {IMAGES} openclipart PNGs ({:.0} kB on average) {ROUNDS} times \
+         over, {cores} cores, {cores} workers, batches of {BATCH}\n",
         bytes as f64 / IMAGES as f64 / 1000.0
     );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build().unwrap();
@@ -243,24 +247,28 @@ fn main() {
     let raw = twice(&|| {
         let started = Instant::now();
         rt.block_on(async {
-            let calls = frames.iter().map(|(n, frame)| pool.workers().run(wire::IMAGES, frame, *n));
+            let all = frames.iter().cycle().take(frames.len() * ROUNDS);
+            let calls = all.map(|(n, frame)| pool.workers().run(wire::IMAGES, frame, *n));
             futures::future::try_join_all(calls).await.unwrap();
         });
-        rate(IMAGES, started.elapsed())
+        rate(IMAGES * ROUNDS, started.elapsed())
     });
     // 2. From URLs, at once and with latency.
     // Each run's rate, and the CPU the image host and this process (fetching, decoding,
     // batching) spent an image.
     let from = |prefix: &str| {
-        let urls: Vec<String> = names.iter().map(|n| server.url(&format!("{prefix}{n}"))).collect();
+        let urls: Vec<String> = (0..ROUNDS)
+            .flat_map(|r| names.iter().map(move |n| (r, n)))
+            .map(|(r, n)| server.url(&format!("{prefix}{n}?round={r}")))
+            .collect();
         let run = || {
             let (host, here) = (server.cpu(), cpu_time("/proc/self/stat"));
             let started = Instant::now();
             let out = rt.block_on(pool.embed(urls.clone())).unwrap();
             assert!(out.failed.is_empty(), "{:?}", out.failed);
-            let per_image = |d: Duration| d.as_secs_f64() * 1000.0 / IMAGES as f64;
+            let per_image = |d: Duration| d.as_secs_f64() * 1000.0 / urls.len() as f64;
             let cpu = (per_image(server.cpu() - host), per_image(cpu_time("/proc/self/stat") - here));
-            (rate(IMAGES, started.elapsed()), cpu)
+            (rate(urls.len(), started.elapsed()), cpu)
         };
         run();
         run()
@@ -321,7 +329,7 @@ fn main() {
     );
 
     let report = serde_json::json!({
-        "cores": cores, "images": IMAGES, "batch_size": BATCH, "latency_ms": LATENCY_MS,
+        "cores": cores, "images": IMAGES, "rounds": ROUNDS, "batch_size": BATCH, "latency_ms": LATENCY_MS,
         "raw_images_per_s": raw, "from_urls_images_per_s": local, "from_urls_with_latency_images_per_s": slow,
         "with_latency_vs_raw": slow / raw, "prod2vec_records_per_s": records_per_s,
         "decode_ms_per_image": decode_per_image_ms, "host_cpu_ms_per_image": local_host_ms,

@@ -35,7 +35,7 @@ if [ "$PRODUCTS" = 1 ]; then
   # The image host: the records' pictures, served over HTTP on loopback.
   IMAGES=$(free_port)
   python3 -I deploy/demo/products.py "$N" "$WORK/images" "http://127.0.0.1:$IMAGES" >"$WORK/products.jsonl"
-  python3 -m http.server --bind 127.0.0.1 --directory "$WORK/images" "$IMAGES" >"$WORK/images.log" 2>&1 &
+  python3 -I deploy/demo/products.py serve "$WORK/images" "$IMAGES" >"$WORK/images.log" 2>&1 &
   HOST=$!
   trap 'kill $HOST 2>/dev/null; deploy/broker.sh stop "$WORK/broker"' EXIT
   "$BIN" produce --bootstrap-servers "127.0.0.1:$PORT" --topic products --partitions 2 --keyed <"$WORK/products.jsonl"
@@ -65,7 +65,7 @@ embedstream demo: {n} products from topic 'products' (2 partitions): a text mode
                      embedding_product (both, concatenated and normalised, 1664)
   dead letters       {s['dead_letters']}  -> topic 'products-dlq'
   processing time    {s['processing_seconds']:.2f} s ({s['embeddings'] / max(s['processing_seconds'], 1e-9):.1f} products/s, 1 executor of 2 cores)
-  images             clip art of {len(set(folders))} openclipart folders, served on loopback (python3 -m http.server);
+  images             clip art of {len(set(folders))} openclipart folders, served on loopback;
                      {same:.0%} of pictures have as nearest neighbour (by image vector) one of their own folder
   files              {work}/job.toml, checkpoint {work}/checkpoint, driver log {work}/run.log""")
 PY

@@ -5,7 +5,10 @@ over HTTP at URL_BASE. A product's title comes from its picture's name and folde
 computer, tools...), its description from real English text.
 
     python3 deploy/demo/products.py N DIR URL_BASE > products.jsonl
+    python3 deploy/demo/products.py serve DIR PORT     the image host, on 127.0.0.1:PORT
 """
+import functools
+import http.server
 import json
 import pathlib
 import shutil
@@ -23,7 +26,24 @@ def pictures(folder):
     return files
 
 
+class Host(http.server.ThreadingHTTPServer):
+    # A deep listen backlog: http.server's 5 drops connections when an executor opens 32 at
+    # once, and each dropped one waits a second for its SYN to be sent again.
+    request_queue_size = 256
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve(directory, port):
+    Host(("127.0.0.1", port), functools.partial(Quiet, directory=directory)).serve_forever()
+
+
 def main():
+    if sys.argv[1] == "serve":
+        return serve(sys.argv[2], int(sys.argv[3]))
     n, out, base = int(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3].rstrip("/")
     out.mkdir(parents=True, exist_ok=True)
     lists = [(f, pictures(f)) for f in FOLDERS]

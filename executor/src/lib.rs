@@ -198,8 +198,10 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             outputs: pipeline.outputs(),
             chunks: pipeline.chunked(),
             executor_id: &args.executor_id,
+            password: spec.sink_password_value(&secrets)?,
         },
-    )?;
+    )
+    .await?;
     let metrics_address =
         telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone(), &args.tls)
             .await

@@ -24,7 +24,7 @@ use crate::pipeline::{Embedded, Pipeline};
 use crate::reader::{KafkaReader, ReadError};
 use crate::records::{RecentOutput, NON_FINITE};
 use embedstream_sinks::kafka::{Origin, Pending};
-use embedstream_sinks::{DeadLetters, Sink, SinkError, TaskInfo, TaskWriter};
+use embedstream_sinks::{Admit, DeadLetters, Sink, SinkError, TaskInfo, TaskWriter};
 
 pub struct TaskContext {
     pub executor_id: String,
@@ -235,6 +235,7 @@ async fn windows(
             };
             let chunk = chunk.map_err(TaskError::Read)?;
             counts.rows_read += chunk.num_rows() as u64;
+            let chunk = admit(ctx, def, range, chunk, writer, pending, counts).await?;
             let rows = Rows::of(&chunk);
             let prepared =
                 ctx.pipeline.prepare((0..chunk.num_rows()).map(|i| (rows.key(i), rows.value(i), rows.headers(i))));
@@ -285,6 +286,41 @@ async fn windows(
         ctx.recent.push(&output);
         counts.sink_micros += sink_started.elapsed().as_micros() as u64;
     }
+}
+
+/// The rows of `chunk` the sink takes to embed ([`Sink::admit`]): tombstones it deletes are
+/// handed to the writer now (the sink orders them against rows by offset), records it refuses
+/// go to the dead-letter topic. Most sinks take every record: the chunk comes back as it was.
+async fn admit(
+    ctx: &Arc<TaskContext>,
+    def: &TaskDefinition,
+    range: &OffsetRange,
+    chunk: RecordBatch,
+    writer: &mut dyn TaskWriter,
+    pending: &mut Pending,
+    counts: &mut Counts,
+) -> Result<RecordBatch, TaskError> {
+    let rows = Rows::of(&chunk);
+    let (mut embed, mut delete) = (Vec::with_capacity(chunk.num_rows()), Vec::new());
+    for i in 0..chunk.num_rows() {
+        match ctx.sink.admit(rows.key(i), rows.value(i)) {
+            Admit::Embed => embed.push(i as u32),
+            Admit::Delete => delete.push(i as u32),
+            Admit::Refuse(reason) => dead_letter(ctx, def, range, &rows, pending, i, &reason, counts).await?,
+        }
+    }
+    if embed.len() == chunk.num_rows() {
+        return Ok(chunk);
+    }
+    let take = |indices: Vec<u32>| {
+        arrow_select::take::take_record_batch(&chunk, &UInt32Array::from(indices)).expect("indices in range")
+    };
+    if !delete.is_empty() {
+        let sink_started = Instant::now();
+        writer.delete(&take(delete)).await?;
+        counts.sink_micros += sink_started.elapsed().as_micros() as u64;
+    }
+    Ok(take(embed))
 }
 
 /// A chunk's columns the checks and the dead letters read.

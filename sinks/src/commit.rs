@@ -1,10 +1,12 @@
 //! The sink's driver-side half: once every task of a batch succeeded, its committer publishes
 //! what the tasks wrote, and before a batch runs it says whether an earlier run of this query
 //! published it already (a driver that stopped between publishing and its commit log). The
-//! batch loop calls it without knowing the sink's kind; [`crate::committer`] picks it.
+//! batch loop calls it without knowing the sink's kind; [`crate::committer`] picks it. Its calls
+//! are futures: a committer may talk to a server (pgvector's offsets table).
 
 use embedstream_core::manifest::{ManifestError, ManifestFile};
 use embedstream_core::offsets::PartitionOffsets;
+use futures::future::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -20,6 +22,8 @@ pub enum CommitError {
         "sink.path {table}: a task returned the file `{file}`, which is not a relative path inside the table; refused"
     )]
     OutsideTable { table: String, file: String },
+    #[error(transparent)]
+    Sink(#[from] crate::SinkError),
 }
 
 /// A table whose manifest for this batch another query wrote.
@@ -50,9 +54,13 @@ pub struct Published {
 pub trait BatchCommitter: Send + Sync {
     /// What the sink holds of this batch from an earlier run of this query, or `None` when it
     /// must run.
-    fn published(&self, batch: &BatchRange<'_>) -> Result<Option<Published>, CommitError>;
+    fn published<'a>(&'a self, batch: &'a BatchRange<'a>) -> BoxFuture<'a, Result<Option<Published>, CommitError>>;
 
     /// Makes the batch's output visible (`files`: what the successful attempts wrote, for file
     /// sinks); called once, after every task succeeded.
-    fn publish(&self, batch: &BatchRange<'_>, files: &[ManifestFile]) -> Result<(), CommitError>;
+    fn publish<'a>(
+        &'a self,
+        batch: &'a BatchRange<'a>,
+        files: &'a [ManifestFile],
+    ) -> BoxFuture<'a, Result<(), CommitError>>;
 }

@@ -3,32 +3,37 @@
 //! `embedstream_core::spec::SinkKind`, because every process parses the spec. The contract:
 //!
 //! - [`Sink::open`] once per task attempt, giving a [`TaskWriter`];
+//! - [`Sink::admit`] for each record before any model sees it: embed it (the default), delete
+//!   its key's output (a tombstone, for a sink keyed by Kafka key), or refuse it with a reason
+//!   (to the dead-letter topic);
 //! - [`TaskWriter::write`] for each window of embedded rows, in offset order (the columns of
-//!   [`rows::output_schema`]);
+//!   [`rows::output_schema`]), and [`TaskWriter::delete`] for the tombstones of a window;
 //! - [`TaskWriter::commit`] when the task is done, or [`TaskWriter::abort`] when it failed;
 //! - per batch, the driver's [`commit::BatchCommitter`]: nothing to publish for Kafka, the
-//!   manifest for file sinks (`embedstream_core::manifest`), written once every task of the
-//!   batch has committed.
+//!   manifest for file sinks (`embedstream_core::manifest`), the end offsets for pgvector,
+//!   written once every task of the batch has committed.
 //!
 //! Guarantees: [`kafka`] is at-least-once (a retried task writes its records again; the
 //! idempotent producer never duplicates within an attempt); [`parquet`] is exactly-once for
-//! readers that go through the manifests. Dead letters ([`dead_letters`]) are a component of
+//! readers that go through the manifests; [`pgvector`] is exactly-once by construction (every
+//! window is a merge keyed by the record's origin or key, which a re-run repeats). Dead letters ([`dead_letters`]) are a component of
 //! their own that every sink's tasks use: they always go to the Kafka dead-letter topic.
 //!
-//! A new sink (pgvector, HDFS) is a folder here, one arm in [`open`] and in [`committer`], and
-//! its variant of `SinkKind`.
+//! A new sink (Qdrant, Elasticsearch) is a folder here, one arm in [`open`] and in
+//! [`committer`], and its variant of `SinkKind`.
 
 pub mod commit;
 pub mod dead_letters;
 pub mod kafka;
 pub mod parquet;
+pub mod pgvector;
 pub mod rows;
 
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use embedstream_core::manifest::ManifestFile;
-use embedstream_core::spec::{SinkKind, SinkSpec};
+use embedstream_core::spec::{JobSpec, Secret, SinkKind, SinkSpec};
 use futures::future::BoxFuture;
 use rdkafka::error::KafkaError;
 
@@ -46,6 +51,9 @@ pub enum SinkError {
     Cancelled { topic: String },
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// A database sink's server: `url` is `sink.url` as the spec writes it (no password).
+    #[error("sink.url = \"{url}\": {message}")]
+    Database { url: String, message: String },
 }
 
 /// The task attempt a writer belongs to.
@@ -66,13 +74,35 @@ pub struct TaskOutput {
     pub latency: embedstream_core::latency::LatencyHistogram,
 }
 
+/// What a sink makes of a record before any model sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Embed it and write its row.
+    Embed,
+    /// A tombstone: delete its key's row ([`TaskWriter::delete`]).
+    Delete,
+    /// The sink cannot hold it: to the dead-letter topic with this reason.
+    Refuse(String),
+}
+
 pub trait Sink: Send + Sync {
     fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError>;
+
+    /// Every record is embedded unless a sink says otherwise.
+    fn admit(&self, _key: Option<&[u8]>, _value: Option<&[u8]>) -> Admit {
+        Admit::Embed
+    }
 }
 
 pub trait TaskWriter: Send {
     /// Takes one window of rows (columns of [`rows::output_schema`]), in offset order.
     fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Deletes the rows of the tombstones in `rows` (columns of [`rows::input_schema`]); only
+    /// called for records that [`Sink::admit`] named [`Admit::Delete`].
+    fn delete<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>> {
+        let _ = rows;
+        Box::pin(async { Ok(()) })
+    }
     /// Makes everything written durable.
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<TaskOutput, SinkError>>;
     /// Leaves nothing visible behind (as far as the sink can take writes back).
@@ -88,22 +118,27 @@ pub struct SinkContext<'a> {
     /// Whether its rows are chunks, with [`rows::CHUNK_COLUMNS`].
     pub chunks: bool,
     pub executor_id: &'a str,
+    /// A database sink's password (`sink.password`), as the driver handed it over.
+    pub password: Option<&'a Secret>,
 }
 
-/// The spec's sink, on an executor.
-pub fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
+/// The spec's sink, on an executor: a sink with a server checks it here, before any task.
+pub async fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &spec.kind {
         SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.outputs))),
         SinkKind::Parquet(p) => {
             Box::new(Arc::new(parquet::ParquetSink::new(p, ctx.outputs, ctx.chunks, ctx.executor_id)?))
         }
+        SinkKind::Pgvector(p) => Box::new(Arc::new(pgvector::open(p, ctx.password, ctx.outputs).await?)),
     })
 }
 
-/// The spec's sink's batch committer, in the driver.
-pub fn committer(spec: &SinkSpec) -> Box<dyn BatchCommitter> {
-    match &spec.kind {
+/// The spec's sink's batch committer, in the driver; one with a server connects here, so that a
+/// wrong password or an unreachable server stops the query before it starts.
+pub async fn committer(spec: &JobSpec, password: Option<&Secret>) -> Result<Box<dyn BatchCommitter>, SinkError> {
+    Ok(match &spec.sink.kind {
         SinkKind::Kafka(_) => Box::new(kafka::NothingToPublish),
         SinkKind::Parquet(p) => Box::new(parquet::ManifestCommitter::new(p.path.clone())),
-    }
+        SinkKind::Pgvector(p) => Box::new(pgvector::OffsetsCommitter::connect(p, password, &spec.name).await?),
+    })
 }

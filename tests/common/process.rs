@@ -118,6 +118,16 @@ sort_window = 16
         self.replace_section("sink", "[sink]\nkind = \"kafka\"\n", "\n", &sink)
     }
 
+    /// Makes the sink a pgvector table at `url` (no password in it) with `keys` (TOML lines:
+    /// `table`, `mode`, ...), the password read from the file `pg.pass` beside the spec (a
+    /// relative path, as a user would write it) holding `password`.
+    pub fn with_pgvector_sink(self, url: &str, password: &str, keys: &str) -> Job {
+        std::fs::write(self.dir.path().join("pg.pass"), format!("{password}\n")).unwrap();
+        let sink =
+            format!("[sink]\nkind = \"pgvector\"\nurl = \"{url}\"\npassword = {{ file = \"pg.pass\" }}\n{keys}\n");
+        self.replace_section("sink", "[sink]\nkind = \"kafka\"\n", "\n", &sink)
+    }
+
     pub fn checkpoint(&self) -> PathBuf {
         self.dir.path().join("checkpoint")
     }

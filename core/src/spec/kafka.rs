@@ -23,7 +23,7 @@ use rdkafka::ClientConfig;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{JobSpec, SpecError};
+use super::{JobSpec, SinkKind, SpecError};
 
 /// librdkafka properties by name, in a spec section (`source.kafka`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -195,6 +195,9 @@ impl JobSpec {
                 out.insert(key, value);
             }
         }
+        if let Some(r) = self.sink_password() {
+            out.insert(SINK_PASSWORD.to_string(), read_secret(SINK_PASSWORD, r)?);
+        }
         Ok(Secrets(out))
     }
 
@@ -220,6 +223,14 @@ impl JobSpec {
                 }
             }
         }
+        if let SinkKind::Pgvector(pg) = &mut self.sink.kind {
+            if let Some(PropertyValue::Secret(r)) = &mut pg.password {
+                let secret = read_secret(SINK_PASSWORD, r)?;
+                let file = name(staged.len());
+                *r = SecretRef::File(PathBuf::from(&file));
+                staged.push((file, secret));
+            }
+        }
         Ok(staged)
     }
 
@@ -233,12 +244,40 @@ impl JobSpec {
             .chain(dead)
             .flat_map(|p| p.0.values())
             .filter_map(|v| match v {
-                PropertyValue::Secret(SecretRef::Env(var)) => Some(var.clone()),
-                _ => None,
+                PropertyValue::Secret(r) => Some(r),
+                PropertyValue::Plain(_) => None,
+            })
+            .chain(self.sink_password())
+            .filter_map(|r| match r {
+                SecretRef::Env(var) => Some(var.clone()),
+                SecretRef::File(_) => None,
             })
             .collect()
     }
+
+    /// `sink.password`'s source (a pgvector sink's).
+    pub fn sink_password(&self) -> Option<&SecretRef> {
+        match &self.sink.kind {
+            SinkKind::Pgvector(pg) => pg.password_ref(),
+            _ => None,
+        }
+    }
+
+    /// The pgvector sink's password, as read by [`JobSpec::read_secrets`] and handed over.
+    pub fn sink_password_value<'a>(&self, secrets: &'a Secrets) -> Result<Option<&'a Secret>, SecretError> {
+        match self.sink_password() {
+            None => Ok(None),
+            Some(r) => secrets
+                .0
+                .get(SINK_PASSWORD)
+                .map(Some)
+                .ok_or_else(|| SecretError::NotHanded { key: SINK_PASSWORD.into(), from: r.clone() }),
+        }
+    }
 }
+
+/// The spec key of the pgvector sink's password, and its key among [`Secrets`].
+const SINK_PASSWORD: &str = "sink.password";
 
 fn client(
     (section, props): (&str, &KafkaProperties),

@@ -39,7 +39,10 @@ pub use model::{
 const MAX_ERRORS_SHOWN: usize = 10;
 
 pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
-pub use sink::{KafkaSinkSpec, ParquetSinkSpec, PartitionBy, SinkCommon, SinkKind, SinkSpec, VectorFormat};
+pub use sink::{
+    KafkaSinkSpec, ParquetSinkSpec, PartitionBy, PgDistance, PgIndex, PgMode, PgvectorSinkSpec, SinkCommon, SinkKind,
+    SinkSpec, VectorFormat,
+};
 pub use source::{SourceSpec, StartAt, StartingOffsets};
 pub use units::{parse_memory_mb, HumanDuration, MemorySize, Mib, Written};
 
@@ -442,6 +445,13 @@ impl JobSpec {
         self.fetch.validate()?;
         self.flight.validate()?;
         self.sink.validate(&self.name, &self.source)?;
+        if matches!(self.sink.kind, SinkKind::Pgvector(_)) && self.chunk_outputs() {
+            return Err(SpecError::new(
+                "sink.kind",
+                "\"pgvector\" keeps a row per record: chunk_pooling = \"none\" (a row per chunk) is for the kafka \
+                 and parquet sinks",
+            ));
+        }
         self.monitoring.validate()?;
         self.executors.validate()
     }

@@ -50,6 +50,12 @@ pub(super) fn resolve_relative(table: &mut toml::Table, base: &Path) {
             }
         }
     }
+    // A database sink's password file (`sink.password = { file = "..." }`).
+    if let Some(toml::Value::Table(secret)) = lookup(table, "sink.password") {
+        if let Some(file) = secret.get_mut("file") {
+            resolve(file);
+        }
+    }
     for section in SECRET_SECTIONS {
         if let Some(toml::Value::Table(properties)) = lookup(table, section) {
             for (_, value) in properties.iter_mut() {

@@ -507,3 +507,43 @@ fn image_models_and_fetch_settings() {
         load(&with_image(&image("").replace(&f.onnx.display().to_string(), "/nonexistent/i.onnx"), "")).unwrap_err();
     assert_eq!(e.key, "models[2].onnx");
 }
+
+#[test]
+fn a_pgvector_sink_gets_defaults_and_its_secrets_stay_out_of_the_spec() {
+    let f = files();
+    let pg = |rest: &str| spec(&f, "", rest).replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"pgvector\"");
+    let ok = "url = \"postgresql://es@db:5432/search\"\ntable = \"items\"\npassword = { env = \"ES_PG_PASSWORD\" }";
+    let s = load(&pg(ok)).unwrap();
+    let SinkKind::Pgvector(p) = &s.sink.kind else { panic!("a pgvector sink") };
+    assert_eq!(
+        (p.mode, p.index, p.distance, p.create_table),
+        (PgMode::Upsert, PgIndex::Hnsw, PgDistance::Cosine, true)
+    );
+    assert_eq!(p.offsets_table, "embedstream_offsets");
+    assert_eq!(s.dead_letter_topic(), "products-dlq");
+    assert_eq!(s.secret_env_vars(), vec!["ES_PG_PASSWORD".to_string()]);
+    // The password is read with the other secrets, under its key, and written back as a reference.
+    std::env::set_var("ES_PG_PASSWORD", "hunter2");
+    let secrets = s.read_secrets().unwrap();
+    assert_eq!(s.sink_password_value(&secrets).unwrap().unwrap().expose(), "hunter2");
+    assert!(!s.to_toml().contains("hunter2"));
+    assert_eq!(JobSpec::from_toml(&s.to_toml()).unwrap().sink_password(), s.sink_password());
+
+    assert_eq!(key_of(&pg("table = \"items\"")), "sink.url");
+    assert_eq!(key_of(&pg("url = \"postgresql://es@db/search\"")), "sink.table");
+    assert_eq!(key_of(&pg("url = \"postgresql://es:pw@db/search\"\ntable = \"items\"")), "sink.url");
+    assert_eq!(
+        key_of(&pg("url = \"postgresql://es@db/search\"\ntable = \"items\"\npassword = \"pw\"")),
+        "sink.password"
+    );
+    assert_eq!(key_of(&pg("url = \"postgresql://es@db/search\"\ntable = \"it;ems\"")), "sink.table");
+    assert_eq!(key_of(&pg("url = \"postgresql://es@db/search\"\ntable = \"items\"\nmode = \"merge\"")), "sink.mode");
+    assert_eq!(key_of(&pg("url = \"postgresql://es@db/search\"\ntable = \"items\"\nindex = \"flat\"")), "sink.index");
+    assert_eq!(
+        key_of(&pg("url = \"postgresql://es@db/search\"\ntable = \"items\"\ncolumns = [\"key\"]")),
+        "sink.columns"
+    );
+    let chunks = pg("url = \"postgresql://es@db/search\"\ntable = \"items\"")
+        .replace("[sink]", "long_text = \"chunk\"\nchunk_pooling = \"none\"\n[sink]");
+    assert_eq!(key_of(&chunks), "sink.kind");
+}

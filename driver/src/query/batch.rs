@@ -192,7 +192,7 @@ impl Query<'_> {
         let range = BatchRange { batch_id: entry.batch_id, query_id, start: &entry.start, end: &entry.end };
         // The sink's manifests and clean-ups are the query's state too: fenced like the logs.
         self.checkpoint.fence()?;
-        let published = self.committer.published(&range)?;
+        let published = self.committer.published(&range).await?;
         let already_published = published.is_some();
         let stats = match published {
             Some(p) => Ok(BatchStats { embeddings: p.embeddings, ..Default::default() }),
@@ -205,7 +205,7 @@ impl Query<'_> {
         let commit_started = Instant::now();
         if !already_published {
             self.checkpoint.fence()?;
-            self.committer.publish(&range, &stats.files)?;
+            self.committer.publish(&range, &stats.files).await?;
             crash::point(CrashPoint::AfterManifest, entry.batch_id);
         }
         self.checkpoint.write_commit(&CommitLogEntry {

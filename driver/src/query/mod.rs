@@ -165,6 +165,10 @@ pub async fn run_query(
     tokio::task::spawn_blocking(move || crate::source::probe_clusters(&probed.0, &probed.1))
         .await
         .expect("the probe does not panic")?;
+    // The sink's committer reaches its server now (pgvector): a wrong password stops the query
+    // before anything starts.
+    let committer =
+        embedstream_sinks::committer(&spec, spec.sink_password_value(&secrets)?).await.map_err(CommitError::from)?;
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
     // progress.jsonl, driver.json and monitoring/: beside the logs, or on this machine when the
     // logs are on HDFS.
@@ -264,7 +268,7 @@ pub async fn run_query(
                 let spec = spec.clone();
                 move |records| spec.task_deadline(records)
             }),
-            committer: embedstream_sinks::committer(&spec.sink),
+            committer,
             reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone()),
             targets: &targets,
             control: control.clone(),

@@ -154,12 +154,16 @@ impl TaskWriter for KafkaTaskWriter {
 pub struct NothingToPublish;
 
 impl BatchCommitter for NothingToPublish {
-    fn published(&self, _: &BatchRange<'_>) -> Result<Option<Published>, CommitError> {
-        Ok(None)
+    fn published<'a>(&'a self, _: &'a BatchRange<'a>) -> BoxFuture<'a, Result<Option<Published>, CommitError>> {
+        Box::pin(async { Ok(None) })
     }
 
-    fn publish(&self, _: &BatchRange<'_>, _: &[embedstream_core::manifest::ManifestFile]) -> Result<(), CommitError> {
-        Ok(())
+    fn publish<'a>(
+        &'a self,
+        _: &'a BatchRange<'a>,
+        _: &'a [embedstream_core::manifest::ManifestFile],
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 

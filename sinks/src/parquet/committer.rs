@@ -5,6 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use embedstream_core::manifest::{self, BatchManifest, ManifestFile};
+use futures::future::BoxFuture;
 
 use crate::commit::{BatchCommitter, BatchRange, CommitError, ForeignTable, Published};
 
@@ -18,8 +19,8 @@ impl ManifestCommitter {
     }
 }
 
-impl BatchCommitter for ManifestCommitter {
-    fn published(&self, batch: &BatchRange<'_>) -> Result<Option<Published>, CommitError> {
+impl ManifestCommitter {
+    fn published_now(&self, batch: &BatchRange<'_>) -> Result<Option<Published>, CommitError> {
         let Some(m) = manifest::committed(&self.table, batch.batch_id)? else { return Ok(None) };
         if !m.written_by(batch.query_id, batch.start, batch.end) {
             return Err(CommitError::ForeignTable(Box::new(ForeignTable {
@@ -42,7 +43,7 @@ impl BatchCommitter for ManifestCommitter {
         Ok(Some(Published { embeddings: m.files.iter().map(|f| f.rows).sum() }))
     }
 
-    fn publish(&self, batch: &BatchRange<'_>, files: &[ManifestFile]) -> Result<(), CommitError> {
+    fn publish_now(&self, batch: &BatchRange<'_>, files: &[ManifestFile]) -> Result<(), CommitError> {
         // What tasks return is input from other processes: a manifest lists only files inside
         // the table, which readers open and the clean-up never reaches beyond.
         if let Some(f) = files.iter().find(|f| !inside_table(&f.path)) {
@@ -66,6 +67,21 @@ impl BatchCommitter for ManifestCommitter {
     }
 }
 
+/// The manifests are files written in place: the calls finish before they return.
+impl BatchCommitter for ManifestCommitter {
+    fn published<'a>(&'a self, batch: &'a BatchRange<'a>) -> BoxFuture<'a, Result<Option<Published>, CommitError>> {
+        Box::pin(std::future::ready(self.published_now(batch)))
+    }
+
+    fn publish<'a>(
+        &'a self,
+        batch: &'a BatchRange<'a>,
+        files: &'a [ManifestFile],
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
+        Box::pin(std::future::ready(self.publish_now(batch, files)))
+    }
+}
+
 /// A relative path of plain names (no `/` first, no `..`, no `.`).
 fn inside_table(file: &str) -> bool {
     !file.is_empty() && Path::new(file).components().all(|c| matches!(c, Component::Normal(_)))
@@ -86,14 +102,14 @@ mod tests {
         let batch = BatchRange { batch_id: 0, query_id: "q", start: &offsets, end: &offsets };
         for bad in ["/etc/passwd", "../other/part.parquet", "dt=2026-01-01/../../x", ""] {
             let files = [ManifestFile { path: bad.into(), rows: 1 }];
-            let e = committer.publish(&batch, &files).unwrap_err();
+            let e = committer.publish_now(&batch, &files).unwrap_err();
             assert!(matches!(e, CommitError::OutsideTable { .. }), "{bad}: {e}");
         }
         assert!(manifest::committed(dir.path(), 0).unwrap().is_none(), "nothing published");
         let good = [ManifestFile { path: "dt=2026-01-01/part-0.parquet".into(), rows: 1 }];
         std::fs::create_dir_all(dir.path().join("dt=2026-01-01")).unwrap();
         std::fs::write(dir.path().join("dt=2026-01-01/part-0.parquet"), b"x").unwrap();
-        committer.publish(&batch, &good).unwrap();
+        committer.publish_now(&batch, &good).unwrap();
         assert_eq!(manifest::committed(dir.path(), 0).unwrap().unwrap().files, good);
     }
 }

@@ -11,12 +11,14 @@
 
 pub mod kafka;
 pub mod parquet;
+pub mod pgvector;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use kafka::{KafkaSinkSpec, VectorFormat};
 pub use parquet::{ParquetSinkSpec, PartitionBy};
+pub use pgvector::{PgDistance, PgIndex, PgMode, PgvectorSinkSpec};
 
 use super::kafka::KafkaProperties;
 use super::source::SourceSpec;
@@ -66,6 +68,9 @@ pub enum SinkKind {
     Kafka(KafkaSinkSpec),
     /// Parquet files under `path`, published per batch by a manifest (exactly-once).
     Parquet(ParquetSinkSpec),
+    /// Rows in a PostgreSQL table with pgvector columns, upserted by key or appended by origin
+    /// (exactly-once by construction).
+    Pgvector(PgvectorSinkSpec),
 }
 
 impl SinkSpec {
@@ -73,7 +78,7 @@ impl SinkSpec {
     pub fn output_topic(&self) -> Option<&str> {
         match &self.kind {
             SinkKind::Kafka(k) => Some(&k.topic),
-            SinkKind::Parquet(_) => None,
+            SinkKind::Parquet(_) | SinkKind::Pgvector(_) => None,
         }
     }
 
@@ -96,7 +101,7 @@ impl SinkSpec {
     pub fn dead_letter_topic(&self, query: &str) -> String {
         self.common.dead_letter_topic.clone().unwrap_or_else(|| match &self.kind {
             SinkKind::Kafka(k) => format!("{}-dlq", k.topic),
-            SinkKind::Parquet(_) => format!("{query}-dlq"),
+            SinkKind::Parquet(_) | SinkKind::Pgvector(_) => format!("{query}-dlq"),
         })
     }
 
@@ -107,8 +112,10 @@ impl SinkSpec {
         };
         let kind = match table.remove("kind") {
             Some(toml::Value::String(k)) => k,
-            Some(_) => return Err(SpecError::new("sink.kind", "must be a string: \"kafka\" or \"parquet\"")),
-            None => return Err(SpecError::new("sink.kind", "missing: \"kafka\" or \"parquet\"")),
+            Some(_) => {
+                return Err(SpecError::new("sink.kind", "must be a string: \"kafka\", \"parquet\" or \"pgvector\""))
+            }
+            None => return Err(SpecError::new("sink.kind", "missing: \"kafka\", \"parquet\" or \"pgvector\"")),
         };
         let common: toml::Table =
             SinkCommon::KEYS.iter().filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v))).collect();
@@ -119,10 +126,18 @@ impl SinkSpec {
                 return Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"parquet\")"))
             }
             "parquet" => section(table).map(SinkKind::Parquet)?,
+            "pgvector" => {
+                for key in ["url", "table"] {
+                    if !table.contains_key(key) {
+                        return Err(SpecError::new(&format!("sink.{key}"), "missing (kind = \"pgvector\")"));
+                    }
+                }
+                section(table).map(SinkKind::Pgvector)?
+            }
             other => {
                 return Err(SpecError::new(
                     "sink.kind",
-                    format!("unknown variant `{other}`, expected `kafka` or `parquet`"),
+                    format!("unknown variant `{other}`, expected `kafka`, `parquet` or `pgvector`"),
                 ))
             }
         };
@@ -133,6 +148,7 @@ impl SinkSpec {
         match &self.kind {
             SinkKind::Kafka(k) => k.validate()?,
             SinkKind::Parquet(p) => p.validate()?,
+            SinkKind::Pgvector(p) => p.validate()?,
         }
         self.kafka().validate("sink.kafka")?;
         if let Some(dead) = self.dead_letter_kafka() {

@@ -1,0 +1,101 @@
+//! The pgvector sink's batch committer: after every task of a batch wrote its windows, the
+//! batch's end offsets go into the offsets table of the same database (one row per query and
+//! source partition), so `SELECT` shows how far the table is. Nothing is ever "published
+//! already": the rows are merges, and a batch run again writes the same table.
+
+use embedstream_core::manifest::ManifestFile;
+use embedstream_core::spec::{PgvectorSinkSpec, Secret};
+use futures::future::BoxFuture;
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+use super::table::{lock_space, quote};
+use super::Database;
+use crate::commit::{BatchCommitter, BatchRange, CommitError, Published};
+use crate::SinkError;
+
+pub struct OffsetsCommitter {
+    db: Database,
+    query: String,
+    sink_table: String,
+    offsets_table: String,
+    client: Mutex<Option<Client>>,
+}
+
+impl OffsetsCommitter {
+    /// Connects and makes the offsets table: a wrong password or a server that cannot be
+    /// reached stops the query here, before any executor starts.
+    pub async fn connect(
+        spec: &PgvectorSinkSpec,
+        password: Option<&Secret>,
+        query: &str,
+    ) -> Result<OffsetsCommitter, SinkError> {
+        let db = Database::new(spec, password)?;
+        let client = db.connect().await?;
+        let lock = lock_space(&spec.offsets_table);
+        let ddl = format!(
+            "SELECT pg_advisory_lock({lock}, 0);\n\
+             CREATE TABLE IF NOT EXISTS {} (\"query\" text NOT NULL, \"topic\" text NOT NULL, \
+             \"partition\" integer NOT NULL, \"end_offset\" bigint NOT NULL, \"batch_id\" bigint NOT NULL, \
+             \"sink_table\" text NOT NULL, \"committed_at\" timestamp with time zone NOT NULL DEFAULT now(), \
+             PRIMARY KEY (\"query\", \"topic\", \"partition\"));\n\
+             SELECT pg_advisory_unlock({lock}, 0)",
+            quote(&spec.offsets_table)
+        );
+        client
+            .batch_execute(&ddl)
+            .await
+            .map_err(|e| db.error(&format!("creating sink.offsets_table `{}`", spec.offsets_table), &e))?;
+        Ok(OffsetsCommitter {
+            db,
+            query: query.to_string(),
+            sink_table: spec.table.clone(),
+            offsets_table: spec.offsets_table.clone(),
+            client: Mutex::new(Some(client)),
+        })
+    }
+
+    async fn write(&self, batch: &BatchRange<'_>) -> Result<(), SinkError> {
+        let mut client = self.client.lock().await;
+        if client.as_ref().is_none_or(Client::is_closed) {
+            *client = Some(self.db.connect().await?);
+        }
+        let c = client.as_ref().expect("just connected");
+        let (mut topics, mut partitions, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+        for (tp, end) in batch.end.iter() {
+            topics.push(tp.topic.as_str());
+            partitions.push(tp.partition);
+            ends.push(*end);
+        }
+        let sql = format!(
+            "INSERT INTO {} AS o (\"query\", \"topic\", \"partition\", \"end_offset\", \"batch_id\", \"sink_table\") \
+             SELECT $1, u.t, u.p, u.e, $5, $6 FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(t, p, e) \
+             ON CONFLICT (\"query\", \"topic\", \"partition\") DO UPDATE SET \"end_offset\" = EXCLUDED.\"end_offset\", \
+               \"batch_id\" = EXCLUDED.\"batch_id\", \"sink_table\" = EXCLUDED.\"sink_table\", \"committed_at\" = now() \
+             WHERE o.\"batch_id\" <= EXCLUDED.\"batch_id\"",
+            quote(&self.offsets_table)
+        );
+        let batch_id = batch.batch_id as i64;
+        let written =
+            c.execute(sql.as_str(), &[&self.query, &topics, &partitions, &ends, &batch_id, &self.sink_table]).await;
+        if let Err(e) = written {
+            *client = None;
+            return Err(self.db.error(&format!("writing batch {} to sink.offsets_table", batch.batch_id), &e));
+        }
+        Ok(())
+    }
+}
+
+impl BatchCommitter for OffsetsCommitter {
+    fn published<'a>(&'a self, _: &'a BatchRange<'a>) -> BoxFuture<'a, Result<Option<Published>, CommitError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        batch: &'a BatchRange<'a>,
+        _: &'a [ManifestFile],
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
+        Box::pin(async move { self.write(batch).await.map_err(CommitError::from) })
+    }
+}

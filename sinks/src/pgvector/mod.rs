@@ -1,0 +1,398 @@
+//! The pgvector sink: rows in a PostgreSQL table with a `vector(N)` column per model,
+//! exactly-once by construction rather than by transaction: every write is a merge that a
+//! retried task, a batch run again after a driver crash, or the two tasks of a `min_partitions`
+//! split can repeat in any order and leave the same table.
+//!
+//! - `mode = "upsert"`: one row per Kafka key. A record replaces its key's row only if its offset
+//!   is later in the same source partition; a tombstone (a key with a null value) deletes the row
+//!   and is remembered in `<table>_tombstones`, so that an older record written after it does not
+//!   bring the row back. The keys of a window are locked (advisory locks, in one order) for its
+//!   transaction, so a record and a tombstone of one key never pass each other.
+//! - `mode = "append"`: one row per record, unique on (topic, partition, offset); a row already
+//!   there is left as it is.
+//!
+//! Each window goes in as one transaction: binary `COPY` into a temporary staging table, then
+//! one `INSERT ... SELECT ... ON CONFLICT`. Connections are kept per executor (one per task
+//! slot in use) and reused. The executor checks the table when it opens the sink ([`open`]):
+//! a table it may create is created with its index; one that exists must have every column
+//! with its type, or the executor stops before any batch, naming the column. The driver's
+//! [`OffsetsCommitter`] writes each batch's end offsets into the offsets table.
+
+mod committer;
+mod table;
+mod vector;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow_array::{
+    Array, BinaryArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
+use embedstream_core::spec::{PgMode, PgvectorSinkSpec, Secret};
+use futures::future::BoxFuture;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Config, NoTls};
+
+pub use committer::OffsetsCommitter;
+pub use table::TableDef;
+
+use crate::rows::Output;
+use crate::{Admit, Sink, SinkError, TaskInfo, TaskOutput, TaskWriter};
+use vector::PgVector;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the sink connects, with its password, and how errors name it.
+#[derive(Clone)]
+pub struct Database {
+    config: Config,
+    /// `sink.url` as written (it holds no password), for errors.
+    url: String,
+}
+
+impl Database {
+    pub fn new(spec: &PgvectorSinkSpec, password: Option<&Secret>) -> Result<Database, SinkError> {
+        let mut config: Config = spec.url.parse().map_err(|e| SinkError::Database {
+            url: spec.url.clone(),
+            message: format!("not a connection string: {e}"),
+        })?;
+        if let Some(p) = password {
+            config.password(p.expose());
+        }
+        config.application_name("embedstream").connect_timeout(CONNECT_TIMEOUT);
+        Ok(Database { config, url: spec.url.clone() })
+    }
+
+    /// A connection, its driver task spawned on this runtime.
+    pub async fn connect(&self) -> Result<Client, SinkError> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| self.error("cannot connect", &e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a pgvector sink connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// `e` in words, with the server's own message where it sent one.
+    pub fn error(&self, doing: &str, e: &tokio_postgres::Error) -> SinkError {
+        let message = match e.as_db_error() {
+            Some(db) => format!("{doing}: {}: {}", db.severity(), db.message()),
+            None => {
+                let mut m = format!("{doing}: {e}");
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    m.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                m
+            }
+        };
+        SinkError::Database { url: self.url.clone(), message }
+    }
+}
+
+/// A connection with its staging table made and the `vector` type's id looked up.
+struct Conn {
+    client: Client,
+    vector: Type,
+}
+
+/// The sink on one executor: the table checked, connections kept for the next task.
+pub struct PgvectorSink {
+    db: Database,
+    table: Arc<TableDef>,
+    outputs: Vec<Output>,
+    idle: Arc<Mutex<Vec<Conn>>>,
+}
+
+/// Connects, makes the table if the spec lets it and it is missing, and checks it: the
+/// executor's start fails here, naming the column, rather than at the first batch.
+pub async fn open(
+    spec: &PgvectorSinkSpec,
+    password: Option<&Secret>,
+    outputs: Vec<Output>,
+) -> Result<PgvectorSink, SinkError> {
+    let db = Database::new(spec, password)?;
+    let table = Arc::new(TableDef::new(spec, &outputs));
+    let client = db.connect().await?;
+    prepare_table(&db, &client, &table, spec.create_table).await?;
+    let conn = ready(&db, client, &table).await?;
+    // The merge planned against the table: a table that exists without the unique key the mode
+    // needs is refused now (PostgreSQL infers ON CONFLICT's arbiter when it plans).
+    let explain = format!("EXPLAIN {}", table.merge());
+    conn.client.batch_execute(&explain).await.map_err(|e| {
+        db.error(&format!("sink.table `{}` cannot take this query's {:?} writes", table.name, table.mode), &e)
+    })?;
+    Ok(PgvectorSink { db, table, outputs, idle: Arc::new(Mutex::new(vec![conn])) })
+}
+
+/// Creates (under a lock, as every executor starts at once) or checks the sink's table.
+async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create: bool) -> Result<(), SinkError> {
+    let lock = table::lock_space(&table.name);
+    let checking = format!("sink.table `{}`", table.name);
+    let mut existing = columns_of(client, &table.name).await.map_err(|e| db.error(&checking, &e))?;
+    if existing.is_empty() && create {
+        let mut ddl =
+            vec![format!("SELECT pg_advisory_lock({lock}, 0)"), "CREATE EXTENSION IF NOT EXISTS vector".into()];
+        ddl.extend(table.create());
+        ddl.push(format!("SELECT pg_advisory_unlock({lock}, 0)"));
+        client
+            .batch_execute(&ddl.join(";\n"))
+            .await
+            .map_err(|e| db.error(&format!("creating sink.table `{}`", table.name), &e))?;
+        tracing::info!(table = %table.name, mode = ?table.mode, "pgvector sink table ready");
+        existing = columns_of(client, &table.name).await.map_err(|e| db.error(&checking, &e))?;
+    }
+    if existing.is_empty() {
+        return Err(SinkError::Database {
+            url: db.url.clone(),
+            message: format!("{checking} does not exist (sink.create_table = false)"),
+        });
+    }
+    if let Some(misfit) = table.misfit(&existing) {
+        return Err(SinkError::Database { url: db.url.clone(), message: format!("{checking} {misfit}") });
+    }
+    if table.mode == PgMode::Upsert {
+        // A table made by hand for upserts gets the sink's own tombstones table beside it.
+        let tombstones = table.create().pop().expect("upsert mode makes its tombstones table");
+        client.batch_execute(&tombstones).await.map_err(|e| db.error(&checking, &e))?;
+    }
+    Ok(())
+}
+
+/// The columns of `table` and their types, none if it does not exist.
+async fn columns_of(client: &Client, table: &str) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table::quote(table)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A connection made ready for windows: its staging table and the `vector` type.
+async fn ready(db: &Database, client: Client, table: &TableDef) -> Result<Conn, SinkError> {
+    client.batch_execute(&table.create_stage()).await.map_err(|e| db.error("creating the staging table", &e))?;
+    let vector = client
+        .prepare("SELECT NULL::vector")
+        .await
+        .map_err(|e| db.error("looking up pgvector's `vector` type", &e))?
+        .columns()[0]
+        .type_()
+        .clone();
+    Ok(Conn { client, vector })
+}
+
+impl PgvectorSink {
+    async fn take(&self) -> Result<Conn, SinkError> {
+        let idle = self.idle.lock().expect("the pool's lock is never poisoned").pop();
+        match idle {
+            Some(conn) if !conn.client.is_closed() => Ok(conn),
+            _ => ready(&self.db, self.db.connect().await?, &self.table).await,
+        }
+    }
+}
+
+impl Sink for Arc<PgvectorSink> {
+    fn open(&self, _task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
+        Ok(Box::new(PgWriter { sink: self.clone(), conn: None, stamps: Vec::new(), acked: Vec::new() }))
+    }
+
+    fn admit(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Admit {
+        let key = match key.map(std::str::from_utf8) {
+            Some(Err(_)) => {
+                return Admit::Refuse("the key is not UTF-8 text: the pgvector table's `key` column is text".into())
+            }
+            Some(Ok(k)) => Some(k),
+            None => None,
+        };
+        match (self.table.mode, key, value) {
+            (PgMode::Upsert, None, _) => Admit::Refuse(
+                "the record has no key: sink.mode = \"upsert\" keeps one row per Kafka key (mode = \"append\" \
+                 writes every record)"
+                    .into(),
+            ),
+            (PgMode::Upsert, Some(_), None) => Admit::Delete,
+            _ => Admit::Embed,
+        }
+    }
+}
+
+/// One task attempt's writes: a connection held from its first window to its end.
+struct PgWriter {
+    sink: Arc<PgvectorSink>,
+    conn: Option<Conn>,
+    /// Kafka timestamps of the rows written, and when each window's transaction committed.
+    stamps: Vec<i64>,
+    acked: Vec<(usize, i64)>,
+}
+
+fn column<'a, T: 'static>(rows: &'a RecordBatch, name: &str) -> &'a T {
+    rows.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).expect("the output schema's column")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+impl PgWriter {
+    async fn conn(&mut self) -> Result<&mut Conn, SinkError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.sink.take().await?);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    async fn write_rows(&mut self, rows: &RecordBatch) -> Result<(), SinkError> {
+        let table = self.sink.table.clone();
+        let db = self.sink.db.clone();
+        let keys: &BinaryArray = column(rows, "key");
+        let topics: &StringArray = column(rows, "topic");
+        let partitions: &Int32Array = column(rows, "partition");
+        let offsets: &Int64Array = column(rows, "offset");
+        let stamps: &Int64Array = column(rows, "timestamp_ms");
+        let values: Option<&BinaryArray> = table.with_value.then(|| column(rows, "value"));
+        let vectors: Vec<(&[f32], usize)> = (self.sink.outputs.iter())
+            .map(|o| {
+                let c: &FixedSizeListArray = column(rows, &o.column);
+                let values = c.values().as_any().downcast_ref::<Float32Array>().expect("f32 vectors");
+                (values.values().as_ref(), c.value_length() as usize)
+            })
+            .collect();
+        let conn = self.conn().await?;
+        let fail = |doing: &str| {
+            let db = db.clone();
+            let doing = format!("{doing} (sink.table `{}`)", table.name);
+            move |e: tokio_postgres::Error| db.error(&doing, &e)
+        };
+        let mut types = vec![Type::TEXT, Type::TEXT, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
+        if table.model.is_some() {
+            types.push(Type::TEXT);
+        }
+        types.extend(vectors.iter().map(|_| conn.vector.clone()));
+        if table.with_value {
+            types.push(Type::TEXT);
+        }
+        let tx = conn.client.transaction().await.map_err(fail("beginning a transaction"))?;
+        let copy = tx.copy_in(&table.copy_in()).await.map_err(fail("copying rows in"))?;
+        let writer = BinaryCopyInWriter::new(copy, &types);
+        futures::pin_mut!(writer);
+        for i in 0..rows.num_rows() {
+            // Keys are UTF-8 where they reach the sink (`admit`); upsert rows always have one.
+            let key = keys.is_valid(i).then(|| std::str::from_utf8(keys.value(i)).unwrap_or_default());
+            let stamp = stamps.is_valid(i).then(|| UNIX_EPOCH + Duration::from_millis(stamps.value(i).max(0) as u64));
+            let value = values.and_then(|v| v.is_valid(i).then(|| std::str::from_utf8(v.value(i)).unwrap_or_default()));
+            let row_vectors: Vec<PgVector<'_>> =
+                vectors.iter().map(|(all, dim)| PgVector(&all[i * dim..(i + 1) * dim])).collect();
+            let (topic, partition, offset) = (topics.value(i), partitions.value(i), offsets.value(i));
+            let mut row: Vec<&(dyn ToSql + Sync)> = vec![&key, &topic, &partition, &offset, &stamp];
+            if let Some(model) = &table.model {
+                row.push(model);
+            }
+            row.extend(row_vectors.iter().map(|v| v as &(dyn ToSql + Sync)));
+            if table.with_value {
+                row.push(&value);
+            }
+            writer.as_mut().write(&row).await.map_err(fail("copying rows in"))?;
+        }
+        writer.finish().await.map_err(fail("copying rows in"))?;
+        if table.mode == PgMode::Upsert {
+            let lock = table.lock_stage_keys(table::lock_space(&table.name));
+            tx.batch_execute(&lock).await.map_err(fail("locking the window's keys"))?;
+        }
+        tx.batch_execute(&table.merge()).await.map_err(fail("merging the window"))?;
+        tx.commit().await.map_err(fail("committing the window"))?;
+        self.stamps.extend(stamps.iter().flatten());
+        self.acked.push((self.stamps.len(), now_ms()));
+        Ok(())
+    }
+
+    async fn delete_rows(&mut self, rows: &RecordBatch) -> Result<(), SinkError> {
+        let table = self.sink.table.clone();
+        let db = self.sink.db.clone();
+        let keys: &BinaryArray = column(rows, "key");
+        let topics: &StringArray = column(rows, "topic");
+        let partitions: &Int32Array = column(rows, "partition");
+        let offsets: &Int64Array = column(rows, "offset");
+        let keys: Vec<&str> =
+            (0..rows.num_rows()).map(|i| std::str::from_utf8(keys.value(i)).unwrap_or_default()).collect();
+        let topics: Vec<&str> = topics.iter().flatten().collect();
+        let partitions: Vec<i32> = partitions.values().to_vec();
+        let offsets: Vec<i64> = offsets.values().to_vec();
+        let lock = table::lock_space(&table.name);
+        let conn = self.conn().await?;
+        let fail =
+            |e: tokio_postgres::Error| db.error(&format!("deleting tombstoned keys (sink.table `{}`)", table.name), &e);
+        let tx = conn.client.transaction().await.map_err(fail)?;
+        let [lock_keys, remember, delete] = table.delete();
+        tx.execute(lock_keys.as_str(), &[&keys, &lock]).await.map_err(fail)?;
+        tx.execute(remember.as_str(), &[&keys, &topics, &partitions, &offsets]).await.map_err(fail)?;
+        let deleted = tx.execute(delete.as_str(), &[&keys]).await.map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        tracing::debug!(tombstones = keys.len(), deleted, "tombstones applied");
+        Ok(())
+    }
+}
+
+impl PgWriter {
+    /// A connection whose transaction failed midway is not handed to the next task.
+    fn keep_if_ok(&mut self, result: Result<(), SinkError>) -> Result<(), SinkError> {
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// The connection goes back to the executor's pool.
+    fn give_back(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.sink.idle.lock().expect("the pool's lock is never poisoned").push(conn);
+        }
+    }
+}
+
+impl TaskWriter for PgWriter {
+    fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            if rows.num_rows() == 0 {
+                return Ok(());
+            }
+            let written = self.write_rows(rows).await;
+            self.keep_if_ok(written)
+        })
+    }
+
+    fn delete<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            if rows.num_rows() == 0 {
+                return Ok(());
+            }
+            let deleted = self.delete_rows(rows).await;
+            self.keep_if_ok(deleted)
+        })
+    }
+
+    /// Every window is already committed in the table: the connection goes back to the pool.
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<TaskOutput, SinkError>> {
+        Box::pin(async move {
+            let mut out = TaskOutput::default();
+            let mut from = 0;
+            for &(until, acked) in &self.acked {
+                self.stamps[from..until].iter().for_each(|t| out.latency.observe((acked - t).max(0) as f64 / 1000.0));
+                from = until;
+            }
+            self.give_back();
+            Ok(out)
+        })
+    }
+
+    /// Windows written stay: each is a merge that the retried attempt repeats to the same rows.
+    fn abort(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.give_back() })
+    }
+}

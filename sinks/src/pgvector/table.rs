@@ -1,0 +1,277 @@
+//! The pgvector sink's tables and statements: the columns a query's rows need, the DDL that
+//! makes them, the check of a table that exists, and the SQL of each window's write. Every
+//! identifier is quoted; names come from the spec, where they are plain identifiers
+//! (`embedstream_core::spec::sink::pgvector::is_table_name`) or the models' column names.
+
+use embedstream_core::spec::{PgIndex, PgMode, PgvectorSinkSpec};
+
+use crate::rows::Output;
+
+/// The per-connection temporary table each window is copied into first.
+pub const STAGE: &str = "embedstream_stage";
+
+/// One column of the table: its name and SQL type (as PostgreSQL's `format_type` prints it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub sql_type: String,
+    /// A vector column: the model that fills it.
+    pub model: Option<String>,
+}
+
+impl Column {
+    fn plain(name: &str, sql_type: &str) -> Column {
+        Column { name: name.into(), sql_type: sql_type.into(), model: None }
+    }
+}
+
+/// The sink's table as the query writes it.
+#[derive(Debug, Clone)]
+pub struct TableDef {
+    /// As the spec names it (`schema.name` or `name`).
+    pub name: String,
+    pub mode: PgMode,
+    pub columns: Vec<Column>,
+    /// The single model's id, written in the `model` column (one output only).
+    pub model: Option<String>,
+    pub with_value: bool,
+    pub index: PgIndex,
+    pub ops: &'static str,
+}
+
+/// `a.b` as `"a"."b"`.
+pub fn quote(name: &str) -> String {
+    name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+impl TableDef {
+    pub fn new(spec: &PgvectorSinkSpec, outputs: &[Output]) -> TableDef {
+        let mut columns = vec![
+            Column::plain("key", "text"),
+            Column::plain("topic", "text"),
+            Column::plain("partition", "integer"),
+            Column::plain("offset", "bigint"),
+            Column::plain("kafka_timestamp", "timestamp with time zone"),
+        ];
+        let model = match outputs {
+            [one] => {
+                columns.push(Column::plain("model", "text"));
+                Some(one.model.clone())
+            }
+            _ => None,
+        };
+        columns.extend(outputs.iter().map(|o| Column {
+            name: o.column.clone(),
+            sql_type: format!("vector({})", o.dim),
+            model: Some(o.model.clone()),
+        }));
+        if spec.with_value() {
+            columns.push(Column::plain("value", "text"));
+        }
+        TableDef {
+            name: spec.table.clone(),
+            mode: spec.mode,
+            columns,
+            model,
+            with_value: spec.with_value(),
+            index: spec.index,
+            ops: spec.distance.ops(),
+        }
+    }
+
+    /// Where upsert mode remembers each key's latest tombstone, so that an older record
+    /// written after it (a retried task, the other task of a split) does not bring the row back.
+    pub fn tombstones(&self) -> String {
+        format!("{}_tombstones", self.name)
+    }
+
+    fn column_list(&self, prefix: &str) -> String {
+        self.columns.iter().map(|c| format!("{prefix}{}", quote(&c.name))).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The table, its unique key and an index per vector column.
+    pub fn create(&self) -> Vec<String> {
+        let mut columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let nullable = matches!(c.name.as_str(), "kafka_timestamp" | "value")
+                    || (c.name == "key" && self.mode == PgMode::Append);
+                format!("{} {}{}", quote(&c.name), c.sql_type, if nullable { "" } else { " NOT NULL" })
+            })
+            .collect();
+        columns.push(match self.mode {
+            PgMode::Upsert => "PRIMARY KEY (\"key\")".into(),
+            PgMode::Append => "PRIMARY KEY (\"topic\", \"partition\", \"offset\")".into(),
+        });
+        let mut ddl = vec![format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(&self.name), columns.join(", "))];
+        let bare = self.name.rsplit('.').next().unwrap_or(&self.name);
+        for c in self.columns.iter().filter(|c| c.model.is_some()) {
+            let method = match self.index {
+                PgIndex::Hnsw => "hnsw",
+                PgIndex::Ivfflat => "ivfflat",
+                PgIndex::None => continue,
+            };
+            ddl.push(format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} USING {method} ({} {})",
+                quote(&format!("{bare}_{}_{method}", c.name)),
+                quote(&self.name),
+                quote(&c.name),
+                self.ops
+            ));
+        }
+        if self.mode == PgMode::Upsert {
+            ddl.push(self.create_tombstones());
+        }
+        ddl
+    }
+
+    fn create_tombstones(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\"key\" text PRIMARY KEY, \"topic\" text NOT NULL, \
+             \"partition\" integer NOT NULL, \"offset\" bigint NOT NULL)",
+            quote(&self.tombstones())
+        )
+    }
+
+    /// What a table that exists lacks: the first column missing or of another type, in words.
+    pub fn misfit(&self, existing: &[(String, String)]) -> Option<String> {
+        for c in &self.columns {
+            let found = existing.iter().find(|(name, _)| name == &c.name);
+            let what = match &c.model {
+                Some(model) => format!("the model `{model}` gives {}", c.sql_type),
+                None => format!("the sink writes {}", c.sql_type),
+            };
+            match found {
+                None => return Some(format!("has no column `{}` ({what})", c.name)),
+                Some((_, ty)) if ty != &c.sql_type => {
+                    return Some(format!("column `{}` is {ty}, but {what}", c.name));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
+    /// The staging table of a connection: the table's columns, no constraints, emptied at
+    /// each commit.
+    pub fn create_stage(&self) -> String {
+        let columns: Vec<String> = self.columns.iter().map(|c| format!("{} {}", quote(&c.name), c.sql_type)).collect();
+        format!("CREATE TEMP TABLE IF NOT EXISTS {STAGE} ({}) ON COMMIT DELETE ROWS", columns.join(", "))
+    }
+
+    /// `COPY` of a window into the stage, in binary.
+    pub fn copy_in(&self) -> String {
+        format!("COPY {STAGE} ({}) FROM STDIN (FORMAT binary)", self.column_list(""))
+    }
+
+    /// Locks the stage's keys for the transaction, in one order (no deadlock between two
+    /// writers): a tombstone and a record of one key are applied one after the other.
+    pub fn lock_stage_keys(&self, lock_space: i32) -> String {
+        format!(
+            "SELECT pg_advisory_xact_lock({lock_space}, h) FROM \
+             (SELECT DISTINCT hashtext(\"key\") AS h FROM {STAGE} ORDER BY 1) AS k"
+        )
+    }
+
+    /// From the stage into the table. Upsert: one row per key (the window's latest), replacing
+    /// a row only from a later offset of the same source partition, and not over a later
+    /// tombstone. Append: rows new by origin.
+    pub fn merge(&self) -> String {
+        let (table, cols) = (quote(&self.name), self.column_list(""));
+        match self.mode {
+            PgMode::Append => format!(
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM {STAGE} \
+                 ON CONFLICT (\"topic\", \"partition\", \"offset\") DO NOTHING"
+            ),
+            PgMode::Upsert => {
+                let set: Vec<String> = (self.columns.iter().filter(|c| c.name != "key"))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
+                    .collect();
+                format!(
+                    "INSERT INTO {table} AS t ({cols}) \
+                     SELECT DISTINCT ON (s.\"key\") {scols} FROM {STAGE} AS s \
+                     WHERE NOT EXISTS (SELECT 1 FROM {tomb} AS d WHERE d.\"key\" = s.\"key\" \
+                       AND d.\"topic\" = s.\"topic\" AND d.\"partition\" = s.\"partition\" AND d.\"offset\" > s.\"offset\") \
+                     ORDER BY s.\"key\", s.\"offset\" DESC \
+                     ON CONFLICT (\"key\") DO UPDATE SET {set} \
+                     WHERE t.\"topic\" <> EXCLUDED.\"topic\" OR t.\"partition\" <> EXCLUDED.\"partition\" \
+                       OR t.\"offset\" < EXCLUDED.\"offset\"",
+                    scols = self.column_list("s."),
+                    tomb = quote(&self.tombstones()),
+                    set = set.join(", "),
+                )
+            }
+        }
+    }
+
+    /// Tombstones of one window: their keys locked (`$1` keys, `$2` the lock space), the latest
+    /// tombstone per key remembered (`$1` keys, `$2` topics, `$3` partitions, `$4` offsets), and
+    /// rows older than it deleted (`$1` keys).
+    pub fn delete(&self) -> [String; 3] {
+        let (table, tomb) = (quote(&self.name), quote(&self.tombstones()));
+        [
+            "SELECT pg_advisory_xact_lock($2, h) FROM \
+             (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS l"
+                .to_string(),
+            format!(
+                "INSERT INTO {tomb} AS d (\"key\", \"topic\", \"partition\", \"offset\") \
+                 SELECT DISTINCT ON (u.k) u.k, u.t, u.p, u.o \
+                 FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[]) AS u(k, t, p, o) \
+                 ORDER BY u.k, u.o DESC \
+                 ON CONFLICT (\"key\") DO UPDATE SET \"topic\" = EXCLUDED.\"topic\", \
+                   \"partition\" = EXCLUDED.\"partition\", \"offset\" = EXCLUDED.\"offset\" \
+                 WHERE d.\"topic\" <> EXCLUDED.\"topic\" OR d.\"partition\" <> EXCLUDED.\"partition\" \
+                   OR d.\"offset\" < EXCLUDED.\"offset\""
+            ),
+            format!(
+                "DELETE FROM {table} AS t USING {tomb} AS d \
+                 WHERE t.\"key\" = ANY($1::text[]) AND d.\"key\" = t.\"key\" \
+                   AND NOT (t.\"topic\" = d.\"topic\" AND t.\"partition\" = d.\"partition\" AND t.\"offset\" > d.\"offset\")"
+            ),
+        ]
+    }
+}
+
+/// The advisory-lock space of a table's keys: its name hashed (FNV-1a), so two tables' locks
+/// do not meet.
+pub fn lock_space(table: &str) -> i32 {
+    let hash = table.bytes().fold(0x811c9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x01000193));
+    hash as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mode: &str) -> PgvectorSinkSpec {
+        toml::from_str(&format!("url = \"postgresql://u@h/d\"\ntable = \"s.items\"\nmode = \"{mode}\"")).unwrap()
+    }
+
+    #[test]
+    fn an_existing_table_is_checked_column_by_column() {
+        let def = TableDef::new(&spec("upsert"), &[Output::single("minilm", 384)]);
+        let mut existing: Vec<(String, String)> =
+            def.columns.iter().map(|c| (c.name.clone(), c.sql_type.clone())).collect();
+        assert_eq!(def.misfit(&existing), None);
+        existing.iter_mut().find(|(n, _)| n == "embedding").unwrap().1 = "vector(768)".into();
+        assert_eq!(
+            def.misfit(&existing).unwrap(),
+            "column `embedding` is vector(768), but the model `minilm` gives vector(384)"
+        );
+        existing.retain(|(n, _)| n != "offset");
+        assert_eq!(def.misfit(&existing).unwrap(), "has no column `offset` (the sink writes bigint)");
+    }
+
+    #[test]
+    fn statements_quote_every_name() {
+        let def = TableDef::new(&spec("append"), &[Output::single("m", 3)]);
+        assert!(def.create()[0].starts_with("CREATE TABLE IF NOT EXISTS \"s\".\"items\" (\"key\" text, "));
+        assert!(def.create()[1]
+            .contains("\"items_embedding_hnsw\" ON \"s\".\"items\" USING hnsw (\"embedding\" vector_cosine_ops)"));
+        assert!(def.merge().ends_with("ON CONFLICT (\"topic\", \"partition\", \"offset\") DO NOTHING"));
+        let upsert = TableDef::new(&spec("upsert"), &[Output::single("m", 3)]);
+        assert_eq!(upsert.create().len(), 3, "table, index, tombstones");
+        assert!(upsert.merge().contains("\"s\".\"items_tombstones\""));
+    }
+}

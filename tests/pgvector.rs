@@ -1,0 +1,333 @@
+//! The pgvector sink against a real PostgreSQL 16 with pgvector (deploy/setup.sh's) and a real
+//! Apache Kafka broker: upserts that hold each key's latest vector and a similarity query that
+//! finds a paraphrase, tombstones that delete, an executor killed mid-batch and a driver that
+//! stops after writing a batch's offsets but before its commit log, appends that a re-run does
+//! not double, and bad connections and tables refused before the first batch.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::postgres::{Postgres, PASSWORD};
+use common::reference::{max_diff, onnx_embeddings};
+use common::*;
+
+/// `[a,b,...]` as psql prints a vector.
+fn parse_vector(text: &str) -> Vec<f32> {
+    text.trim_matches(['[', ']']).split(',').map(|x| x.parse().unwrap()).collect()
+}
+
+/// Each row's key and vector of `table`.
+fn vectors_by_key(pg: &Postgres, table: &str) -> BTreeMap<String, Vec<f32>> {
+    let out = pg.psql(&format!("SELECT key, embedding FROM {table}"));
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once('|').unwrap();
+            (k.to_string(), parse_vector(v))
+        })
+        .collect()
+}
+
+fn keyed(records: &[(&str, Option<&str>)], partitions: i32) -> Vec<broker::RawRecord> {
+    records
+        .iter()
+        .map(|(k, v)| {
+            let n: i32 = k.bytes().map(i32::from).sum();
+            (n % partitions, Some(k.as_bytes().to_vec()), v.map(|v| v.as_bytes().to_vec()))
+        })
+        .collect()
+}
+
+/// The vector literal of `v` for SQL.
+fn literal(v: &[f32]) -> String {
+    format!("'[{}]'", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+}
+
+#[test]
+fn upserts_keep_each_keys_latest_vector_a_paraphrase_ranks_first_and_tombstones_delete() {
+    let broker = Broker::start();
+    broker.create_topic("items", 2);
+    let pg = Postgres::start();
+    let catalog = texts(30, 21);
+    let kettle = "Electric kettle in brushed stainless steel, boils a litre of water in three minutes";
+    let mut first: Vec<(String, String)> =
+        catalog.iter().enumerate().map(|(i, t)| (format!("item-{i}"), t.clone())).collect();
+    first.push(("item-kettle".into(), kettle.into()));
+    let records: Vec<(&str, Option<&str>)> = first.iter().map(|(k, t)| (k.as_str(), Some(t.as_str()))).collect();
+    broker.produce("items", &keyed(&records, 2));
+
+    let job = Job::new(&broker, "pgq", "subscribe = [\"items\"]", "available_now = true", "").with_pgvector_sink(
+        &pg.url(),
+        PASSWORD,
+        "table = \"search.items\"\ncolumns = [\"value\"]",
+    );
+    pg.psql("CREATE SCHEMA search");
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], 31, "{summary}");
+
+    // Every key once, with the reference vector of its text, and its text.
+    let rows = vectors_by_key(&pg, "search.items");
+    assert_eq!(rows.len(), 31);
+    let texts_in: Vec<String> = first.iter().map(|(_, t)| t.clone()).collect();
+    let reference = onnx_embeddings(&texts_in);
+    for ((key, text), want) in first.iter().zip(&reference) {
+        let got = rows.get(key).unwrap_or_else(|| panic!("no row for {key}"));
+        assert!(max_diff(got, want) < 1e-4, "{key}: {}", max_diff(got, want));
+        assert_eq!(pg.psql(&format!("SELECT value FROM search.items WHERE key = '{key}'")), *text);
+    }
+    // A paraphrase of the kettle, embedded by Python, finds it first by cosine distance.
+    let query = &onnx_embeddings(&["a stainless steel kettle that heats water fast".to_string()])[0];
+    let nearest = pg.psql(&format!("SELECT key FROM search.items ORDER BY embedding <=> {} LIMIT 5", literal(query)));
+    assert_eq!(nearest.lines().next(), Some("item-kettle"), "{nearest}");
+    // The table says how far it is: the batch's end offsets, as the consumer group has them.
+    let ends = pg.psql("SELECT partition, end_offset FROM embedstream_offsets WHERE query = 'pgq' ORDER BY partition");
+    let marks = broker.high_watermarks("items", 2);
+    assert_eq!(ends, format!("0|{}\n1|{}", marks[0], marks[1]));
+    assert_eq!(broker.committed("pgq-group", "items", 2), marks);
+    assert_eq!(pg.psql("SELECT model, count(*) FROM search.items GROUP BY model"), "all-MiniLM-L6-v2|31");
+
+    // New texts for ten keys, a tombstone for the kettle, and a record without a key.
+    let newer = texts(10, 22);
+    let mut second: Vec<(String, Option<String>)> =
+        newer.iter().enumerate().map(|(i, t)| (format!("item-{i}"), Some(t.clone()))).collect();
+    second.push(("item-kettle".into(), None));
+    let records: Vec<(&str, Option<&str>)> = second.iter().map(|(k, t)| (k.as_str(), t.as_deref())).collect();
+    let mut raw = keyed(&records, 2);
+    raw.push((0, None, Some(b"a record without a key".to_vec())));
+    broker.produce("items", &raw);
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], 10, "{summary}");
+
+    let rows = vectors_by_key(&pg, "search.items");
+    assert_eq!(rows.len(), 30, "the tombstone deleted the kettle's row");
+    assert!(!rows.contains_key("item-kettle"));
+    let newer_reference = onnx_embeddings(&newer);
+    for (i, want) in newer_reference.iter().enumerate() {
+        let got = &rows[&format!("item-{i}")];
+        assert!(max_diff(got, want) < 1e-4, "item-{i} holds its newer vector: {}", max_diff(got, want));
+    }
+    for (i, want) in reference.iter().enumerate().take(30).skip(10) {
+        assert!(max_diff(&rows[&format!("item-{i}")], want) < 1e-4, "item-{i} is unchanged");
+    }
+    assert_eq!(pg.psql("SELECT key FROM search.items_tombstones"), "item-kettle");
+    let dead = broker.read_all("pgq-dlq", 1);
+    assert_eq!(dead.len(), 1, "the keyless record is a dead letter");
+    assert!(dead[0].header("es.error").contains("no key"), "{}", dead[0].header("es.error"));
+    assert_eq!(broker.committed("pgq-group", "items", 2), broker.high_watermarks("items", 2));
+}
+
+#[test]
+fn an_executor_killed_mid_batch_and_a_driver_crash_leave_each_key_with_its_latest_vector() {
+    let broker = Broker::start();
+    broker.create_topic("events", 2);
+    let pg = Postgres::start();
+    // 160 records over 10 keys, each key in one partition: every key is written 16 times, four
+    // times a batch, and each batch's range of a partition is split into two tasks that run at
+    // once (min_partitions), so a key's records race each other and retried attempts.
+    let input = texts(160, 31);
+    let records: Vec<broker::RawRecord> = (0..160)
+        .map(|n| {
+            let key = n % 10;
+            ((key % 2) as i32, Some(format!("k-{key}").into_bytes()), Some(input[n].clone().into_bytes()))
+        })
+        .collect();
+    broker.produce("events", &records);
+    let job = Job::new(
+        &broker,
+        "pgfail",
+        "subscribe = [\"events\"]\nmax_offsets_per_trigger = 40\nmin_partitions = 4",
+        "processing_time = \"100ms\"",
+        "",
+    )
+    .with_batching(1, 1)
+    .with_pgvector_sink(&pg.url(), PASSWORD, "table = \"events_vec\"");
+
+    // 1. The driver stops after batch 1's offsets are in the database, before its commit log:
+    //    the next driver runs batch 1 again into rows that hold it already.
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]).env("EMBEDSTREAM_TEST_CRASH_AFTER_MANIFEST", "1");
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pg.psql("SELECT max(batch_id) FROM embedstream_offsets WHERE query = 'pgfail'"), "1");
+
+    // 2. A new driver; an executor is killed while rows are being written.
+    let mut q = Running::start(&job, 2);
+    q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
+    q.wait_until("a later batch being written", Duration::from_secs(60), |_| {
+        pg.psql("SELECT coalesce(max(\"offset\"), 0) FROM events_vec").parse::<i64>().unwrap() >= 45
+    });
+    let victim = q.executor_pids()[0];
+    std::process::Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    q.wait_until("all 160 records committed", Duration::from_secs(120), |_| {
+        broker.committed("pgfail-group", "events", 2) == vec![80, 80]
+    });
+    let summary = q.stop();
+    assert!(summary["task_retries"].as_u64().unwrap() >= 1, "the killed executor's task was retried: {summary}");
+
+    // Each key once, holding the vector of its latest record (offsets 75..79 of its partition).
+    let rows = vectors_by_key(&pg, "events_vec");
+    assert_eq!(rows.len(), 10);
+    let latest: Vec<String> = (150..160).map(|n| input[n].clone()).collect();
+    let reference = onnx_embeddings(&latest);
+    for (j, want) in reference.iter().enumerate() {
+        let key = format!("k-{}", (150 + j) % 10);
+        assert!(max_diff(&rows[&key], want) < 1e-4, "{key}: {}", max_diff(&rows[&key], want));
+    }
+    let origins = pg.psql("SELECT min(\"offset\"), max(\"offset\") FROM events_vec");
+    assert_eq!(origins, "75|79");
+}
+
+#[test]
+fn bad_connections_and_tables_are_refused_before_the_first_batch_and_appends_are_not_doubled() {
+    let broker = Broker::start();
+    broker.create_topic("docs", 1);
+    let input = texts(12, 41);
+    broker.produce_texts("docs", 1, 0, &input);
+    let pg = Postgres::start();
+    let job = |name: &str, url: &str, password: &str, keys: &str| {
+        Job::new(&broker, name, "subscribe = [\"docs\"]", "available_now = true", "")
+            .with_pgvector_sink(url, password, keys)
+    };
+    let refused = |job: &Job| {
+        let mut cmd = embedstream();
+        cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+        let out = run_to_end(cmd, Duration::from_secs(120));
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // A wrong password: the driver's first connection says so, and the secret is in no log.
+    let wrong = job("pgwrong", &pg.url(), "not-the-password", "table = \"docs_vec\"");
+    let log = refused(&wrong);
+    let last = log.lines().last().unwrap();
+    assert!(last.contains("password authentication failed") && last.contains(&pg.url()), "{last}");
+    assert!(!log.contains("not-the-password"), "the password reached the log");
+    // Nothing is listening on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let unreachable = format!("postgres://postgres@127.0.0.1:{closed}/postgres");
+    let log = refused(&job("pgdown", &unreachable, PASSWORD, "table = \"docs_vec\""));
+    assert!(log.lines().last().unwrap().contains("cannot connect"), "{log}");
+    // A table made for another model: its column is named, with both dimensions.
+    pg.psql(
+        "CREATE EXTENSION IF NOT EXISTS vector; CREATE TABLE docs_vec (key text PRIMARY KEY, topic text, partition integer, \"offset\" bigint, \
+         kafka_timestamp timestamptz, model text, embedding vector(768))",
+    );
+    let log = refused(&job("pgdim", &pg.url(), PASSWORD, "table = \"docs_vec\""));
+    assert!(
+        log.contains("column `embedding` is vector(768), but the model `all-MiniLM-L6-v2` gives vector(384)"),
+        "{log}"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM docs_vec"), "0", "nothing written");
+    for group in ["pgwrong-group", "pgdown-group", "pgdim-group"] {
+        assert_eq!(broker.committed(group, "docs", 1), vec![-1], "{group} committed offsets");
+    }
+
+    // Appends: a row per record; a second query over the same records into the same table
+    // (another checkpoint: every batch runs again) adds none.
+    for name in ["pgappend", "pgappend2"] {
+        let summary = run_job(&job(name, &pg.url(), PASSWORD, "table = \"docs_log\"\nmode = \"append\""), 1);
+        assert_eq!(summary["embeddings"], 12, "{summary}");
+        assert_eq!(pg.psql("SELECT count(*), count(DISTINCT \"offset\") FROM docs_log"), "12|12");
+    }
+    let reference = onnx_embeddings(&input);
+    for (i, want) in reference.iter().enumerate() {
+        let got = parse_vector(&pg.psql(&format!("SELECT embedding FROM docs_log WHERE \"offset\" = {i}")));
+        assert!(max_diff(&got, want) < 1e-4, "offset {i}");
+    }
+}
+
+/// One window of rows as a task hands them to the sink: (key, offset, vector), partition 0 of
+/// topic `t`, 3-dimensional vectors of the model `m`.
+fn window(rows: &[(&str, i64, [f32; 3])]) -> arrow_array::RecordBatch {
+    use arrow_array::{BinaryArray, Int32Array, Int64Array, StringArray};
+    use embedstream_sinks::rows::{embedding_array, output_schema, Output};
+    let n = rows.len();
+    let columns: Vec<arrow_array::ArrayRef> = vec![
+        std::sync::Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.0.as_bytes()))),
+        std::sync::Arc::new(BinaryArray::from_iter_values(rows.iter().map(|_| b"text".as_slice()))),
+        std::sync::Arc::new(StringArray::from(vec!["t"; n])),
+        std::sync::Arc::new(Int32Array::from(vec![0; n])),
+        std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+        std::sync::Arc::new(Int64Array::from(vec![Some(1_700_000_000_000); n])),
+        std::sync::Arc::new(embedding_array(rows.iter().flat_map(|r| r.2).collect(), 3)),
+    ];
+    arrow_array::RecordBatch::try_new(output_schema(&[Output::single("m", 3)], false), columns).unwrap()
+}
+
+/// The sink's writes, driven directly in the orders a retried attempt or the two tasks of a
+/// `min_partitions` split can produce: the latest record of each key wins whatever the order,
+/// a tombstone is not undone by an older record written after it, and appends are not doubled.
+#[test]
+fn writes_in_any_order_leave_each_keys_latest_record_and_tombstones_hold() {
+    use embedstream_core::spec::{PgvectorSinkSpec, Secret};
+    use embedstream_sinks::rows::Output;
+    use embedstream_sinks::{pgvector, Sink, TaskInfo};
+
+    let pg = Postgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink = |table: &str, mode: &str| {
+        let spec: PgvectorSinkSpec =
+            toml::from_str(&format!("url = \"{}\"\ntable = \"{table}\"\nmode = \"{mode}\"", pg.url())).unwrap();
+        let password = Secret::new(PASSWORD.to_string());
+        std::sync::Arc::new(rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)])).unwrap())
+    };
+    let task = TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0 };
+    let write = |sink: &std::sync::Arc<pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
+        rt.block_on(async {
+            let mut w = sink.open(&task).unwrap();
+            w.write(&window(rows)).await.unwrap();
+            w.commit().await.unwrap();
+        })
+    };
+    let delete = |sink: &std::sync::Arc<pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
+        rt.block_on(async {
+            let mut w = sink.open(&task).unwrap();
+            w.delete(&window(rows)).await.unwrap();
+            w.commit().await.unwrap();
+        })
+    };
+    let row = |key: &str| pg.psql(&format!("SELECT \"offset\", embedding FROM ordered WHERE key = '{key}'"));
+
+    let upsert = sink("ordered", "upsert");
+    // The later task first, then the earlier one (or its retry): the later record stays.
+    write(&upsert, &[("a", 10, [1.0, 0.0, 0.0]), ("a", 12, [0.0, 0.0, 1.0])]);
+    write(&upsert, &[("a", 5, [0.0, 1.0, 0.0])]);
+    assert_eq!(row("a"), "12|[0,0,1]");
+    // A tombstone older than the row leaves it; a newer one deletes it, and an older record
+    // written afterwards does not bring it back; a record after the tombstone does.
+    delete(&upsert, &[("a", 11, [0.0; 3])]);
+    assert_eq!(row("a"), "12|[0,0,1]");
+    delete(&upsert, &[("a", 20, [0.0; 3])]);
+    assert_eq!(row("a"), "");
+    write(&upsert, &[("a", 15, [1.0, 1.0, 0.0])]);
+    assert_eq!(row("a"), "", "an older record undid the tombstone");
+    write(&upsert, &[("a", 25, [0.5, 0.5, 0.0])]);
+    assert_eq!(row("a"), "25|[0.5,0.5,0]");
+    // A tombstone before its key's first record: the record, older, stays out.
+    delete(&upsert, &[("b", 30, [0.0; 3])]);
+    write(&upsert, &[("b", 3, [1.0, 0.0, 0.0])]);
+    assert_eq!(row("b"), "");
+
+    // Two writers over the same keys at once, in both orders: the later offsets win everywhere.
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let early: Vec<(&str, i64, [f32; 3])> = keys.iter().map(|k| (k.as_str(), 100, [1.0, 0.0, 0.0])).collect();
+    let late: Vec<(&str, i64, [f32; 3])> = keys.iter().rev().map(|k| (k.as_str(), 200, [0.0, 1.0, 0.0])).collect();
+    rt.block_on(async {
+        let (mut a, mut b) = (upsert.open(&task).unwrap(), upsert.open(&task).unwrap());
+        let (wa, wb) = (window(&late), window(&early));
+        let (x, y) = tokio::join!(a.write(&wa), b.write(&wb));
+        x.unwrap();
+        y.unwrap();
+    });
+    let counts = pg.psql("SELECT \"offset\", count(*) FROM ordered WHERE key LIKE 'k%' GROUP BY 1");
+    assert_eq!(counts, "200|300");
+
+    // Appends: the same records twice, one row each.
+    let append = sink("appended", "append");
+    let records = [("x", 1, [1.0, 0.0, 0.0]), ("x", 2, [0.0, 1.0, 0.0]), ("y", 3, [0.0, 0.0, 1.0])];
+    write(&append, &records);
+    write(&append, &records[1..]);
+    assert_eq!(pg.psql("SELECT count(*), count(DISTINCT \"offset\") FROM appended"), "3|3");
+}

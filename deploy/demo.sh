@@ -8,6 +8,8 @@
 #                                 N = 300) through a text model, an image model (EfficientNet-Lite0
 #                                 on clip art served on loopback) and their combination, into a
 #                                 Parquet table
+#   deploy/demo.sh --pgvector [N] the texts into PostgreSQL with pgvector (deploy/postgres.sh, on
+#                                 loopback), then a nearest-neighbour query in SQL
 # EMBEDSTREAM_DEMO_DIR keeps the broker data, job spec and checkpoint there (default: a new temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +17,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
 OBSERVE=0
 PRODUCTS=0
+PGVECTOR=0
 if [ "${1:-}" = "--observe" ]; then OBSERVE=1; shift; fi
 if [ "${1:-}" = "--products" ]; then PRODUCTS=1; shift; fi
+if [ "${1:-}" = "--pgvector" ]; then PGVECTOR=1; shift; fi
 N=${1:-$([ "$PRODUCTS" = 1 ] && echo 300 || echo 2000)}
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -74,6 +78,40 @@ fi
 
 python3 -I deploy/demo/sample_texts.py "$N" >"$WORK/texts.txt"
 "$BIN" produce --bootstrap-servers "127.0.0.1:$PORT" --topic products --partitions 2 --keyed <"$WORK/texts.txt"
+
+if [ "$PGVECTOR" = 1 ]; then
+  PGPORT=$(free_port)
+  # A password made for this demo, in a file only this user reads: the spec names the file.
+  (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(18))' >"$WORK/pg.pass")
+  deploy/postgres.sh start "$WORK/postgres" "$PGPORT" "$WORK/pg.pass"
+  trap 'deploy/postgres.sh stop "$WORK/postgres"; deploy/broker.sh stop "$WORK/broker"' EXIT
+  sed -e "s|@BOOTSTRAP@|127.0.0.1:$PORT|g" -e "s|@WORK@|$WORK|g" -e "s|@MODELS@|$CACHE/models|g" \
+    -e "s|@PGPORT@|$PGPORT|g" deploy/demo/pgvector.toml >"$WORK/job.toml"
+  echo "demo: embedstream run $WORK/job.toml --local 1" >&2
+  "$BIN" run "$WORK/job.toml" --local 1 >"$WORK/summary.json" 2>"$WORK/run.log" || { cat "$WORK/run.log" >&2; exit 1; }
+  sql() { deploy/postgres.sh psql "$WORK/postgres" "$PGPORT" "$WORK/pg.pass" "$@"; }
+  ROWS=$(sql "SELECT count(*) FROM products_embeddings")
+  OFFSETS=$(sql "SELECT string_agg(topic || '-' || partition || ': ' || end_offset, ', ' ORDER BY partition) FROM embedstream_offsets WHERE query = 'products'")
+  # The first text's nearest neighbours, by cosine distance over the HNSW index.
+  NEAREST=$(sql "SELECT round((b.embedding <=> a.embedding)::numeric, 3) || '  ' || left(b.value, 70) FROM products_embeddings a, products_embeddings b WHERE a.key = (SELECT min(key) FROM products_embeddings) ORDER BY b.embedding <=> a.embedding LIMIT 4")
+  python3 - "$WORK" "$N" "$ROWS" "$OFFSETS" "$PGPORT" "$NEAREST" <<'PY'
+import json, pathlib, sys
+work, n, rows, offsets, port, nearest = pathlib.Path(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
+s = json.loads((work / "summary.json").read_text())
+near = "\n".join("                     " + line for line in nearest.splitlines())
+print(f"""
+embedstream demo: {n} texts from topic 'products' (2 partitions) embedded with all-MiniLM-L6-v2 into PostgreSQL + pgvector
+  embeddings         {s['embeddings']}  -> table products_embeddings on 127.0.0.1:{port} ({rows} rows, one per key; HNSW, cosine)
+  end offsets        {offsets}  (table embedstream_offsets)
+  dead letters       {s['dead_letters']}  -> topic 'products-dlq'
+  processing time    {s['processing_seconds']:.2f} s ({s['embeddings_per_second']:.1f} embeddings/s with 1 executor of 1 core)
+  nearest to the first text (cosine distance, text):
+{near}
+  query it           deploy/postgres.sh psql {work}/postgres {port} {work}/pg.pass "SELECT key, value FROM products_embeddings LIMIT 3"
+  files              {work}/job.toml, checkpoint {work}/checkpoint, driver log {work}/run.log""")
+PY
+  exit 0
+fi
 sed -e "s|@BOOTSTRAP@|127.0.0.1:$PORT|g" -e "s|@WORK@|$WORK|g" -e "s|@MODELS@|$CACHE/models|g" \
   deploy/demo/job.toml >"$WORK/job.toml"
 

@@ -10,6 +10,9 @@
 //! 3. Throughput on the machine's cores: the workers against one plain ONNX Runtime session in
 //!    this process with as many intra-op threads, fed the same length-sorted batches; on mixed
 //!    lengths also against that session fed in arrival order.
+//! 4. Token-budget batches (`max_batch_tokens`, issue 20) against fixed batch sizes, on both text
+//!    sets: embeddings/s and the workers' total PSS after the runs (a budget bounds the largest
+//!    tensor, so each worker's arena). `cargo bench --bench workers -- --budget` runs only this.
 //!
 //! Writes target/embedstream-bench/workers.json besides the table.
 
@@ -91,6 +94,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let spec = spec();
     let mut report = serde_json::Map::new();
+    if std::env::args().any(|a| a == "--budget") {
+        report.insert("token_budget".into(), token_budget(&rt, &exe, cores));
+        return write_report(report, "workers-budget.json");
+    }
     println!("embedstream bench: forked model workers ({cores} cores, batch {BATCH}, all-MiniLM-L6-v2 int8)\n");
 
     // 1. Memory.
@@ -226,9 +233,61 @@ fn main() {
     }
     report.insert("throughput".into(), throughput.into());
     report.insert("cores".into(), cores.into());
+    drop(pool);
+    report.insert("token_budget".into(), token_budget(&rt, &exe, cores));
+    write_report(report, "workers.json");
+}
 
+fn write_report(report: serde_json::Map<String, serde_json::Value>, name: &str) {
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/embedstream-bench");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("workers.json"), serde_json::to_vec_pretty(&report).unwrap()).unwrap();
-    println!("\nreport: {}", out.join("workers.json").display());
+    std::fs::write(out.join(name), serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    println!("\nreport: {}", out.join(name).display());
+}
+
+/// 4. Batches cut by a token budget against fixed batch sizes: one pool of `cores` workers per
+/// way of cutting, each text set run twice (the second counts), then the workers' total PSS.
+fn token_budget(rt: &tokio::runtime::Runtime, exe: &std::path::Path, cores: usize) -> serde_json::Value {
+    let ways: [(&str, usize, Option<usize>); 4] = [
+        ("fixed 32 (the default)", 32, None),
+        ("fixed 128", 128, None),
+        ("budget 2048 tokens, up to 256", 256, Some(2048)),
+        ("budget 4096 tokens, up to 256", 256, Some(4096)),
+    ];
+    let sets = [("uniform", uniform_texts(1536)), ("mixed", mixed_texts(1536))];
+    println!("\ntoken budget (embeddings/s; PSS of the workers after both sets)");
+    println!("  {:<32} {:>10} {:>10} {:>10} {:>14}", "batches", "uniform", "mixed", "vs fixed 32", "workers MiB");
+    let mut rows = Vec::new();
+    let mut base = None;
+    for (label, batch_size, max_batch_tokens) in ways {
+        let spec = ModelSpec { batch_size, max_batch_tokens, sort_window: 1536, ..spec() };
+        let dir = tempfile::tempdir().unwrap();
+        let pool = rt.block_on(async {
+            Arc::new(WorkerPool::start(exe, &spec, cores, &model::ort_library(), dir.path().join("s")).await.unwrap())
+        });
+        let rates: Vec<f64> = sets
+            .iter()
+            .map(|(_, texts)| {
+                rt.block_on(pool.embed(texts.clone())).unwrap();
+                let t = Instant::now();
+                rt.block_on(pool.embed(texts.clone())).unwrap();
+                rate(texts.len(), t.elapsed())
+            })
+            .collect();
+        let pss: u64 = {
+            let s = pool.state();
+            std::iter::once(s.daemon_pid).chain(s.worker_pids.iter().copied()).filter_map(pss_bytes).sum()
+        };
+        let (uniform, mixed) = (rates[0], rates[1]);
+        let (bu, bm) = *base.get_or_insert((uniform, mixed));
+        println!(
+            "  {label:<32} {uniform:>10.1} {mixed:>10.1} {:>5.2}, {:>4.2} {:>14.0}",
+            uniform / bu,
+            mixed / bm,
+            pss as f64 / 1048576.0
+        );
+        rows.push(serde_json::json!({"batches": label, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
+            "uniform_per_s": uniform, "mixed_per_s": mixed, "workers_pss_bytes": pss}));
+    }
+    rows.into()
 }

@@ -60,6 +60,33 @@ async fn forked_workers_give_the_in_process_model_s_vectors_bit_for_bit() {
     assert_eq!(workers.state().restarts, 0);
 }
 
+/// Issue 20: batches cut by a token budget give the vectors that fixed batches give (padding
+/// changes no vector beyond float noise), Python's within 1e-4, and respect the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_budget_batches_give_the_vectors_of_fixed_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    // Titles of a few words beside texts past max_seq_len: a budget cuts them differently.
+    let mut input = texts(40, 23);
+    input.extend((0..6).map(|i| format!("{} {i}", "a long product description that goes on ".repeat(20))));
+    let fixed = pool(&spec(32), 1, dir.path()).await.unwrap();
+    let (want, fixed_sizes) = fixed.embed(input.clone()).await.unwrap();
+    drop(fixed);
+    let budget = ModelSpec { max_batch_tokens: Some(512), ..spec(64) };
+    let other = tempfile::tempdir().unwrap();
+    let budgeted = pool(&budget, 1, other.path()).await.unwrap();
+    let (got, sizes) = budgeted.embed(input.clone()).await.unwrap();
+    assert_ne!(sizes, fixed_sizes, "the budget cut other batches");
+    assert!(sizes.iter().all(|&n| n <= 64) && sizes.contains(&4), "512 tokens hold 4 texts of 128: {sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), input.len());
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "token-budget batches differ from fixed ones by {worst}");
+    let reference = common::reference::onnx_embeddings(&input);
+    for (i, r) in reference.iter().enumerate() {
+        let v = &got[i * DIM..(i + 1) * DIM];
+        assert!(common::reference::max_diff(v, r) < 1e-4, "text {i}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_is_replaced_and_no_batch_is_lost_or_doubled() {
     let dir = tempfile::tempdir().unwrap();

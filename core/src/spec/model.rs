@@ -89,6 +89,12 @@ pub struct ModelSpec {
     /// Texts per inference batch; batches are cut from length-sorted texts.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Padded tokens per inference batch (texts x the batch's longest), as text-embeddings-
+    /// inference cuts batches: over the length-sorted window, a batch ends at `batch_size` texts
+    /// or when one more text would pass this budget, so short texts go in large batches and long
+    /// ones in small. Default: none (`batch_size` alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<usize>,
     /// Texts ordered by token length together. A task embeds its records window by window, in
     /// offset order, and writes each window while the next is embedded: a larger window pads
     /// less, a smaller one delivers sooner. On mixed-length English, windows of 512, 256 and 128
@@ -153,6 +159,7 @@ impl ModelSpec {
             pooling: default_pooling(),
             normalize: true,
             batch_size: default_batch_size(),
+            max_batch_tokens: None,
             sort_window: default_sort_window(),
             max_text_bytes: default_max_text_bytes(),
             worker_timeout_per_text: default_worker_timeout_per_text(),
@@ -200,6 +207,17 @@ impl ModelSpec {
         }
         if m.sort_window < m.batch_size {
             return Err(SpecError::new(&key("sort_window"), format!("must be at least {at}.batch_size")));
+        }
+        if let Some(budget) = m.max_batch_tokens {
+            if budget < m.max_seq_len {
+                return Err(SpecError::new(
+                    &key("max_batch_tokens"),
+                    format!(
+                        "must be at least {at}.max_seq_len ({}): a batch holds one text of that length",
+                        m.max_seq_len
+                    ),
+                ));
+            }
         }
         if m.max_text_bytes == 0 {
             return Err(SpecError::new(&key("max_text_bytes"), "must be at least 1"));

@@ -547,3 +547,13 @@ fn a_pgvector_sink_gets_defaults_and_its_secrets_stay_out_of_the_spec() {
         .replace("[sink]", "long_text = \"chunk\"\nchunk_pooling = \"none\"\n[sink]");
     assert_eq!(key_of(&chunks), "sink.kind");
 }
+
+#[test]
+fn a_token_budget_must_hold_one_text_of_max_seq_len() {
+    let f = files();
+    let with = |keys: &str| spec(&f, "", "").replace("[sink]", &format!("{keys}\n[sink]"));
+    assert_eq!(key_of(&with("max_batch_tokens = 64")), "model.max_batch_tokens");
+    let s = load(&with("max_batch_tokens = 4096\nbatch_size = 256\nsort_window = 1024")).unwrap();
+    assert_eq!(s.first_text_model().max_batch_tokens, Some(4096));
+    assert!(s.to_toml().contains("max_batch_tokens = 4096"));
+}

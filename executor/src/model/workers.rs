@@ -304,8 +304,9 @@ impl WorkerPool {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
         let mut jobs = tokio::task::JoinSet::new();
-        for (n, chunk) in order.chunks(self.model.batch_size).enumerate() {
-            let (pool, texts, chunk) = (self.clone(), texts.clone(), chunk.to_vec());
+        let batches = cut_batches(&order, &lengths, self.model.batch_size, self.model.max_batch_tokens);
+        for (n, chunk) in batches.into_iter().enumerate() {
+            let (pool, texts) = (self.clone(), texts.clone());
             jobs.spawn(async move {
                 let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
                 let vectors = pool.workers.run(wire::TEXTS, &wire::encode_texts(&batch), batch.len()).await;
@@ -325,6 +326,29 @@ impl WorkerPool {
         }
         Ok((out, sizes))
     }
+}
+
+/// Batches over `order` (text indices, longest first): at most `batch_size` texts each, and with
+/// a token budget at most `budget` padded tokens (its texts times its longest text's tokens). A
+/// text over the budget alone still gets a batch of its own.
+fn cut_batches(order: &[usize], lengths: &[usize], batch_size: usize, budget: Option<usize>) -> Vec<Vec<usize>> {
+    let mut batches = Vec::new();
+    let (mut current, mut longest) = (Vec::new(), 0usize);
+    for &i in order {
+        let len = lengths[i].max(1);
+        let padded = (current.len() + 1).saturating_mul(longest.max(len));
+        let fits = current.len() < batch_size && budget.is_none_or(|b| padded <= b);
+        if !current.is_empty() && !fits {
+            batches.push(std::mem::take(&mut current));
+            longest = 0;
+        }
+        longest = longest.max(len);
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 impl Workers {
@@ -458,4 +482,29 @@ fn parse_ready(line: &str) -> Result<(usize, Vec<u32>), String> {
         }
     }
     Ok((dim.ok_or("the daemon gave no dimension")?, pids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_batches;
+
+    #[test]
+    fn a_token_budget_puts_short_texts_in_large_batches_and_long_ones_in_small() {
+        // Longest first, as `embed` orders them: four of 128 tokens, eight of 16.
+        let lengths = [128, 128, 128, 128, 16, 16, 16, 16, 16, 16, 16, 16];
+        let order: Vec<usize> = (0..lengths.len()).collect();
+        let fixed = cut_batches(&order, &lengths, 8, None);
+        assert_eq!(fixed.iter().map(Vec::len).collect::<Vec<_>>(), [8, 4]);
+        let budget = cut_batches(&order, &lengths, 8, Some(256));
+        assert_eq!(budget.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 8]);
+        // Every text once, in the order given.
+        assert_eq!(budget.concat(), order);
+        for batch in &budget {
+            let longest = batch.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(batch.len() * longest <= 256);
+        }
+        // A text over the budget still goes, alone.
+        assert_eq!(cut_batches(&[0, 1], &[500, 10], 8, Some(256)), [vec![0], vec![1]]);
+        assert!(cut_batches(&[], &[], 8, Some(256)).is_empty());
+    }
 }

@@ -29,8 +29,17 @@ configure() { # port dir [properties]
   if [ -n "${BROKER_CONTROLLER_PORT:-}" ]; then
     echo "$BROKER_CONTROLLER_PORT" >"$dir/controller.port"
   elif [ ! -s "$dir/controller.port" ]; then
-    python3 -c 'import socket, sys; s=socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' \
-      "$host" >"$dir/controller.port"
+    # A free port that none of the broker's listeners uses: the caller picked PORT free a moment
+    # ago and released it, so the system can hand the same number out again.
+    local taken=("$port") l
+    for l in ${BROKER_LISTENERS:-}; do taken+=("${l#*:}"); done
+    python3 -c '
+import socket, sys
+held = []
+while True:
+    s = socket.socket(); s.bind((sys.argv[1], 0)); held.append(s)
+    if str(s.getsockname()[1]) not in sys.argv[2:]:
+        print(s.getsockname()[1]); break' "$host" "${taken[@]}" >"$dir/controller.port"
   fi
   local cport; cport=$(cat "$dir/controller.port")
   local listeners="PLAINTEXT://$host:$port" map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" l

@@ -81,6 +81,8 @@ python3 -I deploy/demo/sample_texts.py "$N" >"$WORK/texts.txt"
 
 if [ "$PGVECTOR" = 1 ]; then
   PGPORT=$(free_port)
+  # As root the server runs as its own user, which must pass through the demo's folder (not list it).
+  chmod o+x "$WORK"
   # A password made for this demo, in a file only this user reads: the spec names the file.
   (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(18))' >"$WORK/pg.pass")
   deploy/postgres.sh start "$WORK/postgres" "$PGPORT" "$WORK/pg.pass"
@@ -107,7 +109,9 @@ embedstream demo: {n} texts from topic 'products' (2 partitions) embedded with a
   processing time    {s['processing_seconds']:.2f} s ({s['embeddings_per_second']:.1f} embeddings/s with 1 executor of 1 core)
   nearest to the first text (cosine distance, text):
 {near}
-  query it           deploy/postgres.sh psql {work}/postgres {port} {work}/pg.pass "SELECT key, value FROM products_embeddings LIMIT 3"
+  the database       stopped with the demo; start it again and query it:
+                     deploy/postgres.sh start {work}/postgres {port} {work}/pg.pass
+                     deploy/postgres.sh psql {work}/postgres {port} {work}/pg.pass "SELECT key, value FROM products_embeddings LIMIT 3"
   files              {work}/job.toml, checkpoint {work}/checkpoint, driver log {work}/run.log""")
 PY
   exit 0

@@ -37,6 +37,10 @@ case $cmd in
         useradd --system --no-create-home --shell /usr/sbin/nologin "$USER_AS_ROOT"
       [ -d "$dir/pg" ] || cp -a "$CACHE/postgres" "$dir/pg"
       chown -R "$USER_AS_ROOT:" "$dir"
+      runuser -u "$USER_AS_ROOT" -- test -x "$dir/pg" || {
+        echo "postgres.sh: $USER_AS_ROOT cannot reach $dir: every folder above it must let others through (chmod o+x)" >&2
+        exit 1
+      }
     fi
     if [ ! -d "$dir/data" ]; then
       # initdb reads the password from a file its user can read, removed right after.

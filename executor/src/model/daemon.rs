@@ -67,6 +67,11 @@ impl Loaded {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 embedder.embed(&refs).map_err(|e| e.to_string())
             }
+            (Loaded::Text(embedder), wire::TOKENS) => {
+                let rows = wire::decode_tokens(payload)?;
+                let rows: Vec<(&[u32], &[u32])> = rows.iter().map(|(i, t)| (i.as_slice(), t.as_slice())).collect();
+                embedder.embed_tokens(&rows).map_err(|e| e.to_string())
+            }
             (Loaded::Image(session), wire::IMAGES) => {
                 let (pixels, _) = wire::decode_pixels(payload)?;
                 session.embed(&pixels).map_err(|e| e.to_string())

@@ -142,7 +142,8 @@ impl Embedder {
         // another model yields ids the embedding table does not have, and fails here.
         let probe = "Warm-up: the quick brown fox, 12345, naïve café, zebra xylophone quartz!";
         let enc = embedder.encode(&[probe])?;
-        let (vectors, dim) = embedder.run_batch(&enc.iter().collect::<Vec<_>>()).map_err(|e| ModelError::Mismatch {
+        let rows: Vec<(&[u32], &[u32])> = enc.iter().map(|e| (e.get_ids(), e.get_type_ids())).collect();
+        let (vectors, dim) = embedder.run_batch(&rows).map_err(|e| ModelError::Mismatch {
             tokenizer: spec.tokenizer.clone(),
             model: spec.onnx.clone(),
             message: e.to_string(),
@@ -178,11 +179,18 @@ impl Embedder {
 
     /// [`Embedder::embed`] for texts tokenized already: ordered by length, cut into batches.
     pub fn embed_encoded(&self, encodings: &[Encoding]) -> Result<Vec<f32>, ModelError> {
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
-        order.sort_by_key(|&i| encodings[i].len());
-        let mut out = vec![0f32; encodings.len() * self.dim];
+        let rows: Vec<(&[u32], &[u32])> = encodings.iter().map(|e| (e.get_ids(), e.get_type_ids())).collect();
+        self.embed_tokens(&rows)
+    }
+
+    /// Embeds texts given as their tokenizer's (ids, type ids), unpadded (the executor's
+    /// tokenization, sent to a worker): ordered by length, cut into batches.
+    pub fn embed_tokens(&self, rows: &[(&[u32], &[u32])]) -> Result<Vec<f32>, ModelError> {
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].0.len());
+        let mut out = vec![0f32; rows.len() * self.dim];
         for chunk in order.chunks(self.spec.batch_size) {
-            let batch: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+            let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| rows[i]).collect();
             let (vectors, dim) = self.run_batch(&batch)?;
             debug_assert_eq!(dim, self.dim);
             for (row, &i) in chunk.iter().enumerate() {
@@ -192,18 +200,18 @@ impl Embedder {
         Ok(out)
     }
 
-    /// Runs one batch padded to its longest encoding; returns pooled (and normalised) vectors.
-    fn run_batch(&self, batch: &[&Encoding]) -> Result<(Vec<f32>, usize), ModelError> {
+    /// Runs one batch of unpadded (ids, type ids) padded to its longest; returns pooled (and
+    /// normalised) vectors. Every token of a text is attended to (the tokenizer pads nothing).
+    fn run_batch(&self, batch: &[(&[u32], &[u32])]) -> Result<(Vec<f32>, usize), ModelError> {
         let rows = batch.len();
-        let width = batch.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+        let width = batch.iter().map(|e| e.0.len()).max().unwrap_or(0).max(1);
         let mut ids = vec![0i64; rows * width];
         let mut mask = vec![0i64; rows * width];
         let mut types = vec![0i64; rows * width];
-        for (r, e) in batch.iter().enumerate() {
-            for (c, ((&id, &m), &t)) in e.get_ids().iter().zip(e.get_attention_mask()).zip(e.get_type_ids()).enumerate()
-            {
+        for (r, (text_ids, text_types)) in batch.iter().enumerate() {
+            for (c, (&id, &t)) in text_ids.iter().zip(text_types.iter()).enumerate() {
                 ids[r * width + c] = id as i64;
-                mask[r * width + c] = m as i64;
+                mask[r * width + c] = 1;
                 types[r * width + c] = t as i64;
             }
         }

@@ -1,13 +1,15 @@
 //! Frames between an executor and its model workers over a Unix socket: a kind byte, a u32
 //! little-endian length, then the payload. Requests carry an Arrow IPC stream of one batch: a
-//! text model's a `text` (Utf8) column, an image model's a `pixels` column (each image's
-//! preprocessed tensor, FixedSizeList<Float32>). Replies carry an Arrow IPC stream with an
+//! text model's tokenized texts (`ids` and `types`, List<UInt32>: the executor tokenized them
+//! to sort them, so the worker does not again) or its texts (`text`, Utf8), an image model's a
+//! `pixels` column (each image's preprocessed tensor, FixedSizeList<Float32>). Replies carry an Arrow IPC stream with an
 //! `embedding` (FixedSizeList<Float32>) column, or a UTF-8 error message.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_array::types::UInt32Type;
+use arrow_array::{Array, FixedSizeListArray, Float32Array, ListArray, RecordBatch, StringArray, UInt32Array};
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema};
@@ -17,6 +19,7 @@ pub const TEXTS: u8 = 1;
 pub const VECTORS: u8 = 2;
 pub const ERROR: u8 = 3;
 pub const IMAGES: u8 = 4;
+pub const TOKENS: u8 = 5;
 
 fn ipc(batch: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::new();
@@ -46,6 +49,45 @@ pub fn decode_texts(bytes: &[u8]) -> io::Result<Vec<String>> {
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no utf8 `text` column"))?;
     Ok(col.iter().map(|t| t.unwrap_or_default().to_string()).collect())
+}
+
+/// A batch of tokenized texts: each text's token ids and type ids, as its tokenizer gave them
+/// (no padding: the worker pads the batch to its longest).
+pub fn encode_tokens(rows: &[(&[u32], &[u32])]) -> Vec<u8> {
+    let list = |types: bool| {
+        ListArray::from_iter_primitive::<UInt32Type, _, _>(
+            rows.iter().map(|&(i, t)| Some((if types { t } else { i }).iter().copied().map(Some).collect::<Vec<_>>())),
+        )
+    };
+    let (ids, types) = (list(false), list(true));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("ids", ids.data_type().clone(), false),
+        Field::new("types", types.data_type().clone(), false),
+    ]));
+    ipc(&RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(types)]).expect("two u32 list columns"))
+}
+
+/// [`encode_tokens`]' rows: (ids, type ids) of each text, of one length.
+pub fn decode_tokens(bytes: &[u8]) -> io::Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    let b = batch(bytes)?;
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let lists = |name: &str| -> io::Result<Vec<Vec<u32>>> {
+        let list = (b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<ListArray>()))
+            .ok_or_else(|| bad(format!("no `{name}` list column")))?;
+        (0..list.len())
+            .map(|i| {
+                let row = list.value(i);
+                let row =
+                    row.as_any().downcast_ref::<UInt32Array>().ok_or_else(|| bad(format!("`{name}` is not u32")))?;
+                Ok(row.values().to_vec())
+            })
+            .collect()
+    };
+    let (ids, types) = (lists("ids")?, lists("types")?);
+    if ids.iter().zip(&types).any(|(i, t)| i.len() != t.len()) {
+        return Err(bad("a text's ids and type ids differ in length".into()));
+    }
+    Ok(ids.into_iter().zip(types).collect())
 }
 
 /// One column `name` of f32 lists of `len` values (vectors, or images' tensors).
@@ -105,7 +147,10 @@ const FRAME_OVERHEAD: usize = 64 << 10;
 /// The largest request a worker takes: a batch of `batch_size` texts of at most
 /// `max_text_bytes` each, with their offsets.
 pub fn request_limit(model: &ModelSpec) -> usize {
-    model.batch_size.saturating_mul(model.max_text_bytes.saturating_add(8)).saturating_add(FRAME_OVERHEAD)
+    // Texts, or their tokens: two u32 lists of at most max_seq_len values, with offsets.
+    let text = model.max_text_bytes.saturating_add(8);
+    let tokens = model.max_seq_len.saturating_mul(8).saturating_add(16);
+    model.batch_size.saturating_mul(text.max(tokens)).saturating_add(FRAME_OVERHEAD)
 }
 
 /// The bytes of `rows` lists of `len` f32 values in Arrow IPC: 4 a value, and a validity bit a
@@ -154,6 +199,19 @@ pub fn read_frame(r: &mut impl Read, limit: usize) -> io::Result<Option<(u8, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_fit_the_request_limit() {
+        let rows: [(&[u32], &[u32]); 3] = [(&[101, 7, 102], &[0, 0, 0]), (&[], &[]), (&[101, 102], &[0, 1])];
+        let back = decode_tokens(&encode_tokens(&rows)).unwrap();
+        assert_eq!(back.iter().map(|(i, t)| (i.as_slice(), t.as_slice())).collect::<Vec<_>>(), rows);
+        // A full batch of texts of max_seq_len tokens fits what a worker takes.
+        let dir = std::path::PathBuf::from("m");
+        let spec = ModelSpec { max_text_bytes: 1, ..ModelSpec::new(dir.join("model.onnx"), dir.join("t.json")) };
+        let ids: Vec<u32> = (0..spec.max_seq_len as u32).collect();
+        let full: Vec<(&[u32], &[u32])> = (0..spec.batch_size).map(|_| (ids.as_slice(), ids.as_slice())).collect();
+        assert!(encode_tokens(&full).len() <= request_limit(&spec));
+    }
 
     #[test]
     fn texts_and_vectors_round_trip() {

@@ -295,26 +295,36 @@ impl WorkerPool {
     /// Embeds `texts`: `texts.len() * dim()` values, text `i` at `i * dim()`. Also returns the
     /// size of each batch sent to a worker.
     pub async fn embed(self: &Arc<Self>, texts: Vec<String>) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
-        let texts = Arc::new(texts);
-        let (tokenizer, counted) = (self.tokenizer.clone(), texts.clone());
-        let lengths = tokio::task::spawn_blocking(move || model::token_lengths(&tokenizer, &counted))
-            .await
-            .expect("tokenizing does not panic");
+        let n = texts.len();
+        // Tokenized once, here: the lengths order the texts, and the workers get the tokens.
+        let tokenizer = self.tokenizer.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            (texts.iter())
+                .map(|t| {
+                    tokenizer.encode(t.as_str(), true).map_err(|e| ModelError::Inference(format!("tokenizer: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .expect("tokenizing does not panic")?;
+        let encoded = Arc::new(encoded);
+        let lengths: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
         // Longest first: the biggest batches start first and the workers finish together.
-        let mut order: Vec<usize> = (0..texts.len()).collect();
+        let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
         let mut jobs = tokio::task::JoinSet::new();
         let batches = cut_batches(&order, &lengths, self.model.batch_size, self.model.max_batch_tokens);
         for (n, chunk) in batches.into_iter().enumerate() {
-            let (pool, texts) = (self.clone(), texts.clone());
+            let (pool, encoded) = (self.clone(), encoded.clone());
             jobs.spawn(async move {
-                let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-                let vectors = pool.workers.run(wire::TEXTS, &wire::encode_texts(&batch), batch.len()).await;
+                let batch: Vec<(&[u32], &[u32])> =
+                    chunk.iter().map(|&i| (encoded[i].get_ids(), encoded[i].get_type_ids())).collect();
+                let vectors = pool.workers.run(wire::TOKENS, &wire::encode_tokens(&batch), batch.len()).await;
                 (n, chunk, vectors)
             });
         }
         let dim = self.dim();
-        let mut out = vec![0f32; texts.len() * dim];
+        let mut out = vec![0f32; n * dim];
         let mut sizes = Vec::new();
         while let Some(done) = jobs.join_next().await {
             let (_, chunk, vectors) = done.expect("batch jobs do not panic");

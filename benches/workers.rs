@@ -13,6 +13,9 @@
 //! 4. Token-budget batches (`max_batch_tokens`, issue 20) against fixed batch sizes, on both text
 //!    sets: embeddings/s and the workers' total PSS after the runs (a budget bounds the largest
 //!    tensor, so each worker's arena). `cargo bench --bench workers -- --budget` runs only this.
+//! 5. One tokenization (issue 20): the pool sending workers the token ids it made to sort the
+//!    texts, against sending the texts for each worker to tokenize again (the way before), on
+//!    both sets. `cargo bench --bench workers -- --tokens` runs only this.
 //!
 //! Writes target/embedstream-bench/workers.json besides the table.
 
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 use embedstream_core::spec::ModelSpec;
 use embedstream_core::telemetry::pss_bytes;
 use embedstream_executor::model::workers::WorkerPool;
-use embedstream_executor::model::{self, Embedder};
+use embedstream_executor::model::{self, wire, Embedder};
 
 const BATCH: usize = 32;
 
@@ -97,6 +100,10 @@ fn main() {
     if std::env::args().any(|a| a == "--budget") {
         report.insert("token_budget".into(), token_budget(&rt, &exe, cores));
         return write_report(report, "workers-budget.json");
+    }
+    if std::env::args().any(|a| a == "--tokens") {
+        report.insert("one_tokenization".into(), one_tokenization(&rt, &exe, cores));
+        return write_report(report, "workers-tokens.json");
     }
     println!("embedstream bench: forked model workers ({cores} cores, batch {BATCH}, all-MiniLM-L6-v2 int8)\n");
 
@@ -235,7 +242,53 @@ fn main() {
     report.insert("cores".into(), cores.into());
     drop(pool);
     report.insert("token_budget".into(), token_budget(&rt, &exe, cores));
+    report.insert("one_tokenization".into(), one_tokenization(&rt, &exe, cores));
     write_report(report, "workers.json");
+}
+
+/// The way before one tokenization: the texts tokenized here to be sorted, then sent as texts,
+/// which each worker tokenizes again.
+async fn embed_as_texts(pool: &WorkerPool, lengths: &dyn Fn(&[String]) -> Vec<usize>, texts: &[String]) {
+    let lengths = lengths(texts);
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let batches = order.chunks(BATCH).map(|chunk| {
+        let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
+        let request = wire::encode_texts(&batch);
+        async move { pool.workers().run(wire::TEXTS, &request, batch.len()).await.unwrap() }
+    });
+    futures::future::join_all(batches).await;
+}
+
+/// 5. Texts against tokens to the workers, interleaved, each run twice (the second counts),
+/// best of two rounds.
+fn one_tokenization(rt: &tokio::runtime::Runtime, exe: &std::path::Path, cores: usize) -> serde_json::Value {
+    let spec = spec();
+    let tokenizer = model::load_tokenizer(&spec).unwrap();
+    let lengths = |texts: &[String]| model::token_lengths(&tokenizer, texts);
+    let dir = tempfile::tempdir().unwrap();
+    let pool = rt.block_on(async {
+        Arc::new(WorkerPool::start(exe, &spec, cores, &model::ort_library(), dir.path().join("s")).await.unwrap())
+    });
+    println!("\none tokenization (embeddings/s, {cores} workers, batches of {BATCH}, best of 2)");
+    println!("  {:<10} {:>22} {:>22} {:>8}", "texts", "texts to the workers", "tokens to the workers", "ratio");
+    let mut rows = Vec::new();
+    for (name, texts) in [("uniform", uniform_texts(1536)), ("mixed", mixed_texts(1536))] {
+        let (mut as_texts, mut as_tokens) = (0f64, 0f64);
+        for _ in 0..2 {
+            rt.block_on(embed_as_texts(&pool, &lengths, &texts));
+            let t = Instant::now();
+            rt.block_on(embed_as_texts(&pool, &lengths, &texts));
+            as_texts = as_texts.max(rate(texts.len(), t.elapsed()));
+            rt.block_on(pool.embed(texts.clone())).unwrap();
+            let t = Instant::now();
+            rt.block_on(pool.embed(texts.clone())).unwrap();
+            as_tokens = as_tokens.max(rate(texts.len(), t.elapsed()));
+        }
+        println!("  {name:<10} {as_texts:>22.1} {as_tokens:>22.1} {:>8.2}", as_tokens / as_texts);
+        rows.push(serde_json::json!({"texts": name, "texts_to_workers_per_s": as_texts, "tokens_to_workers_per_s": as_tokens}));
+    }
+    rows.into()
 }
 
 fn write_report(report: serde_json::Map<String, serde_json::Value>, name: &str) {

@@ -232,6 +232,30 @@ struct PgWriter {
     acked: Vec<(usize, i64)>,
 }
 
+/// The columns that say where each row came from: its key and its place in the source.
+struct Origins<'a> {
+    keys: &'a BinaryArray,
+    topics: &'a StringArray,
+    partitions: &'a Int32Array,
+    offsets: &'a Int64Array,
+}
+
+impl<'a> Origins<'a> {
+    fn of(rows: &'a RecordBatch) -> Origins<'a> {
+        Origins {
+            keys: column(rows, "key"),
+            topics: column(rows, "topic"),
+            partitions: column(rows, "partition"),
+            offsets: column(rows, "offset"),
+        }
+    }
+
+    /// Row `i`'s key as text: keys are UTF-8 where they reach the sink (`admit`).
+    fn key(&self, i: usize) -> Option<&'a str> {
+        self.keys.is_valid(i).then(|| std::str::from_utf8(self.keys.value(i)).unwrap_or_default())
+    }
+}
+
 fn column<'a, T: 'static>(rows: &'a RecordBatch, name: &str) -> &'a T {
     rows.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).expect("the output schema's column")
 }
@@ -251,10 +275,7 @@ impl PgWriter {
     async fn write_rows(&mut self, rows: &RecordBatch) -> Result<(), SinkError> {
         let table = self.sink.table.clone();
         let db = self.sink.db.clone();
-        let keys: &BinaryArray = column(rows, "key");
-        let topics: &StringArray = column(rows, "topic");
-        let partitions: &Int32Array = column(rows, "partition");
-        let offsets: &Int64Array = column(rows, "offset");
+        let origins = Origins::of(rows);
         let stamps: &Int64Array = column(rows, "timestamp_ms");
         let values: Option<&BinaryArray> = table.with_value.then(|| column(rows, "value"));
         let vectors: Vec<(&[f32], usize)> = (self.sink.outputs.iter())
@@ -283,13 +304,14 @@ impl PgWriter {
         let writer = BinaryCopyInWriter::new(copy, &types);
         futures::pin_mut!(writer);
         for i in 0..rows.num_rows() {
-            // Keys are UTF-8 where they reach the sink (`admit`); upsert rows always have one.
-            let key = keys.is_valid(i).then(|| std::str::from_utf8(keys.value(i)).unwrap_or_default());
+            // Upsert rows always have a key (`admit`).
+            let key = origins.key(i);
             let stamp = stamps.is_valid(i).then(|| UNIX_EPOCH + Duration::from_millis(stamps.value(i).max(0) as u64));
             let value = values.and_then(|v| v.is_valid(i).then(|| std::str::from_utf8(v.value(i)).unwrap_or_default()));
             let row_vectors: Vec<PgVector<'_>> =
                 vectors.iter().map(|(all, dim)| PgVector(&all[i * dim..(i + 1) * dim])).collect();
-            let (topic, partition, offset) = (topics.value(i), partitions.value(i), offsets.value(i));
+            let (topic, partition, offset) =
+                (origins.topics.value(i), origins.partitions.value(i), origins.offsets.value(i));
             let mut row: Vec<&(dyn ToSql + Sync)> = vec![&key, &topic, &partition, &offset, &stamp];
             if let Some(model) = &table.model {
                 row.push(model);
@@ -315,15 +337,11 @@ impl PgWriter {
     async fn delete_rows(&mut self, rows: &RecordBatch) -> Result<(), SinkError> {
         let table = self.sink.table.clone();
         let db = self.sink.db.clone();
-        let keys: &BinaryArray = column(rows, "key");
-        let topics: &StringArray = column(rows, "topic");
-        let partitions: &Int32Array = column(rows, "partition");
-        let offsets: &Int64Array = column(rows, "offset");
-        let keys: Vec<&str> =
-            (0..rows.num_rows()).map(|i| std::str::from_utf8(keys.value(i)).unwrap_or_default()).collect();
-        let topics: Vec<&str> = topics.iter().flatten().collect();
-        let partitions: Vec<i32> = partitions.values().to_vec();
-        let offsets: Vec<i64> = offsets.values().to_vec();
+        let origins = Origins::of(rows);
+        let keys: Vec<&str> = (0..rows.num_rows()).map(|i| origins.key(i).unwrap_or_default()).collect();
+        let topics: Vec<&str> = origins.topics.iter().flatten().collect();
+        let partitions: Vec<i32> = origins.partitions.values().to_vec();
+        let offsets: Vec<i64> = origins.offsets.values().to_vec();
         let lock = table::lock_space(&table.name);
         let conn = self.conn().await?;
         let fail =

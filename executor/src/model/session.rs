@@ -90,6 +90,14 @@ pub fn load_tokenizer(spec: &ModelSpec) -> Result<Tokenizer, ModelError> {
     Ok(tokenizer)
 }
 
+/// Each text's encoding with the special tokens, by a tokenizer from [`load_tokenizer`]; the first
+/// text the tokenizer refuses fails them all.
+pub fn encode_all<S: AsRef<str>>(tokenizer: &Tokenizer, texts: &[S]) -> Result<Vec<Encoding>, ModelError> {
+    (texts.iter())
+        .map(|t| tokenizer.encode(t.as_ref(), true).map_err(|e| ModelError::Inference(format!("tokenizer: {e}"))))
+        .collect()
+}
+
 /// Token count of each text (after truncation), for ordering texts before batches are cut.
 pub fn token_lengths(tokenizer: &Tokenizer, texts: &[String]) -> Vec<usize> {
     texts.iter().map(|t| tokenizer.encode(t.as_str(), true).map_or(usize::MAX, |e| e.len())).collect()
@@ -166,10 +174,7 @@ impl Embedder {
 
     /// Tokenizes `texts` (no padding, truncated at `max_seq_len`).
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Encoding>, ModelError> {
-        texts
-            .iter()
-            .map(|t| self.tokenizer.encode(*t, true).map_err(|e| ModelError::Inference(format!("tokenizer: {e}"))))
-            .collect()
+        encode_all(&self.tokenizer, texts)
     }
 
     /// Embeds `texts`; the result holds `texts.len() * dim()` values, text `i` at `i * dim()`.

@@ -298,15 +298,9 @@ impl WorkerPool {
         let n = texts.len();
         // Tokenized once, here: the lengths order the texts, and the workers get the tokens.
         let tokenizer = self.tokenizer.clone();
-        let encoded = tokio::task::spawn_blocking(move || {
-            (texts.iter())
-                .map(|t| {
-                    tokenizer.encode(t.as_str(), true).map_err(|e| ModelError::Inference(format!("tokenizer: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .expect("tokenizing does not panic")?;
+        let encoded = tokio::task::spawn_blocking(move || model::session::encode_all(&tokenizer, &texts))
+            .await
+            .expect("tokenizing does not panic")?;
         let encoded = Arc::new(encoded);
         let lengths: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
         // Longest first: the biggest batches start first and the workers finish together.

@@ -45,6 +45,12 @@ pub struct ProgressRecord {
     pub task_retries: u64,
     /// Input rows each executor processed in this batch.
     pub executors: BTreeMap<String, u64>,
+    /// Texts the models' embedding caches answered (`model.cache_bytes`), and those they sent to
+    /// the model. Absent in records written before them.
+    #[serde(default)]
+    pub cache_hits: u64,
+    #[serde(default)]
+    pub cache_misses: u64,
 }
 
 impl ProgressRecord {

@@ -121,6 +121,8 @@ mod tests {
             embeddings: 9,
             dead_letters: 1,
             lost_offsets: 0,
+            cache_hits: 0,
+            cache_misses: 0,
             task_retries: 0,
             executors: BTreeMap::from([("exec-0".into(), 10)]),
         }

@@ -6,9 +6,14 @@
 //! a failed attempt (on whichever core is free next) until `MAX_TASK_ATTEMPTS`, as Spark's
 //! `spark.task.maxFailures` does. An executor whose RPC fails at the transport level is lost: its
 //! cores take no more tasks.
+//!
+//! A partition's task goes to the executor that last ran that partition when it has a free core
+//! (as Spark's Kafka source prefers one executor a partition for its cached consumer), so that
+//! an executor's embedding cache sees the same keys again; otherwise to any free core (no
+//! waiting for locality).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use embedstream_core::latency::LatencyHistogram;
@@ -43,6 +48,9 @@ pub struct BatchStats {
     /// Offsets deleted by the broker before they were read (skipped: `fail_on_data_loss = false`),
     /// found when the batch was planned or by its tasks.
     pub lost_offsets: u64,
+    /// Texts the executors' embedding caches answered, and those they sent to the model.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
     pub task_attempts: u64,
     pub failed_attempts: u64,
     pub read_micros: u64,
@@ -69,6 +77,8 @@ impl BatchStats {
         self.dead_letters += s.dead_letters;
         self.offset_gaps += s.offset_gaps;
         self.lost_offsets += s.lost_offsets;
+        self.cache_hits += s.cache_hits;
+        self.cache_misses += s.cache_misses;
         self.read_micros += s.read_micros;
         self.infer_micros += s.infer_micros;
         self.sink_micros += s.sink_micros;
@@ -92,11 +102,13 @@ pub struct Scheduler {
     registry: Arc<ExecutorRegistry>,
     /// A task attempt's deadline, from its number of records.
     deadline: Box<dyn Fn(u64) -> Duration + Send + Sync>,
+    /// The executor that last ran each source partition's task to success.
+    last_ran: Mutex<HashMap<(String, i32), String>>,
 }
 
 impl Scheduler {
     pub fn new(registry: Arc<ExecutorRegistry>, deadline: impl Fn(u64) -> Duration + Send + Sync + 'static) -> Self {
-        Scheduler { registry, deadline: Box::new(deadline) }
+        Scheduler { registry, deadline: Box::new(deadline), last_ran: Mutex::new(HashMap::new()) }
     }
 
     /// The executors this scheduler dispatches to.
@@ -128,7 +140,9 @@ impl Scheduler {
             free.retain(|e| self.registry.is_live(&e.id));
             while !pending.is_empty() && !free.is_empty() {
                 let task = pending.pop_front().expect("checked non-empty");
-                let exec = take_slot(&mut free, |e| e.id.as_str(), failed_on.get(&task.task_id).map(String::as_str));
+                let avoid = failed_on.get(&task.task_id).map(String::as_str);
+                let prefer = self.last_ran.lock().expect("not poisoned").get(&partition_of(&task)).cloned();
+                let exec = take_slot(&mut free, |e| e.id.as_str(), avoid, prefer.as_deref());
                 let records = task.range.as_ref().map_or(0, |r| (r.until_offset - r.from_offset).max(0) as u64);
                 let deadline = (self.deadline)(records);
                 running.spawn(async move {
@@ -156,6 +170,7 @@ impl Scheduler {
             let (reason, message) = match outcome {
                 AttemptOutcome::Done(s) => {
                     stats.add(&exec.id, s);
+                    self.last_ran.lock().expect("not poisoned").insert(partition_of(&task), exec.id.clone());
                     free.push(exec);
                     continue;
                 }
@@ -207,10 +222,21 @@ impl Scheduler {
     }
 }
 
-/// A free slot for a task, one not on `avoid` (where its last attempt failed) if there is one.
-fn take_slot<T>(free: &mut Vec<T>, id: impl Fn(&T) -> &str, avoid: Option<&str>) -> T {
-    let elsewhere = avoid.and_then(|a| free.iter().rposition(|e| id(e) != a));
-    match elsewhere {
+/// A task's source partition.
+fn partition_of(task: &TaskDefinition) -> (String, i32) {
+    task.range.as_ref().map_or((String::new(), -1), |r| (r.topic.clone(), r.partition))
+}
+
+/// A free slot for a task: one not on `avoid` (where its last attempt failed) if there is one;
+/// else one on `prefer` (where its partition last ran) if there is one.
+fn take_slot<T>(free: &mut Vec<T>, id: impl Fn(&T) -> &str, avoid: Option<&str>, prefer: Option<&str>) -> T {
+    if let Some(a) = avoid {
+        if let Some(i) = free.iter().rposition(|e| id(e) != a) {
+            return free.remove(i);
+        }
+    }
+    let preferred = prefer.filter(|&p| avoid != Some(p)).and_then(|p| free.iter().rposition(|e| id(e) == p));
+    match preferred {
         Some(i) => free.remove(i),
         None => free.pop().expect("a free slot"),
     }
@@ -248,9 +274,18 @@ mod tests {
     #[test]
     fn a_retry_goes_to_another_executor_when_there_is_one() {
         let mut free = vec!["b", "a", "a"];
-        assert_eq!(take_slot(&mut free, |e| e, Some("a")), "b");
-        assert_eq!(take_slot(&mut free, |e| e, Some("a")), "a", "only the failed one is left");
-        assert_eq!(take_slot(&mut free, |e| e, None), "a");
+        assert_eq!(take_slot(&mut free, |e| e, Some("a"), Some("a")), "b");
+        assert_eq!(take_slot(&mut free, |e| e, Some("a"), None), "a", "only the failed one is left");
+        assert_eq!(take_slot(&mut free, |e| e, None, None), "a");
         assert!(free.is_empty());
+    }
+
+    /// Issue 20: a partition's task goes back to the executor that ran it last, if it is free.
+    #[test]
+    fn a_partition_goes_back_to_its_last_executor_when_it_is_free() {
+        let mut free = vec!["a", "b", "c"];
+        assert_eq!(take_slot(&mut free, |e| e, None, Some("a")), "a");
+        assert_eq!(take_slot(&mut free, |e| e, None, Some("a")), "c", "a is busy: any free one");
+        assert_eq!(take_slot(&mut free, |e| e, None, Some("gone")), "b");
     }
 }

@@ -42,6 +42,7 @@ use tonic::{Request, Response, Status};
 use crate::images::fetch::Fetcher;
 use crate::images::pool::ImagePool;
 use crate::metrics::ExecutorMetrics;
+use crate::model::cache::{Cached, EmbeddingCache};
 use crate::model::chunk::Chunked;
 use crate::model::workers::{BatchLimits, WorkerPool, Workers};
 use crate::model::ModelError;
@@ -139,9 +140,22 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
                 tracing::info!(executor = %args.executor_id, model = %entry.name(), dim = pool.dim(), worker_pids = %pids, "model workers ready");
                 pools.push((entry.name().to_string(), ModelWorkers::Text(pool.clone())));
                 match (m.long_text, m.chunk_pooling) {
-                    (LongText::Truncate, _) => Backend::Texts(pool),
-                    (LongText::Chunk, ChunkPooling::Mean) => Backend::Texts(Arc::new(Chunked::new(pool, m)?)),
                     (LongText::Chunk, ChunkPooling::Each) => Backend::Chunks(Arc::new(Chunked::new(pool, m)?)),
+                    (long_text, _) => {
+                        let texts: Arc<dyn model::Embed> = match long_text {
+                            LongText::Truncate => pool,
+                            LongText::Chunk => Arc::new(Chunked::new(pool, m)?),
+                        };
+                        // Validated: no cache with one output a chunk.
+                        match &m.cache_bytes {
+                            None => Backend::Texts(texts),
+                            Some(size) => {
+                                let bytes = size.get().0 as usize * 1024 * 1024;
+                                let cache = EmbeddingCache::new(bytes, metrics.cache(entry.name()));
+                                Backend::Cached(Arc::new(Cached::new(texts, cache)))
+                            }
+                        }
+                    }
                 }
             }
             ModelEntry::ImageOnnx(m) => {
@@ -163,6 +177,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         // Flight embeds a text into one vector: a chunked model's is its chunks' mean.
         let embeds_texts: Option<Arc<dyn model::Embed>> = match &backend {
             Backend::Texts(embed) => Some(embed.clone()),
+            Backend::Cached(cached) => Some(cached.clone()),
             Backend::Chunks(chunked) => Some(chunked.clone()),
             Backend::Images(_) => None,
         };

@@ -2,6 +2,8 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+use crate::model::cache::CacheMetrics;
+
 pub struct ExecutorMetrics {
     pub registry: Registry,
     pub embeddings: IntCounter,
@@ -15,6 +17,12 @@ pub struct ExecutorMetrics {
     pub flight_errors: IntCounterVec,
     pub flight_embeddings: IntCounter,
     pub fetch: FetchMetrics,
+    /// The embedding caches' series, by `model_name` (the executor's `model` label lists them all).
+    pub cache_hits: IntCounterVec,
+    pub cache_misses: IntCounterVec,
+    pub cache_evictions: IntCounterVec,
+    pub cache_bytes: IntGaugeVec,
+    pub cache_entries: IntGaugeVec,
 }
 
 /// What the image fetcher counts (`images::fetch`): images fetched, their bytes, each fetch's
@@ -91,7 +99,38 @@ impl ExecutorMetrics {
                     &["reason"]
                 )),
             },
+            cache_hits: register!(IntCounterVec::new(
+                opts("embedstream_cache_hits_total", "Texts whose vector came from the embedding cache"),
+                &["model_name"]
+            )),
+            cache_misses: register!(IntCounterVec::new(
+                opts("embedstream_cache_misses_total", "Texts the embedding cache did not hold, sent to the model"),
+                &["model_name"]
+            )),
+            cache_evictions: register!(IntCounterVec::new(
+                opts("embedstream_cache_evictions_total", "Vectors dropped from the embedding cache to keep it in size"),
+                &["model_name"]
+            )),
+            cache_bytes: register!(IntGaugeVec::new(
+                opts("embedstream_cache_bytes", "Bytes the embedding cache holds (model.cache_bytes bounds it)"),
+                &["model_name"]
+            )),
+            cache_entries: register!(IntGaugeVec::new(
+                opts("embedstream_cache_entries", "Vectors the embedding cache holds"),
+                &["model_name"]
+            )),
             registry,
+        }
+    }
+
+    /// The embedding cache's series of one model.
+    pub fn cache(&self, model: &str) -> CacheMetrics {
+        CacheMetrics {
+            hits: self.cache_hits.with_label_values(&[model]),
+            misses: self.cache_misses.with_label_values(&[model]),
+            evictions: self.cache_evictions.with_label_values(&[model]),
+            bytes: self.cache_bytes.with_label_values(&[model]),
+            entries: self.cache_entries.with_label_values(&[model]),
         }
     }
 }

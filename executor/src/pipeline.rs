@@ -20,6 +20,7 @@ use embedstream_core::spec::{CombineMethod, InputSpec, ModelEntry};
 use embedstream_core::JobSpec;
 
 use crate::images::pool::ImagePool;
+use crate::model::cache::{CacheCount, Cached};
 use crate::model::chunk::{ChunkSpan, Chunked};
 use crate::model::head::OnnxHead;
 use crate::model::{Embed, ModelError};
@@ -29,6 +30,8 @@ use crate::records::{embedding_array, Output};
 pub enum Backend {
     /// Texts to vectors: an ONNX text model's workers, fastText.
     Texts(Arc<dyn Embed>),
+    /// Texts to vectors through the model's embedding cache (`cache_bytes`).
+    Cached(Arc<Cached>),
     /// Texts to one vector a chunk (`chunk_pooling = "none"`, the query's one model).
     Chunks(Arc<Chunked>),
     /// Image URLs to vectors, or to the reason an image has none.
@@ -42,21 +45,28 @@ struct Computed {
     batch_sizes: Vec<usize>,
     failed: Vec<(usize, String)>,
     spans: Option<Vec<ChunkSpan>>,
+    cache: CacheCount,
 }
 
 impl Backend {
     fn dim(&self) -> usize {
         match self {
             Backend::Texts(e) => e.dim(),
+            Backend::Cached(c) => c.dim(),
             Backend::Chunks(c) => c.dim(),
             Backend::Images(p) => p.dim(),
         }
     }
 
     async fn compute(&self, inputs: Vec<String>) -> Result<Computed, ModelError> {
-        let computed = |vectors, batch_sizes, failed, spans| Computed { vectors, batch_sizes, failed, spans };
+        let computed =
+            |vectors, batch_sizes, failed, spans| Computed { vectors, batch_sizes, failed, spans, cache: CacheCount::default() };
         match self {
             Backend::Texts(e) => e.clone().embed(inputs).await.map(|(v, sizes)| computed(v, sizes, Vec::new(), None)),
+            Backend::Cached(c) => c.clone().embed_counted(inputs).await.map(|c| Computed {
+                cache: c.count,
+                ..computed(c.vectors, c.batch_sizes, Vec::new(), None)
+            }),
             Backend::Chunks(c) => {
                 c.embed_each(inputs).await.map(|e| computed(e.vectors, e.batch_sizes, Vec::new(), Some(e.spans)))
             }
@@ -120,6 +130,8 @@ pub struct Embedded {
     failed: Vec<(usize, String)>,
     /// With one output a chunk: each vector's chunk.
     spans: Option<Vec<ChunkSpan>>,
+    /// The embedding caches' hits and misses, all models together.
+    pub cache: CacheCount,
 }
 
 /// A window's output: the rows kept, their vector columns (as [`Pipeline::outputs`]), the rows
@@ -256,7 +268,9 @@ impl Pipeline {
             let mut batch_sizes = Vec::new();
             let mut failed: Vec<(usize, String)> = Vec::new();
             let mut spans = None;
+            let mut cache = CacheCount::default();
             for computed in futures::future::try_join_all(calls).await? {
+                cache += computed.cache;
                 read.push(computed.vectors);
                 batch_sizes.extend(computed.batch_sizes);
                 spans = spans.or(computed.spans);
@@ -269,7 +283,7 @@ impl Pipeline {
             }
             if spans.is_some() {
                 // Validated: the query's one model, no combine entry over it.
-                return Ok(Embedded { vectors: read, batch_sizes, failed, spans });
+                return Ok(Embedded { vectors: read, batch_sizes, failed, spans, cache });
             }
             failed.sort_unstable_by_key(|(r, _)| *r);
             // The combined vectors: concatenations here; a head computes, on a blocking thread.
@@ -279,7 +293,7 @@ impl Pipeline {
                     .await
                     .map_err(|e| ModelError::Inference(format!("combining vectors: {e}")))??,
             };
-            Ok(Embedded { vectors, batch_sizes, failed, spans: None })
+            Ok(Embedded { vectors, batch_sizes, failed, spans: None, cache })
         })
     }
 

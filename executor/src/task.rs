@@ -124,6 +124,7 @@ struct Counts {
     dead_letters: u64,
     sink_micros: u64,
     batch_sizes: Vec<usize>,
+    cache: crate::model::cache::CacheCount,
 }
 
 /// Dead letters enqueued before the task waits for their acknowledgements, so that the
@@ -209,6 +210,8 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         sink_micros,
         latency: Some((&output.latency).into()),
         files: output.files.into_iter().map(Into::into).collect(),
+        cache_hits: counts.cache.hits,
+        cache_misses: counts.cache.misses,
     })
 }
 
@@ -259,6 +262,7 @@ async fn windows(
         let Some((chunk, good, embedded)) = in_flight.next().await else { return Ok(()) };
         let embedded = embedded.map_err(TaskError::Model)?;
         counts.batch_sizes.extend(&embedded.batch_sizes);
+        counts.cache += embedded.cache;
         let finished = ctx.pipeline.finish(&good, embedded);
         if !finished.failed.is_empty() {
             tracing::warn!(

@@ -117,6 +117,8 @@ impl From<&ProgressRecord> for pb::ProgressRecord {
             lost_offsets: r.lost_offsets,
             task_retries: r.task_retries,
             executors: r.executors.clone().into_iter().collect(),
+            cache_hits: r.cache_hits,
+            cache_misses: r.cache_misses,
         }
     }
 }
@@ -138,6 +140,8 @@ impl From<pb::ProgressRecord> for ProgressRecord {
             lost_offsets: r.lost_offsets,
             task_retries: r.task_retries,
             executors: r.executors.into_iter().collect(),
+            cache_hits: r.cache_hits,
+            cache_misses: r.cache_misses,
         }
     }
 }
@@ -231,6 +235,8 @@ mod tests {
             dead_letters: 2,
             lost_offsets: 3,
             task_retries: 1,
+            cache_hits: 30,
+            cache_misses: 10,
             executors: [("exec-0".to_string(), 40)].into_iter().collect(),
         };
         assert_eq!(ProgressRecord::from(pb::ProgressRecord::from(&record)), record);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::image::PreprocessSpec;
 use super::input::InputSpec;
-use super::units::HumanDuration;
+use super::units::{HumanDuration, MemorySize};
 use super::SpecError;
 use crate::fields::Template;
 
@@ -109,6 +109,11 @@ pub struct ModelSpec {
     /// The default is some 50 times what the bundled MiniLM takes for a text of 128 tokens.
     #[serde(default = "default_worker_timeout_per_text")]
     pub worker_timeout_per_text: HumanDuration,
+    /// The embedding cache ("256m", "1g"): vectors of texts this model already embedded in the
+    /// executor, by the SHA-256 of the exact text, least recently used out first, shared by the
+    /// executor's tasks and Arrow Flight calls. Default: none (every text is computed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<MemorySize>,
 }
 
 /// What every batch's deadline allows beyond its texts' share: a fresh fork's first page faults,
@@ -163,6 +168,7 @@ impl ModelSpec {
             sort_window: default_sort_window(),
             max_text_bytes: default_max_text_bytes(),
             worker_timeout_per_text: default_worker_timeout_per_text(),
+            cache_bytes: None,
         }
     }
 
@@ -226,6 +232,12 @@ impl ModelSpec {
             return Err(SpecError::new(
                 &key("worker_timeout_per_text"),
                 "must be a duration above zero, such as \"1s\"",
+            ));
+        }
+        if m.cache_bytes.is_some() && m.chunk_pooling == ChunkPooling::Each {
+            return Err(SpecError::new(
+                &key("cache_bytes"),
+                "caches one vector a text: it is not read with chunk_pooling = \"none\"",
             ));
         }
         check_template(&key("text"), &m.text, input)

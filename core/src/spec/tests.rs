@@ -557,3 +557,17 @@ fn a_token_budget_must_hold_one_text_of_max_seq_len() {
     assert_eq!(s.first_text_model().max_batch_tokens, Some(4096));
     assert!(s.to_toml().contains("max_batch_tokens = 4096"));
 }
+
+#[test]
+fn the_embedding_cache_is_a_size_and_needs_one_vector_a_text() {
+    let f = files();
+    let with = |keys: &str| spec(&f, "", "").replace("[sink]", &format!("{keys}\n[sink]"));
+    let s = load(&with("cache_bytes = \"256m\"")).unwrap();
+    assert_eq!(s.first_text_model().cache_bytes.as_ref().map(|c| c.get().0), Some(256));
+    assert!(s.to_toml().contains("cache_bytes = \"256m\""));
+    assert_eq!(key_of(&with("cache_bytes = \"lots\"")), "model.cache_bytes");
+    assert_eq!(
+        key_of(&with("cache_bytes = \"64m\"\nlong_text = \"chunk\"\nchunk_pooling = \"none\"")),
+        "model.cache_bytes"
+    );
+}

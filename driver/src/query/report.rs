@@ -120,6 +120,8 @@ impl Reporter {
             lost_offsets: stats.lost_offsets,
             task_retries: stats.failed_attempts,
             executors: stats.rows_per_executor.clone(),
+            cache_hits: stats.cache_hits,
+            cache_misses: stats.cache_misses,
         };
         if let Err(e) = self.progress.append(record) {
             tracing::warn!(error = %e, "cannot write the progress log");
@@ -147,6 +149,7 @@ fn log_batch(batch_id: u64, s: &BatchStats, took: Duration) {
         dead_letters = s.dead_letters,
         offset_gaps = s.offset_gaps,
         lost_offsets = s.lost_offsets,
+        cache_hits = s.cache_hits,
         retries = s.failed_attempts,
         duration_ms = took.as_millis() as u64,
         read_ms = s.read_micros / 1000,

@@ -9,6 +9,7 @@
 //!   send batches to free workers;
 //! - [`fasttext`]: fastText sentence vectors, computed in the executor's process (no workers);
 //! - [`head`]: a `combine` entry's ONNX head over other models' vectors (in-process);
+//! - [`cache`]: the embedding cache (`model.cache_bytes`) in front of a text model;
 //! - [`chunk`]: long texts split by the tokenizer into overlapping windows, embedded by the
 //!   model's workers and pooled (`long_text = "chunk"`).
 //!
@@ -16,6 +17,7 @@
 //! out. The forked [`workers::WorkerPool`] (ONNX models) and [`fasttext::FastTextModel`] are
 //! its implementations; another backend (a GPU session, a remote server) is one more.
 
+pub mod cache;
 pub mod chunk;
 pub mod daemon;
 pub mod fasttext;

@@ -2,9 +2,10 @@
 //! Kafka broker on loopback and runs the bench (the `embedstream-bench` crate, in this process)
 //! on it against the `embedstream` binary, with generated product titles, mixed-length English
 //! (Python's docstrings, deploy/demo/sample_texts.py) and the Python consumer baseline
-//! (benches/baseline_consumer.py). See bench/src/run.rs for what is measured.
+//! (benches/baseline_consumer.py), and Spark Structured Streaming (benches/spark_baseline.py)
+//! where `deploy/setup.sh --spark` installed it. See bench/src/run.rs for what is measured.
 //!
-//!     deploy/setup.sh --python && cargo bench --bench pipeline
+//!     deploy/setup.sh --spark && cargo bench --bench pipeline
 //!
 //! EMBEDSTREAM_BENCH_TEXTS sets the number of texts per set (default 2000); arguments after `--`
 //! go to `embedstream-bench` (`-- --keep --latency-seconds 10`). The table goes to
@@ -45,8 +46,16 @@ fn main() {
 
     let mut args: Vec<std::ffi::OsString> = vec!["embedstream-bench".into(), job.path.clone().into()];
     args.extend(["--count".into(), n.to_string().into(), "--mixed".into(), mixed.into()]);
-    args.extend(["--python".into(), python.into(), "--baseline".into()]);
+    args.extend(["--python".into(), python.clone().into(), "--baseline".into()]);
     args.push(root.join("benches/baseline_consumer.py").into());
+    let spark_jars = common::cache().join("spark/libs");
+    let has_pyspark = Command::new(&python).args(["-c", "import pyspark, pandas"]).status().is_ok_and(|s| s.success());
+    if spark_jars.is_dir() && has_pyspark {
+        args.extend(["--spark".into(), root.join("benches/spark_baseline.py").into()]);
+        args.extend(["--spark-jars".into(), spark_jars.into()]);
+    } else {
+        eprintln!("pipeline bench: no Spark baseline (deploy/setup.sh --spark installs it)");
+    }
     args.extend(["--out".into(), root.join("target/embedstream-bench").into()]);
     args.extend(["--embedstream".into(), env!("CARGO_BIN_EXE_embedstream").into()]);
     // `cargo bench --bench pipeline -- --keep`, say; cargo itself adds `--bench`.

@@ -34,6 +34,10 @@
 # pyarrow, fasttext) for the script that computes reference embeddings, the Python baseline of the
 # benchmarks and the test that reads the Parquet sink with an independent reader, and installs
 # the two fastText models (tests, bench and demo).
+# `deploy/setup.sh --spark` does what --python does, and adds Spark Structured Streaming for the
+# pipeline bench's Spark baseline (benches/spark_baseline.py): pyspark and pandas (PyPI, pinned
+# and hash-checked) in pyenv/, and spark/libs/*.jar, Spark's Kafka connector from Maven Central
+# (deploy/spark/pom.xml, checked against deploy/spark/jars.sha256). About 500 MB, once.
 set -euo pipefail
 
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
@@ -83,6 +87,14 @@ SKIMAGE_WHEEL=scikit_image-0.24.0-cp311-cp311-manylinux_2_17_x86_64.manylinux201
 SKIMAGE_WHEEL_SHA256=fa27b3a0dbad807b966b8db2d78da734cb812ca4787f7fbb143764800ce2fa9c
 CHELSEA_SHA256=596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb
 COFFEE_SHA256=cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7
+# Spark Structured Streaming for the bench's baseline (--spark): pyspark is a source archive on
+# PyPI (its jars inside); its version is deploy/spark/pom.xml's spark.version.
+SPARK_VERSION=$(sed -n 's:.*<spark.version>\(.*\)</spark.version>.*:\1:p' "$HERE/spark/pom.xml")
+PYSPARK_SDIST=pyspark-4.2.0.tar.gz
+PYSPARK_SDIST_SHA256=5ad689d53570ee1674193fd4f9bda065f0db3be9363a27d2a3406cc457b70b61
+PANDAS_PKG=pandas==2.3.3
+PANDAS_WHEEL=pandas-2.3.3-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
+PANDAS_WHEEL_SHA256=b98560e98cb334799c0b07ca7967ac361a47326e9b4e5a7dfb5ab2b1c9d35a1b
 
 MODEL_DIR="$CACHE/models/all-MiniLM-L6-v2"
 mkdir -p "$CACHE/bin" "$CACHE/lib" "$CACHE/downloads" "$MODEL_DIR"
@@ -218,7 +230,8 @@ if [ "$(cat "$CACHE/postgres/wheel.sha256" 2>/dev/null)" != "$PGSERVER_WHEEL_SHA
   rm -rf "$CACHE/postgres" && mv "$CACHE/postgres.tmp" "$CACHE/postgres"
 fi
 
-if [ "${1:-}" = "--python" ]; then
+case "${1:-}" in --python | --spark) PYTHON_TOO=1 ;; *) PYTHON_TOO=0 ;; esac
+if [ "$PYTHON_TOO" = 1 ]; then
   if ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow, fasttext, onnx, PIL" 2>/dev/null; then
     say "making $CACHE/pyenv"
     python3 -m venv "$CACHE/pyenv"
@@ -274,6 +287,18 @@ if [ "${1:-}" = "--python" ]; then
     has_sha "$EFFNET_DIR.tmp/model.onnx" "$EFFNET_ONNX_SHA256" \
       || { echo "setup: the converted EfficientNet-Lite0's hash differs from EFFNET_ONNX_SHA256" >&2; exit 1; }
     rm -rf "$EFFNET_DIR" && mv "$EFFNET_DIR.tmp" "$EFFNET_DIR"
+  fi
+fi
+
+if [ "${1:-}" = "--spark" ]; then
+  install_jars spark "Spark $SPARK_VERSION's Kafka connector"
+  if [ "$("$CACHE/pyenv/bin/python" -c 'import pandas, pyspark; print(pyspark.__version__)' 2>/dev/null)" != "$SPARK_VERSION" ]; then
+    say "installing pyspark $SPARK_VERSION and pandas into $CACHE/pyenv (about a minute, once)"
+    fetch_wheel "pyspark==$SPARK_VERSION" "$PYSPARK_SDIST_SHA256" --no-binary=:all:
+    fetch_wheel "$PANDAS_PKG" "$PANDAS_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
+      --implementation cp --platform manylinux_2_28_x86_64
+    "$CACHE/pyenv/bin/pip" install -q "$CACHE/downloads/$PYSPARK_SDIST" "$CACHE/downloads/$PANDAS_WHEEL" \
+      py4j==0.10.9.9 python-dateutil==4.0.0 pytz==2026.6 tzdata==2026.6
   fi
 fi
 

@@ -1,6 +1,6 @@
 //! The pipeline benchmark, apart from the shipped `embedstream` binary: [`run`] measures the
-//! limit, embedstream end to end by workers, the Python baseline and latency at half load, and
-//! [`chart`] draws them. Run as `embedstream-bench` (see its `--help`), or in-process by
+//! limit, embedstream end to end by workers, the Python and Spark baselines, the embedding cache
+//! and latency, and [`chart`] draws them. Run as `embedstream-bench` (see its `--help`), or in-process by
 //! `cargo bench --bench pipeline`.
 
 pub mod chart;
@@ -8,7 +8,7 @@ mod run;
 
 use std::path::PathBuf;
 
-pub use run::{run, uniform_texts, BenchArgs};
+pub use run::{run, uniform_texts, BenchArgs, SparkBaseline};
 
 /// Measure this machine: the model alone (the limit), embedstream end to end, and a baseline.
 ///
@@ -16,8 +16,10 @@ pub use run::{run, uniform_texts, BenchArgs};
 /// sink, trigger and checkpoints are the bench's own (topics named bench-<time>-*). Runs the
 /// limit (one ONNX Runtime session on every core, fed pre-tokenized, length-sorted batches),
 /// `embedstream run --local 1` with 1, 2, 4 ... workers on generated product titles and on the
-/// lines of --mixed, the Python baseline with --python, then latency at half load with a 1 s
-/// trigger. Prints a table; writes bench.json and bench.png to --out.
+/// lines of --mixed (and with a token budget), the Python baseline with --python, Spark with
+/// --spark, the embedding cache on a set sent twice, then latency at half load with a 1 s
+/// trigger and at a tenth of capacity with none. Prints a table; writes bench.json and bench.png
+/// to --out.
 #[derive(clap::Parser)]
 #[command(name = "embedstream-bench", version)]
 pub struct Cli {
@@ -35,6 +37,14 @@ pub struct Cli {
     /// The baseline consumer script (benches/baseline_consumer.py).
     #[arg(long, requires = "python")]
     pub baseline: Option<PathBuf>,
+    /// Spark Structured Streaming as a baseline too: this script (benches/spark_baseline.py), run
+    /// by --python's interpreter with pyspark (deploy/setup.sh --spark).
+    #[arg(long, value_name = "SCRIPT", requires = "python", requires = "spark_jars")]
+    pub spark: Option<PathBuf>,
+    /// The Spark Kafka connector's jars for --spark (deploy/setup.sh --spark puts them in
+    /// ~/.cache/embedstream/spark/libs).
+    #[arg(long, value_name = "DIR", requires = "spark")]
+    pub spark_jars: Option<PathBuf>,
     /// Seconds of load for the latency measurement; 0 skips it.
     #[arg(long, default_value_t = 20)]
     pub latency_seconds: u64,
@@ -68,6 +78,7 @@ impl Cli {
             mixed: self.mixed,
             python: self.python,
             baseline: self.baseline,
+            spark: self.spark.zip(self.spark_jars).map(|(script, jars)| SparkBaseline { script, jars }),
             latency_seconds: self.latency_seconds,
             out: self.out,
             keep: self.keep,

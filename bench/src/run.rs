@@ -8,10 +8,16 @@
 //!    `run --local 1` with 1, 2, 4 … cores workers, `available_now`, Kafka sink; embeddings/s from
 //!    the first task dispatched to the last batch committed, and the peak total PSS of its process
 //!    tree (driver, executor, model daemon, workers);
-//! 3. with `--python`, the baseline consumer script (benches/baseline_consumer.py) and its peak PSS.
+//! 3. embedstream again on every core with a token budget (`max_batch_tokens`): speed and memory;
+//! 4. with `--python`, the baseline consumer script (benches/baseline_consumer.py) and its peak PSS;
+//! 5. with `--spark`, Spark Structured Streaming (benches/spark_baseline.py, `local[cores]`) in
+//!    two variants: batches in arrival order, and each Arrow batch sorted by tokens.
 //!
-//! Then latency: titles produced at half of (2)'s rate into a continuous query with a 1 s trigger,
-//! from each input's Kafka timestamp to its output's (stamped by the sink's producer as it sends).
+//! Then the embedding cache: the mixed set (or the titles) sent twice to a continuous query, the
+//! second time with 80 % of its texts unchanged, with and without `cache_bytes`; the second
+//! pass's embeddings/s compared. Then latency, from each input's Kafka timestamp to its output's
+//! (stamped by the sink's producer as it sends): titles produced at half of (2)'s rate into a
+//! query with a 1 s trigger, then at a tenth of it into a query with no trigger interval.
 //! A table goes to stdout; `bench.json` and `bench.png` to `--out`.
 
 use std::collections::HashMap;
@@ -38,6 +44,17 @@ use crate::chart;
 /// Partitions of every topic the bench creates.
 const PARTITIONS: i32 = 2;
 const TRIGGER_MS: u64 = 1000;
+/// The latency goal with no trigger interval, at a tenth of capacity.
+const NO_TRIGGER_GOAL_MS: f64 = 500.0;
+/// The token budget of the runs with `max_batch_tokens` (32 texts of 64 tokens).
+const BUDGET_TOKENS: i64 = 2048;
+
+/// Spark Structured Streaming as the baseline: the script, run by `--python`'s interpreter, and
+/// the directory of the Kafka connector's jars.
+pub struct SparkBaseline {
+    pub script: PathBuf,
+    pub jars: PathBuf,
+}
 
 pub struct BenchArgs {
     pub job: PathBuf,
@@ -45,6 +62,7 @@ pub struct BenchArgs {
     pub mixed: Option<PathBuf>,
     pub python: Option<PathBuf>,
     pub baseline: Option<PathBuf>,
+    pub spark: Option<SparkBaseline>,
     pub latency_seconds: u64,
     pub out: PathBuf,
     pub keep: bool,
@@ -68,6 +86,11 @@ struct SetResult {
     by_workers: Vec<(usize, f64, u64)>,
     /// (embeddings/s, peak total PSS in bytes)
     python: Option<(f64, u64)>,
+    /// embedstream on every core with `max_batch_tokens`: (embeddings/s, peak total PSS)
+    budget: (f64, u64),
+    /// Spark in arrival order, and sorted: (embeddings/s, peak total PSS)
+    spark: Option<(f64, u64)>,
+    spark_sorted: Option<(f64, u64)>,
 }
 
 impl SetResult {
@@ -81,6 +104,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let base = JobSpec::from_file(&args.job)?;
     let base_toml: toml::Table = toml::from_str(&std::fs::read_to_string(&args.job)?)?;
     ensure!(args.python.is_some() == args.baseline.is_some(), "--python and --baseline go together");
+    ensure!(args.spark.is_none() || args.python.is_some(), "--spark runs with --python's interpreter");
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let work = args.out.join(format!("run-{run_id}"));
@@ -112,14 +136,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         base.first_text_model().model_id()
     );
     println!(
-        "{:<10} {:>12} {:>13} {:>12} {:>16} {:>18} {:>19}",
+        "{:<10} {:>12} {:>13} {:>12} {:>16} {:>12} {:>13} {:>18} {:>19} {:>18} {:>19}",
         "emb/s",
         "limit sorted",
         "limit arrival",
         "embedstream",
         "python consumer",
+        "spark",
+        "spark sorted",
         "embedstream/limit",
-        "embedstream/python"
+        "embedstream/python",
+        "embedstream/spark",
+        "embedstream/sorted"
     );
     model::init_runtime(&model::ort_library())?;
     let mut results = Vec::new();
@@ -134,18 +162,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
             (Some(py), Some(script)) => Some(bench.python(py, script, &topic, &base, texts.len())?),
             _ => None,
         };
+        let (spark, spark_sorted) = match (&args.python, &args.spark) {
+            (Some(py), Some(spark)) => (
+                Some(bench.spark(py, spark, &topic, &base, texts.len(), false)?),
+                Some(bench.spark(py, spark, &topic, &base, texts.len(), true)?),
+            ),
+            _ => (None, None),
+        };
         let mut by_workers = Vec::new();
         for &w in workers.iter().rev() {
-            let (rate, pss) = bench.embedstream(&topic, &format!("{name}-{w}"), w, texts.len())?;
+            let (rate, pss) = bench.embedstream(&topic, &format!("{name}-{w}"), w, texts.len(), &[])?;
             by_workers.insert(0, (w, rate, pss));
         }
-        let r = SetResult { name: name.clone(), limit_sorted, limit_arrival, by_workers, python };
+        let budget = [("max_batch_tokens", toml::Value::from(BUDGET_TOKENS)), ("batch_size", 256.into())];
+        let budget = bench.embedstream(&topic, &format!("{name}-budget"), cores, texts.len(), &budget)?;
+        let r = SetResult {
+            name: name.clone(),
+            limit_sorted,
+            limit_arrival,
+            by_workers,
+            python,
+            budget,
+            spark,
+            spark_sorted,
+        };
         let (rate, _) = r.embedstream();
-        let py = r.python.map_or("-".to_string(), |(p, _)| format!("{p:.1}"));
-        let vs_py = r.python.map_or("-".to_string(), |(p, _)| format!("{:.2}", rate / p));
+        let rate_of = |x: Option<(f64, u64)>| x.map_or("-".to_string(), |(p, _)| format!("{p:.1}"));
+        let vs = |x: Option<(f64, u64)>| x.map_or("-".to_string(), |(p, _)| format!("{:.2}", rate / p));
         println!(
-            "{name:<10} {limit_sorted:>12.1} {limit_arrival:>13.1} {rate:>12.1} {py:>16} {:>18.2} {vs_py:>19}",
-            rate / limit_sorted
+            "{name:<10} {limit_sorted:>12.1} {limit_arrival:>13.1} {rate:>12.1} {:>16} {:>12} {:>13} {:>18.2} {:>19} {:>18} {:>19}",
+            rate_of(r.python),
+            rate_of(r.spark),
+            rate_of(r.spark_sorted),
+            rate / limit_sorted,
+            vs(r.python),
+            vs(r.spark),
+            vs(r.spark_sorted),
         );
         results.push(r);
     }
@@ -161,27 +213,61 @@ pub fn run(args: BenchArgs) -> Result<()> {
             None => format!("{:.0} MiB", mib(pss)),
         };
         println!("{:<10} by workers {}; peak total PSS {memory}", r.name, scaling.join(", "));
+        let (budget_rate, budget_pss) = r.budget;
+        let python_pss = r.python.map_or(String::new(), |(_, py)| format!(", {:.2} of python's", budget_pss as f64 / py as f64));
+        println!(
+            "{:<10} with max_batch_tokens = {BUDGET_TOKENS}: {budget_rate:.1}/s ({:.2} of the default), peak total PSS {:.0} MiB ({:.2} of the default{python_pss})",
+            r.name,
+            budget_rate / r.embedstream().0,
+            mib(budget_pss),
+            budget_pss as f64 / pss as f64,
+        );
+        for (what, run) in [("spark", r.spark), ("spark sorted", r.spark_sorted)] {
+            if let Some((_, spss)) = run {
+                println!("{:<10} {what}: peak total PSS {:.0} MiB", r.name, mib(spss));
+            }
+        }
     }
 
-    let latency = if args.latency_seconds > 0 {
-        let rate = (results[0].embedstream().0 / 2.0).max(1.0);
-        let ms = bench.latency(rate, cores, args.latency_seconds)?;
-        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-        let (p50, p95, p99) = (at(0.5), at(0.95), at(0.99));
-        let goal = 2.0 * TRIGGER_MS as f64;
-        println!(
-            "\nlatency at half load ({rate:.0} records/s for {} s, {TRIGGER_MS} ms trigger): p50 {p50:.0} ms, \
-             p95 {p95:.0} ms, p99 {p99:.0} ms over {} records; goal p99 < 2 x trigger = {goal:.0} ms ({})",
-            args.latency_seconds,
-            ms.len(),
-            if p99 < goal { "met" } else { "missed" }
-        );
-        let summary = json!({"records_per_second": rate, "trigger_ms": TRIGGER_MS, "records": ms.len(),
-                             "p50_ms": p50, "p95_ms": p95, "p99_ms": p99});
-        Some((summary, ms))
-    } else {
-        None
-    };
+    // The cache on the set with the costliest texts (the mixed one when given).
+    let (cache_set, cache_texts) = sets.last().expect("at least the titles");
+    let cache = bench.cache(cache_set, cache_texts, cores)?;
+    println!(
+        "\nembedding cache ({cache_set}, {} texts sent twice, 80 % unchanged the second time): second pass {:.1}/s \
+         with cache_bytes, {:.1}/s without: {:.2} x ({} hits, {} misses); goal >= 3 x ({})",
+        cache_texts.len(),
+        cache.with,
+        cache.without,
+        cache.with / cache.without,
+        cache.hits,
+        cache.misses,
+        if cache.with / cache.without >= 3.0 { "met" } else { "missed" }
+    );
+
+    let mut latencies: Vec<(serde_json::Value, chart::Latency)> = Vec::new();
+    if args.latency_seconds > 0 {
+        let capacity = results[0].embedstream().0;
+        let phases = [
+            ("half load, 1 s trigger", capacity / 2.0, Some(TRIGGER_MS), 2.0 * TRIGGER_MS as f64),
+            ("a tenth of capacity, no trigger interval", capacity / 10.0, None, NO_TRIGGER_GOAL_MS),
+        ];
+        for (label, rate, trigger_ms, goal) in phases {
+            let rate = rate.max(1.0);
+            let ms = bench.latency(rate, cores, args.latency_seconds, trigger_ms)?;
+            let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+            let (p50, p95, p99) = (at(0.5), at(0.95), at(0.99));
+            println!(
+                "\nlatency at {label} ({rate:.0} records/s for {} s): p50 {p50:.0} ms, p95 {p95:.0} ms, \
+                 p99 {p99:.0} ms over {} records; goal p99 < {goal:.0} ms ({})",
+                args.latency_seconds,
+                ms.len(),
+                if p99 < goal { "met" } else { "missed" }
+            );
+            let summary = json!({"load": label, "records_per_second": rate, "trigger_ms": trigger_ms,
+                                 "records": ms.len(), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "goal_p99_ms": goal});
+            latencies.push((summary, chart::Latency { label: label.to_string(), ms, goal_ms: goal }));
+        }
+    }
 
     let report = json!({
         "cores": cores,
@@ -199,14 +285,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "embedstream_peak_pss_bytes": r.embedstream().1,
             "python_consumer": r.python.map(|p| p.0),
             "python_peak_pss_bytes": r.python.map(|p| p.1),
+            "spark": r.spark.map(|p| p.0),
+            "spark_peak_pss_bytes": r.spark.map(|p| p.1),
+            "spark_sorted": r.spark_sorted.map(|p| p.0),
+            "spark_sorted_peak_pss_bytes": r.spark_sorted.map(|p| p.1),
+            "embedstream_budget": r.budget.0,
+            "embedstream_budget_peak_pss_bytes": r.budget.1,
+            "budget_tokens": BUDGET_TOKENS,
         })).collect::<Vec<_>>(),
-        "latency": latency.as_ref().map(|(summary, _)| summary),
+        "cache": {"texts": cache_set, "count": cache_texts.len(), "second_pass_with_cache": cache.with,
+                  "second_pass_without_cache": cache.without, "hits": cache.hits, "misses": cache.misses},
+        "latency": latencies.iter().map(|(summary, _)| summary).collect::<Vec<_>>(),
     });
     let json_path = args.out.join("bench.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
     let png_path = args.out.join("bench.png");
-    chart::draw(&png_path, &results_for_chart(&results), latency.as_ref().map(|(_, ms)| ms.as_slice()), TRIGGER_MS)
-        .context("chart")?;
+    let curves: Vec<chart::Latency> = latencies.into_iter().map(|(_, l)| l).collect();
+    chart::draw(&png_path, &results_for_chart(&results), &curves).context("chart")?;
     println!("\nreport: {}\nchart: {}", json_path.display(), png_path.display());
     if args.keep {
         println!("runs: {}", bench.work.display());
@@ -267,9 +362,24 @@ impl Bench {
         Ok(())
     }
 
-    /// Writes a job spec that reads `topic`: the user's model, the bench's source, trigger and sink.
-    fn job(&self, name: &str, topic: &str, trigger: toml::Table, cores: usize, starting: &str) -> Result<PathBuf> {
+    /// Writes a job spec that reads `topic`: the user's model (with `model_keys` set in its
+    /// `[model]`), the bench's source, trigger and sink.
+    fn job(
+        &self,
+        name: &str,
+        topic: &str,
+        trigger: toml::Table,
+        cores: usize,
+        starting: &str,
+        model_keys: &[(&str, toml::Value)],
+    ) -> Result<PathBuf> {
         let mut t = self.base_toml.clone();
+        if !model_keys.is_empty() {
+            let model = t.get_mut("model").and_then(toml::Value::as_table_mut).context("the bench's job has a [model]")?;
+            for (k, v) in model_keys {
+                model.insert(k.to_string(), v.clone());
+            }
+        }
         let name = format!("bench-{}-{name}", self.run_id);
         let dir = self.work.join(&name);
         t.insert("name".into(), name.clone().into());
@@ -297,10 +407,17 @@ impl Bench {
     }
 
     /// embedstream end to end with `workers` model workers: (embeddings/s, peak total PSS).
-    fn embedstream(&self, topic: &str, name: &str, workers: usize, expected: usize) -> Result<(f64, u64)> {
+    fn embedstream(
+        &self,
+        topic: &str,
+        name: &str,
+        workers: usize,
+        expected: usize,
+        model_keys: &[(&str, toml::Value)],
+    ) -> Result<(f64, u64)> {
         let mut trigger = toml::Table::new();
         trigger.insert("available_now".into(), true.into());
-        let job = self.job(name, topic, trigger, workers, "earliest")?;
+        let job = self.job(name, topic, trigger, workers, "earliest", model_keys)?;
         let mut cmd = Command::new(&self.embedstream);
         cmd.arg("run").arg(&job).args(["--local", "1"]);
         let (stdout, pss) = run_measuring_memory(cmd, &job.with_file_name("run.log"))?;
@@ -325,29 +442,122 @@ impl Bench {
         Ok((out["embeddings_per_second"].as_f64().context("embeddings_per_second")?, pss))
     }
 
-    /// Produces titles at `rate` a second for `seconds` into a continuous query; returns each
-    /// record's latency in ms, sorted.
-    fn latency(&self, rate: f64, workers: usize, seconds: u64) -> Result<Vec<f64>> {
-        let topic = format!("bench-{}-latency", self.run_id);
-        self.produce(&topic, &[])?;
-        let mut trigger = toml::Table::new();
-        trigger.insert("processing_time".into(), format!("{TRIGGER_MS}ms").into());
-        let job = self.job("latency", &topic, trigger, workers, "latest")?;
+    /// Spark Structured Streaming on `local[cores]` (benches/spark_baseline.py), in arrival order
+    /// or with each Arrow batch sorted by tokens: (embeddings/s, peak total PSS).
+    fn spark(
+        &self,
+        python: &Path,
+        spark: &SparkBaseline,
+        topic: &str,
+        spec: &JobSpec,
+        expected: usize,
+        sorted: bool,
+    ) -> Result<(f64, u64)> {
+        let variant = if sorted { "spark-sorted" } else { "spark" };
+        let out = format!("{topic}-{variant}-out");
+        tokio::runtime::Handle::current().block_on(topics::create_topic(&self.bootstrap, &out, PARTITIONS))?;
+        let model = spec.first_text_model();
+        let mut cmd = Command::new(python);
+        cmd.arg(&spark.script).args([&self.bootstrap, topic, &out]);
+        cmd.arg(&model.onnx).arg(&model.tokenizer).arg(model.batch_size.to_string()).arg(&spark.jars);
+        // Tuned for it: the whole set in one trigger (its tasks are the topic's partitions).
+        cmd.args(["--max-offsets", &expected.to_string()]);
+        cmd.arg("--checkpoint").arg(self.work.join(format!("{topic}-{variant}-checkpoint")));
+        if sorted {
+            cmd.arg("--sorted");
+        }
+        let (stdout, pss) = run_measuring_memory(cmd, &self.work.join(format!("{topic}-{variant}.log")))?;
+        let out: serde_json::Value = serde_json::from_slice(&stdout).context("the Spark baseline's summary")?;
+        ensure!(out["embeddings"] == expected, "Spark wrote {} embeddings of {expected}", out["embeddings"]);
+        Ok((out["embeddings_per_second"].as_f64().context("embeddings_per_second")?, pss))
+    }
+
+    /// A continuous query on every core (no trigger interval) reading a new topic from its
+    /// start, running in the background; returns once its workers are ready.
+    fn start_query(
+        &self,
+        name: &str,
+        topic: &str,
+        workers: usize,
+        trigger: toml::Table,
+        starting: &str,
+        model_keys: &[(&str, toml::Value)],
+    ) -> Result<(std::process::Child, JobSpec)> {
+        let job = self.job(name, topic, trigger, workers, starting, model_keys)?;
         let spec = JobSpec::from_file(&job)?;
         let log_path = job.with_file_name("run.log");
-        let mut child = Command::new(&self.embedstream)
+        let child = Command::new(&self.embedstream)
             .arg("run")
             .arg(&job)
             .args(["--local", "1"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path)?)
             .spawn()?;
-        let query = ChildGuard(&mut child);
         let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-        // Producing starts once the workers are ready and the starting offsets are logged.
+        // Ready once the workers are and the starting offsets are logged.
         wait_for("the query to start", Duration::from_secs(120), || {
             Ok(log().contains("model workers ready") && spec.checkpoint_location.join("initial_offsets").exists())
         })?;
+        Ok((child, spec))
+    }
+
+    /// The embedding cache: `texts` sent to a continuous query, then sent again with 80 % of
+    /// them unchanged (the rest edited), with and without `cache_bytes`: the second pass's
+    /// embeddings/s from its batches' progress records.
+    fn cache(&self, set: &str, texts: &[String], workers: usize) -> Result<CacheResult> {
+        let mut second = texts.to_vec();
+        for (i, text) in second.iter_mut().enumerate().filter(|(i, _)| i % 5 == 4) {
+            *text = format!("{text} (edition {i})");
+        }
+        let pass = |cached: bool| -> Result<(f64, u64, u64)> {
+            let which = if cached { "cache" } else { "no-cache" };
+            let topic = format!("bench-{}-{set}-{which}", self.run_id);
+            self.produce(&topic, &[])?;
+            let keys = [("cache_bytes", toml::Value::from("256m"))];
+            let keys: &[(&str, toml::Value)] = if cached { &keys } else { &[] };
+            let (mut child, spec) = self.start_query(which, &topic, workers, toml::Table::new(), "earliest", keys)?;
+            let query = ChildGuard(&mut child);
+            let source = KafkaSource::new(&spec, &spec.read_secrets()?)?;
+            let progress = spec.checkpoint_location.join("progress.jsonl");
+            let records = || -> Vec<serde_json::Value> {
+                let text = std::fs::read_to_string(&progress).unwrap_or_default();
+                text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+            };
+            for (n, batch) in [texts, &second[..]].into_iter().enumerate() {
+                let before = records().len();
+                self.produce(&topic, batch)?;
+                let tps = source.partitions()?;
+                let (_, highs) = source.watermarks(&tps)?;
+                wait_for("a pass to be processed", Duration::from_secs(600), || Ok(source.committed(&tps)? == highs))?;
+                if n == 1 {
+                    drop(query);
+                    let batches: Vec<serde_json::Value> =
+                        records().into_iter().skip(before).filter(|r| r["numInputRows"].as_u64() > Some(0)).collect();
+                    return second_pass(&batches, batch.len());
+                }
+            }
+            unreachable!("two passes")
+        };
+        let (without, ..) = pass(false)?;
+        let (with, hits, misses) = pass(true)?;
+        Ok(CacheResult { with, without, hits, misses })
+    }
+
+    /// Produces titles at `rate` a second for `seconds` into a continuous query (with a trigger
+    /// interval of `trigger_ms`, or none); returns each record's latency in ms, sorted.
+    fn latency(&self, rate: f64, workers: usize, seconds: u64, trigger_ms: Option<u64>) -> Result<Vec<f64>> {
+        let name = match trigger_ms {
+            Some(ms) => format!("latency-{ms}ms"),
+            None => "latency-no-trigger".to_string(),
+        };
+        let topic = format!("bench-{}-{name}", self.run_id);
+        self.produce(&topic, &[])?;
+        let mut trigger = toml::Table::new();
+        if let Some(ms) = trigger_ms {
+            trigger.insert("processing_time".into(), format!("{ms}ms").into());
+        }
+        let (mut child, spec) = self.start_query(&name, &topic, workers, trigger, "latest", &[])?;
+        let query = ChildGuard(&mut child);
 
         let texts = uniform_texts((rate * seconds as f64) as usize);
         let per_tick = (rate / 10.0).ceil() as usize;
@@ -380,6 +590,32 @@ impl Bench {
         ensure!(!ms.is_empty(), "no record went through");
         Ok(ms)
     }
+}
+
+/// The cache's figures: the second pass's embeddings/s with and without the cache, and the
+/// cache's hits and misses over it.
+struct CacheResult {
+    with: f64,
+    without: f64,
+    hits: u64,
+    misses: u64,
+}
+
+/// A pass's embeddings/s from its batches' progress records (from the first's start to the
+/// last's end), and their cache hits and misses.
+fn second_pass(batches: &[serde_json::Value], expected: usize) -> Result<(f64, u64, u64)> {
+    let rows: u64 = batches.iter().map(|r| r["numInputRows"].as_u64().unwrap_or(0)).sum();
+    ensure!(rows as usize == expected, "the pass's batches read {rows} records of {expected}");
+    let time = |r: &serde_json::Value| -> Result<f64> {
+        let at = r["timestamp"].as_str().context("a progress record's timestamp")?;
+        let at = humantime::parse_rfc3339(at)?.duration_since(std::time::UNIX_EPOCH)?;
+        Ok(at.as_secs_f64())
+    };
+    let (first, last) = (batches.first().context("no batch")?, batches.last().context("no batch")?);
+    let took = last["durationMs"]["triggerExecution"].as_f64().context("triggerExecution")? / 1000.0;
+    let seconds = time(last)? + took - time(first)?;
+    let count = |k: &str| batches.iter().map(|r| r[k].as_u64().unwrap_or(0)).sum::<u64>();
+    Ok((rows as f64 / seconds, count("cacheHits"), count("cacheMisses")))
 }
 
 /// Stops a query (SIGTERM, as Ctrl-C) and waits for it, also on an early return.

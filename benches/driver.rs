@@ -11,7 +11,7 @@
 //! in this process that answer each task at once (a real one would read, embed and write), so
 //! that 64 of them fit on one machine and what is measured is the driver's part alone. Each cell
 //! is the median of 5 batches after one to warm up. `-- --quick` measures 10 and 1,000 partitions
-//! only. The table goes to stdout and `target/embedstream-bench/driver.json`.
+//! only, `-- --partitions=N` N alone. The table goes to stdout and `target/embedstream-bench/driver.json`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -115,7 +115,12 @@ fn main() {
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
-    let partitions: &[i32] = if quick { &[10, 1000] } else { &[10, 1000, 10_000] };
+    let only: Option<i32> = std::env::args().find_map(|a| a.strip_prefix("--partitions=")?.parse().ok());
+    let partitions: Vec<i32> = match (only, quick) {
+        (Some(n), _) => vec![n],
+        (None, true) => vec![10, 1000],
+        (None, false) => vec![10, 1000, 10_000],
+    };
     // 10,000 partitions want a larger heap than the tests' brokers.
     let broker = Broker::start_with_env(&[], "", &[("KAFKA_HEAP_OPTS", "-Xmx2g")]);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -127,7 +132,7 @@ fn main() {
         "partitions", "executors", "plan", "log", "dispatch", "commit", "group", "total"
     );
     let mut rows = Vec::new();
-    for &n in partitions {
+    for &n in &partitions {
         let topic = format!("scale-{n}");
         let created = Instant::now();
         // A KRaft controller writes at most 10,000 records a request (a topic's record and its

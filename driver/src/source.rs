@@ -101,22 +101,16 @@ impl KafkaSource {
             return Ok((PartitionOffsets::new(), PartitionOffsets::new()));
         }
         let ask = |at: Offset| -> Result<PartitionOffsets, SourceError> {
-            let mut tpl = TopicPartitionList::new();
-            for tp in tps {
-                tpl.add_partition_offset(&tp.topic, tp.partition, at).map_err(kafka("offset list"))?;
-            }
-            let got = self.consumer.offsets_for_times(tpl, REQUEST_TIMEOUT).map_err(kafka("watermarks"))?;
             let mut out = PartitionOffsets::new();
-            for e in got.elements() {
-                let tp = TopicPartition::new(e.topic(), e.partition());
-                e.error().map_err(kafka(format!("watermarks of {tp}")))?;
-                match e.offset() {
-                    Offset::Offset(o) => out.insert(tp, o),
-                    other => {
-                        let error = format!("the broker answered {other:?} for its watermark");
-                        return Err(SourceError::TopicUnavailable { topic: tp.to_string(), error });
-                    }
-                };
+            // librdkafka matches each answer to its request with a linear search: lists of a
+            // bounded size keep that from growing with the square of the partitions.
+            for chunk in tps.chunks(PARTITIONS_A_REQUEST) {
+                let mut tpl = TopicPartitionList::new();
+                for tp in chunk {
+                    tpl.add_partition_offset(&tp.topic, tp.partition, at).map_err(kafka("offset list"))?;
+                }
+                let got = self.consumer.offsets_for_times(tpl, REQUEST_TIMEOUT).map_err(kafka("watermarks"))?;
+                read_offsets(&got, &mut out)?;
             }
             Ok(out)
         };
@@ -125,13 +119,19 @@ impl KafkaSource {
         Ok((earliest, latest))
     }
 
-    /// Commits `end` (the next offsets to read, never the last ones read) to the query's group.
+    /// Commits `end` (the next offsets to read, never the last ones read) to the query's group,
+    /// in lists of [`PARTITIONS_A_REQUEST`] partitions.
     pub fn commit_group(&self, end: &PartitionOffsets) -> Result<(), SourceError> {
-        let mut tpl = TopicPartitionList::new();
-        for (tp, &o) in end {
-            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(o)).map_err(kafka("offset list"))?;
+        let end: Vec<(&TopicPartition, &i64)> = end.iter().collect();
+        for chunk in end.chunks(PARTITIONS_A_REQUEST) {
+            let mut tpl = TopicPartitionList::new();
+            for (tp, &o) in chunk {
+                tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(o)).map_err(kafka("offset list"))?;
+            }
+            let group = || format!("commit to group {}", self.spec.group_id());
+            self.consumer.commit(&tpl, CommitMode::Sync).map_err(kafka(group()))?;
         }
-        self.consumer.commit(&tpl, CommitMode::Sync).map_err(kafka(format!("commit to group {}", self.spec.group_id())))
+        Ok(())
     }
 
     /// The offsets the query's group holds now, as any Kafka tool would read them.
@@ -191,6 +191,25 @@ impl KafkaSource {
 /// wrong password, an untrusted certificate or a wrong address stops the query with
 /// librdkafka's own reason (`SASL authentication error: ...`) instead of a timeout at the
 /// first batch. Blocking.
+/// Partitions in one offsets request or group commit (see [`KafkaSource::watermarks`]).
+const PARTITIONS_A_REQUEST: usize = 500;
+
+/// The offsets of a ListOffsets answer into `out`; a partition answered with an error fails.
+fn read_offsets(got: &TopicPartitionList, out: &mut PartitionOffsets) -> Result<(), SourceError> {
+    for e in got.elements() {
+        let tp = TopicPartition::new(e.topic(), e.partition());
+        e.error().map_err(kafka(format!("watermarks of {tp}")))?;
+        match e.offset() {
+            Offset::Offset(o) => out.insert(tp, o),
+            other => {
+                let error = format!("the broker answered {other:?} for its watermark");
+                return Err(SourceError::TopicUnavailable { topic: tp.to_string(), error });
+            }
+        };
+    }
+    Ok(())
+}
+
 pub fn probe_clusters(spec: &JobSpec, secrets: &Secrets) -> Result<(), SourceError> {
     let source = ("source", "source.bootstrap_servers");
     probe(source, &spec.source.bootstrap_servers, spec.source_client(secrets)?)?;

@@ -73,13 +73,13 @@ pub fn format_table(records: &[ProgressRecord], header: bool) -> String {
     let mut out = String::new();
     if header {
         out.push_str(&format!(
-            "{:>6}  {:<24}  {:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>9}\n",
-            "batch", "started", "rows", "input/s", "proc/s", "took ms", "embeddings", "dlq", "lag"
+            "{:>6}  {:<24}  {:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>9}  {:>8}\n",
+            "batch", "started", "rows", "input/s", "proc/s", "took ms", "embeddings", "dlq", "lag", "cached"
         ));
     }
     for r in records {
         out.push_str(&format!(
-            "{:>6}  {:<24}  {:>8}  {:>10.1}  {:>10.1}  {:>9}  {:>10}  {:>6}  {:>9}\n",
+            "{:>6}  {:<24}  {:>8}  {:>10.1}  {:>10.1}  {:>9}  {:>10}  {:>6}  {:>9}  {:>8}\n",
             r.batch_id,
             r.timestamp,
             r.num_input_rows,
@@ -88,7 +88,8 @@ pub fn format_table(records: &[ProgressRecord], header: bool) -> String {
             r.duration_ms.get("triggerExecution").copied().unwrap_or(0),
             r.embeddings,
             r.dead_letters,
-            r.lag()
+            r.lag(),
+            r.cache_hits
         ));
     }
     out
@@ -143,7 +144,9 @@ mod tests {
         let line = std::fs::read_to_string(progress_path(dir.path())).unwrap();
         assert!(line.contains("\"batchId\":0") && line.contains("\"offsetsBehindLatest\":7"), "Spark's field names");
         let table = format_table(&all[..1], true);
-        assert!(table.contains("lag") && table.lines().nth(1).unwrap().trim_end().ends_with('7'), "{table}");
+        let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert!(table.contains("lag") && table.contains("cached"), "{table}");
+        assert_eq!(row[row.len() - 2..], ["7", "0"], "lag, then cache hits: {table}");
     }
 
     #[test]

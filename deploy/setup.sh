@@ -123,6 +123,9 @@ command -v kinit >/dev/null || missing+=(krb5-user)
 command -v unzip >/dev/null || missing+=(unzip)
 # openssl: the TLS tests make their CA and certificates with it.
 command -v openssl >/dev/null || missing+=(openssl)
+# The query page's tests drive a real browser: Debian's headless chromium through chromedriver.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 # Prometheus and promtool, for the monitoring tests and `deploy/demo.sh --observe`.

@@ -28,9 +28,19 @@ pub fn render(registry: &Registry) -> String {
 /// when `tls` has a certificate (and requiring a client certificate under mutual TLS). Returns
 /// the bound address (`listen` may have port 0).
 pub async fn serve_metrics(listen: &str, registry: Registry, tls: &Tls) -> std::io::Result<SocketAddr> {
+    serve_metrics_with(listen, registry, tls, axum::Router::new()).await
+}
+
+/// As [`serve_metrics`], with `extra`'s routes beside `/metrics` (the driver's page).
+pub async fn serve_metrics_with(
+    listen: &str,
+    registry: Registry,
+    tls: &Tls,
+    extra: axum::Router,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = axum::Router::new().route(
+    let app = extra.route(
         "/metrics",
         axum::routing::get(move || {
             let body = render(&registry);

@@ -22,6 +22,7 @@ pub mod crash;
 pub mod executors;
 pub mod launcher;
 pub mod metrics;
+pub mod page;
 pub mod planner;
 pub mod progress;
 pub mod query;

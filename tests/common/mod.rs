@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod browser;
 pub mod hadoop;
 pub mod image_server;
 pub mod kdc;

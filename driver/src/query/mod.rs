@@ -178,8 +178,26 @@ pub async fn run_query(
     let source = Arc::new(KafkaSource::new(&spec, &secrets)?);
     let registry = Arc::new(ExecutorRegistry::default());
     let metrics = Arc::new(DriverMetrics::new(&spec.name));
+    let control = Control::new(spec.executors.count);
+    let page = crate::page::router(Arc::new(crate::page::PageState {
+        query: spec.name.clone(),
+        query_id: checkpoint.query_id().to_string(),
+        trigger: match (&spec.trigger.processing_time, spec.trigger.available_now) {
+            (_, true) => "available now".to_string(),
+            (Some(every), _) => format!("every {every}"),
+            (None, false) => "as soon as data is there".to_string(),
+        },
+        sink: crate::page::describe_sink(&spec.sink),
+        started: std::time::Instant::now(),
+        checkpoint: local_state.clone(),
+        control: control.clone(),
+        registry: registry.clone(),
+        // A token the query made for itself guards its gRPC services from other local users; the
+        // page shows what /metrics shows, and asks for a token only when one is configured.
+        token: if options.own_token_file.is_some() { ClusterToken::default() } else { options.token.clone() },
+    }));
     let metrics_addr =
-        telemetry::serve_metrics(&spec.monitoring.metrics_listen, metrics.registry.clone(), &options.tls)
+        telemetry::serve_metrics_with(&spec.monitoring.metrics_listen, metrics.registry.clone(), &options.tls, page)
             .await
             .map_err(|e| DriverError::Service(format!("metrics endpoint {}: {e}", spec.monitoring.metrics_listen)))?;
     metrics.executors_requested.set(spec.executors.count as i64);
@@ -193,7 +211,6 @@ pub async fn run_query(
     };
     targets.write(&registry);
 
-    let control = Control::new(spec.executors.count);
     // A signal (or the caller) stops the query the same way the admin API does.
     let forward = control.clone();
     let _forward_stop = AbortOnDrop(tokio::spawn(async move {

@@ -1,0 +1,206 @@
+//! The query's own page (issue 18, work in progress): what the Spark UI never showed, served by
+//! the driver on its metrics listener beside `/metrics`.
+//!
+//! - `GET /`: the page (`page.html`, no build step, nothing fetched from elsewhere), which polls
+//!   the JSON endpoints below and redraws;
+//! - `GET /api/query`: name, state, batch id, trigger, sink, uptime, executors wanted and alive;
+//! - `GET /api/partitions`: each source partition's latest and committed offsets, lag, and its
+//!   lag over the last batches (for the sparkline);
+//! - `GET /api/batches`: the last batches' progress records (rows, phases, dead letters, retries);
+//! - `POST /login`: a form with the cluster token, which sets a cookie.
+//!
+//! With a cluster token, every route but `/login` wants it: `Authorization: Bearer TOKEN` (for
+//! scripts) or the cookie the login form sets (for people).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use embedstream_core::auth::{constant_time_eq, ClusterToken};
+use embedstream_core::progress::ProgressRecord;
+use embedstream_core::spec::sink::{SinkKind, SinkSpec};
+use serde_json::json;
+
+use crate::admin::Control;
+use crate::executors::ExecutorRegistry;
+
+/// The page's cookie, holding the cluster token once the login form took it.
+const COOKIE: &str = "embedstream_token";
+/// Batches the page shows and the sparklines span.
+const RECENT_BATCHES: usize = 60;
+
+/// What the page reads: the query's switches and executors, and its progress records.
+pub struct PageState {
+    pub query: String,
+    pub query_id: String,
+    pub trigger: String,
+    pub sink: String,
+    pub started: Instant,
+    /// Where `progress.jsonl` is.
+    pub checkpoint: PathBuf,
+    pub control: Arc<Control>,
+    pub registry: Arc<ExecutorRegistry>,
+    pub token: ClusterToken,
+}
+
+/// The page's routes, to be merged into the metrics listener's.
+pub fn router(state: Arc<PageState>) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(page))
+        .route("/api/query", get(query))
+        .route("/api/partitions", get(partitions))
+        .route("/api/batches", get(batches))
+        .route("/login", post(login))
+        .with_state(state)
+}
+
+/// The sink in a few words: its kind and where it writes (no secret: a pgvector URL holds none).
+pub fn describe_sink(sink: &SinkSpec) -> String {
+    match &sink.kind {
+        SinkKind::Kafka(k) => format!("kafka topic {}", k.topic),
+        SinkKind::Parquet(p) => format!("parquet {}", p.path.display()),
+        SinkKind::Pgvector(p) => format!("pgvector table {}", p.table),
+    }
+}
+
+/// Whether a request carries the cluster token (always, when there is none).
+fn allowed(state: &PageState, headers: &HeaderMap) -> bool {
+    let Some(secret) = state.token.secret() else { return true };
+    let bearer = (headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = (headers.get_all(header::COOKIE).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string));
+    [bearer.map(str::to_string), cookie].into_iter().flatten().any(|t| constant_time_eq(t.as_bytes(), secret.as_bytes()))
+}
+
+fn json_response(value: serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+fn refused() -> Response {
+    (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"the cluster token is required"}"#)
+        .into_response()
+}
+
+async fn page(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
+    let html = if allowed(&state, &headers) { include_str!("page.html") } else { include_str!("login.html") };
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+async fn login(State(state): State<Arc<PageState>>, body: String) -> Response {
+    let token = body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(percent_decode)
+        .unwrap_or_default();
+    match state.token.secret() {
+        Some(secret) if constant_time_eq(token.as_bytes(), secret.as_bytes()) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, "/".to_string()),
+                (header::SET_COOKIE, format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/")),
+            ],
+        )
+            .into_response(),
+        Some(_) => refused(),
+        None => (StatusCode::SEE_OTHER, [(header::LOCATION, "/".to_string())]).into_response(),
+    }
+}
+
+/// A form field's value: `+` is a space, `%XX` a byte.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or(""), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn recent(state: &PageState) -> Vec<ProgressRecord> {
+    let records = crate::progress::read_progress(&state.checkpoint).unwrap_or_default();
+    records[records.len().saturating_sub(RECENT_BATCHES)..].to_vec()
+}
+
+async fn query(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
+    if !allowed(&state, &headers) {
+        return refused();
+    }
+    let snapshot = state.control.snapshot.lock().expect("not poisoned").clone();
+    let status = if state.control.stopping() {
+        "stopping"
+    } else if *state.control.paused.borrow() {
+        "paused"
+    } else {
+        "running"
+    };
+    json_response(json!({
+        "query": state.query,
+        "queryId": state.query_id,
+        "state": status,
+        "batchesCommitted": snapshot.batches_committed,
+        "nextBatchId": snapshot.next_batch_id,
+        "trigger": state.trigger,
+        "sink": state.sink,
+        "uptimeSeconds": state.started.elapsed().as_secs(),
+        "executorsWanted": *state.control.target.borrow(),
+        "executorsAlive": state.registry.live().len(),
+    }))
+}
+
+async fn partitions(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
+    if !allowed(&state, &headers) {
+        return refused();
+    }
+    let records = recent(&state);
+    let snapshot = state.control.snapshot.lock().expect("not poisoned").clone();
+    let Some(last) = records.last() else { return json_response(json!({"partitions": []})) };
+    let mut rows = Vec::new();
+    for source in &last.sources {
+        for (tp, &latest) in source.latest_offset.iter() {
+            let committed = snapshot.committed.get(tp).copied().or_else(|| source.end_offset.get(tp).copied());
+            let lag_history: Vec<i64> = (records.iter())
+                .filter_map(|r| {
+                    let s = r.sources.first()?;
+                    Some(s.latest_offset.get(tp)? - s.end_offset.get(tp)?)
+                })
+                .collect();
+            rows.push(json!({
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "latest": latest,
+                "committed": committed,
+                "lag": committed.map(|c| (latest - c).max(0)),
+                "lagHistory": lag_history,
+            }));
+        }
+    }
+    json_response(json!({"partitions": rows}))
+}
+
+async fn batches(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
+    if !allowed(&state, &headers) {
+        return refused();
+    }
+    json_response(json!({"batches": recent(&state)}))
+}

@@ -139,6 +139,7 @@ if [ "$OBSERVE" = 1 ]; then
   cat <<INFO
 
 embedstream demo, observed: the query runs until Ctrl-C
+  query page        http://$DRIVER/  (partitions, offsets, lag and the last batches, live)
   Prometheus        http://127.0.0.1:$PROM  (alerts: http://127.0.0.1:$PROM/alerts; try embedstream_source_lag_offsets)
   driver metrics    http://$DRIVER/metrics
   targets           $WORK/checkpoint/monitoring/targets.json

@@ -63,6 +63,11 @@ fn the_page_shows_the_partitions_offsets_and_batches_and_wants_the_token() {
         assert_eq!(committed, broker.committed("paged-group", "shop", 2)[p].to_string());
         assert_eq!(browser.text(&format!("{row} td:nth-child(5)")).as_deref(), Some("0"));
     }
+    // The shipped alert conditions, evaluated by the driver: none holds for a query keeping up.
+    for alert in ["EmbedstreamLagGrowing", "EmbedstreamNoBatchFinished", "EmbedstreamExecutorLost", "EmbedstreamDeadLetters"] {
+        let holds = browser.wait_text(&format!("#alerts tr[data-alert=\"{alert}\"] td:nth-child(2)"), TIMEOUT, |_| true);
+        assert_eq!(holds, "no", "{alert}");
+    }
     // More records: the timeline grows and the offsets follow.
     let before = browser.count("#batches tbody tr");
     assert!(before >= 1, "at least one batch shown");

@@ -7,14 +7,17 @@
 //! - `GET /api/partitions`: each source partition's latest and committed offsets, lag, and its
 //!   lag over the last batches (for the sparkline);
 //! - `GET /api/batches`: the last batches' progress records (rows, phases, dead letters, retries);
+//! - `GET /api/alerts`: the shipped alert conditions evaluated on the driver's state ([`alerts`]);
 //! - `POST /login`: a form with the cluster token, which sets a cookie.
 //!
 //! With a cluster token, every route but `/login` wants it: `Authorization: Bearer TOKEN` (for
 //! scripts) or the cookie the login form sets (for people).
 
+pub mod alerts;
+
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -38,6 +41,8 @@ pub struct PageState {
     pub query: String,
     pub query_id: String,
     pub trigger: String,
+    /// The trigger interval (zero: none), for the "no batch finished" condition.
+    pub trigger_interval: Duration,
     pub sink: String,
     pub started: Instant,
     /// Where `progress.jsonl` is.
@@ -54,6 +59,7 @@ pub fn router(state: Arc<PageState>) -> axum::Router {
         .route("/api/query", get(query))
         .route("/api/partitions", get(partitions))
         .route("/api/batches", get(batches))
+        .route("/api/alerts", get(alerts_now))
         .route("/login", post(login))
         .with_state(state)
 }
@@ -196,6 +202,19 @@ async fn partitions(State(state): State<Arc<PageState>>, headers: HeaderMap) -> 
         }
     }
     json_response(json!({"partitions": rows}))
+}
+
+async fn alerts_now(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
+    if !allowed(&state, &headers) {
+        return refused();
+    }
+    let facts = alerts::Facts {
+        now: std::time::SystemTime::now(),
+        trigger: state.trigger_interval,
+        executors_wanted: *state.control.target.borrow(),
+        executors_alive: state.registry.live().len(),
+    };
+    json_response(json!({"alerts": alerts::evaluate(&recent(&state), &facts)}))
 }
 
 async fn batches(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {

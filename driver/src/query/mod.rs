@@ -187,6 +187,7 @@ pub async fn run_query(
             (Some(every), _) => format!("every {every}"),
             (None, false) => "as soon as data is there".to_string(),
         },
+        trigger_interval: spec.trigger.interval(),
         sink: crate::page::describe_sink(&spec.sink),
         started: std::time::Instant::now(),
         checkpoint: local_state.clone(),

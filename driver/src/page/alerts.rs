@@ -1,0 +1,166 @@
+//! The shipped alert conditions (`deploy/prometheus/alerts.yml`) evaluated on the driver's own
+//! state, for the query's page: its recent progress records, the executors wanted and alive. A
+//! person who has no Prometheus still sees what would fire. Prometheus' `for:` durations become
+//! the span of records a condition must hold over; the worker-restart alert needs the executors'
+//! own metrics and is left to Prometheus.
+
+use std::time::{Duration, SystemTime};
+
+use embedstream_core::progress::ProgressRecord;
+use serde::Serialize;
+
+/// One condition and whether it holds now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub name: &'static str,
+    pub holds: bool,
+    /// What was measured, in words.
+    pub detail: String,
+}
+
+/// What the conditions read besides the records.
+pub struct Facts {
+    pub now: SystemTime,
+    pub trigger: Duration,
+    pub executors_wanted: u32,
+    pub executors_alive: usize,
+}
+
+fn started(r: &ProgressRecord) -> Option<SystemTime> {
+    humantime::parse_rfc3339(&r.timestamp).ok()
+}
+
+fn ended(r: &ProgressRecord) -> Option<SystemTime> {
+    let took = r.duration_ms.get("triggerExecution").copied().unwrap_or(0);
+    Some(started(r)? + Duration::from_millis(took))
+}
+
+/// The records that started within `span` of `now`.
+fn within(records: &[ProgressRecord], now: SystemTime, span: Duration) -> Vec<&ProgressRecord> {
+    records.iter().filter(|r| started(r).is_some_and(|t| now.duration_since(t).unwrap_or_default() <= span)).collect()
+}
+
+pub fn evaluate(records: &[ProgressRecord], facts: &Facts) -> Vec<Alert> {
+    let lag = records.last().map_or(0, ProgressRecord::lag);
+    let mut alerts = Vec::new();
+
+    // Lag above zero and growing over the last 10 minutes of batches.
+    let recent = within(records, facts.now, Duration::from_secs(600));
+    let growing = recent.len() >= 2 && recent.iter().all(|r| r.lag() > 0) && recent[recent.len() - 1].lag() > recent[0].lag();
+    alerts.push(Alert {
+        name: "EmbedstreamLagGrowing",
+        holds: growing,
+        detail: format!("lag {lag} records now, over {} batches in 10 min", recent.len()),
+    });
+
+    // Processing below 90 % of what arrives, over the last 5 minutes.
+    let five = within(records, facts.now, Duration::from_secs(300));
+    let (processed, arrived): (u64, i64) = five.iter().fold((0, 0), |(p, a), r| {
+        let arrived: i64 = (r.sources.iter())
+            .flat_map(|s| s.latest_offset.iter().map(move |(tp, &l)| l - s.start_offset.get(tp).copied().unwrap_or(l)))
+            .sum();
+        (p + r.num_input_rows, a + arrived.max(0))
+    });
+    let below = five.len() >= 2 && (processed as f64) < 0.9 * arrived as f64 && lag > 0;
+    alerts.push(Alert {
+        name: "EmbedstreamProcessingBelowInput",
+        holds: below,
+        detail: format!("{processed} records processed of {arrived} in view over 5 min"),
+    });
+
+    // No batch finished for 3 triggers (at least 30 s) while records wait.
+    let quiet = facts.trigger.max(Duration::from_secs(10)) * 3;
+    let since = records.last().and_then(ended).map(|t| facts.now.duration_since(t).unwrap_or_default());
+    alerts.push(Alert {
+        name: "EmbedstreamNoBatchFinished",
+        holds: since.is_some_and(|s| s > quiet) && lag > 0,
+        detail: match since {
+            Some(s) => format!("last batch finished {} s ago (alert after {} s with lag)", s.as_secs(), quiet.as_secs()),
+            None => "no batch yet".into(),
+        },
+    });
+
+    alerts.push(Alert {
+        name: "EmbedstreamExecutorLost",
+        holds: facts.executors_alive < facts.executors_wanted as usize,
+        detail: format!("{} of {} executors alive", facts.executors_alive, facts.executors_wanted),
+    });
+
+    let dead: u64 = five.iter().map(|r| r.dead_letters).sum();
+    alerts.push(Alert {
+        name: "EmbedstreamDeadLetters",
+        holds: dead > 0,
+        detail: format!("{dead} dead letters in 5 min"),
+    });
+    alerts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
+    use embedstream_core::progress::SourceProgress;
+
+    fn record(at: SystemTime, end: i64, latest: i64, dead_letters: u64) -> ProgressRecord {
+        let offsets = |o: i64| -> PartitionOffsets { [(TopicPartition::new("t", 0), o)].into_iter().collect() };
+        ProgressRecord {
+            id: "q".into(),
+            name: "q".into(),
+            batch_id: 0,
+            timestamp: humantime::format_rfc3339_millis(at).to_string(),
+            num_input_rows: 10,
+            input_rows_per_second: 0.0,
+            processed_rows_per_second: 0.0,
+            duration_ms: [("triggerExecution".to_string(), 1000)].into_iter().collect(),
+            sources: vec![SourceProgress {
+                description: String::new(),
+                start_offset: offsets(end - 10),
+                end_offset: offsets(end),
+                latest_offset: offsets(latest),
+                num_input_rows: 10,
+                offsets_behind_latest: latest - end,
+            }],
+            embeddings: 10,
+            dead_letters,
+            lost_offsets: 0,
+            task_retries: 0,
+            executors: Default::default(),
+            cache_hits: 0,
+            cache_misses: 0,
+        }
+    }
+
+    fn holding(alerts: &[Alert]) -> Vec<&'static str> {
+        alerts.iter().filter(|a| a.holds).map(|a| a.name).collect()
+    }
+
+    #[test]
+    fn a_query_that_keeps_up_raises_nothing() {
+        let now = SystemTime::now();
+        let records: Vec<_> = (0..5).map(|i| record(now - Duration::from_secs(50 - i * 10), 10 * (i as i64 + 1), 10 * (i as i64 + 1), 0)).collect();
+        let facts = Facts { now, trigger: Duration::from_secs(1), executors_wanted: 2, executors_alive: 2 };
+        assert!(holding(&evaluate(&records, &facts)).is_empty());
+    }
+
+    #[test]
+    fn a_falling_behind_query_with_dead_letters_and_a_lost_executor_raises_them() {
+        let now = SystemTime::now();
+        // Lag 100, 200, ... : 10 records a batch processed, 110 arriving.
+        let records: Vec<_> = (0..5)
+            .map(|i| record(now - Duration::from_secs(200 - i * 10), 10 * (i as i64 + 1), 110 * (i as i64 + 1), 1))
+            .collect();
+        let facts = Facts { now, trigger: Duration::from_secs(1), executors_wanted: 2, executors_alive: 1 };
+        assert_eq!(
+            holding(&evaluate(&records, &facts)),
+            [
+                "EmbedstreamLagGrowing",
+                "EmbedstreamProcessingBelowInput",
+                "EmbedstreamNoBatchFinished",
+                "EmbedstreamExecutorLost",
+                "EmbedstreamDeadLetters"
+            ]
+        );
+    }
+}

@@ -126,11 +126,9 @@ fn prometheus_scrapes_a_running_query_and_the_lag_alert_fires() {
         panic!("the lag alert did not fire; lag: {:?}", prom.query("embedstream_source_lag_offsets"))
     });
     assert_eq!(alert["labels"]["query"], "mon");
-    let lag: f64 = prom.query("sum(embedstream_source_lag_offsets{query=\"mon\"})")[0]["value"][1]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(lag > 0.0, "the alert fired with a real lag: {lag}");
+    // The value of the rule's expression when it fired: the summed lag it saw (a query of the
+    // lag now may come after the query caught up).
+    let lag: f64 = alert["value"].as_str().unwrap().parse().unwrap();
+    assert!(lag > 0.0, "the alert fired with a real lag: {alert}");
     q.stop();
 }

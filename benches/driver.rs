@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use common::{Broker, Job};
 use embedstream_core::auth::ClusterToken;
-use embedstream_core::offsets::OffsetRange;
 use embedstream_core::tls::Tls;
 use embedstream_core::JobSpec;
 use embedstream_driver::checkpoint::{Checkpoint, CommitLogEntry, OffsetLogEntry};
 use embedstream_driver::executors::{ExecutorInfo, ExecutorRegistry};
 use embedstream_driver::planner;
+use embedstream_driver::query::batch::tasks_for;
 use embedstream_driver::scheduler::Scheduler;
 use embedstream_driver::source::KafkaSource;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
@@ -171,18 +171,7 @@ fn main() {
                 let end = planner::rate_limit(&start, &latest, None);
                 let entry =
                     OffsetLogEntry { version: 1, batch_id, timestamp_ms: 0, start: start.clone(), end: end.clone() };
-                let ranges = planner::split_ranges(OffsetRange::between(&entry.start, &entry.end), None);
-                let tasks: Vec<TaskDefinition> = (ranges.into_iter().enumerate())
-                    .map(|(i, r)| TaskDefinition {
-                        query_id: "scale".into(),
-                        batch_id,
-                        task_id: i as u32,
-                        attempt: 0,
-                        sink_partition: r.tp.partition,
-                        dead_letter_partition: r.tp.partition,
-                        range: Some(r.into()),
-                    })
-                    .collect();
+                let tasks = tasks_for(&entry, "scale", None, n, n);
                 assert_eq!(tasks.len(), n as usize, "one task a partition");
                 steps.plan = ms(t);
 

@@ -426,14 +426,7 @@ impl Bench {
         let job = self.job(name, topic, trigger, workers, "earliest", model_keys)?;
         let mut cmd = Command::new(&self.embedstream);
         cmd.arg("run").arg(&job).args(["--local", "1"]);
-        let (stdout, pss) = run_measuring_memory(cmd, &job.with_file_name("run.log"))?;
-        let summary: serde_json::Value = serde_json::from_slice(&stdout).context("the run's summary")?;
-        ensure!(
-            summary["embeddings"] == expected,
-            "embedstream wrote {} embeddings of {expected}",
-            summary["embeddings"]
-        );
-        Ok((summary["embeddings_per_second"].as_f64().context("embeddings_per_second")?, pss))
+        measured_run(cmd, &job.with_file_name("run.log"), "embedstream", expected)
     }
 
     fn python(&self, python: &Path, script: &Path, topic: &str, spec: &JobSpec, expected: usize) -> Result<(f64, u64)> {
@@ -442,10 +435,7 @@ impl Bench {
         cmd.arg(&spec.first_text_model().onnx)
             .arg(&spec.first_text_model().tokenizer)
             .arg(spec.first_text_model().batch_size.to_string());
-        let (stdout, pss) = run_measuring_memory(cmd, &self.work.join(format!("{topic}-python.log")))?;
-        let out: serde_json::Value = serde_json::from_slice(&stdout).context("the baseline's summary")?;
-        ensure!(out["embeddings"] == expected, "the baseline wrote {} embeddings of {expected}", out["embeddings"]);
-        Ok((out["embeddings_per_second"].as_f64().context("embeddings_per_second")?, pss))
+        measured_run(cmd, &self.work.join(format!("{topic}-python.log")), "the Python baseline", expected)
     }
 
     /// Spark Structured Streaming on `local[cores]` (benches/spark_baseline.py), in arrival order
@@ -472,10 +462,7 @@ impl Bench {
         if sorted {
             cmd.arg("--sorted");
         }
-        let (stdout, pss) = run_measuring_memory(cmd, &self.work.join(format!("{topic}-{variant}.log")))?;
-        let out: serde_json::Value = serde_json::from_slice(&stdout).context("the Spark baseline's summary")?;
-        ensure!(out["embeddings"] == expected, "Spark wrote {} embeddings of {expected}", out["embeddings"]);
-        Ok((out["embeddings_per_second"].as_f64().context("embeddings_per_second")?, pss))
+        measured_run(cmd, &self.work.join(format!("{topic}-{variant}.log")), "Spark", expected)
     }
 
     /// A continuous query on every core (no trigger interval) reading a new topic from its
@@ -720,6 +707,17 @@ fn process_tree(root: u32) -> Vec<u32> {
         i += 1;
     }
     tree
+}
+
+/// Runs `cmd` (`what`, for errors) with [`run_measuring_memory`] and reads the JSON summary it
+/// prints, which every system measured writes alike: (embeddings/s, peak total PSS), once it
+/// says it wrote `expected` embeddings.
+fn measured_run(cmd: Command, log: &Path, what: &str, expected: usize) -> Result<(f64, u64)> {
+    let (stdout, pss) = run_measuring_memory(cmd, log)?;
+    let summary: serde_json::Value =
+        serde_json::from_slice(&stdout).with_context(|| format!("the summary of {what}"))?;
+    ensure!(summary["embeddings"] == expected, "{what} wrote {} embeddings of {expected}", summary["embeddings"]);
+    Ok((summary["embeddings_per_second"].as_f64().context("embeddings_per_second")?, pss))
 }
 
 /// Runs `cmd` to its end (stderr to `log`) while sampling the total PSS of its process tree;

@@ -277,7 +277,7 @@ impl Query<'_> {
 }
 
 /// The tasks of a logged batch; the same entry always gives the same tasks.
-fn tasks_for(
+pub fn tasks_for(
     entry: &OffsetLogEntry,
     query_id: &str,
     min_partitions: Option<u32>,

@@ -6,7 +6,7 @@
 //! where a (re)started query begins, [`report`] the metrics, progress records and summary of a
 //! committed batch, [`targets`] the Prometheus target file.
 
-mod batch;
+pub mod batch;
 mod recovery;
 mod report;
 mod targets;

@@ -158,11 +158,24 @@ fn an_executor_killed_mid_task_loses_no_record_in_kafka() {
     let mut q = Running::start(&job, 2);
     q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
     broker.produce_texts("midway", 2, 0, &texts(120, 31));
-    q.wait_until("output written part way", Duration::from_secs(60), |_| {
-        let written = broker.high_watermarks("midway-out", 2).iter().sum::<i64>();
-        written >= 4 && broker.committed("midway-group", "midway", 2) != vec![60, 60]
+    // The victim: an executor that the driver's page shows running a task whose output is part
+    // way into Kafka, with at least ten records still to write.
+    let mut victim = None;
+    q.wait_until("an executor part way through a task", Duration::from_secs(60), |q| {
+        let executors = q.page_json("/api/executors");
+        let out = broker.read_all("midway-out", 2);
+        victim = (executors["executors"].as_array().unwrap().iter()).find_map(|e| {
+            let task = e["running"].as_array()?.first()?.clone();
+            let (p, from, until) =
+                (task["partition"].as_i64()?, task["fromOffset"].as_i64()?, task["untilOffset"].as_i64()?);
+            let written = (out.iter().map(Record::origin))
+                .filter(|&(op, o)| op as i64 == p && (from..until).contains(&o))
+                .count() as i64;
+            (written >= 2 && written + 10 <= until - from).then(|| e["pid"].as_u64())?
+        });
+        victim.is_some()
     });
-    let victim = q.executor_pids()[0];
+    let victim = victim.expect("found above");
     Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
     q.wait_until("all 120 records committed", Duration::from_secs(120), |_| {
         broker.committed("midway-group", "midway", 2) == vec![60, 60]

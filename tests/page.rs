@@ -1,31 +1,42 @@
 //! The query's own page (issue 18), in a real browser: Debian's headless chromium driven through
 //! chromedriver, against a running query on a real Apache Kafka broker. The page asks for the
-//! cluster token, then shows every partition with the offsets the broker's consumer group holds,
-//! the batches as they commit, and "paused" once the query is paused; a request without the
+//! cluster token, then shows every partition with the offsets that Kafka's own
+//! `kafka-consumer-groups` and the admin API (`embedstream status`) show, the batches as they
+//! commit, a dead letter with its reason and origin, the executor with its model processes and a
+//! restart once a worker is killed, and "paused" once the query is paused; a request without the
 //! token is refused. Writes a screenshot to target/embedstream-page.png.
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::browser::Browser;
 use common::*;
 
-/// The driver's metrics address, from its "query starting" line.
-fn metrics_address(q: &Running) -> Option<String> {
-    let log = q.log();
-    let line = log.lines().find(|l| l.contains("query starting"))?;
-    Some(line.split("metrics=").nth(1)?.split_whitespace().next()?.to_string())
+/// `kafka-consumer-groups --describe`'s rows for `group` on `topic`: (partition, current offset,
+/// log-end offset, lag), by partition.
+fn consumer_groups(broker: &Broker, group: &str, topic: &str) -> Vec<(i32, i64, i64, i64)> {
+    let out = broker.tool("kafka-consumer-groups.sh", &["--describe", "--group", group]);
+    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+    let mut rows: Vec<(i32, i64, i64, i64)> = (out.lines())
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c.len() >= 6 && c[0] == group && c[1] == topic)
+                .then(|| Some((c[2].parse().ok()?, c[3].parse().ok()?, c[4].parse().ok()?, c[5].parse().ok()?)))
+                .flatten()
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
-/// A GET without a token: the status line's code.
-fn status_without_token(address: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer.split_whitespace().nth(1).unwrap_or_default().to_string()
+/// The committed offsets `embedstream status` prints (the admin API's), as JSON.
+fn admin_committed(job: &Job) -> serde_json::Value {
+    let out = embedstream().args(["status", job.path.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find_map(|l| l.strip_prefix("committed offsets: ")).expect("committed offsets");
+    serde_json::from_str(line).unwrap()
 }
 
 #[test]
@@ -44,9 +55,10 @@ fn the_page_shows_the_partitions_offsets_and_batches_and_wants_the_token() {
     q.wait_until("the first records committed", Duration::from_secs(90), |_| {
         broker.committed("paged-group", "shop", 2) == vec![12, 12]
     });
-    let address = metrics_address(&q).expect("the driver's metrics address in its log");
-    assert_eq!(status_without_token(&address, "/api/query"), "401", "the data wants the token");
-    assert_eq!(status_without_token(&address, "/metrics"), "200", "Prometheus still scrapes");
+    let address = q.metrics_address().expect("the driver's metrics address in its log");
+    assert_eq!(http_get(&address, "/api/query").0, 401, "the data wants the token");
+    assert_eq!(http_get(&address, "/api/executors").0, 401, "the data wants the token");
+    assert_eq!(http_get(&address, "/metrics").0, 200, "Prometheus still scrapes");
 
     let browser = Browser::start();
     browser.goto(&format!("http://{address}/"));
@@ -56,27 +68,48 @@ fn the_page_shows_the_partitions_offsets_and_batches_and_wants_the_token() {
     browser.wait_text("#state", TIMEOUT, |t| t == "running");
     assert_eq!(browser.text("#title").as_deref(), Some("paged"));
 
-    // Every partition, with the offsets the consumer group holds, and no lag.
-    for p in 0..2 {
+    // Every partition, with the offsets kafka-consumer-groups and the admin API show.
+    let groups = consumer_groups(&broker, "paged-group", "shop");
+    assert_eq!(groups, vec![(0, 12, 12, 0), (1, 12, 12, 0)], "Kafka's own view");
+    let admin = admin_committed(&job);
+    for (p, current, end, lag) in groups {
         let row = format!("#partitions tr[data-partition=\"shop-{p}\"]");
-        let committed = browser.wait_text(&format!("{row} td:nth-child(4)"), TIMEOUT, |t| t == "12");
-        assert_eq!(committed, broker.committed("paged-group", "shop", 2)[p].to_string());
-        assert_eq!(browser.text(&format!("{row} td:nth-child(5)")).as_deref(), Some("0"));
+        let committed = browser.wait_text(&format!("{row} td:nth-child(4)"), TIMEOUT, |t| t == current.to_string());
+        assert_eq!(committed, admin["shop"][p.to_string()].to_string(), "the admin API's offset");
+        assert_eq!(browser.text(&format!("{row} td:nth-child(3)")), Some(end.to_string()), "latest");
+        assert_eq!(browser.text(&format!("{row} td:nth-child(5)")), Some(lag.to_string()), "lag");
     }
     // The shipped alert conditions, evaluated by the driver: none holds for a query keeping up.
     for alert in ["EmbedstreamLagGrowing", "EmbedstreamNoBatchFinished", "EmbedstreamExecutorLost", "EmbedstreamDeadLetters"] {
         let holds = browser.wait_text(&format!("#alerts tr[data-alert=\"{alert}\"] td:nth-child(2)"), TIMEOUT, |_| true);
         assert_eq!(holds, "no", "{alert}");
     }
-    // More records: the timeline grows and the offsets follow.
+
+    // The executor, with its model daemon and workers; a worker killed shows as a restart.
+    let executor = q.executor_pids()[0];
+    let row = format!("#executors-table tr[data-pid=\"{executor}\"]");
+    browser.wait_text(&format!("{row} td:nth-child(11)"), TIMEOUT, |t| t.contains("daemon") && t.contains("MiB"));
+    assert_eq!(browser.text(&format!("{row} td[data-field=\"restarts\"]")).as_deref(), Some("0"));
+    let worker = children_of(executor).into_iter().flat_map(children_of).next().expect("a model worker");
+    std::process::Command::new("kill").args(["-KILL", &worker.to_string()]).status().unwrap();
+    browser.wait_text(&format!("{row} td[data-field=\"restarts\"]"), TIMEOUT, |t| t == "1");
+
+    // More records, one of them with no value: the timeline grows, the offsets follow, and the
+    // dead letter shows with its reason and where it came from.
     let before = browser.count("#batches tbody tr");
     assert!(before >= 1, "at least one batch shown");
     broker.produce_texts("shop", 2, 24, &texts(10, 4));
+    broker.produce("shop", &[(0, Some(b"no-value".to_vec()), None)]);
     q.wait_until("the next records committed", Duration::from_secs(90), |_| {
-        broker.committed("paged-group", "shop", 2) == vec![17, 17]
+        broker.committed("paged-group", "shop", 2) == vec![18, 17]
     });
-    browser.wait_text("#partitions tr[data-partition=\"shop-1\"] td:nth-child(4)", TIMEOUT, |t| t == "17");
+    browser.wait_text("#partitions tr[data-partition=\"shop-0\"] td:nth-child(4)", TIMEOUT, |t| t == "18");
     assert!(browser.count("#batches tbody tr") > before, "a batch more in the timeline");
+    browser.wait_text("#dead-reasons tr[data-reason=\"value is null\"] td:nth-child(2)", TIMEOUT, |t| t == "1");
+    let reason = browser.text("#dead-last tr[data-origin=\"shop-0-17\"] td:nth-child(5)");
+    assert_eq!(reason.as_deref(), Some("value is null"), "the last dead letter, from shop-0 at offset 17");
+    let dlq = broker.read_all("paged-dlq", 1);
+    assert_eq!(dlq.len(), 1, "the dead letter is in the dead-letter topic too");
 
     // Paused through the admin API: the page says so.
     let paused = embedstream().args(["pause", job.path.to_str().unwrap()]).output().unwrap();

@@ -9,6 +9,7 @@
 //! - [`argv`]: the command lines the processes start each other with, typed once.
 //! - [`driver_record`]: where a running query's driver is (`driver.json`), for admin commands.
 //! - [`auth`]: the shared cluster token that admin, internal and Flight calls carry.
+//! - [`health`]: what an executor reports of itself in its heartbeats (workers, memory, restarts).
 //! - [`latency`]: end-to-end latency as fixed buckets, as tasks report it.
 //! - [`durable`]: writes that survive a crash (checkpoint logs, manifests, the RM's state).
 //! - [`store`]: the same files on a local disk or on HDFS (`hdfs://`), picked by the path.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod driver_record;
 pub mod durable;
 pub mod fields;
+pub mod health;
 pub mod latency;
 pub mod manifest;
 pub mod offsets;

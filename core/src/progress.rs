@@ -51,6 +51,38 @@ pub struct ProgressRecord {
     pub cache_hits: u64,
     #[serde(default)]
     pub cache_misses: u64,
+    /// Dead letters by the class of their reason ([`reason_class`]). Absent in records written
+    /// before it, and when the batch had none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+    /// The batch's last few dead letters (at most [`DEAD_LETTER_SAMPLES`]), with their reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letter_samples: Vec<DeadLetterSample>,
+}
+
+/// Dead letters a task or a batch reports one by one, the newest kept.
+pub const DEAD_LETTER_SAMPLES: usize = 5;
+
+/// A record that went to the dead-letter topic: where it came from, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSample {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+}
+
+/// What dead letters are counted by: the reason up to its first `": "`, so that reasons which
+/// differ only in their details (an offset in the text, a parser's column) count together.
+pub fn reason_class(reason: &str) -> &str {
+    reason.split(": ").next().unwrap_or(reason)
+}
+
+/// Keeps the newest [`DEAD_LETTER_SAMPLES`] of `samples`.
+pub fn keep_newest(samples: &mut Vec<DeadLetterSample>) {
+    let over = samples.len().saturating_sub(DEAD_LETTER_SAMPLES);
+    samples.drain(..over);
 }
 
 impl ProgressRecord {

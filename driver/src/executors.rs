@@ -1,11 +1,15 @@
 //! The executors a driver knows: registered, draining (finishing their tasks, taking no new
-//! one) or lost; and how the driver calls one.
+//! one) or lost; and how the driver calls one. For the page it also keeps what each executor
+//! last said of itself (its heartbeat's [`ExecutorHealth`]), the tasks it runs now, and why a
+//! lost one ended.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use embedstream_core::auth::ClusterToken;
+use embedstream_core::health::ExecutorHealth;
+use embedstream_core::offsets::OffsetRange;
 use embedstream_proto::pb::executor_service_client::ExecutorServiceClient;
 use embedstream_proto::serve::Caller;
 use tokio::sync::watch;
@@ -64,7 +68,47 @@ pub struct ExecutorRegistry {
     /// The last executor whose launcher said how it ended (YARN's exit status and diagnostics,
     /// a node agent's memory kill), and why: what a task that lost its executor failed of.
     last_end: Mutex<Option<(String, String)>>,
+    /// Why each executor that ended did, as its launcher or the scheduler saw it.
+    ended_why: Mutex<HashMap<String, String>>,
+    /// Each executor's last heartbeat report, and the one before (for rates).
+    health: Mutex<HashMap<String, Beats>>,
+    /// The task attempts each executor runs now, by (batch, task).
+    running: Mutex<HashMap<String, TasksInFlight>>,
     registered: watch::Sender<usize>,
+}
+
+/// An executor's task attempts in flight, by (batch, task).
+type TasksInFlight = BTreeMap<(u64, u32), RunningTask>;
+
+/// An executor's last two heartbeat reports, with when they came.
+#[derive(Clone)]
+pub struct Beats {
+    pub last: (ExecutorHealth, Instant),
+    pub previous: Option<(ExecutorHealth, Instant)>,
+}
+
+impl Beats {
+    /// Embeddings per second between the last two reports (0 with one report).
+    pub fn embeddings_per_second(&self) -> f64 {
+        match &self.previous {
+            Some((before, at)) => {
+                let secs = self.last.1.duration_since(*at).as_secs_f64();
+                let done = self.last.0.embeddings.saturating_sub(before.embeddings);
+                if secs > 0.0 { done as f64 / secs } else { 0.0 }
+            }
+            None => 0.0,
+        }
+    }
+}
+
+/// A task attempt in flight on an executor.
+#[derive(Debug, Clone)]
+pub struct RunningTask {
+    pub batch_id: u64,
+    pub task_id: u32,
+    pub attempt: u32,
+    pub range: Option<OffsetRange>,
+    pub started: Instant,
 }
 
 impl Default for ExecutorRegistry {
@@ -74,6 +118,9 @@ impl Default for ExecutorRegistry {
             lost: Mutex::default(),
             draining: Mutex::default(),
             last_end: Mutex::default(),
+            ended_why: Mutex::default(),
+            health: Mutex::default(),
+            running: Mutex::default(),
             registered: watch::channel(0).0,
         }
     }
@@ -83,6 +130,52 @@ impl ExecutorRegistry {
     /// Executors that take tasks, by id.
     pub fn live(&self) -> Vec<ExecutorInfo> {
         self.all().into_iter().filter(|(_, draining)| !draining).map(|(e, _)| e).collect()
+    }
+
+    /// Executors that were lost, with why where it is known, by id.
+    pub fn lost(&self) -> Vec<(ExecutorInfo, Option<String>)> {
+        let lost = self.lost.lock().unwrap().clone();
+        let why = self.ended_why.lock().unwrap();
+        let mut v: Vec<_> = (self.executors.lock().unwrap().values())
+            .filter(|e| lost.contains(&e.id))
+            .map(|e| (e.clone(), why.get(&e.id).cloned()))
+            .collect();
+        v.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        v
+    }
+
+    /// Keeps `executor`'s heartbeat report.
+    pub fn beat(&self, executor: &str, report: ExecutorHealth) {
+        let mut health = self.health.lock().unwrap();
+        let now = Instant::now();
+        let beats = match health.remove(executor) {
+            Some(b) => Beats { previous: Some(b.last), last: (report, now) },
+            None => Beats { last: (report, now), previous: None },
+        };
+        health.insert(executor.to_string(), beats);
+    }
+
+    /// `executor`'s last heartbeat reports, if it sent one.
+    pub fn beats(&self, executor: &str) -> Option<Beats> {
+        self.health.lock().unwrap().get(executor).cloned()
+    }
+
+    /// A task attempt starts on `executor`.
+    pub fn task_started(&self, executor: &str, task: RunningTask) {
+        let mut running = self.running.lock().unwrap();
+        running.entry(executor.to_string()).or_default().insert((task.batch_id, task.task_id), task);
+    }
+
+    /// A task attempt on `executor` ended (done, failed or given up on).
+    pub fn task_ended(&self, executor: &str, batch_id: u64, task_id: u32) {
+        if let Some(tasks) = self.running.lock().unwrap().get_mut(executor) {
+            tasks.remove(&(batch_id, task_id));
+        }
+    }
+
+    /// The task attempts `executor` runs now.
+    pub fn running(&self, executor: &str) -> Vec<RunningTask> {
+        self.running.lock().unwrap().get(executor).map(|t| t.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Executors not lost, with whether each is draining, by id.
@@ -108,7 +201,15 @@ impl ExecutorRegistry {
     /// Marks `id` lost with how its launcher saw it end.
     pub fn ended(&self, id: &str, why: &str) {
         self.mark_lost(id);
+        self.ended_why.lock().unwrap().insert(id.to_string(), why.to_string());
         *self.last_end.lock().unwrap() = Some((id.to_string(), why.to_string()));
+    }
+
+    /// Marks `id` lost because a call to it failed, with the call's error (unless its launcher
+    /// already said why it ended).
+    pub fn lost_with(&self, id: &str, error: &str) {
+        self.mark_lost(id);
+        self.ended_why.lock().unwrap().entry(id.to_string()).or_insert_with(|| error.to_string());
     }
 
     /// The last executor that ended, as its launcher told it: (id, why).

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub use embedstream_core::progress::{ProgressRecord, SourceProgress};
 
@@ -26,12 +27,37 @@ fn rotated_path(checkpoint: &Path) -> PathBuf {
 pub struct ProgressLog {
     checkpoint: PathBuf,
     rotate_at: u64,
-    recent: VecDeque<ProgressRecord>,
+    recent: RecentProgress,
+}
+
+/// The newest progress records, shared with the page: read without touching the file.
+#[derive(Clone, Default)]
+pub struct RecentProgress(Arc<Mutex<VecDeque<ProgressRecord>>>);
+
+impl RecentProgress {
+    /// The last `n` records, oldest first.
+    pub fn last(&self, n: usize) -> Vec<ProgressRecord> {
+        let recent = self.0.lock().expect("not poisoned");
+        recent.iter().skip(recent.len().saturating_sub(n)).cloned().collect()
+    }
 }
 
 impl ProgressLog {
+    /// The log in `checkpoint`, its memory filled with the newest records already on disk (a
+    /// restarted query's page shows its history).
     pub fn new(checkpoint: &Path) -> ProgressLog {
-        ProgressLog { checkpoint: checkpoint.to_path_buf(), rotate_at: ROTATE_AT_BYTES, recent: VecDeque::new() }
+        let on_disk = read_progress(checkpoint).unwrap_or_default();
+        let kept = on_disk[on_disk.len().saturating_sub(KEPT_IN_MEMORY)..].iter().cloned().collect();
+        ProgressLog {
+            checkpoint: checkpoint.to_path_buf(),
+            rotate_at: ROTATE_AT_BYTES,
+            recent: RecentProgress(Arc::new(Mutex::new(kept))),
+        }
+    }
+
+    /// The records kept in memory, for readers elsewhere.
+    pub fn shared(&self) -> RecentProgress {
+        self.recent.clone()
     }
 
     pub fn append(&mut self, record: ProgressRecord) -> std::io::Result<()> {
@@ -42,15 +68,17 @@ impl ProgressLog {
             std::fs::rename(&path, rotated_path(&self.checkpoint))?;
         }
         std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(&line)?;
-        if self.recent.len() == KEPT_IN_MEMORY {
-            self.recent.pop_front();
+        let mut recent = self.recent.0.lock().expect("not poisoned");
+        if recent.len() == KEPT_IN_MEMORY {
+            recent.pop_front();
         }
-        self.recent.push_back(record);
+        recent.push_back(record);
         Ok(())
     }
 
-    pub fn recent(&self) -> impl Iterator<Item = &ProgressRecord> {
-        self.recent.iter()
+    /// The records kept in memory, oldest first.
+    pub fn recent(&self) -> Vec<ProgressRecord> {
+        self.recent.last(KEPT_IN_MEMORY)
     }
 }
 
@@ -124,6 +152,8 @@ mod tests {
             lost_offsets: 0,
             cache_hits: 0,
             cache_misses: 0,
+            dead_letter_reasons: Default::default(),
+            dead_letter_samples: Vec::new(),
             task_retries: 0,
             executors: BTreeMap::from([("exec-0".into(), 10)]),
         }
@@ -136,8 +166,8 @@ mod tests {
         for b in 0..105 {
             log.append(record(b)).unwrap();
         }
-        assert_eq!(log.recent().count(), 100);
-        assert_eq!(log.recent().next().unwrap().batch_id, 5);
+        assert_eq!(log.recent().len(), 100);
+        assert_eq!(log.recent()[0].batch_id, 5);
         let all = read_progress(dir.path()).unwrap();
         assert_eq!(all.len(), 105);
         assert_eq!(all[3], record(3));

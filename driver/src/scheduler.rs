@@ -14,14 +14,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use embedstream_core::latency::LatencyHistogram;
+use embedstream_core::offsets::OffsetRange;
+use embedstream_core::progress::{keep_newest, DeadLetterSample};
 
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskSuccessful};
 use tokio::task::JoinSet;
 
-use crate::executors::{ExecutorInfo, ExecutorRegistry};
+use crate::executors::{ExecutorInfo, ExecutorRegistry, RunningTask};
 
 /// Attempts per task before the batch fails.
 pub const MAX_TASK_ATTEMPTS: u32 = 4;
@@ -62,6 +64,9 @@ pub struct BatchStats {
     pub latency: LatencyHistogram,
     /// Files the successful attempts wrote (file sinks), for the batch's manifest.
     pub files: Vec<embedstream_core::manifest::ManifestFile>,
+    /// Dead letters by the class of their reason, and the newest few.
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+    pub dead_letter_samples: Vec<DeadLetterSample>,
 }
 
 impl BatchStats {
@@ -72,6 +77,11 @@ impl BatchStats {
             self.latency.merge(&l);
         }
         self.files.extend(s.files.into_iter().map(Into::into));
+        for (reason, n) in s.dead_letter_reasons {
+            *self.dead_letter_reasons.entry(reason).or_default() += n;
+        }
+        self.dead_letter_samples.extend(s.dead_letter_samples.into_iter().map(Into::into));
+        keep_newest(&mut self.dead_letter_samples);
         self.rows_read += s.rows_read;
         self.embeddings += s.embeddings_written;
         self.dead_letters += s.dead_letters;
@@ -145,6 +155,16 @@ impl Scheduler {
                 let exec = take_slot(&mut free, |e| e.id.as_str(), avoid, prefer.as_deref());
                 let records = task.range.as_ref().map_or(0, |r| (r.until_offset - r.from_offset).max(0) as u64);
                 let deadline = (self.deadline)(records);
+                self.registry.task_started(
+                    &exec.id,
+                    RunningTask {
+                        batch_id,
+                        task_id: task.task_id,
+                        attempt: task.attempt,
+                        range: task.range.clone().and_then(|r| OffsetRange::try_from(r).ok()),
+                        started: Instant::now(),
+                    },
+                );
                 running.spawn(async move {
                     // Past its deadline the attempt's call is dropped (the executor cancels the
                     // task, and its workers come back) and the task runs again.
@@ -165,6 +185,7 @@ impl Scheduler {
             }
             let joined = running.join_next().await.expect("checked non-empty");
             let (exec, mut task, outcome) = joined.expect("task attempts do not panic");
+            self.registry.task_ended(&exec.id, batch_id, task.task_id);
             stats.task_attempts += 1;
             let exec_id = exec.id.clone();
             let (reason, message) = match outcome {
@@ -191,7 +212,7 @@ impl Scheduler {
                 ),
                 AttemptOutcome::ExecutorLost(message) => {
                     tracing::warn!(executor = %exec.id, %message, "executor lost");
-                    self.registry.mark_lost(&exec.id);
+                    self.registry.lost_with(&exec.id, &message);
                     free.retain(|e| e.id != exec.id);
                     (FailureReason::Unspecified, format!("executor {} lost: {message}", exec.id))
                 }

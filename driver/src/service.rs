@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use embedstream_core::health::ExecutorHealth;
 use embedstream_core::spec::Secrets;
 use embedstream_proto::convert::secrets_to_pb;
 use embedstream_proto::pb::driver_service_server::DriverService;
@@ -51,8 +52,12 @@ impl DriverService for DriverServiceImpl {
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        let id = request.into_inner().executor_id;
-        let known = self.registry.knows(&id) && !self.registry.is_lost(&id);
+        let beat = request.into_inner();
+        let id = &beat.executor_id;
+        let known = self.registry.knows(id) && !self.registry.is_lost(id);
+        if known {
+            self.registry.beat(id, ExecutorHealth::from(&beat));
+        }
         Ok(Response::new(HeartbeatResponse { known }))
     }
 }

@@ -26,15 +26,17 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use embedstream_core::auth::ClusterToken;
+use embedstream_core::health::{ExecutorHealth, WorkerHealth};
 use embedstream_core::spec::{ChunkPooling, LongText, ModelEntry, SpecError};
 use embedstream_core::tls::Tls;
 use embedstream_core::{telemetry, JobSpec};
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
 use embedstream_proto::pb::{
-    task_status, GetJobSpecRequest, HeartbeatRequest, RegisterExecutorRequest, ShutdownRequest, ShutdownResponse,
+    task_status, GetJobSpecRequest, RegisterExecutorRequest, ShutdownRequest, ShutdownResponse,
     TaskDefinition, TaskStatus,
 };
+use embedstream_proto::convert::heartbeat_to_pb;
 use embedstream_proto::serve::{self, GrpcServer};
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
@@ -221,7 +223,10 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         telemetry::serve_metrics(&spec.monitoring.executor_metrics_listen, metrics.registry.clone(), &args.tls)
             .await
             .map_err(|e| ExecutorError::Serve(format!("metrics endpoint: {e}")))?;
-    spawn_worker_sampler(metrics.clone(), pools.clone());
+    // The sampler's last look at the model processes, which each heartbeat carries to the driver.
+    let health = Arc::new(std::sync::Mutex::new(ExecutorHealth::default()));
+    spawn_worker_sampler(metrics.clone(), pools.clone(), health.clone());
+    let beat_metrics = metrics.clone();
     let recent = Arc::new(records::RecentOutput::new(spec.flight.recent_batches, pipeline.output_schema()));
     // Flight's DoExchange embeds texts with the first model that embeds texts.
     let (first, first_max_bytes) = flight_model.unzip();
@@ -281,7 +286,12 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             _ = shutdown_rx.wait_for(|&s| s) => break,
             _ = ticks.tick() => {}
         }
-        let beat = driver.heartbeat(HeartbeatRequest { executor_id: args.executor_id.clone(), free_cores: 0 }).await;
+        let report = {
+            let mut h = health.lock().expect("not poisoned").clone();
+            (h.embeddings, h.cache_hits, h.cache_misses) = beat_metrics.counts();
+            h
+        };
+        let beat = driver.heartbeat(heartbeat_to_pb(&args.executor_id, &report)).await;
         match beat {
             Ok(r) if r.get_ref().known => missed = 0,
             Ok(_) => {
@@ -322,8 +332,9 @@ impl ModelWorkers {
 /// Every ONNX model's workers, with its model's name.
 type Pools = Vec<(String, ModelWorkers)>;
 
-/// Samples the memory (PSS) of the model daemon and each worker, and counts worker restarts.
-fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pools: Pools) {
+/// Samples the memory (PSS) of the model daemon and each worker, and counts worker restarts:
+/// into the metrics, and into `health` for the heartbeats.
+fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pools: Pools, health: Arc<std::sync::Mutex<ExecutorHealth>>) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(5));
         // One model's processes are `daemon`, `0`, `1`...; several models' `<model>/daemon`...
@@ -331,6 +342,7 @@ fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pools: Pools) {
         loop {
             ticks.tick().await;
             let mut restarts = 0;
+            let mut seen = Vec::new();
             for (name, pool) in &pools {
                 let (daemon, workers, restarted) = {
                     let s = pool.workers().state();
@@ -343,11 +355,15 @@ fn spawn_worker_sampler(metrics: Arc<ExecutorMetrics>, pools: Pools) {
                     let label = if several { format!("{name}/{label}") } else { label };
                     if let Some(pss) = telemetry::pss_bytes(pid) {
                         metrics.worker_pss_bytes.with_label_values(&[label.as_str()]).set(pss as i64);
+                        seen.push(WorkerHealth { name: label, pid, pss_bytes: pss });
                     }
                 }
             }
             let counted = metrics.worker_restarts.get();
             metrics.worker_restarts.inc_by(restarts.saturating_sub(counted));
+            let mut h = health.lock().expect("not poisoned");
+            h.workers = seen;
+            h.worker_restarts = restarts;
         }
     });
 }

@@ -123,6 +123,11 @@ impl ExecutorMetrics {
         }
     }
 
+    /// Embeddings written, cache hits and cache misses since the executor started (all models).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (self.embeddings.get(), sum(&self.cache_hits), sum(&self.cache_misses))
+    }
+
     /// The embedding cache's series of one model.
     pub fn cache(&self, model: &str) -> CacheMetrics {
         CacheMetrics {
@@ -133,4 +138,13 @@ impl ExecutorMetrics {
             entries: self.cache_entries.with_label_values(&[model]),
         }
     }
+}
+
+/// The sum of a counter's series over its labels.
+fn sum(counter: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    (counter.collect().iter())
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }

@@ -7,12 +7,14 @@
 //! the dead-letter topic with the reason in `es.error`. The models themselves are
 //! [`crate::pipeline`]'s.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
 use embedstream_core::offsets::OffsetRange;
+use embedstream_core::progress::{keep_newest, reason_class, DeadLetterSample, DEAD_LETTER_SAMPLES};
 use embedstream_core::JobSpec;
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskFailed, TaskSuccessful};
 use futures::StreamExt;
@@ -122,6 +124,9 @@ struct Counts {
     rows_read: u64,
     embedded: u64,
     dead_letters: u64,
+    /// Dead letters by the class of their reason, and the newest few.
+    dead_letter_reasons: BTreeMap<String, u64>,
+    dead_letter_samples: Vec<DeadLetterSample>,
     sink_micros: u64,
     batch_sizes: Vec<usize>,
     cache: crate::model::cache::CacheCount,
@@ -212,6 +217,11 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         files: output.files.into_iter().map(Into::into).collect(),
         cache_hits: counts.cache.hits,
         cache_misses: counts.cache.misses,
+        dead_letter_reasons: counts.dead_letter_reasons.into_iter().collect(),
+        dead_letter_samples: {
+            keep_newest(&mut counts.dead_letter_samples);
+            counts.dead_letter_samples.iter().map(Into::into).collect()
+        },
     })
 }
 
@@ -381,5 +391,15 @@ async fn dead_letter(
     let origin = Origin { topic: &range.tp.topic, partition: range.tp.partition, offset, key: rows.key(i) };
     ctx.dead_letters.send(pending, def.dead_letter_partition, &origin, rows.value(i), reason).await?;
     counts.dead_letters += 1;
+    *counts.dead_letter_reasons.entry(reason_class(reason).to_string()).or_default() += 1;
+    counts.dead_letter_samples.push(DeadLetterSample {
+        topic: range.tp.topic.clone(),
+        partition: range.tp.partition,
+        offset,
+        reason: reason.to_string(),
+    });
+    if counts.dead_letter_samples.len() > 2 * DEAD_LETTER_SAMPLES {
+        keep_newest(&mut counts.dead_letter_samples);
+    }
     Ok(())
 }

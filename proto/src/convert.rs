@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 
+use embedstream_core::health::{ExecutorHealth, WorkerHealth};
 use embedstream_core::latency::{BucketMismatch, LatencyHistogram};
 use embedstream_core::manifest::ManifestFile;
 use embedstream_core::offsets::{OffsetRange, PartitionOffsets, TopicPartition};
-use embedstream_core::progress::{ProgressRecord, SourceProgress};
+use embedstream_core::progress::{DeadLetterSample, ProgressRecord, SourceProgress};
 use embedstream_core::spec::{Secret, Secrets};
 
 use crate::pb;
@@ -119,7 +120,21 @@ impl From<&ProgressRecord> for pb::ProgressRecord {
             executors: r.executors.clone().into_iter().collect(),
             cache_hits: r.cache_hits,
             cache_misses: r.cache_misses,
+            dead_letter_reasons: r.dead_letter_reasons.clone().into_iter().collect(),
+            dead_letter_samples: r.dead_letter_samples.iter().map(pb::DeadLetterSample::from).collect(),
         }
+    }
+}
+
+impl From<&DeadLetterSample> for pb::DeadLetterSample {
+    fn from(d: &DeadLetterSample) -> Self {
+        pb::DeadLetterSample { topic: d.topic.clone(), partition: d.partition, offset: d.offset, reason: d.reason.clone() }
+    }
+}
+
+impl From<pb::DeadLetterSample> for DeadLetterSample {
+    fn from(d: pb::DeadLetterSample) -> Self {
+        DeadLetterSample { topic: d.topic, partition: d.partition, offset: d.offset, reason: d.reason }
     }
 }
 
@@ -142,6 +157,8 @@ impl From<pb::ProgressRecord> for ProgressRecord {
             executors: r.executors.into_iter().collect(),
             cache_hits: r.cache_hits,
             cache_misses: r.cache_misses,
+            dead_letter_reasons: r.dead_letter_reasons.into_iter().collect(),
+            dead_letter_samples: r.dead_letter_samples.into_iter().map(DeadLetterSample::from).collect(),
         }
     }
 }
@@ -173,6 +190,35 @@ impl From<pb::SourceProgress> for SourceProgress {
 }
 
 /// The driver's read secrets, for `GetJobSpecResponse.secrets`.
+/// A heartbeat carrying `health` for `executor_id`.
+pub fn heartbeat_to_pb(executor_id: &str, health: &ExecutorHealth) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        executor_id: executor_id.to_string(),
+        free_cores: 0,
+        workers: (health.workers.iter())
+            .map(|w| pb::WorkerReport { name: w.name.clone(), pid: w.pid, pss_bytes: w.pss_bytes })
+            .collect(),
+        worker_restarts: health.worker_restarts,
+        embeddings: health.embeddings,
+        cache_hits: health.cache_hits,
+        cache_misses: health.cache_misses,
+    }
+}
+
+impl From<&pb::HeartbeatRequest> for ExecutorHealth {
+    fn from(r: &pb::HeartbeatRequest) -> ExecutorHealth {
+        ExecutorHealth {
+            workers: (r.workers.iter())
+                .map(|w| WorkerHealth { name: w.name.clone(), pid: w.pid, pss_bytes: w.pss_bytes })
+                .collect(),
+            worker_restarts: r.worker_restarts,
+            embeddings: r.embeddings,
+            cache_hits: r.cache_hits,
+            cache_misses: r.cache_misses,
+        }
+    }
+}
+
 pub fn secrets_to_pb(secrets: &Secrets) -> HashMap<String, String> {
     secrets.iter().map(|(k, v)| (k.to_string(), v.expose().to_string())).collect()
 }
@@ -237,9 +283,30 @@ mod tests {
             task_retries: 1,
             cache_hits: 30,
             cache_misses: 10,
+            dead_letter_reasons: [("value is null".to_string(), 2)].into_iter().collect(),
+            dead_letter_samples: vec![DeadLetterSample {
+                topic: "t".into(),
+                partition: 1,
+                offset: 17,
+                reason: "value is null".into(),
+            }],
             executors: [("exec-0".to_string(), 40)].into_iter().collect(),
         };
         assert_eq!(ProgressRecord::from(pb::ProgressRecord::from(&record)), record);
+    }
+
+    #[test]
+    fn heartbeat_round_trip() {
+        let health = ExecutorHealth {
+            workers: vec![WorkerHealth { name: "daemon".into(), pid: 7, pss_bytes: 90 << 20 }],
+            worker_restarts: 1,
+            embeddings: 500,
+            cache_hits: 20,
+            cache_misses: 480,
+        };
+        let beat = heartbeat_to_pb("exec-1", &health);
+        assert_eq!(beat.executor_id, "exec-1");
+        assert_eq!(ExecutorHealth::from(&beat), health);
     }
 
     #[test]

@@ -214,6 +214,21 @@ impl Running {
         self.lines.lock().unwrap().join("\n")
     }
 
+    /// The driver's metrics address (its page's too), from its "query starting" line.
+    pub fn metrics_address(&self) -> Option<String> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("query starting"))?;
+        Some(line.split("metrics=").nth(1)?.split_whitespace().next()?.to_string())
+    }
+
+    /// A JSON endpoint of the driver's page (a query without a configured token).
+    pub fn page_json(&self, path: &str) -> serde_json::Value {
+        let address = self.metrics_address().expect("the driver's metrics address in its log");
+        let (status, body) = http_get(&address, path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
     /// Waits until `cond` holds, failing if the query exits or `timeout` passes.
     pub fn wait_until(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
@@ -306,4 +321,18 @@ pub fn run_refused(job: &Job) -> String {
 pub fn progress_records(job: &Job) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(job.checkpoint().join("progress.jsonl")).unwrap_or_default();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A plain HTTP/1.1 GET of `path` at `address`: the status code and the body (the answer's
+/// Content-Length bytes; the connection closes after it).
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
 }

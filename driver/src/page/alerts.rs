@@ -129,6 +129,8 @@ mod tests {
             executors: Default::default(),
             cache_hits: 0,
             cache_misses: 0,
+            dead_letter_reasons: Default::default(),
+            dead_letter_samples: Vec::new(),
         }
     }
 

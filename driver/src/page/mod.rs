@@ -1,5 +1,5 @@
-//! The query's own page (issue 18, work in progress): what the Spark UI never showed, served by
-//! the driver on its metrics listener beside `/metrics`.
+//! The query's own page (issue 18): what the Spark UI never showed, served by the driver on its
+//! metrics listener beside `/metrics`.
 //!
 //! - `GET /`: the page (`page.html`, no build step, nothing fetched from elsewhere), which polls
 //!   the JSON endpoints below and redraws;
@@ -7,20 +7,25 @@
 //! - `GET /api/partitions`: each source partition's latest and committed offsets, lag, and its
 //!   lag over the last batches (for the sparkline);
 //! - `GET /api/batches`: the last batches' progress records (rows, phases, dead letters, retries);
+//! - `GET /api/executors`: each executor (live, draining, lost and why) with its tasks in
+//!   flight, embeddings per second, worker processes and their memory, restarts, cache hits;
+//! - `GET /api/dead-letters`: dead letters over the last batches by the class of their reason,
+//!   and the last few with their topic, partition, offset and reason;
 //! - `GET /api/alerts`: the shipped alert conditions evaluated on the driver's state ([`alerts`]);
 //! - `POST /login`: a form with the cluster token, which sets a cookie.
 //!
-//! With a cluster token, every route but `/login` wants it: `Authorization: Bearer TOKEN` (for
-//! scripts) or the cookie the login form sets (for people).
+//! With a cluster token, every route but `/login` wants it ([`require_token`]):
+//! `Authorization: Bearer TOKEN` (for scripts) or the cookie the login form sets (for people).
+//! `/` without it answers the login form; the endpoints answer 401.
 
 pub mod alerts;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use embedstream_core::auth::{constant_time_eq, ClusterToken};
@@ -30,6 +35,7 @@ use serde_json::json;
 
 use crate::admin::Control;
 use crate::executors::ExecutorRegistry;
+use crate::progress::RecentProgress;
 
 /// The page's cookie, holding the cluster token once the login form took it.
 const COOKIE: &str = "embedstream_token";
@@ -45,8 +51,8 @@ pub struct PageState {
     pub trigger_interval: Duration,
     pub sink: String,
     pub started: Instant,
-    /// Where `progress.jsonl` is.
-    pub checkpoint: PathBuf,
+    /// The newest progress records, as the batch loop appends them.
+    pub progress: RecentProgress,
     pub control: Arc<Control>,
     pub registry: Arc<ExecutorRegistry>,
     pub token: ClusterToken,
@@ -54,14 +60,24 @@ pub struct PageState {
 
 /// The page's routes, to be merged into the metrics listener's.
 pub fn router(state: Arc<PageState>) -> axum::Router {
-    axum::Router::new()
-        .route("/", get(page))
+    let api = axum::Router::new()
         .route("/api/query", get(query))
         .route("/api/partitions", get(partitions))
         .route("/api/batches", get(batches))
+        .route("/api/executors", get(executors))
+        .route("/api/dead-letters", get(dead_letters))
         .route("/api/alerts", get(alerts_now))
-        .route("/login", post(login))
-        .with_state(state)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    axum::Router::new().route("/", get(page)).route("/login", post(login)).merge(api).with_state(state)
+}
+
+/// Refuses an endpoint's request without the cluster token (when there is one).
+async fn require_token(State(state): State<Arc<PageState>>, request: Request, next: Next) -> Response {
+    if allowed(&state, request.headers()) {
+        next.run(request).await
+    } else {
+        refused()
+    }
 }
 
 /// The sink in a few words: its kind and where it writes (no secret: a pgvector URL holds none).
@@ -144,14 +160,10 @@ fn percent_decode(text: &str) -> String {
 }
 
 fn recent(state: &PageState) -> Vec<ProgressRecord> {
-    let records = crate::progress::read_progress(&state.checkpoint).unwrap_or_default();
-    records[records.len().saturating_sub(RECENT_BATCHES)..].to_vec()
+    state.progress.last(RECENT_BATCHES)
 }
 
-async fn query(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
-    if !allowed(&state, &headers) {
-        return refused();
-    }
+async fn query(State(state): State<Arc<PageState>>) -> Response {
     let snapshot = state.control.snapshot.lock().expect("not poisoned").clone();
     let status = if state.control.stopping() {
         "stopping"
@@ -174,10 +186,7 @@ async fn query(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Respo
     }))
 }
 
-async fn partitions(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
-    if !allowed(&state, &headers) {
-        return refused();
-    }
+async fn partitions(State(state): State<Arc<PageState>>) -> Response {
     let records = recent(&state);
     let snapshot = state.control.snapshot.lock().expect("not poisoned").clone();
     let Some(last) = records.last() else { return json_response(json!({"partitions": []})) };
@@ -204,10 +213,7 @@ async fn partitions(State(state): State<Arc<PageState>>, headers: HeaderMap) -> 
     json_response(json!({"partitions": rows}))
 }
 
-async fn alerts_now(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
-    if !allowed(&state, &headers) {
-        return refused();
-    }
+async fn alerts_now(State(state): State<Arc<PageState>>) -> Response {
     let facts = alerts::Facts {
         now: std::time::SystemTime::now(),
         trigger: state.trigger_interval,
@@ -217,9 +223,72 @@ async fn alerts_now(State(state): State<Arc<PageState>>, headers: HeaderMap) -> 
     json_response(json!({"alerts": alerts::evaluate(&recent(&state), &facts)}))
 }
 
-async fn batches(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
-    if !allowed(&state, &headers) {
-        return refused();
-    }
+async fn batches(State(state): State<Arc<PageState>>) -> Response {
     json_response(json!({"batches": recent(&state)}))
+}
+
+async fn executors(State(state): State<Arc<PageState>>) -> Response {
+    let registry = &state.registry;
+    let live = registry.all().into_iter().map(|(e, draining)| (e, if draining { "draining" } else { "live" }, None));
+    let lost = registry.lost().into_iter().map(|(e, why)| (e, "lost", why));
+    let rows: Vec<serde_json::Value> = live
+        .chain(lost)
+        .map(|(e, status, why)| {
+            let beats = registry.beats(&e.id);
+            let running: Vec<serde_json::Value> = (registry.running(&e.id).iter())
+                .map(|t| {
+                    json!({
+                        "batchId": t.batch_id,
+                        "taskId": t.task_id,
+                        "attempt": t.attempt,
+                        "topic": t.range.as_ref().map(|r| r.tp.topic.clone()),
+                        "partition": t.range.as_ref().map(|r| r.tp.partition),
+                        "fromOffset": t.range.as_ref().map(|r| r.from),
+                        "untilOffset": t.range.as_ref().map(|r| r.until),
+                        "runningSeconds": t.started.elapsed().as_secs_f64(),
+                    })
+                })
+                .collect();
+            json!({
+                "id": e.id,
+                "address": e.address,
+                "metricsAddress": e.metrics_address,
+                "pid": e.pid,
+                "cores": e.cores,
+                "state": status,
+                "endedWhy": why,
+                "running": running,
+                "embeddingsPerSecond": beats.as_ref().map_or(0.0, |b| b.embeddings_per_second()),
+                "lastHeartbeatSecondsAgo": beats.as_ref().map(|b| b.last.1.elapsed().as_secs_f64()),
+                "health": beats.map(|b| b.last.0),
+            })
+        })
+        .collect();
+    json_response(json!({"executors": rows}))
+}
+
+/// Dead letters shown one by one.
+const LAST_DEAD_LETTERS: usize = 10;
+
+async fn dead_letters(State(state): State<Arc<PageState>>) -> Response {
+    let records = recent(&state);
+    let mut by_reason: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in &records {
+        for (reason, n) in &r.dead_letter_reasons {
+            *by_reason.entry(reason).or_default() += n;
+        }
+    }
+    let last: Vec<serde_json::Value> = (records.iter().rev())
+        .flat_map(|r| r.dead_letter_samples.iter().rev().map(move |d| (r.batch_id, d)))
+        .take(LAST_DEAD_LETTERS)
+        .map(|(batch_id, d)| json!({"batchId": batch_id, "topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": d.reason}))
+        .collect();
+    let mut reasons: Vec<(&str, u64)> = by_reason.into_iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    json_response(json!({
+        "batches": records.len(),
+        "total": records.iter().map(|r| r.dead_letters).sum::<u64>(),
+        "byReason": reasons.iter().map(|(reason, count)| json!({"reason": reason, "count": count})).collect::<Vec<_>>(),
+        "last": last,
+    }))
 }

@@ -179,6 +179,7 @@ pub async fn run_query(
     let registry = Arc::new(ExecutorRegistry::default());
     let metrics = Arc::new(DriverMetrics::new(&spec.name));
     let control = Control::new(spec.executors.count);
+    let progress = crate::progress::ProgressLog::new(&local_state);
     let page = crate::page::router(Arc::new(crate::page::PageState {
         query: spec.name.clone(),
         query_id: checkpoint.query_id().to_string(),
@@ -190,7 +191,7 @@ pub async fn run_query(
         trigger_interval: spec.trigger.interval(),
         sink: crate::page::describe_sink(&spec.sink),
         started: std::time::Instant::now(),
-        checkpoint: local_state.clone(),
+        progress: progress.shared(),
         control: control.clone(),
         registry: registry.clone(),
         // A token the query made for itself guards its gRPC services from other local users; the
@@ -287,7 +288,7 @@ pub async fn run_query(
                 move |records| spec.task_deadline(records)
             }),
             committer,
-            reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone()),
+            reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone(), progress),
             targets: &targets,
             control: control.clone(),
         };

@@ -46,10 +46,10 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
-    pub(crate) fn new(spec: &JobSpec, query_id: &str, metrics: Arc<DriverMetrics>) -> Reporter {
+    pub(crate) fn new(spec: &JobSpec, query_id: &str, metrics: Arc<DriverMetrics>, progress: ProgressLog) -> Reporter {
         Reporter {
             metrics,
-            progress: ProgressLog::new(&spec.local_state_dir()),
+            progress,
             query: spec.name.clone(),
             query_id: query_id.to_string(),
             source_description: source_description(spec),
@@ -122,6 +122,8 @@ impl Reporter {
             executors: stats.rows_per_executor.clone(),
             cache_hits: stats.cache_hits,
             cache_misses: stats.cache_misses,
+            dead_letter_reasons: stats.dead_letter_reasons.clone(),
+            dead_letter_samples: stats.dead_letter_samples.clone(),
         };
         if let Err(e) = self.progress.append(record) {
             tracing::warn!(error = %e, "cannot write the progress log");

@@ -3,7 +3,7 @@
 //! last said of itself (its heartbeat's [`ExecutorHealth`]), the tasks it runs now, and why a
 //! lost one ended.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,8 +74,13 @@ pub struct ExecutorRegistry {
     health: Mutex<HashMap<String, Beats>>,
     /// The task attempts each executor runs now, by (batch, task).
     running: Mutex<HashMap<String, TasksInFlight>>,
+    /// Worker restarts as heartbeats reported them: when, which executor, how many more.
+    restarts: Mutex<VecDeque<(Instant, String, u64)>>,
     registered: watch::Sender<usize>,
 }
+
+/// How long reported worker restarts are kept (the restart alert's window).
+const RESTARTS_KEPT: Duration = Duration::from_secs(15 * 60);
 
 /// An executor's task attempts in flight, by (batch, task).
 type TasksInFlight = BTreeMap<(u64, u32), RunningTask>;
@@ -121,6 +126,7 @@ impl Default for ExecutorRegistry {
             ended_why: Mutex::default(),
             health: Mutex::default(),
             running: Mutex::default(),
+            restarts: Mutex::default(),
             registered: watch::channel(0).0,
         }
     }
@@ -148,11 +154,31 @@ impl ExecutorRegistry {
     pub fn beat(&self, executor: &str, report: ExecutorHealth) {
         let mut health = self.health.lock().unwrap();
         let now = Instant::now();
+        let before = health.get(executor).map_or(0, |b| b.last.0.worker_restarts);
+        if report.worker_restarts > before {
+            let mut restarts = self.restarts.lock().unwrap();
+            restarts.push_back((now, executor.to_string(), report.worker_restarts - before));
+            // The page looks back 15 minutes at most.
+            while restarts.front().is_some_and(|(at, _, _)| now.duration_since(*at) > RESTARTS_KEPT) {
+                restarts.pop_front();
+            }
+        }
         let beats = match health.remove(executor) {
             Some(b) => Beats { previous: Some(b.last), last: (report, now) },
             None => Beats { last: (report, now), previous: None },
         };
         health.insert(executor.to_string(), beats);
+    }
+
+    /// Worker restarts per executor reported within `span` of now.
+    pub fn restarts_within(&self, span: Duration) -> BTreeMap<String, u64> {
+        let mut by_executor = BTreeMap::new();
+        for (at, executor, n) in self.restarts.lock().unwrap().iter() {
+            if at.elapsed() <= span {
+                *by_executor.entry(executor.clone()).or_default() += n;
+            }
+        }
+        by_executor
     }
 
     /// `executor`'s last heartbeat reports, if it sent one.
@@ -246,5 +272,26 @@ impl ExecutorRegistry {
     /// Waits until at least `n` executors have registered.
     pub fn subscribe(&self) -> watch::Receiver<usize> {
         self.registered.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_count_what_each_heartbeat_adds_and_rates_come_from_the_last_two() {
+        let registry = ExecutorRegistry::default();
+        let beat = |restarts, embeddings| ExecutorHealth { worker_restarts: restarts, embeddings, ..Default::default() };
+        registry.beat("exec-1", beat(0, 0));
+        registry.beat("exec-1", beat(2, 10));
+        registry.beat("exec-1", beat(2, 20));
+        registry.beat("exec-2", beat(1, 0));
+        registry.beat("exec-1", beat(5, 30));
+        let restarts = registry.restarts_within(Duration::from_secs(60));
+        assert_eq!(restarts, [("exec-1".to_string(), 5), ("exec-2".to_string(), 1)].into_iter().collect());
+        let beats = registry.beats("exec-1").unwrap();
+        assert_eq!((beats.previous.unwrap().0.embeddings, beats.last.0.embeddings), (20, 30));
+        assert!(registry.beats("exec-3").is_none());
     }
 }

@@ -219,6 +219,7 @@ async fn alerts_now(State(state): State<Arc<PageState>>) -> Response {
         trigger: state.trigger_interval,
         executors_wanted: *state.control.target.borrow(),
         executors_alive: state.registry.live().len(),
+        restarts_15m: state.registry.restarts_within(Duration::from_secs(15 * 60)),
     };
     json_response(json!({"alerts": alerts::evaluate(&recent(&state), &facts)}))
 }

@@ -318,6 +318,7 @@ pub async fn driver_container(command: DriverCommand) -> Result<()> {
             rm_address,
             app_id,
             driver_address: driver.grpc.to_string(),
+            driver_page: driver.page.clone(),
             executor_resources: resources,
             app_secret,
         })

@@ -213,6 +213,10 @@ enum Command {
         /// when --listen is 0.0.0.0).
         #[arg(long)]
         advertise: Option<String>,
+        /// Where to serve the cluster's page (nodes, applications with a link to each driver's
+        /// page, containers), as YARN's RM serves its web UI on 8088.
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        web_listen: SocketAddr,
         /// The state file.
         #[arg(long, default_value_os_t = client::default_state_file())]
         state: PathBuf,
@@ -422,10 +426,11 @@ async fn dispatch(command: Command) -> Result<()> {
             let caller = client::caller(None, &tls)?;
             embed::run(embed::EmbedArgs { flight, batch_rows: batch_rows as usize, caller }).await
         }
-        Command::ResourceManager { listen, advertise, state, node_timeout, token_file, tls } => {
+        Command::ResourceManager { listen, advertise, web_listen, state, node_timeout, token_file, tls } => {
             let token = client::token(token_file.as_deref())?;
             let tls = tls.load(Role::Peer, Naming::Flags)?;
-            let args = embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token, tls };
+            let args =
+                embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token, tls, web_listen };
             Ok(embedstream_cluster::run_resource_manager(args, client::stop_on_signal()).await?)
         }
         Command::NodeAgent(NodeAgentCommand {

@@ -166,7 +166,7 @@ fn client_commands_say_in_one_line_what_they_could_not_reach() {
     let state = dir.path().join("rm-state.json");
     let mut rm = embedstream();
     rm.env("EMBEDSTREAM_TOKEN", "right")
-        .args(["resource-manager", "--listen", &address, "--state", state.to_str().unwrap()])
+        .args(["resource-manager", "--listen", &address, "--web-listen", "127.0.0.1:0", "--state", state.to_str().unwrap()])
         .stderr(std::process::Stdio::piped());
     let mut rm = KillOnDrop(rm.spawn().unwrap());
     // Its log is read to the end by a thread (a closed pipe would fail its writes).

@@ -25,6 +25,8 @@ pub struct RmArgs {
     pub token: ClusterToken,
     /// Its certificate (it serves TLS with one; node agents and drivers must then call over TLS).
     pub tls: Tls,
+    /// Where to serve the cluster's page ([`rm::page`]), over the same TLS and token.
+    pub web_listen: SocketAddr,
 }
 
 /// Serves the resource manager until `stop` turns true.
@@ -41,6 +43,11 @@ pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>)
     let advertise = args.advertise.clone().unwrap_or_else(|| address.to_string());
     let service = rm::ResourceManagerService::open(args.state_file.clone(), advertise.clone(), args.node_timeout)?;
     let watcher = tokio::spawn(Arc::clone(&service).watch_nodes());
+    let page = rm::page::router(service.clone(), args.token.clone());
+    let web = embedstream_core::telemetry::serve_router(&args.web_listen.to_string(), &args.tls, page)
+        .await
+        .map_err(|source| rm::RmError::Web { listen: args.web_listen, source })?;
+    let scheme = if args.tls.serves_tls() { "https" } else { "http" };
     if !args.listen.ip().is_loopback() && !args.tls.serves_tls() {
         tracing::warn!(
             "no TLS (--tls-cert, --tls-key, --tls-ca) on a reachable address: the cluster token and the job specs travel in clear"
@@ -53,7 +60,7 @@ pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>)
     }
     tracing::info!(
         %address, %advertise, state = %args.state_file.display(), tls = args.tls.serves_tls(),
-        mutual_tls = args.tls.client_auth(), "resource manager listening"
+        mutual_tls = args.tls.client_auth(), page = %format!("{scheme}://{web}/"), "resource manager listening"
     );
     let result = GrpcServer::new(args.token, args.tls)
         .guarded(ResourceManagerServer::from_arc(service))

@@ -14,6 +14,7 @@
 //! - [`durable`]: writes that survive a crash (checkpoint logs, manifests, the RM's state).
 //! - [`store`]: the same files on a local disk or on HDFS (`hdfs://`), picked by the path.
 //! - [`tls`]: the certificate, key and CA every endpoint serves and calls with.
+//! - [`web`]: what the driver's and the resource manager's pages share (the token, the login).
 //! - [`telemetry`]: the `/metrics` endpoint every process serves to Prometheus, and /proc readers.
 
 pub mod argv;
@@ -30,5 +31,6 @@ pub mod spec;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 
 pub use spec::JobSpec;

@@ -38,8 +38,6 @@ pub async fn serve_metrics_with(
     tls: &Tls,
     extra: axum::Router,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
     let app = extra.route(
         "/metrics",
         axum::routing::get(move || {
@@ -47,11 +45,19 @@ pub async fn serve_metrics_with(
             async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
         }),
     );
+    serve_router(listen, tls, app).await
+}
+
+/// Serves `app` on `listen` (over TLS when `tls` has a certificate) in a task of its own; the
+/// address it listens on.
+pub async fn serve_router(listen: &str, tls: &Tls, app: axum::Router) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
     match tls.http_server_config() {
         None => {
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
-                    tracing::warn!(error = %e, "metrics endpoint stopped");
+                    tracing::warn!(error = %e, %addr, "HTTP endpoint stopped");
                 }
             });
         }
@@ -59,7 +65,7 @@ pub async fn serve_metrics_with(
             let listener = TlsListener::new(listener, config);
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
-                    tracing::warn!(error = %e, "metrics endpoint stopped");
+                    tracing::warn!(error = %e, %addr, "HTTP endpoint stopped");
                 }
             });
         }

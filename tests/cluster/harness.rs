@@ -155,8 +155,17 @@ impl Cluster {
             state.to_str().unwrap(),
             "--node-timeout",
             "2s",
+            "--web-listen",
+            "127.0.0.1:0",
         ];
         Proc::start(&[&args[..], &tls_flags.iter().map(String::as_str).collect::<Vec<_>>()].concat())
+    }
+
+    /// The RM's page, from its "resource manager listening" line.
+    pub fn page_url(&self) -> String {
+        let log = self.rm.log();
+        let line = log.lines().find(|l| l.contains("resource manager listening")).expect("the RM's listening line");
+        line.split("page=").nth(1).and_then(|s| s.split_whitespace().next()).expect("page=").to_string()
     }
 
     pub fn rm_address(&self) -> String {

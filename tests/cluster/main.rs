@@ -47,6 +47,7 @@ fn a_submitted_query_spreads_over_nodes_survives_a_killed_executor_and_obeys_the
         })
     });
     assert_every_input_embedded(&broker, "cq-out", &[150, 150]);
+    cluster_page_shows_nodes_applications_and_the_killed_executor(&cluster, &app_id, &victim);
 
     // The admin API, through the CLI: status names the executors and their Flight addresses.
     let status = cluster.admin(&["status", &app_id]);
@@ -127,6 +128,36 @@ fn a_submitted_query_spreads_over_nodes_survives_a_killed_executor_and_obeys_the
         assert!(names.contains(&"embedstream.v1.ResourceManager".to_string()), "{names:?}");
         assert!(names.contains(&"embedstream.v1.QueryAdmin".to_string()), "{names:?}");
     });
+}
+
+/// The RM's page in a real browser (issue 18): both nodes live, the application running with a
+/// link to its driver's page, the killed executor's container with its exit reason; the link
+/// leads to the driver's page, which shows the query running. Writes a screenshot to
+/// target/embedstream-cluster-page.png.
+fn cluster_page_shows_nodes_applications_and_the_killed_executor(cluster: &Cluster, app_id: &str, victim: &str) {
+    let url = cluster.page_url();
+    let address = url.trim_start_matches("http://").trim_end_matches('/');
+    assert_eq!(http_get(address, "/api/applications").0, 401, "the cluster's data wants the token");
+    let browser = common::browser::Browser::start();
+    browser.goto(&url);
+    browser.sign_in_if_asked(TOKEN);
+    for node in ["127.0.0.2", "127.0.0.3"] {
+        let cell = format!("#nodes tr[data-node^=\"{node}:\"] td:nth-child(2)");
+        browser.wait_text(&cell, TIMEOUT, |t| t == "live");
+    }
+    let app = format!("#applications tr[data-app=\"{app_id}\"]");
+    browser.wait_text(&format!("{app} td:nth-child(3)"), TIMEOUT, |t| t == "running");
+    let reason = format!("#containers tr[data-container=\"{victim}\"] td:nth-child(8)");
+    browser.wait_text(&reason, TIMEOUT, |t| t.contains("signal 9"));
+    let link = browser.wait_text(&format!("{app} td:nth-child(4) a"), TIMEOUT, |t| t.starts_with("http://"));
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/embedstream-cluster-page.png");
+    browser.screenshot(&shot);
+
+    browser.click(&format!("{app} td:nth-child(4) a"));
+    browser.sign_in_if_asked(TOKEN);
+    browser.wait_text("#title", TIMEOUT, |t| t == "cq");
+    browser.wait_text("#state", TIMEOUT, |t| t == "running");
+    assert_eq!(browser.url(), link, "the driver's page");
 }
 
 #[test]

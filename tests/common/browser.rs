@@ -146,6 +146,19 @@ impl Browser {
         self.command("POST", &format!("/element/{element}/click"), Some(json!({})));
     }
 
+    /// The address the browser is at.
+    pub fn url(&self) -> String {
+        self.command("GET", "/url", None).as_str().unwrap_or_default().to_string()
+    }
+
+    /// Signs in with `token` when the page shows the login form.
+    pub fn sign_in_if_asked(&self, token: &str) {
+        if self.find("#token").is_some() {
+            self.type_into("#token", token);
+            self.click("#sign-in");
+        }
+    }
+
     /// A PNG of the window, written to `path`.
     pub fn screenshot(&self, path: &Path) {
         use base64::Engine;

@@ -11,9 +11,10 @@
 //!   restarted RM knows the running queries; nodes register again with what they run.
 //!
 //! [`state`] is the model and its transitions, [`placement`] where containers go, [`persist`]
-//! the state file, [`service`] the gRPC service; this module holds the service's state and the
+//! the state file, [`service`] the gRPC service, [`page`] the cluster's web page; this module holds the service's state and the
 //! watch that declares silent nodes lost.
 
+pub mod page;
 mod persist;
 mod placement;
 mod service;
@@ -49,6 +50,8 @@ pub enum RmError {
          listens on loopback only"
     )]
     NoToken(std::net::SocketAddr),
+    #[error("--web-listen {listen}: cannot serve the cluster's page: {source}")]
+    Web { listen: std::net::SocketAddr, source: std::io::Error },
 }
 
 pub struct ResourceManagerService {
@@ -57,7 +60,7 @@ pub struct ResourceManagerService {
     /// How RM's own address appears to the drivers it starts.
     pub(crate) advertise: String,
     node_timeout: Duration,
-    started: Instant,
+    pub(crate) started: Instant,
 }
 
 impl ResourceManagerService {

@@ -56,6 +56,53 @@ fn report_of(c: &Container) -> ContainerReport {
     }
 }
 
+impl ResourceManagerService {
+    /// Every node, live ones first, then the lost (as YARN's `node -list -all`).
+    pub(crate) fn nodes(&self) -> Vec<NodeReport> {
+        let s = self.state.lock().unwrap();
+        let lost = s.lost_nodes.iter().map(|(id, n)| NodeReport {
+            node_id: id.clone(),
+            capacity: Some(n.capacity),
+            used: Some(Resources::default()),
+            lost: true,
+            last_heartbeat_ms_ago: n.last_heartbeat.elapsed().as_millis() as u64,
+            containers: Vec::new(),
+        });
+        let live = s.nodes.iter().map(|(id, n)| {
+            let (v, m) = used(&s.p, id);
+            NodeReport {
+                node_id: id.clone(),
+                capacity: Some(n.capacity),
+                used: Some(Resources { vcores: v, memory_mb: m }),
+                lost: false,
+                last_heartbeat_ms_ago: n.last_heartbeat.elapsed().as_millis() as u64,
+                containers: (s.p.containers.values())
+                    .filter(|c| c.node_id == *id && c.alive())
+                    .map(|c| c.id.clone())
+                    .collect(),
+            }
+        });
+        live.chain(lost).collect()
+    }
+
+    /// Every application the RM knows, with its containers.
+    pub(crate) fn applications(&self) -> Vec<ApplicationReport> {
+        let s = self.state.lock().unwrap();
+        (s.p.applications.values())
+            .map(|a| ApplicationReport {
+                app_id: a.id.clone(),
+                name: a.name.clone(),
+                state: a.state,
+                driver_address: a.driver_address.clone(),
+                diagnostics: a.diagnostics.clone(),
+                containers: s.p.containers.values().filter(|c| c.app_id == a.id).map(report_of).collect(),
+                driver_attempts: a.driver_attempts,
+                driver_page: a.driver_page.clone(),
+            })
+            .collect()
+    }
+}
+
 #[tonic::async_trait]
 impl ResourceManager for ResourceManagerService {
     async fn register_node(
@@ -201,6 +248,7 @@ impl ResourceManager for ResourceManagerService {
                 state: ApplicationState::Submitted as i32,
                 diagnostics: String::new(),
                 driver_address: String::new(),
+                driver_page: String::new(),
                 driver_vcores: driver.vcores.max(1),
                 driver_memory_mb: driver.memory_mb.max(1),
                 executors_wanted: 0,
@@ -288,6 +336,14 @@ impl ResourceManager for ResourceManagerService {
                 return Err(Status::invalid_argument(format!("driver_address {:?}: not HOST:PORT", r.driver_address)));
             }
             app.driver_address = r.driver_address;
+            // The RM's page links to it: an http(s) URL and nothing else.
+            if !r.driver_page.is_empty() {
+                let scheme_ok = r.driver_page.starts_with("http://") || r.driver_page.starts_with("https://");
+                if !scheme_ok || r.driver_page.contains(|c: char| c.is_whitespace() || "\"'<>".contains(c)) {
+                    return Err(Status::invalid_argument(format!("driver_page {:?}: not an http(s) URL", r.driver_page)));
+                }
+                app.driver_page = r.driver_page;
+            }
             app.executors_wanted = r.executors_wanted;
             if let Some(res) = r.executor_resources {
                 app.executor_vcores = res.vcores.max(1);
@@ -334,59 +390,14 @@ impl ResourceManager for ResourceManagerService {
     }
 
     async fn list_nodes(&self, _: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        let s = self.state.lock().unwrap();
-        let lost = s.lost_nodes.iter().map(|(id, n)| NodeReport {
-            node_id: id.clone(),
-            capacity: Some(n.capacity),
-            used: Some(Resources::default()),
-            lost: true,
-            last_heartbeat_ms_ago: n.last_heartbeat.elapsed().as_millis() as u64,
-            containers: Vec::new(),
-        });
-        let nodes = s
-            .nodes
-            .iter()
-            .map(|(id, n)| {
-                let (v, m) = used(&s.p, id);
-                NodeReport {
-                    node_id: id.clone(),
-                    capacity: Some(n.capacity),
-                    used: Some(Resources { vcores: v, memory_mb: m }),
-                    lost: false,
-                    last_heartbeat_ms_ago: n.last_heartbeat.elapsed().as_millis() as u64,
-                    containers: s
-                        .p
-                        .containers
-                        .values()
-                        .filter(|c| c.node_id == *id && c.alive())
-                        .map(|c| c.id.clone())
-                        .collect(),
-                }
-            })
-            .chain(lost)
-            .collect();
-        Ok(Response::new(ListNodesResponse { nodes }))
+        Ok(Response::new(ListNodesResponse { nodes: self.nodes() }))
     }
 
     async fn list_applications(
         &self,
         _: Request<ListApplicationsRequest>,
     ) -> Result<Response<ListApplicationsResponse>, Status> {
-        let s = self.state.lock().unwrap();
-        let applications =
-            s.p.applications
-                .values()
-                .map(|a| ApplicationReport {
-                    app_id: a.id.clone(),
-                    name: a.name.clone(),
-                    state: a.state,
-                    driver_address: a.driver_address.clone(),
-                    diagnostics: a.diagnostics.clone(),
-                    containers: s.p.containers.values().filter(|c| c.app_id == a.id).map(report_of).collect(),
-                    driver_attempts: a.driver_attempts,
-                })
-                .collect();
-        Ok(Response::new(ListApplicationsResponse { applications }))
+        Ok(Response::new(ListApplicationsResponse { applications: self.applications() }))
     }
 
     async fn kill_application(

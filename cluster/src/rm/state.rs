@@ -51,6 +51,9 @@ pub struct Application {
     pub state: i32,
     pub diagnostics: String,
     pub driver_address: String,
+    /// The driver's page URL, as its driver gave it (empty before, and in older state files).
+    #[serde(default)]
+    pub driver_page: String,
     pub driver_vcores: u32,
     pub driver_memory_mb: u64,
     pub executors_wanted: u32,

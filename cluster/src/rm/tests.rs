@@ -95,6 +95,7 @@ fn ended_applications_and_containers_are_pruned() {
         state: state as i32,
         diagnostics: String::new(),
         driver_address: String::new(),
+        driver_page: String::new(),
         driver_vcores: 1,
         driver_memory_mb: 512,
         executors_wanted: 1,
@@ -189,6 +190,15 @@ async fn executors_run_the_command_line_the_rm_builds() {
     assert_eq!(executor.args[0], "executor", "{:?}", executor.args);
     let args = executor.args.join(" ");
     assert!(args.contains("--driver http://127.0.0.2:7077") && args.contains("--cores 2"), "{args}");
+
+    // The driver's page, which the RM's page links to: an http(s) URL only.
+    let page = |url: &str| AllocateRequest { driver_page: url.into(), ..allocate("127.0.0.2:7077") };
+    for bad in ["javascript:alert(1)", "http://x/\"><script>", "ftp://127.0.0.2:1/"] {
+        let refused = rm.allocate(Request::new(page(bad))).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad}");
+    }
+    rm.allocate(Request::new(page("http://127.0.0.2:9090/"))).await.unwrap();
+    assert_eq!(rm.state.lock().unwrap().p.applications[&app_id].driver_page, "http://127.0.0.2:9090/");
 }
 
 /// Issue 14, finding 6: an application's calls are authorised by the secret the RM issued at

@@ -46,12 +46,14 @@ pub enum LaunchError {
 }
 
 /// Where the driver serves, as its launcher tells executors and the cluster.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DriverEndpoints {
     /// The driver's gRPC services (executors, admin).
     pub grpc: std::net::SocketAddr,
-    /// Its /metrics (YARN's tracking URL).
+    /// Its /metrics.
     pub metrics: std::net::SocketAddr,
+    /// Its page's URL, on the metrics listener (YARN's tracking URL, the RM page's link).
+    pub page: String,
 }
 
 /// An executor that ended, as its launcher saw it.

@@ -41,6 +41,8 @@ pub struct ResourceManagerLauncher {
     pub app_id: String,
     /// The driver's host:port, as executors reach it.
     pub driver_address: String,
+    /// The driver's page, which the RM's page links to.
+    pub driver_page: String,
     /// What each executor container needs; the RM runs `executor` with `vcores` cores in it.
     pub executor_resources: Resources,
     /// The application's secret, issued by the RM at submit; every `Allocate` carries it.
@@ -68,6 +70,7 @@ impl ResourceManagerLauncher {
             state: state as i32,
             diagnostics: diagnostics.into(),
             app_secret: self.app_secret.0.clone(),
+            driver_page: self.driver_page.clone(),
         }
     }
 }

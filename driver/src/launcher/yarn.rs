@@ -99,7 +99,7 @@ pub struct YarnLauncher {
 impl YarnLauncher {
     /// A launcher for the driver at `driver`; it registers the master at its first reconcile.
     pub fn new(channel: AmChannel, driver: &DriverEndpoints, vcores: u32, container_memory_mb: u64) -> YarnLauncher {
-        let tracking = format!("http://{}/metrics", driver.metrics);
+        let tracking = driver.page.clone();
         let unregistered = Some((driver.grpc.ip().to_string(), driver.grpc.port(), tracking));
         YarnLauncher { channel, vcores, container_memory_mb, unregistered }
     }

@@ -14,7 +14,7 @@
 //! - `GET /api/alerts`: the shipped alert conditions evaluated on the driver's state ([`alerts`]);
 //! - `POST /login`: a form with the cluster token, which sets a cookie.
 //!
-//! With a cluster token, every route but `/login` wants it ([`require_token`]):
+//! With a cluster token, every route but `/login` wants it ([`embedstream_core::web`]):
 //! `Authorization: Bearer TOKEN` (for scripts) or the cookie the login form sets (for people).
 //! `/` without it answers the login form; the endpoints answer 401.
 
@@ -23,12 +23,11 @@ pub mod alerts;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use embedstream_core::auth::{constant_time_eq, ClusterToken};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use embedstream_core::auth::ClusterToken;
+use embedstream_core::web::{self, json_response};
 use embedstream_core::progress::ProgressRecord;
 use embedstream_core::spec::sink::{SinkKind, SinkSpec};
 use serde_json::json;
@@ -37,8 +36,6 @@ use crate::admin::Control;
 use crate::executors::ExecutorRegistry;
 use crate::progress::RecentProgress;
 
-/// The page's cookie, holding the cluster token once the login form took it.
-const COOKIE: &str = "embedstream_token";
 /// Batches the page shows and the sparklines span.
 const RECENT_BATCHES: usize = 60;
 
@@ -60,6 +57,7 @@ pub struct PageState {
 
 /// The page's routes, to be merged into the metrics listener's.
 pub fn router(state: Arc<PageState>) -> axum::Router {
+    let token = state.token.clone();
     let api = axum::Router::new()
         .route("/api/query", get(query))
         .route("/api/partitions", get(partitions))
@@ -67,17 +65,8 @@ pub fn router(state: Arc<PageState>) -> axum::Router {
         .route("/api/executors", get(executors))
         .route("/api/dead-letters", get(dead_letters))
         .route("/api/alerts", get(alerts_now))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    axum::Router::new().route("/", get(page)).route("/login", post(login)).merge(api).with_state(state)
-}
-
-/// Refuses an endpoint's request without the cluster token (when there is one).
-async fn require_token(State(state): State<Arc<PageState>>, request: Request, next: Next) -> Response {
-    if allowed(&state, request.headers()) {
-        next.run(request).await
-    } else {
-        refused()
-    }
+        .with_state(state);
+    web::site(include_str!("page.html"), api, token)
 }
 
 /// The sink in a few words: its kind and where it writes (no secret: a pgvector URL holds none).
@@ -87,76 +76,6 @@ pub fn describe_sink(sink: &SinkSpec) -> String {
         SinkKind::Parquet(p) => format!("parquet {}", p.path.display()),
         SinkKind::Pgvector(p) => format!("pgvector table {}", p.table),
     }
-}
-
-/// Whether a request carries the cluster token (always, when there is none).
-fn allowed(state: &PageState, headers: &HeaderMap) -> bool {
-    let Some(secret) = state.token.secret() else { return true };
-    let bearer = (headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let cookie = (headers.get_all(header::COOKIE).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string));
-    [bearer.map(str::to_string), cookie].into_iter().flatten().any(|t| constant_time_eq(t.as_bytes(), secret.as_bytes()))
-}
-
-fn json_response(value: serde_json::Value) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
-}
-
-fn refused() -> Response {
-    (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"the cluster token is required"}"#)
-        .into_response()
-}
-
-async fn page(State(state): State<Arc<PageState>>, headers: HeaderMap) -> Response {
-    let html = if allowed(&state, &headers) { include_str!("page.html") } else { include_str!("login.html") };
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
-}
-
-async fn login(State(state): State<Arc<PageState>>, body: String) -> Response {
-    let token = body
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(percent_decode)
-        .unwrap_or_default();
-    match state.token.secret() {
-        Some(secret) if constant_time_eq(token.as_bytes(), secret.as_bytes()) => (
-            StatusCode::SEE_OTHER,
-            [
-                (header::LOCATION, "/".to_string()),
-                (header::SET_COOKIE, format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/")),
-            ],
-        )
-            .into_response(),
-        Some(_) => refused(),
-        None => (StatusCode::SEE_OTHER, [(header::LOCATION, "/".to_string())]).into_response(),
-    }
-}
-
-/// A form field's value: `+` is a space, `%XX` a byte.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or(""), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn recent(state: &PageState) -> Vec<ProgressRecord> {

@@ -123,6 +123,14 @@ async fn bind(listen: SocketAddr, retries: u16) -> std::io::Result<tokio::net::T
     Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
 }
 
+/// The page's URL: the metrics listener's address, or with the driver's own host where the
+/// listener is on every interface (`0.0.0.0:9090` is no address to link to).
+fn page_url(metrics: std::net::SocketAddr, driver: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = if metrics.ip().is_unspecified() { driver.ip() } else { metrics.ip() };
+    format!("{scheme}://{}/", std::net::SocketAddr::new(host, metrics.port()))
+}
+
 /// Runs `spec` with `executors.count` local executor processes started from `exe`, until `stop`
 /// turns true (after the batch in flight) or an `available_now` query has caught up.
 pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>) -> Result<QuerySummary, DriverError> {
@@ -272,7 +280,11 @@ pub async fn run_query(
     );
 
     let launcher =
-        Arc::new(tokio::sync::Mutex::new(make_launcher(&DriverEndpoints { grpc: addr, metrics: metrics_addr })));
+        Arc::new(tokio::sync::Mutex::new(make_launcher(&DriverEndpoints {
+        grpc: addr,
+        metrics: metrics_addr,
+        page: page_url(metrics_addr, addr, options.tls.serves_tls()),
+    })));
     let result = async {
         launcher::start(launcher.lock().await.as_mut(), &registry, spec.executors.count, REGISTRATION_TIMEOUT).await?;
         targets.write(&registry);

@@ -104,6 +104,11 @@ fn the_page_shows_the_partitions_offsets_and_batches_and_wants_the_token() {
         broker.committed("paged-group", "shop", 2) == vec![18, 17]
     });
     browser.wait_text("#partitions tr[data-partition=\"shop-0\"] td:nth-child(4)", TIMEOUT, |t| t == "18");
+    // Its rates over the last minute: records in and out per second, both above zero now.
+    for column in [6, 7] {
+        let cell = format!("#partitions tr[data-partition=\"shop-1\"] td:nth-child({column})");
+        browser.wait_text(&cell, TIMEOUT, |t| t.parse::<f64>().is_ok_and(|r| r > 0.0));
+    }
     assert!(browser.count("#batches tbody tr") > before, "a batch more in the timeline");
     browser.wait_text("#dead-reasons tr[data-reason=\"value is null\"] td:nth-child(2)", TIMEOUT, |t| t == "1");
     let reason = browser.text("#dead-last tr[data-origin=\"shop-0-17\"] td:nth-child(5)");

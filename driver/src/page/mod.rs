@@ -28,6 +28,7 @@ use axum::response::Response;
 use axum::routing::get;
 use embedstream_core::auth::ClusterToken;
 use embedstream_core::web::{self, json_response};
+use embedstream_core::offsets::TopicPartition;
 use embedstream_core::progress::ProgressRecord;
 use embedstream_core::spec::sink::{SinkKind, SinkSpec};
 use serde_json::json;
@@ -119,17 +120,47 @@ async fn partitions(State(state): State<Arc<PageState>>) -> Response {
                     Some(s.latest_offset.get(tp)? - s.end_offset.get(tp)?)
                 })
                 .collect();
+            let (input, output) = rates(&records, tp, RATE_SPAN);
             rows.push(json!({
                 "topic": tp.topic,
                 "partition": tp.partition,
                 "latest": latest,
                 "committed": committed,
                 "lag": committed.map(|c| (latest - c).max(0)),
+                "inputPerSecond": input,
+                "outputPerSecond": output,
                 "lagHistory": lag_history,
             }));
         }
     }
     json_response(json!({"partitions": rows}))
+}
+
+/// How far back the partitions' rates look.
+const RATE_SPAN: Duration = Duration::from_secs(60);
+
+/// Records per second into `tp` (its latest offset's growth) and out of it (its end offset's,
+/// what the batches read), between the first and the last batch that started within `span`
+/// of the last one. `None` without two such batches.
+fn rates(records: &[ProgressRecord], tp: &TopicPartition, span: Duration) -> (Option<f64>, Option<f64>) {
+    let at = |r: &ProgressRecord| humantime::parse_rfc3339(&r.timestamp).ok();
+    let offsets = |r: &ProgressRecord| {
+        let s = r.sources.iter().find(|s| s.latest_offset.get(tp).is_some())?;
+        Some((*s.latest_offset.get(tp)?, *s.end_offset.get(tp)?))
+    };
+    let Some(last_at) = records.last().and_then(at) else { return (None, None) };
+    let seen: Vec<(std::time::SystemTime, (i64, i64))> = (records.iter())
+        .filter_map(|r| Some((at(r)?, offsets(r)?)))
+        .filter(|(t, _)| last_at.duration_since(*t).unwrap_or_default() <= span)
+        .collect();
+    let (Some((t0, (latest0, end0))), Some((t1, (latest1, end1)))) = (seen.first(), seen.last()) else {
+        return (None, None);
+    };
+    let secs = t1.duration_since(*t0).unwrap_or_default().as_secs_f64();
+    if seen.len() < 2 || secs <= 0.0 {
+        return (None, None);
+    }
+    (Some((latest1 - latest0).max(0) as f64 / secs), Some((end1 - end0).max(0) as f64 / secs))
 }
 
 async fn alerts_now(State(state): State<Arc<PageState>>) -> Response {
@@ -211,4 +242,46 @@ async fn dead_letters(State(state): State<Arc<PageState>>) -> Response {
         "byReason": reasons.iter().map(|(reason, count)| json!({"reason": reason, "count": count})).collect::<Vec<_>>(),
         "last": last,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
+    use embedstream_core::progress::{ProgressRecord, SourceProgress};
+
+    use super::rates;
+
+    fn record(at: SystemTime, end: i64, latest: i64) -> ProgressRecord {
+        let offsets = |o: i64| -> PartitionOffsets { [(TopicPartition::new("t", 0), o)].into_iter().collect() };
+        let json = serde_json::json!({
+            "id": "q", "name": "q", "batchId": 0, "timestamp": humantime::format_rfc3339_millis(at).to_string(),
+            "numInputRows": 0, "inputRowsPerSecond": 0.0, "processedRowsPerSecond": 0.0, "durationMs": {},
+            "sources": [], "embeddings": 0, "deadLetters": 0, "taskRetries": 0, "executors": {},
+        });
+        let mut r: ProgressRecord = serde_json::from_value(json).unwrap();
+        r.sources = vec![SourceProgress {
+            description: String::new(),
+            start_offset: offsets(end),
+            end_offset: offsets(end),
+            latest_offset: offsets(latest),
+            num_input_rows: 0,
+            offsets_behind_latest: latest - end,
+        }];
+        r
+    }
+
+    #[test]
+    fn a_partitions_rates_are_its_offsets_growth_over_the_last_minute() {
+        let now = SystemTime::now();
+        let tp = TopicPartition::new("t", 0);
+        // 100 s of batches, 10 s apart: 30 records/s arrive, 20/s are read.
+        let records: Vec<_> =
+            (0..=10).map(|i| record(now - Duration::from_secs(100 - 10 * i), 200 * i as i64, 300 * i as i64)).collect();
+        let (input, output) = rates(&records, &tp, Duration::from_secs(60));
+        assert_eq!((input, output), (Some(30.0), Some(20.0)));
+        assert_eq!(rates(&records[..1], &tp, Duration::from_secs(60)), (None, None), "one batch: no rate");
+        assert_eq!(rates(&records, &TopicPartition::new("u", 0), Duration::from_secs(60)), (None, None));
+    }
 }

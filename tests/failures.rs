@@ -152,38 +152,53 @@ fn a_second_driver_on_the_same_checkpoint_is_refused() {
 fn an_executor_killed_mid_task_loses_no_record_in_kafka() {
     let broker = Broker::start();
     broker.create_topic("midway", 2);
-    // One record a window: a task of 60 records writes for a while.
+    // One record a window: a task of 200 records writes for a few seconds.
+    const PER_PARTITION: i64 = 200;
     let job =
         Job::new(&broker, "midway", "subscribe = [\"midway\"]", "processing_time = \"200ms\"", "").with_batching(1, 1);
     let mut q = Running::start(&job, 2);
     q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
-    broker.produce_texts("midway", 2, 0, &texts(120, 31));
+    broker.produce_texts("midway", 2, 0, &texts(2 * PER_PARTITION as usize, 31));
     // The victim: an executor that the driver's page shows running a task whose output is part
-    // way into Kafka, with at least ten records still to write.
-    let mut victim = None;
-    q.wait_until("an executor part way through a task", Duration::from_secs(60), |q| {
+    // way into Kafka. It is stopped (SIGSTOP) first: a stopped executor cannot answer, so if the
+    // driver still waits for the same task afterwards, the task is in flight when it is killed.
+    // Otherwise (it finished meanwhile) it goes on (SIGCONT) and the search goes on.
+    let task_of = |executors: &serde_json::Value, pid: u64| {
+        let e = executors["executors"].as_array()?.iter().find(|e| e["pid"].as_u64() == Some(pid))?;
+        let task = e["running"].as_array()?.first()?;
+        Some((task["batchId"].as_u64()?, task["taskId"].as_u64()?))
+    };
+    let signal = |name: &str, pid: u64| Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
+    q.wait_until("an executor killed part way through a task", Duration::from_secs(90), |q| {
         let executors = q.page_json("/api/executors");
         let out = broker.read_all("midway-out", 2);
-        victim = (executors["executors"].as_array().unwrap().iter()).find_map(|e| {
-            let task = e["running"].as_array()?.first()?.clone();
+        let busy = (executors["executors"].as_array().unwrap().iter()).find_map(|e| {
+            let task = e["running"].as_array()?.first()?;
             let (p, from, until) =
                 (task["partition"].as_i64()?, task["fromOffset"].as_i64()?, task["untilOffset"].as_i64()?);
             let written = (out.iter().map(Record::origin))
                 .filter(|&(op, o)| op as i64 == p && (from..until).contains(&o))
                 .count() as i64;
-            (written >= 2 && written + 10 <= until - from).then(|| e["pid"].as_u64())?
+            (written >= 2 && written < until - from).then(|| e["pid"].as_u64())?
         });
-        victim.is_some()
+        let Some(pid) = busy else { return false };
+        let task = task_of(&executors, pid);
+        signal("-STOP", pid);
+        if task.is_some() && task_of(&q.page_json("/api/executors"), pid) == task {
+            signal("-KILL", pid);
+            true
+        } else {
+            signal("-CONT", pid);
+            false
+        }
     });
-    let victim = victim.expect("found above");
-    Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
-    q.wait_until("all 120 records committed", Duration::from_secs(120), |_| {
-        broker.committed("midway-group", "midway", 2) == vec![60, 60]
+    q.wait_until("every record committed", Duration::from_secs(120), |_| {
+        broker.committed("midway-group", "midway", 2) == vec![PER_PARTITION, PER_PARTITION]
     });
     let summary = q.stop();
     assert!(summary["task_retries"].as_u64().unwrap() >= 1, "the killed executor's task ran again: {summary}");
     let out = broker.read_all("midway-out", 2);
     let seen: BTreeSet<(i32, i64)> = out.iter().map(Record::origin).collect();
-    let want: BTreeSet<(i32, i64)> = (0..2).flat_map(|p| (0..60).map(move |o| (p, o))).collect();
+    let want: BTreeSet<(i32, i64)> = (0..2).flat_map(|p| (0..PER_PARTITION).map(move |o| (p, o))).collect();
     assert_eq!(seen, want, "every input has an output");
 }

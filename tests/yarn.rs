@@ -187,6 +187,12 @@ fn an_executor_killed_on_yarn_is_replaced_and_scale_and_stop_work() {
     let _serial = one_at_a_time();
     let hadoop = cluster();
     let (broker, first, app) = running(hadoop, "yarn-kill", 60, TWO_EXECUTORS);
+    // YARN's tracking URL (what its UI links to) is the driver's page.
+    let tracking = hadoop.report(&app)["tracking_url"].clone();
+    let address = (tracking.strip_prefix("http://").and_then(|t| t.strip_suffix('/')))
+        .unwrap_or_else(|| panic!("tracking URL {tracking:?}: not the driver's page"));
+    let (status, page) = http_get(address, "/");
+    assert!(status == 200 && page.contains("<title>embedstream"), "{tracking}: {status} {page}");
 
     let victims = processes_with(&["embedstream", " executor ", &app.replace("application_", "container_")]);
     assert!(!victims.is_empty(), "no executor process of {app}");

@@ -4,8 +4,9 @@
 //! - `GET /`: the page (`page.html`, no build step, nothing fetched from elsewhere), which polls
 //!   the JSON endpoints below and redraws;
 //! - `GET /api/query`: name, state, batch id, trigger, sink, uptime, executors wanted and alive;
-//! - `GET /api/partitions`: each source partition's latest and committed offsets, lag, and its
-//!   lag over the last batches (for the sparkline);
+//! - `GET /api/partitions`: each source partition's latest and committed offsets, lag, records
+//!   in and out per second over the last minute, and its lag over the last batches (for the
+//!   sparkline);
 //! - `GET /api/batches`: the last batches' progress records (rows, phases, dead letters, retries);
 //! - `GET /api/executors`: each executor (live, draining, lost and why) with its tasks in
 //!   flight, embeddings per second, worker processes and their memory, restarts, cache hits;
@@ -14,7 +15,8 @@
 //! - `GET /api/alerts`: the shipped alert conditions evaluated on the driver's state ([`alerts`]);
 //! - `POST /login`: a form with the cluster token, which sets a cookie.
 //!
-//! With a cluster token, every route but `/login` wants it ([`embedstream_core::web`]):
+//! With a cluster token, every route but `/login` wants it ([`embedstream_core::web`], which
+//! serves `/` and `/login` for this page and the resource manager's):
 //! `Authorization: Bearer TOKEN` (for scripts) or the cookie the login form sets (for people).
 //! `/` without it answers the login form; the endpoints answer 401.
 
@@ -27,10 +29,10 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use embedstream_core::auth::ClusterToken;
-use embedstream_core::web::{self, json_response};
 use embedstream_core::offsets::TopicPartition;
 use embedstream_core::progress::ProgressRecord;
 use embedstream_core::spec::sink::{SinkKind, SinkSpec};
+use embedstream_core::web::{self, json_response};
 use serde_json::json;
 
 use crate::admin::Control;

@@ -195,6 +195,9 @@ fn an_executor_killed_mid_task_loses_no_record_in_kafka() {
     q.wait_until("every record committed", Duration::from_secs(120), |_| {
         broker.committed("midway-group", "midway", 2) == vec![PER_PARTITION, PER_PARTITION]
     });
+    // The query's page says which attempt failed, and why.
+    let failure = q.page_json("/api/query")["lastTaskFailure"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(failure.contains("attempt 1 failed") && failure.contains(" lost: "), "{failure}");
     let summary = q.stop();
     assert!(summary["task_retries"].as_u64().unwrap() >= 1, "the killed executor's task ran again: {summary}");
     let out = broker.read_all("midway-out", 2);

@@ -76,6 +76,8 @@ pub struct ExecutorRegistry {
     running: Mutex<HashMap<String, TasksInFlight>>,
     /// Worker restarts as heartbeats reported them: when, which executor, how many more.
     restarts: Mutex<VecDeque<(Instant, String, u64)>>,
+    /// The last task attempt that failed: when, and why.
+    last_failure: Mutex<Option<(Instant, String)>>,
     registered: watch::Sender<usize>,
 }
 
@@ -127,6 +129,7 @@ impl Default for ExecutorRegistry {
             health: Mutex::default(),
             running: Mutex::default(),
             restarts: Mutex::default(),
+            last_failure: Mutex::default(),
             registered: watch::channel(0).0,
         }
     }
@@ -197,6 +200,16 @@ impl ExecutorRegistry {
         if let Some(tasks) = self.running.lock().unwrap().get_mut(executor) {
             tasks.remove(&(batch_id, task_id));
         }
+    }
+
+    /// A task attempt failed (it is retried, or its batch fails): why, for the page.
+    pub fn task_failed(&self, why: String) {
+        *self.last_failure.lock().unwrap() = Some((Instant::now(), why));
+    }
+
+    /// The last task attempt that failed, and how long ago.
+    pub fn last_task_failure(&self) -> Option<(Duration, String)> {
+        self.last_failure.lock().unwrap().as_ref().map(|(at, why)| (at.elapsed(), why.clone()))
     }
 
     /// The task attempts `executor` runs now.

@@ -221,6 +221,10 @@ impl Scheduler {
             failed_on.insert(task.task_id, exec_id);
             task.attempt += 1;
             tracing::warn!(batch_id, task_id = task.task_id, attempt = task.attempt, ?reason, %message, "task attempt failed");
+            self.registry.task_failed(format!(
+                "batch {batch_id}, task {}, attempt {} failed: {message}",
+                task.task_id, task.attempt
+            ));
             if task.attempt >= MAX_TASK_ATTEMPTS {
                 // A task that lost its executors failed of why they ended, where a launcher said.
                 let message = match (reason, self.registry.last_end()) {

@@ -3,7 +3,8 @@
 //!
 //! - `GET /`: the page (`page.html`, no build step, nothing fetched from elsewhere), which polls
 //!   the JSON endpoints below and redraws;
-//! - `GET /api/query`: name, state, batch id, trigger, sink, uptime, executors wanted and alive;
+//! - `GET /api/query`: name, state, batch id, trigger, sink, uptime, executors wanted and alive,
+//!   and the last task attempt that failed (retried, or the batch's end) with why;
 //! - `GET /api/partitions`: each source partition's latest and committed offsets, lag, records
 //!   in and out per second over the last minute, and its lag over the last batches (for the
 //!   sparkline);
@@ -105,6 +106,10 @@ async fn query(State(state): State<Arc<PageState>>) -> Response {
         "uptimeSeconds": state.started.elapsed().as_secs(),
         "executorsWanted": *state.control.target.borrow(),
         "executorsAlive": state.registry.live().len(),
+        "lastTaskFailure": state.registry.last_task_failure().map(|(ago, why)| json!({
+            "secondsAgo": ago.as_secs(),
+            "message": why,
+        })),
     }))
 }
 

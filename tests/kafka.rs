@@ -128,22 +128,7 @@ fn kafka_consumer_groups_shows_the_query_and_a_reset_of_its_group_does_not_move_
     let job = Job::new(&broker, "groups", "subscribe = [\"groups\"]", "available_now = true", "");
     assert_eq!(run_job(&job, 1)["embeddings"], 20);
 
-    let describe = || {
-        let out = broker.tool("kafka-consumer-groups.sh", &["--describe", "--group", "groups-group"]);
-        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
-        let rows: Vec<(i32, i64, i64, i64)> = out
-            .lines()
-            .filter_map(|l| {
-                let c: Vec<&str> = l.split_whitespace().collect();
-                (c.len() >= 6 && c[0] == "groups-group" && c[1] == "groups").then(|| {
-                    (c[2].parse().unwrap(), c[3].parse().unwrap(), c[4].parse().unwrap(), c[5].parse().unwrap())
-                })
-            })
-            .collect();
-        let mut rows = rows;
-        rows.sort();
-        (rows, out)
-    };
+    let describe = || broker.consumer_group("groups-group", "groups");
     let (rows, out) = describe();
     assert_eq!(rows, vec![(0, 10, 10, 0), (1, 10, 10, 0)], "position and lag per partition:\n{out}");
 

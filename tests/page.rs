@@ -13,23 +13,6 @@ use std::time::Duration;
 use common::browser::Browser;
 use common::*;
 
-/// `kafka-consumer-groups --describe`'s rows for `group` on `topic`: (partition, current offset,
-/// log-end offset, lag), by partition.
-fn consumer_groups(broker: &Broker, group: &str, topic: &str) -> Vec<(i32, i64, i64, i64)> {
-    let out = broker.tool("kafka-consumer-groups.sh", &["--describe", "--group", group]);
-    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
-    let mut rows: Vec<(i32, i64, i64, i64)> = (out.lines())
-        .filter_map(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            (c.len() >= 6 && c[0] == group && c[1] == topic)
-                .then(|| Some((c[2].parse().ok()?, c[3].parse().ok()?, c[4].parse().ok()?, c[5].parse().ok()?)))
-                .flatten()
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
 /// The committed offsets `embedstream status` prints (the admin API's), as JSON.
 fn admin_committed(job: &Job) -> serde_json::Value {
     let out = embedstream().args(["status", job.path.to_str().unwrap()]).output().unwrap();
@@ -69,8 +52,8 @@ fn the_page_shows_the_partitions_offsets_and_batches_and_wants_the_token() {
     assert_eq!(browser.text("#title").as_deref(), Some("paged"));
 
     // Every partition, with the offsets kafka-consumer-groups and the admin API show.
-    let groups = consumer_groups(&broker, "paged-group", "shop");
-    assert_eq!(groups, vec![(0, 12, 12, 0), (1, 12, 12, 0)], "Kafka's own view");
+    let (groups, out) = broker.consumer_group("paged-group", "shop");
+    assert_eq!(groups, vec![(0, 12, 12, 0), (1, 12, 12, 0)], "Kafka's own view:\n{out}");
     let admin = admin_committed(&job);
     for (p, current, end, lag) in groups {
         let row = format!("#partitions tr[data-partition=\"shop-{p}\"]");

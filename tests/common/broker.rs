@@ -162,6 +162,23 @@ impl Broker {
 
     /// Creates a SCRAM-SHA-512 user with Kafka's kafka-configs, then waits until the
     /// SASL_PLAINTEXT listener takes its password.
+    /// `kafka-consumer-groups --describe`'s rows for `group` on `topic`: (partition, current
+    /// offset, log-end offset, lag), by partition; and the tool's whole output, for messages.
+    pub fn consumer_group(&self, group: &str, topic: &str) -> (Vec<(i32, i64, i64, i64)>, String) {
+        let out = self.tool("kafka-consumer-groups.sh", &["--describe", "--group", group]);
+        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+        let mut rows: Vec<(i32, i64, i64, i64)> = (out.lines())
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                (c.len() >= 6 && c[0] == group && c[1] == topic)
+                    .then(|| Some((c[2].parse().ok()?, c[3].parse().ok()?, c[4].parse().ok()?, c[5].parse().ok()?)))
+                    .flatten()
+            })
+            .collect();
+        rows.sort();
+        (rows, out)
+    }
+
     pub fn add_scram_user(&self, user: &str, password: &str) {
         self.add_scram_user_on("SASL_PLAINTEXT", user, password, &[]);
     }

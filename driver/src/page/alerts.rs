@@ -30,7 +30,8 @@ pub struct Facts {
     pub restarts_15m: BTreeMap<String, u64>,
 }
 
-fn started(r: &ProgressRecord) -> Option<SystemTime> {
+/// When `r`'s batch started.
+pub(super) fn started(r: &ProgressRecord) -> Option<SystemTime> {
     humantime::parse_rfc3339(&r.timestamp).ok()
 }
 
@@ -126,39 +127,7 @@ fn arrived_between(records: &[&ProgressRecord]) -> i64 {
 mod tests {
     use super::*;
 
-    use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
-    use embedstream_core::progress::SourceProgress;
-
-    fn record(at: SystemTime, end: i64, latest: i64, dead_letters: u64) -> ProgressRecord {
-        let offsets = |o: i64| -> PartitionOffsets { [(TopicPartition::new("t", 0), o)].into_iter().collect() };
-        ProgressRecord {
-            id: "q".into(),
-            name: "q".into(),
-            batch_id: 0,
-            timestamp: humantime::format_rfc3339_millis(at).to_string(),
-            num_input_rows: 10,
-            input_rows_per_second: 0.0,
-            processed_rows_per_second: 0.0,
-            duration_ms: [("triggerExecution".to_string(), 1000)].into_iter().collect(),
-            sources: vec![SourceProgress {
-                description: String::new(),
-                start_offset: offsets(end - 10),
-                end_offset: offsets(end),
-                latest_offset: offsets(latest),
-                num_input_rows: 10,
-                offsets_behind_latest: latest - end,
-            }],
-            embeddings: 10,
-            dead_letters,
-            lost_offsets: 0,
-            task_retries: 0,
-            executors: Default::default(),
-            cache_hits: 0,
-            cache_misses: 0,
-            dead_letter_reasons: Default::default(),
-            dead_letter_samples: Vec::new(),
-        }
-    }
+    use crate::page::test_record as record;
 
     fn holding(alerts: &[Alert]) -> Vec<&'static str> {
         alerts.iter().filter(|a| a.holds).map(|a| a.name).collect()

@@ -24,7 +24,7 @@
 pub mod alerts;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::State;
 use axum::response::Response;
@@ -117,17 +117,16 @@ async fn partitions(State(state): State<Arc<PageState>>) -> Response {
     let records = recent(&state);
     let snapshot = state.control.snapshot.lock().expect("not poisoned").clone();
     let Some(last) = records.last() else { return json_response(json!({"partitions": []})) };
+    // Each record's start, read once for all the partitions' rates.
+    let timed: Vec<(SystemTime, &ProgressRecord)> =
+        records.iter().filter_map(|r| Some((alerts::started(r)?, r))).collect();
     let mut rows = Vec::new();
     for source in &last.sources {
         for (tp, &latest) in source.latest_offset.iter() {
             let committed = snapshot.committed.get(tp).copied().or_else(|| source.end_offset.get(tp).copied());
-            let lag_history: Vec<i64> = (records.iter())
-                .filter_map(|r| {
-                    let s = r.sources.first()?;
-                    Some(s.latest_offset.get(tp)? - s.end_offset.get(tp)?)
-                })
-                .collect();
-            let (input, output) = rates(&records, tp, RATE_SPAN);
+            let lag_history: Vec<i64> =
+                records.iter().filter_map(|r| offsets_of(r, tp)).map(|(latest, end)| latest - end).collect();
+            let (input, output) = rates(&timed, tp, RATE_SPAN);
             rows.push(json!({
                 "topic": tp.topic,
                 "partition": tp.partition,
@@ -146,19 +145,21 @@ async fn partitions(State(state): State<Arc<PageState>>) -> Response {
 /// How far back the partitions' rates look.
 const RATE_SPAN: Duration = Duration::from_secs(60);
 
+/// A record's latest and end offsets of `tp`, if its batch saw `tp`.
+fn offsets_of(r: &ProgressRecord, tp: &TopicPartition) -> Option<(i64, i64)> {
+    let s = r.sources.iter().find(|s| s.latest_offset.get(tp).is_some())?;
+    Some((*s.latest_offset.get(tp)?, *s.end_offset.get(tp)?))
+}
+
 /// Records per second into `tp` (its latest offset's growth) and out of it (its end offset's,
 /// what the batches read), between the first and the last batch that started within `span`
-/// of the last one. `None` without two such batches.
-fn rates(records: &[ProgressRecord], tp: &TopicPartition, span: Duration) -> (Option<f64>, Option<f64>) {
-    let at = |r: &ProgressRecord| humantime::parse_rfc3339(&r.timestamp).ok();
-    let offsets = |r: &ProgressRecord| {
-        let s = r.sources.iter().find(|s| s.latest_offset.get(tp).is_some())?;
-        Some((*s.latest_offset.get(tp)?, *s.end_offset.get(tp)?))
-    };
-    let Some(last_at) = records.last().and_then(at) else { return (None, None) };
-    let seen: Vec<(std::time::SystemTime, (i64, i64))> = (records.iter())
-        .filter_map(|r| Some((at(r)?, offsets(r)?)))
+/// of the last one; `timed` is each record with its start, oldest first. `None` without two
+/// such batches.
+fn rates(timed: &[(SystemTime, &ProgressRecord)], tp: &TopicPartition, span: Duration) -> (Option<f64>, Option<f64>) {
+    let Some(&(last_at, _)) = timed.last() else { return (None, None) };
+    let seen: Vec<(SystemTime, (i64, i64))> = (timed.iter())
         .filter(|(t, _)| last_at.duration_since(*t).unwrap_or_default() <= span)
+        .filter_map(|&(t, r)| Some((t, offsets_of(r, tp)?)))
         .collect();
     let (Some((t0, (latest0, end0))), Some((t1, (latest1, end1)))) = (seen.first(), seen.last()) else {
         return (None, None);
@@ -251,44 +252,62 @@ async fn dead_letters(State(state): State<Arc<PageState>>) -> Response {
     }))
 }
 
+/// A progress record of one partition (`t`-0) for the page's unit tests: `end` and `latest`
+/// offsets, the 10 records before `end` read in a one-second batch started `at`.
+#[cfg(test)]
+pub(crate) fn test_record(at: SystemTime, end: i64, latest: i64, dead_letters: u64) -> ProgressRecord {
+    use embedstream_core::offsets::PartitionOffsets;
+    use embedstream_core::progress::SourceProgress;
+    let offsets = |o: i64| -> PartitionOffsets { [(TopicPartition::new("t", 0), o)].into_iter().collect() };
+    ProgressRecord {
+        id: "q".into(),
+        name: "q".into(),
+        batch_id: 0,
+        timestamp: humantime::format_rfc3339_millis(at).to_string(),
+        num_input_rows: 10,
+        input_rows_per_second: 0.0,
+        processed_rows_per_second: 0.0,
+        duration_ms: [("triggerExecution".to_string(), 1000)].into_iter().collect(),
+        sources: vec![SourceProgress {
+            description: String::new(),
+            start_offset: offsets(end - 10),
+            end_offset: offsets(end),
+            latest_offset: offsets(latest),
+            num_input_rows: 10,
+            offsets_behind_latest: latest - end,
+        }],
+        embeddings: 10,
+        dead_letters,
+        lost_offsets: 0,
+        task_retries: 0,
+        executors: Default::default(),
+        cache_hits: 0,
+        cache_misses: 0,
+        dead_letter_reasons: Default::default(),
+        dead_letter_samples: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
-    use embedstream_core::progress::{ProgressRecord, SourceProgress};
+    use embedstream_core::offsets::TopicPartition;
 
-    use super::rates;
-
-    fn record(at: SystemTime, end: i64, latest: i64) -> ProgressRecord {
-        let offsets = |o: i64| -> PartitionOffsets { [(TopicPartition::new("t", 0), o)].into_iter().collect() };
-        let json = serde_json::json!({
-            "id": "q", "name": "q", "batchId": 0, "timestamp": humantime::format_rfc3339_millis(at).to_string(),
-            "numInputRows": 0, "inputRowsPerSecond": 0.0, "processedRowsPerSecond": 0.0, "durationMs": {},
-            "sources": [], "embeddings": 0, "deadLetters": 0, "taskRetries": 0, "executors": {},
-        });
-        let mut r: ProgressRecord = serde_json::from_value(json).unwrap();
-        r.sources = vec![SourceProgress {
-            description: String::new(),
-            start_offset: offsets(end),
-            end_offset: offsets(end),
-            latest_offset: offsets(latest),
-            num_input_rows: 0,
-            offsets_behind_latest: latest - end,
-        }];
-        r
-    }
+    use super::{alerts, rates, test_record};
 
     #[test]
     fn a_partitions_rates_are_its_offsets_growth_over_the_last_minute() {
         let now = SystemTime::now();
         let tp = TopicPartition::new("t", 0);
         // 100 s of batches, 10 s apart: 30 records/s arrive, 20/s are read.
-        let records: Vec<_> =
-            (0..=10).map(|i| record(now - Duration::from_secs(100 - 10 * i), 200 * i as i64, 300 * i as i64)).collect();
-        let (input, output) = rates(&records, &tp, Duration::from_secs(60));
+        let records: Vec<_> = (0..=10)
+            .map(|i| test_record(now - Duration::from_secs(100 - 10 * i), 200 * i as i64, 300 * i as i64, 0))
+            .collect();
+        let timed: Vec<_> = records.iter().map(|r| (alerts::started(r).unwrap(), r)).collect();
+        let (input, output) = rates(&timed, &tp, Duration::from_secs(60));
         assert_eq!((input, output), (Some(30.0), Some(20.0)));
-        assert_eq!(rates(&records[..1], &tp, Duration::from_secs(60)), (None, None), "one batch: no rate");
-        assert_eq!(rates(&records, &TopicPartition::new("u", 0), Duration::from_secs(60)), (None, None));
+        assert_eq!(rates(&timed[..1], &tp, Duration::from_secs(60)), (None, None), "one batch: no rate");
+        assert_eq!(rates(&timed, &TopicPartition::new("u", 0), Duration::from_secs(60)), (None, None));
     }
 }

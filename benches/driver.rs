@@ -74,7 +74,8 @@ async fn stand_ins(n: usize, registry: &ExecutorRegistry) -> Vec<tokio::sync::wa
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let server = GrpcServer::new(caller.token.clone(), Tls::plaintext()).guarded(ExecutorServiceServer::new(StandIn));
+        let server =
+            GrpcServer::new(caller.token.clone(), Tls::plaintext()).guarded(ExecutorServiceServer::new(StandIn));
         tokio::spawn(server.serve(listener, async move {
             let _ = stopped.wait_for(|&s| s).await;
         }));

@@ -239,7 +239,10 @@ fn main() {
     let decode_started = Instant::now();
     let tensors: Vec<Vec<f32>> = files
         .iter()
-        .map(|f| preprocess::tensor(&std::fs::read(f).unwrap(), &spec.preprocess).expect("a clip art decodes"))
+        .map(|f| {
+            preprocess::tensor(&std::fs::read(f).unwrap(), &spec.preprocess, fetcher.max_pixels())
+                .expect("a clip art decodes")
+        })
         .collect();
     let decode_per_image_ms = decode_started.elapsed().as_secs_f64() * 1000.0 / IMAGES as f64;
     let frames: Vec<(usize, Vec<u8>)> =

@@ -9,12 +9,15 @@
 #   deploy/postgres.sh psql DIR PORT PASSWORD_FILE SQL   run SQL as postgres, rows unaligned
 # PostgreSQL refuses to run as root: as root, the server runs as the system user embedstream-pg
 # (made if missing) from a copy of the binaries in DIR that this user can read.
+# No local user reaches the superuser without its password: the Unix socket asks for it too, and
+# only the server's own user may open the socket (unix_socket_permissions 0700). psql reads the
+# password from a private password file, never from its environment.
 set -euo pipefail
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
 INSTALLED="$CACHE/postgres/pgserver/pginstall/bin"
 USER_AS_ROOT=embedstream-pg
 
-usage() { sed -n '2,11p' "$0" >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1 dir=$2
 
@@ -46,12 +49,12 @@ case $cmd in
       # initdb reads the password from a file its user can read, removed right after.
       install -m 600 "$password_file" "$dir/pwfile"
       if [ "$(id -u)" = 0 ]; then chown "$USER_AS_ROOT:" "$dir/pwfile"; fi
-      "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
         --pwfile="$dir/pwfile" >"$dir/initdb.log" 2>&1 || { rm -f "$dir/pwfile"; cat "$dir/initdb.log" >&2; exit 1; }
       rm -f "$dir/pwfile"
     fi
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir" start >/dev/null
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c unix_socket_permissions=0700" start >/dev/null
     echo "postgres.sh: PostgreSQL with pgvector on 127.0.0.1:$port (data in $dir/data, log $dir/log)" >&2
     ;;
   stop)
@@ -62,7 +65,11 @@ case $cmd in
     [ $# -ge 5 ] || usage
     port=$3 password_file=$4
     shift 4
-    PGPASSWORD=$(cat "$password_file") "$INSTALLED/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    passfile=$(mktemp)
+    trap 'rm -f "$passfile"' EXIT
+    chmod 600 "$passfile"
+    printf '127.0.0.1:%s:postgres:postgres:%s\n' "$port" "$(sed 's/[:\\]/\\&/g' "$password_file")" >"$passfile"
+    PGPASSFILE=$passfile "$INSTALLED/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres \
       -v ON_ERROR_STOP=1 -X -q -A -t -c "$*"
     ;;
   *) usage ;;

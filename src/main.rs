@@ -429,8 +429,15 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::ResourceManager { listen, advertise, web_listen, state, node_timeout, token_file, tls } => {
             let token = client::token(token_file.as_deref())?;
             let tls = tls.load(Role::Peer, Naming::Flags)?;
-            let args =
-                embedstream_cluster::RmArgs { listen, advertise, state_file: state, node_timeout, token, tls, web_listen };
+            let args = embedstream_cluster::RmArgs {
+                listen,
+                advertise,
+                state_file: state,
+                node_timeout,
+                token,
+                tls,
+                web_listen,
+            };
             Ok(embedstream_cluster::run_resource_manager(args, client::stop_on_signal()).await?)
         }
         Command::NodeAgent(NodeAgentCommand {

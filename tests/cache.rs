@@ -50,7 +50,11 @@ fn a_catalog_sent_again_comes_from_the_cache_with_the_same_vectors() {
     let text_of = |r: &Record| {
         let (p, offset) = r.origin();
         let n = (offset * 2 + p as i64) as usize;
-        if n < 40 { first[n].clone() } else { second[n - 40].clone() }
+        if n < 40 {
+            first[n].clone()
+        } else {
+            second[n - 40].clone()
+        }
     };
     let mut computed: HashMap<String, Vec<u32>> = HashMap::new();
     let bits = |r: &Record| r.vector().iter().map(|x| x.to_bits()).collect::<Vec<u32>>();

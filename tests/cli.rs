@@ -166,7 +166,15 @@ fn client_commands_say_in_one_line_what_they_could_not_reach() {
     let state = dir.path().join("rm-state.json");
     let mut rm = embedstream();
     rm.env("EMBEDSTREAM_TOKEN", "right")
-        .args(["resource-manager", "--listen", &address, "--web-listen", "127.0.0.1:0", "--state", state.to_str().unwrap()])
+        .args([
+            "resource-manager",
+            "--listen",
+            &address,
+            "--web-listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ])
         .stderr(std::process::Stdio::piped());
     let mut rm = KillOnDrop(rm.spawn().unwrap());
     // Its log is read to the end by a thread (a closed pipe would fail its writes).
@@ -192,6 +200,40 @@ fn client_commands_say_in_one_line_what_they_could_not_reach() {
     let (ok, stderr) = client_command(&["status", "app-9", "--master", &master], Some("right"));
     assert!(!ok);
     assert_eq!(stderr.trim(), "error: no application app-9");
+}
+
+/// Issue 31, item 15: the shipped env file served the RM's page, whose sign-in takes the
+/// cluster token, in clear on 0.0.0.0. The file now says loopback, and an RM asked to serve the
+/// page in clear on a reachable address with a token refuses to start, naming the flag.
+#[test]
+fn the_rm_page_is_never_served_in_clear_with_a_token() {
+    let env = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/embedstream.env")).unwrap();
+    let web = env.lines().find_map(|l| l.strip_prefix("EMBEDSTREAM_RM_WEB_LISTEN=")).unwrap();
+    assert!(web.parse::<std::net::SocketAddr>().unwrap().ip().is_loopback(), "{web}");
+    assert!(env.lines().any(|l| l == "EMBEDSTREAM_TLS_FLAGS="), "the shipped file has no TLS");
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm-state.json");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = run_to_end(
+        {
+            let mut rm = embedstream();
+            rm.env("EMBEDSTREAM_TOKEN", "right").args([
+                "resource-manager",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--web-listen",
+                "0.0.0.0:0",
+                "--state",
+                state.to_str().unwrap(),
+            ]);
+            rm
+        },
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--web-listen 0.0.0.0:0") && stderr.contains("over TLS"), "{stderr}");
 }
 
 struct KillOnDrop(std::process::Child);

@@ -109,3 +109,52 @@ fn the_setups_postgres_with_pgvector_runs_and_ranks_by_cosine_distance() {
     let e = pg.psql_with("not-the-password", "SELECT 1").unwrap_err();
     assert!(e.contains("password authentication failed"), "{e}");
 }
+
+/// Issue 31, item 17: `deploy/postgres.sh` started the server with `--auth-local=trust` and a
+/// socket every local user could open: any of them was the superuser, without a password. Now
+/// neither another user (`nobody`) nor the server's own user gets in through the socket without
+/// the password, and the script's `psql` still works, reading the password from a private file.
+#[test]
+fn deploy_postgres_must_not_leave_a_superuser_socket_open_to_every_local_user() {
+    let work = tempfile::Builder::new().prefix("embedstream-pgsh-").tempdir().unwrap();
+    let dir = work.path().join("postgres");
+    let pass = work.path().join("pg.pass");
+    std::fs::write(&pass, "a:pass\\word\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let script = Path::new(ROOT).join("deploy/postgres.sh");
+    let run = |args: &[&str]| {
+        let out = Command::new(&script).args(args).output().unwrap();
+        assert!(out.status.success(), "postgres.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (d, p) = (dir.to_str().unwrap(), pass.to_str().unwrap());
+    // Everything above the directory lets others through, as the script asks.
+    Command::new("chmod").args(["o+x", work.path().to_str().unwrap()]).status().unwrap();
+    run(&["start", d, &port, p]);
+    struct Stop<'a>(&'a Path, &'a str);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new(self.0).args(["stop", self.1]).output();
+        }
+    }
+    let _stop = Stop(&script, d);
+    assert_eq!(run(&["psql", d, &port, p, "SELECT 1"]), "1", "the password still works");
+
+    let psql = dir.join("pg/pgserver/pginstall/bin/psql");
+    assert!(psql.is_file(), "as root the script runs a copy of the binaries in DIR");
+    for user in ["nobody", "embedstream-pg"] {
+        let out = Command::new("runuser")
+            .args(["-u", user, "--"])
+            .arg(&psql)
+            .args(["-h", d, "-p", &port, "-U", "postgres", "-d", "postgres", "-w", "-X", "-A", "-t", "-c", "SELECT 1"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{user} reached the superuser through the socket: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(said.contains("Permission denied") || said.contains("password"), "{user}: {said}");
+    }
+}

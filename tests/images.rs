@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::image_server::ImageServer;
 use common::reference::{max_diff, numpy_concat, onnx_embeddings, onnx_image_vectors};
@@ -63,7 +64,7 @@ fn tensors_equal_the_numpy_reference() {
     let exact = [photos.join("chelsea.png"), photos.join("coffee.png"), dir.path().join("chelsea.webp")];
     let fading = dir.path().join("coffee-fading.png");
     for file in exact.iter().chain([&fading]) {
-        let ours = preprocess::tensor(&std::fs::read(file).unwrap(), &spec).unwrap();
+        let ours = preprocess::tensor(&std::fs::read(file).unwrap(), &spec, MAX_PIXELS).unwrap();
         let want = reference(&spec, file);
         assert_eq!(ours.len(), want.len(), "{}", file.display());
         let worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -71,7 +72,7 @@ fn tensors_equal_the_numpy_reference() {
     }
     // Over white: the fading photo's clear rows (the crop's bottom fifth) are white in every
     // channel, (255 - 127) / 128 = 1.
-    let ours = preprocess::tensor(&std::fs::read(&fading).unwrap(), &spec).unwrap();
+    let ours = preprocess::tensor(&std::fs::read(&fading).unwrap(), &spec, MAX_PIXELS).unwrap();
     for c in 0..3 {
         let last_row = &ours[(c * 224 + 223) * 224..(c * 224 + 224) * 224];
         assert!(last_row.iter().all(|x| (x - 1.0).abs() < 1e-5), "channel {c}: the transparent end is white");
@@ -79,7 +80,7 @@ fn tensors_equal_the_numpy_reference() {
 
     // JPEG decoders round differently (Pillow's libjpeg against the `image` crate's): near.
     let jpeg = dir.path().join("chelsea.jpg");
-    let ours = preprocess::tensor(&std::fs::read(&jpeg).unwrap(), &spec).unwrap();
+    let ours = preprocess::tensor(&std::fs::read(&jpeg).unwrap(), &spec, MAX_PIXELS).unwrap();
     let want = reference(&spec, &jpeg);
     let mean = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
     assert!(mean < 0.02, "JPEG: mean difference {mean}");
@@ -88,11 +89,15 @@ fn tensors_equal_the_numpy_reference() {
     // BGR is the same values in the other order.
     let bgr = PreprocessSpec { channels: Channels::Bgr, ..spec.clone() };
     let png = std::fs::read(&exact[0]).unwrap();
-    let (rgb, bgr) = (preprocess::tensor(&png, &spec).unwrap(), preprocess::tensor(&png, &bgr).unwrap());
+    let (rgb, bgr) =
+        (preprocess::tensor(&png, &spec, MAX_PIXELS).unwrap(), preprocess::tensor(&png, &bgr, MAX_PIXELS).unwrap());
     let plane = 224 * 224;
     assert_eq!(rgb[..plane], bgr[2 * plane..]);
     assert_eq!(rgb[plane..2 * plane], bgr[plane..2 * plane]);
 }
+
+/// `fetch.max_pixels`'s default.
+const MAX_PIXELS: u64 = 40_000_000;
 
 fn duration(text: &str) -> HumanDuration {
     HumanDuration::parse(text).unwrap()
@@ -109,6 +114,7 @@ fn fetches_follow_the_limits_and_every_failure_has_its_reason() {
         concurrency: 2,
         timeout: duration("2s"),
         backoff: duration("10ms"),
+        retries: 2,
         allow: vec!["127.0.0.1/32".parse().unwrap()],
         ..FetchSpec::default()
     };
@@ -453,4 +459,176 @@ async fn image_workers_replace_one_killed_mid_batch_and_clip_art_clusters_by_fol
     let (ff, cc, fc) = (mean_cosine(f, f, true), mean_cosine(c, c, true), mean_cosine(f, c, false));
     eprintln!("clip art: mean cosine fruit-fruit {ff:.3}, computer-computer {cc:.3}, fruit-computer {fc:.3}");
     assert!(ff > fc && cc > fc, "each folder nearer itself: {ff} {cc} against {fc}");
+}
+
+/// One image model over `/image_url`, fetching from loopback, for the bad-input tests.
+fn image_only_models(fetch_extra: &str) -> String {
+    format!(
+        r#"[input]
+format = "json"
+fields = {{ image = "/image_url" }}
+required = ["image"]
+
+[[models]]
+name = "image"
+kind = "image-onnx"
+image_url = "{{image}}"
+onnx = "{}"
+output = "embedding"
+preprocess = {{ resize = 256, crop = 224, mean = [127.0, 127.0, 127.0], scale = [128.0, 128.0, 128.0] }}
+batch_size = 4
+
+[fetch]
+concurrency = 32
+timeout = "5s"
+retries = 0
+allow = ["127.0.0.1/32"]
+{fetch_extra}"#,
+        effnet().display()
+    )
+}
+
+fn image_record(key: String, url: &str) -> RawRecord {
+    (0, Some(key.into_bytes()), Some(serde_json::json!({ "image_url": url }).to_string().into_bytes()))
+}
+
+/// Issue 31, item 1: every failing URL used to be its own dead-letter class, and a task that
+/// reported 2,500 of them (with 1,800-character URLs) outgrew gRPC's 4 MiB message: the batch
+/// failed as not retryable, on every restart.
+#[test]
+fn many_distinct_dead_letter_reasons() {
+    let images = tempfile::tempdir().unwrap();
+    std::fs::copy(cache().join("images/photos/chelsea.png"), images.path().join("chelsea.png")).unwrap();
+    let server = ImageServer::start(images.path());
+    let mut records = Vec::new();
+    for n in 0..2_500 {
+        // Distinct, 1,800 characters long, and all 404.
+        let path = format!("/status/404/{n:0>1780}");
+        let url = server.url(&path);
+        assert!(url.len() >= 1_800);
+        records.push(image_record(format!("missing-{n}"), &url));
+        if n % 500 == 0 {
+            records.push(image_record(format!("good-{n}"), &server.url("/files/chelsea.png")));
+        }
+    }
+    let broker = Broker::start();
+    broker.create_topic("cdn", 1);
+    broker.produce("cdn", &records);
+    let job =
+        Job::new(&broker, "cdn", "subscribe = [\"cdn\"]\nmax_offsets_per_trigger = 10000", "available_now = true", "")
+            .with_models(&image_only_models(""));
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["dead_letters"], 2_500, "{summary}");
+    assert_eq!(summary["embeddings"], 5, "{summary}");
+    assert_eq!(broker.committed("cdn-group", "cdn", 1), broker.high_watermarks("cdn", 1), "every offset committed");
+
+    // One batch, its reasons counted under one class, the good images written.
+    let progress = progress_records(&job);
+    let batches: Vec<&serde_json::Value> = progress.iter().filter(|p| p["numInputRows"].as_u64() > Some(0)).collect();
+    assert_eq!(batches.len(), 1, "{progress:?}");
+    let reasons = &batches[0]["deadLetterReasons"];
+    assert_eq!(reasons, &serde_json::json!({ "image URL `…`: HTTP 404": 2500 }), "{reasons}");
+    let out = broker.read_all("cdn-out", 1);
+    let mut keys: Vec<String> =
+        out.iter().map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap()).into_owned()).collect();
+    keys.sort();
+    assert_eq!(keys, ["good-0", "good-1000", "good-1500", "good-2000", "good-500"]);
+    let dead = broker.read_all("cdn-dlq", 1);
+    assert_eq!(dead.len(), 2_500);
+    for d in &dead {
+        let reason = d.header("es.error");
+        assert!(reason.starts_with("image URL `http://127.0.0.1:") && reason.ends_with("`: HTTP 404"), "{reason}");
+    }
+}
+
+/// The bound on the executor's peak resident memory in [`decompression_bombs`]: its models'
+/// processes are forked apart, so this is the executor's runtime, its Kafka clients and one
+/// decoded image at a time a core (149 MiB measured). Decoding the 81-megapixel bomb alone took 1.5 GB before
+/// `fetch.max_pixels`.
+const EXECUTOR_PEAK_RSS: u64 = 300 << 20;
+
+/// Issue 31, item 2: a 9000 x 9000 PNG of 250 KB decoded to 1.5 GB (RGB, RGBA, and floats of
+/// the whole image). It is refused by its header now, and a 36-megapixel image under the
+/// limit is resized from its 8-bit pixels.
+#[test]
+fn decompression_bombs() {
+    let images = tempfile::tempdir().unwrap();
+    let (bomb, large) = (images.path().join("bomb.png"), images.path().join("large.png"));
+    python(&["solid", "9000", "9000", bomb.to_str().unwrap()]);
+    python(&["solid", "6000", "6000", large.to_str().unwrap()]);
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20, "a small file");
+    std::fs::copy(cache().join("images/photos/chelsea.png"), images.path().join("chelsea.png")).unwrap();
+    let server = ImageServer::start(images.path());
+    let records = vec![
+        image_record("cat".into(), &server.url("/files/chelsea.png")),
+        image_record("bomb".into(), &server.url("/files/bomb.png")),
+        image_record("large".into(), &server.url("/files/large.png")),
+        image_record("cat-again".into(), &server.url("/files/chelsea.png")),
+    ];
+    let broker = Broker::start();
+    broker.create_topic("bombs", 1);
+    broker.produce("bombs", &records);
+    // A continuous query, so that its executor's peak memory can be read once it is done.
+    let models = image_only_models("max_bytes = 4194304");
+    let job =
+        Job::new(&broker, "bombs", "subscribe = [\"bombs\"]", "processing_time = \"200ms\"", "").with_models(&models);
+    let mut running = Running::start(&job, 1);
+    running.wait_until("the four records' batch", Duration::from_secs(120), |_| {
+        progress_records(&job).iter().map(|p| p["numInputRows"].as_u64().unwrap_or(0)).sum::<u64>() == 4
+    });
+    let executors = running.executor_pids();
+    assert_eq!(executors.len(), 1, "{}", running.log());
+    let peak = peak_rss(executors[0]);
+    eprintln!("executor peak RSS {} MiB (bound {} MiB)", peak >> 20, EXECUTOR_PEAK_RSS >> 20);
+    let summary = running.stop();
+    assert_eq!(summary["dead_letters"], 1, "{summary}");
+    assert_eq!(summary["embeddings"], 3, "{summary}");
+    assert!(peak < EXECUTOR_PEAK_RSS, "executor peak RSS {} MiB", peak >> 20);
+    let dead = broker.read_all("bombs-dlq", 1);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].header("es.error"),
+        format!(
+            "image URL `{}`: image is 9000 x 9000 pixels (81000000), over fetch.max_pixels = 40000000",
+            server.url("/files/bomb.png")
+        )
+    );
+    let mut out: Vec<String> = broker
+        .read_all("bombs-out", 1)
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap()).into_owned())
+        .collect();
+    out.sort();
+    assert_eq!(out, ["cat", "cat-again", "large"], "no executor lost, every other image embedded");
+}
+
+/// Issue 31, item 5: an image host answering 503 (or not at all) made its records permanent
+/// dead letters after two quick retries, and in upsert mode their keys kept their old
+/// vectors. A transient failure that lasts the whole `fetch.retry_window` now fails the task:
+/// retried, then the query stops with the reason, nothing is dead-lettered and no offset is
+/// committed; a run once the host is back embeds every record.
+#[test]
+fn transient_image_failures() {
+    let images = tempfile::tempdir().unwrap();
+    std::fs::copy(cache().join("images/photos/chelsea.png"), images.path().join("chelsea.png")).unwrap();
+    let server = ImageServer::start(images.path());
+    let down = server.url("/status/503");
+    let records = vec![
+        image_record("cat".into(), &server.url("/files/chelsea.png")),
+        image_record("cdn-down".into(), &down),
+        image_record("missing".into(), &server.url("/status/404")),
+    ];
+    let broker = Broker::start();
+    broker.create_topic("outage", 1);
+    broker.produce("outage", &records);
+    let models =
+        image_only_models("retries = 20\nbackoff = \"10ms\"\nretry_window = \"1s\"").replace("retries = 0\n", "");
+    let job = Job::new(&broker, "outage", "subscribe = [\"outage\"]", "available_now = true", "").with_models(&models);
+    let (ok, _, log) = run_local(&job, Duration::from_secs(180));
+    assert!(!ok, "the query stops while the host is down:\n{log}");
+    assert!(log.contains(&format!("image URL `{down}`: HTTP 503, still after fetch.retry_window")), "{log}");
+    let attempts = server.count("503");
+    assert!(attempts > 3, "retried over the window and with the task: {attempts} requests");
+    assert!(broker.read_all("outage-dlq", 1).is_empty(), "an outage is not a dead letter");
+    assert_eq!(broker.try_committed("outage-group", "outage", 1), Some(vec![-1]), "no offset committed");
 }

@@ -63,8 +63,11 @@ fn the_page_shows_the_partitions_offsets_and_batches_and_wants_the_token() {
         assert_eq!(browser.text(&format!("{row} td:nth-child(5)")), Some(lag.to_string()), "lag");
     }
     // The shipped alert conditions, evaluated by the driver: none holds for a query keeping up.
-    for alert in ["EmbedstreamLagGrowing", "EmbedstreamNoBatchFinished", "EmbedstreamExecutorLost", "EmbedstreamDeadLetters"] {
-        let holds = browser.wait_text(&format!("#alerts tr[data-alert=\"{alert}\"] td:nth-child(2)"), TIMEOUT, |_| true);
+    for alert in
+        ["EmbedstreamLagGrowing", "EmbedstreamNoBatchFinished", "EmbedstreamExecutorLost", "EmbedstreamDeadLetters"]
+    {
+        let holds =
+            browser.wait_text(&format!("#alerts tr[data-alert=\"{alert}\"] td:nth-child(2)"), TIMEOUT, |_| true);
         assert_eq!(holds, "no", "{alert}");
     }
 

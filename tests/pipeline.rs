@@ -297,6 +297,42 @@ fn an_oversized_bad_record_goes_to_the_dead_letter_topic_truncated_and_the_batch
     assert_eq!(broker.committed("big-group", "big", 1), vec![3]);
 }
 
+/// Issue 31, item 4: a key near `message.max.bytes` made the output record, and then its dead
+/// letter, too large (`MsgSizeTooLarge`): four attempts failed and the query stopped. Its
+/// dead letter carries the key's first 16 KiB, saying so, and the batch commits.
+#[test]
+fn large_keys() {
+    let broker = Broker::start();
+    let long_key: Vec<u8> = (0..999_000).map(|i| b'a' + (i % 26) as u8).collect();
+    let records: Vec<RawRecord> = vec![
+        (0, Some(b"good-0".to_vec()), Some(b"a fine leather wallet".to_vec())),
+        (0, Some(long_key.clone()), Some(b"a key longer than any output record can hold".to_vec())),
+        (0, Some(b"good-1".to_vec()), Some(b"a sturdy umbrella".to_vec())),
+    ];
+    broker.create_topic("keys", 1);
+    broker.produce("keys", &records);
+    let job = Job::new(&broker, "keys", "subscribe = [\"keys\"]", "available_now = true", "");
+    let summary = run_job(&job, 1);
+    let counts = ["embeddings", "dead_letters", "task_retries"].map(|k| summary[k].as_u64().unwrap());
+    assert_eq!(counts, [2, 1, 0], "{summary}");
+    let out: Vec<Vec<u8>> = broker.read_all("keys-out", 1).into_iter().map(|r| r.key.unwrap()).collect();
+    assert_eq!(out, [b"good-0".to_vec(), b"good-1".to_vec()]);
+
+    let dead = broker.read_all("keys-dlq", 1);
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.origin(), (0, 1));
+    assert!(
+        d.header("es.error").starts_with("the key is 999000 bytes: its output record would be over"),
+        "{:?}",
+        d.headers
+    );
+    assert_eq!((d.header("es.key_truncated"), d.header("es.key_original_size")), ("true", "999000"));
+    assert_eq!(d.key.as_deref(), Some(&long_key[..16 << 10]), "the key's first 16 KiB");
+    assert_eq!(d.value.as_deref(), Some(&b"a key longer than any output record can hold"[..]));
+    assert_eq!(broker.committed("keys-group", "keys", 1), vec![3]);
+}
+
 /// Issue 14, finding 5: a task's memory follows its windows, not its range. One task over
 /// 200,000 records of 1 KB (200 MB, all over `max_text_bytes`, so to the dead-letter topic)
 /// runs with the executor's peak RSS under 128 MiB (89 MiB measured, 28 MiB when idle). Before

@@ -103,10 +103,9 @@ pub fn draw(path: &Path, series: &[Series], latencies: &[Latency]) -> Result<()>
     let latencies: Vec<&Latency> = latencies.iter().filter(|l| !l.ms.is_empty()).collect();
     if !latencies.is_empty() {
         // The empirical distributions: the share of records delivered within x ms.
-        let right_edge = (latencies.iter())
-            .map(|l| l.ms.last().copied().unwrap_or(l.goal_ms).max(l.goal_ms))
-            .fold(1.0, f64::max)
-            * 1.1;
+        let right_edge =
+            (latencies.iter()).map(|l| l.ms.last().copied().unwrap_or(l.goal_ms).max(l.goal_ms)).fold(1.0, f64::max)
+                * 1.1;
         let mut chart = ChartBuilder::on(&right)
             .caption("end-to-end latency", ("sans-serif", 20))
             .margin(15)

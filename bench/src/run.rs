@@ -178,7 +178,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut budgets = Vec::new();
         for tokens in BUDGET_TOKENS {
             let keys = [("max_batch_tokens", toml::Value::from(tokens))];
-            let (rate, pss) = bench.embedstream(&topic, &format!("{name}-budget-{tokens}"), cores, texts.len(), &keys)?;
+            let (rate, pss) =
+                bench.embedstream(&topic, &format!("{name}-budget-{tokens}"), cores, texts.len(), &keys)?;
             budgets.push((tokens, rate, pss));
         }
         let r = SetResult {
@@ -381,7 +382,8 @@ impl Bench {
     ) -> Result<PathBuf> {
         let mut t = self.base_toml.clone();
         if !model_keys.is_empty() {
-            let model = t.get_mut("model").and_then(toml::Value::as_table_mut).context("the bench's job has a [model]")?;
+            let model =
+                t.get_mut("model").and_then(toml::Value::as_table_mut).context("the bench's job has a [model]")?;
             for (k, v) in model_keys {
                 model.insert(k.to_string(), v.clone());
             }

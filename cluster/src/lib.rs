@@ -43,7 +43,11 @@ pub async fn run_resource_manager(args: RmArgs, mut stop: watch::Receiver<bool>)
     let advertise = args.advertise.clone().unwrap_or_else(|| address.to_string());
     let service = rm::ResourceManagerService::open(args.state_file.clone(), advertise.clone(), args.node_timeout)?;
     let watcher = tokio::spawn(Arc::clone(&service).watch_nodes());
-    let page = rm::page::router(service.clone(), args.token.clone());
+    // The page's sign-in takes the cluster token: never in clear where others can listen.
+    if !args.web_listen.ip().is_loopback() && args.token.is_set() && !args.tls.serves_tls() {
+        return Err(rm::RmError::PageInClear(args.web_listen));
+    }
+    let page = rm::page::router(service.clone(), args.token.clone(), args.tls.serves_tls());
     let web = embedstream_core::telemetry::serve_router(&args.web_listen.to_string(), &args.tls, page)
         .await
         .map_err(|source| rm::RmError::Web { listen: args.web_listen, source })?;

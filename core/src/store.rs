@@ -99,6 +99,37 @@ pub fn write_new(path: &Path, bytes: Vec<u8>) -> io::Result<()> {
     }
 }
 
+/// Creates `path` holding `bytes` only if no file has that name: `Ok(false)` when one does.
+/// Two processes that try the same name at once cannot both succeed (the NameNode's create
+/// without overwrite; `O_EXCL` on a local disk): a compare-and-swap for claiming a name.
+pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let created = match hdfs(path)? {
+        Some((client, p)) => {
+            let bytes = bytes.to_vec();
+            run(async move {
+                let options = hdfs_native::WriteOptions::default().overwrite(false).permission(0o600);
+                let mut w = client.create(&p, options).await?;
+                w.write_bytes(bytes.into()).await?;
+                w.close().await
+            })
+        }
+        None => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).and_then(|mut f| {
+                f.write_all(bytes)?;
+                f.sync_all()?;
+                durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
+            })
+        }
+    };
+    match created {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A directory and its missing parents; `private`: those it creates are the owner's only (0700).
 pub fn create_dir_all(dir: &Path, private: bool) -> io::Result<()> {
     match hdfs(dir)? {
@@ -197,6 +228,14 @@ fn not_found(e: &hdfs_native::HdfsError) -> bool {
 fn to_io(e: hdfs_native::HdfsError) -> io::Error {
     if not_found(&e) {
         return io::Error::new(io::ErrorKind::NotFound, e.to_string());
+    }
+    let exists = match &e {
+        hdfs_native::HdfsError::AlreadyExists(_) => true,
+        hdfs_native::HdfsError::RPCError(class, _) => class.ends_with("FileAlreadyExistsException"),
+        _ => false,
+    };
+    if exists {
+        return io::Error::new(io::ErrorKind::AlreadyExists, e.to_string());
     }
     match e {
         hdfs_native::HdfsError::IOError(e) => e,

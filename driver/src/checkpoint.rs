@@ -7,12 +7,14 @@
 //! <checkpoint_location>/commits/<N>     written once every task of batch N has finished
 //! <checkpoint_location>/lock            held (flock) by the one driver running the query
 //! <checkpoint_location>/epoch           the number of drivers that have opened it
+//! <checkpoint_location>/epochs/<N>      claimed, create-exclusive, by the driver of epoch N
 //! ```
 //! One driver at a time: [`Checkpoint::open`] takes an exclusive lock on `lock` for the driver's
 //! life (released by the kernel however the process ends), so a second driver on the same
 //! checkpoint refuses to start, naming the first. Where the file system's locks are not to be
-//! trusted (a network mount), the epoch fences: each driver writes the next epoch when it
-//! opens the checkpoint, and checks before every log write, manifest and clean-up
+//! trusted (a network mount), the epoch fences: each driver claims the next epoch when it
+//! opens the checkpoint (creating `epochs/<N>`, which only one driver can: two drivers opening
+//! it at once never share an epoch), writes it to `epoch`, and checks before every log write, manifest and clean-up
 //! ([`Checkpoint::fence`]) that it is still the newest, stopping before it writes otherwise.
 //! Every file is written to a temporary name, synced and renamed, so a crash leaves either the
 //! old state or the new one. On restart, batch N with `offsets/N` but no `commits/N` is run
@@ -107,14 +109,29 @@ impl Checkpoint {
         // owner's only.
         store::create_dir_all(root, false)
             .map_err(|source| CheckpointError::Io { path: root.to_path_buf(), source })?;
-        for dir in ["offsets", "commits"] {
+        for dir in ["offsets", "commits", "epochs"] {
             let d = root.join(dir);
             store::create_dir_all(&d, true).map_err(|source| CheckpointError::Io { path: d, source })?;
         }
         let lock = if store::is_hdfs(root) { None } else { Some(lock(root)?) };
         let epoch_path = root.join("epoch");
-        let epoch = read_json::<u64>(&epoch_path)?.unwrap_or(0) + 1;
+        let mut epoch = read_json::<u64>(&epoch_path)?.unwrap_or(0) + 1;
+        // Claim the epoch: a name only one driver can create. Another driver that took it
+        // first moves this one to the next.
+        loop {
+            let claim = root.join("epochs").join(epoch.to_string());
+            let claimed = store::create_new(&claim, std::process::id().to_string().as_bytes())
+                .map_err(|source| CheckpointError::Io { path: claim, source })?;
+            if claimed {
+                break;
+            }
+            epoch += 1;
+        }
         write_atomic(&epoch_path, epoch.to_string().as_bytes())?;
+        // Claims well below this one are history.
+        for old in epoch.saturating_sub(16)..epoch.saturating_sub(8) {
+            let _ = store::remove_file(&root.join("epochs").join(old.to_string()));
+        }
         let meta_path = root.join("metadata");
         let query_id = match read_json::<Metadata>(&meta_path)? {
             Some(m) => m.query_id,
@@ -323,6 +340,26 @@ mod tests {
         next.write_commit(&CommitLogEntry { batch_id: 0, ..Default::default() }).unwrap();
     }
 
+    /// Issue 31, item 17: on HDFS (no lock) two drivers opening the checkpoint at once both
+    /// read epoch N and both wrote N + 1, so both passed every fence. Here a driver has claimed
+    /// epoch 2 and not yet written it to `epoch` when another opens the checkpoint: the other
+    /// takes 3, and exactly one of them passes the fence.
+    #[test]
+    fn the_checkpoint_epoch_on_hdfs_with_a_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Checkpoint::open(dir.path()).unwrap());
+        assert_eq!(fs::read_to_string(dir.path().join("epoch")).unwrap(), "1");
+        // The racing driver's claim, its `epoch` write still to come.
+        assert!(store::create_new(&dir.path().join("epochs/2"), b"other").unwrap());
+        assert!(!store::create_new(&dir.path().join("epochs/2"), b"again").unwrap(), "a name is claimed once");
+        let this = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(this.epoch, 3, "the claimed epoch is not shared");
+        this.fence().unwrap();
+        // The other driver writes its epoch last: this one is fenced, and only that one runs.
+        fs::write(dir.path().join("epoch"), "2").unwrap();
+        assert!(matches!(this.fence(), Err(CheckpointError::Fenced { ours: 3, theirs: 2, .. })));
+    }
+
     /// Issue 14, finding 15: the checkpoint's logs and state are their owner's alone
     /// (directories 0700, files 0600).
     #[test]
@@ -333,7 +370,7 @@ mod tests {
         let cp = Checkpoint::open(&root).unwrap();
         cp.write_commit(&CommitLogEntry { batch_id: 0, ..Default::default() }).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        for d in ["offsets", "commits"] {
+        for d in ["offsets", "commits", "epochs"] {
             assert_eq!(mode(&root.join(d)), 0o700, "{d}/");
         }
         for f in ["metadata", "epoch", "lock", "commits/0"] {

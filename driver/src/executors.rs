@@ -101,7 +101,11 @@ impl Beats {
             Some((before, at)) => {
                 let secs = self.last.1.duration_since(*at).as_secs_f64();
                 let done = self.last.0.embeddings.saturating_sub(before.embeddings);
-                if secs > 0.0 { done as f64 / secs } else { 0.0 }
+                if secs > 0.0 {
+                    done as f64 / secs
+                } else {
+                    0.0
+                }
             }
             None => 0.0,
         }
@@ -295,7 +299,8 @@ mod tests {
     #[test]
     fn restarts_count_what_each_heartbeat_adds_and_rates_come_from_the_last_two() {
         let registry = ExecutorRegistry::default();
-        let beat = |restarts, embeddings| ExecutorHealth { worker_restarts: restarts, embeddings, ..Default::default() };
+        let beat =
+            |restarts, embeddings| ExecutorHealth { worker_restarts: restarts, embeddings, ..Default::default() };
         registry.beat("exec-1", beat(0, 0));
         registry.beat("exec-1", beat(2, 10));
         registry.beat("exec-1", beat(2, 20));

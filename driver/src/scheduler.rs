@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use embedstream_core::latency::LatencyHistogram;
 use embedstream_core::offsets::OffsetRange;
-use embedstream_core::progress::{keep_newest, DeadLetterSample};
+use embedstream_core::progress::{count_reason, keep_newest, sample_reason, DeadLetterSample};
 
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskSuccessful};
 use tokio::task::JoinSet;
@@ -77,10 +77,15 @@ impl BatchStats {
             self.latency.merge(&l);
         }
         self.files.extend(s.files.into_iter().map(Into::into));
+        // Bounded again: a task from an older executor may report any number of classes.
         for (reason, n) in s.dead_letter_reasons {
-            *self.dead_letter_reasons.entry(reason).or_default() += n;
+            count_reason(&mut self.dead_letter_reasons, reason, n);
         }
-        self.dead_letter_samples.extend(s.dead_letter_samples.into_iter().map(Into::into));
+        self.dead_letter_samples.extend(s.dead_letter_samples.into_iter().map(|d| {
+            let mut d: DeadLetterSample = d.into();
+            d.reason = sample_reason(&d.reason);
+            d
+        }));
         keep_newest(&mut self.dead_letter_samples);
         self.rows_read += s.rows_read;
         self.embeddings += s.embeddings_written;

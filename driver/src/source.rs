@@ -92,6 +92,33 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// The partitions the query reads now and their watermarks ([`KafkaSource::watermarks`]),
+    /// covering every partition of `reading` (the partitions the query has offsets for) if the
+    /// broker lists them. A topic answered "unknown" for a moment (a controller moving, a
+    /// leader elected, metadata not yet propagated to the broker asked) is asked about again,
+    /// with a growing pause, for `retry_for`; only then does a partition missing from the
+    /// answer count as gone (the planner's data-loss check). `on_missing` hears of each miss.
+    pub fn offsets_covering(
+        &self,
+        reading: &PartitionOffsets,
+        retry_for: Duration,
+        mut on_missing: impl FnMut(&[TopicPartition]),
+    ) -> Result<(PartitionOffsets, PartitionOffsets), SourceError> {
+        let deadline = Instant::now() + retry_for;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let offsets = self.watermarks(&self.partitions()?)?;
+            let missing: Vec<TopicPartition> =
+                reading.keys().filter(|tp| !offsets.0.contains_key(tp)).cloned().collect();
+            if missing.is_empty() || Instant::now() >= deadline {
+                return Ok(offsets);
+            }
+            on_missing(&missing);
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// Earliest and latest (high watermark; the last stable offset under `read_committed`)
     /// offsets of each partition: two ListOffsets requests to each partition leader for all the
     /// partitions it leads (timestamps -2 and -1), not two a partition: with 10,000 partitions,
@@ -264,3 +291,63 @@ impl ClientContext for LastError {
 }
 
 impl ConsumerContext for LastError {}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::RDKafkaRespErr;
+
+    use super::*;
+
+    fn source_of(bootstrap: &str) -> KafkaSource {
+        let spec = JobSpec::from_toml(&format!(
+            r#"name = "q"
+checkpoint_location = "/tmp/embedstream-unused-checkpoint"
+[source]
+bootstrap_servers = "{bootstrap}"
+subscribe = ["t"]
+[model]
+onnx = "/unused/model.onnx"
+tokenizer = "/unused/tokenizer.json"
+[sink]
+kind = "kafka"
+topic = "out"
+"#
+        ))
+        .unwrap();
+        KafkaSource::new(&spec, &Secrets::default()).unwrap()
+    }
+
+    /// Issue 31, item 6: one metadata answer that called a topic unknown dropped its
+    /// partitions from the plan, and with `fail_on_data_loss` the query stopped (partition
+    /// gone). librdkafka's mock broker stands in for the broker: only it answers "unknown topic"
+    /// for an existing topic on demand.
+    #[test]
+    fn a_brief_unknown_topic_answer() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 2, 1).unwrap();
+        let source = source_of(&mock.bootstrap_servers());
+        let reading: PartitionOffsets = (0..2).map(|p| (TopicPartition::new("t", p), 0)).collect();
+        assert_eq!(source.watermarks(&source.partitions().unwrap()).unwrap().0.len(), 2);
+
+        // The next answers call the topic unknown, until the broker has it again (here: once
+        // the source has seen one such answer).
+        mock.topic_error("t", RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART).unwrap();
+        let mut misses = 0;
+        let (earliest, latest) = source
+            .offsets_covering(&reading, Duration::from_secs(60), |missing| {
+                assert_eq!(missing.len(), 2);
+                misses += 1;
+                mock.topic_error("t", RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).unwrap();
+            })
+            .unwrap();
+        assert_eq!(misses, 1);
+        assert_eq!((earliest.len(), latest.len()), (2, 2), "both partitions, after asking again");
+
+        // A topic that stays unknown past the retry time is answered without it: the planner
+        // then decides it is gone.
+        mock.topic_error("t", RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART).unwrap();
+        let (earliest, _) = source.offsets_covering(&reading, Duration::from_millis(500), |_| {}).unwrap();
+        assert!(earliest.is_empty());
+    }
+}

@@ -30,13 +30,13 @@ use embedstream_core::health::{ExecutorHealth, WorkerHealth};
 use embedstream_core::spec::{ChunkPooling, LongText, ModelEntry, SpecError};
 use embedstream_core::tls::Tls;
 use embedstream_core::{telemetry, JobSpec};
+use embedstream_proto::convert::heartbeat_to_pb;
 use embedstream_proto::pb::driver_service_client::DriverServiceClient;
 use embedstream_proto::pb::executor_service_server::{ExecutorService, ExecutorServiceServer};
 use embedstream_proto::pb::{
-    task_status, GetJobSpecRequest, RegisterExecutorRequest, ShutdownRequest, ShutdownResponse,
-    TaskDefinition, TaskStatus,
+    task_status, GetJobSpecRequest, RegisterExecutorRequest, ShutdownRequest, ShutdownResponse, TaskDefinition,
+    TaskStatus,
 };
-use embedstream_proto::convert::heartbeat_to_pb;
 use embedstream_proto::serve::{self, GrpcServer};
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
@@ -227,7 +227,11 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let health = Arc::new(std::sync::Mutex::new(ExecutorHealth::default()));
     spawn_worker_sampler(metrics.clone(), pools.clone(), health.clone());
     let beat_metrics = metrics.clone();
-    let recent = Arc::new(records::RecentOutput::new(spec.flight.recent_batches, pipeline.output_schema()));
+    let recent = Arc::new(records::RecentOutput::new(
+        spec.flight.recent_batches,
+        spec.flight.recent_bytes,
+        pipeline.output_schema(),
+    ));
     // Flight's DoExchange embeds texts with the first model that embeds texts.
     let (first, first_max_bytes) = flight_model.unzip();
     let flight = flight::FlightEmbedder::new(

@@ -108,7 +108,10 @@ impl ExecutorMetrics {
                 &["model_name"]
             )),
             cache_evictions: register!(IntCounterVec::new(
-                opts("embedstream_cache_evictions_total", "Vectors dropped from the embedding cache to keep it in size"),
+                opts(
+                    "embedstream_cache_evictions_total",
+                    "Vectors dropped from the embedding cache to keep it in size"
+                ),
                 &["model_name"]
             )),
             cache_bytes: register!(IntGaugeVec::new(
@@ -143,8 +146,5 @@ impl ExecutorMetrics {
 /// The sum of a counter's series over its labels.
 fn sum(counter: &IntCounterVec) -> u64 {
     use prometheus::core::Collector;
-    (counter.collect().iter())
-        .flat_map(|family| family.get_metric())
-        .map(|m| m.get_counter().get_value() as u64)
-        .sum()
+    (counter.collect().iter()).flat_map(|family| family.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
 }

@@ -59,14 +59,20 @@ impl Backend {
     }
 
     async fn compute(&self, inputs: Vec<String>) -> Result<Computed, ModelError> {
-        let computed =
-            |vectors, batch_sizes, failed, spans| Computed { vectors, batch_sizes, failed, spans, cache: CacheCount::default() };
+        let computed = |vectors, batch_sizes, failed, spans| Computed {
+            vectors,
+            batch_sizes,
+            failed,
+            spans,
+            cache: CacheCount::default(),
+        };
         match self {
             Backend::Texts(e) => e.clone().embed(inputs).await.map(|(v, sizes)| computed(v, sizes, Vec::new(), None)),
-            Backend::Cached(c) => c.clone().embed_counted(inputs).await.map(|c| Computed {
-                cache: c.count,
-                ..computed(c.vectors, c.batch_sizes, Vec::new(), None)
-            }),
+            Backend::Cached(c) => c
+                .clone()
+                .embed_counted(inputs)
+                .await
+                .map(|c| Computed { cache: c.count, ..computed(c.vectors, c.batch_sizes, Vec::new(), None) }),
             Backend::Chunks(c) => {
                 c.embed_each(inputs).await.map(|e| computed(e.vectors, e.batch_sizes, Vec::new(), Some(e.spans)))
             }

@@ -188,6 +188,10 @@ pub const PREFETCH_KBYTES: u32 = 16 << 10;
 
 /// The most rows a chunk's builders reserve up front; they grow past it as records arrive.
 const CHUNK_RESERVE: usize = 4096;
+/// A chunk ends once its keys and values reach this many bytes, whatever its row count: a task
+/// holds a few chunks at once, so large records (1 MB JSON documents) bound its memory in
+/// bytes, not only in rows.
+pub const CHUNK_BYTES: usize = 16 << 20;
 
 impl RangeRead {
     /// The next records of the range, at most `max_rows`, in offset order (columns as in
@@ -212,7 +216,7 @@ impl RangeRead {
         }
     }
 
-    /// Polls until `max_rows` records are read or the range ends.
+    /// Polls until `max_rows` records or [`CHUNK_BYTES`] bytes are read, or the range ends.
     fn read_rows(&mut self, consumer: &BaseConsumer, max_rows: usize) -> Result<RecordBatch, ReadError> {
         let (poll_timeout, fail_on_data_loss) = (self.reader.poll_timeout, self.reader.fail_on_data_loss);
         let (topic, partition, until) = (self.range.tp.topic.clone(), self.range.tp.partition, self.range.until);
@@ -226,7 +230,8 @@ impl RangeRead {
         let mut headers: Vec<BinaryBuilder> =
             self.reader.headers.iter().map(|_| BinaryBuilder::with_capacity(capacity, 0)).collect();
 
-        while self.next < until && offsets.len() < max_rows {
+        let mut bytes = 0usize;
+        while self.next < until && offsets.len() < max_rows && bytes < CHUNK_BYTES {
             match consumer.poll(POLL_STEP) {
                 Some(Ok(m)) => {
                     if m.topic() != topic || m.partition() != partition || m.offset() < self.next {
@@ -238,6 +243,7 @@ impl RangeRead {
                         break;
                     }
                     self.gaps += (m.offset() - self.next) as u64;
+                    bytes += m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len);
                     keys.append_option(m.key());
                     values.append_option(m.payload());
                     offsets.append_value(m.offset());

@@ -39,17 +39,20 @@ pub fn reject_reason(value: Option<&[u8]>, max_bytes: usize) -> Option<String> {
 /// The reason a row whose vector holds a NaN or an infinity goes to the dead-letter topic.
 pub const NON_FINITE: &str = "the model gave a vector with NaN or infinite values";
 
-/// The latest output batches of this executor's tasks, at most `capacity`, oldest first, all of
-/// one schema.
+/// The latest output batches of this executor's tasks, oldest first, all of one schema: at most
+/// `capacity` of them and `max_bytes` in all (`flight.recent_batches`, `flight.recent_bytes`),
+/// so that large records cannot make it hold gigabytes whether or not anyone calls `DoGet`. A
+/// batch larger than `max_bytes` alone is not kept.
 pub struct RecentOutput {
     capacity: usize,
+    max_bytes: usize,
     schema: SchemaRef,
-    batches: Mutex<VecDeque<RecordBatch>>,
+    batches: Mutex<(VecDeque<(RecordBatch, usize)>, usize)>,
 }
 
 impl RecentOutput {
-    pub fn new(capacity: usize, schema: SchemaRef) -> RecentOutput {
-        RecentOutput { capacity, schema, batches: Mutex::new(VecDeque::with_capacity(capacity)) }
+    pub fn new(capacity: usize, max_bytes: usize, schema: SchemaRef) -> RecentOutput {
+        RecentOutput { capacity, max_bytes, schema, batches: Mutex::new((VecDeque::with_capacity(capacity), 0)) }
     }
 
     /// The schema of every batch it keeps: the tasks' output rows.
@@ -57,20 +60,30 @@ impl RecentOutput {
         self.schema.clone()
     }
 
-    /// Keeps `batch` (its columns are shared, not copied), dropping the oldest beyond capacity.
+    /// Keeps `batch` (its columns are shared, not copied), dropping the oldest beyond the
+    /// bounds. Its size is the memory of the buffers it refers to.
     pub fn push(&self, batch: &RecordBatch) {
-        if self.capacity == 0 {
+        let size = batch.get_array_memory_size();
+        if self.capacity == 0 || size > self.max_bytes {
             return;
         }
-        let mut batches = self.batches.lock().unwrap();
-        if batches.len() == self.capacity {
-            batches.pop_front();
+        let mut kept = self.batches.lock().unwrap();
+        let (batches, bytes) = &mut *kept;
+        while batches.len() == self.capacity || *bytes + size > self.max_bytes {
+            let Some((_, old)) = batches.pop_front() else { break };
+            *bytes -= old;
         }
-        batches.push_back(batch.clone());
+        batches.push_back((batch.clone(), size));
+        *bytes += size;
     }
 
     pub fn snapshot(&self) -> Vec<RecordBatch> {
-        self.batches.lock().unwrap().iter().cloned().collect()
+        self.batches.lock().unwrap().0.iter().map(|(b, _)| b.clone()).collect()
+    }
+
+    /// Bytes of the batches kept now.
+    pub fn bytes(&self) -> usize {
+        self.batches.lock().unwrap().1
     }
 }
 
@@ -94,7 +107,7 @@ mod tests {
 
     #[test]
     fn recent_output_keeps_the_latest() {
-        let recent = RecentOutput::new(2, output_schema(&[], false));
+        let recent = RecentOutput::new(2, 1 << 20, output_schema(&[], false));
         for n in 1..=3 {
             recent.push(&RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(vec![n])) as _)]).unwrap());
         }
@@ -104,5 +117,27 @@ mod tests {
             .map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0))
             .collect();
         assert_eq!(kept, vec![2, 3]);
+    }
+
+    /// Issue 31, item 8: sixteen windows of 1 MB records were kept on every executor whether
+    /// or not anyone used Flight.
+    #[test]
+    fn memory_bounded_in_bytes_not_rows() {
+        let batch = |n: usize| {
+            let values = arrow_array::BinaryArray::from_iter_values(std::iter::repeat_n(vec![7u8; 1 << 20], n));
+            RecordBatch::try_from_iter([("value", Arc::new(values) as _)]).unwrap()
+        };
+        let size = batch(3).get_array_memory_size();
+        assert!(size >= 3 << 20);
+        // Room for two and a half windows of 3 MB.
+        let bound = 2 * size + size / 2;
+        let recent = RecentOutput::new(16, bound, output_schema(&[], false));
+        for _ in 0..16 {
+            recent.push(&batch(3));
+        }
+        assert!(recent.bytes() <= bound, "{} bytes kept", recent.bytes());
+        assert_eq!(recent.snapshot().len(), 2, "two 3 MB windows fit");
+        recent.push(&batch(9));
+        assert_eq!(recent.snapshot().len(), 2, "a window over the bound alone is not kept");
     }
 }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
 use embedstream_core::offsets::OffsetRange;
-use embedstream_core::progress::{keep_newest, reason_class, DeadLetterSample, DEAD_LETTER_SAMPLES};
+use embedstream_core::progress::{
+    count_reason, keep_newest, reason_class, sample_reason, DeadLetterSample, DEAD_LETTER_SAMPLES,
+};
 use embedstream_core::JobSpec;
 use embedstream_proto::pb::{task_status, FailureReason, TaskDefinition, TaskFailed, TaskSuccessful};
 use futures::StreamExt;
@@ -391,12 +393,14 @@ async fn dead_letter(
     let origin = Origin { topic: &range.tp.topic, partition: range.tp.partition, offset, key: rows.key(i) };
     ctx.dead_letters.send(pending, def.dead_letter_partition, &origin, rows.value(i), reason).await?;
     counts.dead_letters += 1;
-    *counts.dead_letter_reasons.entry(reason_class(reason).to_string()).or_default() += 1;
+    // Counted by kind and sampled with a bounded reason: a task's status stays small whatever
+    // its records hold (the dead letter itself keeps the whole reason).
+    count_reason(&mut counts.dead_letter_reasons, reason_class(reason), 1);
     counts.dead_letter_samples.push(DeadLetterSample {
         topic: range.tp.topic.clone(),
         partition: range.tp.partition,
         offset,
-        reason: reason.to_string(),
+        reason: sample_reason(reason),
     });
     if counts.dead_letter_samples.len() > 2 * DEAD_LETTER_SAMPLES {
         keep_newest(&mut counts.dead_letter_samples);

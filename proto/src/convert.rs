@@ -128,7 +128,12 @@ impl From<&ProgressRecord> for pb::ProgressRecord {
 
 impl From<&DeadLetterSample> for pb::DeadLetterSample {
     fn from(d: &DeadLetterSample) -> Self {
-        pb::DeadLetterSample { topic: d.topic.clone(), partition: d.partition, offset: d.offset, reason: d.reason.clone() }
+        pb::DeadLetterSample {
+            topic: d.topic.clone(),
+            partition: d.partition,
+            offset: d.offset,
+            reason: d.reason.clone(),
+        }
     }
 }
 

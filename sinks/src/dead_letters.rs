@@ -5,8 +5,10 @@
 //!
 //! A value too large for one Kafka message (over the producer's `message.max.bytes`, 1,000,000
 //! bytes unless the spec's client properties say otherwise) is cut to fit, with
-//! `es.truncated = true` and `es.original_size`: a bad record must never fail its batch, which
-//! would fail again on every retry and every restart.
+//! `es.truncated = true` and `es.original_size`; so is a key over [`MAX_KEY`] bytes, with
+//! `es.key_truncated = true` and `es.key_original_size`, and a reason over [`MAX_REASON`]: a
+//! bad record must never fail its batch, which would fail again on every retry and every
+//! restart.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use embedstream_core::JobSpec;
 use rdkafka::message::Header;
 use rdkafka::producer::FutureRecord;
 
-use crate::kafka::producer::origin_headers;
+use crate::kafka::producer::{origin_headers, HEADER_ROOM};
 use crate::kafka::{KafkaProducer, Origin, Pending};
 use crate::SinkError;
 
@@ -26,16 +28,16 @@ pub struct DeadLetters {
     max_value: usize,
 }
 
-/// librdkafka's default `message.max.bytes`.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// The most key bytes a dead letter carries.
+pub const MAX_KEY: usize = 16 << 10;
+/// The most bytes of a reason (`es.error`) a dead letter carries.
+pub const MAX_REASON: usize = 8 << 10;
 /// Room left in a message for the key, the headers and the record's framing.
-const ROOM_FOR_KEY_AND_HEADERS: usize = 64 << 10;
+const ROOM_FOR_KEY_AND_HEADERS: usize = MAX_KEY + MAX_REASON + HEADER_ROOM;
 
 impl DeadLetters {
     pub fn new(spec: &JobSpec, producer: Arc<KafkaProducer>, model_id: String) -> DeadLetters {
-        let message_max = spec.dead_letter_kafka().1.plain("message.max.bytes").and_then(|v| v.parse().ok());
-        let max_value =
-            message_max.unwrap_or(DEFAULT_MESSAGE_MAX_BYTES).saturating_sub(ROOM_FOR_KEY_AND_HEADERS).max(1);
+        let max_value = producer.message_max_bytes().saturating_sub(ROOM_FOR_KEY_AND_HEADERS).max(1);
         DeadLetters { producer, topic: spec.dead_letter_topic().into(), model_id, max_value }
     }
 
@@ -49,8 +51,16 @@ impl DeadLetters {
         value: Option<&[u8]>,
         reason: &str,
     ) -> Result<(), SinkError> {
+        let reason = cut(reason.as_bytes(), MAX_REASON);
         let mut headers =
             origin_headers(origin, &self.model_id).insert(Header { key: "es.error", value: Some(reason) });
+        let key = origin.key.map(|k| cut(k, MAX_KEY));
+        if let Some(k) = origin.key.filter(|k| k.len() > MAX_KEY) {
+            let size = k.len().to_string();
+            headers = headers
+                .insert(Header { key: "es.key_truncated", value: Some("true") })
+                .insert(Header { key: "es.key_original_size", value: Some(&size) });
+        }
         let original_size = value.map_or(0, <[u8]>::len);
         let value = value.map(|v| &v[..v.len().min(self.max_value)]);
         if original_size > self.max_value {
@@ -60,7 +70,7 @@ impl DeadLetters {
                 .insert(Header { key: "es.original_size", value: Some(&size) });
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).partition(partition).headers(headers);
-        if let Some(k) = origin.key {
+        if let Some(k) = key {
             record = record.key(k);
         }
         if let Some(v) = value {
@@ -68,4 +78,9 @@ impl DeadLetters {
         }
         self.producer.enqueue(pending, &self.topic, record).await
     }
+}
+
+/// The first `most` bytes of `bytes`.
+fn cut(bytes: &[u8], most: usize) -> &[u8] {
+    &bytes[..bytes.len().min(most)]
 }

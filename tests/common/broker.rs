@@ -269,15 +269,24 @@ impl Broker {
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]);
+    }
+
+    /// [`Broker::create_topic`] with topic-level `configs` (name, value).
+    pub fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let res = rt
-            .block_on(admin.create_topics(
-                // -1: the cluster's default.replication.factor.
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))],
-                &AdminOptions::new(),
-            ))
+            .block_on(
+                admin.create_topics(
+                    // -1: the cluster's default.replication.factor.
+                    &[configs
+                        .iter()
+                        .fold(NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)), |t, (k, v)| t.set(k, v))],
+                    &AdminOptions::new(),
+                ),
+            )
             .unwrap();
         for r in res {
             r.unwrap();
@@ -313,6 +322,22 @@ impl Broker {
 
     /// [`Broker::produce`], record `i` with the headers `headers[i]`.
     pub fn produce_with_headers(&self, topic: &str, records: &[RawRecord], headers: &[Vec<(&str, &[u8])>]) {
+        self.produce_full(topic, records, headers, &vec![None; records.len()]);
+    }
+
+    /// [`Broker::produce`], record `i` with the Kafka timestamp `timestamps[i]` (ms) if given.
+    pub fn produce_at(&self, topic: &str, records: &[RawRecord], timestamps: &[Option<i64>]) {
+        let none: Vec<Vec<(&str, &[u8])>> = vec![Vec::new(); records.len()];
+        self.produce_full(topic, records, &none, timestamps);
+    }
+
+    fn produce_full(
+        &self,
+        topic: &str,
+        records: &[RawRecord],
+        headers: &[Vec<(&str, &[u8])>],
+        timestamps: &[Option<i64>],
+    ) {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .set("enable.idempotence", "true")
@@ -321,8 +346,11 @@ impl Broker {
             .set("message.max.bytes", "8000000")
             .create()
             .unwrap();
-        for ((p, k, v), headers) in records.iter().zip(headers) {
+        for (((p, k, v), headers), at) in records.iter().zip(headers).zip(timestamps) {
             let mut r = BaseRecord::<[u8], [u8]>::to(topic).partition(*p);
+            if let Some(at) = at {
+                r = r.timestamp(*at);
+            }
             if !headers.is_empty() {
                 let owned = (headers.iter())
                     .fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: Some(*value) }));

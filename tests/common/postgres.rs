@@ -32,6 +32,11 @@ fn run(mut cmd: Command, what: &str) -> String {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Self::start_with("")
+    }
+
+    /// [`Postgres::start`] with server options added (`-c name=value ...`).
+    pub fn start_with(server_options: &str) -> Postgres {
         let installed = cache().join("postgres");
         assert!(
             installed.join("pgserver/pginstall/bin/postgres").is_file(),
@@ -62,7 +67,7 @@ impl Postgres {
             "initdb",
             &["-D", "data", "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "--pwfile=pwfile"],
         );
-        let options = format!("-c listen_addresses=127.0.0.1 -p {port} -k {}", pg.path("").display());
+        let options = format!("-c listen_addresses=127.0.0.1 -p {port} -k {} {server_options}", pg.path("").display());
         pg.as_server("pg_ctl", &["-D", "data", "-l", "log", "-w", "-t", "60", "-o", &options, "start"]);
         pg
     }

@@ -50,6 +50,11 @@ pub enum RmError {
          listens on loopback only"
     )]
     NoToken(std::net::SocketAddr),
+    #[error(
+        "--web-listen {0}: the cluster's page signs in with the cluster token, which would travel in \
+         clear to an address others reach: serve it over TLS (--tls-cert, --tls-key) or on loopback"
+    )]
+    PageInClear(std::net::SocketAddr),
     #[error("--web-listen {listen}: cannot serve the cluster's page: {source}")]
     Web { listen: std::net::SocketAddr, source: std::io::Error },
 }

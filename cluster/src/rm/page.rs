@@ -22,12 +22,12 @@ use serde_json::json;
 use super::ResourceManagerService;
 
 /// The page's routes.
-pub fn router(rm: Arc<ResourceManagerService>, token: ClusterToken) -> axum::Router {
+pub fn router(rm: Arc<ResourceManagerService>, token: ClusterToken, tls: bool) -> axum::Router {
     let api = axum::Router::new()
         .route("/api/nodes", get(nodes))
         .route("/api/applications", get(applications))
         .with_state(rm);
-    web::site(include_str!("page.html"), api, token)
+    web::site(include_str!("page.html"), api, token, tls)
 }
 
 fn resources(r: Option<Resources>) -> serde_json::Value {

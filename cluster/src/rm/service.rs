@@ -340,7 +340,10 @@ impl ResourceManager for ResourceManagerService {
             if !r.driver_page.is_empty() {
                 let scheme_ok = r.driver_page.starts_with("http://") || r.driver_page.starts_with("https://");
                 if !scheme_ok || r.driver_page.contains(|c: char| c.is_whitespace() || "\"'<>".contains(c)) {
-                    return Err(Status::invalid_argument(format!("driver_page {:?}: not an http(s) URL", r.driver_page)));
+                    return Err(Status::invalid_argument(format!(
+                        "driver_page {:?}: not an http(s) URL",
+                        r.driver_page
+                    )));
                 }
                 app.driver_page = r.driver_page;
             }

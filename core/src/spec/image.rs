@@ -144,15 +144,26 @@ pub struct FetchSpec {
     #[serde(default = "default_max_redirects")]
     pub max_redirects: usize,
     /// Further attempts after a transient failure (a connection error, a timeout, HTTP 429 or
-    /// 5xx), each after twice the previous wait, from `backoff`.
+    /// 5xx), each after twice the previous wait (from `backoff`, at most 5 s), while the first
+    /// attempt is less than `retry_window` ago. An image still failing then fails its task,
+    /// which is retried (and then the query stops, as for any failing task): a host that is down
+    /// is an outage, not a bad record, so it never becomes a dead letter, and in upsert mode
+    /// never leaves a key with its old vector. Permanent failures (HTTP 404, not an image, too
+    /// large) are dead letters at once.
     #[serde(default = "default_retries")]
     pub retries: u32,
     #[serde(default = "default_backoff")]
     pub backoff: HumanDuration,
+    #[serde(default = "default_retry_window")]
+    pub retry_window: HumanDuration,
     /// Addresses fetched from although they are loopback, link-local or private (refused
     /// otherwise: URLs come from records, which anyone who can produce to the topic writes).
     #[serde(default)]
     pub allow: Vec<Cidr>,
+    /// An image of more pixels (width x height, read from its header) is refused before it is
+    /// decoded: a small file can claim gigabytes once decoded (a decompression bomb).
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
 }
 
 fn default_concurrency() -> usize {
@@ -170,8 +181,15 @@ fn default_max_bytes() -> u64 {
 fn default_max_redirects() -> usize {
     3
 }
+/// 40 megapixels (8000 x 5000); Pillow refuses 89 and more by default.
+fn default_max_pixels() -> u64 {
+    40_000_000
+}
 fn default_retries() -> u32 {
-    2
+    8
+}
+fn default_retry_window() -> HumanDuration {
+    HumanDuration::parse("30s").expect("a duration")
 }
 fn default_backoff() -> HumanDuration {
     HumanDuration::parse("200ms").expect("a duration")
@@ -187,7 +205,9 @@ impl Default for FetchSpec {
             max_redirects: default_max_redirects(),
             retries: default_retries(),
             backoff: default_backoff(),
+            retry_window: default_retry_window(),
             allow: Vec::new(),
+            max_pixels: default_max_pixels(),
         }
     }
 }
@@ -205,8 +225,11 @@ impl FetchSpec {
         if self.max_bytes == 0 {
             return Err(SpecError::new("fetch.max_bytes", "must be at least 1"));
         }
-        if self.retries > 10 {
-            return Err(SpecError::new("fetch.retries", "must be at most 10"));
+        if !(1..=400_000_000).contains(&self.max_pixels) {
+            return Err(SpecError::new("fetch.max_pixels", "must be between 1 and 400000000"));
+        }
+        if self.retries > 20 {
+            return Err(SpecError::new("fetch.retries", "must be at most 20"));
         }
         Ok(())
     }
@@ -219,27 +242,42 @@ impl FetchSpec {
     }
 }
 
-/// Addresses that are not the public internet's.
+/// Addresses that are not the public internet's, or that reach an internal one through a
+/// translation or tunnel (NAT64, 6to4, Teredo, IPv4-compatible IPv6).
 fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_multicast()
-                || (a == 100 && (64..128).contains(&b))
+                || (a == 100 && (64..128).contains(&b)) // shared address space
                 || a == 0
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+                || (a == 198 && (b & 0xfe) == 18) // benchmarking, 198.18.0.0/15
+                || a >= 240 // reserved, 240.0.0.0/4
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embedded =
+                |hi: u16, lo: u16| is_internal(IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32)));
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
+                // NAT64: the well-known prefix 64:ff9b::/96 and the local-use 64:ff9b:1::/48
+                // translate to any IPv4 address, internal ones included.
+                || (s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1))
+                || s[0] == 0x2002 // 6to4 (2002::/16) embeds an IPv4 address
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo (2001::/32) tunnels to any address
+                // IPv4-compatible (::a.b.c.d, deprecated) carries an IPv4 address.
+                || (s[..6] == [0; 6] && embedded(s[6], s[7]))
+                || s[0] == 0x100 && s[1..4] == [0; 3] // discard-only 100::/64
         }
     }
 }
@@ -272,6 +310,36 @@ mod tests {
         assert!(allowed.may_fetch_from(ip("10.200.0.9")));
         assert!(!allowed.may_fetch_from(ip("127.0.0.2")));
         assert!(!allowed.may_fetch_from(ip("192.168.0.1")));
+    }
+
+    #[test]
+    fn ssrf_filter_gaps_are_closed() {
+        let fetch = FetchSpec::default();
+        // Each form that reaches an internal address, or is not the public internet's.
+        for internal in [
+            "64:ff9b::a00:1",                       // NAT64 of 10.0.0.1
+            "64:ff9b::7f00:1",                      // NAT64 of 127.0.0.1
+            "64:ff9b::5db8:d822",                   // NAT64 of a public address: still a translator's
+            "64:ff9b:1::a00:1",                     // local-use NAT64
+            "2002:7f00:1::1",                       // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::1",                    // 6to4 of 169.254.169.254
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo
+            "::127.0.0.1",                          // IPv4-compatible
+            "::10.0.0.1",
+            "fec0::1",    // site-local
+            "100::1",     // discard-only
+            "192.0.0.8",  // IETF protocol assignments
+            "198.18.0.1", // benchmarking
+            "198.19.255.255",
+            "240.0.0.1", // reserved
+            "255.255.255.254",
+        ] {
+            assert!(!fetch.may_fetch_from(ip(internal)), "{internal} is internal");
+        }
+        for public in ["93.184.216.34", "198.20.0.1", "8.8.8.8", "2606:2800:220:1::1", "2a00:1450::1"] {
+            assert!(fetch.may_fetch_from(ip(public)), "{public} is public");
+        }
+        assert_eq!(FetchSpec { max_pixels: 0, ..fetch }.validate().unwrap_err().key, "fetch.max_pixels");
     }
 
     #[test]

@@ -67,6 +67,26 @@ const OWNED: &[(&str, &str)] = &[
     ("transactional.id", "embedstream's sinks do not write in Kafka transactions"),
 ];
 
+/// Properties that make librdkafka run a command (`system()`) or load code into the process:
+/// a job spec must not run anything on the hosts that run it. A site that needs one lists it
+/// in the operator's allow list ([`OPERATOR_ALLOW_ENV`]), never in the job spec.
+const RUNS_CODE: &[(&str, &str)] = &[
+    ("sasl.kerberos.kinit.cmd", "runs a shell command"),
+    ("plugin.library.paths", "loads a shared library"),
+    ("ssl.engine.location", "loads an OpenSSL engine (a shared library)"),
+    ("ssl.engine.id", "selects an OpenSSL engine (code loaded into the process)"),
+    ("ssl.providers", "loads OpenSSL providers (shared libraries)"),
+];
+
+/// The operator's allow list of [`RUNS_CODE`] properties, comma-separated, in the environment
+/// of the process that checks job specs (the resource manager's or node agent's service, or
+/// the user's own shell in local mode): `EMBEDSTREAM_ALLOW_KAFKA_PROPERTIES=ssl.providers`.
+pub const OPERATOR_ALLOW_ENV: &str = "EMBEDSTREAM_ALLOW_KAFKA_PROPERTIES";
+
+fn operator_allows(name: &str) -> bool {
+    std::env::var(OPERATOR_ALLOW_ENV).is_ok_and(|list| list.split(',').any(|p| p.trim() == name))
+}
+
 /// A value placed where a secret goes while names are checked, so librdkafka never sees it.
 const SECRET_PLACEHOLDER: &str = "secret";
 
@@ -90,6 +110,16 @@ impl KafkaProperties {
             let key = format!("{section}.\"{name}\"");
             if let Some((_, instead)) = OWNED.iter().find(|(owned, _)| owned == name) {
                 return Err(SpecError::new(&key, format!("is set by embedstream: {instead}")));
+            }
+            if let Some((_, what)) = RUNS_CODE.iter().find(|(p, _)| p.eq_ignore_ascii_case(name)) {
+                if !operator_allows(name) {
+                    return Err(SpecError::new(
+                        &key,
+                        format!(
+                            "{what}, which a job spec may not do; an operator who needs it lists it in {OPERATOR_ALLOW_ENV} of the service that checks specs"
+                        ),
+                    ));
+                }
             }
             let plain = match value {
                 PropertyValue::Plain(v) => v.as_str(),

@@ -199,6 +199,9 @@ pub struct FlightSpec {
     /// Output batches (one per task window) each executor keeps in memory for `DoGet`.
     #[serde(default = "default_recent_batches")]
     pub recent_batches: usize,
+    /// And at most this many bytes of them (their keys, values and vectors).
+    #[serde(default = "default_recent_bytes")]
+    pub recent_bytes: usize,
     /// A `DoExchange` call that sends no batch for this long is ended, freeing its slot.
     #[serde(default = "default_flight_idle")]
     pub idle_timeout: HumanDuration,
@@ -215,6 +218,9 @@ fn default_flight_calls() -> usize {
 }
 fn default_recent_batches() -> usize {
     16
+}
+fn default_recent_bytes() -> usize {
+    64 << 20
 }
 fn default_flight_idle() -> HumanDuration {
     HumanDuration::parse("60s").expect("a valid duration")
@@ -246,6 +252,7 @@ impl Default for FlightSpec {
             max_bytes_per_call: default_flight_bytes(),
             max_concurrent_calls: default_flight_calls(),
             recent_batches: default_recent_batches(),
+            recent_bytes: default_recent_bytes(),
             idle_timeout: default_flight_idle(),
         }
     }

@@ -269,6 +269,31 @@ fn owned_unknown_and_malformed_kafka_properties_are_refused_naming_the_key() {
     assert!(e.contains("source.kafka.\"sasl.password\"") && e.contains("/nonexistent/kafka.pass"), "{e}");
 }
 
+/// Issue 31, item 13: librdkafka runs `sasl.kerberos.kinit.cmd` with `system()` and loads
+/// `plugin.library.paths`, so a spec that set them ran code on every host of the query.
+#[test]
+fn a_job_spec_must_not_run_commands_or_load_code() {
+    let f = files();
+    for (section, name, value) in [
+        ("source.kafka", "sasl.kerberos.kinit.cmd", "touch /tmp/owned"),
+        ("sink.kafka", "plugin.library.paths", "/tmp/evil.so"),
+        ("source.kafka", "ssl.engine.location", "/tmp/engine.so"),
+        ("sink.dead_letter_kafka", "ssl.providers", "evil"),
+    ] {
+        let table = format!("[{section}]\n\"{name}\" = \"{value}\"\n");
+        let (source, sink) =
+            if section.starts_with("source") { (table, String::new()) } else { (String::new(), table) };
+        let e = load(&spec(&f, &source, &sink)).unwrap_err();
+        assert_eq!(e.key, format!("{section}.\"{name}\""), "{e}");
+        assert!(
+            e.message.contains("a job spec may not") && e.message.contains(super::kafka::OPERATOR_ALLOW_ENV),
+            "{e}"
+        );
+    }
+    // Files the clients read (a CA, a keytab) stay the spec's to name.
+    assert!(load(&spec(&f, "[source.kafka]\n\"ssl.ca.location\" = \"/etc/ssl/ca.pem\"\n", "")).is_ok());
+}
+
 #[test]
 fn librdkafka_is_built_with_tls_scram_and_kerberos() {
     // A client is made without connecting; librdkafka refuses a mechanism it was built without

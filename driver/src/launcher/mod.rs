@@ -28,6 +28,8 @@ use crate::executors::ExecutorRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    #[error("the ApplicationMaster did not answer within {waited:?}")]
+    Slow { waited: Duration },
     #[error("cannot start executor {id} ({exe}): {source}")]
     Spawn { id: String, exe: PathBuf, source: std::io::Error },
     #[error("executor {id} ended before it registered: {why} (its log says more)")]

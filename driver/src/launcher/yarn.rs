@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use std::io::{BufRead, Write};
 
+#[cfg(test)]
+mod tests;
+
 use super::{DriverEndpoints, Ended, LaunchError, Launcher};
 
 /// What YARN answered at registration.
@@ -29,46 +32,112 @@ pub struct Registered {
 
 /// The channel to the ApplicationMaster: this process's standard input and output, which
 /// nothing else in a YARN driver uses (its log is standard error).
-pub struct AmChannel(());
+///
+/// One thread reads every answer, for the channel's whole life, and hands each over whole: a
+/// call that timed out (a slow `allocate`, as during a ResourceManager failover) leaves its
+/// answer to come, and the next call takes it first, so a "container completed" line in a late
+/// answer is never lost to a timed-out read, nor read as the answer to another request.
+pub struct AmChannel {
+    requests: Box<dyn Write + Send>,
+    /// Whether each request sent and not yet answered ends its answer with `end`.
+    expecting: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<bool>>>,
+    answers: tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Vec<Vec<String>>>>,
+    /// Answers still to come to calls that timed out.
+    outstanding: usize,
+    /// The lines of late answers, for the next `allocate` to report.
+    late: Vec<Vec<String>>,
+    timeout: Duration,
+}
 
 impl AmChannel {
     pub fn stdio() -> AmChannel {
-        AmChannel(())
+        AmChannel::over(std::io::BufReader::new(std::io::stdin()), std::io::stdout(), AM_TIMEOUT)
+    }
+
+    /// A channel that reads answers from `answers` and writes requests to `requests`, waiting
+    /// `timeout` for each answer.
+    pub fn over(
+        answers: impl BufRead + Send + 'static,
+        requests: impl Write + Send + 'static,
+        timeout: Duration,
+    ) -> AmChannel {
+        let expecting = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<bool>::new()));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let modes = expecting.clone();
+        std::thread::spawn(move || {
+            let mut lines = answers.lines();
+            loop {
+                let mut answer = Vec::new();
+                // The answer's kind is known once its first line is here, which is after its
+                // request (and that request's kind) was sent.
+                let mut multi = None;
+                let ended = loop {
+                    match lines.next() {
+                        None => break Err(std::io::Error::other("the ApplicationMaster closed the channel")),
+                        Some(Err(e)) => break Err(e),
+                        Some(Ok(line)) => {
+                            let multi =
+                                *multi.get_or_insert_with(|| modes.lock().unwrap().pop_front().unwrap_or(false));
+                            let fields: Vec<String> =
+                                line.trim_end_matches('\r').split('\t').map(str::to_string).collect();
+                            if fields[0] == "end" {
+                                break Ok(());
+                            }
+                            answer.push(fields);
+                            if !multi {
+                                break Ok(());
+                            }
+                        }
+                    }
+                };
+                let closed = ended.is_err();
+                if tx.send(ended.map(|()| answer)).is_err() || closed {
+                    return;
+                }
+            }
+        });
+        AmChannel { requests: Box::new(requests), expecting, answers: rx, outstanding: 0, late: Vec::new(), timeout }
     }
 
     /// Sends one request; returns the answer's lines up to `end` (`multi`) or its one line.
     async fn call(&mut self, fields: &[&str], multi: bool) -> Result<Vec<Vec<String>>, LaunchError> {
-        let request: Vec<String> = fields.iter().map(|f| f.replace(['\t', '\n', '\r'], " ")).collect();
         let gone = |e: String| LaunchError::ResourceManager { url: "yarn".into(), message: e };
-        // Blocking pipe reads on a thread of their own; `&mut self` keeps one call at a time.
-        let exchange = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Vec<String>>> {
-            let mut out = std::io::stdout().lock();
-            out.write_all(format!("{}\n", request.join("\t")).as_bytes())?;
-            out.flush()?;
-            let mut input = std::io::stdin().lock();
-            let mut answer = Vec::new();
-            loop {
-                let mut line = String::new();
-                if input.read_line(&mut line)? == 0 {
-                    return Err(std::io::Error::other("the ApplicationMaster closed the channel"));
+        // First the answers of calls that timed out, in order: the master answers one request
+        // at a time.
+        while self.outstanding > 0 {
+            match tokio::time::timeout(self.timeout, self.answers.recv()).await {
+                Ok(Some(Ok(answer))) => {
+                    self.outstanding -= 1;
+                    self.late.extend(answer.into_iter().filter(|f| f[0] != "error"));
                 }
-                let fields: Vec<String> = line.trim_end_matches(['\n', '\r']).split('\t').map(str::to_string).collect();
-                if fields[0] == "end" {
-                    return Ok(answer);
-                }
-                answer.push(fields);
-                if !multi {
-                    return Ok(answer);
+                Ok(Some(Err(e))) => return Err(gone(e.to_string())),
+                Ok(None) => return Err(gone("the ApplicationMaster closed the channel".into())),
+                Err(_) => {
+                    return Err(gone(format!(
+                        "the ApplicationMaster has not answered an earlier request within {:?}",
+                        self.timeout
+                    )))
                 }
             }
-        });
-        let answer = match tokio::time::timeout(AM_TIMEOUT, exchange).await {
-            Ok(Ok(Ok(answer))) => answer,
-            Ok(Ok(Err(e))) => return Err(gone(e.to_string())),
-            Ok(Err(e)) => return Err(gone(e.to_string())),
-            Err(_) => return Err(gone(format!("the ApplicationMaster did not answer within {AM_TIMEOUT:?}"))),
+        }
+        let request: Vec<String> = fields.iter().map(|f| f.replace(['\t', '\n', '\r'], " ")).collect();
+        self.expecting.lock().unwrap().push_back(multi);
+        let sent = writeln!(self.requests, "{}", request.join("\t")).and_then(|()| self.requests.flush());
+        if let Err(e) = sent {
+            return Err(gone(e.to_string()));
+        }
+        let answer = match tokio::time::timeout(self.timeout, self.answers.recv()).await {
+            Ok(Some(Ok(answer))) => answer,
+            Ok(Some(Err(e))) => return Err(gone(e.to_string())),
+            Ok(None) => return Err(gone("the ApplicationMaster closed the channel".into())),
+            Err(_) => {
+                self.outstanding += 1;
+                return Err(LaunchError::Slow { waited: self.timeout });
+            }
         };
         if let Some(error) = answer.iter().find(|f| f[0] == "error") {
+            // Lines before the error (containers started, others completed) still count.
+            self.late.extend(answer.iter().filter(|f| f[0] != "error").cloned());
             return Err(gone(error.get(1).cloned().unwrap_or_default()));
         }
         Ok(answer)
@@ -108,9 +177,18 @@ impl YarnLauncher {
         let release = release.join(",");
         let (wanted, vcores, memory) =
             (wanted.to_string(), self.vcores.to_string(), self.container_memory_mb.to_string());
-        let answer = self.channel.call(&["allocate", &wanted, &vcores, &memory, "0.5", &release], true).await?;
+        let answer = self.channel.call(&["allocate", &wanted, &vcores, &memory, "0.5", &release], true).await;
+        // Late answers first (they came before this one), then this one's.
+        let mut lines = std::mem::take(&mut self.channel.late);
+        let failed = match answer {
+            Ok(answer) => {
+                lines.extend(answer);
+                None
+            }
+            Err(e) => Some(e),
+        };
         let mut ended = Vec::new();
-        for f in answer {
+        for f in lines {
             match f[0].as_str() {
                 "allocated" => {
                     tracing::info!(container = %f[1], node = %f.get(2).map(String::as_str).unwrap_or(""), "executor container started");
@@ -126,7 +204,18 @@ impl YarnLauncher {
                 _ => tracing::warn!(line = ?f, "unexpected answer from the ApplicationMaster"),
             }
         }
-        Ok(ended)
+        match failed {
+            // YARN has ended this attempt: the query must stop, not run on without it.
+            Some(e) if e.to_string().contains("ApplicationAttemptNotFoundException") => Err(e),
+            // A slow or failed allocate (a ResourceManager failing over, a NodeManager that
+            // would not start a container) is the master's heartbeat missed once: carry on, as
+            // the standalone launcher does; the containers it reports come with a later answer.
+            Some(e) => {
+                tracing::warn!(error = %e, "YARN allocate failed; carrying on");
+                Ok(ended)
+            }
+            None => Ok(ended),
+        }
     }
 }
 

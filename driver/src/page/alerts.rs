@@ -51,7 +51,8 @@ pub fn evaluate(records: &[ProgressRecord], facts: &Facts) -> Vec<Alert> {
 
     // Lag above zero and growing over the last 10 minutes of batches.
     let recent = within(records, facts.now, Duration::from_secs(600));
-    let growing = recent.len() >= 2 && recent.iter().all(|r| r.lag() > 0) && recent[recent.len() - 1].lag() > recent[0].lag();
+    let growing =
+        recent.len() >= 2 && recent.iter().all(|r| r.lag() > 0) && recent[recent.len() - 1].lag() > recent[0].lag();
     alerts.push(Alert {
         name: "EmbedstreamLagGrowing",
         holds: growing,
@@ -79,7 +80,9 @@ pub fn evaluate(records: &[ProgressRecord], facts: &Facts) -> Vec<Alert> {
         name: "EmbedstreamNoBatchFinished",
         holds: since.is_some_and(|s| s > quiet) && lag > 0,
         detail: match since {
-            Some(s) => format!("last batch finished {} s ago (alert after {} s with lag)", s.as_secs(), quiet.as_secs()),
+            Some(s) => {
+                format!("last batch finished {} s ago (alert after {} s with lag)", s.as_secs(), quiet.as_secs())
+            }
             None => "no batch yet".into(),
         },
     });
@@ -90,7 +93,8 @@ pub fn evaluate(records: &[ProgressRecord], facts: &Facts) -> Vec<Alert> {
         detail: format!("{} of {} executors alive", facts.executors_alive, facts.executors_wanted),
     });
 
-    let (most, restarts) = (facts.restarts_15m.iter()).max_by_key(|(_, &n)| n).map_or(("-", 0), |(e, &n)| (e.as_str(), n));
+    let (most, restarts) =
+        (facts.restarts_15m.iter()).max_by_key(|(_, &n)| n).map_or(("-", 0), |(e, &n)| (e.as_str(), n));
     alerts.push(Alert {
         name: "EmbedstreamWorkerRestarts",
         holds: restarts > 3,
@@ -136,8 +140,16 @@ mod tests {
     #[test]
     fn a_query_that_keeps_up_raises_nothing() {
         let now = SystemTime::now();
-        let records: Vec<_> = (0..5).map(|i| record(now - Duration::from_secs(50 - i * 10), 10 * (i as i64 + 1), 10 * (i as i64 + 1), 0)).collect();
-        let facts = Facts { now, trigger: Duration::from_secs(1), executors_wanted: 2, executors_alive: 2, restarts_15m: Default::default() };
+        let records: Vec<_> = (0..5)
+            .map(|i| record(now - Duration::from_secs(50 - i * 10), 10 * (i as i64 + 1), 10 * (i as i64 + 1), 0))
+            .collect();
+        let facts = Facts {
+            now,
+            trigger: Duration::from_secs(1),
+            executors_wanted: 2,
+            executors_alive: 2,
+            restarts_15m: Default::default(),
+        };
         assert!(holding(&evaluate(&records, &facts)).is_empty());
     }
 
@@ -145,9 +157,16 @@ mod tests {
     fn a_steady_backlog_processed_as_fast_as_it_grows_is_not_below_input() {
         let now = SystemTime::now();
         // 500 records behind in every batch: 10 read a batch, 10 arriving.
-        let records: Vec<_> =
-            (0..20).map(|i| record(now - Duration::from_secs(200 - i * 10), 10 * (i as i64 + 1), 500 + 10 * (i as i64 + 1), 0)).collect();
-        let facts = Facts { now, trigger: Duration::from_secs(1), executors_wanted: 1, executors_alive: 1, restarts_15m: Default::default() };
+        let records: Vec<_> = (0..20)
+            .map(|i| record(now - Duration::from_secs(200 - i * 10), 10 * (i as i64 + 1), 500 + 10 * (i as i64 + 1), 0))
+            .collect();
+        let facts = Facts {
+            now,
+            trigger: Duration::from_secs(1),
+            executors_wanted: 1,
+            executors_alive: 1,
+            restarts_15m: Default::default(),
+        };
         let alerts = evaluate(&records, &facts);
         let below = alerts.iter().find(|a| a.name == "EmbedstreamProcessingBelowInput").unwrap();
         assert!(!below.holds, "{}", below.detail);

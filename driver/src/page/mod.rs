@@ -57,11 +57,13 @@ pub struct PageState {
     pub control: Arc<Control>,
     pub registry: Arc<ExecutorRegistry>,
     pub token: ClusterToken,
+    /// Served over TLS (the session cookie is then `Secure`).
+    pub tls: bool,
 }
 
 /// The page's routes, to be merged into the metrics listener's.
 pub fn router(state: Arc<PageState>) -> axum::Router {
-    let token = state.token.clone();
+    let (token, tls) = (state.token.clone(), state.tls);
     let api = axum::Router::new()
         .route("/api/query", get(query))
         .route("/api/partitions", get(partitions))
@@ -70,7 +72,7 @@ pub fn router(state: Arc<PageState>) -> axum::Router {
         .route("/api/dead-letters", get(dead_letters))
         .route("/api/alerts", get(alerts_now))
         .with_state(state);
-    web::site(include_str!("page.html"), api, token)
+    web::site(include_str!("page.html"), api, token, tls)
 }
 
 /// The sink in a few words: its kind and where it writes (no secret: a pgvector URL holds none).

@@ -238,8 +238,16 @@ impl Query<'_> {
         start: &PartitionOffsets,
         target: Option<&PartitionOffsets>,
     ) -> Result<Option<Planned>, DriverError> {
-        let partitions = self.broker(KafkaSource::partitions).await?;
-        let (earliest, latest) = self.broker(move |s| s.watermarks(&partitions)).await?;
+        // A partition the query reads that the answer lacks is asked about again before it
+        // counts as gone: one "unknown topic" answer must not stop the query.
+        let (reading, retry_for) = (start.clone(), self.spec.source.metadata_retry_timeout.get());
+        let (earliest, latest) = self
+            .broker(move |s| {
+                s.offsets_covering(&reading, retry_for, |missing| {
+                    tracing::warn!(?missing, "partitions missing from the broker's answer; asking again")
+                })
+            })
+            .await?;
 
         let mut start = start.clone();
         for tp in earliest.keys() {

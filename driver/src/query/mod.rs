@@ -205,6 +205,7 @@ pub async fn run_query(
         // A token the query made for itself guards its gRPC services from other local users; the
         // page shows what /metrics shows, and asks for a token only when one is configured.
         token: if options.own_token_file.is_some() { ClusterToken::default() } else { options.token.clone() },
+        tls: options.tls.serves_tls(),
     }));
     let metrics_addr =
         telemetry::serve_metrics_with(&spec.monitoring.metrics_listen, metrics.registry.clone(), &options.tls, page)
@@ -279,8 +280,7 @@ pub async fn run_query(
         "query starting"
     );
 
-    let launcher =
-        Arc::new(tokio::sync::Mutex::new(make_launcher(&DriverEndpoints {
+    let launcher = Arc::new(tokio::sync::Mutex::new(make_launcher(&DriverEndpoints {
         grpc: addr,
         metrics: metrics_addr,
         page: page_url(metrics_addr, addr, options.tls.serves_tls()),

@@ -67,8 +67,9 @@ impl FetchError {
         }
     }
 
-    /// Worth another attempt: the server or the network may answer next time.
-    fn transient(&self) -> bool {
+    /// Worth another attempt: the server or the network may answer next time. Still failing
+    /// after `fetch.retry_window`, it fails the task (an outage), never a dead letter.
+    pub fn transient(&self) -> bool {
         match self {
             FetchError::Connect { .. } | FetchError::Timeout { .. } => true,
             FetchError::Status { status, .. } => *status == 429 || *status >= 500,
@@ -76,6 +77,9 @@ impl FetchError {
         }
     }
 }
+
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// An image's bytes and what fetching them took.
 #[derive(Debug)]
@@ -93,6 +97,11 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
+    /// The most pixels an image fetched here may have (`fetch.max_pixels`).
+    pub fn max_pixels(&self) -> u64 {
+        self.spec.max_pixels
+    }
+
     /// A fetcher that counts what it does in `metrics`.
     pub fn new(spec: FetchSpec, metrics: FetchMetrics) -> Fetcher {
         let roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
@@ -131,10 +140,14 @@ impl Fetcher {
             attempts += 1;
             match self.attempt(url).await {
                 Ok(bytes) => return Ok(Fetched { bytes, attempts, took: started.elapsed() }),
-                Err(e) if e.transient() && attempts <= self.spec.retries => {
+                Err(e)
+                    if e.transient()
+                        && attempts <= self.spec.retries
+                        && started.elapsed() + wait < self.spec.retry_window.get() =>
+                {
                     tracing::debug!(%url, error = %e, attempt = attempts, "image fetch failed; retrying");
                     tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
+                    wait = wait.saturating_mul(2).min(MAX_BACKOFF);
                 }
                 Err(e) => return Err(e),
             }

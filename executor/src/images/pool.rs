@@ -1,6 +1,8 @@
 //! An `image-onnx` model's executor side: a window's image URLs in, one vector an image out, or
-//! the reason an image has none (its fetch or its decoding failed: a dead letter, not a failed
-//! task).
+//! the reason an image has none (its fetch failed for good or its decoding failed: a dead
+//! letter, not a failed task). An image whose host still fails transiently after the fetcher's
+//! retries (`fetch.retry_window`) fails the window instead: an outage is retried, never
+//! dead-lettered.
 //!
 //! Downloads run ahead of inference. Every URL of a window is fetched at once (the fetcher
 //! bounds the downloads in flight by `fetch.concurrency`), each image is decoded and
@@ -87,7 +89,8 @@ impl ImagePool {
                         send(&mut batch);
                     }
                 }
-                Err(reason) => out.failed.push((i, reason)),
+                Err(Unavailable::Permanently(reason)) => out.failed.push((i, reason)),
+                Err(Unavailable::ForNow(reason)) => return Err(ModelError::Inference(reason)),
             }
         }
         if !batch.0.is_empty() {
@@ -106,16 +109,31 @@ impl ImagePool {
     }
 
     /// The image at `url` as the model's input tensor, or why there is none.
-    async fn tensor(&self, url: &str) -> Result<Vec<f32>, String> {
-        let fetched = self.fetcher.fetch(url).await.map_err(|e| e.to_string())?;
+    async fn tensor(&self, url: &str) -> Result<Vec<f32>, Unavailable> {
+        let fetched = self.fetcher.fetch(url).await.map_err(|e| match e.transient() {
+            true => {
+                Unavailable::ForNow(format!("{e}, still after fetch.retry_window (an outage: the task is retried)"))
+            }
+            false => Unavailable::Permanently(e.to_string()),
+        })?;
         let _decoding = self.decoders.acquire().await.expect("the semaphore is never closed");
         let preprocess = self.spec.preprocess.clone();
-        let tensor = tokio::task::spawn_blocking(move || preprocess::tensor(&fetched.bytes, &preprocess))
+        let max_pixels = self.fetcher.max_pixels();
+        let tensor = tokio::task::spawn_blocking(move || preprocess::tensor(&fetched.bytes, &preprocess, max_pixels))
             .await
-            .map_err(|e| format!("decoding the image: {e}"))?;
+            .map_err(|e| Unavailable::Permanently(format!("decoding the image: {e}")))?;
         tensor.map_err(|why| {
             self.metrics.failures.with_label_values(&["decode"]).inc();
-            format!("image URL `{url}`: {why}")
+            Unavailable::Permanently(format!("image URL `{url}`: {why}"))
         })
     }
+}
+
+/// Why an image has no tensor.
+enum Unavailable {
+    /// Its URL, its bytes or its pixels will never do: a dead letter.
+    Permanently(String),
+    /// Its host did not answer, or answered 429 or 5xx, for the whole retry window: the
+    /// window fails, and its task is retried.
+    ForNow(String),
 }

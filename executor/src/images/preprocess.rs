@@ -1,7 +1,12 @@
-//! An image's bytes to a model's input tensor, as `preprocess` says: decoded (JPEG, PNG or
-//! WebP, refused past [`MAX_SIDE`] pixels a side so that a small file cannot claim gigabytes),
-//! laid over white where it is transparent, its short side resized to `resize`, the centre
-//! `crop` x `crop` cut out, each channel `(x - mean) / scale`, channels first.
+//! An image's bytes to a model's input tensor, as `preprocess` says: its size read from its
+//! header and refused over `fetch.max_pixels` before anything is decoded (a small file can
+//! claim gigabytes: a decompression bomb), decoded (JPEG, PNG or WebP) into 8-bit values, its
+//! short side resized to `resize` with transparent pixels laid over white as the rows are read,
+//! the centre `crop` x `crop` cut out, each channel `(x - mean) / scale`, channels first.
+//!
+//! One image's peak memory is its 8-bit pixels (at most 4 bytes a pixel, so 160 MB at the
+//! default 40 megapixels) and the rows resized across (`height x resized width x 3` floats);
+//! no floating-point copy of the whole image is made.
 //!
 //! The resize is bilinear with the filter widened by the scale when shrinking (as PIL's
 //! `Image.resize(..., BILINEAR)` does, so that shrinking averages every pixel instead of
@@ -11,12 +16,7 @@
 use std::io::Cursor;
 
 use embedstream_core::spec::image::{Channels, PreprocessSpec};
-use image::{ImageFormat, ImageReader, Limits};
-
-/// Largest width or height decoded.
-pub const MAX_SIDE: u32 = 12_000;
-/// Largest decoded image in bytes (RGBA, 8 bits a channel).
-const MAX_DECODED_BYTES: u64 = 256 << 20;
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
 /// An image as RGB values from 0 to 255, row by row, three values a pixel.
 #[derive(Debug)]
@@ -26,37 +26,72 @@ pub struct Rgb {
     pub values: Vec<f32>,
 }
 
-/// Decodes a JPEG, PNG or WebP image; transparent pixels are laid over white. The error is a
-/// dead letter's reason.
-pub fn decode(bytes: &[u8]) -> Result<Rgb, String> {
+/// A decoded image's 8-bit pixels: RGB (3 bytes a pixel) or RGBA (4), row by row.
+#[derive(Debug)]
+pub struct Pixels {
+    pub width: usize,
+    pub height: usize,
+    /// 3 or 4.
+    pub channels: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl Pixels {
+    /// Row `y` as RGB floats, transparent pixels laid over white.
+    fn row_into(&self, y: usize, out: &mut Vec<f32>) {
+        out.clear();
+        let row = &self.bytes[y * self.width * self.channels..(y + 1) * self.width * self.channels];
+        if self.channels == 3 {
+            out.extend(row.iter().map(|&c| c as f32));
+            return;
+        }
+        for px in row.chunks_exact(4) {
+            let alpha = px[3] as f32 / 255.0;
+            out.extend(px[..3].iter().map(|&c| c as f32 * alpha + 255.0 * (1.0 - alpha)));
+        }
+    }
+}
+
+/// Decodes a JPEG, PNG or WebP image of at most `max_pixels` pixels into 8-bit RGB or RGBA.
+/// The error is a dead letter's reason.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Pixels, String> {
     let format = match image::guess_format(bytes) {
         Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => f,
         Ok(other) => return Err(format!("not an image this takes ({other:?}; JPEG, PNG or WebP)")),
         Err(_) => return Err("not an image (JPEG, PNG or WebP)".to_string()),
     };
+    let cannot = |e: image::ImageError| format!("cannot decode the {format:?} image: {e}");
+    // The header alone first: the size decides before a byte of pixels is allocated.
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(cannot)?;
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(format!("image is {w} x {h} pixels ({pixels}), over fetch.max_pixels = {max_pixels}"));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // 16-bit RGBA is the widest a decoder allocates (8 bytes a pixel), plus its own buffers.
+    limits.max_alloc = Some(pixels * 8 + (16 << 20));
     reader.limits(limits);
-    let image = reader.decode().map_err(|e| format!("cannot decode the {format:?} image: {e}"))?.into_rgba8();
+    let image = reader.decode().map_err(cannot)?;
     let (width, height) = (image.width() as usize, image.height() as usize);
-    let mut values = Vec::with_capacity(width * height * 3);
-    for px in image.pixels() {
-        let alpha = px[3] as f32 / 255.0;
-        values.extend(px.0[..3].iter().map(|&c| c as f32 * alpha + 255.0 * (1.0 - alpha)));
-    }
-    Ok(Rgb { width, height, values })
+    let (channels, bytes) = match image {
+        DynamicImage::ImageRgb8(b) => (3, b.into_raw()),
+        DynamicImage::ImageRgba8(b) => (4, b.into_raw()),
+        other if other.color().has_alpha() => (4, other.into_rgba8().into_raw()),
+        other => (3, other.into_rgb8().into_raw()),
+    };
+    Ok(Pixels { width, height, channels, bytes })
 }
 
 /// The input tensor of an image's bytes (`spec.tensor_len()` values), or why there is none.
-pub fn tensor(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, String> {
-    Ok(to_tensor(&decode(bytes)?, spec))
+pub fn tensor(bytes: &[u8], spec: &PreprocessSpec, max_pixels: u64) -> Result<Vec<f32>, String> {
+    Ok(to_tensor(&decode(bytes, max_pixels)?, spec))
 }
 
 /// The tensor of a decoded image.
-pub fn to_tensor(image: &Rgb, spec: &PreprocessSpec) -> Vec<f32> {
+pub fn to_tensor(image: &Pixels, spec: &PreprocessSpec) -> Vec<f32> {
     let (w, h) = resized_size(image.width, image.height, spec.resize as usize);
     let resized = resize(image, w, h);
     let crop = spec.crop as usize;
@@ -99,13 +134,15 @@ fn weights(from: usize, to: usize) -> Vec<(usize, Vec<f32>)> {
         .collect()
 }
 
-/// Resizes to `width` x `height`: rows first, then columns.
-pub fn resize(image: &Rgb, width: usize, height: usize) -> Rgb {
-    let (iw, ih) = (image.width, image.height);
-    let across = weights(iw, width);
+/// Resizes to `width` x `height`: rows first (each source row made RGB floats as it is read),
+/// then columns.
+pub fn resize(image: &Pixels, width: usize, height: usize) -> Rgb {
+    let ih = image.height;
+    let across = weights(image.width, width);
     let mut rows = vec![0f32; ih * width * 3];
+    let mut src = Vec::with_capacity(image.width * 3);
     for y in 0..ih {
-        let src = &image.values[y * iw * 3..(y + 1) * iw * 3];
+        image.row_into(y, &mut src);
         let dst = &mut rows[y * width * 3..(y + 1) * width * 3];
         for (x, (lo, w)) in across.iter().enumerate() {
             let mut px = [0f32; 3];
@@ -151,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_flat_image_stays_flat_and_channels_follow_the_spec() {
-        let image = Rgb { width: 40, height: 30, values: [10.0, 20.0, 30.0].repeat(40 * 30) };
+        let image = Pixels { width: 40, height: 30, channels: 3, bytes: [10, 20, 30].repeat(40 * 30) };
         let spec =
             PreprocessSpec { resize: 16, crop: 8, mean: [0.0; 3], scale: [10.0, 10.0, 10.0], channels: Channels::Bgr };
         let t = to_tensor(&image, &spec);
@@ -163,10 +200,42 @@ mod tests {
 
     #[test]
     fn not_images_are_refused_with_a_reason() {
-        assert_eq!(decode(b"<html>404</html>").unwrap_err(), "not an image (JPEG, PNG or WebP)");
+        let most = 40_000_000;
+        assert_eq!(decode(b"<html>404</html>", most).unwrap_err(), "not an image (JPEG, PNG or WebP)");
         let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
-        assert!(decode(gif).unwrap_err().starts_with("not an image this takes (Gif"));
+        assert!(decode(gif, most).unwrap_err().starts_with("not an image this takes (Gif"));
         // A PNG's signature and nothing else.
-        assert!(decode(b"\x89PNG\r\n\x1a\n\0\0").unwrap_err().starts_with("cannot decode the Png image"));
+        assert!(decode(b"\x89PNG\r\n\x1a\n\0\0", most).unwrap_err().starts_with("cannot decode the Png image"));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_by_its_header() {
+        // A PNG header claiming 20000 x 20000 (1.6 GB of RGBA): refused before any decoding,
+        // with its size and the limit, whatever follows the header.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(20_000u32.to_be_bytes());
+        ihdr.extend(20_000u32.to_be_bytes());
+        ihdr.extend([8, 6, 0, 0, 0]); // 8 bits, RGBA
+        png.extend(13u32.to_be_bytes());
+        png.extend(&ihdr);
+        png.extend(crc32(&ihdr).to_be_bytes());
+        // An empty first IDAT chunk: the header ends where pixels would begin.
+        png.extend(0u32.to_be_bytes());
+        png.extend(b"IDAT");
+        png.extend(crc32(b"IDAT").to_be_bytes());
+        let e = decode(&png, 40_000_000).unwrap_err();
+        assert_eq!(e, "image is 20000 x 20000 pixels (400000000), over fetch.max_pixels = 40000000");
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
     }
 }

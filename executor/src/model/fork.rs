@@ -20,10 +20,21 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::ForkResult;
 
 /// Forks a child that runs `body` and leaves with `_exit(body's code)` (101 if it panics).
-/// Returns the child's pid to the parent.
+/// Returns the child's pid to the parent. Refused unless this process has exactly one thread:
+/// the soundness of `fork` rests on it, so it is checked, not assumed.
 pub fn fork_child(body: impl FnOnce() -> i32) -> io::Result<i32> {
-    // SAFETY: see the module comment: the caller is single-threaded, and the child never
-    // returns into the caller: it runs `body` and exits through `_exit`.
+    match thread_count() {
+        Some(1) => {}
+        threads => {
+            return Err(io::Error::other(format!(
+                "refusing to fork: the process has {} threads, and a forked child of a \
+                 multi-threaded process may inherit a lock another thread held",
+                threads.map_or("an unknown number of".to_string(), |n| n.to_string())
+            )))
+        }
+    }
+    // SAFETY: see the module comment: the caller is single-threaded (checked above), and the
+    // child never returns into the caller: it runs `body` and exits through `_exit`.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         ForkResult::Child => {
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
@@ -65,4 +76,23 @@ pub fn wait_any_child() -> io::Result<(i32, String)> {
 pub fn thread_count() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status.lines().find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 31, item 17: the daemon only logged its thread count before forking.
+    #[test]
+    fn refuse_to_fork_a_model_daemon_that_has_more_than_one_thread() {
+        // Another thread, alive while the fork is asked for (the test harness may have more).
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        let threads = thread_count().unwrap();
+        assert!(threads >= 2);
+        let e = fork_child(|| 0).unwrap_err();
+        assert!(e.to_string().contains(&format!("the process has {threads} threads")), "{e}");
+        drop(tx);
+        let _ = other.join();
+    }
 }

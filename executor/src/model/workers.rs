@@ -417,19 +417,38 @@ impl Workers {
     /// Kills the worker of `slot`, which did not answer in time (stopped, or stuck in the
     /// model); the daemon forks a new one on the same socket, as for a worker that died.
     fn kill_hung_worker(&self, slot: usize, deadline: Duration) {
-        let pid = {
+        let (pid, daemon) = {
             let mut state = self.state.lock().unwrap();
             let Some(pid) = state.worker_pids.get(slot).copied().filter(|&p| p > 0) else { return };
             state.hung += 1;
-            pid
+            (pid, state.daemon_pid)
         };
         tracing::warn!(slot, pid, ?deadline, "model worker did not answer by its deadline; killing it");
-        if let Err(e) =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
-        {
-            tracing::warn!(slot, pid, error = %e, "cannot kill the hung worker");
+        match kill_child_of(daemon, pid) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(slot, pid, "the hung worker is gone (its pid is no longer the daemon's child)"),
+            Err(e) => tracing::warn!(slot, pid, error = %e, "cannot kill the hung worker"),
         }
     }
+}
+
+/// The parent of `pid`, from `/proc/PID/stat`, if it is alive.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// SIGKILLs `pid` only if it is still a child of `parent` (the model daemon). A worker's pid is
+/// only freed for reuse once the daemon reaps it, so a pid whose parent is no longer the
+/// daemon was recycled for another process, which must not be signalled. Returns whether it
+/// was signalled.
+fn kill_child_of(parent: u32, pid: u32) -> nix::Result<bool> {
+    if parent == 0 || parent_of(pid) != Some(parent) {
+        return Ok(false);
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+    Ok(true)
 }
 
 /// A worker slot in use. Whatever ends the future that holds it (its batch done or failed, or
@@ -510,5 +529,27 @@ mod tests {
         // A text over the budget still goes, alone.
         assert_eq!(cut_batches(&[0, 1], &[500, 10], 8, Some(256)), [vec![0], vec![1]]);
         assert!(cut_batches(&[], &[], 8, Some(256)).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod kill_tests {
+    use super::*;
+
+    /// Issue 31, item 17: the hung-worker kill signalled whatever process had the pid the
+    /// daemon once reported, even one that had recycled it.
+    #[test]
+    fn the_worker_kill_must_not_signal_a_recycled_pid() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        let me = std::process::id();
+        assert_eq!(parent_of(pid), Some(me));
+        // The same pid seen as another parent's child: what a recycled pid looks like.
+        assert!(!kill_child_of(1, pid).unwrap(), "not the daemon's child: not signalled");
+        assert!(child.try_wait().unwrap().is_none(), "the process is still running");
+        assert!(kill_child_of(me, pid).unwrap());
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+        assert!(!kill_child_of(me, pid).unwrap(), "reaped: its pid is nobody's child of ours");
     }
 }

@@ -39,11 +39,15 @@ pub struct KafkaSink {
     topic: Arc<str>,
     format: VectorFormat,
     outputs: Vec<Output>,
+    /// The longest key whose output records fit in one message.
+    max_key: usize,
 }
 
 impl KafkaSink {
     pub fn new(spec: &KafkaSinkSpec, producer: Arc<KafkaProducer>, outputs: Vec<Output>) -> KafkaSink {
-        KafkaSink { producer, topic: spec.topic.as_str().into(), format: spec.format, outputs }
+        let largest_value = outputs.iter().map(|o| encoded_len(spec.format, o.dim)).max().unwrap_or(0);
+        let max_key = producer.message_max_bytes().saturating_sub(largest_value + producer::HEADER_ROOM);
+        KafkaSink { producer, topic: spec.topic.as_str().into(), format: spec.format, outputs, max_key }
     }
 
     /// Enqueues model `model`'s vector of `origin` for partition `partition` of the sink topic.
@@ -76,6 +80,19 @@ impl KafkaSink {
 impl crate::Sink for Arc<KafkaSink> {
     fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
         Ok(Box::new(KafkaTaskWriter { sink: self.clone(), partition: task.partition, acks: Vec::new() }))
+    }
+
+    /// A record whose output cannot fit in one message (its key is too long) is a dead letter:
+    /// the producer would refuse it (`MsgSizeTooLarge`) on every attempt.
+    fn admit(&self, key: Option<&[u8]>, _value: Option<&[u8]>) -> crate::Admit {
+        match key.map_or(0, <[u8]>::len) {
+            n if n > self.max_key => crate::Admit::Refuse(format!(
+                "the key is {n} bytes: its output record would be over the producer's message.max.bytes = {} (keys up to {} bytes fit)",
+                self.producer.message_max_bytes(),
+                self.max_key
+            )),
+            _ => crate::Admit::Embed,
+        }
     }
 }
 
@@ -171,6 +188,15 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
 
+/// The most bytes [`encode`] makes of a vector of `dim` values.
+fn encoded_len(format: VectorFormat, dim: usize) -> usize {
+    match format {
+        VectorFormat::F32le => 4 * dim,
+        // `-1.2345678e-38,` at most, and the braces and name.
+        VectorFormat::Json => 16 * dim + 32,
+    }
+}
+
 /// The record value for one vector.
 pub fn encode(format: VectorFormat, vector: &[f32]) -> Vec<u8> {
     match format {
@@ -192,6 +218,8 @@ mod tests {
         let back: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(back, v);
         let json: serde_json::Value = serde_json::from_slice(&encode(VectorFormat::Json, &v)).unwrap();
+        let worst = [-1.234_567_9e-38f32; 64];
+        assert!(encode(VectorFormat::Json, &worst).len() <= encoded_len(VectorFormat::Json, 64));
         let back: Vec<f32> = json["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         assert_eq!(back, v);
     }

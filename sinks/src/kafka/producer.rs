@@ -18,6 +18,13 @@ use rdkafka::ClientConfig;
 
 use crate::SinkError;
 
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room a record needs besides its key and value: the `es.*` headers (a topic name is at most
+/// 249 bytes) and the record's framing.
+pub const HEADER_ROOM: usize = 2 << 10;
+
 /// Where an output record came from.
 pub struct Origin<'a> {
     pub topic: &'a str,
@@ -52,6 +59,12 @@ impl KafkaProducer {
             .set("queue.buffering.max.messages", "200000");
         let producer: FutureProducer = config.create()?;
         Ok(KafkaProducer { config, current: RwLock::new(Arc::new(producer)), replaced: AtomicU64::new(0) })
+    }
+
+    /// The most bytes one record may take (`message.max.bytes`, librdkafka's 1,000,000 unless
+    /// the spec's client properties say otherwise): key, value and headers together.
+    pub fn message_max_bytes(&self) -> usize {
+        self.config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
     }
 
     /// How many times a producer that hit a fatal error was replaced.

@@ -43,6 +43,13 @@ use vector::PgVector;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a window's transaction waits for a lock another writer holds before it fails (and
+/// its task is retried).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest one statement may run (a window's merge, a table's index).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A transaction left open and idle (an executor stopped mid-window) is ended by the server.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where the sink connects, with its password, and how errors name it.
 #[derive(Clone)]
@@ -62,6 +69,25 @@ impl Database {
             config.password(p.expose());
         }
         config.application_name("embedstream").connect_timeout(CONNECT_TIMEOUT);
+        // A frozen executor must not hold other writers up for hours: its locks and statements
+        // are bounded by the server, and a dead peer is found by TCP keepalives. Options the URL
+        // gives come after ours, so a site can set its own values.
+        let ours = format!(
+            "-c lock_timeout={}ms -c statement_timeout={}ms -c idle_in_transaction_session_timeout={}ms",
+            LOCK_TIMEOUT.as_millis(),
+            STATEMENT_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(theirs) if !theirs.is_empty() => format!("{ours} {theirs}"),
+            _ => ours,
+        };
+        config
+            .options(&options)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         Ok(Database { config, url: spec.url.clone() })
     }
 
@@ -208,9 +234,27 @@ impl Sink for Arc<PgvectorSink> {
             Some(Err(_)) => {
                 return Admit::Refuse("the key is not UTF-8 text: the pgvector table's `key` column is text".into())
             }
+            Some(Ok(k)) if k.contains('\0') => {
+                return Admit::Refuse("the key holds a NUL byte, which PostgreSQL's text cannot store".into())
+            }
             Some(Ok(k)) => Some(k),
             None => None,
         };
+        // The value is written as text too (`columns` names it): refused here, not by the
+        // window's transaction, which would fail on every attempt and every restart.
+        if let (true, Some(v)) = (self.table.with_value, value) {
+            match std::str::from_utf8(v) {
+                Err(_) => {
+                    return Admit::Refuse(
+                        "the value is not UTF-8 text: the pgvector table's `value` column is text".into(),
+                    )
+                }
+                Ok(v) if v.contains('\0') => {
+                    return Admit::Refuse("the value holds a NUL byte, which PostgreSQL's text cannot store".into())
+                }
+                Ok(_) => {}
+            }
+        }
         match (self.table.mode, key, value) {
             (PgMode::Upsert, None, _) => Admit::Refuse(
                 "the record has no key: sink.mode = \"upsert\" keeps one row per Kafka key (mode = \"append\" \
@@ -221,6 +265,17 @@ impl Sink for Arc<PgvectorSink> {
             _ => Admit::Embed,
         }
     }
+}
+
+/// The latest Kafka timestamp written as itself: the end of year 9999, in milliseconds since
+/// the epoch. PostgreSQL's `timestamptz` ends in 294276, but a producer's clock that far off is
+/// no time at all; such a row's `kafka_timestamp` is NULL, as is a negative one (Kafka's -1,
+/// no timestamp).
+const LATEST_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+
+/// A row's `kafka_timestamp`: the record's, or NULL when it is none or out of range.
+fn kafka_timestamp(ms: Option<i64>) -> Option<SystemTime> {
+    ms.filter(|t| (0..=LATEST_TIMESTAMP_MS).contains(t)).map(|t| UNIX_EPOCH + Duration::from_millis(t as u64))
 }
 
 /// One task attempt's writes: a connection held from its first window to its end.
@@ -306,7 +361,8 @@ impl PgWriter {
         for i in 0..rows.num_rows() {
             // Upsert rows always have a key (`admit`).
             let key = origins.key(i);
-            let stamp = stamps.is_valid(i).then(|| UNIX_EPOCH + Duration::from_millis(stamps.value(i).max(0) as u64));
+            let stamp = kafka_timestamp(stamps.is_valid(i).then(|| stamps.value(i)));
+            // UTF-8 without NUL bytes: `admit` refused the others.
             let value = values.and_then(|v| v.is_valid(i).then(|| std::str::from_utf8(v.value(i)).unwrap_or_default()));
             let row_vectors: Vec<PgVector<'_>> =
                 vectors.iter().map(|(all, dim)| PgVector(&all[i * dim..(i + 1) * dim])).collect();
@@ -412,5 +468,27 @@ impl TaskWriter for PgWriter {
     /// Windows written stay: each is a merge that the retried attempt repeats to the same rows.
     fn abort(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move { self.give_back() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 31, item 10: no timeout bounded a frozen executor's locks or transactions.
+    #[test]
+    fn bounded_locks_and_timeouts_are_set_on_every_connection() {
+        let spec: PgvectorSinkSpec =
+            toml::from_str("url = \"postgresql://u@h/d?options=-c%20work_mem%3D64MB\"\ntable = \"t\"").unwrap();
+        let db = Database::new(&spec, None).unwrap();
+        let options = db.config.get_options().unwrap();
+        for want in
+            ["lock_timeout=60000ms", "statement_timeout=600000ms", "idle_in_transaction_session_timeout=120000ms"]
+        {
+            assert!(options.contains(want), "{options}");
+        }
+        assert!(options.ends_with("-c work_mem=64MB"), "the URL's own options come last: {options}");
+        assert!(db.config.get_keepalives());
+        assert_eq!(db.config.get_keepalives_idle(), Duration::from_secs(30));
     }
 }

@@ -166,11 +166,14 @@ impl TableDef {
     }
 
     /// Locks the stage's keys for the transaction, in one order (no deadlock between two
-    /// writers): a tombstone and a record of one key are applied one after the other.
+    /// writers): a tombstone and a record of one key are applied one after the other. Keys are
+    /// locked by hash bucket, [`LOCK_BUCKETS`] at most, so that a window of many keys cannot
+    /// fill PostgreSQL's shared lock table (which every other transaction of the server needs).
     pub fn lock_stage_keys(&self, lock_space: i32) -> String {
         format!(
             "SELECT pg_advisory_xact_lock({lock_space}, h) FROM \
-             (SELECT DISTINCT hashtext(\"key\") AS h FROM {STAGE} ORDER BY 1) AS k"
+             (SELECT DISTINCT hashtext(\"key\") & {mask} AS h FROM {STAGE} ORDER BY 1) AS k",
+            mask = LOCK_BUCKETS - 1
         )
     }
 
@@ -211,9 +214,11 @@ impl TableDef {
     pub fn delete(&self) -> [String; 3] {
         let (table, tomb) = (quote(&self.name), quote(&self.tombstones()));
         [
-            "SELECT pg_advisory_xact_lock($2, h) FROM \
-             (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS l"
-                .to_string(),
+            format!(
+                "SELECT pg_advisory_xact_lock($2, h) FROM \
+                 (SELECT DISTINCT hashtext(k) & {mask} AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS l",
+                mask = LOCK_BUCKETS - 1
+            ),
             format!(
                 "INSERT INTO {tomb} AS d (\"key\", \"topic\", \"partition\", \"offset\") \
                  SELECT DISTINCT ON (u.k) u.k, u.t, u.p, u.o \
@@ -232,6 +237,10 @@ impl TableDef {
         ]
     }
 }
+
+/// Hash buckets the keys of a table are locked by (a power of two): a window takes at most this
+/// many advisory locks, whatever its number of keys.
+pub const LOCK_BUCKETS: i32 = 128;
 
 /// The advisory-lock space of a table's keys: its name hashed (FNV-1a), so two tables' locks
 /// do not meet.

@@ -170,8 +170,9 @@ impl PgvectorSinkSpec {
 /// `password=` pair.
 fn url_has_password(url: &str) -> bool {
     if let Some((_, rest)) = url.split_once("://") {
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        let user_info = authority.rsplit_once('@').map(|(u, _)| u).unwrap_or_default();
+        // Everything before the last `@`: a password may hold `/` or `?`, which would end the
+        // authority if it were cut there first (and let the password reach logs).
+        let user_info = rest.rsplit_once('@').map(|(u, _)| u).unwrap_or_default();
         user_info.contains(':')
             || rest.split_once('?').is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("password=")))
     } else {
@@ -188,6 +189,10 @@ mod tests {
         assert!(url_has_password("postgresql://u:secret@h:5432/db"));
         assert!(url_has_password("postgres://h/db?user=u&password=x"));
         assert!(url_has_password("host=h user=u password=x"));
+        // Issue 31, item 12: a password holding `/` or `?` slipped past the check.
+        assert!(url_has_password("postgresql://u:pa/ss@h:5432/db"));
+        assert!(url_has_password("postgresql://u:pa?ss@h:5432/db"));
+        assert!(url_has_password("postgresql://u:a/b?c@h/db?sslmode=disable"));
         assert!(!url_has_password("postgresql://u@h:5432/db"));
         assert!(!url_has_password("postgresql://u@[::1]:5432/db?sslmode=disable"));
         assert!(!url_has_password("host=h user=u dbname=d"));

@@ -196,17 +196,8 @@ public final class ApplicationMaster {
       alive--;
     }
     AllocateResponse response = rm.allocate(progress);
-    for (Container c : response.getAllocatedContainers()) {
-      if (pending.isEmpty()) {
-        rm.releaseAssignedContainer(c.getId());
-        continue;
-      }
-      rm.removeContainerRequest(pending.remove(0));
-      String id = c.getId().toString();
-      nm.startContainer(c, executorContext(c));
-      running.put(id, c);
-      out.println("allocated\t" + id + "\t" + c.getNodeId());
-    }
+    // Completed containers first: YARN reports each once, so none may be lost to a container
+    // that then fails to start below.
     for (ContainerStatus s : response.getCompletedContainersStatuses()) {
       String id = s.getContainerId().toString();
       boolean ours = running.remove(id) != null;
@@ -218,6 +209,25 @@ public final class ApplicationMaster {
           || exit == ContainerExitStatus.KILLED_EXCEEDED_VMEM;
       out.println("completed\t" + id + "\t" + exit + "\t" + (overMemory ? 1 : 0) + "\t"
           + Client.oneLine(s.getDiagnostics()));
+    }
+    for (Container c : response.getAllocatedContainers()) {
+      if (pending.isEmpty()) {
+        rm.releaseAssignedContainer(c.getId());
+        continue;
+      }
+      String id = c.getId().toString();
+      try {
+        nm.startContainer(c, executorContext(c));
+      } catch (Exception e) {
+        // One NodeManager that will not start it: give it back; the request stays, so a later
+        // allocate places the executor elsewhere.
+        System.err.println("cannot start container " + id + ": " + Client.oneLine(e));
+        rm.releaseAssignedContainer(c.getId());
+        continue;
+      }
+      rm.removeContainerRequest(pending.remove(0));
+      running.put(id, c);
+      out.println("allocated\t" + id + "\t" + c.getNodeId());
     }
     out.println("end");
   }

@@ -449,6 +449,7 @@ async fn dispatch(command: Command) -> Result<()> {
             heartbeat,
             container_log_max_size,
             token_file,
+            secret_dirs,
             tls,
         }) => {
             anyhow::ensure!(vcores > 0, "--vcores: at least 1");
@@ -469,6 +470,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 log_max_bytes: container_log_max_size << 20,
                 tls,
                 tls_files,
+                secret_dirs: embedstream_core::spec::SecretDirs::new(secret_dirs),
             };
             Ok(embedstream_cluster::node::run(args, client::stop_on_signal()).await?)
         }

@@ -481,3 +481,34 @@ sort_window = 16"#,
         assert!(max_diff(&parse_vector(v), want) < 1e-4, "{line}");
     }
 }
+
+/// Issue 31, item 12: the tombstones table grew for ever. Tombstones written longer than
+/// `sink.tombstone_retention` ago are forgotten by the driver after a batch, as Kafka's
+/// `delete.retention.ms` forgets a compacted topic's.
+#[test]
+fn prune_the_tombstones_table() {
+    let broker = Broker::start();
+    broker.create_topic("churn", 1);
+    let pg = Postgres::start();
+    let t = texts(3, 61);
+    let job = Job::new(&broker, "churnq", "subscribe = [\"churn\"]", "available_now = true", "").with_pgvector_sink(
+        &pg.url(),
+        PASSWORD,
+        "table = \"churn_items\"\ntombstone_retention = \"1m\"",
+    );
+    broker.produce("churn", &keyed(&[("k1", Some(&t[0])), ("k2", Some(&t[1]))], 1));
+    run_job(&job, 1);
+    broker.produce("churn", &keyed(&[("k1", None)], 1));
+    run_job(&job, 1);
+    assert_eq!(pg.psql("SELECT key, deleted_at > now() - interval '1 minute' FROM churn_items_tombstones"), "k1|t");
+    // Not yet past the retention: kept by the next run.
+    broker.produce("churn", &keyed(&[("k2", Some(&t[2]))], 1));
+    run_job(&job, 1);
+    assert_eq!(pg.psql("SELECT key FROM churn_items_tombstones"), "k1");
+    // Past it (the clock moved on two minutes): forgotten after the next batch.
+    pg.psql("UPDATE churn_items_tombstones SET deleted_at = now() - interval '2 minutes'");
+    broker.produce("churn", &keyed(&[("k3", Some(&t[0]))], 1));
+    run_job(&job, 1);
+    assert_eq!(pg.psql("SELECT count(*) FROM churn_items_tombstones"), "0");
+    assert_eq!(pg.psql("SELECT key FROM churn_items ORDER BY key"), "k2\nk3");
+}

@@ -55,6 +55,8 @@ pub struct NodeArgs {
     pub tls: Tls,
     /// The files, passed on to every container it starts (`--tls-*`).
     pub tls_files: TlsFiles,
+    /// Where its containers' drivers may read `{ file = ... }` secrets (`--secret-dir`).
+    pub secret_dirs: embedstream_core::spec::SecretDirs,
 }
 
 struct Running {
@@ -281,6 +283,8 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
         .envs(launch.env.iter().map(|(k, v)| (k.clone(), fill(v))))
         .env("EMBEDSTREAM_CONTAINER_ID", &launch.container_id)
         .env("EMBEDSTREAM_NODE_HOST", host)
+        // Confines the job's secrets to what the operator allows (set even when empty).
+        .env(embedstream_core::spec::SECRET_DIRS_ENV, args.secret_dirs.to_env())
         .current_dir(&dir)
         .stdin(std::process::Stdio::null())
         .stdout(open("stdout")?)

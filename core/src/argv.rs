@@ -181,6 +181,12 @@ pub struct NodeAgentCommand {
     /// A file whose first line is the cluster token (EMBEDSTREAM_TOKEN wins over it).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// A directory whose files job specs may name as `{ file = ... }` secrets (repeat it for
+    /// several). A driver on this node reads no secret file outside them, and no secret from an
+    /// `EMBEDSTREAM_*` variable: a job spec must not send the node's files or the cluster token
+    /// to a broker of its author's choosing. None given: no secret files.
+    #[arg(long = "secret-dir", value_name = "DIR")]
+    pub secret_dirs: Vec<PathBuf>,
     /// Its certificate, key and CA, for its own port and its calls to the RM; the containers it
     /// starts (drivers, executors) get the same files.
     #[command(flatten)]
@@ -203,6 +209,9 @@ impl ProcessCommand for NodeAgentCommand {
         .concat();
         if let Some(t) = &self.token_file {
             flags.extend(flag("token-file", t.display()));
+        }
+        for d in &self.secret_dirs {
+            flags.extend(flag("secret-dir", d.display()));
         }
         flags.extend(self.tls.flags());
         flags
@@ -266,6 +275,7 @@ mod tests {
             heartbeat: Duration::from_millis(250),
             container_log_max_size: 16,
             token_file: Some("/etc/embedstream/token".into()),
+            secret_dirs: vec!["/etc/embedstream/secrets".into(), "/srv/kafka/pass".into()],
             tls,
         };
         assert_eq!(parse::<NodeAgentCommand>(&node.argv()), node);

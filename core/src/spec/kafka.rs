@@ -212,6 +212,18 @@ impl JobSpec {
     /// Reads every secret the spec refers to. Run once by the driver (and by `validate`, which
     /// prints none of them), before anything starts.
     pub fn read_secrets(&self) -> Result<Secrets, SecretError> {
+        self.read_secrets_within(SecretDirs::of_environment().as_ref())
+    }
+
+    /// [`JobSpec::read_secrets`], confined to `confined` when given (a cluster node's
+    /// `--secret-dir` list, [`SECRET_DIRS_ENV`]).
+    pub fn read_secrets_within(&self, confined: Option<&SecretDirs>) -> Result<Secrets, SecretError> {
+        let read_secret = |key: &str, r: &SecretRef| {
+            if let Some(dirs) = confined {
+                dirs.check(key, r)?;
+            }
+            read_secret(key, r)
+        };
         let mut out = BTreeMap::new();
         let none = KafkaProperties::default();
         let sections = [
@@ -318,6 +330,57 @@ fn client(
     props.apply(section, secrets, &mut config)?;
     config.set("bootstrap.servers", bootstrap);
     Ok(config)
+}
+
+/// Set by a cluster's node agent in every container's environment: the directories (separated
+/// by `:`) whose files job specs may name as secrets there, empty for none. Unset (a local query,
+/// YARN's staged files), secrets are not confined.
+pub const SECRET_DIRS_ENV: &str = "EMBEDSTREAM_SECRET_DIRS";
+
+/// Where a cluster node lets job specs read secrets from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretDirs(Vec<PathBuf>);
+
+impl SecretDirs {
+    pub fn new(dirs: Vec<PathBuf>) -> SecretDirs {
+        SecretDirs(dirs)
+    }
+
+    /// The node agent's list, from [`SECRET_DIRS_ENV`], if this process runs in a container.
+    pub fn of_environment() -> Option<SecretDirs> {
+        let list = std::env::var_os(SECRET_DIRS_ENV)?;
+        Some(SecretDirs(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()).collect()))
+    }
+
+    /// The value of [`SECRET_DIRS_ENV`] for these directories.
+    pub fn to_env(&self) -> std::ffi::OsString {
+        std::env::join_paths(&self.0).unwrap_or_default()
+    }
+
+    /// Refuses a secret file outside the directories (after following links: a link inside
+    /// may not point out) and a secret from one of embedstream's own variables (the cluster
+    /// token is one).
+    fn check(&self, key: &str, from: &SecretRef) -> Result<(), SecretError> {
+        let refuse = |reason: String| SecretError::Unreadable { key: key.to_string(), from: from.clone(), reason };
+        match from {
+            SecretRef::Env(var) if var.starts_with("EMBEDSTREAM_") => {
+                Err(refuse("embedstream's own variables are not job secrets on a cluster node".into()))
+            }
+            SecretRef::Env(_) => Ok(()),
+            SecretRef::File(path) => {
+                let real = std::fs::canonicalize(path).map_err(|e| refuse(e.to_string()))?;
+                let inside = self.0.iter().filter_map(|d| std::fs::canonicalize(d).ok()).any(|d| real.starts_with(d));
+                if inside {
+                    return Ok(());
+                }
+                let allowed: Vec<String> = self.0.iter().map(|d| d.display().to_string()).collect();
+                Err(refuse(format!(
+                    "it is outside the directories this cluster's nodes allow for secret files (node-agent --secret-dir: {})",
+                    if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+                )))
+            }
+        }
+    }
 }
 
 fn read_secret(key: &str, from: &SecretRef) -> Result<Secret, SecretError> {

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use image::{FetchSpec, PreprocessSpec};
 pub use input::{InputFormat, InputSpec};
-pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretError, SecretRef, Secrets};
+pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretDirs, SecretError, SecretRef, Secrets, SECRET_DIRS_ENV};
 pub use model::{
     ChunkPooling, CombineMethod, CombineSpec, FastTextSpec, ImageSpec, LongText, ModelEntry, ModelSpec, Pooling,
 };

@@ -294,6 +294,40 @@ fn a_job_spec_must_not_run_commands_or_load_code() {
     assert!(load(&spec(&f, "[source.kafka]\n\"ssl.ca.location\" = \"/etc/ssl/ca.pem\"\n", "")).is_ok());
 }
 
+/// Issue 31, item 13: on a cluster node, a job spec's `{ file = ... }` secret could name any
+/// file the node agent's user reads (and `{ env = ... }` the cluster token), and the driver
+/// sent it as a password to a broker the spec's author chose.
+#[test]
+fn secret_files_on_a_cluster_are_confined_to_the_operators_directories() {
+    let f = files();
+    let allowed = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(allowed.path().join("kafka.pass"), "inside\n").unwrap();
+    std::fs::write(outside.path().join("node.key"), "the node's own\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("node.key"), allowed.path().join("link.pass")).unwrap();
+    let dirs = SecretDirs::new(vec![allowed.path().to_path_buf()]);
+    let with = |value: String| load(&spec(&f, &format!("[source.kafka]\n\"sasl.password\" = {value}\n"), "")).unwrap();
+
+    let inside = with(format!("{{ file = \"{}\" }}", allowed.path().join("kafka.pass").display()));
+    let secrets = inside.read_secrets_within(Some(&dirs)).unwrap();
+    assert_eq!(inside.source_client(&secrets).unwrap().get("sasl.password"), Some("inside"));
+    for (value, why) in [
+        (format!("{{ file = \"{}\" }}", outside.path().join("node.key").display()), "outside the directories"),
+        (format!("{{ file = \"{}\" }}", allowed.path().join("link.pass").display()), "outside the directories"),
+        ("{ env = \"EMBEDSTREAM_TOKEN\" }".to_string(), "embedstream's own variables"),
+    ] {
+        let e = with(value.clone()).read_secrets_within(Some(&dirs)).unwrap_err().to_string();
+        assert!(e.contains("source.kafka.\"sasl.password\"") && e.contains(why), "{value}: {e}");
+    }
+    let none = SecretDirs::new(Vec::new());
+    let e = inside.read_secrets_within(Some(&none)).unwrap_err().to_string();
+    assert!(e.contains("--secret-dir: none"), "{e}");
+    // Not on a cluster node: a local query reads its user's files.
+    assert!(with(format!("{{ file = \"{}\" }}", outside.path().join("node.key").display()))
+        .read_secrets_within(None)
+        .is_ok());
+}
+
 #[test]
 fn librdkafka_is_built_with_tls_scram_and_kerberos() {
     // A client is made without connecting; librdkafka refuses a mechanism it was built without

@@ -192,8 +192,9 @@ fn now_ms() -> i64 {
 fn encoded_len(format: VectorFormat, dim: usize) -> usize {
     match format {
         VectorFormat::F32le => 4 * dim,
-        // `-1.2345678e-38,` at most, and the braces and name.
-        VectorFormat::Json => 16 * dim + 32,
+        // Each f32 goes out as the f64 it widens to: `-1.2345678999999999e-38,` at most (25
+        // bytes), and the braces and name.
+        VectorFormat::Json => 26 * dim + 32,
     }
 }
 

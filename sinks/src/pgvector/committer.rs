@@ -1,7 +1,9 @@
 //! The pgvector sink's batch committer: after every task of a batch wrote its windows, the
 //! batch's end offsets go into the offsets table of the same database (one row per query and
 //! source partition), so `SELECT` shows how far the table is. Nothing is ever "published
-//! already": the rows are merges, and a batch run again writes the same table.
+//! already": the rows are merges, and a batch run again writes the same table. In upsert mode
+//! it also forgets tombstones older than `sink.tombstone_retention`, at most every
+//! [`PRUNE_EVERY`].
 
 use embedstream_core::manifest::ManifestFile;
 use embedstream_core::spec::{PgvectorSinkSpec, Secret};
@@ -9,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
-use super::table::{lock_space, quote};
+use super::table::{lock_space, prune_tombstones, quote};
 use super::Database;
 use crate::commit::{BatchCommitter, BatchRange, CommitError, Published};
 use crate::SinkError;
@@ -20,7 +22,12 @@ pub struct OffsetsCommitter {
     sink_table: String,
     offsets_table: String,
     client: Mutex<Option<Client>>,
+    /// Upsert mode: how long tombstones are kept, and when they were last pruned.
+    tombstones: Option<(std::time::Duration, std::sync::Mutex<Option<std::time::Instant>>)>,
 }
+
+/// How often the committer prunes old tombstones.
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl OffsetsCommitter {
     /// Connects and makes the offsets table: a wrong password or a server that cannot be
@@ -52,7 +59,29 @@ impl OffsetsCommitter {
             sink_table: spec.table.clone(),
             offsets_table: spec.offsets_table.clone(),
             client: Mutex::new(Some(client)),
+            tombstones: (spec.mode == embedstream_core::spec::PgMode::Upsert)
+                .then(|| (spec.tombstone_retention.get(), std::sync::Mutex::new(None))),
         })
+    }
+
+    /// Deletes the tombstones older than the retention, if the last pruning was
+    /// [`PRUNE_EVERY`] ago. A failure is logged: the next batch tries again.
+    async fn prune(&self, c: &Client) {
+        let Some((retention, last)) = &self.tombstones else { return };
+        {
+            let mut last = last.lock().unwrap();
+            if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match c.execute(prune_tombstones(&self.sink_table).as_str(), &[&retention.as_secs_f64()]).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(table = %self.sink_table, tombstones = n, "forgot tombstones past sink.tombstone_retention")
+            }
+            Err(e) => tracing::warn!(error = %self.db.error("pruning tombstones", &e), "tombstones not pruned"),
+        }
     }
 
     async fn write(&self, batch: &BatchRange<'_>) -> Result<(), SinkError> {
@@ -82,6 +111,7 @@ impl OffsetsCommitter {
             *client = None;
             return Err(self.db.error(&format!("writing batch {} to sink.offsets_table", batch.batch_id), &e));
         }
+        self.prune(c).await;
         Ok(())
     }
 }

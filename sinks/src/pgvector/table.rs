@@ -82,7 +82,7 @@ impl TableDef {
     /// Where upsert mode remembers each key's latest tombstone, so that an older record
     /// written after it (a retried task, the other task of a split) does not bring the row back.
     pub fn tombstones(&self) -> String {
-        format!("{}_tombstones", self.name)
+        tombstones_of(&self.name)
     }
 
     fn column_list(&self, prefix: &str) -> String {
@@ -126,11 +126,14 @@ impl TableDef {
         ddl
     }
 
+    /// The tombstones: each deleted key's latest tombstone, and when it was written (so that
+    /// [`prune_tombstones`] can forget it). A table made before `deleted_at` gets it.
     fn create_tombstones(&self) -> String {
+        let tomb = quote(&self.tombstones());
         format!(
-            "CREATE TABLE IF NOT EXISTS {} (\"key\" text PRIMARY KEY, \"topic\" text NOT NULL, \
-             \"partition\" integer NOT NULL, \"offset\" bigint NOT NULL)",
-            quote(&self.tombstones())
+            "CREATE TABLE IF NOT EXISTS {tomb} (\"key\" text PRIMARY KEY, \"topic\" text NOT NULL, \
+             \"partition\" integer NOT NULL, \"offset\" bigint NOT NULL); \
+             ALTER TABLE {tomb} ADD COLUMN IF NOT EXISTS \"deleted_at\" timestamp with time zone NOT NULL DEFAULT now()"
         )
     }
 
@@ -225,7 +228,7 @@ impl TableDef {
                  FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[]) AS u(k, t, p, o) \
                  ORDER BY u.k, u.o DESC \
                  ON CONFLICT (\"key\") DO UPDATE SET \"topic\" = EXCLUDED.\"topic\", \
-                   \"partition\" = EXCLUDED.\"partition\", \"offset\" = EXCLUDED.\"offset\" \
+                   \"partition\" = EXCLUDED.\"partition\", \"offset\" = EXCLUDED.\"offset\", \"deleted_at\" = now() \
                  WHERE d.\"topic\" <> EXCLUDED.\"topic\" OR d.\"partition\" <> EXCLUDED.\"partition\" \
                    OR d.\"offset\" < EXCLUDED.\"offset\""
             ),
@@ -236,6 +239,20 @@ impl TableDef {
             ),
         ]
     }
+}
+
+/// The tombstones table of upsert table `table`.
+pub fn tombstones_of(table: &str) -> String {
+    format!("{table}_tombstones")
+}
+
+/// Forgets the tombstones of upsert table `table` written longer than
+/// `sink.tombstone_retention` ago (`$1`, in seconds).
+pub fn prune_tombstones(table: &str) -> String {
+    format!(
+        "DELETE FROM {} WHERE \"deleted_at\" < now() - make_interval(secs => $1::float8)",
+        quote(&tombstones_of(table))
+    )
 }
 
 /// Hash buckets the keys of a table are locked by (a power of two): a window takes at most this

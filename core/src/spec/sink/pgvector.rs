@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::spec::kafka::{PropertyValue, SecretRef};
+use crate::spec::units::HumanDuration;
 use crate::spec::SpecError;
 
 /// How rows relate to records.
@@ -77,6 +78,15 @@ pub struct PgvectorSinkSpec {
     /// Where each query's end offsets are written after each batch, in the same database.
     #[serde(default = "default_offsets_table")]
     pub offsets_table: String,
+    /// How long an upsert table remembers a deleted key (`<table>_tombstones`), as Kafka's
+    /// `delete.retention.ms` keeps a compacted topic's tombstones: a record older than the
+    /// tombstone that arrives later than this (a replay of old data) brings the key back.
+    #[serde(default = "default_tombstone_retention")]
+    pub tombstone_retention: HumanDuration,
+}
+
+fn default_tombstone_retention() -> HumanDuration {
+    HumanDuration::parse("7d").expect("a duration")
 }
 
 fn default_mode() -> PgMode {
@@ -162,6 +172,9 @@ impl PgvectorSinkSpec {
                 format!("unknown input column `{c}`; the one column to add is \"value\""),
             ));
         }
+        if self.tombstone_retention.get() < std::time::Duration::from_secs(60) {
+            return Err(SpecError::new("sink.tombstone_retention", "must be at least \"1m\""));
+        }
         Ok(())
     }
 }
@@ -189,6 +202,14 @@ mod tests {
         assert!(url_has_password("postgresql://u:secret@h:5432/db"));
         assert!(url_has_password("postgres://h/db?user=u&password=x"));
         assert!(url_has_password("host=h user=u password=x"));
+        let spec = |retention: &str| -> PgvectorSinkSpec {
+            toml::from_str(&format!(
+                "url = \"postgresql://u@h/d\"\ntable = \"t\"\ntombstone_retention = \"{retention}\""
+            ))
+            .unwrap()
+        };
+        assert_eq!(spec("10s").validate().unwrap_err().key, "sink.tombstone_retention");
+        assert!(spec("1d").validate().is_ok());
         // Issue 31, item 12: a password holding `/` or `?` slipped past the check.
         assert!(url_has_password("postgresql://u:pa/ss@h:5432/db"));
         assert!(url_has_password("postgresql://u:pa?ss@h:5432/db"));

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
-use super::table::{lock_space, prune_tombstones, quote};
+use super::table::{create_ivfflat, lock_space, prune_tombstones, quote, IVFFLAT_MIN_ROWS};
 use super::Database;
 use crate::commit::{BatchCommitter, BatchRange, CommitError, Published};
 use crate::SinkError;
@@ -24,6 +24,8 @@ pub struct OffsetsCommitter {
     client: Mutex<Option<Client>>,
     /// Upsert mode: how long tombstones are kept, and when they were last pruned.
     tombstones: Option<(std::time::Duration, std::sync::Mutex<Option<std::time::Instant>>)>,
+    /// `index = "ivfflat"`: its operator class, until the index is there.
+    ivfflat: std::sync::Mutex<Option<&'static str>>,
 }
 
 /// How often the committer prunes old tombstones.
@@ -41,18 +43,19 @@ impl OffsetsCommitter {
         let client = db.connect().await?;
         let lock = lock_space(&spec.offsets_table);
         let ddl = format!(
-            "SELECT pg_advisory_lock({lock}, 0);\n\
-             CREATE TABLE IF NOT EXISTS {} (\"query\" text NOT NULL, \"topic\" text NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS {} (\"query\" text NOT NULL, \"topic\" text NOT NULL, \
              \"partition\" integer NOT NULL, \"end_offset\" bigint NOT NULL, \"batch_id\" bigint NOT NULL, \
              \"sink_table\" text NOT NULL, \"committed_at\" timestamp with time zone NOT NULL DEFAULT now(), \
-             PRIMARY KEY (\"query\", \"topic\", \"partition\"));\n\
-             SELECT pg_advisory_unlock({lock}, 0)",
+             PRIMARY KEY (\"query\", \"topic\", \"partition\"))",
             quote(&spec.offsets_table)
         );
-        client
-            .batch_execute(&ddl)
-            .await
-            .map_err(|e| db.error(&format!("creating sink.offsets_table `{}`", spec.offsets_table), &e))?;
+        // Locked and unlocked outside the DDL's transaction, so the next driver waits for its commit.
+        let creating =
+            |e: tokio_postgres::Error| db.error(&format!("creating sink.offsets_table `{}`", spec.offsets_table), &e);
+        client.batch_execute(&format!("SELECT pg_advisory_lock({lock}, 0)")).await.map_err(creating)?;
+        let created = client.batch_execute(&ddl).await.map_err(creating);
+        let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({lock}, 0)")).await.map_err(creating);
+        created.and(unlocked)?;
         Ok(OffsetsCommitter {
             db,
             query: query.to_string(),
@@ -61,7 +64,43 @@ impl OffsetsCommitter {
             client: Mutex::new(Some(client)),
             tombstones: (spec.mode == embedstream_core::spec::PgMode::Upsert)
                 .then(|| (spec.tombstone_retention.get(), std::sync::Mutex::new(None))),
+            ivfflat: std::sync::Mutex::new(
+                (spec.index == embedstream_core::spec::PgIndex::Ivfflat && spec.create_table)
+                    .then(|| spec.distance.ops()),
+            ),
         })
+    }
+
+    /// `index = "ivfflat"`: once the table holds [`IVFFLAT_MIN_ROWS`] rows, builds the index of
+    /// each vector column with a list per thousand rows. A failure is logged: the next batch
+    /// tries again.
+    async fn build_ivfflat(&self, c: &Client) {
+        let Some(ops) = *self.ivfflat.lock().unwrap() else { return };
+        let table = quote(&self.sink_table);
+        let ask = async {
+            let rows: i64 = c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
+            if rows < IVFFLAT_MIN_ROWS {
+                return Ok(false);
+            }
+            let columns = c
+                .query(
+                    "SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
+                     AND NOT a.attisdropped AND format_type(a.atttypid, a.atttypmod) LIKE 'vector(%'",
+                    &[&table],
+                )
+                .await?;
+            let lists = (rows / 1_000).clamp(1, 4_000);
+            for column in columns.iter().map(|r| r.get::<_, String>(0)) {
+                c.batch_execute(&create_ivfflat(&self.sink_table, &column, ops, lists)).await?;
+                tracing::info!(table = %self.sink_table, %column, rows, lists, "built the IVFFlat index now that the table holds rows");
+            }
+            Ok::<_, tokio_postgres::Error>(true)
+        };
+        match ask.await {
+            Ok(true) => *self.ivfflat.lock().unwrap() = None,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %self.db.error("building the IVFFlat index", &e), "index not built yet"),
+        }
     }
 
     /// Deletes the tombstones older than the retention, if the last pruning was
@@ -112,6 +151,7 @@ impl OffsetsCommitter {
             return Err(self.db.error(&format!("writing batch {} to sink.offsets_table", batch.batch_id), &e));
         }
         self.prune(c).await;
+        self.build_ivfflat(c).await;
         Ok(())
     }
 }

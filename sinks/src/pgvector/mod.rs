@@ -161,14 +161,16 @@ async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create:
     let checking = format!("sink.table `{}`", table.name);
     let mut existing = columns_of(client, &table.name).await.map_err(|e| db.error(&checking, &e))?;
     if existing.is_empty() && create {
-        let mut ddl =
-            vec![format!("SELECT pg_advisory_lock({lock}, 0)"), "CREATE EXTENSION IF NOT EXISTS vector".into()];
+        // The lock is a session's, taken and given back outside the DDL's transaction: released
+        // inside it (one multi-statement call is one transaction), the next executor would go on
+        // before the extension and the table were committed, and fail on them.
+        let mut ddl = vec!["CREATE EXTENSION IF NOT EXISTS vector".to_string()];
         ddl.extend(table.create());
-        ddl.push(format!("SELECT pg_advisory_unlock({lock}, 0)"));
-        client
-            .batch_execute(&ddl.join(";\n"))
-            .await
-            .map_err(|e| db.error(&format!("creating sink.table `{}`", table.name), &e))?;
+        let creating = |e: tokio_postgres::Error| db.error(&format!("creating sink.table `{}`", table.name), &e);
+        client.batch_execute(&format!("SELECT pg_advisory_lock({lock}, 0)")).await.map_err(creating)?;
+        let created = client.batch_execute(&ddl.join(";\n")).await.map_err(creating);
+        let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({lock}, 0)")).await.map_err(creating);
+        created.and(unlocked)?;
         tracing::info!(table = %table.name, mode = ?table.mode, "pgvector sink table ready");
         existing = columns_of(client, &table.name).await.map_err(|e| db.error(&checking, &e))?;
     }

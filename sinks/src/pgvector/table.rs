@@ -107,10 +107,12 @@ impl TableDef {
         let mut ddl = vec![format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(&self.name), columns.join(", "))];
         let bare = self.name.rsplit('.').next().unwrap_or(&self.name);
         for c in self.columns.iter().filter(|c| c.model.is_some()) {
+            // IVFFlat learns its lists from the rows there when it is built: made on an empty
+            // table it answered with a recall@10 of 0.76. The driver makes it once the table
+            // holds rows ([`create_ivfflat`]).
             let method = match self.index {
                 PgIndex::Hnsw => "hnsw",
-                PgIndex::Ivfflat => "ivfflat",
-                PgIndex::None => continue,
+                PgIndex::Ivfflat | PgIndex::None => continue,
             };
             ddl.push(format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {} USING {method} ({} {})",
@@ -239,6 +241,22 @@ impl TableDef {
             ),
         ]
     }
+}
+
+/// Rows a table holds before the driver builds its IVFFlat index (pgvector's advice: build it
+/// once there is data, with a list per thousand rows).
+pub const IVFFLAT_MIN_ROWS: i64 = 1_000;
+
+/// The IVFFlat index of vector column `column` of `table`, with `lists` lists, built without
+/// blocking the writers (`CONCURRENTLY`: outside any transaction).
+pub fn create_ivfflat(table: &str, column: &str, ops: &str, lists: i64) -> String {
+    let bare = table.rsplit('.').next().unwrap_or(table);
+    format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING ivfflat ({} {ops}) WITH (lists = {lists})",
+        quote(&format!("{bare}_{column}_ivfflat")),
+        quote(table),
+        quote(column)
+    )
 }
 
 /// The tombstones table of upsert table `table`.

@@ -596,3 +596,85 @@ fn neighbours_with(index: &str) {
     eprintln!("recall@10 through the {index} index after upserts and deletes ({settings}): {recall:.3}");
     assert!(recall >= 0.99, "recall@10 {recall}");
 }
+
+/// The tests' PostgreSQL behind a TLS front (`tests/fixtures/pg_tls_proxy.py`): pgserver's
+/// build has no OpenSSL, so the front answers the SSLRequest and does the TLS as PostgreSQL
+/// would, and refuses a client that does not ask for TLS. Stopped when dropped.
+struct TlsFront {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsFront {
+    fn start(pg: &Postgres, identity: &std::path::Path) -> TlsFront {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pg_tls_proxy.py");
+        let mut child = std::process::Command::new(cache().join("pyenv/bin/python"))
+            .arg(script)
+            .arg(pg.port.to_string())
+            .arg(identity)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the setup's Python");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("`port N` from the front");
+        TlsFront { child, port }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 31, item 10: the sink spoke to PostgreSQL in clear. With `sink.tls_ca` it connects
+/// over TLS checking the server's certificate and name (through a front that refuses clients
+/// without TLS, the rows arrive and psql reads them), and a CA the server's certificate does
+/// not chain to stops the query before the first batch, naming the reason.
+#[test]
+fn tls_to_postgresql() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, identity) = common::tls::certificates(certs.path(), "pg");
+    let (other_ca, _) = common::tls::certificates(certs.path(), "other");
+    let pg = Postgres::start();
+    let front = TlsFront::start(&pg, &identity);
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", front.port);
+    let broker = Broker::start();
+    broker.create_topic("secure", 1);
+    let t = texts(3, 81);
+    broker.produce("secure", &keyed(&[("a", Some(&t[0])), ("b", Some(&t[1])), ("c", Some(&t[2]))], 1));
+    let sink = |ca: &std::path::Path| format!("table = \"secure_items\"\ntls_ca = \"{}\"", ca.display());
+
+    // Without TLS the front refuses the connection.
+    let plain = Job::new(&broker, "plainq", "subscribe = [\"secure\"]", "available_now = true", "").with_pgvector_sink(
+        &url,
+        PASSWORD,
+        "table = \"secure_items\"",
+    );
+    let (ok, _, log) = run_local(&plain, Duration::from_secs(60));
+    assert!(!ok && log.contains("cannot connect"), "{log}");
+
+    let wrong = Job::new(&broker, "wrongca", "subscribe = [\"secure\"]", "available_now = true", "")
+        .with_pgvector_sink(&url, PASSWORD, &sink(&other_ca));
+    let (ok, _, log) = run_local(&wrong, Duration::from_secs(60));
+    assert!(!ok, "{log}");
+    assert!(log.contains("cannot connect") && log.to_lowercase().contains("certificate"), "{log}");
+    assert!(!log.contains(PASSWORD));
+
+    let job = Job::new(&broker, "secureq", "subscribe = [\"secure\"]", "available_now = true", "").with_pgvector_sink(
+        &url,
+        PASSWORD,
+        &sink(&ca),
+    );
+    assert_eq!(run_job(&job, 1)["embeddings"], 3);
+    let stored = vectors_by_key(&pg, "secure_items");
+    let want = onnx_embeddings(&t);
+    for (k, w) in ["a", "b", "c"].iter().zip(&want) {
+        assert!(max_diff(&stored[*k], w) < 1e-4, "{k}");
+    }
+}

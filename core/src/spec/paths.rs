@@ -13,6 +13,7 @@ const PATH_KEYS: &[&str] = &[
     "model.onnx",
     "model.tokenizer",
     "sink.path",
+    "sink.tls_ca",
     "security.token_file",
     "security.tls_cert",
     "security.tls_key",

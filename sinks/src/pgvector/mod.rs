@@ -16,7 +16,8 @@
 //! slot in use) and reused. The executor checks the table when it opens the sink ([`open`]):
 //! a table it may create is created with its index; one that exists must have every column
 //! with its type, or the executor stops before any batch, naming the column. The driver's
-//! [`OffsetsCommitter`] writes each batch's end offsets into the offsets table.
+//! [`OffsetsCommitter`] writes each batch's end offsets into the offsets table. With
+//! `sink.tls_ca` (or `sslmode=require`) every connection is TLS through rustls ([`tls_of`]).
 
 mod committer;
 mod table;
@@ -57,6 +58,52 @@ pub struct Database {
     config: Config,
     /// `sink.url` as written (it holds no password), for errors.
     url: String,
+    /// TLS (`sink.tls_ca`, or `sslmode=require`): rustls, the certificate and host name checked.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+/// The TLS connector for `spec`, if it asks for TLS: its CA when it names one (libpq's
+/// `verify-full`), else the public CAs for `sslmode=require`. Either way the connection is then
+/// TLS or nothing (`sslmode` becomes `require`).
+fn tls_of(
+    spec: &PgvectorSinkSpec,
+    config: &mut Config,
+) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, SinkError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let roots = match (&spec.tls_ca, config.get_ssl_mode()) {
+        (Some(ca), _) => {
+            let bad = |why: String| SinkError::Database {
+                url: spec.url.clone(),
+                message: format!("sink.tls_ca {}: {why}", ca.display()),
+            };
+            let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                roots
+                    .add(cert.map_err(|e| bad(format!("not a PEM certificate: {e}")))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("holds no certificate".into()));
+            }
+            roots
+        }
+        (None, tokio_postgres::config::SslMode::Require) => {
+            RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }
+        }
+        (None, _) => return Ok(None),
+    };
+    let tls = ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
 }
 
 impl Database {
@@ -88,17 +135,27 @@ impl Database {
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(10))
             .keepalives_retries(3);
-        Ok(Database { config, url: spec.url.clone() })
+        let tls = tls_of(spec, &mut config)?;
+        Ok(Database { config, url: spec.url.clone(), tls })
     }
 
     /// A connection, its driver task spawned on this runtime.
     pub async fn connect(&self) -> Result<Client, SinkError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| self.error("cannot connect", &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "a pgvector sink connection ended");
+        let ended = |e: tokio_postgres::Error| tracing::debug!(error = %e, "a pgvector sink connection ended");
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) =
+                    self.config.connect(tls.clone()).await.map_err(|e| self.error("cannot connect", &e))?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(ended) });
+                client
             }
-        });
+            None => {
+                let (client, connection) =
+                    self.config.connect(NoTls).await.map_err(|e| self.error("cannot connect", &e))?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(ended) });
+                client
+            }
+        };
         Ok(client)
     }
 

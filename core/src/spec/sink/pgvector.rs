@@ -83,6 +83,12 @@ pub struct PgvectorSinkSpec {
     /// tombstone that arrives later than this (a replay of old data) brings the key back.
     #[serde(default = "default_tombstone_retention")]
     pub tombstone_retention: HumanDuration,
+    /// The CA (PEM) the server's certificate must chain to: the connection is then TLS, with
+    /// the certificate and the host name checked (libpq's `verify-full`). Without it,
+    /// `sslmode=require` in `url` asks for TLS checked against the public CAs; otherwise the
+    /// connection is plain, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 fn default_tombstone_retention() -> HumanDuration {

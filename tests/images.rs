@@ -578,7 +578,7 @@ fn decompression_bombs() {
     });
     let executors = running.executor_pids();
     assert_eq!(executors.len(), 1, "{}", running.log());
-    let peak = peak_rss(executors[0]);
+    let peak = vm_kb(executors[0], "VmHWM:") << 10;
     eprintln!("executor peak RSS {} MiB (bound {} MiB)", peak >> 20, EXECUTOR_PEAK_RSS >> 20);
     let summary = running.stop();
     assert_eq!(summary["dead_letters"], 1, "{summary}");

@@ -468,7 +468,7 @@ sort_window = 16"#,
     q.wait_until("the records committed", Duration::from_secs(300), |_| {
         broker.try_committed("docs-group", "docs", 1) == Some(vec![RECORDS as i64])
     });
-    let peak = peak_rss(q.executor_pids()[0]);
+    let peak = vm_kb(q.executor_pids()[0], "VmHWM:") << 10;
     let summary = q.stop();
     assert_eq!(summary["embeddings"], RECORDS as u64, "{summary}");
     eprintln!("executor peak RSS over {RECORDS} records of 1 MB: {} MiB", peak >> 20);

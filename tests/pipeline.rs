@@ -373,9 +373,3 @@ fn one_task_over_a_long_range_runs_in_bounded_memory() {
     );
     assert!(peak_kb < 128 * 1024, "the executor's peak RSS was {} MiB for a 200 MB range", peak_kb / 1024);
 }
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`).
-fn vm_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix(field)).unwrap().split_whitespace().next().unwrap().parse().unwrap()
-}

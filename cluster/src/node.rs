@@ -317,9 +317,7 @@ fn process_tree() -> HashMap<u32, u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return tree };
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // After the command name in parentheses: state, then ppid.
-        if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok()) {
+        if let Some(ppid) = embedstream_core::telemetry::parent_pid(pid) {
             tree.insert(pid, ppid);
         }
     }

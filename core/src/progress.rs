@@ -108,15 +108,19 @@ pub fn reason_class(reason: &str) -> String {
             rest = &at[1..];
         }
     }
-    if out.len() > MAX_CLASS {
-        let mut end = MAX_CLASS;
-        while !out.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.truncate(end);
-        out.push('…');
+    ellipsized(&out, MAX_CLASS).into_owned()
+}
+
+/// `text` cut to at most `most` bytes on a character boundary, with `…` when cut.
+pub fn ellipsized(text: &str, most: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= most {
+        return text.into();
     }
-    out
+    let mut end = most;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
 }
 
 /// Appends `text` with each run of digits as `N`, except an HTTP status and digits in a name.
@@ -156,14 +160,7 @@ pub fn count_reason(counts: &mut BTreeMap<String, u64>, class: String, n: u64) {
 
 /// A sample's reason, cut to [`MAX_SAMPLE_REASON`] bytes.
 pub fn sample_reason(reason: &str) -> String {
-    if reason.len() <= MAX_SAMPLE_REASON {
-        return reason.to_string();
-    }
-    let mut end = MAX_SAMPLE_REASON;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &reason[..end])
+    ellipsized(reason, MAX_SAMPLE_REASON).into_owned()
 }
 
 /// Keeps the newest [`DEAD_LETTER_SAMPLES`] of `samples`.

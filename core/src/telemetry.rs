@@ -137,6 +137,14 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// The parent of process `pid`, from `/proc/PID/stat`, if it is alive. The command name in
+/// parentheses may hold spaces and parentheses: the fields are read after the last `)` (state,
+/// then the parent's pid).
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The proportional set size of process `pid` in bytes, from `/proc/PID/smaps_rollup`: its
 /// private memory plus its share of pages shared with other processes.
 pub fn pss_bytes(pid: u32) -> Option<u64> {

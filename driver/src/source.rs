@@ -30,6 +30,19 @@ pub enum SourceError {
     TopicUnavailable { topic: String, error: String },
     #[error("topic {topic}: {message}")]
     Topic { topic: String, message: String },
+    #[error("partitions {missing:?} are missing from the broker's answer")]
+    PartitionsMissing { missing: Vec<TopicPartition>, earliest: PartitionOffsets, latest: PartitionOffsets },
+}
+
+impl SourceError {
+    /// A request that failed, or an answer that lacked partitions, which the broker may answer
+    /// rightly when asked again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Kafka { .. } | SourceError::TopicUnavailable { .. } | SourceError::PartitionsMissing { .. }
+        )
+    }
 }
 
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> SourceError {
@@ -93,30 +106,21 @@ impl KafkaSource {
     }
 
     /// The partitions the query reads now and their watermarks ([`KafkaSource::watermarks`]),
-    /// covering every partition of `reading` (the partitions the query has offsets for) if the
-    /// broker lists them. A topic answered "unknown" for a moment (a controller moving, a
-    /// leader elected, metadata not yet propagated to the broker asked) is asked about again,
-    /// with a growing pause, for `retry_for`; only then does a partition missing from the
-    /// answer count as gone (the planner's data-loss check). `on_missing` hears of each miss.
+    /// or [`SourceError::PartitionsMissing`] when the answer lacks a partition of `reading` (the
+    /// partitions the query has offsets for): a topic answered "unknown" for a moment (a
+    /// controller moving, a leader elected) is asked about again like any failed request
+    /// ([`SourceError::is_transient`]); only a partition still missing after the retries counts
+    /// as gone (the planner's data-loss check).
     pub fn offsets_covering(
         &self,
         reading: &PartitionOffsets,
-        retry_for: Duration,
-        mut on_missing: impl FnMut(&[TopicPartition]),
     ) -> Result<(PartitionOffsets, PartitionOffsets), SourceError> {
-        let deadline = Instant::now() + retry_for;
-        let mut pause = Duration::from_millis(200);
-        loop {
-            let offsets = self.watermarks(&self.partitions()?)?;
-            let missing: Vec<TopicPartition> =
-                reading.keys().filter(|tp| !offsets.0.contains_key(tp)).cloned().collect();
-            if missing.is_empty() || Instant::now() >= deadline {
-                return Ok(offsets);
-            }
-            on_missing(&missing);
-            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-            pause = (pause * 2).min(Duration::from_secs(5));
+        let (earliest, latest) = self.watermarks(&self.partitions()?)?;
+        let missing: Vec<TopicPartition> = reading.keys().filter(|tp| !earliest.contains_key(tp)).cloned().collect();
+        if missing.is_empty() {
+            return Ok((earliest, latest));
         }
+        Err(SourceError::PartitionsMissing { missing, earliest, latest })
     }
 
     /// Earliest and latest (high watermark; the last stable offset under `read_committed`)
@@ -330,24 +334,18 @@ topic = "out"
         let reading: PartitionOffsets = (0..2).map(|p| (TopicPartition::new("t", p), 0)).collect();
         assert_eq!(source.watermarks(&source.partitions().unwrap()).unwrap().0.len(), 2);
 
-        // The next answers call the topic unknown, until the broker has it again (here: once
-        // the source has seen one such answer).
+        // An answer that calls the topic unknown is one to ask again, not a topic gone.
         mock.topic_error("t", RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART).unwrap();
-        let mut misses = 0;
-        let (earliest, latest) = source
-            .offsets_covering(&reading, Duration::from_secs(60), |missing| {
-                assert_eq!(missing.len(), 2);
-                misses += 1;
-                mock.topic_error("t", RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).unwrap();
-            })
-            .unwrap();
-        assert_eq!(misses, 1);
-        assert_eq!((earliest.len(), latest.len()), (2, 2), "both partitions, after asking again");
-
-        // A topic that stays unknown past the retry time is answered without it: the planner
-        // then decides it is gone.
-        mock.topic_error("t", RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART).unwrap();
-        let (earliest, _) = source.offsets_covering(&reading, Duration::from_millis(500), |_| {}).unwrap();
-        assert!(earliest.is_empty());
+        let e = source.offsets_covering(&reading).unwrap_err();
+        // Still so after the retries, the answer without them is what the planner checks.
+        assert!(
+            matches!(&e, SourceError::PartitionsMissing { missing, earliest, .. } if missing.len() == 2 && earliest.is_empty()),
+            "{e}"
+        );
+        assert!(e.is_transient(), "{e}");
+        // The broker has it again: both partitions.
+        mock.topic_error("t", RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).unwrap();
+        let (earliest, latest) = source.offsets_covering(&reading).unwrap();
+        assert_eq!((earliest.len(), latest.len()), (2, 2));
     }
 }

@@ -51,9 +51,9 @@ impl DeadLetters {
         value: Option<&[u8]>,
         reason: &str,
     ) -> Result<(), SinkError> {
-        let reason = cut(reason.as_bytes(), MAX_REASON);
+        let reason = embedstream_core::progress::ellipsized(reason, MAX_REASON);
         let mut headers =
-            origin_headers(origin, &self.model_id).insert(Header { key: "es.error", value: Some(reason) });
+            origin_headers(origin, &self.model_id).insert(Header { key: "es.error", value: Some(reason.as_ref()) });
         let key = origin.key.map(|k| cut(k, MAX_KEY));
         if let Some(k) = origin.key.filter(|k| k.len() > MAX_KEY) {
             let size = k.len().to_string();

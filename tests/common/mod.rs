@@ -82,15 +82,10 @@ pub fn read_checkpoint_file(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// Peak resident memory of process `pid` (VmHWM), in bytes.
-pub fn peak_rss(pid: u32) -> u64 {
+/// A `Vm...:` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:` for the peak), in KiB.
+pub fn vm_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kb * 1024
+    status.lines().find_map(|l| l.strip_prefix(field)).unwrap().split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// The processes whose parent is `pid`, from /proc.

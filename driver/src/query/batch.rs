@@ -65,9 +65,7 @@ impl Query<'_> {
             let (source, call) = (self.source.clone(), f.clone());
             let result = tokio::task::spawn_blocking(move || call(&source)).await.expect("broker calls do not panic");
             match result {
-                Err(e @ (SourceError::Kafka { .. } | SourceError::TopicUnavailable { .. }))
-                    if Instant::now() < deadline =>
-                {
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "broker request failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
@@ -240,14 +238,12 @@ impl Query<'_> {
     ) -> Result<Option<Planned>, DriverError> {
         // A partition the query reads that the answer lacks is asked about again before it
         // counts as gone: one "unknown topic" answer must not stop the query.
-        let (reading, retry_for) = (start.clone(), self.spec.source.metadata_retry_timeout.get());
-        let (earliest, latest) = self
-            .broker(move |s| {
-                s.offsets_covering(&reading, retry_for, |missing| {
-                    tracing::warn!(?missing, "partitions missing from the broker's answer; asking again")
-                })
-            })
-            .await?;
+        let reading = start.clone();
+        let (earliest, latest) = match self.broker(move |s| s.offsets_covering(&reading)).await {
+            // Still missing after the retries: the data-loss check decides they are gone.
+            Err(SourceError::PartitionsMissing { earliest, latest, .. }) => (earliest, latest),
+            answer => answer?,
+        };
 
         let mut start = start.clone();
         for tp in earliest.keys() {

@@ -432,19 +432,12 @@ impl Workers {
     }
 }
 
-/// The parent of `pid`, from `/proc/PID/stat`, if it is alive.
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// SIGKILLs `pid` only if it is still a child of `parent` (the model daemon). A worker's pid is
 /// only freed for reuse once the daemon reaps it, so a pid whose parent is no longer the
 /// daemon was recycled for another process, which must not be signalled. Returns whether it
 /// was signalled.
 fn kill_child_of(parent: u32, pid: u32) -> nix::Result<bool> {
-    if parent == 0 || parent_of(pid) != Some(parent) {
+    if parent == 0 || embedstream_core::telemetry::parent_pid(pid) != Some(parent) {
         return Ok(false);
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
@@ -543,7 +536,7 @@ mod kill_tests {
         let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         let pid = child.id();
         let me = std::process::id();
-        assert_eq!(parent_of(pid), Some(me));
+        assert_eq!(embedstream_core::telemetry::parent_pid(pid), Some(me));
         // The same pid seen as another parent's child: what a recycled pid looks like.
         assert!(!kill_child_of(1, pid).unwrap(), "not the daemon's child: not signalled");
         assert!(child.try_wait().unwrap().is_none(), "the process is still running");

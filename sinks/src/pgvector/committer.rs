@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use super::table::{create_ivfflat, lock_space, prune_tombstones, quote, IVFFLAT_MIN_ROWS};
-use super::Database;
+use super::{ddl_under_lock, Database};
 use crate::commit::{BatchCommitter, BatchRange, CommitError, Published};
 use crate::SinkError;
 
@@ -49,13 +49,9 @@ impl OffsetsCommitter {
              PRIMARY KEY (\"query\", \"topic\", \"partition\"))",
             quote(&spec.offsets_table)
         );
-        // Locked and unlocked outside the DDL's transaction, so the next driver waits for its commit.
-        let creating =
-            |e: tokio_postgres::Error| db.error(&format!("creating sink.offsets_table `{}`", spec.offsets_table), &e);
-        client.batch_execute(&format!("SELECT pg_advisory_lock({lock}, 0)")).await.map_err(creating)?;
-        let created = client.batch_execute(&ddl).await.map_err(creating);
-        let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({lock}, 0)")).await.map_err(creating);
-        created.and(unlocked)?;
+        ddl_under_lock(&client, lock, &ddl)
+            .await
+            .map_err(|e| db.error(&format!("creating sink.offsets_table `{}`", spec.offsets_table), &e))?;
         Ok(OffsetsCommitter {
             db,
             query: query.to_string(),

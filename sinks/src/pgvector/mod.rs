@@ -218,16 +218,11 @@ async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create:
     let checking = format!("sink.table `{}`", table.name);
     let mut existing = columns_of(client, &table.name).await.map_err(|e| db.error(&checking, &e))?;
     if existing.is_empty() && create {
-        // The lock is a session's, taken and given back outside the DDL's transaction: released
-        // inside it (one multi-statement call is one transaction), the next executor would go on
-        // before the extension and the table were committed, and fail on them.
         let mut ddl = vec!["CREATE EXTENSION IF NOT EXISTS vector".to_string()];
         ddl.extend(table.create());
-        let creating = |e: tokio_postgres::Error| db.error(&format!("creating sink.table `{}`", table.name), &e);
-        client.batch_execute(&format!("SELECT pg_advisory_lock({lock}, 0)")).await.map_err(creating)?;
-        let created = client.batch_execute(&ddl.join(";\n")).await.map_err(creating);
-        let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({lock}, 0)")).await.map_err(creating);
-        created.and(unlocked)?;
+        ddl_under_lock(client, lock, &ddl.join(";\n"))
+            .await
+            .map_err(|e| db.error(&format!("creating sink.table `{}`", table.name), &e))?;
         tracing::info!(table = %table.name, mode = ?table.mode, "pgvector sink table ready");
         existing = columns_of(client, &table.name).await.map_err(|e| db.error(&checking, &e))?;
     }
@@ -246,6 +241,16 @@ async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create:
         client.batch_execute(&tombstones).await.map_err(|e| db.error(&checking, &e))?;
     }
     Ok(())
+}
+
+/// Runs `ddl` holding the session's advisory lock `lock`, taken and given back outside the
+/// DDL's transaction (one multi-statement call is one transaction): released inside it, the
+/// next process would go on before the DDL was committed, and fail on what it creates.
+pub(crate) async fn ddl_under_lock(client: &Client, lock: i32, ddl: &str) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(&format!("SELECT pg_advisory_lock({lock}, 0)")).await?;
+    let created = client.batch_execute(ddl).await;
+    let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({lock}, 0)")).await;
+    created.and(unlocked)
 }
 
 /// The columns of `table` and their types, none if it does not exist.

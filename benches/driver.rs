@@ -170,8 +170,14 @@ fn main() {
                 let tps = source.partitions().unwrap();
                 let (_, latest) = source.watermarks(&tps).unwrap();
                 let end = planner::rate_limit(&start, &latest, None);
-                let entry =
-                    OffsetLogEntry { version: 1, batch_id, timestamp_ms: 0, start: start.clone(), end: end.clone() };
+                let entry = OffsetLogEntry {
+                    version: 1,
+                    batch_id,
+                    timestamp_ms: 0,
+                    start: start.clone(),
+                    end: end.clone(),
+                    sources: Default::default(),
+                };
                 let tasks = tasks_for(&entry, "scale", None, n, n);
                 assert_eq!(tasks.len(), n as usize, "one task a partition");
                 steps.plan = ms(t);

@@ -224,13 +224,20 @@ fn bad_connections_and_tables_are_refused_before_the_first_batch_and_appends_are
         assert_eq!(broker.committed(group, "docs", 1), vec![-1], "{group} committed offsets");
     }
 
-    // Appends: a row per record; a second query over the same records into the same table
-    // (another checkpoint: every batch runs again) adds none.
-    for name in ["pgappend", "pgappend2"] {
-        let summary = run_job(&job(name, &pg.url(), PASSWORD, "table = \"docs_log\"\nmode = \"append\""), 1);
-        assert_eq!(summary["embeddings"], 12, "{summary}");
-        assert_eq!(pg.psql("SELECT count(*), count(DISTINCT \"offset\") FROM docs_log"), "12|12");
-    }
+    // Appends: a row per record. A second query (another checkpoint) into the same table is
+    // refused before it starts, naming the query the table belongs to (issue 31, item 9: its
+    // records would be ordered against rows it did not write). Handed over (the first query's
+    // rows deleted from the offsets table), it runs every batch again and adds no row.
+    let append = "table = \"docs_log\"\nmode = \"append\"";
+    let summary = run_job(&job("pgappend", &pg.url(), PASSWORD, append), 1);
+    assert_eq!(summary["embeddings"], 12, "{summary}");
+    let second = job("pgappend2", &pg.url(), PASSWORD, append);
+    let log = refused(&second);
+    assert!(log.contains("sink.table `docs_log` belongs to query `pgappend`"), "{log}");
+    assert_eq!(broker.committed("pgappend2-group", "docs", 1), vec![-1], "the refused query committed offsets");
+    pg.psql("DELETE FROM embedstream_offsets WHERE sink_table = 'docs_log'");
+    assert_eq!(run_job(&second, 1)["embeddings"], 12);
+    assert_eq!(pg.psql("SELECT count(*), count(DISTINCT \"offset\") FROM docs_log"), "12|12");
     let reference = onnx_embeddings(&input);
     for (i, want) in reference.iter().enumerate() {
         let got = parse_vector(&pg.psql(&format!("SELECT embedding FROM docs_log WHERE \"offset\" = {i}")));
@@ -273,7 +280,7 @@ fn writes_in_any_order_leave_each_keys_latest_record_and_tombstones_hold() {
         let password = Secret::new(PASSWORD.to_string());
         std::sync::Arc::new(rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)])).unwrap())
     };
-    let task = TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0 };
+    let task = TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: "id-t".into() };
     let write = |sink: &std::sync::Arc<pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
         rt.block_on(async {
             let mut w = sink.open(&task).unwrap();
@@ -594,7 +601,10 @@ fn neighbours_with(index: &str) {
     };
     let recall = recall_at_10(&pg, "catalog_items", &queries, settings);
     eprintln!("recall@10 through the {index} index after upserts and deletes ({settings}): {recall:.3}");
-    assert!(recall >= 0.99, "recall@10 {recall}");
+    // 0.993 to 1.000 alone; once 0.975 with the suite's other tests on the same two cores (an
+    // HNSW graph built under concurrent inserts varies). The fault this guards against, an
+    // IVFFlat index built on the empty table, gave 0.76.
+    assert!(recall >= 0.97, "recall@10 {recall}");
 }
 
 /// The tests' PostgreSQL behind a TLS front (`tests/fixtures/pg_tls_proxy.py`): pgserver's
@@ -676,5 +686,198 @@ fn tls_to_postgresql() {
     let want = onnx_embeddings(&t);
     for (k, w) in ["a", "b", "c"].iter().zip(&want) {
         assert!(max_diff(&stored[*k], w) < 1e-4, "{k}");
+    }
+}
+
+/// One window of one source partition as a task hands it to the sink: (key, offset, Kafka
+/// timestamp in ms, vector) of topic `t`.
+fn window_of(partition: i32, rows: &[(&str, i64, i64, [f32; 3])]) -> arrow_array::RecordBatch {
+    use arrow_array::{BinaryArray, Int32Array, Int64Array, StringArray};
+    use embedstream_sinks::rows::{embedding_array, output_schema, Output};
+    let n = rows.len();
+    let columns: Vec<arrow_array::ArrayRef> = vec![
+        std::sync::Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.0.as_bytes()))),
+        std::sync::Arc::new(BinaryArray::from_iter_values(rows.iter().map(|_| b"text".as_slice()))),
+        std::sync::Arc::new(StringArray::from(vec!["t"; n])),
+        std::sync::Arc::new(Int32Array::from(vec![partition; n])),
+        std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+        std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        std::sync::Arc::new(embedding_array(rows.iter().flat_map(|r| r.3).collect(), 3)),
+    ];
+    arrow_array::RecordBatch::try_new(output_schema(&[Output::single("m", 3)], false), columns).unwrap()
+}
+
+/// Issue 31, item 9: the upsert compared raw offsets across partitions and topic incarnations.
+/// A key moved to a partition added later was overwritten by a retried task of its old
+/// partition, a tombstone in the new partition did not hold against it, and after a topic was
+/// created again its records (offsets from 0) were ignored and its keys' old tombstones blocked
+/// them for ever. The order is now: in one partition of one incarnation, the offset; across
+/// them, the Kafka timestamp.
+#[test]
+fn offsets_are_not_a_global_clock() {
+    use embedstream_core::spec::{PgvectorSinkSpec, Secret};
+    use embedstream_sinks::rows::Output;
+    use embedstream_sinks::{pgvector, Sink, TaskInfo};
+
+    let pg = Postgres::start();
+    // The table as an earlier version made it: no topic ids, and tombstones without their
+    // timestamps. Opening the sink adds the columns; its old row is ordered by its timestamp.
+    pg.psql(
+        "CREATE EXTENSION IF NOT EXISTS vector; CREATE TABLE moved (key text PRIMARY KEY, topic text NOT NULL, \
+         partition integer NOT NULL, \"offset\" bigint NOT NULL, kafka_timestamp timestamptz, model text NOT NULL, \
+         embedding vector(3) NOT NULL); CREATE TABLE moved_tombstones (key text PRIMARY KEY, topic text NOT NULL, \
+         partition integer NOT NULL, \"offset\" bigint NOT NULL, deleted_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO moved VALUES ('old', 't', 0, 900, to_timestamp(1), 'm', '[1,0,0]')",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec: PgvectorSinkSpec =
+        toml::from_str(&format!("url = \"{}\"\ntable = \"moved\"\nmode = \"upsert\"", pg.url())).unwrap();
+    let password = Secret::new(PASSWORD.to_string());
+    let sink =
+        std::sync::Arc::new(rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)])).unwrap());
+    let apply = |topic_id: &str, partition: i32, rows: &[(&str, i64, i64, [f32; 3])], delete: bool| {
+        let task = TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: topic_id.into() };
+        rt.block_on(async {
+            let mut w = sink.open(&task).unwrap();
+            let rows = window_of(partition, rows);
+            if delete { w.delete(&rows).await } else { w.write(&rows).await }.unwrap();
+            w.commit().await.unwrap();
+        })
+    };
+    let row = |key: &str| {
+        pg.psql(&format!("SELECT topic_id, partition, \"offset\", embedding FROM moved WHERE key = '{key}'"))
+    };
+
+    // The old row (offset 900, 1 s after the epoch) and a record of the topic now (offset 5,
+    // 2 s): the record is later in time, and offsets of an unknown incarnation do not count.
+    apply("A", 0, &[("old", 5, 2_000, [0.0, 1.0, 0.0])], false);
+    assert_eq!(row("old"), "A|0|5|[0,1,0]", "the upgraded table's row was not replaced");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'moved_tombstones' AND column_name IN ('topic_id', 'kafka_timestamp')"),
+        "2"
+    );
+
+    // Partitions added: key m moves from partition 0 (offset 40) to the new partition 2
+    // (offset 0, a later timestamp). A retried task of partition 0 does not take it back.
+    apply("A", 0, &[("m", 40, 1_000, [1.0, 0.0, 0.0])], false);
+    apply("A", 2, &[("m", 0, 2_000, [0.0, 1.0, 0.0])], false);
+    apply("A", 0, &[("m", 40, 1_000, [1.0, 0.0, 0.0])], false);
+    assert_eq!(row("m"), "A|2|0|[0,1,0]", "a retried task of the old partition took the key back");
+    // Its tombstone in the new partition holds against the old partition's record too.
+    apply("A", 2, &[("m", 1, 3_000, [0.0; 3])], true);
+    apply("A", 0, &[("m", 40, 1_000, [1.0, 0.0, 0.0])], false);
+    assert_eq!(row("m"), "", "an older record of another partition undid the tombstone");
+
+    // Within one partition the offset decides, even when a producer's clock went back.
+    apply("A", 1, &[("c", 10, 5_000, [1.0, 0.0, 0.0]), ("c", 11, 4_000, [0.0, 0.0, 1.0])], false);
+    apply("A", 1, &[("c", 10, 5_000, [1.0, 0.0, 0.0])], false);
+    assert_eq!(row("c"), "A|1|11|[0,0,1]");
+
+    // The topic deleted and created again (topic id B): offsets start over, and the new
+    // incarnation's records replace the old rows and are not blocked by old tombstones.
+    apply("A", 0, &[("r", 500, 10_000, [1.0, 0.0, 0.0])], false);
+    apply("A", 0, &[("q", 900, 10_000, [0.0; 3])], true);
+    apply("B", 0, &[("r", 3, 20_000, [0.0, 1.0, 0.0]), ("q", 4, 20_000, [0.0, 0.0, 1.0])], false);
+    assert_eq!(row("r"), "B|0|3|[0,1,0]", "the new incarnation's record was ignored");
+    assert_eq!(row("q"), "B|0|4|[0,0,1]", "an old incarnation's tombstone blocked the new record");
+    // The old incarnation's tasks run again (a replayed batch) and change nothing.
+    apply("A", 0, &[("r", 500, 10_000, [1.0, 0.0, 0.0])], false);
+    apply("A", 0, &[("q", 900, 10_000, [0.0; 3])], true);
+    assert_eq!(row("r"), "B|0|3|[0,1,0]");
+    assert_eq!(row("q"), "B|0|4|[0,0,1]");
+}
+
+/// Issue 31, item 9, end to end against real Kafka brokers: the topic deleted and created
+/// again, then the same checkpoint pointed at another cluster. With `fail_on_data_loss` (the
+/// default) the query stops and names the ids; without it, it reads the new incarnation from
+/// its first offset and the table holds its records. Before, the driver took the new topic's
+/// offsets for the old ones: it skipped records the old offsets covered (another cluster) or
+/// read them and the sink ignored them as older (offsets from 0).
+#[test]
+fn a_recreated_topic_and_a_new_cluster() {
+    let broker = Broker::start();
+    broker.create_topic("goods", 1);
+    let pg = Postgres::start();
+    let produce = |broker: &Broker, records: &[(String, Option<String>)]| {
+        let raw: Vec<broker::RawRecord> = records
+            .iter()
+            .map(|(k, v)| (0, Some(k.as_bytes().to_vec()), v.as_ref().map(|v| v.as_bytes().to_vec())))
+            .collect();
+        broker.produce("goods", &raw);
+    };
+    let keyed = |texts: &[String]| -> Vec<(String, Option<String>)> {
+        texts.iter().enumerate().map(|(i, t)| (format!("g{i}"), Some(t.clone()))).collect()
+    };
+    let first = texts(20, 81);
+    produce(&broker, &keyed(&first));
+    let job = Job::new(&broker, "goodsq", "subscribe = [\"goods\"]", "available_now = true", "").with_pgvector_sink(
+        &pg.url(),
+        PASSWORD,
+        "table = \"goods\"",
+    );
+    assert_eq!(run_job(&job, 1)["embeddings"], 20);
+    let old_id = broker.topic_id("goods");
+    assert_eq!(pg.psql("SELECT DISTINCT topic_id FROM goods"), old_id);
+
+    let refused = |job: &Job| {
+        let mut cmd = embedstream();
+        cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]);
+        let out = run_to_end(cmd, Duration::from_secs(180));
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let lose_data = |job: &Job, allowed: bool| {
+        let text = std::fs::read_to_string(&job.path).unwrap().replace("fail_on_data_loss = false\n", "");
+        let line = if allowed { "fail_on_data_loss = false\n" } else { "" };
+        std::fs::write(&job.path, text.replacen("[source]\n", &format!("[source]\n{line}"), 1)).unwrap();
+    };
+
+    // Deleted and created again: five new texts for g0..g4 and a tombstone for g5.
+    broker.delete_topic("goods");
+    broker.create_topic("goods", 1);
+    let second = texts(5, 82);
+    let mut records = keyed(&second);
+    records.push(("g5".into(), None));
+    produce(&broker, &records);
+    let new_id = broker.topic_id("goods");
+    assert_ne!(new_id, old_id);
+    let log = refused(&job);
+    assert!(log.contains(&format!("topic goods was deleted and created again: topic id {old_id}")), "{log}");
+    assert!(log.contains(&new_id), "{log}");
+    lose_data(&job, true);
+    assert_eq!(run_job(&job, 1)["embeddings"], 5);
+    let rows = vectors_by_key(&pg, "goods");
+    assert_eq!(rows.len(), 19, "g5's tombstone deleted its row");
+    let (fresh, old) = (onnx_embeddings(&second), onnx_embeddings(&first));
+    for i in 0..20 {
+        let key = format!("g{i}");
+        match i {
+            0..5 => assert!(max_diff(&rows[&key], &fresh[i]) < 1e-4, "{key} holds the new incarnation's text"),
+            5 => assert!(!rows.contains_key(&key)),
+            _ => assert!(max_diff(&rows[&key], &old[i]) < 1e-4, "{key} is unchanged"),
+        }
+    }
+    assert_eq!(pg.psql(&format!("SELECT count(*) FROM goods WHERE topic_id = '{new_id}'")), "5");
+    assert_eq!(
+        pg.psql("SELECT topic_id, end_offset FROM embedstream_offsets WHERE query = 'goodsq'"),
+        format!("{new_id}|6")
+    );
+
+    // Another cluster behind the same name, holding more records than the checkpoint's offset.
+    let other = Broker::start();
+    other.create_topic("goods", 1);
+    let third = texts(30, 83);
+    produce(&other, &keyed(&third));
+    lose_data(&job, false);
+    let job = job.with_bootstrap(&other.addr);
+    let log = refused(&job);
+    assert!(log.contains("the source is another Kafka cluster"), "{log}");
+    lose_data(&job, true);
+    assert_eq!(run_job(&job, 1)["embeddings"], 30, "every record of the new cluster, from its first offset");
+    let rows = vectors_by_key(&pg, "goods");
+    let third_ref = onnx_embeddings(&third);
+    assert_eq!(rows.len(), 30);
+    for (i, want) in third_ref.iter().enumerate() {
+        assert!(max_diff(&rows[&format!("g{i}")], want) < 1e-4, "g{i} holds the new cluster's text");
     }
 }

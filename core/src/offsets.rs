@@ -146,6 +146,28 @@ impl fmt::Display for OffsetRange {
     }
 }
 
+/// Which incarnation of each topic, on which Kafka cluster, a batch's offsets belong to:
+/// offsets count from 0 again in a topic deleted and created again (a new topic id) and mean
+/// nothing on another cluster (a new cluster id). Empty in logs written before they were kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceIds {
+    /// Kafka's cluster id, as `kafka-cluster.sh cluster-id` prints it.
+    pub cluster_id: String,
+    /// Each topic's id (base64), as `kafka-topics.sh --describe` prints it.
+    pub topic_ids: BTreeMap<String, String>,
+}
+
+impl SourceIds {
+    pub fn is_empty(&self) -> bool {
+        self.cluster_id.is_empty() && self.topic_ids.is_empty()
+    }
+
+    /// `topic`'s id, empty when unknown.
+    pub fn topic_id(&self, topic: &str) -> &str {
+        self.topic_ids.get(topic).map_or("", String::as_str)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,50 +83,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> 
 /// Writes a new file, whole (a Parquet data file: no reader looks at it before a manifest lists
 /// it). On a local disk the file and its directory are synced.
 pub fn write_new(path: &Path, bytes: Vec<u8>) -> io::Result<()> {
-    match hdfs(path)? {
-        Some((client, p)) => run(async move {
-            let mut w = client.create(&p, hdfs_native::WriteOptions::default().overwrite(true)).await?;
-            w.write_bytes(bytes.into()).await?;
-            w.close().await
-        }),
-        None => {
-            use std::io::Write;
-            let mut f = std::fs::File::create(path)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
-        }
-    }
+    write_synced(path, bytes, true, None)
 }
 
 /// Creates `path` holding `bytes` only if no file has that name: `Ok(false)` when one does.
 /// Two processes that try the same name at once cannot both succeed (the NameNode's create
 /// without overwrite; `O_EXCL` on a local disk): a compare-and-swap for claiming a name.
 pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    let created = match hdfs(path)? {
-        Some((client, p)) => {
-            let bytes = bytes.to_vec();
-            run(async move {
-                let options = hdfs_native::WriteOptions::default().overwrite(false).permission(0o600);
-                let mut w = client.create(&p, options).await?;
-                w.write_bytes(bytes.into()).await?;
-                w.close().await
-            })
-        }
-        None => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).and_then(|mut f| {
-                f.write_all(bytes)?;
-                f.sync_all()?;
-                durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
-            })
-        }
-    };
-    match created {
+    match write_synced(path, bytes.to_vec(), false, Some(0o600)) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` to the file `path`, synced with its directory: over a file there
+/// (`overwrite`), else failing with `AlreadyExists` if there is one; `mode`: the permissions of
+/// the file it creates (else the defaults).
+fn write_synced(path: &Path, bytes: Vec<u8>, overwrite: bool, mode: Option<u32>) -> io::Result<()> {
+    match hdfs(path)? {
+        Some((client, p)) => run(async move {
+            let mut options = hdfs_native::WriteOptions::default().overwrite(overwrite);
+            if let Some(mode) = mode {
+                options = options.permission(mode);
+            }
+            let mut w = client.create(&p, options).await?;
+            w.write_bytes(bytes.into()).await?;
+            w.close().await
+        }),
+        None => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut open = std::fs::OpenOptions::new();
+            open.write(true);
+            if overwrite {
+                open.create(true).truncate(true);
+            } else {
+                open.create_new(true);
+            }
+            if let Some(mode) = mode {
+                open.mode(mode);
+            }
+            let mut f = open.open(path)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
+        }
     }
 }
 

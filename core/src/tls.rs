@@ -187,6 +187,33 @@ fn read(path: &Path, key: &str) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// Roots for calls to a server outside the cluster (an image host, a database): the CA file the
+/// setting `key` names, read and checked now, else the public CAs (webpki-roots).
+pub fn outside_roots(ca: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let Some(path) = ca else {
+        return Ok(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() });
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(&read(path, key)?, path, key)? {
+        roots.add(cert).map_err(|e| TlsError::File {
+            key: key.into(),
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// A client's TLS settings trusting `roots`: ring, the default protocol versions, the server's
+/// certificate and name checked, no client certificate.
+pub fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 fn certificates(pem: &[u8], path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_error = |message: String| TlsError::File { key: key.into(), path: path.display().to_string(), message };
     let certs = CertificateDer::pem_slice_iter(pem)

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use embedstream_core::store;
 use serde::{Deserialize, Serialize};
 
-use embedstream_core::offsets::PartitionOffsets;
+use embedstream_core::offsets::{PartitionOffsets, SourceIds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -63,6 +63,9 @@ pub struct OffsetLogEntry {
     pub timestamp_ms: u64,
     pub start: PartitionOffsets,
     pub end: PartitionOffsets,
+    /// The cluster and topic incarnations the offsets belong to.
+    #[serde(default, skip_serializing_if = "SourceIds::is_empty")]
+    pub sources: SourceIds,
 }
 
 /// `commits/<N>`: batch N is done.
@@ -88,8 +91,9 @@ pub enum Recovery {
     Fresh,
     /// Batch `batch_id` was planned but not committed: run it again with these offsets.
     Rerun(OffsetLogEntry),
-    /// The last batch was committed; the next one starts at its end offsets.
-    Continue { next_batch_id: u64, start: PartitionOffsets },
+    /// The last batch was committed; the next one starts at its end offsets, in the topic
+    /// incarnations it read.
+    Continue { next_batch_id: u64, start: PartitionOffsets, sources: SourceIds },
 }
 
 pub struct Checkpoint {
@@ -182,7 +186,7 @@ impl Checkpoint {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "vanished while reading"),
         })?;
         if self.commit(last_planned)?.is_some() {
-            Ok(Recovery::Continue { next_batch_id: last_planned + 1, start: entry.end.clone() })
+            Ok(Recovery::Continue { next_batch_id: last_planned + 1, start: entry.end.clone(), sources: entry.sources })
         } else {
             Ok(Recovery::Rerun(entry))
         }
@@ -324,6 +328,7 @@ mod tests {
             timestamp_ms: 0,
             start: offs(&[("t", 0, 0)]),
             end: offs(&[("t", 0, 5)]),
+            sources: SourceIds::default(),
         };
         first.write_offsets(&entry).unwrap();
 
@@ -391,6 +396,10 @@ mod tests {
             timestamp_ms: 1,
             start: offs(&[("t", 0, 0), ("t", 1, 3)]),
             end: offs(&[("t", 0, 10), ("t", 1, 7)]),
+            sources: SourceIds {
+                cluster_id: "MkU3OEVBNTcwNTJENDM2Qk".into(),
+                topic_ids: [("t".to_string(), "bJz3x0hBQ2S1PWsbrKm1yA".to_string())].into(),
+            },
         };
         cp.write_offsets(&entry).unwrap();
         // Planned but not committed: the same offsets again, after a reopen too.
@@ -410,7 +419,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             cp.recover().unwrap(),
-            Recovery::Continue { next_batch_id: 1, start: offs(&[("t", 0, 10), ("t", 1, 7)]) }
+            Recovery::Continue {
+                next_batch_id: 1,
+                start: offs(&[("t", 0, 10), ("t", 1, 7)]),
+                sources: entry.sources.clone()
+            }
         );
         assert!(!dir.path().join("commits/0.tmp").exists());
     }
@@ -427,6 +440,7 @@ mod tests {
                 timestamp_ms: 1,
                 start: offs(&[("t", 0, o)]),
                 end: offs(&[("t", 0, o + 10)]),
+                sources: SourceIds::default(),
             };
             cp.write_offsets(&entry).unwrap();
             if batch_id < 5 {

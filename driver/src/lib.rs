@@ -29,6 +29,7 @@ pub mod query;
 pub mod scheduler;
 pub mod service;
 pub mod source;
+pub mod topic_ids;
 pub mod topics;
 
 pub use query::{run_local, run_query, DriverError, DriverOptions, QuerySummary};

@@ -3,11 +3,13 @@
 //! They follow Spark's Kafka source so its users get what they expect:
 //! - [`rate_limit`]: `maxOffsetsPerTrigger` split over partitions in proportion to their backlog;
 //! - [`split_ranges`]: `minPartitions`, as `KafkaOffsetRangeCalculator` does it;
-//! - [`check_data_loss`]: what `failOnDataLoss` guards against.
+//! - [`check_data_loss`]: what `failOnDataLoss` guards against;
+//! - [`check_incarnations`]: a topic deleted and created again, or another cluster behind the
+//!   same name, which Spark takes for the old offsets (Kafka's topic and cluster ids tell).
 
 use std::collections::BTreeMap;
 
-use embedstream_core::offsets::{OffsetRange, PartitionOffsets, TopicPartition};
+use embedstream_core::offsets::{OffsetRange, PartitionOffsets, SourceIds, TopicPartition};
 
 /// Caps `latest` so that the batch reads at most `limit` records in all, giving each partition a
 /// share in proportion to its backlog (`latest - start`). A share below one record is rounded up
@@ -77,6 +79,51 @@ pub enum DataLoss {
     Truncated { tp: TopicPartition, from: i64, latest: i64 },
     #[error("{tp}: the partition no longer exists")]
     PartitionGone { tp: TopicPartition },
+    #[error(
+        "the source is another Kafka cluster: cluster id {from} when the last batch was planned, {to} now; \
+         its offsets are not the old cluster's"
+    )]
+    NewCluster { from: String, to: String },
+    #[error("topic {topic} was deleted and created again: topic id {from} when the last batch was planned, {to} now")]
+    Recreated { topic: String, from: String, to: String },
+}
+
+/// Compares the cluster and topic ids of the last batch (`previous`) with those of now. Another
+/// cluster: every partition starts over at its earliest offset. A topic with another id (deleted
+/// and created again): its partitions start over at their earliest offsets. They are removed
+/// from `start` here; the planner's rule for new partitions (earliest) puts them back. With
+/// `fail_on_data_loss`, either is an error instead. Ids unknown on either side (a checkpoint
+/// written before they were kept) are not compared.
+pub fn check_incarnations(
+    previous: &SourceIds,
+    now: &SourceIds,
+    start: &mut PartitionOffsets,
+    fail_on_data_loss: bool,
+) -> Result<Vec<DataLoss>, DataLoss> {
+    let mut losses = Vec::new();
+    if !previous.cluster_id.is_empty() && !now.cluster_id.is_empty() && previous.cluster_id != now.cluster_id {
+        losses.push(DataLoss::NewCluster { from: previous.cluster_id.clone(), to: now.cluster_id.clone() });
+    } else {
+        for (topic, from) in &previous.topic_ids {
+            match now.topic_ids.get(topic) {
+                Some(to) if !from.is_empty() && !to.is_empty() && to != from => {
+                    losses.push(DataLoss::Recreated { topic: topic.clone(), from: from.clone(), to: to.clone() })
+                }
+                _ => {}
+            }
+        }
+    }
+    if let (Some(first), true) = (losses.first(), fail_on_data_loss) {
+        return Err(first.clone());
+    }
+    for loss in &losses {
+        match loss {
+            DataLoss::NewCluster { .. } => start.clear(),
+            DataLoss::Recreated { topic, .. } => start.retain(|tp, _| &tp.topic != topic),
+            _ => {}
+        }
+    }
+    Ok(losses)
 }
 
 /// Checks the next batch's start offsets against what the broker holds (`earliest`/`latest` per
@@ -121,6 +168,38 @@ mod tests {
 
     fn offs(v: &[(&str, i32, i64)]) -> PartitionOffsets {
         v.iter().map(|&(t, p, o)| (TopicPartition::new(t, p), o)).collect()
+    }
+
+    fn ids(cluster: &str, topics: &[(&str, &str)]) -> SourceIds {
+        SourceIds {
+            cluster_id: cluster.into(),
+            topic_ids: topics.iter().map(|(t, id)| (t.to_string(), id.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn a_recreated_topic_or_another_cluster_starts_over() {
+        let before = ids("c1", &[("a", "A1"), ("b", "B1")]);
+        let start = offs(&[("a", 0, 50), ("a", 1, 40), ("b", 0, 7)]);
+        // The same ids, or ids unknown before: nothing changes.
+        let mut same = start.clone();
+        assert_eq!(check_incarnations(&before, &before, &mut same, true), Ok(vec![]));
+        assert_eq!(check_incarnations(&SourceIds::default(), &before, &mut same, true), Ok(vec![]));
+        assert_eq!(same, start);
+        // Topic a deleted and created again: its partitions leave the plan (to start over at
+        // earliest), b keeps its offset; with fail_on_data_loss the query stops, naming both ids.
+        let now = ids("c1", &[("a", "A2"), ("b", "B1")]);
+        let mut moved = start.clone();
+        let losses = check_incarnations(&before, &now, &mut moved, false).unwrap();
+        assert_eq!(losses, vec![DataLoss::Recreated { topic: "a".into(), from: "A1".into(), to: "A2".into() }]);
+        assert_eq!(moved, offs(&[("b", 0, 7)]));
+        let stop = check_incarnations(&before, &now, &mut start.clone(), true).unwrap_err();
+        assert!(stop.to_string().contains("topic a was deleted and created again: topic id A1"), "{stop}");
+        // Another cluster: every partition starts over.
+        let mut all = start.clone();
+        let losses = check_incarnations(&before, &ids("c2", &[("a", "A1"), ("b", "B1")]), &mut all, false).unwrap();
+        assert_eq!(losses, vec![DataLoss::NewCluster { from: "c1".into(), to: "c2".into() }]);
+        assert!(all.is_empty());
     }
 
     #[test]

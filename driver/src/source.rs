@@ -14,7 +14,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
+use embedstream_core::offsets::{PartitionOffsets, SourceIds, TopicPartition};
+
+use crate::topic_ids;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,6 +32,8 @@ pub enum SourceError {
     TopicUnavailable { topic: String, error: String },
     #[error("topic {topic}: {message}")]
     Topic { topic: String, message: String },
+    #[error("cannot tell the topics' incarnations: {0}")]
+    Ids(String),
     #[error("partitions {missing:?} are missing from the broker's answer")]
     PartitionsMissing { missing: Vec<TopicPartition>, earliest: PartitionOffsets, latest: PartitionOffsets },
 }
@@ -40,7 +44,10 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SourceError::Kafka { .. } | SourceError::TopicUnavailable { .. } | SourceError::PartitionsMissing { .. }
+            SourceError::Kafka { .. }
+                | SourceError::TopicUnavailable { .. }
+                | SourceError::PartitionsMissing { .. }
+                | SourceError::Ids(_)
         )
     }
 }
@@ -121,6 +128,19 @@ impl KafkaSource {
             return Ok((earliest, latest));
         }
         Err(SourceError::PartitionsMissing { missing, earliest, latest })
+    }
+
+    /// The cluster's id and the ids of `topics`: which incarnation of each topic the offsets
+    /// asked now belong to.
+    pub fn source_ids(&self, topics: &[String]) -> Result<SourceIds, SourceError> {
+        let cluster_id = self
+            .consumer
+            .client()
+            .fetch_cluster_id(REQUEST_TIMEOUT)
+            .ok_or_else(|| SourceError::Ids("the cluster gave no cluster id".into()))?;
+        let topic_ids = topic_ids::topic_ids(&self.consumer, topics, REQUEST_TIMEOUT)
+            .map_err(|e| SourceError::Ids(e.to_string()))?;
+        Ok(SourceIds { cluster_id, topic_ids })
     }
 
     /// Earliest and latest (high watermark; the last stable offset under `read_committed`)

@@ -178,8 +178,13 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         }
     });
 
-    let info =
-        TaskInfo { batch_id: def.batch_id, task_id: def.task_id, attempt: def.attempt, partition: def.sink_partition };
+    let info = TaskInfo {
+        batch_id: def.batch_id,
+        task_id: def.task_id,
+        attempt: def.attempt,
+        partition: def.sink_partition,
+        topic_id: def.topic_id.clone(),
+    };
     let mut writer = ctx.sink.open(&info)?;
     let infer_started = Instant::now();
     let mut counts = Counts::default();

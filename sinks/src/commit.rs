@@ -5,7 +5,7 @@
 //! are futures: a committer may talk to a server (pgvector's offsets table).
 
 use embedstream_core::manifest::{ManifestError, ManifestFile};
-use embedstream_core::offsets::PartitionOffsets;
+use embedstream_core::offsets::{PartitionOffsets, SourceIds};
 use futures::future::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,8 @@ pub struct BatchRange<'a> {
     pub query_id: &'a str,
     pub start: &'a PartitionOffsets,
     pub end: &'a PartitionOffsets,
+    /// The cluster and topic incarnations the offsets are in.
+    pub sources: &'a SourceIds,
 }
 
 /// What the sink holds of a batch an earlier run published.

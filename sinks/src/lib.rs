@@ -63,6 +63,9 @@ pub struct TaskInfo {
     pub attempt: u32,
     /// The partition of the output topic (Kafka).
     pub partition: i32,
+    /// The Kafka topic id of the records' topic (the incarnation they are in), empty when the
+    /// batch was logged before ids were kept.
+    pub topic_id: String,
 }
 
 /// What a committed task attempt hands to the driver.
@@ -135,10 +138,16 @@ pub async fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>
 
 /// The spec's sink's batch committer, in the driver; one with a server connects here, so that a
 /// wrong password or an unreachable server stops the query before it starts.
-pub async fn committer(spec: &JobSpec, password: Option<&Secret>) -> Result<Box<dyn BatchCommitter>, SinkError> {
+pub async fn committer(
+    spec: &JobSpec,
+    password: Option<&Secret>,
+    query_id: &str,
+) -> Result<Box<dyn BatchCommitter>, SinkError> {
     Ok(match &spec.sink.kind {
         SinkKind::Kafka(_) => Box::new(kafka::NothingToPublish),
         SinkKind::Parquet(p) => Box::new(parquet::ManifestCommitter::new(p.path.clone())),
-        SinkKind::Pgvector(p) => Box::new(pgvector::OffsetsCommitter::connect(p, password, &spec.name).await?),
+        SinkKind::Pgvector(p) => {
+            Box::new(pgvector::OffsetsCommitter::connect(p, password, &spec.name, query_id).await?)
+        }
     })
 }

@@ -268,6 +268,29 @@ impl Broker {
         out
     }
 
+    /// Deletes `topic` and waits until metadata no longer lists it, so that it can be created
+    /// again (a new incarnation: a new topic id, offsets from 0).
+    pub fn delete_topic(&self, topic: &str) {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for r in rt.block_on(admin.delete_topics(&[topic], &AdminOptions::new())).unwrap() {
+            r.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.topic_exists(topic) {
+            assert!(Instant::now() < deadline, "topic {topic} was not deleted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `topic`'s id, as `kafka-topics.sh --describe` prints it.
+    pub fn topic_id(&self, topic: &str) -> String {
+        let out = self.tool("kafka-topics.sh", &["--describe", "--topic", topic]);
+        let id = out.split("TopicId:").nth(1).unwrap_or_else(|| panic!("no TopicId in {out}"));
+        id.split_whitespace().next().unwrap().to_string()
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         self.create_topic_with(topic, partitions, &[]);
     }

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use embedstream_core::offsets::{OffsetRange, PartitionOffsets};
+use embedstream_core::offsets::{OffsetRange, PartitionOffsets, SourceIds};
 use embedstream_core::JobSpec;
 use embedstream_proto::pb::TaskDefinition;
 use embedstream_sinks::{BatchCommitter, BatchRange};
@@ -85,7 +85,8 @@ impl Query<'_> {
 
         let mut summary = QuerySummary { query_id: self.checkpoint.query_id().to_string(), ..Default::default() };
         let resume = self.resume(&partitions).await?;
-        let (mut next_batch_id, mut start, mut rerun) = (resume.next_batch_id, resume.start, resume.rerun);
+        let (mut next_batch_id, mut start, mut rerun, mut sources) =
+            (resume.next_batch_id, resume.start, resume.rerun, resume.sources);
         // available_now: everything up to the offsets that exist now, and nothing after.
         let target = if spec.trigger.available_now {
             Some(self.broker(move |s| s.watermarks(&partitions)).await?.1)
@@ -118,7 +119,7 @@ impl Query<'_> {
             let trigger_start = tokio::time::Instant::now();
             let planned = match rerun.take() {
                 Some(entry) => Planned { latest: entry.end.clone(), entry, replay: true, lost: 0 },
-                None => match self.plan(next_batch_id, &start, target.as_ref()).await? {
+                None => match self.plan(next_batch_id, &start, &sources, target.as_ref()).await? {
                     Some(planned) => planned,
                     None if target.is_some() => break,
                     None => {
@@ -151,6 +152,7 @@ impl Query<'_> {
             summary.add(&stats);
             summary.processing_seconds = first_dispatch.map_or(0.0, |t| t.elapsed().as_secs_f64());
             start = end;
+            sources = entry.sources.clone();
             next_batch_id = entry.batch_id + 1;
             *self.control.snapshot.lock().unwrap() =
                 Snapshot { batches_committed: summary.batches, next_batch_id, committed: entry.end.clone() };
@@ -187,7 +189,13 @@ impl Query<'_> {
         let tasks = tasks_for(&entry, query_id, self.spec.source.min_partitions, sink_partitions, dlq_partitions);
         let planned = entry.start.records_until(&entry.end);
         self.reporter.metrics.input_rows.inc_by(planned as u64);
-        let range = BatchRange { batch_id: entry.batch_id, query_id, start: &entry.start, end: &entry.end };
+        let range = BatchRange {
+            batch_id: entry.batch_id,
+            query_id,
+            start: &entry.start,
+            end: &entry.end,
+            sources: &entry.sources,
+        };
         // The sink's manifests and clean-ups are the query's state too: fenced like the logs.
         self.checkpoint.fence()?;
         let published = self.committer.published(&range).await?;
@@ -229,11 +237,13 @@ impl Query<'_> {
         Ok((entry, stats, wal_took, commit_started.elapsed()))
     }
 
-    /// The next batch from `start`, or `None` when there is nothing new to read.
+    /// The next batch from `start` (offsets in the incarnations `previous` names), or `None`
+    /// when there is nothing new to read.
     async fn plan(
         &self,
         batch_id: u64,
         start: &PartitionOffsets,
+        previous: &SourceIds,
         target: Option<&PartitionOffsets>,
     ) -> Result<Option<Planned>, DriverError> {
         // A partition the query reads that the answer lacks is asked about again before it
@@ -244,8 +254,16 @@ impl Query<'_> {
             Err(SourceError::PartitionsMissing { earliest, latest, .. }) => (earliest, latest),
             answer => answer?,
         };
-
+        // Which incarnation of each topic those offsets are in: a topic deleted and created
+        // again, or another cluster, starts over rather than being read from the old offsets.
+        let mut topics: Vec<String> = earliest.keys().map(|tp| tp.topic.clone()).collect();
+        topics.dedup();
+        let sources = self.broker(move |s| s.source_ids(&topics)).await?;
         let mut start = start.clone();
+        for loss in planner::check_incarnations(previous, &sources, &mut start, self.spec.source.fail_on_data_loss)? {
+            tracing::warn!(%loss, "data loss: reading the new incarnation from its earliest offsets");
+        }
+
         for tp in earliest.keys() {
             if !start.contains_key(tp) {
                 // Spark's rule: partitions discovered while the query runs start at earliest.
@@ -275,7 +293,7 @@ impl Query<'_> {
         if OffsetRange::between(&start, &end).is_empty() {
             return Ok(None);
         }
-        let entry = OffsetLogEntry { version: 1, batch_id, timestamp_ms: checkpoint::now_ms(), start, end };
+        let entry = OffsetLogEntry { version: 1, batch_id, timestamp_ms: checkpoint::now_ms(), start, end, sources };
         Ok(Some(Planned { entry, latest, replay: false, lost }))
     }
 }
@@ -299,6 +317,7 @@ pub fn tasks_for(
             attempt: 0,
             sink_partition: r.tp.partition % sink_partitions,
             dead_letter_partition: r.tp.partition % dlq_partitions,
+            topic_id: entry.sources.topic_id(&r.tp.topic).to_string(),
             range: Some(r.into()),
         })
         .collect()

@@ -173,11 +173,12 @@ pub async fn run_query(
     tokio::task::spawn_blocking(move || crate::source::probe_clusters(&probed.0, &probed.1))
         .await
         .expect("the probe does not panic")?;
-    // The sink's committer reaches its server now (pgvector): a wrong password stops the query
-    // before anything starts.
-    let committer =
-        embedstream_sinks::committer(&spec, spec.sink_password_value(&secrets)?).await.map_err(CommitError::from)?;
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
+    // The sink's committer reaches its server now (pgvector): a wrong password, or a table
+    // another query's checkpoint writes, stops the query before anything starts.
+    let committer = embedstream_sinks::committer(&spec, spec.sink_password_value(&secrets)?, checkpoint.query_id())
+        .await
+        .map_err(CommitError::from)?;
     // progress.jsonl, driver.json and monitoring/: beside the logs, or on this machine when the
     // logs are on HDFS.
     let local_state = spec.local_state_dir();

@@ -8,7 +8,7 @@ use embedstream_core::spec::StartAt;
 use super::batch::Query;
 use super::DriverError;
 use crate::checkpoint::{OffsetLogEntry, Recovery};
-use embedstream_core::offsets::{PartitionOffsets, TopicPartition};
+use embedstream_core::offsets::{PartitionOffsets, SourceIds, TopicPartition};
 
 /// The first batch a (re)started query runs.
 pub(crate) struct Resume {
@@ -16,17 +16,27 @@ pub(crate) struct Resume {
     pub(crate) start: PartitionOffsets,
     /// A logged batch that did not commit: run first, with exactly its offsets.
     pub(crate) rerun: Option<OffsetLogEntry>,
+    /// The cluster and topic ids of the last batch logged.
+    pub(crate) sources: SourceIds,
 }
 
 impl Query<'_> {
     pub(crate) async fn resume(&self, partitions: &[TopicPartition]) -> Result<Resume, DriverError> {
         Ok(match self.checkpoint.recover()? {
-            Recovery::Fresh => Resume { next_batch_id: 0, start: self.initial_offsets(partitions).await?, rerun: None },
+            Recovery::Fresh => Resume {
+                next_batch_id: 0,
+                start: self.initial_offsets(partitions).await?,
+                rerun: None,
+                sources: SourceIds::default(),
+            },
             Recovery::Rerun(entry) => {
                 tracing::info!(batch_id = entry.batch_id, "re-running the uncommitted batch with its logged offsets");
-                Resume { next_batch_id: entry.batch_id, start: entry.start.clone(), rerun: Some(entry) }
+                let sources = entry.sources.clone();
+                Resume { next_batch_id: entry.batch_id, start: entry.start.clone(), rerun: Some(entry), sources }
             }
-            Recovery::Continue { next_batch_id, start } => Resume { next_batch_id, start, rerun: None },
+            Recovery::Continue { next_batch_id, start, sources } => {
+                Resume { next_batch_id, start, rerun: None, sources }
+            }
         })
     }
 

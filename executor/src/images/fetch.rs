@@ -104,14 +104,8 @@ impl Fetcher {
 
     /// A fetcher that counts what it does in `metrics`.
     pub fn new(spec: FetchSpec, metrics: FetchMetrics) -> Fetcher {
-        let roots = tokio_rustls::rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let roots = embedstream_core::tls::outside_roots(None, "fetch").expect("the public CAs need no file");
+        let config = embedstream_core::tls::client_config(roots);
         let permits = Semaphore::new(spec.concurrency);
         Fetcher { spec, permits, tls: TlsConnector::from(Arc::new(config)), metrics }
     }

@@ -99,7 +99,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let committer = ManifestCommitter::new(dir.path().to_path_buf());
         let offsets: PartitionOffsets = [(TopicPartition::new("t", 0), 1)].into_iter().collect();
-        let batch = BatchRange { batch_id: 0, query_id: "q", start: &offsets, end: &offsets };
+        let batch =
+            BatchRange { batch_id: 0, query_id: "q", start: &offsets, end: &offsets, sources: &Default::default() };
         for bad in ["/etc/passwd", "../other/part.parquet", "dt=2026-01-01/../../x", ""] {
             let files = [ManifestFile { path: bad.into(), rows: 1 }];
             let e = committer.publish_now(&batch, &files).unwrap_err();

@@ -3,13 +3,14 @@
 //! retried task, a batch run again after a driver crash, or the two tasks of a `min_partitions`
 //! split can repeat in any order and leave the same table.
 //!
-//! - `mode = "upsert"`: one row per Kafka key. A record replaces its key's row only if its offset
-//!   is later in the same source partition; a tombstone (a key with a null value) deletes the row
-//!   and is remembered in `<table>_tombstones`, so that an older record written after it does not
+//! - `mode = "upsert"`: one row per Kafka key. A record replaces its key's row only if it comes
+//!   after it ([`table::after`]: the later offset in one partition of one topic incarnation, else
+//!   the later Kafka timestamp); a tombstone (a key with a null value) deletes the row and is
+//!   remembered in `<table>_tombstones`, so that an older record written after it does not
 //!   bring the row back. The keys of a window are locked (advisory locks, in one order) for its
 //!   transaction, so a record and a tombstone of one key never pass each other.
-//! - `mode = "append"`: one row per record, unique on (topic, partition, offset); a row already
-//!   there is left as it is.
+//! - `mode = "append"`: one row per record, unique on (topic, topic_id, partition, offset); a
+//!   row already there is left as it is.
 //!
 //! Each window goes in as one transaction: binary `COPY` into a temporary staging table, then
 //! one `INSERT ... SELECT ... ON CONFLICT`. Connections are kept per executor (one per task
@@ -69,41 +70,15 @@ fn tls_of(
     spec: &PgvectorSinkSpec,
     config: &mut Config,
 ) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, SinkError> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::CertificateDer;
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-    let roots = match (&spec.tls_ca, config.get_ssl_mode()) {
-        (Some(ca), _) => {
-            let bad = |why: String| SinkError::Database {
-                url: spec.url.clone(),
-                message: format!("sink.tls_ca {}: {why}", ca.display()),
-            };
-            let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                roots
-                    .add(cert.map_err(|e| bad(format!("not a PEM certificate: {e}")))?)
-                    .map_err(|e| bad(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(bad("holds no certificate".into()));
-            }
-            roots
-        }
-        (None, tokio_postgres::config::SslMode::Require) => {
-            RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }
-        }
-        (None, _) => return Ok(None),
-    };
-    let tls = ClientConfig::builder_with_provider(std::sync::Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    use embedstream_core::tls;
+    let require = config.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    if spec.tls_ca.is_none() && !require {
+        return Ok(None);
+    }
+    let roots = tls::outside_roots(spec.tls_ca.as_deref(), "sink.tls_ca")
+        .map_err(|e| SinkError::Database { url: spec.url.clone(), message: e.to_string() })?;
     config.ssl_mode(tokio_postgres::config::SslMode::Require);
-    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(roots))))
 }
 
 impl Database {
@@ -232,6 +207,13 @@ async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create:
             message: format!("{checking} does not exist (sink.create_table = false)"),
         });
     }
+    if create
+        && add_missing_columns(client, lock, &table.name, table::TABLE_COLUMNS_ADDED)
+            .await
+            .map_err(|e| db.error(&format!("adding columns to {checking}"), &e))?
+    {
+        existing = columns_of(client, &table.name).await.map_err(|e| db.error(&checking, &e))?;
+    }
     if let Some(misfit) = table.misfit(&existing) {
         return Err(SinkError::Database { url: db.url.clone(), message: format!("{checking} {misfit}") });
     }
@@ -239,6 +221,9 @@ async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create:
         // A table made by hand for upserts gets the sink's own tombstones table beside it.
         let tombstones = table.create().pop().expect("upsert mode makes its tombstones table");
         client.batch_execute(&tombstones).await.map_err(|e| db.error(&checking, &e))?;
+        add_missing_columns(client, lock, &table.tombstones(), table::TOMBSTONE_COLUMNS_ADDED)
+            .await
+            .map_err(|e| db.error(&format!("adding columns to `{}`", table.tombstones()), &e))?;
     }
     Ok(())
 }
@@ -251,6 +236,28 @@ pub(crate) async fn ddl_under_lock(client: &Client, lock: i32, ddl: &str) -> Res
     let created = client.batch_execute(ddl).await;
     let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({lock}, 0)")).await;
     created.and(unlocked)
+}
+
+/// Adds to `table` those of `columns` (name, SQL definition) it lacks, under the advisory lock
+/// `lock` (every executor starts at once); returns whether it added any. A table that has them
+/// all is not altered, so a table made by its DBA needs no owner's rights for it.
+pub(crate) async fn add_missing_columns(
+    client: &Client,
+    lock: i32,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> Result<bool, tokio_postgres::Error> {
+    let existing = columns_of(client, table).await?;
+    let missing: Vec<String> = columns
+        .iter()
+        .filter(|(name, _)| !existing.iter().any(|(have, _)| have == name))
+        .map(|(name, def)| format!("ADD COLUMN IF NOT EXISTS \"{name}\" {def}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    ddl_under_lock(client, lock, &format!("ALTER TABLE {} {}", table::quote(table), missing.join(", "))).await?;
+    Ok(true)
 }
 
 /// The columns of `table` and their types, none if it does not exist.
@@ -289,8 +296,14 @@ impl PgvectorSink {
 }
 
 impl Sink for Arc<PgvectorSink> {
-    fn open(&self, _task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
-        Ok(Box::new(PgWriter { sink: self.clone(), conn: None, stamps: Vec::new(), acked: Vec::new() }))
+    fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
+        Ok(Box::new(PgWriter {
+            sink: self.clone(),
+            topic_id: task.topic_id.clone(),
+            conn: None,
+            stamps: Vec::new(),
+            acked: Vec::new(),
+        }))
     }
 
     fn admit(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Admit {
@@ -345,6 +358,8 @@ fn kafka_timestamp(ms: Option<i64>) -> Option<SystemTime> {
 /// One task attempt's writes: a connection held from its first window to its end.
 struct PgWriter {
     sink: Arc<PgvectorSink>,
+    /// The topic id of the task's records: which incarnation of the topic they are in.
+    topic_id: String,
     conn: Option<Conn>,
     /// Kafka timestamps of the rows written, and when each window's transaction committed.
     stamps: Vec<i64>,
@@ -404,13 +419,14 @@ impl PgWriter {
                 (values.values().as_ref(), c.value_length() as usize)
             })
             .collect();
+        let topic_id = self.topic_id.clone();
         let conn = self.conn().await?;
         let fail = |doing: &str| {
             let db = db.clone();
             let doing = format!("{doing} (sink.table `{}`)", table.name);
             move |e: tokio_postgres::Error| db.error(&doing, &e)
         };
-        let mut types = vec![Type::TEXT, Type::TEXT, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
+        let mut types = vec![Type::TEXT, Type::TEXT, Type::TEXT, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
         if table.model.is_some() {
             types.push(Type::TEXT);
         }
@@ -432,7 +448,7 @@ impl PgWriter {
                 vectors.iter().map(|(all, dim)| PgVector(&all[i * dim..(i + 1) * dim])).collect();
             let (topic, partition, offset) =
                 (origins.topics.value(i), origins.partitions.value(i), origins.offsets.value(i));
-            let mut row: Vec<&(dyn ToSql + Sync)> = vec![&key, &topic, &partition, &offset, &stamp];
+            let mut row: Vec<&(dyn ToSql + Sync)> = vec![&key, &topic, &topic_id, &partition, &offset, &stamp];
             if let Some(model) = &table.model {
                 row.push(model);
             }
@@ -462,6 +478,10 @@ impl PgWriter {
         let topics: Vec<&str> = origins.topics.iter().flatten().collect();
         let partitions: Vec<i32> = origins.partitions.values().to_vec();
         let offsets: Vec<i64> = origins.offsets.values().to_vec();
+        let topic_ids: Vec<String> = vec![self.topic_id.clone(); keys.len()];
+        let stamps: &Int64Array = column(rows, "timestamp_ms");
+        let stamps: Vec<Option<SystemTime>> =
+            (0..rows.num_rows()).map(|i| kafka_timestamp(stamps.is_valid(i).then(|| stamps.value(i)))).collect();
         let lock = table::lock_space(&table.name);
         let conn = self.conn().await?;
         let fail =
@@ -469,7 +489,9 @@ impl PgWriter {
         let tx = conn.client.transaction().await.map_err(fail)?;
         let [lock_keys, remember, delete] = table.delete();
         tx.execute(lock_keys.as_str(), &[&keys, &lock]).await.map_err(fail)?;
-        tx.execute(remember.as_str(), &[&keys, &topics, &partitions, &offsets]).await.map_err(fail)?;
+        tx.execute(remember.as_str(), &[&keys, &topics, &topic_ids, &partitions, &offsets, &stamps])
+            .await
+            .map_err(fail)?;
         let deleted = tx.execute(delete.as_str(), &[&keys]).await.map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         tracing::debug!(tombstones = keys.len(), deleted, "tombstones applied");

@@ -49,6 +49,7 @@ impl TableDef {
         let mut columns = vec![
             Column::plain("key", "text"),
             Column::plain("topic", "text"),
+            Column::plain("topic_id", "text"),
             Column::plain("partition", "integer"),
             Column::plain("offset", "bigint"),
             Column::plain("kafka_timestamp", "timestamp with time zone"),
@@ -102,10 +103,9 @@ impl TableDef {
             .collect();
         columns.push(match self.mode {
             PgMode::Upsert => "PRIMARY KEY (\"key\")".into(),
-            PgMode::Append => "PRIMARY KEY (\"topic\", \"partition\", \"offset\")".into(),
+            PgMode::Append => format!("PRIMARY KEY ({APPEND_KEY})"),
         });
         let mut ddl = vec![format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(&self.name), columns.join(", "))];
-        let bare = self.name.rsplit('.').next().unwrap_or(&self.name);
         for c in self.columns.iter().filter(|c| c.model.is_some()) {
             // IVFFlat learns its lists from the rows there when it is built: made on an empty
             // table it answered with a recall@10 of 0.76. The driver makes it once the table
@@ -116,7 +116,7 @@ impl TableDef {
             };
             ddl.push(format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {} USING {method} ({} {})",
-                quote(&format!("{bare}_{}_{method}", c.name)),
+                index_name(&self.name, &c.name, method),
                 quote(&self.name),
                 quote(&c.name),
                 self.ops
@@ -128,14 +128,18 @@ impl TableDef {
         ddl
     }
 
-    /// The tombstones: each deleted key's latest tombstone, and when it was written (so that
-    /// [`prune_tombstones`] can forget it). A table made before `deleted_at` gets it.
+    /// The tombstones: each deleted key's latest tombstone, where it was in the source, and when
+    /// it was written (so that [`prune_tombstones`] can forget it).
     fn create_tombstones(&self) -> String {
-        let tomb = quote(&self.tombstones());
         format!(
-            "CREATE TABLE IF NOT EXISTS {tomb} (\"key\" text PRIMARY KEY, \"topic\" text NOT NULL, \
-             \"partition\" integer NOT NULL, \"offset\" bigint NOT NULL); \
-             ALTER TABLE {tomb} ADD COLUMN IF NOT EXISTS \"deleted_at\" timestamp with time zone NOT NULL DEFAULT now()"
+            "CREATE TABLE IF NOT EXISTS {} (\"key\" text PRIMARY KEY, \"topic\" text NOT NULL, \
+             \"partition\" integer NOT NULL, \"offset\" bigint NOT NULL, {})",
+            quote(&self.tombstones()),
+            TOMBSTONE_COLUMNS_ADDED
+                .iter()
+                .map(|(name, def)| format!("\"{name}\" {def}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 
@@ -175,23 +179,19 @@ impl TableDef {
     /// locked by hash bucket, [`LOCK_BUCKETS`] at most, so that a window of many keys cannot
     /// fill PostgreSQL's shared lock table (which every other transaction of the server needs).
     pub fn lock_stage_keys(&self, lock_space: i32) -> String {
-        format!(
-            "SELECT pg_advisory_xact_lock({lock_space}, h) FROM \
-             (SELECT DISTINCT hashtext(\"key\") & {mask} AS h FROM {STAGE} ORDER BY 1) AS k",
-            mask = LOCK_BUCKETS - 1
-        )
+        lock_buckets(&lock_space.to_string(), "\"key\"", STAGE)
     }
 
-    /// From the stage into the table. Upsert: one row per key (the window's latest), replacing
-    /// a row only from a later offset of the same source partition, and not over a later
-    /// tombstone. Append: rows new by origin.
+    /// From the stage into the table. Upsert: one row per key, the window's latest (a window
+    /// holds one source partition's records), replacing a row only with a record that comes
+    /// [`after`] it, and never over a tombstone that comes after the record. Append: rows new by
+    /// origin.
     pub fn merge(&self) -> String {
         let (table, cols) = (quote(&self.name), self.column_list(""));
         match self.mode {
-            PgMode::Append => format!(
-                "INSERT INTO {table} ({cols}) SELECT {cols} FROM {STAGE} \
-                 ON CONFLICT (\"topic\", \"partition\", \"offset\") DO NOTHING"
-            ),
+            PgMode::Append => {
+                format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM {STAGE} ON CONFLICT ({APPEND_KEY}) DO NOTHING")
+            }
             PgMode::Upsert => {
                 let set: Vec<String> = (self.columns.iter().filter(|c| c.name != "key"))
                     .map(|c| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
@@ -199,14 +199,13 @@ impl TableDef {
                 format!(
                     "INSERT INTO {table} AS t ({cols}) \
                      SELECT DISTINCT ON (s.\"key\") {scols} FROM {STAGE} AS s \
-                     WHERE NOT EXISTS (SELECT 1 FROM {tomb} AS d WHERE d.\"key\" = s.\"key\" \
-                       AND d.\"topic\" = s.\"topic\" AND d.\"partition\" = s.\"partition\" AND d.\"offset\" > s.\"offset\") \
+                     WHERE NOT EXISTS (SELECT 1 FROM {tomb} AS d WHERE d.\"key\" = s.\"key\" AND {tomb_after}) \
                      ORDER BY s.\"key\", s.\"offset\" DESC \
-                     ON CONFLICT (\"key\") DO UPDATE SET {set} \
-                     WHERE t.\"topic\" <> EXCLUDED.\"topic\" OR t.\"partition\" <> EXCLUDED.\"partition\" \
-                       OR t.\"offset\" < EXCLUDED.\"offset\"",
+                     ON CONFLICT (\"key\") DO UPDATE SET {set} WHERE {record_after}",
                     scols = self.column_list("s."),
                     tomb = quote(&self.tombstones()),
+                    tomb_after = after("d", "s"),
+                    record_after = after("EXCLUDED", "t"),
                     set = set.join(", "),
                 )
             }
@@ -214,33 +213,72 @@ impl TableDef {
     }
 
     /// Tombstones of one window: their keys locked (`$1` keys, `$2` the lock space), the latest
-    /// tombstone per key remembered (`$1` keys, `$2` topics, `$3` partitions, `$4` offsets), and
-    /// rows older than it deleted (`$1` keys).
+    /// tombstone per key remembered (`$1` keys, `$2` topics, `$3` topic ids, `$4` partitions,
+    /// `$5` offsets, `$6` Kafka timestamps), and rows that come before it deleted (`$1` keys).
     pub fn delete(&self) -> [String; 3] {
         let (table, tomb) = (quote(&self.name), quote(&self.tombstones()));
         [
+            lock_buckets("$2", "k", "unnest($1::text[]) AS k"),
             format!(
-                "SELECT pg_advisory_xact_lock($2, h) FROM \
-                 (SELECT DISTINCT hashtext(k) & {mask} AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS l",
-                mask = LOCK_BUCKETS - 1
-            ),
-            format!(
-                "INSERT INTO {tomb} AS d (\"key\", \"topic\", \"partition\", \"offset\") \
-                 SELECT DISTINCT ON (u.k) u.k, u.t, u.p, u.o \
-                 FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[]) AS u(k, t, p, o) \
-                 ORDER BY u.k, u.o DESC \
-                 ON CONFLICT (\"key\") DO UPDATE SET \"topic\" = EXCLUDED.\"topic\", \
-                   \"partition\" = EXCLUDED.\"partition\", \"offset\" = EXCLUDED.\"offset\", \"deleted_at\" = now() \
-                 WHERE d.\"topic\" <> EXCLUDED.\"topic\" OR d.\"partition\" <> EXCLUDED.\"partition\" \
-                   OR d.\"offset\" < EXCLUDED.\"offset\""
+                "INSERT INTO {tomb} AS d (\"key\", \"topic\", \"topic_id\", \"partition\", \"offset\", \"kafka_timestamp\") \
+                 SELECT DISTINCT ON (u.\"key\") u.* \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::timestamptz[]) \
+                   AS u(\"key\", \"topic\", \"topic_id\", \"partition\", \"offset\", \"kafka_timestamp\") \
+                 ORDER BY u.\"key\", u.\"offset\" DESC \
+                 ON CONFLICT (\"key\") DO UPDATE SET \"topic\" = EXCLUDED.\"topic\", \"topic_id\" = EXCLUDED.\"topic_id\", \
+                   \"partition\" = EXCLUDED.\"partition\", \"offset\" = EXCLUDED.\"offset\", \
+                   \"kafka_timestamp\" = EXCLUDED.\"kafka_timestamp\", \"deleted_at\" = now() \
+                 WHERE {tomb_after}",
+                tomb_after = after("EXCLUDED", "d"),
             ),
             format!(
                 "DELETE FROM {table} AS t USING {tomb} AS d \
-                 WHERE t.\"key\" = ANY($1::text[]) AND d.\"key\" = t.\"key\" \
-                   AND NOT (t.\"topic\" = d.\"topic\" AND t.\"partition\" = d.\"partition\" AND t.\"offset\" > d.\"offset\")"
+                 WHERE t.\"key\" = ANY($1::text[]) AND d.\"key\" = t.\"key\" AND NOT ({row_after})",
+                row_after = after("t", "d"),
             ),
         ]
     }
+}
+
+/// Columns of the tombstones table that earlier versions did not make: added to a table made
+/// before them ([`super::add_missing_columns`]).
+pub const TOMBSTONE_COLUMNS_ADDED: &[(&str, &str)] = &[
+    ("deleted_at", "timestamp with time zone NOT NULL DEFAULT now()"),
+    ("topic_id", "text NOT NULL DEFAULT ''"),
+    ("kafka_timestamp", "timestamp with time zone"),
+];
+
+/// The column of the sink's table that earlier versions did not make (rows there have none:
+/// they are ordered against new ones by timestamp, [`after`]).
+pub const TABLE_COLUMNS_ADDED: &[(&str, &str)] = &[("topic_id", "text NOT NULL DEFAULT ''")];
+
+/// An append table's unique key: a record's place in the source, in its topic's incarnation
+/// (offsets count from 0 again in a topic deleted and created again).
+const APPEND_KEY: &str = "\"topic\", \"topic_id\", \"partition\", \"offset\"";
+
+/// SQL that is true when the record or tombstone `a` comes after `b` (two aliases of rows with
+/// the sink's origin columns), the order an upsert table keeps:
+/// - in one partition of one topic incarnation, the later offset: Kafka's own order, whatever
+///   the producers' clocks say;
+/// - otherwise (another partition, a topic deleted and created again, another cluster, another
+///   topic), the later Kafka timestamp, then topic, topic id, partition and offset, so that
+///   every writer picks the same one. A record without a timestamp comes first.
+///
+/// A key moved to another partition (partitions added) is therefore ordered by its records'
+/// timestamps across the move, and a topic created again comes after the old one as long as
+/// its records' timestamps are later.
+pub fn after(a: &str, b: &str) -> String {
+    let origin = |x: &str| {
+        format!(
+            "(coalesce({x}.\"kafka_timestamp\", '-infinity'), {x}.\"topic\", {x}.\"topic_id\", {x}.\"partition\", {x}.\"offset\")"
+        )
+    };
+    format!(
+        "(CASE WHEN {a}.\"topic\" = {b}.\"topic\" AND {a}.\"topic_id\" = {b}.\"topic_id\" \
+           AND {a}.\"partition\" = {b}.\"partition\" THEN {a}.\"offset\" > {b}.\"offset\" ELSE {} > {} END)",
+        origin(a),
+        origin(b)
+    )
 }
 
 /// Rows a table holds before the driver builds its IVFFlat index (pgvector's advice: build it
@@ -250,10 +288,9 @@ pub const IVFFLAT_MIN_ROWS: i64 = 1_000;
 /// The IVFFlat index of vector column `column` of `table`, with `lists` lists, built without
 /// blocking the writers (`CONCURRENTLY`: outside any transaction).
 pub fn create_ivfflat(table: &str, column: &str, ops: &str, lists: i64) -> String {
-    let bare = table.rsplit('.').next().unwrap_or(table);
     format!(
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING ivfflat ({} {ops}) WITH (lists = {lists})",
-        quote(&format!("{bare}_{column}_ivfflat")),
+        index_name(table, column, "ivfflat"),
         quote(table),
         quote(column)
     )
@@ -271,6 +308,23 @@ pub fn prune_tombstones(table: &str) -> String {
         "DELETE FROM {} WHERE \"deleted_at\" < now() - make_interval(secs => $1::float8)",
         quote(&tombstones_of(table))
     )
+}
+
+/// Locks, for the transaction, the hash buckets of the keys `key` (an expression over `from`) in
+/// the advisory-lock space `space`, in bucket order (two writers never deadlock).
+fn lock_buckets(space: &str, key: &str, from: &str) -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock({space}, h) FROM \
+         (SELECT DISTINCT hashtext({key}) & {mask} AS h FROM {from} ORDER BY 1) AS l",
+        mask = LOCK_BUCKETS - 1
+    )
+}
+
+/// The name of the index of `column` of `table` by `method` (`items_embedding_hnsw`): the
+/// table's name without its schema, as PostgreSQL puts an index in its table's schema.
+fn index_name(table: &str, column: &str, method: &str) -> String {
+    let bare = table.rsplit('.').next().unwrap_or(table);
+    quote(&format!("{bare}_{column}_{method}"))
 }
 
 /// Hash buckets the keys of a table are locked by (a power of two): a window takes at most this
@@ -313,7 +367,7 @@ mod tests {
         assert!(def.create()[0].starts_with("CREATE TABLE IF NOT EXISTS \"s\".\"items\" (\"key\" text, "));
         assert!(def.create()[1]
             .contains("\"items_embedding_hnsw\" ON \"s\".\"items\" USING hnsw (\"embedding\" vector_cosine_ops)"));
-        assert!(def.merge().ends_with("ON CONFLICT (\"topic\", \"partition\", \"offset\") DO NOTHING"));
+        assert!(def.merge().ends_with("ON CONFLICT (\"topic\", \"topic_id\", \"partition\", \"offset\") DO NOTHING"));
         let upsert = TableDef::new(&spec("upsert"), &[Output::single("m", 3)]);
         assert_eq!(upsert.create().len(), 3, "table, index, tombstones");
         assert!(upsert.merge().contains("\"s\".\"items_tombstones\""));

@@ -115,6 +115,11 @@ fn upserts_keep_each_keys_latest_vector_a_paraphrase_ranks_first_and_tombstones_
     let dead = broker.read_all("pgq-dlq", 1);
     assert_eq!(dead.len(), 1, "the keyless record is a dead letter");
     assert!(dead[0].header("es.error").contains("no key"), "{}", dead[0].header("es.error"));
+    assert_eq!(
+        dead[0].header("es.topic_id"),
+        broker.topic_id("items"),
+        "the dead letter names the topic's incarnation"
+    );
     assert_eq!(broker.committed("pgq-group", "items", 2), broker.high_watermarks("items", 2));
 }
 

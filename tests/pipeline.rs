@@ -63,12 +63,15 @@ fn every_record_is_embedded_once_in_order_and_offsets_are_committed() {
     let out = broker.read_all("e2e-out", 2);
     assert_exactly_once_in_order(&out, &highs);
 
-    // Keys, headers, and vectors that match the Python reference.
+    // Keys, headers, and vectors that match the Python reference. `es.topic_id` tells this
+    // incarnation of the topic from one deleted and created again (offsets from 0 again).
+    let topic_id = broker.topic_id("products");
     for rec in &out {
         let (p, off) = rec.origin();
         let n = (off * 2 + p as i64) as usize; // text n went to partition n % 2 at offset n / 2
         assert_eq!(rec.key.as_deref(), Some(format!("key-{n}").as_bytes()));
         assert_eq!(rec.header("es.topic"), "products");
+        assert_eq!(rec.header("es.topic_id"), topic_id);
         assert_eq!(rec.header("es.model"), "all-MiniLM-L6-v2");
         assert_eq!(rec.partition, p, "sink partition follows the source partition");
         let v = rec.vector();

@@ -395,7 +395,13 @@ async fn dead_letter(
 ) -> Result<(), TaskError> {
     let offset = rows.offsets.value(i);
     tracing::debug!(offset, %reason, "dead letter");
-    let origin = Origin { topic: &range.tp.topic, partition: range.tp.partition, offset, key: rows.key(i) };
+    let origin = Origin {
+        topic: &range.tp.topic,
+        topic_id: &def.topic_id,
+        partition: range.tp.partition,
+        offset,
+        key: rows.key(i),
+    };
     ctx.dead_letters.send(pending, def.dead_letter_partition, &origin, rows.value(i), reason).await?;
     counts.dead_letters += 1;
     // Counted by kind and sampled with a bounded reason: a task's status stays small whatever

@@ -79,7 +79,12 @@ impl KafkaSink {
 
 impl crate::Sink for Arc<KafkaSink> {
     fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
-        Ok(Box::new(KafkaTaskWriter { sink: self.clone(), partition: task.partition, acks: Vec::new() }))
+        Ok(Box::new(KafkaTaskWriter {
+            sink: self.clone(),
+            partition: task.partition,
+            topic_id: task.topic_id.clone(),
+            acks: Vec::new(),
+        }))
     }
 
     /// A record whose output cannot fit in one message (its key is too long) is a dead letter:
@@ -102,6 +107,8 @@ type WindowAcks = (Vec<i64>, tokio::task::JoinHandle<Result<i64, SinkError>>);
 struct KafkaTaskWriter {
     sink: Arc<KafkaSink>,
     partition: i32,
+    /// The source topic's id, in every output record's `es.topic_id`.
+    topic_id: String,
     acks: Vec<WindowAcks>,
 }
 
@@ -133,6 +140,7 @@ impl TaskWriter for KafkaTaskWriter {
             for i in 0..rows.num_rows() {
                 let origin = Origin {
                     topic: topics.value(i),
+                    topic_id: &self.topic_id,
                     partition: partitions.value(i),
                     offset: offsets.value(i),
                     key: keys.is_valid(i).then(|| keys.value(i)),

@@ -28,6 +28,8 @@ pub const HEADER_ROOM: usize = 2 << 10;
 /// Where an output record came from.
 pub struct Origin<'a> {
     pub topic: &'a str,
+    /// The topic's id (its incarnation), empty when the batch was logged without ids.
+    pub topic_id: &'a str,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<&'a [u8]>,
@@ -156,6 +158,7 @@ pub(crate) fn origin_headers(origin: &Origin<'_>, model_id: &str) -> OwnedHeader
         .insert(Header { key: "es.topic", value: Some(origin.topic) })
         .insert(Header { key: "es.partition", value: Some(&origin.partition.to_string()) })
         .insert(Header { key: "es.offset", value: Some(&origin.offset.to_string()) })
+        .insert(Header { key: "es.topic_id", value: Some(origin.topic_id) })
         .insert(Header { key: "es.model", value: Some(model_id) })
 }
 

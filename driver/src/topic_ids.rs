@@ -61,12 +61,19 @@ unsafe fn copied(s: *const std::os::raw::c_char) -> String {
 
 /// librdkafka's base64 of a topic id (standard alphabet, padded) in Kafka's own form (URL-safe,
 /// unpadded: `Uuid.toString()`), so that the id matches what Kafka's tools print.
+/// Kafka's zero id ("no id": a broker before topic ids, Kafka 2.8) is an empty string.
 fn kafka_form(base64: &str) -> String {
-    base64.trim_end_matches('=').replace('+', "-").replace('/', "_")
+    let id = base64.trim_end_matches('=').replace('+', "-").replace('/', "_");
+    if id.bytes().all(|b| b == b'A') {
+        String::new()
+    } else {
+        id
+    }
 }
 
 /// Each of `topics`' topic id (Kafka's base64 form, as `kafka-topics.sh --describe` prints it).
-/// A topic that does not exist is an error naming it.
+/// A topic that does not exist is an error naming it. A cluster too old to know topic ids
+/// (before Kafka 2.8) gives none: every id is empty, and incarnations are not compared.
 pub fn topic_ids(
     consumer: &BaseConsumer,
     topics: &[String],
@@ -102,8 +109,13 @@ pub fn topic_ids(
         if event.ptr.is_null() {
             return Err(TopicIdError::Timeout(timeout));
         }
-        if rd::rd_kafka_event_error(event.ptr) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            return Err(TopicIdError::Request(copied(rd::rd_kafka_event_error_string(event.ptr))));
+        match rd::rd_kafka_event_error(event.ptr) {
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => {}
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE
+            | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION => {
+                return Ok(topics.iter().map(|t| (t.clone(), String::new())).collect());
+            }
+            _ => return Err(TopicIdError::Request(copied(rd::rd_kafka_event_error_string(event.ptr)))),
         }
         let result = rd::rd_kafka_event_DescribeTopics_result(event.ptr);
         if result.is_null() {
@@ -121,10 +133,9 @@ pub fn topic_ids(
                 return Err(TopicIdError::Topic { topic: name, message: copied(rd::rd_kafka_error_string(error)) });
             }
             let uuid = rd::rd_kafka_TopicDescription_topic_id(topic);
-            if uuid.is_null() {
-                return Err(TopicIdError::Topic { topic: name, message: "the broker gave no topic id".into() });
-            }
-            ids.insert(name, kafka_form(&copied(rd::rd_kafka_Uuid_base64str(uuid))));
+            let id =
+                if uuid.is_null() { String::new() } else { kafka_form(&copied(rd::rd_kafka_Uuid_base64str(uuid))) };
+            ids.insert(name, id);
         }
         Ok(ids)
     }
@@ -135,5 +146,6 @@ mod tests {
     #[test]
     fn ids_read_as_kafkas_tools_print_them() {
         assert_eq!(super::kafka_form("XvgLD19xRw+yRhqBq7o/gg=="), "XvgLD19xRw-yRhqBq7o_gg");
+        assert_eq!(super::kafka_form("AAAAAAAAAAAAAAAAAAAAAA=="), "", "Kafka's zero id is no id");
     }
 }

@@ -253,19 +253,8 @@ fn bad_connections_and_tables_are_refused_before_the_first_batch_and_appends_are
 /// One window of rows as a task hands them to the sink: (key, offset, vector), partition 0 of
 /// topic `t`, 3-dimensional vectors of the model `m`.
 fn window(rows: &[(&str, i64, [f32; 3])]) -> arrow_array::RecordBatch {
-    use arrow_array::{BinaryArray, Int32Array, Int64Array, StringArray};
-    use embedstream_sinks::rows::{embedding_array, output_schema, Output};
-    let n = rows.len();
-    let columns: Vec<arrow_array::ArrayRef> = vec![
-        std::sync::Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.0.as_bytes()))),
-        std::sync::Arc::new(BinaryArray::from_iter_values(rows.iter().map(|_| b"text".as_slice()))),
-        std::sync::Arc::new(StringArray::from(vec!["t"; n])),
-        std::sync::Arc::new(Int32Array::from(vec![0; n])),
-        std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-        std::sync::Arc::new(Int64Array::from(vec![Some(1_700_000_000_000); n])),
-        std::sync::Arc::new(embedding_array(rows.iter().flat_map(|r| r.2).collect(), 3)),
-    ];
-    arrow_array::RecordBatch::try_new(output_schema(&[Output::single("m", 3)], false), columns).unwrap()
+    let stamped: Vec<(&str, i64, i64, [f32; 3])> = rows.iter().map(|&(k, o, v)| (k, o, 1_700_000_000_000, v)).collect();
+    window_of(0, &stamped)
 }
 
 /// The sink's writes, driven directly in the orders a retried attempt or the two tasks of a

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
-use super::table::{create_ivfflat, lock_space, prune_tombstones, quote, IVFFLAT_MIN_ROWS};
+use super::table::{column_definitions, create_ivfflat, lock_space, prune_tombstones, quote, IVFFLAT_MIN_ROWS};
 use super::{add_missing_columns, ddl_under_lock, Database};
 use crate::commit::{BatchCommitter, BatchRange, CommitError, Published};
 use crate::SinkError;
@@ -58,7 +58,7 @@ impl OffsetsCommitter {
              \"sink_table\" text NOT NULL, \"committed_at\" timestamp with time zone NOT NULL DEFAULT now(), \
              {}, PRIMARY KEY (\"query\", \"topic\", \"partition\"))",
             quote(&spec.offsets_table),
-            OFFSETS_COLUMNS_ADDED.iter().map(|(name, def)| format!("\"{name}\" {def}")).collect::<Vec<_>>().join(", ")
+            column_definitions(OFFSETS_COLUMNS_ADDED)
         );
         let making = || format!("creating sink.offsets_table `{}`", spec.offsets_table);
         ddl_under_lock(&client, lock, &ddl).await.map_err(|e| db.error(&making(), &e))?;

@@ -135,11 +135,7 @@ impl TableDef {
             "CREATE TABLE IF NOT EXISTS {} (\"key\" text PRIMARY KEY, \"topic\" text NOT NULL, \
              \"partition\" integer NOT NULL, \"offset\" bigint NOT NULL, {})",
             quote(&self.tombstones()),
-            TOMBSTONE_COLUMNS_ADDED
-                .iter()
-                .map(|(name, def)| format!("\"{name}\" {def}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            column_definitions(TOMBSTONE_COLUMNS_ADDED)
         )
     }
 
@@ -238,6 +234,11 @@ impl TableDef {
             ),
         ]
     }
+}
+
+/// `columns` (name, SQL definition) as a `CREATE TABLE`'s column list.
+pub fn column_definitions(columns: &[(&str, &str)]) -> String {
+    columns.iter().map(|(name, def)| format!("{} {def}", quote(name))).collect::<Vec<_>>().join(", ")
 }
 
 /// Columns of the tombstones table that earlier versions did not make: added to a table made

@@ -97,6 +97,9 @@ fn a_task_past_its_deadline_fails_retryably_and_runs_on_another_executor() {
     std::fs::write(&job.path, text).unwrap();
     let mut q = Running::start(&job, 2);
     q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
+    // Whichever executor this is, one of the two partitions runs on it: a partition not run
+    // before goes to the executor with the fewest partitions (driver/src/scheduler.rs), whether
+    // the first batch holds one partition or both.
     let stuck = q.executor_pids()[0];
     let workers: Vec<u32> = children_of(stuck).into_iter().flat_map(children_of).collect();
     assert!(!workers.is_empty(), "the executor's model workers");

@@ -7,10 +7,12 @@
 //! `spark.task.maxFailures` does. An executor whose RPC fails at the transport level is lost: its
 //! cores take no more tasks.
 //!
-//! A partition's task goes to the executor that last ran that partition when it has a free core
-//! (as Spark's Kafka source prefers one executor a partition for its cached consumer), so that
-//! an executor's embedding cache sees the same keys again; otherwise to any free core (no
-//! waiting for locality).
+//! A partition's task goes to the executor that last ran that partition (as Spark's Kafka source
+//! prefers one executor a partition for its cached consumer), so that an executor's embedding
+//! cache sees the same keys again. When that executor has no free core the task waits for one
+//! up to `executors.locality_wait` (Spark's `spark.locality.wait`), then takes any free core. A
+//! partition never run before goes to the executor that runs the fewest partitions, so that
+//! partitions spread over the executors rather than all staying where the first batch put them.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -119,11 +121,24 @@ pub struct Scheduler {
     deadline: Box<dyn Fn(u64) -> Duration + Send + Sync>,
     /// The executor that last ran each source partition's task to success.
     last_ran: Mutex<HashMap<(String, i32), String>>,
+    /// How long a task waits for its partition's executor (`executors.locality_wait`).
+    locality_wait: Duration,
 }
 
 impl Scheduler {
     pub fn new(registry: Arc<ExecutorRegistry>, deadline: impl Fn(u64) -> Duration + Send + Sync + 'static) -> Self {
-        Scheduler { registry, deadline: Box::new(deadline), last_ran: Mutex::new(HashMap::new()) }
+        Scheduler {
+            registry,
+            deadline: Box::new(deadline),
+            last_ran: Mutex::new(HashMap::new()),
+            locality_wait: Duration::ZERO,
+        }
+    }
+
+    /// Tasks wait up to `wait` for a core on their partition's last executor.
+    pub fn with_locality_wait(mut self, wait: Duration) -> Self {
+        self.locality_wait = wait;
+        self
     }
 
     /// The executors this scheduler dispatches to.
@@ -144,6 +159,8 @@ impl Scheduler {
         // Where each task's last attempt failed: its retry goes elsewhere when it can (the
         // executor may be the reason, a broken producer or a sick disk).
         let mut failed_on: HashMap<u32, String> = HashMap::new();
+        // Since when each pending task has been offered slots (its locality wait's start).
+        let mut waiting_since: HashMap<u32, Instant> = HashMap::new();
 
         while !pending.is_empty() || !running.is_empty() {
             for e in self.registry.live() {
@@ -153,11 +170,26 @@ impl Scheduler {
             }
             // Drained or lost executors take no new task.
             free.retain(|e| self.registry.is_live(&e.id));
-            while !pending.is_empty() && !free.is_empty() {
-                let task = pending.pop_front().expect("checked non-empty");
-                let avoid = failed_on.get(&task.task_id).map(String::as_str);
-                let prefer = self.last_ran.lock().expect("not poisoned").get(&partition_of(&task)).cloned();
-                let exec = take_slot(&mut free, |e| e.id.as_str(), avoid, prefer.as_deref());
+            let now = Instant::now();
+            let mut next = 0;
+            while next < pending.len() && !free.is_empty() {
+                let avoid = failed_on.get(&pending[next].task_id).map(String::as_str);
+                let (prefer, owned) = {
+                    let last_ran = self.last_ran.lock().expect("not poisoned");
+                    (last_ran.get(&partition_of(&pending[next])).cloned(), partitions_per_executor(&last_ran))
+                };
+                let since = *waiting_since.entry(pending[next].task_id).or_insert(now);
+                let wait =
+                    prefer.as_deref().is_some_and(|p| self.registry.is_live(p)) && now < since + self.locality_wait;
+                let choice = Choice { avoid, prefer: prefer.as_deref(), wait, owned: &owned };
+                let Some(slot) = pick_slot(&free, |e| e.id.as_str(), &choice) else {
+                    // Its executor is busy: the tasks behind it may go meanwhile.
+                    next += 1;
+                    continue;
+                };
+                let exec = free.remove(slot);
+                let task = pending.remove(next).expect("checked in range");
+                waiting_since.remove(&task.task_id);
                 let records = task.range.as_ref().map_or(0, |r| (r.until_offset - r.from_offset).max(0) as u64);
                 let deadline = (self.deadline)(records);
                 self.registry.task_started(
@@ -180,7 +212,19 @@ impl Scheduler {
                     (exec, task, outcome)
                 });
             }
+            // The next moment a task waiting for its partition's executor stops waiting (from the
+            // same `now`: a task that waits now has a wake-up).
+            let wake = pending
+                .iter()
+                .filter_map(|t| waiting_since.get(&t.task_id))
+                .map(|since| *since + self.locality_wait)
+                .filter(|at| *at > now)
+                .min();
             if running.is_empty() {
+                if let Some(at) = wake {
+                    tokio::time::sleep_until(at.into()).await;
+                    continue;
+                }
                 // Tasks are pending and no executor is left: wait for a replacement.
                 tracing::warn!(batch_id, pending = pending.len(), "no executor left; waiting for a replacement");
                 match tokio::time::timeout(REPLACEMENT_WAIT, registrations.changed()).await {
@@ -188,7 +232,14 @@ impl Scheduler {
                     _ => return Err(SchedulerError::NoExecutors { batch_id }),
                 }
             }
-            let joined = running.join_next().await.expect("checked non-empty");
+            let joined = match wake {
+                Some(at) => tokio::select! {
+                    joined = running.join_next() => joined,
+                    () = tokio::time::sleep_until(at.into()) => continue,
+                },
+                None => running.join_next().await,
+            };
+            let joined = joined.expect("checked non-empty");
             let (exec, mut task, outcome) = joined.expect("task attempts do not panic");
             self.registry.task_ended(&exec.id, batch_id, task.task_id);
             stats.task_attempts += 1;
@@ -257,19 +308,46 @@ fn partition_of(task: &TaskDefinition) -> (String, i32) {
     task.range.as_ref().map_or((String::new(), -1), |r| (r.topic.clone(), r.partition))
 }
 
-/// A free slot for a task: one not on `avoid` (where its last attempt failed) if there is one;
-/// else one on `prefer` (where its partition last ran) if there is one.
-fn take_slot<T>(free: &mut Vec<T>, id: impl Fn(&T) -> &str, avoid: Option<&str>, prefer: Option<&str>) -> T {
-    if let Some(a) = avoid {
+/// What decides a task's slot.
+struct Choice<'a> {
+    /// The executor its last attempt failed on.
+    avoid: Option<&'a str>,
+    /// The executor that last ran its partition.
+    prefer: Option<&'a str>,
+    /// Whether to wait for a slot on `prefer` rather than take another.
+    wait: bool,
+    /// Partitions each executor last ran.
+    owned: &'a HashMap<String, usize>,
+}
+
+/// Partitions each executor last ran.
+fn partitions_per_executor(last_ran: &HashMap<(String, i32), String>) -> HashMap<String, usize> {
+    let mut owned = HashMap::new();
+    for exec in last_ran.values() {
+        *owned.entry(exec.clone()).or_default() += 1;
+    }
+    owned
+}
+
+/// The index in `free` of a task's slot, or none to wait: a slot not on `avoid` (where its last
+/// attempt failed) if there is one; else one on `prefer` (where its partition last ran); else,
+/// unless it waits for `prefer`, one on the executor that runs the fewest partitions.
+fn pick_slot<T>(free: &[T], id: impl Fn(&T) -> &str, choice: &Choice) -> Option<usize> {
+    if let Some(a) = choice.avoid {
         if let Some(i) = free.iter().rposition(|e| id(e) != a) {
-            return free.remove(i);
+            return Some(i);
         }
     }
-    let preferred = prefer.filter(|&p| avoid != Some(p)).and_then(|p| free.iter().rposition(|e| id(e) == p));
-    match preferred {
-        Some(i) => free.remove(i),
-        None => free.pop().expect("a free slot"),
+    let prefer = choice.prefer.filter(|&p| choice.avoid != Some(p));
+    if let Some(i) = prefer.and_then(|p| free.iter().rposition(|e| id(e) == p)) {
+        return Some(i);
     }
+    if choice.wait && prefer.is_some() {
+        return None;
+    }
+    let load = |i: usize| choice.owned.get(id(&free[i])).copied().unwrap_or(0);
+    // The last of the least loaded: `free` ends with the slots freed most recently.
+    (0..free.len()).rev().min_by_key(|&i| load(i))
 }
 
 async fn run_attempt(exec: &ExecutorInfo, task: TaskDefinition) -> AttemptOutcome {
@@ -298,15 +376,32 @@ async fn run_attempt(exec: &ExecutorInfo, task: TaskDefinition) -> AttemptOutcom
 
 #[cfg(test)]
 mod tests {
-    use super::take_slot;
+    use std::collections::HashMap;
+
+    use super::{pick_slot, Choice};
+
+    fn pick(free: &mut Vec<&str>, avoid: Option<&str>, prefer: Option<&str>, wait: bool) -> Option<String> {
+        pick_owned(free, avoid, prefer, wait, &HashMap::new())
+    }
+
+    fn pick_owned(
+        free: &mut Vec<&str>,
+        avoid: Option<&str>,
+        prefer: Option<&str>,
+        wait: bool,
+        owned: &HashMap<String, usize>,
+    ) -> Option<String> {
+        let choice = Choice { avoid, prefer, wait, owned };
+        pick_slot(free, |e| e, &choice).map(|i| free.remove(i).to_string())
+    }
 
     /// Issue 14, finding 13: a retry prefers an executor other than the one it failed on.
     #[test]
     fn a_retry_goes_to_another_executor_when_there_is_one() {
         let mut free = vec!["b", "a", "a"];
-        assert_eq!(take_slot(&mut free, |e| e, Some("a"), Some("a")), "b");
-        assert_eq!(take_slot(&mut free, |e| e, Some("a"), None), "a", "only the failed one is left");
-        assert_eq!(take_slot(&mut free, |e| e, None, None), "a");
+        assert_eq!(pick(&mut free, Some("a"), Some("a"), true).as_deref(), Some("b"));
+        assert_eq!(pick(&mut free, Some("a"), None, false).as_deref(), Some("a"), "only the failed one is left");
+        assert_eq!(pick(&mut free, None, None, false).as_deref(), Some("a"));
         assert!(free.is_empty());
     }
 
@@ -314,8 +409,28 @@ mod tests {
     #[test]
     fn a_partition_goes_back_to_its_last_executor_when_it_is_free() {
         let mut free = vec!["a", "b", "c"];
-        assert_eq!(take_slot(&mut free, |e| e, None, Some("a")), "a");
-        assert_eq!(take_slot(&mut free, |e| e, None, Some("a")), "c", "a is busy: any free one");
-        assert_eq!(take_slot(&mut free, |e| e, None, Some("gone")), "b");
+        assert_eq!(pick(&mut free, None, Some("a"), false).as_deref(), Some("a"));
+        assert_eq!(pick(&mut free, None, Some("a"), false).as_deref(), Some("c"), "a is busy, no wait: any free one");
+        assert_eq!(pick(&mut free, None, Some("gone"), false).as_deref(), Some("b"));
+    }
+
+    /// Within the locality wait a task whose executor is busy takes no other slot.
+    #[test]
+    fn a_task_waits_for_its_partitions_executor_within_the_locality_wait() {
+        let mut free = vec!["a", "b"];
+        assert_eq!(pick(&mut free, None, Some("c"), true), None, "c is busy");
+        assert_eq!(pick(&mut free, Some("c"), Some("c"), true).as_deref(), Some("b"), "a retry does not wait for c");
+        assert_eq!(pick(&mut free, None, Some("c"), false).as_deref(), Some("a"), "past the wait");
+    }
+
+    /// A partition never run before goes to the executor running the fewest partitions, so the
+    /// partitions of batches that each hold one spread over the executors.
+    #[test]
+    fn a_new_partition_goes_to_the_executor_with_the_fewest_partitions() {
+        let owned = HashMap::from([("a".to_string(), 2), ("b".to_string(), 1)]);
+        let mut free = vec!["c", "b", "a"];
+        assert_eq!(pick_owned(&mut free, None, None, false, &owned).as_deref(), Some("c"));
+        assert_eq!(pick_owned(&mut free, None, None, false, &owned).as_deref(), Some("b"));
+        assert_eq!(pick_owned(&mut free, None, None, false, &owned).as_deref(), Some("a"));
     }
 }

@@ -59,6 +59,15 @@ pub struct ExecutorsSpec {
     /// `model.worker_timeout_per_text` for each record of the task (see `JobSpec::task_deadline`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_timeout: Option<HumanDuration>,
+    /// How long a task waits for a free core on the executor that last ran its partition (and
+    /// holds that partition's cached embeddings) before it takes any free core: Spark's
+    /// `spark.locality.wait`, and its default. `"0s"` never waits.
+    #[serde(default = "default_locality_wait")]
+    pub locality_wait: HumanDuration,
+}
+
+fn default_locality_wait() -> HumanDuration {
+    HumanDuration::parse("3s").expect("a valid duration")
 }
 
 fn default_one() -> u32 {
@@ -77,6 +86,7 @@ impl Default for ExecutorsSpec {
             memory: default_executor_memory(),
             memory_overhead: None,
             task_timeout: None,
+            locality_wait: default_locality_wait(),
         }
     }
 }

@@ -299,7 +299,8 @@ pub async fn run_query(
             scheduler: Scheduler::new(registry.clone(), {
                 let spec = spec.clone();
                 move |records| spec.task_deadline(records)
-            }),
+            })
+            .with_locality_wait(spec.executors.locality_wait.get()),
             committer,
             reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone(), progress),
             targets: &targets,

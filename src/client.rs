@@ -234,15 +234,19 @@ pub async fn submit(
     };
     let memory_mb = parse_memory_mb(driver_memory).with_context(|| format!("--driver-memory `{driver_memory}`"))?;
     let mut rm = rm(&address, &caller)?;
-    let app_id = rm
+    let submitted = rm
         .submit_application(SubmitApplicationRequest {
             name: spec.name.clone(),
             job_spec_toml: spec.to_toml(),
             driver_resources: Some(Resources { vcores: driver_cores, memory_mb }),
         })
         .await
-        .answer(RM, &address)?
-        .app_id;
+        .answer(RM, &address)?;
+    let (app_id, secret) = (submitted.app_id, submitted.app_secret);
+    if !secret.is_empty() {
+        let path = save_app_secret(&address, &app_id, &secret)?;
+        eprintln!("{app_id}: its driver takes the application's secret, kept in {} (0600)", path.display());
+    }
     println!("{app_id}");
     if !wait {
         return Ok(());
@@ -310,7 +314,14 @@ pub async fn driver_container(command: DriverCommand) -> Result<()> {
     let spec = JobSpec::from_toml(&toml)?;
     spec.check_files()?;
     let token = ClusterToken::load(spec.security.token_file.as_deref())?;
-    let client = rm(&rm_address, &Caller { token: token.clone(), tls: tls.clone() })?;
+    let client = rm(&rm_address, &Caller { token, tls: tls.clone() })?;
+    // The cluster token reaches the RM alone: the driver's own services (DriverService for its
+    // executors, QueryAdmin and the page for the submitter) and its calls to its executors take
+    // the application's secret. An RM that issued none leaves the driver on the cluster token.
+    let own = match &app_secret.0 {
+        secret if !secret.is_empty() => ClusterToken::application(secret),
+        _ => ClusterToken::load(spec.security.token_file.as_deref())?,
+    };
     let resources = Resources { vcores: spec.executors.cores, memory_mb: spec.executors.memory_mb() };
     let launcher = move |driver: &DriverEndpoints| -> Box<dyn Launcher> {
         Box::new(ResourceManagerLauncher {
@@ -325,7 +336,7 @@ pub async fn driver_container(command: DriverCommand) -> Result<()> {
     };
     let summary = embedstream_driver::run_query(
         spec,
-        DriverOptions { listen, token, tls, port_retries: 0, own_token_file: None },
+        DriverOptions { listen, token: own, tls, port_retries: 0, own_token_file: None },
         launcher,
         stop_on_signal(),
     )
@@ -350,6 +361,42 @@ pub fn stop_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// Where `submit` keeps the secrets of the applications it submitted to the RM at `rm`, for
+/// this user's later admin commands: `$XDG_CONFIG_HOME/embedstream/applications/<rm>/`, else
+/// `~/.config/...` (0700), one file an application (0600).
+pub fn app_secrets_dir(rm: &str) -> PathBuf {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let rm: String =
+        rm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    config.join("embedstream").join("applications").join(rm)
+}
+
+fn save_app_secret(rm: &str, app_id: &str, secret: &str) -> Result<PathBuf> {
+    let dir = app_secrets_dir(rm);
+    embedstream_core::durable::create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(app_id);
+    embedstream_core::durable::write_private(&path, format!("{secret}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The secret `submit` kept for `app_id` of the RM at `rm`.
+fn load_app_secret(rm: &str, app_id: &str) -> Result<ClusterToken> {
+    let path = app_secrets_dir(rm).join(app_id);
+    if !path.exists() {
+        bail!(
+            "{app_id}'s driver takes only its application's secret, and there is none in {}: run this where the \
+             application was submitted, or give --driver HOST:PORT with --token-file naming a copy of that file",
+            path.display()
+        );
+    }
+    ClusterToken::application_from_file(&path).with_context(|| format!("{app_id}'s secret"))
+}
+
 /// Which driver an admin command talks to.
 pub struct Target {
     pub master: Option<String>,
@@ -358,9 +405,12 @@ pub struct Target {
 }
 
 impl Target {
-    async fn driver_address(&self, caller: &Caller) -> Result<String> {
+    /// The driver's address, and how to call it: with `--driver`, as the caller; with an
+    /// application, the RM (with the cluster token) names its driver, and the driver is called
+    /// with the application's secret that `submit` kept.
+    async fn driver(&self, caller: &Caller) -> Result<(String, Caller)> {
         if let Some(d) = &self.driver {
-            return Ok(d.clone());
+            return Ok((d.clone(), caller.clone()));
         }
         let (Some(master), Some(app)) = (&self.master, &self.app) else {
             bail!("name the query: APP_ID with --master rm://HOST:PORT, or --driver HOST:PORT");
@@ -372,7 +422,8 @@ impl Target {
         if report.driver_address.is_empty() {
             bail!("{app} has no driver yet ({})", app_state(&report).as_str_name());
         }
-        Ok(report.driver_address)
+        let own = Caller { token: load_app_secret(&address, app)?, tls: caller.tls.clone() };
+        Ok((report.driver_address, own))
     }
 }
 
@@ -411,7 +462,7 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
         }
         return Ok(());
     }
-    let driver = target.driver_address(&caller).await?;
+    let (driver, caller) = target.driver(&caller).await?;
     let mut client = admin(&driver, &caller).await?;
     let s = client.get_status(QueryStatusRequest {}).await.answer(DRIVER, &driver)?;
     println!(
@@ -445,9 +496,9 @@ pub async fn progress(
     caller: &Caller,
     last: u32,
 ) -> Result<Vec<embedstream_driver::progress::ProgressRecord>> {
-    let driver = target.driver_address(caller).await?;
+    let (driver, caller) = target.driver(caller).await?;
     let records =
-        admin(&driver, caller).await?.get_progress(ProgressRequest { last }).await.answer(DRIVER, &driver)?.records;
+        admin(&driver, &caller).await?.get_progress(ProgressRequest { last }).await.answer(DRIVER, &driver)?.records;
     Ok(records.into_iter().map(Into::into).collect())
 }
 
@@ -459,7 +510,7 @@ pub enum Action {
 }
 
 pub async fn act(target: Target, action: Action, caller: Caller) -> Result<()> {
-    let driver = target.driver_address(&caller).await?;
+    let (driver, caller) = target.driver(&caller).await?;
     let mut client = admin(&driver, &caller).await?;
     match action {
         Action::Stop => {

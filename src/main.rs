@@ -519,7 +519,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Driver(command) => client::driver_container(command).await,
         Command::YarnDriver { job, listen, token_file } => yarn::driver(&job, &listen, &token_file).await,
         Command::ModelDaemon(_) => unreachable!("dispatched before the runtime starts"),
-        Command::Executor(ExecutorCommand { driver, executor_id, cores, listen, token_file, tls }) => {
+        Command::Executor(ExecutorCommand { driver, executor_id, cores, listen, token_file, app_secret_file, tls }) => {
             // A host name too: on YARN it is the NodeManager's ($NM_HOST).
             let listen = tokio::net::lookup_host(&listen)
                 .await
@@ -533,6 +533,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 cores,
                 listen,
                 token_file,
+                app_secret_file,
                 tls,
                 ort_library: None,
                 exe: std::env::current_exe().context("cannot find the embedstream binary to start the model daemon")?,

@@ -34,6 +34,8 @@ pub enum NodeError {
     ResourceManager { url: String, message: String },
     #[error("work directory {path}: {source}")]
     WorkDir { path: String, source: std::io::Error },
+    #[error("--secret-dir {secret_dir}: it holds or lies in the work directory {work_dir}, where every container's application secret is kept; a job spec must not read those")]
+    SecretDirHoldsWork { secret_dir: String, work_dir: String },
     #[error("--listen {0}: a node is known by this address and its containers listen on its host, so it must be the host's own address that the RM and the other nodes reach, not {ip}", ip = .0.ip())]
     Unspecified(SocketAddr),
 }
@@ -104,6 +106,12 @@ pub async fn run(args: NodeArgs, mut stop: watch::Receiver<bool>) -> Result<(), 
     }
     std::fs::create_dir_all(&args.work_dir)
         .map_err(|source| NodeError::WorkDir { path: args.work_dir.display().to_string(), source })?;
+    if let Some(d) = args.secret_dirs.overlapping(&args.work_dir) {
+        return Err(NodeError::SecretDirHoldsWork {
+            secret_dir: d.display().to_string(),
+            work_dir: args.work_dir.display().to_string(),
+        });
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| NodeError::Listen { addr: args.listen, source })?;
@@ -269,8 +277,8 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
     let open = |name: &str| open_log(&dir, name).map_err(|e| format!("{}: {e}", dir.join(name).display()));
     let mut command = Command::new(&args.exe);
     command.args(launch.args.iter().map(|a| fill(a)));
-    // A driver's application secret: in a file only its owner reads, named on the command line,
-    // so it is in no argv, no environment and no log.
+    // The application's secret: in a file only its owner reads, named on the command line, so
+    // it is in no argv, no environment and no log.
     if !launch.app_secret.is_empty() {
         let path = dir.join("app-secret");
         embedstream_core::durable::write_private(&path, format!("{}\n", launch.app_secret).as_bytes())
@@ -290,9 +298,13 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
         .stdout(open("stdout")?)
         .stderr(open("stderr")?)
         .process_group(0);
-    if let Some(t) = args.token.secret() {
-        command.env(embedstream_core::auth::TOKEN_ENV, t);
-    }
+    // The cluster token reaches a driver alone (its calls to the RM): an executor, which runs
+    // the job's models and reads its inputs, has its application's secret and nothing more.
+    // (nor inherited from the agent's own environment).
+    match args.token.secret().filter(|_| launch.role != "executor") {
+        Some(t) => command.env(embedstream_core::auth::TOKEN_ENV, t),
+        None => command.env_remove(embedstream_core::auth::TOKEN_ENV),
+    };
     let child = command.spawn().map_err(|e| format!("cannot start {}: {e}", args.exe.display()))?;
     let pid = child.id().ok_or("the container exited at once")?;
     let memory_mb = launch.resources.map_or(u64::MAX, |r| r.memory_mb);

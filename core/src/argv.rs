@@ -50,6 +50,11 @@ pub struct ExecutorCommand {
     /// environment (a local executor: its driver's file, mode 0600).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// A file (0600) whose first line is its application's secret (a cluster's executor: its
+    /// node agent wrote it): the executor requires it of its driver and sends it, in place of
+    /// any cluster token.
+    #[arg(long)]
+    pub app_secret_file: Option<PathBuf>,
     /// Its certificate, key and CA: the driver's (a local executor) or the node agent's.
     #[command(flatten)]
     pub tls: TlsFiles,
@@ -69,6 +74,9 @@ impl ProcessCommand for ExecutorCommand {
         if let Some(t) = &self.token_file {
             flags.extend(flag("token-file", t.display()));
         }
+        if let Some(f) = &self.app_secret_file {
+            flags.extend(flag("app-secret-file", f.display()));
+        }
         flags.extend(self.tls.flags());
         flags
     }
@@ -85,8 +93,9 @@ pub struct DriverCommand {
     /// Where to serve DriverService and QueryAdmin: HOST:PORT.
     #[arg(long)]
     pub listen: String,
-    /// A file (0600) whose first line is the application's secret, which its `Allocate` calls
-    /// carry; written by the node agent.
+    /// A file (0600) whose first line is the application's secret, written by the node agent:
+    /// its `Allocate` calls carry it, and it is what the driver requires of its executors and
+    /// admin callers (the cluster token does not reach it).
     #[arg(long)]
     pub app_secret_file: Option<PathBuf>,
     /// Its certificate, key and CA: the node agent's.
@@ -240,6 +249,7 @@ mod tests {
             cores: 3,
             listen: format!("{HOST_PLACEHOLDER}:0"),
             token_file: None,
+            app_secret_file: None,
             tls: TlsFiles::default(),
         };
         assert_eq!(parse::<ExecutorCommand>(&executor.argv()), executor);
@@ -249,8 +259,11 @@ mod tests {
             tls_ca: Some("/etc/es/ca.pem".into()),
             tls_client_auth: true,
         };
-        let local = ExecutorCommand { token_file: Some("/tmp/x/token".into()), tls: tls.clone(), ..executor };
+        let local = ExecutorCommand { token_file: Some("/tmp/x/token".into()), tls: tls.clone(), ..executor.clone() };
         assert_eq!(parse::<ExecutorCommand>(&local.argv()), local);
+        let in_cluster =
+            ExecutorCommand { app_secret_file: Some("/var/lib/es/app-1/c-2/app-secret".into()), ..executor };
+        assert_eq!(parse::<ExecutorCommand>(&in_cluster.argv()), in_cluster);
         let driver = DriverCommand {
             rm: "127.0.0.1:8030".into(),
             app_id: "app-1".into(),

@@ -4,6 +4,11 @@
 //! It comes from `EMBEDSTREAM_TOKEN` in the environment, or from the file that
 //! `security.token_file` names. Without either, calls are not checked (a single-user local run).
 //! A wrong or missing token is refused with `UNAUTHENTICATED` and logged.
+//!
+//! A cluster application's driver and executors hold an application's secret instead
+//! ([`ClusterToken::application`]): the RM issues it at submit, and the cluster token does not
+//! reach them. A wrong secret there (the cluster token, another application's) is
+//! `PERMISSION_DENIED`: the caller may be a member of the cluster, but not of this application.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,18 +31,38 @@ pub enum TokenError {
 
 /// The token to require from callers (or to send, as a client), if any.
 #[derive(Clone, Default)]
-pub struct ClusterToken(Option<Arc<str>>);
+pub struct ClusterToken {
+    secret: Option<Arc<str>>,
+    /// An application's secret rather than the cluster's token.
+    application: bool,
+}
 
 impl std::fmt::Debug for ClusterToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
-        f.write_str(if self.0.is_some() { "ClusterToken(set)" } else { "ClusterToken(none)" })
+        f.write_str(match (&self.secret, self.application) {
+            (None, _) => "ClusterToken(none)",
+            (Some(_), false) => "ClusterToken(set)",
+            (Some(_), true) => "ClusterToken(application secret)",
+        })
     }
 }
 
 impl ClusterToken {
     pub fn new(token: &str) -> ClusterToken {
-        ClusterToken(Some(token.into()))
+        ClusterToken { secret: Some(token.into()), application: false }
+    }
+
+    /// A cluster application's secret, which its driver and executors require of each other and
+    /// of its admin callers in place of the cluster token.
+    pub fn application(secret: &str) -> ClusterToken {
+        ClusterToken { secret: Some(secret.into()), application: true }
+    }
+
+    /// The application's secret in the first line of `path` (a 0600 file its node agent wrote).
+    pub fn application_from_file(path: &Path) -> Result<ClusterToken, TokenError> {
+        let token = Self::from_sources(None, Some(path))?;
+        Ok(ClusterToken { application: true, ..token })
     }
 
     /// A new random token (32 bytes from the kernel's generator, as hex), for a local query that
@@ -65,7 +90,7 @@ impl ClusterToken {
                 return printable(t.trim(), TOKEN_ENV.to_string());
             }
         }
-        let Some(path) = file else { return Ok(ClusterToken(None)) };
+        let Some(path) = file else { return Ok(ClusterToken::default()) };
         let text = std::fs::read_to_string(path)
             .map_err(|source| TokenError::Read { path: path.display().to_string(), source })?;
         match text.lines().next().map(str::trim) {
@@ -75,20 +100,27 @@ impl ClusterToken {
     }
 
     pub fn is_set(&self) -> bool {
-        self.0.is_some()
+        self.secret.is_some()
     }
 
     /// The secret itself, to hand to a child process's environment.
     pub fn secret(&self) -> Option<&str> {
-        self.0.as_deref()
+        self.secret.as_deref()
     }
 
     /// Refuses a call whose `authorization` header does not carry this token.
     pub fn check(&self, metadata: &MetadataMap, call: &str) -> Result<(), Status> {
-        let Some(expected) = &self.0 else { return Ok(()) };
+        let Some(expected) = &self.secret else { return Ok(()) };
         let given = metadata.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) if self.application => {
+                tracing::warn!(call, "refused a call without this application's secret");
+                Err(Status::permission_denied(
+                    "not this application's secret: a cluster application's driver and executors take only the secret \
+                     the RM issued to it at submit (the cluster token reaches the RM alone)",
+                ))
+            }
             Some(_) => {
                 tracing::warn!(call, "refused a call with a wrong cluster token");
                 Err(Status::unauthenticated("wrong cluster token"))
@@ -102,7 +134,7 @@ impl ClusterToken {
 
     /// The `authorization` header value that carries this token, if there is one.
     pub fn header_value(&self) -> Option<String> {
-        self.0.as_ref().map(|t| format!("Bearer {t}"))
+        self.secret.as_ref().map(|t| format!("Bearer {t}"))
     }
 
     /// Adds this token to an outgoing request.
@@ -176,6 +208,23 @@ mod tests {
         let mut m = MetadataMap::new();
         token.attach(&mut m);
         assert!(token.check(&m, "t").is_ok());
+    }
+
+    /// Issue 31, item 14: an application's secret refuses any other bearer (the cluster token,
+    /// another application's secret) as not permitted; a missing one as unauthenticated.
+    #[test]
+    fn an_application_secret_refuses_other_secrets_as_permission_denied() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app-secret");
+        std::fs::write(&file, "app-b\n").unwrap();
+        let secret = ClusterToken::application_from_file(&file).unwrap();
+        assert!(secret.check(&with_header(Some("Bearer app-b")), "t").is_ok());
+        for other in ["Bearer cluster-token", "Bearer app-a"] {
+            let refused = secret.check(&with_header(Some(other)), "t").unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{other}");
+        }
+        assert_eq!(secret.check(&with_header(None), "t").unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(format!("{secret:?}"), "ClusterToken(application secret)");
     }
 
     #[test]

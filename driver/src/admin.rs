@@ -53,6 +53,23 @@ impl Control {
     pub fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
+
+    // The switches are set with `send_replace`, which keeps the value whether or not anything
+    // watches yet: `send` drops it when no receiver exists, as before the batch loop starts
+    // (a stop during start-up was lost, and the query ran on).
+
+    /// Stop after the batch in flight.
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    pub fn set_target(&self, executors: u32) {
+        self.target.send_replace(executors);
+    }
 }
 
 pub struct AdminService {
@@ -111,19 +128,19 @@ impl QueryAdmin for AdminService {
 
     async fn stop(&self, _: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
         tracing::info!("stop requested through the admin API; stopping after the batch in flight");
-        let _ = self.control.stop.send(true);
+        self.control.request_stop();
         Ok(Response::new(StopResponse {}))
     }
 
     async fn pause(&self, _: Request<PauseRequest>) -> Result<Response<PauseResponse>, Status> {
         tracing::info!("paused through the admin API: no new batch starts");
-        let _ = self.control.paused.send(true);
+        self.control.set_paused(true);
         Ok(Response::new(PauseResponse {}))
     }
 
     async fn resume(&self, _: Request<ResumeRequest>) -> Result<Response<ResumeResponse>, Status> {
         tracing::info!("resumed through the admin API");
-        let _ = self.control.paused.send(false);
+        self.control.set_paused(false);
         Ok(Response::new(ResumeResponse {}))
     }
 
@@ -133,7 +150,26 @@ impl QueryAdmin for AdminService {
             return Err(Status::invalid_argument(format!("executors must be between 1 and {MAX_EXECUTORS}, got {n}")));
         }
         tracing::info!(executors = n, "scale requested through the admin API");
-        let _ = self.control.target.send(n);
+        self.control.set_target(n);
         Ok(Response::new(ScaleResponse { executors_wanted: n }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Control;
+
+    /// A stop, pause or scale asked for before the batch loop and the reconciler watch (while
+    /// executors start) is kept, and seen by those that watch later.
+    #[test]
+    fn a_switch_set_before_anyone_watches_is_kept() {
+        let control = Control::new(2);
+        control.request_stop();
+        control.set_paused(true);
+        control.set_target(5);
+        assert!(control.stopping());
+        assert!(*control.stop.subscribe().borrow());
+        assert!(*control.paused.subscribe().borrow());
+        assert_eq!(*control.target.subscribe().borrow(), 5);
     }
 }

@@ -84,6 +84,8 @@ pub struct ExecutorArgs {
     pub listen: SocketAddr,
     /// The cluster token's file, when it is not in the environment.
     pub token_file: Option<PathBuf>,
+    /// Its application's secret's file (a cluster's executor), which wins over any cluster token.
+    pub app_secret_file: Option<PathBuf>,
     /// Its certificate, key and CA (read from `--tls-*`): it serves its ports and calls the
     /// driver with them.
     pub tls: Tls,
@@ -96,9 +98,13 @@ pub struct ExecutorArgs {
 /// Runs an executor until the driver shuts it down or is gone.
 pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let driver_err = |message: String| ExecutorError::Driver { url: args.driver_url.clone(), message };
-    // The token comes from the environment (a node agent puts it there) or from the file a
-    // local driver wrote: it is needed before the job spec can be fetched.
-    let token = ClusterToken::load(args.token_file.as_deref())?;
+    // The token is needed before the job spec can be fetched. In a cluster it is the
+    // application's secret (its node agent wrote the file); a local executor's comes from the
+    // file its driver wrote, or the environment.
+    let token = match &args.app_secret_file {
+        Some(file) => ClusterToken::application_from_file(file)?,
+        None => ClusterToken::load(args.token_file.as_deref())?,
+    };
     let channel = serve::endpoint(&args.driver_url, &args.tls)
         .map_err(|e| driver_err(e.to_string()))?
         .connect()

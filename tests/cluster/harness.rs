@@ -26,8 +26,14 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(args: &[&str]) -> Proc {
+        Proc::start_with(args, &[])
+    }
+
+    /// `embedstream ARGS` with `env` added.
+    pub fn start_with(args: &[&str], env: &[(&str, &Path)]) -> Proc {
         let mut cmd = embedstream();
         cmd.args(args).env("EMBEDSTREAM_TOKEN", TOKEN).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         for stream in [
@@ -241,11 +247,35 @@ impl Cluster {
         out
     }
 
+    /// Where this cluster's commands keep what `submit` saved (the applications' secrets):
+    /// their `XDG_CONFIG_HOME`.
+    pub fn config_home(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// The secret `submit` kept for `app_id`.
+    pub fn app_secret(&self, app_id: &str) -> String {
+        let rm = self.rm_address().replace(':', "_");
+        let path = self.config_home().join("embedstream/applications").join(rm).join(app_id);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    }
+
+    /// `submit JOB --wait`, running.
+    pub fn submit_waiting(&self, job: &Job) -> Proc {
+        let args = ["submit", job.path.to_str().unwrap(), "--master", &self.master(), "--wait"];
+        let tls = self.tls.flags();
+        Proc::start_with(
+            &[&args[..], &tls.iter().map(String::as_str).collect::<Vec<_>>()].concat(),
+            &[("XDG_CONFIG_HOME", &self.config_home())],
+        )
+    }
+
     pub fn submit(&self, job: &Job) -> String {
         let mut cmd = embedstream();
         cmd.args(["submit", job.path.to_str().unwrap(), "--master", &self.master()])
             .args(self.tls.flags())
-            .env("EMBEDSTREAM_TOKEN", TOKEN);
+            .env("EMBEDSTREAM_TOKEN", TOKEN)
+            .env("XDG_CONFIG_HOME", self.config_home());
         let out = run_to_end(cmd, Duration::from_secs(30));
         assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
@@ -253,7 +283,11 @@ impl Cluster {
 
     pub fn admin(&self, args: &[&str]) -> String {
         let mut cmd = embedstream();
-        cmd.args(args).args(["--master", &self.master()]).args(self.tls.flags()).env("EMBEDSTREAM_TOKEN", TOKEN);
+        cmd.args(args)
+            .args(["--master", &self.master()])
+            .args(self.tls.flags())
+            .env("EMBEDSTREAM_TOKEN", TOKEN)
+            .env("XDG_CONFIG_HOME", self.config_home());
         let out = run_to_end(cmd, Duration::from_secs(30));
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()

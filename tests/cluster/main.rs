@@ -154,7 +154,8 @@ fn cluster_page_shows_nodes_applications_and_the_killed_executor(cluster: &Clust
     browser.screenshot(&shot);
 
     browser.click(&format!("{app} td:nth-child(4) a"));
-    browser.sign_in_if_asked(TOKEN);
+    // The driver's page takes its application's secret, not the cluster token.
+    browser.sign_in_if_asked(&cluster.app_secret(app_id));
     browser.wait_text("#title", TIMEOUT, |t| t == "cq");
     browser.wait_text("#state", TIMEOUT, |t| t == "running");
     assert_eq!(browser.url(), link, "the driver's page");
@@ -210,7 +211,7 @@ fn a_lost_node_a_restarted_rm_and_a_killed_driver_lose_no_data() {
     cluster
         .wait_for("the application failed", |c| c.app(&app_id).is_some_and(|a| state(&a) == ApplicationState::Failed));
     broker.produce_texts("docs", 2, 300, &texts(100, 53));
-    let mut waiting = Proc::start(&["submit", job.path.to_str().unwrap(), "--master", &cluster.master(), "--wait"]);
+    let mut waiting = cluster.submit_waiting(&job);
     cluster.wait_for("400 records committed", |_| broker.committed("lq-group", "docs", 2) == vec![200, 200]);
     let second =
         waiting.log().lines().find(|l| l.starts_with("app-") && !l.contains(':')).unwrap_or_default().to_string();
@@ -308,6 +309,56 @@ fn an_executor_killed_while_it_writes_parquet_leaves_each_record_once_in_the_tab
     cluster.admin(&["stop", &app_id]);
 }
 
+/// Issue 31, item 14: with two applications running, the cluster token alone is refused by B's
+/// driver (`PERMISSION_DENIED`: it reaches the RM only), and so is A's secret; B's secret, which
+/// `submit` kept for its submitter, is answered. The job spec with its passwords
+/// (`GetJobSpec`) is B's executors' alone. No executor has the cluster token in its
+/// environment; the CLI's admin commands reach B with the secret `submit` kept.
+fn a_driver_takes_only_its_applications_secret(cluster: &Cluster, broker: &Broker, a: &str) {
+    use embedstream_proto::pb::driver_service_client::DriverServiceClient;
+    use embedstream_proto::pb::query_admin_client::QueryAdminClient;
+    use embedstream_proto::pb::{GetJobSpecRequest, QueryStatusRequest};
+    let job = cluster_job(broker, "second", "sealed");
+    let text = std::fs::read_to_string(&job.path).unwrap().replace("count = 2", "count = 1");
+    std::fs::write(&job.path, text).unwrap();
+    let b = cluster.submit(&job);
+    cluster.wait_for("B's executor", |c| {
+        c.app(&b)
+            .is_some_and(|app| executors(&app, ContainerState::Running).len() == 1 && !app.driver_address.is_empty())
+    });
+    let driver = cluster.app(&b).unwrap().driver_address;
+    let (secret_a, secret_b) = (cluster.app_secret(a), cluster.app_secret(&b));
+    assert_ne!(secret_a, secret_b);
+    let channel = {
+        let _guard = cluster.runtime.enter();
+        embedstream_proto::serve::endpoint(&driver, &cluster.client_tls()).unwrap().connect_lazy()
+    };
+    let token = |t: &str| embedstream_core::auth::ClusterToken::new(t);
+    cluster.runtime.block_on(async {
+        for (who, bearer) in [("the cluster token", TOKEN), ("A's secret", secret_a.as_str())] {
+            let mut admin = QueryAdminClient::with_interceptor(channel.clone(), token(bearer));
+            let refused = admin.get_status(QueryStatusRequest {}).await.expect_err(who);
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{who}: {refused}");
+            let mut service = DriverServiceClient::with_interceptor(channel.clone(), token(bearer));
+            let request = GetJobSpecRequest { executor_id: "anyone".into() };
+            let refused = service.get_job_spec(request).await.expect_err(who);
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{who}: {refused}");
+        }
+        let mut admin = QueryAdminClient::with_interceptor(channel.clone(), token(&secret_b));
+        let status = admin.get_status(QueryStatusRequest {}).await.expect("B's secret is answered").into_inner();
+        assert_eq!(status.query, "second");
+    });
+    for pid in cluster.pids_with("executor --driver") {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(!environ.contains(TOKEN), "executor {pid} has the cluster token in its environment");
+    }
+    let status = cluster.admin(&["status", &b]);
+    assert!(status.contains("query second"), "{status}");
+    cluster.admin(&["stop", &b]);
+    cluster.wait_for("B to finish", |c| c.app(&b).is_some_and(|app| state(&app) == ApplicationState::Finished));
+}
+
 /// Issue 14, finding 7: a cluster over mutual TLS. The RM and the node agents serve TLS and
 /// call each other over it; the drivers and executors they start get the node's files and run
 /// a query over it; the CLI submits and administers with the CA and a client certificate. A
@@ -386,6 +437,8 @@ fn a_cluster_runs_a_query_over_mutual_tls_refuses_plaintext_and_keeps_each_appli
     let app = cluster.app(&app_id).unwrap();
     assert_eq!(state(&app), ApplicationState::Running, "the application runs on: {app:?}");
     assert_ne!(app.driver_address, "127.0.0.1:1");
+
+    a_driver_takes_only_its_applications_secret(&cluster, &broker, &app_id);
 
     cluster.admin(&["stop", &app_id]);
     cluster.wait_for("the application to finish", |c| {

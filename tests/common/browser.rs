@@ -137,13 +137,26 @@ impl Browser {
     }
 
     pub fn type_into(&self, css: &str, text: &str) {
-        let element = self.find(css).unwrap_or_else(|| panic!("no {css}"));
-        self.command("POST", &format!("/element/{element}/value"), Some(json!({"text": text})));
+        self.on_element(css, "value", json!({"text": text}));
     }
 
     pub fn click(&self, css: &str) {
-        let element = self.find(css).unwrap_or_else(|| panic!("no {css}"));
-        self.command("POST", &format!("/element/{element}/click"), Some(json!({})));
+        self.on_element(css, "click", json!({}));
+    }
+
+    /// `action` on the element `css` selects, found again when the page drew it anew between
+    /// the finding and the action (the pages redraw their tables as data comes).
+    fn on_element(&self, css: &str, action: &str, body: Value) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let element = self.find(css).unwrap_or_else(|| panic!("no {css}"));
+            let path = format!("/session/{}/element/{element}/{action}", self.session);
+            match self.request("POST", &path, Some(body.clone())) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") && Instant::now() < until => continue,
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
     }
 
     /// The address the browser is at.

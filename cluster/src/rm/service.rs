@@ -25,12 +25,10 @@ use super::state::{
 };
 use super::{ResourceManagerService, JOB_TOML_ENV};
 
-/// What a node agent gets to start `c`; a driver also gets its application's secret.
+/// What a node agent gets to start `c`, with its application's secret: a driver requires it of
+/// its callers and executors, and an executor of its driver.
 fn launch_of(c: &Container, app: Option<&Application>) -> ContainerLaunch {
-    let app_secret = match (c.role, app) {
-        (Role::Driver, Some(app)) => app.secret.0.clone(),
-        _ => String::new(),
-    };
+    let app_secret = app.map(|a| a.secret.0.clone()).unwrap_or_default();
     ContainerLaunch {
         container_id: c.id.clone(),
         app_id: c.app_id.clone(),
@@ -38,6 +36,7 @@ fn launch_of(c: &Container, app: Option<&Application>) -> ContainerLaunch {
         env: c.env.clone().into_iter().collect(),
         resources: Some(Resources { vcores: c.vcores, memory_mb: c.memory_mb }),
         app_secret,
+        role: c.role.name().to_string(),
     }
 }
 
@@ -45,11 +44,7 @@ fn report_of(c: &Container) -> ContainerReport {
     ContainerReport {
         container_id: c.id.clone(),
         node_id: c.node_id.clone(),
-        role: match c.role {
-            Role::Driver => "driver",
-            Role::Executor => "executor",
-        }
-        .into(),
+        role: c.role.name().into(),
         state: c.state,
         resources: Some(Resources { vcores: c.vcores, memory_mb: c.memory_mb }),
         diagnostics: c.diagnostics.clone(),
@@ -283,12 +278,13 @@ impl ResourceManager for ResourceManagerService {
                 launched: false,
             };
             tracing::info!(app = %id, name = %app.name, "application submitted");
+            let app_secret = app.secret.0.clone();
             s.p.applications.insert(id.clone(), app);
             s.p.containers.insert(cid.clone(), container);
             s.queue.push_back(cid);
             schedule(&mut s);
             let snapshot = self.snapshot(&s.p);
-            (snapshot, SubmitApplicationResponse { app_id: id })
+            (snapshot, SubmitApplicationResponse { app_id: id, app_secret })
         };
         self.persist(snapshot).await;
         Ok(Response::new(answer))
@@ -358,6 +354,8 @@ impl ResourceManager for ResourceManagerService {
                 cores: app.executor_vcores,
                 listen: format!("{HOST_PLACEHOLDER}:0"),
                 token_file: None,
+                // The node agent writes the application's secret to a file and names it.
+                app_secret_file: None,
                 tls: Default::default(),
             }
             .argv();

@@ -13,6 +13,16 @@ pub enum Role {
     Executor,
 }
 
+impl Role {
+    /// As the wire says it (`ContainerLaunch.role`, `ContainerReport.role`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Driver => "driver",
+            Role::Executor => "executor",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Container {
     pub id: String,

@@ -216,16 +216,26 @@ async fn only_the_applications_driver_can_steer_it() {
     let node = RegisterNodeRequest { node_id: NODE.into(), capacity, running: Vec::new() };
     rm.register_node(Request::new(node)).await.unwrap();
     let mut drivers = Vec::new();
+    let mut answered = Vec::new();
     for name in ["mine", "theirs"] {
         let submit =
             SubmitApplicationRequest { name: name.into(), job_spec_toml: job(dir.path()), driver_resources: None };
-        rm.submit_application(Request::new(submit)).await.unwrap();
+        answered.push(rm.submit_application(Request::new(submit)).await.unwrap().into_inner());
     }
     drivers.extend(rm.node_heartbeat(heartbeat(Vec::new())).await.unwrap().into_inner().launch);
     assert_eq!(drivers.len(), 2);
     let (mine, theirs) = (&drivers[0], &drivers[1]);
     assert_eq!(mine.app_secret.len(), 64, "a 32-byte secret, as hex");
     assert_ne!(mine.app_secret, theirs.app_secret, "one secret per application");
+    assert!(drivers.iter().all(|d| d.role == "driver"));
+    // The submitter is answered its application's secret; a listing never shows one.
+    let submitted: Vec<(&str, &str)> = answered.iter().map(|a| (a.app_id.as_str(), a.app_secret.as_str())).collect();
+    assert_eq!(
+        submitted,
+        vec![(mine.app_id.as_str(), mine.app_secret.as_str()), (theirs.app_id.as_str(), theirs.app_secret.as_str())]
+    );
+    let listed = format!("{:?}", rm.list_applications(Request::new(Default::default())).await.unwrap().into_inner());
+    assert!(!listed.contains(&mine.app_secret) && !listed.contains(&theirs.app_secret), "{listed}");
     let running: Vec<ContainerStatus> = drivers
         .iter()
         .map(|d| ContainerStatus {
@@ -256,11 +266,15 @@ async fn only_the_applications_driver_can_steer_it() {
     assert_eq!((app.driver_address.as_str(), app.state), ("", ApplicationState::Submitted as i32), "untouched");
     assert!(app.containers.iter().all(|c| c.role == "driver"), "no executor placed: {app:?}");
 
-    // Its driver, with the secret, steers it: executors placed, none of them given the secret.
+    // Its driver, with the secret, steers it: executors placed, each given its application's
+    // secret (which it requires of its driver and sends it), as an executor (no cluster token).
     rm.allocate(Request::new(steer(&mine.app_secret, ApplicationState::Running))).await.unwrap();
     let launch = rm.node_heartbeat(heartbeat(running)).await.unwrap().into_inner().launch;
     assert_eq!(launch.len(), 3, "three executors");
-    assert!(launch.iter().all(|l| l.app_secret.is_empty()), "executors get no secret");
+    assert!(
+        launch.iter().all(|l| l.app_secret == mine.app_secret && l.role == "executor"),
+        "executors get their application's secret"
+    );
     let state = std::fs::read_to_string(dir.path().join("s.json")).unwrap();
     assert!(state.contains(&mine.app_secret), "kept in the state file (0600) for a restarted RM");
     let debug = format!("{:?}", rm.state.lock().unwrap().p.applications);

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
@@ -350,6 +350,17 @@ impl SecretDirs {
     pub fn of_environment() -> Option<SecretDirs> {
         let list = std::env::var_os(SECRET_DIRS_ENV)?;
         Some(SecretDirs(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()).collect()))
+    }
+
+    /// The first of these directories that holds `dir` or lies inside it (after following
+    /// links): a node agent's work directory, where every container's `app-secret` is, must not
+    /// be one a job spec may read secrets from.
+    pub fn overlapping(&self, dir: &Path) -> Option<&Path> {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        self.0.iter().map(PathBuf::as_path).find(|d| {
+            let d = std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
+            dir.starts_with(&d) || d.starts_with(&dir)
+        })
     }
 
     /// The value of [`SECRET_DIRS_ENV`] for these directories.

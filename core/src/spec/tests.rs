@@ -322,6 +322,13 @@ fn secret_files_on_a_cluster_are_confined_to_the_operators_directories() {
     let none = SecretDirs::new(Vec::new());
     let e = inside.read_secrets_within(Some(&none)).unwrap_err().to_string();
     assert!(e.contains("--secret-dir: none"), "{e}");
+    // A node's work directory (the containers' `app-secret` files) may not be, hold or lie in
+    // a secret directory.
+    let work = allowed.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    assert_eq!(dirs.overlapping(&work), Some(allowed.path()));
+    assert_eq!(dirs.overlapping(allowed.path().parent().unwrap()), Some(allowed.path()));
+    assert_eq!(dirs.overlapping(outside.path()), None);
     // Not on a cluster node: a local query reads its user's files.
     assert!(with(format!("{{ file = \"{}\" }}", outside.path().join("node.key").display()))
         .read_secrets_within(None)

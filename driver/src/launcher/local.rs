@@ -84,6 +84,7 @@ impl LocalLauncher {
             cores: self.cores,
             listen: "127.0.0.1:0".into(),
             token_file: self.token_file.clone(),
+            app_secret_file: None,
             tls: self.tls.clone(),
         }
         .argv();

@@ -227,7 +227,7 @@ pub async fn run_query(
     let forward = control.clone();
     let _forward_stop = AbortOnDrop(tokio::spawn(async move {
         if stop.wait_for(|&s| s).await.is_ok() {
-            let _ = forward.stop.send(true);
+            forward.request_stop();
         }
     }));
 
@@ -327,7 +327,7 @@ pub async fn run_query(
     }
     .await;
 
-    let _ = control.stop.send(true);
+    control.request_stop();
     // Want no executors before telling them to go, so that none that exits is replaced.
     let _ = launcher.lock().await.reconcile(0, &[]).await;
     for exec in registry.live() {

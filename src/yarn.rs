@@ -10,7 +10,8 @@
 //!
 //! What a submit stages in HDFS (`~/.embedstream-staging/APP_ID/`, mode 0700, removed when the
 //! application ends): this binary, the ONNX Runtime library, the master's jar, the model files
-//! that are not on HDFS already, the job spec as the driver will read it, and the
+//! that are not on HDFS already, `HADOOP_CONF_DIR`'s core-site.xml and hdfs-site.xml (the
+//! containers' `HADOOP_CONF_DIR`), the job spec as the driver will read it, and the
 //! application's secret (0600): the token every call to the driver and from its executors
 //! carries. YARN localizes them into each container.
 
@@ -35,6 +36,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Hadoop's Java client, with the cluster's configuration.
 pub struct YarnClient {
     classpath: String,
+    /// The cluster's configuration directory (`HADOOP_CONF_DIR`).
+    conf_dir: PathBuf,
 }
 
 impl YarnClient {
@@ -53,7 +56,7 @@ impl YarnClient {
         }
         let jar = yarn_jar()?;
         let hadoop = hadoop_classpath()?;
-        Ok(YarnClient { classpath: format!("{}:{}:{hadoop}", conf_dir.display(), jar.display()) })
+        Ok(YarnClient { classpath: format!("{}:{}:{hadoop}", conf_dir.display(), jar.display()), conf_dir })
     }
 
     /// Runs one client command; its standard output, or its one-line error.
@@ -204,6 +207,15 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
         let file = staged.path().join(&name);
         embedstream_core::durable::write_private(&file, secret.expose().as_bytes())?;
         files.push((name, file));
+    }
+    // This machine's Hadoop configuration travels with the application, as Spark's does: the
+    // master points its driver and executors at it (HADOOP_CONF_DIR), so that they resolve
+    // `hdfs:///` (fs.defaultFS) and HA name services as `submit` did.
+    for file in ["core-site.xml", "hdfs-site.xml"] {
+        let path = yarn.conf_dir.join(file);
+        if path.is_file() {
+            files.push((file.into(), path));
+        }
     }
     let spec_file = staged.path().join("job.toml");
     std::fs::write(&spec_file, spec.to_toml())?;

@@ -72,6 +72,20 @@ fn app_id(out: &Output) -> String {
         .to_string()
 }
 
+/// Runs `submit --wait` to its end: the application id, once it SUCCEEDED (else the driver's
+/// and executors' logs in the failure).
+fn waited(hadoop: &HadoopCluster, submitting: std::process::Command) -> String {
+    let out = run_to_end(submitting, Duration::from_secs(300));
+    let app = app_id(&out);
+    assert!(
+        out.status.success(),
+        "submit --wait: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        hadoop.logs(&app, "driver.log") + &hadoop.logs(&app, "stderr")
+    );
+    app
+}
+
 /// Submits without --wait: the application id, once YARN has it running.
 fn start(hadoop: &HadoopCluster, job: &Job) -> String {
     let out = run_to_end(submit(hadoop, job, &[]), Duration::from_secs(120));
@@ -157,14 +171,7 @@ fn a_query_submitted_to_yarn_embeds_every_record_into_an_hdfs_table() {
 
     let mut submitting = submit(hadoop, &job, &["--wait", "--name", "embed-products"]);
     submitting.env("EMBEDSTREAM_TEST_KAFKA_PASSWORD", PASSWORD);
-    let out = run_to_end(submitting, Duration::from_secs(300));
-    let app = app_id(&out);
-    assert!(
-        out.status.success(),
-        "submit --wait: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        hadoop.logs(&app, "driver.log")
-    );
+    let app = waited(hadoop, submitting);
     assert_each_record_once(hadoop, "yarn-all", &inputs, &app);
     let logs = hadoop.logs(&app, "driver.log") + &hadoop.logs(&app, "stderr");
     assert!(logs.contains("yarn-all") && !logs.contains(PASSWORD), "the password is in no container's log");
@@ -177,6 +184,64 @@ fn a_query_submitted_to_yarn_embeds_every_record_into_an_hdfs_table() {
         hadoop.containers_of(&app).into_iter().filter(|(_, c)| !c.ends_with("_000001")).map(|(nm, _)| nm).collect();
     assert_eq!(executors.len(), 2, "executor containers by NodeManager: {:?}", hadoop.containers_of(&app));
     assert_eq!(store::list(&staging_dir(hadoop, &app)).unwrap(), None, "the staging directory is removed");
+}
+
+/// Issue 39, item 6: HDFS paths as Hadoop users write them. The checkpoint is `hdfs:///...`
+/// (the default file system, core-site.xml's `fs.defaultFS`) and the table
+/// `hdfs://embedstream-ns/...`, an HA name service of hdfs-site.xml whose first NameNode is down
+/// (a closed port), so every client (submit, the driver, the executors) fails over to the
+/// second, the mini cluster's. The job runs on YARN to its end and every record is in the
+/// table once, read back through the NameNode's own address.
+#[test]
+fn hdfs_paths_as_hadoop_users_write_them_the_default_file_system_and_an_ha_name_service() {
+    let _serial = one_at_a_time();
+    let hadoop = cluster();
+    let conf = tempfile::tempdir().unwrap();
+    for file in ["core-site.xml", "yarn-site.xml"] {
+        std::fs::copy(hadoop.conf_dir.join(file), conf.path().join(file)).unwrap();
+    }
+    let namenode = hadoop.hdfs.trim_start_matches("hdfs://");
+    let down = format!("127.0.0.1:{}", free_port());
+    let property =
+        |name: &str, value: &str| format!("<property><name>{name}</name><value>{value}</value></property>\n");
+    let site = [
+        property("dfs.nameservices", "embedstream-ns"),
+        property("dfs.ha.namenodes.embedstream-ns", "nn1,nn2"),
+        property("dfs.namenode.rpc-address.embedstream-ns.nn1", &down),
+        property("dfs.namenode.rpc-address.embedstream-ns.nn2", namenode),
+        property(
+            "dfs.client.failover.proxy.provider.embedstream-ns",
+            "org.apache.hadoop.hdfs.server.namenode.ha.ConfiguredFailoverProxyProvider",
+        ),
+    ]
+    .concat();
+    std::fs::write(conf.path().join("hdfs-site.xml"), format!("<configuration>\n{site}</configuration>\n")).unwrap();
+
+    let name = "yarn-paths";
+    let broker = Broker::start();
+    let inputs = texts(60, 9);
+    broker.create_topic(name, 2);
+    broker.produce_texts(name, 2, 0, &inputs);
+    let job = yarn_job(&broker, hadoop, name, "available_now = true", TWO_EXECUTORS);
+    let text = std::fs::read_to_string(&job.path)
+        .unwrap()
+        .replace(
+            &hadoop.url(&format!("/checkpoints/{name}")).display().to_string(),
+            &format!("hdfs:///checkpoints/{name}"),
+        )
+        .replace(&table(hadoop, name).display().to_string(), &format!("hdfs://embedstream-ns/tables/{name}"));
+    assert!(text.contains("\"hdfs:///checkpoints/") && text.contains("\"hdfs://embedstream-ns/tables/"), "{text}");
+    std::fs::write(&job.path, text).unwrap();
+
+    let mut submitting = submit(hadoop, &job, &["--wait"]);
+    submitting.env("HADOOP_CONF_DIR", conf.path());
+    let app = waited(hadoop, submitting);
+    assert_each_record_once(hadoop, name, &inputs, &app);
+    let checkpoint = hadoop.url(&format!("/checkpoints/{name}/commits"));
+    assert!(
+        store::list(&checkpoint).unwrap().is_some_and(|c| !c.is_empty()),
+        "the checkpoint on the default file system"
+    );
 }
 
 /// Item 2 and 5: an executor container's process killed mid-query is reported by YARN and

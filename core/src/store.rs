@@ -245,7 +245,15 @@ fn to_io(e: hdfs_native::HdfsError) -> io::Error {
     }
 }
 
+/// Whether an `hdfs://` path names a file system this process can reach: its client can be made
+/// (`hdfs:///` needs `fs.defaultFS`). Nothing is called on the NameNode.
+pub fn check_hdfs(path: &Path) -> io::Result<()> {
+    hdfs(path).map(|_| ())
+}
+
 /// For an `hdfs://` path, the client of its NameNode and the path within it; `None` for a local path.
+/// `hdfs://NAMESERVICE/` is resolved by `hdfs-native` from `HADOOP_CONF_DIR`'s hdfs-site.xml (its
+/// NameNodes, failed over between), and `hdfs:///` from its core-site.xml's `fs.defaultFS`.
 fn hdfs(path: &Path) -> io::Result<Option<(Arc<hdfs_native::Client>, String)>> {
     let Some(url) = path.to_str().filter(|p| p.starts_with(HDFS_SCHEME)) else {
         return Ok(None);
@@ -260,15 +268,23 @@ fn hdfs(path: &Path) -> io::Result<Option<(Arc<hdfs_native::Client>, String)>> {
     let client = match clients.get(authority) {
         Some(c) => c.clone(),
         None => {
-            let mut builder = hdfs_native::ClientBuilder::new()
-                .with_url(format!("{HDFS_SCHEME}{authority}"))
-                .with_io_runtime(runtime().handle().clone());
+            let mut builder = hdfs_native::ClientBuilder::new().with_io_runtime(runtime().handle().clone());
+            // No authority: the default file system, which the builder reads from the configuration.
+            if !authority.is_empty() {
+                builder = builder.with_url(format!("{HDFS_SCHEME}{authority}"));
+            }
             // hdfs-site.xml's name services and settings, where a cluster's configuration is.
-            if let Some(dir) = std::env::var_os("HADOOP_CONF_DIR").filter(|d| !d.is_empty()) {
+            let conf_dir = std::env::var_os("HADOOP_CONF_DIR").filter(|d| !d.is_empty());
+            if let Some(dir) = &conf_dir {
                 builder = builder.with_config_dir(dir.to_string_lossy().into_owned());
             }
-            let client =
-                Arc::new(builder.build().map_err(|e| io::Error::other(format!("{HDFS_SCHEME}{authority}: {e}")))?);
+            let client = Arc::new(builder.build().map_err(|e| match authority {
+                "" => io::Error::other(format!(
+                    "{url}: the default file system is `fs.defaultFS` in the core-site.xml of HADOOP_CONF_DIR ({}): {e}",
+                    conf_dir.as_ref().map_or("not set".into(), |d| d.to_string_lossy())
+                )),
+                _ => io::Error::other(format!("{HDFS_SCHEME}{authority}: {e}")),
+            })?);
             clients.insert(authority.to_string(), client.clone());
             client
         }

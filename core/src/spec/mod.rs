@@ -108,7 +108,9 @@ pub(crate) fn section_at<T: serde::de::DeserializeOwned>(at: &str, table: toml::
     })
 }
 
-/// A directory the query writes: a local path, or `hdfs://NAMENODE[:PORT]/path`.
+/// A directory the query writes: a local path, or an HDFS one as Hadoop users write them:
+/// `hdfs://NAMENODE[:PORT]/path`, `hdfs://NAMESERVICE/path` (an HA name service of
+/// `HADOOP_CONF_DIR`'s hdfs-site.xml) or `hdfs:///path` (the default file system, `fs.defaultFS`).
 pub(crate) fn check_location(key: &str, path: &Path) -> Result<(), SpecError> {
     let text = path.to_string_lossy();
     if crate::store::is_url(&text) {
@@ -116,10 +118,13 @@ pub(crate) fn check_location(key: &str, path: &Path) -> Result<(), SpecError> {
             return Err(SpecError::new(key, format!("`{text}`: a local directory or an hdfs:// URL")));
         }
         let rest = &text[crate::store::HDFS_SCHEME.len()..];
-        if rest.is_empty() || rest.starts_with('/') || !rest.contains('/') {
+        if !rest.contains('/') || rest.ends_with("//") {
             return Err(SpecError::new(
                 key,
-                format!("`{text}`: an hdfs:// URL names its NameNode: hdfs://HOST:PORT/path"),
+                format!(
+                    "`{text}`: an hdfs:// URL with a path: hdfs://NAMENODE:PORT/path, hdfs://NAMESERVICE/path or \
+                     hdfs:///path (the default file system)"
+                ),
             ));
         }
     }
@@ -242,7 +247,17 @@ impl JobSpec {
                 ModelEntry::TextOnnx(_) => {}
             }
         }
-        self.security.check_files()
+        self.security.check_files()?;
+        // An HDFS location must name a file system this machine can resolve: `hdfs:///` needs
+        // `fs.defaultFS`, and the client is made (no call to the NameNode yet).
+        let mut locations = vec![("checkpoint_location", &self.checkpoint_location)];
+        if let SinkKind::Parquet(p) = &self.sink.kind {
+            locations.push(("sink.path", &p.path));
+        }
+        for (key, path) in locations.into_iter().filter(|(_, p)| crate::store::is_hdfs(p)) {
+            crate::store::check_hdfs(path).map_err(|e| SpecError::new(key, e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The ONNX text models with their keys (`model`, `models[2]`), in the spec's order.

@@ -637,3 +637,31 @@ fn the_embedding_cache_is_a_size_and_needs_one_vector_a_text() {
         "model.cache_bytes"
     );
 }
+
+/// Issue 39, item 6: HDFS locations as Hadoop users write them: a NameNode, an HA name service
+/// (hdfs-site.xml's), and the default file system (`hdfs:///`, core-site.xml's `fs.defaultFS`);
+/// a URL without a path is refused naming the key.
+#[test]
+fn hdfs_locations_as_hadoop_users_write_them() {
+    let f = files();
+    let with = |cp: &str| {
+        JobSpec::from_toml(
+            &spec(&f, "", "").replace("checkpoint_location = \"/tmp/cp\"", &format!("checkpoint_location = \"{cp}\"")),
+        )
+    };
+    for ok in ["hdfs://nn1.example.com:8020/cp", "hdfs://nameservice1/cp", "hdfs:///user/etl/cp"] {
+        assert!(with(ok).is_ok(), "{ok}: {:?}", with(ok).err());
+    }
+    for bad in ["hdfs://nn1.example.com:8020", "hdfs://", "hdfs://nameservice1//"] {
+        let e = with(bad).expect_err(bad);
+        assert_eq!(e.key, "checkpoint_location", "{bad}");
+        assert!(e.message.contains("hdfs:///path (the default file system)"), "{bad}: {}", e.message);
+    }
+    // Where no Hadoop configuration is found, `hdfs:///` has no default file system: refused by
+    // check_files, naming the key and where fs.defaultFS comes from.
+    if std::env::var_os("HADOOP_CONF_DIR").is_none() && std::env::var_os("HADOOP_HOME").is_none() {
+        let e = with("hdfs:///user/etl/cp").unwrap().check_files().expect_err("no fs.defaultFS");
+        assert_eq!(e.key, "checkpoint_location");
+        assert!(e.message.contains("fs.defaultFS"), "{}", e.message);
+    }
+}

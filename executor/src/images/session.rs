@@ -82,7 +82,7 @@ impl ImageSession {
 
     /// The vectors of `pixels.len() / tensor_len` images, one after the other.
     pub fn embed(&self, pixels: &[f32]) -> Result<Vec<f32>, ModelError> {
-        if pixels.len() % self.tensor_len != 0 {
+        if !pixels.len().is_multiple_of(self.tensor_len) {
             return Err(ModelError::Inference(format!(
                 "{} values are not whole images of {} values",
                 pixels.len(),

@@ -39,14 +39,15 @@ pub fn socket_path(dir: &Path, slot: usize) -> PathBuf {
 
 /// What a worker runs: a text model (texts in) or an image model (tensors in).
 enum Loaded {
-    Text(Embedder),
+    /// Boxed: a tokenizer and its session are far larger than an image session.
+    Text(Box<Embedder>),
     Image(ImageSession),
 }
 
 impl Loaded {
     fn load(entry: &ModelEntry) -> Result<(Loaded, usize), ModelError> {
         match entry {
-            ModelEntry::TextOnnx(m) => Ok((Loaded::Text(Embedder::load(m, 1)?), wire::request_limit(m))),
+            ModelEntry::TextOnnx(m) => Ok((Loaded::Text(Box::new(Embedder::load(m, 1)?)), wire::request_limit(m))),
             ModelEntry::ImageOnnx(m) => Ok((Loaded::Image(ImageSession::load(m)?), wire::image_request_limit(m))),
             other => Err(ModelError::Daemon(format!("model `{}` is not one that runs in workers", other.name()))),
         }

@@ -132,10 +132,8 @@ impl TaskWriter for KafkaTaskWriter {
                 })
                 .collect();
             // Rows that are chunks: their index and token span.
-            let chunks: Option<Vec<&Int32Array>> = match rows.column_by_name(CHUNK_COLUMNS[0]) {
-                Some(_) => Some(CHUNK_COLUMNS.iter().map(|c| column(rows, c)).collect()),
-                None => None,
-            };
+            let chunks: Option<Vec<&Int32Array>> =
+                rows.column_by_name(CHUNK_COLUMNS[0]).map(|_| CHUNK_COLUMNS.iter().map(|c| column(rows, c)).collect());
             let mut pending = Pending::default();
             for i in 0..rows.num_rows() {
                 let origin = Origin {

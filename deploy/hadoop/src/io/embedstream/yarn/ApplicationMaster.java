@@ -116,6 +116,11 @@ public final class ApplicationMaster {
     ProcessBuilder pb = new ProcessBuilder("./embedstream", "yarn-driver", "--job", "job.toml",
         "--listen", host + ":0", "--token-file", "secret");
     pb.environment().put("EMBEDSTREAM_ORT_LIB", new File("libonnxruntime.so").getAbsolutePath());
+    // The submitter's core-site.xml and hdfs-site.xml, staged beside it: hdfs:/// and HA name
+    // services resolve in the driver as they did where the job was submitted.
+    if (new File("core-site.xml").isFile()) {
+      pb.environment().put("HADOOP_CONF_DIR", new File(".").getAbsoluteFile().getParent());
+    }
     pb.redirectError(new File(logDir, "driver.log"));
     Process driver = pb.start();
     // YARN's SIGTERM (a kill, or the application's end) reaches this JVM: pass it on.
@@ -240,6 +245,9 @@ public final class ApplicationMaster {
         + "/stderr";
     Map<String, String> env = new HashMap<>();
     env.put("EMBEDSTREAM_ORT_LIB", ApplicationConstants.Environment.PWD.$$() + "/libonnxruntime.so");
+    if (executorFiles.containsKey("core-site.xml")) {
+      env.put("HADOOP_CONF_DIR", ApplicationConstants.Environment.PWD.$$());
+    }
     return ContainerLaunchContext.newInstance(executorFiles, env, List.of(command), null, null, null);
   }
 }

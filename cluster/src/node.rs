@@ -299,8 +299,8 @@ fn start(args: &NodeArgs, host: &str, launch: &ContainerLaunch) -> Result<Runnin
         .stderr(open("stderr")?)
         .process_group(0);
     // The cluster token reaches a driver alone (its calls to the RM): an executor, which runs
-    // the job's models and reads its inputs, has its application's secret and nothing more.
-    // (nor inherited from the agent's own environment).
+    // the job's models and reads its inputs, has its application's secret and nothing more,
+    // not even the token the agent's own environment holds.
     match args.token.secret().filter(|_| launch.role != "executor") {
         Some(t) => command.env(embedstream_core::auth::TOKEN_ENV, t),
         None => command.env_remove(embedstream_core::auth::TOKEN_ENV),

@@ -354,6 +354,17 @@ impl JobSpec {
         self.text_models().iter().map(|m| m.sort_window).max().unwrap_or(model::DEFAULT_SORT_WINDOW).max(1)
     }
 
+    /// How long a task waits for its partition's last executor (`executors.locality_wait`):
+    /// by default Spark's 3 s where a text model keeps an embedding cache (`cache_bytes`), which
+    /// only that executor holds, and none otherwise, where waiting would only leave cores idle.
+    pub fn locality_wait(&self) -> std::time::Duration {
+        match &self.executors.locality_wait {
+            Some(w) => w.get(),
+            None if self.text_models().iter().any(|m| m.cache_bytes.is_some()) => std::time::Duration::from_secs(3),
+            None => std::time::Duration::ZERO,
+        }
+    }
+
     /// How long a task attempt over `records` records may run before the driver gives up on it:
     /// `executors.task_timeout`, or one minute plus every text model's `worker_timeout_per_text`
     /// and every image model's `worker_timeout_per_image` a record.

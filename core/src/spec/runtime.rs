@@ -60,14 +60,10 @@ pub struct ExecutorsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_timeout: Option<HumanDuration>,
     /// How long a task waits for a free core on the executor that last ran its partition (and
-    /// holds that partition's cached embeddings) before it takes any free core: Spark's
-    /// `spark.locality.wait`, and its default. `"0s"` never waits.
-    #[serde(default = "default_locality_wait")]
-    pub locality_wait: HumanDuration,
-}
-
-fn default_locality_wait() -> HumanDuration {
-    HumanDuration::parse("3s").expect("a valid duration")
+    /// holds that partition's cached embeddings) before it takes any free core, as Spark's
+    /// `spark.locality.wait`. `"0s"` never waits. Default: see `JobSpec::locality_wait`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_wait: Option<HumanDuration>,
 }
 
 fn default_one() -> u32 {
@@ -86,7 +82,7 @@ impl Default for ExecutorsSpec {
             memory: default_executor_memory(),
             memory_overhead: None,
             task_timeout: None,
-            locality_wait: default_locality_wait(),
+            locality_wait: None,
         }
     }
 }

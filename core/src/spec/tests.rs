@@ -630,6 +630,10 @@ fn the_embedding_cache_is_a_size_and_needs_one_vector_a_text() {
     let with = |keys: &str| spec(&f, "", "").replace("[sink]", &format!("{keys}\n[sink]"));
     let s = load(&with("cache_bytes = \"256m\"")).unwrap();
     assert_eq!(s.first_text_model().cache_bytes.as_ref().map(|c| c.get().0), Some(256));
+    // A task waits for the executor with its partition's cache (Spark's 3 s) only where there
+    // is a cache, unless executors.locality_wait says otherwise.
+    assert_eq!(s.locality_wait(), std::time::Duration::from_secs(3));
+    assert_eq!(load(&with("")).unwrap().locality_wait(), std::time::Duration::ZERO);
     assert!(s.to_toml().contains("cache_bytes = \"256m\""));
     assert_eq!(key_of(&with("cache_bytes = \"lots\"")), "model.cache_bytes");
     assert_eq!(

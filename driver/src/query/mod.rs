@@ -300,7 +300,7 @@ pub async fn run_query(
                 let spec = spec.clone();
                 move |records| spec.task_deadline(records)
             })
-            .with_locality_wait(spec.executors.locality_wait.get()),
+            .with_locality_wait(spec.locality_wait()),
             committer,
             reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone(), progress),
             targets: &targets,

@@ -171,46 +171,48 @@ impl Scheduler {
             // Drained or lost executors take no new task.
             free.retain(|e| self.registry.is_live(&e.id));
             let now = Instant::now();
-            let mut next = 0;
-            while next < pending.len() && !free.is_empty() {
-                let avoid = failed_on.get(&pending[next].task_id).map(String::as_str);
-                let (prefer, owned) = {
-                    let last_ran = self.last_ran.lock().expect("not poisoned");
-                    (last_ran.get(&partition_of(&pending[next])).cloned(), partitions_per_executor(&last_ran))
-                };
-                let since = *waiting_since.entry(pending[next].task_id).or_insert(now);
-                let wait =
-                    prefer.as_deref().is_some_and(|p| self.registry.is_live(p)) && now < since + self.locality_wait;
-                let choice = Choice { avoid, prefer: prefer.as_deref(), wait, owned: &owned };
-                let Some(slot) = pick_slot(&free, |e| e.id.as_str(), &choice) else {
-                    // Its executor is busy: the tasks behind it may go meanwhile.
-                    next += 1;
-                    continue;
-                };
-                let exec = free.remove(slot);
-                let task = pending.remove(next).expect("checked in range");
-                waiting_since.remove(&task.task_id);
-                let records = task.range.as_ref().map_or(0, |r| (r.until_offset - r.from_offset).max(0) as u64);
-                let deadline = (self.deadline)(records);
-                self.registry.task_started(
-                    &exec.id,
-                    RunningTask {
-                        batch_id,
-                        task_id: task.task_id,
-                        attempt: task.attempt,
-                        range: task.range.clone().and_then(|r| OffsetRange::try_from(r).ok()),
-                        started: Instant::now(),
-                    },
-                );
-                running.spawn(async move {
-                    // Past its deadline the attempt's call is dropped (the executor cancels the
-                    // task, and its workers come back) and the task runs again.
-                    let outcome = match tokio::time::timeout(deadline, run_attempt(&exec, task.clone())).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => AttemptOutcome::TimedOut(deadline),
+            // `last_ran` changes only when an attempt ends, below: read it once a round, not once
+            // a task (a batch of 10,000 partitions would count them 10,000 times).
+            {
+                let last_ran = self.last_ran.lock().expect("not poisoned");
+                let owned = partitions_per_executor(&last_ran);
+                let mut next = 0;
+                while next < pending.len() && !free.is_empty() {
+                    let avoid = failed_on.get(&pending[next].task_id).map(String::as_str);
+                    let prefer = last_ran.get(&partition_of(&pending[next])).map(String::as_str);
+                    let since = *waiting_since.entry(pending[next].task_id).or_insert(now);
+                    let wait = prefer.is_some_and(|p| self.registry.is_live(p)) && now < since + self.locality_wait;
+                    let choice = Choice { avoid, prefer, wait, owned: &owned };
+                    let Some(slot) = pick_slot(&free, |e| e.id.as_str(), &choice) else {
+                        // Its executor is busy: the tasks behind it may go meanwhile.
+                        next += 1;
+                        continue;
                     };
-                    (exec, task, outcome)
-                });
+                    let exec = free.remove(slot);
+                    let task = pending.remove(next).expect("checked in range");
+                    waiting_since.remove(&task.task_id);
+                    let records = task.range.as_ref().map_or(0, |r| (r.until_offset - r.from_offset).max(0) as u64);
+                    let deadline = (self.deadline)(records);
+                    self.registry.task_started(
+                        &exec.id,
+                        RunningTask {
+                            batch_id,
+                            task_id: task.task_id,
+                            attempt: task.attempt,
+                            range: task.range.clone().and_then(|r| OffsetRange::try_from(r).ok()),
+                            started: Instant::now(),
+                        },
+                    );
+                    running.spawn(async move {
+                        // Past its deadline the attempt's call is dropped (the executor cancels the
+                        // task, and its workers come back) and the task runs again.
+                        let outcome = match tokio::time::timeout(deadline, run_attempt(&exec, task.clone())).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => AttemptOutcome::TimedOut(deadline),
+                        };
+                        (exec, task, outcome)
+                    });
+                }
             }
             // The next moment a task waiting for its partition's executor stops waiting (from the
             // same `now`: a task that waits now has a wake-up).

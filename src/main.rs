@@ -81,8 +81,7 @@ impl AdminTarget {
         let app = app.or(self.app_flag.clone());
         if self.master.as_deref() == Some("yarn") {
             let app = app.context("--master yarn: name the application (APPLICATION_ID, or --app)")?;
-            let (driver, token) = yarn::YarnClient::from_env()?.driver(&app).await?;
-            let caller = Caller { token, tls: Default::default() };
+            let (driver, caller) = yarn::YarnClient::from_env()?.driver(&app, &self.tls).await?;
             return Ok((client::Target { master: None, driver: Some(driver), app: None }, caller));
         }
         if let Some(arg) = &app {

@@ -13,7 +13,9 @@
 //! that are not on HDFS already, `HADOOP_CONF_DIR`'s core-site.xml and hdfs-site.xml (the
 //! containers' `HADOOP_CONF_DIR`), the job spec as the driver will read it, and the
 //! application's secret (0600): the token every call to the driver and from its executors
-//! carries. YARN localizes them into each container.
+//! carries, and the TLS they are made over: the application's own CA, certificate and key
+//! (`app-*.pem`, made here) or the spec's own files (`tls-*.pem`). YARN localizes them into
+//! each container.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,10 +24,17 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use embedstream_core::auth::ClusterToken;
 use embedstream_core::spec::SinkKind;
+use embedstream_core::tls::{Naming, Role, TlsFiles, APPLICATION_SERVER_NAME};
 use embedstream_core::{store, JobSpec};
 use embedstream_driver::launcher::yarn::{AmChannel, YarnLauncher};
 use embedstream_driver::launcher::{DriverEndpoints, Launcher};
 use embedstream_driver::DriverOptions;
+use embedstream_proto::serve::Caller;
+
+/// The staged names of an application's own CA, certificate and key ([`stage_tls`]).
+const APP_CA: &str = "app-ca.pem";
+const APP_CERT: &str = "app-cert.pem";
+const APP_KEY: &str = "app-key.pem";
 
 /// The Java class of the YARN client.
 const CLIENT_CLASS: &str = "io.embedstream.yarn.Client";
@@ -90,8 +99,11 @@ impl YarnClient {
         Ok(out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
-    /// Where the application's driver serves and the token it wants.
-    pub async fn driver(&self, app: &str) -> Result<(String, ClusterToken)> {
+    /// Where the application's driver serves and how to call it: with the application's secret,
+    /// over TLS. `tls` is the caller's own `--tls-*` (for a spec that named its own files);
+    /// without it, the application's own CA from its staging directory, for
+    /// [`APPLICATION_SERVER_NAME`].
+    pub async fn driver(&self, app: &str, tls: &TlsFiles) -> Result<(String, Caller)> {
         let report = self.report(app).await?;
         let state = report.get("state").map(String::as_str).unwrap_or("UNKNOWN");
         let port = report.get("rpc_port").and_then(|p| p.parse::<i32>().ok()).unwrap_or(0);
@@ -100,7 +112,22 @@ impl YarnClient {
             bail!("{app} is {state}: its driver is not running (yarn application -status {app} says more)");
         }
         let secret = self.call(&["secret".into(), app.into()], CALL_TIMEOUT).await?;
-        Ok((format!("{host}:{port}"), ClusterToken::new(secret.trim())))
+        let token = ClusterToken::new(secret.trim());
+        let tls = if tls.is_empty() {
+            let ca = self.call(&["staged".into(), app.into(), APP_CA.into()], CALL_TIMEOUT).await?;
+            let dir = tempfile::Builder::new().prefix("embedstream-app-ca-").tempdir()?;
+            let file = dir.path().join(APP_CA);
+            std::fs::write(&file, ca)?;
+            let files = TlsFiles {
+                tls_ca: Some(file),
+                tls_server_name: Some(APPLICATION_SERVER_NAME.into()),
+                ..Default::default()
+            };
+            files.load(Role::Client, Naming::Flags).with_context(|| format!("{app}'s staged {APP_CA}"))?
+        } else {
+            tls.load(Role::Client, Naming::Flags)?
+        };
+        Ok((format!("{host}:{port}"), Caller { token, tls }))
     }
 }
 
@@ -173,12 +200,7 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     if let SinkKind::Parquet(p) = &spec.sink.kind {
         on_hdfs("sink.path", &p.path)?;
     }
-    // Refused rather than ignored: the spec asks for TLS, which YARN mode does not give yet.
-    let tls =
-        [("tls_cert", &spec.security.tls_cert), ("tls_key", &spec.security.tls_key), ("tls_ca", &spec.security.tls_ca)];
-    if let Some((key, _)) = tls.iter().find(|(_, v)| v.is_some()) {
-        bail!("security.{key}: TLS between the driver and its executors is not available on YARN yet (the application's secret authenticates every call); remove [security] tls_* to submit to YARN");
-    }
+    spec.security.tls()?;
     let yarn = YarnClient::from_env()?;
     let staged = tempfile::Builder::new().prefix("embedstream-submit-").tempdir()?;
     let exe = std::env::current_exe().context("cannot find the embedstream binary to stage")?;
@@ -217,6 +239,7 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
             files.push((file.into(), path));
         }
     }
+    files.extend(stage_tls(&mut spec, staged.path())?);
     let spec_file = staged.path().join("job.toml");
     std::fs::write(&spec_file, spec.to_toml())?;
     files.push(("job.toml".into(), spec_file));
@@ -235,6 +258,43 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
         return follow(&yarn, app).await;
     }
     Ok(())
+}
+
+/// TLS between the driver and its executors, and from the admin commands to the driver: the
+/// spec's `[security] tls_*` files when it names them (staged as `tls-*.pem`), else the
+/// application's own CA and certificate, made here for [`APPLICATION_SERVER_NAME`] (staged as
+/// `app-*.pem`; the CA's key is never written). The spec is pointed at the staged names, which
+/// are the same in every container. Keys are staged 0600.
+fn stage_tls(spec: &mut JobSpec, staged: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let security = &mut spec.security;
+    let mut files = Vec::new();
+    if security.tls_cert.is_some() || security.tls_ca.is_some() {
+        for (link, path) in [
+            ("tls-cert.pem", &mut security.tls_cert),
+            ("tls-key.pem", &mut security.tls_key),
+            ("tls-ca.pem", &mut security.tls_ca),
+        ] {
+            if let Some(p) = path.replace(PathBuf::from(link)) {
+                files.push((link.to_string(), p));
+            }
+        }
+        return Ok(files);
+    }
+    let made = embedstream_core::tls::application_certificates(&spec.name)
+        .context("cannot make the application's TLS certificate")?;
+    for (link, pem) in [(APP_CA, &made.ca), (APP_CERT, &made.cert), (APP_KEY, &made.key)] {
+        let file = staged.join(link);
+        embedstream_core::durable::write_private(&file, pem.as_bytes())?;
+        files.push((link.to_string(), file));
+    }
+    security.tls_cert = Some(APP_CERT.into());
+    security.tls_key = Some(APP_KEY.into());
+    security.tls_ca = Some(APP_CA.into());
+    security.tls_server_name = Some(APPLICATION_SERVER_NAME.into());
+    // The application's secret authenticates callers; the certificate proves the driver and
+    // executors to each other and to the admin commands, which have the CA but no certificate.
+    security.tls_client_auth = false;
+    Ok(files)
 }
 
 fn on_hdfs(key: &str, path: &Path) -> Result<()> {
@@ -289,11 +349,18 @@ pub async fn driver(job: &Path, listen: &str, token_file: &Path) -> Result<()> {
     spec.monitoring.metrics_listen = format!("{}:0", listen.ip());
     spec.check_files()?;
     let token = ClusterToken::load(Some(token_file))?;
+    // The staged TLS files (see `stage_tls`): the executors take the same flags, and find the
+    // files under the same names in their containers.
+    let tls = spec.security.tls()?;
+    tracing::info!(tls = ?tls, "the driver and its executors serve and call with this TLS");
+    let executor_tls = spec.security.tls_files().flags();
     let resources = (spec.executors.cores, spec.executors.container_memory_mb());
     let launcher = move |driver: &DriverEndpoints| -> Box<dyn Launcher> {
-        Box::new(YarnLauncher::new(AmChannel::stdio(), driver, resources.0, resources.1))
+        Box::new(
+            YarnLauncher::new(AmChannel::stdio(), driver, resources.0, resources.1).with_executor_flags(executor_tls),
+        )
     };
-    let options = DriverOptions { listen, token, tls: Default::default(), port_retries: 0, own_token_file: None };
+    let options = DriverOptions { listen, token, tls, port_retries: 0, own_token_file: None };
     let summary = embedstream_driver::run_query(spec, options, launcher, crate::client::stop_on_signal()).await?;
     // Standard output is the master's channel: the summary goes to the log.
     tracing::info!(summary = %serde_json::to_string(&summary)?, "query ended");

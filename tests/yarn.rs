@@ -13,6 +13,7 @@ use std::process::Output;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::capture::{Capture, Flow};
 use common::hadoop::{processes_with, HadoopCluster};
 use common::table::read_table;
 use common::*;
@@ -171,10 +172,47 @@ fn a_query_submitted_to_yarn_embeds_every_record_into_an_hdfs_table() {
 
     let mut submitting = submit(hadoop, &job, &["--wait", "--name", "embed-products"]);
     submitting.env("EMBEDSTREAM_TEST_KAFKA_PASSWORD", PASSWORD);
+    // Every byte on loopback from submit to the end: where did the password go?
+    let capture = Capture::start(PASSWORD);
     let app = waited(hadoop, submitting);
+    let flows = capture.finish();
     assert_each_record_once(hadoop, "yarn-all", &inputs, &app);
-    let logs = hadoop.logs(&app, "driver.log") + &hadoop.logs(&app, "stderr");
+    let driver_log = hadoop.logs(&app, "driver.log");
+    let logs = driver_log.clone() + &hadoop.logs(&app, "stderr");
     assert!(logs.contains("yarn-all") && !logs.contains(PASSWORD), "the password is in no container's log");
+
+    // Issue 39, item 5: the executors fetched the job spec, with the password, from the driver
+    // over TLS (the application's own CA, made at submit): the password is in none of the
+    // bytes to or from the driver's port. HDFS without Kerberos carries files in clear, so the
+    // staged secret file's blocks, to and from the DataNode, do hold it: that is the capture
+    // seeing a password where one crosses loopback in clear, and the only place it does.
+    let driver_port: u16 = driver_log
+        .split("driver=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("the driver's address is not in its log:\n{driver_log}"));
+    let carried: Vec<&Flow> = flows.iter().filter(|f| f.found).collect();
+    assert!(
+        carried.iter().any(|f| f.touches(hadoop.datanode_port)),
+        "the capture saw the staged secret file's blocks in clear: {carried:?}"
+    );
+    assert!(
+        carried.iter().all(|f| f.touches(hadoop.datanode_port)),
+        "the password crossed loopback in clear outside HDFS's block transfers: {carried:?}"
+    );
+    let to_driver: Vec<&Flow> = flows.iter().filter(|f| f.dst.ends_with(&format!(":{driver_port}"))).collect();
+    assert!(to_driver.len() >= 2, "both executors called the driver: {to_driver:?}");
+    assert!(
+        to_driver.iter().all(|f| f.tls),
+        "every connection to the driver opened with a TLS handshake: {to_driver:?}"
+    );
+    let driver_bytes: u64 = flows.iter().filter(|f| f.touches(driver_port)).map(|f| f.bytes).sum();
+    assert!(
+        driver_bytes > 10_000,
+        "the job spec, tasks and results went through the driver's port: {driver_bytes} bytes"
+    );
 
     let report = hadoop.report(&app);
     assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
@@ -231,12 +269,25 @@ fn hdfs_paths_as_hadoop_users_write_them_the_default_file_system_and_an_ha_name_
         )
         .replace(&table(hadoop, name).display().to_string(), &format!("hdfs://embedstream-ns/tables/{name}"));
     assert!(text.contains("\"hdfs:///checkpoints/") && text.contains("\"hdfs://embedstream-ns/tables/"), "{text}");
-    std::fs::write(&job.path, text).unwrap();
+    // Issue 39, item 5: the spec's own TLS files (one certificate for the nodes' address) are
+    // staged and used by the driver and its executors, not refused.
+    let (ca, identity) = common::tls::certificates(conf.path(), "site-ca");
+    let security = format!(
+        "\n[security]\ntls_cert = \"{0}\"\ntls_key = \"{0}\"\ntls_ca = \"{1}\"\n",
+        identity.display(),
+        ca.display()
+    );
+    std::fs::write(&job.path, text + &security).unwrap();
 
     let mut submitting = submit(hadoop, &job, &["--wait"]);
     submitting.env("HADOOP_CONF_DIR", conf.path());
     let app = waited(hadoop, submitting);
     assert_each_record_once(hadoop, name, &inputs, &app);
+    let log = hadoop.logs(&app, "driver.log");
+    assert!(
+        log.contains("Tls(certificate: true, ca: true, client_auth: false, server_name: None)"),
+        "the driver and its executors used the spec's certificate:\n{log}"
+    );
     let checkpoint = hadoop.url(&format!("/checkpoints/{name}/commits"));
     assert!(
         store::list(&checkpoint).unwrap().is_some_and(|c| !c.is_empty()),
@@ -252,12 +303,25 @@ fn an_executor_killed_on_yarn_is_replaced_and_scale_and_stop_work() {
     let _serial = one_at_a_time();
     let hadoop = cluster();
     let (broker, first, app) = running(hadoop, "yarn-kill", 60, TWO_EXECUTORS);
-    // YARN's tracking URL (what its UI links to) is the driver's page.
+    // YARN's tracking URL (what its UI links to) is the driver's page, over TLS with the
+    // application's own certificate, which chains to the CA staged beside it (issue 39, item 5);
+    // nothing is served there in clear.
     let tracking = hadoop.report(&app)["tracking_url"].clone();
-    let address = (tracking.strip_prefix("http://").and_then(|t| t.strip_suffix('/')))
-        .unwrap_or_else(|| panic!("tracking URL {tracking:?}: not the driver's page"));
-    let (status, page) = http_get(address, "/");
-    assert!(status == 200 && page.contains("<title>embedstream"), "{tracking}: {status} {page}");
+    let address = (tracking.strip_prefix("https://").and_then(|t| t.strip_suffix('/')))
+        .unwrap_or_else(|| panic!("tracking URL {tracking:?}: not the driver's page over TLS"));
+    let ca = tempfile::tempdir().unwrap();
+    let ca_file = ca.path().join("app-ca.pem");
+    let staged_ca = store::read(&staging_dir(hadoop, &app).join("app-ca.pem")).unwrap().expect("a staged CA");
+    std::fs::write(&ca_file, staged_ca).unwrap();
+    let page = common::tls::https_get_as(address, "/", &ca_file, embedstream_core::tls::APPLICATION_SERVER_NAME)
+        .unwrap_or_else(|e| panic!("{tracking}: {e}"));
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("<title>embedstream"), "{tracking}: {page}");
+    let other = embedstream_core::tls::application_certificates("another").unwrap();
+    std::fs::write(&ca_file, other.ca).unwrap();
+    let refused = common::tls::https_get_as(address, "/", &ca_file, embedstream_core::tls::APPLICATION_SERVER_NAME);
+    assert!(refused.is_err(), "another application's CA must not vouch for this driver: {refused:?}");
+    let plain = common::tls::http_get(address);
+    assert!(!plain.is_ok_and(|a| a.contains("HTTP/1.1 200")), "the page is not served in clear");
 
     let victims = processes_with(&["embedstream", " executor ", &app.replace("application_", "container_")]);
     assert!(!victims.is_empty(), "no executor process of {app}");
@@ -399,7 +463,8 @@ fn bad_specs_and_an_unreachable_resource_manager_are_refused_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("checkpoint_location: on YARN it must be an hdfs://"), "{stderr}");
 
-    // TLS asked for, which YARN mode does not give yet: refused, not ignored.
+    // TLS files that do not go together: refused naming the missing one, before any cluster is
+    // called.
     let tls_job = dir.path().join("tls.toml");
     std::fs::write(&tls_job, std::fs::read_to_string(&job.path).unwrap() + "\n[security]\ntls_ca = \"/etc/ca.pem\"\n")
         .unwrap();
@@ -410,7 +475,7 @@ fn bad_specs_and_an_unreachable_resource_manager_are_refused_clearly() {
     c.env("HADOOP_CONF_DIR", dir.path()).args(["submit"]).arg(&tls_job).args(["--master", "yarn"]);
     let out = run_to_end(c, Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("security.tls_ca: TLS between the driver"), "{stderr}");
+    assert!(!out.status.success() && stderr.contains("security.tls_cert`: needed with a CA"), "{stderr}");
 
     // A ResourceManager that nothing listens on: a one-line error naming it, in bounded time.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -258,6 +258,7 @@ mod tests {
             tls_key: Some("/etc/es/node.key".into()),
             tls_ca: Some("/etc/es/ca.pem".into()),
             tls_client_auth: true,
+            tls_server_name: Some("application.example".into()),
         };
         let local = ExecutorCommand { token_file: Some("/tmp/x/token".into()), tls: tls.clone(), ..executor.clone() };
         assert_eq!(parse::<ExecutorCommand>(&local.argv()), local);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// Where the TLS files are. The binary's `--tls-*` flags; `[security]` converts to it.
 #[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +36,10 @@ pub struct TlsFiles {
     /// Require a client certificate signed by --tls-ca from every caller (mutual TLS).
     #[arg(long)]
     pub tls_client_auth: bool,
+    /// The name every peer's certificate holds, checked instead of the host called: one
+    /// certificate for hosts not known in advance (a YARN application's containers).
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 /// What a process does with TLS, which decides which files it needs together.
@@ -82,6 +86,8 @@ struct Material {
     /// PEM CA certificates, when this process verifies its peers.
     ca: Option<Vec<u8>>,
     client_auth: bool,
+    /// The name peers' certificates must hold, when not the host called.
+    server_name: Option<String>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -90,10 +96,11 @@ impl std::fmt::Debug for Tls {
             None => f.write_str("Tls(plaintext)"),
             Some(m) => write!(
                 f,
-                "Tls(certificate: {}, ca: {}, client_auth: {})",
+                "Tls(certificate: {}, ca: {}, client_auth: {}, server_name: {:?})",
                 m.identity.is_some(),
                 m.ca.is_some(),
-                m.client_auth
+                m.client_auth,
+                m.server_name
             ),
         }
     }
@@ -105,12 +112,23 @@ impl TlsFiles {
         let setting = |name: &str, message: &str| TlsError::Setting { key: naming.name(name), message: message.into() };
         let (cert, key, ca) = (&self.tls_cert, &self.tls_key, &self.tls_ca);
         if cert.is_none() && key.is_none() && ca.is_none() {
+            if self.tls_server_name.is_some() {
+                return Err(setting("server_name", &format!("needs {} (it names the CA's peers)", naming.name("ca"))));
+            }
             return match self.tls_client_auth {
                 true => {
                     Err(setting("client_auth", &format!("needs {} (the CA that signs clients)", naming.name("ca"))))
                 }
                 false => Ok(Tls(None)),
             };
+        }
+        if let Some(name) = &self.tls_server_name {
+            if ca.is_none() {
+                return Err(setting("server_name", &format!("needs {} (it names the CA's peers)", naming.name("ca"))));
+            }
+            if !matches!(ServerName::try_from(name.as_str()), Ok(ServerName::DnsName(_))) {
+                return Err(setting("server_name", &format!("{name:?} is not a DNS name")));
+            }
         }
         match (cert, key) {
             (Some(_), None) => return Err(setting("key", &format!("needed with {}", naming.name("cert")))),
@@ -155,7 +173,8 @@ impl TlsFiles {
             }
             None => None,
         };
-        Ok(Tls(Some(Arc::new(Material { identity, ca, client_auth: self.tls_client_auth }))))
+        let server_name = self.tls_server_name.clone();
+        Ok(Tls(Some(Arc::new(Material { identity, ca, client_auth: self.tls_client_auth, server_name }))))
     }
 
     /// The flags that give a child process these files (paths only; no file is read here).
@@ -170,13 +189,59 @@ impl TlsFiles {
         if self.tls_client_auth {
             flags.push("--tls-client-auth".into());
         }
+        if let Some(name) = &self.tls_server_name {
+            flags.extend(["--tls-server-name".to_string(), name.clone()]);
+        }
         flags
     }
 
-    /// True when no file is named.
+    /// True when nothing is set.
     pub fn is_empty(&self) -> bool {
-        self.tls_cert.is_none() && self.tls_key.is_none() && self.tls_ca.is_none() && !self.tls_client_auth
+        self == &TlsFiles::default()
     }
+}
+
+/// The name an application's own certificate holds ([`application_certificates`]). It is no
+/// host (`.invalid` never resolves): its peers check it in place of the host they call.
+pub const APPLICATION_SERVER_NAME: &str = "application.embedstream.invalid";
+
+/// An application's own CA and the one certificate its driver and executors share, as PEM.
+/// The CA's key signs that certificate and is then dropped, never written: nothing can issue a
+/// second certificate this CA vouches for.
+pub struct ApplicationCertificates {
+    pub ca: String,
+    pub cert: String,
+    /// The certificate's private key: write it only to a private file.
+    pub key: String,
+}
+
+impl std::fmt::Debug for ApplicationCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplicationCertificates(key withheld)")
+    }
+}
+
+/// Makes `application`'s own CA (ECDSA P-256, its name in the subject) and a certificate it
+/// signs for [`APPLICATION_SERVER_NAME`], for both serving and calling. Where the hosts of an
+/// application are not known in advance (YARN's containers), every peer checks that name.
+pub fn application_certificates(application: &str) -> Result<ApplicationCertificates, rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name.push(DnType::OrganizationName, "embedstream");
+    ca.distinguished_name.push(DnType::CommonName, format!("{application} CA"));
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec![APPLICATION_SERVER_NAME.to_string()])?;
+    leaf.distinguished_name.push(DnType::CommonName, application);
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &Issuer::new(ca, ca_key))?;
+    Ok(ApplicationCertificates { ca: ca_cert.pem(), cert: cert.pem(), key: key.serialize_pem() })
 }
 
 fn read(path: &Path, key: &str) -> Result<Vec<u8>, TlsError> {
@@ -239,6 +304,11 @@ impl Tls {
     /// The PEM CA certificates peers must chain to, when calls go out over TLS.
     pub fn ca(&self) -> Option<&[u8]> {
         self.0.as_ref()?.ca.as_deref()
+    }
+
+    /// The name peers' certificates must hold, when it is not the host called.
+    pub fn server_name(&self) -> Option<&str> {
+        self.0.as_ref()?.server_name.as_deref()
     }
 
     /// Servers require a client certificate.
@@ -306,6 +376,7 @@ mod tests {
             tls_key: p(key, "key"),
             tls_ca: p(ca, "ca"),
             tls_client_auth: client_auth,
+            tls_server_name: None,
         }
     }
 
@@ -354,8 +425,44 @@ mod tests {
     }
 
     #[test]
+    fn a_server_name_needs_a_ca_and_must_be_a_dns_name() {
+        let named =
+            |ca: bool, name: &str| TlsFiles { tls_server_name: Some(name.into()), ..files(false, false, ca, false) };
+        let e = named(false, "app.example").load(Role::Client, Naming::Spec).unwrap_err();
+        assert_eq!(key_of(e), "security.tls_server_name");
+        let e = named(true, "127.0.0.1").load(Role::Client, Naming::Flags).unwrap_err();
+        assert_eq!(e.to_string(), "--tls-server-name: \"127.0.0.1\" is not a DNS name");
+    }
+
+    #[test]
+    fn an_applications_certificate_chains_to_its_ca_for_the_application_name_only() {
+        use tokio_rustls::rustls::client::danger::ServerCertVerifier;
+        use tokio_rustls::rustls::pki_types::UnixTime;
+        let app = application_certificates("application_1_0001").unwrap();
+        let other = application_certificates("application_1_0002").unwrap();
+        let verify = |ca: &str, cert: &str, name: &str| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(CertificateDer::pem_slice_iter(ca.as_bytes()).map(Result::unwrap));
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()
+            .unwrap();
+            let leaf = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+            let name = ServerName::try_from(name.to_string()).unwrap();
+            verifier.verify_server_cert(&leaf, &[], &name, &[], UnixTime::now()).map(|_| ())
+        };
+        verify(&app.ca, &app.cert, APPLICATION_SERVER_NAME).unwrap();
+        assert!(verify(&app.ca, &app.cert, "localhost").is_err(), "the certificate names no host");
+        assert!(verify(&other.ca, &app.cert, APPLICATION_SERVER_NAME).is_err(), "another application's CA");
+        PrivateKeyDer::from_pem_slice(app.key.as_bytes()).unwrap();
+        assert_eq!(format!("{app:?}"), "ApplicationCertificates(key withheld)");
+    }
+
+    #[test]
     fn flags_name_every_file_given() {
-        let f = files(true, true, true, true);
+        let f = TlsFiles { tls_server_name: Some("app.example".into()), ..files(true, true, true, true) };
         assert_eq!(
             f.flags(),
             [
@@ -365,7 +472,9 @@ mod tests {
                 "/nonexistent/key.pem",
                 "--tls-ca",
                 "/nonexistent/ca.pem",
-                "--tls-client-auth"
+                "--tls-client-auth",
+                "--tls-server-name",
+                "app.example"
             ]
         );
         assert!(TlsFiles::default().flags().is_empty() && TlsFiles::default().is_empty());

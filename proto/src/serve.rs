@@ -37,6 +37,10 @@ pub fn endpoint(address: &str, tls: &Tls) -> Result<Endpoint, tonic::transport::
     if let Some((chain, key)) = tls.identity() {
         config = config.identity(Identity::from_pem(chain, key));
     }
+    // One certificate for hosts not known in advance: its name is checked, not the host's.
+    if let Some(name) = tls.server_name() {
+        config = config.domain_name(name);
+    }
     endpoint.tls_config(config)
 }
 

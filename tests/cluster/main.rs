@@ -373,6 +373,7 @@ fn a_cluster_runs_a_query_over_mutual_tls_refuses_plaintext_and_keeps_each_appli
         tls_key: Some(identity),
         tls_ca: Some(ca.clone()),
         tls_client_auth: true,
+        tls_server_name: None,
     };
     let broker = Broker::start();
     broker.create_topic("sealed", 2);

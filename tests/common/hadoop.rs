@@ -33,6 +33,8 @@ pub struct HadoopCluster {
     pub hdfs: String,
     /// The ResourceManager's client address.
     pub rm: String,
+    /// The DataNode's data transfer port (block reads and writes).
+    pub datanode_port: u16,
 }
 
 pub fn hadoop_libs() -> PathBuf {
@@ -85,6 +87,7 @@ impl HadoopCluster {
             stdin,
             hdfs: ready["hdfs"].as_str().unwrap().trim_end_matches('/').to_string(),
             rm: ready["rm"].as_str().unwrap().to_string(),
+            datanode_port: ready["datanode_port"].as_u64().unwrap() as u16,
             dir,
             conf_dir,
         }

@@ -1,12 +1,13 @@
 //! Test harness: a real Apache Kafka broker on a free loopback port and Kafka helpers built on
 //! rdkafka ([`broker`]), job specs and the `embedstream` binary run as a process ([`process`]),
 //! Hadoop's mini cluster ([`hadoop`]), Python's reference vectors ([`reference`]), an image
-//! host ([`image_server`]), PostgreSQL with pgvector ([`postgres`]) and small helpers every
+//! host ([`image_server`]), a loopback packet capture ([`capture`]), PostgreSQL with pgvector ([`postgres`]) and small helpers every
 //! test uses. Needs deploy/setup.sh's cache.
 #![allow(dead_code)]
 
 pub mod broker;
 pub mod browser;
+pub mod capture;
 pub mod hadoop;
 pub mod image_server;
 pub mod kdc;

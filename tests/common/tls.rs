@@ -54,6 +54,23 @@ pub fn certificates_for(dir: &Path, ca: &str, ips: &[&str]) -> (PathBuf, PathBuf
 /// `GET /metrics` from `addr` over TLS, trusting `ca` and presenting `identity` (a PEM holding
 /// key and chain) when given: the whole answer, or the error that ended the exchange.
 pub fn https_get(addr: &str, ca: &Path, identity: Option<&Path>) -> Result<String, String> {
+    let host = addr.rsplit_once(':').unwrap().0;
+    https_exchange(addr, "/metrics", ca, identity, host)
+}
+
+/// `GET path` from `addr` over TLS, trusting `ca` and checking that the server's certificate
+/// names `server_name` (not the host called).
+pub fn https_get_as(addr: &str, path: &str, ca: &Path, server_name: &str) -> Result<String, String> {
+    https_exchange(addr, path, ca, None, server_name)
+}
+
+fn https_exchange(
+    addr: &str,
+    path: &str,
+    ca: &Path,
+    identity: Option<&Path>,
+    server_name: &str,
+) -> Result<String, String> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -78,12 +95,11 @@ pub fn https_get(addr: &str, ca: &Path, identity: Option<&Path>) -> Result<Strin
     runtime.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let host = addr.rsplit_once(':').unwrap().0.to_string();
-        let name = ServerName::try_from(host).unwrap();
+        let name = ServerName::try_from(server_name.to_string()).unwrap();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let exchange = async {
             let mut tls = connector.connect(name, tcp).await?;
-            tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+            tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
             let mut answer = String::new();
             tls.read_to_string(&mut answer).await?;
             Ok::<_, std::io::Error>(answer)

@@ -267,7 +267,8 @@ impl Default for FlightSpec {
 /// Who may call (the cluster token, see `embedstream_core::auth`) and how calls are protected
 /// (TLS, see `embedstream_core::tls`). The `tls_*` files are those of a local query (`run`):
 /// its driver, executors and `/metrics` endpoints use them, and `submit` calls the resource
-/// manager with them. In a cluster, drivers and executors use their node agent's files.
+/// manager with them. In a cluster, drivers and executors use their node agent's files. On
+/// YARN they are staged with the application, which without them gets a CA of its own.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecuritySpec {
@@ -286,6 +287,10 @@ pub struct SecuritySpec {
     /// Servers require a client certificate signed by `tls_ca` (mutual TLS).
     #[serde(default)]
     pub tls_client_auth: bool,
+    /// The name every peer's certificate holds, checked instead of the host called (one
+    /// certificate for all of an application's hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 impl SecuritySpec {
@@ -306,6 +311,7 @@ impl SecuritySpec {
             tls_key: self.tls_key.clone(),
             tls_ca: self.tls_ca.clone(),
             tls_client_auth: self.tls_client_auth,
+            tls_server_name: self.tls_server_name.clone(),
         }
     }
 

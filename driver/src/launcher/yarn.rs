@@ -143,13 +143,28 @@ impl AmChannel {
         Ok(answer)
     }
 
-    /// Registers the master with the ResourceManager: where its driver and tracking page are.
-    pub async fn register(&mut self, host: &str, port: u16, tracking_url: &str) -> Result<Registered, LaunchError> {
-        let answer = self.call(&["register", host, &port.to_string(), tracking_url], false).await?;
+    /// Registers the master with the ResourceManager: where its driver and tracking page are;
+    /// and tells the master what to add to each executor's command line (`executor_args`, a
+    /// shell word list).
+    pub async fn register(
+        &mut self,
+        host: &str,
+        port: u16,
+        tracking_url: &str,
+        executor_args: &str,
+    ) -> Result<Registered, LaunchError> {
+        let answer = self.call(&["register", host, &port.to_string(), tracking_url, executor_args], false).await?;
         let f = answer.first().cloned().unwrap_or_default();
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         Ok(Registered { max_memory_mb: num(1), max_vcores: num(2) as u32, attempt: num(3) as u32 })
     }
+}
+
+/// `word` as one word of a POSIX shell: in single quotes, each `'` written `'\''`. No tab or
+/// line break can reach the channel (they would split its fields and lines).
+fn shell_quoted(word: &str) -> String {
+    let word = word.replace(['\t', '\n', '\r'], " ");
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// How long the ApplicationMaster may take to answer: an allocate is one ResourceManager call
@@ -163,6 +178,8 @@ pub struct YarnLauncher {
     container_memory_mb: u64,
     /// The driver's host, port and tracking URL, until the master has registered them.
     unregistered: Option<(String, u16, String)>,
+    /// Flags every executor's command line gets (its TLS files), shell-quoted.
+    executor_args: String,
 }
 
 impl YarnLauncher {
@@ -170,7 +187,13 @@ impl YarnLauncher {
     pub fn new(channel: AmChannel, driver: &DriverEndpoints, vcores: u32, container_memory_mb: u64) -> YarnLauncher {
         let tracking = driver.page.clone();
         let unregistered = Some((driver.grpc.ip().to_string(), driver.grpc.port(), tracking));
-        YarnLauncher { channel, vcores, container_memory_mb, unregistered }
+        YarnLauncher { channel, vcores, container_memory_mb, unregistered, executor_args: String::new() }
+    }
+
+    /// Adds `flags` to every executor's command line (YARN runs it with a shell: each is quoted).
+    pub fn with_executor_flags(mut self, flags: Vec<String>) -> YarnLauncher {
+        self.executor_args = flags.iter().map(|f| shell_quoted(f)).collect::<Vec<_>>().join(" ");
+        self
     }
 
     async fn allocate(&mut self, wanted: u32, release: &[String]) -> Result<Vec<Ended>, LaunchError> {
@@ -223,7 +246,7 @@ impl YarnLauncher {
 impl Launcher for YarnLauncher {
     async fn reconcile(&mut self, target: u32, release: &[String]) -> Result<Vec<Ended>, LaunchError> {
         if let Some((host, port, tracking)) = self.unregistered.take() {
-            let r = self.channel.register(&host, port, &tracking).await?;
+            let r = self.channel.register(&host, port, &tracking, &self.executor_args).await?;
             tracing::info!(
                 attempt = r.attempt,
                 max_memory_mb = r.max_memory_mb,

@@ -22,7 +22,8 @@ async fn yarn_one_failed_or_slow_allocate() {
     let master = std::thread::spawn(move || {
         let mut requests = BufReader::new(am_reads).lines();
         let mut next = || requests.next().unwrap().unwrap();
-        assert!(next().starts_with("register\t"));
+        // The executors' TLS flags ride on the registration, quoted for YARN's shell.
+        assert_eq!(next(), "register\t127.0.0.1\t7077\thttp://127.0.0.1:4040\t'--tls-ca' 'app-ca.pem' 'it'\\''s'");
         writeln!(am_writes, "ok\t8192\t8\t1").unwrap();
         // Answered only once the driver has given up waiting for it.
         assert!(next().starts_with("allocate\t"));
@@ -47,7 +48,10 @@ async fn yarn_one_failed_or_slow_allocate() {
     });
     let channel = AmChannel::over(BufReader::new(driver_reads), driver_writes, Duration::from_millis(300));
     let unregistered = Some(("127.0.0.1".to_string(), 7077, "http://127.0.0.1:4040".to_string()));
-    let mut yarn = YarnLauncher { channel, vcores: 1, container_memory_mb: 512, unregistered };
+    let flags = vec!["--tls-ca".to_string(), "app-ca.pem".to_string(), "it's".to_string()];
+    let mut yarn =
+        YarnLauncher { channel, vcores: 1, container_memory_mb: 512, unregistered, executor_args: String::new() }
+            .with_executor_flags(flags);
 
     assert!(yarn.reconcile(1, &[]).await.unwrap().is_empty(), "the slow allocate is carried on from");
     answer_late.send(()).unwrap();

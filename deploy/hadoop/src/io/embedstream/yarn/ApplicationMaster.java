@@ -5,7 +5,10 @@
 //
 // The local channel is the driver's standard input and output, one request per line, fields
 // separated by tabs (driver/src/launcher/yarn.rs is the other end):
-//   register  HOST PORT TRACKING_URL            -> ok MAX_MEMORY_MB MAX_VCORES ATTEMPT
+//   register  HOST PORT TRACKING_URL EXECUTOR_ARGS
+//                                               -> ok MAX_MEMORY_MB MAX_VCORES ATTEMPT
+//             (EXECUTOR_ARGS: shell words, already quoted, each executor's command line ends
+//             with: its TLS flags)
 //   allocate  WANTED VCORES MEMORY_MB PROGRESS RELEASE,...
 //                                               -> allocated ID NODE   (a line per container)
 //                                                  completed ID EXIT_STATUS OVER_MEMORY DIAGNOSTICS
@@ -15,7 +18,8 @@
 // standard error, the container's `driver.log`.
 //
 // Executors run `./embedstream executor` in containers of their own, with the staged files
-// (the binary, the ONNX Runtime library, the model files, the application's secret) localized
+// (the binary, the ONNX Runtime library, the model files, the application's secret, its TLS
+// certificate and key) localized
 // from the staging directory. When the
 // driver exits without `finish` (it was killed), this master exits 1 without unregistering, so
 // YARN starts another attempt if attempts are left; on the last attempt it unregisters FAILED.
@@ -76,6 +80,8 @@ public final class ApplicationMaster {
   private final Priority priority = Priority.newInstance(1);
   private Map<String, LocalResource> executorFiles;
   private String driverUrl;
+  /** What the driver asked every executor's command line to end with. */
+  private String executorArgs = "";
 
   private ApplicationMaster() throws Exception {
     staging = new Path(System.getenv(STAGING_ENV));
@@ -135,7 +141,9 @@ public final class ApplicationMaster {
       try {
         switch (f[0]) {
           case "register": {
+            // The executor's TLS flags decide the scheme it calls with.
             driverUrl = "http://" + f[1] + ":" + f[2];
+            executorArgs = f.length > 4 ? f[4] : "";
             RegisterApplicationMasterResponse r = rm.registerApplicationMaster(f[1], Integer.parseInt(f[2]), f[3]);
             registered = true;
             out.println("ok\t" + r.getMaximumResourceCapability().getMemorySize() + "\t"
@@ -241,8 +249,8 @@ public final class ApplicationMaster {
     String log = ApplicationConstants.LOG_DIR_EXPANSION_VAR;
     String command = "./embedstream executor --driver " + driverUrl + " --executor-id " + c.getId()
         + " --cores " + c.getResource().getVirtualCores() + " --listen "
-        + ApplicationConstants.Environment.NM_HOST.$$() + ":0 --token-file secret 1>" + log + "/stdout 2>" + log
-        + "/stderr";
+        + ApplicationConstants.Environment.NM_HOST.$$() + ":0 --token-file secret "
+        + (executorArgs.isEmpty() ? "" : executorArgs + " ") + "1>" + log + "/stdout 2>" + log + "/stderr";
     Map<String, String> env = new HashMap<>();
     env.put("EMBEDSTREAM_ORT_LIB", ApplicationConstants.Environment.PWD.$$() + "/libonnxruntime.so");
     if (executorFiles.containsKey("core-site.xml")) {

@@ -3,13 +3,14 @@
 // through Hadoop's own client libraries, so that it works wherever `yarn` and `hdfs` do.
 //
 //   Client submit  NAME QUEUE AM_MEMORY_MB MAX_ATTEMPTS NAME=LOCAL_FILE...
-//       stages the files in HDFS under ~/.embedstream-staging/APP_ID (mode 0700; `secret` and
-//       `kafka-secret-*` 0600),
+//       stages the files in HDFS under ~/.embedstream-staging/APP_ID (mode 0700; `secret`,
+//       `kafka-secret-*` and TLS keys `*-key.pem` 0600),
 //       submits the application master, prints `APP_ID` on a line of its own.
 //   Client list                prints embedstream's applications, a tab-separated line each:
 //                              id, name, state, final status, queue, tracking URL.
 //   Client report  APP_ID      prints the application's report as KEY=VALUE lines.
 //   Client secret  APP_ID      prints the first line of the application's staged `secret`.
+//   Client staged  APP_ID NAME prints a staged file that is no secret (`app-ca.pem`).
 //   Client kill    APP_ID      asks YARN to kill the application.
 //   Client cleanup APP_ID      removes the staging directory (after an application that ended
 //                              without its master cleaning up: killed, or failed to start).
@@ -52,7 +53,7 @@ public final class Client {
   public static void main(String[] args) {
     try {
       if (args.length < 1 || (args.length < 2 && !args[0].equals("list"))) {
-        throw new IllegalArgumentException("usage: Client submit|list|report|secret|kill|cleanup ...");
+        throw new IllegalArgumentException("usage: Client submit|list|report|secret|staged|kill|cleanup ...");
       }
       YarnConfiguration conf = new YarnConfiguration();
       // A ResourceManager that does not answer fails the command in seconds, not YARN's 15 minutes.
@@ -83,6 +84,9 @@ public final class Client {
           break;
         case "secret":
           secret(conf, ApplicationId.fromString(args[1]));
+          break;
+        case "staged":
+          staged(conf, ApplicationId.fromString(args[1]), args[2]);
           break;
         case "kill":
           withYarn(conf, yarn -> yarn.killApplication(ApplicationId.fromString(args[1])));
@@ -143,7 +147,7 @@ public final class Client {
         for (Map.Entry<String, String> f : files.entrySet()) {
           Path dst = new Path(staging, f.getKey());
           fs.copyFromLocalFile(false, true, new Path(f.getValue()), dst);
-          if (f.getKey().equals("secret") || f.getKey().startsWith("kafka-secret-")) {
+          if (isPrivate(f.getKey())) {
             fs.setPermission(dst, new FsPermission((short) 0600));
           }
           resources.put(f.getKey(), localResource(fs, dst));
@@ -212,6 +216,22 @@ public final class Client {
         new InputStreamReader(fs.open(new Path(stagingDir(conf, id), "secret")), StandardCharsets.UTF_8))) {
       System.out.println(in.readLine());
     }
+  }
+
+  /** Staged files only the application's user may read. */
+  static boolean isPrivate(String name) {
+    return name.equals("secret") || name.startsWith("kafka-secret-") || name.endsWith("-key.pem");
+  }
+
+  private static void staged(YarnConfiguration conf, ApplicationId id, String name) throws Exception {
+    if (isPrivate(name)) {
+      throw new IllegalArgumentException(name + " is a secret: `staged` prints no secret");
+    }
+    FileSystem fs = FileSystem.get(conf);
+    try (java.io.InputStream in = fs.open(new Path(stagingDir(conf, id), name))) {
+      in.transferTo(System.out);
+    }
+    System.out.flush();
   }
 
   static String oneLine(Object o) {

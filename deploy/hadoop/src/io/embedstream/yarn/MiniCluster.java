@@ -102,7 +102,8 @@ public final class MiniCluster {
       core.set("fs.defaultFS", dfs.getURI().toString());
       write(core, new File(confDir, "core-site.xml"));
       String ready = "{\"rm\": \"" + all.get(YarnConfiguration.RM_ADDRESS) + "\", \"hdfs\": \"" + dfs.getURI()
-          + "\", \"rm_web\": \"" + all.get(YarnConfiguration.RM_WEBAPP_ADDRESS) + "\"}\n";
+          + "\", \"rm_web\": \"" + all.get(YarnConfiguration.RM_WEBAPP_ADDRESS) + "\", \"datanode_port\": "
+          + dfs.getDataNodes().get(0).getXferPort() + "}\n";
       File tmp = new File(dir, "ready.tmp");
       Files.writeString(tmp.toPath(), ready, StandardCharsets.UTF_8);
       Files.move(tmp.toPath(), new File(dir, "ready").toPath(), StandardCopyOption.ATOMIC_MOVE);

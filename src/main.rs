@@ -280,6 +280,13 @@ enum Command {
         /// the spec's `[security] tls_*`.
         #[command(flatten)]
         tls: TlsFiles,
+        /// YARN with Kerberos: log in as this principal (with --keytab) instead of from the
+        /// ticket cache (`kinit`), as `spark-submit --principal`.
+        #[arg(long, requires = "keytab")]
+        principal: Option<String>,
+        /// YARN with Kerberos: the keytab of --principal.
+        #[arg(long, requires = "principal", value_name = "FILE")]
+        keytab: Option<PathBuf>,
     },
     /// List the queries running on this machine, or with --master the cluster's applications.
     #[command(
@@ -473,13 +480,30 @@ async fn dispatch(command: Command) -> Result<()> {
             };
             Ok(embedstream_cluster::node::run(args, client::stop_on_signal()).await?)
         }
-        Command::Submit { job, master, queue, name, max_attempts, conf, wait, driver_cores, driver_memory, tls } => {
+        Command::Submit {
+            job,
+            master,
+            queue,
+            name,
+            max_attempts,
+            conf,
+            wait,
+            driver_cores,
+            driver_memory,
+            tls,
+            principal,
+            keytab,
+        } => {
+            if principal.is_some() && master != client::Master::Yarn {
+                bail!("--principal and --keytab: for --master yarn (Kerberos); the other masters take a cluster token");
+            }
             match master {
                 client::Master::Local(n) => run(job, Some(n), &conf).await,
                 client::Master::Yarn => {
                     let am_memory_mb = embedstream_core::spec::parse_memory_mb(&driver_memory)
                         .with_context(|| format!("--driver-memory {driver_memory}: not a size such as 512m or 2g"))?;
-                    let options = yarn::SubmitOptions { name, queue, wait, am_memory_mb, max_attempts };
+                    let keytab = principal.zip(keytab);
+                    let options = yarn::SubmitOptions { name, queue, wait, am_memory_mb, max_attempts, keytab };
                     yarn::submit(&job, &conf, options).await
                 }
                 client::Master::Rm(address) => {

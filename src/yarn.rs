@@ -47,6 +47,9 @@ pub struct YarnClient {
     classpath: String,
     /// The cluster's configuration directory (`HADOOP_CONF_DIR`).
     conf_dir: PathBuf,
+    /// The JVM's system properties: the realm's file (Java ignores `KRB5_CONFIG`) and, for a
+    /// submit, the Kerberos login and the HDFS locations to get delegation tokens for.
+    properties: Vec<String>,
 }
 
 impl YarnClient {
@@ -65,13 +68,27 @@ impl YarnClient {
         }
         let jar = yarn_jar()?;
         let hadoop = hadoop_classpath()?;
-        Ok(YarnClient { classpath: format!("{}:{}:{hadoop}", conf_dir.display(), jar.display()), conf_dir })
+        let mut properties = Vec::new();
+        // Java reads krb5.conf from /etc or this property, never from KRB5_CONFIG, which MIT's
+        // tools and librdkafka read: the same realm for both.
+        if let Some(krb5) = std::env::var_os("KRB5_CONFIG").filter(|k| !k.is_empty()) {
+            properties.push(format!("-Djava.security.krb5.conf={}", PathBuf::from(krb5).display()));
+        }
+        Ok(YarnClient { classpath: format!("{}:{}:{hadoop}", conf_dir.display(), jar.display()), conf_dir, properties })
+    }
+
+    /// Logs in as `principal` from `keytab` (Kerberos), instead of from the ticket cache.
+    fn with_keytab(mut self, principal: &str, keytab: &Path) -> YarnClient {
+        self.properties.push(format!("-Dembedstream.principal={principal}"));
+        self.properties.push(format!("-Dembedstream.keytab={}", keytab.display()));
+        self
     }
 
     /// Runs one client command; its standard output, or its one-line error.
     async fn call(&self, args: &[String], timeout: Duration) -> Result<String> {
         let mut command = tokio::process::Command::new(java());
         command
+            .args(&self.properties)
             .arg("-cp")
             .arg(&self.classpath)
             .arg(CLIENT_CLASS)
@@ -190,6 +207,8 @@ pub struct SubmitOptions {
     pub am_memory_mb: u64,
     /// 0: the cluster's `yarn.resourcemanager.am.max-attempts`.
     pub max_attempts: u32,
+    /// Kerberos: the principal and keytab to log in with (else the ticket cache's).
+    pub keytab: Option<(String, PathBuf)>,
 }
 
 /// Checks the spec, stages what the application needs and submits it; prints its id.
@@ -201,7 +220,23 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
         on_hdfs("sink.path", &p.path)?;
     }
     spec.security.tls()?;
-    let yarn = YarnClient::from_env()?;
+    let mut yarn = YarnClient::from_env()?;
+    if let Some((principal, keytab)) = &options.keytab {
+        if !keytab.is_file() {
+            bail!("--keytab {}: no such file", keytab.display());
+        }
+        yarn = yarn.with_keytab(principal, keytab);
+    }
+    // Every HDFS the job touches gets a delegation token at submit (several NameNodes if the
+    // paths name several); the master's staging file system always does.
+    let mut hdfs: Vec<String> = vec![spec.checkpoint_location.display().to_string()];
+    if let SinkKind::Parquet(p) = &spec.sink.kind {
+        hdfs.push(p.path.display().to_string());
+    }
+    hdfs.extend(
+        spec.model_files_mut().into_iter().map(|(_, p)| p.display().to_string()).filter(|p| p.starts_with("hdfs://")),
+    );
+    yarn.properties.push(format!("-Dembedstream.hdfs={}", hdfs.join(",")));
     let staged = tempfile::Builder::new().prefix("embedstream-submit-").tempdir()?;
     let exe = std::env::current_exe().context("cannot find the embedstream binary to stage")?;
     let mut files: Vec<(String, PathBuf)> = vec![

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::capture::{Capture, Flow};
-use common::hadoop::{processes_with, HadoopCluster};
+use common::hadoop::{app_id, processes_with, HadoopCluster};
 use common::table::read_table;
 use common::*;
 use embedstream_core::store;
@@ -62,15 +62,6 @@ fn submit(hadoop: &HadoopCluster, job: &Job, extra: &[&str]) -> std::process::Co
     let mut c = hadoop.embedstream();
     c.arg("submit").arg(&job.path).args(["--master", "yarn", "--driver-memory", "512m"]).args(extra);
     c
-}
-
-fn app_id(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find(|l| l.starts_with("application_"))
-        .unwrap_or_else(|| panic!("no application id: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
-        .to_string()
 }
 
 /// Runs `submit --wait` to its end: the application id, once it SUCCEEDED (else the driver's

@@ -35,7 +35,20 @@ pub struct HadoopCluster {
     pub rm: String,
     /// The DataNode's data transfer port (block reads and writes).
     pub datanode_port: u16,
+    /// On a Kerberized cluster: the realm's krb5.conf and the test user's ticket cache.
+    pub kerberos: Option<Kerberos>,
 }
+
+/// A Kerberized cluster's realm, as its clients need it.
+pub struct Kerberos {
+    pub krb5_conf: PathBuf,
+    /// The test user's (`USER` below) ticket cache, from its keytab.
+    pub ccache: PathBuf,
+    pub user_keytab: PathBuf,
+}
+
+/// The test user's principal on a Kerberized cluster (`USER@REALM`).
+pub const USER: &str = "alice";
 
 pub fn hadoop_libs() -> PathBuf {
     let libs = cache().join("hadoop/libs");
@@ -49,12 +62,40 @@ pub fn yarn_jar() -> PathBuf {
 
 impl HadoopCluster {
     pub fn start() -> HadoopCluster {
+        HadoopCluster::start_with(None)
+    }
+
+    /// A Kerberized cluster on `kdc`'s realm: every server logs in as `hadoop/localhost`, and
+    /// [`USER`] has a keytab, a ticket cache and a home directory.
+    pub fn start_secure(kdc: &super::kdc::Kdc) -> HadoopCluster {
+        HadoopCluster::start_with(Some(kdc))
+    }
+
+    fn start_with(kdc: Option<&super::kdc::Kdc>) -> HadoopCluster {
         let dir = tempfile::tempdir().unwrap();
         let libs = format!("{}/*", hadoop_libs().display());
         let log = std::fs::File::create(dir.path().join("cluster.log")).unwrap();
         let mut java = Command::new("java");
         for o in ADD_OPENS {
             java.arg("--add-opens").arg(format!("{o}=ALL-UNNAMED"));
+        }
+        let mut kerberos = None;
+        let mut secure_args = Vec::new();
+        if let Some(kdc) = kdc {
+            let service = kdc.add_principal("hadoop/localhost");
+            let http = kdc.add_principal("HTTP/localhost");
+            let user_keytab = kdc.add_principal(USER);
+            let ccache = dir.path().join("alice.ccache");
+            kdc.kinit(USER, &user_keytab, &ccache);
+            java.arg(format!("-Djava.security.krb5.conf={}", kdc.krb5_conf().display()));
+            secure_args = vec![
+                format!("hadoop/localhost@{}", super::kdc::REALM),
+                service.display().to_string(),
+                http.display().to_string(),
+                kdc.krb5_conf().display().to_string(),
+                USER.to_string(),
+            ];
+            kerberos = Some(Kerberos { krb5_conf: kdc.krb5_conf(), ccache, user_keytab });
         }
         let mut child = java
             .arg("-Xmx1g")
@@ -63,6 +104,7 @@ impl HadoopCluster {
             .arg("io.embedstream.yarn.MiniCluster")
             .arg(dir.path())
             .arg(&libs)
+            .args(&secure_args)
             // MiniYARNCluster keeps its NodeManagers' directories under ./target.
             .current_dir(dir.path())
             .stdin(Stdio::piped())
@@ -88,15 +130,21 @@ impl HadoopCluster {
             hdfs: ready["hdfs"].as_str().unwrap().trim_end_matches('/').to_string(),
             rm: ready["rm"].as_str().unwrap().to_string(),
             datanode_port: ready["datanode_port"].as_u64().unwrap() as u16,
+            kerberos,
             dir,
             conf_dir,
         }
     }
 
-    /// `embedstream` with HADOOP_CONF_DIR set to this cluster's configuration.
+    /// `embedstream` with HADOOP_CONF_DIR set to this cluster's configuration (and, on a
+    /// Kerberized one, KRB5_CONFIG to its realm's, with no ticket: the test gives one or not).
     pub fn embedstream(&self) -> Command {
         let mut c = embedstream();
         c.env("HADOOP_CONF_DIR", &self.conf_dir);
+        if let Some(k) = &self.kerberos {
+            c.env("KRB5_CONFIG", &k.krb5_conf)
+                .env("KRB5CCNAME", format!("FILE:{}", self.dir.path().join("no-ticket").display()));
+        }
         c
     }
 
@@ -107,7 +155,12 @@ impl HadoopCluster {
 
     /// Hadoop's own YARN client (`deploy/hadoop/src/.../Client.java`) on this cluster.
     fn client(&self, args: &[&str]) -> String {
-        let out = Command::new("java")
+        let mut java = Command::new("java");
+        if let Some(k) = &self.kerberos {
+            java.arg(format!("-Djava.security.krb5.conf={}", k.krb5_conf.display()))
+                .env("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
+        }
+        let out = java
             .arg("-cp")
             .arg(format!("{}:{}:{}/*", self.conf_dir.display(), yarn_jar().display(), hadoop_libs().display()))
             .arg("io.embedstream.yarn.Client")
@@ -215,6 +268,16 @@ impl Drop for HadoopCluster {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The application id a `submit --master yarn` printed.
+pub fn app_id(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find(|l| l.starts_with("application_"))
+        .unwrap_or_else(|| panic!("no application id: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+        .to_string()
 }
 
 /// Processes whose command line contains every one of `words`: (pid, command line).

@@ -74,6 +74,13 @@ impl Kdc {
         keytab
     }
 
+    /// Logs `name@REALM` in from `keytab` into the ticket cache `ccache` (a file), as `kinit -kt`.
+    pub fn kinit(&self, name: &str, keytab: &Path, ccache: &Path) {
+        let cache = format!("FILE:{}", ccache.display());
+        let principal = format!("{name}@{REALM}");
+        run(self.dir.path(), Command::new("kinit").args(["-kt"]).arg(keytab).args(["-c", &cache, &principal]));
+    }
+
     /// Deletes `name@REALM` from the KDC (its keytabs stay, and no longer work).
     pub fn delete_principal(&self, name: &str) {
         self.kadmin(&format!("delprinc -force {name}@{REALM}"));

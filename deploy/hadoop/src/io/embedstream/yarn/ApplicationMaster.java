@@ -32,6 +32,7 @@ import java.io.File;
 import java.io.InputStreamReader;
 import java.io.OutputStreamWriter;
 import java.io.PrintWriter;
+import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -43,6 +44,12 @@ import java.util.Set;
 
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.io.DataOutputBuffer;
+import org.apache.hadoop.io.Text;
+import org.apache.hadoop.security.Credentials;
+import org.apache.hadoop.security.UserGroupInformation;
+import org.apache.hadoop.security.token.Token;
+import org.apache.hadoop.security.token.TokenIdentifier;
 import org.apache.hadoop.yarn.api.ApplicationConstants;
 import org.apache.hadoop.yarn.api.protocolrecords.AllocateResponse;
 import org.apache.hadoop.yarn.api.protocolrecords.RegisterApplicationMasterResponse;
@@ -59,6 +66,7 @@ import org.apache.hadoop.yarn.client.api.AMRMClient;
 import org.apache.hadoop.yarn.client.api.AMRMClient.ContainerRequest;
 import org.apache.hadoop.yarn.client.api.NMClient;
 import org.apache.hadoop.yarn.conf.YarnConfiguration;
+import org.apache.hadoop.yarn.security.AMRMTokenIdentifier;
 
 public final class ApplicationMaster {
   /** The staging directory's URI, set by the client in the master's environment. */
@@ -245,7 +253,7 @@ public final class ApplicationMaster {
     out.println("end");
   }
 
-  private ContainerLaunchContext executorContext(Container c) {
+  private ContainerLaunchContext executorContext(Container c) throws java.io.IOException {
     String log = ApplicationConstants.LOG_DIR_EXPANSION_VAR;
     String command = "./embedstream executor --driver " + driverUrl + " --executor-id " + c.getId()
         + " --cores " + c.getResource().getVirtualCores() + " --listen "
@@ -256,6 +264,26 @@ public final class ApplicationMaster {
     if (executorFiles.containsKey("core-site.xml")) {
       env.put("HADOOP_CONF_DIR", ApplicationConstants.Environment.PWD.$$());
     }
-    return ContainerLaunchContext.newInstance(executorFiles, env, List.of(command), null, null, null);
+    return ContainerLaunchContext.newInstance(executorFiles, env, List.of(command), null, executorTokens(), null);
+  }
+
+  /**
+   * What the executors' containers get of this master's tokens (the HDFS delegation tokens the
+   * client gave the application): all but the master's own AMRM token. None without Kerberos.
+   */
+  private ByteBuffer executorTokens() throws java.io.IOException {
+    if (!UserGroupInformation.isSecurityEnabled()) {
+      return null;
+    }
+    Credentials mine = UserGroupInformation.getCurrentUser().getCredentials();
+    Credentials theirs = new Credentials();
+    for (Map.Entry<Text, Token<? extends TokenIdentifier>> t : mine.getTokenMap().entrySet()) {
+      if (!t.getValue().getKind().equals(AMRMTokenIdentifier.KIND_NAME)) {
+        theirs.addToken(t.getKey(), t.getValue());
+      }
+    }
+    DataOutputBuffer out = new DataOutputBuffer();
+    theirs.writeTokenStorageToStream(out);
+    return ByteBuffer.wrap(out.getData(), 0, out.getLength());
   }
 }

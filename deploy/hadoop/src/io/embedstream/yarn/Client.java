@@ -14,11 +14,21 @@
 //   Client kill    APP_ID      asks YARN to kill the application.
 //   Client cleanup APP_ID      removes the staging directory (after an application that ended
 //                              without its master cleaning up: killed, or failed to start).
+// On a Kerberized cluster (hadoop.security.authentication = kerberos) every command logs in first:
+// from the keytab of -Dembedstream.principal/-Dembedstream.keytab when given, else from the
+// ticket cache (`kinit`, KRB5CCNAME); with neither it refuses at once, naming Kerberos. `submit`
+// then gets HDFS delegation tokens, renewed by the ResourceManager, for the default file system
+// and every -Dembedstream.hdfs URI (the job's checkpoint, table, model files; comma-separated),
+// and gives them to the master's container. Each token is also named by its NameNode's address
+// as the job writes it (Hadoop names it by IP), which is how the driver and executors' HDFS
+// client finds it.
 // Errors go to standard error, one line, and exit 1. The RM is given a bounded time: the
 // connection settings below unless the cluster's configuration sets them.
 package io.embedstream.yarn;
 
 import java.io.BufferedReader;
+import java.net.URI;
+import java.nio.ByteBuffer;
 import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
@@ -30,6 +40,12 @@ import org.apache.hadoop.fs.FileStatus;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
 import org.apache.hadoop.fs.permission.FsPermission;
+import org.apache.hadoop.io.DataOutputBuffer;
+import org.apache.hadoop.io.Text;
+import org.apache.hadoop.security.Credentials;
+import org.apache.hadoop.security.SecurityUtil;
+import org.apache.hadoop.security.UserGroupInformation;
+import org.apache.hadoop.security.token.Token;
 import org.apache.hadoop.yarn.api.ApplicationConstants;
 import org.apache.hadoop.yarn.api.records.ApplicationId;
 import org.apache.hadoop.yarn.api.records.ApplicationReport;
@@ -42,6 +58,7 @@ import org.apache.hadoop.yarn.api.records.Resource;
 import org.apache.hadoop.yarn.api.records.URL;
 import org.apache.hadoop.yarn.client.api.YarnClient;
 import org.apache.hadoop.yarn.client.api.YarnClientApplication;
+import org.apache.hadoop.yarn.client.util.YarnClientUtils;
 import org.apache.hadoop.yarn.conf.YarnConfiguration;
 
 public final class Client {
@@ -66,6 +83,7 @@ public final class Client {
       conf.setInt("ipc.client.connect.max.retries", 0);
       conf.setInt("ipc.client.connect.max.retries.on.timeouts", 0);
       conf.setInt("ipc.client.connect.timeout", 3_000);
+      login(conf);
       switch (args[0]) {
         case "submit":
           submit(conf, args);
@@ -161,7 +179,8 @@ public final class Client {
         String command = ApplicationConstants.Environment.JAVA_HOME.$$() + "/bin/java -Xmx128m "
             + ApplicationMaster.class.getName() + " 1>" + ApplicationConstants.LOG_DIR_EXPANSION_VAR
             + "/stdout 2>" + ApplicationConstants.LOG_DIR_EXPANSION_VAR + "/stderr";
-        ContainerLaunchContext am = ContainerLaunchContext.newInstance(resources, env, List.of(command), null, null, null);
+        ContainerLaunchContext am =
+            ContainerLaunchContext.newInstance(resources, env, List.of(command), null, delegationTokens(conf), null);
         context.setApplicationName(name);
         context.setApplicationType(APP_TYPE);
         context.setQueue(queue);
@@ -215,6 +234,76 @@ public final class Client {
     try (BufferedReader in = new BufferedReader(
         new InputStreamReader(fs.open(new Path(stagingDir(conf, id), "secret")), StandardCharsets.UTF_8))) {
       System.out.println(in.readLine());
+    }
+  }
+
+  /**
+   * Kerberos, where the cluster has it: logs in from the keytab given, else takes the ticket
+   * cache's login; refuses without a ticket, before anything is called or written.
+   */
+  static void login(YarnConfiguration conf) throws Exception {
+    UserGroupInformation.setConfiguration(conf);
+    if (!UserGroupInformation.isSecurityEnabled()) {
+      return;
+    }
+    String principal = System.getProperty("embedstream.principal", "");
+    if (!principal.isEmpty()) {
+      UserGroupInformation.loginUserFromKeytab(principal, System.getProperty("embedstream.keytab", ""));
+    }
+    UserGroupInformation user = UserGroupInformation.getLoginUser();
+    if (!user.hasKerberosCredentials()) {
+      throw new IllegalStateException("Kerberos: the cluster requires it (hadoop.security.authentication = kerberos)"
+          + " and " + user.getUserName() + " has no ticket: pass --principal and --keytab, or run kinit first");
+    }
+  }
+
+  /**
+   * The application's HDFS delegation tokens (none without Kerberos), renewable by the
+   * ResourceManager, which renews them while the application runs.
+   */
+  private static ByteBuffer delegationTokens(YarnConfiguration conf) throws Exception {
+    if (!UserGroupInformation.isSecurityEnabled()) {
+      return null;
+    }
+    Credentials creds = new Credentials();
+    String renewer = YarnClientUtils.getRmPrincipal(conf);
+    List<String> uris = new ArrayList<>();
+    uris.add(FileSystem.getDefaultUri(conf).toString());
+    for (String u : System.getProperty("embedstream.hdfs", "").split(",")) {
+      if (!u.isEmpty()) {
+        uris.add(u);
+      }
+    }
+    for (String u : uris) {
+      FileSystem fs = new Path(u).getFileSystem(conf);
+      fs.addDelegationTokens(renewer, creds);
+      alias(creds, fs.getUri());
+    }
+    DataOutputBuffer out = new DataOutputBuffer();
+    creds.writeTokenStorageToStream(out);
+    return ByteBuffer.wrap(out.getData(), 0, out.getLength());
+  }
+
+  /**
+   * Names the tokens of the NameNode at `uri` also by `uri`'s HOST:PORT as written: Hadoop names
+   * them by IP; the Rust HDFS client looks them up by the URL's text. (An HA name service's
+   * tokens are named by it, `ha-hdfs:NAMESERVICE`, in both.)
+   */
+  private static void alias(Credentials creds, URI uri) {
+    if (uri.getPort() < 0) {
+      return;
+    }
+    Text byIp = SecurityUtil.buildTokenService(uri);
+    Text asWritten = new Text(uri.getHost() + ":" + uri.getPort());
+    if (byIp.equals(asWritten)) {
+      return;
+    }
+    for (Token<?> t : new ArrayList<>(creds.getAllTokens())) {
+      if (t.getService().equals(byIp)) {
+        Token<?> copy = new Token<>(t);
+        copy.setService(asWritten);
+        creds.addToken(asWritten, copy);
+      }
     }
   }
 

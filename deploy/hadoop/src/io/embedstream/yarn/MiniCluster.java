@@ -2,7 +2,14 @@
 // processes, a NameNode and a DataNode) in this one JVM, on loopback, for tests/yarn.rs.
 //
 //   java -cp "$EMBEDSTREAM_CACHE/hadoop/libs/*:embedstream-yarn.jar" io.embedstream.yarn.MiniCluster \
-//        DIR APP_CLASSPATH
+//        DIR APP_CLASSPATH [PRINCIPAL KEYTAB HTTP_KEYTAB KRB5_CONF USER]
+//
+// With the last five, the cluster is Kerberized (hadoop.security.authentication = kerberos), as a
+// production one: every server logs in as PRINCIPAL (`service/localhost@REALM`; Hadoop allows
+// one login user per JVM, so HDFS and YARN share it), the NameNode's web endpoint as
+// HTTP/localhost@REALM from HTTP_KEYTAB, block access tokens; USER (the test's user principal's short name) gets /user/USER, and
+// /checkpoints and /tables are open to all. The JVM needs -Djava.security.krb5.conf=KRB5_CONF
+// (Java ignores KRB5_CONFIG); containers get it through yarn.nodemanager.admin-env.
 //
 // Writes DIR/conf/{core-site,yarn-site}.xml (what HADOOP_CONF_DIR points a client at), then
 // DIR/ready, and runs until its standard input closes (the test that started it ended) or it is
@@ -18,6 +25,9 @@ import java.nio.file.Files;
 import java.nio.file.StandardCopyOption;
 
 import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.fs.permission.FsPermission;
+import org.apache.hadoop.security.UserGroupInformation;
 import org.apache.hadoop.hdfs.MiniDFSCluster;
 import org.apache.hadoop.yarn.conf.YarnConfiguration;
 import org.apache.hadoop.yarn.server.MiniYARNCluster;
@@ -26,10 +36,11 @@ public final class MiniCluster {
   private MiniCluster() {}
 
   public static void main(String[] args) throws Exception {
-    if (args.length != 2) {
-      System.err.println("usage: MiniCluster DIR APP_CLASSPATH");
+    if (args.length != 2 && args.length != 7) {
+      System.err.println("usage: MiniCluster DIR APP_CLASSPATH [PRINCIPAL KEYTAB HTTP_KEYTAB KRB5_CONF USER]");
       System.exit(2);
     }
+    boolean secure = args.length == 7;
     File dir = new File(args[0]).getAbsoluteFile();
     File confDir = new File(dir, "conf");
     if (!confDir.mkdirs() && !confDir.isDirectory()) {
@@ -78,8 +89,22 @@ public final class MiniCluster {
     // The test machine's disk may be fuller than YARN's default 90%.
     conf.setFloat("yarn.nodemanager.disk-health-checker.max-disk-utilization-per-disk-percentage", 99.5f);
 
+    if (secure) {
+      kerberize(conf, args[2], args[3], args[4], args[5]);
+    }
+
     MiniDFSCluster dfs = new MiniDFSCluster.Builder(conf, new File(dir, "dfs")).numDataNodes(1).build();
     dfs.waitActive();
+    if (secure) {
+      org.apache.hadoop.fs.FileSystem fs = dfs.getFileSystem();
+      Path home = new Path("/user/" + args[6]);
+      fs.mkdirs(home);
+      fs.setOwner(home, args[6], null);
+      for (String open : new String[] {"/checkpoints", "/tables"}) {
+        fs.mkdirs(new Path(open));
+        fs.setPermission(new Path(open), new FsPermission((short) 0777));
+      }
+    }
     conf.set("fs.defaultFS", dfs.getURI().toString());
     MiniYARNCluster yarn = new MiniYARNCluster("embedstream", 2, 1, 1);
     Runnable stop = () -> {
@@ -100,6 +125,17 @@ public final class MiniCluster {
       write(all, new File(confDir, "yarn-site.xml"));
       Configuration core = new Configuration(false);
       core.set("fs.defaultFS", dfs.getURI().toString());
+      if (secure) {
+        for (String key : new String[] {"hadoop.security.authentication", "hadoop.security.authorization"}) {
+          core.set(key, conf.get(key));
+        }
+        Configuration hdfs = new Configuration(false);
+        for (String key : new String[] {"dfs.namenode.kerberos.principal", "dfs.datanode.kerberos.principal",
+            "dfs.block.access.token.enable"}) {
+          hdfs.set(key, conf.get(key));
+        }
+        write(hdfs, new File(confDir, "hdfs-site.xml"));
+      }
       write(core, new File(confDir, "core-site.xml"));
       String ready = "{\"rm\": \"" + all.get(YarnConfiguration.RM_ADDRESS) + "\", \"hdfs\": \"" + dfs.getURI()
           + "\", \"rm_web\": \"" + all.get(YarnConfiguration.RM_WEBAPP_ADDRESS) + "\", \"datanode_port\": "
@@ -119,6 +155,36 @@ public final class MiniCluster {
     }
     // HDFS leaves threads that are not daemons: exit, running the hook that stops the cluster.
     System.exit(0);
+  }
+
+  /** Kerberos for every server of the cluster, as a production cluster has it. */
+  private static void kerberize(YarnConfiguration conf, String principal, String keytab, String httpKeytab,
+      String krb5) throws java.io.IOException {
+    String realm = principal.substring(principal.indexOf('@') + 1);
+    conf.set("hadoop.security.authentication", "kerberos");
+    conf.set("hadoop.security.authorization", "true");
+    conf.set("dfs.namenode.kerberos.principal", principal);
+    conf.set("dfs.namenode.keytab.file", keytab);
+    conf.set("dfs.datanode.kerberos.principal", principal);
+    conf.set("dfs.datanode.keytab.file", keytab);
+    conf.set("dfs.web.authentication.kerberos.principal", "HTTP/localhost@" + realm);
+    conf.set("dfs.web.authentication.kerberos.keytab", httpKeytab);
+    conf.setBoolean("dfs.block.access.token.enable", true);
+    // A secure DataNode wants privileged ports, or SASL on data transfer with HTTPS; a test on
+    // loopback has neither. (SASL on data transfer is not set: the mini cluster's NodeManagers
+    // localize with a configuration of their own that does not take it, and their reads fail.)
+    conf.setBoolean("ignore.secure.ports.for.testing", true);
+    conf.set("yarn.resourcemanager.principal", principal);
+    conf.set("yarn.resourcemanager.keytab", keytab);
+    conf.set("yarn.nodemanager.principal", principal);
+    conf.set("yarn.nodemanager.keytab", keytab);
+    // Java ignores KRB5_CONFIG: containers' JVMs (the master) get the realm's file this way.
+    conf.set("yarn.nodemanager.admin-env", "MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX,KRB5_CONFIG=" + krb5
+        + ",JAVA_TOOL_OPTIONS=-Djava.security.krb5.conf=" + krb5);
+    conf.set("yarn.nodemanager.container-localizer.java.opts", "-Xmx256m -Djava.security.krb5.conf=" + krb5);
+    UserGroupInformation.setConfiguration(conf);
+    // MiniYARNCluster does not log its servers in: one login for the JVM, as their principal.
+    UserGroupInformation.loginUserFromKeytab(principal, keytab);
   }
 
   private static void waitForNodeManagers(MiniYARNCluster yarn, int wanted) throws InterruptedException {

@@ -1,0 +1,129 @@
+//! `--master yarn` on a Kerberized Hadoop (issue 39): Hadoop's own mini cluster with
+//! `hadoop.security.authentication = kerberos` on a realm of its own (Debian's MIT KDC,
+//! `tests/common/kdc.rs`): service principals for the NameNode, DataNode, ResourceManager and
+//! NodeManagers, block access tokens and SASL on data transfer; a user principal with a keytab.
+//!
+//! A test binary of its own: this process reads the table as the test user, through
+//! HADOOP_CONF_DIR and a ticket cache, which would not do for the cluster without Kerberos.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::hadoop::{app_id, HadoopCluster, USER};
+use common::kdc::{Kdc, REALM};
+use common::table::read_table;
+use common::*;
+use embedstream_core::store;
+
+struct Secure {
+    /// Stopped after the cluster (fields drop in order).
+    hadoop: HadoopCluster,
+    _kdc: Kdc,
+}
+
+fn secure() -> &'static Secure {
+    static SECURE: OnceLock<Secure> = OnceLock::new();
+    SECURE.get_or_init(|| {
+        let started = Instant::now();
+        let kdc = Kdc::start();
+        let hadoop = HadoopCluster::start_secure(&kdc);
+        eprintln!("the Kerberized mini cluster started in {:.1} s", started.elapsed().as_secs_f64());
+        // This process reads HDFS as the test user, with its ticket, as `hdfs dfs` would.
+        let k = hadoop.kerberos.as_ref().unwrap();
+        std::env::set_var("HADOOP_CONF_DIR", &hadoop.conf_dir);
+        std::env::set_var("KRB5_CONFIG", &k.krb5_conf);
+        std::env::set_var("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
+        Secure { hadoop, _kdc: kdc }
+    })
+}
+
+fn staging(hadoop: &HadoopCluster) -> PathBuf {
+    hadoop.url(&format!("/user/{USER}/.embedstream-staging"))
+}
+
+/// Items 1, 2 and 7: without a ticket or keytab `submit` fails at once, in one line naming
+/// Kerberos, and writes nothing. With `--principal --keytab` it logs in, gets HDFS delegation
+/// tokens for the job's HDFS and hands them to the application: the master, the driver and the
+/// executors write the checkpoint and the Parquet table with them (no keytab leaves this
+/// machine), every record once. The admin commands work with the user's ticket (`kinit`).
+#[test]
+fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
+    let Secure { hadoop, .. } = secure();
+    let k = hadoop.kerberos.as_ref().unwrap();
+    let name = "secure-all";
+    let broker = Broker::start();
+    let inputs = texts(60, 5);
+    broker.create_topic(name, 2);
+    broker.produce_texts(name, 2, 0, &inputs);
+    let table = hadoop.url(&format!("/tables/{name}"));
+    let source = format!("subscribe = [\"{name}\"]\nmax_offsets_per_trigger = 40");
+    let executors = "[executors]\ncount = 2\ncores = 1\nmemory = \"800m\"\nmemory_overhead = \"400m\"\n";
+    let job = Job::new(&broker, name, &source, "processing_time = \"500ms\"", executors).with_parquet_sink(&table);
+    let text = std::fs::read_to_string(&job.path).unwrap();
+    let line = text.lines().find(|l| l.starts_with("checkpoint_location")).unwrap().to_string();
+    let checkpoint = hadoop.url(&format!("/checkpoints/{name}"));
+    let text = text.replace(&line, &format!("checkpoint_location = \"{}\"", checkpoint.display()));
+    std::fs::write(&job.path, text).unwrap();
+    let submit = |extra: &[&str]| {
+        let mut c = hadoop.embedstream();
+        c.arg("submit").arg(&job.path).args(["--master", "yarn", "--driver-memory", "512m"]).args(extra);
+        run_to_end(c, Duration::from_secs(120))
+    };
+
+    // No ticket (the command's ticket cache is empty) and no keytab: refused in one line.
+    let out = submit(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "submit without credentials: {stderr}");
+    let said: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(said.len(), 1, "one line: {stderr}");
+    assert!(said[0].contains("Kerberos") && said[0].contains("--principal and --keytab"), "{stderr}");
+    assert_eq!(store::list(&staging(hadoop)).unwrap(), None, "nothing was staged");
+    assert_eq!(store::list(&checkpoint).unwrap(), None, "nothing was written");
+
+    let principal = format!("{USER}@{REALM}");
+    let keytab = k.user_keytab.display().to_string();
+    let out = submit(&["--principal", &principal, "--keytab", &keytab]);
+    assert!(out.status.success(), "submit with a keytab: {}", String::from_utf8_lossy(&out.stderr));
+    let app = app_id(&out);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while read_table(&table).1 < inputs.len() {
+        let report = hadoop.report(&app);
+        let ended = matches!(report["state"].as_str(), "FINISHED" | "FAILED" | "KILLED");
+        assert!(
+            Instant::now() < deadline && !ended,
+            "the table did not fill: {report:?}\n{}\n{}\n{}",
+            hadoop.logs(&app, "driver.log"),
+            hadoop.logs(&app, "stderr"),
+            hadoop.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (rows, count) = read_table(&table);
+    assert_eq!(count, inputs.len(), "each record once");
+    let written: BTreeSet<&str> = rows.values().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(written, inputs.iter().map(String::as_str).collect::<BTreeSet<_>>());
+
+    // The keytab stayed on this machine: only the tokens travelled.
+    let staged: Vec<String> =
+        store::list(&staging(hadoop).join(&app)).unwrap().unwrap_or_default().into_iter().map(|e| e.name).collect();
+    assert!(!staged.is_empty() && !staged.iter().any(|f| f.contains("keytab")), "{staged:?}");
+
+    // The admin commands with the user's ticket.
+    let admin = |args: &[&str]| {
+        let mut c = hadoop.embedstream();
+        c.args(args)
+            .args(["--master", "yarn", "--app", &app])
+            .env("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
+        run_to_end(c, Duration::from_secs(60))
+    };
+    let out = admin(&["progress"]);
+    assert!(out.status.success(), "progress: {}", String::from_utf8_lossy(&out.stderr));
+    let out = admin(&["stop"]);
+    assert!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
+    let report = hadoop.wait_for_end(&app, Duration::from_secs(120));
+    assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
+}

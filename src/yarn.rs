@@ -265,6 +265,18 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
         embedstream_core::durable::write_private(&file, secret.expose().as_bytes())?;
         files.push((name, file));
     }
+    // The files librdkafka reads (a Kerberos keytab for GSSAPI, TLS files) travel too, to every
+    // container of the application, the secret ones as private files (0600); each property
+    // then names its staged copy in the container's directory.
+    for (i, (property, private, path)) in spec.kafka_files_mut().into_iter().enumerate() {
+        let local = PathBuf::from(path.as_str());
+        if !local.is_file() {
+            bail!("{property}: {}: no such file on this machine, which stages it for YARN", local.display());
+        }
+        let link = format!("kafka-{}-{i}", if private { "private" } else { "file" });
+        files.push((link.clone(), local));
+        *path = link;
+    }
     // This machine's Hadoop configuration travels with the application, as Spark's does: the
     // master points its driver and executors at it (HADOOP_CONF_DIR), so that they resolve
     // `hdfs:///` (fs.defaultFS) and HA name services as `submit` did.

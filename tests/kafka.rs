@@ -416,17 +416,8 @@ fn in_a_three_broker_cluster_a_leader_killed_mid_query_loses_nothing_and_outputs
 #[test]
 fn a_query_authenticates_with_kerberos_against_a_real_kdc_and_an_unknown_principal_stops_it_first() {
     let kdc = kdc::Kdc::start();
-    let broker_keytab = kdc.add_principal("kafka/127.0.0.1");
     let client_keytab = kdc.add_principal("embedstream");
-    let gssapi = format!(
-        "sasl.enabled.mechanisms=GSSAPI\nsasl.kerberos.service.name=kafka\n\
-         listener.name.sasl_plaintext.gssapi.sasl.jaas.config=com.sun.security.auth.module.Krb5LoginModule required \
-         useKeyTab=true storeKey=true keyTab=\"{}\" principal=\"kafka/127.0.0.1@{}\";\n",
-        broker_keytab.display(),
-        kdc::REALM
-    );
-    let java = format!("-Djava.security.krb5.conf={}", kdc.krb5_conf().display());
-    let broker = Broker::start_with_env(&["SASL_PLAINTEXT"], &gssapi, &[("KAFKA_OPTS", &java)]);
+    let broker = Broker::start_kerberized(&kdc);
     broker.create_topic("kerberos", 2);
     broker.produce_texts("kerberos", 2, 0, &texts(12, 13));
     let listener = broker.listener("SASL_PLAINTEXT").to_string();

@@ -10,7 +10,8 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::process::Output;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::hadoop::{app_id, HadoopCluster, USER};
@@ -20,9 +21,9 @@ use common::*;
 use embedstream_core::store;
 
 struct Secure {
-    /// Stopped after the cluster (fields drop in order).
+    /// Stopped before the KDC (fields drop in order).
     hadoop: HadoopCluster,
-    _kdc: Kdc,
+    kdc: Kdc,
 }
 
 fn secure() -> &'static Secure {
@@ -37,8 +38,49 @@ fn secure() -> &'static Secure {
         std::env::set_var("HADOOP_CONF_DIR", &hadoop.conf_dir);
         std::env::set_var("KRB5_CONFIG", &k.krb5_conf);
         std::env::set_var("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
-        Secure { hadoop, _kdc: kdc }
+        Secure { hadoop, kdc }
     })
+}
+
+/// One application at a time: each wants most of the two NodeManagers.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A job reading topic `name` into a Parquet table on HDFS, its checkpoint there too, with
+/// `source_kafka` in its `[source.kafka]` and `rest` appended.
+fn secure_job(broker: &Broker, hadoop: &HadoopCluster, name: &str, trigger: &str, rest: &str) -> (Job, PathBuf) {
+    let table = hadoop.url(&format!("/tables/{name}"));
+    let source = format!("subscribe = [\"{name}\"]\nmax_offsets_per_trigger = 40");
+    let job = Job::new(broker, name, &source, trigger, rest).with_parquet_sink(&table);
+    let text = std::fs::read_to_string(&job.path).unwrap();
+    let line = text.lines().find(|l| l.starts_with("checkpoint_location")).unwrap().to_string();
+    let checkpoint = hadoop.url(&format!("/checkpoints/{name}"));
+    let text = text.replace(&line, &format!("checkpoint_location = \"{}\"", checkpoint.display()));
+    std::fs::write(&job.path, text).unwrap();
+    (job, table)
+}
+
+/// `submit --master yarn` of `job` as the test user, with `extra` arguments.
+fn submit(hadoop: &HadoopCluster, job: &Job, extra: &[&str]) -> Output {
+    let mut c = hadoop.embedstream();
+    c.arg("submit").arg(&job.path).args(["--master", "yarn", "--driver-memory", "512m"]).args(extra);
+    run_to_end(c, Duration::from_secs(300))
+}
+
+/// `--principal USER@REALM --keytab USER's keytab`
+fn keytab_login(hadoop: &HadoopCluster) -> [String; 4] {
+    let k = hadoop.kerberos.as_ref().unwrap();
+    ["--principal".into(), format!("{USER}@{REALM}"), "--keytab".into(), k.user_keytab.display().to_string()]
+}
+
+/// Every input once in the table, read through its manifests.
+fn assert_each_record_once(table: &std::path::Path, inputs: &[String]) {
+    let (rows, count) = read_table(table);
+    assert_eq!(count, inputs.len(), "each record once");
+    let written: BTreeSet<&str> = rows.values().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(written, inputs.iter().map(String::as_str).collect::<BTreeSet<_>>());
 }
 
 fn staging(hadoop: &HadoopCluster) -> PathBuf {
@@ -52,6 +94,7 @@ fn staging(hadoop: &HadoopCluster) -> PathBuf {
 /// machine), every record once. The admin commands work with the user's ticket (`kinit`).
 #[test]
 fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
+    let _serial = one_at_a_time();
     let Secure { hadoop, .. } = secure();
     let k = hadoop.kerberos.as_ref().unwrap();
     let name = "secure-all";
@@ -59,34 +102,23 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     let inputs = texts(60, 5);
     broker.create_topic(name, 2);
     broker.produce_texts(name, 2, 0, &inputs);
-    let table = hadoop.url(&format!("/tables/{name}"));
-    let source = format!("subscribe = [\"{name}\"]\nmax_offsets_per_trigger = 40");
     let executors = "[executors]\ncount = 2\ncores = 1\nmemory = \"800m\"\nmemory_overhead = \"400m\"\n";
-    let job = Job::new(&broker, name, &source, "processing_time = \"500ms\"", executors).with_parquet_sink(&table);
-    let text = std::fs::read_to_string(&job.path).unwrap();
-    let line = text.lines().find(|l| l.starts_with("checkpoint_location")).unwrap().to_string();
+    let (job, table) = secure_job(&broker, hadoop, name, "processing_time = \"500ms\"", executors);
     let checkpoint = hadoop.url(&format!("/checkpoints/{name}"));
-    let text = text.replace(&line, &format!("checkpoint_location = \"{}\"", checkpoint.display()));
-    std::fs::write(&job.path, text).unwrap();
-    let submit = |extra: &[&str]| {
-        let mut c = hadoop.embedstream();
-        c.arg("submit").arg(&job.path).args(["--master", "yarn", "--driver-memory", "512m"]).args(extra);
-        run_to_end(c, Duration::from_secs(120))
-    };
 
     // No ticket (the command's ticket cache is empty) and no keytab: refused in one line.
-    let out = submit(&[]);
+    let staged_before = store::list(&staging(hadoop)).unwrap().map(|e| e.len());
+    let out = submit(hadoop, &job, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "submit without credentials: {stderr}");
     let said: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(said.len(), 1, "one line: {stderr}");
     assert!(said[0].contains("Kerberos") && said[0].contains("--principal and --keytab"), "{stderr}");
-    assert_eq!(store::list(&staging(hadoop)).unwrap(), None, "nothing was staged");
+    assert_eq!(store::list(&staging(hadoop)).unwrap().map(|e| e.len()), staged_before, "nothing was staged");
     assert_eq!(store::list(&checkpoint).unwrap(), None, "nothing was written");
 
-    let principal = format!("{USER}@{REALM}");
-    let keytab = k.user_keytab.display().to_string();
-    let out = submit(&["--principal", &principal, "--keytab", &keytab]);
+    let login = keytab_login(hadoop);
+    let out = submit(hadoop, &job, &login.each_ref().map(String::as_str));
     assert!(out.status.success(), "submit with a keytab: {}", String::from_utf8_lossy(&out.stderr));
     let app = app_id(&out);
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -102,10 +134,7 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (rows, count) = read_table(&table);
-    assert_eq!(count, inputs.len(), "each record once");
-    let written: BTreeSet<&str> = rows.values().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(written, inputs.iter().map(String::as_str).collect::<BTreeSet<_>>());
+    assert_each_record_once(&table, &inputs);
 
     // The keytab stayed on this machine: only the tokens travelled.
     let staged: Vec<String> =
@@ -126,4 +155,45 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     assert!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
     let report = hadoop.wait_for_end(&app, Duration::from_secs(120));
     assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
+}
+
+/// Item 4: a Kafka source over SASL/GSSAPI read from YARN containers. The spec names the Kafka
+/// client's keytab on the submitting machine; `submit` stages it as a private file of the
+/// application (librdkafka has no use for Kafka delegation tokens), which YARN localizes into
+/// the driver's and executors' containers, each logging in into a ticket cache of its own.
+#[test]
+fn a_kafka_source_over_gssapi_is_read_from_yarn_containers() {
+    let _serial = one_at_a_time();
+    let Secure { hadoop, kdc } = secure();
+    let client_keytab = kdc.add_principal("embedstream-kafka");
+    let broker = Broker::start_kerberized(kdc);
+    let name = "secure-gssapi";
+    let inputs = texts(40, 6);
+    broker.create_topic(name, 2);
+    broker.produce_texts(name, 2, 0, &inputs);
+    let executors = "[executors]\ncount = 1\ncores = 1\nmemory = \"800m\"\nmemory_overhead = \"400m\"\n";
+    let (job, table) = secure_job(&broker, hadoop, name, "available_now = true", executors);
+    let source = format!(
+        "[source.kafka]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"GSSAPI\"\n\
+         \"sasl.kerberos.service.name\" = \"kafka\"\n\"sasl.kerberos.principal\" = \"embedstream-kafka@{REALM}\"\n\
+         \"sasl.kerberos.keytab\" = \"{}\"\n\n",
+        client_keytab.display()
+    );
+    let text = std::fs::read_to_string(&job.path).unwrap().replacen("[trigger]", &format!("{source}[trigger]"), 1);
+    std::fs::write(&job.path, text).unwrap();
+    let job = job.with_bootstrap(broker.listener("SASL_PLAINTEXT"));
+
+    let login = keytab_login(hadoop);
+    let mut args: Vec<&str> = login.each_ref().map(String::as_str).to_vec();
+    args.push("--wait");
+    let out = submit(hadoop, &job, &args);
+    let app = app_id(&out);
+    assert!(
+        out.status.success(),
+        "submit --wait: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        hadoop.logs(&app, "driver.log"),
+        hadoop.logs(&app, "stderr")
+    );
+    assert_each_record_once(&table, &inputs);
 }

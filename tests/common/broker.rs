@@ -61,6 +61,21 @@ impl Broker {
     }
 
     /// As [`Broker::start_with`], with `env` added to the broker's environment.
+    /// A broker whose SASL_PLAINTEXT listener takes GSSAPI on `kdc`'s realm, as
+    /// `kafka/127.0.0.1` (a principal it adds).
+    pub fn start_kerberized(kdc: &super::kdc::Kdc) -> Broker {
+        let keytab = kdc.add_principal("kafka/127.0.0.1");
+        let gssapi = format!(
+            "sasl.enabled.mechanisms=GSSAPI\nsasl.kerberos.service.name=kafka\n\
+             listener.name.sasl_plaintext.gssapi.sasl.jaas.config=com.sun.security.auth.module.Krb5LoginModule required \
+             useKeyTab=true storeKey=true keyTab=\"{}\" principal=\"kafka/127.0.0.1@{}\";\n",
+            keytab.display(),
+            super::kdc::REALM
+        );
+        let java = format!("-Djava.security.krb5.conf={}", kdc.krb5_conf().display());
+        Broker::start_with_env(&["SASL_PLAINTEXT"], &gssapi, &[("KAFKA_OPTS", &java)])
+    }
+
     pub fn start_with_env(protocols: &[&str], properties: &str, env: &[(&str, &str)]) -> Broker {
         let addr = format!("127.0.0.1:{}", free_port());
         let listeners = protocols.iter().map(|p| (p.to_string(), format!("127.0.0.1:{}", free_port()))).collect();

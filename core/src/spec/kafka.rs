@@ -78,6 +78,16 @@ const RUNS_CODE: &[(&str, &str)] = &[
     ("ssl.providers", "loads OpenSSL providers (shared libraries)"),
 ];
 
+/// Properties that name a file librdkafka reads, and whether the file is a secret.
+pub const KAFKA_FILES: &[(&str, bool)] = &[
+    ("sasl.kerberos.keytab", true),
+    ("ssl.key.location", true),
+    ("ssl.keystore.location", true),
+    ("ssl.certificate.location", false),
+    ("ssl.ca.location", false),
+    ("ssl.crl.location", false),
+];
+
 /// The operator's allow list of [`RUNS_CODE`] properties, comma-separated, in the environment
 /// of the process that checks job specs (the resource manager's or node agent's service, or
 /// the user's own shell in local mode): `EMBEDSTREAM_ALLOW_KAFKA_PROPERTIES=ssl.providers`.
@@ -274,6 +284,29 @@ impl JobSpec {
             }
         }
         Ok(staged)
+    }
+
+    /// For a cluster whose nodes do not have this machine's files (YARN): the files librdkafka
+    /// reads that the Kafka sections name ([`KAFKA_FILES`]: a keytab, TLS certificates and
+    /// keys), each as (its property, whether it is private, its value to point elsewhere).
+    pub fn kafka_files_mut(&mut self) -> Vec<(String, bool, &mut String)> {
+        let sections = [
+            ("source.kafka", Some(&mut self.source.kafka)),
+            ("sink.kafka", Some(&mut self.sink.common.kafka)),
+            ("sink.dead_letter_kafka", self.sink.common.dead_letter_kafka.as_mut()),
+        ];
+        let mut files = Vec::new();
+        for (section, props) in sections {
+            let Some(props) = props else { continue };
+            for (property, value) in props.0.iter_mut() {
+                if let (Some((_, private)), PropertyValue::Plain(path)) =
+                    (KAFKA_FILES.iter().find(|(name, _)| name == property), value)
+                {
+                    files.push((format!("{section}.\"{property}\""), *private, path));
+                }
+            }
+        }
+        files
     }
 
     /// The environment variables the spec's secrets are read from, which a launcher removes

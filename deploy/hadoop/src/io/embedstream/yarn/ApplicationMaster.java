@@ -135,6 +135,9 @@ public final class ApplicationMaster {
     if (new File("core-site.xml").isFile()) {
       pb.environment().put("HADOOP_CONF_DIR", new File(".").getAbsoluteFile().getParent());
     }
+    // A Kerberos ticket cache of the container's own (librdkafka's kinit for a GSSAPI source
+    // writes there), not the node's shared default.
+    pb.environment().put("KRB5CCNAME", "FILE:" + new File("krb5cc").getAbsolutePath());
     pb.redirectError(new File(logDir, "driver.log"));
     Process driver = pb.start();
     // YARN's SIGTERM (a kill, or the application's end) reaches this JVM: pass it on.
@@ -261,6 +264,7 @@ public final class ApplicationMaster {
         + (executorArgs.isEmpty() ? "" : executorArgs + " ") + "1>" + log + "/stdout 2>" + log + "/stderr";
     Map<String, String> env = new HashMap<>();
     env.put("EMBEDSTREAM_ORT_LIB", ApplicationConstants.Environment.PWD.$$() + "/libonnxruntime.so");
+    env.put("KRB5CCNAME", "FILE:" + ApplicationConstants.Environment.PWD.$$() + "/krb5cc");
     if (executorFiles.containsKey("core-site.xml")) {
       env.put("HADOOP_CONF_DIR", ApplicationConstants.Environment.PWD.$$());
     }

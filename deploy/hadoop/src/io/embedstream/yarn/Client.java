@@ -4,7 +4,7 @@
 //
 //   Client submit  NAME QUEUE AM_MEMORY_MB MAX_ATTEMPTS NAME=LOCAL_FILE...
 //       stages the files in HDFS under ~/.embedstream-staging/APP_ID (mode 0700; `secret`,
-//       `kafka-secret-*` and TLS keys `*-key.pem` 0600),
+//       `kafka-secret-*`, `kafka-private-*` (keytabs, keys) and TLS keys `*-key.pem` 0600),
 //       submits the application master, prints `APP_ID` on a line of its own.
 //   Client list                prints embedstream's applications, a tab-separated line each:
 //                              id, name, state, final status, queue, tracking URL.
@@ -309,7 +309,8 @@ public final class Client {
 
   /** Staged files only the application's user may read. */
   static boolean isPrivate(String name) {
-    return name.equals("secret") || name.startsWith("kafka-secret-") || name.endsWith("-key.pem");
+    return name.equals("secret") || name.startsWith("kafka-secret-") || name.startsWith("kafka-private-")
+        || name.endsWith("-key.pem");
   }
 
   private static void staged(YarnConfiguration conf, ApplicationId id, String name) throws Exception {

@@ -14,7 +14,7 @@ use std::process::Output;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::hadoop::{app_id, HadoopCluster, USER};
+use common::hadoop::{app_id, processes_with, HadoopCluster, USER};
 use common::kdc::{Kdc, REALM};
 use common::table::read_table;
 use common::*;
@@ -75,6 +75,23 @@ fn keytab_login(hadoop: &HadoopCluster) -> [String; 4] {
     ["--principal".into(), format!("{USER}@{REALM}"), "--keytab".into(), k.user_keytab.display().to_string()]
 }
 
+/// Waits until the table holds `n` rows through its manifests (failing early if `app` ended).
+fn wait_for_rows(hadoop: &HadoopCluster, table: &std::path::Path, n: usize, app: &str) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while read_table(table).1 < n {
+        let report = hadoop.report(app);
+        let ended = matches!(report["state"].as_str(), "FINISHED" | "FAILED" | "KILLED");
+        assert!(
+            Instant::now() < deadline && !ended,
+            "the table did not fill: {report:?}\n{}\n{}\n{}",
+            hadoop.logs(app, "driver.log"),
+            hadoop.logs(app, "stderr"),
+            hadoop.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Every input once in the table, read through its manifests.
 fn assert_each_record_once(table: &std::path::Path, inputs: &[String]) {
     let (rows, count) = read_table(table);
@@ -121,20 +138,31 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     let out = submit(hadoop, &job, &login.each_ref().map(String::as_str));
     assert!(out.status.success(), "submit with a keytab: {}", String::from_utf8_lossy(&out.stderr));
     let app = app_id(&out);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while read_table(&table).1 < inputs.len() {
-        let report = hadoop.report(&app);
-        let ended = matches!(report["state"].as_str(), "FINISHED" | "FAILED" | "KILLED");
-        assert!(
-            Instant::now() < deadline && !ended,
-            "the table did not fill: {report:?}\n{}\n{}\n{}",
-            hadoop.logs(&app, "driver.log"),
-            hadoop.logs(&app, "stderr"),
-            hadoop.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_rows(hadoop, &table, inputs.len(), &app);
     assert_each_record_once(&table, &inputs);
+
+    // An executor's container killed: its replacement gets the application's tokens from the
+    // master and reads and writes HDFS with them.
+    let containers = app.replace("application_", "container_");
+    let executors = processes_with(&["embedstream", " executor ", &containers]);
+    assert!(!executors.is_empty(), "no executor process of {app}");
+    std::process::Command::new("kill").args(["-KILL", &executors[0].0.to_string()]).status().unwrap();
+    let second = texts(30, 7);
+    broker.produce_texts(name, 2, inputs.len(), &second);
+    let mut all: Vec<String> = inputs.iter().chain(&second).cloned().collect();
+    wait_for_rows(hadoop, &table, all.len(), &app);
+
+    // The master killed: YARN's second attempt gets the application's tokens too and resumes
+    // from the HDFS checkpoint.
+    let drivers = processes_with(&["embedstream", "yarn-driver", "--job"]);
+    assert_eq!(drivers.len(), 1, "one driver running: {drivers:?}");
+    std::process::Command::new("kill").args(["-KILL", &drivers[0].0.to_string()]).status().unwrap();
+    let third = texts(30, 8);
+    broker.produce_texts(name, 2, all.len(), &third);
+    all.extend(third);
+    wait_for_rows(hadoop, &table, all.len(), &app);
+    assert_eq!(hadoop.report(&app)["attempt"], "2", "YARN's second attempt runs the query");
+    assert_each_record_once(&table, &all);
 
     // The keytab stayed on this machine: only the tokens travelled.
     let staged: Vec<String> =
@@ -151,6 +179,16 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     };
     let out = admin(&["progress"]);
     assert!(out.status.success(), "progress: {}", String::from_utf8_lossy(&out.stderr));
+    let mut list = hadoop.embedstream();
+    list.args(["list", "--master", "yarn"]).env("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
+    let out = run_to_end(list, Duration::from_secs(60));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&app), "list: {}", String::from_utf8_lossy(&out.stderr));
+    // Without a ticket, an admin command says what is missing.
+    let mut c = hadoop.embedstream();
+    c.args(["status", "--master", "yarn", "--app", &app]);
+    let out = run_to_end(c, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("Kerberos") && stderr.contains("kinit"), "{stderr}");
     let out = admin(&["stop"]);
     assert!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
     let report = hadoop.wait_for_end(&app, Duration::from_secs(120));

@@ -244,6 +244,11 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
         ("libonnxruntime.so".into(), embedstream_executor::model::ort_library()),
         ("embedstream-yarn.jar".into(), yarn_jar()?),
     ];
+    // The master logs in with the keytab again to renew the application's tokens: staged
+    // 0400, localized into the master's container only.
+    if let Some((_, keytab)) = &options.keytab {
+        files.push(("user.keytab".into(), keytab.clone()));
+    }
     // Model files on this machine travel with the application; those on HDFS are fetched by
     // each executor. The id the path gave stays the model's id.
     if let Some(m) = &mut spec.model {

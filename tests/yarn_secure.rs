@@ -107,8 +107,8 @@ fn staging(hadoop: &HadoopCluster) -> PathBuf {
 /// Items 1, 2 and 7: without a ticket or keytab `submit` fails at once, in one line naming
 /// Kerberos, and writes nothing. With `--principal --keytab` it logs in, gets HDFS delegation
 /// tokens for the job's HDFS and hands them to the application: the master, the driver and the
-/// executors write the checkpoint and the Parquet table with them (no keytab leaves this
-/// machine), every record once. The admin commands work with the user's ticket (`kinit`).
+/// executors write the checkpoint and the Parquet table with them (the keytab goes to the
+/// master's container only, for renewals), every record once. The admin commands work with the user's ticket (`kinit`).
 #[test]
 fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     let _serial = one_at_a_time();
@@ -164,10 +164,19 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     assert_eq!(hadoop.report(&app)["attempt"], "2", "YARN's second attempt runs the query");
     assert_each_record_once(&table, &all);
 
-    // The keytab stayed on this machine: only the tokens travelled.
+    // The keytab went to the master only (which renews the tokens with it): the driver's
+    // container has it, no executor's does; they work on the tokens.
     let staged: Vec<String> =
         store::list(&staging(hadoop).join(&app)).unwrap().unwrap_or_default().into_iter().map(|e| e.name).collect();
-    assert!(!staged.is_empty() && !staged.iter().any(|f| f.contains("keytab")), "{staged:?}");
+    assert!(staged.contains(&"user.keytab".to_string()), "{staged:?}");
+    let cwd = |pid: u32| std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    let drivers = processes_with(&["embedstream", "yarn-driver", "--job"]);
+    assert!(cwd(drivers[0].0).join("user.keytab").is_file(), "the master's container has the keytab");
+    let executors = processes_with(&["embedstream", " executor ", &containers]);
+    assert!(!executors.is_empty());
+    for (pid, _) in executors {
+        assert!(!cwd(pid).join("user.keytab").exists(), "an executor's container has the keytab");
+    }
 
     // The admin commands with the user's ticket.
     let admin = |args: &[&str]| {
@@ -234,4 +243,63 @@ fn a_kafka_source_over_gssapi_is_read_from_yarn_containers() {
         hadoop.logs(&app, "stderr")
     );
     assert_each_record_once(&table, &inputs);
+}
+
+/// Item 3: a streaming query outlives its delegation tokens. The cluster's tokens live three
+/// minutes (renewal and max lifetime alike); the master, with the keytab `submit` gave it, logs
+/// in again and gets new ones half way to expiry (90 s before it at the latest), the driver
+/// takes them at its next allocate and its executors at their next heartbeat. Past the max
+/// lifetime of every token the application started with, an executor's container is killed:
+/// its replacement is localized and reads and writes HDFS with renewed tokens, and the query
+/// writes every record once.
+#[test]
+fn a_query_outlives_its_delegation_tokens_on_a_keytab() {
+    let _serial = one_at_a_time();
+    let Secure { hadoop, .. } = secure();
+    let name = "secure-renewal";
+    let broker = Broker::start();
+    let first = texts(30, 9);
+    broker.create_topic(name, 2);
+    broker.produce_texts(name, 2, 0, &first);
+    let executors = "[executors]\ncount = 1\ncores = 1\nmemory = \"800m\"\nmemory_overhead = \"400m\"\n";
+    let (job, table) = secure_job(&broker, hadoop, name, "processing_time = \"500ms\"", executors);
+    let login = keytab_login(hadoop);
+    let submitted = Instant::now();
+    let out = submit(hadoop, &job, &login.each_ref().map(String::as_str));
+    assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
+    let app = app_id(&out);
+    wait_for_rows(hadoop, &table, first.len(), &app);
+
+    // Every token the application started with (the submit's, and the master's first) has
+    // reached its max lifetime once the master has renewed twice after its first: the driver
+    // logs each renewal it takes, numbered.
+    let lifetime = Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(420);
+    loop {
+        let log = hadoop.logs(&app, "driver.log");
+        let renewed = log.matches("renewed Hadoop delegation tokens").count();
+        if renewed >= 3 && submitted.elapsed() > lifetime {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{renewed} renewals within 420 s:\n{log}\n{}", hadoop.logs(&app, "stderr"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let executor_log = hadoop.logs(&app, "stderr");
+    assert!(executor_log.contains("took the driver's renewed Hadoop delegation tokens"), "{executor_log}");
+
+    let containers = app.replace("application_", "container_");
+    let victims = processes_with(&["embedstream", " executor ", &containers]);
+    assert!(!victims.is_empty(), "no executor process of {app}");
+    std::process::Command::new("kill").args(["-KILL", &victims[0].0.to_string()]).status().unwrap();
+    let second = texts(30, 10);
+    broker.produce_texts(name, 2, first.len(), &second);
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    wait_for_rows(hadoop, &table, all.len(), &app);
+    assert_each_record_once(&table, &all);
+    let log = hadoop.logs(&app, "driver.log");
+    eprintln!(
+        "renewals the driver took:\n{}",
+        log.lines().filter(|l| l.contains("renewed Hadoop delegation tokens")).collect::<Vec<_>>().join("\n")
+    );
+    hadoop.kill(&app);
 }

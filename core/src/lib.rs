@@ -22,6 +22,7 @@ pub mod auth;
 pub mod driver_record;
 pub mod durable;
 pub mod fields;
+pub mod hadoop_tokens;
 pub mod health;
 pub mod latency;
 pub mod manifest;

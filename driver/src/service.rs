@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use embedstream_core::hadoop_tokens::Credentials;
 use embedstream_core::health::ExecutorHealth;
 use embedstream_core::spec::Secrets;
 use embedstream_proto::convert::secrets_to_pb;
@@ -24,6 +25,8 @@ pub struct DriverServiceImpl {
     /// Read once by the driver; sent only in the answer to an authenticated GetJobSpec.
     pub secrets: Secrets,
     pub query_id: String,
+    /// The newest Hadoop delegation tokens (YARN with Kerberos), for executors with older ones.
+    pub hadoop_tokens: Credentials,
 }
 
 #[tonic::async_trait]
@@ -58,6 +61,10 @@ impl DriverService for DriverServiceImpl {
         if known {
             self.registry.beat(id, ExecutorHealth::from(&beat));
         }
-        Ok(Response::new(HeartbeatResponse { known }))
+        let (hadoop_tokens_version, hadoop_tokens) = match self.hadoop_tokens.newer_than(beat.hadoop_tokens_version) {
+            Some((version, tokens)) if known => (version, tokens.to_vec()),
+            _ => (0, Vec::new()),
+        };
+        Ok(Response::new(HeartbeatResponse { known, hadoop_tokens, hadoop_tokens_version }))
     }
 }

@@ -290,6 +290,8 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     tracing::info!(executor = %args.executor_id, %address, "executor registered (ExecutorService and Arrow Flight)");
 
     let mut missed = 0;
+    // The delegation tokens held: those YARN gave the container (0), then the driver's newer.
+    let mut tokens_version = 0;
     let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         tokio::select! {
@@ -301,9 +303,22 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             (h.embeddings, h.cache_hits, h.cache_misses) = beat_metrics.counts();
             h
         };
-        let beat = driver.heartbeat(heartbeat_to_pb(&args.executor_id, &report)).await;
+        let beat = driver.heartbeat(heartbeat_to_pb(&args.executor_id, &report, tokens_version)).await;
         match beat {
-            Ok(r) if r.get_ref().known => missed = 0,
+            Ok(r) if r.get_ref().known => {
+                missed = 0;
+                let r = r.into_inner();
+                if r.hadoop_tokens_version > tokens_version && !r.hadoop_tokens.is_empty() {
+                    match embedstream_core::hadoop_tokens::replace_token_file(&r.hadoop_tokens) {
+                        Ok(file) => {
+                            tokens_version = r.hadoop_tokens_version;
+                            tracing::info!(version = tokens_version, file = ?file, "took the driver's renewed Hadoop delegation tokens");
+                        }
+                        // Kept trying at the next heartbeat: the old tokens serve until then.
+                        Err(e) => tracing::warn!(error = %e, "could not write the renewed Hadoop delegation tokens"),
+                    }
+                }
+            }
             Ok(_) => {
                 tracing::warn!("the driver no longer knows this executor; exiting");
                 break;

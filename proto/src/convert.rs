@@ -196,8 +196,9 @@ impl From<pb::SourceProgress> for SourceProgress {
 
 /// The driver's read secrets, for `GetJobSpecResponse.secrets`.
 /// A heartbeat carrying `health` for `executor_id`.
-pub fn heartbeat_to_pb(executor_id: &str, health: &ExecutorHealth) -> pb::HeartbeatRequest {
+pub fn heartbeat_to_pb(executor_id: &str, health: &ExecutorHealth, hadoop_tokens_version: u64) -> pb::HeartbeatRequest {
     pb::HeartbeatRequest {
+        hadoop_tokens_version,
         executor_id: executor_id.to_string(),
         free_cores: 0,
         workers: (health.workers.iter())
@@ -309,7 +310,7 @@ mod tests {
             cache_hits: 20,
             cache_misses: 480,
         };
-        let beat = heartbeat_to_pb("exec-1", &health);
+        let beat = heartbeat_to_pb("exec-1", &health, 0);
         assert_eq!(beat.executor_id, "exec-1");
         assert_eq!(ExecutorHealth::from(&beat), health);
     }

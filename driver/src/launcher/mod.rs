@@ -56,6 +56,8 @@ pub struct DriverEndpoints {
     pub metrics: std::net::SocketAddr,
     /// Its page's URL, on the metrics listener (YARN's tracking URL, the RM page's link).
     pub page: String,
+    /// Where a launcher puts renewed Hadoop delegation tokens for the executors (YARN).
+    pub hadoop_tokens: embedstream_core::hadoop_tokens::Credentials,
 }
 
 /// An executor that ended, as its launcher saw it.

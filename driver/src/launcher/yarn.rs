@@ -180,6 +180,8 @@ pub struct YarnLauncher {
     unregistered: Option<(String, u16, String)>,
     /// Flags every executor's command line gets (its TLS files), shell-quoted.
     executor_args: String,
+    /// The newest delegation tokens, for the executors' heartbeats to carry.
+    hadoop_tokens: embedstream_core::hadoop_tokens::Credentials,
 }
 
 impl YarnLauncher {
@@ -187,13 +189,41 @@ impl YarnLauncher {
     pub fn new(channel: AmChannel, driver: &DriverEndpoints, vcores: u32, container_memory_mb: u64) -> YarnLauncher {
         let tracking = driver.page.clone();
         let unregistered = Some((driver.grpc.ip().to_string(), driver.grpc.port(), tracking));
-        YarnLauncher { channel, vcores, container_memory_mb, unregistered, executor_args: String::new() }
+        YarnLauncher {
+            channel,
+            vcores,
+            container_memory_mb,
+            unregistered,
+            executor_args: String::new(),
+            hadoop_tokens: driver.hadoop_tokens.clone(),
+        }
     }
 
     /// Adds `flags` to every executor's command line (YARN runs it with a shell: each is quoted).
     pub fn with_executor_flags(mut self, flags: Vec<String>) -> YarnLauncher {
         self.executor_args = flags.iter().map(|f| shell_quoted(f)).collect::<Vec<_>>().join(" ");
         self
+    }
+
+    /// The tokens the master wrote to `file` (`about`: their ids and expiry, for the log).
+    fn take_tokens(&mut self, file: &str, about: &str) {
+        let tokens = match std::fs::read(file) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(file, error = %e, "cannot read the master's renewed Hadoop delegation tokens");
+                return;
+            }
+        };
+        if let Err(e) = embedstream_core::hadoop_tokens::replace_token_file(&tokens) {
+            tracing::error!(error = %e, "cannot replace this driver's Hadoop delegation tokens");
+            return;
+        }
+        let version = self.hadoop_tokens.set(tokens);
+        tracing::info!(
+            version,
+            tokens = about,
+            "renewed Hadoop delegation tokens: the driver's now, the executors' at their next heartbeat"
+        );
     }
 
     async fn allocate(&mut self, wanted: u32, release: &[String]) -> Result<Vec<Ended>, LaunchError> {
@@ -216,6 +246,9 @@ impl YarnLauncher {
                 "allocated" => {
                     tracing::info!(container = %f[1], node = %f.get(2).map(String::as_str).unwrap_or(""), "executor container started");
                 }
+                // The master renewed the application's delegation tokens (YARN with Kerberos):
+                // they replace this process's token file, and go to the executors.
+                "tokens" if f.len() >= 2 => self.take_tokens(&f[1], f.get(2).map(String::as_str).unwrap_or("")),
                 "completed" if f.len() >= 4 => {
                     let diagnostics = f.get(4).map(String::as_str).unwrap_or("").trim();
                     ended.push(Ended {

@@ -252,12 +252,14 @@ pub async fn run_query(
     if let Err(e) = record.write() {
         tracing::warn!(error = %e, "cannot write driver.json (admin commands given the job spec will not find this driver)");
     }
+    let hadoop_tokens = embedstream_core::hadoop_tokens::Credentials::default();
     let service = DriverServiceImpl {
         registry: registry.clone(),
         caller: Caller { token: options.token.clone(), tls: options.tls.clone() },
         job_spec_toml: spec.to_toml(),
         secrets,
         query_id: checkpoint.query_id().to_string(),
+        hadoop_tokens: hadoop_tokens.clone(),
     };
     let admin = AdminService {
         query: spec.name.clone(),
@@ -285,6 +287,7 @@ pub async fn run_query(
         grpc: addr,
         metrics: metrics_addr,
         page: page_url(metrics_addr, addr, options.tls.serves_tls()),
+        hadoop_tokens,
     })));
     let result = async {
         launcher::start(launcher.lock().await.as_mut(), &registry, spec.executors.count, REGISTRATION_TIMEOUT).await?;

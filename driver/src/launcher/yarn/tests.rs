@@ -49,9 +49,15 @@ async fn yarn_one_failed_or_slow_allocate() {
     let channel = AmChannel::over(BufReader::new(driver_reads), driver_writes, Duration::from_millis(300));
     let unregistered = Some(("127.0.0.1".to_string(), 7077, "http://127.0.0.1:4040".to_string()));
     let flags = vec!["--tls-ca".to_string(), "app-ca.pem".to_string(), "it's".to_string()];
-    let mut yarn =
-        YarnLauncher { channel, vcores: 1, container_memory_mb: 512, unregistered, executor_args: String::new() }
-            .with_executor_flags(flags);
+    let mut yarn = YarnLauncher {
+        channel,
+        vcores: 1,
+        container_memory_mb: 512,
+        unregistered,
+        executor_args: String::new(),
+        hadoop_tokens: Default::default(),
+    }
+    .with_executor_flags(flags);
 
     assert!(yarn.reconcile(1, &[]).await.unwrap().is_empty(), "the slow allocate is carried on from");
     answer_late.send(()).unwrap();

@@ -12,6 +12,7 @@
 //   allocate  WANTED VCORES MEMORY_MB PROGRESS RELEASE,...
 //                                               -> allocated ID NODE   (a line per container)
 //                                                  completed ID EXIT_STATUS OVER_MEMORY DIAGNOSTICS
+//                                                  tokens FILE ABOUT (renewed delegation tokens)
 //                                                  end
 //   finish    SUCCEEDED|FAILED DIAGNOSTICS      -> ok
 // An answer that fails is `error MESSAGE` (then `end` for allocate). The driver's log is its
@@ -74,7 +75,7 @@ public final class ApplicationMaster {
   /** The attempts YARN gives the application, as the client asked (at most the cluster's). */
   static final String MAX_ATTEMPTS_ENV = "EMBEDSTREAM_MAX_ATTEMPTS";
   /** What executors do not get of the staging directory's files (the master's own). */
-  private static final Set<String> MASTER_ONLY = Set.of("job.toml", "embedstream-yarn.jar");
+  private static final Set<String> MASTER_ONLY = Set.of("job.toml", "embedstream-yarn.jar", Client.USER_KEYTAB);
 
   private final YarnConfiguration conf = new YarnConfiguration();
   private final AMRMClient<ContainerRequest> rm = AMRMClient.createAMRMClient();
@@ -88,6 +89,9 @@ public final class ApplicationMaster {
   private final Priority priority = Priority.newInstance(1);
   private Map<String, LocalResource> executorFiles;
   private String driverUrl;
+  /** Lines for the driver that the next allocate answer carries (renewed tokens). */
+  private final java.util.concurrent.ConcurrentLinkedQueue<String> pendingLines =
+      new java.util.concurrent.ConcurrentLinkedQueue<>();
   /** What the driver asked every executor's command line to end with. */
   private String executorArgs = "";
 
@@ -112,6 +116,14 @@ public final class ApplicationMaster {
   }
 
   private int run() throws Exception {
+    // With the user's keytab (submit --keytab), this master keeps the application's HDFS
+    // delegation tokens fresh for as long as the query runs.
+    String principal = System.getenv(Client.PRINCIPAL_ENV);
+    if (principal != null && !principal.isEmpty() && new File(Client.USER_KEYTAB).isFile()) {
+      Thread renewer = new Thread(() -> renewTokens(principal), "token-renewer");
+      renewer.setDaemon(true);
+      renewer.start();
+    }
     rm.init(conf);
     rm.start();
     nm.init(conf);
@@ -198,6 +210,50 @@ public final class ApplicationMaster {
     return finished.equals("SUCCEEDED") ? 0 : 1;
   }
 
+  /**
+   * Spark's delegation-token manager, for HDFS: logs in again from the keytab, gets new tokens
+   * for every file system the job names (renewable by the user, so that one renewal tells when
+   * they expire), gives them to this master (for the executor containers it starts from now on)
+   * and writes them to a file the driver is told of at its next allocate (it replaces its own
+   * token file and hands them to its executors). Then again half way to the earliest expiry
+   * (renewal or max lifetime; 90 s before it at the latest), so that a query runs for as long
+   * as the keytab is valid; a failed attempt is retried every minute, and logged.
+   */
+  private void renewTokens(String principal) {
+    String keytab = new File(Client.USER_KEYTAB).getAbsolutePath();
+    List<String> uris = Client.hdfsUris(conf, System.getenv().getOrDefault(Client.HDFS_ENV, ""));
+    for (int n = 1;; n++) {
+      long next;
+      try {
+        UserGroupInformation user = UserGroupInformation.loginUserFromKeytabAndReturnUGI(principal, keytab);
+        Credentials fresh = new Credentials();
+        long expires = user.doAs((java.security.PrivilegedExceptionAction<Long>) () ->
+            Client.obtainTokens(conf, uris, user.getShortUserName(), fresh, true));
+        UserGroupInformation.getCurrentUser().addCredentials(fresh);
+        File file = new File("hadoop-tokens-" + n).getAbsoluteFile();
+        try (java.io.DataOutputStream out = new java.io.DataOutputStream(new java.io.FileOutputStream(file))) {
+          fresh.writeTokenStorageToStream(out);
+        }
+        String about = Client.describe(fresh) + " until " + java.time.Instant.ofEpochMilli(expires);
+        pendingLines.add("tokens\t" + file.getPath() + "\t" + about);
+        // Half way to the expiry, and 90 s before it at the latest: the Rust HDFS client takes
+        // no token within 60 s of its end, and the driver and executors need a few seconds.
+        long left = expires - System.currentTimeMillis();
+        next = System.currentTimeMillis() + Math.max(5_000, Math.min(left / 2, left - 90_000));
+        System.err.println("renewed HDFS delegation tokens: " + about + "; next at "
+            + java.time.Instant.ofEpochMilli(next));
+      } catch (Exception e) {
+        System.err.println("could not renew the HDFS delegation tokens (trying again in a minute): " + Client.oneLine(e));
+        next = System.currentTimeMillis() + 60_000;
+      }
+      try {
+        Thread.sleep(Math.max(0, next - System.currentTimeMillis()));
+      } catch (InterruptedException e) {
+        return;
+      }
+    }
+  }
+
   private void allocate(String[] f, PrintWriter out) throws Exception {
     int wanted = Integer.parseInt(f[1]);
     Resource size = Resource.newInstance(Long.parseLong(f[3]), Integer.parseInt(f[2]));
@@ -252,6 +308,9 @@ public final class ApplicationMaster {
       rm.removeContainerRequest(pending.remove(0));
       running.put(id, c);
       out.println("allocated\t" + id + "\t" + c.getNodeId());
+    }
+    for (String line; (line = pendingLines.poll()) != null;) {
+      out.println(line);
     }
     out.println("end");
   }

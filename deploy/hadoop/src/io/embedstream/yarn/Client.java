@@ -46,6 +46,7 @@ import org.apache.hadoop.security.Credentials;
 import org.apache.hadoop.security.SecurityUtil;
 import org.apache.hadoop.security.UserGroupInformation;
 import org.apache.hadoop.security.token.Token;
+import org.apache.hadoop.security.token.delegation.AbstractDelegationTokenIdentifier;
 import org.apache.hadoop.yarn.api.ApplicationConstants;
 import org.apache.hadoop.yarn.api.records.ApplicationId;
 import org.apache.hadoop.yarn.api.records.ApplicationReport;
@@ -165,7 +166,9 @@ public final class Client {
         for (Map.Entry<String, String> f : files.entrySet()) {
           Path dst = new Path(staging, f.getKey());
           fs.copyFromLocalFile(false, true, new Path(f.getValue()), dst);
-          if (isPrivate(f.getKey())) {
+          if (f.getKey().equals(USER_KEYTAB)) {
+            fs.setPermission(dst, new FsPermission((short) 0400));
+          } else if (isPrivate(f.getKey())) {
             fs.setPermission(dst, new FsPermission((short) 0600));
           }
           resources.put(f.getKey(), localResource(fs, dst));
@@ -176,6 +179,10 @@ public final class Client {
         int clusterMax = conf.getInt(YarnConfiguration.RM_AM_MAX_ATTEMPTS, YarnConfiguration.DEFAULT_RM_AM_MAX_ATTEMPTS);
         int attempts = maxAttempts > 0 ? Math.min(maxAttempts, clusterMax) : clusterMax;
         env.put(ApplicationMaster.MAX_ATTEMPTS_ENV, String.valueOf(attempts));
+        if (files.containsKey(USER_KEYTAB)) {
+          env.put(PRINCIPAL_ENV, System.getProperty("embedstream.principal", ""));
+          env.put(HDFS_ENV, System.getProperty("embedstream.hdfs", ""));
+        }
         String command = ApplicationConstants.Environment.JAVA_HOME.$$() + "/bin/java -Xmx128m "
             + ApplicationMaster.class.getName() + " 1>" + ApplicationConstants.LOG_DIR_EXPANSION_VAR
             + "/stdout 2>" + ApplicationConstants.LOG_DIR_EXPANSION_VAR + "/stderr";
@@ -257,6 +264,12 @@ public final class Client {
     }
   }
 
+  /** The staged name of the user's keytab (submit --keytab): the master's only. */
+  static final String USER_KEYTAB = "user.keytab";
+  /** The master's environment: the keytab's principal, and the job's HDFS URIs. */
+  static final String PRINCIPAL_ENV = "EMBEDSTREAM_PRINCIPAL";
+  static final String HDFS_ENV = "EMBEDSTREAM_HDFS";
+
   /**
    * The application's HDFS delegation tokens (none without Kerberos), renewable by the
    * ResourceManager, which renews them while the application runs.
@@ -266,22 +279,62 @@ public final class Client {
       return null;
     }
     Credentials creds = new Credentials();
-    String renewer = YarnClientUtils.getRmPrincipal(conf);
+    List<String> uris = hdfsUris(conf, System.getProperty("embedstream.hdfs", ""));
+    obtainTokens(conf, uris, YarnClientUtils.getRmPrincipal(conf), creds, false);
+    DataOutputBuffer out = new DataOutputBuffer();
+    creds.writeTokenStorageToStream(out);
+    return ByteBuffer.wrap(out.getData(), 0, out.getLength());
+  }
+
+  /** The default file system, then each of `list` (comma-separated). */
+  static List<String> hdfsUris(YarnConfiguration conf, String list) {
     List<String> uris = new ArrayList<>();
     uris.add(FileSystem.getDefaultUri(conf).toString());
-    for (String u : System.getProperty("embedstream.hdfs", "").split(",")) {
+    for (String u : list.split(",")) {
       if (!u.isEmpty()) {
         uris.add(u);
       }
     }
+    return uris;
+  }
+
+  /**
+   * Adds a delegation token of each file system of `uris` to `creds`, for `renewer`, each also
+   * named as the URI writes its NameNode. With `renew` (the renewer being the caller), renews
+   * each once and returns the earliest time one expires (its renewal or its max lifetime).
+   */
+  static long obtainTokens(YarnConfiguration conf, List<String> uris, String renewer, Credentials creds,
+      boolean renew) throws Exception {
     for (String u : uris) {
       FileSystem fs = new Path(u).getFileSystem(conf);
       fs.addDelegationTokens(renewer, creds);
       alias(creds, fs.getUri());
     }
-    DataOutputBuffer out = new DataOutputBuffer();
-    creds.writeTokenStorageToStream(out);
-    return ByteBuffer.wrap(out.getData(), 0, out.getLength());
+    long earliest = Long.MAX_VALUE;
+    if (renew) {
+      java.util.Set<String> seen = new java.util.HashSet<>();
+      for (Token<?> t : creds.getAllTokens()) {
+        if (seen.add(java.util.Base64.getEncoder().encodeToString(t.getIdentifier()))) {
+          long expires = t.renew(conf);
+          if (t.decodeIdentifier() instanceof AbstractDelegationTokenIdentifier id) {
+            expires = Math.min(expires, id.getMaxDate());
+          }
+          earliest = Math.min(earliest, expires);
+        }
+      }
+    }
+    return earliest;
+  }
+
+  /** The tokens' kinds and sequence numbers, once each (the log's account of a renewal). */
+  static String describe(Credentials creds) throws java.io.IOException {
+    java.util.Set<String> out = new java.util.TreeSet<>();
+    for (Token<?> t : creds.getAllTokens()) {
+      String number = t.decodeIdentifier() instanceof AbstractDelegationTokenIdentifier id
+          ? "#" + id.getSequenceNumber() : "";
+      out.add(t.getKind() + number);
+    }
+    return String.join(", ", out);
   }
 
   /**

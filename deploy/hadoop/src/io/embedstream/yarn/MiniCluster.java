@@ -170,6 +170,9 @@ public final class MiniCluster {
     conf.set("dfs.web.authentication.kerberos.principal", "HTTP/localhost@" + realm);
     conf.set("dfs.web.authentication.kerberos.keytab", httpKeytab);
     conf.setBoolean("dfs.block.access.token.enable", true);
+    // Delegation tokens that live three minutes, not a week: a test sees a query outlive them.
+    conf.setLong("dfs.namenode.delegation.token.renew-interval", 180_000L);
+    conf.setLong("dfs.namenode.delegation.token.max-lifetime", 180_000L);
     // A secure DataNode wants privileged ports, or SASL on data transfer with HTTPS; a test on
     // loopback has neither. (SASL on data transfer is not set: the mini cluster's NodeManagers
     // localize with a configuration of their own that does not take it, and their reads fail.)

@@ -31,13 +31,15 @@
 # domain clip art whose folders (food/fruit, computer...) label the image tests' pictures.
 # Every download is pinned and hash-checked. Run again, it only checks what is there.
 # `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka,
-# pyarrow, fasttext) for the script that computes reference embeddings, the Python baseline of the
-# benchmarks and the test that reads the Parquet sink with an independent reader, and installs
-# the two fastText models (tests, bench and demo).
+# pyarrow, fasttext, deltalake) for the script that computes reference embeddings, the Python
+# baseline of the benchmarks and the tests that read the Parquet and Delta sinks with
+# independent readers, and installs the two fastText models (tests, bench and demo).
 # `deploy/setup.sh --spark` does what --python does, and adds Spark Structured Streaming for the
-# pipeline bench's Spark baseline (benches/spark_baseline.py): pyspark and pandas (PyPI, pinned
-# and hash-checked) in pyenv/, and spark/libs/*.jar, Spark's Kafka connector from Maven Central
-# (deploy/spark/pom.xml, checked against deploy/spark/jars.sha256). About 500 MB, once.
+# pipeline bench's Spark baseline (benches/spark_baseline.py) and the tests' Spark reader of
+# Delta tables: pyspark and pandas (PyPI, pinned and hash-checked) in pyenv/, and
+# spark/libs/*.jar, Spark's Kafka connector and Delta Lake from Maven Central
+# (deploy/spark/pom.xml, checked against deploy/spark/jars.sha256). About 500 MB, once. The
+# test command (deploy/test.sh) runs it.
 set -euo pipefail
 
 CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
@@ -92,6 +94,10 @@ COFFEE_SHA256=cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7
 SPARK_VERSION=$(sed -n 's:.*<spark.version>\(.*\)</spark.version>.*:\1:p' "$HERE/spark/pom.xml")
 PYSPARK_SDIST=pyspark-4.2.0.tar.gz
 PYSPARK_SDIST_SHA256=5ad689d53570ee1674193fd4f9bda065f0db3be9363a27d2a3406cc457b70b61
+# delta-rs's Python package: the tests' independent reader of the Delta sink's tables.
+DELTALAKE_PKG=deltalake==1.6.6
+DELTALAKE_WHEEL=deltalake-1.6.6-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+DELTALAKE_WHEEL_SHA256=802db1ae734295c7b947bddd228b9e6b5df702846b085be91ad593840f72e36c
 PANDAS_PKG=pandas==2.3.3
 PANDAS_WHEEL=pandas-2.3.3-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
 PANDAS_WHEEL_SHA256=b98560e98cb334799c0b07ca7967ac361a47326e9b4e5a7dfb5ab2b1c9d35a1b
@@ -235,7 +241,7 @@ fi
 
 case "${1:-}" in --python | --spark) PYTHON_TOO=1 ;; *) PYTHON_TOO=0 ;; esac
 if [ "$PYTHON_TOO" = 1 ]; then
-  if ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow, fasttext, onnx, PIL" 2>/dev/null; then
+  if ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow, fasttext, onnx, PIL, deltalake" 2>/dev/null; then
     say "making $CACHE/pyenv"
     python3 -m venv "$CACHE/pyenv"
     manylinux=(--only-binary=:all: --python-version 3.11 --implementation cp)
@@ -244,9 +250,11 @@ if [ "$PYTHON_TOO" = 1 ]; then
     fetch_wheel "$FASTTEXT_PKG" "$FASTTEXT_WHEEL_SHA256" "${manylinux[@]}" --platform manylinux2014_x86_64
     fetch_wheel "$ONNX_PKG" "$ONNX_WHEEL_SHA256" "${manylinux[@]}" --platform manylinux2014_x86_64
     fetch_wheel "$PILLOW_PKG" "$PILLOW_WHEEL_SHA256" "${manylinux[@]}" --platform manylinux_2_28_x86_64
+    fetch_wheel "$DELTALAKE_PKG" "$DELTALAKE_WHEEL_SHA256" "${manylinux[@]}" --platform manylinux2014_x86_64
     "$CACHE/pyenv/bin/pip" install -q "$CACHE/downloads/$ORT_WHEEL" "$CACHE/downloads/$FASTTEXT_WHEEL" \
       "$CACHE/downloads/$ONNX_WHEEL" "$CACHE/downloads/$PILLOW_WHEEL" protobuf==7.36.2 \
-      tokenizers==0.22.1 numpy confluent-kafka==2.16.1 pyarrow==22.0.0
+      tokenizers==0.22.1 numpy confluent-kafka==2.16.1 pyarrow==22.0.0 \
+      "$CACHE/downloads/$DELTALAKE_WHEEL" arro3-core==0.9.1 deprecated==1.3.1
   fi
   # The fastText model is trained here, deterministically (about half a minute, once).
   FASTTEXT_DIR="$CACHE/models/fasttext-products"
@@ -294,7 +302,7 @@ if [ "$PYTHON_TOO" = 1 ]; then
 fi
 
 if [ "${1:-}" = "--spark" ]; then
-  install_jars spark "Spark $SPARK_VERSION's Kafka connector"
+  install_jars spark "Spark $SPARK_VERSION's Kafka connector and Delta Lake"
   if [ "$("$CACHE/pyenv/bin/python" -c 'import pandas, pyspark; print(pyspark.__version__)' 2>/dev/null)" != "$SPARK_VERSION" ]; then
     say "installing pyspark $SPARK_VERSION and pandas into $CACHE/pyenv (about a minute, once)"
     fetch_wheel "pyspark==$SPARK_VERSION" "$PYSPARK_SDIST_SHA256" --no-binary=:all:

@@ -7,5 +7,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # A one-off build (CI, a fresh clone) gains nothing from incremental caches, which would double
 # the target folder's size on disk.
 if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
-deploy/setup.sh --python
+deploy/setup.sh --spark
 cargo test --workspace "$@"

@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use embedstream_core::auth::ClusterToken;
 use embedstream_core::spec::SinkKind;
-use embedstream_core::tls::{Naming, Role, TlsFiles, APPLICATION_SERVER_NAME};
+use embedstream_core::tls::{Naming, Role, Tls, TlsFiles, APPLICATION_SERVER_NAME};
 use embedstream_core::{store, JobSpec};
 use embedstream_driver::launcher::yarn::{AmChannel, YarnLauncher};
 use embedstream_driver::launcher::{DriverEndpoints, Launcher};
@@ -132,15 +132,8 @@ impl YarnClient {
         let token = ClusterToken::new(secret.trim());
         let tls = if tls.is_empty() {
             let ca = self.call(&["staged".into(), app.into(), APP_CA.into()], CALL_TIMEOUT).await?;
-            let dir = tempfile::Builder::new().prefix("embedstream-app-ca-").tempdir()?;
-            let file = dir.path().join(APP_CA);
-            std::fs::write(&file, ca)?;
-            let files = TlsFiles {
-                tls_ca: Some(file),
-                tls_server_name: Some(APPLICATION_SERVER_NAME.into()),
-                ..Default::default()
-            };
-            files.load(Role::Client, Naming::Flags).with_context(|| format!("{app}'s staged {APP_CA}"))?
+            Tls::client_of(ca.into_bytes(), Path::new(APP_CA), APPLICATION_SERVER_NAME)
+                .with_context(|| format!("{app}'s staged {APP_CA}"))?
         } else {
             tls.load(Role::Client, Naming::Flags)?
         };

@@ -11,17 +11,6 @@ use common::table::{file_being_written, read_table};
 use common::*;
 use embedstream_core::manifest;
 
-fn pid_of_executor(id: &str, pids: &[u32]) -> u32 {
-    *pids
-        .iter()
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.windows(2).any(|w| w[0] == b"--executor-id" && w[1] == id.as_bytes())
-        })
-        .unwrap_or_else(|| panic!("no executor {id} among {pids:?}"))
-}
-
 #[test]
 fn the_table_holds_every_record_once_after_an_executor_kill_and_a_driver_restart() {
     let broker = Broker::start();
@@ -60,8 +49,7 @@ fn the_table_holds_every_record_once_after_an_executor_kill_and_a_driver_restart
         assert!(Instant::now() < deadline, "no batch was seen being written:\n{}", q.log());
         std::thread::sleep(Duration::from_millis(5));
     };
-    let pid = pid_of_executor(&victim, &q.executor_pids());
-    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    kill_hard(pid_of_executor(&victim, &q.executor_pids()));
     q.wait_until("all 160 records committed", Duration::from_secs(120), |_| {
         broker.committed("pq-group", "docs", 2) == vec![80, 80]
     });

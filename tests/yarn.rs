@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::capture::{Capture, Flow};
-use common::hadoop::{app_id, processes_with, HadoopCluster};
+use common::hadoop::{app_id, executors_of, processes_with, the_driver, HadoopCluster};
 use common::table::read_table;
 use common::*;
 use embedstream_core::store;
@@ -314,10 +314,10 @@ fn an_executor_killed_on_yarn_is_replaced_and_scale_and_stop_work() {
     let plain = common::tls::http_get(address);
     assert!(!plain.is_ok_and(|a| a.contains("HTTP/1.1 200")), "the page is not served in clear");
 
-    let victims = processes_with(&["embedstream", " executor ", &app.replace("application_", "container_")]);
+    let victims = executors_of(&app);
     assert!(!victims.is_empty(), "no executor process of {app}");
     let (pid, _) = victims[0].clone();
-    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    kill_hard(pid);
     let second = texts(60, 3);
     broker.produce_texts("yarn-kill", 2, first.len(), &second);
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
@@ -374,9 +374,7 @@ fn a_killed_master_is_restarted_by_yarn_and_resumes_from_the_hdfs_checkpoint() {
     let hadoop = cluster();
     let (broker, first, app) = running(hadoop, "yarn-am", 40, "[executors]\ncount = 1\nmemory = \"800m\"\n");
 
-    let drivers = processes_with(&["embedstream", "yarn-driver", "--job"]);
-    assert_eq!(drivers.len(), 1, "one driver running: {drivers:?}");
-    std::process::Command::new("kill").args(["-KILL", &drivers[0].0.to_string()]).status().unwrap();
+    kill_hard(the_driver().0);
     let second = texts(40, 6);
     broker.produce_texts("yarn-am", 2, first.len(), &second);
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();

@@ -14,7 +14,7 @@ use std::process::Output;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::hadoop::{app_id, processes_with, HadoopCluster, USER};
+use common::hadoop::{app_id, executors_of, the_driver, HadoopCluster, USER};
 use common::kdc::{Kdc, REALM};
 use common::table::read_table;
 use common::*;
@@ -37,7 +37,7 @@ fn secure() -> &'static Secure {
         let k = hadoop.kerberos.as_ref().unwrap();
         std::env::set_var("HADOOP_CONF_DIR", &hadoop.conf_dir);
         std::env::set_var("KRB5_CONFIG", &k.krb5_conf);
-        std::env::set_var("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
+        std::env::set_var("KRB5CCNAME", hadoop.ticket_cache());
         Secure { hadoop, kdc }
     })
 }
@@ -62,17 +62,25 @@ fn secure_job(broker: &Broker, hadoop: &HadoopCluster, name: &str, trigger: &str
     (job, table)
 }
 
-/// `submit --master yarn` of `job` as the test user, with `extra` arguments.
+/// `submit --master yarn` of `job` with `extra` arguments, with no ticket (`extra` may log in).
 fn submit(hadoop: &HadoopCluster, job: &Job, extra: &[&str]) -> Output {
-    let mut c = hadoop.embedstream();
+    submit_as(hadoop.embedstream(), job, extra)
+}
+
+/// `submit --master yarn` of `job` through `c` (`embedstream`, with or without a ticket).
+fn submit_as(mut c: std::process::Command, job: &Job, extra: &[&str]) -> Output {
     c.arg("submit").arg(&job.path).args(["--master", "yarn", "--driver-memory", "512m"]).args(extra);
     run_to_end(c, Duration::from_secs(300))
 }
 
-/// `--principal USER@REALM --keytab USER's keytab`
-fn keytab_login(hadoop: &HadoopCluster) -> [String; 4] {
-    let k = hadoop.kerberos.as_ref().unwrap();
-    ["--principal".into(), format!("{USER}@{REALM}"), "--keytab".into(), k.user_keytab.display().to_string()]
+/// `--principal NAME@REALM --keytab KEYTAB`
+fn keytab_login(name: &str, keytab: &std::path::Path) -> [String; 4] {
+    ["--principal".into(), format!("{name}@{REALM}"), "--keytab".into(), keytab.display().to_string()]
+}
+
+/// [`keytab_login`] as the test user.
+fn user_login(hadoop: &HadoopCluster) -> [String; 4] {
+    keytab_login(USER, &hadoop.kerberos.as_ref().unwrap().user_keytab)
 }
 
 /// Waits until the table holds `n` rows through its manifests (failing early if `app` ended).
@@ -108,12 +116,12 @@ fn staging(hadoop: &HadoopCluster) -> PathBuf {
 /// Kerberos, and writes nothing. With `--principal --keytab` it logs in, gets HDFS delegation
 /// tokens for the job's HDFS and hands them to the application: the master, the driver and the
 /// executors write the checkpoint and the Parquet table with them (the keytab goes to the
-/// master's container only, for renewals), every record once. The admin commands work with the user's ticket (`kinit`).
+/// master's container only, for renewals), every record once. The admin commands work with
+/// the user's ticket (`kinit`).
 #[test]
 fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     let _serial = one_at_a_time();
     let Secure { hadoop, .. } = secure();
-    let k = hadoop.kerberos.as_ref().unwrap();
     let name = "secure-all";
     let broker = Broker::start();
     let inputs = texts(60, 5);
@@ -134,7 +142,7 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     assert_eq!(store::list(&staging(hadoop)).unwrap().map(|e| e.len()), staged_before, "nothing was staged");
     assert_eq!(store::list(&checkpoint).unwrap(), None, "nothing was written");
 
-    let login = keytab_login(hadoop);
+    let login = user_login(hadoop);
     let out = submit(hadoop, &job, &login.each_ref().map(String::as_str));
     assert!(out.status.success(), "submit with a keytab: {}", String::from_utf8_lossy(&out.stderr));
     let app = app_id(&out);
@@ -143,10 +151,9 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
 
     // An executor's container killed: its replacement gets the application's tokens from the
     // master and reads and writes HDFS with them.
-    let containers = app.replace("application_", "container_");
-    let executors = processes_with(&["embedstream", " executor ", &containers]);
+    let executors = executors_of(&app);
     assert!(!executors.is_empty(), "no executor process of {app}");
-    std::process::Command::new("kill").args(["-KILL", &executors[0].0.to_string()]).status().unwrap();
+    kill_hard(executors[0].0);
     let second = texts(30, 7);
     broker.produce_texts(name, 2, inputs.len(), &second);
     let mut all: Vec<String> = inputs.iter().chain(&second).cloned().collect();
@@ -154,9 +161,7 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
 
     // The master killed: YARN's second attempt gets the application's tokens too and resumes
     // from the HDFS checkpoint.
-    let drivers = processes_with(&["embedstream", "yarn-driver", "--job"]);
-    assert_eq!(drivers.len(), 1, "one driver running: {drivers:?}");
-    std::process::Command::new("kill").args(["-KILL", &drivers[0].0.to_string()]).status().unwrap();
+    kill_hard(the_driver().0);
     let third = texts(30, 8);
     broker.produce_texts(name, 2, all.len(), &third);
     all.extend(third);
@@ -170,9 +175,8 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
         store::list(&staging(hadoop).join(&app)).unwrap().unwrap_or_default().into_iter().map(|e| e.name).collect();
     assert!(staged.contains(&"user.keytab".to_string()), "{staged:?}");
     let cwd = |pid: u32| std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
-    let drivers = processes_with(&["embedstream", "yarn-driver", "--job"]);
-    assert!(cwd(drivers[0].0).join("user.keytab").is_file(), "the master's container has the keytab");
-    let executors = processes_with(&["embedstream", " executor ", &containers]);
+    assert!(cwd(the_driver().0).join("user.keytab").is_file(), "the master's container has the keytab");
+    let executors = executors_of(&app);
     assert!(!executors.is_empty());
     for (pid, _) in executors {
         assert!(!cwd(pid).join("user.keytab").exists(), "an executor's container has the keytab");
@@ -180,16 +184,14 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
 
     // The admin commands with the user's ticket.
     let admin = |args: &[&str]| {
-        let mut c = hadoop.embedstream();
-        c.args(args)
-            .args(["--master", "yarn", "--app", &app])
-            .env("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
+        let mut c = hadoop.embedstream_with_ticket();
+        c.args(args).args(["--master", "yarn", "--app", &app]);
         run_to_end(c, Duration::from_secs(60))
     };
     let out = admin(&["progress"]);
     assert!(out.status.success(), "progress: {}", String::from_utf8_lossy(&out.stderr));
-    let mut list = hadoop.embedstream();
-    list.args(["list", "--master", "yarn"]).env("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
+    let mut list = hadoop.embedstream_with_ticket();
+    list.args(["list", "--master", "yarn"]);
     let out = run_to_end(list, Duration::from_secs(60));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&app), "list: {}", String::from_utf8_lossy(&out.stderr));
     // Without a ticket, an admin command says what is missing.
@@ -204,8 +206,8 @@ fn a_query_on_kerberized_yarn_and_hdfs_runs_on_delegation_tokens() {
     assert_eq!(report["final_status"], "SUCCEEDED", "{report:?}");
 }
 
-/// Item 4 (and item 1's ticket): a Kafka source over SASL/GSSAPI read from YARN containers. The spec names the Kafka
-/// client's keytab on the submitting machine; `submit` stages it as a private file of the
+/// Item 4 (and item 1's ticket): a Kafka source over SASL/GSSAPI read from YARN containers.
+/// The spec names the Kafka client's keytab on the submitting machine; `submit` stages it as a private file of the
 /// application (librdkafka has no use for Kafka delegation tokens), which YARN localizes into
 /// the driver's and executors' containers, each logging in into a ticket cache of its own. The
 /// job is submitted with the user's ticket from `kinit`, as a short job may be.
@@ -232,11 +234,7 @@ fn a_kafka_source_over_gssapi_is_read_from_yarn_containers() {
     let job = job.with_bootstrap(broker.listener("SASL_PLAINTEXT"));
 
     // A short job, submitted with the user's ticket (`kinit`) rather than a keytab.
-    let k = hadoop.kerberos.as_ref().unwrap();
-    let mut c = hadoop.embedstream();
-    c.arg("submit").arg(&job.path).args(["--master", "yarn", "--driver-memory", "512m", "--wait"]);
-    c.env("KRB5CCNAME", format!("FILE:{}", k.ccache.display()));
-    let out = run_to_end(c, Duration::from_secs(300));
+    let out = submit_as(hadoop.embedstream_with_ticket(), &job, &["--wait"]);
     let app = app_id(&out);
     assert!(
         out.status.success(),
@@ -255,10 +253,14 @@ fn a_kafka_source_over_gssapi_is_read_from_yarn_containers() {
 /// lifetime of every token the application started with, an executor's container is killed:
 /// its replacement is localized and reads and writes HDFS with renewed tokens, and the query
 /// writes every record once.
+///
+/// Item 8, in the same three minutes (a second application beside the first): a query whose
+/// keytab stops working (its principal is deleted from the KDC) cannot be renewed; before its
+/// tokens expire the query ends, and YARN's diagnostics say why in one line.
 #[test]
 fn a_query_outlives_its_delegation_tokens_on_a_keytab() {
     let _serial = one_at_a_time();
-    let Secure { hadoop, .. } = secure();
+    let Secure { hadoop, kdc } = secure();
     let name = "secure-renewal";
     let broker = Broker::start();
     let first = texts(30, 9);
@@ -266,12 +268,26 @@ fn a_query_outlives_its_delegation_tokens_on_a_keytab() {
     broker.produce_texts(name, 2, 0, &first);
     let executors = "[executors]\ncount = 1\ncores = 1\nmemory = \"800m\"\nmemory_overhead = \"400m\"\n";
     let (job, table) = secure_job(&broker, hadoop, name, "processing_time = \"500ms\"", executors);
-    let login = keytab_login(hadoop);
+    let login = user_login(hadoop);
     let submitted = Instant::now();
     let out = submit(hadoop, &job, &login.each_ref().map(String::as_str));
     assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
     let app = app_id(&out);
     wait_for_rows(hadoop, &table, first.len(), &app);
+
+    // Beside it, carol's query, whose keytab stops working once it runs.
+    let carol = "carol";
+    let carol_keytab = kdc.add_principal(carol);
+    let failing = "secure-renewal-fails";
+    broker.create_topic(failing, 1);
+    broker.produce_texts(failing, 1, 0, &first);
+    let (carol_job, carol_table) = secure_job(&broker, hadoop, failing, "processing_time = \"500ms\"", executors);
+    let carol_login = keytab_login(carol, &carol_keytab);
+    let out = submit(hadoop, &carol_job, &carol_login.each_ref().map(String::as_str));
+    assert!(out.status.success(), "submit as {carol}: {}", String::from_utf8_lossy(&out.stderr));
+    let carol_app = app_id(&out);
+    wait_for_rows(hadoop, &carol_table, first.len(), &carol_app);
+    kdc.delete_principal(carol);
 
     // Every token the application started with (the submit's, and the master's first) has
     // reached its max lifetime once the master has renewed twice after its first: the driver
@@ -290,10 +306,9 @@ fn a_query_outlives_its_delegation_tokens_on_a_keytab() {
     let executor_log = hadoop.logs(&app, "stderr");
     assert!(executor_log.contains("took the driver's renewed Hadoop delegation tokens"), "{executor_log}");
 
-    let containers = app.replace("application_", "container_");
-    let victims = processes_with(&["embedstream", " executor ", &containers]);
+    let victims = executors_of(&app);
     assert!(!victims.is_empty(), "no executor process of {app}");
-    std::process::Command::new("kill").args(["-KILL", &victims[0].0.to_string()]).status().unwrap();
+    kill_hard(victims[0].0);
     let second = texts(30, 10);
     broker.produce_texts(name, 2, first.len(), &second);
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
@@ -305,4 +320,14 @@ fn a_query_outlives_its_delegation_tokens_on_a_keytab() {
         log.lines().filter(|l| l.contains("renewed Hadoop delegation tokens")).collect::<Vec<_>>().join("\n")
     );
     hadoop.kill(&app);
+
+    // carol's query ended on its own, before its tokens did, saying why.
+    let report = hadoop.wait_for_end(&carol_app, Duration::from_secs(180));
+    let master_log = hadoop.logs(&carol_app, "stderr");
+    assert_eq!(report["final_status"], "FAILED", "{report:?}\n{master_log}");
+    let why = &report["diagnostics"];
+    for said in ["Kerberos", "could not renew", "HDFS delegation tokens", "--keytab"] {
+        assert!(why.contains(said), "{said:?} in the diagnostics: {why}\n{master_log}");
+    }
+    eprintln!("the failed renewal, as YARN reports it: {why}");
 }

@@ -106,8 +106,14 @@ pub fn commit(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestE
 /// nothing, all dead letters, had failed attempts that wrote nothing either.)
 /// A driver that crashed between a manifest and this clean-up calls it again on restart.
 pub fn remove_orphans(table: &Path, manifest: &BatchManifest) -> Result<usize, ManifestError> {
-    let prefix = batch_prefix(manifest.batch_id);
-    let listed: HashSet<PathBuf> = manifest.files.iter().map(|f| table.join(&f.path)).collect();
+    remove_batch_orphans(table, manifest.batch_id, &manifest.files)
+}
+
+/// Deletes the files of batch `batch_id` that are not among `files` (the successful attempts'),
+/// as [`remove_orphans`] does for a manifest; for tables whose log is not a manifest (Delta).
+pub fn remove_batch_orphans(table: &Path, batch_id: u64, files: &[ManifestFile]) -> Result<usize, ManifestError> {
+    let prefix = batch_prefix(batch_id);
+    let listed: HashSet<PathBuf> = files.iter().map(|f| table.join(&f.path)).collect();
     let dirs: BTreeSet<&Path> = listed.iter().filter_map(|f| f.parent()).collect();
     let mut removed = 0;
     for dir in dirs {

@@ -296,6 +296,15 @@ impl Tls {
         Tls(None)
     }
 
+    /// A client that verifies its peer against the PEM CA `ca` (read from `source`, named in
+    /// errors) and expects `server_name` in the peer's certificate: an admin command calling an
+    /// application's driver with the CA staged for it.
+    pub fn client_of(ca: Vec<u8>, source: &Path, server_name: &str) -> Result<Tls, TlsError> {
+        certificates(&ca, source, "the application's CA")?;
+        let server_name = Some(server_name.to_string());
+        Ok(Tls(Some(Arc::new(Material { identity: None, ca: Some(ca), client_auth: false, server_name }))))
+    }
+
     /// This process's PEM certificate chain and key, when it serves TLS.
     pub fn identity(&self) -> Option<(&[u8], &[u8])> {
         self.0.as_ref()?.identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()))

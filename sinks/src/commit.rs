@@ -22,8 +22,21 @@ pub enum CommitError {
         "sink.path {table}: a task returned the file `{file}`, which is not a relative path inside the table; refused"
     )]
     OutsideTable { table: String, file: String },
+    #[error("sink.path {path}: Delta table: {message}")]
+    Delta { path: String, message: String },
+    #[error(
+        "sink.path {path}: the Delta table belongs to query {owner} (its transactions' appId), not to this \
+         checkpoint's query {ours}; a table has one writing query: give a new sink.path, or the owner's checkpoint_location"
+    )]
+    DeltaOwner { path: String, owner: String, ours: String },
     #[error(transparent)]
     Sink(#[from] crate::SinkError),
+}
+
+/// A relative path of plain names (no `/` first, no `..`, no `.`): what tasks return is input
+/// from other processes, and a table's log lists only files inside it.
+pub(crate) fn inside_table(file: &str) -> bool {
+    !file.is_empty() && std::path::Path::new(file).components().all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// A table whose manifest for this batch another query wrote.

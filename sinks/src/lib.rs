@@ -10,12 +10,14 @@
 //!   [`rows::output_schema`]), and [`TaskWriter::delete`] for the tombstones of a window;
 //! - [`TaskWriter::commit`] when the task is done, or [`TaskWriter::abort`] when it failed;
 //! - per batch, the driver's [`commit::BatchCommitter`]: nothing to publish for Kafka, the
-//!   manifest for file sinks (`embedstream_core::manifest`), the end offsets for pgvector,
+//!   manifest for Parquet (`embedstream_core::manifest`), a Delta commit for [`delta`], the
+//!   end offsets for pgvector,
 //!   written once every task of the batch has committed.
 //!
 //! Guarantees: [`kafka`] is at-least-once (a retried task writes its records again; the
 //! idempotent producer never duplicates within an attempt); [`parquet`] is exactly-once for
-//! readers that go through the manifests; [`pgvector`] is exactly-once by construction (every
+//! readers that go through the manifests; [`delta`] is exactly-once for every Delta reader
+//! (one Delta commit per batch, idempotent by the query's `txn`); [`pgvector`] is exactly-once by construction (every
 //! window is a merge keyed by the record's origin or key, which a re-run repeats). Dead letters ([`dead_letters`]) are a component of
 //! their own that every sink's tasks use: they always go to the Kafka dead-letter topic.
 //!
@@ -24,6 +26,7 @@
 
 pub mod commit;
 pub mod dead_letters;
+pub mod delta;
 pub mod kafka;
 pub mod parquet;
 pub mod pgvector;
@@ -51,6 +54,9 @@ pub enum SinkError {
     Cancelled { topic: String },
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// A table that cannot be written by this query (its committer says why, naming `sink.path`).
+    #[error("{0}")]
+    Table(String),
     /// A database sink's server: `url` is `sink.url` as the spec writes it (no password).
     #[error("sink.url = \"{url}\": {message}")]
     Database { url: String, message: String },
@@ -132,6 +138,10 @@ pub async fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>
         SinkKind::Parquet(p) => {
             Box::new(Arc::new(parquet::ParquetSink::new(p, ctx.outputs, ctx.chunks, ctx.executor_id)?))
         }
+        // A Delta table's files are the Parquet sink's; its committer differs.
+        SinkKind::Delta(d) => {
+            Box::new(Arc::new(parquet::ParquetSink::new(&d.files(), ctx.outputs, ctx.chunks, ctx.executor_id)?))
+        }
         SinkKind::Pgvector(p) => Box::new(Arc::new(pgvector::open(p, ctx.password, ctx.outputs).await?)),
     })
 }
@@ -146,6 +156,7 @@ pub async fn committer(
     Ok(match &spec.sink.kind {
         SinkKind::Kafka(_) => Box::new(kafka::NothingToPublish),
         SinkKind::Parquet(p) => Box::new(parquet::ManifestCommitter::new(p.path.clone())),
+        SinkKind::Delta(d) => Box::new(delta::DeltaCommitter::open(d, query_id).await?),
         SinkKind::Pgvector(p) => {
             Box::new(pgvector::OffsetsCommitter::connect(p, password, &spec.name, query_id).await?)
         }

@@ -148,6 +148,19 @@ impl HadoopCluster {
         c
     }
 
+    /// `KRB5CCNAME` for the test user's ticket (a Kerberized cluster's, from `kinit`).
+    pub fn ticket_cache(&self) -> String {
+        let k = self.kerberos.as_ref().expect("a Kerberized cluster");
+        format!("FILE:{}", k.ccache.display())
+    }
+
+    /// [`Self::embedstream`] run with the test user's ticket.
+    pub fn embedstream_with_ticket(&self) -> Command {
+        let mut c = self.embedstream();
+        c.env("KRB5CCNAME", self.ticket_cache());
+        c
+    }
+
     /// `hdfs://localhost:PORT/<path>`
     pub fn url(&self, path: &str) -> PathBuf {
         PathBuf::from(format!("{}/{}", self.hdfs, path.trim_start_matches('/')))
@@ -292,4 +305,17 @@ pub fn processes_with(words: &[&str]) -> Vec<(u32, String)> {
         }
     }
     out
+}
+
+/// The executor processes of YARN application `app` (their command lines name its containers).
+pub fn executors_of(app: &str) -> Vec<(u32, String)> {
+    processes_with(&["embedstream", " executor ", &app.replace("application_", "container_")])
+}
+
+/// The one running YARN driver (one application at a time in these tests); the master's
+/// container ends with it, and YARN starts another attempt.
+pub fn the_driver() -> (u32, String) {
+    let drivers = processes_with(&["embedstream", "yarn-driver", "--job"]);
+    assert_eq!(drivers.len(), 1, "one driver running: {drivers:?}");
+    drivers[0].clone()
 }

@@ -118,6 +118,13 @@ sort_window = 16
         self.replace_section("sink", "[sink]\nkind = \"kafka\"\n", "\n", &sink)
     }
 
+    /// Makes the sink a Delta table at `table` (with the `value` column), `keys` (TOML lines)
+    /// added to `[sink]`.
+    pub fn with_delta_sink(self, table: &Path, keys: &str) -> Job {
+        let sink = format!("[sink]\nkind = \"delta\"\npath = \"{}\"\ncolumns = [\"value\"]\n{keys}\n", table.display());
+        self.replace_section("sink", "[sink]\nkind = \"kafka\"\n", "\n", &sink)
+    }
+
     /// Makes the sink a pgvector table at `url` (no password in it) with `keys` (TOML lines:
     /// `table`, `mode`, ...), the password read from the file `pg.pass` beside the spec (a
     /// relative path, as a user would write it) holding `password`.
@@ -335,4 +342,22 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, body.to_string())
+}
+
+/// `kill -KILL pid`, as a node losing the process would.
+pub fn kill_hard(pid: u32) {
+    let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(killed.success(), "kill -KILL {pid}: {killed}");
+}
+
+/// The pid among `pids` of the local executor started as `--executor-id id`.
+pub fn pid_of_executor(id: &str, pids: &[u32]) -> u32 {
+    *pids
+        .iter()
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.windows(2).any(|w| w[0] == b"--executor-id" && w[1] == id.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no executor {id} among {pids:?}"))
 }

@@ -60,6 +60,12 @@ pub fn read_vectors(table: &Path, columns: &[&str]) -> (VectorRows, usize) {
 
 /// A file of a batch that has no manifest yet: (its batch, the executor writing it).
 pub fn file_being_written(table: &Path) -> Option<(u64, String)> {
+    file_of_a_batch_in_flight(table, |batch| manifest::committed(table, batch).unwrap().is_some())
+}
+
+/// A data file under `table` of a batch that `published` says is not published yet, and the
+/// executor that wrote it (from its name).
+pub fn file_of_a_batch_in_flight(table: &Path, published: impl Fn(u64) -> bool) -> Option<(u64, String)> {
     manifest::data_files(table).unwrap().into_iter().find_map(|f| {
         // part-<batch>-<task>-<attempt>-<executor id>-<hex>.parquet
         let name = f.file_name()?.to_str()?.strip_prefix("part-")?.strip_suffix(".parquet")?.to_string();
@@ -67,6 +73,6 @@ pub fn file_being_written(table: &Path) -> Option<(u64, String)> {
         let batch: u64 = parts.next()?.parse().ok()?;
         let (_task, _attempt) = (parts.next()?, parts.next()?);
         let executor = parts.next()?.rsplit_once('-')?.0.to_string();
-        manifest::committed(table, batch).unwrap().is_none().then_some((batch, executor))
+        (!published(batch)).then_some((batch, executor))
     })
 }

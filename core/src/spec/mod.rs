@@ -40,8 +40,8 @@ const MAX_ERRORS_SHOWN: usize = 10;
 
 pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
 pub use sink::{
-    KafkaSinkSpec, ParquetSinkSpec, PartitionBy, PgDistance, PgIndex, PgMode, PgvectorSinkSpec, SinkCommon, SinkKind,
-    SinkSpec, VectorFormat,
+    DeltaSinkSpec, KafkaSinkSpec, ParquetSinkSpec, PartitionBy, PgDistance, PgIndex, PgMode, PgvectorSinkSpec,
+    SinkCommon, SinkKind, SinkSpec, VectorFormat,
 };
 pub use source::{SourceSpec, StartAt, StartingOffsets};
 pub use units::{parse_memory_mb, HumanDuration, MemorySize, Mib, Written};

@@ -114,6 +114,17 @@ fn impossible_values_are_named() {
         JobSpec::from_toml(&parquet("path = \"/data/t\"\ndead_letter_topic = \"bad\"\nbootstrap_servers = \"b:9\""));
     let again = JobSpec::from_toml(&own.unwrap().to_toml()).unwrap();
     assert_eq!((again.dead_letter_topic(), again.sink.bootstrap_servers()), ("bad".to_string(), Some("b:9")));
+    let delta = |rest: &str| spec(&f, "", rest).replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"delta\"");
+    assert_eq!(key_of(&delta("")), "sink.path");
+    assert_eq!(key_of(&delta("path = \"relative/dir\"")), "sink.path");
+    assert_eq!(key_of(&delta("path = \"hdfs://nn:8020/t\"")), "sink.path");
+    assert_eq!(key_of(&delta("path = \"/data/t\"\ncheckpoint_interval = 0")), "sink.checkpoint_interval");
+    assert_eq!(key_of(&delta("path = \"/data/t\"\ncolumns = [\"headers\"]")), "sink.columns");
+    assert_eq!(key_of(&delta("path = \"/data/t\"\nmanifests = true")), "sink.manifests");
+    let table = JobSpec::from_toml(&delta("path = \"/data/t\"\npartition_by = \"hour\"")).unwrap();
+    let SinkKind::Delta(d) = &table.sink.kind else { panic!("a Delta sink") };
+    assert_eq!((d.partition_by, d.checkpoint_interval), (PartitionBy::Hour, 10));
+    assert!(matches!(JobSpec::from_toml(&table.to_toml()).unwrap().sink.kind, SinkKind::Delta(_)), "round trip");
     assert_eq!(key_of(&spec(&f, "", "path = \"/data/t\"")), "sink.path");
     assert_eq!(key_of(&spec(&f, "", "[trigger]\nprocessing_time = \"soon\"")), "trigger.processing_time");
     assert_eq!(key_of(&spec(&f, "", "[executors]\ncount = 0")), "executors.count");

@@ -43,6 +43,12 @@ pub enum LaunchError {
          giving up: raise executors.memory"
     )]
     OverMemory { kills: u32, why: String },
+    #[error(
+        "Kerberos: the ApplicationMaster could not renew the application's HDFS delegation tokens, \
+         which expire at {expires}: {why}; the query stops here and resumes from its checkpoint \
+         when submitted again with a valid --keytab"
+    )]
+    TokenRenewal { expires: String, why: String },
     #[error("resource manager {url}: {message}")]
     ResourceManager { url: String, message: String },
 }

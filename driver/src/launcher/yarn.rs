@@ -241,6 +241,7 @@ impl YarnLauncher {
             Err(e) => Some(e),
         };
         let mut ended = Vec::new();
+        let mut renewal_failed = None;
         for f in lines {
             match f[0].as_str() {
                 "allocated" => {
@@ -249,6 +250,10 @@ impl YarnLauncher {
                 // The master renewed the application's delegation tokens (YARN with Kerberos):
                 // they replace this process's token file, and go to the executors.
                 "tokens" if f.len() >= 2 => self.take_tokens(&f[1], f.get(2).map(String::as_str).unwrap_or("")),
+                // The master gave up renewing them before they expire: the query ends, saying so.
+                "renewal-failed" if f.len() >= 3 => {
+                    renewal_failed = Some(LaunchError::TokenRenewal { expires: f[1].clone(), why: f[2].clone() });
+                }
                 "completed" if f.len() >= 4 => {
                     let diagnostics = f.get(4).map(String::as_str).unwrap_or("").trim();
                     ended.push(Ended {
@@ -259,6 +264,9 @@ impl YarnLauncher {
                 }
                 _ => tracing::warn!(line = ?f, "unexpected answer from the ApplicationMaster"),
             }
+        }
+        if let Some(e) = renewal_failed {
+            return Err(e);
         }
         match failed {
             // YARN has ended this attempt: the query must stop, not run on without it.

@@ -80,6 +80,7 @@ pub fn describe_sink(sink: &SinkSpec) -> String {
     match &sink.kind {
         SinkKind::Kafka(k) => format!("kafka topic {}", k.topic),
         SinkKind::Parquet(p) => format!("parquet {}", p.path.display()),
+        SinkKind::Delta(d) => format!("delta {}", d.path.display()),
         SinkKind::Pgvector(p) => format!("pgvector table {}", p.table),
     }
 }

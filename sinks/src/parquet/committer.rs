@@ -2,12 +2,12 @@
 //! `<table>/_embedstream_log/`, written once every task of the batch committed its files; a
 //! manifest found for a batch about to run means an earlier run of this query published it.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use embedstream_core::manifest::{self, BatchManifest, ManifestFile};
 use futures::future::BoxFuture;
 
-use crate::commit::{BatchCommitter, BatchRange, CommitError, ForeignTable, Published};
+use crate::commit::{inside_table, BatchCommitter, BatchRange, CommitError, ForeignTable, Published};
 
 pub struct ManifestCommitter {
     table: PathBuf,
@@ -80,11 +80,6 @@ impl BatchCommitter for ManifestCommitter {
     ) -> BoxFuture<'a, Result<(), CommitError>> {
         Box::pin(std::future::ready(self.publish_now(batch, files)))
     }
-}
-
-/// A relative path of plain names (no `/` first, no `..`, no `.`).
-fn inside_table(file: &str) -> bool {
-    !file.is_empty() && Path::new(file).components().all(|c| matches!(c, Component::Normal(_)))
 }
 
 #[cfg(test)]

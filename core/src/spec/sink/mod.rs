@@ -1,6 +1,6 @@
 //! `[sink]`: where embeddings go. The keys every sink has ([`SinkCommon`]: its cluster and its
 //! dead letters) are parsed once; the rest by the kind's variant of [`SinkKind`], chosen by
-//! `kind`, whose keys live in its own module ([`kafka`], [`parquet`]). A new sink is one more
+//! `kind`, whose keys live in its own module ([`kafka`], [`parquet`], [`delta`]). A new sink is one more
 //! variant and module here, and its folder in the `embedstream-sinks` crate (writer and
 //! committer). The spec stays here, apart from the sinks' code, because every process parses
 //! it, the resource manager too, which links no sink.
@@ -9,6 +9,7 @@
 //! error inside it still names its key (`sink.format`): serde's internally tagged enums lose
 //! the path inside the variant.
 
+pub mod delta;
 pub mod kafka;
 pub mod parquet;
 pub mod pgvector;
@@ -16,6 +17,7 @@ pub mod pgvector;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use delta::DeltaSinkSpec;
 pub use kafka::{KafkaSinkSpec, VectorFormat};
 pub use parquet::{ParquetSinkSpec, PartitionBy};
 pub use pgvector::{PgDistance, PgIndex, PgMode, PgvectorSinkSpec};
@@ -68,6 +70,9 @@ pub enum SinkKind {
     Kafka(KafkaSinkSpec),
     /// Parquet files under `path`, published per batch by a manifest (exactly-once).
     Parquet(ParquetSinkSpec),
+    /// A Delta Lake table under `path`: one Delta commit per batch (exactly-once for every
+    /// Delta reader).
+    Delta(DeltaSinkSpec),
     /// Rows in a PostgreSQL table with pgvector columns, upserted by key or appended by origin
     /// (exactly-once by construction).
     Pgvector(PgvectorSinkSpec),
@@ -78,7 +83,7 @@ impl SinkSpec {
     pub fn output_topic(&self) -> Option<&str> {
         match &self.kind {
             SinkKind::Kafka(k) => Some(&k.topic),
-            SinkKind::Parquet(_) | SinkKind::Pgvector(_) => None,
+            SinkKind::Parquet(_) | SinkKind::Delta(_) | SinkKind::Pgvector(_) => None,
         }
     }
 
@@ -101,7 +106,7 @@ impl SinkSpec {
     pub fn dead_letter_topic(&self, query: &str) -> String {
         self.common.dead_letter_topic.clone().unwrap_or_else(|| match &self.kind {
             SinkKind::Kafka(k) => format!("{}-dlq", k.topic),
-            SinkKind::Parquet(_) | SinkKind::Pgvector(_) => format!("{query}-dlq"),
+            SinkKind::Parquet(_) | SinkKind::Delta(_) | SinkKind::Pgvector(_) => format!("{query}-dlq"),
         })
     }
 
@@ -113,9 +118,14 @@ impl SinkSpec {
         let kind = match table.remove("kind") {
             Some(toml::Value::String(k)) => k,
             Some(_) => {
-                return Err(SpecError::new("sink.kind", "must be a string: \"kafka\", \"parquet\" or \"pgvector\""))
+                return Err(SpecError::new(
+                    "sink.kind",
+                    "must be a string: \"kafka\", \"parquet\", \"delta\" or \"pgvector\"",
+                ))
             }
-            None => return Err(SpecError::new("sink.kind", "missing: \"kafka\", \"parquet\" or \"pgvector\"")),
+            None => {
+                return Err(SpecError::new("sink.kind", "missing: \"kafka\", \"parquet\", \"delta\" or \"pgvector\""))
+            }
         };
         let common: toml::Table =
             SinkCommon::KEYS.iter().filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v))).collect();
@@ -126,6 +136,10 @@ impl SinkSpec {
                 return Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"parquet\")"))
             }
             "parquet" => section(table).map(SinkKind::Parquet)?,
+            "delta" if !table.contains_key("path") => {
+                return Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"delta\")"))
+            }
+            "delta" => section(table).map(SinkKind::Delta)?,
             "pgvector" => {
                 for key in ["url", "table"] {
                     if !table.contains_key(key) {
@@ -137,7 +151,7 @@ impl SinkSpec {
             other => {
                 return Err(SpecError::new(
                     "sink.kind",
-                    format!("unknown variant `{other}`, expected `kafka`, `parquet` or `pgvector`"),
+                    format!("unknown variant `{other}`, expected `kafka`, `parquet`, `delta` or `pgvector`"),
                 ))
             }
         };
@@ -148,6 +162,7 @@ impl SinkSpec {
         match &self.kind {
             SinkKind::Kafka(k) => k.validate()?,
             SinkKind::Parquet(p) => p.validate()?,
+            SinkKind::Delta(d) => d.validate()?,
             SinkKind::Pgvector(p) => p.validate()?,
         }
         self.kafka().validate("sink.kafka")?;

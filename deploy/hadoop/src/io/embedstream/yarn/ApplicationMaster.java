@@ -13,6 +13,7 @@
 //                                               -> allocated ID NODE   (a line per container)
 //                                                  completed ID EXIT_STATUS OVER_MEMORY DIAGNOSTICS
 //                                                  tokens FILE ABOUT (renewed delegation tokens)
+//                                                  renewal-failed EXPIRY WHY (renewal gave up)
 //                                                  end
 //   finish    SUCCEEDED|FAILED DIAGNOSTICS      -> ok
 // An answer that fails is `error MESSAGE` (then `end` for allocate). The driver's log is its
@@ -45,7 +46,6 @@ import java.util.Set;
 
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
-import org.apache.hadoop.io.DataOutputBuffer;
 import org.apache.hadoop.io.Text;
 import org.apache.hadoop.security.Credentials;
 import org.apache.hadoop.security.UserGroupInformation;
@@ -217,17 +217,28 @@ public final class ApplicationMaster {
    * and writes them to a file the driver is told of at its next allocate (it replaces its own
    * token file and hands them to its executors). Then again half way to the earliest expiry
    * (renewal or max lifetime; 90 s before it at the latest), so that a query runs for as long
-   * as the keytab is valid; a failed attempt is retried every minute, and logged.
+   * as the keytab is valid. A failed attempt is logged and retried every minute while the
+   * tokens in use have time left; when they have none (80 s before they expire: the Rust HDFS
+   * client takes no token within 60 s of its end), the driver is told `renewal-failed WHY`
+   * and ends the query with that one line, rather than with the NameNode's refusals later.
    */
   private void renewTokens(String principal) {
     String keytab = new File(Client.USER_KEYTAB).getAbsolutePath();
     List<String> uris = Client.hdfsUris(conf, System.getenv().getOrDefault(Client.HDFS_ENV, ""));
+    // Until the first renewal, the tokens in use are the submit's: the ResourceManager renews
+    // them up to their max date.
+    long expires;
+    try {
+      expires = Client.earliestMaxDate(UserGroupInformation.getCurrentUser().getCredentials());
+    } catch (java.io.IOException e) {
+      expires = Long.MAX_VALUE;
+    }
     for (int n = 1;; n++) {
       long next;
       try {
         UserGroupInformation user = UserGroupInformation.loginUserFromKeytabAndReturnUGI(principal, keytab);
         Credentials fresh = new Credentials();
-        long expires = user.doAs((java.security.PrivilegedExceptionAction<Long>) () ->
+        expires = user.doAs((java.security.PrivilegedExceptionAction<Long>) () ->
             Client.obtainTokens(conf, uris, user.getShortUserName(), fresh, true));
         UserGroupInformation.getCurrentUser().addCredentials(fresh);
         File file = new File("hadoop-tokens-" + n).getAbsoluteFile();
@@ -243,8 +254,17 @@ public final class ApplicationMaster {
         System.err.println("renewed HDFS delegation tokens: " + about + "; next at "
             + java.time.Instant.ofEpochMilli(next));
       } catch (Exception e) {
-        System.err.println("could not renew the HDFS delegation tokens (trying again in a minute): " + Client.oneLine(e));
-        next = System.currentTimeMillis() + 60_000;
+        String why = Client.oneLine(e);
+        long lastChance = expires - 80_000;
+        if (System.currentTimeMillis() >= lastChance) {
+          System.err.println("could not renew the HDFS delegation tokens, which expire at "
+              + java.time.Instant.ofEpochMilli(expires) + ": " + why);
+          pendingLines.add("renewal-failed\t" + java.time.Instant.ofEpochMilli(expires) + "\t" + why);
+          return;
+        }
+        next = Math.min(System.currentTimeMillis() + 60_000, lastChance);
+        System.err.println("could not renew the HDFS delegation tokens (trying again at "
+            + java.time.Instant.ofEpochMilli(next) + "): " + why);
       }
       try {
         Thread.sleep(Math.max(0, next - System.currentTimeMillis()));
@@ -345,8 +365,6 @@ public final class ApplicationMaster {
         theirs.addToken(t.getKey(), t.getValue());
       }
     }
-    DataOutputBuffer out = new DataOutputBuffer();
-    theirs.writeTokenStorageToStream(out);
-    return ByteBuffer.wrap(out.getData(), 0, out.getLength());
+    return Client.serialized(theirs);
   }
 }

@@ -281,6 +281,11 @@ public final class Client {
     Credentials creds = new Credentials();
     List<String> uris = hdfsUris(conf, System.getProperty("embedstream.hdfs", ""));
     obtainTokens(conf, uris, YarnClientUtils.getRmPrincipal(conf), creds, false);
+    return serialized(creds);
+  }
+
+  /** `creds` as a container's launch context carries them. */
+  static ByteBuffer serialized(Credentials creds) throws java.io.IOException {
     DataOutputBuffer out = new DataOutputBuffer();
     creds.writeTokenStorageToStream(out);
     return ByteBuffer.wrap(out.getData(), 0, out.getLength());
@@ -327,6 +332,17 @@ public final class Client {
   }
 
   /** The tokens' kinds and sequence numbers, once each (the log's account of a renewal). */
+  /** The earliest max date of `creds`' delegation tokens (Long.MAX_VALUE without any). */
+  static long earliestMaxDate(Credentials creds) throws java.io.IOException {
+    long earliest = Long.MAX_VALUE;
+    for (Token<?> t : creds.getAllTokens()) {
+      if (t.decodeIdentifier() instanceof AbstractDelegationTokenIdentifier id && id.getMaxDate() > 0) {
+        earliest = Math.min(earliest, id.getMaxDate());
+      }
+    }
+    return earliest;
+  }
+
   static String describe(Credentials creds) throws java.io.IOException {
     java.util.Set<String> out = new java.util.TreeSet<>();
     for (Token<?> t : creds.getAllTokens()) {
@@ -381,14 +397,16 @@ public final class Client {
     if (o instanceof Throwable) {
       Throwable t = (Throwable) o;
       StringBuilder s = new StringBuilder();
-      for (Throwable c = t; c != null; c = c.getCause()) {
+      for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
+        String message = c.getMessage() == null ? c.getClass().getSimpleName() : c.getMessage();
+        // Hadoop's wrappers repeat their cause's message: say it once.
+        if (s.indexOf(message) >= 0) {
+          continue;
+        }
         if (s.length() > 0) {
           s.append(": ");
         }
-        s.append(c.getMessage() == null ? c.getClass().getSimpleName() : c.getMessage());
-        if (c.getCause() == c) {
-          break;
-        }
+        s.append(message);
       }
       o = s;
     }

@@ -59,8 +59,11 @@ public final class MiniCluster {
     // Small containers, each NodeManager with room for the master and one executor or two
     // executors, so that executors spread over both.
     conf.setInt("yarn.scheduler.minimum-allocation-mb", 64);
-    conf.setInt("yarn.nodemanager.resource.memory-mb", 2048);
-    conf.setInt("yarn.minicluster.yarn.nodemanager.resource.memory-mb", 2048);
+    // The Kerberized cluster's tests run two applications side by side (a renewal that works,
+    // one that fails): a NodeManager there has room for a third container.
+    int nodeMemory = secure ? 3072 : 2048;
+    conf.setInt("yarn.nodemanager.resource.memory-mb", nodeMemory);
+    conf.setInt("yarn.minicluster.yarn.nodemanager.resource.memory-mb", nodeMemory);
     conf.setInt("yarn.nodemanager.resource.cpu-vcores", 4);
     conf.setInt("yarn.scheduler.maximum-allocation-mb", 2048);
     // The Capacity Scheduler with one queue, `default`, that may give all of the cluster to
@@ -104,6 +107,8 @@ public final class MiniCluster {
         fs.mkdirs(new Path(open));
         fs.setPermission(new Path(open), new FsPermission((short) 0777));
       }
+      // Other principals a test makes get their home by making it (sticky, as /tmp).
+      fs.setPermission(new Path("/user"), new FsPermission((short) 01777));
     }
     conf.set("fs.defaultFS", dfs.getURI().toString());
     MiniYARNCluster yarn = new MiniYARNCluster("embedstream", 2, 1, 1);

@@ -1,0 +1,219 @@
+//! The Delta Lake sink (issue 32): a table whose exactly-once promise is in the Delta log, read
+//! by readers that know nothing of embedstream (Spark with Delta Lake's jars, and `deltalake`
+//! from PyPI): every record once
+//! after an executor is killed in the middle of a batch and after the driver dies between a
+//! batch's Delta commit and its own commit log; files of failed attempts are in no Delta
+//! commit and are deleted; the log is checkpointed; a second query on the table is refused
+//! before its first batch, naming `sink.path` and the owner.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::table::file_of_a_batch_in_flight;
+use common::*;
+
+/// The batch ids the table's Delta log holds a transaction for (read from its JSON commits).
+fn committed_batches(table: &Path) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(table.join("_delta_log")).into_iter().flatten().filter_map(Result::ok) {
+        if !e.file_name().to_string_lossy().ends_with(".json") {
+            continue;
+        }
+        for line in std::fs::read_to_string(e.path()).unwrap_or_default().lines() {
+            let Ok(action) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if let Some(v) = action["txn"]["version"].as_u64() {
+                out.insert(v);
+            }
+        }
+    }
+    out
+}
+
+/// Every data file under the table (`part-*.parquet`), relative to it.
+fn data_files(table: &Path) -> BTreeSet<String> {
+    embedstream_core::manifest::data_files(table)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.strip_prefix(table).unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The table as `deltalake` (delta-rs's Python package, from PyPI) reads it.
+fn read_with_deltalake(table: &Path) -> serde_json::Value {
+    python(DELTALAKE_READER, &[table.to_str().unwrap()])
+}
+
+/// The table as Spark reads it (pyspark with Delta Lake's own jars, `deploy/setup.sh --spark`).
+fn read_with_spark(table: &Path) -> serde_json::Value {
+    let jars: Vec<String> = std::fs::read_dir(cache().join("spark/libs"))
+        .expect("deploy/setup.sh --spark")
+        .filter_map(|e| Some(e.ok()?.path().to_str()?.to_string()))
+        .filter(|j| j.contains("delta-"))
+        .collect();
+    assert_eq!(jars.len(), 2, "delta-spark and delta-storage in the cache: {jars:?}");
+    python(SPARK_READER, &[table.to_str().unwrap(), &jars.join(",")])
+}
+
+const SPARK_READER: &str = r#"
+import json, sys
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[1]").appName("delta-reader")
+    .config("spark.jars", sys.argv[2])
+    .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+    .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+    .config("spark.ui.enabled", "false")
+    .getOrCreate())
+df = spark.read.format("delta").load(sys.argv[1])
+rows = sorted((r["partition"], r["offset"], r["value"]) for r in df.select("partition", "offset", "value").collect())
+types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+dims = sorted(set(len(r["embedding"]) for r in df.select("embedding").collect()))
+print(json.dumps({"rows": [list(r) for r in rows], "types": types, "dims": dims}))
+spark.stop()
+"#;
+
+/// Runs `script` in the setup's Python with `args`; its standard output is JSON.
+fn python(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(cache().join("pyenv/bin/python"))
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("pyenv python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+const DELTALAKE_READER: &str = r#"
+import json, os, sys
+from urllib.parse import unquote, urlparse
+from deltalake import DeltaTable
+dt = DeltaTable(sys.argv[1])
+t = dt.to_pyarrow_table()
+owner = dt.metadata().configuration.get("embedstream.queryId")
+emb = t.schema.field("embedding").type
+rows = sorted(zip(t["partition"].to_pylist(), t["offset"].to_pylist(), t["value"].to_pylist()))
+print(json.dumps({
+    "version": dt.version(),
+    "rows": [[p, o, v] for p, o, v in rows],
+    "norms": [sum(x * x for x in e) for e in t["embedding"].to_pylist()],
+    "embedding": str(emb),
+    "partition_columns": dt.metadata().partition_columns,
+    "dt": sorted(set(t["dt"].to_pylist())),
+    "files": sorted(os.path.relpath(unquote(urlparse(u).path), sys.argv[1]) for u in dt.file_uris()),
+    "owner": owner,
+    "txn": dt.transaction_version(owner) if owner else None,
+}))
+"#;
+
+#[test]
+fn a_delta_table_holds_every_record_once_for_spark_and_deltalake() {
+    let broker = Broker::start();
+    broker.create_topic("items", 2);
+    let input = texts(160, 21);
+    broker.produce_texts("items", 2, 0, &input);
+    let dir = tempfile::tempdir().unwrap();
+    let table: PathBuf = dir.path().join("embeddings");
+    let job = Job::new(
+        &broker,
+        "dl",
+        "subscribe = [\"items\"]\nmax_offsets_per_trigger = 20",
+        "processing_time = \"100ms\"",
+        "",
+    )
+    .with_batching(1, 1)
+    .with_delta_sink(&table, "checkpoint_interval = 3");
+
+    // 1. The driver dies after batch 1's Delta commit, before its own commit log: the next
+    //    driver finds batch 1 in the table's transactions and does not write it again.
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1"]).env("EMBEDSTREAM_TEST_CRASH_AFTER_MANIFEST", "1");
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(86), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(committed_batches(&table), BTreeSet::from([0, 1]));
+    assert_eq!(job.logged_batches("commits"), vec![0], "batch 1's commit was not logged");
+    let files_of_1: BTreeSet<String> =
+        data_files(&table).into_iter().filter(|f| f.contains("part-0000000001-")).collect();
+
+    // 2. A new driver goes on; an executor is killed while it writes a batch.
+    let mut q = Running::start(&job, 2);
+    q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (batch, victim) = loop {
+        let done = committed_batches(&table);
+        if let Some(found) = file_of_a_batch_in_flight(&table, |b| done.contains(&b)) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no batch was seen being written:\n{}", q.log());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    kill_hard(pid_of_executor(&victim, &q.executor_pids()));
+    q.wait_until("all 160 records committed", Duration::from_secs(120), |_| {
+        broker.committed("dl-group", "items", 2) == vec![80, 80]
+    });
+    let log = q.log();
+    let summary = q.stop();
+    assert!(log.contains("batch already in the Delta table's log; not run again"), "{log}");
+    assert!(summary["task_retries"].as_u64().unwrap() >= 1, "the killed executor's task was retried: {summary}");
+    let now_of_1: BTreeSet<String> =
+        data_files(&table).into_iter().filter(|f| f.contains("part-0000000001-")).collect();
+    assert_eq!(now_of_1, files_of_1, "batch 1 was not written again");
+
+    // An independent reader: each input once, with its text and a unit vector.
+    let got = read_with_deltalake(&table);
+    let rows = got["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 160, "rows a Delta reader sees (batch {batch} was being written by {victim} when killed)");
+    for (n, text) in input.iter().enumerate() {
+        let (p, o) = ((n % 2) as i64, (n / 2) as i64);
+        let row = rows.iter().find(|r| r[0] == p && r[1] == o).unwrap_or_else(|| panic!("input {p}-{o} is missing"));
+        assert_eq!(row[2], text.as_str());
+    }
+    let origins: BTreeSet<(i64, i64)> = rows.iter().map(|r| (r[0].as_i64().unwrap(), r[1].as_i64().unwrap())).collect();
+    assert_eq!(origins.len(), 160, "no record twice");
+    assert!(got["norms"].as_array().unwrap().iter().all(|n| (n.as_f64().unwrap() - 1.0).abs() < 1e-3));
+    assert_eq!(got["partition_columns"], serde_json::json!(["dt"]));
+    assert_eq!(got["dt"].as_array().unwrap().len(), 1, "one day of records: {}", got["dt"]);
+    // The table belongs to the query, whose transaction is at the last batch (8 of 20 records).
+    let owner = got["owner"].as_str().expect("the table names its query");
+    assert!(!owner.is_empty());
+    assert_eq!(got["txn"], 7, "{got}");
+    // Files of failed attempts are in no commit, and gone; the log has checkpoints.
+    let referenced: BTreeSet<String> =
+        got["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+    assert_eq!(data_files(&table), referenced, "files on disk that no Delta commit adds");
+    assert!(log.contains("deleted files of failed attempts"), "{log}");
+    let checkpoints = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".checkpoint.parquet"))
+        .count();
+    assert!(checkpoints >= 2, "a checkpoint every 3 commits of {}: {checkpoints}", got["version"]);
+
+    // Spark, with Delta Lake's own reader, sees the same rows, once each.
+    let spark = read_with_spark(&table);
+    assert_eq!(spark["rows"], got["rows"], "Spark and deltalake read the same rows");
+    assert_eq!(spark["dims"], serde_json::json!([384]));
+    let types = &spark["types"];
+    assert_eq!(
+        (&types["embedding"], &types["kafka_timestamp"], &types["dt"]),
+        (&serde_json::json!("array<float>"), &serde_json::json!("timestamp"), &serde_json::json!("string"))
+    );
+
+    // 3. Another query (a new checkpoint) on the same table: refused before its first batch,
+    //    naming sink.path and the owner.
+    let other =
+        Job::new(&broker, "dl2", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 20", "available_now = true", "")
+            .with_delta_sink(&table, "");
+    let files_before = data_files(&table);
+    let mut cmd = embedstream();
+    cmd.args(["run", other.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("sink.path") && stderr.contains(owner), "{stderr}");
+    assert_eq!(data_files(&table), files_before, "nothing written");
+    assert!(broker.committed("dl2-group", "items", 2).iter().all(|&o| o <= 0), "no offsets committed");
+}

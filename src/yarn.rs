@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use embedstream_core::auth::ClusterToken;
-use embedstream_core::spec::SinkKind;
 use embedstream_core::tls::{Naming, Role, Tls, TlsFiles, APPLICATION_SERVER_NAME};
 use embedstream_core::{store, JobSpec};
 use embedstream_driver::launcher::yarn::{AmChannel, YarnLauncher};
@@ -209,8 +208,8 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     let mut spec = JobSpec::from_file_with(job, conf)?;
     spec.check_files()?;
     on_hdfs("checkpoint_location", &spec.checkpoint_location)?;
-    if let SinkKind::Parquet(p) = &spec.sink.kind {
-        on_hdfs("sink.path", &p.path)?;
+    if let Some(table) = spec.sink.table_path() {
+        on_hdfs("sink.path", table)?;
     }
     spec.security.tls()?;
     let mut yarn = YarnClient::from_env()?;
@@ -223,8 +222,8 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     // Every HDFS the job touches gets a delegation token at submit (several NameNodes if the
     // paths name several); the master's staging file system always does.
     let mut hdfs: Vec<String> = vec![spec.checkpoint_location.display().to_string()];
-    if let SinkKind::Parquet(p) = &spec.sink.kind {
-        hdfs.push(p.path.display().to_string());
+    if let Some(table) = spec.sink.table_path() {
+        hdfs.push(table.display().to_string());
     }
     hdfs.extend(
         spec.model_files_mut().into_iter().map(|(_, p)| p.display().to_string()).filter(|p| p.starts_with("hdfs://")),

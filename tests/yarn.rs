@@ -46,6 +46,11 @@ const SCRAM_SOURCE: &str = "[source.kafka]\n\"security.protocol\" = \"SASL_PLAIN
 fn yarn_job(broker: &Broker, hadoop: &HadoopCluster, name: &str, trigger: &str, rest: &str) -> Job {
     let source = format!("subscribe = [\"{name}\"]\nmax_offsets_per_trigger = 40");
     let job = Job::new(broker, name, &source, trigger, rest).with_parquet_sink(&table(hadoop, name));
+    checkpoint_on_hdfs(job, hadoop, name)
+}
+
+/// `job` with its checkpoint at `/checkpoints/<name>` on the mini cluster's HDFS.
+fn checkpoint_on_hdfs(job: Job, hadoop: &HadoopCluster, name: &str) -> Job {
     let text = std::fs::read_to_string(&job.path).unwrap();
     let line = text.lines().find(|l| l.starts_with("checkpoint_location")).unwrap().to_string();
     let checkpoint = hadoop.url(&format!("/checkpoints/{name}"));
@@ -137,6 +142,39 @@ fn admin(hadoop: &HadoopCluster, args: &[&str], app: &str) -> Output {
     let mut c = hadoop.embedstream();
     c.args(args).args(["--master", "yarn", "--app", app]);
     run_to_end(c, Duration::from_secs(60))
+}
+
+/// Issue 32, item 5: a Delta table on HDFS, written by a query on YARN (its executors write the
+/// files; its driver commits each batch to the Delta log on HDFS, create-without-overwrite
+/// being the NameNode's atomic put-if-absent), and read from HDFS by Spark with Delta Lake's
+/// jars: every record once, and the log checkpointed.
+#[test]
+fn a_delta_table_on_hdfs_written_from_yarn_is_read_by_spark() {
+    let _serial = one_at_a_time();
+    let hadoop = cluster();
+    let name = "yarn-delta";
+    let broker = Broker::start();
+    let inputs = texts(60, 32);
+    broker.create_topic(name, 2);
+    broker.produce_texts(name, 2, 0, &inputs);
+    let executors = "[executors]\ncount = 1\ncores = 1\nmemory = \"800m\"\nmemory_overhead = \"400m\"\n";
+    let source = format!("subscribe = [\"{name}\"]\nmax_offsets_per_trigger = 20");
+    let table = table(hadoop, name);
+    let job = Job::new(&broker, name, &source, "available_now = true", executors)
+        .with_delta_sink(&table, "checkpoint_interval = 2");
+    let job = checkpoint_on_hdfs(job, hadoop, name);
+    waited(hadoop, submit(hadoop, &job, &["--wait"]));
+
+    let spark = common::delta::read_with_spark(&table);
+    let rows = spark["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), inputs.len(), "each record once: {spark}");
+    for (n, text) in inputs.iter().enumerate() {
+        let (p, o) = ((n % 2) as i64, (n / 2) as i64);
+        assert!(rows.iter().any(|r| r[0] == p && r[1] == o && r[2] == text.as_str()), "input {p}-{o} in {spark}");
+    }
+    assert_eq!(spark["dims"], serde_json::json!([384]));
+    let log = store::list(&table.join("_delta_log")).unwrap().expect("the Delta log on HDFS");
+    assert!(log.iter().any(|e| e.name.ends_with(".checkpoint.parquet")), "a checkpoint: {log:?}");
 }
 
 /// Item 1, 2 and 6: `submit --master yarn --wait` stages, runs the driver as the master and two

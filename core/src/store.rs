@@ -176,6 +176,28 @@ pub fn list(dir: &Path) -> io::Result<Option<Vec<Entry>>> {
     }
 }
 
+/// A file's size in bytes and last modification (ms since the epoch), or `None` when there is
+/// no such file.
+pub fn stat(path: &Path) -> io::Result<Option<(u64, i64)>> {
+    match hdfs(path)? {
+        Some((client, p)) => run(async move {
+            match client.get_file_info(&p).await {
+                Ok(s) => Ok(Some((s.length as u64, s.modification_time as i64))),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }),
+        None => match std::fs::metadata(path) {
+            Ok(m) => {
+                let modified = m.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Ok(Some((m.len(), modified.as_millis() as i64)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
 /// Deletes a file; false when there was none.
 pub fn remove_file(path: &Path) -> io::Result<bool> {
     match hdfs(path)? {

@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod browser;
 pub mod capture;
+pub mod delta;
 pub mod hadoop;
 pub mod image_server;
 pub mod kdc;

@@ -250,9 +250,9 @@ impl JobSpec {
         self.security.check_files()?;
         // An HDFS location must name a file system this machine can resolve: `hdfs:///` needs
         // `fs.defaultFS`, and the client is made (no call to the NameNode yet).
-        let mut locations = vec![("checkpoint_location", &self.checkpoint_location)];
-        if let SinkKind::Parquet(p) = &self.sink.kind {
-            locations.push(("sink.path", &p.path));
+        let mut locations = vec![("checkpoint_location", self.checkpoint_location.as_path())];
+        if let Some(table) = self.sink.table_path() {
+            locations.push(("sink.path", table));
         }
         for (key, path) in locations.into_iter().filter(|(_, p)| crate::store::is_hdfs(p)) {
             crate::store::check_hdfs(path).map_err(|e| SpecError::new(key, e.to_string()))?;

@@ -117,7 +117,8 @@ fn impossible_values_are_named() {
     let delta = |rest: &str| spec(&f, "", rest).replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"delta\"");
     assert_eq!(key_of(&delta("")), "sink.path");
     assert_eq!(key_of(&delta("path = \"relative/dir\"")), "sink.path");
-    assert_eq!(key_of(&delta("path = \"hdfs://nn:8020/t\"")), "sink.path");
+    assert_eq!(key_of(&delta("path = \"hdfs:///t\"")), "sink.path");
+    assert!(JobSpec::from_toml(&delta("path = \"hdfs://nn1.example.com:8020/t\"")).is_ok());
     assert_eq!(key_of(&delta("path = \"/data/t\"\ncheckpoint_interval = 0")), "sink.checkpoint_interval");
     assert_eq!(key_of(&delta("path = \"/data/t\"\ncolumns = [\"headers\"]")), "sink.columns");
     assert_eq!(key_of(&delta("path = \"/data/t\"\nmanifests = true")), "sink.manifests");

@@ -15,6 +15,7 @@ use deltalake_core::protocol::{DeltaOperation, OutputMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder};
 use embedstream_core::manifest::{self, ManifestFile};
 use embedstream_core::spec::DeltaSinkSpec;
+use embedstream_core::store;
 use futures::future::BoxFuture;
 
 use super::schema;
@@ -39,8 +40,8 @@ impl DeltaCommitter {
     /// before the first batch.
     pub async fn open(spec: &DeltaSinkSpec, query_id: &str) -> Result<DeltaCommitter, SinkError> {
         let path = spec.path.clone();
-        std::fs::create_dir_all(&path).map_err(|e| file_error(&path, e))?;
-        let url = url::Url::from_directory_path(&path).map_err(|()| file_error(&path, "not an absolute path"))?;
+        store::create_dir_all(&path, false).map_err(|e| file_error(&path, e))?;
+        let url = table_url(&path)?;
         let committer = DeltaCommitter {
             path,
             url,
@@ -150,14 +151,14 @@ impl DeltaCommitter {
         let mut actions = Vec::with_capacity(files.len());
         for f in files {
             let file = self.path.join(&f.path);
-            let meta = std::fs::metadata(&file).map_err(|e| CommitError::Sink(file_error(&file, e)))?;
-            let modified =
-                meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+            let (size, modified) = store::stat(&file)
+                .map_err(|e| CommitError::Sink(file_error(&file, e)))?
+                .ok_or_else(|| CommitError::Sink(file_error(&file, "a task returned it, and it is not there")))?;
             actions.push(Action::Add(Add {
                 path: f.path.clone(),
                 partition_values: schema::partition_values(&f.path, &self.partitions),
-                size: meta.len() as i64,
-                modification_time: modified.as_millis() as i64,
+                size: size as i64,
+                modification_time: modified,
                 data_change: true,
                 stats: Some(serde_json::json!({ "numRecords": f.rows }).to_string()),
                 ..Default::default()
@@ -192,6 +193,18 @@ impl DeltaCommitter {
         }
         Ok(())
     }
+}
+
+/// The table's URL for delta-rs: `file:///...` for a local directory, the `hdfs://` path as it
+/// is (delta-rs's HDFS object store, `deltalake-hdfs`, registered here once).
+fn table_url(path: &Path) -> Result<url::Url, SinkError> {
+    if !store::is_hdfs(path) {
+        return url::Url::from_directory_path(path).map_err(|()| file_error(path, "not an absolute path"));
+    }
+    static HDFS: std::sync::Once = std::sync::Once::new();
+    HDFS.call_once(|| deltalake_hdfs::register_handlers(None));
+    let text = path.to_string_lossy();
+    url::Url::parse(&format!("{}/", text.trim_end_matches('/'))).map_err(|e| file_error(path, e))
 }
 
 fn file_error(path: &Path, e: impl std::fmt::Display) -> SinkError {

@@ -1,5 +1,6 @@
 //! The Delta table's schema and partition values, from the Parquet sink's files: the data
-//! columns as the first committed file holds them (its Arrow schema, read from its footer),
+//! columns as the first committed file holds them (its Arrow schema, read from its footer; the
+//! file is read whole, local or on HDFS: a task's file is megabytes),
 //! then the partition columns (`dt`, `hr`), which Delta keeps out of the files and in each
 //! file's `partitionValues`.
 
@@ -24,9 +25,9 @@ pub fn partition_columns(by: PartitionBy) -> Vec<String> {
 
 /// The Delta columns of the Parquet file `file`, then `partitions` (strings).
 pub fn columns(file: &Path, partitions: &[String]) -> Result<Vec<StructField>, String> {
-    let reader = std::fs::File::open(file).map_err(|e| e.to_string())?;
-    let builder =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| e.to_string())?;
+    let bytes = embedstream_core::store::read(file).map_err(|e| e.to_string())?.ok_or("no such file")?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .map_err(|e| e.to_string())?;
     let mut fields = Vec::new();
     for f in builder.schema().fields() {
         let t = delta_type(f.data_type())

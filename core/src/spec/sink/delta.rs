@@ -13,7 +13,8 @@ use crate::spec::SpecError;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaSinkSpec {
-    /// The table's directory, absolute (made, with its log, before the first batch).
+    /// The table's directory: absolute, or `hdfs://NAMENODE:PORT/path` (made before the first
+    /// batch; its log with the first commit).
     pub path: PathBuf,
     #[serde(default = "default_partition_by")]
     pub partition_by: PartitionBy,
@@ -41,13 +42,13 @@ impl DeltaSinkSpec {
     }
 
     pub(super) fn validate(&self) -> Result<(), SpecError> {
-        if crate::store::is_hdfs(&self.path) {
+        if self.path.to_str().is_some_and(|p| p.starts_with("hdfs:///")) {
             return Err(SpecError::new(
                 "sink.path",
-                "a Delta table on HDFS is not supported yet: give a local directory, or use kind = \"parquet\" on HDFS",
+                "a Delta table on HDFS names its NameNode or name service (hdfs://NAMENODE:PORT/path or hdfs://NAMESERVICE/path)",
             ));
         }
-        if !self.path.is_absolute() {
+        if !crate::store::is_hdfs(&self.path) && !self.path.is_absolute() {
             return Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"delta\")"));
         }
         if self.checkpoint_interval == 0 {

@@ -87,6 +87,15 @@ impl SinkSpec {
         }
     }
 
+    /// The directory of a file sink's table (Parquet, Delta).
+    pub fn table_path(&self) -> Option<&std::path::Path> {
+        match &self.kind {
+            SinkKind::Parquet(p) => Some(&p.path),
+            SinkKind::Delta(d) => Some(&d.path),
+            SinkKind::Kafka(_) | SinkKind::Pgvector(_) => None,
+        }
+    }
+
     /// The sink's own broker (also where the dead-letter topic is), if it names one.
     pub fn bootstrap_servers(&self) -> Option<&str> {
         self.common.bootstrap_servers.as_deref()

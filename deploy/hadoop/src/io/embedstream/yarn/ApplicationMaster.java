@@ -311,17 +311,21 @@ public final class ApplicationMaster {
           + Client.oneLine(s.getDiagnostics()));
     }
     for (Container c : response.getAllocatedContainers()) {
+      String id = c.getId().toString();
+      // More than asked for (YARN may place an ask twice while its removal is on the way):
+      // given back, and its completion is not an executor's end (the driver never heard of it).
       if (pending.isEmpty()) {
+        released.add(id);
         rm.releaseAssignedContainer(c.getId());
         continue;
       }
-      String id = c.getId().toString();
       try {
         nm.startContainer(c, executorContext(c));
       } catch (Exception e) {
         // One NodeManager that will not start it: give it back; the request stays, so a later
         // allocate places the executor elsewhere.
         System.err.println("cannot start container " + id + ": " + Client.oneLine(e));
+        released.add(id);
         rm.releaseAssignedContainer(c.getId());
         continue;
       }

@@ -1,8 +1,9 @@
 //! The Delta Lake sink (issue 32): a table whose exactly-once promise is in the Delta log, read
 //! by readers that know nothing of embedstream (Spark with Delta Lake's jars, and `deltalake`
 //! from PyPI): every record once
-//! after an executor is killed in the middle of a batch and after the driver dies between a
-//! batch's Delta commit and its own commit log; files of failed attempts are in no Delta
+//! after an executor is killed in the middle of a batch, after the driver dies between a
+//! batch's Delta commit and its own commit log, and after the driver and its executors are
+//! SIGKILLed mid-batch (Spark reading before the restart sees whole batches only); files of failed attempts are in no Delta
 //! commit and are deleted; the log is checkpointed; a second query on the table is refused
 //! before its first batch, naming `sink.path` and the owner.
 
@@ -10,6 +11,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::delta::{read_with_deltalake, read_with_spark};
@@ -95,24 +97,73 @@ fn a_delta_table_holds_every_record_once_for_spark_and_deltalake() {
         data_files(&table).into_iter().filter(|f| f.contains("part-0000000001-")).collect();
     assert_eq!(now_of_1, files_of_1, "batch 1 was not written again");
 
+    // 3. More records; the driver and its executors are SIGKILLed while a batch is being
+    //    written. Spark, reading before the restart, sees whole batches only: exactly the
+    //    records up to the end offsets of the last batch in the Delta log, each once.
+    let more = texts(80, 22);
+    broker.produce_texts("items", 2, input.len(), &more);
+    let input: Vec<String> = input.into_iter().chain(more).collect();
+    let q = Running::start(&job, 2);
+    let signal = |name: &str| Command::new("kill").args([name, &q.pid().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let in_flight = loop {
+        assert!(Instant::now() < deadline, "no batch was seen being written:\n{}", q.log());
+        let done = committed_batches(&table);
+        let Some((b, _)) = file_of_a_batch_in_flight(&table, |b| done.contains(&b)) else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        // The driver is stopped first, so that it cannot commit batch b between this look
+        // at the log and the kill.
+        signal("-STOP");
+        if !committed_batches(&table).contains(&b) {
+            break b;
+        }
+        signal("-CONT");
+    };
+    q.kill_all();
+    let last = *committed_batches(&table).last().unwrap();
+    assert!(last < in_flight, "batch {in_flight} was being written, {last} the last in the log");
+    let end = read_checkpoint_file(&job.checkpoint().join(format!("offsets/{last}")));
+    let end: Vec<i64> = (0..2).map(|p| end["end"]["items"][p.to_string()].as_i64().unwrap()).collect();
+    let want: Vec<serde_json::Value> = (0..2usize)
+        .flat_map(|p| (0..end[p] as usize).map(move |o| (p, o)))
+        .map(|(p, o)| serde_json::json!([p, o, input[2 * o + p]]))
+        .collect();
+    let before = read_with_spark(&table);
+    assert_eq!(
+        before["rows"].as_array().unwrap().len(),
+        want.len(),
+        "Spark before the restart: batches 0..={last} whole, batch {in_flight} not at all ({end:?})"
+    );
+    assert_eq!(before["rows"].as_array().unwrap(), &want, "Spark before the restart");
+    eprintln!("Spark before the restart: {} rows, batches 0..={last}; batch {in_flight} was in flight", want.len());
+
+    // 4. A restart finishes the batch that was in flight and the rest.
+    let mut q = Running::start(&job, 2);
+    q.wait_until("all 240 records committed", Duration::from_secs(120), |_| {
+        broker.committed("dl-group", "items", 2) == vec![120, 120]
+    });
+    q.stop();
+
     // An independent reader: each input once, with its text and a unit vector.
     let got = read_with_deltalake(&table);
     let rows = got["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 160, "rows a Delta reader sees (batch {batch} was being written by {victim} when killed)");
+    assert_eq!(rows.len(), 240, "rows a Delta reader sees (batch {batch} was being written by {victim} when killed)");
     for (n, text) in input.iter().enumerate() {
         let (p, o) = ((n % 2) as i64, (n / 2) as i64);
         let row = rows.iter().find(|r| r[0] == p && r[1] == o).unwrap_or_else(|| panic!("input {p}-{o} is missing"));
         assert_eq!(row[2], text.as_str());
     }
     let origins: BTreeSet<(i64, i64)> = rows.iter().map(|r| (r[0].as_i64().unwrap(), r[1].as_i64().unwrap())).collect();
-    assert_eq!(origins.len(), 160, "no record twice");
+    assert_eq!(origins.len(), 240, "no record twice");
     assert!(got["norms"].as_array().unwrap().iter().all(|n| (n.as_f64().unwrap() - 1.0).abs() < 1e-3));
     assert_eq!(got["partition_columns"], serde_json::json!(["dt"]));
     assert_eq!(got["dt"].as_array().unwrap().len(), 1, "one day of records: {}", got["dt"]);
-    // The table belongs to the query, whose transaction is at the last batch (8 of 20 records).
+    // The table belongs to the query, whose transaction is at its last committed batch.
     let owner = got["owner"].as_str().expect("the table names its query");
     assert!(!owner.is_empty());
-    assert_eq!(got["txn"], 7, "{got}");
+    assert_eq!(got["txn"].as_u64(), job.logged_batches("commits").last().copied(), "{got}");
     // Files of failed attempts are in no commit, and gone; the log has checkpoints.
     let referenced: BTreeSet<String> =
         got["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
@@ -128,6 +179,7 @@ fn a_delta_table_holds_every_record_once_for_spark_and_deltalake() {
     // Spark, with Delta Lake's own reader, sees the same rows, once each.
     let spark = read_with_spark(&table);
     assert_eq!(spark["rows"], got["rows"], "Spark and deltalake read the same rows");
+    eprintln!("Spark after the restart: {} rows of 240, each once", spark["rows"].as_array().unwrap().len());
     assert_eq!(spark["dims"], serde_json::json!([384]));
     let types = &spark["types"];
     assert_eq!(

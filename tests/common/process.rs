@@ -217,6 +217,11 @@ impl Running {
         Running { child, lines }
     }
 
+    /// The driver's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
@@ -257,6 +262,21 @@ impl Running {
             .filter(|l| l.contains("embedstream_driver") && l.contains("executor registered"))
             .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
             .collect()
+    }
+
+    /// SIGKILL to the driver and then to each of its executors, as a node that loses them all
+    /// at once would; waits for the driver to be gone. (Local executors have process groups of
+    /// their own, and their model daemons and workers die with them by `PR_SET_PDEATHSIG`.)
+    pub fn kill_all(mut self) {
+        let executors = self.executor_pids();
+        kill_hard(self.child.id());
+        for pid in executors {
+            // One may have ended already (a retried task's executor): only a live one is signalled.
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        }
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then the exit status and the summary printed on stdout.

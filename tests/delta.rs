@@ -72,6 +72,10 @@ fn a_delta_table_holds_every_record_once_for_spark_and_deltalake() {
     assert_eq!(job.logged_batches("commits"), vec![0], "batch 1's commit was not logged");
     let files_of_1: BTreeSet<String> =
         data_files(&table).into_iter().filter(|f| f.contains("part-0000000001-")).collect();
+    // As if that driver had died before deleting a failed attempt's file of batch 1, too.
+    let kept = table.join(files_of_1.first().unwrap());
+    let orphan = kept.with_file_name("part-0000000001-99-9.parquet");
+    std::fs::copy(&kept, &orphan).unwrap();
 
     // 2. A new driver goes on; an executor is killed while it writes a batch.
     let mut q = Running::start(&job, 2);
@@ -96,6 +100,7 @@ fn a_delta_table_holds_every_record_once_for_spark_and_deltalake() {
     let now_of_1: BTreeSet<String> =
         data_files(&table).into_iter().filter(|f| f.contains("part-0000000001-")).collect();
     assert_eq!(now_of_1, files_of_1, "batch 1 was not written again");
+    assert!(!orphan.exists(), "the failed attempt's file of batch 1 is deleted when the batch is found committed");
 
     // 3. More records; the driver and its executors are SIGKILLed while a batch is being
     //    written. Spark, reading before the restart, sees whole batches only: exactly the

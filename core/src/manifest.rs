@@ -66,7 +66,8 @@ pub fn file_name(batch_id: u64, task_id: u32, attempt: u32, unique: &str) -> Str
     format!("{}{task_id:05}-{attempt}-{unique}.parquet", batch_prefix(batch_id))
 }
 
-fn batch_prefix(batch_id: u64) -> String {
+/// How the name of every data file of batch `batch_id` begins.
+pub fn batch_prefix(batch_id: u64) -> String {
     format!("part-{batch_id:010}-")
 }
 

@@ -135,6 +135,22 @@ impl DeltaCommitter {
             }
         }
         tracing::info!(batch_id = batch.batch_id, table = %self.path.display(), "batch already in the Delta table's log; not run again");
+        // The driver that committed it may have died before deleting its failed attempts'
+        // files: whatever of the batch the log does not hold goes now.
+        let prefix = manifest::batch_prefix(batch.batch_id);
+        let live: Vec<ManifestFile> = state
+            .log_data()
+            .iter()
+            .map(|f| f.path().into_owned())
+            .filter(|p| p.rsplit('/').next().is_some_and(|name| name.starts_with(&prefix)))
+            .map(|path| ManifestFile { path, rows: 0 })
+            .collect();
+        if !live.is_empty() {
+            let removed = manifest::remove_batch_orphans(&self.path, batch.batch_id, &live)?;
+            if removed > 0 {
+                tracing::info!(batch_id = batch.batch_id, removed, "deleted files of failed attempts");
+            }
+        }
         Ok(Some(Published { embeddings }))
     }
 

@@ -27,11 +27,15 @@
 #                                           deploy/hadoop/jars.sha256
 #   hadoop/embedstream-yarn.jar             `--master yarn`'s client and ApplicationMaster,
 #                                           compiled here from deploy/hadoop/src (javac)
+#   registry/                               Apicurio Registry 3.0.9 (a Confluent-compatible Schema
+#                                           Registry, in memory, on Java 17) from Maven Central's
+#                                           io.apicurio:apicurio-registry-app:3.0.9:tar.gz:all,
+#                                           checked against APICURIO_SHA256; the tests start it
 # From Debian, with the tools it needs (Java, Maven, Kerberos, Prometheus): openclipart-png, public
 # domain clip art whose folders (food/fruit, computer...) label the image tests' pictures.
 # Every download is pinned and hash-checked. Run again, it only checks what is there.
-# `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka,
-# pyarrow, fasttext, deltalake) for the script that computes reference embeddings, the Python
+# `deploy/setup.sh --python` also makes pyenv/ (onnxruntime, tokenizers, numpy, confluent-kafka
+# with its Schema Registry serializers, pyarrow, fasttext, deltalake) for the script that computes reference embeddings, the Python
 # baseline of the benchmarks and the tests that read the Parquet and Delta sinks with
 # independent readers, and installs the two fastText models (tests, bench and demo).
 # `deploy/setup.sh --spark` does what --python does, and adds Spark Structured Streaming for the
@@ -194,6 +198,22 @@ if [ "$(cat "$CACHE/hadoop/embedstream-yarn.src.sha256" 2>/dev/null)" != "$YARN_
   echo "$YARN_SRC_SHA" >"$CACHE/hadoop/embedstream-yarn.src.sha256"
 fi
 
+# The schema'd-topic tests' registry: one pinned tarball (a runner jar and its lib/), unpacked.
+APICURIO_VERSION=3.0.9
+APICURIO_SHA256=2b28181501a20cbf6efcd77f9b7153908fc01f3d3a7c32024c0bd9e1b04c8a43
+if [ "$(cat "$CACHE/registry/tarball.sha256" 2>/dev/null)" != "$APICURIO_SHA256" ]; then
+  say "installing Apicurio Registry $APICURIO_VERSION from Maven Central (110 MB, once)"
+  rm -rf "$CACHE/registry.tmp" && mkdir -p "$CACHE/registry.tmp"
+  mvn -B -q --strict-checksums dependency:copy \
+    -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
+    -DoutputDirectory="$CACHE/downloads"
+  TARBALL="$CACHE/downloads/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
+  has_sha "$TARBALL" "$APICURIO_SHA256" || { echo "setup: $TARBALL's hash differs from APICURIO_SHA256" >&2; exit 1; }
+  tar xzf "$TARBALL" -C "$CACHE/registry.tmp"
+  echo "$APICURIO_SHA256" >"$CACHE/registry.tmp/tarball.sha256"
+  rm -rf "$CACHE/registry" && mv "$CACHE/registry.tmp" "$CACHE/registry"
+fi
+
 if ! has_sha "$CACHE/lib/libonnxruntime.so" "$ORT_LIB_SHA256"; then
   say "fetching ONNX Runtime $ORT_VERSION"
   fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL_SHA256" --only-binary=:all: --python-version 3.11 \
@@ -241,7 +261,7 @@ fi
 
 case "${1:-}" in --python | --spark) PYTHON_TOO=1 ;; *) PYTHON_TOO=0 ;; esac
 if [ "$PYTHON_TOO" = 1 ]; then
-  if ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow, fasttext, onnx, PIL, deltalake" 2>/dev/null; then
+  if ! "$CACHE/pyenv/bin/python" -c "import onnxruntime, tokenizers, numpy, confluent_kafka, pyarrow, fasttext, onnx, PIL, deltalake, confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.protobuf" 2>/dev/null; then
     say "making $CACHE/pyenv"
     python3 -m venv "$CACHE/pyenv"
     manylinux=(--only-binary=:all: --python-version 3.11 --implementation cp)
@@ -253,7 +273,9 @@ if [ "$PYTHON_TOO" = 1 ]; then
     fetch_wheel "$DELTALAKE_PKG" "$DELTALAKE_WHEEL_SHA256" "${manylinux[@]}" --platform manylinux2014_x86_64
     "$CACHE/pyenv/bin/pip" install -q "$CACHE/downloads/$ORT_WHEEL" "$CACHE/downloads/$FASTTEXT_WHEEL" \
       "$CACHE/downloads/$ONNX_WHEEL" "$CACHE/downloads/$PILLOW_WHEEL" protobuf==7.36.2 \
-      tokenizers==0.22.1 numpy confluent-kafka==2.16.1 pyarrow==22.0.0 \
+      tokenizers==0.22.1 numpy "confluent-kafka[avro,protobuf,schemaregistry]==2.16.1" pyarrow==22.0.0 \
+      fastavro==1.13.1 avro==1.12.2 Authlib==1.9.10 attrs==26.1.0 cachetools==8.0.3 httpx2==2.17.0 \
+      googleapis-common-protos==1.76.0 \
       "$CACHE/downloads/$DELTALAKE_WHEEL" arro3-core==0.9.1 deprecated==1.3.1
   fi
   # The fastText model is trained here, deterministically (about half a minute, once).

@@ -146,15 +146,40 @@ impl RecordFields {
         let Some(value) = value else {
             return Err("value is null".into());
         };
+        let doc = match input.format {
+            InputFormat::Json => {
+                Some(serde_json::from_slice(value).map_err(|e| format!("value is not valid JSON: {e}"))?)
+            }
+            _ => None,
+        };
+        Self::from_parts(input, key, utf8_field("value", Some(value)), doc.as_ref(), headers)
+    }
+
+    /// Reads a record whose value was decoded already (Avro, Protobuf: the record as JSON):
+    /// `value` is the decoded record's JSON text, and `fields` point into it.
+    pub fn read_decoded(
+        input: &InputSpec,
+        key: Option<&[u8]>,
+        decoded: &serde_json::Value,
+        headers: &[Option<&[u8]>],
+    ) -> Result<RecordFields, String> {
+        Self::from_parts(input, key, Ok(Some(decoded.to_string())), Some(decoded), headers)
+    }
+
+    fn from_parts(
+        input: &InputSpec,
+        key: Option<&[u8]>,
+        value: FieldValue,
+        doc: Option<&serde_json::Value>,
+        headers: &[Option<&[u8]>],
+    ) -> Result<RecordFields, String> {
         let mut fields = BTreeMap::new();
         fields.insert("key".to_string(), utf8_field("key", key));
-        fields.insert("value".to_string(), utf8_field("value", Some(value)));
+        fields.insert("value".to_string(), value);
         for ((name, header), bytes) in input.headers.iter().zip(headers.iter().chain(std::iter::repeat(&None))) {
             fields.insert(name.clone(), utf8_field(&format!("header `{header}`"), *bytes));
         }
-        if input.format == InputFormat::Json {
-            let doc: serde_json::Value =
-                serde_json::from_slice(value).map_err(|e| format!("value is not valid JSON: {e}"))?;
+        if let Some(doc) = doc {
             for (name, pointer) in &input.fields {
                 let field = match doc.pointer(pointer) {
                     None | Some(serde_json::Value::Null) => Ok(None),
@@ -202,6 +227,7 @@ mod tests {
                 .collect(),
             required: required.iter().map(|s| s.to_string()).collect(),
             headers: BTreeMap::new(),
+            schema_registry: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod model;
 pub mod pipeline;
 pub mod reader;
 pub mod records;
+pub mod schemas;
 pub mod task;
 
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub enum ExecutorError {
     Secret(#[from] embedstream_core::spec::SecretError),
     #[error("executor service: {0}")]
     Serve(String),
+    #[error(transparent)]
+    Registry(#[from] schemas::registry::RegistryError),
 }
 
 pub struct ExecutorArgs {
@@ -214,6 +217,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         false => producer.clone(),
     };
     let dead_letters = DeadLetters::new(&spec, dead_letter_producer, model_id.clone());
+    let decoder = schemas::Decoder::of(&spec, spec.registry_password_value(&secrets)?)?.map(Arc::new);
     let sink = embedstream_sinks::open(
         &spec.sink,
         SinkContext {
@@ -257,6 +261,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         executor_id: args.executor_id.clone(),
         spec,
         reader: Arc::new(reader),
+        decoder,
         pipeline,
         sink,
         dead_letters,

@@ -230,17 +230,24 @@ impl Pipeline {
     }
 
     /// Reads each record (`(key, value, headers)` of row `i`, the headers `input.headers` reads
-    /// in its order) and renders every text model's input.
+    /// in its order) and renders every text model's input. `decoded` holds each value decoded
+    /// with its registered schema (Avro), or why it could not be, when the input has schemas.
     pub fn prepare<'a>(
         &self,
         records: impl Iterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>, Vec<Option<&'a [u8]>>)>,
+        decoded: Option<&[crate::schemas::Decoded]>,
     ) -> Prepared {
         let texts = self.readers().map(|_| Vec::new()).collect();
         let mut out = Prepared { good: Vec::new(), texts, refused: Vec::new() };
         let mut rendered = Vec::new();
         for (i, (key, value, headers)) in records.enumerate() {
             rendered.clear();
-            let reason = match RecordFields::read(&self.input, key, value, &headers) {
+            let fields = match decoded.map(|d| &d[i]) {
+                None => RecordFields::read(&self.input, key, value, &headers),
+                Some(Ok(doc)) => RecordFields::read_decoded(&self.input, key, doc, &headers),
+                Some(Err(reason)) => Err(reason.clone()),
+            };
+            let reason = match fields {
                 Err(reason) => Some(reason),
                 Ok(fields) => self.readers().find_map(|m| match m.text(&fields) {
                     Ok(text) => {
@@ -486,7 +493,7 @@ topic = "out"
             br#"{"title": "nan"}"#,
             br#"{"title": "Hat"}"#,
         ];
-        let prepared = pipeline.prepare(values.iter().map(|v| (None, Some(*v), Vec::new())));
+        let prepared = pipeline.prepare(values.iter().map(|v| (None, Some(*v), Vec::new())), None);
         assert_eq!(prepared.good, [0, 3, 4]);
         assert_eq!(prepared.texts[1], ["Shoe. Red", "nan. ", "Hat. "]);
         let refused: Vec<(usize, &str)> = prepared.refused.iter().map(|(i, r)| (*i, r.as_str())).collect();

@@ -34,6 +34,8 @@ pub struct TaskContext {
     pub executor_id: String,
     pub spec: JobSpec,
     pub reader: Arc<KafkaReader>,
+    /// Decodes Avro values with their registered schemas (`input.format = "avro"`).
+    pub decoder: Option<Arc<crate::schemas::Decoder>>,
     /// The models every record goes through.
     pub pipeline: Arc<Pipeline>,
     /// Where embeddings go.
@@ -78,6 +80,8 @@ pub enum TaskError {
     Sink(#[from] SinkError),
     #[error("executor is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Registry(crate::schemas::registry::RegistryError),
 }
 
 impl From<TaskError> for TaskFailed {
@@ -89,6 +93,8 @@ impl From<TaskError> for TaskFailed {
             TaskError::Model(_) => (FailureReason::ModelError, true),
             TaskError::Sink(_) => (FailureReason::SinkError, true),
             TaskError::ShuttingDown => (FailureReason::Killed, true),
+            // An outage, or an answer that a retry elsewhere may not get: tried again.
+            TaskError::Registry(_) => (FailureReason::SchemaRegistryError, true),
         };
         TaskFailed { reason: reason as i32, message: e.to_string(), retryable }
     }
@@ -257,8 +263,17 @@ async fn windows(
             counts.rows_read += chunk.num_rows() as u64;
             let chunk = admit(ctx, def, range, chunk, writer, pending, counts).await?;
             let rows = Rows::of(&chunk);
-            let prepared =
-                ctx.pipeline.prepare((0..chunk.num_rows()).map(|i| (rows.key(i), rows.value(i), rows.headers(i))));
+            let decoded = match &ctx.decoder {
+                Some(decoder) => {
+                    let values: Vec<Option<&[u8]>> = (0..chunk.num_rows()).map(|i| rows.value(i)).collect();
+                    Some(decoder.decode(&values).await.map_err(TaskError::Registry)?)
+                }
+                None => None,
+            };
+            let prepared = ctx.pipeline.prepare(
+                (0..chunk.num_rows()).map(|i| (rows.key(i), rows.value(i), rows.headers(i))),
+                decoded.as_deref(),
+            );
             for (i, reason) in &prepared.refused {
                 dead_letter(ctx, def, range, &rows, pending, *i, reason, counts).await?;
             }

@@ -1,8 +1,8 @@
 //! Test harness: a real Apache Kafka broker on a free loopback port and Kafka helpers built on
 //! rdkafka ([`broker`]), job specs and the `embedstream` binary run as a process ([`process`]),
 //! Hadoop's mini cluster ([`hadoop`]), Python's reference vectors ([`reference`]), an image
-//! host ([`image_server`]), a loopback packet capture ([`capture`]), PostgreSQL with pgvector ([`postgres`]) and small helpers every
-//! test uses. Needs deploy/setup.sh's cache.
+//! host ([`image_server`]), a loopback packet capture ([`capture`]), PostgreSQL with pgvector
+//! ([`postgres`]), a Schema Registry ([`registry`]) and small helpers every test uses. Needs deploy/setup.sh's cache.
 #![allow(dead_code)]
 
 pub mod broker;
@@ -16,6 +16,7 @@ pub mod postgres;
 pub mod process;
 pub mod prometheus;
 pub mod reference;
+pub mod registry;
 pub mod table;
 pub mod tls;
 

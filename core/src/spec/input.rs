@@ -1,11 +1,16 @@
-//! `[input]`: what a record's value is (plain text or JSON) and the named fields that models
-//! take their input from: JSON pointers into the value, which ones are required, and the
-//! fields every record has (`key`, `value`).
+//! `[input]`: what a record's value is (plain text, JSON, or Avro or Protobuf in the Confluent
+//! wire format with their schemas in a Schema Registry, `[input.schema_registry]`) and the
+//! named fields that models take their input from: JSON pointers into the value (the decoded
+//! record, for Avro and Protobuf), which ones are required, and the fields every record has
+//! (`key`, `value`).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::kafka::{PropertyValue, SecretRef};
+use super::units::HumanDuration;
 use super::SpecError;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +21,99 @@ pub enum InputFormat {
     Text,
     /// The value is a JSON document; `fields` name the parts of it that models read.
     Json,
+    /// Avro in the Confluent wire format (a zero byte, the writer schema's id in 4 bytes
+    /// big-endian, the Avro binary body); `fields` point into the record as JSON.
+    Avro,
+    /// Protobuf in the Confluent wire format (a zero byte, the schema id, the message indexes,
+    /// the message); `fields` point into the message as JSON.
+    Protobuf,
+}
+
+impl InputFormat {
+    /// Whether values carry a schema id that the registry resolves.
+    pub fn uses_registry(self) -> bool {
+        matches!(self, InputFormat::Avro | InputFormat::Protobuf)
+    }
+
+    /// Whether `fields` can point into the value.
+    pub fn has_fields(self) -> bool {
+        self != InputFormat::Text
+    }
+}
+
+/// `[input.schema_registry]`: a Confluent-compatible Schema Registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistrySpec {
+    /// Its base URL, which may have a path (`http://registry:8081`,
+    /// `https://apicurio/apis/ccompat/v7`); `/schemas/ids/{id}` is appended.
+    pub url: String,
+    /// HTTP basic authentication: the user, with `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// `{ file = "..." }` or `{ env = "..." }`, never written in the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<PropertyValue>,
+    /// A PEM file of the CA that signed an `https` registry's certificate (else the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// How long an executor retries a registry that does not answer before the task fails (and
+    /// is retried by the driver, as any failed task). Default "30s".
+    #[serde(default = "default_registry_retry")]
+    pub retry_for: HumanDuration,
+}
+
+fn default_registry_retry() -> HumanDuration {
+    HumanDuration::parse("30s").expect("a valid duration")
+}
+
+impl SchemaRegistrySpec {
+    /// The password's source, if the spec names one.
+    pub fn password_ref(&self) -> Option<&SecretRef> {
+        match &self.password {
+            Some(PropertyValue::Secret(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn password_mut(&mut self) -> Option<&mut SecretRef> {
+        match &mut self.password {
+            Some(PropertyValue::Secret(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", ""));
+        if !matches!(scheme, "http" | "https") || rest.is_empty() {
+            return Err(SpecError::new(
+                "input.schema_registry.url",
+                format!("`{}` is not an http:// or https:// URL", self.url),
+            ));
+        }
+        if rest.split('/').next().is_some_and(|authority| authority.contains('@')) {
+            return Err(SpecError::new(
+                "input.schema_registry.url",
+                "carries a user or password: set input.schema_registry.username and password = { file = \"...\" }",
+            ));
+        }
+        if let Some(PropertyValue::Plain(_)) = &self.password {
+            return Err(SpecError::new(
+                "input.schema_registry.password",
+                "must be { file = \"PATH\" } or { env = \"VARIABLE\" }: a password is never written in the spec",
+            ));
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err(SpecError::new(
+                "input.schema_registry.username",
+                "basic authentication takes both username and password",
+            ));
+        }
+        if self.ca.is_some() && scheme != "https" {
+            return Err(SpecError::new("input.schema_registry.ca", "is for an https:// registry"));
+        }
+        Ok(())
+    }
 }
 
 /// The fields every record has, whatever `[input]` says: its Kafka key and its whole value, as
@@ -27,7 +125,8 @@ pub const BUILTIN_FIELDS: [&str; 2] = ["key", "value"];
 pub struct InputSpec {
     #[serde(default)]
     pub format: InputFormat,
-    /// Field name to JSON pointer (RFC 6901: `/title`, `/images/0/url`), for `format = "json"`.
+    /// Field name to JSON pointer (RFC 6901: `/title`, `/images/0/url`), for JSON, Avro and
+    /// Protobuf values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
     /// Field name to Kafka header name (`source = "x-source"`): the header's value as UTF-8
@@ -39,6 +138,9 @@ pub struct InputSpec {
     /// the dead-letter topic. Other fields may be absent and are then empty in a template.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required: Vec<String>,
+    /// Where Avro and Protobuf values' schemas are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<SchemaRegistrySpec>,
 }
 
 /// A field name: what a template writes between braces.
@@ -60,11 +162,30 @@ impl InputSpec {
     }
 
     pub(super) fn validate(&self) -> Result<(), SpecError> {
-        if self.format == InputFormat::Text && !self.fields.is_empty() {
+        if !self.format.has_fields() && !self.fields.is_empty() {
             return Err(SpecError::new(
                 "input.fields",
-                "fields are JSON pointers: they need input.format = \"json\" (a text record has `key` and `value`)",
+                "fields are JSON pointers: they need input.format = \"json\", \"avro\" or \"protobuf\" (a text record has `key` and `value`)",
             ));
+        }
+        if self.format == InputFormat::Protobuf {
+            return Err(SpecError::new(
+                "input.format",
+                "\"protobuf\" is not read yet: Avro (\"avro\") and JSON values with a schema registry are",
+            ));
+        }
+        match (&self.schema_registry, self.format.uses_registry()) {
+            (None, true) => {
+                return Err(SpecError::new(
+                    "input.schema_registry",
+                    "Avro and Protobuf values name their schema by id: set input.schema_registry.url",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(SpecError::new("input.schema_registry", "is for input.format = \"avro\" or \"protobuf\""))
+            }
+            (Some(r), true) => r.validate()?,
+            (None, false) => {}
         }
         for (name, pointer) in &self.fields {
             let key = format!("input.fields.{name}");

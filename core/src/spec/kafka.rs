@@ -250,6 +250,9 @@ impl JobSpec {
         if let Some(r) = self.sink_password() {
             out.insert(SINK_PASSWORD.to_string(), read_secret(SINK_PASSWORD, r)?);
         }
+        if let Some(r) = self.registry_password() {
+            out.insert(REGISTRY_PASSWORD.to_string(), read_secret(REGISTRY_PASSWORD, r)?);
+        }
         Ok(Secrets(out))
     }
 
@@ -282,6 +285,12 @@ impl JobSpec {
                 *r = SecretRef::File(PathBuf::from(&file));
                 staged.push((file, secret));
             }
+        }
+        if let Some(r) = self.input.schema_registry.as_mut().and_then(|g| g.password_mut()) {
+            let secret = read_secret(REGISTRY_PASSWORD, r)?;
+            let file = name(staged.len());
+            *r = SecretRef::File(PathBuf::from(&file));
+            staged.push((file, secret));
         }
         Ok(staged)
     }
@@ -323,6 +332,7 @@ impl JobSpec {
                 PropertyValue::Plain(_) => None,
             })
             .chain(self.sink_password())
+            .chain(self.registry_password())
             .filter_map(|r| match r {
                 SecretRef::Env(var) => Some(var.clone()),
                 SecretRef::File(_) => None,
@@ -335,6 +345,23 @@ impl JobSpec {
         match &self.sink.kind {
             SinkKind::Pgvector(pg) => pg.password_ref(),
             _ => None,
+        }
+    }
+
+    /// The Schema Registry's password's source, if the spec names one.
+    pub fn registry_password(&self) -> Option<&SecretRef> {
+        self.input.schema_registry.as_ref()?.password_ref()
+    }
+
+    /// The Schema Registry's password, as read by [`JobSpec::read_secrets`] and handed over.
+    pub fn registry_password_value<'a>(&self, secrets: &'a Secrets) -> Result<Option<&'a Secret>, SecretError> {
+        match self.registry_password() {
+            None => Ok(None),
+            Some(r) => secrets
+                .0
+                .get(REGISTRY_PASSWORD)
+                .map(Some)
+                .ok_or_else(|| SecretError::NotHanded { key: REGISTRY_PASSWORD.into(), from: r.clone() }),
         }
     }
 
@@ -353,6 +380,9 @@ impl JobSpec {
 
 /// The spec key of the pgvector sink's password, and its key among [`Secrets`].
 const SINK_PASSWORD: &str = "sink.password";
+
+/// The spec key of the Schema Registry's password, and its key among [`Secrets`].
+const REGISTRY_PASSWORD: &str = "input.schema_registry.password";
 
 fn client(
     (section, props): (&str, &KafkaProperties),

@@ -14,6 +14,7 @@ const PATH_KEYS: &[&str] = &[
     "model.tokenizer",
     "sink.path",
     "sink.tls_ca",
+    "input.schema_registry.ca",
     "security.token_file",
     "security.tls_cert",
     "security.tls_key",
@@ -51,10 +52,12 @@ pub(super) fn resolve_relative(table: &mut toml::Table, base: &Path) {
             }
         }
     }
-    // A database sink's password file (`sink.password = { file = "..." }`).
-    if let Some(toml::Value::Table(secret)) = lookup(table, "sink.password") {
-        if let Some(file) = secret.get_mut("file") {
-            resolve(file);
+    // A database sink's and a schema registry's password files (`{ file = "..." }`).
+    for key in ["sink.password", "input.schema_registry.password"] {
+        if let Some(toml::Value::Table(secret)) = lookup(table, key) {
+            if let Some(file) = secret.get_mut("file") {
+                resolve(file);
+            }
         }
     }
     for section in SECRET_SECTIONS {

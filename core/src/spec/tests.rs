@@ -681,3 +681,36 @@ fn hdfs_locations_as_hadoop_users_write_them() {
         assert!(e.message.contains("fs.defaultFS"), "{}", e.message);
     }
 }
+
+#[test]
+fn avro_input_needs_a_registry_and_keeps_its_password_out_of_the_spec() {
+    let f = files();
+    let avro = |input: &str| models_spec(&f, input, "", "").replace("format = \"json\"", "format = \"avro\"");
+    assert_eq!(key_of(&avro("")), "input.schema_registry");
+    let s = load(&avro(
+        "schema_registry = { url = \"https://registry:8081/apis/ccompat/v7\", username = \"u\", password = { env = \"EMBEDSTREAM_TEST_REGISTRY_PASSWORD\" } }",
+    ))
+    .unwrap();
+    assert_eq!(s.input.format, InputFormat::Avro);
+    let registry = s.input.schema_registry.as_ref().unwrap();
+    assert_eq!(registry.retry_for.get(), std::time::Duration::from_secs(30));
+    assert_eq!(s.secret_env_vars(), vec!["EMBEDSTREAM_TEST_REGISTRY_PASSWORD".to_string()]);
+    assert!(!s.to_toml().contains("hunter2"));
+    std::env::set_var("EMBEDSTREAM_TEST_REGISTRY_PASSWORD", "hunter2");
+    let secrets = s.read_secrets().unwrap();
+    assert_eq!(s.registry_password_value(&secrets).unwrap().unwrap().expose(), "hunter2");
+    for (input, key) in [
+        ("schema_registry = { url = \"registry:8081\" }", "input.schema_registry.url"),
+        ("schema_registry = { url = \"http://u:p@registry:8081\" }", "input.schema_registry.url"),
+        (
+            "schema_registry = { url = \"http://r\", username = \"u\", password = \"p\" }",
+            "input.schema_registry.password",
+        ),
+        ("schema_registry = { url = \"http://r\", username = \"u\" }", "input.schema_registry.username"),
+        ("schema_registry = { url = \"http://r\", ca = \"/etc/ca.pem\" }", "input.schema_registry.ca"),
+    ] {
+        assert_eq!(key_of(&avro(input)), key, "{input}");
+    }
+    // A registry is for schema'd values only.
+    assert_eq!(key_of(&models_spec(&f, "schema_registry = { url = \"http://r\" }", "", "")), "input.schema_registry");
+}

@@ -1,0 +1,191 @@
+//! A Confluent-compatible Schema Registry, as a reader of schemas by id
+//! (`GET {url}/schemas/ids/{id}`), over HTTP or HTTPS with optional basic authentication.
+//!
+//! What the registry answers decides what happens to the records that name an id:
+//! - the schema: they are decoded with it;
+//! - "no such schema" (HTTP 404 with Confluent's `error_code` 40403): they are bad records, and
+//!   go to the dead-letter topic with that reason;
+//! - nothing (refused connection, timeout, HTTP 5xx, 408 or 429): an outage, retried with
+//!   backoff for `input.schema_registry.retry_for`, then the task fails retryably. Good records
+//!   are never dead-lettered because the registry was down;
+//! - anything else (401, 403, a 404 that is not Confluent's, a body that is not a schema): the
+//!   registry cannot serve this query as configured, and the task fails with that answer.
+
+use std::time::{Duration, Instant};
+
+use embedstream_core::spec::input::SchemaRegistrySpec;
+use embedstream_core::spec::Secret;
+use serde::Deserialize;
+
+/// How long one request may take before it counts as unanswered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Confluent's error code for a schema id the registry does not have.
+const SCHEMA_NOT_FOUND: u64 = 40403;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("input.schema_registry.ca: cannot read {path}: {reason}")]
+    Ca { path: String, reason: String },
+    #[error("input.schema_registry: {0}")]
+    Client(String),
+    #[error("the schema registry at {url} did not answer for {waited:?} (schema id {id}): {reason}")]
+    Unavailable { url: String, id: u32, waited: Duration, reason: String },
+    #[error("the schema registry at {url} refused schema id {id}: {reason}")]
+    Refused { url: String, id: u32, reason: String },
+}
+
+/// A schema as the registry serves it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegisteredSchema {
+    pub schema: String,
+    /// `AVRO` (Confluent leaves it out for Avro), `PROTOBUF` or `JSON`.
+    #[serde(rename = "schemaType", default = "avro")]
+    pub kind: String,
+    #[serde(default)]
+    pub references: Vec<Reference>,
+}
+
+fn avro() -> String {
+    "AVRO".into()
+}
+
+/// Another subject's schema that a schema imports (a Protobuf `import`, an Avro named type).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reference {
+    pub name: String,
+    pub subject: String,
+    pub version: i64,
+}
+
+/// What the registry said about one id.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(RegisteredSchema),
+    /// The registry has no schema of this id: the reason a record naming it is dead-lettered.
+    Unknown(String),
+}
+
+pub struct Registry {
+    base: String,
+    client: reqwest::Client,
+    auth: Option<(String, Secret)>,
+    retry_for: Duration,
+}
+
+impl Registry {
+    pub fn new(spec: &SchemaRegistrySpec, password: Option<&Secret>) -> Result<Registry, RegistryError> {
+        let mut builder = reqwest::Client::builder().use_rustls_tls().timeout(REQUEST_TIMEOUT);
+        if let Some(ca) = &spec.ca {
+            let fail = |reason: String| RegistryError::Ca { path: ca.display().to_string(), reason };
+            let pem = std::fs::read(ca).map_err(|e| fail(e.to_string()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| RegistryError::Client(e.to_string()))?;
+        let auth = spec.username.clone().zip(password.cloned());
+        Ok(Registry { base: spec.url.trim_end_matches('/').to_string(), client, auth, retry_for: spec.retry_for.get() })
+    }
+
+    /// The schema of `id`, retrying an outage for `retry_for`.
+    pub async fn schema(&self, id: u32) -> Result<Lookup, RegistryError> {
+        self.ask_until_answered(&format!("{}/schemas/ids/{id}", self.base), id).await
+    }
+
+    /// The schema a reference names (`/subjects/{subject}/versions/{version}`), retried as
+    /// [`Registry::schema`]; `id` is the schema that refers to it, for messages.
+    pub async fn referenced(&self, reference: &Reference, id: u32) -> Result<Lookup, RegistryError> {
+        let url = format!("{}/subjects/{}/versions/{}", self.base, encode(&reference.subject), reference.version);
+        Ok(match self.ask_until_answered(&url, id).await? {
+            Lookup::Unknown(reason) => Lookup::Unknown(format!(
+                "schema id {id} refers to {} version {}, which the registry does not have: {reason}",
+                reference.subject, reference.version
+            )),
+            found => found,
+        })
+    }
+
+    /// GET `url` until the registry answers, backing off, for at most `retry_for`.
+    async fn ask_until_answered(&self, url: &str, id: u32) -> Result<Lookup, RegistryError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.ask(url, id).await? {
+                Answer::Schema(s) => return Ok(Lookup::Found(s)),
+                Answer::NotFound(reason) => return Ok(Lookup::Unknown(reason)),
+                Answer::Silent(reason) => {
+                    let waited = started.elapsed();
+                    if waited >= self.retry_for {
+                        return Err(RegistryError::Unavailable { url: self.base.clone(), id, waited, reason });
+                    }
+                    tracing::warn!(url = %self.base, id, %reason, "the schema registry did not answer; retrying");
+                    tokio::time::sleep(pause.min(self.retry_for.saturating_sub(waited))).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn ask(&self, url: &str, id: u32) -> Result<Answer, RegistryError> {
+        let mut request =
+            self.client.get(url).header("Accept", "application/vnd.schemaregistry.v1+json, application/json");
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, Some(password.expose()));
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Ok(Answer::Silent(error_chain(&e))),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Ok(Answer::Silent(error_chain(&e))),
+        };
+        let text = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        if status.is_success() {
+            return serde_json::from_slice(&body).map(Answer::Schema).map_err(|e| RegistryError::Refused {
+                url: self.base.clone(),
+                id,
+                reason: format!("its answer is not a schema ({e}): {}", text()),
+            });
+        }
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            return Ok(Answer::Silent(format!("HTTP {status}: {}", text())));
+        }
+        let code = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["error_code"].as_u64());
+        if status.as_u16() == 404 && code.is_some_and(|c| c == SCHEMA_NOT_FOUND || c == 40401 || c == 40402) {
+            return Ok(Answer::NotFound(format!("schema id {id} is not in the registry ({})", text())));
+        }
+        Err(RegistryError::Refused { url: self.base.clone(), id, reason: format!("HTTP {status}: {}", text()) })
+    }
+}
+
+enum Answer {
+    Schema(RegisteredSchema),
+    NotFound(String),
+    Silent(String),
+}
+
+/// An error with its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A subject name in a URL path (subjects may hold `/`, `:` and spaces).
+fn encode(subject: &str) -> String {
+    subject
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,240 @@
+//! Schema'd topics (issue 33): Avro values in the Confluent wire format, written by
+//! confluent-kafka's own `AvroSerializer` (PyPI) against a real Schema Registry (Apicurio
+//! Registry, Confluent's API), read by `embedstream run` with executor processes. Records of two
+//! versions of a subject in one topic decode with each record's own writer schema (nested
+//! records, unions, maps and arrays by JSON pointer); the vectors equal Python onnxruntime's for
+//! the same texts; every kind of bad value is in the dead-letter topic with its reason; a
+//! registry that does not answer delays the query and dead-letters nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::reference::{max_diff, onnx_embeddings};
+use common::registry::Registry;
+use common::*;
+
+/// Produces `plan` (its `schemas` and `records`, see [`PRODUCER`]) to `topic`: the schema ids
+/// the serializer registered, by the plan's schema name.
+fn produce(broker: &Broker, registry: &Registry, topic: &str, plan: &serde_json::Value) -> serde_json::Value {
+    let mut child = Command::new(cache().join("pyenv/bin/python"))
+        .args(["-c", PRODUCER, &broker.addr, &registry.url, topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pyenv python");
+    child.stdin.take().unwrap().write_all(plan.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Serialises each record with confluent-kafka's AvroSerializer (which registers its schema
+/// under `<topic>-value`), or makes a bad value of the record's kind.
+const PRODUCER: &str = r#"
+import json, sys
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+bootstrap, url, topic = sys.argv[1:4]
+plan = json.load(sys.stdin)
+client = SchemaRegistryClient({"url": url})
+serializers = {n: AvroSerializer(client, json.dumps(s)) for n, s in plan["schemas"].items()}
+ctx = SerializationContext(topic, MessageField.VALUE)
+producer = Producer({"bootstrap.servers": bootstrap})
+ids = {}
+for r in plan["records"]:
+    kind = r["kind"]
+    if kind in serializers:
+        value = serializers[kind](r["value"], ctx)
+        ids[kind] = int.from_bytes(value[1:5], "big")
+    elif kind == "trailing":
+        value = serializers["v1"](r["value"], ctx) + b"\x00"
+    elif kind == "truncated":
+        value = serializers["v1"](r["value"], ctx)[:7]
+    elif kind == "unknown_id":
+        value = b"\0" + (987654).to_bytes(4, "big") + b"\x02a"
+    elif kind == "no_magic":
+        value = json.dumps(r["value"]).encode()
+    else:
+        raise SystemExit("unknown kind " + kind)
+    producer.produce(topic, value=value, key=r["key"].encode(), partition=r["partition"])
+producer.flush(30)
+print(json.dumps({"ids": ids}))
+"#;
+
+fn v1() -> serde_json::Value {
+    serde_json::json!({
+        "type": "record", "name": "Product", "namespace": "shop",
+        "fields": [
+            {"name": "title", "type": "string"},
+            {"name": "description", "type": ["null", "string"], "default": null}
+        ]
+    })
+}
+
+/// v1 with a nested optional record, a map and an array added (a compatible evolution).
+fn v2() -> serde_json::Value {
+    serde_json::json!({
+        "type": "record", "name": "Product", "namespace": "shop",
+        "fields": [
+            {"name": "title", "type": "string"},
+            {"name": "description", "type": ["null", "string"], "default": null},
+            {"name": "details", "type": ["null", {"type": "record", "name": "Details", "fields": [
+                {"name": "brand", "type": ["null", "string"], "default": null},
+                {"name": "price", "type": "double"}
+            ]}], "default": null},
+            {"name": "attributes", "type": {"type": "map", "values": "string"}, "default": {}},
+            {"name": "tags", "type": {"type": "array", "items": "string"}, "default": []}
+        ]
+    })
+}
+
+const INPUT: &str = r#"[input]
+format = "avro"
+fields = { title = "/title", brand = "/details/brand", color = "/attributes/color", tag = "/tags/0" }
+required = ["title"]
+schema_registry = { url = "URL" }
+
+[[models]]
+name = "product"
+kind = "text-onnx"
+text = "{title} | {brand} {color} {tag}"
+onnx = "MODEL/model.onnx"
+tokenizer = "MODEL/tokenizer.json"
+batch_size = 8
+sort_window = 16"#;
+
+fn input(registry: &Registry) -> String {
+    INPUT.replace("URL", &registry.url).replace("MODEL", &model_dir().display().to_string())
+}
+
+/// Good records of both versions, interleaved, with every kind of bad value; the text each
+/// good record's template gives, and each bad one's reason, by (partition, offset).
+struct Plan {
+    json: serde_json::Value,
+    texts: BTreeMap<(i32, i64), String>,
+    bad: BTreeMap<(i32, i64), &'static str>,
+}
+
+fn plan(n: usize) -> Plan {
+    let titles = texts(n, 33);
+    let mut records = Vec::new();
+    let mut texts = BTreeMap::new();
+    let mut bad = BTreeMap::new();
+    let mut offsets = [0i64, 0];
+    let mut push = |records: &mut Vec<serde_json::Value>, p: i32, kind: &str, value: serde_json::Value| {
+        let key = format!("sku-{p}-{}", offsets[p as usize]);
+        records.push(serde_json::json!({"partition": p, "key": key, "kind": kind, "value": value}));
+        offsets[p as usize] += 1;
+        (p, offsets[p as usize] - 1)
+    };
+    let bad_kinds: [(&str, &str); 3] = [
+        ("no_magic", "value does not start with the Confluent wire format's magic byte 0"),
+        ("unknown_id", "schema id 987654 is not in the registry"),
+        ("truncated", "value does not decode with its Avro schema"),
+    ];
+    for (i, title) in titles.iter().enumerate() {
+        let p = (i % 2) as i32;
+        let (kind, value, text) = if i % 3 == 0 {
+            ("v1", serde_json::json!({"title": title, "description": "old"}), format!("{title} |   "))
+        } else {
+            let brand = format!("brand{i}");
+            let value = serde_json::json!({
+                "title": title, "description": null,
+                "details": {"brand": brand, "price": i as f64 + 0.5},
+                "attributes": {"color": "red", "size": "M"}, "tags": [format!("tag{i}"), "other"]
+            });
+            ("v2", value, format!("{title} | {brand} red tag{i}"))
+        };
+        let at = push(&mut records, p, kind, value);
+        texts.insert(at, text);
+        if let Some((kind, reason)) = bad_kinds.get(i) {
+            let at = push(&mut records, p, kind, serde_json::json!({"title": "bad", "description": null}));
+            bad.insert(at, *reason);
+        }
+    }
+    // A whole v1 record with a byte after it.
+    let at = push(&mut records, 0, "trailing", serde_json::json!({"title": "bad", "description": null}));
+    bad.insert(at, "value has 1 bytes after the record its Avro schema");
+    let json = serde_json::json!({"schemas": {"v1": v1(), "v2": v2()}, "records": records});
+    Plan { json, texts, bad }
+}
+
+#[test]
+fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered() {
+    let registry = Registry::start();
+    let broker = Broker::start();
+    broker.create_topic("items", 2);
+    let plan = plan(24);
+    let ids = produce(&broker, &registry, "items", &plan.json);
+    assert_ne!(ids["ids"]["v1"], ids["ids"]["v2"], "two versions, two ids: {ids}");
+
+    let job =
+        Job::new(&broker, "avro", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10", "available_now = true", "")
+            .with_models(&input(&registry));
+    let summary = run_job(&job, 2);
+    assert_eq!(summary["embeddings"], plan.texts.len(), "{summary}");
+    assert_eq!(summary["dead_letters"], plan.bad.len(), "{summary}");
+    let highs = broker.high_watermarks("items", 2);
+    assert_eq!(broker.committed("avro-group", "items", 2), highs, "every offset is committed");
+
+    // Every good record once, with the vector of its template's text over its own schema.
+    let out = broker.read_all("avro-out", 2);
+    assert_eq!(out.len(), plan.texts.len());
+    let texts: Vec<String> = plan.texts.values().cloned().collect();
+    let want = onnx_embeddings(&texts);
+    let mut worst = 0f32;
+    for rec in &out {
+        let n = plan.texts.keys().position(|o| *o == rec.origin()).unwrap_or_else(|| panic!("{:?}", rec.origin()));
+        let vector = rec.vector();
+        assert_eq!(vector.len(), DIM);
+        worst = worst.max(max_diff(&vector, &want[n]));
+    }
+    assert!(worst < 1e-4, "max difference from Python: {worst}");
+
+    // Every bad value in the dead-letter topic, as it came, with its reason.
+    let dead = broker.read_all("avro-dlq", 2);
+    assert_eq!(dead.len(), plan.bad.len());
+    for rec in &dead {
+        let origin = rec.origin();
+        let want = plan.bad.get(&origin).unwrap_or_else(|| panic!("{origin:?} is not a bad record"));
+        let reason = rec.header("es.error");
+        assert!(reason.contains(want), "{origin:?}: `{reason}`, want `{want}`");
+    }
+}
+
+#[test]
+fn a_registry_that_does_not_answer_delays_the_query_and_dead_letters_nothing() {
+    let registry = Registry::start();
+    let broker = Broker::start();
+    broker.create_topic("items", 2);
+    let plan = plan(12);
+    produce(&broker, &registry, "items", &plan.json);
+
+    // The registry stops answering before the executors have fetched any schema.
+    registry.pause();
+    let job = Job::new(&broker, "outage", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10", "", "")
+        .with_models(&input(&registry).replace("{ url = ", "{ retry_for = \"2m\", url = "));
+    let mut q = Running::start(&job, 1);
+    q.wait_until("an executor retrying the registry", Duration::from_secs(120), |q| {
+        q.log().contains("the schema registry did not answer; retrying")
+    });
+    assert_eq!(broker.committed("outage-group", "items", 2).iter().filter(|&&o| o > 0).count(), 0);
+    registry.resume();
+    let highs = broker.high_watermarks("items", 2);
+    q.wait_until("every offset committed", Duration::from_secs(120), |_| {
+        broker.committed("outage-group", "items", 2) == highs
+    });
+    let summary = q.stop();
+    assert_eq!(summary["dead_letters"], plan.bad.len(), "only the bad values: {summary}");
+    let out = broker.read_all("outage-out", 2);
+    let origins: std::collections::BTreeSet<(i32, i64)> = out.iter().map(|r| r.origin()).collect();
+    assert_eq!(origins.len(), out.len(), "no record twice");
+    assert_eq!(origins, plan.texts.keys().copied().collect(), "every good record once");
+}

@@ -4,7 +4,9 @@
 //! versions of a subject in one topic decode with each record's own writer schema (nested
 //! records, unions, maps and arrays by JSON pointer); the vectors equal Python onnxruntime's for
 //! the same texts; every kind of bad value is in the dead-letter topic with its reason; a
-//! registry that does not answer delays the query and dead-letters nothing.
+//! registry that does not answer delays the query and dead-letters nothing. Protobuf values
+//! written by confluent-kafka's `ProtobufSerializer` (a message at index 1 with a nested
+//! message, a map and a repeated field) decode with their message indexes.
 
 mod common;
 
@@ -20,8 +22,19 @@ use common::*;
 /// Produces `plan` (its `schemas` and `records`, see [`PRODUCER`]) to `topic`: the schema ids
 /// the serializer registered, by the plan's schema name.
 fn produce(broker: &Broker, registry: &Registry, topic: &str, plan: &serde_json::Value) -> serde_json::Value {
+    produce_with(PRODUCER, broker, registry, topic, plan)
+}
+
+/// Runs the producer `script` over `plan` (on its standard input); its JSON output.
+fn produce_with(
+    script: &str,
+    broker: &Broker,
+    registry: &Registry,
+    topic: &str,
+    plan: &serde_json::Value,
+) -> serde_json::Value {
     let mut child = Command::new(cache().join("pyenv/bin/python"))
-        .args(["-c", PRODUCER, &broker.addr, &registry.url, topic])
+        .args(["-c", script, &broker.addr, &registry.url, topic])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -237,4 +250,109 @@ fn a_registry_that_does_not_answer_delays_the_query_and_dead_letters_nothing() {
     let origins: std::collections::BTreeSet<(i32, i64)> = out.iter().map(|r| r.origin()).collect();
     assert_eq!(origins.len(), out.len(), "no record twice");
     assert_eq!(origins, plan.texts.keys().copied().collect(), "every good record once");
+}
+
+/// Serialises products with confluent-kafka's ProtobufSerializer for a message made here from
+/// a descriptor (no protoc): `shop.Product`, the second message of its file (index [1]), with a
+/// nested `Details`, a repeated `tags` and a map `attributes`; or makes a bad value.
+const PROTO_PRODUCER: &str = r#"
+import json, sys
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+F = descriptor_pb2.FieldDescriptorProto
+bootstrap, url, topic = sys.argv[1:4]
+fd = descriptor_pb2.FileDescriptorProto(name="shop/product.proto", package="shop", syntax="proto3")
+fd.message_type.add(name="Other").field.add(name="x", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+p = fd.message_type.add(name="Product")
+d = p.nested_type.add(name="Details")
+d.field.add(name="brand", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+d.field.add(name="price", number=2, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+e = p.nested_type.add(name="AttributesEntry")
+e.options.map_entry = True
+e.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+e.field.add(name="value", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+p.field.add(name="title", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+p.field.add(name="details", number=2, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL, type_name=".shop.Product.Details")
+p.field.add(name="tags", number=3, type=F.TYPE_STRING, label=F.LABEL_REPEATED)
+p.field.add(name="attributes", number=4, type=F.TYPE_MESSAGE, label=F.LABEL_REPEATED, type_name=".shop.Product.AttributesEntry")
+pool = descriptor_pool.DescriptorPool()
+pool.Add(fd)
+Product = message_factory.GetMessageClass(pool.FindMessageTypeByName("shop.Product"))
+serializer = ProtobufSerializer(Product, SchemaRegistryClient({"url": url}), {"use.deprecated.format": False})
+ctx = SerializationContext(topic, MessageField.VALUE)
+producer = Producer({"bootstrap.servers": bootstrap})
+for r in json.load(sys.stdin)["records"]:
+    kind, v = r["kind"], r["value"]
+    if kind in ("v1", "v2", "bad_index", "garbage"):
+        m = Product(title=v["title"], tags=v.get("tags", []))
+        if v.get("details"):
+            m.details.brand = v["details"].get("brand") or ""
+            m.details.price = v["details"]["price"]
+        m.attributes.update(v.get("attributes", {}))
+        value = serializer(m, ctx)
+        if kind == "bad_index":
+            value = value[:5] + b"\x02\x0a" + value[7:]
+        elif kind == "garbage":
+            value = value[:7] + b"\x0a\x20x"
+    elif kind == "no_magic":
+        value = json.dumps(v).encode()
+    else:
+        raise SystemExit("unknown kind " + kind)
+    producer.produce(topic, value=value, key=r["key"].encode(), partition=r["partition"])
+producer.flush(30)
+print(json.dumps({}))
+"#;
+
+#[test]
+fn protobuf_messages_decode_by_their_message_index_and_bad_ones_are_dead_lettered() {
+    let registry = Registry::start();
+    let broker = Broker::start();
+    broker.create_topic("items", 2);
+    // The products of the Avro test, with Protobuf's bad values in place of Avro's.
+    let mut plan = plan(12);
+    let reasons = [
+        ("unknown_id", "no_magic", "value does not start with the Confluent wire format's magic byte 0"),
+        ("truncated", "bad_index", "has no message at indexes [5]"),
+        ("trailing", "garbage", "value does not decode as shop.Product"),
+    ];
+    for r in plan.json["records"].as_array_mut().unwrap() {
+        let origin = (
+            r["partition"].as_i64().unwrap() as i32,
+            r["key"].as_str().unwrap().rsplit('-').next().unwrap().parse().unwrap(),
+        );
+        for (avro, proto, reason) in reasons {
+            if r["kind"] == avro {
+                r["kind"] = proto.into();
+                plan.bad.insert(origin, reason);
+            }
+        }
+    }
+    produce_with(PROTO_PRODUCER, &broker, &registry, "items", &plan.json);
+
+    let input = input(&registry).replace("format = \"avro\"", "format = \"protobuf\"");
+    let job =
+        Job::new(&broker, "proto", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10", "available_now = true", "")
+            .with_models(&input);
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], plan.texts.len(), "{summary}");
+    assert_eq!(summary["dead_letters"], plan.bad.len(), "{summary}");
+    let out = broker.read_all("proto-out", 2);
+    let texts: Vec<String> = plan.texts.values().cloned().collect();
+    let want = onnx_embeddings(&texts);
+    let mut worst = 0f32;
+    for rec in &out {
+        let n = plan.texts.keys().position(|o| *o == rec.origin()).unwrap_or_else(|| panic!("{:?}", rec.origin()));
+        worst = worst.max(max_diff(&rec.vector(), &want[n]));
+    }
+    assert_eq!(out.len(), plan.texts.len());
+    assert!(worst < 1e-4, "max difference from Python: {worst}");
+    for rec in &broker.read_all("proto-dlq", 2) {
+        let origin = rec.origin();
+        let want = plan.bad.get(&origin).unwrap_or_else(|| panic!("{origin:?} is not a bad record"));
+        let reason = rec.header("es.error");
+        assert!(reason.contains(want), "{origin:?}: `{reason}`, want `{want}`");
+    }
 }

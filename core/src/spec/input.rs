@@ -168,12 +168,6 @@ impl InputSpec {
                 "fields are JSON pointers: they need input.format = \"json\", \"avro\" or \"protobuf\" (a text record has `key` and `value`)",
             ));
         }
-        if self.format == InputFormat::Protobuf {
-            return Err(SpecError::new(
-                "input.format",
-                "\"protobuf\" is not read yet: Avro (\"avro\") and JSON values with a schema registry are",
-            ));
-        }
         match (&self.schema_registry, self.format.uses_registry()) {
             (None, true) => {
                 return Err(SpecError::new(

@@ -1,5 +1,6 @@
-//! Avro values in the Confluent wire format (a zero byte, the writer schema's id in four bytes
-//! big-endian, the Avro binary body), decoded into JSON that `[input] fields` point into.
+//! Avro and Protobuf values in the Confluent wire format (a zero byte, the writer schema's id in
+//! four bytes big-endian, for Protobuf the message indexes, then the body), decoded into JSON
+//! that `[input] fields` point into.
 //!
 //! Each value names its own writer schema, so records written with several versions of a
 //! subject decode side by side. Schemas are fetched from the registry ([`registry`]) once per id
@@ -8,6 +9,7 @@
 //! their schema) is a bad record: its reason goes to the dead-letter topic. A registry that
 //! does not answer is not: the task fails, to be retried.
 
+pub mod protobuf;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -20,11 +22,13 @@ use registry::{Lookup, Registry, RegistryError};
 /// A writer schema, parsed, with the schemas of the named types it takes from other subjects.
 enum Writer {
     Avro { schema: apache_avro::Schema, referenced: Vec<apache_avro::Schema> },
+    Protobuf(protobuf::ProtoSchema),
 }
 
 /// A writer schema made ready to decode values (its named types resolved), for one batch.
 enum Reader<'s> {
     Avro(apache_avro::reader::datum::GenericDatumReader<'s>),
+    Protobuf(&'s protobuf::ProtoSchema),
 }
 
 impl Writer {
@@ -35,11 +39,13 @@ impl Writer {
                 .and_then(|b| b.build())
                 .map(Reader::Avro)
                 .map_err(|e| format!("schema id {id}'s named types do not resolve: {e}")),
+            Writer::Protobuf(schema) => Ok(Reader::Protobuf(schema)),
         }
     }
 }
 
 pub struct Decoder {
+    format: InputFormat,
     registry: Registry,
     /// Parsed schemas by id.
     cache: Mutex<HashMap<u32, Arc<Writer>>>,
@@ -54,10 +60,11 @@ impl Decoder {
         let (Some(registry), true) = (&spec.input.schema_registry, spec.input.format.uses_registry()) else {
             return Ok(None);
         };
-        if spec.input.format == InputFormat::Protobuf {
-            return Err(RegistryError::Client("input.format = \"protobuf\" is not supported yet".into()));
-        }
-        Ok(Some(Decoder { registry: Registry::new(registry, password)?, cache: Mutex::new(HashMap::new()) }))
+        Ok(Some(Decoder {
+            format: spec.input.format,
+            registry: Registry::new(registry, password)?,
+            cache: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Each value decoded, in order. Fails only when the registry cannot be asked.
@@ -110,17 +117,29 @@ impl Decoder {
             Lookup::Found(s) => s,
             Lookup::Unknown(reason) => return Ok(Err(reason)),
         };
-        if found.kind != "AVRO" {
-            return Ok(Err(format!("schema id {id} is a {} schema, and input.format is \"avro\"", found.kind)));
+        let want = match self.format {
+            InputFormat::Protobuf => "PROTOBUF",
+            _ => "AVRO",
+        };
+        if found.kind != want {
+            return Ok(Err(format!(
+                "schema id {id} is a {} schema, and input.format is \"{}\"",
+                found.kind,
+                want.to_lowercase()
+            )));
         }
-        // Named types from other subjects, parsed first so that the schema can use them.
+        // What it refers to: Avro's named types, Protobuf's imports (by their import names).
         let mut texts = Vec::new();
         for reference in &found.references {
             match self.registry.referenced(reference, id).await? {
-                Lookup::Found(s) => texts.push(s.schema),
+                Lookup::Found(s) => texts.push((reference.name.clone(), s.schema)),
                 Lookup::Unknown(reason) => return Ok(Err(reason)),
             }
         }
+        if self.format == InputFormat::Protobuf {
+            return Ok(protobuf::ProtoSchema::compile(id, &found.schema, texts).map(Writer::Protobuf));
+        }
+        let texts: Vec<String> = texts.into_iter().map(|(_, text)| text).collect();
         let parsed = if texts.is_empty() {
             apache_avro::Schema::parse_str(&found.schema).map(|schema| Writer::Avro { schema, referenced: Vec::new() })
         } else {
@@ -166,6 +185,7 @@ fn decode_with(reader: &Reader<'_>, id: u32, body: &[u8]) -> Decoded {
             }
             serde_json::Value::try_from(value).map_err(|e| format!("value (schema id {id}) has no JSON form: {e}"))
         }
+        Reader::Protobuf(schema) => schema.decode(id, body),
     }
 }
 

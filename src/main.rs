@@ -117,7 +117,8 @@ enum Command {
     /// Shows what will run: every default, the derived ones too (consumer group, model id,
     /// dead-letter topic), the sink's servers and the ONNX Runtime library found (a missing one
     /// is an error here, not at `run`). With --check-broker it also connects to the brokers and
-    /// lists the partitions the query would read.
+    /// lists the partitions the query would read, and for Avro or Protobuf input shows each
+    /// topic's `<topic>-value` subject in the schema registry with its latest schema.
     #[command(after_help = "Examples:\n  embedstream validate job.toml\n  \
                             embedstream validate job.toml --conf source.max_offsets_per_trigger=1000")]
     Validate {
@@ -129,7 +130,8 @@ enum Command {
         /// Print JSON (the spec, what it derives, the library, the partitions) for scripts.
         #[arg(long)]
         json: bool,
-        /// Also connect to the source (and sink) brokers and list the partitions it would read.
+        /// Also connect to the source (and sink) brokers and list the partitions it would read
+        /// (and, for schema'd input, ask the registry for each topic's latest schema).
         #[arg(long)]
         check_broker: bool,
     },
@@ -605,6 +607,19 @@ async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_brok
             Some(found.await.expect("the broker check does not panic")?)
         }
     };
+    // For schema'd values: each topic's `<topic>-value` subject, latest version.
+    let mut subjects = Vec::new();
+    if let (Some(ps), Some(registry)) = (&partitions, &spec.input.schema_registry) {
+        let client =
+            embedstream_executor::schemas::registry::Registry::new(registry, spec.registry_password_value(&secrets)?)?;
+        let topics: std::collections::BTreeSet<&String> = ps.iter().map(|(t, ..)| t).collect();
+        for topic in topics {
+            let subject = format!("{topic}-value");
+            let latest =
+                client.latest(&subject).await.with_context(|| format!("schema registry, subject {subject}"))?;
+            subjects.push((subject, latest));
+        }
+    }
     let shown = spec.with_derived();
     if json {
         let value = serde_json::json!({
@@ -615,6 +630,13 @@ async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_brok
             "partitions": partitions.as_ref().map(|ps| ps.iter().map(|(t, p, e, l)| serde_json::json!({
                 "topic": t, "partition": p, "earliest": e, "latest": l
             })).collect::<Vec<_>>()),
+            "subjects": subjects.iter().map(|(subject, latest)| serde_json::json!({
+                "subject": subject,
+                "version": latest.as_ref().and_then(|l| l.version),
+                "id": latest.as_ref().and_then(|l| l.id),
+                "type": latest.as_ref().map(|l| l.kind.clone()),
+                "schema": latest.as_ref().map(|l| l.schema.clone()),
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -627,6 +649,18 @@ async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_brok
         println!("# partitions it would read ({}), earliest..latest offset:", ps.len());
         for (topic, partition, earliest, latest) in ps {
             println!("#   {topic}-{partition}: {earliest}..{latest}");
+        }
+    }
+    for (subject, latest) in subjects {
+        match latest {
+            None => println!("# schema registry: no subject {subject} (records name their schema by id all the same)"),
+            Some(l) => {
+                let (version, id) = (l.version.unwrap_or_default(), l.id.unwrap_or_default());
+                println!("# schema registry: subject {subject}, latest version {version} (id {id}, {}):", l.kind);
+                for line in l.schema.lines() {
+                    println!("#   {line}");
+                }
+            }
         }
     }
     Ok(())

@@ -191,6 +191,20 @@ fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered
     let job =
         Job::new(&broker, "avro", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10", "available_now = true", "")
             .with_models(&input(&registry));
+    // `validate --check-broker` shows the topic's subject and its latest schema.
+    let mut validate = embedstream();
+    validate.args(["validate", job.path.to_str().unwrap(), "--check-broker", "--json"]);
+    let out = run_to_end(validate, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let subject = &shown["subjects"][0];
+    assert_eq!(
+        (&subject["subject"], &subject["version"], &subject["id"]),
+        (&"items-value".into(), &2.into(), &ids["ids"]["v2"])
+    );
+    let latest: serde_json::Value = serde_json::from_str(subject["schema"].as_str().unwrap()).unwrap();
+    assert_eq!(latest["fields"].as_array().unwrap().len(), 5, "v2: {latest}");
+
     let summary = run_job(&job, 2);
     assert_eq!(summary["embeddings"], plan.texts.len(), "{summary}");
     assert_eq!(summary["dead_letters"], plan.bad.len(), "{summary}");

@@ -44,6 +44,13 @@ pub struct RegisteredSchema {
     pub kind: String,
     #[serde(default)]
     pub references: Vec<Reference>,
+    /// Set in a subject's version (`/subjects/{subject}/versions/latest`), not by id.
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub version: Option<i64>,
+    #[serde(default)]
+    pub id: Option<u32>,
 }
 
 fn avro() -> String {
@@ -104,6 +111,19 @@ impl Registry {
             )),
             found => found,
         })
+    }
+
+    /// The latest version of `subject` (`None` if the registry has no such subject), asked
+    /// once: for `validate --check-broker`, which reports rather than waits.
+    pub async fn latest(&self, subject: &str) -> Result<Option<RegisteredSchema>, RegistryError> {
+        let url = format!("{}/subjects/{}/versions/latest", self.base, encode(subject));
+        match self.ask(&url, 0).await? {
+            Answer::Schema(s) => Ok(Some(s)),
+            Answer::NotFound(_) => Ok(None),
+            Answer::Silent(reason) => {
+                Err(RegistryError::Unavailable { url: self.base.clone(), id: 0, waited: Duration::ZERO, reason })
+            }
+        }
     }
 
     /// GET `url` until the registry answers, backing off, for at most `retry_for`.

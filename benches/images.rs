@@ -314,7 +314,7 @@ fn main() {
         .collect();
     let records_per_s = twice(&|| {
         let started = Instant::now();
-        let prepared = pipeline.prepare(records.iter().map(|r| (None, Some(r.as_slice()), Vec::new())));
+        let prepared = pipeline.prepare(records.iter().map(|r| (None, Some(r.as_slice()), Vec::new())), None);
         assert!(prepared.refused.is_empty());
         let embedded = rt.block_on(pipeline.clone().embed(prepared.texts)).unwrap();
         let finished = pipeline.finish(&prepared.good, embedded);

@@ -274,6 +274,11 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
         files.push((link.clone(), local));
         *path = link;
     }
+    // The schema registry's CA, for the executors' HTTPS calls to it.
+    if let Some(ca) = spec.input.schema_registry.as_mut().and_then(|r| r.ca.as_mut()) {
+        files.push(("registry-ca.pem".into(), ca.clone()));
+        *ca = PathBuf::from("registry-ca.pem");
+    }
     // This machine's Hadoop configuration travels with the application, as Spark's does: the
     // master points its driver and executors at it (HADOOP_CONF_DIR), so that they resolve
     // `hdfs:///` (fs.defaultFS) and HA name services as `submit` did.

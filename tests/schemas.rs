@@ -6,80 +6,17 @@
 //! the same texts; every kind of bad value is in the dead-letter topic with its reason; a
 //! registry that does not answer delays the query and dead-letters nothing. Protobuf values
 //! written by confluent-kafka's `ProtobufSerializer` (a message at index 1 with a nested
-//! message, a map and a repeated field) decode with their message indexes.
+//! message, a map and a repeated field) decode with their message indexes. A registry that
+//! serves HTTPS only is read with `ca` (and refused without it, by `validate --check-broker`).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::reference::{max_diff, onnx_embeddings};
-use common::registry::Registry;
+use common::registry::{produce, produce_with, product_schema as v2, Registry};
 use common::*;
-
-/// Produces `plan` (its `schemas` and `records`, see [`PRODUCER`]) to `topic`: the schema ids
-/// the serializer registered, by the plan's schema name.
-fn produce(broker: &Broker, registry: &Registry, topic: &str, plan: &serde_json::Value) -> serde_json::Value {
-    produce_with(PRODUCER, broker, registry, topic, plan)
-}
-
-/// Runs the producer `script` over `plan` (on its standard input); its JSON output.
-fn produce_with(
-    script: &str,
-    broker: &Broker,
-    registry: &Registry,
-    topic: &str,
-    plan: &serde_json::Value,
-) -> serde_json::Value {
-    let mut child = Command::new(cache().join("pyenv/bin/python"))
-        .args(["-c", script, &broker.addr, &registry.url, topic])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pyenv python");
-    child.stdin.take().unwrap().write_all(plan.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Serialises each record with confluent-kafka's AvroSerializer (which registers its schema
-/// under `<topic>-value`), or makes a bad value of the record's kind.
-const PRODUCER: &str = r#"
-import json, sys
-from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
-from confluent_kafka.serialization import MessageField, SerializationContext
-bootstrap, url, topic = sys.argv[1:4]
-plan = json.load(sys.stdin)
-client = SchemaRegistryClient({"url": url})
-serializers = {n: AvroSerializer(client, json.dumps(s)) for n, s in plan["schemas"].items()}
-ctx = SerializationContext(topic, MessageField.VALUE)
-producer = Producer({"bootstrap.servers": bootstrap})
-ids = {}
-for r in plan["records"]:
-    kind = r["kind"]
-    if kind in serializers:
-        value = serializers[kind](r["value"], ctx)
-        ids[kind] = int.from_bytes(value[1:5], "big")
-    elif kind == "trailing":
-        value = serializers["v1"](r["value"], ctx) + b"\x00"
-    elif kind == "truncated":
-        value = serializers["v1"](r["value"], ctx)[:7]
-    elif kind == "unknown_id":
-        value = b"\0" + (987654).to_bytes(4, "big") + b"\x02a"
-    elif kind == "no_magic":
-        value = json.dumps(r["value"]).encode()
-    else:
-        raise SystemExit("unknown kind " + kind)
-    producer.produce(topic, value=value, key=r["key"].encode(), partition=r["partition"])
-producer.flush(30)
-print(json.dumps({"ids": ids}))
-"#;
 
 fn v1() -> serde_json::Value {
     serde_json::json!({
@@ -87,23 +24,6 @@ fn v1() -> serde_json::Value {
         "fields": [
             {"name": "title", "type": "string"},
             {"name": "description", "type": ["null", "string"], "default": null}
-        ]
-    })
-}
-
-/// v1 with a nested optional record, a map and an array added (a compatible evolution).
-fn v2() -> serde_json::Value {
-    serde_json::json!({
-        "type": "record", "name": "Product", "namespace": "shop",
-        "fields": [
-            {"name": "title", "type": "string"},
-            {"name": "description", "type": ["null", "string"], "default": null},
-            {"name": "details", "type": ["null", {"type": "record", "name": "Details", "fields": [
-                {"name": "brand", "type": ["null", "string"], "default": null},
-                {"name": "price", "type": "double"}
-            ]}], "default": null},
-            {"name": "attributes", "type": {"type": "map", "values": "string"}, "default": {}},
-            {"name": "tags", "type": {"type": "array", "items": "string"}, "default": []}
         ]
     })
 }
@@ -368,5 +288,47 @@ fn protobuf_messages_decode_by_their_message_index_and_bad_ones_are_dead_lettere
         let want = plan.bad.get(&origin).unwrap_or_else(|| panic!("{origin:?} is not a bad record"));
         let reason = rec.header("es.error");
         assert!(reason.contains(want), "{origin:?}: `{reason}`, want `{want}`");
+    }
+}
+
+#[test]
+fn a_registry_over_https_is_trusted_through_its_ca() {
+    let registry = Registry::start_tls();
+    let ca = registry.ca.clone().unwrap();
+    let broker = Broker::start();
+    broker.create_topic("items", 2);
+    let plan = plan(6);
+    produce(&broker, &registry, "items", &plan.json);
+    // One `[model]`, whose column the Delta reader reads (`embedding`).
+    let with_ca = input(&registry)
+        .replace("{ url = ", &format!("{{ ca = \"{}\", url = ", ca.display()))
+        .replace("[[models]]\nname = \"product\"\nkind = \"text-onnx\"\n", "[model]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("products");
+    let job = Job::new(&broker, "tls", "subscribe = [\"items\"]", "available_now = true", "")
+        .with_models(&with_ca)
+        .with_delta_sink(&table, "");
+
+    // Without the CA, the registry's certificate is not trusted: validate says so.
+    let without = Job::new(&broker, "notls", "subscribe = [\"items\"]", "available_now = true", "")
+        .with_models(&input(&registry));
+    let mut validate = embedstream();
+    validate.args(["validate", without.path.to_str().unwrap(), "--check-broker"]);
+    let out = run_to_end(validate, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("certificate"), "{stderr}");
+
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], plan.texts.len(), "{summary}");
+    assert_eq!(summary["dead_letters"], plan.bad.len(), "{summary}");
+    // A Delta reader (deltalake, PyPI) sees each good record once, its `value` the decoded
+    // record as JSON.
+    let rows = common::delta::read_with_deltalake(&table)["rows"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), plan.texts.len());
+    for row in rows {
+        let origin = (row[0].as_i64().unwrap() as i32, row[1].as_i64().unwrap());
+        let record: serde_json::Value = serde_json::from_str(row[2].as_str().unwrap()).unwrap();
+        let title = record["title"].as_str().unwrap();
+        assert!(plan.texts[&origin].starts_with(&format!("{title} |")), "{origin:?}: {record}");
     }
 }

@@ -283,6 +283,12 @@ async fn windows(
             if prepared.good.is_empty() {
                 continue;
             }
+            // The sinks' `value` of a schema'd record is the record as JSON text; its dead
+            // letter, written above, kept the bytes as they came.
+            let chunk = match &decoded {
+                Some(decoded) => with_decoded_values(&chunk, decoded),
+                None => chunk,
+            };
             let embedding = Embedding(tokio::spawn(ctx.pipeline.clone().embed(prepared.texts)));
             let good = prepared.good;
             in_flight.push_back(async move {
@@ -366,6 +372,21 @@ struct Rows<'a> {
     offsets: &'a Int64Array,
     /// The header columns, in the order of `input.headers`.
     headers: Vec<&'a BinaryArray>,
+}
+
+/// `chunk` with each value that decoded replaced by the decoded record's JSON text.
+fn with_decoded_values(chunk: &RecordBatch, decoded: &[crate::schemas::Decoded]) -> RecordBatch {
+    let at = chunk.schema().index_of("value").expect("input schema column");
+    let raw = chunk.column(at).as_any().downcast_ref::<BinaryArray>().expect("binary values");
+    let texts: Vec<Option<Vec<u8>>> = (decoded.iter().enumerate())
+        .map(|(i, d)| match d {
+            Ok(doc) => Some(doc.to_string().into_bytes()),
+            Err(_) => raw.is_valid(i).then(|| raw.value(i).to_vec()),
+        })
+        .collect();
+    let mut columns = chunk.columns().to_vec();
+    columns[at] = Arc::new(BinaryArray::from_iter(texts));
+    RecordBatch::try_new(chunk.schema(), columns).expect("the same schema, one column replaced")
 }
 
 impl<'a> Rows<'a> {

@@ -2,30 +2,63 @@
 //! 3.0.9 (deploy/setup.sh's, from Maven Central) with in-memory storage on a free loopback port,
 //! serving Confluent's API under `/apis/ccompat/v7`. [`Registry::pause`] and
 //! [`Registry::resume`] (SIGSTOP, SIGCONT) make it a registry that does not answer and then
-//! answers again with the same schemas. Killed when dropped.
+//! answers again with the same schemas. Killed when dropped. [`produce`] writes records with
+//! confluent-kafka's own `AvroSerializer` (PyPI), which registers their schemas.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{cache, free_port};
+use super::{cache, free_port, Broker};
 
 pub struct Registry {
     child: Child,
-    /// The Confluent-compatible base URL, `http://127.0.0.1:PORT/apis/ccompat/v7`.
+    /// The Confluent-compatible base URL, `http://127.0.0.1:PORT/apis/ccompat/v7` (`https` for
+    /// [`Registry::start_tls`]).
     pub url: String,
+    /// The CA that signed its certificate, when it serves HTTPS.
+    pub ca: Option<PathBuf>,
     log: tempfile::NamedTempFile,
+    _certificates: Option<tempfile::TempDir>,
 }
 
 impl Registry {
     pub fn start() -> Registry {
+        Self::launch(None)
+    }
+
+    /// A registry that serves HTTPS only, with a certificate for 127.0.0.1 from a CA of its own.
+    pub fn start_tls() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = super::tls::certificates(dir.path(), "registry-ca");
+        Self::launch(Some((dir, ca)))
+    }
+
+    fn launch(tls: Option<(tempfile::TempDir, PathBuf)>) -> Registry {
         let dir = cache().join("registry");
         let jar = dir.join("apicurio-registry-app-3.0.9-runner.jar");
         assert!(jar.is_file(), "no Apicurio Registry at {}: run deploy/setup.sh", jar.display());
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new("java")
-            .args(["-Xmx384m", "-XX:TieredStopAtLevel=1", "-Dquarkus.http.host=127.0.0.1"])
-            .arg(format!("-Dquarkus.http.port={port}"))
+        let mut java = Command::new("java");
+        java.args(["-Xmx384m", "-XX:TieredStopAtLevel=1", "-Dquarkus.http.host=127.0.0.1"]);
+        let scheme = match &tls {
+            None => {
+                java.arg(format!("-Dquarkus.http.port={port}"));
+                "http"
+            }
+            Some((certs, _)) => {
+                let file = |name: &str| certs.path().join(name).display().to_string();
+                java.arg(format!("-Dquarkus.http.port={}", free_port()))
+                    .arg(format!("-Dquarkus.http.ssl-port={port}"))
+                    .arg(format!("-Dquarkus.http.ssl.certificate.files={}", file("registry-ca-server.crt")))
+                    .arg(format!("-Dquarkus.http.ssl.certificate.key-files={}", file("registry-ca-server.key")))
+                    .arg("-Dquarkus.http.insecure-requests=disabled");
+                "https"
+            }
+        };
+        let child = java
             .arg("-jar")
             .arg(&jar)
             .current_dir(&dir)
@@ -33,9 +66,11 @@ impl Registry {
             .stderr(Stdio::from(log.reopen().unwrap()))
             .spawn()
             .expect("java");
-        let mut registry = Registry { child, url: format!("http://127.0.0.1:{port}/apis/ccompat/v7"), log };
+        let (certificates, ca) = tls.unzip();
+        let url = format!("{scheme}://127.0.0.1:{port}/apis/ccompat/v7");
+        let mut registry = Registry { child, url, ca, log, _certificates: certificates };
         let deadline = Instant::now() + Duration::from_secs(90);
-        while registry.get("/subjects").0 != 200 {
+        while !registry.answers() {
             if let Some(status) = registry.child.try_wait().unwrap() {
                 panic!("the registry exited ({status}):\n{}", registry.log());
             }
@@ -45,9 +80,22 @@ impl Registry {
         registry
     }
 
+    /// Whether it answers: `GET /subjects` over HTTP, or a TCP connection to its HTTPS port
+    /// (Quarkus listens once the registry is ready).
+    fn answers(&self) -> bool {
+        match &self.ca {
+            None => self.get("/subjects").0 == 200,
+            Some(_) => std::net::TcpStream::connect(self.address()).is_ok(),
+        }
+    }
+
+    fn address(&self) -> String {
+        self.url.split("://").nth(1).unwrap().split('/').next().unwrap().to_string()
+    }
+
     /// GET `path` under the Confluent API: the status (0 when nothing answered) and the body.
     pub fn get(&self, path: &str) -> (u16, String) {
-        let address = self.url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+        let address = self.address();
         let path = format!("/apis/ccompat/v7{path}");
         // Quarkus listens once the registry is ready: before that, nothing answers.
         if std::net::TcpStream::connect(&address).is_err() {
@@ -79,4 +127,85 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Produces `plan` (its `schemas` and `records`, see [`PRODUCER`]) to `topic`: the schema ids
+/// the serializer registered, by the plan's schema name.
+pub fn produce(broker: &Broker, registry: &Registry, topic: &str, plan: &serde_json::Value) -> serde_json::Value {
+    produce_with(PRODUCER, broker, registry, topic, plan)
+}
+
+/// Runs the producer `script` over `plan` (on its standard input); its JSON output.
+pub fn produce_with(
+    script: &str,
+    broker: &Broker,
+    registry: &Registry,
+    topic: &str,
+    plan: &serde_json::Value,
+) -> serde_json::Value {
+    let ca = registry.ca.as_ref().map(|c| c.display().to_string()).unwrap_or_default();
+    let mut child = Command::new(cache().join("pyenv/bin/python"))
+        .args(["-c", script, &broker.addr, &registry.url, topic, &ca])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pyenv python");
+    child.stdin.take().unwrap().write_all(plan.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Serialises each record with confluent-kafka's AvroSerializer (which registers its schema
+/// under `<topic>-value`), or makes a bad value of the record's kind.
+const PRODUCER: &str = r#"
+import json, sys
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+bootstrap, url, topic, ca = sys.argv[1:5]
+plan = json.load(sys.stdin)
+client = SchemaRegistryClient({"url": url, **({"ssl.ca.location": ca} if ca else {})})
+serializers = {n: AvroSerializer(client, json.dumps(s)) for n, s in plan["schemas"].items()}
+ctx = SerializationContext(topic, MessageField.VALUE)
+producer = Producer({"bootstrap.servers": bootstrap})
+ids = {}
+for r in plan["records"]:
+    kind = r["kind"]
+    if kind in serializers:
+        value = serializers[kind](r["value"], ctx)
+        ids[kind] = int.from_bytes(value[1:5], "big")
+    elif kind == "trailing":
+        value = serializers["v1"](r["value"], ctx) + b"\x00"
+    elif kind == "truncated":
+        value = serializers["v1"](r["value"], ctx)[:7]
+    elif kind == "unknown_id":
+        value = b"\0" + (987654).to_bytes(4, "big") + b"\x02a"
+    elif kind == "no_magic":
+        value = json.dumps(r["value"]).encode()
+    else:
+        raise SystemExit("unknown kind " + kind)
+    producer.produce(topic, value=value, key=r["key"].encode(), partition=r["partition"])
+producer.flush(30)
+print(json.dumps({"ids": ids}))
+"#;
+
+/// An Avro product: a title, an optional description, an optional nested `Details` record, a
+/// map of attributes and an array of tags (the second version of the tests' subject).
+pub fn product_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "record", "name": "Product", "namespace": "shop",
+        "fields": [
+            {"name": "title", "type": "string"},
+            {"name": "description", "type": ["null", "string"], "default": null},
+            {"name": "details", "type": ["null", {"type": "record", "name": "Details", "fields": [
+                {"name": "brand", "type": ["null", "string"], "default": null},
+                {"name": "price", "type": "double"}
+            ]}], "default": null},
+            {"name": "attributes", "type": {"type": "map", "values": "string"}, "default": {}},
+            {"name": "tags", "type": {"type": "array", "items": "string"}, "default": []}
+        ]
+    })
 }

@@ -248,6 +248,11 @@ impl JobSpec {
             }
         }
         self.security.check_files()?;
+        if let Some(ca) = self.input.schema_registry.as_ref().and_then(|r| r.ca.as_ref()) {
+            if !ca.is_file() {
+                return Err(SpecError::new("input.schema_registry.ca", format!("{}: no such file", ca.display())));
+            }
+        }
         // An HDFS location must name a file system this machine can resolve: `hdfs:///` needs
         // `fs.defaultFS`, and the client is made (no call to the NameNode yet).
         let mut locations = vec![("checkpoint_location", self.checkpoint_location.as_path())];

@@ -77,12 +77,24 @@ impl Broker {
     }
 
     pub fn start_with_env(protocols: &[&str], properties: &str, env: &[(&str, &str)]) -> Broker {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let listeners = protocols.iter().map(|p| (p.to_string(), format!("127.0.0.1:{}", free_port()))).collect();
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut broker = Self::launch(addr, listeners, properties, env);
-        broker.wait_serving();
-        broker
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        // A free port may be taken by another test's server between `free_port` and the
+        // broker's bind: then the broker is started again on other ports.
+        let mut attempt = 0;
+        loop {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let listeners = protocols.iter().map(|p| (p.to_string(), format!("127.0.0.1:{}", free_port()))).collect();
+            let mut broker = Self::launch(addr, listeners, properties, env.clone());
+            match broker.serving() {
+                Ok(()) => return broker,
+                Err(why) if attempt < 3 && broker.log().contains("Address already in use") => {
+                    eprintln!("a port of the broker was taken meanwhile; starting it on others: {why:.200}");
+                    broker.kill();
+                    attempt += 1;
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
     }
 
     /// Starts a broker on `addr` without waiting for it to serve.
@@ -128,20 +140,27 @@ impl Broker {
     /// Waits for the line a broker logs once it serves clients (the log is appended across
     /// restarts, so this counts the lines).
     fn wait_serving(&mut self) {
+        if let Err(why) = self.serving() {
+            panic!("{why}");
+        }
+    }
+
+    /// [`Broker::wait_serving`], saying why it does not serve instead of failing the test.
+    fn serving(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(90);
         while self.log().matches("Kafka Server started").count() == self.started_before {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("the Kafka broker exited with {status}: {}", self.log());
+                return Err(format!("the Kafka broker exited with {status}: {}", self.log()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "the Kafka broker did not serve on {} within 90 s: {}",
-                self.addr,
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("the Kafka broker did not serve on {} within 90 s: {}", self.addr, self.log()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(TcpStream::connect(&self.addr).is_ok(), "the broker logged it started but {} refuses", self.addr);
+        if TcpStream::connect(&self.addr).is_err() {
+            return Err(format!("the broker logged it started but {} refuses", self.addr));
+        }
+        Ok(())
     }
 
     /// Kills the broker (no clean shutdown) and starts it again on the same port and data.

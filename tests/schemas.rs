@@ -99,6 +99,32 @@ fn plan(n: usize) -> Plan {
     Plan { json, texts, bad }
 }
 
+/// The query `name`'s output: every good record of `plan` once in `{name}-out`, with Python
+/// onnxruntime's vector of its template's text; every bad value in `{name}-dlq`, as it came,
+/// with its reason.
+fn assert_output(broker: &Broker, name: &str, plan: &Plan) {
+    let out = broker.read_all(&format!("{name}-out"), 2);
+    assert_eq!(out.len(), plan.texts.len());
+    let texts: Vec<String> = plan.texts.values().cloned().collect();
+    let want = onnx_embeddings(&texts);
+    let mut worst = 0f32;
+    for rec in &out {
+        let n = plan.texts.keys().position(|o| *o == rec.origin()).unwrap_or_else(|| panic!("{:?}", rec.origin()));
+        let vector = rec.vector();
+        assert_eq!(vector.len(), DIM);
+        worst = worst.max(max_diff(&vector, &want[n]));
+    }
+    assert!(worst < 1e-4, "max difference from Python: {worst}");
+    let dead = broker.read_all(&format!("{name}-dlq"), 2);
+    assert_eq!(dead.len(), plan.bad.len());
+    for rec in &dead {
+        let origin = rec.origin();
+        let want = plan.bad.get(&origin).unwrap_or_else(|| panic!("{origin:?} is not a bad record"));
+        let reason = rec.header("es.error");
+        assert!(reason.contains(want), "{origin:?}: `{reason}`, want `{want}`");
+    }
+}
+
 #[test]
 fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered() {
     let registry = Registry::start();
@@ -131,29 +157,7 @@ fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered
     let highs = broker.high_watermarks("items", 2);
     assert_eq!(broker.committed("avro-group", "items", 2), highs, "every offset is committed");
 
-    // Every good record once, with the vector of its template's text over its own schema.
-    let out = broker.read_all("avro-out", 2);
-    assert_eq!(out.len(), plan.texts.len());
-    let texts: Vec<String> = plan.texts.values().cloned().collect();
-    let want = onnx_embeddings(&texts);
-    let mut worst = 0f32;
-    for rec in &out {
-        let n = plan.texts.keys().position(|o| *o == rec.origin()).unwrap_or_else(|| panic!("{:?}", rec.origin()));
-        let vector = rec.vector();
-        assert_eq!(vector.len(), DIM);
-        worst = worst.max(max_diff(&vector, &want[n]));
-    }
-    assert!(worst < 1e-4, "max difference from Python: {worst}");
-
-    // Every bad value in the dead-letter topic, as it came, with its reason.
-    let dead = broker.read_all("avro-dlq", 2);
-    assert_eq!(dead.len(), plan.bad.len());
-    for rec in &dead {
-        let origin = rec.origin();
-        let want = plan.bad.get(&origin).unwrap_or_else(|| panic!("{origin:?} is not a bad record"));
-        let reason = rec.header("es.error");
-        assert!(reason.contains(want), "{origin:?}: `{reason}`, want `{want}`");
-    }
+    assert_output(&broker, "avro", &plan);
 }
 
 #[test]
@@ -273,22 +277,7 @@ fn protobuf_messages_decode_by_their_message_index_and_bad_ones_are_dead_lettere
     let summary = run_job(&job, 1);
     assert_eq!(summary["embeddings"], plan.texts.len(), "{summary}");
     assert_eq!(summary["dead_letters"], plan.bad.len(), "{summary}");
-    let out = broker.read_all("proto-out", 2);
-    let texts: Vec<String> = plan.texts.values().cloned().collect();
-    let want = onnx_embeddings(&texts);
-    let mut worst = 0f32;
-    for rec in &out {
-        let n = plan.texts.keys().position(|o| *o == rec.origin()).unwrap_or_else(|| panic!("{:?}", rec.origin()));
-        worst = worst.max(max_diff(&rec.vector(), &want[n]));
-    }
-    assert_eq!(out.len(), plan.texts.len());
-    assert!(worst < 1e-4, "max difference from Python: {worst}");
-    for rec in &broker.read_all("proto-dlq", 2) {
-        let origin = rec.origin();
-        let want = plan.bad.get(&origin).unwrap_or_else(|| panic!("{origin:?} is not a bad record"));
-        let reason = rec.header("es.error");
-        assert!(reason.contains(want), "{origin:?}: `{reason}`, want `{want}`");
-    }
+    assert_output(&broker, "proto", &plan);
 }
 
 #[test]

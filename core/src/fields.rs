@@ -155,15 +155,16 @@ impl RecordFields {
         Self::from_parts(input, key, utf8_field("value", Some(value)), doc.as_ref(), headers)
     }
 
-    /// Reads a record whose value was decoded already (Avro, Protobuf: the record as JSON):
-    /// `value` is the decoded record's JSON text, and `fields` point into it.
+    /// Reads a record whose value was decoded already (Avro, Protobuf): `fields` point into
+    /// `decoded`, and `value` is its JSON text (made once, for the sinks too).
     pub fn read_decoded(
         input: &InputSpec,
         key: Option<&[u8]>,
+        value: Option<&[u8]>,
         decoded: &serde_json::Value,
         headers: &[Option<&[u8]>],
     ) -> Result<RecordFields, String> {
-        Self::from_parts(input, key, Ok(Some(decoded.to_string())), Some(decoded), headers)
+        Self::from_parts(input, key, utf8_field("value", value), Some(decoded), headers)
     }
 
     fn from_parts(

@@ -231,7 +231,8 @@ impl Pipeline {
 
     /// Reads each record (`(key, value, headers)` of row `i`, the headers `input.headers` reads
     /// in its order) and renders every text model's input. `decoded` holds each value decoded
-    /// with its registered schema (Avro), or why it could not be, when the input has schemas.
+    /// with its registered schema (Avro, Protobuf), or why it could not be, when the input has
+    /// schemas; the value of a decoded row is then its JSON text.
     pub fn prepare<'a>(
         &self,
         records: impl Iterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>, Vec<Option<&'a [u8]>>)>,
@@ -244,7 +245,7 @@ impl Pipeline {
             rendered.clear();
             let fields = match decoded.map(|d| &d[i]) {
                 None => RecordFields::read(&self.input, key, value, &headers),
-                Some(Ok(doc)) => RecordFields::read_decoded(&self.input, key, doc, &headers),
+                Some(Ok(doc)) => RecordFields::read_decoded(&self.input, key, value, doc, &headers),
                 Some(Err(reason)) => Err(reason.clone()),
             };
             let reason = match fields {

@@ -270,8 +270,15 @@ async fn windows(
                 }
                 None => None,
             };
+            // What the models and sinks read: a schema'd record's value is its JSON text (made
+            // here once); its dead letter keeps the bytes as they came (`rows`).
+            let sunk = match &decoded {
+                Some(decoded) => with_decoded_values(&chunk, decoded),
+                None => chunk.clone(),
+            };
+            let sunk_rows = Rows::of(&sunk);
             let prepared = ctx.pipeline.prepare(
-                (0..chunk.num_rows()).map(|i| (rows.key(i), rows.value(i), rows.headers(i))),
+                (0..chunk.num_rows()).map(|i| (rows.key(i), sunk_rows.value(i), rows.headers(i))),
                 decoded.as_deref(),
             );
             for (i, reason) in &prepared.refused {
@@ -283,18 +290,12 @@ async fn windows(
             if prepared.good.is_empty() {
                 continue;
             }
-            // The sinks' `value` of a schema'd record is the record as JSON text; its dead
-            // letter, written above, kept the bytes as they came.
-            let chunk = match &decoded {
-                Some(decoded) => with_decoded_values(&chunk, decoded),
-                None => chunk,
-            };
             let embedding = Embedding(tokio::spawn(ctx.pipeline.clone().embed(prepared.texts)));
             let good = prepared.good;
             in_flight.push_back(async move {
                 let mut embedding = embedding;
                 let vectors = (&mut embedding.0).await.expect("embeddings do not panic");
-                (chunk, good, vectors)
+                (sunk, good, vectors)
             });
         }
         let Some((chunk, good, embedded)) = in_flight.next().await else { return Ok(()) };

@@ -272,7 +272,9 @@ fn writes_in_any_order_leave_each_keys_latest_record_and_tombstones_hold() {
         let spec: PgvectorSinkSpec =
             toml::from_str(&format!("url = \"{}\"\ntable = \"{table}\"\nmode = \"{mode}\"", pg.url())).unwrap();
         let password = Secret::new(PASSWORD.to_string());
-        std::sync::Arc::new(rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)])).unwrap())
+        std::sync::Arc::new(
+            rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)], vec![])).unwrap(),
+        )
     };
     let task = TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: "id-t".into() };
     let write = |sink: &std::sync::Arc<pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
@@ -380,6 +382,81 @@ fn pgvector_one_record_stops_the_query() {
         ]
     );
     assert_eq!(dead[0].key.as_deref(), Some(&b"nul\0key"[..]), "the dead letter keeps the key as it came");
+}
+
+/// Issue 33, item 3: `sink.columns` writes a JSON record's fields, and a Kafka header, as
+/// typed columns (`[input.types]`) that psql reads; a record whose field is not of its type, or
+/// whose text field holds a NUL byte, is a dead letter naming the field.
+#[test]
+fn record_fields_are_typed_columns_beside_the_vector() {
+    let broker = Broker::start();
+    broker.create_topic("typed", 1);
+    let pg = Postgres::start();
+    let texts = texts(4, 41);
+    let value = |i: usize, price: &str, sku: &str| {
+        format!(
+            r#"{{"title": {}, "sku": "{sku}", "price": {price}, "stock": {}, "sale": {}, "since": "2026-12-0{}T10:00:00Z"}}"#,
+            serde_json::Value::from(texts[i].as_str()),
+            i * 10,
+            i.is_multiple_of(2),
+            i + 1
+        )
+    };
+    let values = [
+        value(0, "12.5", "A-0"),
+        value(1, "\"cheap\"", "A-1"),
+        value(2, "3", "A-\\u0000"),
+        value(3, "\"7.25\"", "A-3"),
+        r#"{"title": "bare"}"#.to_string(),
+    ];
+    let records: Vec<broker::RawRecord> = (values.iter().enumerate())
+        .map(|(i, v)| (0, Some(format!("item-{i}").into_bytes()), Some(v.clone().into_bytes())))
+        .collect();
+    let shop: &[u8] = b"north";
+    broker.produce_with_headers("typed", &records, &vec![vec![("x-shop", shop)]; records.len()]);
+    let models = format!(
+        "[input]\nformat = \"json\"\nheaders = {{ shop = \"x-shop\" }}\n\
+         fields = {{ title = \"/title\", sku = \"/sku\", price = \"/price\", stock = \"/stock\", sale = \"/sale\", since = \"/since\" }}\n\
+         types = {{ price = \"double\", stock = \"bigint\", sale = \"boolean\", since = \"timestamp\" }}\n\n\
+         [model]\nonnx = \"{m}/model.onnx\"\ntokenizer = \"{m}/tokenizer.json\"\ntext = \"{{title}}\"",
+        m = model_dir().display()
+    );
+    let job = Job::new(&broker, "typedq", "subscribe = [\"typed\"]", "available_now = true", "")
+        .with_models(&models)
+        .with_pgvector_sink(
+            &pg.url(),
+            PASSWORD,
+            "table = \"typed_items\"\ncolumns = [\"sku\", \"price\", \"stock\", \"sale\", \"since\", \"shop\"]",
+        );
+    let summary = run_job(&job, 1);
+    assert_eq!(summary["embeddings"], 3, "{summary}");
+    assert_eq!(summary["dead_letters"], 2, "{summary}");
+
+    let types = pg.psql(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'typed_items' \
+         AND column_name IN ('sku', 'price', 'stock', 'sale', 'since', 'shop') ORDER BY ordinal_position",
+    );
+    assert_eq!(
+        types,
+        "sku|text\nprice|double precision\nstock|bigint\nsale|boolean\nsince|timestamp with time zone\nshop|text"
+    );
+    let rows = pg.psql(
+        // 2026-12-01 and 2026-12-04, 10:00 UTC.
+        "SELECT key, sku, price, stock, sale, extract(epoch FROM since)::bigint, shop FROM typed_items ORDER BY \"offset\"",
+    );
+    assert_eq!(rows, "item-0|A-0|12.5|0|t|1796119200|north\nitem-3|A-3|7.25|30|f|1796378400|north\nitem-4||||||north");
+    let stored = vectors_by_key(&pg, "typed_items");
+    let reference = onnx_embeddings(&[texts[3].clone()]);
+    assert!(max_diff(&stored["item-3"], &reference[0]) < 1e-4);
+    let dead = broker.read_all("typedq-dlq", 1);
+    let reasons: Vec<(i64, &str)> = dead.iter().map(|d| (d.origin().1, d.header("es.error"))).collect();
+    assert_eq!(
+        reasons,
+        [
+            (1, r#"field `price` (/price) is "cheap", not a double"#),
+            (2, "field `sku` holds a NUL byte, which PostgreSQL's text cannot store"),
+        ]
+    );
 }
 
 /// Issue 31, item 10: one advisory lock per distinct key of a window filled PostgreSQL's shared
@@ -698,7 +775,7 @@ fn window_of(partition: i32, rows: &[(&str, i64, i64, [f32; 3])]) -> arrow_array
         std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
         std::sync::Arc::new(embedding_array(rows.iter().flat_map(|r| r.3).collect(), 3)),
     ];
-    arrow_array::RecordBatch::try_new(output_schema(&[Output::single("m", 3)], false), columns).unwrap()
+    arrow_array::RecordBatch::try_new(output_schema(&[Output::single("m", 3)], false, &[]), columns).unwrap()
 }
 
 /// Issue 31, item 9: the upsert compared raw offsets across partitions and topic incarnations.
@@ -727,8 +804,9 @@ fn offsets_are_not_a_global_clock() {
     let spec: PgvectorSinkSpec =
         toml::from_str(&format!("url = \"{}\"\ntable = \"moved\"\nmode = \"upsert\"", pg.url())).unwrap();
     let password = Secret::new(PASSWORD.to_string());
-    let sink =
-        std::sync::Arc::new(rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)])).unwrap());
+    let sink = std::sync::Arc::new(
+        rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)], vec![])).unwrap(),
+    );
     let apply = |topic_id: &str, partition: i32, rows: &[(&str, i64, i64, [f32; 3])], delete: bool| {
         let task = TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: topic_id.into() };
         rt.block_on(async {

@@ -52,6 +52,8 @@ fn input(registry: &Registry) -> String {
 struct Plan {
     json: serde_json::Value,
     texts: BTreeMap<(i32, i64), String>,
+    /// Each good record's value as produced.
+    values: BTreeMap<(i32, i64), serde_json::Value>,
     bad: BTreeMap<(i32, i64), &'static str>,
 }
 
@@ -59,6 +61,7 @@ fn plan(n: usize) -> Plan {
     let titles = texts(n, 33);
     let mut records = Vec::new();
     let mut texts = BTreeMap::new();
+    let mut values = BTreeMap::new();
     let mut bad = BTreeMap::new();
     let mut offsets = [0i64, 0];
     let mut push = |records: &mut Vec<serde_json::Value>, p: i32, kind: &str, value: serde_json::Value| {
@@ -85,8 +88,9 @@ fn plan(n: usize) -> Plan {
             });
             ("v2", value, format!("{title} | {brand} red tag{i}"))
         };
-        let at = push(&mut records, p, kind, value);
+        let at = push(&mut records, p, kind, value.clone());
         texts.insert(at, text);
+        values.insert(at, value);
         if let Some((kind, reason)) = bad_kinds.get(i) {
             let at = push(&mut records, p, kind, serde_json::json!({"title": "bad", "description": null}));
             bad.insert(at, *reason);
@@ -96,13 +100,30 @@ fn plan(n: usize) -> Plan {
     let at = push(&mut records, 0, "trailing", serde_json::json!({"title": "bad", "description": null}));
     bad.insert(at, "value has 1 bytes after the record its Avro schema");
     let json = serde_json::json!({"schemas": {"v1": v1(), "v2": v2()}, "records": records});
-    Plan { json, texts, bad }
+    Plan { json, texts, values, bad }
+}
+
+/// The fields `sink.columns` writes beside the vectors in these tests, as the record `value`
+/// (as produced) has them: brand, price, color and tag; null where it has none.
+fn field_values(value: &serde_json::Value) -> [serde_json::Value; 4] {
+    let at = |p: &str| value.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
+    [at("/details/brand"), at("/details/price"), at("/attributes/color"), at("/tags/0")]
+}
+
+const COLUMNS: &str = "columns = [\"value\", \"brand\", \"price\", \"color\", \"tag\"]";
+
+/// The input of [`input`] with `price` a field too, a double where a sink writes it.
+fn input_with_price(registry: &Registry) -> String {
+    input(registry).replace(
+        "tag = \"/tags/0\" }",
+        "tag = \"/tags/0\", price = \"/details/price\" }\ntypes = { price = \"double\" }",
+    )
 }
 
 /// The query `name`'s output: every good record of `plan` once in `{name}-out`, with Python
-/// onnxruntime's vector of its template's text; every bad value in `{name}-dlq`, as it came,
-/// with its reason.
-fn assert_output(broker: &Broker, name: &str, plan: &Plan) {
+/// onnxruntime's vector of its template's text (for `json` values, with the fields of
+/// [`COLUMNS`] beside it); every bad value in `{name}-dlq`, as it came, with its reason.
+fn assert_output(broker: &Broker, name: &str, plan: &Plan, json: bool) {
     let out = broker.read_all(&format!("{name}-out"), 2);
     assert_eq!(out.len(), plan.texts.len());
     let texts: Vec<String> = plan.texts.values().cloned().collect();
@@ -110,7 +131,18 @@ fn assert_output(broker: &Broker, name: &str, plan: &Plan) {
     let mut worst = 0f32;
     for rec in &out {
         let n = plan.texts.keys().position(|o| *o == rec.origin()).unwrap_or_else(|| panic!("{:?}", rec.origin()));
-        let vector = rec.vector();
+        let vector = match json {
+            false => rec.vector(),
+            true => {
+                let v: serde_json::Value = serde_json::from_slice(rec.value.as_ref().unwrap()).unwrap();
+                let record = &plan.values[&rec.origin()];
+                let got = [&v["brand"], &v["price"], &v["color"], &v["tag"]].map(|x| x.clone());
+                assert_eq!(got, field_values(record), "{:?}: {v}", rec.origin());
+                let decoded: serde_json::Value = serde_json::from_str(v["value"].as_str().unwrap()).unwrap();
+                assert_eq!(decoded["title"], record["title"]);
+                v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+            }
+        };
         assert_eq!(vector.len(), DIM);
         worst = worst.max(max_diff(&vector, &want[n]));
     }
@@ -157,7 +189,7 @@ fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered
     let highs = broker.high_watermarks("items", 2);
     assert_eq!(broker.committed("avro-group", "items", 2), highs, "every offset is committed");
 
-    assert_output(&broker, "avro", &plan);
+    assert_output(&broker, "avro", &plan, false);
 }
 
 #[test]
@@ -270,14 +302,20 @@ fn protobuf_messages_decode_by_their_message_index_and_bad_ones_are_dead_lettere
     }
     produce_with(PROTO_PRODUCER, &broker, &registry, "items", &plan.json);
 
-    let input = input(&registry).replace("format = \"avro\"", "format = \"protobuf\"");
-    let job =
-        Job::new(&broker, "proto", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10", "available_now = true", "")
-            .with_models(&input);
+    let input = input_with_price(&registry).replace("format = \"avro\"", "format = \"protobuf\"");
+    // JSON output values, with the record's fields beside the vector.
+    let job = Job::new(
+        &broker,
+        "proto",
+        "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10",
+        "available_now = true",
+        &format!("format = \"json\"\n{COLUMNS}"),
+    )
+    .with_models(&input);
     let summary = run_job(&job, 1);
     assert_eq!(summary["embeddings"], plan.texts.len(), "{summary}");
     assert_eq!(summary["dead_letters"], plan.bad.len(), "{summary}");
-    assert_output(&broker, "proto", &plan);
+    assert_output(&broker, "proto", &plan, true);
 }
 
 #[test]
@@ -289,14 +327,14 @@ fn a_registry_over_https_is_trusted_through_its_ca() {
     let plan = plan(6);
     produce(&broker, &registry, "items", &plan.json);
     // One `[model]`, whose column the Delta reader reads (`embedding`).
-    let with_ca = input(&registry)
+    let with_ca = input_with_price(&registry)
         .replace("{ url = ", &format!("{{ ca = \"{}\", url = ", ca.display()))
         .replace("[[models]]\nname = \"product\"\nkind = \"text-onnx\"\n", "[model]\n");
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("products");
     let job = Job::new(&broker, "tls", "subscribe = [\"items\"]", "available_now = true", "")
         .with_models(&with_ca)
-        .with_delta_sink(&table, "");
+        .with_delta_sink(&table, COLUMNS);
 
     // Without the CA, the registry's certificate is not trusted: validate says so.
     let without = Job::new(&broker, "notls", "subscribe = [\"items\"]", "available_now = true", "")
@@ -311,13 +349,33 @@ fn a_registry_over_https_is_trusted_through_its_ca() {
     assert_eq!(summary["embeddings"], plan.texts.len(), "{summary}");
     assert_eq!(summary["dead_letters"], plan.bad.len(), "{summary}");
     // A Delta reader (deltalake, PyPI) sees each good record once, its `value` the decoded
-    // record as JSON.
-    let rows = common::delta::read_with_deltalake(&table)["rows"].as_array().unwrap().clone();
+    // record as JSON, and its fields in columns of their types.
+    let read = common::delta::python(TYPED_READER, &[table.to_str().unwrap()]);
+    let types = &read["types"];
+    assert_eq!(
+        [&types["brand"], &types["price"], &types["color"], &types["tag"], &types["value"]],
+        ["string", "double", "string", "string", "string"],
+        "{types}"
+    );
+    let rows = read["rows"].as_array().unwrap();
     assert_eq!(rows.len(), plan.texts.len());
     for row in rows {
-        let origin = (row[0].as_i64().unwrap() as i32, row[1].as_i64().unwrap());
-        let record: serde_json::Value = serde_json::from_str(row[2].as_str().unwrap()).unwrap();
-        let title = record["title"].as_str().unwrap();
-        assert!(plan.texts[&origin].starts_with(&format!("{title} |")), "{origin:?}: {record}");
+        let origin = (row["partition"].as_i64().unwrap() as i32, row["offset"].as_i64().unwrap());
+        let record: serde_json::Value = serde_json::from_str(row["value"].as_str().unwrap()).unwrap();
+        let produced = &plan.values[&origin];
+        assert_eq!(record["title"], produced["title"], "{origin:?}");
+        let got = [&row["brand"], &row["price"], &row["color"], &row["tag"]].map(|x| x.clone());
+        assert_eq!(got, field_values(produced), "{origin:?}: {row}");
     }
 }
+
+/// The Delta table's rows (deltalake, PyPI, through pyarrow) as JSON objects, and its columns'
+/// Arrow types.
+const TYPED_READER: &str = r#"
+import json, sys
+from deltalake import DeltaTable
+t = DeltaTable(sys.argv[1]).to_pyarrow_table()
+types = {f.name: str(f.type) for f in t.schema}
+rows = [{k: v for k, v in r.items() if k != "embedding" and k != "key" and k != "kafka_timestamp"} for r in t.to_pylist()]
+print(json.dumps({"types": types, "rows": rows}))
+"#;

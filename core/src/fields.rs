@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::spec::input::{is_field_name, InputFormat, InputSpec};
+use crate::spec::input::{is_field_name, FieldColumn, FieldType, InputFormat, InputSpec};
 
 /// A text with `{field}` placeholders; `{{` and `}}` are literal braces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,10 +103,71 @@ impl Template {
 /// A field's value in one record: text, absent, or why it cannot be read.
 type FieldValue = Result<Option<String>, String>;
 
-/// One record's fields, read once and shared by every model's template.
+/// One record's fields, read once and shared by every model's template, and the values of
+/// those the sink writes as columns ([`RecordFields::cells`]).
 #[derive(Debug)]
 pub struct RecordFields {
     fields: BTreeMap<String, FieldValue>,
+    cells: Vec<Cell>,
+}
+
+/// A field's value in a column of its type ([`FieldType`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Text(String),
+    Bigint(i64),
+    Double(f64),
+    Boolean(bool),
+    /// Milliseconds since the epoch, UTC.
+    Timestamp(i64),
+}
+
+/// The latest instant a timestamp column holds: the end of year 9999 (PostgreSQL's and Spark's
+/// timestamps end there or later; a field past it is a mistake, not a date).
+const LATEST_MS: i64 = 253_402_300_799_999;
+
+/// Field `name`'s `value` (absent: `None`) as a column of type `ty` holds it, or why it cannot
+/// be: `at` says where the field is (` (/price)`).
+fn cell(name: &str, at: &str, value: Option<&serde_json::Value>, ty: FieldType) -> Result<Cell, String> {
+    use serde_json::Value;
+    let wrong = |v: &Value| format!("field `{name}`{at} is {}, not a {}", shown(v), ty.name());
+    let Some(v) = value.filter(|v| !v.is_null()) else { return Ok(Cell::Null) };
+    Ok(match (ty, v) {
+        (FieldType::Text, Value::String(s)) => Cell::Text(s.clone()),
+        (FieldType::Text, other) => Cell::Text(other.to_string()),
+        (FieldType::Bigint, Value::Number(n)) => Cell::Bigint(n.as_i64().ok_or_else(|| wrong(v))?),
+        (FieldType::Bigint, Value::String(s)) => Cell::Bigint(s.trim().parse().map_err(|_| wrong(v))?),
+        (FieldType::Double, Value::Number(n)) => Cell::Double(n.as_f64().ok_or_else(|| wrong(v))?),
+        (FieldType::Double, Value::String(s)) => {
+            Cell::Double(s.trim().parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(|| wrong(v))?)
+        }
+        (FieldType::Boolean, Value::Bool(b)) => Cell::Boolean(*b),
+        (FieldType::Boolean, Value::String(s)) if s == "true" || s == "false" => Cell::Boolean(s == "true"),
+        (FieldType::Timestamp, Value::Number(n)) => Cell::Timestamp(n.as_i64().ok_or_else(|| wrong(v))?),
+        (FieldType::Timestamp, Value::String(s)) => {
+            let t = humantime::parse_rfc3339_weak(s.trim()).map_err(|_| wrong(v))?;
+            let ms = match t.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => d.as_millis() as i64,
+                Err(before) => -(before.duration().as_millis() as i64),
+            };
+            Cell::Timestamp(ms)
+        }
+        _ => return Err(wrong(v)),
+    })
+    .and_then(|c| match c {
+        Cell::Timestamp(ms) if ms > LATEST_MS => Err(format!("field `{name}`{at} is past the year 9999")),
+        c => Ok(c),
+    })
+}
+
+/// A JSON value in a reason: short ones as they are, else their type.
+fn shown(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) if s.len() <= 40 => format!("{v}"),
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => v.to_string(),
+        other => json_type(other).to_string(),
+    }
 }
 
 fn utf8_field(name: &str, bytes: Option<&[u8]>) -> FieldValue {
@@ -137,8 +198,12 @@ impl RecordFields {
     /// with the reason, naming the field.
     ///
     /// `headers` holds the values of the Kafka headers `input.headers` reads, in its order.
+    ///
+    /// `columns` are the fields the sink writes as columns: a record whose field is not of its
+    /// type is refused too.
     pub fn read(
         input: &InputSpec,
+        columns: &[FieldColumn],
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[Option<&[u8]>],
@@ -152,23 +217,25 @@ impl RecordFields {
             }
             _ => None,
         };
-        Self::from_parts(input, key, utf8_field("value", Some(value)), doc.as_ref(), headers)
+        Self::from_parts(input, columns, key, utf8_field("value", Some(value)), doc.as_ref(), headers)
     }
 
     /// Reads a record whose value was decoded already (Avro, Protobuf): `fields` point into
     /// `decoded`, and `value` is its JSON text (made once, for the sinks too).
     pub fn read_decoded(
         input: &InputSpec,
+        columns: &[FieldColumn],
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         decoded: &serde_json::Value,
         headers: &[Option<&[u8]>],
     ) -> Result<RecordFields, String> {
-        Self::from_parts(input, key, utf8_field("value", value), Some(decoded), headers)
+        Self::from_parts(input, columns, key, utf8_field("value", value), Some(decoded), headers)
     }
 
     fn from_parts(
         input: &InputSpec,
+        columns: &[FieldColumn],
         key: Option<&[u8]>,
         value: FieldValue,
         doc: Option<&serde_json::Value>,
@@ -202,7 +269,29 @@ impl RecordFields {
                 }
             }
         }
-        Ok(RecordFields { fields })
+        let mut cells = Vec::with_capacity(columns.len());
+        for c in columns {
+            let cell = match (input.fields.get(&c.name), doc) {
+                (Some(pointer), Some(doc)) => cell(&c.name, &format!(" ({pointer})"), doc.pointer(pointer), c.ty)?,
+                (Some(_), None) => Cell::Null,
+                // A header (or the key): its text.
+                (None, _) => match fields.get(&c.name) {
+                    Some(Ok(Some(text))) => {
+                        let at = input.headers.get(&c.name).map(|h| format!(" (header `{h}`)")).unwrap_or_default();
+                        cell(&c.name, &at, Some(&serde_json::Value::String(text.clone())), c.ty)?
+                    }
+                    Some(Err(reason)) => return Err(reason.clone()),
+                    _ => Cell::Null,
+                },
+            };
+            cells.push(cell);
+        }
+        Ok(RecordFields { fields, cells })
+    }
+
+    /// The values of the sink's field columns, in the order `read` was given them.
+    pub fn cells(&self) -> &[Cell] {
+        &self.cells
     }
 
     /// Field `name`'s text, `None` when absent, or why it cannot be read.
@@ -229,6 +318,7 @@ mod tests {
             required: required.iter().map(|s| s.to_string()).collect(),
             headers: BTreeMap::new(),
             schema_registry: None,
+            types: BTreeMap::new(),
         }
     }
 
@@ -247,37 +337,84 @@ mod tests {
     fn json_records_render_their_fields() {
         let input = json_input(&["title"]);
         let value = br#"{"title": "Red shoe", "description": "Leather", "images": [{"url": "http://x/1.png"}]}"#;
-        let r = RecordFields::read(&input, Some(b"k1"), Some(value), &[]).unwrap();
+        let r = RecordFields::read(&input, &[], Some(b"k1"), Some(value), &[]).unwrap();
         let t = Template::parse("{title}. {description} ({key})").unwrap();
         assert_eq!(t.render(&r).unwrap(), "Red shoe. Leather (k1)");
         assert_eq!(r.get("image").unwrap(), Some("http://x/1.png"));
         // An optional field may be absent (or null): it writes nothing.
-        let r = RecordFields::read(&input, None, Some(br#"{"title": "Hat", "description": null}"#), &[]).unwrap();
+        let r = RecordFields::read(&input, &[], None, Some(br#"{"title": "Hat", "description": null}"#), &[]).unwrap();
         assert_eq!(t.render(&r).unwrap(), "Hat.  ()");
     }
 
     #[test]
     fn bad_records_name_the_field() {
         let input = json_input(&["title"]);
-        let reason = |v: &[u8]| RecordFields::read(&input, None, Some(v), &[]).unwrap_err();
+        let reason = |v: &[u8]| RecordFields::read(&input, &[], None, Some(v), &[]).unwrap_err();
         assert!(reason(b"{not json").contains("not valid JSON"));
         assert_eq!(reason(br#"{"description": "x"}"#), "required field `title` (/title) is missing");
         assert_eq!(reason(br#"{"title": 7}"#), "field `title` (/title) is a number, not a string");
-        assert_eq!(RecordFields::read(&input, None, None, &[]).unwrap_err(), "value is null");
+        assert_eq!(RecordFields::read(&input, &[], None, None, &[]).unwrap_err(), "value is null");
         // An optional field of the wrong type fails only the templates that read it.
-        let r = RecordFields::read(&input, None, Some(br#"{"title": "a", "description": ["b"]}"#), &[]).unwrap();
+        let r = RecordFields::read(&input, &[], None, Some(br#"{"title": "a", "description": ["b"]}"#), &[]).unwrap();
         let err = Template::parse("{description}").unwrap().render(&r).unwrap_err();
         assert_eq!(err, "field `description` (/description) is an array, not a string");
         assert_eq!(Template::parse("{title}").unwrap().render(&r).unwrap(), "a");
     }
 
     #[test]
+    fn columns_take_their_fields_typed() {
+        let mut input = json_input(&[]);
+        input.fields.insert("price".into(), "/price".into());
+        input.fields.insert("stock".into(), "/stock".into());
+        input.fields.insert("sale".into(), "/sale".into());
+        input.fields.insert("since".into(), "/since".into());
+        input.headers.insert("shop".into(), "x-shop".into());
+        let col = |name: &str, ty| FieldColumn { name: name.into(), ty };
+        let columns = [
+            col("title", FieldType::Text),
+            col("price", FieldType::Double),
+            col("stock", FieldType::Bigint),
+            col("sale", FieldType::Boolean),
+            col("since", FieldType::Timestamp),
+            col("image", FieldType::Text),
+            col("shop", FieldType::Bigint),
+        ];
+        let value = br#"{"title": "Hat", "price": 12.5, "stock": "7", "sale": true, "since": "2026-12-07T10:00:00Z",
+            "images": [{"url": {"x": 1}}]}"#;
+        let r = RecordFields::read(&input, &columns, None, Some(value), &[Some(b"42")]).unwrap();
+        assert_eq!(
+            r.cells(),
+            [
+                Cell::Text("Hat".into()),
+                Cell::Double(12.5),
+                Cell::Bigint(7),
+                Cell::Boolean(true),
+                Cell::Timestamp(1_796_637_600_000),
+                Cell::Text(r#"{"x":1}"#.into()),
+                Cell::Bigint(42),
+            ]
+        );
+        let r = RecordFields::read(&input, &columns, None, Some(br#"{"since": 1796637600000}"#), &[None]).unwrap();
+        assert_eq!(r.cells()[4], Cell::Timestamp(1_796_637_600_000));
+        assert_eq!(r.cells()[1], Cell::Null);
+        assert_eq!(r.cells()[6], Cell::Null);
+        let reason = |v: &[u8]| RecordFields::read(&input, &columns, None, Some(v), &[None]).unwrap_err();
+        assert_eq!(reason(br#"{"price": "cheap"}"#), r#"field `price` (/price) is "cheap", not a double"#);
+        assert_eq!(reason(br#"{"stock": 1.5}"#), "field `stock` (/stock) is 1.5, not a bigint");
+        assert_eq!(reason(br#"{"sale": [true]}"#), "field `sale` (/sale) is an array, not a boolean");
+        assert_eq!(reason(br#"{"since": "yesterday"}"#), r#"field `since` (/since) is "yesterday", not a timestamp"#);
+        assert!(reason(br#"{"since": 99999999999999999}"#).contains("past the year 9999"));
+        let r = RecordFields::read(&input, &columns, None, Some(b"{}"), &[Some(b"x")]).unwrap_err();
+        assert_eq!(r, r#"field `shop` (header `x-shop`) is "x", not a bigint"#);
+    }
+
+    #[test]
     fn text_records_have_key_and_value() {
         let input = InputSpec::default();
-        let r = RecordFields::read(&input, Some(&[0xff]), Some(b"plain text"), &[]).unwrap();
+        let r = RecordFields::read(&input, &[], Some(&[0xff]), Some(b"plain text"), &[]).unwrap();
         assert_eq!(Template::parse("{value}").unwrap().render(&r).unwrap(), "plain text");
         assert!(Template::parse("{key}").unwrap().render(&r).unwrap_err().contains("key is not valid UTF-8"));
-        let r = RecordFields::read(&input, None, Some(&[0xff, 0xfe]), &[]).unwrap();
+        let r = RecordFields::read(&input, &[], None, Some(&[0xff, 0xfe]), &[]).unwrap();
         assert!(Template::parse("{value}").unwrap().render(&r).unwrap_err().contains("value is not valid UTF-8"));
     }
 
@@ -288,16 +425,16 @@ mod tests {
         input.headers.insert("lang".into(), "content-language".into());
         input.required = vec!["source".into()];
         // In the order of input.headers: `lang` (content-language), then `source` (x-source).
-        let r = RecordFields::read(&input, None, Some(b"Hat"), &[Some(b"de"), Some(b"shop-7")]).unwrap();
+        let r = RecordFields::read(&input, &[], None, Some(b"Hat"), &[Some(b"de"), Some(b"shop-7")]).unwrap();
         assert_eq!(
             Template::parse("[{lang}] {value} from {source}").unwrap().render(&r).unwrap(),
             "[de] Hat from shop-7"
         );
-        let r = RecordFields::read(&input, None, Some(b"Hat"), &[None, Some(b"shop-7")]).unwrap();
+        let r = RecordFields::read(&input, &[], None, Some(b"Hat"), &[None, Some(b"shop-7")]).unwrap();
         assert_eq!(r.get("lang").unwrap(), None);
-        let reason = RecordFields::read(&input, None, Some(b"Hat"), &[Some(b"de"), None]).unwrap_err();
+        let reason = RecordFields::read(&input, &[], None, Some(b"Hat"), &[Some(b"de"), None]).unwrap_err();
         assert_eq!(reason, "required field `source` (header `x-source`) is missing");
-        let r = RecordFields::read(&input, None, Some(b"Hat"), &[Some(&[0xff]), Some(b"s")]).unwrap();
+        let r = RecordFields::read(&input, &[], None, Some(b"Hat"), &[Some(&[0xff]), Some(b"s")]).unwrap();
         assert!(r.get("lang").unwrap_err().contains("header `content-language` is not valid UTF-8"));
     }
 }

@@ -224,6 +224,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             producer,
             outputs: pipeline.outputs(),
             chunks: pipeline.chunked(),
+            fields: spec.field_columns(),
             executor_id: &args.executor_id,
             password: spec.sink_password_value(&secrets)?,
         },

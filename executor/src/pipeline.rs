@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Int32Array};
 use arrow_schema::SchemaRef;
-use embedstream_core::fields::{RecordFields, Template};
-use embedstream_core::spec::{CombineMethod, InputSpec, ModelEntry};
+use embedstream_core::fields::{Cell, RecordFields, Template};
+use embedstream_core::spec::{CombineMethod, FieldColumn, InputSpec, ModelEntry, SinkKind};
 use embedstream_core::JobSpec;
 
 use crate::images::pool::ImagePool;
@@ -24,7 +24,7 @@ use crate::model::cache::{CacheCount, Cached};
 use crate::model::chunk::{ChunkSpan, Chunked};
 use crate::model::head::OnnxHead;
 use crate::model::{Embed, ModelError};
-use crate::records::{embedding_array, Output};
+use crate::records::{embedding_array, field_array, Output};
 
 /// What computes a model that reads records.
 pub enum Backend {
@@ -113,6 +113,10 @@ impl Step {
 
 pub struct Pipeline {
     input: InputSpec,
+    /// The fields the sink writes beside the vectors, typed.
+    columns: Vec<FieldColumn>,
+    /// The sink's text cannot hold a NUL byte (PostgreSQL's): a text field with one is refused.
+    text_without_nul: bool,
     steps: Vec<Step>,
     /// Each step's vector length.
     dims: Vec<usize>,
@@ -125,6 +129,8 @@ pub struct Prepared {
     pub good: Vec<usize>,
     pub texts: Vec<Vec<String>>,
     pub refused: Vec<(usize, String)>,
+    /// The field columns the sink writes, a row per record (null where refused).
+    pub columns: Vec<ArrayRef>,
 }
 
 /// Every model's vectors for a window's good rows (row-major, one list per model, in the spec's
@@ -199,7 +205,14 @@ impl Pipeline {
                 (i, Output { model: name.clone(), column: spec.output_column(name), dim: dims[i] })
             })
             .collect();
-        Ok(Pipeline { input: spec.input.clone(), steps, dims, written })
+        Ok(Pipeline {
+            input: spec.input.clone(),
+            columns: spec.field_columns(),
+            text_without_nul: matches!(spec.sink.kind, SinkKind::Pgvector(_)),
+            steps,
+            dims,
+            written,
+        })
     }
 
     /// The vector columns the sink writes, in order.
@@ -214,7 +227,7 @@ impl Pipeline {
 
     /// The schema of the rows it gives the sink.
     pub fn output_schema(&self) -> SchemaRef {
-        crate::records::output_schema(&self.outputs(), self.chunked())
+        crate::records::output_schema(&self.outputs(), self.chunked(), &self.columns)
     }
 
     /// The models' names, for labels.
@@ -239,18 +252,25 @@ impl Pipeline {
         decoded: Option<&[crate::schemas::Decoded]>,
     ) -> Prepared {
         let texts = self.readers().map(|_| Vec::new()).collect();
-        let mut out = Prepared { good: Vec::new(), texts, refused: Vec::new() };
+        let mut out = Prepared { good: Vec::new(), texts, refused: Vec::new(), columns: Vec::new() };
         let mut rendered = Vec::new();
+        // Row-major: each record's cells, one per field column (nulls for a refused record).
+        let mut cells: Vec<Cell> = Vec::new();
+        let nulls = || std::iter::repeat_n(Cell::Null, self.columns.len());
         for (i, (key, value, headers)) in records.enumerate() {
             rendered.clear();
             let fields = match decoded.map(|d| &d[i]) {
-                None => RecordFields::read(&self.input, key, value, &headers),
-                Some(Ok(doc)) => RecordFields::read_decoded(&self.input, key, value, doc, &headers),
+                None => RecordFields::read(&self.input, &self.columns, key, value, &headers),
+                Some(Ok(doc)) => RecordFields::read_decoded(&self.input, &self.columns, key, value, doc, &headers),
                 Some(Err(reason)) => Err(reason.clone()),
             };
-            let reason = match fields {
-                Err(reason) => Some(reason),
-                Ok(fields) => self.readers().find_map(|m| match m.text(&fields) {
+            let fields = fields.and_then(|f| match self.nul_in_text(&f) {
+                Some(reason) => Err(reason),
+                None => Ok(f),
+            });
+            let reason = match &fields {
+                Err(reason) => Some(reason.clone()),
+                Ok(fields) => self.readers().find_map(|m| match m.text(fields) {
                     Ok(text) => {
                         rendered.push(text);
                         None
@@ -258,17 +278,38 @@ impl Pipeline {
                     Err(reason) => Some(reason),
                 }),
             };
-            match reason {
-                Some(reason) => out.refused.push((i, reason)),
-                None => {
+            match (reason, fields) {
+                (None, Ok(fields)) => {
                     out.good.push(i);
+                    cells.extend(fields.cells().iter().cloned());
                     for (texts, text) in out.texts.iter_mut().zip(rendered.drain(..)) {
                         texts.push(text);
                     }
                 }
+                (reason, _) => {
+                    out.refused.push((i, reason.unwrap_or_default()));
+                    cells.extend(nulls());
+                }
             }
         }
+        let width = self.columns.len();
+        out.columns = (self.columns.iter().enumerate())
+            .map(|(c, column)| field_array(column.ty, cells.iter().skip(c).step_by(width.max(1))))
+            .collect();
         out
+    }
+
+    /// Why a record's text field cannot go into the sink, if it cannot.
+    fn nul_in_text(&self, fields: &RecordFields) -> Option<String> {
+        if !self.text_without_nul {
+            return None;
+        }
+        (self.columns.iter().zip(fields.cells())).find_map(|(c, cell)| match cell {
+            Cell::Text(t) if t.contains('\0') => {
+                Some(format!("field `{}` holds a NUL byte, which PostgreSQL's text cannot store", c.name))
+            }
+            _ => None,
+        })
     }
 
     /// Computes the inputs of [`Pipeline::prepare`], every model at once.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-pub use embedstream_sinks::rows::{embedding_array, embedding_type, input_schema, output_schema, Output};
+pub use embedstream_sinks::rows::{embedding_array, embedding_type, field_array, input_schema, output_schema, Output};
 
 /// The columns a task reads: the input schema, then one Binary column per Kafka header that
 /// `input.headers` reads as a field (`header:<name>`, null where a record has none). Those stay
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn recent_output_keeps_the_latest() {
-        let recent = RecentOutput::new(2, 1 << 20, output_schema(&[], false));
+        let recent = RecentOutput::new(2, 1 << 20, output_schema(&[], false, &[]));
         for n in 1..=3 {
             recent.push(&RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(vec![n])) as _)]).unwrap());
         }
@@ -131,7 +131,7 @@ mod tests {
         assert!(size >= 3 << 20);
         // Room for two and a half windows of 3 MB.
         let bound = 2 * size + size / 2;
-        let recent = RecentOutput::new(16, bound, output_schema(&[], false));
+        let recent = RecentOutput::new(16, bound, output_schema(&[], false, &[]));
         for _ in 0..16 {
             recent.push(&batch(3));
         }

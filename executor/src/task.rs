@@ -51,9 +51,15 @@ pub struct TaskContext {
 /// is done, so no worker idles between windows.
 const WINDOWS_IN_FLIGHT: usize = 2;
 
-/// The rows of `window` (indices into `input`) with their vector columns, as `output_schema`
-/// says.
-fn output_rows(input: &RecordBatch, window: &[usize], vectors: Vec<ArrayRef>, schema: &SchemaRef) -> RecordBatch {
+/// The rows of `window` (indices into `input`) with their vector columns, and their field
+/// columns (taken from `fields`, a row per input row), as `output_schema` says.
+fn output_rows(
+    input: &RecordBatch,
+    window: &[usize],
+    vectors: Vec<ArrayRef>,
+    fields: &[ArrayRef],
+    schema: &SchemaRef,
+) -> RecordBatch {
     let indices = UInt32Array::from_iter_values(window.iter().map(|&i| i as u32));
     // The input schema's columns: the header columns the fields read stay here.
     let read = input.project(&(0..crate::records::input_schema().fields().len()).collect::<Vec<_>>());
@@ -63,6 +69,7 @@ fn output_rows(input: &RecordBatch, window: &[usize], vectors: Vec<ArrayRef>, sc
             .columns()
             .to_vec();
     columns.extend(vectors);
+    columns.extend(fields.iter().map(|f| arrow_select::take::take(f, &indices, None).expect("indices in range")));
     RecordBatch::try_new(schema.clone(), columns).expect("columns match the output schema")
 }
 
@@ -291,14 +298,14 @@ async fn windows(
                 continue;
             }
             let embedding = Embedding(tokio::spawn(ctx.pipeline.clone().embed(prepared.texts)));
-            let good = prepared.good;
+            let (good, fields) = (prepared.good, prepared.columns);
             in_flight.push_back(async move {
                 let mut embedding = embedding;
                 let vectors = (&mut embedding.0).await.expect("embeddings do not panic");
-                (sunk, good, vectors)
+                (sunk, good, fields, vectors)
             });
         }
-        let Some((chunk, good, embedded)) = in_flight.next().await else { return Ok(()) };
+        let Some((chunk, good, fields, embedded)) = in_flight.next().await else { return Ok(()) };
         let embedded = embedded.map_err(TaskError::Model)?;
         counts.batch_sizes.extend(&embedded.batch_sizes);
         counts.cache += embedded.cache;
@@ -324,7 +331,7 @@ async fn windows(
         }
         counts.embedded += finished.rows.len() as u64;
         let sink_started = Instant::now();
-        let output = output_rows(&chunk, &finished.rows, finished.columns, &schema);
+        let output = output_rows(&chunk, &finished.rows, finished.columns, &fields, &schema);
         writer.write(&output).await?;
         ctx.recent.push(&output);
         counts.sink_micros += sink_started.elapsed().as_micros() as u64;

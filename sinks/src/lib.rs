@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use embedstream_core::manifest::ManifestFile;
-use embedstream_core::spec::{JobSpec, Secret, SinkKind, SinkSpec};
+use embedstream_core::spec::{FieldColumn, JobSpec, Secret, SinkKind, SinkSpec};
 use futures::future::BoxFuture;
 use rdkafka::error::KafkaError;
 
@@ -126,6 +126,8 @@ pub struct SinkContext<'a> {
     pub outputs: Vec<rows::Output>,
     /// Whether its rows are chunks, with [`rows::CHUNK_COLUMNS`].
     pub chunks: bool,
+    /// The input fields its rows carry as columns of their own (`[sink] columns`), typed.
+    pub fields: Vec<FieldColumn>,
     pub executor_id: &'a str,
     /// A database sink's password (`sink.password`), as the driver handed it over.
     pub password: Option<&'a Secret>,
@@ -134,15 +136,11 @@ pub struct SinkContext<'a> {
 /// The spec's sink, on an executor: a sink with a server checks it here, before any task.
 pub async fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &spec.kind {
-        SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.outputs))),
-        SinkKind::Parquet(p) => {
-            Box::new(Arc::new(parquet::ParquetSink::new(p, ctx.outputs, ctx.chunks, ctx.executor_id)?))
-        }
+        SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.outputs, ctx.fields))),
+        SinkKind::Parquet(p) => Box::new(Arc::new(parquet::ParquetSink::new(p, &ctx)?)),
         // A Delta table's files are the Parquet sink's; its committer differs.
-        SinkKind::Delta(d) => {
-            Box::new(Arc::new(parquet::ParquetSink::new(&d.files(), ctx.outputs, ctx.chunks, ctx.executor_id)?))
-        }
-        SinkKind::Pgvector(p) => Box::new(Arc::new(pgvector::open(p, ctx.password, ctx.outputs).await?)),
+        SinkKind::Delta(d) => Box::new(Arc::new(parquet::ParquetSink::new(&d.files(), &ctx)?)),
+        SinkKind::Pgvector(p) => Box::new(Arc::new(pgvector::open(p, ctx.password, ctx.outputs, ctx.fields).await?)),
     })
 }
 

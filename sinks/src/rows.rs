@@ -1,11 +1,15 @@
-//! The columns every sink takes: what a task read from Kafka ([`input_schema`]) and its
-//! models' vectors ([`output_schema`], one column per [`Output`]), and the vector columns
+//! The columns every sink takes: what a task read from Kafka ([`input_schema`]), its
+//! models' vectors ([`output_schema`], one column per [`Output`]) and the input fields written
+//! beside them (`[sink] columns`, typed: [`field_type`]), and the vector and field columns
 //! themselves. The executor's tasks and Arrow Flight build their rows with these.
 
 use std::sync::Arc;
 
-use arrow_array::{FixedSizeListArray, Float32Array};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use embedstream_core::fields::Cell;
+use embedstream_core::spec::{FieldColumn, FieldType};
 
 /// The schema of records read from Kafka.
 pub fn input_schema() -> SchemaRef {
@@ -40,15 +44,60 @@ impl Output {
 pub const CHUNK_COLUMNS: [&str; 3] = ["chunk", "token_start", "token_end"];
 
 /// The rows a task writes: the input record's columns ([`input_schema`]), one vector column per
-/// output, in order, and with `chunks` (a row a chunk) the [`CHUNK_COLUMNS`] (Int32).
-pub fn output_schema(outputs: &[Output], chunks: bool) -> SchemaRef {
+/// output, in order, with `chunks` (a row a chunk) the [`CHUNK_COLUMNS`] (Int32), then the
+/// field `columns` (nullable, of [`field_type`]).
+pub fn output_schema(outputs: &[Output], chunks: bool, columns: &[FieldColumn]) -> SchemaRef {
     let input = input_schema();
     let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(outputs.iter().map(|o| Field::new(&o.column, embedding_type(o.dim), false)));
     if chunks {
         fields.extend(CHUNK_COLUMNS.iter().map(|c| Field::new(*c, DataType::Int32, false)));
     }
+    fields.extend(columns.iter().map(field_of));
     Arc::new(Schema::new(fields))
+}
+
+/// The Arrow type of a field column: Utf8, Int64, Float64, Boolean, or milliseconds in UTC.
+pub fn field_type(ty: FieldType) -> DataType {
+    match ty {
+        FieldType::Text => DataType::Utf8,
+        FieldType::Bigint => DataType::Int64,
+        FieldType::Double => DataType::Float64,
+        FieldType::Boolean => DataType::Boolean,
+        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+    }
+}
+
+/// A field column as a sink's schema has it: nullable (a record may lack the field).
+pub fn field_of(column: &FieldColumn) -> Field {
+    Field::new(&column.name, field_type(column.ty), true)
+}
+
+/// The column of type `ty` of `cells` (one per row; a cell of another type, which
+/// `RecordFields` never makes for this column, is null).
+pub fn field_array<'a>(ty: FieldType, cells: impl Iterator<Item = &'a Cell>) -> ArrayRef {
+    macro_rules! build {
+        ($builder:expr, $variant:ident) => {{
+            let mut b = $builder;
+            for c in cells {
+                b.append_option(match c {
+                    Cell::$variant(v) => Some(v.clone()),
+                    _ => None,
+                });
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    match ty {
+        FieldType::Text => build!(StringBuilder::new(), Text),
+        FieldType::Bigint => build!(Int64Builder::new(), Bigint),
+        FieldType::Double => build!(Float64Builder::new(), Double),
+        FieldType::Boolean => build!(BooleanBuilder::new(), Boolean),
+        FieldType::Timestamp => {
+            let b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+            build!(b, Timestamp)
+        }
+    }
 }
 
 /// The item field of every embedding column: non-null Float32.

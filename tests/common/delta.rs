@@ -40,7 +40,7 @@ spark.stop()
 "#;
 
 /// Runs `script` in the setup's Python with `args`; its standard output is JSON.
-fn python(script: &str, args: &[&str]) -> serde_json::Value {
+pub fn python(script: &str, args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(cache().join("pyenv/bin/python"))
         .arg("-c")
         .arg(script)

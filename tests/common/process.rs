@@ -121,7 +121,9 @@ sort_window = 16
     /// Makes the sink a Delta table at `table` (with the `value` column), `keys` (TOML lines)
     /// added to `[sink]`.
     pub fn with_delta_sink(self, table: &Path, keys: &str) -> Job {
-        let sink = format!("[sink]\nkind = \"delta\"\npath = \"{}\"\ncolumns = [\"value\"]\n{keys}\n", table.display());
+        // `columns = ["value"]` unless `keys` names its own.
+        let columns = if keys.contains("columns =") { "" } else { "columns = [\"value\"]\n" };
+        let sink = format!("[sink]\nkind = \"delta\"\npath = \"{}\"\n{columns}{keys}\n", table.display());
         self.replace_section("sink", "[sink]\nkind = \"kafka\"\n", "\n", &sink)
     }
 

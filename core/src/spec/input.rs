@@ -41,6 +41,63 @@ impl InputFormat {
     }
 }
 
+/// The type of a field written as a column beside the vectors (`[sink] columns`), from
+/// `[input.types]`: the Parquet/Delta column's type, the pgvector column's SQL type, the JSON
+/// output's value. A record whose field is not of its type (a `price` of `"cheap"`) goes to the
+/// dead-letter topic, naming the field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// A string as it is; a number, boolean, object or array as its JSON text.
+    #[default]
+    Text,
+    /// A 64-bit integer: a JSON integer, or a string that is one.
+    Bigint,
+    /// A 64-bit float: a JSON number, or a string that is one.
+    Double,
+    /// `true` or `false` (or the strings).
+    Boolean,
+    /// An instant, UTC: a number of milliseconds since the epoch (Avro's `timestamp-millis`),
+    /// or an RFC 3339 string (`2026-12-07T10:00:00Z`, Protobuf's `Timestamp`).
+    Timestamp,
+}
+
+impl FieldType {
+    /// Its name in the spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::Text => "text",
+            FieldType::Bigint => "bigint",
+            FieldType::Double => "double",
+            FieldType::Boolean => "boolean",
+            FieldType::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// A field the sink writes as a column of its own, with its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldColumn {
+    pub name: String,
+    pub ty: FieldType,
+}
+
+/// Names the sinks give their own columns: a field written beside the vectors takes none of
+/// them (nor `embedding_*`, the vector columns of several models).
+pub const SINK_COLUMN_NAMES: [&str; 11] = [
+    "key",
+    "value",
+    "topic",
+    "topic_id",
+    "partition",
+    "offset",
+    "timestamp_ms",
+    "kafka_timestamp",
+    "model",
+    "embedding",
+    "origin",
+];
+
 /// `[input.schema_registry]`: a Confluent-compatible Schema Registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +198,9 @@ pub struct InputSpec {
     /// Where Avro and Protobuf values' schemas are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_registry: Option<SchemaRegistrySpec>,
+    /// Field name to its type where `[sink] columns` writes it (default text).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub types: BTreeMap<String, FieldType>,
 }
 
 /// A field name: what a template writes between braces.
@@ -154,6 +214,45 @@ impl InputSpec {
     /// Whether `name` is a field records of this input have.
     pub fn has_field(&self, name: &str) -> bool {
         BUILTIN_FIELDS.contains(&name) || self.fields.contains_key(name) || self.headers.contains_key(name)
+    }
+
+    /// `names` (the sink's `columns` but `value`) with their types.
+    pub fn field_columns<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> Vec<FieldColumn> {
+        (names.into_iter().filter(|n| n.as_str() != "value"))
+            .map(|n| FieldColumn { name: n.clone(), ty: self.types.get(n).copied().unwrap_or_default() })
+            .collect()
+    }
+
+    /// Checks `[sink] columns` (`key` the error's key) against the fields records have.
+    pub(super) fn validate_columns(&self, columns: &[String], key: &str) -> Result<(), SpecError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in columns {
+            if !seen.insert(c) {
+                return Err(SpecError::new(key, format!("`{c}` is named twice")));
+            }
+            if c == "value" {
+                continue;
+            }
+            if c == "key" {
+                return Err(SpecError::new(key, "`key` is a column of every sink already"));
+            }
+            if !self.has_field(c) {
+                return Err(SpecError::new(
+                    key,
+                    format!("`{c}` is not a field: name one of input.fields or input.headers, or \"value\""),
+                ));
+            }
+            if SINK_COLUMN_NAMES.contains(&c.as_str())
+                || c.starts_with("embedding_")
+                || ["chunk", "token_start", "token_end"].contains(&c.as_str())
+            {
+                return Err(SpecError::new(
+                    key,
+                    format!("field `{c}` has the name of a column the sink writes itself: rename the field"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The Kafka headers read as fields, in the order of [`InputSpec::headers`].
@@ -206,6 +305,14 @@ impl InputSpec {
             }
             if header.is_empty() {
                 return Err(SpecError::new(&key, "must name a Kafka header"));
+            }
+        }
+        for name in self.types.keys() {
+            if !self.has_field(name) || BUILTIN_FIELDS.contains(&name.as_str()) {
+                return Err(SpecError::new(
+                    &format!("input.types.{name}"),
+                    format!("`{name}` is not a field of input.fields or input.headers"),
+                ));
             }
         }
         for name in &self.required {

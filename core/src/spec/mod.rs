@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use image::{FetchSpec, PreprocessSpec};
-pub use input::{InputFormat, InputSpec};
+pub use input::{FieldColumn, FieldType, InputFormat, InputSpec};
 pub use kafka::{KafkaProperties, PropertyValue, Secret, SecretDirs, SecretError, SecretRef, Secrets, SECRET_DIRS_ENV};
 pub use model::{
     ChunkPooling, CombineMethod, CombineSpec, FastTextSpec, ImageSpec, LongText, ModelEntry, ModelSpec, Pooling,
@@ -476,6 +476,7 @@ impl JobSpec {
         self.fetch.validate()?;
         self.flight.validate()?;
         self.sink.validate(&self.name, &self.source)?;
+        self.input.validate_columns(self.sink.columns(), "sink.columns")?;
         if matches!(self.sink.kind, SinkKind::Pgvector(_)) && self.chunk_outputs() {
             return Err(SpecError::new(
                 "sink.kind",
@@ -485,6 +486,12 @@ impl JobSpec {
         }
         self.monitoring.validate()?;
         self.executors.validate()
+    }
+
+    /// The input fields the sink writes as columns of their own (`[sink] columns` but
+    /// `value`), typed by `[input.types]`, in the spec's order.
+    pub fn field_columns(&self) -> Vec<FieldColumn> {
+        self.input.field_columns(self.sink.columns())
     }
 
     /// Topics named by `subscribe` or `assign` (empty for a pattern).

@@ -714,3 +714,40 @@ fn avro_input_needs_a_registry_and_keeps_its_password_out_of_the_spec() {
     // A registry is for schema'd values only.
     assert_eq!(key_of(&models_spec(&f, "schema_registry = { url = \"http://r\" }", "", "")), "input.schema_registry");
 }
+
+#[test]
+fn sink_columns_are_input_fields_typed_by_input_types() {
+    let f = files();
+    let json =
+        |input: &str, sink: &str| load(&spec(&f, &format!("[input]\n{input}"), &format!("format = \"json\"\n{sink}")));
+    let fields = "format = \"json\"\nfields = { sku = \"/sku\", price = \"/price\", text = \"/title\" }\n\
+                  headers = { shop = \"x-shop\" }";
+    let ok = json(
+        &format!("{fields}\ntypes = {{ price = \"double\" }}"),
+        "columns = [\"value\", \"sku\", \"price\", \"shop\"]",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.field_columns(),
+        [
+            FieldColumn { name: "sku".into(), ty: FieldType::Text },
+            FieldColumn { name: "price".into(), ty: FieldType::Double },
+            FieldColumn { name: "shop".into(), ty: FieldType::Text },
+        ]
+    );
+    let err = |input: &str, sink: &str| json(input, sink).unwrap_err();
+    let e = err(fields, "columns = [\"colour\"]");
+    assert_eq!(e.key, "sink.columns");
+    assert!(e.message.contains("`colour` is not a field"), "{e}");
+    assert_eq!(err(fields, "columns = [\"key\"]").key, "sink.columns");
+    assert!(err(fields, "columns = [\"sku\", \"sku\"]").message.contains("named twice"));
+    let e = err("format = \"json\"\nfields = { offset = \"/o\" }", "columns = [\"offset\"]");
+    assert!(e.message.contains("a column the sink writes itself"), "{e}");
+    let e = err(&format!("{fields}\ntypes = {{ colour = \"text\" }}"), "");
+    assert_eq!(e.key, "input.types.colour");
+    assert!(err(&format!("{fields}\ntypes = {{ price = \"money\" }}"), "").key.starts_with("input.types"));
+    // A Kafka sink writes fields into JSON values only.
+    let e = load(&spec(&f, &format!("[input]\n{fields}"), "columns = [\"sku\"]")).unwrap_err();
+    assert_eq!(e.key, "sink.columns");
+    assert!(e.message.contains("f32le"), "{e}");
+}

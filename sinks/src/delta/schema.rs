@@ -47,6 +47,8 @@ fn delta_type(t: &ArrowType) -> Option<DataType> {
         ArrowType::Int32 => DataType::INTEGER,
         ArrowType::Int64 => DataType::LONG,
         ArrowType::Float32 => DataType::FLOAT,
+        ArrowType::Float64 => DataType::DOUBLE,
+        ArrowType::Boolean => DataType::BOOLEAN,
         ArrowType::Timestamp(_, Some(_)) => DataType::TIMESTAMP,
         ArrowType::FixedSizeList(item, _) | ArrowType::List(item) => {
             ArrayType::new(delta_type(item.data_type())?, item.is_nullable()).into()

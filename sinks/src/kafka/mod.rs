@@ -13,17 +13,21 @@
 //! `es.token_end`. The producer is idempotent, so librdkafka's own retries neither duplicate nor
 //! reorder records; a task that is retried as a whole may write its records again
 //! (at-least-once).
+//!
+//! With `format = "json"`, `sink.columns` puts input fields beside the vector in the value
+//! (`{"embedding": [...], "sku": "A-1", "price": 12.5}`), typed as `[input.types]` says
+//! (timestamps as RFC 3339 text in UTC, absent fields as null).
 
 pub mod producer;
 
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, BinaryArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use futures::future::BoxFuture;
 
-use embedstream_core::spec::{KafkaSinkSpec, VectorFormat};
+use embedstream_core::spec::{FieldColumn, KafkaSinkSpec, VectorFormat};
 use rdkafka::producer::FutureRecord;
 
 pub use producer::{KafkaProducer, Origin, Pending};
@@ -39,28 +43,55 @@ pub struct KafkaSink {
     topic: Arc<str>,
     format: VectorFormat,
     outputs: Vec<Output>,
+    /// The fields written beside the vector (`format = "json"`): `value` first if named, then
+    /// the field columns.
+    with_value: bool,
+    fields: Vec<FieldColumn>,
     /// The longest key whose output records fit in one message.
     max_key: usize,
 }
 
 impl KafkaSink {
-    pub fn new(spec: &KafkaSinkSpec, producer: Arc<KafkaProducer>, outputs: Vec<Output>) -> KafkaSink {
-        let largest_value = outputs.iter().map(|o| encoded_len(spec.format, o.dim)).max().unwrap_or(0);
+    pub fn new(
+        spec: &KafkaSinkSpec,
+        producer: Arc<KafkaProducer>,
+        outputs: Vec<Output>,
+        fields: Vec<FieldColumn>,
+    ) -> KafkaSink {
+        let names: usize = fields.iter().map(|f| f.name.len() + 8).sum::<usize>() + 16;
+        let largest_value = outputs.iter().map(|o| encoded_len(spec.format, o.dim)).max().unwrap_or(0) + names;
         let max_key = producer.message_max_bytes().saturating_sub(largest_value + producer::HEADER_ROOM);
-        KafkaSink { producer, topic: spec.topic.as_str().into(), format: spec.format, outputs, max_key }
+        let with_value = spec.columns.iter().any(|c| c == "value");
+        KafkaSink {
+            producer,
+            topic: spec.topic.as_str().into(),
+            format: spec.format,
+            outputs,
+            with_value,
+            fields,
+            max_key,
+        }
     }
 
-    /// Enqueues model `model`'s vector of `origin` for partition `partition` of the sink topic.
+    /// Whether output values carry input fields, whose size is the input value's.
+    fn carries_fields(&self) -> bool {
+        self.with_value || !self.fields.is_empty()
+    }
+
+    /// Enqueues model `model`'s vector of `origin` for partition `partition` of the sink topic,
+    /// with what the row carries beside it.
     async fn send_embedding(
         &self,
         pending: &mut Pending,
         partition: i32,
         origin: &Origin<'_>,
-        model: &str,
-        vector: &[f32],
-        chunk: Option<[i32; 3]>,
+        (model, vector): (&str, &[f32]),
+        Beside { chunk, fields }: &Beside,
     ) -> Result<(), SinkError> {
-        let payload = encode(self.format, vector);
+        let payload = match fields.is_empty() {
+            true => encode(self.format, vector),
+            false => encode_with(vector, fields),
+        };
         let mut headers = origin_headers(origin, model);
         for (name, value) in
             chunk.iter().flat_map(|c| ["es.chunk", "es.token_start", "es.token_end"].into_iter().zip(*c))
@@ -77,6 +108,13 @@ impl KafkaSink {
     }
 }
 
+/// What an output record carries beside its vector: its chunk's index and token span (in
+/// headers), and the input fields of `sink.columns` (in a JSON value).
+struct Beside {
+    chunk: Option<[i32; 3]>,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
 impl crate::Sink for Arc<KafkaSink> {
     fn open(&self, task: &TaskInfo) -> Result<Box<dyn TaskWriter>, SinkError> {
         Ok(Box::new(KafkaTaskWriter {
@@ -87,13 +125,22 @@ impl crate::Sink for Arc<KafkaSink> {
         }))
     }
 
-    /// A record whose output cannot fit in one message (its key is too long) is a dead letter:
-    /// the producer would refuse it (`MsgSizeTooLarge`) on every attempt.
-    fn admit(&self, key: Option<&[u8]>, _value: Option<&[u8]>) -> crate::Admit {
-        match key.map_or(0, <[u8]>::len) {
-            n if n > self.max_key => crate::Admit::Refuse(format!(
-                "the key is {n} bytes: its output record would be over the producer's message.max.bytes = {} (keys up to {} bytes fit)",
-                self.producer.message_max_bytes(),
+    /// A record whose output cannot fit in one message (its key is too long, or with fields
+    /// beside the vector, its key and value) is a dead letter: the producer would refuse it
+    /// (`MsgSizeTooLarge`) on every attempt. Fields are parts of the value, and JSON writes a
+    /// byte as at most 6 (`\u0001`), so a key and value that fit six times over always fit.
+    fn admit(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> crate::Admit {
+        let key_len = key.map_or(0, <[u8]>::len);
+        let value_len = value.map_or(0, <[u8]>::len);
+        let max = self.producer.message_max_bytes();
+        match (key_len, self.carries_fields()) {
+            (n, _) if n > self.max_key => crate::Admit::Refuse(format!(
+                "the key is {n} bytes: its output record would be over the producer's message.max.bytes = {max} (keys up to {} bytes fit)",
+                self.max_key
+            )),
+            (n, true) if n + 6 * value_len > self.max_key => crate::Admit::Refuse(format!(
+                "the key and value are {n} and {value_len} bytes: with sink.columns its output record could be over \
+                 the producer's message.max.bytes = {max} (a key and six times the value fit in {} bytes)",
                 self.max_key
             )),
             _ => crate::Admit::Embed,
@@ -134,6 +181,10 @@ impl TaskWriter for KafkaTaskWriter {
             // Rows that are chunks: their index and token span.
             let chunks: Option<Vec<&Int32Array>> =
                 rows.column_by_name(CHUNK_COLUMNS[0]).map(|_| CHUNK_COLUMNS.iter().map(|c| column(rows, c)).collect());
+            let values: Option<&BinaryArray> = self.sink.with_value.then(|| column(rows, "value"));
+            let fields: Vec<(&str, &ArrayRef)> = (self.sink.fields.iter())
+                .map(|f| (f.name.as_str(), rows.column_by_name(&f.name).expect("the output schema")))
+                .collect();
             let mut pending = Pending::default();
             for i in 0..rows.num_rows() {
                 let origin = Origin {
@@ -144,9 +195,21 @@ impl TaskWriter for KafkaTaskWriter {
                     key: keys.is_valid(i).then(|| keys.value(i)),
                 };
                 let chunk = chunks.as_ref().map(|c| [c[0].value(i), c[1].value(i), c[2].value(i)]);
+                let mut beside = Beside { chunk, fields: serde_json::Map::new() };
+                if let Some(v) = values {
+                    let text = v.is_valid(i).then(|| String::from_utf8_lossy(v.value(i)).into_owned());
+                    beside
+                        .fields
+                        .insert("value".into(), text.map_or(serde_json::Value::Null, serde_json::Value::String));
+                }
+                for (name, array) in &fields {
+                    beside.fields.insert(name.to_string(), json_cell(array, i));
+                }
                 for &(model, values, dim) in &vectors {
                     let vector = &values[i * dim..(i + 1) * dim];
-                    self.sink.send_embedding(&mut pending, self.partition, &origin, model, vector, chunk).await?;
+                    let sent =
+                        self.sink.send_embedding(&mut pending, self.partition, &origin, (model, vector), &beside);
+                    sent.await?;
                 }
             }
             let stamps = timestamps.iter().flatten().collect();
@@ -211,6 +274,39 @@ pub fn encode(format: VectorFormat, vector: &[f32]) -> Vec<u8> {
         VectorFormat::Json => {
             serde_json::to_vec(&serde_json::json!({ "embedding": vector })).expect("floats serialise")
         }
+    }
+}
+
+/// A JSON value with the vector and the fields beside it.
+fn encode_with(vector: &[f32], fields: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let mut value = fields.clone();
+    value.insert("embedding".into(), serde_json::json!(vector));
+    serde_json::to_vec(&value).expect("floats and fields serialise")
+}
+
+/// Row `i` of a field column (of `crate::rows::field_type`) as JSON: timestamps as RFC 3339
+/// text in UTC, with milliseconds.
+fn json_cell(array: &ArrayRef, i: usize) -> serde_json::Value {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+    use arrow_schema::DataType;
+    if array.is_null(i) {
+        return serde_json::Value::Null;
+    }
+    match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().value(i).into(),
+        DataType::Int64 => array.as_primitive::<Int64Type>().value(i).into(),
+        DataType::Float64 => array.as_primitive::<Float64Type>().value(i).into(),
+        DataType::Boolean => array.as_boolean().value(i).into(),
+        DataType::Timestamp(..) => {
+            let ms = array.as_primitive::<TimestampMillisecondType>().value(i);
+            let at = match ms >= 0 {
+                true => std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
+                false => std::time::UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs()),
+            };
+            humantime::format_rfc3339_millis(at).to_string().into()
+        }
+        other => unreachable!("a field column is never {other}"),
     }
 }
 

@@ -6,8 +6,9 @@
 //! Columns: `key` (binary), `topic`, `partition`, `offset`, `kafka_timestamp` (ms, UTC), then
 //! for one model `model` and `embedding` (FixedSizeList<Float32>), for several one
 //! `embedding_<name>` column per written model, `chunk`, `token_start` and `token_end` (Int32)
-//! when rows are chunks (`chunk_pooling = "none"`), and `value` (the record's value as text)
-//! when `sink.columns` asks for it.
+//! when rows are chunks (`chunk_pooling = "none"`), `value` (the record's value as text)
+//! when `sink.columns` names it, then the other fields `sink.columns` names, typed by
+//! `[input.types]` (string, int64, double, boolean, timestamp in ms UTC; null when absent).
 //!
 //! A table on HDFS (`path = "hdfs://..."`) is written the same way through
 //! [`embedstream_core::store`]: each task attempt's file is built in memory and written whole
@@ -26,7 +27,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use embedstream_core::manifest::{self, ManifestFile};
-use embedstream_core::spec::{ParquetSinkSpec, PartitionBy};
+use embedstream_core::spec::{FieldColumn, ParquetSinkSpec, PartitionBy};
 use embedstream_core::store;
 use futures::future::BoxFuture;
 use parquet::arrow::ArrowWriter;
@@ -35,13 +36,15 @@ use parquet::file::properties::WriterProperties;
 
 pub use committer::ManifestCommitter;
 
-use crate::rows::{embedding_type, Output, CHUNK_COLUMNS};
-use crate::{SinkError, TaskInfo, TaskOutput, TaskWriter};
+use crate::rows::{embedding_type, field_of, Output, CHUNK_COLUMNS};
+use crate::{SinkContext, SinkError, TaskInfo, TaskOutput, TaskWriter};
 
 pub struct ParquetSink {
     table: PathBuf,
     partition_by: PartitionBy,
     with_value: bool,
+    /// The input fields written as columns after `value`.
+    fields: Vec<FieldColumn>,
     outputs: Vec<Output>,
     /// Rows are chunks: the chunk's index and token span are columns too.
     chunks: bool,
@@ -52,12 +55,8 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    pub fn new(
-        spec: &ParquetSinkSpec,
-        outputs: Vec<Output>,
-        chunks: bool,
-        executor_id: &str,
-    ) -> Result<ParquetSink, SinkError> {
+    pub fn new(spec: &ParquetSinkSpec, ctx: &SinkContext<'_>) -> Result<ParquetSink, SinkError> {
+        let (outputs, chunks) = (ctx.outputs.clone(), ctx.chunks);
         let table = spec.path.clone();
         store::create_dir_all(&table, false).map_err(|e| file_error(&table, e))?;
         let with_value = spec.with_value();
@@ -80,14 +79,16 @@ impl ParquetSink {
         if with_value {
             fields.push(Field::new("value", DataType::Utf8, true));
         }
+        fields.extend(ctx.fields.iter().map(field_of));
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Ok(ParquetSink {
             table,
             partition_by: spec.partition_by,
             with_value,
+            fields: ctx.fields.clone(),
             outputs,
             chunks,
-            unique: format!("{executor_id}-{:x}", started.as_nanos()),
+            unique: format!("{}-{:x}", ctx.executor_id, started.as_nanos()),
             schema: Arc::new(Schema::new(fields)),
         })
     }
@@ -116,6 +117,7 @@ impl ParquetSink {
                 values.iter().map(|v| v.and_then(|b| std::str::from_utf8(b).ok())),
             )));
         }
+        columns.extend(self.fields.iter().map(|f| col(&f.name)));
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| file_error(&self.table, e))
     }
 

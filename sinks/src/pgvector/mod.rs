@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow_array::{
-    Array, BinaryArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
-use embedstream_core::spec::{PgMode, PgvectorSinkSpec, Secret};
+use embedstream_core::spec::{FieldColumn, PgMode, PgvectorSinkSpec, Secret};
 use futures::future::BoxFuture;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -172,9 +172,10 @@ pub async fn open(
     spec: &PgvectorSinkSpec,
     password: Option<&Secret>,
     outputs: Vec<Output>,
+    fields: Vec<FieldColumn>,
 ) -> Result<PgvectorSink, SinkError> {
     let db = Database::new(spec, password)?;
-    let table = Arc::new(TableDef::new(spec, &outputs));
+    let table = Arc::new(TableDef::new(spec, &outputs, &fields));
     let client = db.connect().await?;
     prepare_table(&db, &client, &table, spec.create_table).await?;
     let conn = ready(&db, client, &table).await?;
@@ -355,6 +356,42 @@ fn kafka_timestamp(ms: Option<i64>) -> Option<SystemTime> {
     ms.filter(|t| (0..=LATEST_TIMESTAMP_MS).contains(t)).map(|t| UNIX_EPOCH + Duration::from_millis(t as u64))
 }
 
+/// The PostgreSQL type of a field column of Arrow type `t` (`crate::rows::field_type`).
+fn field_sql_type(t: &arrow_schema::DataType) -> Type {
+    use arrow_schema::DataType;
+    match t {
+        DataType::Utf8 => Type::TEXT,
+        DataType::Int64 => Type::INT8,
+        DataType::Float64 => Type::FLOAT8,
+        DataType::Boolean => Type::BOOL,
+        DataType::Timestamp(..) => Type::TIMESTAMPTZ,
+        other => unreachable!("a field column is never {other}"),
+    }
+}
+
+/// Row `i` of a field column, to bind as its [`field_sql_type`]. Timestamps are within
+/// PostgreSQL's range: `RecordFields` refused those past the year 9999.
+fn field_cell(array: &ArrayRef, i: usize) -> Box<dyn ToSql + Sync + Send + '_> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+    use arrow_schema::DataType;
+    let valid = array.is_valid(i);
+    match array.data_type() {
+        DataType::Utf8 => Box::new(valid.then(|| array.as_string::<i32>().value(i))),
+        DataType::Int64 => Box::new(valid.then(|| array.as_primitive::<Int64Type>().value(i))),
+        DataType::Float64 => Box::new(valid.then(|| array.as_primitive::<Float64Type>().value(i))),
+        DataType::Boolean => Box::new(valid.then(|| array.as_boolean().value(i))),
+        DataType::Timestamp(..) => Box::new(valid.then(|| {
+            let ms = array.as_primitive::<TimestampMillisecondType>().value(i);
+            match ms >= 0 {
+                true => UNIX_EPOCH + Duration::from_millis(ms as u64),
+                false => UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs()),
+            }
+        })),
+        other => unreachable!("a field column is never {other}"),
+    }
+}
+
 /// One task attempt's writes: a connection held from its first window to its end.
 struct PgWriter {
     sink: Arc<PgvectorSink>,
@@ -434,6 +471,10 @@ impl PgWriter {
         if table.with_value {
             types.push(Type::TEXT);
         }
+        let fields: Vec<&ArrayRef> = (table.columns.iter().filter(|c| c.field))
+            .map(|c| rows.column_by_name(&c.name).expect("the output schema's field column"))
+            .collect();
+        types.extend(fields.iter().map(|f| field_sql_type(f.data_type())));
         let tx = conn.client.transaction().await.map_err(fail("beginning a transaction"))?;
         let copy = tx.copy_in(&table.copy_in()).await.map_err(fail("copying rows in"))?;
         let writer = BinaryCopyInWriter::new(copy, &types);
@@ -456,6 +497,8 @@ impl PgWriter {
             if table.with_value {
                 row.push(&value);
             }
+            let cells: Vec<Box<dyn ToSql + Sync + Send + '_>> = fields.iter().map(|f| field_cell(f, i)).collect();
+            row.extend(cells.iter().map(|c| c.as_ref() as &(dyn ToSql + Sync)));
             writer.as_mut().write(&row).await.map_err(fail("copying rows in"))?;
         }
         writer.finish().await.map_err(fail("copying rows in"))?;

@@ -3,7 +3,7 @@
 //! identifier is quoted; names come from the spec, where they are plain identifiers
 //! (`embedstream_core::spec::sink::pgvector::is_table_name`) or the models' column names.
 
-use embedstream_core::spec::{PgIndex, PgMode, PgvectorSinkSpec};
+use embedstream_core::spec::{FieldColumn, FieldType, PgIndex, PgMode, PgvectorSinkSpec};
 
 use crate::rows::Output;
 
@@ -17,11 +17,24 @@ pub struct Column {
     pub sql_type: String,
     /// A vector column: the model that fills it.
     pub model: Option<String>,
+    /// An input field's column (`sink.columns`): null where a record lacks the field.
+    pub field: bool,
 }
 
 impl Column {
     fn plain(name: &str, sql_type: &str) -> Column {
-        Column { name: name.into(), sql_type: sql_type.into(), model: None }
+        Column { name: name.into(), sql_type: sql_type.into(), model: None, field: false }
+    }
+}
+
+/// The SQL type of a field column, as PostgreSQL's `format_type` names it.
+pub fn sql_type(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::Text => "text",
+        FieldType::Bigint => "bigint",
+        FieldType::Double => "double precision",
+        FieldType::Boolean => "boolean",
+        FieldType::Timestamp => "timestamp with time zone",
     }
 }
 
@@ -45,7 +58,7 @@ pub fn quote(name: &str) -> String {
 }
 
 impl TableDef {
-    pub fn new(spec: &PgvectorSinkSpec, outputs: &[Output]) -> TableDef {
+    pub fn new(spec: &PgvectorSinkSpec, outputs: &[Output], fields: &[FieldColumn]) -> TableDef {
         let mut columns = vec![
             Column::plain("key", "text"),
             Column::plain("topic", "text"),
@@ -65,10 +78,17 @@ impl TableDef {
             name: o.column.clone(),
             sql_type: format!("vector({})", o.dim),
             model: Some(o.model.clone()),
+            field: false,
         }));
         if spec.with_value() {
             columns.push(Column::plain("value", "text"));
         }
+        columns.extend(fields.iter().map(|f| Column {
+            name: f.name.clone(),
+            sql_type: sql_type(f.ty).into(),
+            model: None,
+            field: true,
+        }));
         TableDef {
             name: spec.table.clone(),
             mode: spec.mode,
@@ -97,6 +117,7 @@ impl TableDef {
             .iter()
             .map(|c| {
                 let nullable = matches!(c.name.as_str(), "kafka_timestamp" | "value")
+                    || c.field
                     || (c.name == "key" && self.mode == PgMode::Append);
                 format!("{} {}{}", quote(&c.name), c.sql_type, if nullable { "" } else { " NOT NULL" })
             })
@@ -347,9 +368,13 @@ mod tests {
         toml::from_str(&format!("url = \"postgresql://u@h/d\"\ntable = \"s.items\"\nmode = \"{mode}\"")).unwrap()
     }
 
+    fn price() -> FieldColumn {
+        FieldColumn { name: "price".into(), ty: FieldType::Double }
+    }
+
     #[test]
     fn an_existing_table_is_checked_column_by_column() {
-        let def = TableDef::new(&spec("upsert"), &[Output::single("minilm", 384)]);
+        let def = TableDef::new(&spec("upsert"), &[Output::single("minilm", 384)], &[price()]);
         let mut existing: Vec<(String, String)> =
             def.columns.iter().map(|c| (c.name.clone(), c.sql_type.clone())).collect();
         assert_eq!(def.misfit(&existing), None);
@@ -358,18 +383,22 @@ mod tests {
             def.misfit(&existing).unwrap(),
             "column `embedding` is vector(768), but the model `minilm` gives vector(384)"
         );
+        existing.iter_mut().find(|(n, _)| n == "embedding").unwrap().1 = "vector(384)".into();
+        existing.iter_mut().find(|(n, _)| n == "price").unwrap().1 = "text".into();
+        assert_eq!(def.misfit(&existing).unwrap(), "column `price` is text, but the sink writes double precision");
         existing.retain(|(n, _)| n != "offset");
         assert_eq!(def.misfit(&existing).unwrap(), "has no column `offset` (the sink writes bigint)");
     }
 
     #[test]
     fn statements_quote_every_name() {
-        let def = TableDef::new(&spec("append"), &[Output::single("m", 3)]);
+        let def = TableDef::new(&spec("append"), &[Output::single("m", 3)], &[price()]);
         assert!(def.create()[0].starts_with("CREATE TABLE IF NOT EXISTS \"s\".\"items\" (\"key\" text, "));
+        assert!(def.create()[0].contains("\"price\" double precision, PRIMARY KEY"), "a field column is nullable");
         assert!(def.create()[1]
             .contains("\"items_embedding_hnsw\" ON \"s\".\"items\" USING hnsw (\"embedding\" vector_cosine_ops)"));
         assert!(def.merge().ends_with("ON CONFLICT (\"topic\", \"topic_id\", \"partition\", \"offset\") DO NOTHING"));
-        let upsert = TableDef::new(&spec("upsert"), &[Output::single("m", 3)]);
+        let upsert = TableDef::new(&spec("upsert"), &[Output::single("m", 3)], &[]);
         assert_eq!(upsert.create().len(), 3, "table, index, tombstones");
         assert!(upsert.merge().contains("\"s\".\"items_tombstones\""));
     }

@@ -18,7 +18,7 @@ pub struct DeltaSinkSpec {
     pub path: PathBuf,
     #[serde(default = "default_partition_by")]
     pub partition_by: PartitionBy,
-    /// Input columns written beside the embedding: only "value" (the text).
+    /// Input fields written beside the embedding, as for Parquet.
     #[serde(default)]
     pub columns: Vec<String>,
     /// A log checkpoint every this many commits (the table's `delta.checkpointInterval`, as

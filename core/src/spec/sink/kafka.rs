@@ -9,7 +9,7 @@ use crate::spec::SpecError;
 pub enum VectorFormat {
     /// The vector as little-endian f32, 4 bytes per dimension.
     F32le,
-    /// `{"embedding":[...]}`
+    /// `{"embedding":[...], "model": ..., "origin": {...}}` and the `columns` fields.
     Json,
 }
 
@@ -21,6 +21,10 @@ pub struct KafkaSinkSpec {
     pub topic: String,
     #[serde(default = "default_format")]
     pub format: VectorFormat,
+    /// Input fields written beside the vector (format "json"): "value" (the text) and any of
+    /// `[input]`'s fields and headers, typed by `[input.types]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
 }
 
 fn default_format() -> VectorFormat {
@@ -31,6 +35,12 @@ impl KafkaSinkSpec {
     pub(super) fn validate(&self) -> Result<(), SpecError> {
         if self.topic.is_empty() {
             return Err(SpecError::new("sink.topic", "must not be empty (kind = \"kafka\")"));
+        }
+        if self.format == VectorFormat::F32le && !self.columns.is_empty() {
+            return Err(SpecError::new(
+                "sink.columns",
+                "an f32le value is the vector alone: set sink.format = \"json\" to write fields beside it",
+            ));
         }
         Ok(())
     }

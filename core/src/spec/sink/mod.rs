@@ -87,6 +87,17 @@ impl SinkSpec {
         }
     }
 
+    /// `columns`: the input fields written beside the vectors (checked against `[input]` by
+    /// the job spec).
+    pub fn columns(&self) -> &[String] {
+        match &self.kind {
+            SinkKind::Kafka(k) => &k.columns,
+            SinkKind::Parquet(p) => &p.columns,
+            SinkKind::Delta(d) => &d.columns,
+            SinkKind::Pgvector(p) => &p.columns,
+        }
+    }
+
     /// The directory of a file sink's table (Parquet, Delta).
     pub fn table_path(&self) -> Option<&std::path::Path> {
         match &self.kind {

@@ -26,7 +26,8 @@ pub struct ParquetSinkSpec {
     pub path: PathBuf,
     #[serde(default = "default_partition_by")]
     pub partition_by: PartitionBy,
-    /// Input columns written beside the embedding: only "value" (the text).
+    /// Input fields written beside the embedding: "value" (the text) and any of `[input]`'s
+    /// fields and headers, typed by `[input.types]`.
     #[serde(default)]
     pub columns: Vec<String>,
 }
@@ -45,12 +46,6 @@ impl ParquetSinkSpec {
         crate::spec::check_location("sink.path", &self.path)?;
         if !crate::store::is_hdfs(&self.path) && !self.path.is_absolute() {
             return Err(SpecError::new("sink.path", "must be an absolute directory (kind = \"parquet\")"));
-        }
-        if let Some(c) = self.columns.iter().find(|c| c.as_str() != "value") {
-            return Err(SpecError::new(
-                "sink.columns",
-                format!("unknown input column `{c}`; the one column to add is \"value\""),
-            ));
         }
         Ok(())
     }

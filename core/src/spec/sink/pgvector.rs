@@ -72,7 +72,8 @@ pub struct PgvectorSinkSpec {
     pub index: PgIndex,
     #[serde(default = "default_distance")]
     pub distance: PgDistance,
-    /// Input columns written beside the vectors: only "value" (the text).
+    /// Input fields written beside the vectors: "value" (the text) and any of `[input]`'s
+    /// fields and headers, typed by `[input.types]`.
     #[serde(default)]
     pub columns: Vec<String>,
     /// Where each query's end offsets are written after each batch, in the same database.
@@ -171,12 +172,6 @@ impl PgvectorSinkSpec {
         }
         if self.table == self.offsets_table {
             return Err(SpecError::new("sink.offsets_table", "must differ from `sink.table`"));
-        }
-        if let Some(c) = self.columns.iter().find(|c| c.as_str() != "value") {
-            return Err(SpecError::new(
-                "sink.columns",
-                format!("unknown input column `{c}`; the one column to add is \"value\""),
-            ));
         }
         if self.tombstone_retention.get() < std::time::Duration::from_secs(60) {
             return Err(SpecError::new("sink.tombstone_retention", "must be at least \"1m\""));

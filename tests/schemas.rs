@@ -8,6 +8,10 @@
 //! written by confluent-kafka's `ProtobufSerializer` (a message at index 1 with a nested
 //! message, a map and a repeated field) decode with their message indexes. A registry that
 //! serves HTTPS only is read with `ca` (and refused without it, by `validate --check-broker`).
+//! The records' fields go beside the vector (`[sink] columns`, typed by `[input.types]`): in
+//! Avro output values registered under `<topic>-value` and read back by confluent-kafka's
+//! `AvroDeserializer`, in JSON output values, and in Delta columns that `deltalake` reads; an
+//! output subject whose compatibility refuses the schema stops the query before it starts.
 
 mod common;
 
@@ -120,29 +124,58 @@ fn input_with_price(registry: &Registry) -> String {
     )
 }
 
+/// How a test's output values are written.
+enum Values<'r> {
+    /// JSON, with the fields of [`COLUMNS`] beside the vector.
+    Json,
+    /// Avro in the Confluent wire format, with the fields of [`COLUMNS`], read back by
+    /// confluent-kafka's `AvroDeserializer` through this registry.
+    Avro(&'r Registry),
+}
+
 /// The query `name`'s output: every good record of `plan` once in `{name}-out`, with Python
-/// onnxruntime's vector of its template's text (for `json` values, with the fields of
-/// [`COLUMNS`] beside it); every bad value in `{name}-dlq`, as it came, with its reason.
-fn assert_output(broker: &Broker, name: &str, plan: &Plan, json: bool) {
+/// onnxruntime's vector of its template's text and the fields of [`COLUMNS`] beside it; every
+/// bad value in `{name}-dlq`, as it came, with its reason.
+fn assert_output(broker: &Broker, name: &str, plan: &Plan, values: Values) {
     let out = broker.read_all(&format!("{name}-out"), 2);
     assert_eq!(out.len(), plan.texts.len());
     let texts: Vec<String> = plan.texts.values().cloned().collect();
     let want = onnx_embeddings(&texts);
+    // Avro values as confluent-kafka reads them, by (partition, offset) of their origin.
+    let decoded: BTreeMap<(i32, i64), serde_json::Value> = match values {
+        Values::Json => BTreeMap::new(),
+        Values::Avro(registry) => {
+            let topic = format!("{name}-out");
+            let read = produce_with(AVRO_READER, broker, registry, &topic, &serde_json::json!({"n": out.len()}));
+            let records = read.as_array().unwrap();
+            assert_eq!(records.len(), out.len());
+            (records.iter())
+                .map(|r| {
+                    (
+                        (r["origin"]["partition"].as_i64().unwrap() as i32, r["origin"]["offset"].as_i64().unwrap()),
+                        r.clone(),
+                    )
+                })
+                .collect()
+        }
+    };
     let mut worst = 0f32;
     for rec in &out {
         let n = plan.texts.keys().position(|o| *o == rec.origin()).unwrap_or_else(|| panic!("{:?}", rec.origin()));
-        let vector = match json {
-            false => rec.vector(),
-            true => {
-                let v: serde_json::Value = serde_json::from_slice(rec.value.as_ref().unwrap()).unwrap();
-                let record = &plan.values[&rec.origin()];
-                let got = [&v["brand"], &v["price"], &v["color"], &v["tag"]].map(|x| x.clone());
-                assert_eq!(got, field_values(record), "{:?}: {v}", rec.origin());
-                let decoded: serde_json::Value = serde_json::from_str(v["value"].as_str().unwrap()).unwrap();
-                assert_eq!(decoded["title"], record["title"]);
-                v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-            }
+        let v: serde_json::Value = match values {
+            Values::Json => serde_json::from_slice(rec.value.as_ref().unwrap()).unwrap(),
+            Values::Avro(_) => decoded[&rec.origin()].clone(),
         };
+        let record = &plan.values[&rec.origin()];
+        let got = [&v["brand"], &v["price"], &v["color"], &v["tag"]].map(|x| x.clone());
+        assert_eq!(got, field_values(record), "{:?}: {v}", rec.origin());
+        let value: serde_json::Value = serde_json::from_str(v["value"].as_str().unwrap()).unwrap();
+        assert_eq!(value["title"], record["title"]);
+        if let Values::Avro(_) = values {
+            assert_eq!(v["model"], rec.header("es.model"), "{v}");
+            assert_eq!(v["origin"]["topic"], "items");
+        }
+        let vector: Vec<f32> = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         assert_eq!(vector.len(), DIM);
         worst = worst.max(max_diff(&vector, &want[n]));
     }
@@ -166,9 +199,15 @@ fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered
     let ids = produce(&broker, &registry, "items", &plan.json);
     assert_ne!(ids["ids"]["v1"], ids["ids"]["v2"], "two versions, two ids: {ids}");
 
-    let job =
-        Job::new(&broker, "avro", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10", "available_now = true", "")
-            .with_models(&input(&registry));
+    // Avro output values, registered under `avro-out-value`, with the record's fields.
+    let job = Job::new(
+        &broker,
+        "avro",
+        "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10",
+        "available_now = true",
+        &format!("format = \"avro\"\n{COLUMNS}"),
+    )
+    .with_models(&input_with_price(&registry));
     // `validate --check-broker` shows the topic's subject and its latest schema.
     let mut validate = embedstream();
     validate.args(["validate", job.path.to_str().unwrap(), "--check-broker", "--json"]);
@@ -189,7 +228,20 @@ fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered
     let highs = broker.high_watermarks("items", 2);
     assert_eq!(broker.committed("avro-group", "items", 2), highs, "every offset is committed");
 
-    assert_output(&broker, "avro", &plan, false);
+    assert_output(&broker, "avro", &plan, Values::Avro(&registry));
+
+    // An output subject whose compatibility (BACKWARD) refuses the output schema: the query
+    // stops before it reads anything, naming the subject.
+    produce_with(INCOMPATIBLE, &broker, &registry, "refused-out", &serde_json::json!({}));
+    let refused = Job::new(&broker, "refused", "subscribe = [\"items\"]", "available_now = true", "format = \"avro\"")
+        .with_models(&input(&registry));
+    let mut run = embedstream();
+    run.args(["run", refused.path.to_str().unwrap(), "--local", "1"]);
+    let out = run_to_end(run, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refused-out-value") && stderr.contains("incompatible"), "{stderr}");
+    assert_eq!(broker.committed("refused-group", "items", 2), [-1, -1], "nothing read");
 }
 
 #[test]
@@ -315,7 +367,7 @@ fn protobuf_messages_decode_by_their_message_index_and_bad_ones_are_dead_lettere
     let summary = run_job(&job, 1);
     assert_eq!(summary["embeddings"], plan.texts.len(), "{summary}");
     assert_eq!(summary["dead_letters"], plan.bad.len(), "{summary}");
-    assert_output(&broker, "proto", &plan, true);
+    assert_output(&broker, "proto", &plan, Values::Json);
 }
 
 #[test]
@@ -368,6 +420,43 @@ fn a_registry_over_https_is_trusted_through_its_ca() {
         assert_eq!(got, field_values(produced), "{origin:?}: {row}");
     }
 }
+
+/// Reads `n` records of the topic with confluent-kafka's `AvroDeserializer` (the schema from
+/// the registry by the id each value names): the records as JSON, in the order read.
+const AVRO_READER: &str = r#"
+import json, sys, time
+from confluent_kafka import Consumer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import SerializationContext, MessageField
+bootstrap, url, topic, ca = sys.argv[1:5]
+n = json.load(sys.stdin)["n"]
+deserializer = AvroDeserializer(SchemaRegistryClient({"url": url}))
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "avro-reader", "auto.offset.reset": "earliest"})
+consumer.subscribe([topic])
+records, deadline = [], time.time() + 60
+while len(records) < n and time.time() < deadline:
+    m = consumer.poll(1.0)
+    if m is None or m.error():
+        continue
+    records.append(deserializer(m.value(), SerializationContext(topic, MessageField.VALUE)))
+consumer.close()
+print(json.dumps(records, default=str))
+"#;
+
+/// Makes `<topic>-value` a subject whose compatibility (BACKWARD) no embedstream output schema
+/// meets: its one version has a single field, `sku`, that the output schema lacks.
+const INCOMPATIBLE: &str = r#"
+import json, sys
+from confluent_kafka.schema_registry import SchemaRegistryClient, Schema
+url, topic = sys.argv[2], sys.argv[3]
+client = SchemaRegistryClient({"url": url})
+subject = topic + "-value"
+client.set_compatibility(subject_name=subject, level="BACKWARD")
+schema = {"type": "record", "name": "Embedding", "namespace": "embedstream", "fields": [{"name": "sku", "type": "string"}]}
+client.register_schema(subject, Schema(json.dumps(schema), "AVRO"))
+print(json.dumps({}))
+"#;
 
 /// The Delta table's rows (deltalake, PyPI, through pyarrow) as JSON objects, and its columns'
 /// Arrow types.

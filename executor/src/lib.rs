@@ -227,6 +227,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             fields: spec.field_columns(),
             executor_id: &args.executor_id,
             password: spec.sink_password_value(&secrets)?,
+            avro: embedstream_sinks::register_avro_output(&spec, spec.registry_password_value(&secrets)?).await?,
         },
     )
     .await?;

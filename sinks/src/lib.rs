@@ -30,6 +30,7 @@ pub mod delta;
 pub mod kafka;
 pub mod parquet;
 pub mod pgvector;
+pub mod registry;
 pub mod rows;
 
 use std::sync::Arc;
@@ -60,6 +61,9 @@ pub enum SinkError {
     /// A database sink's server: `url` is `sink.url` as the spec writes it (no password).
     #[error("sink.url = \"{url}\": {message}")]
     Database { url: String, message: String },
+    /// The Avro output schema could not be registered (`sink.format = "avro"`).
+    #[error("sink.format = \"avro\": {0}")]
+    Registry(#[from] registry::RegistryError),
 }
 
 /// The task attempt a writer belongs to.
@@ -131,12 +135,38 @@ pub struct SinkContext<'a> {
     pub executor_id: &'a str,
     /// A database sink's password (`sink.password`), as the driver handed it over.
     pub password: Option<&'a Secret>,
+    /// A Kafka sink's registered Avro output schema (`format = "avro"`,
+    /// [`register_avro_output`]).
+    pub avro: Option<kafka::avro::AvroOutput>,
+}
+
+/// Registers a Kafka sink's Avro output schema under `<topic>-value` in the query's registry:
+/// the driver does it before the first batch (a refusal stops the query there, naming the
+/// subject), each executor again to learn the id (registering a schema the subject has is
+/// idempotent).
+pub async fn register_avro_output(
+    spec: &JobSpec,
+    password: Option<&Secret>,
+) -> Result<Option<kafka::avro::AvroOutput>, SinkError> {
+    let (SinkKind::Kafka(k), Some(registry)) = (&spec.sink.kind, &spec.input.schema_registry) else {
+        return Ok(None);
+    };
+    if k.format != embedstream_core::spec::VectorFormat::Avro {
+        return Ok(None);
+    }
+    let client = registry::Registry::new(registry, password)?;
+    let with_value = k.columns.iter().any(|c| c == "value");
+    let schema = kafka::avro::schema_json(spec.chunk_outputs(), with_value, &spec.field_columns());
+    let subject = format!("{}-value", k.topic);
+    let output = kafka::avro::AvroOutput::register(&client, &subject, &schema).await?;
+    tracing::info!(subject, id = output.id(), "Avro output schema registered");
+    Ok(Some(output))
 }
 
 /// The spec's sink, on an executor: a sink with a server checks it here, before any task.
 pub async fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &spec.kind {
-        SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.outputs, ctx.fields))),
+        SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.outputs, ctx.fields, ctx.avro))),
         SinkKind::Parquet(p) => Box::new(Arc::new(parquet::ParquetSink::new(p, &ctx)?)),
         // A Delta table's files are the Parquet sink's; its committer differs.
         SinkKind::Delta(d) => Box::new(Arc::new(parquet::ParquetSink::new(&d.files(), &ctx)?)),

@@ -113,3 +113,21 @@ pub fn embedding_type(dim: usize) -> DataType {
 pub fn embedding_array(vectors: Vec<f32>, dim: usize) -> FixedSizeListArray {
     FixedSizeListArray::new(embedding_item(), dim as i32, Arc::new(Float32Array::from(vectors)), None)
 }
+
+/// Row `i` of a field column ([`field_array`]'s) as its cell.
+pub fn cell_at(array: &ArrayRef, i: usize) -> Cell {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+    use arrow_array::Array;
+    if array.is_null(i) {
+        return Cell::Null;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Cell::Text(array.as_string::<i32>().value(i).to_string()),
+        DataType::Int64 => Cell::Bigint(array.as_primitive::<Int64Type>().value(i)),
+        DataType::Float64 => Cell::Double(array.as_primitive::<Float64Type>().value(i)),
+        DataType::Boolean => Cell::Boolean(array.as_boolean().value(i)),
+        DataType::Timestamp(..) => Cell::Timestamp(array.as_primitive::<TimestampMillisecondType>().value(i)),
+        other => unreachable!("a field column is never {other}"),
+    }
+}

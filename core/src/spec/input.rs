@@ -260,7 +260,9 @@ impl InputSpec {
         self.headers.values().cloned().collect()
     }
 
-    pub(super) fn validate(&self) -> Result<(), SpecError> {
+    /// `registers_output`: the sink registers its output schema in this registry (a Kafka sink
+    /// with `format = "avro"`), so a registry is allowed whatever the input's format.
+    pub(super) fn validate(&self, registers_output: bool) -> Result<(), SpecError> {
         if !self.format.has_fields() && !self.fields.is_empty() {
             return Err(SpecError::new(
                 "input.fields",
@@ -274,10 +276,13 @@ impl InputSpec {
                     "Avro and Protobuf values name their schema by id: set input.schema_registry.url",
                 ))
             }
-            (Some(_), false) => {
-                return Err(SpecError::new("input.schema_registry", "is for input.format = \"avro\" or \"protobuf\""))
+            (Some(_), false) if !registers_output => {
+                return Err(SpecError::new(
+                    "input.schema_registry",
+                    "is for input.format = \"avro\" or \"protobuf\", or a Kafka sink's format = \"avro\"",
+                ))
             }
-            (Some(r), true) => r.validate()?,
+            (Some(r), _) => r.validate()?,
             (None, false) => {}
         }
         for (name, pointer) in &self.fields {

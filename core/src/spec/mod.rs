@@ -440,7 +440,14 @@ impl JobSpec {
         }
         self.source.validate()?;
         self.trigger.validate()?;
-        self.input.validate()?;
+        let avro_output = matches!(&self.sink.kind, SinkKind::Kafka(k) if k.format == VectorFormat::Avro);
+        self.input.validate(avro_output)?;
+        if avro_output && self.input.schema_registry.is_none() {
+            return Err(SpecError::new(
+                "sink.format",
+                "\"avro\" registers its schema in the query's registry: set input.schema_registry.url",
+            ));
+        }
         match (&self.model, self.models.is_empty()) {
             (Some(_), false) => {
                 return Err(SpecError::new("models", "a spec has [model] or [[models]], not both"));

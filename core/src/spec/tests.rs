@@ -746,7 +746,14 @@ fn sink_columns_are_input_fields_typed_by_input_types() {
     let e = err(&format!("{fields}\ntypes = {{ colour = \"text\" }}"), "");
     assert_eq!(e.key, "input.types.colour");
     assert!(err(&format!("{fields}\ntypes = {{ price = \"money\" }}"), "").key.starts_with("input.types"));
-    // A Kafka sink writes fields into JSON values only.
+    // Avro output registers its schema in the query's registry, which JSON input may name.
+    let e = load(&spec(&f, &format!("[input]\n{fields}"), "format = \"avro\"")).unwrap_err();
+    assert_eq!(e.key, "sink.format");
+    let registry = "schema_registry = { url = \"http://registry:8081\" }";
+    load(&spec(&f, &format!("[input]\n{fields}\n{registry}"), "format = \"avro\"\ncolumns = [\"sku\"]")).unwrap();
+    let e = load(&spec(&f, &format!("[input]\n{fields}\n{registry}"), "")).unwrap_err();
+    assert_eq!(e.key, "input.schema_registry");
+    // A Kafka sink writes fields into JSON and Avro values only.
     let e = load(&spec(&f, &format!("[input]\n{fields}"), "columns = [\"sku\"]")).unwrap_err();
     assert_eq!(e.key, "sink.columns");
     assert!(e.message.contains("f32le"), "{e}");

@@ -174,6 +174,11 @@ pub async fn run_query(
         .await
         .expect("the probe does not panic")?;
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
+    // A Kafka sink's Avro output schema is registered now: a registry that refuses it (an
+    // incompatible subject) stops the query before anything starts, naming the subject.
+    embedstream_sinks::register_avro_output(&spec, spec.registry_password_value(&secrets)?)
+        .await
+        .map_err(CommitError::from)?;
     // The sink's committer reaches its server now (pgvector): a wrong password, or a table
     // another query's checkpoint writes, stops the query before anything starts.
     let committer = embedstream_sinks::committer(&spec, spec.sink_password_value(&secrets)?, checkpoint.query_id())

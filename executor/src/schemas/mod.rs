@@ -10,7 +10,8 @@
 //! does not answer is not: the task fails, to be retried.
 
 pub mod protobuf;
-pub mod registry;
+/// The registry client lives with the sinks, which register the Avro output's schema.
+pub use embedstream_sinks::registry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

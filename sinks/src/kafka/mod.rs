@@ -16,8 +16,11 @@
 //!
 //! With `format = "json"`, `sink.columns` puts input fields beside the vector in the value
 //! (`{"embedding": [...], "sku": "A-1", "price": 12.5}`), typed as `[input.types]` says
-//! (timestamps as RFC 3339 text in UTC, absent fields as null).
+//! (timestamps as RFC 3339 text in UTC, absent fields as null). With `format = "avro"` the
+//! value is Avro in the Confluent wire format, its schema registered under `<topic>-value`
+//! ([`avro`]).
 
+pub mod avro;
 pub mod producer;
 
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use arrow_array::{
 };
 use futures::future::BoxFuture;
 
+use embedstream_core::fields::Cell;
 use embedstream_core::spec::{FieldColumn, KafkaSinkSpec, VectorFormat};
 use rdkafka::producer::FutureRecord;
 
@@ -43,20 +47,24 @@ pub struct KafkaSink {
     topic: Arc<str>,
     format: VectorFormat,
     outputs: Vec<Output>,
-    /// The fields written beside the vector (`format = "json"`): `value` first if named, then
-    /// the field columns.
+    /// The fields written beside the vector (`format = "json"` or `"avro"`): `value` first if
+    /// named, then the field columns.
     with_value: bool,
     fields: Vec<FieldColumn>,
+    /// `format = "avro"`: the registered output schema.
+    avro: Option<avro::AvroOutput>,
     /// The longest key whose output records fit in one message.
     max_key: usize,
 }
 
 impl KafkaSink {
+    /// The sink; `avro` is the registered output schema when `format = "avro"`.
     pub fn new(
         spec: &KafkaSinkSpec,
         producer: Arc<KafkaProducer>,
         outputs: Vec<Output>,
         fields: Vec<FieldColumn>,
+        avro: Option<avro::AvroOutput>,
     ) -> KafkaSink {
         let names: usize = fields.iter().map(|f| f.name.len() + 8).sum::<usize>() + 16;
         let largest_value = outputs.iter().map(|o| encoded_len(spec.format, o.dim)).max().unwrap_or(0) + names;
@@ -69,8 +77,15 @@ impl KafkaSink {
             outputs,
             with_value,
             fields,
+            avro,
             max_key,
         }
+    }
+
+    /// The names of the cells a row carries beside its vector, in order.
+    fn cell_names(&self) -> impl Iterator<Item = &str> {
+        let value = self.with_value.then_some("value");
+        value.into_iter().chain(self.fields.iter().map(|f| f.name.as_str()))
     }
 
     /// Whether output values carry input fields, whose size is the input value's.
@@ -86,11 +101,25 @@ impl KafkaSink {
         partition: i32,
         origin: &Origin<'_>,
         (model, vector): (&str, &[f32]),
-        Beside { chunk, fields }: &Beside,
+        Beside { chunk, cells }: &Beside,
     ) -> Result<(), SinkError> {
-        let payload = match fields.is_empty() {
-            true => encode(self.format, vector),
-            false => encode_with(vector, fields),
+        let payload = match (&self.avro, cells.is_empty()) {
+            (Some(avro), _) => avro.encode(avro::AvroRecord {
+                vector,
+                model,
+                topic: origin.topic,
+                partition: origin.partition,
+                offset: origin.offset,
+                chunk: *chunk,
+                fields: cells.clone(),
+            }),
+            (None, true) => encode(self.format, vector),
+            (None, false) => {
+                let mut value: serde_json::Map<String, serde_json::Value> =
+                    self.cell_names().map(String::from).zip(cells.iter().cloned().map(json_of)).collect();
+                value.insert("embedding".into(), serde_json::json!(vector));
+                serde_json::to_vec(&value).expect("floats and fields serialise")
+            }
         };
         let mut headers = origin_headers(origin, model);
         for (name, value) in
@@ -109,10 +138,11 @@ impl KafkaSink {
 }
 
 /// What an output record carries beside its vector: its chunk's index and token span (in
-/// headers), and the input fields of `sink.columns` (in a JSON value).
+/// headers; in the Avro value too), and the input fields of `sink.columns` (in a JSON or Avro
+/// value), named by [`KafkaSink::cell_names`].
 struct Beside {
     chunk: Option<[i32; 3]>,
-    fields: serde_json::Map<String, serde_json::Value>,
+    cells: Vec<Cell>,
 }
 
 impl crate::Sink for Arc<KafkaSink> {
@@ -182,9 +212,8 @@ impl TaskWriter for KafkaTaskWriter {
             let chunks: Option<Vec<&Int32Array>> =
                 rows.column_by_name(CHUNK_COLUMNS[0]).map(|_| CHUNK_COLUMNS.iter().map(|c| column(rows, c)).collect());
             let values: Option<&BinaryArray> = self.sink.with_value.then(|| column(rows, "value"));
-            let fields: Vec<(&str, &ArrayRef)> = (self.sink.fields.iter())
-                .map(|f| (f.name.as_str(), rows.column_by_name(&f.name).expect("the output schema")))
-                .collect();
+            let fields: Vec<&ArrayRef> =
+                (self.sink.fields.iter()).map(|f| rows.column_by_name(&f.name).expect("the output schema")).collect();
             let mut pending = Pending::default();
             for i in 0..rows.num_rows() {
                 let origin = Origin {
@@ -195,16 +224,12 @@ impl TaskWriter for KafkaTaskWriter {
                     key: keys.is_valid(i).then(|| keys.value(i)),
                 };
                 let chunk = chunks.as_ref().map(|c| [c[0].value(i), c[1].value(i), c[2].value(i)]);
-                let mut beside = Beside { chunk, fields: serde_json::Map::new() };
+                let mut beside = Beside { chunk, cells: Vec::new() };
                 if let Some(v) = values {
                     let text = v.is_valid(i).then(|| String::from_utf8_lossy(v.value(i)).into_owned());
-                    beside
-                        .fields
-                        .insert("value".into(), text.map_or(serde_json::Value::Null, serde_json::Value::String));
+                    beside.cells.push(text.map_or(Cell::Null, Cell::Text));
                 }
-                for (name, array) in &fields {
-                    beside.fields.insert(name.to_string(), json_cell(array, i));
-                }
+                beside.cells.extend(fields.iter().map(|f| crate::rows::cell_at(f, i)));
                 for &(model, values, dim) in &vectors {
                     let vector = &values[i * dim..(i + 1) * dim];
                     let sent =
@@ -264,6 +289,9 @@ fn encoded_len(format: VectorFormat, dim: usize) -> usize {
         // Each f32 goes out as the f64 it widens to: `-1.2345678999999999e-38,` at most (25
         // bytes), and the braces and name.
         VectorFormat::Json => 26 * dim + 32,
+        // Four bytes a float, the array's block counts, the framing, the model's name and the
+        // origin (a topic name is at most 249 bytes).
+        VectorFormat::Avro => 4 * dim + 1024,
     }
 }
 
@@ -274,39 +302,25 @@ pub fn encode(format: VectorFormat, vector: &[f32]) -> Vec<u8> {
         VectorFormat::Json => {
             serde_json::to_vec(&serde_json::json!({ "embedding": vector })).expect("floats serialise")
         }
+        VectorFormat::Avro => unreachable!("Avro values are encoded with their registered schema"),
     }
 }
 
-/// A JSON value with the vector and the fields beside it.
-fn encode_with(vector: &[f32], fields: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
-    let mut value = fields.clone();
-    value.insert("embedding".into(), serde_json::json!(vector));
-    serde_json::to_vec(&value).expect("floats and fields serialise")
-}
-
-/// Row `i` of a field column (of `crate::rows::field_type`) as JSON: timestamps as RFC 3339
-/// text in UTC, with milliseconds.
-fn json_cell(array: &ArrayRef, i: usize) -> serde_json::Value {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
-    use arrow_schema::DataType;
-    if array.is_null(i) {
-        return serde_json::Value::Null;
-    }
-    match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().value(i).into(),
-        DataType::Int64 => array.as_primitive::<Int64Type>().value(i).into(),
-        DataType::Float64 => array.as_primitive::<Float64Type>().value(i).into(),
-        DataType::Boolean => array.as_boolean().value(i).into(),
-        DataType::Timestamp(..) => {
-            let ms = array.as_primitive::<TimestampMillisecondType>().value(i);
+/// A field's cell as JSON: timestamps as RFC 3339 text in UTC, with milliseconds.
+fn json_of(cell: Cell) -> serde_json::Value {
+    match cell {
+        Cell::Null => serde_json::Value::Null,
+        Cell::Text(t) => t.into(),
+        Cell::Bigint(v) => v.into(),
+        Cell::Double(v) => v.into(),
+        Cell::Boolean(v) => v.into(),
+        Cell::Timestamp(ms) => {
             let at = match ms >= 0 {
                 true => std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
                 false => std::time::UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs()),
             };
             humantime::format_rfc3339_millis(at).to_string().into()
         }
-        other => unreachable!("a field column is never {other}"),
     }
 }
 

@@ -9,8 +9,12 @@ use crate::spec::SpecError;
 pub enum VectorFormat {
     /// The vector as little-endian f32, 4 bytes per dimension.
     F32le,
-    /// `{"embedding":[...], "model": ..., "origin": {...}}` and the `columns` fields.
+    /// `{"embedding": [...]}` and the `columns` fields.
     Json,
+    /// Avro in the Confluent wire format, its schema registered under `<topic>-value` in
+    /// `[input.schema_registry]`: the vector (`array<float>`), the model, the origin (topic,
+    /// partition, offset) and the `columns` fields.
+    Avro,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,7 +25,7 @@ pub struct KafkaSinkSpec {
     pub topic: String,
     #[serde(default = "default_format")]
     pub format: VectorFormat,
-    /// Input fields written beside the vector (format "json"): "value" (the text) and any of
+    /// Input fields written beside the vector (format "json" or "avro"): "value" (the text) and any of
     /// `[input]`'s fields and headers, typed by `[input.types]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,

@@ -1,5 +1,7 @@
 //! A Confluent-compatible Schema Registry, as a reader of schemas by id
-//! (`GET {url}/schemas/ids/{id}`), over HTTP or HTTPS with optional basic authentication.
+//! (`GET {url}/schemas/ids/{id}`) for the executors' decoders, and as where the Kafka sink's
+//! Avro output schema is registered (`POST {url}/subjects/{subject}/versions`), over HTTP or
+//! HTTPS with optional basic authentication.
 //!
 //! What the registry answers decides what happens to the records that name an id:
 //! - the schema: they are decoded with it;
@@ -33,6 +35,10 @@ pub enum RegistryError {
     Unavailable { url: String, id: u32, waited: Duration, reason: String },
     #[error("the schema registry at {url} refused schema id {id}: {reason}")]
     Refused { url: String, id: u32, reason: String },
+    /// The output schema could not be registered under `subject` (incompatible with the
+    /// subject's versions under its compatibility level, invalid, or the registry unreachable).
+    #[error("the schema registry at {url} did not register the output schema under subject {subject}: {reason}")]
+    Register { url: String, subject: String, reason: String },
 }
 
 /// A schema as the registry serves it.
@@ -123,6 +129,55 @@ impl Registry {
             Answer::Silent(reason) => {
                 Err(RegistryError::Unavailable { url: self.base.clone(), id: 0, waited: Duration::ZERO, reason })
             }
+        }
+    }
+
+    /// Registers the Avro schema `schema` under `subject` (or finds it there: registering a
+    /// schema the subject has is idempotent) and gives its id. The subject's compatibility
+    /// level decides: an incompatible schema is refused (HTTP 409) and named in the error. A
+    /// registry that does not answer is retried for `retry_for`.
+    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        let url = format!("{}/subjects/{}/versions", self.base, encode(subject));
+        let fail = |reason: String| RegistryError::Register { url: self.base.clone(), subject: subject.into(), reason };
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let mut request = (self.client.post(&url))
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .body(serde_json::json!({ "schema": schema, "schemaType": "AVRO" }).to_string());
+            if let Some((user, password)) = &self.auth {
+                request = request.basic_auth(user, Some(password.expose()));
+            }
+            let silent = match request.send().await {
+                Err(e) => error_chain(&e),
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response.bytes().await.map_err(|e| fail(error_chain(&e)))?;
+                    let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
+                    if status.is_success() {
+                        let id = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["id"].as_u64());
+                        return id.map(|id| id as u32).ok_or_else(|| fail(format!("its answer has no id: {text}")));
+                    }
+                    if !(status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429) {
+                        let why = match status.as_u16() {
+                            409 => {
+                                "the schema is incompatible with the subject's versions under its compatibility level"
+                            }
+                            422 => "the registry finds the schema invalid",
+                            _ => "the registry refused it",
+                        };
+                        return Err(fail(format!("{why} (HTTP {status}: {text})")));
+                    }
+                    format!("HTTP {status}: {text}")
+                }
+            };
+            let waited = started.elapsed();
+            if waited >= self.retry_for {
+                return Err(fail(format!("no answer for {waited:?}: {silent}")));
+            }
+            tracing::warn!(url = %self.base, subject, reason = %silent, "the schema registry did not answer; retrying");
+            tokio::time::sleep(pause.min(self.retry_for.saturating_sub(waited))).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 

@@ -4,7 +4,8 @@
 //! versions of a subject in one topic decode with each record's own writer schema (nested
 //! records, unions, maps and arrays by JSON pointer); the vectors equal Python onnxruntime's for
 //! the same texts; every kind of bad value is in the dead-letter topic with its reason; a
-//! registry that does not answer delays the query and dead-letters nothing. Protobuf values
+//! registry stopped mid-run delays the query and dead-letters nothing, and once it is restarted
+//! every good record is written once. Protobuf values
 //! written by confluent-kafka's `ProtobufSerializer` (a message at index 1 with a nested
 //! message, a map and a repeated field) decode with their message indexes. A registry that
 //! serves HTTPS only is read with `ca` (and refused without it, by `validate --check-broker`).
@@ -246,14 +247,14 @@ fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered
 
 #[test]
 fn a_registry_that_does_not_answer_delays_the_query_and_dead_letters_nothing() {
-    let registry = Registry::start();
+    let mut registry = Registry::start();
     let broker = Broker::start();
     broker.create_topic("items", 2);
     let plan = plan(12);
     produce(&broker, &registry, "items", &plan.json);
 
-    // The registry stops answering before the executors have fetched any schema.
-    registry.pause();
+    // The registry is stopped before the executors have fetched any schema.
+    registry.stop();
     let job = Job::new(&broker, "outage", "subscribe = [\"items\"]\nmax_offsets_per_trigger = 10", "", "")
         .with_models(&input(&registry).replace("{ url = ", "{ retry_for = \"2m\", url = "));
     let mut q = Running::start(&job, 1);
@@ -261,7 +262,8 @@ fn a_registry_that_does_not_answer_delays_the_query_and_dead_letters_nothing() {
         q.log().contains("the schema registry did not answer; retrying")
     });
     assert_eq!(broker.committed("outage-group", "items", 2).iter().filter(|&&o| o > 0).count(), 0);
-    registry.resume();
+    // Restarted, with the schemas it had: the query goes on.
+    registry.restart();
     let highs = broker.high_watermarks("items", 2);
     q.wait_until("every offset committed", Duration::from_secs(120), |_| {
         broker.committed("outage-group", "items", 2) == highs
@@ -461,10 +463,13 @@ print(json.dumps({}))
 /// The Delta table's rows (deltalake, PyPI, through pyarrow) as JSON objects, and its columns'
 /// Arrow types.
 const TYPED_READER: &str = r#"
-import json, sys
+import json, os, sys
 from deltalake import DeltaTable
 t = DeltaTable(sys.argv[1]).to_pyarrow_table()
 types = {f.name: str(f.type) for f in t.schema}
 rows = [{k: v for k, v in r.items() if k != "embedding" and k != "key" and k != "kafka_timestamp"} for r in t.to_pylist()]
-print(json.dumps({"types": types, "rows": rows}))
+print(json.dumps({"types": types, "rows": rows}), flush=True)
+# deltalake 1.6's runtime threads sometimes abort the interpreter's teardown ("terminate called
+# without an active exception", one run in two here): the answer is out, so leave at once.
+os._exit(0)
 "#;

@@ -1,9 +1,10 @@
 //! A real Confluent-compatible Schema Registry for the schema'd-topic tests: Apicurio Registry
-//! 3.0.9 (deploy/setup.sh's, from Maven Central) with in-memory storage on a free loopback port,
-//! serving Confluent's API under `/apis/ccompat/v7`. [`Registry::pause`] and
-//! [`Registry::resume`] (SIGSTOP, SIGCONT) make it a registry that does not answer and then
-//! answers again with the same schemas. Killed when dropped. [`produce`] writes records with
-//! confluent-kafka's own `AvroSerializer` (PyPI), which registers their schemas.
+//! 3.0.9 (deploy/setup.sh's, from Maven Central) on a free loopback port, its schemas in an H2
+//! database file of its own (as a production registry keeps them in storage that outlives it),
+//! serving Confluent's API under `/apis/ccompat/v7`. [`Registry::stop`] shuts it down (SIGTERM)
+//! and [`Registry::restart`] starts it again on the same port with the same schemas. Killed when
+//! dropped. [`produce`] writes records with confluent-kafka's own `AvroSerializer` (PyPI),
+//! which registers their schemas.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +15,10 @@ use super::{cache, free_port, Broker};
 
 pub struct Registry {
     child: Child,
+    /// Its `java` arguments, to start it again.
+    args: Vec<String>,
+    /// Where its database file is.
+    _data: tempfile::TempDir,
     /// The Confluent-compatible base URL, `http://127.0.0.1:PORT/apis/ccompat/v7` (`https` for
     /// [`Registry::start_tls`]).
     pub url: String,
@@ -41,34 +46,46 @@ impl Registry {
         assert!(jar.is_file(), "no Apicurio Registry at {}: run deploy/setup.sh", jar.display());
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let mut java = Command::new("java");
-        java.args(["-Xmx384m", "-XX:TieredStopAtLevel=1", "-Dquarkus.http.host=127.0.0.1"]);
+        let data = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> =
+            ["-Xmx384m", "-XX:TieredStopAtLevel=1", "-Dquarkus.http.host=127.0.0.1"].map(String::from).into();
+        args.push(format!("-Dapicurio.datasource.url=jdbc:h2:file:{}/registry", data.path().display()));
         let scheme = match &tls {
             None => {
-                java.arg(format!("-Dquarkus.http.port={port}"));
+                args.push(format!("-Dquarkus.http.port={port}"));
                 "http"
             }
             Some((certs, _)) => {
                 let file = |name: &str| certs.path().join(name).display().to_string();
-                java.arg(format!("-Dquarkus.http.port={}", free_port()))
-                    .arg(format!("-Dquarkus.http.ssl-port={port}"))
-                    .arg(format!("-Dquarkus.http.ssl.certificate.files={}", file("registry-ca-server.crt")))
-                    .arg(format!("-Dquarkus.http.ssl.certificate.key-files={}", file("registry-ca-server.key")))
-                    .arg("-Dquarkus.http.insecure-requests=disabled");
+                args.push(format!("-Dquarkus.http.port={}", free_port()));
+                args.push(format!("-Dquarkus.http.ssl-port={port}"));
+                args.push(format!("-Dquarkus.http.ssl.certificate.files={}", file("registry-ca-server.crt")));
+                args.push(format!("-Dquarkus.http.ssl.certificate.key-files={}", file("registry-ca-server.key")));
+                args.push("-Dquarkus.http.insecure-requests=disabled".into());
                 "https"
             }
         };
-        let child = java
-            .arg("-jar")
-            .arg(&jar)
-            .current_dir(&dir)
+        args.extend(["-jar".to_string(), jar.display().to_string()]);
+        let child = Self::spawn(&args, &log);
+        let (certificates, ca) = tls.unzip();
+        let url = format!("{scheme}://127.0.0.1:{port}/apis/ccompat/v7");
+        let mut registry = Registry { child, args, _data: data, url, ca, log, _certificates: certificates };
+        registry.wait_until_answering();
+        registry
+    }
+
+    fn spawn(args: &[String], log: &tempfile::NamedTempFile) -> Child {
+        Command::new("java")
+            .args(args)
+            .current_dir(cache().join("registry"))
             .stdout(log.reopen().unwrap())
             .stderr(Stdio::from(log.reopen().unwrap()))
             .spawn()
-            .expect("java");
-        let (certificates, ca) = tls.unzip();
-        let url = format!("{scheme}://127.0.0.1:{port}/apis/ccompat/v7");
-        let mut registry = Registry { child, url, ca, log, _certificates: certificates };
+            .expect("java")
+    }
+
+    fn wait_until_answering(&mut self) {
+        let registry = self;
         let deadline = Instant::now() + Duration::from_secs(90);
         while !registry.answers() {
             if let Some(status) = registry.child.try_wait().unwrap() {
@@ -77,7 +94,6 @@ impl Registry {
             assert!(Instant::now() < deadline, "the registry did not answer within 90 s:\n{}", registry.log());
             std::thread::sleep(Duration::from_millis(200));
         }
-        registry
     }
 
     /// Whether it answers: `GET /subjects` over HTTP, or a TCP connection to its HTTPS port
@@ -104,16 +120,19 @@ impl Registry {
         super::http_get(&address, &path)
     }
 
-    /// The registry stops answering (its process is stopped; connections wait).
-    pub fn pause(&self) {
-        let ok = Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status().unwrap();
+    /// Shuts the registry down (SIGTERM, as a service manager stops it) and waits until it has
+    /// exited: connections to its port are refused.
+    pub fn stop(&mut self) {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(ok.success());
+        self.child.wait().unwrap();
     }
 
-    /// The registry answers again, with every schema it had.
-    pub fn resume(&self) {
-        let ok = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status().unwrap();
-        assert!(ok.success());
+    /// Starts it again on the same port, with every schema it had (its database file), and
+    /// waits until it answers.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.args, &self.log);
+        self.wait_until_answering();
     }
 
     pub fn log(&self) -> String {
@@ -123,7 +142,6 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

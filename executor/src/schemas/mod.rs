@@ -61,6 +61,7 @@ impl Decoder {
         let (Some(registry), true) = (&spec.input.schema_registry, spec.input.format.uses_registry()) else {
             return Ok(None);
         };
+        apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
         Ok(Some(Decoder {
             format: spec.input.format,
             registry: Registry::new(registry, password)?,
@@ -147,7 +148,56 @@ impl Decoder {
             apache_avro::Schema::parse_str_with_list(&found.schema, &texts)
                 .map(|(schema, referenced)| Writer::Avro { schema, referenced })
         };
-        Ok(parsed.map_err(|e| format!("schema id {id} is not a valid Avro schema: {e}")))
+        let writer = match parsed {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(format!("schema id {id} is not a valid Avro schema: {e}"))),
+        };
+        if let Writer::Avro { schema, referenced } = &writer {
+            if let Some(path) = std::iter::once(schema).chain(referenced).find_map(|s| unbounded_collection(s, "")) {
+                return Ok(Err(format!(
+                    "schema id {id} has a collection of items that take no bytes ({path}): a value of a few bytes \
+                     could claim millions of them, so its values are not decoded"
+                )));
+            }
+        }
+        Ok(Ok(writer))
+    }
+}
+
+/// The most bytes the Avro decoder may allocate for one string, bytes or collection of a value
+/// (apache-avro's default is 512 MiB): a value that claims more is a bad record. Kafka values
+/// are megabytes.
+const MAX_AVRO_ALLOCATION: usize = 64 << 20;
+
+/// Where (a JSON-pointer-like path) `schema` has an array or map whose items encode in zero
+/// bytes (null, an empty record, `fixed` of size 0): its count alone would decide how much a
+/// decoder allocates. Other items take at least a byte each, so a value's size bounds them.
+fn unbounded_collection(schema: &apache_avro::Schema, at: &str) -> Option<String> {
+    use apache_avro::Schema;
+    let (items, path) = match schema {
+        Schema::Array(a) => (&*a.items, format!("{at}/items")),
+        Schema::Map(m) => (&*m.types, format!("{at}/values")),
+        Schema::Record(r) => {
+            return r.fields.iter().find_map(|f| unbounded_collection(&f.schema, &format!("{at}/{}", f.name)))
+        }
+        Schema::Union(u) => return u.variants().iter().find_map(|v| unbounded_collection(v, at)),
+        _ => return None,
+    };
+    match takes_no_bytes(items) {
+        true => Some(if path.starts_with('/') { path } else { format!("/{path}") }),
+        false => unbounded_collection(items, &path),
+    }
+}
+
+/// Whether every value of `schema` encodes in zero bytes (a named type it refers to by name is
+/// taken to take some).
+fn takes_no_bytes(schema: &apache_avro::Schema) -> bool {
+    use apache_avro::Schema;
+    match schema {
+        Schema::Null => true,
+        Schema::Fixed(f) => f.size == 0,
+        Schema::Record(r) => r.fields.iter().all(|f| takes_no_bytes(&f.schema)),
+        _ => false,
     }
 }
 
@@ -218,6 +268,22 @@ mod tests {
         assert!(frame(Some(b"{\"title\": 1}")).unwrap_err().contains("magic byte 0"));
         assert!(frame(Some(&[0, 1])).unwrap_err().contains("too short"));
         assert_eq!(frame(None).unwrap_err(), "value is null");
+    }
+
+    #[test]
+    fn collections_of_items_without_bytes_are_found() {
+        let parse = |s: &str| apache_avro::Schema::parse_str(s).unwrap();
+        let nulls = parse(
+            r#"{"type": "record", "name": "P", "fields": [
+            {"name": "title", "type": "string"},
+            {"name": "details", "type": ["null", {"type": "record", "name": "D", "fields": [
+                {"name": "marks", "type": {"type": "map", "values": {"type": "array", "items": "null"}}}]}]}]}"#,
+        );
+        assert_eq!(unbounded_collection(&nulls, "").as_deref(), Some("/details/marks/values/items"));
+        let empty = parse(r#"{"type": "array", "items": {"type": "record", "name": "E", "fields": []}}"#);
+        assert_eq!(unbounded_collection(&empty, "").as_deref(), Some("/items"));
+        let fine = parse(r#"{"type": "array", "items": ["null", "string"]}"#);
+        assert_eq!(unbounded_collection(&fine, ""), None, "a union's index takes a byte");
     }
 
     #[test]

@@ -117,12 +117,11 @@ fn field_values(value: &serde_json::Value) -> [serde_json::Value; 4] {
 
 const COLUMNS: &str = "columns = [\"value\", \"brand\", \"price\", \"color\", \"tag\"]";
 
-/// The input of [`input`] with `price` a field too, a double where a sink writes it.
-fn input_with_price(registry: &Registry) -> String {
-    input(registry).replace(
-        "tag = \"/tags/0\" }",
-        "tag = \"/tags/0\", price = \"/details/price\" }\ntypes = { price = \"double\" }",
-    )
+/// The input of [`input`] with `price` a field too. Its column's type: a double, from
+/// `[input.types]` when `typed`, else from the registry's latest Avro schema of the topic.
+fn input_with_price(registry: &Registry, typed: bool) -> String {
+    let types = if typed { "\ntypes = { price = \"double\" }" } else { "" };
+    input(registry).replace("tag = \"/tags/0\" }", &format!("tag = \"/tags/0\", price = \"/details/price\" }}{types}"))
 }
 
 /// How a test's output values are written.
@@ -208,7 +207,7 @@ fn avro_records_of_two_schema_versions_are_embedded_and_bad_values_dead_lettered
         "available_now = true",
         &format!("format = \"avro\"\n{COLUMNS}"),
     )
-    .with_models(&input_with_price(&registry));
+    .with_models(&input_with_price(&registry, false));
     // `validate --check-broker` shows the topic's subject and its latest schema.
     let mut validate = embedstream();
     validate.args(["validate", job.path.to_str().unwrap(), "--check-broker", "--json"]);
@@ -356,7 +355,8 @@ fn protobuf_messages_decode_by_their_message_index_and_bad_ones_are_dead_lettere
     }
     produce_with(PROTO_PRODUCER, &broker, &registry, "items", &plan.json);
 
-    let input = input_with_price(&registry).replace("format = \"avro\"", "format = \"protobuf\"");
+    // Protobuf fields are typed by [input.types] only.
+    let input = input_with_price(&registry, true).replace("format = \"avro\"", "format = \"protobuf\"");
     // JSON output values, with the record's fields beside the vector.
     let job = Job::new(
         &broker,
@@ -381,7 +381,7 @@ fn a_registry_over_https_is_trusted_through_its_ca() {
     let plan = plan(6);
     produce(&broker, &registry, "items", &plan.json);
     // One `[model]`, whose column the Delta reader reads (`embedding`).
-    let with_ca = input_with_price(&registry)
+    let with_ca = input_with_price(&registry, false)
         .replace("{ url = ", &format!("{{ ca = \"{}\", url = ", ca.display()))
         .replace("[[models]]\nname = \"product\"\nkind = \"text-onnx\"\n", "[model]\n");
     let dir = tempfile::tempdir().unwrap();

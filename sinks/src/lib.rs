@@ -140,6 +140,36 @@ pub struct SinkContext<'a> {
     pub avro: Option<kafka::avro::AvroOutput>,
 }
 
+/// Types the Avro input's field columns that `[input.types]` leaves out from the latest schema
+/// of the first source topic's `<topic>-value` subject ([`registry::avro_field_type`]), in the
+/// driver before anything starts; the executors get the spec with those types. A field the
+/// schema does not type stays text. A registry that does not answer is retried for
+/// `retry_for`, then the query does not start (the types must not change with the registry's
+/// health).
+pub async fn type_fields_from_registry(spec: &mut JobSpec, password: Option<&Secret>) -> Result<(), SinkError> {
+    let Some(registry) = &spec.input.schema_registry else { return Ok(()) };
+    let untyped: Vec<String> = (spec.field_columns().into_iter())
+        .filter(|c| !spec.input.types.contains_key(&c.name) && spec.input.fields.contains_key(&c.name))
+        .map(|c| c.name)
+        .collect();
+    if spec.input.format != embedstream_core::spec::InputFormat::Avro || untyped.is_empty() {
+        return Ok(());
+    }
+    let client = registry::Registry::new(registry, password)?;
+    for topic in spec.source_topics() {
+        let subject = format!("{topic}-value");
+        let Some(latest) = client.latest_until_answered(&subject).await? else { continue };
+        let Ok(schema) = serde_json::from_str::<serde_json::Value>(&latest.schema) else { continue };
+        for name in untyped {
+            let Some(ty) = registry::avro_field_type(&schema, &spec.input.fields[&name]) else { continue };
+            tracing::info!(field = %name, r#type = ty.name(), subject, "field column typed by the registry's latest schema");
+            spec.input.types.insert(name, ty);
+        }
+        break;
+    }
+    Ok(())
+}
+
 /// Registers a Kafka sink's Avro output schema under `<topic>-value` in the query's registry:
 /// the driver does it before the first batch (a refusal stops the query there, naming the
 /// subject), each executor again to learn the id (registering a schema the subject has is

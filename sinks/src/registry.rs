@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use embedstream_core::spec::input::SchemaRegistrySpec;
-use embedstream_core::spec::Secret;
+use embedstream_core::spec::{FieldType, Secret};
 use serde::Deserialize;
 
 /// How long one request may take before it counts as unanswered.
@@ -181,6 +181,16 @@ impl Registry {
         }
     }
 
+    /// The latest version of `subject`, `None` if it has none, retrying an outage for
+    /// `retry_for` (the driver types columns with it before anything starts).
+    pub async fn latest_until_answered(&self, subject: &str) -> Result<Option<RegisteredSchema>, RegistryError> {
+        let url = format!("{}/subjects/{}/versions/latest", self.base, encode(subject));
+        Ok(match self.ask_until_answered(&url, 0).await? {
+            Lookup::Found(s) => Some(s),
+            Lookup::Unknown(_) => None,
+        })
+    }
+
     /// GET `url` until the registry answers, backing off, for at most `retry_for`.
     async fn ask_until_answered(&self, url: &str, id: u32) -> Result<Lookup, RegistryError> {
         let started = Instant::now();
@@ -263,4 +273,131 @@ fn encode(subject: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The column type (`[input.types]`) of the field at JSON `pointer` in records of the Avro
+/// schema `schema` (its JSON): string and enum are text; int and long bigint (a long with
+/// `timestamp-millis` a timestamp); float and double double; boolean boolean. A union of null
+/// and one type is that type. `None` for anything else (records, arrays, maps, bytes, unions
+/// of several types, a pointer the schema does not have): the column is then text.
+pub fn avro_field_type(schema: &serde_json::Value, pointer: &str) -> Option<FieldType> {
+    let mut named = std::collections::HashMap::new();
+    collect_named(schema, None, &mut named);
+    let mut at = schema;
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        at = resolve(at, &named)?;
+        at = match at.get("type").and_then(|t| t.as_str()) {
+            Some("record") => {
+                let fields = at.get("fields")?.as_array()?;
+                &fields.iter().find(|f| f.get("name").and_then(|n| n.as_str()) == Some(segment.as_str()))?["type"]
+            }
+            Some("array") if segment.parse::<usize>().is_ok() => at.get("items")?,
+            Some("map") => at.get("values")?,
+            _ => return None,
+        };
+    }
+    let leaf = resolve(at, &named)?;
+    let logical = leaf.get("logicalType").and_then(|l| l.as_str());
+    let primitive = leaf.as_str().or_else(|| leaf.get("type").and_then(|t| t.as_str()))?;
+    Some(match (primitive, logical) {
+        ("long", Some("timestamp-millis")) => FieldType::Timestamp,
+        ("long" | "int", Some(_)) => return None,
+        ("string" | "enum", _) => FieldType::Text,
+        ("int" | "long", None) => FieldType::Bigint,
+        ("float" | "double", _) => FieldType::Double,
+        ("boolean", _) => FieldType::Boolean,
+        _ => return None,
+    })
+}
+
+/// `schema` with a union of null and one type taken as that type, and a named type's name as
+/// its definition.
+fn resolve<'s>(
+    schema: &'s serde_json::Value,
+    named: &std::collections::HashMap<String, &'s serde_json::Value>,
+) -> Option<&'s serde_json::Value> {
+    match schema {
+        serde_json::Value::Array(union) => {
+            let mut types = union.iter().filter(|t| t.as_str() != Some("null"));
+            match (types.next(), types.next()) {
+                (Some(one), None) => resolve(one, named),
+                _ => None,
+            }
+        }
+        serde_json::Value::String(name) if !PRIMITIVES.contains(&name.as_str()) => named.get(name.as_str()).copied(),
+        serde_json::Value::Object(o) if o.get("type").is_some_and(|t| !t.is_string()) => resolve(&o["type"], named),
+        other => Some(other),
+    }
+}
+
+const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
+
+/// Every record, enum and fixed defined in `schema`, by its name and its full name.
+fn collect_named<'s>(
+    schema: &'s serde_json::Value,
+    namespace: Option<&'s str>,
+    named: &mut std::collections::HashMap<String, &'s serde_json::Value>,
+) {
+    match schema {
+        serde_json::Value::Array(union) => union.iter().for_each(|t| collect_named(t, namespace, named)),
+        serde_json::Value::Object(o) => {
+            let namespace = o.get("namespace").and_then(|n| n.as_str()).or(namespace);
+            if let (Some(name), Some("record" | "enum" | "fixed")) =
+                (o.get("name").and_then(|n| n.as_str()), o.get("type").and_then(|t| t.as_str()))
+            {
+                named.insert(name.to_string(), schema);
+                if let Some(ns) = namespace {
+                    named.insert(format!("{ns}.{name}"), schema);
+                }
+            }
+            for key in ["type", "items", "values"] {
+                if let Some(inner) = o.get(key) {
+                    collect_named(inner, namespace, named);
+                }
+            }
+            for field in o.get("fields").and_then(|f| f.as_array()).into_iter().flatten() {
+                collect_named(&field["type"], namespace, named);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avro_schemas_type_the_fields_they_hold() {
+        let schema = serde_json::json!({
+            "type": "record", "name": "Product", "namespace": "shop",
+            "fields": [
+                {"name": "title", "type": "string"},
+                {"name": "details", "type": ["null", {"type": "record", "name": "Details", "fields": [
+                    {"name": "price", "type": "double"},
+                    {"name": "stock", "type": ["null", "int"]}
+                ]}]},
+                {"name": "listed", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+                {"name": "seen", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+                {"name": "attributes", "type": {"type": "map", "values": "boolean"}},
+                {"name": "tags", "type": {"type": "array", "items": {"type": "enum", "name": "Tag", "symbols": ["A"]}}},
+                {"name": "previous", "type": ["null", "shop.Details"]},
+                {"name": "either", "type": ["string", "long"]}
+            ]
+        });
+        let ty = |p: &str| avro_field_type(&schema, p);
+        assert_eq!(ty("/title"), Some(FieldType::Text));
+        assert_eq!(ty("/details/price"), Some(FieldType::Double));
+        assert_eq!(ty("/details/stock"), Some(FieldType::Bigint));
+        assert_eq!(ty("/listed"), Some(FieldType::Timestamp));
+        assert_eq!(ty("/seen"), None, "microseconds are not the timestamp column's milliseconds");
+        assert_eq!(ty("/attributes/new"), Some(FieldType::Boolean));
+        assert_eq!(ty("/tags/0"), Some(FieldType::Text));
+        assert_eq!(ty("/previous/price"), Some(FieldType::Double), "a named type by its full name");
+        assert_eq!(ty("/details"), None, "a record is its JSON text");
+        assert_eq!(ty("/either"), None);
+        assert_eq!(ty("/missing"), None);
+        assert_eq!(ty("/tags/x"), None);
+    }
 }

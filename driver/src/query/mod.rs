@@ -163,7 +163,7 @@ pub async fn run_local(spec: JobSpec, exe: PathBuf, stop: watch::Receiver<bool>)
 /// address, until `stop` turns true or the admin API stops it (after the batch in flight), or an
 /// `available_now` query has caught up.
 pub async fn run_query(
-    spec: JobSpec,
+    mut spec: JobSpec,
     options: DriverOptions,
     make_launcher: impl FnOnce(&DriverEndpoints) -> Box<dyn Launcher>,
     mut stop: watch::Receiver<bool>,
@@ -174,11 +174,13 @@ pub async fn run_query(
         .await
         .expect("the probe does not panic")?;
     let checkpoint = Checkpoint::open(&spec.checkpoint_location)?;
+    // Avro fields written as columns take their types from the registry's latest schema where
+    // `[input.types]` does not give one: the executors get the spec with them.
+    let registry_password = spec.registry_password_value(&secrets)?;
+    embedstream_sinks::type_fields_from_registry(&mut spec, registry_password).await.map_err(CommitError::from)?;
     // A Kafka sink's Avro output schema is registered now: a registry that refuses it (an
     // incompatible subject) stops the query before anything starts, naming the subject.
-    embedstream_sinks::register_avro_output(&spec, spec.registry_password_value(&secrets)?)
-        .await
-        .map_err(CommitError::from)?;
+    embedstream_sinks::register_avro_output(&spec, registry_password).await.map_err(CommitError::from)?;
     // The sink's committer reaches its server now (pgvector): a wrong password, or a table
     // another query's checkpoint writes, stops the query before anything starts.
     let committer = embedstream_sinks::committer(&spec, spec.sink_password_value(&secrets)?, checkpoint.query_id())

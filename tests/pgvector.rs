@@ -252,6 +252,11 @@ fn bad_connections_and_tables_are_refused_before_the_first_batch_and_appends_are
 
 /// One window of rows as a task hands them to the sink: (key, offset, vector), partition 0 of
 /// topic `t`, 3-dimensional vectors of the model `m`.
+/// The source range of the tasks these tests open by hand.
+fn source() -> embedstream_sinks::kafka::transactions::SourceRange {
+    embedstream_sinks::kafka::transactions::SourceRange { topic: "t".into(), partition: 0, end: 0 }
+}
+
 fn window(rows: &[(&str, i64, [f32; 3])]) -> arrow_array::RecordBatch {
     let stamped: Vec<(&str, i64, i64, [f32; 3])> = rows.iter().map(|&(k, o, v)| (k, o, 1_700_000_000_000, v)).collect();
     window_of(0, &stamped)
@@ -276,7 +281,8 @@ fn writes_in_any_order_leave_each_keys_latest_record_and_tombstones_hold() {
             rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)], vec![])).unwrap(),
         )
     };
-    let task = TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: "id-t".into() };
+    let task =
+        TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: "id-t".into(), source: source() };
     let write = |sink: &std::sync::Arc<pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
         rt.block_on(async {
             let mut w = sink.open(&task).unwrap();
@@ -808,7 +814,8 @@ fn offsets_are_not_a_global_clock() {
         rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)], vec![])).unwrap(),
     );
     let apply = |topic_id: &str, partition: i32, rows: &[(&str, i64, i64, [f32; 3])], delete: bool| {
-        let task = TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: topic_id.into() };
+        let task =
+            TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: topic_id.into(), source: source() };
         rt.block_on(async {
             let mut w = sink.open(&task).unwrap();
             let rows = window_of(partition, rows);

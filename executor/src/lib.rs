@@ -228,6 +228,15 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
             executor_id: &args.executor_id,
             password: spec.sink_password_value(&secrets)?,
             avro: embedstream_sinks::register_avro_output(&spec, spec.registry_password_value(&secrets)?).await?,
+            transactions: match spec.sink.exactly_once_kafka() {
+                false => None,
+                true => Some(embedstream_sinks::kafka::transactions::Transactions::new(
+                    spec.sink_client(&secrets)?,
+                    spec.source_client(&secrets)?,
+                    &spec.group_id(),
+                    spec.transaction_timeout(),
+                )?),
+            },
         },
     )
     .await?;

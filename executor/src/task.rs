@@ -27,6 +27,7 @@ use crate::model::ModelError;
 use crate::pipeline::{Embedded, Pipeline};
 use crate::reader::{KafkaReader, ReadError};
 use crate::records::{RecentOutput, NON_FINITE};
+use embedstream_sinks::kafka::transactions::SourceRange;
 use embedstream_sinks::kafka::{Origin, Pending};
 use embedstream_sinks::{Admit, DeadLetters, Sink, SinkError, TaskInfo, TaskWriter};
 
@@ -147,6 +148,13 @@ struct Counts {
     cache: crate::model::cache::CacheCount,
 }
 
+/// A task attempt's dead letters: the producer they go through (the attempt's transaction's,
+/// with an exactly-once Kafka sink) and those not yet acknowledged.
+struct Letters {
+    via: DeadLetters,
+    pending: Pending,
+}
+
 /// Dead letters enqueued before the task waits for their acknowledgements, so that the
 /// producer's queue holds a bounded share of a long range.
 const DEAD_LETTERS_IN_FLIGHT: usize = 10_000;
@@ -197,14 +205,28 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         attempt: def.attempt,
         partition: def.sink_partition,
         topic_id: def.topic_id.clone(),
+        source: SourceRange { topic: range.tp.topic.clone(), partition: range.tp.partition, end: range.until },
     };
     let mut writer = ctx.sink.open(&info)?;
+    if writer.begin().await? {
+        // An earlier attempt's transaction made this range visible: write nothing.
+        drop(chunks);
+        let _ = read_thread.await;
+        return Ok(TaskSuccessful {
+            latency: Some((&embedstream_core::latency::LatencyHistogram::default()).into()),
+            ..Default::default()
+        });
+    }
+    let dead_letters = match writer.dead_letter_producer() {
+        Some(producer) => ctx.dead_letters.through(producer),
+        None => ctx.dead_letters.clone(),
+    };
     let infer_started = Instant::now();
     let mut counts = Counts::default();
-    let mut pending = Pending::default();
-    let done = windows(ctx, &def, &range, &mut chunks, &mut *writer, &mut pending, &mut counts).await;
+    let mut letters = Letters { via: dead_letters, pending: Pending::default() };
+    let done = windows(ctx, &def, &range, &mut chunks, &mut *writer, &mut letters, &mut counts).await;
     let done = match done {
-        Ok(()) => pending.finish().await.map_err(TaskError::from),
+        Ok(()) => letters.pending.finish().await.map_err(TaskError::from),
         Err(e) => Err(e),
     };
     // The reader stops at its next hand-over once the receiver is gone.
@@ -254,7 +276,7 @@ async fn windows(
     range: &OffsetRange,
     chunks: &mut tokio::sync::mpsc::Receiver<Result<RecordBatch, ReadError>>,
     writer: &mut dyn TaskWriter,
-    pending: &mut Pending,
+    letters: &mut Letters,
     counts: &mut Counts,
 ) -> Result<(), TaskError> {
     let schema = ctx.pipeline.output_schema();
@@ -268,7 +290,7 @@ async fn windows(
             };
             let chunk = chunk.map_err(TaskError::Read)?;
             counts.rows_read += chunk.num_rows() as u64;
-            let chunk = admit(ctx, def, range, chunk, writer, pending, counts).await?;
+            let chunk = admit(ctx, def, range, chunk, writer, letters, counts).await?;
             let rows = Rows::of(&chunk);
             let decoded = match &ctx.decoder {
                 Some(decoder) => {
@@ -289,10 +311,10 @@ async fn windows(
                 decoded.as_deref(),
             );
             for (i, reason) in &prepared.refused {
-                dead_letter(ctx, def, range, &rows, pending, *i, reason, counts).await?;
+                dead_letter(def, range, &rows, letters, *i, reason, counts).await?;
             }
-            if pending.len() >= DEAD_LETTERS_IN_FLIGHT {
-                std::mem::take(pending).finish().await?;
+            if letters.pending.len() >= DEAD_LETTERS_IN_FLIGHT {
+                std::mem::take(&mut letters.pending).finish().await?;
             }
             if prepared.good.is_empty() {
                 continue;
@@ -317,7 +339,7 @@ async fn windows(
             );
             let rows = Rows::of(&chunk);
             for (i, reason) in &finished.failed {
-                dead_letter(ctx, def, range, &rows, pending, *i, reason, counts).await?;
+                dead_letter(def, range, &rows, letters, *i, reason, counts).await?;
             }
         }
         if !finished.non_finite.is_empty() {
@@ -326,7 +348,7 @@ async fn windows(
             ctx.metrics.non_finite_vectors.inc_by(dropped as u64);
             let rows = Rows::of(&chunk);
             for &i in &finished.non_finite {
-                dead_letter(ctx, def, range, &rows, pending, i, NON_FINITE, counts).await?;
+                dead_letter(def, range, &rows, letters, i, NON_FINITE, counts).await?;
             }
         }
         counts.embedded += finished.rows.len() as u64;
@@ -347,7 +369,7 @@ async fn admit(
     range: &OffsetRange,
     chunk: RecordBatch,
     writer: &mut dyn TaskWriter,
-    pending: &mut Pending,
+    letters: &mut Letters,
     counts: &mut Counts,
 ) -> Result<RecordBatch, TaskError> {
     let rows = Rows::of(&chunk);
@@ -356,7 +378,7 @@ async fn admit(
         match ctx.sink.admit(rows.key(i), rows.value(i)) {
             Admit::Embed => embed.push(i as u32),
             Admit::Delete => delete.push(i as u32),
-            Admit::Refuse(reason) => dead_letter(ctx, def, range, &rows, pending, i, &reason, counts).await?,
+            Admit::Refuse(reason) => dead_letter(def, range, &rows, letters, i, &reason, counts).await?,
         }
     }
     if embed.len() == chunk.num_rows() {
@@ -428,11 +450,10 @@ impl<'a> Rows<'a> {
 /// Enqueues row `i` of a chunk for the dead-letter topic, as it came, with `reason`.
 #[allow(clippy::too_many_arguments)]
 async fn dead_letter(
-    ctx: &TaskContext,
     def: &TaskDefinition,
     range: &OffsetRange,
     rows: &Rows<'_>,
-    pending: &mut Pending,
+    letters: &mut Letters,
     i: usize,
     reason: &str,
     counts: &mut Counts,
@@ -446,7 +467,7 @@ async fn dead_letter(
         offset,
         key: rows.key(i),
     };
-    ctx.dead_letters.send(pending, def.dead_letter_partition, &origin, rows.value(i), reason).await?;
+    letters.via.send(&mut letters.pending, def.dead_letter_partition, &origin, rows.value(i), reason).await?;
     counts.dead_letters += 1;
     // Counted by kind and sampled with a bounded reason: a task's status stays small whatever
     // its records hold (the dead letter itself keeps the whole reason).

@@ -20,6 +20,7 @@ use crate::kafka::producer::{origin_headers, HEADER_ROOM};
 use crate::kafka::{KafkaProducer, Origin, Pending};
 use crate::SinkError;
 
+#[derive(Clone)]
 pub struct DeadLetters {
     producer: Arc<KafkaProducer>,
     topic: Arc<str>,
@@ -39,6 +40,12 @@ impl DeadLetters {
     pub fn new(spec: &JobSpec, producer: Arc<KafkaProducer>, model_id: String) -> DeadLetters {
         let max_value = producer.message_max_bytes().saturating_sub(ROOM_FOR_KEY_AND_HEADERS).max(1);
         DeadLetters { producer, topic: spec.dead_letter_topic().into(), model_id, max_value }
+    }
+
+    /// The same dead letters sent through `producer` (a task attempt's transactional one, on
+    /// the same cluster).
+    pub fn through(&self, producer: Arc<KafkaProducer>) -> DeadLetters {
+        DeadLetters { producer, ..self.clone() }
     }
 
     /// Enqueues a dead letter for `partition` of the dead-letter topic: the input value as it

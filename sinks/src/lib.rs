@@ -61,6 +61,9 @@ pub enum SinkError {
     /// A database sink's server: `url` is `sink.url` as the spec writes it (no password).
     #[error("sink.url = \"{url}\": {message}")]
     Database { url: String, message: String },
+    /// A Kafka transaction (`sink.guarantee = "exactly_once"`) could not be begun or committed.
+    #[error("Kafka transaction: {0}")]
+    Transaction(String),
     /// The Avro output schema could not be registered (`sink.format = "avro"`).
     #[error("sink.format = \"avro\": {0}")]
     Registry(#[from] registry::RegistryError),
@@ -76,6 +79,8 @@ pub struct TaskInfo {
     /// The Kafka topic id of the records' topic (the incarnation they are in), empty when the
     /// batch was logged before ids were kept.
     pub topic_id: String,
+    /// The source range the task reads (a Kafka transaction's unit).
+    pub source: kafka::transactions::SourceRange,
 }
 
 /// What a committed task attempt hands to the driver.
@@ -108,6 +113,17 @@ pub trait Sink: Send + Sync {
 }
 
 pub trait TaskWriter: Send {
+    /// Starts the attempt before anything is written: `true` when an earlier attempt made the
+    /// range durable already (an exactly-once Kafka sink's committed transaction), so that this
+    /// one must write nothing.
+    fn begin(&mut self) -> BoxFuture<'_, Result<bool, SinkError>> {
+        Box::pin(async { Ok(false) })
+    }
+    /// The producer the attempt's dead letters go through, when it is not the executor's
+    /// shared one (the attempt's transaction).
+    fn dead_letter_producer(&self) -> Option<Arc<KafkaProducer>> {
+        None
+    }
     /// Takes one window of rows (columns of [`rows::output_schema`]), in offset order.
     fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>>;
     /// Deletes the rows of the tombstones in `rows` (columns of [`rows::input_schema`]); only
@@ -138,6 +154,8 @@ pub struct SinkContext<'a> {
     /// A Kafka sink's registered Avro output schema (`format = "avro"`,
     /// [`register_avro_output`]).
     pub avro: Option<kafka::avro::AvroOutput>,
+    /// A Kafka sink's transactions (`guarantee = "exactly_once"`).
+    pub transactions: Option<kafka::transactions::Transactions>,
 }
 
 /// Types the Avro input's field columns that `[input.types]` leaves out from the latest schema
@@ -196,7 +214,9 @@ pub async fn register_avro_output(
 /// The spec's sink, on an executor: a sink with a server checks it here, before any task.
 pub async fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &spec.kind {
-        SinkKind::Kafka(k) => Box::new(Arc::new(KafkaSink::new(k, ctx.producer, ctx.outputs, ctx.fields, ctx.avro))),
+        SinkKind::Kafka(k) => Box::new(Arc::new(
+            KafkaSink::new(k, ctx.producer, ctx.outputs, ctx.fields, ctx.avro).with_transactions(ctx.transactions),
+        )),
         SinkKind::Parquet(p) => Box::new(Arc::new(parquet::ParquetSink::new(p, &ctx)?)),
         // A Delta table's files are the Parquet sink's; its committer differs.
         SinkKind::Delta(d) => Box::new(Arc::new(parquet::ParquetSink::new(&d.files(), &ctx)?)),

@@ -64,7 +64,7 @@ const OWNED: &[(&str, &str)] = &[
     ("enable.partition.eof", "a task reads exactly its planned offset range"),
     ("isolation.level", "embedstream reads committed records only (read_committed)"),
     ("enable.idempotence", "the sink's producer is always idempotent"),
-    ("transactional.id", "embedstream's sinks do not write in Kafka transactions"),
+    ("transactional.id", "set sink.guarantee = \"exactly_once\": embedstream then names each partition's transactions"),
 ];
 
 /// Properties that make librdkafka run a command (`system()`) or load code into the process:

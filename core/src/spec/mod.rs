@@ -40,8 +40,8 @@ const MAX_ERRORS_SHOWN: usize = 10;
 
 pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
 pub use sink::{
-    DeltaSinkSpec, KafkaSinkSpec, ParquetSinkSpec, PartitionBy, PgDistance, PgIndex, PgMode, PgvectorSinkSpec,
-    SinkCommon, SinkKind, SinkSpec, VectorFormat,
+    DeltaSinkSpec, Guarantee, KafkaSinkSpec, ParquetSinkSpec, PartitionBy, PgDistance, PgIndex, PgMode,
+    PgvectorSinkSpec, SinkCommon, SinkKind, SinkSpec, VectorFormat,
 };
 pub use source::{SourceSpec, StartAt, StartingOffsets};
 pub use units::{parse_memory_mb, HumanDuration, MemorySize, Mib, Written};
@@ -385,6 +385,16 @@ impl JobSpec {
         }
     }
 
+    /// `transaction.timeout.ms` of an exactly-once Kafka sink's transactions: the deadline of the
+    /// largest task a trigger plans (`max_offsets_per_trigger` records, else 10,000) and a
+    /// minute, within the broker's default `transaction.max.timeout.ms` (15 minutes). A task
+    /// that dies leaves its transaction open this long at most, when no attempt follows it.
+    pub fn transaction_timeout(&self) -> std::time::Duration {
+        let records = self.source.max_offsets_per_trigger.unwrap_or(10_000);
+        let timeout = self.task_deadline(records) + std::time::Duration::from_secs(60);
+        timeout.min(std::time::Duration::from_secs(900))
+    }
+
     /// Where the driver keeps what is only for this machine's tools (`progress.jsonl`,
     /// `driver.json`, `monitoring/targets.json`): the checkpoint's directory, or, when the
     /// checkpoint is on HDFS, `embedstream-state/` in the working directory (a YARN
@@ -491,6 +501,9 @@ impl JobSpec {
                  and parquet sinks",
             ));
         }
+        if self.sink.exactly_once_kafka() {
+            self.validate_exactly_once()?;
+        }
         self.monitoring.validate()?;
         self.executors.validate()
     }
@@ -499,6 +512,35 @@ impl JobSpec {
     /// `value`), typed by `[input.types]`, in the spec's order.
     pub fn field_columns(&self) -> Vec<FieldColumn> {
         self.input.field_columns(self.sink.columns())
+    }
+
+    /// What Kafka transactions need: the consumer group's offsets are sent in each task's
+    /// transaction, so the output is on the source's cluster, dead letters share the sink's
+    /// producer, and a partition's range is one task (a split's tasks would commit the
+    /// partition's offset out of order).
+    fn validate_exactly_once(&self) -> Result<(), SpecError> {
+        const WHY: &str = "with sink.guarantee = \"exactly_once\"";
+        if self.sink.bootstrap_servers().is_some_and(|b| b != self.source.bootstrap_servers) {
+            return Err(SpecError::new(
+                "sink.bootstrap_servers",
+                format!("{WHY} the output goes to the source's cluster: the consumer group's offsets are committed in the same transaction"),
+            ));
+        }
+        if self.sink.dead_letter_kafka().is_some() {
+            return Err(SpecError::new(
+                "sink.dead_letter_kafka",
+                format!("{WHY} dead letters are written in the task's transaction, by the sink's producer"),
+            ));
+        }
+        if self.source.min_partitions.is_some() {
+            return Err(SpecError::new(
+                "source.min_partitions",
+                format!(
+                    "{WHY} a partition's range is one task (the tasks of a split would commit its offset out of order)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Topics named by `subscribe` or `assign` (empty for a pattern).

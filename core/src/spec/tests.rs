@@ -758,3 +758,18 @@ fn sink_columns_are_input_fields_typed_by_input_types() {
     assert_eq!(e.key, "sink.columns");
     assert!(e.message.contains("f32le"), "{e}");
 }
+
+#[test]
+fn exactly_once_kafka_output_is_refused_where_transactions_cannot_hold() {
+    let f = files();
+    let eos = |source: &str, sink: &str| load(&spec(&f, source, &format!("guarantee = \"exactly_once\"\n{sink}")));
+    let ok = eos("", "").unwrap();
+    assert!(ok.sink.exactly_once_kafka());
+    assert!(ok.transaction_timeout() <= Duration::from_secs(900));
+    assert_eq!(eos("min_partitions = 4", "").unwrap_err().key, "source.min_partitions");
+    assert_eq!(eos("", "bootstrap_servers = \"other:9092\"").unwrap_err().key, "sink.bootstrap_servers");
+    eos("", "bootstrap_servers = \"127.0.0.1:9092\"").unwrap();
+    let e = eos("", "[sink.dead_letter_kafka]\n\"acks\" = \"all\"").unwrap_err();
+    assert_eq!(e.key, "sink.dead_letter_kafka");
+    assert!(key_of(&spec(&f, "", "guarantee = \"twice\"")).starts_with("sink.guarantee"));
+}

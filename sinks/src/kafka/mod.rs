@@ -22,6 +22,7 @@
 
 pub mod avro;
 pub mod producer;
+pub mod transactions;
 
 use std::sync::Arc;
 
@@ -53,6 +54,8 @@ pub struct KafkaSink {
     fields: Vec<FieldColumn>,
     /// `format = "avro"`: the registered output schema.
     avro: Option<avro::AvroOutput>,
+    /// `guarantee = "exactly_once"`: each task attempt writes in a transaction of its own.
+    transactions: Option<Arc<transactions::Transactions>>,
     /// The longest key whose output records fit in one message.
     max_key: usize,
 }
@@ -78,8 +81,15 @@ impl KafkaSink {
             with_value,
             fields,
             avro,
+            transactions: None,
             max_key,
         }
+    }
+
+    /// The sink with each task attempt in a Kafka transaction (`guarantee = "exactly_once"`).
+    pub fn with_transactions(mut self, transactions: Option<transactions::Transactions>) -> KafkaSink {
+        self.transactions = transactions.map(Arc::new);
+        self
     }
 
     /// The names of the cells a row carries beside its vector, in order.
@@ -97,6 +107,7 @@ impl KafkaSink {
     /// with what the row carries beside it.
     async fn send_embedding(
         &self,
+        producer: &KafkaProducer,
         pending: &mut Pending,
         partition: i32,
         origin: &Origin<'_>,
@@ -133,7 +144,7 @@ impl KafkaSink {
             Some(k) => record.key(k),
             None => record,
         };
-        self.producer.enqueue(pending, &self.topic, record).await
+        producer.enqueue(pending, &self.topic, record).await
     }
 }
 
@@ -152,6 +163,8 @@ impl crate::Sink for Arc<KafkaSink> {
             partition: task.partition,
             topic_id: task.topic_id.clone(),
             acks: Vec::new(),
+            source: task.source.clone(),
+            transaction: None,
         }))
     }
 
@@ -187,6 +200,16 @@ struct KafkaTaskWriter {
     /// The source topic's id, in every output record's `es.topic_id`.
     topic_id: String,
     acks: Vec<WindowAcks>,
+    /// The range the task reads, and with exactly-once, the attempt's transactional producer.
+    source: transactions::SourceRange,
+    transaction: Option<Arc<KafkaProducer>>,
+}
+
+impl KafkaTaskWriter {
+    /// The producer the attempt writes with: its transaction's, or the executor's.
+    fn producer(&self) -> Arc<KafkaProducer> {
+        self.transaction.clone().unwrap_or_else(|| self.sink.producer.clone())
+    }
 }
 
 fn column<'a, T: 'static>(rows: &'a RecordBatch, name: &str) -> &'a T {
@@ -194,6 +217,23 @@ fn column<'a, T: 'static>(rows: &'a RecordBatch, name: &str) -> &'a T {
 }
 
 impl TaskWriter for KafkaTaskWriter {
+    fn begin(&mut self) -> BoxFuture<'_, Result<bool, SinkError>> {
+        Box::pin(async move {
+            let Some(transactions) = &self.sink.transactions else { return Ok(false) };
+            match transactions.begin(&self.source).await? {
+                transactions::Attempt::Committed => Ok(true),
+                transactions::Attempt::Open(producer) => {
+                    self.transaction = Some(producer);
+                    Ok(false)
+                }
+            }
+        })
+    }
+
+    fn dead_letter_producer(&self) -> Option<Arc<KafkaProducer>> {
+        self.transaction.clone()
+    }
+
     fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let keys: &BinaryArray = column(rows, "key");
@@ -214,6 +254,7 @@ impl TaskWriter for KafkaTaskWriter {
             let values: Option<&BinaryArray> = self.sink.with_value.then(|| column(rows, "value"));
             let fields: Vec<&ArrayRef> =
                 (self.sink.fields.iter()).map(|f| rows.column_by_name(&f.name).expect("the output schema")).collect();
+            let producer = self.producer();
             let mut pending = Pending::default();
             for i in 0..rows.num_rows() {
                 let origin = Origin {
@@ -232,8 +273,14 @@ impl TaskWriter for KafkaTaskWriter {
                 beside.cells.extend(fields.iter().map(|f| crate::rows::cell_at(f, i)));
                 for &(model, values, dim) in &vectors {
                     let vector = &values[i * dim..(i + 1) * dim];
-                    let sent =
-                        self.sink.send_embedding(&mut pending, self.partition, &origin, (model, vector), &beside);
+                    let sent = self.sink.send_embedding(
+                        &producer,
+                        &mut pending,
+                        self.partition,
+                        &origin,
+                        (model, vector),
+                        &beside,
+                    );
                     sent.await?;
                 }
             }
@@ -246,17 +293,32 @@ impl TaskWriter for KafkaTaskWriter {
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<TaskOutput, SinkError>> {
         Box::pin(async move {
             let mut out = TaskOutput::default();
+            let mut acked_stamps = Vec::new();
             for (stamps, ack) in self.acks {
                 let acked = ack.await.expect("acknowledgements do not panic")?;
+                acked_stamps.push((stamps, acked));
+            }
+            // With exactly-once, records are visible once the transaction commits.
+            if let (Some(transactions), Some(producer)) = (&self.sink.transactions, &self.transaction) {
+                transactions.commit(producer, &self.source).await?;
+                let committed = now_ms();
+                acked_stamps.iter_mut().for_each(|(_, acked)| *acked = committed);
+            }
+            for (stamps, acked) in acked_stamps {
                 stamps.iter().for_each(|t| out.latency.observe((acked - t).max(0) as f64 / 1000.0));
             }
             Ok(out)
         })
     }
 
-    /// Records already sent stay in the topic: a retried task writes them again (at-least-once).
+    /// At least once, records already sent stay in the topic: a retried task writes them
+    /// again. Exactly once, the attempt's transaction is aborted.
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
+        Box::pin(async move {
+            if let (Some(transactions), Some(producer)) = (&self.sink.transactions, &self.transaction) {
+                transactions.abort(producer).await;
+            }
+        })
     }
 }
 

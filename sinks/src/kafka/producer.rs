@@ -42,6 +42,9 @@ pub struct KafkaProducer {
     current: RwLock<Arc<FutureProducer>>,
     /// Producers made to replace one that hit a fatal error.
     replaced: AtomicU64,
+    /// A transactional producer (`transactional.id`) is never replaced: its fatal error (fenced
+    /// by a newer attempt) ends the task attempt that uses it.
+    transactional: bool,
 }
 
 /// Records enqueued but not yet acknowledged by the broker, with the topic each went to.
@@ -60,7 +63,32 @@ impl KafkaProducer {
             .set("message.timeout.ms", "30000")
             .set("queue.buffering.max.messages", "200000");
         let producer: FutureProducer = config.create()?;
-        Ok(KafkaProducer { config, current: RwLock::new(Arc::new(producer)), replaced: AtomicU64::new(0) })
+        Ok(KafkaProducer {
+            config,
+            current: RwLock::new(Arc::new(producer)),
+            replaced: AtomicU64::new(0),
+            transactional: false,
+        })
+    }
+
+    /// A producer of transactions as `transactional_id`, each open for at most `timeout`
+    /// before the broker aborts it. [`super::transactions`] initialises it (which fences every
+    /// earlier producer of the id) and drives its transactions.
+    pub fn transactional(
+        mut config: ClientConfig,
+        transactional_id: &str,
+        timeout: Duration,
+    ) -> Result<KafkaProducer, SinkError> {
+        config.set("transactional.id", transactional_id).set("transaction.timeout.ms", timeout.as_millis().to_string());
+        let mut producer = KafkaProducer::new(config)?;
+        producer.transactional = true;
+        Ok(producer)
+    }
+
+    /// The librdkafka producer itself, for the transaction calls (which block: call them on a
+    /// blocking thread).
+    pub(crate) fn client(&self) -> Arc<FutureProducer> {
+        self.current.read().unwrap().clone()
     }
 
     /// The most bytes one record may take (`message.max.bytes`, librdkafka's 1,000,000 unless
@@ -77,6 +105,9 @@ impl KafkaProducer {
     /// The producer to send with: the current one, or a new one if it hit a fatal error.
     fn producer(&self) -> Arc<FutureProducer> {
         let current = self.current.read().unwrap().clone();
+        if self.transactional {
+            return current;
+        }
         let Some((code, reason)) = current.client().fatal_error() else { return current };
         let mut slot = self.current.write().unwrap();
         // Another task may have replaced it meanwhile.

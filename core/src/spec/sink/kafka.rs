@@ -17,6 +17,19 @@ pub enum VectorFormat {
     Avro,
 }
 
+/// What a consumer of the output topic sees of a task that was retried or a batch run again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// A retried task's records may be written again (the producer is idempotent, the task is
+    /// not).
+    #[default]
+    AtLeastOnce,
+    /// Each task's records, dead letters and the consumer group's offset are written in one
+    /// Kafka transaction (`read_committed` consumers see every record once).
+    ExactlyOnce,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkSpec {
@@ -25,6 +38,8 @@ pub struct KafkaSinkSpec {
     pub topic: String,
     #[serde(default = "default_format")]
     pub format: VectorFormat,
+    #[serde(default)]
+    pub guarantee: Guarantee,
     /// Input fields written beside the vector (format "json" or "avro"): "value" (the text) and any of
     /// `[input]`'s fields and headers, typed by `[input.types]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

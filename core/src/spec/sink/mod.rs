@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use delta::DeltaSinkSpec;
-pub use kafka::{KafkaSinkSpec, VectorFormat};
+pub use kafka::{Guarantee, KafkaSinkSpec, VectorFormat};
 pub use parquet::{ParquetSinkSpec, PartitionBy};
 pub use pgvector::{PgDistance, PgIndex, PgMode, PgvectorSinkSpec};
 
@@ -96,6 +96,11 @@ impl SinkSpec {
             SinkKind::Delta(d) => &d.columns,
             SinkKind::Pgvector(p) => &p.columns,
         }
+    }
+
+    /// Whether a Kafka sink writes each task in a transaction (`guarantee = "exactly_once"`).
+    pub fn exactly_once_kafka(&self) -> bool {
+        matches!(&self.kind, SinkKind::Kafka(k) if k.guarantee == Guarantee::ExactlyOnce)
     }
 
     /// The directory of a file sink's table (Parquet, Delta).

@@ -1,0 +1,146 @@
+//! Exactly-once Kafka output (`sink.guarantee = "exactly_once"`), the way Kafka Streams' exactly-once
+//! v2 does it: a task's output records, its dead letters and the consumer group's offset for
+//! its partition (the end of its range) are written in one Kafka transaction, which the task
+//! commits when its last record is acknowledged. The broker makes the three visible together to
+//! `read_committed` consumers, or none of them.
+//!
+//! - **Fencing.** Each task attempt makes a new producer whose `transactional.id` is the query's
+//!   for the source partition (`embedstream-<group>-<topic>-<partition>`) and initialises it:
+//!   the broker bumps the id's epoch, so the producer of any earlier attempt of a range of that
+//!   partition (an executor killed, frozen or cut off) can no longer write or commit, and its
+//!   open transaction is aborted.
+//! - **Recovery.** After the initialisation, the group's committed offset for the partition is
+//!   final (no transaction of an earlier attempt is pending). If it has reached the end of the
+//!   task's range, an earlier attempt committed this range (before a driver crash, say): the
+//!   task writes nothing and succeeds. Otherwise nothing of the range is visible, and the task
+//!   writes all of it. The driver's write-ahead log still decides which batch is next; the
+//!   transaction decides whether a range's records are visible.
+//! - **A task that dies** leaves its transaction open: the next attempt's initialisation aborts
+//!   it; if no attempt comes, the broker aborts it after `transaction.timeout.ms`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::Producer;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::KafkaProducer;
+use crate::SinkError;
+
+/// The range a task reads: the unit of a transaction.
+#[derive(Debug, Clone)]
+pub struct SourceRange {
+    pub topic: String,
+    pub partition: i32,
+    /// The offset after the range's last record: the group's offset once it is committed.
+    pub end: i64,
+}
+
+/// How long one transaction call may wait for the broker.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The executor's side of the protocol: the sink's producer configuration, and a consumer of
+/// the query's group (for its offsets and its metadata, which the transaction carries).
+pub struct Transactions {
+    producer_config: ClientConfig,
+    consumer: Arc<BaseConsumer>,
+    group: String,
+    /// `transaction.timeout.ms`: the task deadline and a margin.
+    timeout: Duration,
+}
+
+/// One task attempt's transaction: its producer, or nothing to do (its range is committed).
+pub enum Attempt {
+    Open(Arc<KafkaProducer>),
+    Committed,
+}
+
+fn failed(doing: &str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Transaction(format!("{doing}: {e}"))
+}
+
+/// Runs a blocking librdkafka call on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("librdkafka calls do not panic")
+}
+
+impl Transactions {
+    /// `consumer_config` is the source cluster's client configuration (the sink's is the same
+    /// cluster: the spec refuses another).
+    pub fn new(
+        producer_config: ClientConfig,
+        mut consumer_config: ClientConfig,
+        group: &str,
+        timeout: Duration,
+    ) -> Result<Transactions, SinkError> {
+        consumer_config.set("group.id", group).set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = consumer_config.create()?;
+        Ok(Transactions { producer_config, consumer: Arc::new(consumer), group: group.into(), timeout })
+    }
+
+    fn transactional_id(&self, range: &SourceRange) -> String {
+        format!("embedstream-{}-{}-{}", self.group, range.topic, range.partition)
+    }
+
+    /// Starts a task attempt over `range`: fences every earlier producer of its partition, then
+    /// opens a transaction, unless the group's offset says the range is committed already.
+    pub async fn begin(&self, range: &SourceRange) -> Result<Attempt, SinkError> {
+        let id = self.transactional_id(range);
+        let producer = Arc::new(KafkaProducer::transactional(self.producer_config.clone(), &id, self.timeout)?);
+        let client = producer.client();
+        blocking(move || client.init_transactions(CALL_TIMEOUT))
+            .await
+            .map_err(|e| failed(&format!("initialising transactional.id {id}"), e))?;
+        if self.committed(range).await? >= range.end {
+            tracing::info!(topic = %range.topic, partition = range.partition, end = range.end,
+                "the range was committed by an earlier attempt; nothing to write");
+            return Ok(Attempt::Committed);
+        }
+        let client = producer.client();
+        blocking(move || client.begin_transaction()).await.map_err(|e| failed("beginning a transaction", e))?;
+        Ok(Attempt::Open(producer))
+    }
+
+    /// The group's committed offset for the range's partition (-1 for none). librdkafka asks
+    /// for stable offsets (`read_committed`): a pending transactional commit is waited for.
+    async fn committed(&self, range: &SourceRange) -> Result<i64, SinkError> {
+        let consumer = self.consumer.clone();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&range.topic, range.partition);
+        let got = blocking(move || consumer.committed_offsets(tpl, CALL_TIMEOUT))
+            .await
+            .map_err(|e| failed(&format!("reading group {}'s offsets", self.group), e))?;
+        let offset = got.find_partition(&range.topic, range.partition).map(|p| p.offset());
+        Ok(match offset {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+    }
+
+    /// Sends the group's offset (the range's end) to the transaction and commits it: the
+    /// records, the dead letters and the offset become visible at once.
+    pub async fn commit(&self, producer: &KafkaProducer, range: &SourceRange) -> Result<(), SinkError> {
+        let metadata = self.consumer.group_metadata().ok_or_else(|| failed("the group's metadata", "none"))?;
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.end))
+            .map_err(|e| failed("the range's offset", e))?;
+        let client = producer.client();
+        blocking(move || {
+            client.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)?;
+            client.commit_transaction(CALL_TIMEOUT)
+        })
+        .await
+        .map_err(|e| failed("committing the task's transaction", e))
+    }
+
+    /// Aborts the attempt's transaction (a failed task): nothing of it becomes visible.
+    pub async fn abort(&self, producer: &KafkaProducer) {
+        let client = producer.client();
+        if let Err(e) = blocking(move || client.abort_transaction(CALL_TIMEOUT)).await {
+            // A fenced or dead producer: the broker aborts it at the next attempt, or at the timeout.
+            tracing::warn!(error = %e, "aborting the task's transaction");
+        }
+    }
+}

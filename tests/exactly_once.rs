@@ -2,9 +2,11 @@
 //! records, dead letters and the group's offset go in one Kafka transaction. A
 //! `read_committed` consumer that is not the project's (confluent-kafka, librdkafka through
 //! Python) sees every input offset exactly once in the output, and every bad record once in
-//! the dead-letter topic, after a driver that died between its tasks' commits and its own
-//! commit log (the batch is run again: its tasks find their ranges committed and write nothing)
-//! and after an executor SIGKILLed while the query runs.
+//! the dead-letter topic, after: a driver that died between its tasks' commits and its own
+//! commit log (the batch is run again: its tasks find their ranges committed and write
+//! nothing); an executor SIGKILLed while the query runs; the driver and its executors
+//! SIGKILLed mid-batch, twice; the broker killed and restarted mid-batch. And an attempt held
+//! (SIGSTOP) inside its commit past its deadline cannot commit once it is resumed.
 
 mod common;
 
@@ -13,54 +15,37 @@ use std::time::Duration;
 
 use common::*;
 
-/// Reads `topic` to its end with `isolation.level = read_committed`: each record's
-/// (`es.partition`, `es.offset`) headers, as JSON pairs.
-const COMMITTED_READER: &str = r#"
-import json, sys, time
-from confluent_kafka import Consumer, TopicPartition
-bootstrap, topic, partitions = sys.argv[1], sys.argv[2], int(sys.argv[3])
-c = Consumer({"bootstrap.servers": bootstrap, "group.id": "committed-reader", "isolation.level": "read_committed",
-              "auto.offset.reset": "earliest", "enable.partition.eof": True, "enable.auto.commit": False})
-c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-at_end, out, deadline = set(), [], time.time() + 60
-while len(at_end) < partitions and time.time() < deadline:
-    m = c.poll(1.0)
-    if m is None:
-        continue
-    if m.error():
-        if m.error().code() == -191:  # _PARTITION_EOF: the last stable offset is reached
-            at_end.add(m.partition())
-        continue
-    h = {k: v.decode() for k, v in (m.headers() or [])}
-    out.append([int(h["es.partition"]), int(h["es.offset"])])
-c.close()
-assert len(at_end) == partitions, "the end of every partition was not reached"
-print(json.dumps(out))
-"#;
+/// One (partition, offset) of each of `texts` (text `n` at partition `n % 2`, offset `n / 2`)
+/// whose emptiness is `bad`, each seen once.
+fn once_each(texts: &[String], bad: bool) -> BTreeMap<(i32, i64), usize> {
+    (0..texts.len()).filter(|&n| texts[n].is_empty() == bad).map(|n| (((n % 2) as i32, (n / 2) as i64), 1)).collect()
+}
 
-/// How many times a `read_committed` consumer sees each input (partition, offset) in `topic`.
-fn committed_origins(broker: &Broker, topic: &str, partitions: i32) -> BTreeMap<(i32, i64), usize> {
-    let out = std::process::Command::new(cache().join("pyenv/bin/python"))
-        .args(["-c", COMMITTED_READER, &broker.addr, topic, &partitions.to_string()])
-        .output()
-        .expect("pyenv python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pairs: Vec<(i32, i64)> = serde_json::from_slice(&out.stdout).unwrap();
-    let mut seen = BTreeMap::new();
-    for pair in pairs {
-        *seen.entry(pair).or_default() += 1;
-    }
-    seen
+/// The newest batch in the offsets log (the write-ahead log) and in the commits log.
+fn newest(job: &Job, log: &str) -> Option<u64> {
+    job.logged_batches(log).last().copied()
+}
+
+/// Starts the query on two executors and waits until a batch that this driver planned is in
+/// flight: in the offsets log, not in the commits log.
+fn start_until_mid_batch(job: &Job) -> Running {
+    let after = newest(job, "offsets");
+    let mut q = Running::start(job, 2);
+    q.wait_until("a batch in flight", Duration::from_secs(120), |_| {
+        let planned = newest(job, "offsets");
+        planned > after && planned > newest(job, "commits")
+    });
+    q
 }
 
 #[test]
-fn every_record_once_for_read_committed_consumers_after_a_driver_crash_and_a_killed_executor() {
-    let broker = Broker::start();
+fn every_record_once_for_read_committed_consumers_after_crashes_kills_and_a_broker_restart() {
+    let mut broker = Broker::start();
     broker.create_topic("events", 2);
     // Every tenth record is empty: a dead letter.
     let texts: Vec<String> =
-        texts(160, 51).into_iter().enumerate().map(|(i, t)| if i % 10 == 3 { String::new() } else { t }).collect();
-    broker.produce_texts("events", 2, 0, &texts);
+        texts(280, 51).into_iter().enumerate().map(|(i, t)| if i % 10 == 3 { String::new() } else { t }).collect();
+    broker.produce_texts("events", 2, 0, &texts[..160]);
     let job = Job::new(
         &broker,
         "eos",
@@ -69,6 +54,7 @@ fn every_record_once_for_read_committed_consumers_after_a_driver_crash_and_a_kil
         "guarantee = \"exactly_once\"",
     )
     .with_batching(1, 1);
+    let committed = |b: &Broker| b.try_committed("eos-group", "events", 2).unwrap_or_default();
 
     // 1. The driver dies after batch 1's tasks committed their transactions, before its own
     //    commit log: the next driver runs batch 1 again, and its tasks find their ranges
@@ -82,28 +68,93 @@ fn every_record_once_for_read_committed_consumers_after_a_driver_crash_and_a_kil
     // 2. A new driver goes on; one of its two executors is SIGKILLed while the query runs.
     let mut q = Running::start(&job, 2);
     q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
-    q.wait_until("batch 3 under way", Duration::from_secs(60), |_| {
-        broker.committed("eos-group", "events", 2).iter().sum::<i64>() >= 60
-    });
+    q.wait_until("batch 3 under way", Duration::from_secs(60), |_| committed(&broker).iter().sum::<i64>() >= 60);
     kill_hard(q.executor_pids()[0]);
-    q.wait_until("all 160 records committed", Duration::from_secs(180), |_| {
-        broker.committed("eos-group", "events", 2) == vec![80, 80]
-    });
+    q.wait_until("all 160 records committed", Duration::from_secs(180), |_| committed(&broker) == vec![80, 80]);
     let log = q.log();
-    let summary = q.stop();
+    q.stop();
     assert!(log.contains("the range was committed by an earlier attempt"), "batch 1 was found committed:\n{log}");
+
+    // 3. Twice, the driver and both executors are SIGKILLed while a batch is in flight (in
+    //    the offsets log, not in the commits log, which nothing changes after the kill).
+    broker.produce_texts("events", 2, 160, &texts[160..]);
+    for round in 0..2 {
+        let q = start_until_mid_batch(&job);
+        q.kill_all();
+        assert!(newest(&job, "offsets") > newest(&job, "commits"), "round {round}: a batch was in flight");
+    }
+
+    // 4. The broker is killed and started again while a batch is in flight; the query goes on
+    //    to the end of the input.
+    let mut q = start_until_mid_batch(&job);
+    broker.restart();
+    q.wait_until("all 280 records committed", Duration::from_secs(240), |_| committed(&broker) == vec![140, 140]);
+    let summary = q.stop();
 
     // A read_committed consumer: every good record once in the output, every bad one once in
     // the dead letters.
-    let want = |bad: bool| -> BTreeMap<(i32, i64), usize> {
-        (0..texts.len())
-            .filter(|&n| texts[n].is_empty() == bad)
-            .map(|n| (((n % 2) as i32, (n / 2) as i64), 1))
-            .collect()
-    };
-    let output = committed_origins(&broker, "eos-out", 2);
+    let output = broker.committed_origins("eos-out", 2);
     let twice: Vec<_> = output.iter().filter(|(_, &n)| n > 1).collect();
     assert!(twice.is_empty(), "records written more than once: {twice:?} ({summary})");
-    assert_eq!(output, want(false), "every good record once in eos-out");
-    assert_eq!(committed_origins(&broker, "eos-dlq", 2), want(true), "every bad record once in eos-dlq");
+    assert_eq!(output, once_each(&texts, false), "every good record once in eos-out");
+    assert_eq!(broker.committed_origins("eos-dlq", 2), once_each(&texts, true), "every bad record once in eos-dlq");
+
+    // Each batch's progress record gives its slowest transaction's begin and commit.
+    let records = progress_records(&job);
+    let with_rows: Vec<_> = records.iter().filter(|r| r["numInputRows"].as_u64() > Some(0)).collect();
+    assert!(!with_rows.is_empty(), "progress records");
+    for r in with_rows {
+        let commit = &r["durationMs"]["transactionCommit"];
+        assert!(commit.is_u64() && r["durationMs"]["transactionBegin"].is_u64(), "transaction phases: {r}");
+        assert!(commit.as_u64() <= r["durationMs"]["triggerExecution"].as_u64(), "inside the batch: {r}");
+    }
+}
+
+/// The state letter of `/proc/<pid>/stat` ('T' for a stopped process).
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn an_attempt_held_inside_its_commit_past_its_deadline_cannot_commit_when_resumed() {
+    let broker = Broker::start();
+    broker.create_topic("held", 2);
+    let texts = texts(60, 52);
+    broker.produce_texts("held", 2, 0, &texts);
+    let job = Job::new(
+        &broker,
+        "held",
+        "subscribe = [\"held\"]\nmax_offsets_per_trigger = 20",
+        "processing_time = \"100ms\"",
+        "guarantee = \"exactly_once\"\n[executors]\ntask_timeout = \"8s\"",
+    );
+    // The first attempt of batch 1's task of partition 0 stops its executor after sending the
+    // group's offset to its transaction, before committing it.
+    let mut q = Running::start_with_env(&job, 2, &[("EMBEDSTREAM_TEST_FREEZE_BEFORE_COMMIT", "1")]);
+    q.wait_until("two registered executors", Duration::from_secs(60), |q| q.executor_pids().len() == 2);
+    let mut held = None;
+    q.wait_until("an executor held before its commit", Duration::from_secs(120), |q| {
+        held = q.executor_pids().into_iter().find(|&pid| state(pid) == Some('T'));
+        held.is_some()
+    });
+    let held = held.unwrap();
+    // Past the deadline the driver runs the task again elsewhere; the query goes on to the end.
+    q.wait_until("all 60 records committed", Duration::from_secs(180), |_| {
+        broker.try_committed("held-group", "held", 2) == Some(vec![30, 30])
+    });
+    assert_eq!(state(held), Some('T'), "the held executor is still stopped");
+    let resumed = std::process::Command::new("kill").args(["-CONT", &held.to_string()]).status().unwrap();
+    assert!(resumed.success(), "kill -CONT {held}: {resumed}");
+    // Resumed, the held attempt commits: the broker refuses it (its producer was fenced by the
+    // retry's, or its transaction timed out).
+    let refused = |log: &str| {
+        let (_, after) = log.split_once("EMBEDSTREAM_TEST_FREEZE_BEFORE_COMMIT: resumed; committing")?;
+        after.lines().find(|l| l.contains("Failed to end transaction") && l.contains("fenced")).map(String::from)
+    };
+    q.wait_until("the held attempt's commit refused", Duration::from_secs(60), |q| refused(&q.log()).is_some());
+    let summary = q.stop();
+
+    let output = broker.committed_origins("held-out", 2);
+    assert_eq!(output, once_each(&texts, false), "every record once in held-out ({summary})");
 }

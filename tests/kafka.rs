@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
@@ -382,32 +382,40 @@ fn in_a_three_broker_cluster_a_leader_killed_mid_query_loses_nothing_and_outputs
     let kafka = cluster.client();
     kafka.create_topic("replicated", 2);
     kafka.produce_texts("replicated", 2, 0, &texts(60, 11));
-    let job = Job::new(
-        &kafka,
-        "replicated",
-        "subscribe = [\"replicated\"]\nmax_offsets_per_trigger = 10",
-        "processing_time = \"1s\"",
-        "",
-    );
-    let committed = || kafka.try_committed("replicated-group", "replicated", 2);
-    let mut query = Running::start(&job, 1);
-    query.wait_until("a first batch", TIMEOUT, |_| committed().is_some_and(|c| c.iter().sum::<i64>() > 0));
+    // Two queries read the topic: one at least once, one exactly once (issue 34).
+    let job = |name: &str, rest: &str| {
+        let source = "subscribe = [\"replicated\"]\nmax_offsets_per_trigger = 10";
+        Job::new(&kafka, name, source, "processing_time = \"1s\"", rest)
+    };
+    let jobs = [job("replicated", ""), job("replicated-eos", "guarantee = \"exactly_once\"")];
+    let committed = |name: &str| kafka.try_committed(&format!("{name}-group"), "replicated", 2);
+    let mut queries: Vec<Running> = jobs.iter().map(|j| Running::start(j, 1)).collect();
+    for (q, name) in queries.iter_mut().zip(["replicated", "replicated-eos"]) {
+        q.wait_until("a first batch", TIMEOUT, |_| committed(name).is_some_and(|c| c.iter().sum::<i64>() > 0));
+    }
 
     // The leader of partition 0 is killed while batches of the backlog run; more input arrives
     // through the two brokers left.
     let leader = cluster.leader("replicated", 0);
     cluster.kill(leader);
     kafka.produce_texts("replicated", 2, 60, &texts(20, 12));
-    query.wait_until("every record after the leader's death", Duration::from_secs(240), |_| {
-        committed() == Some(vec![40, 40])
-    });
+    let mut summaries = Vec::new();
+    for (mut q, name) in queries.into_iter().zip(["replicated", "replicated-eos"]) {
+        q.wait_until("every record after the leader's death", Duration::from_secs(240), |_| {
+            committed(name) == Some(vec![40, 40])
+        });
+        summaries.push(q.stop());
+    }
     assert_ne!(cluster.leader("replicated", 0), leader, "the partition has a new leader");
-    let summary = query.stop();
+    let every: BTreeSet<(i32, i64)> = (0..2).flat_map(|p| (0..40).map(move |o| (p, o))).collect();
     let seen: BTreeSet<(i32, i64)> = kafka.read_all("replicated-out", 2).iter().map(Record::origin).collect();
-    assert_eq!(seen, (0..2).flat_map(|p| (0..40).map(move |o| (p, o))).collect(), "every input: {summary}");
+    assert_eq!(seen, every, "every input at least once: {:?}", summaries[0]);
+    // Exactly once, for a read_committed consumer that is not the project's.
+    let once: BTreeMap<(i32, i64), usize> = every.iter().map(|&o| (o, 1)).collect();
+    assert_eq!(kafka.committed_origins("replicated-eos-out", 2), once, "every input once: {:?}", summaries[1]);
 
     // The output topics the driver made have the cluster's replication factor, not 1.
-    for topic in ["replicated-out", "replicated-dlq"] {
+    for topic in ["replicated-out", "replicated-dlq", "replicated-eos-out"] {
         let out = kafka.tool("kafka-topics.sh", &["--describe", "--topic", topic]);
         assert!(out.contains("ReplicationFactor: 3"), "{topic}:\n{out}");
     }

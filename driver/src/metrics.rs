@@ -57,7 +57,7 @@ impl DriverMetrics {
             dead_letter_rows: register!(IntCounter::with_opts(opts("embedstream_dead_letter_rows_total", "Records sent to the dead-letter topic"))),
             lost_offsets: register!(IntCounter::with_opts(opts("embedstream_source_lost_offsets_total", "Source offsets the broker deleted before the query read them, skipped because fail_on_data_loss = false"))),
             batch_duration: register!(Histogram::with_opts(hist("embedstream_batch_duration_seconds", "Wall time of a micro-batch, plan to commit", DURATION_BUCKETS))),
-            batch_phase: register!(HistogramVec::new(hist("embedstream_batch_phase_seconds", "Time per phase of a batch (plan, wal, commit: driver wall time; read, infer, sink: summed over the batch's tasks)", DURATION_BUCKETS), &["phase"])),
+            batch_phase: register!(HistogramVec::new(hist("embedstream_batch_phase_seconds", "Time per phase of a batch (plan, wal, commit: driver wall time; read, infer, sink: summed over the batch's tasks; transaction_begin, transaction_commit: the slowest task's, exactly-once Kafka output only)", DURATION_BUCKETS), &["phase"])),
             input_rows_per_second: register!(Gauge::with_opts(opts("embedstream_input_rows_per_second", "Rows of the last batch over the time since the previous batch started (Spark's inputRowsPerSecond)"))),
             processed_rows_per_second: register!(Gauge::with_opts(opts("embedstream_processed_rows_per_second", "Rows of the last batch over its duration (Spark's processedRowsPerSecond)"))),
             end_to_end_latency: register!(Histogram::with_opts(hist("embedstream_end_to_end_latency_seconds", "From a record's Kafka timestamp to the sink's acknowledgement of its output", &LATENCY_BUCKETS))),

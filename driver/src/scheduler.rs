@@ -60,6 +60,10 @@ pub struct BatchStats {
     pub read_micros: u64,
     pub infer_micros: u64,
     pub sink_micros: u64,
+    /// The slowest task's exactly-once transaction calls (the batch waits for it): beginning,
+    /// and committing; 0 with other sinks.
+    pub transaction_begin_micros: u64,
+    pub transaction_commit_micros: u64,
     /// Input rows per executor id.
     pub rows_per_executor: BTreeMap<String, u64>,
     /// Seconds from each output record's Kafka timestamp to the sink's acknowledgement.
@@ -99,12 +103,14 @@ impl BatchStats {
         self.read_micros += s.read_micros;
         self.infer_micros += s.infer_micros;
         self.sink_micros += s.sink_micros;
+        self.transaction_begin_micros = self.transaction_begin_micros.max(s.transaction_begin_micros);
+        self.transaction_commit_micros = self.transaction_commit_micros.max(s.transaction_commit_micros);
     }
 }
 
 /// How one attempt ended, seen from the driver.
 enum AttemptOutcome {
-    Done(TaskSuccessful),
+    Done(Box<TaskSuccessful>),
     Failed {
         reason: FailureReason,
         message: String,
@@ -248,7 +254,7 @@ impl Scheduler {
             let exec_id = exec.id.clone();
             let (reason, message) = match outcome {
                 AttemptOutcome::Done(s) => {
-                    stats.add(&exec.id, s);
+                    stats.add(&exec.id, *s);
                     self.last_ran.lock().expect("not poisoned").insert(partition_of(&task), exec.id.clone());
                     free.push(exec);
                     continue;
@@ -355,7 +361,7 @@ fn pick_slot<T>(free: &[T], id: impl Fn(&T) -> &str, choice: &Choice) -> Option<
 async fn run_attempt(exec: &ExecutorInfo, task: TaskDefinition) -> AttemptOutcome {
     match exec.client().run_task(task).await {
         Ok(resp) => match resp.into_inner().status {
-            Some(task_status::Status::Successful(s)) => AttemptOutcome::Done(s),
+            Some(task_status::Status::Successful(s)) => AttemptOutcome::Done(Box::new(s)),
             Some(task_status::Status::Failed(f)) => {
                 AttemptOutcome::Failed { reason: f.reason(), message: f.message, retryable: f.retryable }
             }

@@ -256,6 +256,8 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         infer_micros,
         sink_micros,
         latency: Some((&output.latency).into()),
+        transaction_begin_micros: output.transaction.map_or(0, |t| t.begin.as_micros() as u64),
+        transaction_commit_micros: output.transaction.map_or(0, |t| t.commit.as_micros() as u64),
         files: output.files.into_iter().map(Into::into).collect(),
         cache_hits: counts.cache.hits,
         cache_misses: counts.cache.misses,

@@ -27,6 +27,7 @@
 pub mod commit;
 pub mod dead_letters;
 pub mod delta;
+pub mod hooks;
 pub mod kafka;
 pub mod parquet;
 pub mod pgvector;
@@ -90,6 +91,8 @@ pub struct TaskOutput {
     pub files: Vec<ManifestFile>,
     /// Per row written: seconds from its Kafka timestamp to the sink's acknowledgement.
     pub latency: embedstream_core::latency::LatencyHistogram,
+    /// An exactly-once Kafka attempt's transaction calls, timed.
+    pub transaction: Option<kafka::transactions::TransactionTimes>,
 }
 
 /// What a sink makes of a record before any model sees it.

@@ -25,6 +25,31 @@ fn transient(e: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// Reads `topic` to its end with `isolation.level = read_committed`: each record's
+/// (`es.partition`, `es.offset`) headers, as JSON pairs.
+const COMMITTED_READER: &str = r#"
+import json, sys, time
+from confluent_kafka import Consumer, TopicPartition
+bootstrap, topic, partitions = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "committed-reader", "isolation.level": "read_committed",
+              "auto.offset.reset": "earliest", "enable.partition.eof": True, "enable.auto.commit": False})
+c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+at_end, out, deadline = set(), [], time.time() + 60
+while len(at_end) < partitions and time.time() < deadline:
+    m = c.poll(1.0)
+    if m is None:
+        continue
+    if m.error():
+        if m.error().code() == -191:  # _PARTITION_EOF: the last stable offset is reached
+            at_end.add(m.partition())
+        continue
+    h = {k: v.decode() for k, v in (m.headers() or [])}
+    out.append([int(h["es.partition"]), int(h["es.offset"])])
+c.close()
+assert len(at_end) == partitions, "the end of every partition was not reached"
+print(json.dumps(out))
+"#;
+
 /// A record to produce: partition, key, value.
 pub type RawRecord = (i32, Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -300,6 +325,23 @@ impl Broker {
             }
         }
         out
+    }
+
+    /// How many times a `read_committed` consumer that is not the project's (confluent-kafka:
+    /// librdkafka through Python) sees each input (`es.partition`, `es.offset`) in `topic`, read
+    /// to each partition's last stable offset.
+    pub fn committed_origins(&self, topic: &str, partitions: i32) -> std::collections::BTreeMap<(i32, i64), usize> {
+        let out = Command::new(cache().join("pyenv/bin/python"))
+            .args(["-c", COMMITTED_READER, &self.addr, topic, &partitions.to_string()])
+            .output()
+            .expect("pyenv python");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let pairs: Vec<(i32, i64)> = serde_json::from_slice(&out.stdout).unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        for pair in pairs {
+            *seen.entry(pair).or_default() += 1;
+        }
+        seen
     }
 
     /// Deletes `topic` and waits until metadata no longer lists it, so that it can be created

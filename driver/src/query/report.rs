@@ -43,6 +43,8 @@ pub(crate) struct Reporter {
     pub(crate) query: String,
     pub(crate) query_id: String,
     pub(crate) source_description: String,
+    /// `sink.guarantee = "exactly_once"` into Kafka: the batches' transaction phases are reported.
+    pub(crate) transactions: bool,
 }
 
 impl Reporter {
@@ -53,6 +55,7 @@ impl Reporter {
             query: spec.name.clone(),
             query_id: query_id.to_string(),
             source_description: source_description(spec),
+            transactions: spec.sink.exactly_once_kafka(),
         }
     }
 
@@ -83,8 +86,17 @@ impl Reporter {
             ("sink", micros(stats.sink_micros)),
             ("commit", t.commit),
         ];
+        // With exactly-once Kafka output, the slowest task's transaction calls (inside `sink`).
+        let transaction_phases = [
+            ("transactionBegin", "transaction_begin", micros(stats.transaction_begin_micros)),
+            ("transactionCommit", "transaction_commit", micros(stats.transaction_commit_micros)),
+        ];
+        let transaction_phases = if self.transactions { &transaction_phases[..] } else { &[] };
         for (phase, d) in phases {
             m.batch_phase.with_label_values(&[phase]).observe(secs(d));
+        }
+        for &(_, label, d) in transaction_phases {
+            m.batch_phase.with_label_values(&[label]).observe(secs(d));
         }
         let rows = stats.rows_read as f64;
         let processed_rate = rows / secs(took).max(1e-9);
@@ -98,6 +110,9 @@ impl Reporter {
         let mut duration_ms: BTreeMap<String, u64> =
             phases.iter().map(|(p, d)| (p.to_string(), d.as_millis() as u64)).collect();
         duration_ms.insert("triggerExecution".into(), took.as_millis() as u64);
+        for &(key, _, d) in transaction_phases {
+            duration_ms.insert(key.into(), d.as_millis() as u64);
+        }
         let record = ProgressRecord {
             id: self.query_id.clone(),
             name: self.query.clone(),

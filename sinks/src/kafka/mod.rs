@@ -25,6 +25,7 @@ pub mod producer;
 pub mod transactions;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{
     Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
@@ -164,7 +165,10 @@ impl crate::Sink for Arc<KafkaSink> {
             topic_id: task.topic_id.clone(),
             acks: Vec::new(),
             source: task.source.clone(),
+            batch_id: task.batch_id,
+            attempt: task.attempt,
             transaction: None,
+            began: Duration::ZERO,
         }))
     }
 
@@ -202,7 +206,11 @@ struct KafkaTaskWriter {
     acks: Vec<WindowAcks>,
     /// The range the task reads, and with exactly-once, the attempt's transactional producer.
     source: transactions::SourceRange,
+    batch_id: u64,
+    attempt: u32,
     transaction: Option<Arc<KafkaProducer>>,
+    /// How long beginning the attempt's transaction took.
+    began: Duration,
 }
 
 impl KafkaTaskWriter {
@@ -220,7 +228,10 @@ impl TaskWriter for KafkaTaskWriter {
     fn begin(&mut self) -> BoxFuture<'_, Result<bool, SinkError>> {
         Box::pin(async move {
             let Some(transactions) = &self.sink.transactions else { return Ok(false) };
-            match transactions.begin(&self.source).await? {
+            let started = std::time::Instant::now();
+            let attempt = transactions.begin(&self.source, self.attempt).await?;
+            self.began = started.elapsed();
+            match attempt {
                 transactions::Attempt::Committed => Ok(true),
                 transactions::Attempt::Open(producer) => {
                     self.transaction = Some(producer);
@@ -299,8 +310,11 @@ impl TaskWriter for KafkaTaskWriter {
                 acked_stamps.push((stamps, acked));
             }
             // With exactly-once, records are visible once the transaction commits.
-            if let (Some(transactions), Some(producer)) = (&self.sink.transactions, &self.transaction) {
-                transactions.commit(producer, &self.source).await?;
+            if let (Some(transactions), Some(producer)) = (&self.sink.transactions, self.transaction) {
+                let (batch, partition, attempt) = (self.batch_id, self.source.partition, self.attempt);
+                let hook = move || crate::hooks::freeze_before_commit(batch, partition, attempt);
+                let commit = transactions.commit(producer, &self.source, hook).await?;
+                out.transaction = Some(transactions::TransactionTimes { begin: self.began, commit });
                 let committed = now_ms();
                 acked_stamps.iter_mut().for_each(|(_, acked)| *acked = committed);
             }

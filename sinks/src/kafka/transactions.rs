@@ -4,11 +4,17 @@
 //! commits when its last record is acknowledged. The broker makes the three visible together to
 //! `read_committed` consumers, or none of them.
 //!
-//! - **Fencing.** Each task attempt makes a new producer whose `transactional.id` is the query's
-//!   for the source partition (`embedstream-<group>-<topic>-<partition>`) and initialises it:
-//!   the broker bumps the id's epoch, so the producer of any earlier attempt of a range of that
-//!   partition (an executor killed, frozen or cut off) can no longer write or commit, and its
-//!   open transaction is aborted.
+//! - **Fencing.** A task's producer has the query's `transactional.id` for the source partition
+//!   (`embedstream-<group>-<topic>-<partition>`). A retried attempt (attempt > 0) always makes
+//!   a new one and initialises it: the broker bumps the id's epoch, so the producer of any
+//!   earlier attempt of a range of that partition (an executor killed, frozen or cut off) can
+//!   no longer write or commit, and its open transaction is aborted.
+//! - **Reuse.** A first attempt takes the producer this executor kept for the partition after
+//!   its last committed transaction, when it has one (initialising a producer costs the
+//!   coordinator's round trips and a new client; see the README's Performance). That is safe
+//!   without a new epoch: if another executor has initialised the id since, the kept producer
+//!   is fenced and its attempt fails without writing anything visible, and the retry fences the
+//!   other; if none has, no transaction of the id is pending but the kept producer's own.
 //! - **Recovery.** After the initialisation, the group's committed offset for the partition is
 //!   final (no transaction of an earlier attempt is pending). If it has reached the end of the
 //!   task's range, an earlier attempt committed this range (before a driver crash, say): the
@@ -18,8 +24,9 @@
 //! - **A task that dies** leaves its transaction open: the next attempt's initialisation aborts
 //!   it; if no attempt comes, the broker aborts it after `transaction.timeout.ms`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
@@ -40,6 +47,10 @@ pub struct SourceRange {
 /// How long one transaction call may wait for the broker.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most producers an executor keeps between tasks (each is a librdkafka client, with its
+/// threads and connections): one per source partition it has written, up to this many.
+const KEPT_PRODUCERS: usize = 64;
+
 /// The executor's side of the protocol: the sink's producer configuration, and a consumer of
 /// the query's group (for its offsets and its metadata, which the transaction carries).
 pub struct Transactions {
@@ -48,12 +59,24 @@ pub struct Transactions {
     group: String,
     /// `transaction.timeout.ms`: the task deadline and a margin.
     timeout: Duration,
+    /// Producers whose last transaction committed, by `transactional.id`, for the next task of
+    /// their partition ([`Transactions::keep`]).
+    kept: Mutex<HashMap<String, Arc<KafkaProducer>>>,
 }
 
 /// One task attempt's transaction: its producer, or nothing to do (its range is committed).
 pub enum Attempt {
     Open(Arc<KafkaProducer>),
     Committed,
+}
+
+/// How long an attempt's transaction calls took: beginning (with a new producer, its
+/// initialisation and the coordinator's round trips) and committing (the group's offset sent,
+/// then the commit), for the batch's `transactionBegin`/`transactionCommit` phases.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransactionTimes {
+    pub begin: Duration,
+    pub commit: Duration,
 }
 
 fn failed(doing: &str, e: impl std::fmt::Display) -> SinkError {
@@ -76,30 +99,56 @@ impl Transactions {
     ) -> Result<Transactions, SinkError> {
         consumer_config.set("group.id", group).set("enable.auto.commit", "false");
         let consumer: BaseConsumer = consumer_config.create()?;
-        Ok(Transactions { producer_config, consumer: Arc::new(consumer), group: group.into(), timeout })
+        Ok(Transactions {
+            producer_config,
+            consumer: Arc::new(consumer),
+            group: group.into(),
+            timeout,
+            kept: Mutex::default(),
+        })
     }
 
     fn transactional_id(&self, range: &SourceRange) -> String {
         format!("embedstream-{}-{}-{}", self.group, range.topic, range.partition)
     }
 
-    /// Starts a task attempt over `range`: fences every earlier producer of its partition, then
-    /// opens a transaction, unless the group's offset says the range is committed already.
-    pub async fn begin(&self, range: &SourceRange) -> Result<Attempt, SinkError> {
+    /// Starts a task attempt over `range`: with a kept producer (a first attempt), or with a
+    /// new one that fences every earlier producer of its partition; then opens a transaction,
+    /// unless the group's offset says the range is committed already.
+    pub async fn begin(&self, range: &SourceRange, attempt: u32) -> Result<Attempt, SinkError> {
         let id = self.transactional_id(range);
-        let producer = Arc::new(KafkaProducer::transactional(self.producer_config.clone(), &id, self.timeout)?);
-        let client = producer.client();
-        blocking(move || client.init_transactions(CALL_TIMEOUT))
-            .await
-            .map_err(|e| failed(&format!("initialising transactional.id {id}"), e))?;
+        let kept = match attempt {
+            0 => self.kept.lock().unwrap().remove(&id),
+            _ => None,
+        };
+        let producer = match kept {
+            Some(producer) => producer,
+            None => {
+                let producer = Arc::new(KafkaProducer::transactional(self.producer_config.clone(), &id, self.timeout)?);
+                let client = producer.client();
+                blocking(move || client.init_transactions(CALL_TIMEOUT))
+                    .await
+                    .map_err(|e| failed(&format!("initialising transactional.id {id}"), e))?;
+                producer
+            }
+        };
         if self.committed(range).await? >= range.end {
             tracing::info!(topic = %range.topic, partition = range.partition, end = range.end,
                 "the range was committed by an earlier attempt; nothing to write");
+            self.keep(range, producer);
             return Ok(Attempt::Committed);
         }
         let client = producer.client();
         blocking(move || client.begin_transaction()).await.map_err(|e| failed("beginning a transaction", e))?;
         Ok(Attempt::Open(producer))
+    }
+
+    /// Keeps a producer with no open transaction for the next task of its partition.
+    fn keep(&self, range: &SourceRange, producer: Arc<KafkaProducer>) {
+        let mut kept = self.kept.lock().unwrap();
+        if kept.len() < KEPT_PRODUCERS {
+            kept.insert(self.transactional_id(range), producer);
+        }
     }
 
     /// The group's committed offset for the range's partition (-1 for none). librdkafka asks
@@ -119,8 +168,17 @@ impl Transactions {
     }
 
     /// Sends the group's offset (the range's end) to the transaction and commits it: the
-    /// records, the dead letters and the offset become visible at once.
-    pub async fn commit(&self, producer: &KafkaProducer, range: &SourceRange) -> Result<(), SinkError> {
+    /// records, the dead letters and the offset become visible at once. The producer is kept
+    /// for the partition's next task; one that failed is dropped (its next attempt makes a new
+    /// one, fencing whatever is left of this one). `before_commit` runs between the two (the
+    /// tests' stale-attempt hook).
+    pub async fn commit(
+        &self,
+        producer: Arc<KafkaProducer>,
+        range: &SourceRange,
+        before_commit: impl FnOnce() + Send + 'static,
+    ) -> Result<Duration, SinkError> {
+        let started = Instant::now();
         let metadata = self.consumer.group_metadata().ok_or_else(|| failed("the group's metadata", "none"))?;
         let mut offsets = TopicPartitionList::new();
         offsets
@@ -129,10 +187,13 @@ impl Transactions {
         let client = producer.client();
         blocking(move || {
             client.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)?;
+            before_commit();
             client.commit_transaction(CALL_TIMEOUT)
         })
         .await
-        .map_err(|e| failed("committing the task's transaction", e))
+        .map_err(|e| failed("committing the task's transaction", e))?;
+        self.keep(range, producer);
+        Ok(started.elapsed())
     }
 
     /// Aborts the attempt's transaction (a failed task): nothing of it becomes visible.

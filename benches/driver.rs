@@ -198,7 +198,7 @@ fn main() {
                 steps.commit = ms(t);
 
                 let t = Instant::now();
-                source.commit_group(&end).unwrap();
+                source.commit_group(&end, "bench").unwrap();
                 steps.group = ms(t);
 
                 start = end;

@@ -260,7 +260,7 @@ async fn embed_as_texts(pool: &WorkerPool, lengths: &dyn Fn(&[String]) -> Vec<us
     futures::future::join_all(batches).await;
 }
 
-/// 5. Texts against tokens to the workers, interleaved, each run twice (the second counts),
+/// Part 5: texts against tokens to the workers, interleaved, each run twice (the second counts),
 /// best of two rounds.
 fn one_tokenization(rt: &tokio::runtime::Runtime, exe: &std::path::Path, cores: usize) -> serde_json::Value {
     let spec = spec();
@@ -298,7 +298,7 @@ fn write_report(report: serde_json::Map<String, serde_json::Value>, name: &str) 
     println!("\nreport: {}", out.join(name).display());
 }
 
-/// 4. Batches cut by a token budget against fixed batch sizes: one pool of `cores` workers per
+/// Part 4: batches cut by a token budget against fixed batch sizes: one pool of `cores` workers per
 /// way of cutting, each text set run twice (the second counts), then the workers' total PSS.
 fn token_budget(rt: &tokio::runtime::Runtime, exe: &std::path::Path, cores: usize) -> serde_json::Value {
     let ways: [(&str, usize, Option<usize>); 4] = [

@@ -620,10 +620,13 @@ async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_brok
             subjects.push((subject, latest));
         }
     }
+    // Each model's version: what every vector it writes carries (its files' bytes hashed).
+    let versions = embedstream_core::model_version::model_versions(&spec)?;
     let shown = spec.with_derived();
     if json {
         let value = serde_json::json!({
             "spec": shown,
+            "model_versions": versions,
             "sink_bootstrap_servers": spec.sink_bootstrap_servers(),
             "sink_kafka_properties_from": spec.sink_kafka().0,
             "onnx_runtime": ort,
@@ -645,6 +648,9 @@ async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_brok
     println!("\n# What it runs with:");
     println!("# sink servers: {} (properties from [{}])", spec.sink_bootstrap_servers(), spec.sink_kafka().0);
     println!("# ONNX Runtime: {}", ort.display());
+    for (model, version) in &versions {
+        println!("# model {model}: version {version} (es.model_version on each vector)");
+    }
     if let Some(ps) = partitions {
         println!("# partitions it would read ({}), earliest..latest offset:", ps.len());
         for (topic, partition, earliest, latest) in ps {

@@ -6,7 +6,8 @@
 //! commit log (the batch is run again: its tasks find their ranges committed and write
 //! nothing); an executor SIGKILLed while the query runs; the driver and its executors
 //! SIGKILLed mid-batch, twice; the broker killed and restarted mid-batch. And an attempt held
-//! (SIGSTOP) inside its commit past its deadline cannot commit once it is resumed.
+//! (SIGSTOP) inside its commit past its deadline cannot commit once it is resumed; a new
+//! checkpoint on the same group embeds everything again.
 
 mod common;
 
@@ -157,4 +158,18 @@ fn an_attempt_held_inside_its_commit_past_its_deadline_cannot_commit_when_resume
 
     let output = broker.committed_origins("held-out", 2);
     assert_eq!(output, once_each(&texts, false), "every record once in held-out ({summary})");
+
+    // A new checkpoint with the same group (the same name) reading from the earliest offsets
+    // embeds everything again: the group's offsets name the other query, so its tasks do not
+    // take their ranges for committed.
+    let again = Job::new(
+        &broker,
+        "held",
+        "subscribe = [\"held\"]\nmax_offsets_per_trigger = 20",
+        "available_now = true",
+        "guarantee = \"exactly_once\"",
+    );
+    run_job(&again, 1);
+    let twice: BTreeMap<(i32, i64), usize> = once_each(&texts, false).into_keys().map(|o| (o, 2)).collect();
+    assert_eq!(broker.committed_origins("held-out", 2), twice, "each record once more in held-out");
 }

@@ -466,3 +466,39 @@ fn a_query_authenticates_with_kerberos_against_a_real_kdc_and_an_unknown_princip
     assert!(!broker.topic_exists("stranger-out"), "nothing was written");
     assert!(job.logged_batches("offsets").is_empty(), "no batch was planned");
 }
+
+/// Issue 35, item 1: every output record says which version of its model made its vector
+/// (`es.model_version`, as `validate` shows it); a topic whose last records another version
+/// made is refused before the first batch, unless `on_model_change = "replace"`.
+#[test]
+fn every_vector_says_its_model_version_and_a_topic_of_another_version_is_refused() {
+    let broker = Broker::start();
+    broker.create_topic("versions", 1);
+    broker.produce_texts("versions", 1, 0, &texts(6, 44));
+    let job = |model: &str, rest: &str| {
+        Job::new(&broker, "versions", "subscribe = [\"versions\"]", "available_now = true", rest).edit_model(model)
+    };
+    let first = job("batch_size = 16\nsort_window = 16", "");
+    let version_a = validated_version(&first);
+    run_job(&first, 1);
+    let versions = || -> Vec<String> {
+        broker.read_all("versions-out", 1).iter().map(|r| r.header("es.model_version").to_string()).collect()
+    };
+    assert_eq!(versions(), vec![version_a.clone(); 6]);
+
+    let second = job("max_seq_len = 64", "");
+    let version_b = validated_version(&second);
+    assert_ne!(version_a, version_b);
+    let refused = run_refused(&second);
+    let named = format!("version {version_a}; this query's is {version_b}");
+    assert!(
+        refused.contains("sink.topic `versions-out` (partition 0) holds vectors of model") && refused.contains(&named),
+        "{refused}"
+    );
+    assert_eq!(versions().len(), 6, "nothing written");
+
+    run_job(&job("max_seq_len = 64", "on_model_change = \"replace\""), 1);
+    let after = versions();
+    assert_eq!(after[..6], vec![version_a; 6][..]);
+    assert_eq!(after[6..], vec![version_b; 6][..], "the new version after the old");
+}

@@ -50,6 +50,9 @@ fn the_page_shows_the_partitions_offsets_and_batches_and_wants_the_token() {
     browser.click("#sign-in");
     browser.wait_text("#state", TIMEOUT, |t| t == "running");
     assert_eq!(browser.text("#title").as_deref(), Some("paged"));
+    // The model's version, as `validate` computes it from the model's files.
+    let version = validated_version(&job);
+    browser.wait_text("#models", TIMEOUT, |t| t == format!("all-MiniLM-L6-v2 {version}"));
 
     // Every partition, with the offsets kafka-consumer-groups and the admin API show.
     let (groups, out) = broker.consumer_group("paged-group", "shop");

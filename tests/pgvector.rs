@@ -250,13 +250,13 @@ fn bad_connections_and_tables_are_refused_before_the_first_batch_and_appends_are
     }
 }
 
-/// One window of rows as a task hands them to the sink: (key, offset, vector), partition 0 of
-/// topic `t`, 3-dimensional vectors of the model `m`.
 /// The source range of the tasks these tests open by hand.
 fn source() -> embedstream_sinks::kafka::transactions::SourceRange {
-    embedstream_sinks::kafka::transactions::SourceRange { topic: "t".into(), partition: 0, end: 0 }
+    embedstream_sinks::kafka::transactions::SourceRange { topic: "t".into(), partition: 0, end: 0, query: "q".into() }
 }
 
+/// One window of rows as a task hands them to the sink: (key, offset, vector), partition 0 of
+/// topic `t`, 3-dimensional vectors of the model `m`.
 fn window(rows: &[(&str, i64, [f32; 3])]) -> arrow_array::RecordBatch {
     let stamped: Vec<(&str, i64, i64, [f32; 3])> = rows.iter().map(|&(k, o, v)| (k, o, 1_700_000_000_000, v)).collect();
     window_of(0, &stamped)
@@ -278,7 +278,8 @@ fn writes_in_any_order_leave_each_keys_latest_record_and_tombstones_hold() {
             toml::from_str(&format!("url = \"{}\"\ntable = \"{table}\"\nmode = \"{mode}\"", pg.url())).unwrap();
         let password = Secret::new(PASSWORD.to_string());
         std::sync::Arc::new(
-            rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)], vec![])).unwrap(),
+            rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", "0123456789ab", 3)], vec![]))
+                .unwrap(),
         )
     };
     let task =
@@ -781,7 +782,8 @@ fn window_of(partition: i32, rows: &[(&str, i64, i64, [f32; 3])]) -> arrow_array
         std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
         std::sync::Arc::new(embedding_array(rows.iter().flat_map(|r| r.3).collect(), 3)),
     ];
-    arrow_array::RecordBatch::try_new(output_schema(&[Output::single("m", 3)], false, &[]), columns).unwrap()
+    arrow_array::RecordBatch::try_new(output_schema(&[Output::single("m", "0123456789ab", 3)], false, &[]), columns)
+        .unwrap()
 }
 
 /// Issue 31, item 9: the upsert compared raw offsets across partitions and topic incarnations.
@@ -811,7 +813,8 @@ fn offsets_are_not_a_global_clock() {
         toml::from_str(&format!("url = \"{}\"\ntable = \"moved\"\nmode = \"upsert\"", pg.url())).unwrap();
     let password = Secret::new(PASSWORD.to_string());
     let sink = std::sync::Arc::new(
-        rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", 3)], vec![])).unwrap(),
+        rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", "0123456789ab", 3)], vec![]))
+            .unwrap(),
     );
     let apply = |topic_id: &str, partition: i32, rows: &[(&str, i64, i64, [f32; 3])], delete: bool| {
         let task =
@@ -959,4 +962,63 @@ fn a_recreated_topic_and_a_new_cluster() {
     for (i, want) in third_ref.iter().enumerate() {
         assert!(max_diff(&rows[&format!("g{i}")], want) < 1e-4, "g{i} holds the new cluster's text");
     }
+}
+
+/// Issue 35, item 1: every row says which version of its model made its vector; a table that
+/// holds another version's vectors is refused before the first batch, or, with
+/// `on_model_change = "replace"`, its rows of the other version are replaced.
+#[test]
+fn a_table_of_another_model_version_is_refused_or_replaced() {
+    let broker = Broker::start();
+    broker.create_topic("catalog", 2);
+    broker.produce_texts("catalog", 2, 0, &texts(12, 43));
+    let pg = Postgres::start();
+    let job = |name: &str, model: &str, sink: &str| {
+        let sink = format!("table = \"versioned\"\n{sink}");
+        Job::new(&broker, name, "subscribe = [\"catalog\"]", "available_now = true", "")
+            .edit_model(model)
+            .with_pgvector_sink(&pg.url(), PASSWORD, &sink)
+    };
+    let first = job("first", "batch_size = 16\nsort_window = 16", "");
+    let version_a = validated_version(&first);
+    run_job(&first, 1);
+    let versions = || pg.psql("SELECT model_version, count(*) FROM versioned GROUP BY 1");
+    assert_eq!(versions(), format!("{version_a}|12"), "every row has the version validate shows");
+
+    // A shorter max_seq_len is another version: refused, naming the column and both versions.
+    let second = job("second", "max_seq_len = 64", "");
+    let version_b = validated_version(&second);
+    assert_ne!(version_a, version_b);
+    let refused = run_refused(&second);
+    let (at, versions_named) = (
+        "sink.table `versioned` column `model_version` holds vectors of model `",
+        format!("` version {version_a}; this query's is {version_b}"),
+    );
+    assert!(refused.contains(at) && refused.contains(&versions_named), "{refused}");
+    assert!(refused.contains("on_model_change = \"replace\""), "{refused}");
+    assert_eq!(versions(), format!("{version_a}|12"), "nothing written");
+
+    // Replace on the old checkpoint would embed only records after its offsets: refused.
+    let first_text = std::fs::read_to_string(&first.path).unwrap();
+    let resumed = first_text.replacen("batch_size = 16\nsort_window = 16\n", "max_seq_len = 64\n", 1).replacen(
+        "table = \"versioned\"\n",
+        "table = \"versioned\"\non_model_change = \"replace\"\n",
+        1,
+    );
+    assert_ne!(resumed, first_text);
+    std::fs::write(&first.path, resumed).unwrap();
+    let refused = run_refused(&first);
+    assert!(refused.contains("needs a new checkpoint_location"), "{refused}");
+    assert_eq!(versions(), format!("{version_a}|12"), "nothing deleted");
+
+    // With replace on a new checkpoint from the earliest offsets, the rows of the other version
+    // go first and the table is handed over: every row ends with the new version's vector.
+    run_job(&job("third", "max_seq_len = 64", "on_model_change = \"replace\""), 1);
+    assert_eq!(versions(), format!("{version_b}|12"));
+    let reference = onnx_embeddings(&texts(12, 43));
+    for (i, want) in reference.iter().enumerate() {
+        let got = parse_vector(&pg.psql(&format!("SELECT embedding FROM versioned WHERE key = 'key-{i}'")));
+        assert!(max_diff(&got, want) < 1e-4, "key-{i}");
+    }
+    assert_eq!(pg.psql("SELECT DISTINCT query FROM embedstream_offsets WHERE sink_table = 'versioned'"), "third");
 }

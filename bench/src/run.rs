@@ -9,6 +9,8 @@
 //!    the first task dispatched to the last batch committed, and the peak total PSS of its process
 //!    tree (driver, executor, model daemon, workers);
 //! 3. embedstream again on every core with token budgets (`max_batch_tokens`): speed and memory;
+//!    and on every core with the Kafka sink exactly once (`guarantee = "exactly_once"`, a Kafka
+//!    transaction per task), run right after the at-least-once run it is compared with;
 //! 4. with `--python`, the baseline consumer script (benches/baseline_consumer.py) and its peak PSS;
 //! 5. with `--spark`, Spark Structured Streaming (benches/spark_baseline.py, `local[cores]`) in
 //!    two variants: batches in arrival order, and each Arrow batch sorted by tokens.
@@ -17,7 +19,10 @@
 //! second time with 80 % of its texts unchanged, with and without `cache_bytes`; the second
 //! pass's embeddings/s compared. Then latency, from each input's Kafka timestamp to its output's
 //! (stamped by the sink's producer as it sends): titles produced at half of (2)'s rate into a
-//! query with a 1 s trigger, then at a tenth of it into a query with no trigger interval.
+//! query with a 1 s trigger, then at a tenth of it into a query with no trigger interval; and
+//! at half of (2)'s rate with a 1 s trigger, exactly once, from each input's timestamp to the
+//! moment a `read_committed` consumer polling the output receives it (output stamps are taken
+//! when a record is sent, before its transaction commits).
 //! A table goes to stdout; `bench.json` and `bench.png` to `--out`.
 
 use std::collections::HashMap;
@@ -49,6 +54,10 @@ const NO_TRIGGER_GOAL_MS: f64 = 500.0;
 /// The token budgets of the runs with `max_batch_tokens` (the spec's `batch_size` kept): half
 /// and a quarter of 32 texts of 128 tokens, the largest batch without one.
 const BUDGET_TOKENS: [i64; 2] = [2048, 1024];
+/// The sink key of the exactly-once runs, and issue 34's goal for their throughput against
+/// at least once.
+const EXACTLY_ONCE: (&str, &str) = ("guarantee", "exactly_once");
+const EXACTLY_ONCE_GOAL: f64 = 0.85;
 
 /// Spark Structured Streaming as the baseline: the script, run by `--python`'s interpreter, and
 /// the directory of the Kafka connector's jars.
@@ -78,6 +87,13 @@ pub fn uniform_texts(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{} {} model {}", ADJ[i % ADJ.len()], THING[(i / 7) % THING.len()], i)).collect()
 }
 
+/// Keys a run sets in the bench's job spec: in its `[model]`, and in its `[sink]`.
+#[derive(Default, Clone, Copy)]
+struct Keys<'a> {
+    model: &'a [(&'a str, toml::Value)],
+    sink: &'a [(&'a str, &'a str)],
+}
+
 /// One text set's figures.
 struct SetResult {
     name: String,
@@ -92,6 +108,8 @@ struct SetResult {
     /// Spark in arrival order, and sorted: (embeddings/s, peak total PSS)
     spark: Option<(f64, u64)>,
     spark_sorted: Option<(f64, u64)>,
+    /// embedstream on every core, the Kafka sink exactly once: (embeddings/s, peak total PSS)
+    exactly_once: (f64, u64),
 }
 
 impl SetResult {
@@ -171,15 +189,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
             _ => (None, None),
         };
         let mut by_workers = Vec::new();
+        let mut exactly_once = (0.0, 0);
         for &w in workers.iter().rev() {
-            let (rate, pss) = bench.embedstream(&topic, &format!("{name}-{w}"), w, texts.len(), &[])?;
+            let (rate, pss) = bench.embedstream(&topic, &format!("{name}-{w}"), w, texts.len(), Keys::default())?;
             by_workers.insert(0, (w, rate, pss));
+            if w == cores {
+                // Right after the run it is compared with, so that the machine's drift is small.
+                let keys = Keys { sink: &[EXACTLY_ONCE], ..Keys::default() };
+                exactly_once = bench.embedstream(&topic, &format!("{name}-eos"), w, texts.len(), keys)?;
+            }
         }
         let mut budgets = Vec::new();
         for tokens in BUDGET_TOKENS {
-            let keys = [("max_batch_tokens", toml::Value::from(tokens))];
+            let model = [("max_batch_tokens", toml::Value::from(tokens))];
+            let keys = Keys { model: &model, ..Keys::default() };
             let (rate, pss) =
-                bench.embedstream(&topic, &format!("{name}-budget-{tokens}"), cores, texts.len(), &keys)?;
+                bench.embedstream(&topic, &format!("{name}-budget-{tokens}"), cores, texts.len(), keys)?;
             budgets.push((tokens, rate, pss));
         }
         let r = SetResult {
@@ -191,6 +216,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             budgets,
             spark,
             spark_sorted,
+            exactly_once,
         };
         let (rate, _) = r.embedstream();
         let rate_of = |x: Option<(f64, u64)>| x.map_or("-".to_string(), |(p, _)| format!("{p:.1}"));
@@ -230,6 +256,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 budget_pss as f64 / pss as f64,
             );
         }
+        let (eos_rate, eos_pss) = r.exactly_once;
+        println!(
+            "{:<10} Kafka sink exactly once: {eos_rate:.1}/s ({:.2} of at least once; goal >= {EXACTLY_ONCE_GOAL} ({})), peak total PSS {:.0} MiB",
+            r.name,
+            eos_rate / r.embedstream().0,
+            if eos_rate / r.embedstream().0 >= EXACTLY_ONCE_GOAL { "met" } else { "missed" },
+            mib(eos_pss),
+        );
         for (what, run) in [("spark", r.spark), ("spark sorted", r.spark_sorted)] {
             if let Some((_, spss)) = run {
                 println!("{:<10} {what}: peak total PSS {:.0} MiB", r.name, mib(spss));
@@ -256,12 +290,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.latency_seconds > 0 {
         let capacity = results[0].embedstream().0;
         let phases = [
-            ("half load, 1 s trigger", capacity / 2.0, Some(TRIGGER_MS), 2.0 * TRIGGER_MS as f64),
-            ("a tenth of capacity, no trigger interval", capacity / 10.0, None, NO_TRIGGER_GOAL_MS),
+            ("half load, 1 s trigger", capacity / 2.0, Some(TRIGGER_MS), 2.0 * TRIGGER_MS as f64, false),
+            ("a tenth of capacity, no trigger interval", capacity / 10.0, None, NO_TRIGGER_GOAL_MS, false),
+            ("half load, 1 s trigger, exactly once", capacity / 2.0, Some(TRIGGER_MS), 2.0 * TRIGGER_MS as f64, true),
         ];
-        for (label, rate, trigger_ms, goal) in phases {
+        for (label, rate, trigger_ms, goal, exactly_once) in phases {
             let rate = rate.max(1.0);
-            let ms = bench.latency(rate, cores, args.latency_seconds, trigger_ms)?;
+            let ms = bench.latency(rate, cores, args.latency_seconds, trigger_ms, exactly_once)?;
             let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
             let (p50, p95, p99) = (at(0.5), at(0.95), at(0.99));
             println!(
@@ -271,7 +306,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 ms.len(),
                 if p99 < goal { "met" } else { "missed" }
             );
-            let summary = json!({"load": label, "records_per_second": rate, "trigger_ms": trigger_ms,
+            let summary = json!({"load": label, "records_per_second": rate, "trigger_ms": trigger_ms, "exactly_once": exactly_once,
                                  "records": ms.len(), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "goal_p99_ms": goal});
             latencies.push((summary, chart::Latency { label: label.to_string(), ms, goal_ms: goal }));
         }
@@ -297,6 +332,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "spark_peak_pss_bytes": r.spark.map(|p| p.1),
             "spark_sorted": r.spark_sorted.map(|p| p.0),
             "spark_sorted_peak_pss_bytes": r.spark_sorted.map(|p| p.1),
+            "embedstream_exactly_once": r.exactly_once.0,
+            "embedstream_exactly_once_peak_pss_bytes": r.exactly_once.1,
             "embedstream_budgets": r.budgets.iter().map(|(tokens, rate, pss)| json!({
                 "max_batch_tokens": tokens, "embeddings_per_second": rate, "peak_pss_bytes": pss})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
@@ -369,8 +406,8 @@ impl Bench {
         Ok(())
     }
 
-    /// Writes a job spec that reads `topic`: the user's model (with `model_keys` set in its
-    /// `[model]`), the bench's source, trigger and sink.
+    /// Writes a job spec that reads `topic`: the user's model (with `keys.model` set in its
+    /// `[model]`), the bench's source and trigger, and its sink (with `keys.sink`).
     fn job(
         &self,
         name: &str,
@@ -378,13 +415,13 @@ impl Bench {
         trigger: toml::Table,
         cores: usize,
         starting: &str,
-        model_keys: &[(&str, toml::Value)],
+        keys: Keys,
     ) -> Result<PathBuf> {
         let mut t = self.base_toml.clone();
-        if !model_keys.is_empty() {
+        if !keys.model.is_empty() {
             let model =
                 t.get_mut("model").and_then(toml::Value::as_table_mut).context("the bench's job has a [model]")?;
-            for (k, v) in model_keys {
+            for (k, v) in keys.model {
                 model.insert(k.to_string(), v.clone());
             }
         }
@@ -401,6 +438,9 @@ impl Bench {
         let mut sink = toml::Table::new();
         sink.insert("kind".into(), "kafka".into());
         sink.insert("topic".into(), format!("{name}-out").into());
+        for (k, v) in keys.sink {
+            sink.insert(k.to_string(), v.to_string().into());
+        }
         t.insert("sink".into(), sink.into());
         let mut executors = toml::Table::new();
         executors.insert("count".into(), 1.into());
@@ -415,17 +455,10 @@ impl Bench {
     }
 
     /// embedstream end to end with `workers` model workers: (embeddings/s, peak total PSS).
-    fn embedstream(
-        &self,
-        topic: &str,
-        name: &str,
-        workers: usize,
-        expected: usize,
-        model_keys: &[(&str, toml::Value)],
-    ) -> Result<(f64, u64)> {
+    fn embedstream(&self, topic: &str, name: &str, workers: usize, expected: usize, keys: Keys) -> Result<(f64, u64)> {
         let mut trigger = toml::Table::new();
         trigger.insert("available_now".into(), true.into());
-        let job = self.job(name, topic, trigger, workers, "earliest", model_keys)?;
+        let job = self.job(name, topic, trigger, workers, "earliest", keys)?;
         let mut cmd = Command::new(&self.embedstream);
         cmd.arg("run").arg(&job).args(["--local", "1"]);
         measured_run(cmd, &job.with_file_name("run.log"), "embedstream", expected)
@@ -476,9 +509,9 @@ impl Bench {
         workers: usize,
         trigger: toml::Table,
         starting: &str,
-        model_keys: &[(&str, toml::Value)],
+        keys: Keys,
     ) -> Result<(std::process::Child, JobSpec, PathBuf)> {
-        let job = self.job(name, topic, trigger, workers, starting, model_keys)?;
+        let job = self.job(name, topic, trigger, workers, starting, keys)?;
         let spec = JobSpec::from_file(&job)?;
         let log_path = job.with_file_name("run.log");
         let child = Command::new(&self.embedstream)
@@ -515,8 +548,8 @@ impl Bench {
             let which = if cached { "cache" } else { "no-cache" };
             let topic = format!("bench-{}-{set}-{which}", self.run_id);
             self.produce(&topic, &[])?;
-            let keys = [("cache_bytes", toml::Value::from("256m"))];
-            let keys: &[(&str, toml::Value)] = if cached { &keys } else { &[] };
+            let model = [("cache_bytes", toml::Value::from("256m"))];
+            let keys = Keys { model: if cached { &model } else { &[] }, ..Keys::default() };
             let (mut child, spec, job) =
                 self.start_query(which, &topic, workers, toml::Table::new(), "earliest", keys)?;
             let query = ChildGuard(&mut child);
@@ -555,11 +588,20 @@ impl Bench {
     }
 
     /// Produces titles at `rate` a second for `seconds` into a continuous query (with a trigger
-    /// interval of `trigger_ms`, or none); returns each record's latency in ms, sorted.
-    fn latency(&self, rate: f64, workers: usize, seconds: u64, trigger_ms: Option<u64>) -> Result<Vec<f64>> {
-        let name = match trigger_ms {
-            Some(ms) => format!("latency-{ms}ms"),
-            None => "latency-no-trigger".to_string(),
+    /// interval of `trigger_ms`, or none); returns each record's latency in ms, sorted: to its
+    /// output's stamp, or with `exactly_once`, to the moment a `read_committed` consumer got it.
+    fn latency(
+        &self,
+        rate: f64,
+        workers: usize,
+        seconds: u64,
+        trigger_ms: Option<u64>,
+        exactly_once: bool,
+    ) -> Result<Vec<f64>> {
+        let name = match (trigger_ms, exactly_once) {
+            (Some(ms), false) => format!("latency-{ms}ms"),
+            (Some(ms), true) => format!("latency-{ms}ms-eos"),
+            (None, _) => "latency-no-trigger".to_string(),
         };
         let topic = format!("bench-{}-{name}", self.run_id);
         self.produce(&topic, &[])?;
@@ -567,10 +609,17 @@ impl Bench {
         if let Some(ms) = trigger_ms {
             trigger.insert("processing_time".into(), format!("{ms}ms").into());
         }
-        let (mut child, spec, _) = self.start_query(&name, &topic, workers, trigger, "latest", &[])?;
+        let keys = Keys { sink: if exactly_once { &[EXACTLY_ONCE] } else { &[] }, ..Keys::default() };
+        let (mut child, spec, _) = self.start_query(&name, &topic, workers, trigger, "latest", keys)?;
         let query = ChildGuard(&mut child);
+        let output_topic = spec.sink.output_topic().context("the bench writes to Kafka")?.to_string();
+        let expected = (rate * seconds as f64) as usize;
+        let visible = exactly_once.then(|| {
+            let (bootstrap, topic) = (self.bootstrap.clone(), output_topic.clone());
+            std::thread::spawn(move || arrivals(&bootstrap, &topic, expected))
+        });
 
-        let texts = uniform_texts((rate * seconds as f64) as usize);
+        let texts = uniform_texts(expected);
         let per_tick = (rate / 10.0).ceil() as usize;
         let producer = topics::producer(&self.bootstrap)?;
         let started = Instant::now();
@@ -591,7 +640,10 @@ impl Bench {
         drop(query);
 
         let input = timestamps(&self.bootstrap, &topic, false)?;
-        let output = timestamps(&self.bootstrap, spec.sink.output_topic().context("the bench writes to Kafka")?, true)?;
+        let output = match visible {
+            Some(reader) => reader.join().expect("the reader does not panic")?,
+            None => timestamps(&self.bootstrap, &output_topic, true)?,
+        };
         ensure!(output.len() == input.len(), "{} outputs for {} inputs", output.len(), input.len());
         let mut ms: Vec<f64> = output
             .iter()
@@ -685,6 +737,47 @@ fn timestamps(bootstrap: &str, topic: &str, origin: bool) -> Result<HashMap<(i32
             (m.partition(), m.offset())
         };
         out.insert(key, m.timestamp().to_millis().context("a record without a timestamp")?);
+    }
+    Ok(out)
+}
+
+/// The wall-clock time (ms since the epoch) at which a `read_committed` consumer polling `topic`
+/// from its start receives each of `expected` records, by the input (`es.partition`,
+/// `es.offset`) it names. The consumer asks the broker to answer fetches within 10 ms.
+fn arrivals(bootstrap: &str, topic: &str, expected: usize) -> Result<HashMap<(i32, i64), i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "embedstream-bench-committed-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = HashMap::new();
+    let until = Instant::now() + Duration::from_secs(600);
+    while out.len() < expected {
+        ensure!(Instant::now() < until, "timed out reading {topic} as it is committed");
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let m = match m {
+            Ok(m) => m,
+            // The topic is made by the query's first batch: unknown until then.
+            Err(rdkafka::error::KafkaError::MessageConsumption(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let received = embedstream_driver::checkpoint::now_ms() as i64;
+        let header = |name: &str| -> Option<i64> {
+            m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+        };
+        let origin = (
+            header("es.partition").context("no es.partition header")? as i32,
+            header("es.offset").context("no es.offset")?,
+        );
+        out.entry(origin).or_insert(received);
     }
     Ok(out)
 }

@@ -26,6 +26,7 @@ pub mod hadoop_tokens;
 pub mod health;
 pub mod latency;
 pub mod manifest;
+pub mod model_version;
 pub mod offsets;
 pub mod progress;
 pub mod spec;

@@ -58,6 +58,10 @@ pub struct ProgressRecord {
     /// The batch's last few dead letters (at most [`DEAD_LETTER_SAMPLES`]), with their reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dead_letter_samples: Vec<DeadLetterSample>,
+    /// Each model's version (`crate::model_version`), by the model's name. Absent in records
+    /// written before versions were.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_versions: BTreeMap<String, String>,
 }
 
 /// Dead letters a task or a batch reports one by one, the newest kept.

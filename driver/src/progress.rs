@@ -156,6 +156,7 @@ mod tests {
             dead_letter_samples: Vec::new(),
             task_retries: 0,
             executors: BTreeMap::from([("exec-0".into(), 10)]),
+            model_versions: Default::default(),
         }
     }
 

@@ -171,13 +171,17 @@ impl KafkaSource {
     }
 
     /// Commits `end` (the next offsets to read, never the last ones read) to the query's group,
-    /// in lists of [`PARTITIONS_A_REQUEST`] partitions.
-    pub fn commit_group(&self, end: &PartitionOffsets) -> Result<(), SourceError> {
+    /// in lists of [`PARTITIONS_A_REQUEST`] partitions, each offset's metadata the query's id
+    /// (its checkpoint's; what an exactly-once Kafka sink's tasks check, see
+    /// `embedstream_sinks::kafka::transactions`).
+    pub fn commit_group(&self, end: &PartitionOffsets, query_id: &str) -> Result<(), SourceError> {
         let end: Vec<(&TopicPartition, &i64)> = end.iter().collect();
         for chunk in end.chunks(PARTITIONS_A_REQUEST) {
             let mut tpl = TopicPartitionList::new();
             for (tp, &o) in chunk {
-                tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(o)).map_err(kafka("offset list"))?;
+                let mut offset = tpl.add_partition(&tp.topic, tp.partition);
+                offset.set_offset(Offset::Offset(o)).map_err(kafka("offset list"))?;
+                offset.set_metadata(query_id);
             }
             let group = || format!("commit to group {}", self.spec.group_id());
             self.consumer.commit(&tpl, CommitMode::Sync).map_err(kafka(group()))?;

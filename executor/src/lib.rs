@@ -77,6 +77,8 @@ pub enum ExecutorError {
     Serve(String),
     #[error(transparent)]
     Registry(#[from] schemas::registry::RegistryError),
+    #[error(transparent)]
+    ModelVersion(#[from] embedstream_core::model_version::VersionError),
 }
 
 pub struct ExecutorArgs {
@@ -202,7 +204,11 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     if heads {
         model::init_runtime(&lib)?;
     }
-    let pipeline = Arc::new(pipeline::Pipeline::new(&spec, backends)?);
+    // Every vector carries its model's version: the model files' bytes and the keys that change
+    // the vectors, hashed here from the files this executor loaded.
+    let versions = embedstream_core::model_version::model_versions(&spec)?;
+    tracing::info!(?versions, "model versions");
+    let pipeline = Arc::new(pipeline::Pipeline::new(&spec, backends)?.with_versions(&versions));
 
     let reader = KafkaReader::new(
         spec.source_client(&secrets)?,

@@ -202,7 +202,15 @@ impl Pipeline {
         let written = (spec.written_models().iter())
             .map(|name| {
                 let i = steps.iter().position(|s| s.name() == name).expect("validated: a model");
-                (i, Output { model: name.clone(), column: spec.output_column(name), dim: dims[i] })
+                (
+                    i,
+                    Output {
+                        model: name.clone(),
+                        version: String::new(),
+                        column: spec.output_column(name),
+                        dim: dims[i],
+                    },
+                )
             })
             .collect();
         Ok(Pipeline {
@@ -218,6 +226,14 @@ impl Pipeline {
     /// The vector columns the sink writes, in order.
     pub fn outputs(&self) -> Vec<Output> {
         self.written.iter().map(|(_, o)| o.clone()).collect()
+    }
+
+    /// Gives each written output its model's version (`embedstream_core::model_version`).
+    pub fn with_versions(mut self, versions: &std::collections::BTreeMap<String, String>) -> Pipeline {
+        for (_, o) in &mut self.written {
+            o.version = versions.get(&o.model).cloned().unwrap_or_default();
+        }
+        self
     }
 
     /// Whether its rows are chunks (`chunk_pooling = "none"`).
@@ -559,7 +575,8 @@ topic = "out"
         let spec = product_spec("models = [\"both\"]");
         let pipeline =
             Pipeline::new(&spec, vec![Backend::Texts(Arc::new(Lengths)), Backend::Texts(Arc::new(Lengths))]).unwrap();
-        assert_eq!(pipeline.outputs(), [Output { model: "both".into(), column: "embedding_both".into(), dim: 4 }]);
+        let both = Output { model: "both".into(), version: String::new(), column: "embedding_both".into(), dim: 4 };
+        assert_eq!(pipeline.outputs(), [both]);
     }
 
     #[test]

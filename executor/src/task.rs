@@ -205,7 +205,12 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         attempt: def.attempt,
         partition: def.sink_partition,
         topic_id: def.topic_id.clone(),
-        source: SourceRange { topic: range.tp.topic.clone(), partition: range.tp.partition, end: range.until },
+        source: SourceRange {
+            topic: range.tp.topic.clone(),
+            partition: range.tp.partition,
+            end: range.until,
+            query: def.query_id.clone(),
+        },
     };
     let mut writer = ctx.sink.open(&info)?;
     if writer.begin().await? {

@@ -122,6 +122,7 @@ impl From<&ProgressRecord> for pb::ProgressRecord {
             cache_misses: r.cache_misses,
             dead_letter_reasons: r.dead_letter_reasons.clone().into_iter().collect(),
             dead_letter_samples: r.dead_letter_samples.iter().map(pb::DeadLetterSample::from).collect(),
+            model_versions: r.model_versions.clone().into_iter().collect(),
         }
     }
 }
@@ -164,6 +165,7 @@ impl From<pb::ProgressRecord> for ProgressRecord {
             cache_misses: r.cache_misses,
             dead_letter_reasons: r.dead_letter_reasons.into_iter().collect(),
             dead_letter_samples: r.dead_letter_samples.into_iter().map(DeadLetterSample::from).collect(),
+            model_versions: r.model_versions.into_iter().collect(),
         }
     }
 }
@@ -297,6 +299,7 @@ mod tests {
                 reason: "value is null".into(),
             }],
             executors: [("exec-0".to_string(), 40)].into_iter().collect(),
+            model_versions: [("text".to_string(), "0123456789ab".to_string())].into_iter().collect(),
         };
         assert_eq!(ProgressRecord::from(pb::ProgressRecord::from(&record)), record);
     }

@@ -33,6 +33,7 @@ pub mod parquet;
 pub mod pgvector;
 pub mod registry;
 pub mod rows;
+pub mod versions;
 
 use std::sync::Arc;
 
@@ -65,6 +66,9 @@ pub enum SinkError {
     /// A Kafka transaction (`sink.guarantee = "exactly_once"`) could not be begun or committed.
     #[error("Kafka transaction: {0}")]
     Transaction(String),
+    /// The output already holds vectors of another model version (`sink.on_model_change`).
+    #[error("{0}")]
+    ModelVersion(String),
     /// The Avro output schema could not be registered (`sink.format = "avro"`).
     #[error("sink.format = \"avro\": {0}")]
     Registry(#[from] registry::RegistryError),

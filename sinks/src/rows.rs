@@ -24,18 +24,34 @@ pub fn input_schema() -> SchemaRef {
 }
 
 /// One vector column of the rows a task writes: the model that made it (`es.model`, the
-/// Parquet `model` column), the column's name and the vectors' length.
+/// Parquet `model` column), its version (`es.model_version`, [`Output::version_column`];
+/// `embedstream_core::model_version`), the column's name and the vectors' length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     pub model: String,
+    pub version: String,
     pub column: String,
     pub dim: usize,
 }
 
 impl Output {
     /// The one `embedding` column of a single model's rows.
-    pub fn single(model: &str, dim: usize) -> Output {
-        Output { model: model.to_string(), column: "embedding".into(), dim }
+    pub fn single(model: &str, version: &str, dim: usize) -> Output {
+        Output { model: model.to_string(), version: version.to_string(), column: "embedding".into(), dim }
+    }
+
+    /// The table column that holds this output's model version ([`version_column`]).
+    pub fn version_column(&self, outputs: &[Output]) -> String {
+        version_column(&self.column, outputs.len())
+    }
+}
+
+/// The table column that holds the model version of the vectors in `column`: `model_version`
+/// when the rows have one vector, `<column>_version` when they have several.
+pub fn version_column(column: &str, outputs: usize) -> String {
+    match outputs {
+        1 => "model_version".to_string(),
+        _ => format!("{column}_version"),
     }
 }
 

@@ -346,6 +346,17 @@ pub fn run_refused(job: &Job) -> String {
     stderr
 }
 
+/// `embedstream validate --json`'s version of the one model of `job`.
+pub fn validated_version(job: &Job) -> String {
+    let out = embedstream().args(["validate", job.path.to_str().unwrap(), "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(shown["model_versions"].clone()).unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    versions.into_values().next().unwrap()
+}
+
 /// The progress records of a query's checkpoint, oldest first.
 pub fn progress_records(job: &Job) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(job.checkpoint().join("progress.jsonl")).unwrap_or_default();

@@ -40,7 +40,7 @@ const MAX_ERRORS_SHOWN: usize = 10;
 
 pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
 pub use sink::{
-    DeltaSinkSpec, Guarantee, KafkaSinkSpec, ParquetSinkSpec, PartitionBy, PgDistance, PgIndex, PgMode,
+    DeltaSinkSpec, Guarantee, KafkaSinkSpec, ModelChange, ParquetSinkSpec, PartitionBy, PgDistance, PgIndex, PgMode,
     PgvectorSinkSpec, SinkCommon, SinkKind, SinkSpec, VectorFormat,
 };
 pub use source::{SourceSpec, StartAt, StartingOffsets};

@@ -288,6 +288,7 @@ pub(crate) fn test_record(at: SystemTime, end: i64, latest: i64, dead_letters: u
         cache_misses: 0,
         dead_letter_reasons: Default::default(),
         dead_letter_samples: Vec::new(),
+        model_versions: Default::default(),
     }
 }
 

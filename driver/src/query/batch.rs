@@ -229,8 +229,8 @@ impl Query<'_> {
             // The batch is committed; stale entries only take space until the next try.
             Err(e) => tracing::warn!(error = %e, "could not delete old checkpoint entries"),
         }
-        let committed = entry.end.clone();
-        if let Err(e) = self.broker(move |s| s.commit_group(&committed)).await {
+        let (committed, query) = (entry.end.clone(), query_id.to_string());
+        if let Err(e) = self.broker(move |s| s.commit_group(&committed, &query)).await {
             // The checkpoint is the source of truth; the group only shows progress.
             tracing::warn!(error = %e, "could not commit offsets to the consumer group");
         }

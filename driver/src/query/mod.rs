@@ -67,6 +67,8 @@ pub enum DriverError {
     StartingOffsets(String),
     #[error("driver service: {0}")]
     Service(String),
+    #[error(transparent)]
+    ModelVersion(#[from] embedstream_core::model_version::VersionError),
 }
 
 /// What a query did, printed by `embedstream run` when it ends.
@@ -178,6 +180,27 @@ pub async fn run_query(
     // `[input.types]` does not give one: the executors get the spec with them.
     let registry_password = spec.registry_password_value(&secrets)?;
     embedstream_sinks::type_fields_from_registry(&mut spec, registry_password).await.map_err(CommitError::from)?;
+    // Every model's version, from its files' bytes: an output that holds vectors of another
+    // version is refused now (or its rows replaced, `sink.on_model_change`).
+    let versions = {
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || embedstream_core::model_version::model_versions(&spec))
+            .await
+            .expect("hashing the model files does not panic")?
+    };
+    tracing::info!(?versions, "model versions");
+    embedstream_sinks::versions::check(
+        &spec,
+        &versions,
+        spec.sink_client(&secrets)?,
+        spec.sink_password_value(&secrets)?,
+        &embedstream_sinks::versions::Start {
+            fresh: matches!(checkpoint.recover()?, checkpoint::Recovery::Fresh),
+            earliest: matches!(&spec.source.starting_offsets, embedstream_core::spec::StartingOffsets::Named(n) if n == "earliest"),
+        },
+    )
+    .await
+    .map_err(CommitError::from)?;
     // A Kafka sink's Avro output schema is registered now: a registry that refuses it (an
     // incompatible subject) stops the query before anything starts, naming the subject.
     embedstream_sinks::register_avro_output(&spec, registry_password).await.map_err(CommitError::from)?;
@@ -312,7 +335,7 @@ pub async fn run_query(
             })
             .with_locality_wait(spec.locality_wait()),
             committer,
-            reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone(), progress),
+            reporter: Reporter::new(&spec, checkpoint.query_id(), metrics.clone(), progress, versions),
             targets: &targets,
             control: control.clone(),
         };

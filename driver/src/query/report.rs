@@ -45,10 +45,18 @@ pub(crate) struct Reporter {
     pub(crate) source_description: String,
     /// `sink.guarantee = "exactly_once"` into Kafka: the batches' transaction phases are reported.
     pub(crate) transactions: bool,
+    /// Each model's version, in every progress record.
+    pub(crate) model_versions: BTreeMap<String, String>,
 }
 
 impl Reporter {
-    pub(crate) fn new(spec: &JobSpec, query_id: &str, metrics: Arc<DriverMetrics>, progress: ProgressLog) -> Reporter {
+    pub(crate) fn new(
+        spec: &JobSpec,
+        query_id: &str,
+        metrics: Arc<DriverMetrics>,
+        progress: ProgressLog,
+        model_versions: BTreeMap<String, String>,
+    ) -> Reporter {
         Reporter {
             metrics,
             progress,
@@ -56,6 +64,7 @@ impl Reporter {
             query_id: query_id.to_string(),
             source_description: source_description(spec),
             transactions: spec.sink.exactly_once_kafka(),
+            model_versions,
         }
     }
 
@@ -139,6 +148,7 @@ impl Reporter {
             cache_misses: stats.cache_misses,
             dead_letter_reasons: stats.dead_letter_reasons.clone(),
             dead_letter_samples: stats.dead_letter_samples.clone(),
+            model_versions: self.model_versions.clone(),
         };
         if let Err(e) = self.progress.append(record) {
             tracing::warn!(error = %e, "cannot write the progress log");

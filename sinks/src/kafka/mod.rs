@@ -112,7 +112,7 @@ impl KafkaSink {
         pending: &mut Pending,
         partition: i32,
         origin: &Origin<'_>,
-        (model, vector): (&str, &[f32]),
+        (model, version, vector): (&str, &str, &[f32]),
         Beside { chunk, cells }: &Beside,
     ) -> Result<(), SinkError> {
         let payload = match (&self.avro, cells.is_empty()) {
@@ -133,7 +133,8 @@ impl KafkaSink {
                 serde_json::to_vec(&value).expect("floats and fields serialise")
             }
         };
-        let mut headers = origin_headers(origin, model);
+        let mut headers = origin_headers(origin, model)
+            .insert(rdkafka::message::Header { key: "es.model_version", value: Some(version) });
         for (name, value) in
             chunk.iter().flat_map(|c| ["es.chunk", "es.token_start", "es.token_end"].into_iter().zip(*c))
         {
@@ -252,11 +253,11 @@ impl TaskWriter for KafkaTaskWriter {
             let partitions: &Int32Array = column(rows, "partition");
             let offsets: &Int64Array = column(rows, "offset");
             let timestamps: &Int64Array = column(rows, "timestamp_ms");
-            let vectors: Vec<(&str, &[f32], usize)> = (self.sink.outputs.iter())
+            let vectors: Vec<(&str, &str, &[f32], usize)> = (self.sink.outputs.iter())
                 .map(|o| {
                     let column: &FixedSizeListArray = column(rows, &o.column);
                     let values = column.values().as_any().downcast_ref::<Float32Array>().expect("f32 embeddings");
-                    (o.model.as_str(), values.values().as_ref(), column.value_length() as usize)
+                    (o.model.as_str(), o.version.as_str(), values.values().as_ref(), column.value_length() as usize)
                 })
                 .collect();
             // Rows that are chunks: their index and token span.
@@ -282,14 +283,14 @@ impl TaskWriter for KafkaTaskWriter {
                     beside.cells.push(text.map_or(Cell::Null, Cell::Text));
                 }
                 beside.cells.extend(fields.iter().map(|f| crate::rows::cell_at(f, i)));
-                for &(model, values, dim) in &vectors {
+                for &(model, version, values, dim) in &vectors {
                     let vector = &values[i * dim..(i + 1) * dim];
                     let sent = self.sink.send_embedding(
                         &producer,
                         &mut pending,
                         self.partition,
                         &origin,
-                        (model, vector),
+                        (model, version, vector),
                         &beside,
                     );
                     sent.await?;

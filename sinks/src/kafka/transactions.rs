@@ -17,9 +17,12 @@
 //!   other; if none has, no transaction of the id is pending but the kept producer's own.
 //! - **Recovery.** After the initialisation, the group's committed offset for the partition is
 //!   final (no transaction of an earlier attempt is pending). If it has reached the end of the
-//!   task's range, an earlier attempt committed this range (before a driver crash, say): the
-//!   task writes nothing and succeeds. Otherwise nothing of the range is visible, and the task
-//!   writes all of it. The driver's write-ahead log still decides which batch is next; the
+//!   task's range and its metadata names this query (the checkpoint's id, which every commit of
+//!   the query's offsets carries), an earlier attempt committed this range (before a driver
+//!   crash, say): the task writes nothing and succeeds. Otherwise nothing of the range is
+//!   visible to this query's consumers, and the task writes all of it: an offset that another
+//!   query committed to the same group (a new checkpoint reading from the start again) does
+//!   not count. The driver's write-ahead log still decides which batch is next; the
 //!   transaction decides whether a range's records are visible.
 //! - **A task that dies** leaves its transaction open: the next attempt's initialisation aborts
 //!   it; if no attempt comes, the broker aborts it after `transaction.timeout.ms`.
@@ -42,6 +45,8 @@ pub struct SourceRange {
     pub partition: i32,
     /// The offset after the range's last record: the group's offset once it is committed.
     pub end: i64,
+    /// The query's id (its checkpoint's): the committed offset's metadata.
+    pub query: String,
 }
 
 /// How long one transaction call may wait for the broker.
@@ -132,11 +137,16 @@ impl Transactions {
                 producer
             }
         };
-        if self.committed(range).await? >= range.end {
+        let (offset, by) = self.committed(range).await?;
+        if offset >= range.end && by == range.query {
             tracing::info!(topic = %range.topic, partition = range.partition, end = range.end,
                 "the range was committed by an earlier attempt; nothing to write");
             self.keep(range, producer);
             return Ok(Attempt::Committed);
+        }
+        if offset >= range.end {
+            tracing::info!(topic = %range.topic, partition = range.partition, end = range.end, offset, committed_by = %by,
+                "the group's offset is past the range, committed by another query (its metadata); writing the range");
         }
         let client = producer.client();
         blocking(move || client.begin_transaction()).await.map_err(|e| failed("beginning a transaction", e))?;
@@ -151,19 +161,20 @@ impl Transactions {
         }
     }
 
-    /// The group's committed offset for the range's partition (-1 for none). librdkafka asks
-    /// for stable offsets (`read_committed`): a pending transactional commit is waited for.
-    async fn committed(&self, range: &SourceRange) -> Result<i64, SinkError> {
+    /// The group's committed offset for the range's partition (-1 for none) and its metadata
+    /// (the id of the query that committed it). librdkafka asks for stable offsets
+    /// (`read_committed`): a pending transactional commit is waited for.
+    async fn committed(&self, range: &SourceRange) -> Result<(i64, String), SinkError> {
         let consumer = self.consumer.clone();
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&range.topic, range.partition);
         let got = blocking(move || consumer.committed_offsets(tpl, CALL_TIMEOUT))
             .await
             .map_err(|e| failed(&format!("reading group {}'s offsets", self.group), e))?;
-        let offset = got.find_partition(&range.topic, range.partition).map(|p| p.offset());
-        Ok(match offset {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
+        let Some(p) = got.find_partition(&range.topic, range.partition) else { return Ok((-1, String::new())) };
+        Ok(match p.offset() {
+            Offset::Offset(o) => (o, p.metadata().to_string()),
+            _ => (-1, String::new()),
         })
     }
 
@@ -181,9 +192,12 @@ impl Transactions {
         let started = Instant::now();
         let metadata = self.consumer.group_metadata().ok_or_else(|| failed("the group's metadata", "none"))?;
         let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.end))
-            .map_err(|e| failed("the range's offset", e))?;
+        {
+            // The group's offset names this query (its checkpoint's id): see `begin`.
+            let mut offset = offsets.add_partition(&range.topic, range.partition);
+            offset.set_offset(Offset::Offset(range.end)).map_err(|e| failed("the range's offset", e))?;
+            offset.set_metadata(range.query.as_str());
+        }
         let client = producer.client();
         blocking(move || {
             client.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)?;

@@ -73,6 +73,7 @@ impl ParquetSink {
         } else {
             fields.extend(outputs.iter().map(|o| Field::new(&o.column, embedding_type(o.dim), false)));
         }
+        fields.extend(outputs.iter().map(|o| Field::new(o.version_column(&outputs), DataType::Utf8, false)));
         if chunks {
             fields.extend(CHUNK_COLUMNS.iter().map(|c| Field::new(*c, DataType::Int32, false)));
         }
@@ -106,6 +107,8 @@ impl ParquetSink {
             columns.push(Arc::new(StringArray::from(vec![one.model.as_str(); rows.num_rows()])));
         }
         columns.extend(self.outputs.iter().map(|o| col(&o.column)));
+        let versions = self.outputs.iter().map(|o| StringArray::from(vec![o.version.as_str(); rows.num_rows()]));
+        columns.extend(versions.map(|v| Arc::new(v) as ArrayRef));
         if self.chunks {
             columns.extend(CHUNK_COLUMNS.iter().map(|c| col(c)));
         }

@@ -21,7 +21,7 @@
 //! `sink.tls_ca` (or `sslmode=require`) every connection is TLS through rustls ([`tls_of`]).
 
 mod committer;
-mod table;
+pub(crate) mod table;
 mod vector;
 
 use std::sync::{Arc, Mutex};
@@ -208,8 +208,15 @@ async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create:
             message: format!("{checking} does not exist (sink.create_table = false)"),
         });
     }
+    // Columns earlier versions did not make: the topic id, and each output's model version
+    // (rows written before versions were have none, and are not compared: `versions::check`).
+    let version_columns: Vec<(String, &str)> =
+        table.version_columns.iter().map(|name| (name.clone(), "text")).collect();
+    let added: Vec<(&str, &str)> = (table::TABLE_COLUMNS_ADDED.iter().copied())
+        .chain(version_columns.iter().map(|(name, def)| (name.as_str(), *def)))
+        .collect();
     if create
-        && add_missing_columns(client, lock, &table.name, table::TABLE_COLUMNS_ADDED)
+        && add_missing_columns(client, lock, &table.name, &added)
             .await
             .map_err(|e| db.error(&format!("adding columns to {checking}"), &e))?
     {
@@ -262,7 +269,7 @@ pub(crate) async fn add_missing_columns(
 }
 
 /// The columns of `table` and their types, none if it does not exist.
-async fn columns_of(client: &Client, table: &str) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+pub(crate) async fn columns_of(client: &Client, table: &str) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
@@ -468,6 +475,7 @@ impl PgWriter {
             types.push(Type::TEXT);
         }
         types.extend(vectors.iter().map(|_| conn.vector.clone()));
+        types.extend(table.versions.iter().map(|_| Type::TEXT));
         if table.with_value {
             types.push(Type::TEXT);
         }
@@ -494,6 +502,7 @@ impl PgWriter {
                 row.push(model);
             }
             row.extend(row_vectors.iter().map(|v| v as &(dyn ToSql + Sync)));
+            row.extend(table.versions.iter().map(|v| v as &(dyn ToSql + Sync)));
             if table.with_value {
                 row.push(&value);
             }

@@ -47,6 +47,11 @@ pub struct TableDef {
     pub columns: Vec<Column>,
     /// The single model's id, written in the `model` column (one output only).
     pub model: Option<String>,
+    /// Each output's model version, in the version columns that follow the vector columns
+    /// ([`Output::version_column`]).
+    pub versions: Vec<String>,
+    /// The names of those version columns, in the same order.
+    pub version_columns: Vec<String>,
     pub with_value: bool,
     pub index: PgIndex,
     pub ops: &'static str,
@@ -80,6 +85,7 @@ impl TableDef {
             model: Some(o.model.clone()),
             field: false,
         }));
+        columns.extend(outputs.iter().map(|o| Column::plain(&o.version_column(outputs), "text")));
         if spec.with_value() {
             columns.push(Column::plain("value", "text"));
         }
@@ -94,6 +100,8 @@ impl TableDef {
             mode: spec.mode,
             columns,
             model,
+            versions: outputs.iter().map(|o| o.version.clone()).collect(),
+            version_columns: outputs.iter().map(|o| o.version_column(outputs)).collect(),
             with_value: spec.with_value(),
             index: spec.index,
             ops: spec.distance.ops(),
@@ -374,7 +382,7 @@ mod tests {
 
     #[test]
     fn an_existing_table_is_checked_column_by_column() {
-        let def = TableDef::new(&spec("upsert"), &[Output::single("minilm", 384)], &[price()]);
+        let def = TableDef::new(&spec("upsert"), &[Output::single("minilm", "0123456789ab", 384)], &[price()]);
         let mut existing: Vec<(String, String)> =
             def.columns.iter().map(|c| (c.name.clone(), c.sql_type.clone())).collect();
         assert_eq!(def.misfit(&existing), None);
@@ -392,13 +400,13 @@ mod tests {
 
     #[test]
     fn statements_quote_every_name() {
-        let def = TableDef::new(&spec("append"), &[Output::single("m", 3)], &[price()]);
+        let def = TableDef::new(&spec("append"), &[Output::single("m", "0123456789ab", 3)], &[price()]);
         assert!(def.create()[0].starts_with("CREATE TABLE IF NOT EXISTS \"s\".\"items\" (\"key\" text, "));
         assert!(def.create()[0].contains("\"price\" double precision, PRIMARY KEY"), "a field column is nullable");
         assert!(def.create()[1]
             .contains("\"items_embedding_hnsw\" ON \"s\".\"items\" USING hnsw (\"embedding\" vector_cosine_ops)"));
         assert!(def.merge().ends_with("ON CONFLICT (\"topic\", \"topic_id\", \"partition\", \"offset\") DO NOTHING"));
-        let upsert = TableDef::new(&spec("upsert"), &[Output::single("m", 3)], &[]);
+        let upsert = TableDef::new(&spec("upsert"), &[Output::single("m", "0123456789ab", 3)], &[]);
         assert_eq!(upsert.create().len(), 3, "table, index, tombstones");
         assert!(upsert.merge().contains("\"s\".\"items_tombstones\""));
     }

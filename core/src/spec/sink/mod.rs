@@ -56,10 +56,34 @@ pub struct SinkCommon {
     /// The models whose vectors are written (`[[models]]` names). Default: every model's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// What a query does when its output already holds vectors of another model version.
+    #[serde(default, skip_serializing_if = "ModelChange::is_default")]
+    pub on_model_change: ModelChange,
 }
 
 impl SinkCommon {
-    const KEYS: [&'static str; 5] = ["bootstrap_servers", "dead_letter_topic", "kafka", "dead_letter_kafka", "models"];
+    const KEYS: [&'static str; 6] =
+        ["bootstrap_servers", "dead_letter_topic", "kafka", "dead_letter_kafka", "models", "on_model_change"];
+}
+
+/// `[sink] on_model_change`: what a query does, before its first batch, when its table or topic
+/// already holds vectors that another version of a model made (`embedstream_core::model_version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelChange {
+    /// The query does not start; the error names the table column or topic, both versions, and
+    /// how to re-embed.
+    #[default]
+    Refuse,
+    /// The query starts: pgvector deletes the rows of other versions first; a Kafka topic keeps
+    /// its records (each says its version in `es.model_version`).
+    Replace,
+}
+
+impl ModelChange {
+    fn is_default(&self) -> bool {
+        *self == ModelChange::Refuse
+    }
 }
 
 /// The sink's kind and its own keys: one variant per sink.
@@ -196,6 +220,13 @@ impl SinkSpec {
         }
         if self.bootstrap_servers().is_some_and(|b| b.trim().is_empty()) {
             return Err(SpecError::new("sink.bootstrap_servers", "must not be empty"));
+        }
+        if self.common.on_model_change == ModelChange::Replace && self.table_path().is_some() {
+            return Err(SpecError::new(
+                "sink.on_model_change",
+                "\"replace\" is for the pgvector and Kafka sinks: write a new model version's vectors to a new \
+                 Parquet or Delta path",
+            ));
         }
         let dlq = self.dead_letter_topic(query);
         if dlq.is_empty() || Some(dlq.as_str()) == self.output_topic() {

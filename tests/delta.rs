@@ -206,4 +206,14 @@ fn a_delta_table_holds_every_record_once_for_spark_and_deltalake() {
     assert!(stderr.contains("sink.path") && stderr.contains(owner), "{stderr}");
     assert_eq!(data_files(&table), files_before, "nothing written");
     assert!(broker.committed("dl2-group", "items", 2).iter().all(|&o| o <= 0), "no offsets committed");
+
+    // Every row says its model's version, as `validate` computes it; the query resumed with
+    // another version (a shorter max_seq_len) is refused before its first batch, naming the
+    // column and both versions.
+    let version_a = validated_version(&job);
+    assert_eq!(got["model_versions"], serde_json::json!([version_a]), "deltalake reads each row's version");
+    assert_eq!(types["model_version"], "string");
+    broker.produce_texts("items", 2, input.len(), &texts(4, 23));
+    assert_another_version_is_refused(&job, &version_a);
+    assert_eq!(data_files(&table), files_before, "nothing written");
 }

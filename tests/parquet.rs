@@ -158,4 +158,11 @@ fn a_batch_published_before_a_driver_crash_is_not_written_again() {
     assert!(log.contains("batch 0 there was written by query") && log.contains("sink.path"), "{log}");
     assert_eq!(manifest::data_files(&table).unwrap(), files_before, "nothing written");
     assert!(broker.committed("pqn-group", "notes", 1).iter().all(|&o| o <= 0), "no offsets committed");
+
+    // The first query resumed with another model version (a shorter max_seq_len): refused
+    // before its first batch, naming the table's column and both versions.
+    let version_a = validated_version(&job);
+    broker.produce_texts("notes", 1, input.len(), &texts(4, 13));
+    assert_another_version_is_refused(&job, &version_a);
+    assert_eq!(manifest::data_files(&table).unwrap(), files_before, "nothing written");
 }

@@ -5,8 +5,9 @@
 //! column or topic, both versions and how to re-embed; `"replace"` has a new checkpoint that
 //! reads the source from its start delete a pgvector table's rows of other versions (and take
 //! the table over), and lets a Kafka topic go on (each record says its version).
-//! Vectors written before versions were (no column, no header) are not compared. Parquet and
-//! Delta tables are not checked yet (README, Known limits).
+//! A Parquet or Delta table is checked by its newest committed file's version columns (a
+//! table holds one version; `replace` is refused for them when the spec is read). Vectors
+//! written before versions were (no column, no header) are not compared.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,8 +92,96 @@ pub async fn check(
             Ok(())
         }
         SinkKind::Pgvector(p) => check_table(p, password, &written, on_change, start).await,
-        SinkKind::Parquet(_) | SinkKind::Delta(_) => Ok(()),
+        SinkKind::Parquet(p) => {
+            let table = p.path.clone();
+            let newest = tokio::task::spawn_blocking(move || embedstream_core::manifest::visible_files(&table))
+                .await
+                .expect("listing the manifests does not panic")
+                .map_err(|e| SinkError::Table(e.to_string()))?
+                .pop();
+            check_file(newest, &written, "sink.path", &p.path).await
+        }
+        SinkKind::Delta(d) => {
+            let newest = crate::delta::last_file(d).await?;
+            check_file(newest, &written, "sink.path", &d.path).await
+        }
     }
+}
+
+/// A Parquet or Delta table's newest committed file, read for its version columns: a table
+/// holds one query's vectors (a Delta table is owned by its query; a Parquet table's manifests
+/// name theirs), so its newest file says which version the table is at. Replacing a table's
+/// files is not offered: the new version goes to a new path.
+async fn check_file(
+    newest: Option<std::path::PathBuf>,
+    written: &[WrittenVersion],
+    key: &str,
+    table: &std::path::Path,
+) -> Result<(), SinkError> {
+    let Some(file) = newest else { return Ok(()) };
+    let columns: Vec<String> = written.iter().map(|w| w.column.clone()).collect();
+    let read = file.clone();
+    let found = tokio::task::spawn_blocking(move || versions_in_file(&read, &columns))
+        .await
+        .expect("reading a file's versions does not panic")
+        .map_err(|e| {
+            SinkError::Table(format!(
+                "{key} {}: reading {} for its model versions: {e}",
+                table.display(),
+                file.display()
+            ))
+        })?;
+    for w in written {
+        let Some(Some(v)) = found.get(&w.column) else { continue };
+        if v != &w.version {
+            return Err(SinkError::ModelVersion(format!(
+                "{key} {} column `{}` holds vectors of model `{}` version {v}; this query's is {}. A table holds one \
+                 version: write the new one to a new {key} (and a new checkpoint_location from the earliest offsets), \
+                 then switch readers to it (README, \"Model versions and re-embedding\")",
+                table.display(),
+                w.column,
+                w.model,
+                w.version
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The first non-null value of each of `columns` that `file` has (a file is one attempt's:
+/// one version a column); a column the file lacks (written before versions) is left out.
+fn versions_in_file(
+    file: &std::path::Path,
+    columns: &[String],
+) -> Result<BTreeMap<String, Option<String>>, Box<dyn std::error::Error + Send + Sync>> {
+    use arrow_array::{Array, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+
+    let bytes = embedstream_core::store::read(file)?.ok_or("the manifest lists it, and it is not there")?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))?;
+    let schema = builder.schema().clone();
+    let present: Vec<usize> = columns.iter().filter_map(|c| schema.index_of(c).ok()).collect();
+    if present.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), present);
+    let mut found: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        for (i, field) in batch.schema().fields().iter().enumerate() {
+            let Some(values) = batch.column(i).as_any().downcast_ref::<StringArray>() else { continue };
+            let first = (0..values.len()).find(|&r| values.is_valid(r)).map(|r| values.value(r).to_string());
+            let entry = found.entry(field.name().clone()).or_default();
+            if entry.is_none() {
+                *entry = first;
+            }
+        }
+        if found.len() == columns.len() && found.values().all(Option::is_some) {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// (model, partition, version) of the last records of each partition of `topic` that carry

@@ -70,6 +70,7 @@ print(json.dumps({
     "dt": sorted(set(t["dt"].to_pylist())),
     "files": sorted(os.path.relpath(unquote(urlparse(u).path), sys.argv[1]) for u in dt.file_uris()),
     "owner": owner,
+    "model_versions": sorted(set(t["model_version"].to_pylist())),
     "txn": dt.transaction_version(owner) if owner else None,
 }), flush=True)
 # deltalake 1.6's runtime threads sometimes abort the interpreter's teardown ("terminate called

@@ -89,6 +89,15 @@ dead_letter_topic = "{name}-dlq"
         self.edit(|text| text.replacen("batch_size = 16\nsort_window = 16\n", &batching, 1))
     }
 
+    /// Adds `keys` (TOML lines) at the end of `[model]`, in the job's file as it is now (the
+    /// same checkpoint: a resumed query with another model).
+    pub fn add_model_keys(&self, keys: &str) {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let edited = text.replacen("\n[sink]\n", &format!("{keys}\n\n[sink]\n"), 1);
+        assert_ne!(edited, text, "[sink] after [model]");
+        std::fs::write(&self.path, edited).unwrap();
+    }
+
     /// Sets `[model]`'s batching and further keys to `keys` (TOML lines) instead of
     /// [`Job::new`]'s `batch_size = 16` and `sort_window = 16`.
     pub fn edit_model(self, keys: &str) -> Job {
@@ -344,6 +353,21 @@ pub fn run_refused(job: &Job) -> String {
     let (ok, _, stderr) = run_local(job, Duration::from_secs(120));
     assert!(!ok, "{stderr}");
     stderr
+}
+
+/// Resumes `job` with a shorter `max_seq_len` (another model version than `version_a`, which
+/// its table holds) and asserts that the query is refused before its first batch, naming the
+/// table's `model_version` column and both versions.
+pub fn assert_another_version_is_refused(job: &Job, version_a: &str) {
+    job.add_model_keys("max_seq_len = 64");
+    let version_b = validated_version(job);
+    assert_ne!(version_a, version_b);
+    let refused = run_refused(job);
+    assert!(
+        refused.contains("column `model_version` holds vectors of model `")
+            && refused.contains(&format!("version {version_a}; this query's is {version_b}")),
+        "{refused}"
+    );
 }
 
 /// `embedstream validate --json`'s version of the one model of `job`.

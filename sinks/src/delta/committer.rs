@@ -213,6 +213,25 @@ impl DeltaCommitter {
 
 /// The table's URL for delta-rs: `file:///...` for a local directory, the `hdfs://` path as it
 /// is (delta-rs's HDFS object store, `deltalake-hdfs`, registered here once).
+/// The newest data file of the Delta table at `spec.path` (by name: names begin with the
+/// zero-padded batch id), None before the table's first commit. The table's owner is not
+/// checked here: the model version check reads it before the query opens the table.
+pub async fn last_file(spec: &DeltaSinkSpec) -> Result<Option<PathBuf>, SinkError> {
+    let path = spec.path.clone();
+    let url = table_url(&path)?;
+    let failed = |e: deltalake_core::DeltaTableError| SinkError::Table(format!("sink.path {}: {e}", path.display()));
+    let mut table = DeltaTableBuilder::from_url(url).and_then(|b| b.build()).map_err(failed)?;
+    if !table.verify_deltatable_existence().await.map_err(failed)? {
+        return Ok(None);
+    }
+    table.load().await.map_err(failed)?;
+    // delta-rs gives a local file as its path and an HDFS one as its `hdfs://` URI: both are
+    // what `store::read` takes.
+    let newest =
+        table.get_file_uris().map_err(failed)?.map(PathBuf::from).max_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(newest)
+}
+
 fn table_url(path: &Path) -> Result<url::Url, SinkError> {
     if !store::is_hdfs(path) {
         return url::Url::from_directory_path(path).map_err(|()| file_error(path, "not an absolute path"));

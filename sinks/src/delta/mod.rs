@@ -9,4 +9,4 @@
 mod committer;
 mod schema;
 
-pub use committer::DeltaCommitter;
+pub use committer::{last_file, DeltaCommitter};

@@ -210,10 +210,8 @@ async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create:
     }
     // Columns earlier versions did not make: the topic id, and each output's model version
     // (rows written before versions were have none, and are not compared: `versions::check`).
-    let version_columns: Vec<(String, &str)> =
-        table.version_columns.iter().map(|name| (name.clone(), "text")).collect();
     let added: Vec<(&str, &str)> = (table::TABLE_COLUMNS_ADDED.iter().copied())
-        .chain(version_columns.iter().map(|(name, def)| (name.as_str(), *def)))
+        .chain(table.version_columns.iter().map(|name| (name.as_str(), "text")))
         .collect();
     if create
         && add_missing_columns(client, lock, &table.name, &added)

@@ -725,20 +725,20 @@ fn timestamps(bootstrap: &str, topic: &str, origin: bool) -> Result<HashMap<(i32
         let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
         let m = m?;
         remaining -= 1;
-        let header = |name: &str| -> Option<i64> {
-            m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-        };
-        let key = if origin {
-            (
-                header("es.partition").context("no es.partition header")? as i32,
-                header("es.offset").context("no es.offset")?,
-            )
-        } else {
-            (m.partition(), m.offset())
-        };
+        let key = if origin { origin_of(&m)? } else { (m.partition(), m.offset()) };
         out.insert(key, m.timestamp().to_millis().context("a record without a timestamp")?);
     }
     Ok(out)
+}
+
+/// The input record an output record was made from: its `es.partition` and `es.offset` headers.
+fn origin_of(m: &impl Message) -> Result<(i32, i64)> {
+    let header = |name: &str| -> Result<i64> {
+        let value = m.headers().and_then(|hs| hs.iter().find(|h| h.key == name)).and_then(|h| h.value);
+        let value = value.with_context(|| format!("no {name} header"))?;
+        Ok(std::str::from_utf8(value)?.parse()?)
+    };
+    Ok((header("es.partition")? as i32, header("es.offset")?))
 }
 
 /// The wall-clock time (ms since the epoch) at which a `read_committed` consumer polling `topic`
@@ -770,14 +770,7 @@ fn arrivals(bootstrap: &str, topic: &str, expected: usize) -> Result<HashMap<(i3
             Err(e) => return Err(e.into()),
         };
         let received = embedstream_driver::checkpoint::now_ms() as i64;
-        let header = |name: &str| -> Option<i64> {
-            m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-        };
-        let origin = (
-            header("es.partition").context("no es.partition header")? as i32,
-            header("es.offset").context("no es.offset")?,
-        );
-        out.entry(origin).or_insert(received);
+        out.entry(origin_of(&m)?).or_insert(received);
     }
     Ok(out)
 }

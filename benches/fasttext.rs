@@ -33,7 +33,14 @@ const SEED_PER_CPU: f64 = 100.0;
 fn spec() -> FastTextSpec {
     let path = model::cache_dir().join("models/fasttext-products/model.bin");
     assert!(path.is_file(), "run deploy/setup.sh --python first");
-    FastTextSpec { name: "words".into(), text: None, model: path, normalize: false, max_text_bytes: 1 << 20 }
+    FastTextSpec {
+        name: "words".into(),
+        text: None,
+        model: path,
+        normalize: false,
+        max_text_bytes: 1 << 20,
+        skip_unchanged: false,
+    }
 }
 
 /// Product-like texts of 12 to 40 words, some in the model's vocabulary, some not.

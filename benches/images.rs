@@ -135,6 +135,7 @@ fn image_spec(batch_size: usize) -> ImageSpec {
         batch_size,
         max_url_bytes: 2048,
         worker_timeout_per_image: HumanDuration::parse("10s").unwrap(),
+        skip_unchanged: false,
     }
 }
 

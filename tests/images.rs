@@ -414,6 +414,7 @@ async fn image_workers_replace_one_killed_mid_batch_and_clip_art_clusters_by_fol
         batch_size: 2,
         max_url_bytes: 2048,
         worker_timeout_per_image: HumanDuration::parse("5s").unwrap(),
+        skip_unchanged: false,
     };
     let dir = tempfile::tempdir().unwrap();
     let limits = BatchLimits { batch_size: spec.batch_size, per_item: spec.worker_timeout_per_image.get() };

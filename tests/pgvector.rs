@@ -251,6 +251,24 @@ fn bad_connections_and_tables_are_refused_before_the_first_batch_and_appends_are
 }
 
 /// The source range of the tasks these tests open by hand.
+/// The pgvector sink of `table` in `mode` with one 3-dimensional output, opened as an executor
+/// opens it.
+fn open_sink(
+    rt: &tokio::runtime::Runtime,
+    pg: &Postgres,
+    table: &str,
+    mode: &str,
+) -> std::sync::Arc<embedstream_sinks::pgvector::PgvectorSink> {
+    use embedstream_core::spec::{PgvectorSinkSpec, Secret};
+    use embedstream_sinks::rows::Output;
+    let spec: PgvectorSinkSpec =
+        toml::from_str(&format!("url = \"{}\"\ntable = \"{table}\"\nmode = \"{mode}\"", pg.url())).unwrap();
+    let password = Secret::new(PASSWORD.to_string());
+    let outputs = vec![Output::single("m", "0123456789ab", 3)];
+    let sink = rt.block_on(embedstream_sinks::pgvector::open(&spec, Some(&password), outputs, vec![], false));
+    std::sync::Arc::new(sink.unwrap())
+}
+
 fn source() -> embedstream_sinks::kafka::transactions::SourceRange {
     embedstream_sinks::kafka::transactions::SourceRange { topic: "t".into(), partition: 0, end: 0, query: "q".into() }
 }
@@ -267,31 +285,21 @@ fn window(rows: &[(&str, i64, [f32; 3])]) -> arrow_array::RecordBatch {
 /// a tombstone is not undone by an older record written after it, and appends are not doubled.
 #[test]
 fn writes_in_any_order_leave_each_keys_latest_record_and_tombstones_hold() {
-    use embedstream_core::spec::{PgvectorSinkSpec, Secret};
-    use embedstream_sinks::rows::Output;
-    use embedstream_sinks::{pgvector, Sink, TaskInfo};
+    use embedstream_sinks::{Sink, TaskInfo};
 
     let pg = Postgres::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let sink = |table: &str, mode: &str| {
-        let spec: PgvectorSinkSpec =
-            toml::from_str(&format!("url = \"{}\"\ntable = \"{table}\"\nmode = \"{mode}\"", pg.url())).unwrap();
-        let password = Secret::new(PASSWORD.to_string());
-        std::sync::Arc::new(
-            rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", "0123456789ab", 3)], vec![]))
-                .unwrap(),
-        )
-    };
+    let sink = |table: &str, mode: &str| open_sink(&rt, &pg, table, mode);
     let task =
         TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: "id-t".into(), source: source() };
-    let write = |sink: &std::sync::Arc<pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
+    let write = |sink: &std::sync::Arc<embedstream_sinks::pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
         rt.block_on(async {
             let mut w = sink.open(&task).unwrap();
             w.write(&window(rows)).await.unwrap();
             w.commit().await.unwrap();
         })
     };
-    let delete = |sink: &std::sync::Arc<pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
+    let delete = |sink: &std::sync::Arc<embedstream_sinks::pgvector::PgvectorSink>, rows: &[(&str, i64, [f32; 3])]| {
         rt.block_on(async {
             let mut w = sink.open(&task).unwrap();
             w.delete(&window(rows)).await.unwrap();
@@ -794,9 +802,7 @@ fn window_of(partition: i32, rows: &[(&str, i64, i64, [f32; 3])]) -> arrow_array
 /// them, the Kafka timestamp.
 #[test]
 fn offsets_are_not_a_global_clock() {
-    use embedstream_core::spec::{PgvectorSinkSpec, Secret};
-    use embedstream_sinks::rows::Output;
-    use embedstream_sinks::{pgvector, Sink, TaskInfo};
+    use embedstream_sinks::{Sink, TaskInfo};
 
     let pg = Postgres::start();
     // The table as an earlier version made it: no topic ids, and tombstones without their
@@ -809,13 +815,7 @@ fn offsets_are_not_a_global_clock() {
          INSERT INTO moved VALUES ('old', 't', 0, 900, to_timestamp(1), 'm', '[1,0,0]')",
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let spec: PgvectorSinkSpec =
-        toml::from_str(&format!("url = \"{}\"\ntable = \"moved\"\nmode = \"upsert\"", pg.url())).unwrap();
-    let password = Secret::new(PASSWORD.to_string());
-    let sink = std::sync::Arc::new(
-        rt.block_on(pgvector::open(&spec, Some(&password), vec![Output::single("m", "0123456789ab", 3)], vec![]))
-            .unwrap(),
-    );
+    let sink = open_sink(&rt, &pg, "moved", "upsert");
     let apply = |topic_id: &str, partition: i32, rows: &[(&str, i64, i64, [f32; 3])], delete: bool| {
         let task =
             TaskInfo { batch_id: 0, task_id: 0, attempt: 0, partition: 0, topic_id: topic_id.into(), source: source() };
@@ -1021,4 +1021,55 @@ fn a_table_of_another_model_version_is_refused_or_replaced() {
         assert!(max_diff(&got, want) < 1e-4, "key-{i}");
     }
     assert_eq!(pg.psql("SELECT DISTINCT query FROM embedstream_offsets WHERE sink_table = 'versioned'"), "third");
+}
+
+/// Issue 35, item 2: a catalog of 2,000 products embedded, the driver and both executors
+/// SIGKILLed, then the catalog sent again with 80 % of products changing only their price: the
+/// second pass computes exactly the 400 changed titles (as the workers' batches count them), the
+/// changed keys hold the reference vectors of their new titles, and the others keep their rows
+/// as they were (vector, offset and fingerprint).
+#[test]
+fn unchanged_inputs_cost_no_inference_after_a_restart() {
+    let broker = Broker::start();
+    broker.create_topic("products", 2);
+    let pg = Postgres::start();
+    let job = Job::new(
+        &broker,
+        "skip",
+        "subscribe = [\"products\"]\nmax_offsets_per_trigger = 600",
+        "processing_time = \"200ms\"",
+        CATALOG_INPUT,
+    )
+    .edit_model(CATALOG_MODEL)
+    .with_pgvector_sink(&pg.url(), PASSWORD, "table = \"catalog\"");
+
+    first_pass_then_kill_all(&broker, &job);
+    let rows_of = |pg: &Postgres| -> BTreeMap<String, String> {
+        let out = pg.psql("SELECT key, embedding::text || '|' || \"offset\" || '|' || input_hash FROM catalog");
+        out.lines().map(|l| l.split_once('|').map(|(k, rest)| (k.to_string(), rest.to_string())).unwrap()).collect()
+    };
+    let before = rows_of(&pg);
+    assert_eq!(before.len(), 2000);
+
+    let (second, titles) = catalog(2000, 1, 2);
+    broker.produce("products", &second);
+    let mut q = Running::start(&job, 2);
+    q.wait_until("the second pass committed", Duration::from_secs(240), |_| skipped_and_computed(&job).0 >= 4000);
+    q.stop();
+    assert_eq!(skipped_and_computed(&job), (4000, 1600, 2400), "the second pass computed the 400 changed titles");
+
+    let after = rows_of(&pg);
+    let changed: Vec<usize> = (0..2000).filter(|i| i % 5 == 0).collect();
+    for i in (0..2000).filter(|i| i % 5 != 0) {
+        let key = format!("sku-{i}");
+        assert_eq!(after[&key], before[&key], "{key} kept its row as it was");
+    }
+    let reference = onnx_embeddings(&changed.iter().map(|&i| titles[i].clone()).collect::<Vec<_>>());
+    for (&i, want) in changed.iter().zip(&reference) {
+        let row = &after[&format!("sku-{i}")];
+        let vector = parse_vector(row.split('|').next().unwrap());
+        assert!(max_diff(&vector, want) < 1e-4, "sku-{i} holds its new title's vector");
+        assert_ne!(row, &before[&format!("sku-{i}")]);
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM catalog WHERE input_hash IS NULL"), "0");
 }

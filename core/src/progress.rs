@@ -62,6 +62,19 @@ pub struct ProgressRecord {
     /// written before versions were.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub model_versions: BTreeMap<String, String>,
+    /// Records whose input was the one last embedded for their key (`skip_unchanged`): no
+    /// inference, nothing written. Absent in records written before it, and when none was.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unchanged: u64,
+    /// Inputs (texts, images) the models computed, summed over the batches their workers ran:
+    /// what inference cost, apart from cache hits and unchanged records. Absent in records
+    /// written before it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub model_inputs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Dead letters a task or a batch reports one by one, the newest kept.

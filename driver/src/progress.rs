@@ -157,6 +157,8 @@ mod tests {
             task_retries: 0,
             executors: BTreeMap::from([("exec-0".into(), 10)]),
             model_versions: Default::default(),
+            unchanged: 0,
+            model_inputs: 0,
         }
     }
 

@@ -55,6 +55,10 @@ pub struct BatchStats {
     /// Texts the executors' embedding caches answered, and those they sent to the model.
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Records skipped because their input was the one last embedded for their key.
+    pub unchanged: u64,
+    /// Inputs the models computed (their workers' batch sizes summed).
+    pub model_inputs: u64,
     pub task_attempts: u64,
     pub failed_attempts: u64,
     pub read_micros: u64,
@@ -100,6 +104,8 @@ impl BatchStats {
         self.lost_offsets += s.lost_offsets;
         self.cache_hits += s.cache_hits;
         self.cache_misses += s.cache_misses;
+        self.unchanged += s.unchanged;
+        self.model_inputs += s.model_inputs;
         self.read_micros += s.read_micros;
         self.infer_micros += s.infer_micros;
         self.sink_micros += s.sink_micros;

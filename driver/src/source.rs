@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use embedstream_core::spec::{SecretError, Secrets};
+use embedstream_core::spec::{SecretError, Secrets, SinkKind};
 use embedstream_core::JobSpec;
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -238,7 +238,32 @@ impl KafkaSource {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        self.ensure_state_topic(partitions).await?;
         Ok((counts[0], *counts.last().expect("the dead-letter topic")))
+    }
+
+    /// With `skip_unchanged` and a Kafka sink: its state topic, compacted (each key's last
+    /// input is what is kept), made with the source's partition count when it is missing.
+    async fn ensure_state_topic(&self, partitions: i32) -> Result<(), SourceError> {
+        let SinkKind::Kafka(k) = &self.spec.sink.kind else { return Ok(()) };
+        if !self.spec.skip_unchanged() {
+            return Ok(());
+        }
+        let topic = k.state_topic();
+        let new =
+            NewTopic::new(&topic, partitions.max(1), TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let results = (self.admin.create_topics([&new], &options).await)
+            .map_err(|source| SourceError::Kafka { what: "create topics".into(), source })?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(SourceError::Topic { topic, message: format!("cannot create: {code}") })
+                }
+            }
+        }
+        Ok(())
     }
 }
 

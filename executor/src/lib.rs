@@ -19,6 +19,7 @@ pub mod reader;
 pub mod records;
 pub mod schemas;
 pub mod task;
+pub mod unchanged;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -243,6 +244,13 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
                     spec.transaction_timeout(),
                 )?),
             },
+            input_state: match (&spec.sink.kind, spec.skip_unchanged()) {
+                (embedstream_core::spec::SinkKind::Kafka(k), true) => Some(
+                    embedstream_sinks::kafka::state::InputState::new(spec.sink_client(&secrets)?, &k.state_topic())?,
+                ),
+                _ => None,
+            },
+            skip_unchanged: spec.skip_unchanged(),
         },
     )
     .await?;

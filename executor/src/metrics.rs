@@ -7,6 +7,8 @@ use crate::model::cache::CacheMetrics;
 pub struct ExecutorMetrics {
     pub registry: Registry,
     pub embeddings: IntCounter,
+    /// Records skipped because their input was the one last embedded for their key.
+    pub unchanged: IntCounter,
     pub worker_restarts: IntCounter,
     pub worker_pss_bytes: IntGaugeVec,
     pub inference_batch_size: Histogram,
@@ -57,6 +59,10 @@ impl ExecutorMetrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
         ExecutorMetrics {
             embeddings: counter("embedstream_embeddings_total", "Embeddings written to the sink"),
+            unchanged: counter(
+                "embedstream_unchanged_records_total",
+                "Records whose input was the one last embedded for their key (skip_unchanged): not embedded",
+            ),
             worker_restarts: counter("embedstream_worker_restarts_total", "Model workers replaced after they died"),
             worker_pss_bytes: register!(IntGaugeVec::new(
                 opts("embedstream_worker_pss_bytes", "Proportional set size of a process that runs the model"),

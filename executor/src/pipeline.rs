@@ -122,6 +122,11 @@ pub struct Pipeline {
     dims: Vec<usize>,
     /// The steps the sink writes, with their columns.
     written: Vec<(usize, Output)>,
+    /// `skip_unchanged`: records are fingerprinted ([`Pipeline::fingerprints`]), and their rows
+    /// carry the fingerprint.
+    skip_unchanged: bool,
+    /// The versions of the models that read records, in order: part of every fingerprint.
+    input_versions: String,
 }
 
 /// A window's good rows and their texts, one list per text model, and its refused rows.
@@ -131,6 +136,19 @@ pub struct Prepared {
     pub refused: Vec<(usize, String)>,
     /// The field columns the sink writes, a row per record (null where refused).
     pub columns: Vec<ArrayRef>,
+}
+
+impl Prepared {
+    /// Keeps the good rows whose `keep` is true (one per good row), with their inputs.
+    pub fn keep(&mut self, keep: &[bool]) {
+        let pick = |list: &mut Vec<String>| {
+            let mut k = keep.iter();
+            list.retain(|_| *k.next().expect("one per good row"));
+        };
+        self.texts.iter_mut().for_each(pick);
+        let mut k = keep.iter();
+        self.good.retain(|_| *k.next().expect("one per good row"));
+    }
 }
 
 /// Every model's vectors for a window's good rows (row-major, one list per model, in the spec's
@@ -220,6 +238,8 @@ impl Pipeline {
             steps,
             dims,
             written,
+            skip_unchanged: spec.skip_unchanged(),
+            input_versions: String::new(),
         })
     }
 
@@ -233,7 +253,21 @@ impl Pipeline {
         for (_, o) in &mut self.written {
             o.version = versions.get(&o.model).cloned().unwrap_or_default();
         }
+        self.input_versions =
+            (self.readers()).map(|r| versions.get(&r.name).map_or("", String::as_str)).collect::<Vec<_>>().join(",");
         self
+    }
+
+    /// Whether records whose inputs are unchanged for their key are skipped.
+    pub fn skips_unchanged(&self) -> bool {
+        self.skip_unchanged
+    }
+
+    /// The input fingerprint of each good row of `prepared` ([`crate::unchanged::fingerprint`]).
+    pub fn fingerprints(&self, prepared: &Prepared) -> Vec<String> {
+        (0..prepared.good.len())
+            .map(|j| crate::unchanged::fingerprint(&self.input_versions, prepared.texts.iter().map(|t| t[j].as_str())))
+            .collect()
     }
 
     /// Whether its rows are chunks (`chunk_pooling = "none"`).
@@ -243,7 +277,11 @@ impl Pipeline {
 
     /// The schema of the rows it gives the sink.
     pub fn output_schema(&self) -> SchemaRef {
-        crate::records::output_schema(&self.outputs(), self.chunked(), &self.columns)
+        let schema = crate::records::output_schema(&self.outputs(), self.chunked(), &self.columns);
+        match self.skip_unchanged {
+            true => embedstream_sinks::rows::with_input_hash(&schema),
+            false => schema,
+        }
     }
 
     /// The models' names, for labels.

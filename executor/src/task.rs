@@ -27,6 +27,7 @@ use crate::model::ModelError;
 use crate::pipeline::{Embedded, Pipeline};
 use crate::reader::{KafkaReader, ReadError};
 use crate::records::{RecentOutput, NON_FINITE};
+use crate::unchanged::LastInputs;
 use embedstream_sinks::kafka::transactions::SourceRange;
 use embedstream_sinks::kafka::{Origin, Pending};
 use embedstream_sinks::{Admit, DeadLetters, Sink, SinkError, TaskInfo, TaskWriter};
@@ -146,6 +147,16 @@ struct Counts {
     sink_micros: u64,
     batch_sizes: Vec<usize>,
     cache: crate::model::cache::CacheCount,
+    /// Records whose input was the one last embedded for their key (`skip_unchanged`).
+    unchanged: u64,
+}
+
+/// A task attempt's state as it goes: its dead letters, its counts, and what it decided of
+/// its keys' inputs (`skip_unchanged`).
+struct Attempt {
+    letters: Letters,
+    counts: Counts,
+    last_inputs: LastInputs,
 }
 
 /// A task attempt's dead letters: the producer they go through (the attempt's transaction's,
@@ -227,9 +238,13 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         None => ctx.dead_letters.clone(),
     };
     let infer_started = Instant::now();
-    let mut counts = Counts::default();
-    let mut letters = Letters { via: dead_letters, pending: Pending::default() };
-    let done = windows(ctx, &def, &range, &mut chunks, &mut *writer, &mut letters, &mut counts).await;
+    let mut attempt = Attempt {
+        letters: Letters { via: dead_letters, pending: Pending::default() },
+        counts: Counts::default(),
+        last_inputs: LastInputs::default(),
+    };
+    let done = windows(ctx, &def, &range, &mut chunks, &mut *writer, &mut attempt).await;
+    let Attempt { letters, mut counts, .. } = attempt;
     let done = match done {
         Ok(()) => letters.pending.finish().await.map_err(TaskError::from),
         Err(e) => Err(e),
@@ -247,7 +262,9 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
     let read_micros = read_busy.as_micros() as u64;
     let infer_micros = (infer_started.elapsed().as_micros() as u64).saturating_sub(sink_micros + read_micros);
     ctx.metrics.embeddings.inc_by(counts.embedded);
-    for size in counts.batch_sizes {
+    ctx.metrics.unchanged.inc_by(counts.unchanged);
+    let model_inputs = counts.batch_sizes.iter().sum::<usize>() as u64;
+    for &size in &counts.batch_sizes {
         ctx.metrics.inference_batch_size.observe(size as f64);
     }
 
@@ -266,6 +283,8 @@ async fn run_task(ctx: &Arc<TaskContext>, def: TaskDefinition) -> Result<TaskSuc
         files: output.files.into_iter().map(Into::into).collect(),
         cache_hits: counts.cache.hits,
         cache_misses: counts.cache.misses,
+        unchanged: counts.unchanged,
+        model_inputs,
         dead_letter_reasons: counts.dead_letter_reasons.into_iter().collect(),
         dead_letter_samples: {
             keep_newest(&mut counts.dead_letter_samples);
@@ -283,8 +302,7 @@ async fn windows(
     range: &OffsetRange,
     chunks: &mut tokio::sync::mpsc::Receiver<Result<RecordBatch, ReadError>>,
     writer: &mut dyn TaskWriter,
-    letters: &mut Letters,
-    counts: &mut Counts,
+    attempt: &mut Attempt,
 ) -> Result<(), TaskError> {
     let schema = ctx.pipeline.output_schema();
     let mut in_flight = futures::stream::FuturesOrdered::new();
@@ -296,8 +314,9 @@ async fn windows(
                 break;
             };
             let chunk = chunk.map_err(TaskError::Read)?;
-            counts.rows_read += chunk.num_rows() as u64;
-            let chunk = admit(ctx, def, range, chunk, writer, letters, counts).await?;
+            attempt.counts.rows_read += chunk.num_rows() as u64;
+            let chunk = admit(ctx, def, range, chunk, writer, attempt).await?;
+            let Attempt { letters, counts, last_inputs } = &mut *attempt;
             let rows = Rows::of(&chunk);
             let decoded = match &ctx.decoder {
                 Some(decoder) => {
@@ -313,7 +332,7 @@ async fn windows(
                 None => chunk.clone(),
             };
             let sunk_rows = Rows::of(&sunk);
-            let prepared = ctx.pipeline.prepare(
+            let mut prepared = ctx.pipeline.prepare(
                 (0..chunk.num_rows()).map(|i| (rows.key(i), sunk_rows.value(i), rows.headers(i))),
                 decoded.as_deref(),
             );
@@ -323,11 +342,25 @@ async fn windows(
             if letters.pending.len() >= DEAD_LETTERS_IN_FLIGHT {
                 std::mem::take(&mut letters.pending).finish().await?;
             }
+            let mut fields = prepared.columns.split_off(0);
+            if ctx.pipeline.skips_unchanged() && !prepared.good.is_empty() {
+                let fingerprints = ctx.pipeline.fingerprints(&prepared);
+                let keys: Vec<Option<&[u8]>> = prepared.good.iter().map(|&i| rows.key(i)).collect();
+                let same = last_inputs.unchanged(writer, &keys, &fingerprints).await?;
+                counts.unchanged += same.iter().filter(|s| **s).count() as u64;
+                // Each written row's fingerprint, the sink's last column.
+                let mut by_row: Vec<Option<String>> = vec![None; chunk.num_rows()];
+                for ((&i, f), _) in prepared.good.iter().zip(fingerprints).zip(&same).filter(|(_, s)| !**s) {
+                    by_row[i] = Some(f);
+                }
+                fields.push(Arc::new(arrow_array::StringArray::from(by_row)));
+                prepared.keep(&same.iter().map(|s| !s).collect::<Vec<_>>());
+            }
             if prepared.good.is_empty() {
                 continue;
             }
             let embedding = Embedding(tokio::spawn(ctx.pipeline.clone().embed(prepared.texts)));
-            let (good, fields) = (prepared.good, prepared.columns);
+            let good = prepared.good;
             in_flight.push_back(async move {
                 let mut embedding = embedding;
                 let vectors = (&mut embedding.0).await.expect("embeddings do not panic");
@@ -335,6 +368,7 @@ async fn windows(
             });
         }
         let Some((chunk, good, fields, embedded)) = in_flight.next().await else { return Ok(()) };
+        let Attempt { letters, counts, last_inputs } = &mut *attempt;
         let embedded = embedded.map_err(TaskError::Model)?;
         counts.batch_sizes.extend(&embedded.batch_sizes);
         counts.cache += embedded.cache;
@@ -346,6 +380,7 @@ async fn windows(
             );
             let rows = Rows::of(&chunk);
             for (i, reason) in &finished.failed {
+                rows.key(*i).inspect(|k| last_inputs.forget(k));
                 dead_letter(def, range, &rows, letters, *i, reason, counts).await?;
             }
         }
@@ -355,6 +390,7 @@ async fn windows(
             ctx.metrics.non_finite_vectors.inc_by(dropped as u64);
             let rows = Rows::of(&chunk);
             for &i in &finished.non_finite {
+                rows.key(i).inspect(|k| last_inputs.forget(k));
                 dead_letter(def, range, &rows, letters, i, NON_FINITE, counts).await?;
             }
         }
@@ -376,15 +412,18 @@ async fn admit(
     range: &OffsetRange,
     chunk: RecordBatch,
     writer: &mut dyn TaskWriter,
-    letters: &mut Letters,
-    counts: &mut Counts,
+    attempt: &mut Attempt,
 ) -> Result<RecordBatch, TaskError> {
+    let Attempt { letters, counts, last_inputs } = attempt;
     let rows = Rows::of(&chunk);
     let (mut embed, mut delete) = (Vec::with_capacity(chunk.num_rows()), Vec::new());
     for i in 0..chunk.num_rows() {
         match ctx.sink.admit(rows.key(i), rows.value(i)) {
             Admit::Embed => embed.push(i as u32),
-            Admit::Delete => delete.push(i as u32),
+            Admit::Delete => {
+                rows.key(i).inspect(|k| last_inputs.forget(k));
+                delete.push(i as u32)
+            }
             Admit::Refuse(reason) => dead_letter(def, range, &rows, letters, i, &reason, counts).await?,
         }
     }

@@ -123,6 +123,8 @@ impl From<&ProgressRecord> for pb::ProgressRecord {
             dead_letter_reasons: r.dead_letter_reasons.clone().into_iter().collect(),
             dead_letter_samples: r.dead_letter_samples.iter().map(pb::DeadLetterSample::from).collect(),
             model_versions: r.model_versions.clone().into_iter().collect(),
+            unchanged: r.unchanged,
+            model_inputs: r.model_inputs,
         }
     }
 }
@@ -166,6 +168,8 @@ impl From<pb::ProgressRecord> for ProgressRecord {
             dead_letter_reasons: r.dead_letter_reasons.into_iter().collect(),
             dead_letter_samples: r.dead_letter_samples.into_iter().map(DeadLetterSample::from).collect(),
             model_versions: r.model_versions.into_iter().collect(),
+            unchanged: r.unchanged,
+            model_inputs: r.model_inputs,
         }
     }
 }
@@ -300,6 +304,8 @@ mod tests {
             }],
             executors: [("exec-0".to_string(), 40)].into_iter().collect(),
             model_versions: [("text".to_string(), "0123456789ab".to_string())].into_iter().collect(),
+            unchanged: 40,
+            model_inputs: 60,
         };
         assert_eq!(ProgressRecord::from(pb::ProgressRecord::from(&record)), record);
     }

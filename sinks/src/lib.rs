@@ -131,6 +131,16 @@ pub trait TaskWriter: Send {
     fn dead_letter_producer(&self) -> Option<Arc<KafkaProducer>> {
         None
     }
+    /// With `skip_unchanged`: the input fingerprint each of `keys` was last written with (a key
+    /// with none is absent), read where the sink keeps it (pgvector's `input_hash` column, a
+    /// Kafka sink's state topic). A sink that keeps none answers none.
+    fn last_inputs<'a>(
+        &'a mut self,
+        keys: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<std::collections::HashMap<Vec<u8>, String>, SinkError>> {
+        let _ = keys;
+        Box::pin(async { Ok(Default::default()) })
+    }
     /// Takes one window of rows (columns of [`rows::output_schema`]), in offset order.
     fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>>;
     /// Deletes the rows of the tombstones in `rows` (columns of [`rows::input_schema`]); only
@@ -163,6 +173,10 @@ pub struct SinkContext<'a> {
     pub avro: Option<kafka::avro::AvroOutput>,
     /// A Kafka sink's transactions (`guarantee = "exactly_once"`).
     pub transactions: Option<kafka::transactions::Transactions>,
+    /// With `skip_unchanged`: a Kafka sink's state topic; for pgvector, that its rows keep
+    /// their input's fingerprint ([`rows::INPUT_HASH`]).
+    pub input_state: Option<kafka::state::InputState>,
+    pub skip_unchanged: bool,
 }
 
 /// Types the Avro input's field columns that `[input.types]` leaves out from the latest schema
@@ -222,12 +236,16 @@ pub async fn register_avro_output(
 pub async fn open(spec: &SinkSpec, ctx: SinkContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &spec.kind {
         SinkKind::Kafka(k) => Box::new(Arc::new(
-            KafkaSink::new(k, ctx.producer, ctx.outputs, ctx.fields, ctx.avro).with_transactions(ctx.transactions),
+            KafkaSink::new(k, ctx.producer, ctx.outputs, ctx.fields, ctx.avro)
+                .with_transactions(ctx.transactions)
+                .with_input_state(ctx.input_state),
         )),
         SinkKind::Parquet(p) => Box::new(Arc::new(parquet::ParquetSink::new(p, &ctx)?)),
         // A Delta table's files are the Parquet sink's; its committer differs.
         SinkKind::Delta(d) => Box::new(Arc::new(parquet::ParquetSink::new(&d.files(), &ctx)?)),
-        SinkKind::Pgvector(p) => Box::new(Arc::new(pgvector::open(p, ctx.password, ctx.outputs, ctx.fields).await?)),
+        SinkKind::Pgvector(p) => {
+            Box::new(Arc::new(pgvector::open(p, ctx.password, ctx.outputs, ctx.fields, ctx.skip_unchanged).await?))
+        }
     })
 }
 

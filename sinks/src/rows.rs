@@ -55,6 +55,17 @@ pub fn version_column(column: &str, outputs: usize) -> String {
     }
 }
 
+/// With `skip_unchanged`, the last column of the rows a sink takes: each row's input fingerprint
+/// (text), which the sink keeps for its key.
+pub const INPUT_HASH: &str = "input_hash";
+
+/// `schema` with the [`INPUT_HASH`] column last.
+pub fn with_input_hash(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(INPUT_HASH, DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
 /// The columns of a chunk's row (`chunk_pooling = "none"`): its index among its record's
 /// chunks, and its span of the text's tokens (first, past the last; special tokens not counted).
 pub const CHUNK_COLUMNS: [&str; 3] = ["chunk", "token_start", "token_end"];

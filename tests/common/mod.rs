@@ -113,3 +113,48 @@ pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Issue 35's catalog: product `i` keyed `sku-<i>` in partition `i % partitions`, a JSON value
+/// with its title and price. In pass 0 every product has its first title (edition 0); in a later
+/// pass every fifth product (`i % 5 == 0`) gets a new title of the same length (its edition is
+/// the pass's: the same number of tokens, so that a changed title costs the model what its old
+/// one did) and the others a new price only. Returns the records and each product's title in
+/// that pass.
+pub fn catalog(n: usize, pass: usize, partitions: i32) -> (Vec<broker::RawRecord>, Vec<String>) {
+    let base = texts(n, 35);
+    let titles: Vec<String> = (0..n)
+        .map(|i| match pass > 0 && i % 5 == 0 {
+            true => format!("{} (item {i}, edition {pass})", base[i]),
+            false => format!("{} (item {i}, edition 0)", base[i]),
+        })
+        .collect();
+    let records = (titles.iter().enumerate())
+        .map(|(i, title)| {
+            let value = serde_json::json!({ "title": title, "price": 10.0 + pass as f64 + (i % 7) as f64 });
+            (i as i32 % partitions, Some(format!("sku-{i}").into_bytes()), Some(value.to_string().into_bytes()))
+        })
+        .collect();
+    (records, titles)
+}
+
+/// `[input]` of [`catalog`]'s records, and the `[model]` keys that embed their titles and skip
+/// the unchanged ones.
+pub const CATALOG_INPUT: &str =
+    "[input]\nformat = \"json\"\nfields = { title = \"/title\", price = \"/price\" }\ntypes = { price = \"double\" }\n";
+pub const CATALOG_MODEL: &str = "batch_size = 32\nsort_window = 256\ntext = \"{title}\"\nskip_unchanged = true";
+
+/// [`catalog`]'s first pass of 2,000 products into topic `products` and `job` (a continuous
+/// query on two executors); once it is committed, the driver and both executors are SIGKILLed.
+pub fn first_pass_then_kill_all(broker: &Broker, job: &Job) {
+    broker.produce("products", &catalog(2000, 0, 2).0);
+    let mut q = Running::start(job, 2);
+    q.wait_until("the first pass committed", Duration::from_secs(240), |_| skipped_and_computed(job).0 >= 2000);
+    q.kill_all();
+    assert_eq!(skipped_and_computed(job), (2000, 0, 2000), "every title computed once");
+}
+
+/// Summed over a query's progress records: input rows, unchanged records, model inputs.
+pub fn skipped_and_computed(job: &Job) -> (u64, u64, u64) {
+    let sum = |key: &str| progress_records(job).iter().map(|r| r[key].as_u64().unwrap_or(0)).sum::<u64>();
+    (sum("numInputRows"), sum("unchanged"), sum("modelInputs"))
+}

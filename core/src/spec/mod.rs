@@ -504,8 +504,57 @@ impl JobSpec {
         if self.sink.exactly_once_kafka() {
             self.validate_exactly_once()?;
         }
+        self.validate_skip_unchanged()?;
         self.monitoring.validate()?;
         self.executors.validate()
+    }
+
+    /// Whether records whose inputs are unchanged for their key are skipped (`skip_unchanged`
+    /// on the models that read records; [`JobSpec::validate`] makes them agree).
+    pub fn skip_unchanged(&self) -> bool {
+        self.model_entries().iter().any(|e| e.skip_unchanged() == Some(true))
+    }
+
+    /// `skip_unchanged`: on every model that reads records or none (a record is skipped as a
+    /// whole), a sink that keeps each key's last input (pgvector upserts, Kafka), a row per
+    /// record.
+    fn validate_skip_unchanged(&self) -> Result<(), SpecError> {
+        let at = |i: usize| match self.model {
+            Some(_) => "model.skip_unchanged".to_string(),
+            None => format!("models[{i}].skip_unchanged"),
+        };
+        let reads: Vec<(usize, bool)> =
+            (self.model_entries().iter().enumerate()).filter_map(|(i, e)| e.skip_unchanged().map(|s| (i, s))).collect();
+        let Some(&(first, _)) = reads.iter().find(|(_, s)| *s) else { return Ok(()) };
+        if let Some(&(off, _)) = reads.iter().find(|(_, s)| !*s) {
+            return Err(SpecError::new(
+                &at(off),
+                format!(
+                    "is false while {} is true: a record is skipped as a whole, so every model that reads records \
+                     says the same",
+                    at(first)
+                ),
+            ));
+        }
+        let fits = match &self.sink.kind {
+            SinkKind::Kafka(_) => true,
+            SinkKind::Pgvector(p) => p.mode == PgMode::Upsert,
+            SinkKind::Parquet(_) | SinkKind::Delta(_) => false,
+        };
+        if !fits {
+            return Err(SpecError::new(
+                &at(first),
+                "needs a sink that keeps each key's last input: kind = \"pgvector\" with mode = \"upsert\", or \
+                 kind = \"kafka\"",
+            ));
+        }
+        if self.chunk_outputs() {
+            return Err(SpecError::new(
+                &at(first),
+                "is not read with chunk_pooling = \"none\": a record's rows are its chunks",
+            ));
+        }
+        Ok(())
     }
 
     /// The input fields the sink writes as columns of their own (`[sink] columns` but

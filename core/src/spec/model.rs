@@ -116,6 +116,12 @@ pub struct ModelSpec {
     /// executor's tasks and Arrow Flight calls. Default: none (every text is computed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<MemorySize>,
+    /// Records whose input (this model's rendered text or URL, with the model's version) is the
+    /// one last embedded for their key cost no inference and write nothing: the sink keeps each
+    /// key's input fingerprint (pgvector's `input_hash` column, a Kafka sink's compacted state
+    /// topic). With several models, every model that reads records says the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_unchanged: bool,
 }
 
 /// What every batch's deadline allows beyond its texts' share: a fresh fork's first page faults,
@@ -177,6 +183,7 @@ impl ModelSpec {
             max_text_bytes: default_max_text_bytes(),
             worker_timeout_per_text: default_worker_timeout_per_text(),
             cache_bytes: None,
+            skip_unchanged: false,
         }
     }
 
@@ -295,6 +302,12 @@ pub struct FastTextSpec {
     /// Longer texts go to the dead-letter topic.
     #[serde(default = "default_max_text_bytes")]
     pub max_text_bytes: usize,
+    /// Records whose input (this model's rendered text or URL, with the model's version) is the
+    /// one last embedded for their key cost no inference and write nothing: the sink keeps each
+    /// key's input fingerprint (pgvector's `input_hash` column, a Kafka sink's compacted state
+    /// topic). With several models, every model that reads records says the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_unchanged: bool,
 }
 
 impl FastTextSpec {
@@ -344,6 +357,12 @@ pub struct ImageSpec {
     /// `[fetch]` bounds them.
     #[serde(default = "default_worker_timeout_per_image")]
     pub worker_timeout_per_image: HumanDuration,
+    /// Records whose input (this model's rendered text or URL, with the model's version) is the
+    /// one last embedded for their key cost no inference and write nothing: the sink keeps each
+    /// key's input fingerprint (pgvector's `input_hash` column, a Kafka sink's compacted state
+    /// topic). With several models, every model that reads records says the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_unchanged: bool,
 }
 
 fn default_image_batch_size() -> usize {
@@ -482,6 +501,16 @@ impl ModelEntry {
             ModelEntry::TextOnnx(m) => Some((m.max_text_bytes, "max_text_bytes")),
             ModelEntry::FastText(f) => Some((f.max_text_bytes, "max_text_bytes")),
             ModelEntry::ImageOnnx(m) => Some((m.max_url_bytes, "max_url_bytes")),
+            ModelEntry::Combine(_) => None,
+        }
+    }
+
+    /// Whether its unchanged inputs are skipped (`skip_unchanged`), for a model that reads records.
+    pub fn skip_unchanged(&self) -> Option<bool> {
+        match self {
+            ModelEntry::TextOnnx(m) => Some(m.skip_unchanged),
+            ModelEntry::FastText(f) => Some(f.skip_unchanged),
+            ModelEntry::ImageOnnx(m) => Some(m.skip_unchanged),
             ModelEntry::Combine(_) => None,
         }
     }

@@ -773,3 +773,32 @@ fn exactly_once_kafka_output_is_refused_where_transactions_cannot_hold() {
     assert_eq!(e.key, "sink.dead_letter_kafka");
     assert!(key_of(&spec(&f, "", "guarantee = \"twice\"")).starts_with("sink.guarantee"));
 }
+
+/// Issue 35, item 2: `skip_unchanged` is on every model that reads records or none, and needs a
+/// sink that keeps each key's last input.
+#[test]
+fn skip_unchanged_needs_a_keyed_sink_and_agreeing_models() {
+    let f = files();
+    let with = |keys: &str, sink: &str| spec(&f, "", sink).replace("[sink]", &format!("{keys}\n[sink]"));
+    let s = load(&with("skip_unchanged = true", "")).unwrap();
+    assert!(s.skip_unchanged());
+    assert!(s.to_toml().contains("skip_unchanged = true"));
+    assert!(!load(&with("", "")).unwrap().skip_unchanged());
+    assert!(!load(&with("", "")).unwrap().to_toml().contains("skip_unchanged"));
+    let parquet = with("skip_unchanged = true", "")
+        .replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"parquet\"\npath = \"/tmp/t\"");
+    let e = load(&parquet).unwrap_err();
+    assert_eq!(e.key, "model.skip_unchanged");
+    assert!(e.to_string().contains("pgvector"), "{e}");
+    let append =
+        with("skip_unchanged = true", "url = \"postgresql://es@db/search\"\ntable = \"items\"\nmode = \"append\"")
+            .replace("kind = \"kafka\"\ntopic = \"out\"", "kind = \"pgvector\"");
+    assert_eq!(key_of(&append), "model.skip_unchanged");
+    // Two models that disagree: the one that says false is named.
+    let models = models_spec(&f, "", "", "").replacen("batch_size = 8", "batch_size = 8\nskip_unchanged = true", 1);
+    let e = load(&models).unwrap_err();
+    assert_eq!(e.key, "models[0].skip_unchanged");
+    assert!(e.to_string().contains("models[1].skip_unchanged is true"), "{e}");
+    let both = models.replacen("tokenizer = ", "skip_unchanged = true\ntokenizer = ", 1);
+    assert!(load(&both).unwrap().skip_unchanged());
+}

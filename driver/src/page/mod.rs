@@ -289,6 +289,8 @@ pub(crate) fn test_record(at: SystemTime, end: i64, latest: i64, dead_letters: u
         dead_letter_reasons: Default::default(),
         dead_letter_samples: Vec::new(),
         model_versions: Default::default(),
+        unchanged: 0,
+        model_inputs: 0,
     }
 }
 

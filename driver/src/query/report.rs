@@ -82,6 +82,7 @@ impl Reporter {
         let secs = |d: Duration| d.as_secs_f64();
         m.processed_rows.inc_by(stats.rows_read);
         m.dead_letter_rows.inc_by(stats.dead_letters);
+        m.unchanged_rows.inc_by(stats.unchanged);
         m.lost_offsets.inc_by(stats.lost_offsets);
         m.tasks_failed.inc_by(stats.failed_attempts);
         m.batches.inc();
@@ -149,6 +150,8 @@ impl Reporter {
             dead_letter_reasons: stats.dead_letter_reasons.clone(),
             dead_letter_samples: stats.dead_letter_samples.clone(),
             model_versions: self.model_versions.clone(),
+            unchanged: stats.unchanged,
+            model_inputs: stats.model_inputs,
         };
         if let Err(e) = self.progress.append(record) {
             tracing::warn!(error = %e, "cannot write the progress log");
@@ -177,6 +180,7 @@ fn log_batch(batch_id: u64, s: &BatchStats, took: Duration) {
         offset_gaps = s.offset_gaps,
         lost_offsets = s.lost_offsets,
         cache_hits = s.cache_hits,
+        unchanged = s.unchanged,
         retries = s.failed_attempts,
         duration_ms = took.as_millis() as u64,
         read_ms = s.read_micros / 1000,

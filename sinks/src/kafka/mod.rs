@@ -22,6 +22,7 @@
 
 pub mod avro;
 pub mod producer;
+pub mod state;
 pub mod transactions;
 
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct KafkaSink {
     transactions: Option<Arc<transactions::Transactions>>,
     /// The longest key whose output records fit in one message.
     max_key: usize,
+    /// `skip_unchanged`: each key's last input, in the state topic.
+    state: Option<Arc<state::InputState>>,
 }
 
 impl KafkaSink {
@@ -84,12 +87,20 @@ impl KafkaSink {
             avro,
             transactions: None,
             max_key,
+            state: None,
         }
     }
 
     /// The sink with each task attempt in a Kafka transaction (`guarantee = "exactly_once"`).
     pub fn with_transactions(mut self, transactions: Option<transactions::Transactions>) -> KafkaSink {
         self.transactions = transactions.map(Arc::new);
+        self
+    }
+
+    /// The sink keeping each key's last input in a state topic (`skip_unchanged`): a
+    /// tombstone then forgets its key's input.
+    pub fn with_input_state(mut self, state: Option<state::InputState>) -> KafkaSink {
+        self.state = state.map(Arc::new);
         self
     }
 
@@ -170,6 +181,7 @@ impl crate::Sink for Arc<KafkaSink> {
             attempt: task.attempt,
             transaction: None,
             began: Duration::ZERO,
+            states: Vec::new(),
         }))
     }
 
@@ -181,6 +193,10 @@ impl crate::Sink for Arc<KafkaSink> {
         let key_len = key.map_or(0, <[u8]>::len);
         let value_len = value.map_or(0, <[u8]>::len);
         let max = self.producer.message_max_bytes();
+        if self.state.is_some() && key.is_some() && value.is_none() {
+            // A tombstone forgets its key's last input: the next record of the key is embedded.
+            return crate::Admit::Delete;
+        }
         match (key_len, self.carries_fields()) {
             (n, _) if n > self.max_key => crate::Admit::Refuse(format!(
                 "the key is {n} bytes: its output record would be over the producer's message.max.bytes = {max} (keys up to {} bytes fit)",
@@ -212,6 +228,9 @@ struct KafkaTaskWriter {
     transaction: Option<Arc<KafkaProducer>>,
     /// How long beginning the attempt's transaction took.
     began: Duration,
+    /// `skip_unchanged`: each written key's input fingerprint, or `None` for a tombstone, in
+    /// offset order, written to the state topic once the output is acknowledged.
+    states: Vec<(Vec<u8>, Option<String>)>,
 }
 
 impl KafkaTaskWriter {
@@ -296,19 +315,51 @@ impl TaskWriter for KafkaTaskWriter {
                     sent.await?;
                 }
             }
+            if let Some(hashes) = rows.column_by_name(crate::rows::INPUT_HASH) {
+                let hashes = hashes.as_any().downcast_ref::<StringArray>().expect("text fingerprints");
+                let keyed = (0..rows.num_rows()).filter(|&i| keys.is_valid(i));
+                self.states.extend(keyed.map(|i| (keys.value(i).to_vec(), Some(hashes.value(i).to_string()))));
+            }
             let stamps = timestamps.iter().flatten().collect();
             self.acks.push((stamps, tokio::spawn(async move { pending.finish().await.map(|()| now_ms()) })));
             Ok(())
         })
     }
 
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<TaskOutput, SinkError>> {
+    fn last_inputs<'a>(
+        &'a mut self,
+        keys: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<std::collections::HashMap<Vec<u8>, String>, SinkError>> {
+        Box::pin(async move {
+            let Some(state) = &self.sink.state else { return Ok(Default::default()) };
+            state.last_inputs(&self.source.topic, self.source.partition, keys).await
+        })
+    }
+
+    fn delete<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let keys: &BinaryArray = column(rows, "key");
+            self.states.extend(keys.iter().flatten().map(|k| (k.to_vec(), None)));
+            Ok(())
+        })
+    }
+
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<TaskOutput, SinkError>> {
         Box::pin(async move {
             let mut out = TaskOutput::default();
             let mut acked_stamps = Vec::new();
-            for (stamps, ack) in self.acks {
+            for (stamps, ack) in std::mem::take(&mut self.acks) {
                 let acked = ack.await.expect("acknowledgements do not panic")?;
                 acked_stamps.push((stamps, acked));
+            }
+            // The keys' inputs once their output is acknowledged (and in the same transaction).
+            if let Some(state) = self.sink.state.clone() {
+                let (producer, mut pending) = (self.producer(), Pending::default());
+                for (key, fingerprint) in std::mem::take(&mut self.states) {
+                    let at = (self.source.topic.as_str(), self.source.partition);
+                    state.record(&producer, &mut pending, at, &key, fingerprint.as_deref()).await?;
+                }
+                pending.finish().await?;
             }
             // With exactly-once, records are visible once the transaction commits.
             if let (Some(transactions), Some(producer)) = (&self.sink.transactions, self.transaction) {

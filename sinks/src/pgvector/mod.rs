@@ -173,9 +173,10 @@ pub async fn open(
     password: Option<&Secret>,
     outputs: Vec<Output>,
     fields: Vec<FieldColumn>,
+    skip_unchanged: bool,
 ) -> Result<PgvectorSink, SinkError> {
     let db = Database::new(spec, password)?;
-    let table = Arc::new(TableDef::new(spec, &outputs, &fields));
+    let table = Arc::new(TableDef::new(spec, &outputs, &fields, skip_unchanged));
     let client = db.connect().await?;
     prepare_table(&db, &client, &table, spec.create_table).await?;
     let conn = ready(&db, client, &table).await?;
@@ -212,6 +213,7 @@ async fn prepare_table(db: &Database, client: &Client, table: &TableDef, create:
     // (rows written before versions were have none, and are not compared: `versions::check`).
     let added: Vec<(&str, &str)> = (table::TABLE_COLUMNS_ADDED.iter().copied())
         .chain(table.version_columns.iter().map(|name| (name.as_str(), "text")))
+        .chain(table.input_hash.then_some((crate::rows::INPUT_HASH, "text")))
         .collect();
     if create
         && add_missing_columns(client, lock, &table.name, &added)
@@ -474,6 +476,10 @@ impl PgWriter {
         }
         types.extend(vectors.iter().map(|_| conn.vector.clone()));
         types.extend(table.versions.iter().map(|_| Type::TEXT));
+        let hashes: Option<&StringArray> = table.input_hash.then(|| column(rows, crate::rows::INPUT_HASH));
+        if hashes.is_some() {
+            types.push(Type::TEXT);
+        }
         if table.with_value {
             types.push(Type::TEXT);
         }
@@ -501,6 +507,10 @@ impl PgWriter {
             }
             row.extend(row_vectors.iter().map(|v| v as &(dyn ToSql + Sync)));
             row.extend(table.versions.iter().map(|v| v as &(dyn ToSql + Sync)));
+            let hash = hashes.map(|h| h.value(i));
+            if hashes.is_some() {
+                row.push(&hash);
+            }
             if table.with_value {
                 row.push(&value);
             }
@@ -567,6 +577,30 @@ impl PgWriter {
 }
 
 impl TaskWriter for PgWriter {
+    fn last_inputs<'a>(
+        &'a mut self,
+        keys: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<std::collections::HashMap<Vec<u8>, String>, SinkError>> {
+        Box::pin(async move {
+            if !self.sink.table.input_hash || keys.is_empty() {
+                return Ok(Default::default());
+            }
+            // Keys reach the sink as UTF-8 text (`admit`).
+            let texts: Vec<&str> = keys.iter().map(|k| std::str::from_utf8(k).unwrap_or_default()).collect();
+            let (db, table) = (self.sink.db.clone(), self.sink.table.clone());
+            let conn = self.conn().await?;
+            let found = match conn.client.query(table.last_inputs().as_str(), &[&texts]).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // A connection whose call failed is not handed to the next task.
+                    self.conn = None;
+                    return Err(db.error(&format!("reading input fingerprints (sink.table `{}`)", table.name), &e));
+                }
+            };
+            Ok(found.iter().map(|r| (r.get::<_, String>(0).into_bytes(), r.get::<_, String>(1))).collect())
+        })
+    }
+
     fn write<'a>(&'a mut self, rows: &'a RecordBatch) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             if rows.num_rows() == 0 {

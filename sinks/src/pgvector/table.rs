@@ -5,7 +5,7 @@
 
 use embedstream_core::spec::{FieldColumn, FieldType, PgIndex, PgMode, PgvectorSinkSpec};
 
-use crate::rows::Output;
+use crate::rows::{Output, INPUT_HASH};
 
 /// The per-connection temporary table each window is copied into first.
 pub const STAGE: &str = "embedstream_stage";
@@ -53,6 +53,9 @@ pub struct TableDef {
     /// The names of those version columns, in the same order.
     pub version_columns: Vec<String>,
     pub with_value: bool,
+    /// `skip_unchanged`: each row keeps its input's fingerprint in [`INPUT_HASH`] (after the
+    /// version columns), which the next window of its key is compared with.
+    pub input_hash: bool,
     pub index: PgIndex,
     pub ops: &'static str,
 }
@@ -63,7 +66,7 @@ pub fn quote(name: &str) -> String {
 }
 
 impl TableDef {
-    pub fn new(spec: &PgvectorSinkSpec, outputs: &[Output], fields: &[FieldColumn]) -> TableDef {
+    pub fn new(spec: &PgvectorSinkSpec, outputs: &[Output], fields: &[FieldColumn], input_hash: bool) -> TableDef {
         let mut columns = vec![
             Column::plain("key", "text"),
             Column::plain("topic", "text"),
@@ -86,6 +89,9 @@ impl TableDef {
             field: false,
         }));
         columns.extend(outputs.iter().map(|o| Column::plain(&o.version_column(outputs), "text")));
+        if input_hash {
+            columns.push(Column::plain(INPUT_HASH, "text"));
+        }
         if spec.with_value() {
             columns.push(Column::plain("value", "text"));
         }
@@ -103,6 +109,7 @@ impl TableDef {
             versions: outputs.iter().map(|o| o.version.clone()).collect(),
             version_columns: outputs.iter().map(|o| o.version_column(outputs)).collect(),
             with_value: spec.with_value(),
+            input_hash,
             index: spec.index,
             ops: spec.distance.ops(),
         }
@@ -124,7 +131,7 @@ impl TableDef {
             .columns
             .iter()
             .map(|c| {
-                let nullable = matches!(c.name.as_str(), "kafka_timestamp" | "value")
+                let nullable = matches!(c.name.as_str(), "kafka_timestamp" | "value" | INPUT_HASH)
                     || c.field
                     || (c.name == "key" && self.mode == PgMode::Append);
                 format!("{} {}{}", quote(&c.name), c.sql_type, if nullable { "" } else { " NOT NULL" })
@@ -235,6 +242,15 @@ impl TableDef {
                 )
             }
         }
+    }
+
+    /// The fingerprints of the rows of keys `$1` (`skip_unchanged`): one lookup by the primary key
+    /// per window.
+    pub fn last_inputs(&self) -> String {
+        format!(
+            "SELECT \"key\", {INPUT_HASH} FROM {} WHERE \"key\" = ANY($1::text[]) AND {INPUT_HASH} IS NOT NULL",
+            quote(&self.name)
+        )
     }
 
     /// Tombstones of one window: their keys locked (`$1` keys, `$2` the lock space), the latest
@@ -382,7 +398,7 @@ mod tests {
 
     #[test]
     fn an_existing_table_is_checked_column_by_column() {
-        let def = TableDef::new(&spec("upsert"), &[Output::single("minilm", "0123456789ab", 384)], &[price()]);
+        let def = TableDef::new(&spec("upsert"), &[Output::single("minilm", "0123456789ab", 384)], &[price()], false);
         let mut existing: Vec<(String, String)> =
             def.columns.iter().map(|c| (c.name.clone(), c.sql_type.clone())).collect();
         assert_eq!(def.misfit(&existing), None);
@@ -400,14 +416,19 @@ mod tests {
 
     #[test]
     fn statements_quote_every_name() {
-        let def = TableDef::new(&spec("append"), &[Output::single("m", "0123456789ab", 3)], &[price()]);
+        let def = TableDef::new(&spec("append"), &[Output::single("m", "0123456789ab", 3)], &[price()], false);
         assert!(def.create()[0].starts_with("CREATE TABLE IF NOT EXISTS \"s\".\"items\" (\"key\" text, "));
         assert!(def.create()[0].contains("\"price\" double precision, PRIMARY KEY"), "a field column is nullable");
         assert!(def.create()[1]
             .contains("\"items_embedding_hnsw\" ON \"s\".\"items\" USING hnsw (\"embedding\" vector_cosine_ops)"));
         assert!(def.merge().ends_with("ON CONFLICT (\"topic\", \"topic_id\", \"partition\", \"offset\") DO NOTHING"));
-        let upsert = TableDef::new(&spec("upsert"), &[Output::single("m", "0123456789ab", 3)], &[]);
+        let upsert = TableDef::new(&spec("upsert"), &[Output::single("m", "0123456789ab", 3)], &[], true);
         assert_eq!(upsert.create().len(), 3, "table, index, tombstones");
         assert!(upsert.merge().contains("\"s\".\"items_tombstones\""));
+        assert!(
+            upsert.create()[0].contains("\"input_hash\" text,"),
+            "a nullable fingerprint: rows written before have none"
+        );
+        assert!(upsert.merge().contains("\"input_hash\" = EXCLUDED.\"input_hash\""));
     }
 }

@@ -44,6 +44,10 @@ pub struct KafkaSinkSpec {
     /// `[input]`'s fields and headers, typed by `[input.types]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
+    /// With `skip_unchanged`: the compacted topic that keeps each key's last input fingerprint
+    /// (in the transaction of its output, exactly once). Default `<topic>-state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_topic: Option<String>,
 }
 
 fn default_format() -> VectorFormat {
@@ -51,6 +55,11 @@ fn default_format() -> VectorFormat {
 }
 
 impl KafkaSinkSpec {
+    /// Where each key's last input fingerprint is kept (`skip_unchanged`).
+    pub fn state_topic(&self) -> String {
+        self.state_topic.clone().unwrap_or_else(|| format!("{}-state", self.topic))
+    }
+
     pub(super) fn validate(&self) -> Result<(), SpecError> {
         if self.topic.is_empty() {
             return Err(SpecError::new("sink.topic", "must not be empty (kind = \"kafka\")"));
@@ -60,6 +69,9 @@ impl KafkaSinkSpec {
                 "sink.columns",
                 "an f32le value is the vector alone: set sink.format = \"json\" to write fields beside it",
             ));
+        }
+        if self.state_topic.as_ref().is_some_and(|t| t.is_empty() || *t == self.topic) {
+            return Err(SpecError::new("sink.state_topic", "must be non-empty and differ from `sink.topic`"));
         }
         Ok(())
     }

@@ -232,7 +232,15 @@ impl SinkSpec {
         if dlq.is_empty() || Some(dlq.as_str()) == self.output_topic() {
             return Err(SpecError::new("sink.dead_letter_topic", "must be non-empty and differ from `sink.topic`"));
         }
-        let topics = [("sink.topic", self.output_topic().unwrap_or_default()), ("sink.dead_letter_topic", &dlq)];
+        let state = match &self.kind {
+            SinkKind::Kafka(k) => k.state_topic(),
+            _ => String::new(),
+        };
+        let topics = [
+            ("sink.topic", self.output_topic().unwrap_or_default()),
+            ("sink.dead_letter_topic", &dlq),
+            ("sink.state_topic", &state),
+        ];
         for (key, topic) in topics.into_iter().filter(|(_, t)| !t.is_empty()) {
             if source.reads_topic(topic) {
                 return Err(SpecError::new(

@@ -1,12 +1,13 @@
 //! The records every part of the executor agrees on: the row schemas the sinks take
 //! (`embedstream_sinks::rows`, re-exported), the check that decides whether a Flight text can be
-//! embedded, and the recent output that tasks keep and Arrow Flight's `DoGet` serves. Tasks and
-//! Flight both use this module, and neither uses the other for these.
+//! embedded, the recent output that tasks keep and Arrow Flight's `DoGet` serves, and a read
+//! window's columns ([`Rows`]). Tasks and Flight both use this module, and neither uses the
+//! other for these.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 pub use embedstream_sinks::rows::{embedding_array, embedding_type, field_array, input_schema, output_schema, Output};
@@ -84,6 +85,62 @@ impl RecentOutput {
     /// Bytes of the batches kept now.
     pub fn bytes(&self) -> usize {
         self.batches.lock().unwrap().1
+    }
+}
+
+/// A chunk's columns the checks and the dead letters read.
+pub struct Rows<'a> {
+    keys: &'a BinaryArray,
+    values: &'a BinaryArray,
+    offsets: &'a Int64Array,
+    /// The header columns, in the order of `input.headers`.
+    headers: Vec<&'a BinaryArray>,
+}
+
+/// `chunk` with each value that decoded replaced by the decoded record's JSON text.
+pub fn with_decoded_values(chunk: &RecordBatch, decoded: &[crate::schemas::Decoded]) -> RecordBatch {
+    let at = chunk.schema().index_of("value").expect("input schema column");
+    let raw = chunk.column(at).as_any().downcast_ref::<BinaryArray>().expect("binary values");
+    let texts: Vec<Option<Vec<u8>>> = (decoded.iter().enumerate())
+        .map(|(i, d)| match d {
+            Ok(doc) => Some(doc.to_string().into_bytes()),
+            Err(_) => raw.is_valid(i).then(|| raw.value(i).to_vec()),
+        })
+        .collect();
+    let mut columns = chunk.columns().to_vec();
+    columns[at] = Arc::new(BinaryArray::from_iter(texts));
+    RecordBatch::try_new(chunk.schema(), columns).expect("the same schema, one column replaced")
+}
+
+impl<'a> Rows<'a> {
+    pub fn of(chunk: &'a RecordBatch) -> Rows<'a> {
+        let col = |name: &str| chunk.column_by_name(name).expect("input schema column");
+        Rows {
+            keys: col("key").as_any().downcast_ref::<BinaryArray>().expect("binary keys"),
+            values: col("value").as_any().downcast_ref::<BinaryArray>().expect("binary values"),
+            offsets: col("offset").as_any().downcast_ref::<Int64Array>().expect("int64 offsets"),
+            headers: (chunk.schema().fields().iter().enumerate())
+                .filter(|(_, f)| f.name().starts_with("header:"))
+                .map(|(i, _)| chunk.column(i).as_any().downcast_ref::<BinaryArray>().expect("binary headers"))
+                .collect(),
+        }
+    }
+
+    /// Row `i`'s values of the headers read as fields.
+    pub fn headers(&self, i: usize) -> Vec<Option<&'a [u8]>> {
+        self.headers.iter().map(|h| h.is_valid(i).then(|| h.value(i))).collect()
+    }
+
+    pub fn value(&self, i: usize) -> Option<&'a [u8]> {
+        self.values.is_valid(i).then(|| self.values.value(i))
+    }
+
+    pub fn offset(&self, i: usize) -> i64 {
+        self.offsets.value(i)
+    }
+
+    pub fn key(&self, i: usize) -> Option<&'a [u8]> {
+        self.keys.is_valid(i).then(|| self.keys.value(i))
     }
 }
 

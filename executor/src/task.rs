@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt32Array};
+use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
 use embedstream_core::offsets::OffsetRange;
 use embedstream_core::progress::{
@@ -26,7 +26,7 @@ use crate::metrics::ExecutorMetrics;
 use crate::model::ModelError;
 use crate::pipeline::{Embedded, Pipeline};
 use crate::reader::{KafkaReader, ReadError};
-use crate::records::{RecentOutput, NON_FINITE};
+use crate::records::{with_decoded_values, RecentOutput, Rows, NON_FINITE};
 use crate::unchanged::LastInputs;
 use embedstream_sinks::kafka::transactions::SourceRange;
 use embedstream_sinks::kafka::{Origin, Pending};
@@ -441,58 +441,6 @@ async fn admit(
     Ok(take(embed))
 }
 
-/// A chunk's columns the checks and the dead letters read.
-struct Rows<'a> {
-    keys: &'a BinaryArray,
-    values: &'a BinaryArray,
-    offsets: &'a Int64Array,
-    /// The header columns, in the order of `input.headers`.
-    headers: Vec<&'a BinaryArray>,
-}
-
-/// `chunk` with each value that decoded replaced by the decoded record's JSON text.
-fn with_decoded_values(chunk: &RecordBatch, decoded: &[crate::schemas::Decoded]) -> RecordBatch {
-    let at = chunk.schema().index_of("value").expect("input schema column");
-    let raw = chunk.column(at).as_any().downcast_ref::<BinaryArray>().expect("binary values");
-    let texts: Vec<Option<Vec<u8>>> = (decoded.iter().enumerate())
-        .map(|(i, d)| match d {
-            Ok(doc) => Some(doc.to_string().into_bytes()),
-            Err(_) => raw.is_valid(i).then(|| raw.value(i).to_vec()),
-        })
-        .collect();
-    let mut columns = chunk.columns().to_vec();
-    columns[at] = Arc::new(BinaryArray::from_iter(texts));
-    RecordBatch::try_new(chunk.schema(), columns).expect("the same schema, one column replaced")
-}
-
-impl<'a> Rows<'a> {
-    fn of(chunk: &'a RecordBatch) -> Rows<'a> {
-        let col = |name: &str| chunk.column_by_name(name).expect("input schema column");
-        Rows {
-            keys: col("key").as_any().downcast_ref::<BinaryArray>().expect("binary keys"),
-            values: col("value").as_any().downcast_ref::<BinaryArray>().expect("binary values"),
-            offsets: col("offset").as_any().downcast_ref::<Int64Array>().expect("int64 offsets"),
-            headers: (chunk.schema().fields().iter().enumerate())
-                .filter(|(_, f)| f.name().starts_with("header:"))
-                .map(|(i, _)| chunk.column(i).as_any().downcast_ref::<BinaryArray>().expect("binary headers"))
-                .collect(),
-        }
-    }
-
-    /// Row `i`'s values of the headers read as fields.
-    fn headers(&self, i: usize) -> Vec<Option<&'a [u8]>> {
-        self.headers.iter().map(|h| h.is_valid(i).then(|| h.value(i))).collect()
-    }
-
-    fn value(&self, i: usize) -> Option<&'a [u8]> {
-        self.values.is_valid(i).then(|| self.values.value(i))
-    }
-
-    fn key(&self, i: usize) -> Option<&'a [u8]> {
-        self.keys.is_valid(i).then(|| self.keys.value(i))
-    }
-}
-
 /// Enqueues row `i` of a chunk for the dead-letter topic, as it came, with `reason`.
 #[allow(clippy::too_many_arguments)]
 async fn dead_letter(
@@ -504,7 +452,7 @@ async fn dead_letter(
     reason: &str,
     counts: &mut Counts,
 ) -> Result<(), TaskError> {
-    let offset = rows.offsets.value(i);
+    let offset = rows.offset(i);
     tracing::debug!(offset, %reason, "dead letter");
     let origin = Origin {
         topic: &range.tp.topic,

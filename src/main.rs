@@ -12,6 +12,9 @@ use embedstream_core::JobSpec;
 use embedstream_proto::serve::Caller;
 
 mod client;
+mod cmd {
+    pub mod switch;
+}
 mod embed;
 mod yarn;
 
@@ -298,6 +301,23 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Point the readers of a pgvector view at this query's table, in one transaction (a
+    /// re-embedding that has caught up): the view becomes `SELECT * FROM <sink.table>`; with
+    /// --drop, the old version's table is dropped in the same transaction.
+    #[command(after_help = "Example:\n  embedstream switch items-v2.toml --view items --drop items_v1")]
+    Switch {
+        /// The job spec (TOML) of the query whose table readers move to.
+        job: PathBuf,
+        /// The view readers query (`name` or `schema.name`), made if it does not exist.
+        #[arg(long)]
+        view: String,
+        /// The old version's table, dropped once the view no longer reads it.
+        #[arg(long, value_name = "TABLE")]
+        drop: Option<String>,
+        /// Set a spec key without editing the file: KEY.PATH=VALUE (a TOML value, or a string); repeatable.
+        #[arg(long = "conf", value_name = "KEY=VALUE")]
+        conf: Vec<String>,
+    },
     /// Show the cluster's nodes and applications, or one query's state, executors and progress.
     #[command(after_help = "Examples:\n  embedstream status --master rm://rm-host:8030\n  \
                             embedstream status APP_ID --master rm://rm-host:8030\n  embedstream status --driver 127.0.0.1:40000")]
@@ -537,6 +557,7 @@ async fn dispatch(command: Command) -> Result<()> {
             let (target, caller) = target.split(app).await?;
             client::status(target, caller).await
         }
+        Command::Switch { job, view, drop, conf } => cmd::switch::switch(&job, &conf, &view, drop.as_deref()).await,
         Command::Stop { app, target } => admin_action(app, target, client::Action::Stop).await,
         Command::Pause { app, target } => admin_action(app, target, client::Action::Pause).await,
         Command::Resume { app, target } => admin_action(app, target, client::Action::Resume).await,

@@ -1073,3 +1073,93 @@ fn unchanged_inputs_cost_no_inference_after_a_restart() {
     }
     assert_eq!(pg.psql("SELECT count(*) FROM catalog WHERE input_hash IS NULL"), "0");
 }
+
+/// Issue 35, item 3: re-embedding without downtime. A live query writes version A into
+/// `items_v1`, which readers query through the view `items`. A backfill of version B from the
+/// earliest offsets into `items_v2` gives way while the live query lags (it is paused with 30
+/// records waiting: the backfill plans no batch and its page says `yielding`), and fills the
+/// new table once the live query has caught up. `embedstream switch` then moves the view and
+/// drops the old table in one transaction: a reader querying in a loop sees every row of one
+/// version or of the other, never a mix and never none; after it, every key has B's vector.
+#[test]
+fn a_backfill_gives_way_to_the_live_query_and_the_switch_is_atomic() {
+    let broker = Broker::start();
+    broker.create_topic("catalog", 2);
+    let pg = Postgres::start();
+    let all = texts(70, 47);
+    broker.produce_texts("catalog", 2, 0, &all[..40]);
+    let live = Job::new(&broker, "live", "subscribe = [\"catalog\"]", "processing_time = \"200ms\"", "")
+        .with_pgvector_sink(&pg.url(), PASSWORD, "table = \"items_v1\"");
+    let version_a = validated_version(&live);
+    let mut live_q = Running::start(&live, 1);
+    let caught_up = |group: &str| broker.committed(group, "catalog", 2) == broker.high_watermarks("catalog", 2);
+    live_q.wait_until("the live query caught up", Duration::from_secs(120), |_| caught_up("live-group"));
+    let switch = |job: &Job, drop: Option<&str>| {
+        let mut cmd = embedstream();
+        cmd.args(["switch", job.path.to_str().unwrap(), "--view", "items"]);
+        cmd.args(drop.map(|d| ["--drop", d]).into_iter().flatten());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(switch(&live, None).contains("view `items` reads `items_v1` (it read nothing (a new view))"));
+
+    // The live query paused with 30 records waiting: the backfill gives way.
+    let paused = embedstream().args(["pause", live.path.to_str().unwrap()]).output().unwrap();
+    assert!(paused.status.success(), "{}", String::from_utf8_lossy(&paused.stderr));
+    broker.produce_texts("catalog", 2, 40, &all[40..]);
+    let backfill = Job::new(
+        &broker,
+        "backfill",
+        "subscribe = [\"catalog\"]",
+        "processing_time = \"200ms\"\n[trigger.yield_to]\ngroup = \"live-group\"\nmax_lag = 10",
+        "",
+    )
+    .edit_model("max_seq_len = 64")
+    .with_pgvector_sink(&pg.url(), PASSWORD, "table = \"items_v2\"");
+    let version_b = validated_version(&backfill);
+    assert_ne!(version_a, version_b);
+    let mut back_q = Running::start(&backfill, 1);
+    back_q.wait_until("the backfill giving way", Duration::from_secs(120), |q| {
+        q.metrics_address().is_some() && q.page_json("/api/query")["state"] == "yielding"
+    });
+    let why = back_q.page_json("/api/query")["yielding"].as_str().unwrap().to_string();
+    assert!(why.contains("live group live-group lags by 30 offsets"), "{why}");
+    assert!(progress_records(&backfill).is_empty(), "no batch planned while the live query lags");
+
+    // The live query resumes and catches up; the backfill goes on to the end.
+    let resumed = embedstream().args(["resume", live.path.to_str().unwrap()]).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    live_q.wait_until("the live query caught up again", Duration::from_secs(120), |_| caught_up("live-group"));
+    back_q.wait_until("the backfill caught up", Duration::from_secs(180), |_| caught_up("backfill-group"));
+    assert_eq!(pg.psql("SELECT count(*) FROM items_v2"), "70");
+
+    // A reader in a loop while the view is switched and the old table dropped.
+    let read = || pg.psql("SELECT count(*) || '|' || min(model_version) || '|' || max(model_version) FROM items");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut seen = vec![read()];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.push(read());
+            }
+            seen.push(read());
+            seen
+        });
+        let said = switch(&backfill, Some("items_v1"));
+        assert!(said.contains("view `items` reads `items_v2` (it read `public.items_v1`)"), "{said}");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.join().unwrap()
+    });
+    let (old, new) = (format!("70|{version_a}|{version_a}"), format!("70|{version_b}|{version_b}"));
+    assert!(seen.iter().all(|s| *s == old || *s == new), "every read one version, whole: {seen:?}");
+    assert_eq!(seen.last(), Some(&new), "{seen:?}");
+    assert_eq!(pg.psql("SELECT coalesce(to_regclass('items_v1')::text, 'dropped')"), "dropped");
+    let reference = onnx_embeddings(&all);
+    let rows = vectors_by_key(&pg, "items");
+    for (i, want) in reference.iter().enumerate() {
+        assert!(max_diff(&rows[&format!("key-{i}")], want) < 1e-4, "key-{i} holds B's vector");
+    }
+    back_q.stop();
+    live_q.stop();
+}

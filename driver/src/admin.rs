@@ -29,6 +29,9 @@ pub struct Control {
     /// Executors wanted.
     pub target: watch::Sender<u32>,
     pub snapshot: Mutex<Snapshot>,
+    /// Why no batch is planned now, while a backfill gives way to its live query
+    /// (`[trigger.yield_to]`).
+    pub yielding: Mutex<Option<String>>,
 }
 
 /// What the batch loop last published.
@@ -47,6 +50,7 @@ impl Control {
             paused: watch::channel(false).0,
             target: watch::channel(executors).0,
             snapshot: Mutex::new(Snapshot::default()),
+            yielding: Mutex::new(None),
         })
     }
 

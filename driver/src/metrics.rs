@@ -30,6 +30,8 @@ pub struct DriverMetrics {
     pub batches: IntCounter,
     pub last_batch_timestamp: Gauge,
     pub trigger_interval: Gauge,
+    pub yielded_triggers: IntCounter,
+    pub live_lag: IntGauge,
 }
 
 const DURATION_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -69,6 +71,8 @@ impl DriverMetrics {
             batches: register!(IntCounter::with_opts(opts("embedstream_batches_total", "Committed micro-batches"))),
             last_batch_timestamp: register!(Gauge::with_opts(opts("embedstream_last_batch_timestamp_seconds", "Unix time the last batch was committed (query start until then)"))),
             trigger_interval: register!(Gauge::with_opts(opts("embedstream_trigger_interval_seconds", "The processing-time trigger interval (0: as fast as data comes)"))),
+            yielded_triggers: register!(IntCounter::with_opts(opts("embedstream_yielded_triggers_total", "Triggers at which a backfill planned no batch because its live query ([trigger.yield_to]) lagged by more than max_lag"))),
+            live_lag: register!(IntGauge::with_opts(opts("embedstream_yield_live_lag_offsets", "The lag of the live query a backfill gives way to ([trigger.yield_to]), at the last trigger"))),
             registry,
         }
     }

@@ -63,6 +63,8 @@ pub struct KafkaSource {
     /// as a member: the commit only records progress for lag tools to read.
     consumer: BaseConsumer,
     admin: AdminClient<DefaultClientContext>,
+    /// `[trigger.yield_to]`: reads the live query's group's committed offsets (never joins it).
+    live: Option<BaseConsumer>,
 }
 
 impl KafkaSource {
@@ -76,7 +78,15 @@ impl KafkaSource {
             .create()
             .map_err(kafka("consumer"))?;
         let admin = spec.sink_client(secrets)?.create().map_err(kafka("admin client"))?;
-        Ok(KafkaSource { spec: spec.clone(), consumer, admin })
+        let live = match &spec.trigger.yield_to {
+            None => None,
+            Some(y) => Some(
+                (spec.source_client(secrets)?.set("group.id", &y.group).set("enable.auto.commit", "false"))
+                    .create()
+                    .map_err(kafka("consumer of trigger.yield_to.group"))?,
+            ),
+        };
+        Ok(KafkaSource { spec: spec.clone(), consumer, admin, live })
     }
 
     /// The partitions the query reads now: `assign` as given; `subscribe` and
@@ -187,6 +197,29 @@ impl KafkaSource {
             self.consumer.commit(&tpl, CommitMode::Sync).map_err(kafka(group()))?;
         }
         Ok(())
+    }
+
+    /// How far the live query of `[trigger.yield_to]` lags on `tps`: the latest offsets less its
+    /// group's committed ones, summed over the partitions it has committed (none: `None`, a live
+    /// query that has not started yet holds nothing back).
+    pub fn live_lag(&self, tps: &[TopicPartition]) -> Result<Option<i64>, SourceError> {
+        let Some(live) = &self.live else { return Ok(None) };
+        let mut tpl = TopicPartitionList::new();
+        for tp in tps {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        let got = live.committed_offsets(tpl, REQUEST_TIMEOUT).map_err(kafka("the live group's offsets"))?;
+        let committed: Vec<(TopicPartition, i64)> = (got.elements().iter())
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+                _ => None,
+            })
+            .collect();
+        if committed.is_empty() {
+            return Ok(None);
+        }
+        let (_, latest) = self.watermarks(tps)?;
+        Ok(Some(committed.iter().map(|(tp, o)| (latest.get(tp).copied().unwrap_or(*o) - o).max(0)).sum()))
     }
 
     /// The offsets the query's group holds now, as any Kafka tool would read them.

@@ -38,7 +38,7 @@ pub use model::{
 /// How many of a spec file's errors `from_file_with` reports at once.
 const MAX_ERRORS_SHOWN: usize = 10;
 
-pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec};
+pub use runtime::{ExecutorsSpec, FlightSpec, MonitoringSpec, SecuritySpec, TriggerSpec, YieldSpec};
 pub use sink::{
     DeltaSinkSpec, Guarantee, KafkaSinkSpec, ModelChange, ParquetSinkSpec, PartitionBy, PgDistance, PgIndex, PgMode,
     PgvectorSinkSpec, SinkCommon, SinkKind, SinkSpec, VectorFormat,
@@ -450,6 +450,12 @@ impl JobSpec {
         }
         self.source.validate()?;
         self.trigger.validate()?;
+        if self.trigger.yield_to.as_ref().is_some_and(|y| y.group == self.group_id()) {
+            return Err(SpecError::new(
+                "trigger.yield_to.group",
+                format!("is this query's own group ({}): name the live query's", self.group_id()),
+            ));
+        }
         let avro_output = matches!(&self.sink.kind, SinkKind::Kafka(k) if k.format == VectorFormat::Avro);
         self.input.validate(avro_output)?;
         if avro_output && self.input.schema_registry.is_none() {

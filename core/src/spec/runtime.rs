@@ -21,6 +21,27 @@ pub struct TriggerSpec {
     /// limit needs, then exit 0 (Spark's `Trigger.AvailableNow`).
     #[serde(default)]
     pub available_now: bool,
+    /// A backfill that gives way to a live query (`[trigger.yield_to]`): no batch is planned
+    /// while that query's consumer group lags by more than `max_lag` offsets on this query's
+    /// partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yield_to: Option<YieldSpec>,
+}
+
+/// `[trigger.yield_to]`: the live query a backfill (a re-embedding from the earliest offsets)
+/// gives way to, so that live updates are never late because of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct YieldSpec {
+    /// The live query's consumer group (its `source.group_id`, which it commits after each batch).
+    pub group: String,
+    /// Offsets the live query may lag by, summed over the partitions, before the backfill waits.
+    #[serde(default = "default_max_lag")]
+    pub max_lag: u64,
+}
+
+fn default_max_lag() -> u64 {
+    1000
 }
 
 impl TriggerSpec {
@@ -32,6 +53,9 @@ impl TriggerSpec {
     pub(super) fn validate(&self) -> Result<(), SpecError> {
         if self.processing_time.is_some() && self.available_now {
             return Err(SpecError::new("trigger", "set either `processing_time` or `available_now`, not both"));
+        }
+        if self.yield_to.as_ref().is_some_and(|y| y.group.trim().is_empty()) {
+            return Err(SpecError::new("trigger.yield_to.group", "must name the live query's consumer group"));
         }
         Ok(())
     }

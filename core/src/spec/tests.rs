@@ -802,3 +802,17 @@ fn skip_unchanged_needs_a_keyed_sink_and_agreeing_models() {
     let both = models.replacen("tokenizer = ", "skip_unchanged = true\ntokenizer = ", 1);
     assert!(load(&both).unwrap().skip_unchanged());
 }
+
+/// Issue 35, item 3: a backfill names the live query's group to give way to, never its own.
+#[test]
+fn a_backfill_gives_way_to_another_group() {
+    let f = files();
+    let with = |trigger: &str| spec(&f, "", "").replace("[model]", &format!("[trigger.yield_to]\n{trigger}\n[model]"));
+    let s = load(&with("group = \"live\"")).unwrap();
+    let y = s.trigger.yield_to.as_ref().unwrap();
+    assert_eq!((y.group.as_str(), y.max_lag), ("live", 1000));
+    assert!(s.to_toml().contains("[trigger.yield_to]"));
+    assert_eq!(key_of(&with("group = \"embedstream-products\"")), "trigger.yield_to.group");
+    assert_eq!(key_of(&with("group = \" \"")), "trigger.yield_to.group");
+    assert_eq!(key_of(&with("group = \"live\"\nmax_lags = 5")), "trigger.yield_to.max_lags");
+}

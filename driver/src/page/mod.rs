@@ -95,6 +95,8 @@ async fn query(State(state): State<Arc<PageState>>) -> Response {
         "stopping"
     } else if *state.control.paused.borrow() {
         "paused"
+    } else if state.control.yielding.lock().expect("not poisoned").is_some() {
+        "yielding"
     } else {
         "running"
     };
@@ -102,6 +104,7 @@ async fn query(State(state): State<Arc<PageState>>) -> Response {
         "query": state.query,
         "queryId": state.query_id,
         "state": status,
+        "yielding": state.control.yielding.lock().expect("not poisoned").clone(),
         "batchesCommitted": snapshot.batches_committed,
         "nextBatchId": snapshot.next_batch_id,
         "trigger": state.trigger,

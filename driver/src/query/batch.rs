@@ -28,6 +28,9 @@ use crate::source::{KafkaSource, SourceError};
 /// How often an idle query without a trigger interval looks for new data.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
+/// How often a backfill that gives way looks at its live query's lag again (at least).
+const YIELD_POLL: Duration = Duration::from_millis(500);
+
 /// A running query's parts, borrowed from the wiring for the life of the loop.
 pub(crate) struct Query<'a> {
     pub(crate) spec: &'a JobSpec,
@@ -88,6 +91,7 @@ impl Query<'_> {
         let (mut next_batch_id, mut start, mut rerun, mut sources) =
             (resume.next_batch_id, resume.start, resume.rerun, resume.sources);
         // available_now: everything up to the offsets that exist now, and nothing after.
+        let read = partitions.clone();
         let target = if spec.trigger.available_now {
             Some(self.broker(move |s| s.watermarks(&partitions)).await?.1)
         } else {
@@ -117,6 +121,13 @@ impl Query<'_> {
                 break;
             }
             let trigger_start = tokio::time::Instant::now();
+            if rerun.is_none() && self.gives_way(&read).await? {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(trigger_start + interval.max(YIELD_POLL)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
             let planned = match rerun.take() {
                 Some(entry) => Planned { latest: entry.end.clone(), entry, replay: true, lost: 0 },
                 None => match self.plan(next_batch_id, &start, &sources, target.as_ref()).await? {
@@ -168,6 +179,31 @@ impl Query<'_> {
             summary.embeddings_per_second = summary.embeddings as f64 / summary.processing_seconds;
         }
         Ok(summary)
+    }
+
+    /// Whether this backfill gives way to its live query now (`[trigger.yield_to]`): that
+    /// query's group lags by more than `max_lag` on the partitions this query reads. Said on
+    /// the page and in `/metrics`, and logged when it starts and ends.
+    async fn gives_way(&self, partitions: &[embedstream_core::offsets::TopicPartition]) -> Result<bool, DriverError> {
+        let Some(y) = &self.spec.trigger.yield_to else { return Ok(false) };
+        let tps = partitions.to_vec();
+        let lag = self.broker(move |s| s.live_lag(&tps)).await?;
+        let metrics = &self.reporter.metrics;
+        metrics.live_lag.set(lag.unwrap_or(0));
+        let why = lag
+            .filter(|&l| l > y.max_lag as i64)
+            .map(|l| format!("live group {} lags by {l} offsets (trigger.yield_to.max_lag = {})", y.group, y.max_lag));
+        let mut yielding = self.control.yielding.lock().expect("not poisoned");
+        match (&why, yielding.is_some()) {
+            (Some(why), false) => tracing::info!(%why, "giving way to the live query: no batch planned"),
+            (None, true) => tracing::info!(group = %y.group, "the live query caught up: planning batches again"),
+            _ => {}
+        }
+        if why.is_some() {
+            metrics.yielded_triggers.inc();
+        }
+        *yielding = why;
+        Ok(yielding.is_some())
     }
 
     /// Steps 2 to 4 of one planned batch: returns the entry, what the tasks did, and how long

@@ -21,6 +21,7 @@
 //! `sink.tls_ca` (or `sslmode=require`) every connection is TLS through rustls ([`tls_of`]).
 
 mod committer;
+pub mod switch;
 pub(crate) mod table;
 mod vector;
 

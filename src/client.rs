@@ -103,9 +103,9 @@ pub fn list_local() {
         eprintln!("no query is running here (for this user)");
         return;
     }
-    println!("{:<20} {:<38} {:<22} {:>8}  CHECKPOINT", "QUERY", "QUERY ID", "DRIVER", "PID");
+    out!("{:<20} {:<38} {:<22} {:>8}  CHECKPOINT", "QUERY", "QUERY ID", "DRIVER", "PID");
     for r in records {
-        println!("{:<20} {:<38} {:<22} {:>8}  {}", r.query, r.query_id, r.address, r.pid, r.checkpoint.display());
+        out!("{:<20} {:<38} {:<22} {:>8}  {}", r.query, r.query_id, r.address, r.pid, r.checkpoint.display());
     }
 }
 
@@ -247,7 +247,7 @@ pub async fn submit(
         let path = save_app_secret(&address, &app_id, &secret)?;
         eprintln!("{app_id}: its driver takes the application's secret, kept in {} (0600)", path.display());
     }
-    println!("{app_id}");
+    out!("{app_id}");
     if !wait {
         return Ok(());
     }
@@ -341,7 +341,7 @@ pub async fn driver_container(command: DriverCommand) -> Result<()> {
         stop_on_signal(),
     )
     .await?;
-    println!("{}", serde_json::to_string(&summary)?);
+    out!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
 
@@ -437,10 +437,10 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
         };
         let mut rm = rm(&address, &caller)?;
         let nodes = rm.list_nodes(ListNodesRequest {}).await.answer(RM, &address)?.nodes;
-        println!("{:<24} {:<8} {:>12} {:>16} {:>10}", "NODE", "STATE", "VCORES USED", "MEMORY USED", "CONTAINERS");
+        out!("{:<24} {:<8} {:>12} {:>16} {:>10}", "NODE", "STATE", "VCORES USED", "MEMORY USED", "CONTAINERS");
         for n in nodes {
             let (cap, used) = (n.capacity.unwrap_or_default(), n.used.unwrap_or_default());
-            println!(
+            out!(
                 "{:<24} {:<8} {:>12} {:>16} {:>10}",
                 n.node_id,
                 if n.lost { "lost" } else { "running" },
@@ -449,8 +449,8 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
                 n.containers.len()
             );
         }
-        println!();
-        println!("{:<28} {:<20} {:<10} {:<22} {:>10}", "APPLICATION", "NAME", "STATE", "DRIVER", "EXECUTORS");
+        out!();
+        out!("{:<28} {:<20} {:<10} {:<22} {:>10}", "APPLICATION", "NAME", "STATE", "DRIVER", "EXECUTORS");
         for a in rm.list_applications(ListApplicationsRequest {}).await.answer(RM, &address)?.applications {
             let executors = a
                 .containers
@@ -458,14 +458,14 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
                 .filter(|c| c.role == "executor" && c.state == ContainerState::Running as i32)
                 .count();
             let state = app_state(&a).as_str_name().trim_start_matches("APPLICATION_STATE_").to_lowercase();
-            println!("{:<28} {:<20} {:<10} {:<22} {:>10}", a.app_id, a.name, state, a.driver_address, executors);
+            out!("{:<28} {:<20} {:<10} {:<22} {:>10}", a.app_id, a.name, state, a.driver_address, executors);
         }
         return Ok(());
     }
     let (driver, caller) = target.driver(&caller).await?;
     let mut client = admin(&driver, &caller).await?;
     let s = client.get_status(QueryStatusRequest {}).await.answer(DRIVER, &driver)?;
-    println!(
+    out!(
         "query {} ({}) {}: {} batches committed, next batch {}",
         s.query,
         s.query_id,
@@ -473,19 +473,23 @@ pub async fn status(target: Target, caller: Caller) -> Result<()> {
         s.batches_committed,
         s.next_batch_id
     );
-    println!("committed offsets: {}", embedstream_proto::convert::offsets_from_pb(s.committed_offsets));
-    println!("executors: {} wanted", s.executors_wanted);
+    out!("committed offsets: {}", embedstream_proto::convert::offsets_from_pb(s.committed_offsets));
+    out!("executors: {} wanted", s.executors_wanted);
     for e in s.executors {
         let draining = if e.draining { " (draining)" } else { "" };
-        println!(
+        out!(
             "  {} at {} cores {} flight {} metrics {}{draining}",
-            e.executor_id, e.address, e.cores, e.flight_address, e.metrics_address
+            e.executor_id,
+            e.address,
+            e.cores,
+            e.flight_address,
+            e.metrics_address
         );
     }
     let progress = client.get_progress(ProgressRequest { last: 5 }).await.answer(DRIVER, &driver)?;
     for r in progress.records {
         let record = embedstream_driver::progress::ProgressRecord::from(r);
-        println!("{}", serde_json::to_string(&record)?);
+        out!("{}", serde_json::to_string(&record)?);
     }
     Ok(())
 }

@@ -11,6 +11,40 @@ use embedstream_core::tls::{Naming, Role, TlsFiles};
 use embedstream_core::JobSpec;
 use embedstream_proto::serve::Caller;
 
+/// `println!` and `print!` for a command's output. A reader that went away (`status | head`)
+/// ends the command quietly with 0, as other Unix tools end, instead of a panic (Rust ignores
+/// SIGPIPE, so the write fails with `BrokenPipe`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::output_failed(e);
+        }
+    }};
+}
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::output_failed(e);
+        }
+    }};
+}
+
+/// What a failed write to stdout does: a closed pipe ends the command with 0; anything else is
+/// a bug worth its panic.
+fn output_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    panic!("writing to stdout: {e}");
+}
+
+/// Whether `e` is a write to a reader that went away (the output of `man` or `completions`).
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 mod client;
 mod cmd {
     pub mod switch;
@@ -420,6 +454,7 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -536,7 +571,10 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "embedstream", &mut std::io::stdout());
+            // Made whole first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "embedstream", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
             Ok(())
         }
         Command::Man => {
@@ -662,30 +700,30 @@ async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_brok
                 "schema": latest.as_ref().map(|l| l.schema.clone()),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        out!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    print!("{}", shown.to_toml());
-    println!("\n# What it runs with:");
-    println!("# sink servers: {} (properties from [{}])", spec.sink_bootstrap_servers(), spec.sink_kafka().0);
-    println!("# ONNX Runtime: {}", ort.display());
+    out_raw!("{}", shown.to_toml());
+    out!("\n# What it runs with:");
+    out!("# sink servers: {} (properties from [{}])", spec.sink_bootstrap_servers(), spec.sink_kafka().0);
+    out!("# ONNX Runtime: {}", ort.display());
     for (model, version) in &versions {
-        println!("# model {model}: version {version} (es.model_version on each vector)");
+        out!("# model {model}: version {version} (es.model_version on each vector)");
     }
     if let Some(ps) = partitions {
-        println!("# partitions it would read ({}), earliest..latest offset:", ps.len());
+        out!("# partitions it would read ({}), earliest..latest offset:", ps.len());
         for (topic, partition, earliest, latest) in ps {
-            println!("#   {topic}-{partition}: {earliest}..{latest}");
+            out!("#   {topic}-{partition}: {earliest}..{latest}");
         }
     }
     for (subject, latest) in subjects {
         match latest {
-            None => println!("# schema registry: no subject {subject} (records name their schema by id all the same)"),
+            None => out!("# schema registry: no subject {subject} (records name their schema by id all the same)"),
             Some(l) => {
                 let (version, id) = (l.version.unwrap_or_default(), l.id.unwrap_or_default());
-                println!("# schema registry: subject {subject}, latest version {version} (id {id}, {}):", l.kind);
+                out!("# schema registry: subject {subject}, latest version {version} (id {id}, {}):", l.kind);
                 for line in l.schema.lines() {
-                    println!("#   {line}");
+                    out!("#   {line}");
                 }
             }
         }
@@ -709,7 +747,7 @@ async fn run(job: PathBuf, local: Option<u32>, conf: &[String]) -> Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the embedstream binary to start executors")?;
     let summary = embedstream_driver::run_local(spec, exe, client::stop_on_signal()).await?;
-    println!("{}", serde_json::to_string(&summary)?);
+    out!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
 
@@ -734,10 +772,10 @@ async fn progress(source: ProgressSource, follow: bool, json: bool, last: usize)
     let print = |records: &[ProgressRecord], header: bool| {
         if json {
             for r in records {
-                println!("{}", serde_json::to_string(r).expect("progress serialises"));
+                out!("{}", serde_json::to_string(r).expect("progress serialises"));
             }
         } else {
-            print!("{}", format_table(records, header));
+            out_raw!("{}", format_table(records, header));
         }
     };
     let records = source.read(last).await?;

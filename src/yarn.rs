@@ -183,9 +183,9 @@ pub async fn list() -> Result<()> {
     let mut rows: Vec<Vec<&str>> =
         out.lines().map(|l| l.split('\t').collect()).filter(|r: &Vec<&str>| r.len() >= 6).collect();
     rows.sort_by(|a, b| b[0].cmp(a[0]));
-    println!("{:<32} {:<20} {:<10} {:<10} {:<10} TRACKING URL", "APPLICATION", "NAME", "STATE", "FINAL", "QUEUE");
+    out!("{:<32} {:<20} {:<10} {:<10} {:<10} TRACKING URL", "APPLICATION", "NAME", "STATE", "FINAL", "QUEUE");
     for r in rows {
-        println!("{:<32} {:<20} {:<10} {:<10} {:<10} {}", r[0], r[1], r[2], r[3], r[4], r[5]);
+        out!("{:<32} {:<20} {:<10} {:<10} {:<10} {}", r[0], r[1], r[2], r[3], r[4], r[5]);
     }
     Ok(())
 }
@@ -302,7 +302,7 @@ pub async fn submit(job: &Path, conf: &[String], options: SubmitOptions) -> Resu
     args.extend(files.iter().map(|(link, path)| format!("{link}={}", path.display())));
     let out = yarn.call(&args, SUBMIT_TIMEOUT).await?;
     let app = out.lines().rev().find(|l| l.starts_with("application_")).context("YARN gave no application id")?;
-    println!("{app}");
+    out!("{app}");
     if options.wait {
         return follow(&yarn, app).await;
     }

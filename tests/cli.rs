@@ -112,6 +112,27 @@ fn stdout_of(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `embedstream ARGS` with its stdout a pipe whose reader is already gone (`| head` that has
+/// read its lines): its exit code and stderr.
+fn into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = embedstream();
+    cmd.args(args).env_remove("EMBEDSTREAM_TOKEN").stdout(writer).stderr(std::process::Stdio::piped());
+    let out = cmd.spawn().unwrap().wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue 36: commands whose output goes to a reader that went away end with 0, no panic.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [vec!["man"], vec!["completions", "bash"]] {
+        let (code, stderr) = into_closed_pipe(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
+
 /// `embedstream ARGS` with `token` in the environment (none: unset): (success, stderr).
 fn client_command(args: &[&str], token: Option<&str>) -> (bool, String) {
     let mut cmd = embedstream();
@@ -368,6 +389,10 @@ fn a_local_query_is_found_by_its_job_spec_and_listed() {
     assert!(line.starts_with("findme ") && line.contains(record["address"].as_str().unwrap()), "{line}");
     let status = stdout_of(&["status", job.path.to_str().unwrap()]);
     assert!(status.contains("query findme") && status.contains("batches committed"), "{status}");
+    // Issue 36: `status JOB | head` (a reader gone before the output) ends quietly with 0.
+    let (code, stderr) = into_closed_pipe(&["status", job.path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     stdout_of(&["pause", job.checkpoint().to_str().unwrap()]);
     assert!(stdout_of(&["status", job.path.to_str().unwrap()]).contains(") paused:"));
     stdout_of(&["stop", job.path.to_str().unwrap()]);

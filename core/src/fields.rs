@@ -258,15 +258,19 @@ impl RecordFields {
             }
         }
         for name in &input.required {
+            let at = || {
+                (input.fields.get(name).map(|p| format!(" ({p})")))
+                    .or_else(|| input.headers.get(name).map(|h| format!(" (header `{h}`)")))
+                    .unwrap_or_default()
+            };
             match fields.get(name) {
+                // A required text that is empty (or only white space) says nothing to a model.
+                Some(Ok(Some(text))) if text.trim().is_empty() => {
+                    return Err(format!("required field `{name}`{} is empty", at()));
+                }
                 Some(Ok(Some(_))) => {}
                 Some(Err(reason)) => return Err(reason.clone()),
-                _ => {
-                    let at = (input.fields.get(name).map(|p| format!(" ({p})")))
-                        .or_else(|| input.headers.get(name).map(|h| format!(" (header `{h}`)")))
-                        .unwrap_or_default();
-                    return Err(format!("required field `{name}`{at} is missing"));
-                }
+                _ => return Err(format!("required field `{name}`{} is missing", at())),
             }
         }
         let mut cells = Vec::with_capacity(columns.len());
@@ -353,6 +357,9 @@ mod tests {
         assert!(reason(b"{not json").contains("not valid JSON"));
         assert_eq!(reason(br#"{"description": "x"}"#), "required field `title` (/title) is missing");
         assert_eq!(reason(br#"{"title": 7}"#), "field `title` (/title) is a number, not a string");
+        // Issue 36: a required field that is there but empty is refused too.
+        assert_eq!(reason(br#"{"title": ""}"#), "required field `title` (/title) is empty");
+        assert_eq!(reason(br#"{"title": " \n "}"#), "required field `title` (/title) is empty");
         assert_eq!(RecordFields::read(&input, &[], None, None, &[]).unwrap_err(), "value is null");
         // An optional field of the wrong type fails only the templates that read it.
         let r = RecordFields::read(&input, &[], None, Some(br#"{"title": "a", "description": ["b"]}"#), &[]).unwrap();

@@ -18,9 +18,9 @@ pub async fn switch(job: &Path, conf: &[String], view: &str, drop: Option<&str>)
     let password = spec.sink_password_value(&secrets)?;
     let switched = embedstream_sinks::pgvector::switch::switch_view(sink, password, view, drop).await?;
     let before = switched.before.map_or("nothing (a new view)".to_string(), |t| format!("`{t}`"));
-    println!("view `{view}` reads `{}` (it read {before})", sink.table);
+    out!("view `{view}` reads `{}` (it read {before})", sink.table);
     if let Some(old) = drop {
-        println!("dropped `{old}`");
+        out!("dropped `{old}`");
     }
     Ok(())
 }

@@ -22,6 +22,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
+# The comment above, without its marks: what --help prints (on stdout, exit 0).
+help_text() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+case "${1:-}" in -h | --help | help) help_text; exit 0 ;; esac
+
 # Writes DIR/server.properties and formats DIR/data once.
 configure() { # port dir [properties]
   local port=$1 dir=$2 extra=${3:-}
@@ -129,5 +133,5 @@ case "$cmd" in
       kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$dir/broker.pid" ;;
-  *) echo "usage: $0 start PORT DIR [PROPERTIES] | run PORT DIR [PROPERTIES] | stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start PORT DIR [PROPERTIES] | run PORT DIR [PROPERTIES] | stop DIR (--help: all of it)" >&2; exit 2 ;;
 esac

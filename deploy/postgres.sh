@@ -17,7 +17,11 @@ CACHE="${EMBEDSTREAM_CACHE:-$HOME/.cache/embedstream}"
 INSTALLED="$CACHE/postgres/pgserver/pginstall/bin"
 USER_AS_ROOT=embedstream-pg
 
-usage() { sed -n '2,14p' "$0" >&2; exit 2; }
+# The comment above, without its marks: what --help prints (on stdout, exit 0) and a wrong call
+# (on stderr, exit 2).
+help_text() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+usage() { help_text >&2; exit 2; }
+case "${1:-}" in -h | --help | help) help_text; exit 0 ;; esac
 [ $# -ge 2 ] || usage
 cmd=$1 dir=$2
 

@@ -649,6 +649,18 @@ async fn validate(job: &std::path::Path, conf: &[String], json: bool, check_brok
             let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32, i64, i64)>> {
                 embedstream_driver::source::probe_clusters(&spec, &secrets)?;
                 let source = embedstream_driver::source::KafkaSource::new(&spec, &secrets)?;
+                let missing = source.missing_topics()?;
+                match (missing.first(), spec.source.allow_missing_topics) {
+                    (Some(topic), false) => bail!(
+                        "topic {topic} does not exist on {}: create it, or set source.allow_missing_topics = true to \
+                         start and wait for it",
+                        spec.source.bootstrap_servers
+                    ),
+                    (Some(_), true) => {
+                        eprintln!("# topics that do not exist yet (the query waits for them): {}", missing.join(", "))
+                    }
+                    (None, _) => {}
+                }
                 let tps = source.partitions()?;
                 let (earliest, latest) = source.watermarks(&tps)?;
                 Ok(tps

@@ -399,6 +399,24 @@ fn a_local_query_is_found_by_its_job_spec_and_listed() {
     assert_eq!(q.wait_for_exit("`embedstream stop JOB.toml`")["embeddings"], 10);
     let after = stdout_of(&["list"]);
     assert!(!after.contains(&checkpoint), "a stopped query is no longer listed: {after}");
+
+    // Issue 36: started again from its checkpoint with nothing new to read, it says where it
+    // is before any batch of its own (it said "next batch 0, committed offsets {}").
+    let mut q = Running::start(&job, 1);
+    let status = |_: &Running| {
+        let (ok, out) = (|| {
+            let out = embedstream()
+                .args(["status", job.path.to_str().unwrap()])
+                .env_remove("EMBEDSTREAM_TOKEN")
+                .output()
+                .ok()?;
+            Some((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+        })()
+        .unwrap_or_default();
+        ok && out.contains("next batch 1") && out.contains(r#"committed offsets: {"findme":{"0":10}}"#)
+    };
+    q.wait_until("the resumed query's status", Duration::from_secs(60), status);
+    q.stop();
 }
 
 /// Issue 19, items 5 and 9: relative paths in a spec are the spec folder's, whatever the working
@@ -538,4 +556,34 @@ fn a_spec_with_several_errors_reports_them_all() {
             stderr.lines().find(|l| l.contains(&format!("`{key}`"))).unwrap_or_else(|| panic!("{key}: {stderr}"));
         assert!(found.ends_with(&format!("{}:{line})", job.display())), "{key} at line {line}: {found}");
     }
+}
+
+/// Issue 36: a subscribed topic that does not exist stops `run` and `validate --check-broker`
+/// before anything starts, naming the topic and the key that waits for it; with
+/// `source.allow_missing_topics = true` the query starts (a one-shot query ends with nothing
+/// done).
+#[test]
+fn a_topic_that_does_not_exist_is_named_before_anything_starts() {
+    let broker = Broker::start();
+    let job = Job::new(&broker, "nosuch", "subscribe = [\"no-such-topic\"]", "available_now = true", "");
+    let refused = run_refused(&job);
+    assert!(
+        refused.contains("topic no-such-topic: source.subscribe names it, but it does not exist")
+            && refused.contains("source.allow_missing_topics = true"),
+        "{refused}"
+    );
+    assert!(job.logged_batches("offsets").is_empty(), "nothing started");
+    let (ok, stderr) = client_command(&["validate", job.path.to_str().unwrap(), "--check-broker"], None);
+    assert!(!ok && stderr.contains("topic no-such-topic does not exist"), "{stderr}");
+
+    let allow = ["--conf", "source.allow_missing_topics=true"];
+    let (ok, stderr) =
+        client_command(&["validate", job.path.to_str().unwrap(), "--check-broker", allow[0], allow[1]], None);
+    assert!(ok && stderr.contains("do not exist yet (the query waits for them): no-such-topic"), "{stderr}");
+    let mut cmd = embedstream();
+    cmd.args(["run", job.path.to_str().unwrap(), "--local", "1", allow[0], allow[1]]);
+    let out = run_to_end(cmd, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["batches"], 0, "{summary}");
 }

@@ -158,3 +158,22 @@ fn deploy_postgres_must_not_leave_a_superuser_socket_open_to_every_local_user() 
         assert!(said.contains("Permission denied") || said.contains("password"), "{user}: {said}");
     }
 }
+
+/// Issue 36: the scripts a newcomer runs by hand say how with `--help` (exit 0, on stdout),
+/// and a wrong call says it on stderr with exit 2.
+#[test]
+fn the_broker_and_postgres_scripts_answer_help() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (script, usage) in [
+        ("deploy/broker.sh", "deploy/broker.sh start PORT DIR [PROPERTIES]"),
+        ("deploy/postgres.sh", "deploy/postgres.sh start DIR PORT PASSWORD_FILE"),
+    ] {
+        let help = std::process::Command::new("bash").arg(root.join(script)).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(help.status.success() && text.contains(usage), "{script} --help: {text}");
+        assert!(!text.contains("set -euo"), "{script}: only the comment: {text}");
+        let wrong = std::process::Command::new("bash").arg(root.join(script)).arg("frobnicate").output().unwrap();
+        assert_eq!(wrong.status.code(), Some(2), "{script} frobnicate");
+        assert!(!String::from_utf8_lossy(&wrong.stderr).is_empty(), "{script}: usage on stderr");
+    }
+}

@@ -122,6 +122,19 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// The topics `subscribe` or `assign` names that the cluster does not have (a pattern
+    /// names none).
+    pub fn missing_topics(&self) -> Result<Vec<String>, SourceError> {
+        let src = &self.spec.source;
+        let named: Vec<String> = match (&src.subscribe, &src.assign) {
+            (Some(topics), _) => topics.clone(),
+            (None, Some(assign)) => assign.keys().cloned().collect(),
+            (None, None) => return Ok(Vec::new()),
+        };
+        let md = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT).map_err(kafka("metadata"))?;
+        Ok(named.into_iter().filter(|t| !md.topics().iter().any(|m| m.name() == t && m.error().is_none())).collect())
+    }
+
     /// The partitions the query reads now and their watermarks ([`KafkaSource::watermarks`]),
     /// or [`SourceError::PartitionsMissing`] when the answer lacks a partition of `reading` (the
     /// partitions the query has offsets for): a topic answered "unknown" for a moment (a

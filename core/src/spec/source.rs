@@ -50,6 +50,10 @@ pub struct SourceSpec {
     /// (`[source.kafka]`): security, fetch sizes, timeouts.
     #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
     pub kafka: KafkaProperties,
+    /// Start even when a topic of `subscribe` or `assign` does not exist, and wait for it (as
+    /// `subscribe_pattern` does). Default false: the query refuses to start, naming the topic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_missing_topics: bool,
 }
 
 fn default_true() -> bool {

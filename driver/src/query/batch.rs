@@ -82,6 +82,7 @@ impl Query<'_> {
         let mut stop = self.control.stop.subscribe();
         let mut paused = self.control.paused.subscribe();
         let spec = self.spec;
+        self.refuse_missing_topics().await?;
         let partitions = self.broker(KafkaSource::partitions).await?;
         let source_partitions = partitions.iter().map(|tp| tp.partition + 1).max().unwrap_or(1);
         let sink_partitions = self.source.ensure_sink_topics(source_partitions).await?;
@@ -90,6 +91,9 @@ impl Query<'_> {
         let resume = self.resume(&partitions).await?;
         let (mut next_batch_id, mut start, mut rerun, mut sources) =
             (resume.next_batch_id, resume.start, resume.rerun, resume.sources);
+        // A query resumed from its checkpoint says where it is before its next batch commits.
+        *self.control.snapshot.lock().unwrap() =
+            Snapshot { batches_committed: 0, next_batch_id, committed: start.clone() };
         // available_now: everything up to the offsets that exist now, and nothing after.
         let read = partitions.clone();
         let target = if spec.trigger.available_now {
@@ -179,6 +183,35 @@ impl Query<'_> {
             summary.embeddings_per_second = summary.embeddings as f64 / summary.processing_seconds;
         }
         Ok(summary)
+    }
+
+    /// A topic that `subscribe` or `assign` names and the cluster does not have stops the query
+    /// before it starts, naming it (a one-shot query would end with nothing done, a continuous
+    /// one wait without a word), unless `source.allow_missing_topics` says to wait. Asked twice,
+    /// a second apart: a topic being created, or a controller that moved, answers "unknown" for
+    /// a moment.
+    async fn refuse_missing_topics(&self) -> Result<(), DriverError> {
+        let src = &self.spec.source;
+        let mut missing = self.broker(KafkaSource::missing_topics).await?;
+        if !missing.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            missing = self.broker(KafkaSource::missing_topics).await?;
+        }
+        let Some(topic) = missing.first() else { return Ok(()) };
+        let key = if src.subscribe.is_some() { "source.subscribe" } else { "source.assign" };
+        if src.allow_missing_topics {
+            tracing::warn!(%topic, "{key} names a topic that does not exist: waiting for it (source.allow_missing_topics)");
+            return Ok(());
+        }
+        Err(SourceError::Topic {
+            topic: topic.clone(),
+            message: format!(
+                "{key} names it, but it does not exist on {}: create it (embedstream produce makes it), or set \
+                 source.allow_missing_topics = true to start and wait for it",
+                src.bootstrap_servers
+            ),
+        }
+        .into())
     }
 
     /// Whether this backfill gives way to its live query now (`[trigger.yield_to]`): that

@@ -200,7 +200,8 @@ enum Command {
     },
     /// Write the lines of standard input to a topic, one message per line (creates the topic).
     #[command(
-        after_help = "Example:\n  seq 100 | embedstream produce --bootstrap-servers 127.0.0.1:9092 --topic products"
+        after_help = "Examples:\n  seq 100 | embedstream produce --bootstrap-servers 127.0.0.1:9092 --topic products\n  \
+                      embedstream produce --topic products --partitions 2 --key-field /sku < products.jsonl"
     )]
     Produce {
         /// The broker, HOST:PORT (plaintext).
@@ -213,8 +214,16 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
         partitions: i32,
         /// Spread messages over partitions round-robin by line number (the key is the line number).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["key_field", "key_separator"])]
         keyed: bool,
+        /// Key each JSON line by its value at this JSON pointer (`/sku`), partitioned as Kafka's
+        /// Java clients partition keys; a line without it stops the command, naming the line.
+        #[arg(long, value_name = "POINTER", conflicts_with = "key_separator")]
+        key_field: Option<String>,
+        /// Key each text line by its part before SEP; the value is the part after it
+        /// (kafka-console-producer's parse.key and key.separator).
+        #[arg(long, value_name = "SEP")]
+        key_separator: Option<String>,
     },
     /// Embed the lines of standard input with a running executor's warm model (Arrow Flight).
     ///
@@ -482,8 +491,19 @@ async fn dispatch(command: Command) -> Result<()> {
             };
             progress(source, follow, json, last).await
         }
-        Command::Produce { bootstrap_servers, topic, partitions, keyed } => {
-            produce(&bootstrap_servers, &topic, partitions, keyed).await
+        Command::Produce { bootstrap_servers, topic, partitions, keyed, key_field, key_separator } => {
+            use embedstream_driver::topics::KeyBy;
+            let key = match (keyed, key_field, key_separator) {
+                (true, _, _) => KeyBy::LineNumber,
+                (_, Some(pointer), _) if !pointer.starts_with('/') => {
+                    bail!("--key-field {pointer}: a JSON pointer starts with / (say /{pointer})")
+                }
+                (_, Some(pointer), _) => KeyBy::JsonField(pointer),
+                (_, _, Some(sep)) if sep.is_empty() => bail!("--key-separator must not be empty"),
+                (_, _, Some(sep)) => KeyBy::Separator(sep),
+                _ => KeyBy::None,
+            };
+            produce(&bootstrap_servers, &topic, partitions, &key).await
         }
         Command::Embed { flight, batch_rows, tls } => {
             let caller = client::caller(None, &tls)?;
@@ -816,7 +836,7 @@ async fn progress(source: ProgressSource, follow: bool, json: bool, last: usize)
     Ok(())
 }
 
-async fn produce(bootstrap: &str, topic: &str, partitions: i32, keyed: bool) -> Result<()> {
+async fn produce(bootstrap: &str, topic: &str, partitions: i32, key: &embedstream_driver::topics::KeyBy) -> Result<()> {
     use embedstream_driver::topics;
     tracing::info!(bootstrap, "connecting to the broker");
     let servers = bootstrap.to_string();
@@ -825,7 +845,7 @@ async fn produce(bootstrap: &str, topic: &str, partitions: i32, keyed: bool) -> 
         .expect("the probe does not panic")?;
     topics::create_topic(bootstrap, topic, partitions).await?;
     let producer = topics::producer(bootstrap)?;
-    let count = topics::produce_lines(&producer, topic, partitions, keyed, std::io::stdin().lock().lines()).await?;
+    let count = topics::produce_lines(&producer, topic, partitions, key, std::io::stdin().lock().lines()).await?;
     tracing::info!(topic, messages = count, "produced");
     Ok(())
 }

@@ -587,3 +587,56 @@ fn a_topic_that_does_not_exist_is_named_before_anything_starts() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["batches"], 0, "{summary}");
 }
+
+/// `embedstream produce ARGS` with `input` on its stdin: (success, stderr).
+fn produce_with(args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut cmd = embedstream();
+    cmd.arg("produce").args(args).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue 36: `produce --key-field /sku` keys JSON lines by their SKU (the key an upsert table
+/// keeps a row per), `--key-separator` keys text lines by their first part; a line without a key
+/// stops the command, naming it.
+#[test]
+fn produce_keys_json_lines_by_a_field_and_text_lines_by_a_separator() {
+    let broker = Broker::start();
+    let lines = (0..20).map(|i| format!(r#"{{"sku": "A-{i}", "title": "hat {i}"}}"#)).collect::<Vec<_>>().join("\n");
+    let (ok, stderr) = produce_with(
+        &["--bootstrap-servers", &broker.addr, "--topic", "json", "--partitions", "2", "--key-field", "/sku"],
+        &lines,
+    );
+    assert!(ok, "{stderr}");
+    let mut got: Vec<(String, String)> = (broker.read_all("json", 2).iter())
+        .map(|r| {
+            (String::from_utf8(r.key.clone().unwrap()).unwrap(), String::from_utf8(r.value.clone().unwrap()).unwrap())
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> =
+        lines.lines().enumerate().map(|(i, l)| (format!("A-{i}"), l.to_string())).collect();
+    want.sort();
+    assert_eq!(got, want, "each line keyed by its SKU");
+
+    let (ok, stderr) = produce_with(
+        &["--bootstrap-servers", &broker.addr, "--topic", "text", "--key-separator", "|"],
+        "k1|red hat\nk2|blue scarf\n",
+    );
+    assert!(ok, "{stderr}");
+    let got: Vec<(String, String)> = (broker.read_all("text", 1).iter())
+        .map(|r| {
+            (String::from_utf8(r.key.clone().unwrap()).unwrap(), String::from_utf8(r.value.clone().unwrap()).unwrap())
+        })
+        .collect();
+    assert_eq!(got, [("k1".to_string(), "red hat".to_string()), ("k2".to_string(), "blue scarf".to_string())]);
+
+    let (ok, stderr) = produce_with(
+        &["--bootstrap-servers", &broker.addr, "--topic", "json", "--key-field", "/sku"],
+        "{\"title\": \"no sku\"}\n",
+    );
+    assert!(!ok && stderr.contains("line 1 has no /sku (--key-field)"), "{stderr}");
+}

@@ -400,7 +400,14 @@ impl Bench {
         handle.block_on(async {
             topics::create_topic(&self.bootstrap, topic, PARTITIONS).await?;
             let producer: FutureProducer = topics::producer(&self.bootstrap)?;
-            topics::produce_lines(&producer, topic, PARTITIONS, true, texts.iter().map(|t| Ok(t.clone()))).await?;
+            topics::produce_lines(
+                &producer,
+                topic,
+                PARTITIONS,
+                &topics::KeyBy::LineNumber,
+                texts.iter().map(|t| Ok(t.clone())),
+            )
+            .await?;
             anyhow::Ok(())
         })?;
         Ok(())
@@ -627,7 +634,14 @@ impl Bench {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             for chunk in texts.chunks(per_tick) {
                 tick.tick().await;
-                topics::produce_lines(&producer, &topic, PARTITIONS, true, chunk.iter().map(|t| Ok(t.clone()))).await?;
+                topics::produce_lines(
+                    &producer,
+                    &topic,
+                    PARTITIONS,
+                    &topics::KeyBy::LineNumber,
+                    chunk.iter().map(|t| Ok(t.clone())),
+                )
+                .await?;
             }
             anyhow::Ok(())
         })?;

@@ -109,6 +109,16 @@ fn the_page_shows_the_partitions_offsets_and_batches_and_wants_the_token() {
     let paused = embedstream().args(["pause", job.path.to_str().unwrap()]).output().unwrap();
     assert!(paused.status.success(), "{}", String::from_utf8_lossy(&paused.stderr));
     browser.wait_text("#state", TIMEOUT, |t| t == "paused");
+    // Issue 36: records that arrive while it is paused show as lag within seconds (the broker's
+    // latest offsets are refreshed without a batch), as kafka-consumer-groups shows them.
+    broker.produce_texts("shop", 2, 100, &texts(3, 4));
+    let (groups, out) = broker.consumer_group("paged-group", "shop");
+    assert_eq!(groups.iter().map(|g| g.3).sum::<i64>(), 3, "Kafka's own view:\n{out}");
+    for (p, _, end, lag) in groups {
+        let row = format!("#partitions tr[data-partition=\"shop-{p}\"]");
+        browser.wait_text(&format!("{row} td:nth-child(5)"), TIMEOUT, |t| t == lag.to_string());
+        assert_eq!(browser.text(&format!("{row} td:nth-child(3)")), Some(end.to_string()), "latest");
+    }
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/embedstream-page.png");
     browser.screenshot(&shot);
     drop(browser);

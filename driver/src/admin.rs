@@ -32,6 +32,10 @@ pub struct Control {
     /// Why no batch is planned now, while a backfill gives way to its live query
     /// (`[trigger.yield_to]`).
     pub yielding: Mutex<Option<String>>,
+    /// The source's latest offsets as the broker last said them: refreshed every
+    /// `monitoring.lag_refresh_interval` and at every plan, also while paused or idle, so that
+    /// the page's lag is the broker's, not the last batch's.
+    pub latest: Mutex<PartitionOffsets>,
 }
 
 /// What the batch loop last published.
@@ -51,6 +55,7 @@ impl Control {
             target: watch::channel(executors).0,
             snapshot: Mutex::new(Snapshot::default()),
             yielding: Mutex::new(None),
+            latest: Mutex::new(PartitionOffsets::new()),
         })
     }
 

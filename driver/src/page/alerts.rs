@@ -28,6 +28,9 @@ pub struct Facts {
     pub executors_alive: usize,
     /// Model workers each executor restarted in the last 15 minutes.
     pub restarts_15m: BTreeMap<String, u64>,
+    /// The lag now: the broker's latest offsets as last refreshed less the query's committed
+    /// ones (none before the first refresh: the last batch's lag is taken).
+    pub lag_now: Option<i64>,
 }
 
 /// When `r`'s batch started.
@@ -46,7 +49,7 @@ fn within(records: &[ProgressRecord], now: SystemTime, span: Duration) -> Vec<&P
 }
 
 pub fn evaluate(records: &[ProgressRecord], facts: &Facts) -> Vec<Alert> {
-    let lag = records.last().map_or(0, ProgressRecord::lag);
+    let lag = facts.lag_now.unwrap_or_else(|| records.last().map_or(0, ProgressRecord::lag));
     let mut alerts = Vec::new();
 
     // Lag above zero and growing over the last 10 minutes of batches.
@@ -148,6 +151,7 @@ mod tests {
             trigger: Duration::from_secs(1),
             executors_wanted: 2,
             executors_alive: 2,
+            lag_now: None,
             restarts_15m: Default::default(),
         };
         assert!(holding(&evaluate(&records, &facts)).is_empty());
@@ -165,6 +169,7 @@ mod tests {
             trigger: Duration::from_secs(1),
             executors_wanted: 1,
             executors_alive: 1,
+            lag_now: None,
             restarts_15m: Default::default(),
         };
         let alerts = evaluate(&records, &facts);
@@ -185,6 +190,7 @@ mod tests {
             trigger: Duration::from_secs(1),
             executors_wanted: 2,
             executors_alive: 1,
+            lag_now: None,
             restarts_15m: [("exec-1".to_string(), 4)].into_iter().collect(),
         };
         assert_eq!(

@@ -122,28 +122,34 @@ async fn query(State(state): State<Arc<PageState>>) -> Response {
 async fn partitions(State(state): State<Arc<PageState>>) -> Response {
     let records = recent(&state);
     let snapshot = state.control.snapshot.lock().expect("not poisoned").clone();
-    let Some(last) = records.last() else { return json_response(json!({"partitions": []})) };
+    // The broker's latest offsets as last refreshed (also while paused or idle), over those of
+    // the last batch; a partition's committed offset is the query's own.
+    let mut latest_offsets: std::collections::BTreeMap<_, _> = (records.last().iter())
+        .flat_map(|r| r.sources.iter().flat_map(|s| s.latest_offset.iter().map(|(tp, &o)| (tp.clone(), o))))
+        .collect();
+    latest_offsets.extend(state.control.latest.lock().expect("not poisoned").iter().map(|(tp, &o)| (tp.clone(), o)));
+    let ends: std::collections::BTreeMap<_, _> = (records.last().iter())
+        .flat_map(|r| r.sources.iter().flat_map(|s| s.end_offset.iter().map(|(tp, &o)| (tp.clone(), o))))
+        .collect();
     // Each record's start, read once for all the partitions' rates.
     let timed: Vec<(SystemTime, &ProgressRecord)> =
         records.iter().filter_map(|r| Some((alerts::started(r)?, r))).collect();
     let mut rows = Vec::new();
-    for source in &last.sources {
-        for (tp, &latest) in source.latest_offset.iter() {
-            let committed = snapshot.committed.get(tp).copied().or_else(|| source.end_offset.get(tp).copied());
-            let lag_history: Vec<i64> =
-                records.iter().filter_map(|r| offsets_of(r, tp)).map(|(latest, end)| latest - end).collect();
-            let (input, output) = rates(&timed, tp, RATE_SPAN);
-            rows.push(json!({
-                "topic": tp.topic,
-                "partition": tp.partition,
-                "latest": latest,
-                "committed": committed,
-                "lag": committed.map(|c| (latest - c).max(0)),
-                "inputPerSecond": input,
-                "outputPerSecond": output,
-                "lagHistory": lag_history,
-            }));
-        }
+    for (tp, &latest) in latest_offsets.iter() {
+        let committed = snapshot.committed.get(tp).copied().or_else(|| ends.get(tp).copied());
+        let lag_history: Vec<i64> =
+            records.iter().filter_map(|r| offsets_of(r, tp)).map(|(latest, end)| latest - end).collect();
+        let (input, output) = rates(&timed, tp, RATE_SPAN);
+        rows.push(json!({
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "latest": latest,
+            "committed": committed,
+            "lag": committed.map(|c| (latest - c).max(0)),
+            "inputPerSecond": input,
+            "outputPerSecond": output,
+            "lagHistory": lag_history,
+        }));
     }
     json_response(json!({"partitions": rows}))
 }
@@ -177,6 +183,17 @@ fn rates(timed: &[(SystemTime, &ProgressRecord)], tp: &TopicPartition, span: Dur
     (Some((latest1 - latest0).max(0) as f64 / secs), Some((end1 - end0).max(0) as f64 / secs))
 }
 
+/// The broker's latest offsets as last refreshed less the query's committed ones, summed; none
+/// before the first refresh or the first committed batch.
+fn lag_now(state: &PageState) -> Option<i64> {
+    let latest = state.control.latest.lock().expect("not poisoned").clone();
+    let committed = state.control.snapshot.lock().expect("not poisoned").committed.clone();
+    if latest.is_empty() || committed.is_empty() {
+        return None;
+    }
+    Some(latest.iter().map(|(tp, &l)| (l - committed.get(tp).copied().unwrap_or(l)).max(0)).sum())
+}
+
 async fn alerts_now(State(state): State<Arc<PageState>>) -> Response {
     let facts = alerts::Facts {
         now: std::time::SystemTime::now(),
@@ -184,6 +201,7 @@ async fn alerts_now(State(state): State<Arc<PageState>>) -> Response {
         executors_wanted: *state.control.target.borrow(),
         executors_alive: state.registry.live().len(),
         restarts_15m: state.registry.restarts_within(Duration::from_secs(15 * 60)),
+        lag_now: lag_now(&state),
     };
     json_response(json!({"alerts": alerts::evaluate(&recent(&state), &facts)}))
 }

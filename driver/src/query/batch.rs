@@ -110,6 +110,7 @@ impl Query<'_> {
             self.reporter.metrics.clone(),
             position.clone(),
             spec.monitoring.lag_refresh(),
+            self.control.clone(),
         ));
 
         loop {
@@ -156,6 +157,7 @@ impl Query<'_> {
             let end = entry.end.clone();
             *position.lock().unwrap() = end.clone();
             self.reporter.metrics.set_offsets(&planned.latest, &end);
+            self.control.latest.lock().unwrap().extend(planned.latest.iter().map(|(tp, &o)| (tp.clone(), o)));
             let timings = BatchTimings {
                 trigger: trigger_start.into_std(),
                 previous_trigger: previous_trigger.replace(trigger_start.into_std()),

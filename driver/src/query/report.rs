@@ -198,6 +198,7 @@ pub(crate) fn spawn_lag_refresher(
     metrics: Arc<DriverMetrics>,
     position: Arc<Mutex<PartitionOffsets>>,
     interval: Duration,
+    control: Arc<crate::admin::Control>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
@@ -208,7 +209,10 @@ pub(crate) fn spawn_lag_refresher(
                 .await
                 .expect("broker calls do not panic");
             match latest {
-                Ok((_, latest)) => metrics.set_offsets(&latest, &position.lock().unwrap()),
+                Ok((_, latest)) => {
+                    metrics.set_offsets(&latest, &position.lock().unwrap());
+                    *control.latest.lock().unwrap() = latest;
+                }
                 Err(e) => tracing::debug!(error = %e, "lag refresh failed"),
             }
         }

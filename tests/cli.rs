@@ -416,7 +416,20 @@ fn a_local_query_is_found_by_its_job_spec_and_listed() {
         ok && out.contains("next batch 1") && out.contains(r#"committed offsets: {"findme":{"0":10}}"#)
     };
     q.wait_until("the resumed query's status", Duration::from_secs(60), status);
-    q.stop();
+    // Two batches with time between them: the summary's rate while there was work leaves the
+    // wait out (the rate over the whole processing span counts it).
+    for (from, committed) in [(10, 15), (15, 20)] {
+        broker.produce_texts("findme", 1, from, &texts(5, 62 + from));
+        q.wait_until("the new records committed", Duration::from_secs(60), |_| {
+            broker.committed("findme-group", "findme", 1) == vec![committed]
+        });
+    }
+    let summary = q.stop();
+    assert_eq!((summary["batches"].as_u64(), summary["embeddings"].as_u64()), (Some(2), Some(10)), "{summary}");
+    let seconds = |k: &str| summary[k].as_f64().unwrap();
+    assert!(seconds("busy_seconds") < seconds("processing_seconds"), "{summary}");
+    assert!(seconds("processing_seconds") < seconds("wall_seconds"), "{summary}");
+    assert!(seconds("embeddings_per_busy_second") > seconds("embeddings_per_second"), "{summary}");
 }
 
 /// Issue 19, items 5 and 9: relative paths in a spec are the spec folder's, whatever the working

@@ -79,6 +79,7 @@ impl Query<'_> {
     }
 
     pub(crate) async fn run(&mut self) -> Result<QuerySummary, DriverError> {
+        let started = Instant::now();
         let mut stop = self.control.stop.subscribe();
         let mut paused = self.control.paused.subscribe();
         let spec = self.spec;
@@ -167,6 +168,7 @@ impl Query<'_> {
             };
             self.reporter.batch(&entry, &planned.latest, &stats, &timings, batch_started.elapsed());
             summary.add(&stats);
+            summary.busy_seconds += (plan_took + batch_started.elapsed()).as_secs_f64();
             summary.processing_seconds = first_dispatch.map_or(0.0, |t| t.elapsed().as_secs_f64());
             start = end;
             sources = entry.sources.clone();
@@ -184,6 +186,10 @@ impl Query<'_> {
         if summary.processing_seconds > 0.0 {
             summary.embeddings_per_second = summary.embeddings as f64 / summary.processing_seconds;
         }
+        if summary.busy_seconds > 0.0 {
+            summary.embeddings_per_busy_second = summary.embeddings as f64 / summary.busy_seconds;
+        }
+        summary.wall_seconds = started.elapsed().as_secs_f64();
         Ok(summary)
     }
 

@@ -80,9 +80,19 @@ pub struct QuerySummary {
     pub embeddings: u64,
     pub dead_letters: u64,
     pub task_retries: u64,
-    /// From the first task dispatched to the last batch committed.
+    /// Records skipped because their input was unchanged (`skip_unchanged`).
+    pub unchanged: u64,
+    /// From the first task dispatched to the last batch committed (with a processing-time
+    /// trigger, the waits between batches too).
     pub processing_seconds: f64,
+    /// `embeddings` over `processing_seconds`.
     pub embeddings_per_second: f64,
+    /// The batches' own time, plan to commit, summed: what processing took, idle time left out.
+    pub busy_seconds: f64,
+    /// `embeddings` over `busy_seconds`: the rate while there was work, whatever the trigger.
+    pub embeddings_per_busy_second: f64,
+    /// From the batch loop's start (the executors started) to the query's end.
+    pub wall_seconds: f64,
 }
 
 /// How a driver is set up: where it listens and how it gets executors.

@@ -33,6 +33,7 @@ impl QuerySummary {
         self.embeddings += stats.embeddings;
         self.dead_letters += stats.dead_letters;
         self.task_retries += stats.failed_attempts;
+        self.unchanged += stats.unchanged;
     }
 }
 

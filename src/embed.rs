@@ -21,6 +21,34 @@ pub struct EmbedArgs {
     pub caller: Caller,
 }
 
+/// A local query's Flight address (the one given, or its first executor's in
+/// `<checkpoint>/monitoring/targets.json`) and how to call it (its token, as admin commands find
+/// it: the flags, the spec's, or the one the query made for itself).
+pub fn of_local_query(
+    job: &std::path::Path,
+    flight: Option<String>,
+    tls: &embedstream_core::tls::TlsFiles,
+) -> Result<(String, Caller)> {
+    let arg = job.to_string_lossy();
+    let (_, caller) = crate::client::local_query(&arg, None, tls)?
+        .with_context(|| format!("{}: no such job spec or checkpoint", job.display()))?;
+    if let Some(flight) = flight {
+        return Ok((flight, caller));
+    }
+    let checkpoint = match job.is_dir() {
+        true => job.to_path_buf(),
+        false => embedstream_core::JobSpec::from_file(job)?.checkpoint_location,
+    };
+    let targets = checkpoint.join("monitoring/targets.json");
+    let listed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&targets).with_context(|| format!("{}: the query lists no executor yet", targets.display()))?,
+    )?;
+    let flight = (listed.as_array().into_iter().flatten())
+        .find_map(|t| t["labels"]["flight_address"].as_str())
+        .with_context(|| format!("{}: no live executor", targets.display()))?;
+    Ok((flight.to_string(), caller))
+}
+
 /// Connects to an executor's Flight service, over the caller's TLS and with its token on every
 /// call.
 pub async fn connect(address: &str, caller: &Caller) -> Result<FlightClient> {
@@ -59,6 +87,23 @@ pub async fn embed_texts(client: &mut FlightClient, texts: Vec<String>) -> Resul
     Ok(vectors)
 }
 
+/// A call refused for its token, said with where the token comes from.
+fn refused_token(e: anyhow::Error) -> anyhow::Error {
+    let code = |c: &(dyn std::error::Error + 'static)| match c.downcast_ref::<arrow_flight::error::FlightError>() {
+        Some(arrow_flight::error::FlightError::Tonic(s)) => Some(s.code()),
+        _ => c.downcast_ref::<tonic::Status>().map(tonic::Status::code),
+    };
+    let unauthenticated = e.chain().any(|c| code(c) == Some(tonic::Code::Unauthenticated));
+    match unauthenticated {
+        false => e,
+        true => e.context(
+            "the executor refused the token: give the query's job spec (`embedstream embed JOB.toml`), which finds \
+             its token (a local query given none made its own, in the file its <checkpoint>/driver.json names), or \
+             set EMBEDSTREAM_TOKEN to the cluster's",
+        ),
+    }
+}
+
 /// Reads standard input, skipping blank lines, and prints `{"text": ..., "embedding": [...]}` lines.
 pub async fn run(args: EmbedArgs) -> Result<()> {
     let mut client = connect(&args.flight, &args.caller).await?;
@@ -79,7 +124,7 @@ pub async fn run(args: EmbedArgs) -> Result<()> {
         if texts.is_empty() {
             break;
         }
-        let vectors = embed_texts(&mut client, texts.clone()).await.with_context(|| {
+        let vectors = embed_texts(&mut client, texts.clone()).await.map_err(refused_token).with_context(|| {
             format!("DoExchange on {} (texts {}..{})", args.flight, printed + 1, printed + texts.len())
         })?;
         anyhow::ensure!(vectors.len() == texts.len(), "{} texts sent, {} vectors back", texts.len(), vectors.len());

@@ -233,9 +233,12 @@ enum Command {
     /// token, if the cluster has one, comes from EMBEDSTREAM_TOKEN.
     #[command(after_help = "Example:\n  echo 'waterproof hiking boots' | embedstream embed --flight 127.0.0.1:40123")]
     Embed {
-        /// The executor's Flight address, HOST:PORT.
-        #[arg(long, value_name = "ADDR")]
-        flight: String,
+        /// A local query's job spec or checkpoint: its token (the query's own when it was given
+        /// none) and, without --flight, its first executor's Flight address.
+        job: Option<PathBuf>,
+        /// The executor's Flight address, HOST:PORT (the token then comes from EMBEDSTREAM_TOKEN).
+        #[arg(long, value_name = "ADDR", required_unless_present = "job")]
+        flight: Option<String>,
         /// Texts per DoExchange call (at most the executor's flight.max_rows_per_call).
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
         batch_rows: u64,
@@ -505,8 +508,11 @@ async fn dispatch(command: Command) -> Result<()> {
             };
             produce(&bootstrap_servers, &topic, partitions, &key).await
         }
-        Command::Embed { flight, batch_rows, tls } => {
-            let caller = client::caller(None, &tls)?;
+        Command::Embed { job, flight, batch_rows, tls } => {
+            let (flight, caller) = match job {
+                None => (flight.expect("clap: --flight without a job"), client::caller(None, &tls)?),
+                Some(job) => embed::of_local_query(&job, flight, &tls)?,
+            };
             embed::run(embed::EmbedArgs { flight, batch_rows: batch_rows as usize, caller }).await
         }
         Command::ResourceManager { listen, advertise, web_listen, state, node_timeout, token_file, tls } => {

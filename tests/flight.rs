@@ -430,3 +430,54 @@ fn a_local_query_without_a_token_refuses_calls_from_others() {
     });
     assert_eq!(q.stop()["embeddings"], 5);
 }
+
+/// Issue 36: one rule for tokens. A local query given no token makes its own; `embed` that
+/// names only an address is refused and told where the token is, and `embed JOB.toml` finds the
+/// query's token and its executor's Flight address as the admin commands do.
+#[test]
+fn embed_finds_a_local_querys_own_token_through_its_job_spec() {
+    let broker = Broker::start();
+    broker.create_topic("own", 1);
+    let first = texts(4, 23);
+    broker.produce_texts("own", 1, 0, &first);
+    let job = Job::new(&broker, "own", "subscribe = [\"own\"]", "processing_time = \"200ms\"", "");
+    let mut q = Running::start(&job, 1);
+    q.wait_until("the 4 records committed", Duration::from_secs(90), |_| {
+        broker.committed("own-group", "own", 1) == vec![4]
+    });
+    let targets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.checkpoint().join("monitoring/targets.json")).unwrap()).unwrap();
+    let flight =
+        targets.as_array().unwrap().iter().find_map(|t| t["labels"]["flight_address"].as_str()).unwrap().to_string();
+    let run = |args: &[&str]| {
+        let mut cmd = embedstream();
+        cmd.args(args)
+            .env_remove("EMBEDSTREAM_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(format!("{}\n{}\n", first[0], first[1]).as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let refused = run(&["embed", "--flight", &flight]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("embedstream embed JOB.toml") && stderr.contains("driver.json"),
+        "{stderr}"
+    );
+
+    let out = run(&["embed", job.path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stream: BTreeMap<i64, Vec<f32>> =
+        broker.read_all("own-out", 1).iter().map(|r| (r.origin().1, r.vector())).collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for (i, line) in lines.iter().enumerate() {
+        let vector: Vec<f32> =
+            line["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert_close(&vector, &stream[&(i as i64)], &format!("line {i}"));
+    }
+    q.stop();
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Trains the project's fastText model: 128-dim skipgram vectors of product words, the FastText
-1x128 of the workloads embedstream is built for (see README, "Records and models").
+1x128 of the workloads embedstream is built for (see docs/records-and-models.md).
 
 The corpus is the project's own: product titles and descriptions made here from fixed word lists
 by a seeded generator (no download), so that words of one category share contexts and land near

@@ -54,7 +54,7 @@ fn refused(at: String, w: &WrittenVersion, found: &str) -> SinkError {
         "{at} holds vectors of model `{}` version {found}; this query's is {}. To write the new version over \
          them, set [sink] on_model_change = \"replace\" (a table's rows of other versions are deleted first); \
          to keep serving the old vectors while the new ones are made, write the new version to a new table or \
-         topic and switch readers when it has caught up (README, \"Model versions and re-embedding\")",
+         topic and switch readers when it has caught up (docs/records-and-models.md, \"Model versions and re-embedding\")",
         w.model, w.version
     ))
 }
@@ -137,7 +137,7 @@ async fn check_file(
             return Err(SinkError::ModelVersion(format!(
                 "{key} {} column `{}` holds vectors of model `{}` version {v}; this query's is {}. A table holds one \
                  version: write the new one to a new {key} (and a new checkpoint_location from the earliest offsets), \
-                 then switch readers to it (README, \"Model versions and re-embedding\")",
+                 then switch readers to it (docs/records-and-models.md, \"Model versions and re-embedding\")",
                 table.display(),
                 w.column,
                 w.model,

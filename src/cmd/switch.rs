@@ -1,5 +1,5 @@
 //! `embedstream switch`: readers of a pgvector view moved to a query's table in one transaction,
-//! once a re-embedding query has caught up (README, "Model versions and re-embedding").
+//! once a re-embedding query has caught up (docs/records-and-models.md, "Model versions and re-embedding").
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use embedstream_core::JobSpec;
 pub async fn switch(job: &Path, conf: &[String], view: &str, drop: Option<&str>) -> Result<()> {
     let spec = JobSpec::from_file_with(job, conf)?;
     let SinkKind::Pgvector(sink) = &spec.sink.kind else {
-        bail!("sink.kind: `switch` moves a pgvector view; for Kafka, move consumers to the new topic (README)")
+        bail!("sink.kind: `switch` moves a pgvector view; for Kafka, move consumers to the new topic (docs/records-and-models.md)")
     };
     let secrets = spec.read_secrets()?;
     let password = spec.sink_password_value(&secrets)?;

@@ -94,7 +94,7 @@ pub struct ModelSpec {
     /// or when one more text would pass this budget, so short texts go in large batches and long
     /// ones in small. Each forked worker's ONNX Runtime arena grows to its largest batch: the
     /// default, 1024, held the workers to 0.61 of their memory with `batch_size` alone on
-    /// mixed-length English, at the same speed (`cargo bench --bench pipeline`, README).
+    /// mixed-length English, at the same speed (`cargo bench --bench pipeline`, docs/performance.md).
     #[serde(default = "default_max_batch_tokens", skip_serializing_if = "Option::is_none")]
     pub max_batch_tokens: Option<usize>,
     /// Texts ordered by token length together. A task embeds its records window by window, in

@@ -11,7 +11,7 @@
 //!   no longer write or commit, and its open transaction is aborted.
 //! - **Reuse.** A first attempt takes the producer this executor kept for the partition after
 //!   its last committed transaction, when it has one (initialising a producer costs the
-//!   coordinator's round trips and a new client; see the README's Performance). That is safe
+//!   coordinator's round trips and a new client; see docs/performance.md). That is safe
 //!   without a new epoch: if another executor has initialised the id since, the kept producer
 //!   is fenced and its attempt fails without writing anything visible, and the retry fences the
 //!   other; if none has, no transaction of the id is pending but the kept producer's own.

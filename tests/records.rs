@@ -70,7 +70,7 @@ fn produce_products(broker: &Broker, topic: &str) -> Products {
         (br#"{"description": "no title"}"#, "required field `title` (/title) is missing"),
         (br#"{"title": 42, "description": "x"}"#, "field `title` (/title) is a number, not a string"),
         (br#"{"title": "Mug", "description": ["a", "list"]}"#, "field `description` (/description) is an array"),
-        (br#"{"title": "   "}"#, "title is empty"),
+        (br#"{"title": "   "}"#, "required field `title` (/title) is empty"),
     ];
     let mut offsets = [0i64, 0];
     let mut push = |records: &mut Vec<RawRecord>, p: i32, value: Vec<u8>| {

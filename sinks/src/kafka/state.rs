@@ -26,6 +26,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::producer::{KafkaProducer, Pending};
+use super::transactions::blocking;
 use crate::SinkError;
 
 /// How long restoring a state partition may take before the task fails (and is retried).
@@ -145,11 +146,6 @@ impl InputState {
         };
         producer.enqueue(pending, &self.topic, record).await
     }
-}
-
-/// Runs a blocking librdkafka call on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("librdkafka calls do not panic")
 }
 
 /// Reads state partition `partition` from `store.next` to its end (its last stable offset).

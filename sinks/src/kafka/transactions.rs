@@ -89,7 +89,7 @@ fn failed(doing: &str, e: impl std::fmt::Display) -> SinkError {
 }
 
 /// Runs a blocking librdkafka call on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("librdkafka calls do not panic")
 }
 
